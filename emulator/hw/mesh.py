@@ -1,0 +1,61 @@
+"""The decode machine: a wafer-scale 2D mesh of processing elements (PEs).
+
+`MeshConfig` holds every parameter the mesh engines and the timing contract use
+(docs/timing.md). Units: sizes in bytes, times in cycles unless the name says seconds/Hz.
+"""
+
+from dataclasses import dataclass, replace
+
+from emulator.hw.presets import load_preset, nonnegative, positive
+
+DTYPES = ("fp32", "fp16", "bf16")
+DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """One wafer (or a multi-wafer system of identical wafers) of PEs joined by a 2D mesh."""
+
+    name: str
+    width: int = positive()            # PEs along x (columns)
+    height: int = positive()           # PEs along y (rows)
+    sram_bytes: int = positive()       # SRAM per PE, bytes
+    clock_hz: float = positive()       # PE and fabric clock, Hz
+    simd_fp32: int = positive()        # fp32 elements per cycle for vector ops
+    simd_fp16: int = positive()        # fp16 elements per cycle (FMAC SIMD width)
+    simd_bf16: int = positive()        # bf16 elements per cycle
+    hop_latency: int = positive()      # cycles for a wavelet to cross one router-to-router link
+    ramp_latency: int = nonnegative()  # cycles between a core and its own router, each way
+    num_colors: int = positive()       # routable colors (virtual channels) per router
+    issue_overhead: int = nonnegative()  # fixed cycles added to every instruction
+    barrier_latency: int = nonnegative()  # cycles from the last PE reaching a barrier to release
+    wavelet_bytes: int = positive(default=4)  # payload bytes of one wavelet
+    wafers: int = positive(default=1)  # identical wafers in the system (layers pipelined)
+    wafer_link_bytes_per_s: float = positive(default=1.0e12)  # wafer-to-wafer bandwidth
+    wafer_link_latency_s: float = nonnegative(default=1.0e-6)  # wafer-to-wafer latency
+
+    def simd_width(self, dtype: str) -> int:
+        """Elements per cycle of a vector op in `dtype` ('fp32', 'fp16', 'bf16')."""
+        return {"fp32": self.simd_fp32, "fp16": self.simd_fp16, "bf16": self.simd_bf16}[dtype]
+
+    @property
+    def num_pes(self) -> int:
+        """PEs per wafer."""
+        return self.width * self.height
+
+    def with_mesh(self, width: int, height: int) -> "MeshConfig":
+        """The same PE and fabric parameters on a mesh of another size."""
+        return replace(self, width=width, height=height)
+
+    def validate(self) -> str | None:
+        """Return a description of an impossible combination, or None."""
+        if self.num_colors > 32:
+            return f"field 'num_colors' must be <= 32, got {self.num_colors}"
+        if self.sram_bytes % 4:
+            return f"field 'sram_bytes' must be a multiple of 4, got {self.sram_bytes}"
+        return None
+
+
+def load_mesh(name_or_path: str = "wse3") -> MeshConfig:
+    """Load a mesh preset by bundled name (`wse2`, `wse3`, `small`) or JSON file path."""
+    return load_preset(MeshConfig, "mesh", name_or_path)
