@@ -1,0 +1,104 @@
+"""The program container: region code shared by many PEs plus small per-PE arrays.
+
+A `Program` for a W x H mesh is a handful of flat numpy arrays, so a 755 x 1170 wafer needs
+no Python object per PE:
+- `code`: every region's instructions concatenated (`INSTR_DTYPE` rows); region r owns
+  rows `region_start[r] : region_start[r] + region_len[r]`; jump targets are region-local.
+- `pe_region[pe]`: the region each PE runs, or -1 for an idle PE (halted at cycle 0).
+- `params[pe, k]`: per-PE integer parameters that operands may reference (`%pk`).
+- `route_rx[pe, color]`, `route_tx[pe, color]`: the router table at cycle 0 (port masks).
+- `data_*`: initial SRAM contents per region (`.data` directives), applied to every PE of
+  the region by `initial_sram`.
+PE index = y * width + x. SRAM addresses count elements; every element is stored as fp32.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from isa.opcodes import INSTR_DTYPE
+
+
+@dataclass
+class Program:
+    """A mesh program (see module docstring for the meaning of each array)."""
+
+    width: int
+    height: int
+    dtype: str                      # element type for vector timing: fp32 | fp16 | bf16
+    sram_words: int                 # SRAM elements per PE the program may address
+    code: np.ndarray                # INSTR_DTYPE [total instructions]
+    region_start: np.ndarray        # int32 [regions]
+    region_len: np.ndarray          # int32 [regions]
+    region_names: list[str]
+    pe_region: np.ndarray           # int32 [W*H], -1 = idle
+    params: np.ndarray              # int32 [W*H, num_params]
+    route_rx: np.ndarray            # uint8 [W*H, num_colors]
+    route_tx: np.ndarray            # uint8 [W*H, num_colors]
+    data_region: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    data_addr: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    data_offset: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    data_len: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    data_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    source: str = "<program>"      # file name used in messages
+    region_comments: dict = field(default_factory=dict)  # region -> {pc: comment}
+
+    @property
+    def num_pes(self) -> int:
+        """PEs in the mesh."""
+        return self.width * self.height
+
+    @property
+    def num_colors(self) -> int:
+        """Colors in the router tables."""
+        return self.route_rx.shape[1]
+
+    def region_code(self, region: int) -> np.ndarray:
+        """The instructions of one region (a view)."""
+        start = int(self.region_start[region])
+        return self.code[start:start + int(self.region_len[region])]
+
+    def pe_xy(self, pe: int) -> tuple[int, int]:
+        """(x, y) coordinates of PE index `pe`."""
+        return pe % self.width, pe // self.width
+
+    def initial_sram(self) -> np.ndarray:
+        """float32 [W*H, sram_words]: zeros plus every region's `.data` contents."""
+        sram = np.zeros((self.num_pes, self.sram_words), np.float32)
+        for region, addr, offset, length in zip(self.data_region, self.data_addr,
+                                                self.data_offset, self.data_len):
+            rows = np.flatnonzero(self.pe_region == region)
+            values = self.data_values[offset:offset + length]
+            sram[rows[:, None], addr + np.arange(length)] = values
+        return sram
+
+    def equals(self, other: "Program") -> bool:
+        """True when both programs have the same arrays and scalars (ignores `source`)."""
+        scalars = ("width", "height", "dtype", "sram_words", "region_names")
+        arrays = ("code", "region_start", "region_len", "pe_region", "params", "route_rx",
+                  "route_tx", "data_region", "data_addr", "data_offset", "data_len",
+                  "data_values")
+        return (all(getattr(self, s) == getattr(other, s) for s in scalars)
+                and all(np.array_equal(getattr(self, a), getattr(other, a)) for a in arrays))
+
+
+def empty_code(n: int = 0) -> np.ndarray:
+    """A zeroed instruction array of n rows."""
+    return np.zeros(n, INSTR_DTYPE)
+
+
+@dataclass
+class RunResult:
+    """What an engine returns; both engines must agree on every field but `events`.
+
+    Times are cycles. `sram` is None in timing-only mode.
+    """
+
+    cycles: int                     # max over PEs of the halt time
+    pe_finish: np.ndarray           # int64 [W*H] halt time of each PE (0 for idle PEs)
+    pe_busy: np.ndarray             # int64 [W*H] cycles spent executing (not waiting)
+    link_busy: np.ndarray           # int64 [W*H, 4] wavelet-cycles on each outgoing link N,E,S,W
+    instructions: int               # instructions executed, all PEs
+    messages: int                   # messages delivered to cores
+    sram: np.ndarray | None = None  # float32 [W*H, sram_words] final contents
+    events: list | None = None      # reference engine only: per-instruction event records
