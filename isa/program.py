@@ -66,7 +66,7 @@ class Program:
         """float32 [W*H, sram_words]: zeros plus every region's `.data` contents."""
         sram = np.zeros((self.num_pes, self.sram_words), np.float32)
         for region, addr, offset, length in zip(self.data_region, self.data_addr,
-                                                self.data_offset, self.data_len):
+                                                self.data_offset, self.data_len, strict=True):
             rows = np.flatnonzero(self.pe_region == region)
             values = self.data_values[offset:offset + length]
             sram[rows[:, None], addr + np.arange(length)] = values

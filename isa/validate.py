@@ -1,0 +1,66 @@
+"""Static checks of a Program against a mesh, shared by both engines before they run.
+
+Problems a user's program or compiler can cause (wrong mesh size, SRAM budget exceeded,
+bad opcode, operand referencing a missing parameter) raise `ConfigError` or `FitError`.
+"""
+
+import numpy as np
+
+from emulator.errors import ConfigError, FitError
+from emulator.hw.mesh import DTYPE_BYTES, MeshConfig
+from isa.opcodes import MODE_BITS, MODE_PARAM, NUM_SLOTS, Op
+from isa.program import Program
+
+
+def validate_program(program: Program, mesh: MeshConfig) -> None:
+    """Raise if `program` cannot run on `mesh` (dimensions, SRAM, colors, encoding)."""
+    where = program.source
+    if (program.width, program.height) != (mesh.width, mesh.height):
+        raise ConfigError(f"{where}: program is for a {program.width}x{program.height} mesh "
+                          f"but the hardware is {mesh.width}x{mesh.height}")
+    if program.dtype not in DTYPE_BYTES:
+        raise ConfigError(f"{where}: dtype '{program.dtype}' is not one of fp32, fp16, bf16")
+    need = program.sram_words * DTYPE_BYTES[program.dtype]
+    if need > mesh.sram_bytes:
+        raise FitError(f"{where}: program needs {need} bytes of SRAM per PE "
+                       f"({program.sram_words} {program.dtype} elements), "
+                       f"PE has {mesh.sram_bytes} bytes")
+    if program.num_colors > mesh.num_colors:
+        raise ConfigError(f"{where}: program routes {program.num_colors} colors, "
+                          f"hardware has {mesh.num_colors}")
+    _check_arrays(program)
+    _check_code(program)
+
+
+def _check_arrays(program: Program) -> None:
+    where, n = program.source, program.num_pes
+    shapes = {"pe_region": (n,), "params": (n, program.params.shape[1]),
+              "route_rx": (n, program.num_colors), "route_tx": (n, program.num_colors)}
+    for name, shape in shapes.items():
+        if getattr(program, name).shape != shape:
+            raise ConfigError(f"{where}: array '{name}' has shape "
+                              f"{getattr(program, name).shape}, expected {shape}")
+    regions = len(program.region_start)
+    if program.pe_region.size and (program.pe_region.max() >= regions
+                                   or program.pe_region.min() < -1):
+        raise ConfigError(f"{where}: pe_region refers to a region outside 0..{regions - 1}")
+
+
+def _check_code(program: Program) -> None:
+    where, code = program.source, program.code
+    if code.size == 0:
+        return
+    bad = ~np.isin(code["op"], [int(op) for op in Op])
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ConfigError(f"{where}: instruction {i} (line {code['line'][i]}) has unknown "
+                          f"opcode {code['op'][i]}")
+    num_params = program.params.shape[1]
+    for slot in range(NUM_SLOTS):
+        kinds = (code["modes"] >> (MODE_BITS * slot)) & 0x3
+        uses = kinds == MODE_PARAM
+        if uses.any() and (code["a"][uses, slot] >= num_params).any():
+            i = int(np.flatnonzero(uses & (code["a"][:, slot] >= num_params))[0])
+            raise ConfigError(f"{where}: instruction {i} (line {code['line'][i]}) uses "
+                              f"parameter %p{code['a'][i, slot]} but the program has "
+                              f"{num_params}")
