@@ -1,0 +1,469 @@
+"""Model frontend: a HuggingFace `config.json` -> a validated, frozen `ModelSpec`.
+
+Supported architectures are the dense RMSNorm + RoPE + GQA + SwiGLU decoders
+`LlamaForCausalLM`, `MistralForCausalLM` (without sliding-window attention) and
+`Qwen2ForCausalLM` (q/k/v biases, without sliding-window attention). RoPE parameters are
+accepted in both forms found in the wild: `rope_theta` + `rope_scaling` (older files) and
+`rope_parameters` (newer transformers). Every problem raises `ConfigError` naming the file
+and the field; see docs/models.md for the full list of fields and defaults.
+
+Units: sizes are element counts, `kv_bytes_per_token` is bytes, `rope.theta` is the RoPE base
+(dimensionless), inverse frequencies are radians per position.
+"""
+
+import dataclasses
+import json
+import math
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from emulator.errors import ConfigError
+
+ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+}
+HIDDEN_ACTS = ("silu",)
+ROPE_TYPES = ("default", "linear", "llama3")
+DTYPES = ("float32", "float16", "bfloat16")
+DEFAULT_ROPE_THETA = 10000.0
+DEFAULT_RMS_NORM_EPS = 1e-6
+_MISSING = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeSpec:
+    """Rotary position embedding parameters (HF semantics).
+
+    `theta` is the base; `factor` applies to `linear` and `llama3`; the remaining fields are
+    the `llama3` band limits (`original_max_position_embeddings` in positions).
+    """
+
+    theta: float
+    rope_type: str = "default"
+    factor: float | None = None
+    low_freq_factor: float | None = None
+    high_freq_factor: float | None = None
+    original_max_position_embeddings: int | None = None
+
+    def inv_freq(self, head_dim: int) -> np.ndarray:
+        """Inverse frequencies [head_dim // 2] in radians per position, float64 (HF semantics)."""
+        exponents = np.arange(0, head_dim, 2, dtype=np.float64) / head_dim
+        inv_freq = 1.0 / (self.theta ** exponents)
+        if self.rope_type == "linear":
+            return inv_freq / self.factor
+        if self.rope_type == "llama3":
+            return self._llama3_scale(inv_freq)
+        return inv_freq
+
+    def _llama3_scale(self, inv_freq: np.ndarray) -> np.ndarray:
+        """Llama 3.1 frequency-band scaling, as transformers' `_compute_llama3_parameters`."""
+        old_len = self.original_max_position_embeddings
+        low_wavelen = old_len / self.low_freq_factor
+        high_wavelen = old_len / self.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > low_wavelen, inv_freq / self.factor, inv_freq)
+        smooth = (old_len / wavelen - self.low_freq_factor) / (
+            self.high_freq_factor - self.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / self.factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        return np.where(medium, smoothed, scaled)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A validated decoder-only transformer configuration (sizes in elements)."""
+
+    architecture: str
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    rms_norm_eps: float
+    hidden_act: str
+    attention_bias: bool
+    mlp_bias: bool
+    tie_word_embeddings: bool
+    max_position_embeddings: int
+    torch_dtype: str
+    rope: RopeSpec
+
+    @property
+    def q_dim(self) -> int:
+        """Width of the query projection output (num_heads * head_dim) in elements."""
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of each of the key and value projection outputs in elements."""
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def group_size(self) -> int:
+        """Query heads sharing one key/value head (GQA group size)."""
+        return self.num_heads // self.num_kv_heads
+
+    @property
+    def o_proj_bias(self) -> bool:
+        """Whether o_proj has a bias: Llama's `attention_bias` covers q, k, v and o (HF)."""
+        return self.attention_bias and self.architecture == "LlamaForCausalLM"
+
+    def rope_inv_freq(self) -> np.ndarray:
+        """RoPE inverse frequencies [head_dim // 2], radians per position, float64."""
+        return self.rope.inv_freq(self.head_dim)
+
+    def kv_bytes_per_token(self, bytes_per_element: int) -> int:
+        """KV-cache bytes per token: 2 * layers * kv_heads * head_dim * bytes_per_element."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * bytes_per_element
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """HF tensor name -> shape, in checkpoint order (Linear weights are [out, in])."""
+        shapes = {"model.embed_tokens.weight": (self.vocab_size, self.hidden_size)}
+        for layer in range(self.num_layers):
+            shapes.update(self._layer_shapes(layer))
+        shapes["model.norm.weight"] = (self.hidden_size,)
+        if not self.tie_word_embeddings:
+            shapes["lm_head.weight"] = (self.vocab_size, self.hidden_size)
+        return shapes
+
+    def _layer_shapes(self, layer: int) -> dict[str, tuple[int, ...]]:
+        """Tensor shapes of one decoder layer."""
+        p = f"model.layers.{layer}."
+        h, f = self.hidden_size, self.intermediate_size
+        proj_out = {"q": self.q_dim, "k": self.kv_dim, "v": self.kv_dim}
+        shapes = {f"{p}input_layernorm.weight": (h,)}
+        for name, out in proj_out.items():
+            shapes[f"{p}self_attn.{name}_proj.weight"] = (out, h)
+            if self.attention_bias:
+                shapes[f"{p}self_attn.{name}_proj.bias"] = (out,)
+        shapes[f"{p}self_attn.o_proj.weight"] = (h, self.q_dim)
+        if self.o_proj_bias:
+            shapes[f"{p}self_attn.o_proj.bias"] = (h,)
+        shapes[f"{p}post_attention_layernorm.weight"] = (h,)
+        for name, (out, inp) in {"gate": (f, h), "up": (f, h), "down": (h, f)}.items():
+            shapes[f"{p}mlp.{name}_proj.weight"] = (out, inp)
+            if self.mlp_bias:
+                shapes[f"{p}mlp.{name}_proj.bias"] = (out,)
+        return shapes
+
+    def param_count(self) -> int:
+        """Number of parameters (elements) in all weight tensors (tied embeddings once)."""
+        return sum(math.prod(shape) for shape in self.weight_shapes().values())
+
+    def to_dict(self) -> dict:
+        """The spec as a JSON-ready dict keyed by attribute name (`rope` nested)."""
+        return dataclasses.asdict(self)
+
+    def to_hf_config(self) -> dict:
+        """An HF `config.json` dict (newer `rope_parameters` form) that parses back to self."""
+        rope = {"rope_type": self.rope.rope_type, "rope_theta": self.rope.theta}
+        for key in ("factor", "low_freq_factor", "high_freq_factor",
+                    "original_max_position_embeddings"):
+            if getattr(self.rope, key) is not None:
+                rope[key] = getattr(self.rope, key)
+        config = {
+            "architectures": [self.architecture],
+            "model_type": ARCHITECTURES[self.architecture],
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "vocab_size": self.vocab_size,
+            "rms_norm_eps": self.rms_norm_eps,
+            "hidden_act": self.hidden_act,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "max_position_embeddings": self.max_position_embeddings,
+            "torch_dtype": self.torch_dtype,
+            "rope_parameters": rope,
+        }
+        if self.architecture == "LlamaForCausalLM":
+            config["attention_bias"] = self.attention_bias
+            config["mlp_bias"] = self.mlp_bias
+        return config
+
+
+# --------------------------------------------------------------------------- field readers
+
+
+def _fail(label: str, field: str, problem: str) -> ConfigError:
+    """A ConfigError naming the file and the field."""
+    return ConfigError(f"{label}: field '{field}' {problem}")
+
+
+def _lookup(data: dict, key: str, label: str, field: str, default):
+    """`data[key]`, or `default` when absent/null; a missing required field raises."""
+    value = data.get(key)
+    if value is None:
+        if default is _MISSING:
+            raise ConfigError(f"{label}: missing field '{field}'")
+        return default
+    return value
+
+
+def _int(data: dict, key: str, label: str, default=_MISSING, field: str | None = None) -> int:
+    """A positive integer field."""
+    field = field or key
+    value = _lookup(data, key, label, field, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(label, field, f"must be a positive integer, got {json.dumps(value)}")
+    if value <= 0:
+        raise _fail(label, field, f"must be a positive integer, got {value}")
+    return value
+
+
+def _float(data: dict, key: str, label: str, default=_MISSING, field: str | None = None) -> float:
+    """A positive, finite number field, returned as float."""
+    field = field or key
+    value = _lookup(data, key, label, field, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(label, field, f"must be a positive number, got {json.dumps(value)}")
+    if not (math.isfinite(value) and value > 0):
+        raise _fail(label, field, f"must be a positive number, got {value}")
+    return float(value)
+
+
+def _bool(data: dict, key: str, label: str, default: bool) -> bool:
+    """A boolean field (JSON true/false)."""
+    value = _lookup(data, key, label, key, default)
+    if not isinstance(value, bool):
+        raise _fail(label, key, f"must be true or false, got {json.dumps(value)}")
+    return value
+
+
+def _choice(value, label: str, field: str, options) -> str:
+    """A string field restricted to `options`."""
+    if not isinstance(value, str) or value not in options:
+        raise _fail(label, field, f"has unsupported value {json.dumps(value)} "
+                                  f"(supported: {', '.join(options)})")
+    return value
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _architecture(data: dict, label: str) -> str:
+    """The architecture name from `architectures` (or `model_type` when that is absent)."""
+    model_types = {v: k for k, v in ARCHITECTURES.items()}
+    names = data.get("architectures")
+    if names is None:
+        model_type = data.get("model_type")
+        if model_type is None:
+            raise ConfigError(f"{label}: missing field 'architectures'")
+        arch = model_types.get(model_type, model_type)
+        return _choice(arch, label, "model_type", list(ARCHITECTURES))
+    if (not isinstance(names, list) or len(names) != 1 or not isinstance(names[0], str)):
+        raise _fail(label, "architectures",
+                    f"must be a list of one architecture name, got {json.dumps(names)}")
+    arch = _choice(names[0], label, "architectures", list(ARCHITECTURES))
+    model_type = data.get("model_type")
+    if model_type is not None and model_type != ARCHITECTURES[arch]:
+        raise _fail(label, "model_type", f"is {json.dumps(model_type)} but 'architectures' "
+                                         f"is {arch} (expected '{ARCHITECTURES[arch]}')")
+    return arch
+
+
+def _check_full_attention(data: dict, label: str, arch: str) -> None:
+    """Reject sliding-window attention, which the emulator does not implement."""
+    window = data.get("sliding_window")
+    if arch == "MistralForCausalLM" and window is not None:
+        raise _fail(label, "sliding_window",
+                    f"is {json.dumps(window)}: sliding-window attention is not supported; "
+                    "set it to null (as Mistral-7B-v0.2 and later do)")
+    if arch == "Qwen2ForCausalLM" and data.get("use_sliding_window") and window is not None:
+        raise _fail(label, "use_sliding_window",
+                    "is true: sliding-window attention is not supported; set it to false")
+    layer_types = data.get("layer_types")
+    if layer_types is not None:
+        if not isinstance(layer_types, list) or any(t != "full_attention" for t in layer_types):
+            raise _fail(label, "layer_types", "must list only \"full_attention\" layers "
+                                              "(sliding-window attention is not supported)")
+
+
+def _check_rotary_fraction(params: dict, label: str, field: str) -> None:
+    """Only full-width RoPE (`partial_rotary_factor` 1) is supported."""
+    fraction = params.get("partial_rotary_factor")
+    if fraction is not None and fraction != 1:
+        raise _fail(label, field, f"is {json.dumps(fraction)}: only full rotary "
+                                  "embedding (1.0) is supported")
+
+
+def _rope_source(data: dict, label: str) -> tuple[dict, str, float]:
+    """(rope parameter dict, its field name, fallback theta) in either RoPE form."""
+    top_theta = _float(data, "rope_theta", label, DEFAULT_ROPE_THETA)
+    params = data.get("rope_parameters")
+    if params is None:
+        params, where = data.get("rope_scaling"), "rope_scaling"
+        params = {} if params is None else params
+    else:
+        where = "rope_parameters"
+        if data.get("rope_scaling") is not None:
+            raise _fail(label, "rope_scaling",
+                        "is set together with 'rope_parameters'; use one of the two forms")
+    if not isinstance(params, dict):
+        raise _fail(label, where, f"must be an object, got {json.dumps(params)}")
+    return params, where, top_theta
+
+
+def _parse_rope(data: dict, label: str, max_positions: int) -> RopeSpec:
+    """RopeSpec from `rope_theta` + `rope_scaling` or from `rope_parameters`."""
+    params, where, top_theta = _rope_source(data, label)
+    _check_rotary_fraction(data, label, "partial_rotary_factor")
+    _check_rotary_fraction(params, label, f"{where}.partial_rotary_factor")
+    theta = top_theta
+    if where == "rope_parameters":
+        theta = _float(params, "rope_theta", label, top_theta, f"{where}.rope_theta")
+    type_key = "rope_type" if "rope_type" in params else "type"
+    rope_type = _choice(params.get(type_key, "default"), label, f"{where}.{type_key}",
+                        ROPE_TYPES)
+    if rope_type == "default":
+        return RopeSpec(theta=theta)
+    factor = _float(params, "factor", label, field=f"{where}.factor")
+    if rope_type == "linear":
+        return RopeSpec(theta=theta, rope_type="linear", factor=factor)
+    return _parse_llama3(params, label, where, theta, factor, max_positions)
+
+
+def _parse_llama3(params: dict, label: str, where: str, theta: float, factor: float,
+                  max_positions: int) -> RopeSpec:
+    """The llama3 band parameters; `original_max_position_embeddings` defaults as in HF."""
+    low = _float(params, "low_freq_factor", label, field=f"{where}.low_freq_factor")
+    high = _float(params, "high_freq_factor", label, field=f"{where}.high_freq_factor")
+    if not high > low:
+        raise _fail(label, f"{where}.high_freq_factor",
+                    f"must be greater than low_freq_factor ({low}), got {high}")
+    original = _int(params, "original_max_position_embeddings", label, max_positions,
+                    f"{where}.original_max_position_embeddings")
+    return RopeSpec(theta=theta, rope_type="llama3", factor=factor, low_freq_factor=low,
+                    high_freq_factor=high, original_max_position_embeddings=original)
+
+
+def _parse_heads(data: dict, label: str, hidden: int) -> tuple[int, int, int]:
+    """(num_heads, num_kv_heads, head_dim), checked for GQA divisibility and even head_dim."""
+    heads = _int(data, "num_attention_heads", label)
+    kv_heads = _int(data, "num_key_value_heads", label, heads)
+    if heads % kv_heads:
+        raise _fail(label, "num_key_value_heads",
+                    f"({kv_heads}) must divide num_attention_heads ({heads})")
+    if data.get("head_dim") is None and hidden % heads:
+        raise _fail(label, "hidden_size", f"({hidden}) must be a multiple of "
+                                          f"num_attention_heads ({heads}) when head_dim is absent")
+    head_dim = _int(data, "head_dim", label, hidden // heads)
+    if head_dim % 2:
+        raise _fail(label, "head_dim", f"must be even for rotary embeddings, got {head_dim}")
+    return heads, kv_heads, head_dim
+
+
+def _parse_biases(data: dict, label: str, arch: str) -> tuple[bool, bool]:
+    """(attention_bias, mlp_bias): Llama reads both; Qwen2 has q/k/v biases; Mistral none."""
+    fixed_attention = {"Qwen2ForCausalLM": True, "MistralForCausalLM": False}.get(arch)
+    attention = _bool(data, "attention_bias", label,
+                      False if fixed_attention is None else fixed_attention)
+    mlp = _bool(data, "mlp_bias", label, False)
+    if fixed_attention is not None and attention != fixed_attention:
+        raise _fail(label, "attention_bias", f"cannot be {json.dumps(attention)} for {arch} "
+                                             f"(it is always {json.dumps(fixed_attention)})")
+    if arch != "LlamaForCausalLM" and mlp:
+        raise _fail(label, "mlp_bias", f"cannot be true for {arch} (only Llama has MLP biases)")
+    return attention, mlp
+
+
+def _parse_dtype(data: dict, label: str) -> str:
+    """`torch_dtype` (or newer `dtype`), default float32."""
+    key = "torch_dtype" if data.get("torch_dtype") is not None else "dtype"
+    return _choice(data.get(key) or "float32", label, key, DTYPES)
+
+
+def parse_config(data: dict, label: str) -> ModelSpec:
+    """Validate an HF config dict; `label` (usually the path) prefixes every error message."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}: expected a JSON object at the top level")
+    arch = _architecture(data, label)
+    _check_full_attention(data, label, arch)
+    hidden = _int(data, "hidden_size", label)
+    heads, kv_heads, head_dim = _parse_heads(data, label, hidden)
+    attention_bias, mlp_bias = _parse_biases(data, label, arch)
+    max_positions = _int(data, "max_position_embeddings", label)
+    hidden_act = _choice(data.get("hidden_act", "silu"), label, "hidden_act", HIDDEN_ACTS)
+    return ModelSpec(
+        architecture=arch,
+        hidden_size=hidden,
+        intermediate_size=_int(data, "intermediate_size", label),
+        num_layers=_int(data, "num_hidden_layers", label),
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        vocab_size=_int(data, "vocab_size", label),
+        rms_norm_eps=_float(data, "rms_norm_eps", label, DEFAULT_RMS_NORM_EPS),
+        hidden_act=hidden_act,
+        attention_bias=attention_bias,
+        mlp_bias=mlp_bias,
+        tie_word_embeddings=_bool(data, "tie_word_embeddings", label, False),
+        max_position_embeddings=max_positions,
+        torch_dtype=_parse_dtype(data, label),
+        rope=_parse_rope(data, label, max_positions),
+    )
+
+
+def read_config_json(path) -> dict:
+    """Read a JSON file; a missing, unreadable or malformed file raises ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such model config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read model config: {exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: "
+                          f"{exc.msg}") from None
+
+
+def load_config(path) -> ModelSpec:
+    """Load and validate a HuggingFace `config.json` file."""
+    return parse_config(read_config_json(path), str(path))
+
+
+# --------------------------------------------------------------------------- bundled models
+
+
+def _bundled_dir():
+    """The folder of model configs shipped inside the package."""
+    return resources.files("emulator").joinpath("models")
+
+
+def list_bundled_models() -> list[str]:
+    """Names of the bundled model configs (`tiny`, ...)."""
+    return sorted(p.name[:-5] for p in _bundled_dir().iterdir() if p.name.endswith(".json"))
+
+
+def bundled_model_path(name: str) -> Path:
+    """Path of a bundled model config by name (`tiny` or `tiny.json`)."""
+    stem = name[:-5] if name.endswith(".json") else name
+    candidate = _bundled_dir().joinpath(f"{stem}.json")
+    if not candidate.is_file():
+        known = ", ".join(list_bundled_models())
+        raise ConfigError(f"{name}: no such bundled model (bundled models: {known})")
+    return Path(str(candidate))
+
+
+def resolve_model(name_or_path) -> ModelSpec:
+    """Load a model config from a file path, or else from a bundled model name."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return load_config(path)
+    stem = path.name[:-5] if path.name.endswith(".json") else path.name
+    if path.parent == Path(".") and stem in list_bundled_models():
+        return load_config(bundled_model_path(stem))
+    known = ", ".join(list_bundled_models())
+    raise ConfigError(f"{name_or_path}: no such model config file or bundled model "
+                      f"(bundled models: {known})")
