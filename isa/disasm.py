@@ -1,0 +1,282 @@
+"""The disassembler: `Program` -> assembly text that re-assembles to an equal Program.
+
+Layout of the output: the header (.mesh .dtype .sram .params); router entries and
+parameters of idle PEs as `.route/.param ... at` rectangles; then each region with its
+router entries (the region's most common entry per color, then exceptions as rectangles),
+parameters (a constant, an affine expression of lx and ly, or a most common value plus
+rectangles), `.data` lines and code. Jump targets get labels `L<pc>`. Source line numbers
+stored in the instructions are kept with `.line N` directives where the output's own line
+numbers differ. The router table width (`num_colors`) is written as a comment: pass it to
+`assemble` when it is not the default 24.
+"""
+
+from collections import Counter
+
+import numpy as np
+
+from isa.asm import DESCRIPTOR_SLOTS, PORT_BITS, SIGNATURES
+from isa.opcodes import (
+    MODE_IMM,
+    MODE_PARAM,
+    SLOT_COLOR,
+    SLOT_DST,
+    SLOT_N,
+    SLOT_SRC0,
+    SLOT_SRC1,
+    Op,
+    slot_mode,
+)
+from isa.program import Program
+
+JUMPS = (Op.DJNZ, Op.JMP)
+
+
+def format_float(value) -> str:
+    """Shortest text that parses back to the same fp32 value."""
+    return str(np.float32(value))
+
+
+def format_ports(mask: int) -> str:
+    """Port bit mask -> 'N|E|R' or '-'."""
+    names = [name for name, bit in PORT_BITS.items() if mask & bit]
+    return "|".join(names) if names else "-"
+
+
+def format_value(ins, slot: int) -> str:
+    """An integer operand: immediate, %pK or rK[+-N]."""
+    kind, reg = slot_mode(ins["modes"], slot)
+    value = int(ins["a"][slot])
+    if kind == MODE_IMM:
+        return str(value)
+    if kind == MODE_PARAM:
+        return f"%p{value}"
+    if value == 0:
+        return f"r{reg}"
+    return f"r{reg}{'+' if value > 0 else '-'}{abs(value)}"
+
+
+def format_descriptor(ins, kind: str) -> str:
+    addr_slot, stride_slot, default = DESCRIPTOR_SLOTS[kind]
+    addr = format_value(ins, addr_slot)
+    stride_kind, _ = slot_mode(ins["modes"], stride_slot)
+    if stride_kind == MODE_IMM and int(ins["a"][stride_slot]) == default:
+        return f"[{addr}]"
+    return f"[{addr}:{format_value(ins, stride_slot)}]"
+
+
+def format_operand(ins, kind: str) -> str:
+    """One operand of `kind` (see isa.asm.SIGNATURES) as assembly text."""
+    if kind in DESCRIPTOR_SLOTS:
+        return format_descriptor(ins, kind)
+    if kind == "n":
+        return format_value(ins, SLOT_N)
+    if kind == "color":
+        mode, _ = slot_mode(ins["modes"], SLOT_COLOR)
+        value = format_value(ins, SLOT_COLOR)
+        return f"c{value}" if mode == MODE_IMM else value
+    if kind == "imm":
+        return format_float(ins["imm"])
+    if kind == "reg":
+        return f"r{int(ins['a'][SLOT_DST])}"
+    if kind == "value":
+        return format_value(ins, SLOT_SRC0)
+    if kind == "label":
+        return f"L{int(ins['a'][SLOT_SRC0])}"
+    slot = SLOT_SRC0 if kind == "rx" else SLOT_SRC1
+    mode, _ = slot_mode(ins["modes"], slot)
+    return format_ports(int(ins["a"][slot])) if mode == MODE_IMM else format_value(ins, slot)
+
+
+def format_instruction(ins) -> str:
+    """One instruction row as assembly text (labels as L<pc>)."""
+    op = Op(int(ins["op"]))
+    operands = ", ".join(format_operand(ins, kind) for kind in SIGNATURES[op])
+    return f"{op.name.lower()} {operands}".rstrip()
+
+
+def cover(grid: np.ndarray, mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
+    """Rectangles (x0, y0, x1, y1, value) of equal values covering every masked cell."""
+    height, width = grid.shape
+    done = ~mask.copy()
+    rects = []
+    for y in range(height):
+        for x in range(width):
+            if done[y, x]:
+                continue
+            value = grid[y, x]
+            x1 = x
+            while x1 + 1 < width and not done[y, x1 + 1] and grid[y, x1 + 1] == value:
+                x1 += 1
+            y1 = y
+            while (y1 + 1 < height and not done[y1 + 1, x:x1 + 1].any()
+                   and (grid[y1 + 1, x:x1 + 1] == value).all()):
+                y1 += 1
+            done[y:y1 + 1, x:x1 + 1] = True
+            rects.append((x, y, x1, y1, int(value)))
+    return rects
+
+
+def region_rect(program: Program, region: int) -> tuple[int, int, int, int]:
+    """The rectangle of PEs running `region`; ValueError if they do not form one."""
+    pes = np.flatnonzero(program.pe_region == region)
+    name = program.region_names[region]
+    if pes.size == 0:
+        raise ValueError(f"region '{name}' has no PEs and cannot be written as assembly")
+    xs, ys = pes % program.width, pes // program.width
+    x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
+    if pes.size != (x1 - x0 + 1) * (y1 - y0 + 1):
+        raise ValueError(f"region '{name}' is not a rectangle of PEs")
+    return int(x0), int(y0), int(x1), int(y1)
+
+
+class Writer:
+    """Collects output lines and keeps the `.line` bookkeeping."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.offset = 0          # recorded line = physical line + offset
+
+    def add(self, text: str):
+        self.lines.append(text)
+
+    def instruction(self, text: str, source_line: int):
+        """Emit an instruction so that it records `source_line`."""
+        physical = len(self.lines) + 1
+        if physical + self.offset != source_line:
+            self.lines.append(f".line {source_line}")
+            self.offset = source_line - (physical + 1)
+        self.lines.append(text)
+
+
+def _at(rect) -> str:
+    x0, y0, x1, y1 = rect[:4]
+    return f"at {x0},{y0} {x1},{y1}"
+
+
+def _route_lines(program: Program, grid_rx, grid_tx, mask, origin, default_ok: bool):
+    """`.route` lines for the masked cells of a grid whose corner is PE `origin`;
+    with `default_ok` (a region) the most common entry is written for the whole region."""
+    ox, oy = origin
+    lines = []
+    for color in range(program.num_colors):
+        pair = grid_rx[:, :, color].astype(np.int64) * 256 + grid_tx[:, :, color]
+        default = 0
+        if default_ok:
+            default = Counter(pair[mask].tolist()).most_common(1)[0][0]
+            if default:
+                lines.append(_route_text(color, default))
+        for x0, y0, x1, y1, value in cover(pair, mask & (pair != default)):
+            lines.append(f"{_route_text(color, value)} "
+                         f"{_at((x0 + ox, y0 + oy, x1 + ox, y1 + oy))}")
+    return lines
+
+
+def _route_text(color: int, pair: int) -> str:
+    return f".route c{color} rx={format_ports(pair // 256)} tx={format_ports(pair % 256)}"
+
+
+def _affine(values: np.ndarray) -> str | None:
+    """'c + a*lx + b*ly' if `values` [h, w] is exactly affine in lx, ly, else None."""
+    h, w = values.shape
+    c = int(values[0, 0])
+    a = int(values[0, 1]) - c if w > 1 else 0
+    b = int(values[1, 0]) - c if h > 1 else 0
+    ly, lx = np.mgrid[0:h, 0:w]
+    if not np.array_equal(values.astype(np.int64), c + a * lx + b * ly):
+        return None
+    terms = [str(c)] if c or not (a or b) else []
+    terms += [f"{k}*{name}" for k, name in ((a, "lx"), (b, "ly")) if k]
+    return " + ".join(terms).replace("+ -", "- ")
+
+
+def _param_lines(values: np.ndarray, mask: np.ndarray, index: int, origin, region: bool):
+    """`.param` lines for the masked cells of `values` (a grid whose corner is `origin`)."""
+    ox, oy = origin
+    if region and mask.all():
+        expr = _affine(values)
+        if expr is not None:
+            return [f".param p{index} = {expr}"] if expr != "0" else []
+    default = Counter(values[mask].tolist()).most_common(1)[0][0] if region else 0
+    lines = [f".param p{index} = {default}"] if default else []
+    for x0, y0, x1, y1, value in cover(values, mask & (values != default)):
+        lines.append(f".param p{index} = {value} "
+                     f"{_at((x0 + ox, y0 + oy, x1 + ox, y1 + oy))}")
+    return lines
+
+
+def _grid(program: Program, array: np.ndarray) -> np.ndarray:
+    """A per-PE array reshaped to [H, W, ...]."""
+    return array.reshape(program.height, program.width, *array.shape[1:])
+
+
+def _idle_lines(program: Program) -> list[str]:
+    """Routes and parameters of PEs outside every region."""
+    idle = _grid(program, program.pe_region) < 0
+    if not idle.any():
+        return []
+    lines = _route_lines(program, _grid(program, program.route_rx),
+                         _grid(program, program.route_tx), idle, (0, 0), default_ok=False)
+    params = _grid(program, program.params)
+    for k in range(program.params.shape[1]):
+        lines += _param_lines(params[:, :, k], idle, k, (0, 0), region=False)
+    return lines
+
+
+def _region_tables(program: Program, rect) -> list[str]:
+    """Routes and parameters of one region's PEs."""
+    x0, y0, x1, y1 = rect
+    window = (slice(y0, y1 + 1), slice(x0, x1 + 1))
+    rx = _grid(program, program.route_rx)[window]
+    tx = _grid(program, program.route_tx)[window]
+    mask = np.ones(rx.shape[:2], bool)
+    lines = _route_lines(program, rx, tx, mask, (x0, y0), default_ok=True)
+    params = _grid(program, program.params)[window]
+    for k in range(program.params.shape[1]):
+        lines += _param_lines(params[:, :, k], mask, k, (x0, y0), region=True)
+    return lines
+
+
+def _region_data(program: Program, region: int) -> list[str]:
+    lines = []
+    for r, addr, offset, length in zip(program.data_region, program.data_addr,
+                                       program.data_offset, program.data_len, strict=True):
+        if r == region:
+            values = program.data_values[offset:offset + length]
+            lines.append(f".data {int(addr)} " + " ".join(format_float(v) for v in values))
+    return lines
+
+
+def _region_code(program: Program, region: int, out: Writer):
+    code = program.region_code(region)
+    comments = program.region_comments.get(region, {})
+    targets = {int(ins["a"][SLOT_SRC0]) for ins in code if Op(int(ins["op"])) in JUMPS}
+    for pc, ins in enumerate(code):
+        if pc in targets:
+            out.add(f"L{pc}:")
+        text = "    " + format_instruction(ins)
+        if pc in comments:
+            text += f"  ; {comments[pc]}"
+        out.instruction(text, int(ins["line"]))
+    if len(code) in targets:
+        out.add(f"L{len(code)}:")
+
+
+def disassemble(program: Program) -> str:
+    """Assembly text for `program` (see module docstring)."""
+    out = Writer()
+    out.add(f"; disassembled from {program.source}; colors: {program.num_colors}")
+    out.add(f".mesh {program.width}x{program.height}")
+    out.add(f".dtype {program.dtype}")
+    out.add(f".sram {program.sram_words}")
+    if program.params.shape[1]:
+        out.add(f".params {program.params.shape[1]}")
+    for line in _idle_lines(program):
+        out.add(line)
+    for region, name in enumerate(program.region_names):
+        rect = region_rect(program, region)
+        out.add("")
+        out.add(f".region {name} {rect[0]},{rect[1]} {rect[2]},{rect[3]}")
+        for line in _region_tables(program, rect) + _region_data(program, region):
+            out.add(line)
+        _region_code(program, region, out)
+    return "\n".join(out.lines) + "\n"
