@@ -1,0 +1,165 @@
+"""The fast mesh engine: `run_numba`, a drop-in for `isa.reference.run_reference`.
+
+The wrapper validates the program against the mesh (`isa.validate.validate_program`: mesh
+dimensions, SRAM budget `sram_words * bytes(dtype) <= sram_bytes`, colors, encoding),
+converts the Program to the plain arrays the kernel takes (emulator/mesh_kernels.py), runs
+it, and turns the kernel's integer fault record into a `MeshFault` worded like the
+reference's. Results agree with the reference exactly (cycles, per-PE times, link loads,
+counters) and, in functional mode, bit for bit on SRAM. See docs/engines.md.
+"""
+
+import numpy as np
+
+from emulator import mesh_kernels as K
+from emulator.errors import ConfigError, MeshFault
+from emulator.hw.mesh import MeshConfig
+from isa.opcodes import NUM_REGS, NUM_SLOTS, PORT_NAMES, Op
+from isa.program import Program, RunResult
+from isa.validate import validate_program
+
+
+def run_numba(program: Program, mesh: MeshConfig, sram=None, functional: bool = True,
+              max_cycles: int = 10**9) -> RunResult:
+    """Run `program` on `mesh` with the Numba engine (same contract as `run_reference`).
+
+    `sram`: optional float32 [W*H, sram_words] initial contents (default: the program's
+    `.data`). Timing-only (`functional=False`) allocates no SRAM or payloads, returns
+    `sram=None` and the same timing as a functional run.
+    """
+    validate_program(program, mesh)
+    n = program.num_pes
+    memory = initial_memory(program, sram) if functional else np.zeros((0, 0), np.float32)
+    pes = np.zeros((n, K.P_FIELDS), np.int64)
+    pes[:, K.P_WAIT] = -1
+    pes[program.pe_region < 0, K.P_STATUS] = K.HALTED
+    regs = np.zeros(n * NUM_REGS, np.int64)
+    link_busy = np.zeros(n * 4, np.int64)
+    stats = np.zeros(K.ST_SIZE, np.int64)
+    fault = np.zeros(K.FAULT_SIZE, np.int64)
+    code = code_arrays(program)
+    with np.errstate(all="ignore"):   # only matters with EMU_DISABLE_JIT=1
+        K.run_mesh(*code, np.ascontiguousarray(program.region_start, np.int64),
+                   np.ascontiguousarray(program.region_len, np.int64),
+                   np.ascontiguousarray(program.pe_region, np.int64),
+                   np.ascontiguousarray(program.params, np.int64),
+                   packed_routes(program.route_rx), packed_routes(program.route_tx),
+                   kernel_config(program, mesh, functional, max_cycles), memory, pes, regs,
+                   link_busy, stats, fault)
+    if fault[K.F_CODE] != K.FAULT_NONE:
+        raise MeshFault(fault_message(program, fault, pes, max_cycles))
+    finish = pes[:, K.P_FINISH].copy()
+    return RunResult(cycles=int(finish.max(initial=0)), pe_finish=finish,
+                     pe_busy=pes[:, K.P_BUSY].copy(), link_busy=link_busy.reshape(n, 4),
+                     instructions=int(stats[K.ST_INSTRUCTIONS]),
+                     messages=int(stats[K.ST_MESSAGES]),
+                     sram=memory if functional else None)
+
+
+def initial_memory(program: Program, sram) -> np.ndarray:
+    """The functional-mode SRAM: a copy of `sram` or the program's initial contents."""
+    if sram is None:
+        return program.initial_sram()
+    memory = np.array(sram, np.float32, copy=True, order="C")
+    if memory.shape != (program.num_pes, program.sram_words):
+        raise ConfigError(f"{program.source}: initial SRAM has shape {memory.shape}, "
+                          f"expected {(program.num_pes, program.sram_words)}")
+    return memory
+
+
+def code_arrays(program: Program) -> tuple:
+    """(op, modes, args [N, 8], imm) as contiguous int64 / float32 arrays."""
+    code = program.code
+    args = np.ascontiguousarray(code["a"], np.int64).reshape(len(code), NUM_SLOTS)
+    return (np.ascontiguousarray(code["op"], np.int64),
+            np.ascontiguousarray(code["modes"], np.int64), args,
+            np.ascontiguousarray(code["imm"], np.float32))
+
+
+def packed_routes(table: np.ndarray) -> np.ndarray:
+    """A router table [P, colors] flattened to uint8 entries in `pack_ports` form."""
+    v = np.asarray(table, np.int64).ravel()
+    return ((v & 31) | np.where(v & ~31, 32, 0)).astype(np.uint8)
+
+
+def kernel_config(program: Program, mesh: MeshConfig, functional: bool,
+                  max_cycles: int) -> np.ndarray:
+    """The kernel's cfg array (mesh_kernels.CFG_* indices)."""
+    cfg = np.zeros(K.CFG_SIZE, np.int64)
+    cfg[K.CFG_WIDTH], cfg[K.CFG_HEIGHT] = program.width, program.height
+    cfg[K.CFG_COLORS], cfg[K.CFG_SRAM] = program.num_colors, program.sram_words
+    cfg[K.CFG_O], cfg[K.CFG_H] = mesh.issue_overhead, mesh.hop_latency
+    cfg[K.CFG_R], cfg[K.CFG_W] = mesh.ramp_latency, mesh.simd_width(program.dtype)
+    cfg[K.CFG_B], cfg[K.CFG_MAX_CYCLES] = mesh.barrier_latency, max_cycles
+    cfg[K.CFG_FUNCTIONAL] = int(bool(functional))
+    cfg[K.CFG_LIVE] = int(np.count_nonzero(program.pe_region >= 0))
+    return cfg
+
+
+# --- fault messages (worded as isa/reference.py words them) -------------------------------
+
+
+def port_list(mask: int) -> str:
+    """'N|E' style names of the ports in a mask, '-' for none."""
+    names = [name for bit, name in PORT_NAMES.items() if mask & bit]
+    return "|".join(names) if names else "-"
+
+
+def fault_message(program: Program, fault: np.ndarray, pes: np.ndarray,
+                  max_cycles: int) -> str:
+    """The MeshFault message for the kernel's fault record."""
+    code = int(fault[K.F_CODE])
+    pe, cycle = int(fault[K.F_PE]), int(fault[K.F_CYCLE])
+    a, b, c, d = (int(v) for v in fault[K.F_A:K.F_A + 4])
+    if code == K.FAULT_DEADLOCK:
+        return deadlock_message(program, pes)
+    if code == K.FAULT_UNDELIVERED:
+        return (f"{program.source}: PE {xy(program, pe)}: {b} undelivered message(s) on "
+                f"color {a} when the program ended")
+    return f"{program.source}: PE {xy(program, pe)} at cycle {cycle}: " + fault_detail(
+        program, code, a, b, c, d, int(fault[K.F_D + 1]), max_cycles)
+
+
+def fault_detail(program: Program, code: int, a: int, b: int, c: int, d: int, e: int,
+                 max_cycles: int) -> str:
+    """The part of a per-PE fault message after 'PE (x,y) at cycle t: '."""
+    details = {
+        K.FAULT_SRAM: lambda: f"SRAM access at element {a} outside "
+                              f"0..{program.sram_words - 1}",
+        K.FAULT_COUNT: lambda: f"negative element count {a}",
+        K.FAULT_COLOR: lambda: f"color {a} is not defined "
+                               f"(colors 0..{program.num_colors - 1})",
+        K.FAULT_CYCLES: lambda: f"cycle limit {max_cycles} exceeded",
+        K.FAULT_JUMP: lambda: f"jump to {a} outside the code 0..{b}",
+        K.FAULT_LOOP: lambda: f"route of color {a} loops (passes {b} routers)",
+        K.FAULT_RX: lambda: f"message on color {a} reaches PE {xy(program, b)} from port "
+                            f"{PORT_NAMES[c]} but its route accepts {port_list(d)}",
+        K.FAULT_NO_TX: lambda: f"color {a} has no route out of PE {xy(program, b)}",
+        K.FAULT_OFF_MESH: lambda: f"route of color {a} leaves the mesh at PE "
+                                  f"{xy(program, b)} going {PORT_NAMES[c]}",
+        K.FAULT_LENGTH: lambda: f"{Op(e).name.lower()} on color {a} expects {b} wavelets "
+                                f"but the message from PE {xy(program, d)} has {c}",
+        K.FAULT_REGISTER: lambda: f"register r{a} does not exist (r0..r{NUM_REGS - 1})",
+    }
+    return details[code]()
+
+
+def deadlock_message(program: Program, pes: np.ndarray) -> str:
+    """Deadlock: up to 8 stuck PEs with what they wait for, as the reference lists them."""
+    status = pes[:, K.P_STATUS]
+    stuck = np.flatnonzero(status != K.HALTED)
+    parts = []
+    for pe in stuck[:8]:
+        what = (f"waits on color {int(pes[pe, K.P_WAIT])}" if status[pe] == K.BLOCKED
+                else "waits at a barrier")
+        parts.append(f"PE {xy(program, pe)} {what} since cycle {int(pes[pe, K.P_CLOCK])}")
+    more = f" (+{stuck.size - 8} more)" if stuck.size > 8 else ""
+    halted = np.flatnonzero((status == K.HALTED) & (program.pe_region >= 0))
+    note = (f"; PE {xy(program, int(halted[0]))} halted"
+            if (status == K.AT_BARRIER).any() and halted.size else "")
+    return f"{program.source}: deadlock: {'; '.join(parts)}{more}{note}"
+
+
+def xy(program: Program, pe: int) -> str:
+    """'(x,y)' of PE index `pe`."""
+    x, y = program.pe_xy(int(pe))
+    return f"({x},{y})"
