@@ -189,7 +189,7 @@ class Assembler:
     def run(self, text: str) -> Program:
         """Assemble all lines and build the Program."""
         for number, raw in enumerate(text.splitlines(), start=1):
-            self.parse_line(Line(self.source, number, raw.expandtabs(8)))
+            self.parse_line(Line(self.source, number, raw))
         if self.regions:
             self.finish_region()
         if not self.frozen:
@@ -341,12 +341,12 @@ class Assembler:
         ys, xs = np.mgrid[y0:y1 + 1, x0:x1 + 1]
         return ys * self.width + xs
 
-    def split_at(self, line: Line, args, what: str):
-        """Split trailing 'at x0,y0 x1,y1'; return (fields before, rect or None)."""
+    def split_at(self, line: Line, col: int, args, what: str):
+        """Split trailing 'at x0,y0 x1,y1'; return (fields before, rectangle)."""
         names = [a for a, _ in args]
         if "at" not in names:
             if not self.regions:
-                raise line.error(args[0][1] if args else 0,
+                raise line.error(col,
                                  f"{what} outside a region needs 'at x0,y0 x1,y1'")
             return args, self.regions[-1].rect
         i = names.index("at")
@@ -377,7 +377,7 @@ class Assembler:
 
     def route_directive(self, line: Line, col: int, args):
         """.route cN rx=PORTS tx=PORTS [at x0,y0 x1,y1]"""
-        fields, rect = self.split_at(line, args, ".route")
+        fields, rect = self.split_at(line, col, args, ".route")
         if not fields:
             raise line.error(col, "expected '.route cN rx=PORTS tx=PORTS'")
         color = self.parse_color_const(line, *fields[0])
@@ -427,6 +427,8 @@ class Assembler:
         if self.regions:
             rx0, ry0, rx1, ry1 = self.regions[-1].rect
             env.update(lx=xs - rx0, ly=ys - ry0, w=rx1 - rx0 + 1, h=ry1 - ry0 + 1)
+        start += len(text) - len(text.lstrip())
+        text = text.strip()
         try:
             tree = parse_expr(text, env.keys())
             values = eval_expr(tree, env, xs.shape)
