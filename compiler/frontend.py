@@ -391,7 +391,8 @@ def parse_config(data: dict, label: str) -> ModelSpec:
     heads, kv_heads, head_dim = _parse_heads(data, label, hidden)
     attention_bias, mlp_bias = _parse_biases(data, label, arch)
     max_positions = _int(data, "max_position_embeddings", label)
-    hidden_act = _choice(data.get("hidden_act", "silu"), label, "hidden_act", HIDDEN_ACTS)
+    hidden_act = _choice(_lookup(data, "hidden_act", label, "hidden_act", "silu"), label,
+                         "hidden_act", HIDDEN_ACTS)
     return ModelSpec(
         architecture=arch,
         hidden_size=hidden,

@@ -33,6 +33,7 @@ import networkx as nx
 import numpy as np
 
 from emulator.atomic_io import atomic_write_json, atomic_write_text
+from emulator.errors import ConfigError
 
 OP_KINDS = ("input", "embedding", "rmsnorm", "matmul", "bias_add", "rope", "kv_append",
             "attn_scores", "softmax", "attn_values", "residual_add", "silu_mul", "take_last",
@@ -167,16 +168,18 @@ def _build(spec, n: int, past: int, bytes_per_element: int, kind: str, all_logit
 
 def build_decode_graph(spec, position: int, bytes_per_element: int = 2) -> nx.DiGraph:
     """One decode step: the token at `position` (0-based) attends to position + 1 keys."""
-    if position < 0 or position >= spec.max_position_embeddings:
-        raise ValueError(f"position {position} outside [0, {spec.max_position_embeddings})")
+    if not 0 <= position < spec.max_position_embeddings:
+        raise ConfigError(f"decode position {position} is outside the model's positions "
+                          f"[0, {spec.max_position_embeddings}) (max_position_embeddings)")
     return _build(spec, 1, position, bytes_per_element, "decode", all_logits=True)
 
 
 def build_prefill_graph(spec, prompt_len: int, bytes_per_element: int = 2,
                         all_logits: bool = False) -> nx.DiGraph:
     """Prefill of `prompt_len` tokens; the LM head runs on the last row unless `all_logits`."""
-    if prompt_len < 1 or prompt_len > spec.max_position_embeddings:
-        raise ValueError(f"prompt_len {prompt_len} outside [1, {spec.max_position_embeddings}]")
+    if not 1 <= prompt_len <= spec.max_position_embeddings:
+        raise ConfigError(f"prompt length {prompt_len} must be between 1 and the model's "
+                          f"max_position_embeddings ({spec.max_position_embeddings})")
     return _build(spec, prompt_len, 0, bytes_per_element, "prefill", all_logits)
 
 

@@ -167,10 +167,10 @@ def _check_tokens(spec, tokens, past: int) -> np.ndarray:
     """Token ids as int64 [n]; out-of-vocabulary ids or positions raise ConfigError."""
     tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
     if tokens.size == 0:
-        raise ConfigError("prompt: at least one token is required")
+        raise ConfigError("tokens: at least one token is required")
     bad = tokens[(tokens < 0) | (tokens >= spec.vocab_size)]
     if bad.size:
-        raise ConfigError(f"prompt: token id {int(bad[0])} is outside the vocabulary "
+        raise ConfigError(f"tokens: token id {int(bad[0])} is outside the vocabulary "
                           f"[0, {spec.vocab_size})")
     if past + tokens.size > spec.max_position_embeddings:
         raise ConfigError(f"sequence of {past + tokens.size} tokens exceeds the model's "

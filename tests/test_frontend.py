@@ -79,6 +79,16 @@ def test_llama_attention_bias_covers_o_proj_and_mlp_bias():
     assert shapes["model.layers.1.mlp.down_proj.bias"] == (64,)
 
 
+def test_explicit_nulls_take_defaults():
+    data = zoo("tiny-llama.json")
+    data.update(hidden_act=None, rms_norm_eps=None, num_key_value_heads=None, head_dim=None,
+                torch_dtype=None, attention_bias=None)
+    spec = parse_config(data, "x")
+    assert (spec.hidden_act, spec.rms_norm_eps, spec.torch_dtype) == ("silu", 1e-6, "float32")
+    assert spec.num_kv_heads == spec.num_heads and spec.head_dim == 16
+    assert not spec.attention_bias
+
+
 def test_explicit_head_dim_and_default_kv_heads():
     spec = load_config(MODELS / "tiny-gqa.json")
     assert spec.head_dim == 12 != spec.hidden_size // spec.num_heads

@@ -23,6 +23,7 @@ from compiler.graph import (
     verify_graph,
 )
 from compiler.weights import random_weights
+from emulator.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {
@@ -241,10 +242,12 @@ def test_verify_catches_broken_graphs(case):
 
 def test_positions_outside_the_model_are_rejected():
     spec = spec_of("tiny")
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="max_position_embeddings"):
         build_decode_graph(spec, spec.max_position_embeddings)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="max_position_embeddings"):
         build_prefill_graph(spec, 0)
+    with pytest.raises(ConfigError, match="max_position_embeddings"):
+        build_prefill_graph(spec, spec.max_position_embeddings + 1)
 
 
 # --------------------------------------------------------------------------- hypothesis
