@@ -1,0 +1,242 @@
+"""Projections: weight strips streamed past an SBUF-resident activation block.
+
+`linear_fm` (feature-major output, docs/prefill.md "Projections"):
+
+    for each token block (<= psum_banks/2 tiles of 512 tokens, sized to fit SBUF):
+        load X^T[k, n] tiles                      (interleaved with strip 0's weights)
+        for each strip g of <= 128 output rows:
+            load W^T[k, strip g+1] chunks        (prefetch one strip ahead, 2 buffers)
+            for k: LoadStationary W^T[k, g]; for n: MultiplyMoving X^T[k, n] -> PSUM[g%2][n]
+            evict PSUM (Scalar/Vector: copy, bias, RoPE, SiLU, gate product); store to HBM
+
+`linear_tm` (token-major output, used for V): the activation tile X^T[k, 128 tokens] is the
+stationary operand and the (resident) weight W^T[k, :] the moving one, so the output has
+tokens on partitions, the layout the attention P @ V matmul needs.
+"""
+
+import numpy as np
+
+from emulator.prefill import costs, isa
+from emulator.prefill.lowering import Lowering, Strip, chunks, pe_stream, plan_token_block
+
+NONE = -1
+
+
+def _war(history: dict, g: int, n: int) -> int:
+    """Instruction that last read a buffer slot two strips ago (-1 if none)."""
+    prev = history.get(g - 2)
+    if prev is None or len(prev) == 0:
+        return NONE
+    return int(prev[n]) if n < len(prev) else int(prev.max())
+
+
+class _Buffers:
+    """SBUF/PSUM tensors of one projection operator on one core (double-buffered slots)."""
+
+    def __init__(self, L: Lowering, core: int, K: int, block: int, name: str):
+        f = lambda tag, rows, cols, dtype, space="sbuf": [  # noqa: E731
+            L.sbuf(f"{name}.{tag}{i}", rows, cols, dtype, core, space) for i in range(2)]
+        self.x = L.sbuf(f"{name}.x", K, block, L.act_dtype, core)
+        self.w = f("w", K, L.mmax, L.act_dtype)
+        self.ps = f("psum", L.mmax, block, "fp32", "psum")
+        self.bias = f("bias", L.mmax, 1, "fp32")
+        self.y = f("y", L.mmax, block, L.act_dtype)
+        self.yf = f("yf", L.mmax, block, "fp32")
+        self.qf = f("qf", L.mmax, block, "fp32")
+        self.sg = f("silu", L.mmax, block, "fp32")
+        self.t1 = L.sbuf(f"{name}.t1", L.mmax, block, "fp32", core)
+        self.t2 = L.sbuf(f"{name}.t2", L.mmax, block, "fp32", core)
+        self.ub = L.sbuf(f"{name}.ub", L.mmax, block, "fp32", core)
+        self.cos = L.sbuf(f"{name}.cos", L.mmax, block, "fp32", core)
+        self.sin = L.sbuf(f"{name}.sin", L.mmax, block, "fp32", core)
+
+
+def linear_fm(L: Lowering, core: int, strips: list[Strip], K: int, tok0: int, ntok: int,
+              outs: dict, x: int = NONE, x_ready: int = NONE, x_sbuf=None, rope=None,
+              name: str = "linear") -> int:
+    """Emit a feature-major projection of tokens [tok0, tok0+ntok); returns the last index.
+
+    X^T comes from HBM tensor `x` (loads wait for `x_ready`) or, when `x_sbuf` =
+    (tensor, producer per k chunk) is given, is already resident in SBUF. `outs` maps output
+    tensor ids to their TileMap; `rope` = (cos HBM tensor, sin HBM tensor, head_dim).
+    """
+    kch = chunks(K, L.pmax)
+    evicts = {s.evict for s in strips}
+    per_tok = 4 * 2 + (0 if x_sbuf is not None else len(kch) * L.bpe)
+    per_tok += (5 * 4 if "rope" in evicts else 0) + (3 * 4 if "silu" in evicts else 0)
+    fixed = 2 * len(kch) * L.mmax * L.bpe + 2 * 4
+    block = plan_token_block(L, ntok, per_tok, fixed, f"{name} (K={K})")
+    buf = _Buffers(L, core, K, block, f"{name}.c{core}")
+    state = {"ls": {}, "psum": {}, "y": {}, "qf": {}, "sg_w": {}, "sg_r": {}, "last_mm": NONE}
+    for start in range(tok0, tok0 + ntok, block):
+        width = min(block, tok0 + ntok - start)
+        _block(L, core, strips, kch, start, width, buf, state, outs, x, x_ready, x_sbuf, rope)
+    return L.b.count - 1
+
+
+def _block(L, core, strips, kch, start, width, buf, state, outs, x, x_ready, x_sbuf, rope):
+    """One token block: activation loads, then every strip."""
+    nch = chunks(width, L.nmax)
+    tables = _load_rope(L, core, buf, rope, start, width, state) if rope else None
+    if x_sbuf is None:
+        x_dep = _load_block(L, core, strips[0], kch, nch, start, buf, state, x, x_ready)
+        x_tensor = buf.x
+    else:
+        x_tensor, x_dep = x_sbuf[0], np.repeat(np.asarray(x_sbuf[1])[:, None], len(nch), 1)
+    base = state.get("g", 0)
+    w_loads = {base: state.pop("w0")} if x_sbuf is None else {}
+    for j, strip in enumerate(strips):
+        g = base + j
+        if g not in w_loads:
+            w_loads[g] = _load_weights(L, core, strip, kch, buf, state, g)
+        if j + 1 < len(strips):
+            w_loads[g + 1] = _load_weights(L, core, strips[j + 1], kch, buf, state, g + 1)
+        w_idx, bias_idx = w_loads.pop(g)
+        mm_last = _strip_matmuls(L, core, strip, kch, nch, buf, state, g, w_idx, x_tensor,
+                                 x_dep)
+        _evict(L, core, strip, nch, start, buf, state, g, mm_last, bias_idx, outs, tables)
+    state["g"] = base + len(strips)
+
+
+def _load_rope(L, core, buf, rope, start, width, state):
+    """Load the cos / signed-sin tables [head_dim, width] of the block."""
+    cos_t, sin_t, d = rope
+    prev = state.get("last_mm", NONE)
+    idx = L.dma(core, np.full(2, d * width * 4), deps=[prev],
+                d=(np.array([buf.cos, buf.sin]), 0, d, 0, width),
+                a=(np.array([cos_t, sin_t]), 0, d, start, width))
+    return idx
+
+
+def _load_block(L, core, strip0, kch, nch, start, buf, state, x, x_ready):
+    """Interleaved loads: for each k chunk, W^T[k, strip 0] then X^T[k, every n tile]."""
+    kc, nt = len(kch), len(nch)
+    per = 1 + nt
+    is_w = np.zeros((kc, per), bool)
+    is_w[:, 0] = True
+    k0 = np.repeat(kch[:, 0], per)
+    kr = np.repeat(kch[:, 1], per)
+    n0 = np.tile(np.concatenate([[0], nch[:, 0]]), kc)
+    nw = np.tile(np.concatenate([[strip0.m], nch[:, 1]]), kc)
+    w_flat = is_w.ravel()
+    slot = state.get("g", 0) % 2
+    nbytes = kr * nw * L.bpe
+    war_w = np.array([_war(state["ls"], state.get("g", 0), int(k)) for k in range(kc)])
+    deps = [np.where(w_flat, np.repeat(war_w, per), x_ready),
+            np.where(w_flat, NONE, state.get("last_mm", NONE))]
+    d = (np.where(w_flat, buf.w[slot], buf.x), k0, kr, n0, nw)
+    a = (np.where(w_flat, strip0.w, x), k0, kr, np.where(w_flat, strip0.col0, start + n0), nw)
+    idx = L.dma(core, nbytes, deps=deps, d=d, a=a).reshape(kc, per)
+    state["w0"] = (idx[:, 0], _load_bias(L, core, strip0, buf, state, state.get("g", 0)))
+    return idx[:, 1:]
+
+
+def _load_weights(L, core, strip, kch, buf, state, g):
+    """DMA the k chunks of one weight strip into buffer slot g % 2."""
+    war = [_war(state["ls"], g, k) for k in range(len(kch))]
+    idx = L.dma(core, kch[:, 1] * strip.m * L.bpe, deps=[np.array(war)],
+                d=(buf.w[g % 2], kch[:, 0], kch[:, 1], 0, strip.m),
+                a=(strip.w, kch[:, 0], kch[:, 1], strip.col0, strip.m))
+    return idx, _load_bias(L, core, strip, buf, state, g)
+
+
+def _load_bias(L, core, strip, buf, state, g):
+    """DMA the bias column of a strip (if any); returns its index or -1."""
+    if strip.bias < 0:
+        return NONE
+    war = state["psum"].get(g - 2)
+    dep = int(war.max()) if war is not None and len(war) else NONE
+    return L.b.one(isa.DMA_COPY, isa.DMA, core, int(_dma_cost(L, strip.m * 4)), [dep],
+                   lat=L.dma_lat, work=strip.m * 4, d=(buf.bias[g % 2], 0, strip.m, 0, 1),
+                   a=(strip.bias, strip.col0, strip.m, 0, 1))
+
+
+def _dma_cost(L, nbytes):
+    """DMA queue cycles of `nbytes`."""
+    return costs.dma_cycles(L.hw, nbytes, L.active_cores)
+
+
+def _strip_matmuls(L, core, strip, kch, nch, buf, state, g, w_idx, x_tensor, x_dep):
+    """LoadStationary per k chunk, MultiplyMoving per (k, n); returns last MM per n."""
+    kc, nt = len(kch), len(nch)
+    psum_war = np.array([_war(state["psum"], g, n) for n in range(nt)])
+    first = np.zeros((kc, nt), bool)
+    first[0] = True
+    mm_deps = [x_dep.ravel(), np.where(first, psum_war[None, :], NONE).ravel()]
+    kk = np.repeat(np.arange(kc), nt)
+    nn = np.tile(np.arange(nt), kc)
+    ls, mm = pe_stream(
+        L, core, kc, nt, strip.m, [w_idx], (buf.w[g % 2], kch[:, 0], kch[:, 1], 0, strip.m),
+        kch[kk, 1], nch[nn, 1], kk > 0, mm_deps,
+        (x_tensor, kch[kk, 0], kch[kk, 1], nch[nn, 0], nch[nn, 1]),
+        (buf.ps[g % 2], 0, strip.m, nch[nn, 0], nch[nn, 1]))
+    state["ls"][g] = ls
+    state["last_mm"] = int(mm[-1, -1])
+    return mm[-1]
+
+
+def _evict(L, core, strip, nch, start, buf, state, g, mm_last, bias_dep, outs, tables):
+    """Drain PSUM of one strip through its eviction recipe and store the result."""
+    nt, m, s = len(nch), strip.m, g % 2
+    c0, w = nch[:, 0], nch[:, 1]
+    y_war = np.array([_war(state["y"], g, n) for n in range(nt)])
+    bias = (buf.bias[s], 0, m, 0, 1) if strip.bias >= 0 else None
+    psum = (buf.ps[s], 0, m, c0, w)
+    if strip.evict in ("copy", "partial"):
+        tgt = buf.yf[s] if strip.evict == "partial" else buf.y[s]
+        use_bias = bias if (strip.evict == "copy" or core == 0) else None
+        first = L.act(core, isa.F_IDENT, w, deps=[mm_last, y_war, bias_dep],
+                      d=(tgt, 0, m, c0, w), a=psum, b=use_bias)
+        result, last = (tgt, 0, m, c0, w), first
+    elif strip.evict == "rope":
+        first, result, last = _rope(L, core, strip, buf, s, c0, w, mm_last, y_war, bias,
+                                    bias_dep, tables, state, g)
+    elif strip.evict == "silu":
+        war = np.array([_war(state["sg_r"], g, n) for n in range(nt)])
+        first = L.act(core, isa.F_SILU, w, deps=[mm_last, war, bias_dep],
+                      d=(buf.sg[(g // 2) % 2], 0, m, c0, w), a=psum, b=bias)
+        state["sg_w"][g] = first
+        state["psum"][g] = first
+        return
+    else:  # mul_gate: y = silu(gate) * (up + bias)
+        sg = (buf.sg[((g - 1) // 2) % 2], 0, m, c0, w)
+        up, up_dep = psum, mm_last
+        if bias is not None:
+            up_dep = L.act(core, isa.F_IDENT, w, deps=[mm_last, bias_dep],
+                           d=(buf.ub, 0, m, c0, w), a=psum, b=bias)
+            up = (buf.ub, 0, m, c0, w)
+        last = L.vec(core, isa.VEC_TT, isa.A_MUL, w, 2, deps=[up_dep, state["sg_w"][g - 1],
+                                                              y_war],
+                     d=(buf.y[s], 0, m, c0, w), a=sg, b=up)
+        first = up_dep if bias is not None else last
+        state["sg_r"][g - 1] = last
+        result = (buf.y[s], 0, m, c0, w)
+    state["psum"][g] = first
+    out_dtype_bytes = 4 if strip.evict == "partial" else L.bpe
+    stores = L.dma(core, m * w * out_dtype_bytes, deps=[last],
+                   d=(strip.out, strip.out_row0, m, start + c0, w), a=result)
+    state["y"][g] = stores
+    tmap = outs[strip.out]
+    for n in range(nt):
+        tmap.set(strip.out_row0, m, start + int(c0[n]), int(w[n]), int(stores[n]))
+
+
+def _rope(L, core, strip, buf, s, c0, w, mm_last, y_war, bias, bias_dep, tables, state, g):
+    """q = psum (+bias); out = q * cos + swap_halves(q) * signed_sin (rotate_half RoPE)."""
+    m, half = strip.m, strip.m // 2
+    qf_war = np.array([_war(state["qf"], g, n) for n in range(len(c0))])
+    act = L.act(core, isa.F_IDENT, w, deps=[mm_last, qf_war, bias_dep],
+                d=(buf.qf[s], 0, m, c0, w), a=(buf.ps[s], 0, m, c0, w), b=bias)
+    qf = buf.qf[s]
+    v1 = L.vec(core, isa.VEC_TT, isa.A_MUL, w, 2, deps=[act, tables[0]],
+               d=(buf.t1, 0, m, c0, w), a=(qf, 0, m, c0, w), b=(buf.cos, 0, m, c0, w))
+    L.vec(core, isa.VEC_TT, isa.A_MUL, w, 2, deps=[act, tables[1]],
+               d=(buf.t2, 0, half, c0, w), a=(qf, half, half, c0, w),
+               b=(buf.sin, 0, half, c0, w))
+    v3 = L.vec(core, isa.VEC_TT, isa.A_MUL, w, 2, deps=[act, tables[1]],
+               d=(buf.t2, half, half, c0, w), a=(qf, 0, half, c0, w),
+               b=(buf.sin, half, half, c0, w))
+    v4 = L.vec(core, isa.VEC_TT, isa.A_ADD, w, 2, deps=[v1, v3, y_war],
+               d=(buf.y[s], 0, m, c0, w), a=(buf.t1, 0, m, c0, w), b=(buf.t2, 0, m, c0, w))
+    state["qf"][g] = v3
+    return act, (buf.y[s], 0, m, c0, w), v4

@@ -1,0 +1,225 @@
+"""Lowering context and the matmul-shaped operators (docs/prefill.md, "Tiling").
+
+Layouts: activations live in HBM feature-major (X^T: features on rows, tokens on columns),
+so a projection `Y = X @ W.T` runs as `Y^T[m, n] = W^T[k, m].T @ X^T[k, n]`: the weight strip
+W^T[:, m] (K x <=128) is the stationary operand and a token tile of X^T (K x <=512) the
+moving one, and Y^T comes out feature-major again. Weights are stored transposed in HBM
+(W^T, [in, out]) once at load time.
+
+`linear_fm` streams weight strips past an activation block resident in SBUF: per token
+block, X^T is loaded once; each strip of <=128 output rows is K-accumulated over
+ceil(K/128) chunks into `nt` PSUM banks (one per 512-token tile, double-buffered across
+strips), evicted by the Scalar/Vector engines and stored to HBM.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from emulator.errors import FitError
+from emulator.prefill import costs, isa
+
+
+@dataclass
+class Strip:
+    """<=128 output rows of one projection: W^T[:, col0:col0+m] -> out rows out_row0.."""
+
+    w: int                # HBM tensor id of W^T [K, out_features]
+    col0: int             # first weight column (output feature) of the strip
+    m: int                # output rows of the strip
+    evict: str            # copy | partial | rope | silu | mul_gate
+    out: int = -1         # HBM output tensor id (feature-major), -1 when not stored
+    out_row0: int = 0     # first output row in `out`
+    bias: int = -1        # HBM bias tensor id [out_features, 1], -1 for none
+
+
+class TileMap:
+    """Producer instruction of every (row tile, 128-token tile) of an HBM tensor."""
+
+    def __init__(self, rows: int, cols: int, row_tile: int, col_tile: int = 128):
+        self.row_tile, self.col_tile = row_tile, col_tile
+        self.prod = np.full((math.ceil(rows / row_tile), math.ceil(cols / col_tile)), -1,
+                            np.int64)
+
+    def _slices(self, r0, nr, c0, nc):
+        rows = slice(r0 // self.row_tile, -(-(r0 + nr) // self.row_tile))
+        cols = slice(c0 // self.col_tile, -(-(c0 + nc) // self.col_tile))
+        return rows, cols
+
+    def set(self, r0, nr, c0, nc, index) -> None:
+        """Record `index` as the producer of the region."""
+        self.prod[self._slices(r0, nr, c0, nc)] = index
+
+    def fill(self, index) -> None:
+        """Record `index` as the producer of the whole tensor (e.g. a collective)."""
+        self.prod[:] = index
+
+    def get(self, r0, nr, c0, nc) -> int:
+        """Latest producer of the region (producers of one tensor share one in-order queue)."""
+        block = self.prod[self._slices(r0, nr, c0, nc)]
+        if block.size == 0 or block.min() < 0:
+            raise AssertionError("lowering bug: region read before it is written")
+        return int(block.max())
+
+
+class Lowering:
+    """Shared state of one lowering: preset, dtypes, the builder and cost helpers."""
+
+    def __init__(self, hw, dtype: str, builder: isa.Builder, active_cores: int):
+        self.hw, self.dtype, self.b = hw, dtype, builder
+        self.act_dtype = dtype                      # storage dtype of matmul operands
+        self.bpe = 4 if dtype == "fp32" else 2      # bytes per matmul operand element
+        self.active_cores = active_cores
+        self.dma_lat = costs.dma_latency_cycles(hw)
+        self.pmax = hw.pe_rows                      # contraction rows per chunk
+        self.mmax = hw.pe_cols                      # stationary columns
+        self.nmax = hw.moving_free_max              # moving columns per matmul
+        self.consts: dict = {}
+
+    # ------------------------------------------------------------------ tensors
+
+    def sbuf(self, name, rows, cols, dtype, core, space="sbuf") -> int:
+        """An SBUF (or PSUM) tensor of `core`."""
+        return self.b.tensor(name, rows, cols, dtype, space, core)
+
+    def const(self, core: int, kind: str) -> int:
+        """Per-core constant SBUF tensor: 'identity' [P, P], 'ones_col' [P, 1], 'ones_row'."""
+        key = (core, kind)
+        if key not in self.consts:
+            shape = {"identity": (self.pmax, self.pmax), "ones_col": (self.pmax, 1),
+                     "ones_row": (1, self.mmax)}[kind]
+            self.consts[key] = self.b.tensor(f"const:{kind}", *shape, "fp32", "sbuf", core)
+        return self.consts[key]
+
+    # ------------------------------------------------------------------ instructions
+
+    def dma(self, core, nbytes, deps=(), d=None, a=None, b=None, op=isa.DMA_COPY, flags=0):
+        """DMA transfers (vectorised over array arguments); returns indices."""
+        nbytes = np.asarray(nbytes, np.int64)
+        n = max(nbytes.size, _batch(d, a, b, deps))
+        cost = costs.dma_cycles(self.hw, nbytes, self.active_cores)
+        return self.b.emit(n, op, isa.DMA, core, cost, deps, lat=self.dma_lat, flags=flags,
+                           work=nbytes, d=d, a=a, b=b)
+
+    def act(self, core, func, n_free, deps=(), d=None, a=None, b=None, s=None, scale=1.0,
+            bias=0.0, n=1):
+        """Scalar-engine activations: d = func(a * scale + bias-column-b or bias)."""
+        cost = costs.scalar_cycles(self.hw, n_free)
+        n = max(n, np.size(cost), _batch(d, a, b, s, deps))
+        return self.b.emit(n, isa.ACTIVATE, isa.ACT, core, cost, deps, func=func,
+                           imm0=scale, imm1=bias, d=d, a=a, b=b, s=s)
+
+    def vec(self, core, op, func, n_free, n_inputs, deps=(), d=None, a=None, b=None, s=None,
+            func2=0, imm0=0.0, imm1=0.0, n=1):
+        """Vector-engine instructions of opcode `op`."""
+        cost = costs.vector_cycles(self.hw, n_free, n_inputs)
+        n = max(n, np.size(cost), _batch(d, a, b, s, deps))
+        return self.b.emit(n, op, isa.DVE, core, cost, deps, func=func, func2=func2,
+                           imm0=imm0, imm1=imm1, d=d, a=a, b=b, s=s)
+
+    def ls(self, core, m, deps=(), a=None, n=1):
+        """LoadStationary of a [K, m] tile."""
+        cost = costs.ls_cycles(self.hw, m, self.dtype)
+        n = max(n, np.size(cost), _batch(a, deps))
+        return self.b.emit(n, isa.LOAD_STATIONARY, isa.PE, core, cost, deps, a=a)
+
+    def collective(self, func, nbytes, cores, deps, d=None, a=None):
+        """One chip-level collective over `cores` cores waiting for `deps` (any number)."""
+        deps = [int(x) for x in deps if x >= 0]
+        while len(deps) > isa.MAX_DEPS:          # join long dependency lists with waits
+            head = deps[:isa.MAX_DEPS]
+            deps = [self.b.one(isa.COLLECTIVE, isa.CC, -1, 0, head, func=isa.C_WAIT)] + \
+                deps[isa.MAX_DEPS:]
+        cost = costs.ring_cycles(self.hw, nbytes, cores)
+        return self.b.one(isa.COLLECTIVE, isa.CC, -1, cost, deps, func=func, work=int(nbytes),
+                          d=d, a=a)
+
+
+def _batch(*items) -> int:
+    """Largest array length among views / dependency lists (1 for scalars)."""
+    size = 1
+    for item in items:
+        if item is None:
+            continue
+        for part in item:
+            size = max(size, np.size(part))
+    return size
+
+
+def pe_stream(L: Lowering, core, groups: int, per: int, m, ls_deps, ls_view, k_rows, n_cols,
+              acc, mm_deps, mm_view, dst_view, model_flops=True):
+    """TensorE instructions: `groups` LoadStationary, each followed by `per` MultiplyMoving.
+
+    LS arguments (`m`, `ls_deps`, `ls_view`) broadcast to [groups]; MM arguments (`k_rows`,
+    `n_cols`, `acc`, `mm_deps`, `mm_view`, `dst_view`) to [groups * per] in group-major
+    order. Each LS loads a [k, m] stationary; each MM multiplies a [k_rows, n_cols] moving
+    tile into dst (accumulating where `acc`). Returns (ls indices, mm indices [groups, per]).
+    """
+    total = groups * (1 + per)
+    rec = np.zeros(total, isa.INSTR_DTYPE)
+    index = L.b.count + np.arange(total, dtype=np.int64).reshape(groups, 1 + per)
+    ls_pos, mm_pos = index[:, 0] - L.b.count, (index[:, 1:] - L.b.count).ravel()
+    rec["engine"], rec["core"], rec["op_id"], rec["dep"] = isa.PE, core, L.b.op_id, -1
+    rec["v"][:, :, 0] = -1
+    rec["op"][ls_pos] = isa.LOAD_STATIONARY
+    rec["op"][mm_pos] = isa.MULTIPLY_MOVING
+    m = np.broadcast_to(np.asarray(m, np.int64), (groups,))
+    rec["cost"][ls_pos] = costs.ls_cycles(L.hw, m, L.dtype)
+    count = groups * per
+    k_rows = np.broadcast_to(np.asarray(k_rows, np.int64), (count,))
+    n_cols = np.broadcast_to(np.asarray(n_cols, np.int64), (count,))
+    acc = np.broadcast_to(np.asarray(acc, bool), (count,))
+    rec["cost"][mm_pos] = costs.mm_cycles(L.hw, n_cols, L.dtype)
+    flags = np.where(acc, isa.FLAG_ACC, 0)
+    if model_flops:
+        flags = flags | isa.FLAG_MODEL
+        rec["work"][mm_pos] = 2 * k_rows * np.repeat(m, per) * n_cols
+    rec["flags"][mm_pos] = flags
+    for slot, dep in enumerate(ls_deps):
+        rec["dep"][ls_pos, slot] = dep
+    for slot, dep in enumerate(mm_deps):
+        rec["dep"][mm_pos, slot] = dep
+    _set_view(rec, ls_pos, isa.A, ls_view)
+    _set_view(rec, mm_pos, isa.A, mm_view)
+    _set_view(rec, mm_pos, isa.D, dst_view)
+    L.b.chunks.append(rec)
+    L.b.count += total
+    return index[:, 0], index[:, 1:]
+
+
+def _set_view(rec, pos, slot, view):
+    """Write a 5-tuple view (ints or arrays) into rows `pos` of a record batch."""
+    for k in range(5):
+        rec["v"][pos, slot, k] = view[k]
+
+
+# ---------------------------------------------------------------------- planning
+
+
+def plan_token_block(L: Lowering, ntok: int, per_token_bytes: int, fixed_bytes: int,
+                     what: str) -> int:
+    """Largest token block (multiple of 512, else of 128) whose SBUF use fits a partition.
+
+    `per_token_bytes` is the per-partition SBUF use per token of the block, `fixed_bytes`
+    the use independent of the block. PSUM allows psum_banks/2 tiles of 512 per strip
+    (double-buffered across strips).
+    """
+    cap = L.hw.sbuf_partition_bytes
+    psum_limit = (L.hw.psum_banks // 2) * L.nmax
+    want = min(ntok, psum_limit)
+    for grain in (L.nmax, L.pmax):
+        block = (want // grain) * grain if want >= grain else want
+        while block > 0 and fixed_bytes + block * per_token_bytes > cap:
+            block -= grain
+        if block > 0:
+            return block
+    raise FitError(f"{what}: needs {fixed_bytes + min(ntok, L.pmax) * per_token_bytes} bytes "
+                   f"of SBUF per partition for a {min(ntok, L.pmax)}-token block, "
+                   f"{cap} available (prefill preset '{L.hw.name}')")
+
+
+def chunks(total: int, size: int) -> np.ndarray:
+    """[n, 2] array of (start, length) covering range(total) in pieces of `size`."""
+    starts = np.arange(0, total, size, dtype=np.int64)
+    return np.stack([starts, np.minimum(size, total - starts)], axis=1)
