@@ -1,0 +1,226 @@
+"""Decode on the mesh: compile a model (tile -> place -> route -> emit) and run decode steps.
+
+`MeshDecoder` keeps the mesh SRAM between steps: weights are written once by the host,
+the KV cache grows in place. Per step the host (not counted in cycles, docs/mapping.md)
+1. writes the token's embedding row into H on the top row (R layout),
+2. writes cos/sin of the position into COS/SIN on the left column (RoPE tables, tiled
+   for the q heads and k of a group, pairs adjacent),
+3. fills the per-step parameters (`nloc`, `slot`, `store_n`) of the program,
+runs the program on the engine and reads the logits from the left column (C layout).
+
+fp16 / bf16: weights, KV cache and host inputs are rounded to that format when stored
+(`compiler.numerics.round_to`); arithmetic stays fp32; vector timing uses the format's
+SIMD width and the SRAM budget its element size.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from compiler import reference
+from compiler.emit import DecodeProgram, emit_decode
+from compiler.numerics import canonical_dtype, dtype_bytes, round_to, round_weights
+from compiler.place import Placement, place, read_c, write_c, write_matrix, write_r
+from compiler.route import RoutePlan, route
+from compiler.tile import TilePlan, gu_row_order, qkv_row_order, rope_pair_order, tile
+from emulator.errors import ConfigError, FitError
+from emulator.hw.mesh import MeshConfig
+from isa.program import RunResult
+from isa.reference import run_reference
+
+ENGINES = ("numba", "reference")
+
+
+@dataclass
+class Compiled:
+    """Every stage of a compiled decode step."""
+
+    plan: TilePlan
+    placement: Placement
+    routes: RoutePlan
+    decode: DecodeProgram
+
+
+def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int | None = None,
+                   layout: str = "auto") -> Compiled:
+    """tile -> place -> route -> emit on the whole mesh.
+
+    `layout`: "groups" (q/k/v rows chunked by whole kv-head groups), "even" (balanced
+    chunks plus a relayout on the left column) or "auto" (groups, or even if groups does
+    not fit). Raises FitError when the model does not fit.
+    """
+    dtype = canonical_dtype(dtype)
+    routes = route(mesh.width, mesh.height, mesh)
+    layouts = ("groups", "even") if layout == "auto" else (layout,)
+    error = None
+    for name in layouts:
+        plan = tile(spec, mesh.width, mesh.height, name)
+        try:
+            placement = place(plan, mesh, dtype, max_context)
+        except FitError as exc:
+            error = exc
+            continue
+        return Compiled(plan, placement, routes, emit_decode(plan, placement, routes))
+    raise error
+
+
+def _engine(name: str):
+    """The run function of engine `name` (Numba when available, else the reference)."""
+    if name not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {name!r}")
+    if name == "numba":
+        try:
+            from emulator.mesh_engine import run_numba
+            return run_numba
+        except ImportError:
+            return run_reference
+    return run_reference
+
+
+class MeshDecoder:
+    """One model compiled onto a mesh, with its SRAM state (weights + KV cache)."""
+
+    def __init__(self, spec, weights: dict, mesh: MeshConfig, dtype: str = "fp32",
+                 engine: str = "numba", max_context: int | None = None, layout: str = "auto"):
+        self.spec, self.mesh = spec, mesh
+        self.dtype = canonical_dtype(dtype)
+        self.compiled = compile_decode(spec, mesh, self.dtype, max_context, layout)
+        self.plan, self.placement = self.compiled.plan, self.compiled.placement
+        self.run = _engine(engine)
+        self.weights = round_weights(weights, self.dtype)
+        self.sram = weight_image(self.plan, self.placement, self.weights)
+        self.length = 0          # positions held in the mesh KV cache
+        self.results: list[RunResult] = []
+
+    # --- host side ----------------------------------------------------------------------
+    def load_kv(self, cache: "reference.KVCache") -> int:
+        """Write a prefilled KV cache into the mesh layout; returns the bytes moved."""
+        spec, pl = self.spec, self.placement
+        T = cache.length
+        if T > pl.max_context:
+            raise ConfigError(f"KV cache of {T} positions exceeds max_context {pl.max_context}")
+        pair = rope_pair_order(spec.head_dim)
+        k = round_to(cache.k[..., pair], self.dtype)
+        v = round_to(cache.v, self.dtype)
+        for layer in range(spec.num_layers):
+            for g in range(spec.num_kv_heads):
+                j, a = self._group_row(g)
+                for name, values in (("k", k), ("v", v)):
+                    self._write_kv(j, pl.addr(f"L{layer}.{name}{a}"), values[layer, g])
+        self.length = T
+        return T * spec.kv_bytes_per_token(dtype_bytes(self.dtype))
+
+    def _group_row(self, g: int) -> tuple[int, int]:
+        """(row, index within the row) of kv group g."""
+        bounds = self.plan.vec("groups").bounds
+        j = int(np.searchsorted(bounds, g, side="right")) - 1
+        return j, g - bounds[j]
+
+    def _write_kv(self, j: int, addr: int, values: np.ndarray) -> None:
+        """values [T, head_dim] -> transposed slots on row j (position t on PE t mod pw)."""
+        pw, slots, hd = self.plan.pw, self.placement.slots, self.spec.head_dim
+        for i in range(min(pw, len(values))):
+            mine = values[i::pw]
+            block = self.sram[j * pw + i, addr:addr + hd * slots].reshape(hd, slots)
+            block[:, :len(mine)] = mine.T
+
+    def _host_inputs(self, token: int, pos: int) -> None:
+        """Embedding row into H (top row); RoPE cos/sin tables into COS/SIN (left column)."""
+        spec, plan, pl = self.spec, self.plan, self.placement
+        emb = self.weights["model.embed_tokens.weight"][token]
+        write_r(self.sram, plan, "hidden", emb, pl.addr("H"))
+        cos, sin = reference.rope_tables(spec, np.array([pos]))
+        half, reps = spec.head_dim // 2, spec.group_size + 1
+        for name, table in (("COS", cos), ("SIN", sin)):
+            tiled = round_to(np.tile(table[0, :half], reps), self.dtype)
+            for j in range(plan.ph):
+                self.sram[j * plan.pw, pl.addr(name):pl.addr(name) + tiled.size] = tiled
+
+    # --- steps --------------------------------------------------------------------------
+    def step(self, token: int, pos: int) -> tuple[np.ndarray, RunResult]:
+        """One decode step of `token` at position `pos`: (logits float32 [vocab], RunResult)."""
+        if not 0 <= token < self.spec.vocab_size:
+            raise ConfigError(f"token id {token} is outside the vocabulary "
+                              f"[0, {self.spec.vocab_size})")
+        if not 0 <= pos <= self.length:
+            raise ConfigError(f"position {pos}: the mesh KV cache holds {self.length} "
+                              f"positions, so the next position is {self.length}")
+        if pos >= self.placement.max_context:
+            raise ConfigError(f"position {pos} exceeds max_context {self.placement.max_context}")
+        self._host_inputs(token, pos)
+        program = self.compiled.decode.for_position(pos)
+        result = self.run(program, self.mesh, sram=self.sram, functional=True)
+        self.sram = result.sram
+        self.length = pos + 1
+        self.results.append(result)
+        logits = read_c(self.sram, self.plan, "vocab", self.placement.addr("ACC"))
+        return logits, result
+
+    def generate(self, prompt_tokens, max_new_tokens: int) -> tuple[list[int], np.ndarray]:
+        """Greedy generation: prefill with the numpy reference, decode on the mesh.
+
+        Returns (new tokens [N], logits float32 [N, vocab]); row 0 is the prefill's logits
+        at the last prompt position, row i the mesh logits of decode step i.
+        """
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens}")
+        prompt = np.asarray(prompt_tokens, np.int64).reshape(-1)
+        logits, cache = reference.prefill(self.spec, self.weights, prompt)
+        self.load_kv(cache)
+        rows = [logits[-1]]
+        tokens = [int(np.argmax(rows[0]))]
+        for n in range(max_new_tokens - 1):
+            row, _ = self.step(tokens[-1], len(prompt) + n)
+            rows.append(row)
+            tokens.append(int(np.argmax(row)))
+        return tokens, np.stack(rows).astype(np.float32)
+
+
+def weight_image(plan: TilePlan, placement: Placement, weights: dict) -> np.ndarray:
+    """float32 [W*H, sram_words]: zeros plus every weight tile at its placed address."""
+    spec = plan.spec
+    sram = np.zeros((plan.pw * plan.ph, placement.total_words), np.float32)
+    qkv_order, gu_order = qkv_row_order(spec), gu_row_order(plan)
+    for layer in range(spec.num_layers):
+        p, w = f"L{layer}.", _layer_tensors(weights, layer)
+        write_matrix(sram, plan, "qkv", np.concatenate(w["qkv"])[qkv_order],
+                     placement.addr(p + "qkv"))
+        write_matrix(sram, plan, "o", w["o"], placement.addr(p + "o"))
+        write_matrix(sram, plan, "gu", np.concatenate(w["gu"])[gu_order],
+                     placement.addr(p + "gu"))
+        write_matrix(sram, plan, "down", w["down"], placement.addr(p + "down"))
+        write_r(sram, plan, "hidden", w["norm_in"], placement.addr(p + "norm_in"))
+        write_r(sram, plan, "hidden", w["norm_post"], placement.addr(p + "norm_post"))
+        if spec.attention_bias:
+            write_c(sram, plan, "qkv", np.concatenate(w["qkv_bias"])[qkv_order],
+                    placement.addr(p + "qkv_bias"))
+        if spec.o_proj_bias:
+            write_r(sram, plan, "hidden", w["o_bias"], placement.addr(p + "o_bias"))
+        if spec.mlp_bias:
+            write_c(sram, plan, "gu", np.concatenate(w["gu_bias"])[gu_order],
+                    placement.addr(p + "gu_bias"))
+            write_r(sram, plan, "hidden", w["down_bias"], placement.addr(p + "down_bias"))
+    write_matrix(sram, plan, "lm_head", reference.lm_head_weight(spec, weights),
+                 placement.addr("lm_head"))
+    write_r(sram, plan, "hidden", weights["model.norm.weight"], placement.addr("norm_final"))
+    return sram
+
+
+def _layer_tensors(weights: dict, layer: int) -> dict:
+    """One layer's tensors grouped by the mesh matrices they form."""
+    p = f"model.layers.{layer}."
+    a, m = p + "self_attn.", p + "mlp."
+    out = {"qkv": [weights[a + f"{n}_proj.weight"] for n in "qkv"],
+           "o": weights[a + "o_proj.weight"],
+           "gu": [weights[m + "gate_proj.weight"], weights[m + "up_proj.weight"]],
+           "down": weights[m + "down_proj.weight"],
+           "norm_in": weights[p + "input_layernorm.weight"],
+           "norm_post": weights[p + "post_attention_layernorm.weight"]}
+    if a + "q_proj.bias" in weights:
+        out["qkv_bias"] = [weights[a + f"{n}_proj.bias"] for n in "qkv"]
+    if a + "o_proj.bias" in weights:
+        out["o_bias"] = weights[a + "o_proj.bias"]
+    if m + "gate_proj.bias" in weights:
+        out["gu_bias"] = [weights[m + "gate_proj.bias"], weights[m + "up_proj.bias"]]
+        out["down_bias"] = weights[m + "down_proj.bias"]
+    return out

@@ -1,0 +1,702 @@
+"""Emit pass: TilePlan + Placement + RoutePlan -> a mesh `Program` for one decode step.
+
+Every PE's code is generated from a `Role`: the few facts that change its instruction
+sequence (top row / left column, its steps in the row and column reduction trees, the
+chunk counts that set how many columns its GEMVs unroll, the kv groups of its row). PEs
+with equal roles share one region of code; everything else that differs per PE (output
+chunk lengths, relayout addresses, per-step attention counts) is a `%p` parameter. So a
+64 x 64 mesh compiles to a few dozen regions.
+
+Per-step parameters (the only differences between decode positions):
+- `nloc`: cached positions held by this PE after the step's token is stored,
+- `slot`: KV slot of the new position (t div pw), loaded into r1 at the start,
+- `store_n`: head_dim on the PE owning the new position (t mod pw == i), else 0.
+
+Primitives (docs/mapping.md gives their exact cycle costs):
+- column multicast on color MC from (i, 0), row multicast on MR from (0, j);
+- GEMV columns: `vmul acc, [W], [x:0], m` then `vfma acc, [W + c*mpad], [x+c:0], m`;
+- tree reductions along a row (colors ROW s) or column (COL s): `recvadd` for sums,
+  `recv` + `vmax` for maxima; concatenating gathers for relayouts on the left column.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from compiler.place import Placement
+from compiler.route import RoutePlan, route, tree_actions
+from compiler.tile import Chunking, TilePlan, chunk_bounds
+from emulator.hw.mesh import MeshConfig
+from isa.opcodes import (
+    INSTR_DTYPE,
+    MODE_IMM,
+    MODE_PARAM,
+    MODE_REG,
+    SLOT_COLOR,
+    SLOT_DST,
+    SLOT_DST_STRIDE,
+    SLOT_N,
+    SLOT_SRC0,
+    SLOT_SRC0_STRIDE,
+    SLOT_SRC1,
+    SLOT_SRC1_STRIDE,
+    Op,
+    encode_mode,
+)
+from isa.program import Program
+from isa.validate import validate_program
+
+STEP_PARAMS = ("nloc", "slot", "store_n")
+SLOT_REG = 1   # register holding the new position's KV slot
+
+
+# --------------------------------------------------------------------------- code builder
+
+
+@dataclass(frozen=True)
+class Param:
+    """A per-PE parameter operand `%p<index of name>`."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Reg:
+    """A register-plus-offset operand `r<index>+offset`."""
+
+    index: int
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class Desc:
+    """An SRAM descriptor: address operand (int, Param or Reg) and element stride."""
+
+    addr: object
+    stride: int = 1
+
+
+class CodeBuilder:
+    """Accumulates one region's instructions as INSTR_DTYPE rows (plus comments)."""
+
+    def __init__(self, param_index: dict):
+        self.param_index = param_index
+        self.rows: list = []
+        self.comments: dict = {}
+        self._note = None
+
+    def note(self, text: str) -> None:
+        """Attach `text` as a comment to the next instruction."""
+        self._note = text
+
+    def _operand(self, value) -> tuple[int, int, int]:
+        """(mode kind, slot value, register) of an integer operand."""
+        if isinstance(value, Param):
+            return MODE_PARAM, self.param_index[value.name], 0
+        if isinstance(value, Reg):
+            return MODE_REG, value.offset, value.index
+        return MODE_IMM, int(value), 0
+
+    def emit(self, op: Op, slots: dict, imm: float = 0.0) -> None:
+        """Append one instruction; `slots` maps slot index -> operand."""
+        modes, args = 0, [0] * 8
+        for slot, value in slots.items():
+            kind, val, reg = self._operand(value)
+            modes |= encode_mode(slot, kind, reg)
+            args[slot] = val
+        if self._note is not None:
+            self.comments[len(self.rows)] = self._note
+            self._note = None
+        self.rows.append((int(op), modes, args, float(imm)))
+
+    @staticmethod
+    def _desc(d) -> Desc:
+        return d if isinstance(d, Desc) else Desc(d, 1)
+
+    def vec(self, op: Op, dst, a=None, b=None, n=0, imm: float = 0.0) -> None:
+        """A vector op dst[i] = f(a[i], b[i]) over n elements."""
+        slots = {SLOT_N: n}
+        for (addr_slot, stride_slot), d in (((SLOT_DST, SLOT_DST_STRIDE), dst),
+                                            ((SLOT_SRC0, SLOT_SRC0_STRIDE), a),
+                                            ((SLOT_SRC1, SLOT_SRC1_STRIDE), b)):
+            if d is not None:
+                d = self._desc(d)
+                slots[addr_slot], slots[stride_slot] = d.addr, d.stride
+        self.emit(op, slots, imm)
+
+    def reduce(self, op: Op, dst, a, b=None, n=0) -> None:
+        """A reduction into the single element `dst` (stride 0)."""
+        self.vec(op, Desc(dst, 0), a, b, n)
+
+    def send(self, color: int, src, n) -> None:
+        """send n wavelets from src on color."""
+        d = self._desc(src)
+        self.emit(Op.SEND, {SLOT_COLOR: color, SLOT_SRC0: d.addr, SLOT_SRC0_STRIDE: d.stride,
+                            SLOT_N: n})
+
+    def recv(self, color: int, dst, n, add: bool = False) -> None:
+        """recv (or recvadd) one n-wavelet message on color into dst."""
+        d = self._desc(dst)
+        self.emit(Op.RECVADD if add else Op.RECV,
+                  {SLOT_COLOR: color, SLOT_DST: d.addr, SLOT_DST_STRIDE: d.stride, SLOT_N: n})
+
+    def movr(self, reg: int, value) -> None:
+        """rK = value."""
+        self.emit(Op.MOVR, {SLOT_DST: reg, SLOT_SRC0: value})
+
+    def halt(self) -> None:
+        """Stop the PE."""
+        self.emit(Op.HALT, {})
+
+    def to_array(self) -> np.ndarray:
+        """The instructions as an INSTR_DTYPE array."""
+        code = np.zeros(len(self.rows), INSTR_DTYPE)
+        if self.rows:
+            code["op"] = [r[0] for r in self.rows]
+            code["modes"] = [r[1] for r in self.rows]
+            code["a"] = np.array([r[2] for r in self.rows], np.int64)
+            code["imm"] = [r[3] for r in self.rows]
+            code["line"] = np.arange(len(self.rows))
+        return code
+
+
+# --------------------------------------------------------------------------- primitives
+
+
+@dataclass(frozen=True)
+class Fabric:
+    """Mesh shape and colors the primitives use."""
+
+    pw: int
+    ph: int
+    mc: int
+    mr: int
+    row: tuple      # row-tree colors per step
+    col: tuple      # column-tree colors per step
+
+    @classmethod
+    def from_routes(cls, routes: RoutePlan) -> "Fabric":
+        """The fabric view of a route plan."""
+        return cls(routes.width, routes.height, routes.colors["MC"], routes.colors["MR"],
+                   tuple(routes.row_tree()), tuple(routes.col_tree()))
+
+
+def col_multicast(b: CodeBuilder, fab: Fabric, top: bool, buf, n) -> None:
+    """(i, 0) sends buf[0:n] down column i; every other PE of the column receives it."""
+    if fab.ph > 1 and n != 0:
+        if top:
+            b.send(fab.mc, buf, n)
+        else:
+            b.recv(fab.mc, buf, n)
+
+
+def row_multicast(b: CodeBuilder, fab: Fabric, left: bool, buf, n) -> None:
+    """(0, j) sends buf[0:n] along row j; every other PE of the row receives it."""
+    if fab.pw > 1 and n != 0:
+        if left:
+            b.send(fab.mr, buf, n)
+        else:
+            b.recv(fab.mr, buf, n)
+
+
+def tree_sum(b: CodeBuilder, actions: tuple, colors: tuple, buf, n) -> None:
+    """Sum buf[0:n] over a row or column into its first PE (recvadd per received step)."""
+    for act, s in actions:
+        if act == "recv":
+            b.recv(colors[s], buf, n, add=True)
+        else:
+            b.send(colors[s], buf, n)
+
+
+def tree_max(b: CodeBuilder, actions: tuple, colors: tuple, buf, scratch, n) -> None:
+    """Elementwise max of buf[0:n] over a row into its first PE (recv + vmax)."""
+    for act, s in actions:
+        if act == "recv":
+            b.recv(colors[s], scratch, n)
+            b.vec(Op.VMAX, buf, buf, scratch, n)
+        else:
+            b.send(colors[s], buf, n)
+
+
+def gemv_columns(b: CodeBuilder, w: int, mpad: int, x: int, acc: int, m, k: int) -> None:
+    """acc[0:m] = sum over columns c < k of W[:, c] * x[c] (W column-major, stride mpad)."""
+    if k == 0:
+        b.vec(Op.VSET, acc, n=m, imm=0.0)
+        return
+    b.vec(Op.VMUL, acc, w, Desc(x, 0), m)
+    for c in range(1, k):
+        b.vec(Op.VFMA, acc, w + c * mpad, Desc(x + c, 0), m)
+
+
+def gemv_a(b, fab: Fabric, top: bool, row_tree: tuple, k: int, w: int, mpad: int, x: int,
+           acc: int, m) -> None:
+    """GEMV-A R(x) -> C(y): multicast x down columns, local columns, reduce along rows."""
+    col_multicast(b, fab, top, x, k)
+    gemv_columns(b, w, mpad, x, acc, m, k)
+    tree_sum(b, row_tree, fab.row, acc, m)
+
+
+def gemv_b(b, fab: Fabric, left: bool, col_tree: tuple, k: int, w: int, mpad: int, x: int,
+           acc: int, m) -> None:
+    """GEMV-B C(x) -> R(y): multicast x along rows, local columns, reduce along columns."""
+    row_multicast(b, fab, left, x, k)
+    gemv_columns(b, w, mpad, x, acc, m, k)
+    tree_sum(b, col_tree, fab.col, acc, m)
+
+
+# --------------------------------------------------------------------------- roles
+
+
+@dataclass(frozen=True)
+class Role:
+    """What makes a PE's decode code differ from another's (PEs with equal roles share code)."""
+
+    left: bool          # x == 0
+    top: bool           # y == 0
+    row_tree: tuple     # tree_actions(x, pw)
+    col_tree: tuple     # tree_actions(y, ph)
+    k_hidden: int       # R chunk of the hidden vector in column x
+    k_attn: int         # o_proj input chunk on row y
+    k_ffn: int          # ffn chunk on row y
+    groups: int         # kv groups of row y
+
+
+def pe_role(plan: TilePlan, i: int, j: int) -> Role:
+    """The role of PE (i, j)."""
+    return Role(i == 0, j == 0, tree_actions(i, plan.pw), tree_actions(j, plan.ph),
+                plan.vec("hidden").size(i), plan.vec("attn").size(j), plan.vec("ffn").size(j),
+                plan.groups_on_row(j)[1])
+
+
+@dataclass
+class Context:
+    """Everything the code generator reads besides the role."""
+
+    plan: TilePlan
+    placement: Placement
+    fab: Fabric
+    param_index: dict
+
+    def addr(self, name: str) -> int:
+        """SRAM address of a buffer."""
+        return self.placement.addr(name)
+
+
+# --------------------------------------------------------------------------- decode code
+
+
+def rmsnorm(b: CodeBuilder, ctx: Context, role: Role, gamma: str) -> None:
+    """Top row: XN = H / sqrt(mean(H^2) + eps) * gamma (sum reduced to (0,0), multicast back)."""
+    spec, fab, a = ctx.plan.spec, ctx.fab, ctx.addr
+    k, ss = role.k_hidden, a("SS")
+    b.note(f"RMSNorm with {gamma}")
+    if k:
+        b.reduce(Op.RDOT, ss, a("H"), a("H"), k)
+    else:
+        b.vec(Op.VSET, ss, n=1, imm=0.0)
+    tree_sum(b, role.row_tree, fab.row, ss, 1)
+    if role.left:
+        b.vec(Op.VSCALE, ss, ss, n=1, imm=1.0 / spec.hidden_size)
+        b.vec(Op.VADDI, ss, ss, n=1, imm=spec.rms_norm_eps)
+        b.vec(Op.VRSQRT, ss, ss, n=1)
+    row_multicast(b, fab, role.left, ss, 1)
+    b.vec(Op.VMUL, a("XN"), a("H"), Desc(ss, 0), k)
+    b.vec(Op.VMUL, a("XN"), a("XN"), a(gamma), k)
+
+
+def rope(b: CodeBuilder, ctx: Context, group: int) -> None:
+    """(0, j): rotate the q heads and k of one group in QKV (pairs adjacent) by COS/SIN."""
+    spec, a = ctx.plan.spec, ctx.addr
+    e = a("QKV") + group * ctx.plan.group_len
+    n2 = (spec.group_size + 1) * spec.head_dim // 2
+    t1, t2, t3, t4 = (a("TMP") + q * n2 for q in range(4))
+    b.note(f"RoPE of group {group}")
+    b.vec(Op.VMUL, t1, Desc(e, 2), a("COS"), n2)
+    b.vec(Op.VMUL, t2, Desc(e + 1, 2), a("SIN"), n2)
+    b.vec(Op.VMUL, t3, Desc(e + 1, 2), a("COS"), n2)
+    b.vec(Op.VMUL, t4, Desc(e, 2), a("SIN"), n2)
+    b.vec(Op.VSUB, Desc(e, 2), t1, t2, n2)
+    b.vec(Op.VADD, Desc(e + 1, 2), t3, t4, n2)
+
+
+def relayout(b: CodeBuilder, ctx: Context, role: Role, name: str, src: int, dst: int,
+             total: int) -> None:
+    """Left column: move a C vector from one chunking to another via (0,0).
+
+    Each (0, j) copies its chunk into G at its global offset, a concatenating tree gathers
+    G at (0, 0), which multicasts it down column 0; each (0, j) copies out its new chunk.
+    """
+    if not role.left:
+        return
+    fab, g = ctx.fab, ctx.addr("G")
+    b.note(f"relayout {name}")
+    b.vec(Op.VMOV, Desc(Param(f"{name}.in_addr")), src, n=Param(f"{name}.in_len"))
+    for act, s in role.col_tree:
+        if act == "recv":
+            b.recv(fab.col[s], Param(f"{name}.rx{s}_addr"), Param(f"{name}.rx{s}_len"))
+        else:
+            b.send(fab.col[s], Param(f"{name}.tx_addr"), Param(f"{name}.tx_len"))
+    col_multicast(b, fab, role.top, g, total)
+    b.vec(Op.VMOV, dst, Desc(Param(f"{name}.out_addr")), n=Param(f"{name}.out_len"))
+
+
+def attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
+    """Row j: attention of its kv groups over the KV cache spread along the row."""
+    plan, spec, fab, a = ctx.plan, ctx.plan.spec, ctx.fab, ctx.addr
+    ng, gs, hd, slots = role.groups, spec.group_size, spec.head_dim, ctx.placement.slots
+    heads, nloc = ng * gs, Param("nloc")
+    sc = [a("SC") + h * slots for h in range(heads)]
+    b.note(f"layer {layer}: attention, multicast q/k/v along the row")
+    row_multicast(b, fab, role.left, a("QKV"), ng * plan.group_len)
+    for g in range(ng):
+        base = a("QKV") + g * plan.group_len + gs * hd
+        for which, off in (("k", 0), ("v", hd)):
+            kv = a(f"L{layer}.{which}{g}")
+            b.vec(Op.VMOV, Desc(Reg(SLOT_REG, kv), slots), base + off, n=Param("store_n"))
+    b.vec(Op.VSET, a("MX"), n=heads, imm=-np.inf)
+    for h in range(heads):
+        g, q = divmod(h, gs)
+        kt, qa = a(f"L{layer}.k{g}"), a("QKV") + g * plan.group_len + q * hd
+        b.note(f"scores of head {h} of the row")
+        b.vec(Op.VMUL, sc[h], kt, Desc(qa, 0), nloc)
+        for d in range(1, hd):
+            b.vec(Op.VFMA, sc[h], kt + d * slots, Desc(qa + d, 0), nloc)
+        b.vec(Op.VSCALE, sc[h], sc[h], n=nloc, imm=float(np.float32(hd ** -0.5)))
+        b.reduce(Op.RMAX, a("MX") + h, sc[h], n=nloc)
+    tree_max(b, role.row_tree, fab.row, a("MX"), a("MXT"), heads)
+    row_multicast(b, fab, role.left, a("MX"), heads)
+    ol = a("OL")
+    b.vec(Op.VSET, ol, n=heads * (hd + 1), imm=0.0)
+    for h in range(heads):
+        vt = a(f"L{layer}.v{h // gs}")
+        b.note(f"softmax numerator and weighted values of head {h}")
+        b.vec(Op.VSUB, sc[h], sc[h], Desc(a("MX") + h, 0), nloc)
+        b.vec(Op.VEXP, sc[h], sc[h], n=nloc)
+        b.reduce(Op.RSUM, ol + heads * hd + h, sc[h], n=nloc)
+        for d in range(hd):
+            b.reduce(Op.RDOT, ol + h * hd + d, vt + d * slots, sc[h], nloc)
+    tree_sum(b, role.row_tree, fab.row, ol, heads * (hd + 1))
+    if role.left:
+        b.note("divide by the softmax denominators")
+        b.vec(Op.VRECIP, a("RL"), ol + heads * hd, n=heads)
+        for h in range(heads):
+            b.vec(Op.VMUL, a("ATT") + h * hd, ol + h * hd, Desc(a("RL") + h, 0), hd)
+
+
+def decoder_layer(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
+    """One layer: RMSNorm, q/k/v, RoPE, attention, o_proj + residual, RMSNorm, SwiGLU MLP."""
+    plan, spec, fab, a = ctx.plan, ctx.plan.spec, ctx.fab, ctx.addr
+    p, even = f"L{layer}.", plan.layout == "even"
+    if role.top:
+        rmsnorm(b, ctx, role, p + "norm_in")
+    qkv_out = a("ACC") if even else a("QKV")
+    b.note(f"layer {layer}: q/k/v GEMV-A")
+    gemv_a(b, fab, role.top, role.row_tree, role.k_hidden, a(p + "qkv"), plan.mpad("qkv"),
+           a("XN"), qkv_out, Param("m_qkv"))
+    if role.left and spec.attention_bias:
+        b.vec(Op.VADD, qkv_out, qkv_out, a(p + "qkv_bias"), Param("m_qkv"))
+    if even:
+        relayout(b, ctx, role, "qkv", a("ACC"), a("QKV"), plan.vec("qkv").total)
+    if role.left:
+        for g in range(role.groups):
+            rope(b, ctx, g)
+    if role.groups:
+        attention(b, ctx, role, layer)
+    if even:
+        relayout(b, ctx, role, "attn", a("ATT"), a("XB"), spec.q_dim)
+    b.note(f"layer {layer}: o_proj GEMV-B")
+    gemv_b(b, fab, role.left, role.col_tree, role.k_attn, a(p + "o"), plan.mpad("o"),
+           a("XB") if even else a("ATT"), a("ACC"), Param("m_hidden"))
+    residual(b, ctx, role, p + "o_bias" if spec.o_proj_bias else None)
+    if role.top:
+        rmsnorm(b, ctx, role, p + "norm_post")
+    b.note(f"layer {layer}: gate/up GEMV-A")
+    gemv_a(b, fab, role.top, role.row_tree, role.k_hidden, a(p + "gu"), plan.mpad("gu"),
+           a("XN"), a("ACC"), Param("m_gu"))
+    if role.left:
+        swiglu(b, ctx, role, p + "gu_bias" if spec.mlp_bias else None)
+    b.note(f"layer {layer}: down GEMV-B")
+    gemv_b(b, fab, role.left, role.col_tree, role.k_ffn, a(p + "down"), plan.mpad("down"),
+           a("XB"), a("ACC"), Param("m_hidden"))
+    residual(b, ctx, role, p + "down_bias" if spec.mlp_bias else None)
+
+
+def residual(b: CodeBuilder, ctx: Context, role: Role, bias: str | None) -> None:
+    """Top row: H += ACC (+ bias)."""
+    if not role.top:
+        return
+    a, k = ctx.addr, role.k_hidden
+    if bias:
+        b.vec(Op.VADD, a("ACC"), a("ACC"), a(bias), k)
+    b.vec(Op.VADD, a("H"), a("H"), a("ACC"), k)
+
+
+def swiglu(b: CodeBuilder, ctx: Context, role: Role, bias: str | None) -> None:
+    """(0, j): XB = silu(gate) * up from ACC = [gate_j; up_j]."""
+    a, f = ctx.addr, role.k_ffn
+    if bias:
+        b.vec(Op.VADD, a("ACC"), a("ACC"), a(bias), Param("m_gu"))
+    b.note("SiLU(gate) * up")
+    b.vec(Op.VSIGMOID, a("TMP"), a("ACC"), n=f)
+    b.vec(Op.VMUL, a("TMP"), a("TMP"), a("ACC"), f)
+    b.vec(Op.VMUL, a("XB"), a("TMP"), a("ACC") + f, f)
+
+
+def pe_code(ctx: Context, role: Role) -> CodeBuilder:
+    """The whole decode step of a PE with this role."""
+    b, a, plan = CodeBuilder(ctx.param_index), ctx.addr, ctx.plan
+    if role.groups:
+        b.movr(SLOT_REG, Param("slot"))
+    for layer in range(plan.spec.num_layers):
+        decoder_layer(b, ctx, role, layer)
+    if role.top:
+        rmsnorm(b, ctx, role, "norm_final")
+    b.note("LM head GEMV-A")
+    gemv_a(b, ctx.fab, role.top, role.row_tree, role.k_hidden, a("lm_head"),
+           plan.mpad("lm_head"), a("XN"), a("ACC"), Param("m_vocab"))
+    b.halt()
+    return b
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def static_params(plan: TilePlan, placement: Placement) -> dict:
+    """name -> int64 [ph, pw] of every non-step parameter."""
+    pw, ph = plan.pw, plan.ph
+    rows = {n: plan.vec(v).sizes() for n, v in (("m_qkv", "qkv"), ("m_gu", "gu"),
+                                                 ("m_vocab", "vocab"))}
+    params = {n: np.repeat(s[:, None], pw, axis=1) for n, s in rows.items()}
+    params["m_hidden"] = np.repeat(plan.vec("hidden").sizes()[None, :], ph, axis=0)
+    if plan.layout == "even":
+        g = placement.addr("G")
+        params.update(relayout_params(plan, "qkv", plan.vec("qkv"), plan.vec("qkv_attn"), g))
+        params.update(relayout_params(plan, "attn", plan.vec("heads_attn"), plan.vec("attn"), g))
+    return params
+
+
+def relayout_params(plan: TilePlan, name: str, src: Chunking, dst: Chunking, g: int) -> dict:
+    """Addresses/lengths of the left-column gather for a relayout (see `relayout`)."""
+    ph, pw = plan.ph, plan.pw
+    out = {}
+
+    def column(values):
+        arr = np.zeros((ph, pw), np.int64)
+        arr[:, 0] = values
+        return arr
+
+    b = src.bounds
+    out[f"{name}.in_addr"] = column([g + b[j] for j in range(ph)])
+    out[f"{name}.in_len"] = column(src.sizes())
+    out[f"{name}.out_addr"] = column([g + dst.bounds[j] for j in range(ph)])
+    out[f"{name}.out_len"] = column(dst.sizes())
+    tx_addr, tx_len = np.zeros(ph, np.int64), np.zeros(ph, np.int64)
+    for s in range(max(0, (ph - 1).bit_length())):
+        d = 1 << s
+        rx_addr, rx_len = np.zeros(ph, np.int64), np.zeros(ph, np.int64)
+        for j in range(ph):
+            if j % (2 * d) == 0 and j + d < ph:
+                rx_addr[j] = g + b[j + d]
+                rx_len[j] = b[min(j + 2 * d, ph)] - b[j + d]
+            if j % (2 * d) == d:
+                tx_addr[j], tx_len[j] = g + b[j], b[min(j + d, ph)] - b[j]
+        out[f"{name}.rx{s}_addr"], out[f"{name}.rx{s}_len"] = column(rx_addr), column(rx_len)
+    out[f"{name}.tx_addr"], out[f"{name}.tx_len"] = column(tx_addr), column(tx_len)
+    return out
+
+
+def step_values(plan: TilePlan, pos: int) -> dict:
+    """name -> int64 [ph, pw] of the per-step parameters for decode position `pos`."""
+    pw, ph, hd = plan.pw, plan.ph, plan.spec.head_dim
+    i = np.arange(pw)
+    nloc = np.where(i <= pos, (pos - i) // pw + 1, 0)
+    store = np.where(i == pos % pw, hd, 0)
+    return {"nloc": np.repeat(nloc[None, :], ph, axis=0),
+            "slot": np.full((ph, pw), pos // pw, np.int64),
+            "store_n": np.repeat(store[None, :], ph, axis=0)}
+
+
+# --------------------------------------------------------------------------- programs
+
+
+@dataclass
+class DecodeProgram:
+    """The emitted decode step: program template plus what is needed to fill step params."""
+
+    program: Program            # step parameters zero; use `for_position`
+    plan: TilePlan
+    placement: Placement
+    routes: RoutePlan
+    param_names: list
+    roles: list                 # Role of each region
+    representatives: list       # (x, y) of the first PE of each region
+
+    def params_for(self, pos: int) -> np.ndarray:
+        """int32 [W*H, params] for decode position `pos`."""
+        params = self.program.params.copy()
+        for name, values in step_values(self.plan, pos).items():
+            params[:, self.param_names.index(name)] = values.reshape(-1)
+        return params
+
+    def for_position(self, pos: int) -> Program:
+        """The program of the decode step at position `pos` (0-based)."""
+        if not 0 <= pos < self.placement.max_context:
+            raise ValueError(f"position {pos} outside the KV capacity "
+                             f"0..{self.placement.max_context - 1}")
+        return dataclasses.replace(self.program, params=self.params_for(pos))
+
+
+def assemble_regions(plan: TilePlan, roles_of: dict, codes: list, names: list,
+                     params: dict, param_names: list, routes: RoutePlan, sram_words: int,
+                     dtype: str, source: str) -> Program:
+    """Pack per-role code, the PE -> region map, parameters and routes into a Program."""
+    pw, ph = plan.pw, plan.ph
+    pe_region = np.array([roles_of[(i, j)] for j in range(ph) for i in range(pw)], np.int32)
+    arrays = [c.to_array() for c in codes]
+    lengths = np.array([len(x) for x in arrays], np.int32)
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int32)
+    table = np.zeros((pw * ph, max(1, len(param_names))), np.int32)
+    for k, name in enumerate(param_names):
+        table[:, k] = params[name].reshape(-1)
+    return Program(width=pw, height=ph, dtype=dtype, sram_words=sram_words,
+                   code=np.concatenate(arrays), region_start=starts, region_len=lengths,
+                   region_names=names, pe_region=pe_region, params=table,
+                   route_rx=routes.route_rx.copy(), route_tx=routes.route_tx.copy(),
+                   source=source, region_comments={r: c.comments for r, c in enumerate(codes)})
+
+
+def emit_decode(plan: TilePlan, placement: Placement, routes: RoutePlan,
+                source: str = "<decode>") -> DecodeProgram:
+    """The emit pass: one decode step as a Program with per-role regions."""
+    params = static_params(plan, placement)
+    for name in STEP_PARAMS:
+        params[name] = np.zeros((plan.ph, plan.pw), np.int64)
+    param_names = list(params)
+    ctx = Context(plan, placement, Fabric.from_routes(routes),
+                  {n: k for k, n in enumerate(param_names)})
+    roles, roles_of, reps = {}, {}, []
+    for j in range(plan.ph):
+        for i in range(plan.pw):
+            role = pe_role(plan, i, j)
+            if role not in roles:
+                roles[role] = len(roles)
+                reps.append((i, j))
+            roles_of[(i, j)] = roles[role]
+    codes = [pe_code(ctx, role) for role in roles]
+    names = [f"role{r}_x{x}_y{y}" for r, (x, y) in enumerate(reps)]
+    program = assemble_regions(plan, roles_of, codes, names, params, param_names, routes,
+                               placement.total_words, placement.dtype, source)
+    return DecodeProgram(program, plan, placement, routes, param_names, list(roles), reps)
+
+
+# --------------------------------------------------------------------------- standalone GEMV
+
+
+@dataclass
+class GemvProgram:
+    """A standalone GEMV on a pw x ph mesh: W tile at `w`, x chunks at `x`, y at `y`."""
+
+    program: Program
+    kind: str
+    out: Chunking       # y chunking (C for A, R for B)
+    inp: Chunking       # x chunking (R for A, C for B)
+    w: int
+    x: int
+    y: int
+    mpad: int
+
+
+def emit_gemv(kind: str, m_total: int, k_total: int, pw: int, ph: int, mesh: MeshConfig,
+              dtype: str = "fp32") -> GemvProgram:
+    """A program computing y = W x for W [m_total, k_total] with GEMV-A or GEMV-B."""
+    if kind == "A":
+        out = Chunking("C", chunk_bounds(m_total, ph))
+        inp = Chunking("R", chunk_bounds(k_total, pw))
+    else:
+        out = Chunking("R", chunk_bounds(m_total, pw))
+        inp = Chunking("C", chunk_bounds(k_total, ph))
+    mpad, kmax = out.max_size, inp.max_size
+    w, x, y = 0, kmax * mpad, kmax * mpad + kmax
+    routes = route(pw, ph, mesh.with_mesh(pw, ph))
+    fab = Fabric.from_routes(routes)
+    roles, roles_of, codes = {}, {}, []
+    m = np.zeros((ph, pw), np.int64)
+    for j in range(ph):
+        for i in range(pw):
+            po, pi = (j, i) if kind == "A" else (i, j)
+            m[j, i] = out.size(po)
+            key = (i == 0, j == 0, tree_actions(i, pw), tree_actions(j, ph), inp.size(pi))
+            if key not in roles:
+                roles[key] = len(roles)
+                b = CodeBuilder({"m": 0})
+                if kind == "A":
+                    gemv_a(b, fab, j == 0, key[2], key[4], w, mpad, x, y, Param("m"))
+                else:
+                    gemv_b(b, fab, i == 0, key[3], key[4], w, mpad, x, y, Param("m"))
+                b.halt()
+                codes.append(b)
+            roles_of[(i, j)] = roles[key]
+    shape = _Shape(pw, ph)
+    program = assemble_regions(shape, roles_of, codes, [f"gemv{r}" for r in range(len(codes))],
+                               {"m": m}, ["m"], routes, y + mpad, dtype, f"<gemv-{kind}>")
+    return GemvProgram(program, kind, out, inp, w, x, y, mpad)
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """The mesh shape `assemble_regions` needs from a plan."""
+
+    pw: int
+    ph: int
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def verify_program(dp: DecodeProgram, mesh: MeshConfig, pos: int = 0) -> None:
+    """Check the emitted program: it validates on the mesh, every PE has code, and every
+    sender's message sequence on a color equals each of its receivers' receive sequence
+    (same count and lengths), so no receive can block forever or mismatch."""
+    program = dp.for_position(pos)
+    validate_program(program, mesh)
+    assert (program.pe_region >= 0).all(), "a PE of the rectangle has no code"
+    sends, recvs = comm_sequences(program)
+    for flow in dp.routes.flows:
+        sent = sends.pop((flow.source, flow.color), [])
+        for r in flow.receivers:
+            got = recvs.pop((r, flow.color), [])
+            assert got == sent, (f"{flow.name}: PE {flow.source} sends {sent} but PE {r} "
+                                 f"receives {got}")
+    left_over = sorted(k for k in sends if sends[k])
+    assert not left_over, f"sends with no route: {left_over}"
+    unmatched = sorted(k for k in recvs if recvs[k])
+    assert not unmatched, f"receives with no sender: {unmatched}"
+
+
+def comm_sequences(program: Program) -> tuple[dict, dict]:
+    """((x, y), color) -> list of message lengths sent / received, in program order."""
+    comm = {}
+    for r in range(len(program.region_start)):
+        code = program.region_code(r)
+        ops = [(k, int(ins["op"])) for k, ins in enumerate(code)
+               if int(ins["op"]) in (Op.SEND, Op.RECV, Op.RECVADD)]
+        comm[r] = [(op, int(code[k]["a"][SLOT_COLOR]), _n_operand(code[k])) for k, op in ops]
+    sends, recvs = {}, {}
+    for pe in range(program.num_pes):
+        region = int(program.pe_region[pe])
+        if region < 0:
+            continue
+        xy = program.pe_xy(pe)
+        for op, color, (kind, value) in comm[region]:
+            n = int(program.params[pe, value]) if kind == MODE_PARAM else value
+            target = sends if op == Op.SEND else recvs
+            target.setdefault((xy, color), []).append(n)
+    return sends, recvs
+
+
+def _n_operand(ins) -> tuple[int, int]:
+    """(mode kind, value) of an instruction's element-count operand (no registers used)."""
+    kind = (int(ins["modes"]) >> (8 * SLOT_N)) & 0x3
+    assert kind != MODE_REG, "element counts of emitted code never use registers"
+    return kind, int(ins["a"][SLOT_N])

@@ -1,0 +1,262 @@
+"""Tile pass: ModelSpec + mesh -> how every vector and weight matrix is split over the PEs.
+
+The whole decode step runs on one rectangle of pw x ph PEs (the mesh); every layer uses
+the same PEs (WaferLLM-style), so each PE holds a tile of every weight matrix. Two vector
+layouts (docs/mapping.md):
+
+- R(v): v split into pw near-equal chunks, chunk i on PE (i, 0) (top row);
+- C(v): v split into ph chunks, chunk j on PE (0, j) (left column).
+
+Chunks are described by `bounds` (element offsets, length parts + 1), so unequal chunks and
+empty chunks are allowed. A GEMV of kind "A" maps R(x) -> C(y): PE (i, j) holds
+W[rows of C-chunk j, cols of R-chunk i]; kind "B" maps C(x) -> R(y): PE (i, j) holds
+W[rows of R-chunk i, cols of C-chunk j].
+
+The q/k/v output vector is ordered group by group (kv head g: its q heads, then k, then v);
+q and k rows of every head are permuted so RoPE pairs (d, d + hd/2) sit next to each other.
+Layout "groups" chunks the q/k/v rows (and the attention output feeding o_proj) by whole
+kv-head groups, exactly the attention layout; layout "even" chunks them into near-equal
+pieces (balanced SRAM) and the emitted code re-lays them out on the left column.
+
+Units: every size is a number of elements.
+"""
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from compiler.frontend import ModelSpec
+
+LAYOUTS = ("groups", "even")
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """A vector split into consecutive chunks: chunk p is [bounds[p], bounds[p+1])."""
+
+    axis: str                  # "R": chunk i on PE (i, 0); "C": chunk j on PE (0, j)
+    bounds: tuple[int, ...]    # element offsets, non-decreasing, bounds[0] == 0
+
+    @property
+    def parts(self) -> int:
+        """Number of chunks (pw for R, ph for C)."""
+        return len(self.bounds) - 1
+
+    @property
+    def total(self) -> int:
+        """Length of the whole vector (elements)."""
+        return self.bounds[-1]
+
+    def start(self, p: int) -> int:
+        """First element of chunk p."""
+        return self.bounds[p]
+
+    def size(self, p: int) -> int:
+        """Elements in chunk p."""
+        return self.bounds[p + 1] - self.bounds[p]
+
+    def sizes(self) -> np.ndarray:
+        """int64 [parts]: elements in every chunk."""
+        return np.diff(np.asarray(self.bounds, np.int64))
+
+    @property
+    def max_size(self) -> int:
+        """Largest chunk (elements); 0 for an empty vector."""
+        return int(self.sizes().max(initial=0))
+
+
+@dataclass(frozen=True)
+class MatrixTile:
+    """How one weight matrix [M, K] (rows in output-vector order) is tiled over the PEs."""
+
+    kind: str   # "A": R(x) -> C(y); "B": C(x) -> R(y)
+    out: str    # name of the output vector's chunking
+    inp: str    # name of the input vector's chunking
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Output of the tile pass (sizes in elements)."""
+
+    spec: ModelSpec
+    pw: int
+    ph: int
+    layout: str                            # "groups" | "even"
+    vectors: dict = field(hash=False)      # name -> Chunking
+    matrices: dict = field(hash=False)     # name -> MatrixTile
+
+    def vec(self, name: str) -> Chunking:
+        """The chunking of a vector by name."""
+        return self.vectors[name]
+
+    def groups_on_row(self, j: int) -> tuple[int, int]:
+        """(first kv group, number of kv groups) handled by row j."""
+        groups = self.vectors["groups"]
+        return groups.start(j), groups.size(j)
+
+    def heads_on_row(self, j: int) -> int:
+        """Query heads whose attention row j computes."""
+        return self.groups_on_row(j)[1] * self.spec.group_size
+
+    def tile_shape(self, matrix: str, i: int, j: int) -> tuple[int, int]:
+        """(m rows, k columns) of `matrix` held by PE (i, j)."""
+        tile = self.matrices[matrix]
+        out, inp = self.vectors[tile.out], self.vectors[tile.inp]
+        if tile.kind == "A":
+            return out.size(j), inp.size(i)
+        return out.size(i), inp.size(j)
+
+    def mpad(self, matrix: str) -> int:
+        """Column stride of `matrix`'s tiles in SRAM: the largest row count over PEs."""
+        return self.vectors[self.matrices[matrix].out].max_size
+
+    def kmax(self, matrix: str) -> int:
+        """Largest column count of `matrix`'s tiles over PEs."""
+        return self.vectors[self.matrices[matrix].inp].max_size
+
+    @property
+    def max_heads(self) -> int:
+        """Largest number of query heads on one row."""
+        return self.vectors["groups"].max_size * self.spec.group_size
+
+    @property
+    def group_len(self) -> int:
+        """Elements of one kv group in the q/k/v vector: (group_size + 2) * head_dim."""
+        return (self.spec.group_size + 2) * self.spec.head_dim
+
+
+def chunk_bounds(total: int, parts: int) -> tuple[int, ...]:
+    """Bounds of `total` elements split into `parts` near-equal chunks (larger ones first)."""
+    base, extra = divmod(total, parts)
+    sizes = np.full(parts, base, np.int64)
+    sizes[:extra] += 1
+    return tuple(int(b) for b in np.concatenate(([0], np.cumsum(sizes))))
+
+
+def scaled(bounds: tuple[int, ...], factor: int) -> tuple[int, ...]:
+    """Bounds of a chunking whose every unit is `factor` elements."""
+    return tuple(b * factor for b in bounds)
+
+
+def tile(spec: ModelSpec, pw: int, ph: int, layout: str = "groups") -> TilePlan:
+    """The tile pass: chunk every vector over a pw x ph rectangle (see module docstring)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if spec.head_dim % 2:
+        raise ValueError(f"head_dim must be even for RoPE, got {spec.head_dim}")
+    groups = chunk_bounds(spec.num_kv_heads, ph)
+    qkv_len = spec.q_dim + 2 * spec.kv_dim
+    ffn = chunk_bounds(spec.intermediate_size, ph)
+    vectors = {
+        "hidden": Chunking("R", chunk_bounds(spec.hidden_size, pw)),
+        "groups": Chunking("C", groups),
+        "qkv_attn": Chunking("C", scaled(groups, (spec.group_size + 2) * spec.head_dim)),
+        "heads_attn": Chunking("C", scaled(groups, spec.group_size * spec.head_dim)),
+        "ffn": Chunking("C", ffn),
+        "gu": Chunking("C", scaled(ffn, 2)),
+        "vocab": Chunking("C", chunk_bounds(spec.vocab_size, ph)),
+    }
+    if layout == "groups":
+        vectors["qkv"] = vectors["qkv_attn"]
+        vectors["attn"] = vectors["heads_attn"]
+    else:
+        vectors["qkv"] = Chunking("C", chunk_bounds(qkv_len, ph))
+        vectors["attn"] = Chunking("C", chunk_bounds(spec.q_dim, ph))
+    matrices = {
+        "qkv": MatrixTile("A", "qkv", "hidden"),
+        "o": MatrixTile("B", "hidden", "attn"),
+        "gu": MatrixTile("A", "gu", "hidden"),
+        "down": MatrixTile("B", "hidden", "ffn"),
+        "lm_head": MatrixTile("A", "vocab", "hidden"),
+    }
+    return TilePlan(spec, pw, ph, layout, vectors, matrices)
+
+
+# --------------------------------------------------------------------------- row orders
+
+
+def rope_pair_order(head_dim: int) -> np.ndarray:
+    """Permutation of one head's dims so RoPE pairs are adjacent: [0, hd/2, 1, hd/2+1, ...]."""
+    half = head_dim // 2
+    order = np.empty(head_dim, np.int64)
+    order[0::2] = np.arange(half)
+    order[1::2] = np.arange(half) + half
+    return order
+
+
+def qkv_row_order(spec: ModelSpec) -> np.ndarray:
+    """Rows of concat(q_proj, k_proj, v_proj) in q/k/v-vector order (group by group)."""
+    hd, pair = spec.head_dim, rope_pair_order(spec.head_dim)
+    rows = []
+    for g in range(spec.num_kv_heads):
+        for r in range(spec.group_size):
+            rows.append((g * spec.group_size + r) * hd + pair)
+        rows.append(spec.q_dim + g * hd + pair)
+        rows.append(spec.q_dim + spec.kv_dim + g * hd + np.arange(hd))
+    return np.concatenate(rows)
+
+
+def gu_row_order(plan: TilePlan) -> np.ndarray:
+    """Rows of concat(gate_proj, up_proj) in gu-vector order: per row j gate_j then up_j."""
+    ffn, f = plan.vec("ffn"), plan.spec.intermediate_size
+    rows = []
+    for j in range(plan.ph):
+        part = np.arange(ffn.start(j), ffn.start(j + 1))
+        rows.extend([part, part + f])
+    return np.concatenate(rows) if rows else np.zeros(0, np.int64)
+
+
+# --------------------------------------------------------------------------- verify / dump
+
+
+def verify_tiles(plan: TilePlan) -> None:
+    """Check the tile plan: chunkings cover their vectors, tiles partition every matrix."""
+    spec = plan.spec
+    totals = {"hidden": spec.hidden_size, "groups": spec.num_kv_heads,
+              "qkv": spec.q_dim + 2 * spec.kv_dim, "qkv_attn": spec.q_dim + 2 * spec.kv_dim,
+              "heads_attn": spec.q_dim, "attn": spec.q_dim, "ffn": spec.intermediate_size,
+              "gu": 2 * spec.intermediate_size, "vocab": spec.vocab_size}
+    for name, total in totals.items():
+        chunks = plan.vec(name)
+        parts = plan.pw if chunks.axis == "R" else plan.ph
+        assert chunks.parts == parts, f"{name}: {chunks.parts} chunks, expected {parts}"
+        assert chunks.bounds[0] == 0 and chunks.total == total, f"{name}: covers {total}?"
+        assert (chunks.sizes() >= 0).all(), f"{name}: negative chunk"
+    if plan.layout == "groups":
+        assert plan.vec("qkv") == plan.vec("qkv_attn") and plan.vec("attn") == plan.vec(
+            "heads_attn"), "groups layout: q/k/v chunks must be whole kv groups"
+    for name, tile_ in plan.matrices.items():
+        rows, cols = plan.vec(tile_.out), plan.vec(tile_.inp)
+        assert {rows.axis, cols.axis} == {"R", "C"}, f"{name}: needs one R and one C vector"
+        assert (tile_.kind == "A") == (rows.axis == "C"), f"{name}: kind/axes mismatch"
+        area = sum(plan.tile_shape(name, i, j)[0] * plan.tile_shape(name, i, j)[1]
+                   for i in range(plan.pw) for j in range(plan.ph))
+        assert area == rows.total * cols.total, f"{name}: tiles do not partition the matrix"
+    order = qkv_row_order(spec)
+    assert np.array_equal(np.sort(order), np.arange(totals["qkv"])), "qkv order not a perm"
+    gu = gu_row_order(plan)
+    assert np.array_equal(np.sort(gu), np.arange(totals["gu"])), "gu order not a perm"
+
+
+def plan_to_dict(plan: TilePlan) -> dict:
+    """A JSON-ready description of the tile plan."""
+    vectors = {name: {"axis": c.axis, "bounds": list(c.bounds), "max_chunk": c.max_size}
+               for name, c in plan.vectors.items()}
+    matrices = {}
+    for name, t in plan.matrices.items():
+        matrices[name] = {"kind": t.kind, "out": t.out, "in": t.inp,
+                          "column_stride": plan.mpad(name), "max_columns": plan.kmax(name),
+                          "shape": [plan.vec(t.out).total, plan.vec(t.inp).total]}
+    return {"pw": plan.pw, "ph": plan.ph, "layout": plan.layout,
+            "model": {"hidden_size": plan.spec.hidden_size, "num_layers": plan.spec.num_layers,
+                      "num_heads": plan.spec.num_heads, "num_kv_heads": plan.spec.num_kv_heads,
+                      "head_dim": plan.spec.head_dim,
+                      "intermediate_size": plan.spec.intermediate_size,
+                      "vocab_size": plan.spec.vocab_size},
+            "vectors": vectors, "matrices": matrices}
+
+
+def dump_tiles(plan: TilePlan) -> str:
+    """The tile plan as indented JSON text."""
+    return json.dumps(plan_to_dict(plan), indent=2) + "\n"
