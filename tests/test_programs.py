@@ -10,11 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from emulator.hw.mesh import load_mesh
 from emulator.mesh_engine import run_numba
 from isa.asm import assemble, assemble_file
+from isa.opcodes import Op
 from isa.reference import run_reference
+from tests.strategies import generate_program, random_programs
 
 PROGRAMS = Path(__file__).resolve().parent.parent / "programs" / "asm"
 EXPECTED = {"hello": 8, "row_broadcast": 26, "row_reduce": 84, "contention": 22,
@@ -127,3 +130,24 @@ def test_point_to_point_closed_form(engine, n, d, o, h, r):
     t_send = o + 1                      # after the nop
     assert result.cycles == max(t_send + o + 2 * r + d * h + n, o + n)
     assert result.pe_finish[0] == t_send + o + n
+
+
+@given(random_programs())
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_random_programs_run_cleanly(generated):
+    """Strategy programs never fault or deadlock, keep values finite, and timing-only
+    runs report the functional cycles."""
+    program = assemble(generated.text)
+    mesh = mesh_for(program)
+    result = run_reference(program, mesh, sram=generated.sram)
+    assert np.isfinite(result.sram).all()
+    assert (result.pe_finish[program.pe_region >= 0] > 0).all() or result.cycles == 0
+    assert run_reference(program, mesh, functional=False).cycles == result.cycles
+
+
+def test_random_programs_cover_every_opcode():
+    seen = set()
+    for seed in range(60):
+        program = assemble(generate_program(1 + seed % 6, 1 + seed // 10, seed).text)
+        seen |= {Op(int(op)) for op in program.code["op"]}
+    assert seen == set(Op)
