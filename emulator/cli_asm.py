@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from emulator.atomic_io import atomic_write_text
-from emulator.errors import ConfigError
+from emulator.errors import ConfigError, MeshFault
 from emulator.hw.mesh import MeshConfig, load_mesh
 from isa.asm import assemble_file
 from isa.disasm import disassemble
@@ -266,8 +266,7 @@ def step(file, steps, mesh_text, hw, max_cycles):
     if file.endswith(".json"):
         raise ConfigError(f"{file}: emu step expects a mesh assembly file (.asm)")
     program, mesh = load_program(file, mesh_text, hw)
-    result = run_program(program, mesh, "reference", True, max_cycles, record_events=True)
-    events = ordered_events(program, result.events or [])
+    events, cycles, fault = recorded_events(program, mesh, max_cycles)
     interactive = steps is None and stdin_is_tty()
     limit = len(events) if steps is None else min(steps, len(events))
     messages: list[dict] = []
@@ -275,7 +274,23 @@ def step(file, steps, mesh_text, hw, max_cycles):
         click.echo(format_event(event, index, messages))
         if interactive and index + 1 < limit and _wait_quit():
             return
-    click.echo(f"{limit} of {len(events)} events; program ends at cycle {result.cycles}")
+    if fault is not None:
+        click.echo(f"{limit} of {len(events)} events before the fault")
+        raise fault
+    click.echo(f"{limit} of {len(events)} events; program ends at cycle {cycles}")
+
+
+def recorded_events(program: Program, mesh: MeshConfig, max_cycles: int):
+    """(events in time order, cycles, MeshFault or None): a faulting run still shows the
+    events that led to the fault."""
+    from isa.reference import ReferenceMachine
+
+    machine = ReferenceMachine(program, mesh, None, True, max_cycles, True)
+    try:
+        result = machine.run()
+    except MeshFault as fault:
+        return ordered_events(program, machine.events or []), None, fault
+    return ordered_events(program, result.events or []), result.cycles, None
 
 
 def stdin_is_tty() -> bool:

@@ -170,3 +170,12 @@ def test_missing_file_and_model_config_for_step(tmp_path):
     assert result.exit_code == 2 and "cannot read assembly file" in result.stderr
     result = emu("step", tmp_path / "model.json")
     assert result.exit_code == 2 and "expects a mesh assembly file" in result.stderr
+
+
+def test_step_shows_events_before_a_fault(tmp_path):
+    path = tmp_path / "deadlock.asm"
+    path.write_text(".mesh 2x1\n.sram 4\n.region a 0,0 1,0\n  nop\n  recv c0, [0], 1\n")
+    result = emu("step", path)
+    assert result.exit_code == 2
+    assert "2 of 2 events before the fault" in result.stdout and "nop" in result.stdout
+    assert "deadlock" in result.stderr and result.stderr.count("\n") == 1
