@@ -118,15 +118,30 @@ class Program:
         return len(self.cores) * ENGINES_PER_CORE + 1
 
 
+_VIEW_NAMES = tuple(tuple(f"v{slot}{k}" for k in range(5)) for slot in range(4))
+_SCALAR_FIELDS = ("op", "engine", "func", "func2", "flags", "core", "op_id", "cost", "lat",
+                  "work")
+
+
 class Builder:
-    """Appends batches of instructions; every batch is built with numpy broadcasting."""
+    """Appends batches of instructions, stored column-wise until `program()` assembles them.
+
+    `emit` only appends Python references (scalars or arrays per field), so a batch costs a
+    few microseconds whatever its size; `program` builds the structured array with one
+    vectorised pass per field.
+    """
 
     def __init__(self):
-        self.chunks: list[np.ndarray] = []
         self.count = 0
         self.tensors: list[TensorInfo] = []
         self.ops: list[OpInfo] = []
         self.op_id = -1
+        self.raw: list[tuple[int, np.ndarray]] = []      # (offset, prebuilt records)
+        self.col_off: list[int] = []
+        self.col_n: list[int] = []
+        names = list(_SCALAR_FIELDS) + ["imm0", "imm1"] + [f"dep{i}" for i in range(MAX_DEPS)]
+        names += [f"v{slot}{k}" for slot in range(4) for k in range(5)]
+        self.cols: dict[str, list] = {name: [] for name in names}
 
     def tensor(self, name, rows, cols, dtype, space, core=-1) -> int:
         """Register a tensor and return its id."""
@@ -148,25 +163,28 @@ class Builder:
         """
         if n <= 0:
             return np.zeros(0, np.int64)
-        rec = np.zeros(n, INSTR_DTYPE)
-        rec["op"], rec["engine"], rec["core"], rec["op_id"] = op, engine, core, self.op_id
-        rec["cost"], rec["lat"], rec["func"], rec["func2"] = cost, lat, func, func2
-        rec["flags"], rec["work"] = flags, work
-        rec["imm"][:, 0], rec["imm"][:, 1] = imm0, imm1
-        rec["dep"] = -1
         if len(deps) > MAX_DEPS:
             raise ValueError(f"at most {MAX_DEPS} dependencies per instruction")
-        for slot, dep in enumerate(deps):
-            rec["dep"][:, slot] = dep
-        rec["v"][:, :, 0] = -1
+        self.col_off.append(self.count)
+        self.col_n.append(n)
+        cols = self.cols
+        for name, value in zip(_SCALAR_FIELDS, (op, engine, func, func2, flags, core,
+                                                self.op_id, cost, lat, work), strict=True):
+            cols[name].append(value)
+        cols["imm0"].append(imm0)
+        cols["imm1"].append(imm1)
+        for slot in range(MAX_DEPS):
+            cols[f"dep{slot}"].append(deps[slot] if slot < len(deps) else -1)
         for slot, view in enumerate((d, a, b, s)):
-            if view is not None:
+            names = _VIEW_NAMES[slot]
+            if view is None:
+                cols[names[0]].append(-1)
+                for k in range(1, 5):
+                    cols[names[k]].append(0)
+            else:
                 for k in range(5):
-                    rec["v"][:, slot, k] = view[k]
-        index = self.count + np.arange(n, dtype=np.int64)
-        if np.any(rec["dep"] >= index[:, None]):
-            raise ValueError("an instruction may only depend on earlier instructions")
-        self.chunks.append(rec)
+                    cols[names[k]].append(view[k])
+        index = np.arange(self.count, self.count + n, dtype=np.int64)
         self.count += n
         return index
 
@@ -174,8 +192,51 @@ class Builder:
         """Append a single instruction; return its index."""
         return int(self.emit(1, *args, **kwargs)[0])
 
+    def append_records(self, rec: np.ndarray) -> np.ndarray:
+        """Append prebuilt INSTR_DTYPE records; return their indices."""
+        self.raw.append((self.count, rec))
+        index = np.arange(self.count, self.count + len(rec), dtype=np.int64)
+        self.count += len(rec)
+        return index
+
+    def _assemble(self) -> np.ndarray:
+        """The structured array of every instruction."""
+        out = np.zeros(self.count, INSTR_DTYPE)
+        for offset, rec in self.raw:
+            out[offset:offset + len(rec)] = rec
+        if not self.col_n:
+            return out
+        ns = np.asarray(self.col_n, np.int64)
+        firsts = np.cumsum(ns) - ns
+        pos = np.repeat(np.asarray(self.col_off, np.int64) - firsts, ns) + np.arange(ns.sum())
+        for name, values in self.cols.items():
+            column = _column(values, ns, firsts)
+            if name in _SCALAR_FIELDS:
+                out[name][pos] = column
+            elif name.startswith("imm"):
+                out["imm"][pos, int(name[3])] = column
+            elif name.startswith("dep"):
+                out["dep"][pos, int(name[3])] = column
+            else:
+                out["v"][pos, int(name[1]), int(name[2])] = column
+        return out
+
     def program(self, cores, core_weight=None) -> Program:
-        """The finished Program."""
-        instr = np.concatenate(self.chunks) if self.chunks else np.zeros(0, INSTR_DTYPE)
+        """The finished Program (checks that every dependency points backwards)."""
+        instr = self._assemble()
+        own = np.arange(len(instr))[:, None]
+        if np.any(instr["dep"] >= own):
+            raise ValueError("an instruction may only depend on earlier instructions")
         weight = core_weight or {c: 1 for c in cores}
         return Program(instr, self.tensors, self.ops, list(cores), weight)
+
+
+def _column(values: list, ns: np.ndarray, firsts: np.ndarray) -> np.ndarray:
+    """One field over all column batches: scalars repeated, arrays broadcast in place."""
+    is_array = [isinstance(v, np.ndarray) and v.ndim > 0 for v in values]
+    base = np.asarray([0 if arr else v for v, arr in zip(values, is_array, strict=True)])
+    column = np.repeat(base, ns)
+    for j, arr in enumerate(is_array):
+        if arr:
+            column[firsts[j]:firsts[j] + ns[j]] = values[j]
+    return column

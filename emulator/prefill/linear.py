@@ -50,28 +50,92 @@ class _Buffers:
         self.cos = L.sbuf(f"{name}.cos", L.mmax, block, "fp32", core)
         self.sin = L.sbuf(f"{name}.sin", L.mmax, block, "fp32", core)
 
+    def token_major(self, L: Lowering, core: int, K: int, ncols: int, name: str) -> None:
+        """Buffers of the token-major projection: resident weight, bias rows, PSUM, output."""
+        self.tmw = L.sbuf(f"{name}.tmw", K, ncols, L.act_dtype, core)
+        self.tmb = L.sbuf(f"{name}.tmb", L.pmax, ncols, L.act_dtype, core)
+        self.tmps = [L.sbuf(f"{name}.tmps{i}", L.pmax, ncols, "fp32", core, "psum")
+                     for i in range(2)]
+        self.tmy = [L.sbuf(f"{name}.tmy{i}", L.pmax, ncols, L.act_dtype, core)
+                    for i in range(2)]
+
 
 def linear_fm(L: Lowering, core: int, strips: list[Strip], K: int, tok0: int, ntok: int,
               outs: dict, x: int = NONE, x_ready: int = NONE, x_sbuf=None, rope=None,
-              name: str = "linear") -> int:
+              tm=None, name: str = "linear") -> int:
     """Emit a feature-major projection of tokens [tok0, tok0+ntok); returns the last index.
 
     X^T comes from HBM tensor `x` (loads wait for `x_ready`) or, when `x_sbuf` =
     (tensor, producer per k chunk) is given, is already resident in SBUF. `outs` maps output
-    tensor ids to their TileMap; `rope` = (cos HBM tensor, sin HBM tensor, head_dim).
+    tensor ids to their TileMap; `rope` = (cos HBM tensor, sin HBM tensor, head_dim). `tm` =
+    (W^T tensor, first column, columns, output [P, columns], bias rows or -1) adds a
+    token-major projection of the same activation block after the strips (`linear_tm`).
     """
     kch = chunks(K, L.pmax)
     evicts = {s.evict for s in strips}
     per_tok = 4 * 2 + (0 if x_sbuf is not None else len(kch) * L.bpe)
     per_tok += (5 * 4 if "rope" in evicts else 0) + (3 * 4 if "silu" in evicts else 0)
     fixed = 2 * len(kch) * L.mmax * L.bpe + 2 * 4
+    if tm is not None:
+        fixed += (len(kch) * tm[2] + 3 * tm[2]) * L.bpe + 2 * tm[2] * 4
     block = plan_token_block(L, ntok, per_tok, fixed, f"{name} (K={K})")
     buf = _Buffers(L, core, K, block, f"{name}.c{core}")
+    if tm is not None:
+        buf.token_major(L, core, K, tm[2], f"{name}.c{core}")
     state = {"ls": {}, "psum": {}, "y": {}, "qf": {}, "sg_w": {}, "sg_r": {}, "last_mm": NONE}
     for start in range(tok0, tok0 + ntok, block):
         width = min(block, tok0 + ntok - start)
-        _block(L, core, strips, kch, start, width, buf, state, outs, x, x_ready, x_sbuf, rope)
+        x_dep = _block(L, core, strips, kch, start, width, buf, state, outs, x, x_ready,
+                       x_sbuf, rope)
+        if tm is not None:
+            linear_tm(L, core, tm, kch, start, width, buf, state, x_dep, outs)
     return L.b.count - 1
+
+
+def linear_tm(L, core, tm, kch, start, width, buf, state, x_dep, outs):
+    """Token-major projection of the resident block: out[t, :] = X^T[:, t].T @ W^T[:, cols].
+
+    Per 128-token tile: LoadStationary X^T[k, tile] and MultiplyMoving the resident weight
+    W^T[k, cols] (<= 512 columns per matmul), then evict (plus the bias rows) and store.
+    """
+    w, col0, ncols, out, bias = tm
+    kc = len(kch)
+    if "tm_w" not in state:
+        state["tm_w"] = L.dma(core, kch[:, 1] * ncols * L.bpe, d=(buf.tmw, kch[:, 0], kch[:, 1],
+                                                                   0, ncols),
+                              a=(w, kch[:, 0], kch[:, 1], col0, ncols))
+        state["tm_b"] = NONE if bias < 0 else L.b.one(
+            isa.DMA_COPY, isa.DMA, core, int(_dma_cost(L, L.pmax * ncols * L.bpe)), [],
+            lat=L.dma_lat, work=L.pmax * ncols * L.bpe, d=(buf.tmb, 0, L.pmax, 0, ncols),
+            a=(bias, 0, L.pmax, col0, ncols))
+        last = [int(np.max(v)) for v in state["psum"].values()] or [NONE]
+        state["tm_war"] = [max(last), max(last)]
+    cch = chunks(ncols, L.nmax)
+    per = len(cch)
+    kk, cc = np.repeat(np.arange(kc), per), np.tile(np.arange(per), kc)
+    for t0, rows in chunks(width, L.pmax):
+        slot = (t0 // L.pmax) % 2
+        n = t0 // L.nmax
+        _, mm = pe_stream(
+            L, core, kc, per, rows, [x_dep[:, n]], (buf.x, kch[:, 0], kch[:, 1], t0, rows),
+            kch[kk, 1], cch[cc, 1], kk > 0,
+            [state["tm_w"][kk], np.where(kk == 0, state["tm_war"][slot], NONE)],
+            (buf.tmw, kch[kk, 0], kch[kk, 1], cch[cc, 0], cch[cc, 1]),
+            (buf.tmps[slot], 0, rows, cch[cc, 0], cch[cc, 1]))
+        y = (buf.tmy[slot], 0, rows, 0, ncols)
+        war = state.setdefault("tm_y", [NONE, NONE])[slot]
+        psum = (buf.tmps[slot], 0, rows, 0, ncols)
+        if bias >= 0:
+            ev = L.vec(core, isa.VEC_TT, isa.A_ADD, ncols, 2, deps=[mm[-1], state["tm_b"], war],
+                       d=y, a=psum, b=(buf.tmb, 0, rows, 0, ncols))
+        else:
+            ev = L.act(core, isa.F_IDENT, ncols, deps=[mm[-1], war], d=y, a=psum)
+        state["tm_war"][slot] = int(ev[0])
+        store = L.b.one(isa.DMA_COPY, isa.DMA, core, int(_dma_cost(L, rows * ncols * L.bpe)),
+                        [int(ev[0])], lat=L.dma_lat, work=rows * ncols * L.bpe,
+                        d=(out, start + t0, rows, 0, ncols), a=y)
+        state["tm_y"][slot] = store
+        outs[out].set(int(start + t0), int(rows), 0, ncols, store)
 
 
 def _block(L, core, strips, kch, start, width, buf, state, outs, x, x_ready, x_sbuf, rope):
@@ -96,6 +160,7 @@ def _block(L, core, strips, kch, start, width, buf, state, outs, x, x_ready, x_s
                                  x_dep)
         _evict(L, core, strip, nch, start, buf, state, g, mm_last, bias_idx, outs, tables)
     state["g"] = base + len(strips)
+    return x_dep
 
 
 def _load_rope(L, core, buf, rope, start, width, state):
@@ -125,7 +190,8 @@ def _load_block(L, core, strip0, kch, nch, start, buf, state, x, x_ready):
     deps = [np.where(w_flat, np.repeat(war_w, per), x_ready),
             np.where(w_flat, NONE, state.get("last_mm", NONE))]
     d = (np.where(w_flat, buf.w[slot], buf.x), k0, kr, n0, nw)
-    a = (np.where(w_flat, strip0.w, x), k0, kr, np.where(w_flat, strip0.col0, start + n0), nw)
+    a = (np.where(w_flat, strip0.w, x), k0 + np.where(w_flat, strip0.row0, 0), kr,
+         np.where(w_flat, strip0.col0, start + n0), nw)
     idx = L.dma(core, nbytes, deps=deps, d=d, a=a).reshape(kc, per)
     state["w0"] = (idx[:, 0], _load_bias(L, core, strip0, buf, state, state.get("g", 0)))
     return idx[:, 1:]
@@ -136,7 +202,7 @@ def _load_weights(L, core, strip, kch, buf, state, g):
     war = [_war(state["ls"], g, k) for k in range(len(kch))]
     idx = L.dma(core, kch[:, 1] * strip.m * L.bpe, deps=[np.array(war)],
                 d=(buf.w[g % 2], kch[:, 0], kch[:, 1], 0, strip.m),
-                a=(strip.w, kch[:, 0], kch[:, 1], strip.col0, strip.m))
+                a=(strip.w, strip.row0 + kch[:, 0], kch[:, 1], strip.col0, strip.m))
     return idx, _load_bias(L, core, strip, buf, state, g)
 
 
@@ -182,9 +248,9 @@ def _evict(L, core, strip, nch, start, buf, state, g, mm_last, bias_dep, outs, t
     y_war = np.array([_war(state["y"], g, n) for n in range(nt)])
     bias = (buf.bias[s], 0, m, 0, 1) if strip.bias >= 0 else None
     psum = (buf.ps[s], 0, m, c0, w)
-    if strip.evict in ("copy", "partial"):
-        tgt = buf.yf[s] if strip.evict == "partial" else buf.y[s]
-        use_bias = bias if (strip.evict == "copy" or core == 0) else None
+    if strip.evict in ("copy", "copy32", "partial"):
+        tgt = buf.y[s] if strip.evict == "copy" else buf.yf[s]
+        use_bias = bias if (strip.evict != "partial" or core == 0) else None
         first = L.act(core, isa.F_IDENT, w, deps=[mm_last, y_war, bias_dep],
                       d=(tgt, 0, m, c0, w), a=psum, b=use_bias)
         result, last = (tgt, 0, m, c0, w), first
@@ -212,7 +278,7 @@ def _evict(L, core, strip, nch, start, buf, state, g, mm_last, bias_dep, outs, t
         state["sg_r"][g - 1] = last
         result = (buf.y[s], 0, m, c0, w)
     state["psum"][g] = first
-    out_dtype_bytes = 4 if strip.evict == "partial" else L.bpe
+    out_dtype_bytes = 4 if strip.evict in ("partial", "copy32") else L.bpe
     stores = L.dma(core, m * w * out_dtype_bytes, deps=[last],
                    d=(strip.out, strip.out_row0, m, start + c0, w), a=result)
     state["y"][g] = stores

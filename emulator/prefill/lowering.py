@@ -25,13 +25,14 @@ from emulator.prefill import costs, isa
 class Strip:
     """<=128 output rows of one projection: W^T[:, col0:col0+m] -> out rows out_row0.."""
 
-    w: int                # HBM tensor id of W^T [K, out_features]
+    w: int                # HBM tensor id of W^T [in_features, out_features]
     col0: int             # first weight column (output feature) of the strip
     m: int                # output rows of the strip
-    evict: str            # copy | partial | rope | silu | mul_gate
+    evict: str            # copy | copy32 | partial | rope | silu | mul_gate
     out: int = -1         # HBM output tensor id (feature-major), -1 when not stored
     out_row0: int = 0     # first output row in `out`
     bias: int = -1        # HBM bias tensor id [out_features, 1], -1 for none
+    row0: int = 0         # first weight row (input feature) of the contraction
 
 
 class TileMap:
@@ -124,8 +125,11 @@ class Lowering:
         n = max(n, np.size(cost), _batch(a, deps))
         return self.b.emit(n, isa.LOAD_STATIONARY, isa.PE, core, cost, deps, a=a)
 
-    def collective(self, func, nbytes, cores, deps, d=None, a=None):
-        """One chip-level collective over `cores` cores waiting for `deps` (any number)."""
+    def collective(self, func, nbytes, cores, deps, d=None, a=None, count=0):
+        """One chip-level collective over `cores` cores waiting for `deps` (any number).
+
+        A reduce-scatter sums `count` tensors with consecutive ids starting at view `a`.
+        """
         deps = [int(x) for x in deps if x >= 0]
         while len(deps) > isa.MAX_DEPS:          # join long dependency lists with waits
             head = deps[:isa.MAX_DEPS]
@@ -133,7 +137,7 @@ class Lowering:
                 deps[isa.MAX_DEPS:]
         cost = costs.ring_cycles(self.hw, nbytes, cores)
         return self.b.one(isa.COLLECTIVE, isa.CC, -1, cost, deps, func=func, work=int(nbytes),
-                          d=d, a=a)
+                          imm0=float(count), d=d, a=a)
 
 
 def _batch(*items) -> int:
@@ -183,8 +187,7 @@ def pe_stream(L: Lowering, core, groups: int, per: int, m, ls_deps, ls_view, k_r
     _set_view(rec, ls_pos, isa.A, ls_view)
     _set_view(rec, mm_pos, isa.A, mm_view)
     _set_view(rec, mm_pos, isa.D, dst_view)
-    L.b.chunks.append(rec)
-    L.b.count += total
+    L.b.append_records(rec)
     return index[:, 0], index[:, 1:]
 
 

@@ -1,0 +1,381 @@
+"""Lowering a whole prefill (all layers, all cores of one chip) to one instruction stream.
+
+Core split (docs/prefill.md, "Work split across cores"), C = cores_per_chip:
+
+- attention: tensor parallel by heads. Core c owns query heads [c*H/C, (c+1)*H/C) and
+  computes the key/value heads they read (GQA groups; a kv head shared by two cores is
+  computed by both). o_proj contracts over the core's heads, giving a partial sum.
+- MLP: tensor parallel by columns of the intermediate dimension in tiles of 128; down_proj
+  contracts over the core's columns, giving a partial sum.
+- Partial sums are combined by a reduce-scatter over the cores (collective on NeuronLink);
+  the residual add and RMSNorm run sequence-parallel on each core's slice of ceil(P/C)
+  tokens; an all-gather gives every core the normalised activations for the next matmuls.
+- lm_head: vocabulary split into C ranges; only the last prompt position is computed.
+
+Cores whose work has the same shape run identical streams, so a timing-only lowering keeps
+one representative per group, and lowers decoder layers 0 and 1 only: layers 2.. are copies
+of layer 1 with shifted indices (layer 0 differs by its embedding gather). Functional
+lowering emits every core and every layer.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from emulator.errors import ConfigError
+from emulator.prefill import attention as attn
+from emulator.prefill import isa
+from emulator.prefill.linear import linear_fm
+from emulator.prefill.lowering import Lowering, Strip, TileMap
+from emulator.prefill.norm import NormIO, add_norm
+
+NONE = -1
+
+
+@dataclass(frozen=True)
+class CoreShare:
+    """The work of one core: head, column, vocabulary and token ranges (start, count)."""
+
+    core: int
+    q_heads: tuple[int, ...]
+    kv_heads: tuple[int, ...]
+    mlp: tuple[int, int]
+    vocab: tuple[int, int]
+    tokens: tuple[int, int]
+
+    def signature(self, group_size: int) -> tuple:
+        """Shape of the work: cores with equal signatures run identical streams."""
+        pattern = tuple(h // group_size - self.kv_heads[0] for h in self.q_heads)
+        return (len(self.q_heads), len(self.kv_heads), pattern, self.mlp[1], self.vocab[1],
+                self.tokens[1])
+
+
+def _split(total: int, parts: int, c: int) -> tuple[int, int]:
+    """Contiguous range of item c when `total` items are dealt evenly over `parts`."""
+    lo, hi = c * total // parts, (c + 1) * total // parts
+    return lo, hi - lo
+
+
+def core_shares(spec, hw, prompt_len: int) -> list[CoreShare]:
+    """How the chip's cores split one prefill (see the module docstring)."""
+    C = hw.cores_per_chip
+    mlp_tiles = math.ceil(spec.intermediate_size / hw.pe_cols)
+    vocab_chunk = math.ceil(spec.vocab_size / C)
+    token_chunk = math.ceil(prompt_len / C)
+    shares = []
+    for c in range(C):
+        h0, nh = _split(spec.num_heads, C, c)
+        heads = tuple(range(h0, h0 + nh))
+        kv = tuple(sorted({h // spec.group_size for h in heads}))
+        t0, nt = _split(mlp_tiles, C, c)
+        m0 = t0 * hw.pe_cols
+        mlp = (m0, max(0, min(spec.intermediate_size, (t0 + nt) * hw.pe_cols) - m0))
+        v0 = min(spec.vocab_size, c * vocab_chunk)
+        tok0 = min(prompt_len, c * token_chunk)
+        shares.append(CoreShare(c, heads, kv, mlp,
+                                (v0, min(spec.vocab_size, v0 + vocab_chunk) - v0),
+                                (tok0, min(prompt_len, tok0 + token_chunk) - tok0)))
+    return shares
+
+
+def check_supported(spec, hw) -> None:
+    """Reject models the lowering cannot map (head_dim beyond the array)."""
+    if spec.head_dim > hw.pe_rows or spec.head_dim > hw.pe_cols:
+        raise ConfigError(f"prefill: head_dim {spec.head_dim} exceeds the {hw.pe_rows}x"
+                          f"{hw.pe_cols} TensorE array of preset '{hw.name}'")
+    if spec.head_dim % 2:
+        raise ConfigError(f"prefill: head_dim {spec.head_dim} must be even for RoPE")
+
+
+@dataclass
+class Lowered:
+    """A lowered prefill: the program plus what is needed to bind inputs and read outputs."""
+
+    program: isa.Program
+    shares: list[CoreShare]
+    tensors: dict             # role -> tensor id (inputs, KV per layer/core, logits)
+    prompt_len: int
+    dtype: str
+
+
+class _PrefillLowering:
+    """Emits the stream layer by layer (see `lower_prefill`)."""
+
+    def __init__(self, spec, hw, P: int, dtype: str, cores: list[CoreShare]):
+        self.spec, self.hw, self.P, self.dtype = spec, hw, P, dtype
+        self.b = isa.Builder()
+        self.L = Lowering(hw, dtype, self.b, active_cores=hw.cores_per_chip)
+        self.cores = cores
+        self.t: dict = {}
+        self.C = hw.cores_per_chip
+
+    # -------------------------------------------------------------- tensors
+
+    def hbm(self, role: str, rows: int, cols: int, dtype: str) -> int:
+        """A shared HBM tensor named by its role (inputs are bound by this name)."""
+        tid = self.b.tensor(role, rows, cols, dtype, "hbm")
+        self.t[role] = tid
+        return tid
+
+    def inputs(self) -> None:
+        """HBM tensors of the embedding, token ids and RoPE tables."""
+        s, act = self.spec, self.dtype
+        self.hbm("embed", s.vocab_size, s.hidden_size, act)
+        self.hbm("tokens", 1, self.P, "fp32")
+        self.hbm("rope.cos", s.head_dim, self.P, "fp32")
+        self.hbm("rope.sin", s.head_dim, self.P, "fp32")
+        self.hbm("final_norm", s.hidden_size, 1, act)
+        self.hbm("lm_head.T", s.hidden_size, s.vocab_size, act)
+        self.hbm("logits", s.vocab_size, 1, "fp32")
+
+    def layer_weights(self, layer: int) -> dict:
+        """HBM tensors of one layer's weights (transposed, [in, out]) and biases."""
+        s, act, p = self.spec, self.dtype, f"L{layer}."
+        shapes = {"q": (s.hidden_size, s.q_dim), "k": (s.hidden_size, s.kv_dim),
+                  "v": (s.hidden_size, s.kv_dim), "o": (s.q_dim, s.hidden_size),
+                  "gate": (s.hidden_size, s.intermediate_size),
+                  "up": (s.hidden_size, s.intermediate_size),
+                  "down": (s.intermediate_size, s.hidden_size)}
+        w = {name: self.hbm(f"{p}{name}.T", *shape, act) for name, shape in shapes.items()}
+        biases = {"q": s.attention_bias, "k": s.attention_bias, "o": s.o_proj_bias,
+                  "gate": s.mlp_bias, "up": s.mlp_bias, "down": s.mlp_bias}
+        for name, present in biases.items():
+            w[f"{name}.b"] = self.hbm(f"{p}{name}.bias", shapes[name][1], 1, act) \
+                if present else NONE
+        w["v.b"] = self.hbm(f"{p}v.bias_rows", self.L.pmax, s.kv_dim, act) \
+            if s.attention_bias else NONE
+        w["ln1"] = self.hbm(f"{p}ln1", s.hidden_size, 1, act)
+        w["ln2"] = self.hbm(f"{p}ln2", s.hidden_size, 1, act)
+        return w
+
+    # -------------------------------------------------------------- operators
+
+    def norm_op(self, name, layer, io_for, c_ready) -> int:
+        """Add+norm on every core's token slice, then an all-gather; returns the gather."""
+        op = self.b.begin_op(name, layer)
+        s = self.spec
+        lasts = []
+        for share in self.cores:
+            t0, nt = share.tokens
+            if nt:
+                lasts.append(add_norm(self.L, share.core, io_for(c_ready), t0, nt,
+                                      f"L{layer}.{name}"))
+        H, P = s.hidden_size, self.P
+        op.flops = 4.0 * H * P
+        op.hbm_bytes = H * P * (4 + 4 + 4 + self.L.bpe)
+        return self.L.collective(isa.C_ALL_GATHER, H * P * self.L.bpe, self.C, lasts)
+
+    def qkv_op(self, layer, w, xn, ready):
+        """q, k (with RoPE) feature-major and v token-major per core; returns per-core maps."""
+        op = self.b.begin_op("qkv", layer)
+        s, d, P = self.spec, self.spec.head_dim, self.P
+        out = {}
+        rope = (self.t["rope.cos"], self.t["rope.sin"], d)
+        for share in self.cores:
+            if not share.q_heads:
+                continue
+            c = share.core
+            nq, nkv = len(share.q_heads), len(share.kv_heads)
+            qt = self.b.tensor(f"L{layer}.q.c{c}", nq * d, P, self.dtype, "hbm")
+            kt = self.b.tensor(f"L{layer}.k.c{c}", nkv * d, P, self.dtype, "hbm")
+            vt = self.b.tensor(f"L{layer}.v.c{c}", P, nkv * d, self.dtype, "hbm")
+            maps = {qt: TileMap(nq * d, P, d), kt: TileMap(nkv * d, P, d),
+                    vt: TileMap(P, nkv * d, self.L.pmax, nkv * d)}
+            strips = [Strip(w["q"], h * d, d, "rope", qt, i * d, w["q.b"])
+                      for i, h in enumerate(share.q_heads)]
+            strips += [Strip(w["k"], h * d, d, "rope", kt, i * d, w["k.b"])
+                       for i, h in enumerate(share.kv_heads)]
+            tm = (w["v"], share.kv_heads[0] * d, nkv * d, vt, w["v.b"])
+            linear_fm(self.L, c, strips, s.hidden_size, 0, P, maps, x=xn, x_ready=ready,
+                      rope=rope, tm=tm, name=f"L{layer}.qkv")
+            out[c] = {"q": (qt, maps[qt]), "k": (kt, maps[kt]), "v": (vt, maps[vt])}
+        op.flops = 2.0 * P * s.hidden_size * (s.q_dim + 2 * s.kv_dim)
+        op.hbm_bytes = self.L.bpe * (s.hidden_size * (s.q_dim + 2 * s.kv_dim) +
+                                     P * s.hidden_size + P * (s.q_dim + 2 * s.kv_dim))
+        return out
+
+    def attention_op(self, layer, qkv):
+        """Flash attention per core; returns per-core (O^T tensor, map)."""
+        op = self.b.begin_op("attention", layer)
+        s, d, P = self.spec, self.spec.head_dim, self.P
+        out = {}
+        scale = float(np.float32(d ** -0.5))
+        for share in self.cores:
+            if not share.q_heads:
+                continue
+            c = share.core
+            nq = len(share.q_heads)
+            ot = self.b.tensor(f"L{layer}.o.c{c}", nq * d, P, self.dtype, "hbm")
+            omap = TileMap(nq * d, P, d)
+            heads = [(i, h // s.group_size - share.kv_heads[0])
+                     for i, h in enumerate(share.q_heads)]
+            attn.attention(self.L, c, heads, d, P, qkv[c]["q"], qkv[c]["k"], qkv[c]["v"],
+                           (ot, omap), scale, f"L{layer}.attn")
+            out[c] = (ot, omap)
+        op.flops = 4.0 * d * s.num_heads * P * (P + 1) / 2
+        op.hbm_bytes = self.L.bpe * P * (2 * s.q_dim + 2 * s.kv_dim)
+        return out
+
+    def reduce_proj_op(self, name, layer, weight, bias, K_of, x_of, delta):
+        """Row-parallel projection to hidden (o_proj / down_proj) + reduce-scatter."""
+        op = self.b.begin_op(name, layer)
+        s, P, H = self.spec, self.P, self.spec.hidden_size
+        partial = {sh.core: self.b.tensor(f"L{layer}.{name}.partial.c{sh.core}", H, P, "fp32",
+                                          "hbm") for sh in self.cores}
+        lasts = []
+        for share in self.cores:
+            K, row0 = K_of(share)
+            if K == 0:
+                continue
+            c = share.core
+            x, xmap = x_of(share)
+            pt = partial[c]
+            strips = [Strip(weight, m0, min(self.L.mmax, H - m0), "partial", pt, m0, bias, row0)
+                      for m0 in range(0, H, self.L.mmax)]
+            ready = int(xmap.prod.max())
+            lasts.append(linear_fm(self.L, c, strips, K, 0, P, {pt: TileMap(H, P, self.L.mmax)},
+                                   x=x, x_ready=ready, name=f"L{layer}.{name}"))
+        first = partial[self.cores[0].core]
+        cc = self.L.collective(isa.C_REDUCE_SCATTER, H * P * 4, self.C, lasts,
+                               d=(delta, 0, H, 0, P), a=(first, 0, H, 0, P),
+                               count=len(self.cores))
+        inner = s.q_dim if name == "o_proj" else s.intermediate_size
+        op.flops = 2.0 * P * inner * H
+        op.hbm_bytes = self.L.bpe * (inner * H + P * inner + P * H)
+        return cc
+
+    def gate_up_op(self, layer, w, xn, ready):
+        """gate/up strips per core with the SiLU product evicted; returns per-core maps."""
+        op = self.b.begin_op("gate_up", layer)
+        s, P = self.spec, self.P
+        out = {}
+        for share in self.cores:
+            m0, mc = share.mlp
+            if mc == 0:
+                continue
+            c = share.core
+            at = self.b.tensor(f"L{layer}.act.c{c}", mc, P, self.dtype, "hbm")
+            amap = TileMap(mc, P, self.L.mmax)
+            strips = []
+            for col in range(m0, m0 + mc, self.L.mmax):
+                m = min(self.L.mmax, m0 + mc - col)
+                strips.append(Strip(w["gate"], col, m, "silu", NONE, 0, w["gate.b"]))
+                strips.append(Strip(w["up"], col, m, "mul_gate", at, col - m0, w["up.b"]))
+            linear_fm(self.L, c, strips, s.hidden_size, 0, P, {at: amap}, x=xn,
+                      x_ready=ready, name=f"L{layer}.gate_up")
+            out[c] = (at, amap)
+        op.flops = 4.0 * P * s.hidden_size * s.intermediate_size
+        op.hbm_bytes = self.L.bpe * (2 * s.hidden_size * s.intermediate_size +
+                                     P * s.hidden_size + P * s.intermediate_size)
+        return out
+
+    # -------------------------------------------------------------- layers
+
+    def layer(self, layer: int, prev: dict) -> dict:
+        """Emit one decoder layer; `prev` holds the previous layer's h and delta tensors."""
+        s, P, H = self.spec, self.P, self.spec.hidden_size
+        w = self.layer_weights(layer)
+        act = self.dtype
+        h_attn = self.b.tensor(f"L{layer}.h_attn", H, P, "fp32", "hbm")
+        h_mlp = self.b.tensor(f"L{layer}.h_mlp", H, P, "fp32", "hbm")
+        xn1 = self.b.tensor(f"L{layer}.xn_attn", H, P, act, "hbm")
+        xn2 = self.b.tensor(f"L{layer}.xn_mlp", H, P, act, "hbm")
+        d_attn = self.b.tensor(f"L{layer}.delta_attn", H, P, "fp32", "hbm")
+        d_mlp = self.b.tensor(f"L{layer}.delta_mlp", H, P, "fp32", "hbm")
+
+        def io1(ready):
+            if prev is None:
+                return NormIO(H, s.rms_norm_eps, w["ln1"], h_out=h_attn, xn_out=xn1,
+                              embed=self.t["embed"], tokens=self.t["tokens"], ready=ready)
+            return NormIO(H, s.rms_norm_eps, w["ln1"], prev["h"], prev["delta"], h_attn, xn1,
+                          ready=ready)
+
+        g1 = self.norm_op("attn_norm", layer, io1, NONE if prev is None else prev["cc"])
+        qkv = self.qkv_op(layer, w, xn1, g1)
+        o = self.attention_op(layer, qkv)
+        d = s.head_dim
+        cc1 = self.reduce_proj_op(
+            "o_proj", layer, w["o"], w["o.b"],
+            lambda sh: (len(sh.q_heads) * d, sh.q_heads[0] * d if sh.q_heads else 0),
+            lambda sh: o[sh.core], d_attn)
+        g2 = self.norm_op("mlp_norm", layer, lambda ready: NormIO(
+            H, s.rms_norm_eps, w["ln2"], h_attn, d_attn, h_mlp, xn2, ready=ready), cc1)
+        act_maps = self.gate_up_op(layer, w, xn2, g2)
+        cc2 = self.reduce_proj_op("down", layer, w["down"], w["down.b"],
+                                  lambda sh: (sh.mlp[1], sh.mlp[0]),
+                                  lambda sh: act_maps[sh.core], d_mlp)
+        self.t[f"L{layer}.k"] = {c: v["k"][0] for c, v in qkv.items()}
+        self.t[f"L{layer}.v"] = {c: v["v"][0] for c, v in qkv.items()}
+        return {"h": h_mlp, "delta": d_mlp, "cc": cc2}
+
+    def final(self, prev: dict) -> None:
+        """Final norm of the last position and the lm_head over each core's vocabulary."""
+        s, H, P = self.spec, self.spec.hidden_size, self.P
+        op = self.b.begin_op("lm_head", -1)
+        logits = self.t["logits"]
+        lmap = {logits: TileMap(s.vocab_size, 1, self.L.mmax)}
+        for share in self.cores:
+            v0, vc = share.vocab
+            if vc == 0:
+                continue
+            c = share.core
+            io = NormIO(H, s.rms_norm_eps, self.t["final_norm"], prev["h"], prev["delta"],
+                        ready=prev["cc"])
+            xs = add_norm(self.L, c, io, P - 1, 1, "final_norm")
+            strips = [Strip(self.t["lm_head.T"], v, min(self.L.mmax, v0 + vc - v), "copy32",
+                            logits, v) for v in range(v0, v0 + vc, self.L.mmax)]
+            linear_fm(self.L, c, strips, H, 0, 1, lmap, x_sbuf=xs, name="lm_head")
+        op.flops = 2.0 * H * s.vocab_size
+        op.hbm_bytes = self.L.bpe * H * s.vocab_size
+
+
+def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool) -> Lowered:
+    """Lower a prefill of `prompt_len` tokens; see the module docstring for the split."""
+    check_supported(spec, hw)
+    shares = core_shares(spec, hw, prompt_len)
+    weight = {}
+    if timing_only:
+        reps = {}
+        for share in shares:
+            key = share.signature(spec.group_size)
+            reps.setdefault(key, share)
+            weight[reps[key].core] = weight.get(reps[key].core, 0) + 1
+        cores = list(reps.values())
+    else:
+        cores = shares
+        weight = {sh.core: 1 for sh in shares}
+    low = _PrefillLowering(spec, hw, prompt_len, dtype, cores)
+    low.inputs()
+    prev = None
+    explicit = spec.num_layers if not timing_only else min(spec.num_layers, 2)
+    for layer in range(explicit):
+        start, ops_start = low.b.count, len(low.b.ops)
+        prev = low.layer(layer, prev)
+    if spec.num_layers > explicit:
+        prev = _replicate_layers(low, start, ops_start, spec.num_layers - explicit, prev)
+    low.final(prev)
+    program = low.b.program([sh.core for sh in cores], weight)
+    return Lowered(program, shares, low.t, prompt_len, dtype)
+
+
+def _replicate_layers(low: _PrefillLowering, start: int, ops_start: int, copies: int,
+                      prev: dict) -> dict:
+    """Append `copies` copies of the last lowered layer (timing-only lowering)."""
+    b = low.b
+    records = b._assemble()
+    b.raw, b.col_off, b.col_n = [(0, records)], [], []
+    b.cols = {name: [] for name in b.cols}
+    layer = records[start:]
+    length = len(layer)
+    ops = b.ops[ops_start:]
+    last_layer = ops[0].layer
+    for k in range(1, copies + 1):
+        rec = layer.copy()
+        rec["dep"] = np.where(rec["dep"] >= 0, rec["dep"] + k * length, -1)
+        rec["op_id"] += k * len(ops)
+        b.append_records(rec)
+        for op in ops:
+            b.ops.append(isa.OpInfo(op.name, last_layer + k, op.flops, op.hbm_bytes))
+    shift = copies * length
+    return {"h": prev["h"], "delta": prev["delta"], "cc": prev["cc"] + shift}
