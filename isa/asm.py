@@ -106,7 +106,7 @@ _RE_REG = re.compile(r"r(\d+)(?:\s*([+-])\s*(0[xX][0-9a-fA-F]+|\d+))?$")
 _RE_COLOR = re.compile(r"c(\d+)$")
 _RE_FLOAT = re.compile(r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf|nan)$", re.I)
 _RE_LABEL = re.compile(r"[A-Za-z_][\w.]*$")
-_RE_NAME = re.compile(r"[A-Za-z_][\w.\-]*$")
+_RE_NAME = re.compile(r"[A-Za-z_][^\s,]*$")
 _RE_LABEL_PREFIX = re.compile(r"\s*([A-Za-z_][\w.]*)\s*:")
 _RE_MESH = re.compile(r"(\d+)\s*[xX]\s*(\d+)$")
 _RE_COORD = re.compile(r"(\d+)\s*,\s*(\d+)$")
@@ -309,7 +309,7 @@ class Assembler:
 
     def line_directive(self, line: Line, col: int, args):
         """.line N: the next line is recorded as source line N in the instructions."""
-        if len(args) != 1 or not re.fullmatch(r"\d+", args[0][0]):
+        if len(args) != 1 or not re.fullmatch(r"-?\d+", args[0][0]):
             where = args[0][1] if args else col
             raise line.error(where, "expected a line number after .line")
         self.line_offset = int(args[0][0]) - (line.number + 1)
@@ -481,6 +481,8 @@ class Assembler:
         operands = split_fields(code, match.end(), ",") if code[match.end():].strip() else []
         if len(operands) > len(signature):
             text, ocol = operands[len(signature)]
+            if not text:
+                raise line.error(ocol - 1, "unexpected ',' after the last operand")
             raise line.error(ocol, f"extra operand '{text}': {mnemonic} takes "
                                    f"{len(signature)} operand(s)")
         if len(operands) < len(signature):

@@ -255,7 +255,7 @@ def _region_code(program: Program, region: int, out: Writer):
             out.add(f"L{pc}:")
         text = "    " + format_instruction(ins)
         if pc in comments:
-            text += f"  ; {comments[pc]}"
+            text += "  ; " + " ".join(str(comments[pc]).split())
         out.instruction(text, int(ins["line"]))
     if len(code) in targets:
         out.add(f"L{len(code)}:")

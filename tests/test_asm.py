@@ -265,3 +265,15 @@ def test_random_programs_round_trip(generated):
     again = assemble(text)
     assert again.equals(program)
     assert disassemble(again) == text
+
+
+def test_disassembly_of_compiler_style_programs():
+    """Line fields not matching any layout, multi-line comments, unusual region names."""
+    program = assemble(".mesh 3x1\n.sram 8\n.region layer0/attn 0,0 2,0\n  nop\n  vmov [0], "
+                       "[4], 4\n  halt\n")
+    program.code["line"] = [0, 0, -1]
+    program.region_comments = {0: {1: "copy\nthe block"}}
+    text = disassemble(program)
+    again = assemble(text)
+    assert again.equals(program)
+    assert again.region_comments == {0: {1: "copy the block"}}

@@ -15,6 +15,7 @@ CASES = [
     ("missing operand", "    vadd [0], [1], 4\n", 5, 21, "missing operand: vadd expects"),
     ("missing operand none", "    halt\n    send c1\n", 6, 12, "an SRAM descriptor"),
     ("extra operand", "    vmov [0], [1], 4, 5\n", 5, 23, "extra operand '5'"),
+    ("trailing comma", "    vmov [0], [1], 4,\n", 5, 21, "unexpected ',' after the last"),
     ("extra operand nullary", "    halt now\n", 5, 10, "halt takes 0 operand"),
     ("bad register", "    movr r9, 1\n", 5, 10, "bad register 'r9'"),
     ("bad register in address", "    vmov [r8+1], [0], 1\n", 5, 11, "bad register 'r8'"),
