@@ -1,0 +1,184 @@
+"""Decode steps on the mesh equal the numpy reference (fp32) for many tiny configurations.
+
+Hypothesis draws head counts, GQA ratios, explicit head_dim, sizes not divisible by the
+mesh, biases, tied embeddings, both q/k/v layouts and mesh shapes 3x2 .. 8x4; every case
+runs several decode steps after a reference prefill and compares the logits.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from compiler import reference as ref
+from compiler.decode import MeshDecoder, compile_decode
+from compiler.emit import verify_program
+from compiler.frontend import parse_config
+from compiler.numerics import round_weights
+from compiler.place import verify_placement
+from compiler.route import verify_routes
+from compiler.tile import verify_tiles
+from compiler.weights import random_weights
+from emulator.errors import ConfigError, FitError
+from emulator.hw.mesh import load_mesh
+from isa.reference import run_reference
+
+MESHES = [(3, 2), (4, 4), (5, 3), (8, 4)]
+TOLERANCE = 1e-4
+MAX_CONTEXT = 16
+
+
+def rel_err(a, b) -> float:
+    """max |a - b| / max |b|."""
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def make_spec(arch="LlamaForCausalLM", hidden=16, heads=4, kv_heads=2, head_dim=None,
+              ffn=24, vocab=40, layers=2, tie=False, attention_bias=None, mlp_bias=None):
+    """A tiny ModelSpec from keyword arguments."""
+    cfg = {"architectures": [arch], "hidden_size": hidden, "intermediate_size": ffn,
+           "num_hidden_layers": layers, "num_attention_heads": heads,
+           "num_key_value_heads": kv_heads, "vocab_size": vocab,
+           "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "tie_word_embeddings": tie}
+    if head_dim is not None:
+        cfg["head_dim"] = head_dim
+    if attention_bias is not None:
+        cfg["attention_bias"] = attention_bias
+    if mlp_bias is not None:
+        cfg["mlp_bias"] = mlp_bias
+    return parse_config(cfg, "test")
+
+
+@st.composite
+def cases(draw):
+    """(spec, mesh shape, layout, prompt) of a tiny model."""
+    kv = draw(st.integers(1, 4))
+    heads = kv * draw(st.sampled_from([1, 2, 3, 4]))
+    head_dim = draw(st.sampled_from([2, 4, 6, 8]))
+    explicit = draw(st.booleans())
+    hidden = draw(st.integers(4, 30)) if explicit else heads * head_dim
+    arch = draw(st.sampled_from(["LlamaForCausalLM", "Qwen2ForCausalLM",
+                                 "MistralForCausalLM"]))
+    llama = arch == "LlamaForCausalLM"
+    spec = make_spec(arch, hidden, heads, kv, head_dim if explicit else None,
+                     ffn=draw(st.integers(3, 40)), vocab=draw(st.integers(5, 50)),
+                     layers=draw(st.integers(1, 2)), tie=draw(st.booleans()),
+                     attention_bias=draw(st.booleans()) if llama else None,
+                     mlp_bias=draw(st.booleans()) if llama else None)
+    mesh = draw(st.sampled_from(MESHES))
+    layout = draw(st.sampled_from(["groups", "even"]))
+    prompt = draw(st.lists(st.integers(0, spec.vocab_size - 1), min_size=1, max_size=7))
+    return spec, mesh, layout, prompt
+
+
+def run_and_compare(spec, shape, layout, prompt, steps=3, seed=0, engine="numba"):
+    """Decode `steps` tokens on the mesh and with the reference; return the worst error."""
+    weights = random_weights(spec, seed)
+    mesh = load_mesh("small").with_mesh(*shape)
+    decoder = MeshDecoder(spec, weights, mesh, engine=engine, max_context=MAX_CONTEXT,
+                          layout=layout)
+    _, cache = ref.prefill(spec, weights, prompt)
+    decoder.load_kv(cache)
+    token, worst = int(prompt[-1]), 0.0
+    for n in range(steps):
+        logits, _ = decoder.step(token, len(prompt) + n)
+        expected = ref.decode_step(spec, weights, token, cache)
+        worst = max(worst, rel_err(logits, expected))
+        token = int(np.argmax(expected))
+    return worst, decoder
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_mesh_logits_match_reference(case):
+    spec, shape, layout, prompt = case
+    worst, decoder = run_and_compare(spec, shape, layout, prompt)
+    assert decoder.plan.layout == layout
+    assert worst <= TOLERANCE
+
+
+@pytest.mark.parametrize("shape", MESHES)
+def test_every_pass_verifies(shape):
+    spec = make_spec(hidden=20, heads=6, kv_heads=3, head_dim=4, ffn=30, vocab=37,
+                     attention_bias=True)
+    mesh = load_mesh("small").with_mesh(*shape)
+    for layout in ("groups", "even"):
+        compiled = compile_decode(spec, mesh, max_context=MAX_CONTEXT, layout=layout)
+        verify_tiles(compiled.plan)
+        verify_placement(compiled.placement, mesh)
+        verify_routes(compiled.routes, mesh)
+        for pos in (0, 5, MAX_CONTEXT - 1):
+            verify_program(compiled.decode, mesh, pos)
+
+
+def test_reference_engine_agrees_with_numba_engine():
+    spec = make_spec(hidden=16, heads=4, kv_heads=2, ffn=10, vocab=23, layers=1)
+    a, dec_a = run_and_compare(spec, (3, 2), "even", [1, 2, 3], steps=2, engine="reference")
+    b, dec_b = run_and_compare(spec, (3, 2), "even", [1, 2, 3], steps=2, engine="numba")
+    assert a <= TOLERANCE and b <= TOLERANCE
+    assert [r.cycles for r in dec_a.results] == [r.cycles for r in dec_b.results]
+    assert np.array_equal(dec_a.sram, dec_b.sram)
+
+
+def test_generate_matches_reference_generate():
+    spec = make_spec(hidden=16, heads=4, kv_heads=1, ffn=20, vocab=30, tie=True)
+    weights = random_weights(spec, 4)
+    decoder = MeshDecoder(spec, weights, load_mesh("small").with_mesh(4, 4),
+                          max_context=MAX_CONTEXT)
+    tokens, logits = decoder.generate([5, 9, 2], 5)
+    ref_tokens, ref_logits = ref.generate(spec, weights, [5, 9, 2], 5)
+    assert tokens == ref_tokens
+    assert logits.shape == (5, spec.vocab_size) and logits.dtype == np.float32
+    assert rel_err(logits, ref_logits) <= TOLERANCE
+    assert len(decoder.results) == 4 and all(r.cycles > 0 for r in decoder.results)
+
+
+def test_load_kv_returns_bytes_moved():
+    spec = make_spec()
+    weights = random_weights(spec, 0)
+    decoder = MeshDecoder(spec, weights, load_mesh("small").with_mesh(4, 4),
+                          max_context=MAX_CONTEXT)
+    _, cache = ref.prefill(spec, weights, [1, 2, 3, 4, 5])
+    assert decoder.load_kv(cache) == 5 * spec.kv_bytes_per_token(4)
+
+
+def test_fp16_is_close_to_reference_with_rounded_weights():
+    spec = make_spec(hidden=16, heads=4, kv_heads=2, ffn=24, vocab=40)
+    weights = random_weights(spec, 2)
+    mesh = load_mesh("small").with_mesh(4, 4)
+    decoder = MeshDecoder(spec, weights, mesh, dtype="fp16", max_context=MAX_CONTEXT)
+    assert decoder.compiled.decode.program.dtype == "fp16"
+    rounded = round_weights(weights, "fp16")
+    _, cache = ref.prefill(spec, rounded, [3, 4])
+    decoder.load_kv(cache)
+    logits, result = decoder.step(7, 2)
+    assert rel_err(logits, ref.decode_step(spec, rounded, 7, cache)) < 1e-2
+    fp32 = MeshDecoder(spec, weights, mesh, max_context=MAX_CONTEXT)
+    fp32.load_kv(ref.prefill(spec, weights, [3, 4])[1])
+    assert fp32.step(7, 2)[1].cycles > result.cycles     # wider SIMD in fp16
+
+
+def test_timing_only_run_has_the_same_cycles():
+    spec = make_spec()
+    decoder = MeshDecoder(spec, random_weights(spec, 0), load_mesh("small").with_mesh(5, 3),
+                          max_context=MAX_CONTEXT)
+    _, result = decoder.step(3, 0)
+    program = decoder.compiled.decode.for_position(0)
+    timing = run_reference(program, decoder.mesh, functional=False)
+    assert timing.cycles == result.cycles
+
+
+def test_model_that_does_not_fit_raises_fit_error():
+    spec = make_spec(hidden=256, heads=8, kv_heads=2, ffn=1024, vocab=4096, layers=4)
+    with pytest.raises(FitError, match=r"needs \d+ bytes of SRAM per PE .* a PE has 49152 "
+                                        r"bytes; smallest square mesh that fits: \d+x\d+"):
+        compile_decode(spec, load_mesh("small").with_mesh(4, 4), layout="even")
+
+
+def test_step_rejects_a_gap_in_positions():
+    spec = make_spec()
+    decoder = MeshDecoder(spec, random_weights(spec, 0), load_mesh("small").with_mesh(4, 4),
+                          max_context=MAX_CONTEXT)
+    with pytest.raises(ConfigError, match="holds 0 positions"):
+        decoder.step(1, 3)
