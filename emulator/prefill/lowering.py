@@ -161,40 +161,35 @@ def pe_stream(L: Lowering, core, groups: int, per: int, m, ls_deps, ls_view, k_r
     tile into dst (accumulating where `acc`). Returns (ls indices, mm indices [groups, per]).
     """
     total = groups * (1 + per)
-    rec = np.zeros(total, isa.INSTR_DTYPE)
-    index = L.b.count + np.arange(total, dtype=np.int64).reshape(groups, 1 + per)
-    ls_pos, mm_pos = index[:, 0] - L.b.count, (index[:, 1:] - L.b.count).ravel()
-    rec["engine"], rec["core"], rec["op_id"], rec["dep"] = isa.PE, core, L.b.op_id, -1
-    rec["v"][:, :, 0] = -1
-    rec["op"][ls_pos] = isa.LOAD_STATIONARY
-    rec["op"][mm_pos] = isa.MULTIPLY_MOVING
-    m = np.broadcast_to(np.asarray(m, np.int64), (groups,))
-    rec["cost"][ls_pos] = costs.ls_cycles(L.hw, m, L.dtype)
+    is_ls = np.zeros((groups, 1 + per), bool)
+    is_ls[:, 0] = True
+    is_ls = is_ls.ravel()
     count = groups * per
+
+    def spread(ls_value, mm_value):
+        """One field over the interleaved stream from its LS and MM parts."""
+        out = np.empty((groups, 1 + per), np.int64)
+        out[:, 0] = ls_value
+        out[:, 1:] = np.reshape(mm_value, (groups, per)) if np.ndim(mm_value) else mm_value
+        return out.ravel()
+
+    m_arr = np.broadcast_to(np.asarray(m, np.int64), (groups,))
     k_rows = np.broadcast_to(np.asarray(k_rows, np.int64), (count,))
     n_cols = np.broadcast_to(np.asarray(n_cols, np.int64), (count,))
     acc = np.broadcast_to(np.asarray(acc, bool), (count,))
-    rec["cost"][mm_pos] = costs.mm_cycles(L.hw, n_cols, L.dtype)
-    flags = np.where(acc, isa.FLAG_ACC, 0)
-    if model_flops:
-        flags = flags | isa.FLAG_MODEL
-        rec["work"][mm_pos] = 2 * k_rows * np.repeat(m, per) * n_cols
-    rec["flags"][mm_pos] = flags
-    for slot, dep in enumerate(ls_deps):
-        rec["dep"][ls_pos, slot] = dep
-    for slot, dep in enumerate(mm_deps):
-        rec["dep"][mm_pos, slot] = dep
-    _set_view(rec, ls_pos, isa.A, ls_view)
-    _set_view(rec, mm_pos, isa.A, mm_view)
-    _set_view(rec, mm_pos, isa.D, dst_view)
-    L.b.append_records(rec)
+    cost = spread(costs.ls_cycles(L.hw, m_arr, L.dtype), costs.mm_cycles(L.hw, n_cols, L.dtype))
+    flags = np.where(acc, isa.FLAG_ACC, 0) | (isa.FLAG_MODEL if model_flops else 0)
+    work = 2 * k_rows * np.repeat(m_arr, per) * n_cols if model_flops else 0
+    deps = []
+    for slot in range(max(len(ls_deps), len(mm_deps))):
+        deps.append(spread(ls_deps[slot] if slot < len(ls_deps) else -1,
+                           mm_deps[slot] if slot < len(mm_deps) else -1))
+    a = tuple(spread(ls_view[k], mm_view[k]) for k in range(5))
+    d = tuple(spread(-1 if k == 0 else 0, dst_view[k]) for k in range(5))
+    index = L.b.emit(total, np.where(is_ls, isa.LOAD_STATIONARY, isa.MULTIPLY_MOVING), isa.PE,
+                     core, cost, deps, flags=spread(0, flags), work=spread(0, work), d=d, a=a)
+    index = index.reshape(groups, 1 + per)
     return index[:, 0], index[:, 1:]
-
-
-def _set_view(rec, pos, slot, view):
-    """Write a 5-tuple view (ints or arrays) into rows `pos` of a record batch."""
-    for k in range(5):
-        rec["v"][pos, slot, k] = view[k]
 
 
 # ---------------------------------------------------------------------- planning

@@ -274,40 +274,49 @@ class _PrefillLowering:
 
     def layer(self, layer: int, prev: dict) -> dict:
         """Emit one decoder layer; `prev` holds the previous layer's h and delta tensors."""
+        return self.layer_tail(self.layer_head(layer, prev))
+
+    def layer_head(self, layer: int, prev: dict) -> dict:
+        """Weights, tensors and the attention add+norm of a layer (layer 0: embeddings)."""
         s, P, H = self.spec, self.P, self.spec.hidden_size
         w = self.layer_weights(layer)
         act = self.dtype
-        h_attn = self.b.tensor(f"L{layer}.h_attn", H, P, "fp32", "hbm")
-        h_mlp = self.b.tensor(f"L{layer}.h_mlp", H, P, "fp32", "hbm")
-        xn1 = self.b.tensor(f"L{layer}.xn_attn", H, P, act, "hbm")
-        xn2 = self.b.tensor(f"L{layer}.xn_mlp", H, P, act, "hbm")
-        d_attn = self.b.tensor(f"L{layer}.delta_attn", H, P, "fp32", "hbm")
-        d_mlp = self.b.tensor(f"L{layer}.delta_mlp", H, P, "fp32", "hbm")
+        ctx = {"layer": layer, "w": w}
+        for name, dtype in (("h_attn", "fp32"), ("h_mlp", "fp32"), ("xn_attn", act),
+                            ("xn_mlp", act), ("delta_attn", "fp32"), ("delta_mlp", "fp32")):
+            ctx[name] = self.b.tensor(f"L{layer}.{name}", H, P, dtype, "hbm")
 
         def io1(ready):
             if prev is None:
-                return NormIO(H, s.rms_norm_eps, w["ln1"], h_out=h_attn, xn_out=xn1,
-                              embed=self.t["embed"], tokens=self.t["tokens"], ready=ready)
-            return NormIO(H, s.rms_norm_eps, w["ln1"], prev["h"], prev["delta"], h_attn, xn1,
-                          ready=ready)
+                return NormIO(H, s.rms_norm_eps, w["ln1"], h_out=ctx["h_attn"],
+                              xn_out=ctx["xn_attn"], embed=self.t["embed"],
+                              tokens=self.t["tokens"], ready=ready)
+            return NormIO(H, s.rms_norm_eps, w["ln1"], prev["h"], prev["delta"],
+                          ctx["h_attn"], ctx["xn_attn"], ready=ready)
 
-        g1 = self.norm_op("attn_norm", layer, io1, NONE if prev is None else prev["cc"])
-        qkv = self.qkv_op(layer, w, xn1, g1)
+        ctx["g1"] = self.norm_op("attn_norm", layer, io1, NONE if prev is None else prev["cc"])
+        return ctx
+
+    def layer_tail(self, ctx: dict) -> dict:
+        """qkv, attention, o_proj, MLP add+norm, gate/up and down of a layer."""
+        s, H, layer, w = self.spec, self.spec.hidden_size, ctx["layer"], ctx["w"]
+        qkv = self.qkv_op(layer, w, ctx["xn_attn"], ctx["g1"])
         o = self.attention_op(layer, qkv)
         d = s.head_dim
         cc1 = self.reduce_proj_op(
             "o_proj", layer, w["o"], w["o.b"],
             lambda sh: (len(sh.q_heads) * d, sh.q_heads[0] * d if sh.q_heads else 0),
-            lambda sh: o[sh.core], d_attn)
+            lambda sh: o[sh.core], ctx["delta_attn"])
         g2 = self.norm_op("mlp_norm", layer, lambda ready: NormIO(
-            H, s.rms_norm_eps, w["ln2"], h_attn, d_attn, h_mlp, xn2, ready=ready), cc1)
-        act_maps = self.gate_up_op(layer, w, xn2, g2)
+            H, s.rms_norm_eps, w["ln2"], ctx["h_attn"], ctx["delta_attn"], ctx["h_mlp"],
+            ctx["xn_mlp"], ready=ready), cc1)
+        act_maps = self.gate_up_op(layer, w, ctx["xn_mlp"], g2)
         cc2 = self.reduce_proj_op("down", layer, w["down"], w["down.b"],
                                   lambda sh: (sh.mlp[1], sh.mlp[0]),
-                                  lambda sh: act_maps[sh.core], d_mlp)
+                                  lambda sh: act_maps[sh.core], ctx["delta_mlp"])
         self.t[f"L{layer}.k"] = {c: v["k"][0] for c, v in qkv.items()}
         self.t[f"L{layer}.v"] = {c: v["v"][0] for c, v in qkv.items()}
-        return {"h": h_mlp, "delta": d_mlp, "cc": cc2}
+        return {"h": ctx["h_mlp"], "delta": ctx["delta_mlp"], "cc": cc2}
 
     def final(self, prev: dict) -> None:
         """Final norm of the last position and the lm_head over each core's vocabulary."""
@@ -347,35 +356,57 @@ def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool) -> L
         weight = {sh.core: 1 for sh in shares}
     low = _PrefillLowering(spec, hw, prompt_len, dtype, cores)
     low.inputs()
-    prev = None
-    explicit = spec.num_layers if not timing_only else min(spec.num_layers, 2)
-    for layer in range(explicit):
-        start, ops_start = low.b.count, len(low.b.ops)
-        prev = low.layer(layer, prev)
-    if spec.num_layers > explicit:
-        prev = _replicate_layers(low, start, ops_start, spec.num_layers - explicit, prev)
+    if timing_only:
+        prev = _timing_layers(low, spec.num_layers)
+    else:
+        prev = None
+        for layer in range(spec.num_layers):
+            prev = low.layer(layer, prev)
     low.final(prev)
     program = low.b.program([sh.core for sh in cores], weight)
     return Lowered(program, shares, low.t, prompt_len, dtype)
 
 
-def _replicate_layers(low: _PrefillLowering, start: int, ops_start: int, copies: int,
-                      prev: dict) -> dict:
-    """Append `copies` copies of the last lowered layer (timing-only lowering)."""
+def _timing_layers(low: _PrefillLowering, layers: int) -> dict:
+    """Timing-only layers: layer 0 explicit; layer 1 = its own add+norm + a copy of layer
+    0's tail; layers 2.. = copies of layer 1 (all deps shifted by the copy's offset)."""
     b = low.b
+    ctx = low.layer_head(0, None)
+    tail0, tail_ops0 = b.count, len(b.ops)
+    prev = low.layer_tail(ctx)
+    if layers == 1:
+        return prev
+    start1, ops1 = b.count, len(b.ops)
+    ctx = low.layer_head(1, prev)
+    _consolidate(b)
+    shift = b.count - tail0
+    records = b.raw[0][1]
+    _append_copy(b, records[tail0:start1], shift, b.ops[tail_ops0:ops1], len(b.ops) - tail_ops0,
+                 layer_shift=1)
+    prev = {"h": prev["h"], "delta": prev["delta"], "cc": prev["cc"] + shift}
+    if layers == 2:
+        return prev
+    _consolidate(b)
+    layer1 = b.raw[0][1][start1:]
+    ops = b.ops[ops1:]
+    for k in range(1, layers - 1):
+        _append_copy(b, layer1, k * len(layer1), ops, k * len(ops), layer_shift=k)
+    return {"h": prev["h"], "delta": prev["delta"], "cc": prev["cc"] + (layers - 2) * len(layer1)}
+
+
+def _consolidate(b: isa.Builder) -> None:
+    """Assemble every instruction so far into one prebuilt chunk."""
     records = b._assemble()
     b.raw, b.col_off, b.col_n = [(0, records)], [], []
     b.cols = {name: [] for name in b.cols}
-    layer = records[start:]
-    length = len(layer)
-    ops = b.ops[ops_start:]
-    last_layer = ops[0].layer
-    for k in range(1, copies + 1):
-        rec = layer.copy()
-        rec["dep"] = np.where(rec["dep"] >= 0, rec["dep"] + k * length, -1)
-        rec["op_id"] += k * len(ops)
-        b.append_records(rec)
-        for op in ops:
-            b.ops.append(isa.OpInfo(op.name, last_layer + k, op.flops, op.hbm_bytes))
-    shift = copies * length
-    return {"h": prev["h"], "delta": prev["delta"], "cc": prev["cc"] + shift}
+
+
+def _append_copy(b: isa.Builder, records: np.ndarray, shift: int, ops: list, op_shift: int,
+                 layer_shift: int) -> None:
+    """Append a copy of `records` with dependencies and operator ids shifted."""
+    rec = records.copy()
+    rec["dep"] = np.where(rec["dep"] >= 0, rec["dep"] + shift, -1)
+    rec["op_id"] += op_shift
+    b.append_records(rec)
+    for op in ops:
+        b.ops.append(isa.OpInfo(op.name, op.layer + layer_shift, op.flops, op.hbm_bytes))

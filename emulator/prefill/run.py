@@ -252,8 +252,10 @@ def _per_op(program, sched, weight, hw, dtype) -> list[dict]:
     nops = len(program.ops)
     start = np.full(nops, np.iinfo(np.int64).max)
     end = np.zeros(nops, np.int64)
-    np.minimum.at(start, op_id, sched.start)
-    np.maximum.at(end, op_id, sched.ready)
+    present, first = np.unique(op_id, return_index=True)   # op ids are non-decreasing
+    keep = present >= 0
+    start[present[keep]] = np.minimum.reduceat(sched.start, first)[keep]
+    end[present[keep]] = np.maximum.reduceat(sched.ready, first)[keep]
     key = op_id * len(isa.ENGINE_NAMES) + instr["engine"]
     busy = np.bincount(key, weights=instr["cost"] * weight,
                        minlength=nops * len(isa.ENGINE_NAMES)).reshape(nops, -1)
