@@ -606,6 +606,32 @@ class GemvProgram:
     y: int
     mpad: int
 
+    def pe(self, po: int, pi: int) -> int:
+        """PE index holding output chunk `po` and input chunk `pi`."""
+        i, j = (pi, po) if self.kind == "A" else (po, pi)
+        return j * self.program.width + i
+
+    def sram_image(self, weight: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """float32 [W*H, sram_words] with the tiles of `weight` [M, K] and x in its layout."""
+        sram = np.zeros((self.program.num_pes, self.program.sram_words), np.float32)
+        out, inp = self.out, self.inp
+        for po in range(out.parts):
+            for pi in range(inp.parts):
+                m, k = out.size(po), inp.size(pi)
+                block = weight[out.start(po):out.start(po) + m, inp.start(pi):inp.start(pi) + k]
+                tile = sram[self.pe(po, pi), self.w:self.w + k * self.mpad]
+                tile.reshape(k, self.mpad)[:, :m] = block.T
+        for pi in range(inp.parts):
+            sram[self.pe(0, pi), self.x:self.x + inp.size(pi)] = \
+                x[inp.start(pi):inp.start(pi + 1)]
+        return sram
+
+    def read_y(self, sram: np.ndarray) -> np.ndarray:
+        """y gathered from the first PE of every output chunk (float32 [M])."""
+        out = self.out
+        return np.concatenate([sram[self.pe(po, 0), self.y:self.y + out.size(po)]
+                               for po in range(out.parts)]).astype(np.float32)
+
 
 def emit_gemv(kind: str, m_total: int, k_total: int, pw: int, ph: int, mesh: MeshConfig,
               dtype: str = "fp32") -> GemvProgram:
