@@ -27,13 +27,14 @@ Q_TILE = 128
 
 
 class _State:
-    """SBUF/PSUM tensors of the attention operator on one core."""
+    """SBUF/PSUM tensors of one attention stream (one query tile in flight) on one core."""
 
-    def __init__(self, L: Lowering, core: int, d: int, P: int, name: str):
+    def __init__(self, L: Lowering, core: int, d: int, kv: tuple, name: str):
         t = lambda tag, rows, cols, dtype="fp32", space="sbuf": L.sbuf(  # noqa: E731
             f"{name}.{tag}.c{core}", rows, cols, dtype, core, space)
         act, kw = L.act_dtype, L.nmax
-        self.k, self.v = t("k", d, P, act), t("v", P, d, act)
+        self.k, self.v = kv
+        self.tiles = 0
         self.q = [t(f"q{i}", d, Q_TILE, act) for i in range(2)]
         self.s = [t(f"s{i}", Q_TILE, kw, space="psum") for i in range(2)]
         self.sm, self.p = t("smask", Q_TILE, kw), t("p", Q_TILE, kw, act)
@@ -60,46 +61,70 @@ def check_fit(L: Lowering, d: int, P: int) -> None:
 
 def attention(L: Lowering, core: int, heads: list[tuple[int, int]], d: int, P: int,
               q: tuple[int, TileMap], k: tuple[int, TileMap], v: tuple[int, TileMap],
-              out: tuple[int, TileMap], scale: float, name: str) -> int:
+              out: tuple[int, TileMap], scale: float, name: str, streams: int = 2) -> int:
     """Attention of the core's heads: `heads` = [(local q head, local kv head)] by kv head.
 
     q, k: (HBM tensor [heads*d, P] feature-major, map); v: (HBM [P, kv*d], map); out: O^T.
-    Returns the last instruction index.
+    `streams` independent (head, query tile) items are software-pipelined: their
+    instructions are interleaved stage by stage so the engines overlap. Returns the last
+    instruction index.
     """
     check_fit(L, d, P)
-    st = _State(L, core, d, P, name)
-    loaded = NONE
-    kv_ready = None
-    for qh, kvh in heads:
-        if kvh != loaded:
-            kv_ready = _load_kv(L, core, st, k, v, kvh, d, P, kv_ready)
-            loaded = kvh
-        for q0 in range(0, P, Q_TILE):
-            rows = min(Q_TILE, P - q0)
-            _query_tile(L, core, st, q, out, qh, d, q0, rows, kv_ready, scale)
+    act = L.act_dtype
+    kv = (L.sbuf(f"{name}.k.c{core}", d, P, act, core), L.sbuf(f"{name}.v.c{core}", P, d, act,
+                                                               core))
+    states = [_State(L, core, d, kv, f"{name}.s{i}") for i in range(streams)]
+    items = [(kvh, q0, qh) for qh, kvh in heads for q0 in range(0, P, Q_TILE)]
+    items.sort(key=lambda item: (item[0], item[1], item[2]))
+    loaded, kv_ready = NONE, None
+    for i in range(0, len(items), streams):
+        group = [it for it in items[i:i + streams] if it[0] == items[i][0]]
+        rest = items[i + len(group):i + streams]
+        for batch in (group, rest):
+            if not batch:
+                continue
+            if batch[0][0] != loaded:
+                kv_ready = _load_kv(L, core, kv, k, v, batch[0][0], d, P, kv_ready)
+                loaded = batch[0][0]
+            _interleave([_query_tile(L, core, states[j], q, out, qh, d, q0,
+                                     min(Q_TILE, P - q0), kv_ready, scale)
+                         for j, (_, q0, qh) in enumerate(batch)])
     return L.b.count - 1
 
 
-def _load_kv(L, core, st, k, v, kvh, d, P, previous):
+def _interleave(generators) -> None:
+    """Advance emission generators round-robin, one stage each, until all finish."""
+    live = list(generators)
+    while live:
+        for gen in list(live):
+            try:
+                next(gen)
+            except StopIteration:
+                live.remove(gen)
+
+
+def _load_kv(L, core, kv, k, v, kvh, d, P, previous):
     """Load K^T [d, P] and V [P, d] of one kv head; returns (k loads, v loads) per tile."""
+    k_sb, v_sb = kv
     k_t, k_map = k
     v_t, v_map = v
     war = NONE if previous is None else L.b.count - 1
     kt = chunks(P, L.nmax)
     k_dep = np.array([k_map.get(kvh * d, d, int(c), int(w)) for c, w in kt])
     k_idx = L.dma(core, d * kt[:, 1] * L.bpe, deps=[k_dep, war],
-                  d=(st.k, 0, d, kt[:, 0], kt[:, 1]), a=(k_t, kvh * d, d, kt[:, 0], kt[:, 1]))
+                  d=(k_sb, 0, d, kt[:, 0], kt[:, 1]), a=(k_t, kvh * d, d, kt[:, 0], kt[:, 1]))
     vt = chunks(P, Q_TILE)
     v_dep = np.array([v_map.get(int(r), int(n), kvh * d, d) for r, n in vt])
     v_idx = L.dma(core, vt[:, 1] * d * L.bpe, deps=[v_dep, war],
-                  d=(st.v, vt[:, 0], vt[:, 1], 0, d), a=(v_t, vt[:, 0], vt[:, 1], kvh * d, d))
+                  d=(v_sb, vt[:, 0], vt[:, 1], 0, d), a=(v_t, vt[:, 0], vt[:, 1], kvh * d, d))
     return k_idx, v_idx
 
 
 def _query_tile(L, core, st, q, out, qh, d, q0, rows, kv_ready, scale):
-    """One tile of queries of one head: all its key tiles, then normalise and store."""
+    """One tile of queries of one head (a generator yielding between pipeline stages)."""
     q_t, q_map = q
-    slot = (q0 // Q_TILE) % 2
+    slot = st.tiles % 2
+    st.tiles += 1
     q_load = L.b.one(isa.DMA_COPY, isa.DMA, core, int(_dma(L, d * rows * L.bpe)),
                      [q_map.get(qh * d, d, q0, rows), st.last["q"][slot]], lat=L.dma_lat,
                      work=d * rows * L.bpe, d=(st.q[slot], 0, d, 0, rows),
@@ -107,19 +132,21 @@ def _query_tile(L, core, st, q, out, qh, d, q0, rows, kv_ready, scale):
     m_cur = 0
     for kt, k0 in enumerate(range(0, q0 + rows, L.nmax)):
         nk = min(L.nmax, q0 + rows - k0)
-        m_cur = _key_tile(L, core, st, slot, q_load, kv_ready, d, q0, rows, kt, k0, nk,
-                          m_cur, scale)
-    _finish(L, core, st, out, qh, d, q0, rows)
+        m_cur = yield from _key_tile(L, core, st, slot, q_load, kv_ready, d, q0, rows, kt, k0,
+                                     nk, m_cur, scale)
+    yield from _finish(L, core, st, out, qh, d, q0, rows)
 
 
 def _key_tile(L, core, st, slot, q_load, kv_ready, d, q0, rows, kt, k0, nk, m_cur, scale):
-    """Scores, online softmax and P @ V of one key tile; returns the current max buffer."""
+    """Scores, online softmax and P @ V of one key tile (a generator of pipeline stages);
+    returns the current max buffer."""
     k_loads, v_loads = kv_ready
     s = kt % 2
     ls, mm = pe_stream(L, core, 1, 1, rows, [q_load], (st.q[slot], 0, d, 0, rows), d, nk,
                        False, [k_loads[k0 // L.nmax], st.last["s"][s]],
                        (st.k, 0, d, k0, nk), (st.s[s], 0, rows, 0, nk))
     st.last["q"][slot] = int(ls[0])
+    yield
     src, src_dep = (st.s[s], 0, rows, 0, nk), int(mm[0, 0])
     if k0 + nk - 1 > q0:                                  # tile crosses the diagonal
         src_dep = L.b.one(isa.VEC_MASK, isa.DVE, core, int(_vec(L, nk, 1)),
@@ -136,6 +163,7 @@ def _key_tile(L, core, st, slot, q_load, kv_ready, d, q0, rows, kt, k0, nk, m_cu
                       b=(st.rm, 0, rows, 0, 1))
     negm = L.b.one(isa.VEC_TS, isa.DVE, core, int(_vec(L, 1, 1)), [red], func=isa.A_MUL,
                    imm0=-scale, d=(st.negm, 0, rows, 0, 1), a=(st.m[m_new], 0, rows, 0, 1))
+    yield
     alpha = NONE
     if not first:
         alpha = L.b.one(isa.ACTIVATE, isa.ACT, core, int(_act(L, 1)), [negm], func=isa.F_EXP,
@@ -147,11 +175,12 @@ def _key_tile(L, core, st, slot, q_load, kv_ready, d, q0, rows, kt, k0, nk, m_cu
     st.last["s"][s] = expo
     if src[0] == st.sm:
         st.last["sm"] = expo
+    yield
     if not first:
         L.b.one(isa.VEC_STT, isa.DVE, core, int(_vec(L, 1, 2)), [expo, alpha], func=isa.A_MUL,
                 func2=isa.A_ADD, d=(st.l, 0, rows, 0, 1), a=(st.l, 0, rows, 0, 1),
                 b=(st.lt, 0, rows, 0, 1), s=(st.alpha, 0, rows, 0, 1))
-    pv_last = _pv(L, core, st, rows, d, k0, nk, expo, kv_ready)
+    pv_last = yield from _pv(L, core, st, rows, d, k0, nk, expo, kv_ready)
     if first:
         o_upd = L.b.one(isa.ACTIVATE, isa.ACT, core, int(_act(L, d)), [pv_last],
                         func=isa.F_IDENT, imm0=1.0, d=(st.o, 0, rows, 0, d),
@@ -162,6 +191,7 @@ def _key_tile(L, core, st, slot, q_load, kv_ready, d, q0, rows, kt, k0, nk, m_cu
                         a=(st.o, 0, rows, 0, d), b=(st.ot, 0, rows, 0, d),
                         s=(st.alpha, 0, rows, 0, 1))
     st.last["ot"] = o_upd
+    yield
     return m_new
 
 
@@ -175,15 +205,18 @@ def _pv(L, core, st, rows, d, k0, nk, expo, kv_ready):
                            rows, rows, False, [st.last["pt"]], (ident, 0, rows, 0, rows),
                            (st.pt, 0, sub[:, 1], sub[:, 0], rows), model_flops=False)
     st.last["p"] = int(ls_t[-1])
+    yield
     kmax, width = int(sub[:, 1].max()), int(sub[-1, 0]) + rows
     copy = L.b.one(isa.ACTIVATE, isa.ACT, core, int(_act(L, width)), [mm_t[-1, 0]],
                    func=isa.F_IDENT, imm0=1.0, d=(st.pts, 0, kmax, 0, width),
                    a=(st.pt, 0, kmax, 0, width))
     st.last["pt"] = copy
+    yield
     v_dep = v_loads[(k0 + sub[:, 0]) // Q_TILE]
     _, mm = pe_stream(L, core, n, 1, rows, [copy], (st.pts, 0, sub[:, 1], sub[:, 0], rows),
                       sub[:, 1], d, np.arange(n) > 0, [v_dep, st.last["ot"]],
                       (st.v, k0 + sub[:, 0], sub[:, 1], 0, d), (st.ot, 0, rows, 0, d))
+    yield
     return int(mm[-1, 0])
 
 
@@ -195,9 +228,11 @@ def _finish(L, core, st, out, qh, d, q0, rows):
     on = L.b.one(isa.VEC_TS, isa.DVE, core, int(_vec(L, d, 1)), [rl, st.last["ot"]],
                  func=isa.A_MUL, d=(st.on, 0, rows, 0, d), a=(st.o, 0, rows, 0, d),
                  s=(st.rl, 0, rows, 0, 1))
+    yield
     ident = L.const(core, "identity")
     _, mm = pe_stream(L, core, 1, 1, d, [on], (st.on, 0, rows, 0, d), rows, rows, False, [],
                       (ident, 0, rows, 0, rows), (st.oT, 0, d, 0, rows), model_flops=False)
+    yield
     copy = L.b.one(isa.ACTIVATE, isa.ACT, core, int(_act(L, rows)), [mm[0, 0], st.last["oTs"]],
                    func=isa.F_IDENT, imm0=1.0, d=(st.oTs, 0, d, 0, rows), a=(st.oT, 0, d, 0, rows))
     store = L.b.one(isa.DMA_COPY, isa.DMA, core, int(_dma(L, d * rows * L.bpe)), [copy],
