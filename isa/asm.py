@@ -123,10 +123,10 @@ class Operand:
 
 @dataclass
 class Region:
-    """A region being assembled: rectangle, instruction rows, labels and fixups."""
+    """A region being assembled: rectangles, instruction rows, labels and fixups."""
 
     name: str
-    rect: tuple[int, int, int, int]
+    rects: list                                      # (x0, y0, x1, y1), first = origin
     rows: list = field(default_factory=list)
     labels: dict = field(default_factory=dict)
     fixups: list = field(default_factory=list)      # (row index, label, line, column)
@@ -342,19 +342,22 @@ class Assembler:
         return ys * self.width + xs
 
     def split_at(self, line: Line, col: int, args, what: str):
-        """Split trailing 'at x0,y0 x1,y1'; return (fields before, rectangle)."""
+        """Split trailing 'at x0,y0 x1,y1'; return (fields before, list of rectangles):
+        the `at` rectangle, or else the current region's rectangles."""
         names = [a for a, _ in args]
         if "at" not in names:
-            if not self.regions:
-                raise line.error(col,
-                                 f"{what} outside a region needs 'at x0,y0 x1,y1'")
-            return args, self.regions[-1].rect
+            return args, self.region_rects(line, col, what)
         i = names.index("at")
-        return args[:i], self.parse_rect(line, args[i + 1:], f"'{what} at' rectangle")
+        return args[:i], [self.parse_rect(line, args[i + 1:], f"'{what} at' rectangle")]
+
+    def region_rects(self, line: Line, col: int, what: str) -> list:
+        if not self.regions:
+            raise line.error(col, f"{what} outside a region needs 'at x0,y0 x1,y1'")
+        return self.regions[-1].rects
 
     # --- body directives ---------------------------------------------------------------
     def region_directive(self, line: Line, col: int, args):
-        """.region NAME x0,y0 x1,y1"""
+        """.region NAME x0,y0 x1,y1 [x0,y0 x1,y1 ...]"""
         if not args:
             raise line.error(col, "expected '.region NAME x0,y0 x1,y1'")
         name, name_col = args[0]
@@ -362,22 +365,31 @@ class Assembler:
             raise line.error(name_col, f"expected a region name, got '{name}'")
         if any(r.name == name for r in self.regions):
             raise line.error(name_col, f"duplicate region name '{name}'")
-        rect = self.parse_rect(line, args[1:], f"region '{name}'")
+        corners = args[1:] or [("", len(line.text.rstrip()))]
+        pairs = [corners[i:i + 2] for i in range(0, len(corners), 2)]
+        rects = [self.parse_rect(line, pair, f"region '{name}'") for pair in pairs]
+        if self.regions:
+            self.finish_region()
+        index = len(self.regions)
+        for rect, pair in zip(rects, pairs, strict=True):
+            self.claim(line, pair[0][1], name, rect, index)
+        self.regions.append(Region(name, rects))
+
+    def claim(self, line: Line, col: int, name: str, rect, index: int):
+        """Assign a rectangle's PEs to region `index`; error if any already has a region."""
         pes = self.rect_pes(rect).ravel()
         taken = self.pe_region[pes]
         if (taken >= 0).any():
             pe = int(pes[np.argmax(taken >= 0)])
-            other = self.regions[int(self.pe_region[pe])].name
-            raise line.error(args[1][1], f"region '{name}' overlaps region '{other}' at PE "
-                                         f"({pe % self.width},{pe // self.width})")
-        if self.regions:
-            self.finish_region()
-        self.pe_region[pes] = len(self.regions)
-        self.regions.append(Region(name, rect))
+            other = taken[np.argmax(taken >= 0)]
+            other = name if other == index else self.regions[int(other)].name
+            raise line.error(col, f"region '{name}' overlaps region '{other}' at PE "
+                                  f"({pe % self.width},{pe // self.width})")
+        self.pe_region[pes] = index
 
     def route_directive(self, line: Line, col: int, args):
         """.route cN rx=PORTS tx=PORTS [at x0,y0 x1,y1]"""
-        fields, rect = self.split_at(line, col, args, ".route")
+        fields, rects = self.split_at(line, col, args, ".route")
         if not fields:
             raise line.error(col, "expected '.route cN rx=PORTS tx=PORTS'")
         color = self.parse_color_const(line, *fields[0])
@@ -390,9 +402,10 @@ class Assembler:
         for key in ("rx", "tx"):
             if key not in ports:
                 raise line.error(len(line.text.rstrip()), f"missing '{key}=PORTS' in .route")
-        pes = self.rect_pes(rect).ravel()
-        self.route_rx[pes, color] = ports["rx"]
-        self.route_tx[pes, color] = ports["tx"]
+        for rect in rects:
+            pes = self.rect_pes(rect).ravel()
+            self.route_rx[pes, color] = ports["rx"]
+            self.route_tx[pes, color] = ports["tx"]
 
     def param_directive(self, line: Line, col: int, args):
         """.param pK = EXPR [at x0,y0 x1,y1]"""
@@ -410,14 +423,13 @@ class Assembler:
         at = re.search(r"\bat\b", code[expr_start:])
         expr_end = expr_start + at.start() if at else len(code)
         if at:
-            rect = self.parse_rect(line, split_fields(code, expr_start + at.end(), None),
-                                   "'.param at' rectangle")
-        elif self.regions:
-            rect = self.regions[-1].rect
+            rects = [self.parse_rect(line, split_fields(code, expr_start + at.end(), None),
+                                     "'.param at' rectangle")]
         else:
-            raise line.error(col, ".param outside a region needs 'at x0,y0 x1,y1'")
-        values = self.eval_param(line, expr_start, code[expr_start:expr_end], rect)
-        self.params[self.rect_pes(rect).ravel(), int(index.group(1))] = values.ravel()
+            rects = self.region_rects(line, col, ".param")
+        for rect in rects:
+            values = self.eval_param(line, expr_start, code[expr_start:expr_end], rect)
+            self.params[self.rect_pes(rect).ravel(), int(index.group(1))] = values.ravel()
 
     def eval_param(self, line: Line, start: int, text: str, rect) -> np.ndarray:
         """Evaluate a parameter expression over a rectangle of PEs (int32 results)."""
@@ -425,7 +437,7 @@ class Assembler:
         ys, xs = np.mgrid[y0:y1 + 1, x0:x1 + 1]
         env = {"x": xs, "y": ys, "W": self.width, "H": self.height}
         if self.regions:
-            rx0, ry0, rx1, ry1 = self.regions[-1].rect
+            rx0, ry0, rx1, ry1 = self.regions[-1].rects[0]
             env.update(lx=xs - rx0, ly=ys - ry0, w=rx1 - rx0 + 1, h=ry1 - ry0 + 1)
         start += len(text) - len(text.lstrip())
         text = text.strip()

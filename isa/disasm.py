@@ -116,17 +116,13 @@ def cover(grid: np.ndarray, mask: np.ndarray) -> list[tuple[int, int, int, int, 
     return rects
 
 
-def region_rect(program: Program, region: int) -> tuple[int, int, int, int]:
-    """The rectangle of PEs running `region`; ValueError if they do not form one."""
-    pes = np.flatnonzero(program.pe_region == region)
-    name = program.region_names[region]
-    if pes.size == 0:
+def region_rects(program: Program, region: int) -> list[tuple[int, int, int, int]]:
+    """Disjoint rectangles covering the PEs that run `region` (one when it is a rectangle)."""
+    mask = _grid(program, program.pe_region) == region
+    if not mask.any():
+        name = program.region_names[region]
         raise ValueError(f"region '{name}' has no PEs and cannot be written as assembly")
-    xs, ys = pes % program.width, pes // program.width
-    x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
-    if pes.size != (x1 - x0 + 1) * (y1 - y0 + 1):
-        raise ValueError(f"region '{name}' is not a rectangle of PEs")
-    return int(x0), int(y0), int(x1), int(y1)
+    return [rect[:4] for rect in cover(mask.astype(np.int64), mask)]
 
 
 class Writer:
@@ -153,21 +149,18 @@ def _at(rect) -> str:
     return f"at {x0},{y0} {x1},{y1}"
 
 
-def _route_lines(program: Program, grid_rx, grid_tx, mask, origin, default_ok: bool):
-    """`.route` lines for the masked cells of a grid whose corner is PE `origin`;
-    with `default_ok` (a region) the most common entry is written for the whole region."""
-    ox, oy = origin
+def _route_lines(program: Program, mask: np.ndarray, region: bool) -> list[str]:
+    """`.route` lines for the masked PEs; in a region, the most common entry of each color
+    is written for the whole region and the others as `at` rectangles."""
+    grid_rx, grid_tx = _grid(program, program.route_rx), _grid(program, program.route_tx)
     lines = []
     for color in range(program.num_colors):
         pair = grid_rx[:, :, color].astype(np.int64) * 256 + grid_tx[:, :, color]
-        default = 0
-        if default_ok:
-            default = Counter(pair[mask].tolist()).most_common(1)[0][0]
-            if default:
-                lines.append(_route_text(color, default))
-        for x0, y0, x1, y1, value in cover(pair, mask & (pair != default)):
-            lines.append(f"{_route_text(color, value)} "
-                         f"{_at((x0 + ox, y0 + oy, x1 + ox, y1 + oy))}")
+        default = Counter(pair[mask].tolist()).most_common(1)[0][0] if region else 0
+        if default:
+            lines.append(_route_text(color, default))
+        for rect in cover(pair, mask & (pair != default)):
+            lines.append(f"{_route_text(color, rect[4])} {_at(rect)}")
     return lines
 
 
@@ -175,32 +168,44 @@ def _route_text(color: int, pair: int) -> str:
     return f".route c{color} rx={format_ports(pair // 256)} tx={format_ports(pair % 256)}"
 
 
-def _affine(values: np.ndarray) -> str | None:
-    """'c + a*lx + b*ly' if `values` [h, w] is exactly affine in lx, ly, else None."""
-    h, w = values.shape
-    c = int(values[0, 0])
-    a = int(values[0, 1]) - c if w > 1 else 0
-    b = int(values[1, 0]) - c if h > 1 else 0
-    ly, lx = np.mgrid[0:h, 0:w]
-    if not np.array_equal(values.astype(np.int64), c + a * lx + b * ly):
+def _affine(values: np.ndarray, mask: np.ndarray, rects: list) -> str | None:
+    """An expression equal to `values` on every masked PE: 'c + a*lx + b*ly' for a
+    one-rectangle region, 'c + a*x + b*y' otherwise; None when not exactly affine."""
+    ys, xs = np.nonzero(mask)
+    target = values[mask].astype(np.int64)
+    names = [n for n, v in (("x", xs), ("y", ys)) if v.min() != v.max()]
+    columns = [np.ones_like(xs)] + [xs if n == "x" else ys for n in names]
+    matrix = np.stack(columns, axis=1).astype(np.float64)
+    solution = np.linalg.lstsq(matrix, target.astype(np.float64), rcond=None)[0]
+    coeffs = np.rint(solution).astype(np.int64)
+    if not np.array_equal(matrix.astype(np.int64) @ coeffs, target):
         return None
+    c, slopes = int(coeffs[0]), dict(zip(names, (int(k) for k in coeffs[1:]), strict=True))
+    a, b = slopes.get("x", 0), slopes.get("y", 0)
+    if len(rects) == 1:
+        c, names = c + a * rects[0][0] + b * rects[0][1], ("lx", "ly")
+    else:
+        names = ("x", "y")
     terms = [str(c)] if c or not (a or b) else []
-    terms += [f"{k}*{name}" for k, name in ((a, "lx"), (b, "ly")) if k]
+    terms += [f"{k}*{name}" for k, name in ((a, names[0]), (b, names[1])) if k]
     return " + ".join(terms).replace("+ -", "- ")
 
 
-def _param_lines(values: np.ndarray, mask: np.ndarray, index: int, origin, region: bool):
-    """`.param` lines for the masked cells of `values` (a grid whose corner is `origin`)."""
-    ox, oy = origin
-    if region and mask.all():
-        expr = _affine(values)
+def _param_lines(program: Program, mask: np.ndarray, rects: list | None) -> list[str]:
+    """`.param` lines for the masked PEs; `rects` = the region's rectangles (None: idle
+    PEs, written only as `at` rectangles)."""
+    params = _grid(program, program.params)
+    lines = []
+    for k in range(program.params.shape[1]):
+        values = params[:, :, k]
+        expr = _affine(values, mask, rects) if rects else None
         if expr is not None:
-            return [f".param p{index} = {expr}"] if expr != "0" else []
-    default = Counter(values[mask].tolist()).most_common(1)[0][0] if region else 0
-    lines = [f".param p{index} = {default}"] if default else []
-    for x0, y0, x1, y1, value in cover(values, mask & (values != default)):
-        lines.append(f".param p{index} = {value} "
-                     f"{_at((x0 + ox, y0 + oy, x1 + ox, y1 + oy))}")
+            lines += [f".param p{k} = {expr}"] if expr != "0" else []
+            continue
+        default = Counter(values[mask].tolist()).most_common(1)[0][0] if rects else 0
+        lines += [f".param p{k} = {default}"] if default else []
+        for rect in cover(values, mask & (values != default)):
+            lines.append(f".param p{k} = {rect[4]} {_at(rect)}")
     return lines
 
 
@@ -214,26 +219,13 @@ def _idle_lines(program: Program) -> list[str]:
     idle = _grid(program, program.pe_region) < 0
     if not idle.any():
         return []
-    lines = _route_lines(program, _grid(program, program.route_rx),
-                         _grid(program, program.route_tx), idle, (0, 0), default_ok=False)
-    params = _grid(program, program.params)
-    for k in range(program.params.shape[1]):
-        lines += _param_lines(params[:, :, k], idle, k, (0, 0), region=False)
-    return lines
+    return _route_lines(program, idle, region=False) + _param_lines(program, idle, None)
 
 
-def _region_tables(program: Program, rect) -> list[str]:
+def _region_tables(program: Program, region: int, rects: list) -> list[str]:
     """Routes and parameters of one region's PEs."""
-    x0, y0, x1, y1 = rect
-    window = (slice(y0, y1 + 1), slice(x0, x1 + 1))
-    rx = _grid(program, program.route_rx)[window]
-    tx = _grid(program, program.route_tx)[window]
-    mask = np.ones(rx.shape[:2], bool)
-    lines = _route_lines(program, rx, tx, mask, (x0, y0), default_ok=True)
-    params = _grid(program, program.params)[window]
-    for k in range(program.params.shape[1]):
-        lines += _param_lines(params[:, :, k], mask, k, (x0, y0), region=True)
-    return lines
+    mask = _grid(program, program.pe_region) == region
+    return _route_lines(program, mask, region=True) + _param_lines(program, mask, rects)
 
 
 def _region_data(program: Program, region: int) -> list[str]:
@@ -273,10 +265,11 @@ def disassemble(program: Program) -> str:
     for line in _idle_lines(program):
         out.add(line)
     for region, name in enumerate(program.region_names):
-        rect = region_rect(program, region)
+        rects = region_rects(program, region)
+        corners = " ".join(f"{x0},{y0} {x1},{y1}" for x0, y0, x1, y1 in rects)
         out.add("")
-        out.add(f".region {name} {rect[0]},{rect[1]} {rect[2]},{rect[3]}")
-        for line in _region_tables(program, rect) + _region_data(program, region):
+        out.add(f".region {name} {corners}")
+        for line in _region_tables(program, region, rects) + _region_data(program, region):
             out.add(line)
         _region_code(program, region, out)
     return "\n".join(out.lines) + "\n"

@@ -1,5 +1,7 @@
 """Assembler and disassembler: encodings, directives, expressions and round trips."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -248,10 +250,40 @@ out:
     assert disassemble(again) == disassemble(program)
 
 
-def test_disassembler_rejects_non_rectangular_region():
-    program = assemble(".mesh 2x2\n.region a 0,0 1,1\n  nop\n")
-    program.pe_region[3] = -1
-    with pytest.raises(ValueError, match="not a rectangle"):
+def test_regions_of_several_rectangles():
+    program = assemble(""".mesh 4x3
+.sram 8
+.params 1
+.region ring 0,0 3,0 0,1 0,2 3,1 3,2
+.route c2 rx=R tx=E
+.param p0 = 10*lx + ly + w
+    nop
+.region hole 1,1 2,2
+""")
+    grid = program.pe_region.reshape(3, 4)
+    assert grid.tolist() == [[0, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 0]]
+    params = program.params[:, 0].reshape(3, 4)
+    assert params[0].tolist() == [4, 14, 24, 34] and params[2, 3] == 36
+    assert (program.route_tx[:, 2].reshape(3, 4)[grid == 0] != 0).all()
+    assert assemble(disassemble(program)).equals(program)
+
+
+def test_disassembly_of_scattered_regions():
+    program = assemble(".mesh 4x4\n.sram 4\n.params 2\n.region even 0,0 0,0\n  nop\n"
+                       ".region odd 1,0 1,0\n  halt\n")
+    program.pe_region[:] = np.arange(16) % 2          # stripes: not rectangles
+    program.params[:, 0] = 3 * (np.arange(16) % 4) - 2 * (np.arange(16) // 4) + 5
+    program.params[:, 1] = np.arange(16) ** 2
+    program.route_tx[::3, 4] = 7
+    text = disassemble(program)
+    assert ".param p0 = 5 + 3*x - 2*y" in text
+    assert assemble(text).equals(program)
+
+
+def test_disassembler_rejects_empty_region():
+    program = assemble(".mesh 2x1\n.region a 0,0 0,0\n.region b 1,0 1,0\n")
+    program.pe_region[1] = 0
+    with pytest.raises(ValueError, match="region 'b' has no PEs"):
         disassemble(program)
 
 
@@ -277,3 +309,17 @@ def test_disassembly_of_compiler_style_programs():
     again = assemble(text)
     assert again.equals(program)
     assert again.region_comments == {0: {1: "copy the block"}}
+
+
+def test_compiled_decode_program_round_trips():
+    """The compiler's decode program (scattered regions, per-PE tables, line 0 everywhere)
+    survives disassembly."""
+    from compiler.decode import compile_decode
+    from compiler.frontend import load_config
+    from emulator.hw.mesh import load_mesh
+
+    root = Path(__file__).resolve().parent.parent
+    spec = load_config(root / "emulator" / "models" / "tiny.json")
+    program = compile_decode(spec, load_mesh("small")).decode.program
+    again = assemble(disassemble(program), num_colors=program.num_colors)
+    assert again.equals(program)

@@ -37,6 +37,7 @@ CASES = [
     ("unknown directive", ".regoin x 0,0 0,0\n", 5, 1, "unknown directive '.regoin'"),
     ("region outside mesh", ".region b 0,0 2,0\n", 5, 15, "outside the 2x2 mesh"),
     ("region overlap", ".region b 1,1 1,1\n", 5, 11, "overlaps region 'main' at PE (1,1)"),
+    ("region odd corners", ".region c 0,0 0,0 1,1\n", 5, 19, "expected two corners"),
     ("region corners reversed", ".region b 1,1 0,0\n", 5, 15, "before the first"),
     ("region bad corner", ".region b 0.0 1,1\n", 5, 11, "expected a corner 'x,y'"),
     ("duplicate region", ".region main 0,0 0,0\n", 5, 9, "duplicate region name 'main'"),
@@ -87,6 +88,8 @@ def test_error_after_header(name, body, line, column, fragment):
 @pytest.mark.parametrize("text, line, column, fragment, kwargs", [
     ("    nop\n", 1, 5, "instruction before any .region", {}),
     (".mesh 2x2\nstart: nop\n", 2, 1, "label 'start' before any .region", {}),
+    (".mesh 2x2\n.region b 0,0 1,0 1,0 1,1\n", 2, 19, "region 'b' overlaps region 'b' at "
+     "PE (1,0)", {}),
     (".mesh 4by4\n", 1, 7, "malformed .mesh '4by4': expected WxH", {}),
     (".mesh 0x3\n", 1, 7, "malformed .mesh '0x3'", {}),
     (".mesh\n", 1, 6, "malformed .mesh ''", {}),
