@@ -1,9 +1,10 @@
 """The disassembler: `Program` -> assembly text that re-assembles to an equal Program.
 
 Layout of the output: the header (.mesh .dtype .sram .params); router entries and
-parameters of idle PEs as `.route/.param ... at` rectangles; then each region with its
-router entries (the region's most common entry per color, then exceptions as rectangles),
-parameters (a constant, an affine expression of lx and ly, or a most common value plus
+parameters of idle PEs as `.route/.param ... at` rectangles; then each region (as one
+rectangle, or several when its PEs do not form one) with its router entries (the region's
+most common entry per color, then exceptions as rectangles), parameters (a constant, an
+affine expression of lx, ly -- x, y for several rectangles -- or a most common value plus
 rectangles), `.data` lines and code. Jump targets get labels `L<pc>`. Source line numbers
 stored in the instructions are kept with `.line N` directives where the output's own line
 numbers differ. The router table width (`num_colors`) is written as a comment: pass it to
