@@ -10,9 +10,9 @@ them into a `GeneratedProgram` (assembly text + the initial SRAM to run it with)
   `.route` directives (idle forwarders too) or, for the sender, a `route` instruction.
 - Every PE executes its phase roles in the same global order, so the program cannot
   deadlock; barriers are executed by every non-idle PE at the same point of that order.
-- PEs with identical roles are grouped into rectangular regions sharing code; per-PE
-  parameters (p0 loop count, p1 B-zone address, p2 count, p3 A-zone address, p4 color)
-  vary addresses, counts and loop trip counts inside a region.
+- PEs with identical roles are grouped into regions (one or several rectangles) sharing
+  code; per-PE parameters (p0 loop count, p1 B-zone address, p2 count, p3 A-zone
+  address, p4 color) vary addresses, counts and loop trip counts inside a region.
 - Compute blocks mix every vector and reduction op with random strides (0 = broadcast),
   lengths (0..8), constant / parameter / register addresses and movr/addr/djnz loops.
 
@@ -85,11 +85,21 @@ def generate_program(width: int, height: int, seed: int) -> GeneratedProgram:
              f".dtype {rng.choice(['fp32', 'fp32', 'fp16', 'bf16'])}",
              f".sram {SRAM_WORDS}", f".params {NUM_PARAMS}"]
     lines += _idle_routes(phases, grid)
-    regions = cover(grid, grid >= 0)
-    for index, rect in enumerate(regions):
-        writer = RegionWriter(rng, index, rect, signatures[rect[4]], phases, width)
+    for index, rects in enumerate(_region_rects(rng, grid)):
+        writer = RegionWriter(rng, index, rects, signatures[rects[0][4]], phases, width)
         lines += writer.write(steps, sram)
     return GeneratedProgram("\n".join(lines) + "\n", sram, width, height, seed)
+
+
+def _region_rects(rng: random.Random, grid: np.ndarray) -> list[list]:
+    """Rectangles of equal signature; sometimes those of one signature form one region."""
+    rects = cover(grid, grid >= 0)
+    if rng.random() < 0.5:
+        return [[r] for r in rects]
+    merged: dict = {}
+    for rect in rects:
+        merged.setdefault(rect[4], []).append(rect)
+    return list(merged.values())
 
 
 # --- plan ------------------------------------------------------------------------------
@@ -192,8 +202,8 @@ def _initial_sram(seed: int, num_pes: int) -> np.ndarray:
 class RegionWriter:
     """Writes one region: directives, then code following the global step order."""
 
-    def __init__(self, rng, index, rect, roles, phases, mesh_width):
-        self.rng, self.index, self.rect = rng, index, rect[:4]
+    def __init__(self, rng, index, rects, roles, phases, mesh_width):
+        self.rng, self.index, self.rects = rng, index, [r[:4] for r in rects]
         self.roles, self.phases, self.mesh_width = roles, phases, mesh_width
         self.lines: list[str] = []
         self.labels = 0
@@ -201,8 +211,8 @@ class RegionWriter:
         self.free_regs = [2, 3, 4]
 
     def write(self, steps, sram) -> list[str]:
-        x0, y0, x1, y1 = self.rect
-        self.lines = ["", f".region R{self.index} {x0},{y0} {x1},{y1}"]
+        corners = " ".join(f"{x0},{y0} {x1},{y1}" for x0, y0, x1, y1 in self.rects)
+        self.lines = ["", f".region R{self.index} {corners}"]
         self.directives(sram)
         for step in steps:
             if step[0] == "compute":
@@ -224,11 +234,16 @@ class RegionWriter:
         return f"L{self.labels}"
 
     # directives
+    def pes(self) -> list[tuple[int, int]]:
+        """(x, y) of every PE of the region."""
+        return [(x, y) for x0, y0, x1, y1 in self.rects
+                for y in range(y0, y1 + 1) for x in range(x0, x1 + 1)]
+
     def directives(self, sram):
-        x0, y0, x1, y1 = self.rect
+        pes = self.pes()
         for (x, y), entries in sorted(_route_entries(self.phases).items()):
-            if x0 <= x <= x1 and y0 <= y <= y1:
-                single = (x0, y0) == (x1, y1) and self.rng.random() < 0.5
+            if (x, y) in pes:
+                single = len(pes) == 1 and self.rng.random() < 0.5
                 at = "" if single else f" at {x},{y} {x},{y}"
                 self.lines += [f".route c{c} rx={rx} tx={tx}{at}" for c, rx, tx in entries]
         rng = self.rng
@@ -242,7 +257,7 @@ class RegionWriter:
             if k != 2 or rng.random() < 0.85:     # p0, p1, p3 must stay in range
                 self.lines.append(f".param p{k} = {expr}")
         if rng.random() < 0.3:
-            x, y = rng.randint(x0, x1), rng.randint(y0, y1)
+            x, y = rng.choice(pes)
             self.lines.append(f".param p2 = {rng.randint(0, MAX_N)} at {x},{y} {x},{y}")
         first = min(self.roles, default=None)
         if first is not None and rng.random() < 0.5:
@@ -260,10 +275,8 @@ class RegionWriter:
             addr, low, high = rng.randint(B_START, B_END - count), -2.0, 2.0
         values = np.float32([round(rng.uniform(low, high), 3) for _ in range(count)])
         self.lines.append(f".data {addr} " + " ".join(str(v) for v in values))
-        x0, y0, x1, y1 = self.rect
-        for y in range(y0, y1 + 1):
-            for x in range(x0, x1 + 1):
-                sram[y * self.mesh_width + x, addr:addr + count] = values
+        for x, y in self.pes():
+            sram[y * self.mesh_width + x, addr:addr + count] = values
 
     # communication
     def phase(self, i: int):
