@@ -1,0 +1,132 @@
+"""Trainium-mode GEMM and the engine model: closed forms of docs/prefill.md hold exactly.
+
+Closed forms (TensorE cycles; L = LoadStationary, T = MultiplyMoving, d = DMA queue
+cycles, lat = DMA latency):
+- one 128x128x512 matmul with operands in SBUF: L + T = 32 + 512;
+- a K-accumulation chain of n matmuls: L + n*T (each later LoadStationary is hidden);
+- a chain whose moving tiles arrive by DMA: lat + max(d + n*T, n*d + T);
+- `emu gemm 128 512 128` end to end: dA + dB + lat + T + evict + dC + lat.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emulator.hw.prefill import load_prefill
+from emulator.prefill import costs, engine_model, isa
+from emulator.prefill.engine_model import schedule_reference
+from emulator.prefill.gemm import gemm_trainium
+from emulator.prefill.kernels import schedule_kernel
+
+HW = load_prefill("trn2")
+
+
+def chain_program(n, n_moving=512, m=128, dma_bytes=0, dtype="bf16"):
+    """LS + n MultiplyMoving (K-accumulation) on core 0, moving tiles optionally DMA'd."""
+    b = isa.Builder()
+    b.begin_op("chain")
+    dma = []
+    if dma_bytes:
+        cost = int(costs.dma_cycles(HW, dma_bytes, 1))
+        dma = [b.one(isa.DMA_COPY, isa.DMA, 0, cost, lat=costs.dma_latency_cycles(HW))
+               for _ in range(n)]
+    b.one(isa.LOAD_STATIONARY, isa.PE, 0, int(costs.ls_cycles(HW, m, dtype)))
+    for i in range(n):
+        b.one(isa.MULTIPLY_MOVING, isa.PE, 0, int(costs.mm_cycles(HW, n_moving, dtype)),
+              deps=[dma[i]] if dma else [], flags=isa.FLAG_ACC if i else 0)
+    return b.program([0])
+
+
+def test_cost_model_numbers():
+    assert int(costs.ls_cycles(HW, 128, "bf16")) == 32
+    assert int(costs.mm_cycles(HW, 512, "bf16")) == 512
+    assert int(costs.mm_cycles(HW, 16, "bf16")) == 64          # max(N, 64)
+    assert int(costs.mm_cycles(HW, 512, "fp32")) == 4 * 512
+    # Vector: N + 100 Vector cycles at 0.96 GHz, in 2.4 GHz TensorE cycles
+    assert int(costs.vector_cycles(HW, 512, 1)) == int(np.ceil((512 + 100) * 2.5))
+    assert int(costs.scalar_cycles(HW, 512)) == (512 + 264) * 2
+
+
+def test_single_matmul_in_sbuf():
+    sched = engine_model.simulate(chain_program(1))
+    assert sched.cycles == 32 + 512
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 32])
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_k_accumulation_chain(n, dtype):
+    L = int(costs.ls_cycles(HW, 128, dtype))
+    T = int(costs.mm_cycles(HW, 512, dtype))
+    sched = engine_model.simulate(chain_program(n, dtype=dtype))
+    assert sched.cycles == L + n * T
+    assert sched.busy[isa.PE] == L + n * T
+
+
+@pytest.mark.parametrize("n, nbytes", [(4, 128 * 512 * 2), (6, 128 * 512 * 4), (5, 8192)])
+def test_dma_stall(n, nbytes):
+    d = int(costs.dma_cycles(HW, nbytes, 1))
+    lat = costs.dma_latency_cycles(HW)
+    T = int(costs.mm_cycles(HW, 512, "bf16"))
+    with_dma = engine_model.simulate(chain_program(n, dma_bytes=nbytes)).cycles
+    assert with_dma == lat + max(d + n * T, n * d + T)
+    compute_only = engine_model.simulate(chain_program(n)).cycles
+    if d > T:   # DMA-bound: the TensorE waits for every tile
+        assert with_dma - compute_only == lat + n * d + T - (32 + n * T)
+
+
+def test_gemm_single_tile_end_to_end():
+    """emu gemm 128 512 128: load A^T, B; LoadStationary; MultiplyMoving; evict; store."""
+    r = gemm_trainium(HW, 128, 512, 128)
+    dA = int(costs.dma_cycles(HW, 128 * 128 * 2, 1))
+    dB = int(costs.dma_cycles(HW, 128 * 512 * 2, 1))
+    dC = dB
+    lat = costs.dma_latency_cycles(HW)
+    evict = int(costs.scalar_cycles(HW, 512))
+    assert r.compute_cycles == 32 + 512
+    assert r.total_cycles == dA + dB + lat + 512 + evict + dC + lat == 6564
+
+
+def test_gemm_values_fp32_and_bf16():
+    rng = np.random.default_rng(0)
+    M, N, K = 200, 700, 300
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    b = rng.standard_normal((K, N)).astype(np.float32)
+    for dataflow in ("ws", "is"):
+        r = gemm_trainium(HW, M, N, K, dataflow, "fp32", a, b)
+        np.testing.assert_allclose(r.values, a @ b, rtol=1e-5, atol=1e-4)
+    r = gemm_trainium(HW, M, N, K, "ws", "bf16", a, b)
+    assert np.abs(r.values - a @ b).max() < 0.05 * np.abs(a @ b).max()
+
+
+def test_gemm_large_is_compute_bound():
+    r = gemm_trainium(HW, 512, 4096, 4096)
+    macs_cycles = 512 * 4096 * 4096 // (128 * 128)
+    assert r.compute_cycles >= macs_cycles == r.roofline_cycles
+    assert r.roofline_cycles <= r.total_cycles < 1.3 * r.roofline_cycles
+
+
+@st.composite
+def random_streams(draw):
+    """Random instruction streams: queues, kinds, costs, latencies, backward deps."""
+    n = draw(st.integers(1, 60))
+    n_queues = draw(st.integers(1, 5))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    queue = rng.integers(0, n_queues, n).astype(np.int32)
+    kind = np.where(queue == 0, rng.integers(1, 3, n), 0).astype(np.int8)  # queue 0 = PE
+    cost = rng.integers(0, 600, n).astype(np.int64)
+    lat = rng.integers(0, 50, n).astype(np.int64)
+    dep = np.full((n, isa.MAX_DEPS), -1, np.int32)
+    for i in range(1, n):
+        k = rng.integers(0, isa.MAX_DEPS + 1)
+        dep[i, :k] = rng.integers(-1, i, k)
+    return queue, kind, cost, lat, dep, n_queues
+
+
+@settings(max_examples=100, deadline=None)
+@given(random_streams())
+def test_kernel_matches_reference(stream):
+    fast = schedule_kernel(*stream)
+    slow = schedule_reference(*stream)
+    for x, y in zip(fast, slow, strict=True):
+        np.testing.assert_array_equal(x, y)
