@@ -5,7 +5,7 @@ the KV cache grows in place. Per step the host (not counted in cycles, docs/mapp
 1. writes the token's embedding row into H on the top row (R layout),
 2. writes cos/sin of the position into COS/SIN on the left column (RoPE tables, tiled
    for the q heads and k of a group, pairs adjacent),
-3. fills the per-step parameters (`nloc`, `slot`, `store_n`) of the program,
+3. fills the per-step parameters (`nloc`, `nfree`, `slot_off`, `store_n`) of the program,
 runs the program on the engine and reads the logits from the left column (C layout).
 
 fp16 / bf16: weights, KV cache and host inputs are rounded to that format when stored
@@ -117,12 +117,12 @@ class MeshDecoder:
         return j, g - bounds[j]
 
     def _write_kv(self, j: int, addr: int, values: np.ndarray) -> None:
-        """values [T, head_dim] -> transposed slots on row j (position t on PE t mod pw)."""
+        """values [T, head_dim] -> slots on row j (position t on PE t mod pw, slot t div pw)."""
         pw, slots, hd = self.plan.pw, self.placement.slots, self.spec.head_dim
         for i in range(min(pw, len(values))):
             mine = values[i::pw]
-            block = self.sram[j * pw + i, addr:addr + hd * slots].reshape(hd, slots)
-            block[:, :len(mine)] = mine.T
+            block = self.sram[j * pw + i, addr:addr + hd * slots].reshape(slots, hd)
+            block[:len(mine)] = mine
 
     def _host_inputs(self, token: int, pos: int) -> None:
         """Embedding row into H (top row); RoPE cos/sin tables into COS/SIN (left column)."""

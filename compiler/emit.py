@@ -8,8 +8,9 @@ chunk lengths, relayout addresses, per-step attention counts) is a `%p` paramete
 64 x 64 mesh compiles to a few dozen regions.
 
 Per-step parameters (the only differences between decode positions):
-- `nloc`: cached positions held by this PE after the step's token is stored,
-- `slot`: KV slot of the new position (t div pw), loaded into r1 at the start,
+- `nloc`: cached positions held by this PE after the step's token is stored (into r2),
+- `nfree`: slots - nloc, the slots masked out of the softmax,
+- `slot_off`: element offset of the new position's slot, (t div pw) * head_dim (into r1),
 - `store_n`: head_dim on the PE owning the new position (t mod pw == i), else 0.
 
 Primitives (docs/mapping.md gives their exact cycle costs):
@@ -47,8 +48,9 @@ from isa.opcodes import (
 from isa.program import Program
 from isa.validate import validate_program
 
-STEP_PARAMS = ("nloc", "slot", "store_n")
-SLOT_REG = 1   # register holding the new position's KV slot
+STEP_PARAMS = ("nloc", "nfree", "slot_off", "store_n")
+NEW_SLOT_REG = 1   # register holding the new position's slot offset (slot * head_dim)
+NLOC_REG = 2       # register holding nloc
 
 
 # --------------------------------------------------------------------------- code builder
@@ -342,10 +344,15 @@ def relayout(b: CodeBuilder, ctx: Context, role: Role, name: str, src: int, dst:
 
 
 def attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
-    """Row j: attention of its kv groups over the KV cache spread along the row."""
+    """Row j: attention of its kv groups over the KV cache spread along the row.
+
+    Slot s of a PE holds one cached position (K and V rows of head_dim elements). Scores
+    are one `rdot` per slot; the slots past `nloc` are masked to -inf (`vset` at r2 + SC,
+    `nfree` elements), so exp gives them weight 0 and the code is the same at every step.
+    """
     plan, spec, fab, a = ctx.plan, ctx.plan.spec, ctx.fab, ctx.addr
     ng, gs, hd, slots = role.groups, spec.group_size, spec.head_dim, ctx.placement.slots
-    heads, nloc = ng * gs, Param("nloc")
+    heads = ng * gs
     sc = [a("SC") + h * slots for h in range(heads)]
     b.note(f"layer {layer}: attention, multicast q/k/v along the row")
     row_multicast(b, fab, role.left, a("QKV"), ng * plan.group_len)
@@ -353,29 +360,28 @@ def attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
         base = a("QKV") + g * plan.group_len + gs * hd
         for which, off in (("k", 0), ("v", hd)):
             kv = a(f"L{layer}.{which}{g}")
-            b.vec(Op.VMOV, Desc(Reg(SLOT_REG, kv), slots), base + off, n=Param("store_n"))
-    b.vec(Op.VSET, a("MX"), n=heads, imm=-np.inf)
+            b.vec(Op.VMOV, Reg(NEW_SLOT_REG, kv), base + off, n=Param("store_n"))
     for h in range(heads):
         g, q = divmod(h, gs)
         kt, qa = a(f"L{layer}.k{g}"), a("QKV") + g * plan.group_len + q * hd
         b.note(f"scores of head {h} of the row")
-        b.vec(Op.VMUL, sc[h], kt, Desc(qa, 0), nloc)
-        for d in range(1, hd):
-            b.vec(Op.VFMA, sc[h], kt + d * slots, Desc(qa + d, 0), nloc)
-        b.vec(Op.VSCALE, sc[h], sc[h], n=nloc, imm=float(np.float32(hd ** -0.5)))
-        b.reduce(Op.RMAX, a("MX") + h, sc[h], n=nloc)
+        for s in range(slots):
+            b.reduce(Op.RDOT, sc[h] + s, kt + s * hd, qa, hd)
+        b.vec(Op.VSET, Reg(NLOC_REG, sc[h]), n=Param("nfree"), imm=-np.inf)
+        b.vec(Op.VSCALE, sc[h], sc[h], n=slots, imm=float(np.float32(hd ** -0.5)))
+        b.reduce(Op.RMAX, a("MX") + h, sc[h], n=slots)
     tree_max(b, role.row_tree, fab.row, a("MX"), a("MXT"), heads)
     row_multicast(b, fab, role.left, a("MX"), heads)
     ol = a("OL")
-    b.vec(Op.VSET, ol, n=heads * (hd + 1), imm=0.0)
     for h in range(heads):
         vt = a(f"L{layer}.v{h // gs}")
         b.note(f"softmax numerator and weighted values of head {h}")
-        b.vec(Op.VSUB, sc[h], sc[h], Desc(a("MX") + h, 0), nloc)
-        b.vec(Op.VEXP, sc[h], sc[h], n=nloc)
-        b.reduce(Op.RSUM, ol + heads * hd + h, sc[h], n=nloc)
-        for d in range(hd):
-            b.reduce(Op.RDOT, ol + h * hd + d, vt + d * slots, sc[h], nloc)
+        b.vec(Op.VSUB, sc[h], sc[h], Desc(a("MX") + h, 0), slots)
+        b.vec(Op.VEXP, sc[h], sc[h], n=slots)
+        b.reduce(Op.RSUM, ol + heads * hd + h, sc[h], n=slots)
+        b.vec(Op.VMUL, ol + h * hd, vt, Desc(sc[h], 0), hd)
+        for s in range(1, slots):
+            b.vec(Op.VFMA, ol + h * hd, vt + s * hd, Desc(sc[h] + s, 0), hd)
     tree_sum(b, role.row_tree, fab.row, ol, heads * (hd + 1))
     if role.left:
         b.note("divide by the softmax denominators")
@@ -447,7 +453,8 @@ def pe_code(ctx: Context, role: Role) -> CodeBuilder:
     """The whole decode step of a PE with this role."""
     b, a, plan = CodeBuilder(ctx.param_index), ctx.addr, ctx.plan
     if role.groups:
-        b.movr(SLOT_REG, Param("slot"))
+        b.movr(NEW_SLOT_REG, Param("slot_off"))
+        b.movr(NLOC_REG, Param("nloc"))
     for layer in range(plan.spec.num_layers):
         decoder_layer(b, ctx, role, layer)
     if role.top:
@@ -506,14 +513,15 @@ def relayout_params(plan: TilePlan, name: str, src: Chunking, dst: Chunking, g: 
     return out
 
 
-def step_values(plan: TilePlan, pos: int) -> dict:
+def step_values(plan: TilePlan, slots: int, pos: int) -> dict:
     """name -> int64 [ph, pw] of the per-step parameters for decode position `pos`."""
     pw, ph, hd = plan.pw, plan.ph, plan.spec.head_dim
     i = np.arange(pw)
     nloc = np.where(i <= pos, (pos - i) // pw + 1, 0)
     store = np.where(i == pos % pw, hd, 0)
     return {"nloc": np.repeat(nloc[None, :], ph, axis=0),
-            "slot": np.full((ph, pw), pos // pw, np.int64),
+            "nfree": np.repeat(slots - nloc[None, :], ph, axis=0),
+            "slot_off": np.full((ph, pw), (pos // pw) * hd, np.int64),
             "store_n": np.repeat(store[None, :], ph, axis=0)}
 
 
@@ -535,7 +543,7 @@ class DecodeProgram:
     def params_for(self, pos: int) -> np.ndarray:
         """int32 [W*H, params] for decode position `pos`."""
         params = self.program.params.copy()
-        for name, values in step_values(self.plan, pos).items():
+        for name, values in step_values(self.plan, self.placement.slots, pos).items():
             params[:, self.param_names.index(name)] = values.reshape(-1)
         return params
 

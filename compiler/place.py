@@ -8,9 +8,9 @@ Buffers, in address order (all sizes in elements, `w = SRAM element`):
 - weights, per layer: qkv, o, gu, down tiles (column-major, column stride = the largest
   tile row count `mpad`), RMSNorm weights, optional biases; then lm_head and the final
   norm. A tile [m, k] of a matrix lives at `addr + c * mpad + r` for row r, column c.
-- KV cache, per layer and per kv group of a row: K and V transposed [head_dim, slots]
+- KV cache, per layer and per kv group of a row: K and V as [slots, head_dim]
   (`slots = ceil(max_context / pw)`; position t lives on PE (t mod pw, row) in slot
-  t div pw), so one vector op covers every cached position of a PE.
+  t div pw, row-major so one `rdot` / `vfma` covers one position).
 - scratch: the residual stream H and normalised XN (R chunks), accumulators, the q/k/v
   and attention buffers, softmax scores, RoPE tables written by the host, relayout buffer.
 

@@ -38,10 +38,13 @@ def test_step_parameters():
     spec = spec_of()
     mesh = MESH.with_mesh(4, 2)
     compiled = compile_decode(spec, mesh, max_context=32)
-    values = step_values(compiled.plan, 9)
+    slots = compiled.placement.slots
+    values = step_values(compiled.plan, slots, 9)
+    assert slots == 8
     assert list(values["nloc"][0]) == [3, 3, 2, 2]          # positions 0..9 over 4 PEs
+    assert list(values["nfree"][1]) == [5, 5, 6, 6]
     assert list(values["store_n"][1]) == [0, spec.head_dim, 0, 0]
-    assert (values["slot"] == 2).all()
+    assert (values["slot_off"] == 2 * spec.head_dim).all()
     a, b = compiled.decode.for_position(3), compiled.decode.for_position(9)
     assert np.array_equal(a.code, b.code) and not np.array_equal(a.params, b.params)
     with pytest.raises(ValueError, match="outside the KV capacity"):
