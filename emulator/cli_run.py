@@ -1,0 +1,139 @@
+"""`emu run`: end-to-end disaggregated inference (prefill chip -> link -> decode wafer).
+
+With no CONFIG it runs the bundled tiny Llama-style model with seeded weights on the small
+mesh preset. Output files (--report, --logits, --trace, --plots) are written only after
+the whole run succeeded, each atomically.
+"""
+
+import time
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from compiler.frontend import resolve_model
+from compiler.numerics import canonical_dtype
+from compiler.weights import load_weights, random_weights
+from emulator.atomic_io import atomic_save_npy, atomic_write_json
+from emulator.errors import ConfigError
+from emulator.hw.link import load_link
+from emulator.hw.mesh import load_mesh
+from emulator.hw.prefill import load_prefill
+from emulator.orchestrate import RunRequest, run_inference
+from emulator.report import print_report
+
+DEFAULT_MODEL = "tiny"
+
+
+def parse_mesh_size(text: str | None, option: str = "--mesh") -> tuple[int, int] | None:
+    """'WxH' -> (W, H), or None; ConfigError naming the option when malformed."""
+    if text is None:
+        return None
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ConfigError(f"{option}: expected WIDTHxHEIGHT with positive integers, "
+                          f"got '{text}'")
+    return int(parts[0]), int(parts[1])
+
+
+def parse_prompt(tokens: str | None, length: int | None) -> tuple[np.ndarray | None, int]:
+    """(token ids or None, prompt length) from --prompt-tokens / --prompt-len."""
+    if tokens is not None and length is not None:
+        raise ConfigError("give either --prompt-tokens or --prompt-len, not both")
+    if tokens is None:
+        return None, 8 if length is None else length
+    try:
+        ids = np.array([int(t) for t in tokens.split(",") if t.strip()], np.int64)
+    except ValueError:
+        raise ConfigError(f"--prompt-tokens: expected comma-separated integers, "
+                          f"got '{tokens}'") from None
+    if ids.size == 0:
+        raise ConfigError("--prompt-tokens: the prompt must have at least one token")
+    return ids, int(ids.size)
+
+
+def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens,
+                  prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine):
+    """Load and check every input; returns a RunRequest."""
+    spec = resolve_model(config or DEFAULT_MODEL)
+    mesh = load_mesh(hw)
+    size = parse_mesh_size(mesh_size)
+    if size:
+        mesh = mesh.with_mesh(*size)
+    prompt, length = parse_prompt(prompt_tokens, prompt_len)
+    if timing_only and weights:
+        raise ConfigError("--weights and --timing-only exclude each other")
+    values = None
+    if not timing_only:
+        values = load_weights(weights, spec) if weights else random_weights(spec, seed)
+    name = (config or DEFAULT_MODEL).rsplit("/", 1)[-1].removesuffix(".json")
+    return RunRequest(spec=spec, model_name=name, mesh=mesh, prefill_hw=load_prefill(prefill_hw),
+                      link=load_link(link), prompt=prompt, prompt_len=length,
+                      max_new_tokens=max_new_tokens, dtype=canonical_dtype(dtype),
+                      weights=values, timing_only=timing_only, overlap_kv=overlap_kv,
+                      engine=engine, seed=seed)
+
+
+def _progress_bar(console: Console):
+    return Progress(TextColumn("decode"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=True)
+
+
+@click.command()
+@click.argument("config", required=False)
+@click.option("--hw", default="small", show_default=True,
+              help="Decode mesh preset name or JSON file.")
+@click.option("--mesh", "mesh_size", help="Override the mesh size, WIDTHxHEIGHT.")
+@click.option("--prefill-hw", default="trn2", show_default=True,
+              help="Prefill chip preset name or JSON file.")
+@click.option("--link", default="efa", show_default=True, help="Link preset name or JSON file.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Weights (.safetensors).")
+@click.option("--seed", default=0, show_default=True, help="Seed of random weights/prompt.")
+@click.option("--prompt-tokens", help="Prompt token ids, comma separated.")
+@click.option("--prompt-len", type=int, help="Random prompt of this many tokens (default 8).")
+@click.option("--max-new-tokens", default=8, show_default=True, type=int)
+@click.option("--dtype", default="bf16", show_default=True,
+              type=click.Choice(["fp32", "fp16", "bf16"]))
+@click.option("--timing-only", is_flag=True, help="Count cycles without computing values.")
+@click.option("--overlap-kv", is_flag=True, help="Send each layer's KV as prefill finishes it.")
+@click.option("--engine", default="numba", show_default=True,
+              type=click.Choice(["numba", "reference"]), help="Mesh engine.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False),
+              help="Write the report as JSON.")
+@click.option("--logits", "logits_path", type=click.Path(dir_okay=False),
+              help="Write logits float32 [max_new_tokens, vocab] (.npy).")
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False),
+              help="Write a Perfetto trace (JSON).")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False),
+              help="Write PNG heatmaps and charts into this folder.")
+@click.option("--quiet", is_flag=True, help="Print no tables.")
+def run(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens, prompt_len,
+        max_new_tokens, dtype, timing_only, overlap_kv, engine, report_path, logits_path,
+        trace_path, plots_dir, quiet):
+    """Prefill on the systolic chip, move the KV cache, decode on the wafer; report it."""
+    if logits_path and timing_only:
+        raise ConfigError("--logits needs values: drop --timing-only")
+    req = build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens,
+                        prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine)
+    console = Console(stderr=True)
+    started = time.perf_counter()
+    with _progress_bar(console) as bar:
+        task = bar.add_task("decode", total=max(1, max_new_tokens - 1))
+        outcome = run_inference(req, lambda done, total: bar.update(task, completed=done))
+    outcome.report["host_seconds"] = time.perf_counter() - started
+    if plots_dir:
+        from emulator.plots import write_plots
+
+        write_plots(outcome, req, plots_dir)
+    if report_path:
+        atomic_write_json(report_path, outcome.report)
+    if logits_path:
+        atomic_save_npy(logits_path, outcome.logits)
+    if trace_path:
+        outcome.trace.write(trace_path)
+    if not quiet:
+        print_report(outcome.report, Console())
+
+
+COMMANDS = [run]

@@ -1,0 +1,256 @@
+"""The orchestrator behind `emu run`: prefill -> KV transfer -> KV layout -> decode N tokens.
+
+Functional mode carries real values through both machines (the prefill's KV cache is what
+the mesh decodes from); timing-only mode computes no values and gives the same cycles.
+Generation is greedy: token 0 is the argmax of the prefill's last-position logits, token i
+the argmax of decode step i, so N new tokens take N - 1 decode steps.
+Times are seconds unless a name says cycles.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from compiler.decode import MeshDecoder, compile_decode
+from compiler.frontend import ModelSpec
+from compiler.numerics import dtype_bytes
+from emulator.errors import ConfigError
+from emulator.hw.link import LinkConfig
+from emulator.hw.mesh import MeshConfig
+from emulator.hw.prefill import PrefillConfig
+from emulator.kv_layout import kv_layout_cycles
+from emulator.kv_transfer import transfer_kv
+from emulator.prefill.run import run_prefill
+from emulator.trace import TraceBuilder
+from isa.program import RunResult
+
+PREFILL_TRACE_SLICES = 20_000
+
+
+@dataclass
+class RunRequest:
+    """Everything one `emu run` needs, already loaded and validated."""
+
+    spec: ModelSpec
+    model_name: str
+    mesh: MeshConfig
+    prefill_hw: PrefillConfig
+    link: LinkConfig
+    prompt: np.ndarray | None        # token ids (None: random prompt of prompt_len)
+    prompt_len: int
+    max_new_tokens: int
+    dtype: str = "fp32"
+    weights: dict | None = None      # None in timing-only mode
+    timing_only: bool = False
+    overlap_kv: bool = False
+    engine: str = "numba"
+    seed: int = 0
+
+
+@dataclass
+class RunOutcome:
+    """The report dict, the logits [max_new_tokens, vocab] (functional) and the trace."""
+
+    report: dict
+    logits: np.ndarray | None
+    trace: TraceBuilder = field(repr=False)
+
+
+def check_request(req: RunRequest) -> None:
+    """ConfigError for requests no stage can serve (before any work is done)."""
+    spec = req.spec
+    if req.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be at least 1, got {req.max_new_tokens}")
+    if req.prompt_len < 1:
+        raise ConfigError("the prompt must have at least one token")
+    total = req.prompt_len + req.max_new_tokens
+    if total > spec.max_position_embeddings:
+        raise ConfigError(f"prompt ({req.prompt_len}) + new tokens ({req.max_new_tokens}) = "
+                          f"{total} positions exceed the model's max_position_embeddings "
+                          f"({spec.max_position_embeddings})")
+    if req.prompt is not None:
+        bad = req.prompt[(req.prompt < 0) | (req.prompt >= spec.vocab_size)]
+        if bad.size:
+            raise ConfigError(f"--prompt-tokens: token id {int(bad[0])} is outside the "
+                              f"vocabulary [0, {spec.vocab_size})")
+
+
+class DecodeStage:
+    """Decode on the mesh, functional (MeshDecoder) or timing-only (program only)."""
+
+    def __init__(self, req: RunRequest):
+        max_context = req.prompt_len + req.max_new_tokens
+        self.req = req
+        if req.timing_only:
+            self.compiled = compile_decode(req.spec, req.mesh, req.dtype, max_context)
+            self.decoder = None
+        else:
+            self.decoder = MeshDecoder(req.spec, req.weights, req.mesh, req.dtype,
+                                       req.engine, max_context)
+            self.compiled = self.decoder.compiled
+
+    def load_kv(self, kv_cache) -> None:
+        if self.decoder is not None:
+            self.decoder.load_kv(kv_cache)
+
+    def step(self, token: int, pos: int) -> tuple[np.ndarray | None, RunResult]:
+        if self.decoder is not None:
+            return self.decoder.step(token, pos)
+        from compiler.decode import _engine
+
+        program = self.compiled.decode.for_position(pos)
+        return None, _engine(self.req.engine)(program, self.req.mesh, functional=False)
+
+
+def run_inference(req: RunRequest, progress=None) -> RunOutcome:
+    """Run the whole request; `progress(done, total)` is called after each decode step."""
+    check_request(req)
+    tokens_in = req.prompt if req.prompt is not None else req.prompt_len
+    prefill = run_prefill(req.spec, req.prefill_hw, tokens_in, req.weights, req.dtype,
+                          req.timing_only, req.seed)
+    kv = _transfer(req, prefill)
+    stage = DecodeStage(req)
+    stage.load_kv(prefill.kv_cache)
+    layout_cycles = kv_layout_cycles(stage.compiled, req.mesh, req.prompt_len, req.dtype)
+    rows, tokens, results = _decode(req, stage, prefill, progress)
+    report = build_report(req, prefill, kv, layout_cycles, stage, tokens, results)
+    logits = None if req.timing_only else np.stack(rows).astype(np.float32)
+    trace = build_trace(req, prefill, kv, layout_cycles, results, report)
+    return RunOutcome(report, logits, trace)
+
+
+def _transfer(req: RunRequest, prefill):
+    per_token = req.spec.kv_bytes_per_token(dtype_bytes(req.dtype))
+    layer_ends = None
+    if req.overlap_kv:
+        ends = [row["end"] for row in prefill.per_layer if row["layer"] >= 0]
+        layer_ends = [end / prefill.clock_hz for end in ends]
+    return transfer_kv(per_token, req.prompt_len, req.link, layer_ends)
+
+
+def _decode(req: RunRequest, stage: DecodeStage, prefill, progress):
+    """Greedy decode: returns (logit rows, tokens, RunResults of the decode steps)."""
+    rows, results = [], []
+    if req.timing_only:
+        tokens = [0]
+    else:
+        rows.append(prefill.logits_last)
+        tokens = [int(np.argmax(prefill.logits_last))]
+    steps = req.max_new_tokens - 1
+    for n in range(steps):
+        row, result = stage.step(tokens[-1], req.prompt_len + n)
+        results.append(result)
+        if row is not None:
+            rows.append(row)
+            tokens.append(int(np.argmax(row)))
+        else:
+            tokens.append(0)
+        if progress is not None:
+            progress(n + 1, steps)
+    return rows, (tokens if not req.timing_only else []), results
+
+
+def _mesh_stats(results: list[RunResult], pes: int) -> dict:
+    """Per-token cycles and utilisation over the decode steps."""
+    if not results:
+        return {"cycles": [], "cycles_per_token": 0, "pe_utilization": None,
+                "link_utilization": None}
+    cycles = [r.cycles for r in results]
+    span = sum(cycles)
+    busy = sum(int(r.pe_busy.sum()) for r in results)
+    links = sum(int(r.link_busy.sum()) for r in results)
+    return {"cycles": cycles, "cycles_per_token": span / len(cycles),
+            "pe_utilization": busy / (pes * span) if span else None,
+            "link_utilization": links / (4 * pes * span) if span else None,
+            "instructions_per_token": sum(r.instructions for r in results) / len(results),
+            "messages_per_token": sum(r.messages for r in results) / len(results)}
+
+
+def _sram_stats(compiled, mesh: MeshConfig) -> dict:
+    """Bytes of SRAM per kind summed over the PEs of the mapping."""
+    placement = compiled.placement
+    pes = compiled.plan.pw * compiled.plan.ph
+    elem = dtype_bytes(placement.dtype)
+    per_kind = {"weights": 0, "kv": 0, "scratch": 0}
+    for buffer in placement.buffers.values():
+        key = {"weight": "weights"}.get(buffer.kind, buffer.kind)
+        per_kind[key] = per_kind.get(key, 0) + buffer.words * elem * pes
+    total = mesh.sram_bytes * pes
+    out = {f"{k}_bytes": v for k, v in per_kind.items()}
+    out["total_bytes"] = total
+    out["free_bytes"] = total - sum(per_kind.values())
+    return out
+
+
+def _decode_roofline(spec: ModelSpec, mesh: MeshConfig, dtype: str, pes: int, pos: int):
+    """Seconds per token if every used PE did useful multiply-adds at full SIMD rate."""
+    flops = 2 * spec.param_count() + 4 * spec.num_layers * spec.num_heads * spec.head_dim * pos
+    return flops / (2 * pes * mesh.simd_width(dtype) * mesh.clock_hz)
+
+
+def build_report(req, prefill, kv, layout_cycles, stage, tokens, results) -> dict:
+    """The JSON report (schema in docs/report.md)."""
+    spec, mesh = req.spec, req.mesh
+    plan = stage.compiled.plan
+    pes = plan.pw * plan.ph
+    stats = _mesh_stats(results, pes)
+    tpot = stats["cycles_per_token"] / mesh.clock_hz
+    layout_s = layout_cycles / mesh.clock_hz
+    ttft = prefill.seconds + kv.exposed_seconds + layout_s
+    last_pos = req.prompt_len + req.max_new_tokens - 1
+    decode = {"steps": len(results), **stats, "seconds_per_token": tpot,
+              "clock_hz": mesh.clock_hz, "pes_used": pes, "mesh": [plan.pw, plan.ph],
+              "roofline_seconds_per_token": _decode_roofline(spec, mesh, req.dtype, pes,
+                                                             last_pos),
+              "sram": _sram_stats(stage.compiled, mesh)}
+    return {
+        "schema": "emu.report/1",
+        "model": {"name": req.model_name, "architecture": spec.architecture,
+                  "params": spec.param_count(), "layers": spec.num_layers,
+                  "hidden_size": spec.hidden_size, "vocab_size": spec.vocab_size},
+        "hardware": {"decode": mesh.name, "prefill": req.prefill_hw.name,
+                     "link": req.link.name},
+        "mode": "timing-only" if req.timing_only else "functional",
+        "dtype": req.dtype, "engine": req.engine,
+        "prompt_len": req.prompt_len,
+        "prompt_tokens": None if req.prompt is None else [int(t) for t in req.prompt],
+        "tokens": tokens,
+        "prefill": {"cycles": prefill.cycles, "seconds": prefill.seconds,
+                    "clock_hz": prefill.clock_hz, "roofline_seconds": prefill.roofline_seconds,
+                    "flops": prefill.flops, "bytes_moved": prefill.bytes_moved,
+                    "engine_utilization": prefill.engine_utilization,
+                    "per_layer_cycles": [row["cycles"] for row in prefill.per_layer
+                                         if row["layer"] >= 0]},
+        "kv_transfer": {"bytes": kv.bytes, "bytes_per_token": kv.bytes_per_token,
+                        "seconds": kv.seconds, "exposed_seconds": kv.exposed_seconds,
+                        "overlapped": kv.overlapped, "link": req.link.name,
+                        "bound_seconds": kv.bytes / req.link.total_bandwidth,
+                        "layout_cycles": layout_cycles, "layout_seconds": layout_s},
+        "decode": decode,
+        "ttft_s": ttft, "tpot_s": tpot,
+        "tokens_per_s": 1.0 / tpot if tpot else 0.0,
+    }
+
+
+def build_trace(req, prefill, kv, layout_cycles, results, report) -> TraceBuilder:
+    """Perfetto trace: prefill engines, the link, and the wafer's decode steps."""
+    trace = TraceBuilder()
+    chip = f"prefill chip ({req.prefill_hw.name})"
+    for s in prefill.trace_slices(limit=PREFILL_TRACE_SLICES):
+        trace.add_slice(chip, s["engine"], s["name"], s["start"], s["duration"], s["args"])
+    link = f"link ({req.link.name})"
+    kv_start = prefill.seconds + kv.exposed_seconds - kv.seconds
+    trace.add_slice(link, "KV cache", "KV transfer", kv_start, kv.seconds,
+                    {"bytes": kv.bytes, "bytes_per_token": kv.bytes_per_token})
+    wafer = f"wafer ({req.mesh.name})"
+    clock = req.mesh.clock_hz
+    t = prefill.seconds + kv.exposed_seconds
+    trace.add_slice(wafer, "KV layout", "KV layout", t, layout_cycles / clock,
+                    {"cycles": layout_cycles})
+    t += layout_cycles / clock
+    for step, result in enumerate(results):
+        trace.add_slice(wafer, "decode", f"decode step {step + 1}", t, result.cycles / clock,
+                        {"cycles": result.cycles, "instructions": result.instructions,
+                         "messages": result.messages})
+        t += result.cycles / clock
+    return trace
