@@ -32,7 +32,12 @@ def main():
 
 
 # Modules that define subcommands; each exposes `COMMANDS`, a list of click commands.
-COMMAND_MODULES: list[str] = ["emulator.cli_asm", "emulator.cli_prefill", "emulator.cli_compile", "emulator.cli_run"]
+COMMAND_MODULES: list[str] = [
+    "emulator.cli_asm",
+    "emulator.cli_prefill",
+    "emulator.cli_compile",
+    "emulator.cli_run",
+]
 
 
 def _register():

@@ -63,17 +63,18 @@ def breakdown_table(report: dict) -> Table:
     table.add_row("prefill", report["hardware"]["prefill"], f"{prefill['cycles']:,}",
                   si_seconds(prefill["seconds"]), si_seconds(prefill.get("roofline_seconds")),
                   f"{report['prompt_len']} prompt tokens")
-    overlap = "overlapped with prefill" if kv["overlapped"] else "after prefill"
+    overlap = "overlapped" if kv["overlapped"] else "serial"
     table.add_row("KV transfer", report["hardware"]["link"], "",
                   si_seconds(kv["seconds"]), si_seconds(kv.get("bound_seconds")),
-                  f"{si_bytes(kv['bytes'])}, {overlap}, exposed {si_seconds(kv['exposed_seconds'])}")
+                  f"{si_bytes(kv['bytes'])} {overlap}, "
+                  f"exposed {si_seconds(kv['exposed_seconds'])}")
     table.add_row("KV layout on wafer", report["hardware"]["decode"],
                   f"{kv['layout_cycles']:,}", si_seconds(kv["layout_seconds"]), "",
-                  "scatter from the wafer edge into PE SRAM")
+                  "from the west edge")
     table.add_row("decode (per token)", report["hardware"]["decode"],
                   f"{decode['cycles_per_token']:,.0f}", si_seconds(decode["seconds_per_token"]),
                   si_seconds(decode.get("roofline_seconds_per_token")),
-                  f"{decode['steps']} steps on {decode['pes_used']:,} PEs")
+                  f"{decode['steps']} steps, {decode['pes_used']:,} PEs")
     return table
 
 
