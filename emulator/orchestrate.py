@@ -54,6 +54,8 @@ class RunOutcome:
     report: dict
     logits: np.ndarray | None
     trace: TraceBuilder = field(repr=False)
+    compiled: object = field(default=None, repr=False)   # the decode compilation
+    last_step: RunResult | None = field(default=None, repr=False)
 
 
 def check_request(req: RunRequest) -> None:
@@ -116,7 +118,7 @@ def run_inference(req: RunRequest, progress=None) -> RunOutcome:
     report = build_report(req, prefill, kv, layout_cycles, stage, tokens, results)
     logits = None if req.timing_only else np.stack(rows).astype(np.float32)
     trace = build_trace(req, prefill, kv, layout_cycles, results, report)
-    return RunOutcome(report, logits, trace)
+    return RunOutcome(report, logits, trace, stage.compiled, results[-1] if results else None)
 
 
 def _transfer(req: RunRequest, prefill):

@@ -151,3 +151,12 @@ def test_bad_input_exits_2_without_files(bad_files, args, needle):
     assert needle in result.output
     assert "Traceback" not in result.output
     assert not any(p.exists() for p in outputs)
+
+
+def test_plots_are_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    result = invoke("run", "--max-new-tokens", "2", "--plots", str(tmp_path / "p"), "--quiet")
+    assert result.exit_code == 0
+    for name in ("sram.png", "busy.png", "links.png", "time.png"):
+        data = (tmp_path / "p" / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 5000
