@@ -250,9 +250,8 @@ def _evict(L, core, strip, nch, start, buf, state, g, mm_last, bias_dep, outs, t
     psum = (buf.ps[s], 0, m, c0, w)
     if strip.evict in ("copy", "copy32", "partial"):
         tgt = buf.y[s] if strip.evict == "copy" else buf.yf[s]
-        use_bias = bias if (strip.evict != "partial" or core == 0) else None
         first = L.act(core, isa.F_IDENT, w, deps=[mm_last, y_war, bias_dep],
-                      d=(tgt, 0, m, c0, w), a=psum, b=use_bias)
+                      d=(tgt, 0, m, c0, w), a=psum, b=bias)
         result, last = (tgt, 0, m, c0, w), first
     elif strip.evict == "rope":
         first, result, last = _rope(L, core, strip, buf, s, c0, w, mm_last, y_war, bias,

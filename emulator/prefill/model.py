@@ -224,6 +224,7 @@ class _PrefillLowering:
         partial = {sh.core: self.b.tensor(f"L{layer}.{name}.partial.c{sh.core}", H, P, "fp32",
                                           "hbm") for sh in self.cores}
         lasts = []
+        bias_core = next(sh.core for sh in self.cores if K_of(sh)[0] > 0)
         for share in self.cores:
             K, row0 = K_of(share)
             if K == 0:
@@ -231,8 +232,9 @@ class _PrefillLowering:
             c = share.core
             x, xmap = x_of(share)
             pt = partial[c]
-            strips = [Strip(weight, m0, min(self.L.mmax, H - m0), "partial", pt, m0, bias, row0)
-                      for m0 in range(0, H, self.L.mmax)]
+            core_bias = bias if c == bias_core else NONE      # the bias is added once
+            strips = [Strip(weight, m0, min(self.L.mmax, H - m0), "partial", pt, m0, core_bias,
+                            row0) for m0 in range(0, H, self.L.mmax)]
             ready = int(xmap.prod.max())
             lasts.append(linear_fm(self.L, c, strips, K, 0, P, {pt: TileMap(H, P, self.L.mmax)},
                                    x=x, x_ready=ready, name=f"L{layer}.{name}"))
@@ -346,8 +348,10 @@ def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool) -> L
     weight = {}
     if timing_only:
         reps = {}
+        bias_cores = (next(sh.core for sh in shares if sh.q_heads),
+                      next(sh.core for sh in shares if sh.mlp[1]))
         for share in shares:
-            key = share.signature(spec.group_size)
+            key = (share.signature(spec.group_size), share.core in bias_cores)
             reps.setdefault(key, share)
             weight[reps[key].core] = weight.get(reps[key].core, 0) + 1
         cores = list(reps.values())

@@ -246,7 +246,12 @@ def _engine_busy(program: isa.Program, sched) -> dict:
 
 
 def _per_op(program, sched, weight, hw, dtype) -> list[dict]:
-    """One row per operator: span, busy cycles per engine, bytes, FLOPs, roofline."""
+    """One row per operator: cycles, span, busy cycles per engine, bytes, FLOPs, roofline.
+
+    `cycles` are the cycles the operator adds to the completion time of the operators
+    before it (so they sum to the prefill's cycles); `span` runs from its first
+    instruction's start (weight prefetch may start early) to its last result.
+    """
     instr = program.instr
     op_id = instr["op_id"].astype(np.int64)
     nops = len(program.ops)
@@ -262,12 +267,15 @@ def _per_op(program, sched, weight, hw, dtype) -> list[dict]:
     dma = np.bincount(op_id, weights=np.where(instr["engine"] == isa.DMA,
                                               instr["work"] * weight, 0), minlength=nops)
     rows = []
+    done = 0
     for i, op in enumerate(program.ops):
         roof = max(op.flops / hw.peak_flops(dtype), op.hbm_bytes / hw.hbm_bytes_per_s)
         has = start[i] <= end[i]
+        added = max(0, int(end[i]) - done)
+        done = max(done, int(end[i]))
         rows.append({"name": op.name, "layer": op.layer,
                      "start": int(start[i]) if has else 0, "end": int(end[i]),
-                     "cycles": int(end[i] - start[i]) if has else 0,
+                     "span": int(end[i] - start[i]) if has else 0, "cycles": added,
                      "busy": {n: int(busy[i, e]) for e, n in enumerate(isa.ENGINE_NAMES)},
                      "dma_bytes": float(dma[i]), "flops": op.flops,
                      "min_hbm_bytes": op.hbm_bytes,
@@ -276,17 +284,13 @@ def _per_op(program, sched, weight, hw, dtype) -> list[dict]:
 
 
 def _per_layer(per_op: list[dict]) -> list[dict]:
-    """Per decoder layer (-1: outside the layers): span and totals of its operators."""
+    """Per decoder layer (-1: outside the layers): totals of its operators' rows."""
     layers: dict[int, dict] = {}
     for op in per_op:
-        row = layers.setdefault(op["layer"], {"layer": op["layer"], "start": op["start"],
-                                              "end": op["end"], "flops": 0.0,
-                                              "dma_bytes": 0.0, "roofline_cycles": 0})
-        row["start"] = min(row["start"], op["start"])
+        row = layers.setdefault(op["layer"], {"layer": op["layer"], "cycles": 0, "end": 0,
+                                              "flops": 0.0, "dma_bytes": 0.0,
+                                              "roofline_cycles": 0})
         row["end"] = max(row["end"], op["end"])
-        row["flops"] += op["flops"]
-        row["dma_bytes"] += op["dma_bytes"]
-        row["roofline_cycles"] += op["roofline_cycles"]
-    for row in layers.values():
-        row["cycles"] = row["end"] - row["start"]
+        for key in ("cycles", "flops", "dma_bytes", "roofline_cycles"):
+            row[key] += op[key]
     return [layers[k] for k in sorted(layers, key=lambda x: (x < 0, x))]
