@@ -27,7 +27,7 @@ prefill_hw_option = click.option("--prefill-hw", "prefill_hw", default="trn2",
 def parse_positive(name: str, text: str) -> int:
     """A positive integer argument, or a one-line ConfigError naming it."""
     try:
-        value = int(str(text).strip())
+        value = int(str(text).strip().replace("_", ""))
     except ValueError:
         raise ConfigError(f"gemm: {name} must be a positive integer, got '{text}'") from None
     if value < 1:
@@ -46,7 +46,7 @@ def parse_array(text: str | None) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2))
 
 
-@click.command("gemm")
+@click.command("gemm", context_settings={"ignore_unknown_options": True})
 @click.argument("m")
 @click.argument("n")
 @click.argument("k")
@@ -107,7 +107,7 @@ def _gemm_table(result) -> Table:
 @click.command("prefill")
 @click.argument("config")
 @prefill_hw_option
-@click.option("--prompt-len", type=int, default=None, help="Prompt length (default 128).")
+@click.option("--prompt-len", default=None, metavar="N", help="Prompt length (default 128).")
 @click.option("--prompt-tokens", default=None, metavar="1,2,3", help="Explicit token ids.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of random weights and tokens.")
@@ -147,9 +147,15 @@ def prefill_command(config, prefill_hw, prompt_len, prompt_tokens, seed, weights
 def _tokens(text: str | None, prompt_len: int | None):
     """Token ids from --prompt-tokens, else the --prompt-len (default 128)."""
     if text is None:
-        if prompt_len is not None and prompt_len < 1:
-            raise ConfigError(f"--prompt-len: must be a positive integer, got {prompt_len}")
-        return 128 if prompt_len is None else prompt_len
+        if prompt_len is None:
+            return 128
+        try:
+            value = int(prompt_len)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ConfigError(f"--prompt-len: must be a positive integer, got '{prompt_len}'")
+        return value
     try:
         return [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
