@@ -555,12 +555,43 @@ class DecodeProgram:
         return dataclasses.replace(self.program, params=self.params_for(pos))
 
 
-def assemble_regions(plan: TilePlan, roles_of: dict, codes: list, names: list,
+def assign_roles(plan: TilePlan) -> tuple[list, np.ndarray, list]:
+    """(distinct roles in first-PE order, region of every PE [W*H], first PE of each).
+
+    A role is a column fact (x) combined with a row fact (y), so roles are found per
+    column and per row and combined with array operations (fast on a whole wafer).
+    """
+    pw, ph = plan.pw, plan.ph
+    cols = [pe_role(plan, i, 0) for i in range(pw)]
+    rows = [pe_role(plan, 0, j) for j in range(ph)]
+    col_keys = [(r.left, r.row_tree, r.k_hidden) for r in cols]
+    row_keys = [(r.top, r.col_tree, r.k_attn, r.k_ffn, r.groups) for r in rows]
+    ci = _class_index(col_keys)
+    rj = _class_index(row_keys)
+    pair = (rj[:, None] * (ci.max() + 1) + ci[None, :]).reshape(-1)
+    _, first, inverse = np.unique(pair, return_index=True, return_inverse=True)
+    order = np.argsort(first)                      # regions numbered in first-PE order
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    pe_region = rank[inverse].astype(np.int32)
+    reps = [(int(f % pw), int(f // pw)) for f in first[order]]
+    roles = [dataclasses.replace(cols[x], top=rows[y].top, col_tree=rows[y].col_tree,
+                                 k_attn=rows[y].k_attn, k_ffn=rows[y].k_ffn,
+                                 groups=rows[y].groups) for x, y in reps]
+    return roles, pe_region, reps
+
+
+def _class_index(keys: list) -> np.ndarray:
+    """int64 [len(keys)]: index of each key among the distinct keys."""
+    index: dict = {}
+    return np.array([index.setdefault(k, len(index)) for k in keys], np.int64)
+
+
+def assemble_regions(plan: TilePlan, pe_region: np.ndarray, codes: list, names: list,
                      params: dict, param_names: list, routes: RoutePlan, sram_words: int,
                      dtype: str, source: str) -> Program:
     """Pack per-role code, the PE -> region map, parameters and routes into a Program."""
     pw, ph = plan.pw, plan.ph
-    pe_region = np.array([roles_of[(i, j)] for j in range(ph) for i in range(pw)], np.int32)
     arrays = [c.to_array() for c in codes]
     lengths = np.array([len(x) for x in arrays], np.int32)
     starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int32)
@@ -583,19 +614,12 @@ def emit_decode(plan: TilePlan, placement: Placement, routes: RoutePlan,
     param_names = list(params)
     ctx = Context(plan, placement, Fabric.from_routes(routes),
                   {n: k for k, n in enumerate(param_names)})
-    roles, roles_of, reps = {}, {}, []
-    for j in range(plan.ph):
-        for i in range(plan.pw):
-            role = pe_role(plan, i, j)
-            if role not in roles:
-                roles[role] = len(roles)
-                reps.append((i, j))
-            roles_of[(i, j)] = roles[role]
+    roles, pe_region, reps = assign_roles(plan)
     codes = [pe_code(ctx, role) for role in roles]
     names = [f"role{r}_x{x}_y{y}" for r, (x, y) in enumerate(reps)]
-    program = assemble_regions(plan, roles_of, codes, names, params, param_names, routes,
+    program = assemble_regions(plan, pe_region, codes, names, params, param_names, routes,
                                placement.total_words, placement.dtype, source)
-    return DecodeProgram(program, plan, placement, routes, param_names, list(roles), reps)
+    return DecodeProgram(program, plan, placement, routes, param_names, roles, reps)
 
 
 # --------------------------------------------------------------------------- standalone GEMV
@@ -654,7 +678,8 @@ def emit_gemv(kind: str, m_total: int, k_total: int, pw: int, ph: int, mesh: Mes
     w, x, y = 0, kmax * mpad, kmax * mpad + kmax
     routes = route(pw, ph, mesh.with_mesh(pw, ph))
     fab = Fabric.from_routes(routes)
-    roles, roles_of, codes = {}, {}, []
+    roles, codes = {}, []
+    pe_region = np.zeros(pw * ph, np.int32)
     m = np.zeros((ph, pw), np.int64)
     for j in range(ph):
         for i in range(pw):
@@ -670,9 +695,9 @@ def emit_gemv(kind: str, m_total: int, k_total: int, pw: int, ph: int, mesh: Mes
                     gemv_b(b, fab, i == 0, key[3], key[4], w, mpad, x, y, Param("m"))
                 b.halt()
                 codes.append(b)
-            roles_of[(i, j)] = roles[key]
+            pe_region[j * pw + i] = roles[key]
     shape = _Shape(pw, ph)
-    program = assemble_regions(shape, roles_of, codes, [f"gemv{r}" for r in range(len(codes))],
+    program = assemble_regions(shape, pe_region, codes, [f"gemv{r}" for r in range(len(codes))],
                                {"m": m}, ["m"], routes, y + mpad, dtype, f"<gemv-{kind}>")
     return GemvProgram(program, kind, out, inp, w, x, y, mpad)
 

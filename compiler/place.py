@@ -198,17 +198,14 @@ def pe_usage(placement: Placement) -> np.ndarray:
     """int64 [ph, pw]: SRAM elements each PE actually uses (scratch counted everywhere)."""
     plan, spec = placement.plan, placement.plan.spec
     used = np.zeros((plan.ph, plan.pw), np.int64)
-    scratch = sum(b.words for b in placement.buffers.values() if b.kind == "scratch")
-    per_layer = ("qkv", "o", "gu", "down")
-    for j in range(plan.ph):
-        ng = plan.groups_on_row(j)[1]
-        for i in range(plan.pw):
-            w = spec.num_layers * sum(np.prod(plan.tile_shape(m, i, j)) for m in per_layer)
-            w += np.prod(plan.tile_shape("lm_head", i, j))
-            w += 2 * spec.num_layers * ng * spec.head_dim * placement.slots
-            used[j, i] = w + scratch
-    norms = (2 * spec.num_layers + 1) * plan.vec("hidden").sizes()
-    used[0, :] += norms
+    for name, tile_ in plan.matrices.items():
+        out, inp = plan.vec(tile_.out).sizes(), plan.vec(tile_.inp).sizes()
+        area = np.outer(out, inp) if tile_.kind == "A" else np.outer(inp, out)
+        used += area * (1 if name == "lm_head" else spec.num_layers)
+    groups = plan.vec("groups").sizes()
+    used += (2 * spec.num_layers * spec.head_dim * placement.slots * groups)[:, None]
+    used += sum(b.words for b in placement.buffers.values() if b.kind == "scratch")
+    used[0, :] += (2 * spec.num_layers + 1) * plan.vec("hidden").sizes()
     return used
 
 

@@ -13,13 +13,15 @@ message of the step; each (receiver, color) pair has exactly one sender.
 """
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from emulator.errors import FitError
 from emulator.hw.mesh import MeshConfig
-from isa.opcodes import DIRECTIONS, OPPOSITE, PORT_NAMES, PORT_R
+from isa.opcodes import DIRECTIONS, OPPOSITE, PORT_E, PORT_N, PORT_NAMES, PORT_R, PORT_S, PORT_W
+
+DUMP_FLOWS_PES = 16384   # routes.json lists every flow up to this many PEs
 
 
 @dataclass(frozen=True)
@@ -35,14 +37,18 @@ class Flow:
 
 @dataclass
 class RoutePlan:
-    """Output of the route pass: color indices, flows and the router tables."""
+    """Output of the route pass: color indices and the router tables."""
 
     width: int
     height: int
     colors: dict                    # name -> color index
-    flows: list = field(default_factory=list)
     route_rx: np.ndarray | None = None   # uint8 [W*H, colors]
     route_tx: np.ndarray | None = None
+
+    @property
+    def flows(self) -> list:
+        """Every flow of the mapping (built on demand, see `build_flows`)."""
+        return build_flows(self.width, self.height, self.colors)
 
     @property
     def num_colors(self) -> int:
@@ -147,11 +153,48 @@ def build_flows(pw: int, ph: int, colors: dict) -> list[Flow]:
 
 
 def route(pw: int, ph: int, mesh: MeshConfig) -> RoutePlan:
-    """The route pass: colors, flows and router tables for a pw x ph mapping."""
+    """The route pass: colors and router tables for a pw x ph mapping (vectorised).
+
+    The flows are not built here (a whole wafer has millions of router entries);
+    `plan.flows` builds them on demand for `verify_routes` and the dump.
+    """
     colors = assign_colors(pw, ph, mesh)
-    plan = RoutePlan(pw, ph, colors, build_flows(pw, ph, colors))
-    plan.route_rx, plan.route_tx = tables(plan)
+    plan = RoutePlan(pw, ph, colors)
+    plan.route_rx, plan.route_tx = grid_tables(pw, ph, colors)
     return plan
+
+
+def grid_tables(pw: int, ph: int, colors: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Router tables [pw*ph, colors] computed from coordinates (same as `tables`)."""
+    X, Y = np.meshgrid(np.arange(pw), np.arange(ph))
+    rx = np.zeros((ph, pw, len(colors)), np.uint8)
+    tx = np.zeros((ph, pw, len(colors)), np.uint8)
+    if ph > 1:
+        _line_multicast(rx, tx, colors["MC"], Y, ph, PORT_N, PORT_S)
+    if pw > 1:
+        _line_multicast(rx, tx, colors["MR"], X, pw, PORT_W, PORT_E)
+    for s in range(tree_steps(pw)):
+        _tree_step(rx, tx, colors[f"ROW{s}"], X, pw, 1 << s, PORT_E, PORT_W)
+    for s in range(tree_steps(ph)):
+        _tree_step(rx, tx, colors[f"COL{s}"], Y, ph, 1 << s, PORT_S, PORT_N)
+    return rx.reshape(pw * ph, -1), tx.reshape(pw * ph, -1)
+
+
+def _line_multicast(rx, tx, c, pos, size, back, forward) -> None:
+    """Entries of a multicast from position 0 along every line of `size` PEs."""
+    rx[..., c] = np.where(pos == 0, PORT_R, back)
+    tx[..., c] = np.where(pos == 0, forward,
+                          np.where(pos < size - 1, forward | PORT_R, PORT_R))
+
+
+def _tree_step(rx, tx, c, pos, size, d, back, forward) -> None:
+    """Entries of one tree step: position p with p % 2d == d sends d hops toward 0."""
+    r = pos % (2 * d)
+    active = pos - r + d < size            # the segment of this position has a sender
+    sender, receiver = r == d, (r == 0) & active
+    between = (r > 0) & (r < d) & active
+    rx[..., c] = np.select([sender, between | receiver], [PORT_R, back], 0)
+    tx[..., c] = np.select([sender | between, receiver], [forward, PORT_R], 0)
 
 
 def tables(plan: RoutePlan) -> tuple[np.ndarray, np.ndarray]:
@@ -209,12 +252,13 @@ def verify_routes(plan: RoutePlan, mesh: MeshConfig) -> None:
     rx, tx = tables(plan)
     assert np.array_equal(rx, plan.route_rx) and np.array_equal(tx, plan.route_tx), \
         "router tables differ from the flows"
-    for flow in plan.flows:
+    flows = plan.flows
+    for flow in flows:
         got = walk(plan, flow.color, flow.source)
         assert got == set(flow.receivers), (f"{flow.name}: reaches {sorted(got)}, expected "
                                             f"{sorted(flow.receivers)}")
     senders = {}
-    for flow in plan.flows:
+    for flow in flows:
         for r in flow.receivers:
             key = (r, flow.color)
             assert key not in senders, f"PE {r} receives color {flow.color} from two sources"
@@ -234,8 +278,14 @@ def routes_to_dict(plan: RoutePlan) -> dict:
                       for f in plan.flows]}
 
 
-def dump_routes(plan: RoutePlan) -> str:
-    """Colors and flows as JSON text (one flow per line)."""
+def dump_routes(plan: RoutePlan, max_pes: int = DUMP_FLOWS_PES) -> str:
+    """Colors and flows as JSON text (one flow per line; flows omitted on big meshes)."""
+    if plan.width * plan.height > max_pes:
+        entries = {name: int(np.count_nonzero(plan.route_tx[:, c]))
+                   for name, c in plan.colors.items()}
+        return json.dumps({"width": plan.width, "height": plan.height,
+                           "colors": plan.colors, "router_entries_per_color": entries,
+                           "flows": f"omitted above {max_pes} PEs"}, indent=2) + "\n"
     data = routes_to_dict(plan)
     flows = data.pop("flows")
     head = json.dumps(data, indent=2)[:-2]
