@@ -77,3 +77,35 @@ def test_gemv_program_uses_one_vfma_per_column():
     gemv = emit_gemv("A", 8, 12, 4, 2, mesh)
     ops = gemv.program.region_code(0)["op"]
     assert (ops == int(Op.VMUL)).sum() == 1 and (ops == int(Op.VFMA)).sum() == 12 // 4 - 1
+
+
+def test_emu_compile_dumps_every_stage(tmp_path):
+    from click.testing import CliRunner
+
+    from emulator.cli import main
+
+    out = tmp_path / "dump"
+    result = CliRunner().invoke(main, ["compile", "tiny", "--mesh", "4x4", "--max-context",
+                                       "16", "--dump", str(out)])
+    assert result.exit_code == 0, result.output
+    names = {p.name for p in out.iterdir()}
+    assert {"tiles.json", "placement.json", "placement.txt", "routes.json", "summary.json",
+            "program.asm", "graph.json"} <= names
+    assert any(n.startswith("pe_") and n.endswith(".asm") for n in names)
+    assert "vfma" in (out / "pe_0_0.asm").read_text()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["compile", "no-such-model.json"], "no such model config"),
+    (["compile", "tiny", "--mesh", "1x1"], "does not fit"),
+    (["compile", "tiny", "--mesh", "3by3"], "--mesh"),
+])
+def test_emu_compile_errors_are_one_line_exit_2(tmp_path, args, needle):
+    from click.testing import CliRunner
+
+    from emulator.cli import main
+
+    result = CliRunner().invoke(main, [*args, "--dump", str(tmp_path / "d")])
+    assert result.exit_code == 2
+    assert needle in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()
