@@ -348,8 +348,11 @@ def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool) -> L
     weight = {}
     if timing_only:
         reps = {}
-        bias_cores = (next(sh.core for sh in shares if sh.q_heads),
-                      next(sh.core for sh in shares if sh.mlp[1]))
+        bias_cores = ()      # the core adding a row-parallel bias works differently
+        if spec.o_proj_bias:
+            bias_cores += (next(sh.core for sh in shares if sh.q_heads),)
+        if spec.mlp_bias:
+            bias_cores += (next(sh.core for sh in shares if sh.mlp[1]),)
         for share in shares:
             key = (share.signature(spec.group_size), share.core in bias_cores)
             reps.setdefault(key, share)
