@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from emulator.errors import FitError
 from emulator.prefill import isa
 from emulator.prefill.lowering import Lowering, chunks, pe_stream
 
@@ -46,9 +47,13 @@ def add_norm(L: Lowering, core: int, io: NormIO, c0: int, ncols: int, name: str)
     """
     fch = chunks(io.hidden, L.pmax)
     nf = len(fch)
-    bytes_tok = nf * (3 * 4 + L.bpe)
-    tile = min(ncols, max(L.pmax, (L.hw.sbuf_partition_bytes // bytes_tok) // L.pmax * L.pmax),
-               L.nmax)
+    bytes_tok = nf * (3 * 4 + L.bpe) + 4          # h, delta, h^2 (fp32), xn; plus weight
+    fit = (L.hw.sbuf_partition_bytes - nf * 4) // bytes_tok
+    if fit < 1:
+        raise FitError(f"{name}: hidden size {io.hidden} needs {bytes_tok + nf * 4} bytes of "
+                       f"SBUF per partition for one token, {L.hw.sbuf_partition_bytes} "
+                       f"available (prefill preset '{L.hw.name}')")
+    tile = min(ncols, L.nmax, fit if fit < L.pmax else fit // L.pmax * L.pmax)
     weight = L.sbuf(f"{name}.w.c{core}", io.hidden, 1, "fp32", core)
     w_load = L.dma(core, fch[:, 1] * 4, deps=[io.ready], d=(weight, fch[:, 0], fch[:, 1], 0, 1),
                    a=(io.weight, fch[:, 0], fch[:, 1], 0, 1))
