@@ -64,6 +64,16 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
     raise error
 
 
+def run_timing(compiled: Compiled, mesh: MeshConfig, pos: int,
+               engine: str = "numba") -> RunResult:
+    """Timing-only run of the decode step at position `pos` (no weights or values needed).
+
+    Same cycles as a functional step (timing never depends on values), so this serves
+    models too large to hold as an SRAM image on the host.
+    """
+    return _engine(engine)(compiled.decode.for_position(pos), mesh, functional=False)
+
+
 def _engine(name: str):
     """The run function of engine `name` (Numba when available, else the reference)."""
     if name not in ENGINES:

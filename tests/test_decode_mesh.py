@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compiler import reference as ref
-from compiler.decode import MeshDecoder, compile_decode
+from compiler.decode import MeshDecoder, compile_decode, run_timing
 from compiler.emit import verify_program
 from compiler.frontend import parse_config
 from compiler.numerics import round_weights
@@ -143,20 +143,21 @@ def test_load_kv_returns_bytes_moved():
     assert decoder.load_kv(cache) == 5 * spec.kv_bytes_per_token(4)
 
 
-def test_fp16_is_close_to_reference_with_rounded_weights():
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_half_precision_is_close_to_reference_with_rounded_weights(dtype):
     spec = make_spec(hidden=16, heads=4, kv_heads=2, ffn=24, vocab=40)
     weights = random_weights(spec, 2)
     mesh = load_mesh("small").with_mesh(4, 4)
-    decoder = MeshDecoder(spec, weights, mesh, dtype="fp16", max_context=MAX_CONTEXT)
-    assert decoder.compiled.decode.program.dtype == "fp16"
-    rounded = round_weights(weights, "fp16")
+    decoder = MeshDecoder(spec, weights, mesh, dtype=dtype, max_context=MAX_CONTEXT)
+    assert decoder.compiled.decode.program.dtype == dtype
+    rounded = round_weights(weights, dtype)
     _, cache = ref.prefill(spec, rounded, [3, 4])
     decoder.load_kv(cache)
     logits, result = decoder.step(7, 2)
-    assert rel_err(logits, ref.decode_step(spec, rounded, 7, cache)) < 1e-2
+    assert rel_err(logits, ref.decode_step(spec, rounded, 7, cache)) < 2e-2
     fp32 = MeshDecoder(spec, weights, mesh, max_context=MAX_CONTEXT)
     fp32.load_kv(ref.prefill(spec, weights, [3, 4])[1])
-    assert fp32.step(7, 2)[1].cycles > result.cycles     # wider SIMD in fp16
+    assert fp32.step(7, 2)[1].cycles > result.cycles     # wider SIMD in half precision
 
 
 def test_timing_only_run_has_the_same_cycles():
@@ -167,6 +168,7 @@ def test_timing_only_run_has_the_same_cycles():
     program = decoder.compiled.decode.for_position(0)
     timing = run_reference(program, decoder.mesh, functional=False)
     assert timing.cycles == result.cycles
+    assert run_timing(decoder.compiled, decoder.mesh, 0).cycles == result.cycles
 
 
 def test_model_that_does_not_fit_raises_fit_error():
