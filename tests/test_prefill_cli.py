@@ -95,6 +95,7 @@ def _main():
     ["prefill", "tiny", "--prompt-tokens", "1,a"],
     ["prefill", "tiny", "--prompt-tokens", "99999"],
     ["prefill", "tiny", "--dtype", "fp64"],
+    ["prefill", "programs/models/llama-3.1-8b.json"],
 ])
 def test_bad_input_exits_2_with_one_line(args):
     proc = subprocess.run([sys.executable, "-c", "from emulator.cli import main; main()", *args],
