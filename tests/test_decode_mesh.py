@@ -184,3 +184,12 @@ def test_step_rejects_a_gap_in_positions():
                           max_context=MAX_CONTEXT)
     with pytest.raises(ConfigError, match="holds 0 positions"):
         decoder.step(1, 3)
+
+
+@pytest.mark.parametrize("layout", ["groups", "even"])
+def test_many_empty_chunks(layout):
+    # hidden 6 on 8 columns, ffn 3 and vocab 3 on 4 rows, one kv group for 4 rows
+    spec = make_spec(hidden=6, heads=2, kv_heads=1, head_dim=4, ffn=3, vocab=3, layers=2)
+    worst, decoder = run_and_compare(spec, (8, 4), layout, [0, 1, 2, 1, 0, 2, 2, 1, 0, 1])
+    assert worst <= TOLERANCE
+    assert (decoder.plan.vec("hidden").sizes() == 0).any()
