@@ -22,8 +22,9 @@ from emulator.prefill.kernels import schedule_kernel
 HW = load_prefill("trn2")
 
 
-def chain_program(n, n_moving=512, m=128, dma_bytes=0, dtype="bf16"):
-    """LS + n MultiplyMoving (K-accumulation) on core 0, moving tiles optionally DMA'd."""
+def chain_program(n, n_moving=512, m=128, dma_bytes=0, dtype="bf16", pairs=False):
+    """K-accumulation on core 0: LS + n MultiplyMoving (or n LS/MM pairs when `pairs`),
+    moving tiles optionally DMA'd."""
     b = isa.Builder()
     b.begin_op("chain")
     dma = []
@@ -31,8 +32,9 @@ def chain_program(n, n_moving=512, m=128, dma_bytes=0, dtype="bf16"):
         cost = int(costs.dma_cycles(HW, dma_bytes, 1))
         dma = [b.one(isa.DMA_COPY, isa.DMA, 0, cost, lat=costs.dma_latency_cycles(HW))
                for _ in range(n)]
-    b.one(isa.LOAD_STATIONARY, isa.PE, 0, int(costs.ls_cycles(HW, m, dtype)))
     for i in range(n):
+        if i == 0 or pairs:
+            b.one(isa.LOAD_STATIONARY, isa.PE, 0, int(costs.ls_cycles(HW, m, dtype)))
         b.one(isa.MULTIPLY_MOVING, isa.PE, 0, int(costs.mm_cycles(HW, n_moving, dtype)),
               deps=[dma[i]] if dma else [], flags=isa.FLAG_ACC if i else 0)
     return b.program([0])
@@ -55,10 +57,12 @@ def test_single_matmul_in_sbuf():
 
 @pytest.mark.parametrize("n", [1, 2, 7, 32])
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
-def test_k_accumulation_chain(n, dtype):
+@pytest.mark.parametrize("pairs", [False, True])
+def test_k_accumulation_chain(n, dtype, pairs):
+    """Later LoadStationary instructions are hidden behind the MultiplyMoving before them."""
     L = int(costs.ls_cycles(HW, 128, dtype))
     T = int(costs.mm_cycles(HW, 512, dtype))
-    sched = engine_model.simulate(chain_program(n, dtype=dtype))
+    sched = engine_model.simulate(chain_program(n, dtype=dtype, pairs=pairs))
     assert sched.cycles == L + n * T
     assert sched.busy[isa.PE] == L + n * T
 

@@ -134,6 +134,14 @@ def test_result_fields_and_trace():
     assert len(slices) == 50
     assert {"name", "engine", "start", "duration", "args"} <= set(slices[0])
     assert all(s["duration"] >= 0 and s["start"] >= 0 for s in slices)
+    tracks = {}
+    for item in r.trace_slices():
+        tracks.setdefault(item["engine"], []).append((item["start"], item["duration"]))
+    assert "core0.tensor" in tracks and "core0.tensor.load" in tracks
+    for track in tracks.values():       # in-order queues: slices never overlap on a track
+        track.sort()
+        for (s0, d0), (s1, _) in zip(track, track[1:], strict=False):
+            assert s1 >= s0 + d0 - 1e-15
     assert isinstance(r.program.instr, np.ndarray) and r.program.instr.dtype == isa.INSTR_DTYPE
 
 

@@ -64,6 +64,8 @@ class PrefillResult:
 
         One slice per instruction of the simulated cores (cores with identical work are
         represented once in timing-only mode); `limit` keeps the first slices only.
+        LoadStationary runs in the background of MultiplyMoving, so it gets its own track
+        (`coreN.tensor.load`) and slices never overlap on a track.
         """
         instr, sched = self.program.instr, self.schedule
         n = len(instr) if limit is None else min(limit, len(instr))
@@ -73,6 +75,8 @@ class PrefillResult:
             rec = instr[i]
             core = int(rec["core"])
             engine = isa.ENGINE_NAMES[int(rec["engine"])]
+            if rec["op"] == isa.LOAD_STATIONARY:
+                engine += ".load"
             op = ops[int(rec["op_id"])] if rec["op_id"] >= 0 else None
             slices.append({
                 "name": isa.OPCODE_NAMES[int(rec["op"])],
