@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compiler.decode import MeshDecoder, compile_decode
+from compiler.decode import MeshDecoder, compile_decode, run_timing
 from compiler.frontend import ModelSpec
 from compiler.numerics import dtype_bytes
 from emulator.errors import ConfigError
@@ -98,10 +98,7 @@ class DecodeStage:
     def step(self, token: int, pos: int) -> tuple[np.ndarray | None, RunResult]:
         if self.decoder is not None:
             return self.decoder.step(token, pos)
-        from compiler.decode import _engine
-
-        program = self.compiled.decode.for_position(pos)
-        return None, _engine(self.req.engine)(program, self.req.mesh, functional=False)
+        return None, run_timing(self.compiled, self.req.mesh, pos, self.req.engine)
 
 
 def run_inference(req: RunRequest, progress=None) -> RunOutcome:
