@@ -30,8 +30,9 @@ class _State:
     """SBUF/PSUM tensors of one attention stream (one query tile in flight) on one core."""
 
     def __init__(self, L: Lowering, core: int, d: int, kv: tuple, name: str):
-        t = lambda tag, rows, cols, dtype="fp32", space="sbuf": L.sbuf(  # noqa: E731
-            f"{name}.{tag}.c{core}", rows, cols, dtype, core, space)
+        def t(tag, rows, cols, dtype="fp32", space="sbuf"):
+            return L.sbuf(f"{name}.{tag}.c{core}", rows, cols, dtype, core, space)
+
         act, kw = L.act_dtype, L.nmax
         self.k, self.v = kv
         self.tiles = 0

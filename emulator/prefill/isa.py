@@ -199,6 +199,13 @@ class Builder:
         self.count += len(rec)
         return index
 
+    def consolidate(self) -> np.ndarray:
+        """Assemble everything so far into one prebuilt chunk; returns the records."""
+        records = self._assemble()
+        self.raw, self.col_off, self.col_n = [(0, records)], [], []
+        self.cols = {name: [] for name in self.cols}
+        return records
+
     def _assemble(self) -> np.ndarray:
         """The structured array of every instruction."""
         out = np.zeros(self.count, INSTR_DTYPE)

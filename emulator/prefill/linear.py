@@ -34,8 +34,9 @@ class _Buffers:
     """SBUF/PSUM tensors of one projection operator on one core (double-buffered slots)."""
 
     def __init__(self, L: Lowering, core: int, K: int, block: int, name: str):
-        f = lambda tag, rows, cols, dtype, space="sbuf": [  # noqa: E731
-            L.sbuf(f"{name}.{tag}{i}", rows, cols, dtype, core, space) for i in range(2)]
+        def f(tag, rows, cols, dtype, space="sbuf"):
+            return [L.sbuf(f"{name}.{tag}{i}", rows, cols, dtype, core, space) for i in range(2)]
+
         self.x = L.sbuf(f"{name}.x", K, block, L.act_dtype, core)
         self.w = f("w", K, L.mmax, L.act_dtype)
         self.ps = f("psum", L.mmax, block, "fp32", "psum")
@@ -82,7 +83,7 @@ def linear_fm(L: Lowering, core: int, strips: list[Strip], K: int, tok0: int, nt
     buf = _Buffers(L, core, K, block, f"{name}.c{core}")
     if tm is not None:
         buf.token_major(L, core, K, tm[2], f"{name}.c{core}")
-    state = {"ls": {}, "psum": {}, "y": {}, "qf": {}, "sg_w": {}, "sg_r": {}, "last_mm": NONE}
+    state = {"ls": {}, "psum": {}, "y": {}, "qf": {}, "sg_w": {}, "sg_r": {}, "x_read": NONE}
     for start in range(tok0, tok0 + ntok, block):
         width = min(block, tok0 + ntok - start)
         x_dep = _block(L, core, strips, kch, start, width, buf, state, outs, x, x_ready,
@@ -122,6 +123,7 @@ def linear_tm(L, core, tm, kch, start, width, buf, state, x_dep, outs):
             [state["tm_w"][kk], np.where(kk == 0, state["tm_war"][slot], NONE)],
             (buf.tmw, kch[kk, 0], kch[kk, 1], cch[cc, 0], cch[cc, 1]),
             (buf.tmps[slot], 0, rows, cch[cc, 0], cch[cc, 1]))
+        state["x_read"] = int(mm[-1, -1])
         y = (buf.tmy[slot], 0, rows, 0, ncols)
         war = state.setdefault("tm_y", [NONE, NONE])[slot]
         psum = (buf.tmps[slot], 0, rows, 0, ncols)
@@ -166,7 +168,7 @@ def _block(L, core, strips, kch, start, width, buf, state, outs, x, x_ready, x_s
 def _load_rope(L, core, buf, rope, start, width, state):
     """Load the cos / signed-sin tables [head_dim, width] of the block."""
     cos_t, sin_t, d = rope
-    prev = state.get("last_mm", NONE)
+    prev = state.get("rope_read", NONE)
     idx = L.dma(core, np.full(2, d * width * 4), deps=[prev],
                 d=(np.array([buf.cos, buf.sin]), 0, d, 0, width),
                 a=(np.array([cos_t, sin_t]), 0, d, start, width))
@@ -188,7 +190,7 @@ def _load_block(L, core, strip0, kch, nch, start, buf, state, x, x_ready):
     nbytes = kr * nw * L.bpe
     war_w = np.array([_war(state["ls"], state.get("g", 0), int(k)) for k in range(kc)])
     deps = [np.where(w_flat, np.repeat(war_w, per), x_ready),
-            np.where(w_flat, NONE, state.get("last_mm", NONE))]
+            np.where(w_flat, NONE, state.get("x_read", NONE))]
     d = (np.where(w_flat, buf.w[slot], buf.x), k0, kr, n0, nw)
     a = (np.where(w_flat, strip0.w, x), k0 + np.where(w_flat, strip0.row0, 0), kr,
          np.where(w_flat, strip0.col0, start + n0), nw)
@@ -237,7 +239,7 @@ def _strip_matmuls(L, core, strip, kch, nch, buf, state, g, w_idx, x_tensor, x_d
         (x_tensor, kch[kk, 0], kch[kk, 1], nch[nn, 0], nch[nn, 1]),
         (buf.ps[g % 2], 0, strip.m, nch[nn, 0], nch[nn, 1]))
     state["ls"][g] = ls
-    state["last_mm"] = int(mm[-1, -1])
+    state["x_read"] = int(mm[-1, -1])
     return mm[-1]
 
 
@@ -304,4 +306,5 @@ def _rope(L, core, strip, buf, s, c0, w, mm_last, y_war, bias, bias_dep, tables,
     v4 = L.vec(core, isa.VEC_TT, isa.A_ADD, w, 2, deps=[v1, v3, y_war],
                d=(buf.y[s], 0, m, c0, w), a=(buf.t1, 0, m, c0, w), b=(buf.t2, 0, m, c0, w))
     state["qf"][g] = v3
+    state["rope_read"] = int(v3.max())
     return act, (buf.y[s], 0, m, c0, w), v4

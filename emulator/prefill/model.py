@@ -385,27 +385,18 @@ def _timing_layers(low: _PrefillLowering, layers: int) -> dict:
         return prev
     start1, ops1 = b.count, len(b.ops)
     ctx = low.layer_head(1, prev)
-    _consolidate(b)
+    records = b.consolidate()
     shift = b.count - tail0
-    records = b.raw[0][1]
     _append_copy(b, records[tail0:start1], shift, b.ops[tail_ops0:ops1], len(b.ops) - tail_ops0,
                  layer_shift=1)
     prev = {"h": prev["h"], "delta": prev["delta"], "cc": prev["cc"] + shift}
     if layers == 2:
         return prev
-    _consolidate(b)
-    layer1 = b.raw[0][1][start1:]
+    layer1 = b.consolidate()[start1:]
     ops = b.ops[ops1:]
     for k in range(1, layers - 1):
         _append_copy(b, layer1, k * len(layer1), ops, k * len(ops), layer_shift=k)
     return {"h": prev["h"], "delta": prev["delta"], "cc": prev["cc"] + (layers - 2) * len(layer1)}
-
-
-def _consolidate(b: isa.Builder) -> None:
-    """Assemble every instruction so far into one prebuilt chunk."""
-    records = b._assemble()
-    b.raw, b.col_off, b.col_n = [(0, records)], [], []
-    b.cols = {name: [] for name in b.cols}
 
 
 def _append_copy(b: isa.Builder, records: np.ndarray, shift: int, ops: list, op_shift: int,

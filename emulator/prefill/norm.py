@@ -69,8 +69,10 @@ def _tile(L, core, io, fch, start, width, weight, w_load, prev, name):
     """One token tile of the add+norm; returns (result, last instruction of the tile)."""
     nf = len(fch)
     f0, fr = fch[:, 0], fch[:, 1]
-    t = lambda tag, rows, cols, dtype="fp32", space="sbuf": L.sbuf(  # noqa: E731
-        f"{name}.{tag}.c{core}", rows, cols, dtype, core, space)
+
+    def t(tag, rows, cols, dtype="fp32", space="sbuf"):
+        return L.sbuf(f"{name}.{tag}.c{core}", rows, cols, dtype, core, space)
+
     hs, ds, sq = t("h", io.hidden, width), t("d", io.hidden, width), t("sq", io.hidden, width)
     h_ready = _load_residual(L, core, io, fch, start, width, hs, ds, prev)
     if io.h_out >= 0:
