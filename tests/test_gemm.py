@@ -18,6 +18,7 @@ from emulator.prefill import costs, engine_model, isa
 from emulator.prefill.engine_model import schedule_reference
 from emulator.prefill.gemm import gemm_trainium
 from emulator.prefill.kernels import schedule_kernel
+from emulator.prefill.verify import verify
 
 HW = load_prefill("trn2")
 
@@ -105,6 +106,7 @@ def test_gemm_values_fp32_and_bf16():
 
 def test_gemm_large_is_compute_bound():
     r = gemm_trainium(HW, 512, 4096, 4096)
+    assert verify(r.program, HW) == []
     macs_cycles = 512 * 4096 * 4096 // (128 * 128)
     assert r.compute_cycles >= macs_cycles == r.roofline_cycles
     assert r.roofline_cycles <= r.total_cycles < 1.3 * r.roofline_cycles

@@ -15,6 +15,7 @@ from emulator.hw.prefill import load_prefill
 from emulator.prefill import isa
 from emulator.prefill.model import core_shares
 from emulator.prefill.run import run_prefill
+from emulator.prefill.verify import verify
 
 TRN2 = load_prefill("trn2")
 TOL = 1e-4
@@ -95,6 +96,7 @@ def test_long_prompt_spans_token_blocks():
 def test_timing_only_same_cycles(spec, P):
     functional = run_prefill(spec, TRN2, P, dtype="bf16")
     timing = run_prefill(spec, TRN2, P, dtype="bf16", timing_only=True)
+    assert verify(functional.program, TRN2) == []
     assert functional.cycles == timing.cycles
     assert timing.logits_last is None and timing.kv_cache is None
     assert functional.engine_busy == timing.engine_busy
@@ -155,9 +157,25 @@ def test_core_split_covers_the_model():
     assert {s.signature(spec.group_size) for s in shares} == {shares[0].signature(4)}
 
 
+def test_verify_catches_broken_streams():
+    r = run_prefill(make_spec(), TRN2, 100, timing_only=True)
+    assert verify(r.program, TRN2) == []
+    instr = r.program.instr
+    mm = int(np.flatnonzero(instr["op"] == isa.MULTIPLY_MOVING)[0])
+    broken = r.program.instr.copy()
+    broken["v"][mm, isa.A, 4] = TRN2.moving_free_max + 1
+    r.program.instr = broken
+    assert any("moving tile too large" in p for p in verify(r.program, TRN2))
+    broken = instr.copy()
+    broken["dep"][5, 0] = 10
+    r.program.instr = broken
+    assert any("forwards" in p for p in verify(r.program, TRN2))
+
+
 def test_llama_8b_timing_only():
     spec = load_config("programs/models/llama-3.1-8b.json")
     r = run_prefill(spec, TRN2, 2048, dtype="bf16", timing_only=True)
+    assert verify(r.program, TRN2) == []
     assert r.seconds > r.roofline_seconds > 0.04
     assert r.roofline_seconds == pytest.approx(r.flops / 667e12)
     assert r.seconds < 3 * r.roofline_seconds
