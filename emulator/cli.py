@@ -37,6 +37,7 @@ COMMAND_MODULES: list[str] = [
     "emulator.cli_prefill",
     "emulator.cli_compile",
     "emulator.cli_run",
+    "emulator.cli_map",
 ]
 
 
