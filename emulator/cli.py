@@ -38,6 +38,7 @@ COMMAND_MODULES: list[str] = [
     "emulator.cli_compile",
     "emulator.cli_run",
     "emulator.cli_map",
+    "emulator.cli_step",
 ]
 
 

@@ -1,11 +1,11 @@
-"""`emu asm run|disasm` and `emu step`: run, print and single-step mesh assembly programs.
+"""`emu asm run|disasm`: run and print mesh assembly programs (`emu step`: cli_step.py).
 
 `emu asm run` assembles a file, runs it on the Numba engine (or the reference
 interpreter) and reports cycles, per-PE busy/idle cycles and link utilisation as tables
 (a summary with the top-10 busiest PEs and links on large meshes) or, with `--json`, one
-JSON object. `emu step` replays the reference interpreter's events in time order, one at a
-time when attached to a terminal. Assembly errors and faults are `EmuError`s: the CLI
-prints one line and exits with status 2.
+JSON object. The helpers `load_program`, `parse_mesh` and `stdin_is_tty` serve `emu step`
+too. Assembly errors and faults are `EmuError`s: the CLI prints one line and exits with
+status 2.
 """
 
 import json
@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from emulator.atomic_io import atomic_write_text
-from emulator.errors import ConfigError, MeshFault
+from emulator.errors import ConfigError
 from emulator.hw.mesh import MeshConfig, load_mesh
 from isa.asm import assemble_file
 from isa.disasm import disassemble
@@ -207,101 +207,10 @@ def asm_disasm(file, mesh_text, hw, output):
         click.echo(text, nl=False)
 
 
-# --- step ----------------------------------------------------------------------------------
-_ARRIVAL = re.compile(r"\((\d+),(\d+)\) last wavelet at (\d+)")
-_COLOR = re.compile(r"\bc(\d+)\b")
-
-
-def in_flight(messages: list[dict], cycle: int) -> list[dict]:
-    """Messages sent at or before `cycle` whose last wavelet has not arrived yet."""
-    return [m for m in messages if m["sent"] <= cycle < m["arrives"]]
-
-
-def message_records(event, pe_label: str) -> list[dict]:
-    """Messages started by a send event, from its text and arrival detail."""
-    if not event.text.startswith("send"):
-        return []
-    color = _COLOR.search(event.text)
-    return [{"sent": event.start, "arrives": int(t) + 1, "color": color.group(1) if color
-             else "?", "src": pe_label, "dst": f"({x},{y})"}
-            for x, y, t in _ARRIVAL.findall(event.detail)]
-
-
-def format_event(event, index: int, messages: list[dict]) -> str:
-    """One line per event (plus the messages in flight after it)."""
-    pe = f"({event.x},{event.y})"
-    line = (f"[{index}] cycle {event.start:>6}-{event.end:<6} PE {pe:<9} pc {event.pc:<4} "
-            f"{event.text}")
-    if event.detail:
-        line += f"  | {event.detail}"
-    messages.extend(message_records(event, pe))
-    flying = in_flight(messages, event.start)
-    if flying:
-        parts = [f"c{m['color']} {m['src']}->{m['dst']} until {m['arrives'] - 1}"
-                 for m in flying[:6]]
-        more = f" +{len(flying) - 6} more" if len(flying) > 6 else ""
-        line += f"\n      in flight: {len(flying)}: " + "; ".join(parts) + more
-    return line
-
-
-def ordered_events(program: Program, events: list) -> list:
-    """Events in time order: start cycle, then PE index, then execution order."""
-    indexed = enumerate(events)
-    return [e for _, e in sorted(indexed, key=lambda item: (
-        item[1].start, item[1].y * program.width + item[1].x, item[0]))]
-
-
-@click.command()
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--steps", type=click.IntRange(min=0), default=None,
-              help="Print this many events (default: all; interactive on a terminal).")
-@mesh_option
-@hw_option
-@click.option("--max-cycles", type=click.IntRange(min=1), default=10**7, show_default=True)
-def step(file, steps, mesh_text, hw, max_cycles):
-    """Replay FILE's execution event by event (reference interpreter), in time order.
-
-    Without --steps on a terminal, press Enter for the next event and q to quit.
-    """
-    if file.endswith(".json"):
-        raise ConfigError(f"{file}: emu step expects a mesh assembly file (.asm)")
-    program, mesh = load_program(file, mesh_text, hw)
-    events, cycles, fault = recorded_events(program, mesh, max_cycles)
-    interactive = steps is None and stdin_is_tty()
-    limit = len(events) if steps is None else min(steps, len(events))
-    messages: list[dict] = []
-    for index, event in enumerate(events[:limit]):
-        click.echo(format_event(event, index, messages))
-        if interactive and index + 1 < limit and _wait_quit():
-            return
-    if fault is not None:
-        click.echo(f"{limit} of {len(events)} events before the fault")
-        raise fault
-    click.echo(f"{limit} of {len(events)} events; program ends at cycle {cycles}")
-
-
-def recorded_events(program: Program, mesh: MeshConfig, max_cycles: int):
-    """(events in time order, cycles, MeshFault or None): a faulting run still shows the
-    events that led to the fault."""
-    from isa.reference import ReferenceMachine
-
-    machine = ReferenceMachine(program, mesh, None, True, max_cycles, True)
-    try:
-        result = machine.run()
-    except MeshFault as fault:
-        return ordered_events(program, machine.events or []), None, fault
-    return ordered_events(program, result.events or []), result.cycles, None
-
-
 def stdin_is_tty() -> bool:
-    """True when stdin is an interactive terminal (tests patch this)."""
+    """True when stdin is an interactive terminal (`emu step` asks through this module, so
+    tests patch it here)."""
     return sys.stdin.isatty()
 
 
-def _wait_quit() -> bool:
-    """Wait for Enter; True when the user typed q."""
-    answer = click.prompt("", default="", show_default=False, prompt_suffix="")
-    return answer.strip().lower().startswith("q")
-
-
-COMMANDS = [asm, step]
+COMMANDS = [asm]

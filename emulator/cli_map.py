@@ -14,6 +14,7 @@ Bad options are one line on stderr and exit status 2, naming the valid range.
 """
 
 import re
+import sys
 
 import click
 from rich.console import Console
@@ -23,6 +24,7 @@ from compiler.frontend import resolve_model
 from emulator.errors import ConfigError
 from emulator.hw.mesh import MeshConfig, load_mesh
 
+WIDE = 140              # console width when stdout is not a terminal (pipes, docs, tests)
 TIMELINE_PES = 4096     # explain replays the whole mesh on the reference engine up to this
 PE_TABLE_LIMIT = 64     # `emu map --layer` lists every PE of views up to this many PEs
 DEFAULT_HW = "small"
@@ -62,6 +64,11 @@ def parse_region(text: str | None) -> tuple[int, int, int, int] | None:
         raise ConfigError(f"--region: expected x0,y0,x1,y1 (inclusive corners), got '{text}'")
     x0, y0, x1, y1 = (int(p) for p in parts)
     return x0, y0, x1, y1
+
+
+def make_console() -> Console:
+    """A rich console: the terminal's width, or `WIDE` columns when output is piped."""
+    return Console() if sys.stdout.isatty() else Console(width=WIDE)
 
 
 def model_options(command):
@@ -105,7 +112,7 @@ def map_command(config, hw, mesh_text, dtype, layout, max_context, layer, region
     m = mapview.build_map(spec, mesh, dtype, layout, max_context, name)
     region = mapview.check_region(m, parse_region(region_text))
     mapview.check_layer(m, layer)
-    console = Console()
+    console = make_console()
     for item in mapview.terminal_map(m, region, layer, max_cols):
         console.print(item, overflow="ignore", crop=False, soft_wrap=True)
     if layer is not None:
@@ -131,9 +138,12 @@ def map_command(config, hw, mesh_text, dtype, layout, max_context, layer, region
               help="Decode position (sets the step parameters and the timeline).")
 @click.option("--per-instruction", is_flag=True,
               help="Timeline per instruction instead of per op block.")
+@click.option("--op", default=None,
+              help="Only the program and timeline of ops whose name contains this "
+                   "(e.g. L0.qkv, attn, RoPE).")
 @click.option("--no-timeline", is_flag=True, help="Skip the reference-engine run.")
 def explain_command(config, pe_text, hw, mesh_text, dtype, layout, max_context, position,
-                    per_instruction, no_timeline):
+                    per_instruction, op, no_timeline):
     """Everything about one PE: storage, routes, parameters, program and timeline."""
     from compiler.decode import compile_decode
     from emulator import explain
@@ -147,14 +157,15 @@ def explain_command(config, pe_text, hw, mesh_text, dtype, layout, max_context, 
         raise ConfigError(f"--position {position} is outside the KV capacity 0..{limit - 1}")
     program = dp.for_position(position)
     index = explain.OpIndex(program)
-    console = Console()
+    explain.check_op(index, int(program.pe_region[y * program.width + x]), op)
+    console = make_console()
     console.print(f"[bold]PE ({x},{y})[/bold] of {name} on {mesh.name} {mesh.width}x"
                   f"{mesh.height} ({compiled.plan.layout} layout, {dtype}), decode position "
                   f"{position}", highlight=False)
     console.print(role_text(dp, program, x, y), highlight=False)
     console.print(_table("stores (SRAM buffers, same addresses on every PE)",
                          explain.buffer_rows(dp, x, y),
-                         ("name", "addr", "bytes", "used_bytes", "kind", "holds")))
+                         ("name", "addr", "bytes", "used", "kind", "holds")))
     console.print(_table("routes (router entry per color)",
                          explain.route_rows(dp, program, index, x, y),
                          ("color", "name", "rx", "tx", "flow", "part", "ops")))
@@ -162,10 +173,10 @@ def explain_command(config, pe_text, hw, mesh_text, dtype, layout, max_context, 
                          ("param", "name", "value", "meaning")))
     console.print("[bold]program[/bold] (exactly the instructions the engines execute)")
     for line in explain.program_listing(program, index, x, y, dp.param_names,
-                                        compiled.placement):
+                                        compiled.placement, op):
         click.echo(line)
     if not no_timeline:
-        print_timeline(console, program, mesh, index, x, y, per_instruction)
+        print_timeline(console, program, mesh, index, x, y, per_instruction, op)
 
 
 def role_text(dp, program, x: int, y: int) -> str:
@@ -194,18 +205,18 @@ def _tree(actions, direction: str) -> str:
 def _table(title: str, rows: list[dict], columns) -> Table:
     """A rich table of dict rows."""
     table = Table(title=title, title_justify="left")
-    numeric = {"addr", "bytes", "used_bytes", "value", "color", "start", "end",
-               "instructions", "busy", "wait"}
+    numeric = {"addr", "bytes", "used", "value", "color", "start", "end", "instrs", "busy",
+               "wait"}
+    grouped = {"bytes", "used", "start", "end", "busy", "wait"}
     for column in columns:
         table.add_column(column, justify="right" if column in numeric else "left")
     for row in rows:
-        table.add_row(*(f"{row[c]:,}" if isinstance(row[c], int) and c != "color"
-                        else str(row[c]) for c in columns))
+        table.add_row(*(f"{row[c]:,}" if c in grouped else str(row[c]) for c in columns))
     return table
 
 
 def print_timeline(console: Console, program, mesh: MeshConfig, index, x: int, y: int,
-                   per_instruction: bool) -> None:
+                   per_instruction: bool, op: str | None = None) -> None:
     """The PE's timeline in one decode step (reference engine, timing only)."""
     from emulator import explain
 
@@ -214,15 +225,16 @@ def print_timeline(console: Console, program, mesh: MeshConfig, index, x: int, y
                       f" PEs; use --mesh WxH with at most {TIMELINE_PES} PEs")
         return
     events, cycles = explain.pe_events(program, mesh, x, y)
-    rows = explain.timeline_rows(events, program, index, mesh.issue_overhead, per_instruction)
+    rows = explain.timeline_rows(events, program, index, mesh.issue_overhead, per_instruction,
+                                 op)
     for row in rows:
         row["pcs"] = (str(row["first_pc"]) if row["first_pc"] == row["last_pc"]
                       else f"{row['first_pc']}-{row['last_pc']}")
-    columns = ("start", "end", "pcs", "op", "instructions", "busy", "wait", "what")
+    columns = ("start", "end", "pcs", "op", "instrs", "busy", "wait", "what")
     if per_instruction:
         columns = ("start", "end", "pcs", "op", "busy", "wait", "what", "detail")
     finish = events[-1].end if events else 0
-    busy = sum(r["busy"] for r in rows)
+    busy = sum(explain.busy_cycles(e, mesh.issue_overhead) for e in events)
     console.print(_table(f"timeline of PE ({x},{y}) in one decode step (cycles; the step "
                          f"ends at {cycles:,}; this PE halts at {finish:,}, busy {busy:,})",
                          rows, columns))

@@ -287,7 +287,7 @@ def buffer_rows(dp, x: int, y: int) -> list[dict]:
     for name, buf in sorted(dp.placement.buffers.items(), key=lambda kv: kv[1].addr):
         used, holds = buffer_slice(dp, name, x, y)
         rows.append({"name": name, "addr": buf.addr, "words": buf.words, "kind": buf.kind,
-                     "bytes": buf.words * nb, "used_bytes": used * nb, "holds": holds})
+                     "bytes": buf.words * nb, "used": used * nb, "holds": holds})
     return rows
 
 
@@ -418,9 +418,29 @@ def operand_notes(ins, program: Program, pe: int, param_names: list,
     return "; ".join(part for part in (", ".join(notes), ", ".join(params)) if part)
 
 
+def block_matches(block: Block | None, op: str | None) -> bool:
+    """True when no filter is given or `op` occurs in the block's name or comment."""
+    if op is None:
+        return True
+    return block is not None and (op.lower() in block.op.lower()
+                                  or op.lower() in block.comment.lower())
+
+
+def check_op(index: OpIndex, region: int, op: str | None) -> None:
+    """ConfigError listing the region's op names when `op` matches none of its blocks."""
+    if op is None or region < 0:
+        return
+    blocks = index.blocks[region]
+    if not any(block_matches(b, op) for b in blocks):
+        names = ", ".join(dict.fromkeys(b.op for b in blocks)) or "none"
+        raise ConfigError(f"--op {op} matches no op of this PE's program; ops: {names}")
+
+
 def program_listing(program: Program, index: OpIndex, x: int, y: int,
-                    param_names: list | None = None, placement=None) -> list[str]:
-    """PE (x, y)'s code: block comments, then `pc  instruction  ; notes` lines."""
+                    param_names: list | None = None, placement=None,
+                    op: str | None = None) -> list[str]:
+    """PE (x, y)'s code: block comments, then `pc  instruction  ; notes` lines (only the
+    blocks matching `op` when given)."""
     pe = y * program.width + x
     region = int(program.pe_region[pe])
     if region < 0:
@@ -432,6 +452,8 @@ def program_listing(program: Program, index: OpIndex, x: int, y: int,
     lines = [f"; PE ({x},{y}) runs region {program.region_names[region]}: "
              f"{len(code)} instructions shared by {sharing} PE(s)"]
     for pc, ins in enumerate(code):
+        if not block_matches(index.block(region, pc), op):
+            continue
         if pc in starts:
             lines.append(f"       ; [{starts[pc].op}] {starts[pc].comment}")
         text = format_instruction(ins)
@@ -462,22 +484,25 @@ def busy_cycles(event, overhead: int) -> int:
 
 
 def timeline_rows(events: list, program: Program, index: OpIndex, overhead: int,
-                  per_instruction: bool = False) -> list[dict]:
-    """One row per op block run (consecutive events of one block) or per instruction."""
+                  per_instruction: bool = False, op: str | None = None) -> list[dict]:
+    """One row per op block run (consecutive events of one block) or per instruction
+    (only the blocks matching `op` when given)."""
     rows: list[dict] = []
     for e in events:
         region = int(program.pe_region[e.y * program.width + e.x])
         block = index.block(region, e.pc)
+        if not block_matches(block, op):
+            continue
         key = e.pc if per_instruction else (block.start if block else 0)
         if not rows or rows[-1]["key"] != key:
             rows.append({"key": key, "op": block.op if block else "",
                          "what": e.text if per_instruction else (
                              block.comment if block else "code"),
                          "first_pc": e.pc, "last_pc": e.pc, "start": e.start, "end": e.end,
-                         "instructions": 0, "busy": 0, "detail": e.detail})
+                         "instrs": 0, "busy": 0, "detail": e.detail})
         row = rows[-1]
         row["last_pc"], row["end"] = e.pc, e.end
-        row["instructions"] += 1
+        row["instrs"] += 1
         row["busy"] += busy_cycles(e, overhead)
     for row in rows:
         row["wait"] = row["end"] - row["start"] - row["busy"]
