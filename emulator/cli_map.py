@@ -13,6 +13,7 @@ reference engine (emulator/explain.py). Both default to the `small` preset (32 x
 Bad options are one line on stderr and exit status 2, naming the valid range.
 """
 
+import os
 import re
 import sys
 
@@ -67,8 +68,11 @@ def parse_region(text: str | None) -> tuple[int, int, int, int] | None:
 
 
 def make_console() -> Console:
-    """A rich console: the terminal's width, or `WIDE` columns when output is piped."""
-    return Console() if sys.stdout.isatty() else Console(width=WIDE)
+    """A rich console: the terminal's width (or $COLUMNS), else `WIDE` columns when output
+    is piped."""
+    if sys.stdout.isatty() or "COLUMNS" in os.environ:
+        return Console()
+    return Console(width=WIDE)
 
 
 def model_options(command):

@@ -137,8 +137,11 @@ class MeshMap:
             why.append(f"needs {need:,} bytes of SRAM per PE ({parts}), a PE has {have:,}")
         if self.colors_needed > self.mesh.num_colors:
             why.append(f"needs {colors}")
-        return (f"DOES NOT FIT: {'; '.join(why)}; layouts tried: {tried}; showing the "
-                f"{self.plan.layout} layout's placement attempt")
+        lo, hi = int(self.used.min()), int(self.used.max())
+        return (f"DOES NOT FIT: {'; '.join(why)} (PEs use {lo:,}-{hi:,} B, but the address "
+                f"map is shared: every PE reserves the largest tile of each buffer); "
+                f"layouts tried: {tried}; showing the {self.plan.layout} layout's placement "
+                f"attempt")
 
 
 # --------------------------------------------------------------------------- building
@@ -640,9 +643,11 @@ def _draw_wafer(fig, ax, m: MeshMap, region, layer) -> None:
         note = f"each block = {b}x{b} PEs (mean)"
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
-    ax.set_xlabel(f"x (PE column); {note}; 1-PE rows drawn as thick lines", fontsize=8)
     ax.set_ylabel("y (PE row)")
-    _draw_thin_rows(ax, m, region)
+    if layer is None:
+        _draw_thin_rows(ax, m, region)
+        note += "; 1-PE rows drawn as thick lines"
+    ax.set_xlabel(f"x (PE column); {note}", fontsize=8)
     _label_regions(ax, m, region)
 
 
@@ -652,7 +657,7 @@ def _draw_thin_rows(ax, m: MeshMap, region) -> None:
     rows = [j for j in range(y0, y1 + 1) if m.plan.vec("groups").size(j)]
     if rows:
         ax.plot([x0, x1], [(rows[0] + rows[-1]) / 2] * 2, color=ROLE_KINDS[ATTN].color,
-                lw=max(4, 0.0), solid_capstyle="butt")
+                lw=4, solid_capstyle="butt")
     if y0 == 0:
         ax.plot([x0, x1], [0, 0], color=ROLE_KINDS[TOP].color, lw=3, solid_capstyle="butt")
     if x0 == 0:
