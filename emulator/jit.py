@@ -16,14 +16,19 @@ def _identity(fn):
     return fn
 
 
-def njit(fn=None, **options):
+def njit(fn=None, *, nrt: bool = True, **options):
     """Compile `fn` with Numba (cached, GIL released) unless EMU_DISABLE_JIT=1.
 
-    Usable as `@njit` or `@njit(inline="always")`; extra options go to `numba.njit`.
+    Usable as `@njit` or `@njit(nrt=False)`. `nrt=False` is for kernels that allocate
+    nothing: Numba then emits no reference counting for their array arguments (an atomic
+    increment and decrement per array per call otherwise). Division follows numpy's error
+    model (x / 0.0 is inf or nan, no exception), as the numpy reference code does. Other
+    options go to `numba.njit`.
     """
     if JIT_DISABLED:
         return _identity if fn is None else fn
     import numba
 
-    decorator = numba.njit(cache=True, nogil=True, **options)
+    options.setdefault("error_model", "numpy")
+    decorator = numba.njit(cache=True, nogil=True, _nrt=nrt, **options)
     return decorator if fn is None else decorator(fn)

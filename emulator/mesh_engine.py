@@ -13,7 +13,23 @@ import numpy as np
 from emulator import mesh_kernels as K
 from emulator.errors import ConfigError, MeshFault
 from emulator.hw.mesh import MeshConfig
-from isa.opcodes import NUM_REGS, NUM_SLOTS, PORT_NAMES, Op
+from isa.opcodes import (
+    NUM_REGS,
+    NUM_SLOTS,
+    PORT_E,
+    PORT_N,
+    PORT_NAMES,
+    PORT_S,
+    PORT_W,
+    SLOT_DST,
+    SLOT_DST_STRIDE,
+    SLOT_N,
+    SLOT_SRC0,
+    SLOT_SRC0_STRIDE,
+    SLOT_SRC1,
+    SLOT_SRC1_STRIDE,
+    Op,
+)
 from isa.program import Program, RunResult
 from isa.validate import validate_program
 
@@ -29,30 +45,37 @@ def run_numba(program: Program, mesh: MeshConfig, sram=None, functional: bool = 
     validate_program(program, mesh)
     n = program.num_pes
     memory = initial_memory(program, sram) if functional else np.zeros((0, 0), np.float32)
-    pes = np.zeros((n, K.P_FIELDS), np.int64)
+    pes = aligned_zeros(n * K.P_FIELDS).reshape(n, K.P_FIELDS)
     pes[:, K.P_WAIT] = -1
     pes[program.pe_region < 0, K.P_STATUS] = K.HALTED
-    regs = np.zeros(n * NUM_REGS, np.int64)
-    link_busy = np.zeros(n * 4, np.int64)
+    links = aligned_zeros(n * 8)
     stats = np.zeros(K.ST_SIZE, np.int64)
     fault = np.zeros(K.FAULT_SIZE, np.int64)
-    code = code_arrays(program)
+    cfg = kernel_config(program, mesh, functional, max_cycles)
     with np.errstate(all="ignore"):   # only matters with EMU_DISABLE_JIT=1
-        K.run_mesh(*code, np.ascontiguousarray(program.region_start, np.int64),
+        K.run_mesh(*code_arrays(program), static_costs(program, mesh),
+                   np.ascontiguousarray(program.region_start, np.int64),
                    np.ascontiguousarray(program.region_len, np.int64),
                    np.ascontiguousarray(program.pe_region, np.int64),
-                   np.ascontiguousarray(program.params, np.int64),
-                   packed_routes(program.route_rx), packed_routes(program.route_tx),
-                   kernel_config(program, mesh, functional, max_cycles), memory, pes, regs,
-                   link_busy, stats, fault)
+                   np.ascontiguousarray(program.params, np.int64), router_tables(program),
+                   mesh_edges(program.width, program.height), cfg, memory, pes, links, stats,
+                   fault)
     if fault[K.F_CODE] != K.FAULT_NONE:
         raise MeshFault(fault_message(program, fault, pes, max_cycles))
     finish = pes[:, K.P_FINISH].copy()
     return RunResult(cycles=int(finish.max(initial=0)), pe_finish=finish,
-                     pe_busy=pes[:, K.P_BUSY].copy(), link_busy=link_busy.reshape(n, 4),
+                     pe_busy=pes[:, K.P_BUSY].copy(),
+                     link_busy=links.reshape(n, 4, 2)[:, :, 1].copy(),
                      instructions=int(stats[K.ST_INSTRUCTIONS]),
                      messages=int(stats[K.ST_MESSAGES]),
                      sram=memory if functional else None)
+
+
+def aligned_zeros(size: int) -> np.ndarray:
+    """int64 zeros starting on a 64-byte boundary (so per-PE rows share no cache line)."""
+    buf = np.zeros(size + 8, np.int64)
+    skip = (-buf.ctypes.data % 64) // 8
+    return buf[skip:skip + size]
 
 
 def initial_memory(program: Program, sram) -> np.ndarray:
@@ -75,23 +98,64 @@ def code_arrays(program: Program) -> tuple:
             np.ascontiguousarray(code["imm"], np.float32))
 
 
-def packed_routes(table: np.ndarray) -> np.ndarray:
-    """A router table [P, colors] flattened to uint8 entries in `pack_ports` form."""
-    v = np.asarray(table, np.int64).ravel()
-    return ((v & 31) | np.where(v & ~31, 32, 0)).astype(np.uint8)
+def static_costs(program: Program, mesh: MeshConfig) -> np.ndarray:
+    """int64 per instruction: o + ceil(n / w) for a vector op or reduction whose operands
+    are all immediates and whose descriptors are inside the SRAM, else -1 (decoded and
+    checked when executed)."""
+    code = program.code
+    a = code["a"].astype(np.int64)
+    n = a[:, SLOT_N]
+    ok = (code["op"] >= Op.VMOV) & (code["op"] <= Op.RDOT) & (code["modes"] == 0) & (n >= 0)
+    last = np.maximum(n - 1, 0)
+    for addr, stride in ((SLOT_DST, SLOT_DST_STRIDE), (SLOT_SRC0, SLOT_SRC0_STRIDE),
+                         (SLOT_SRC1, SLOT_SRC1_STRIDE)):
+        ends = (a[:, addr], a[:, addr] + a[:, stride] * last)
+        inside = np.logical_and.reduce([(e >= 0) & (e < program.sram_words) for e in ends])
+        ok &= inside | (n == 0)
+    w = mesh.simd_width(program.dtype)
+    return np.where(ok, mesh.issue_overhead + -(-n // w), -1).astype(np.int64)
+
+
+def mesh_edges(width: int, height: int) -> np.ndarray:
+    """uint8 [W*H]: the port bits (N E S W) of each router that lead off the mesh."""
+    x, y = np.meshgrid(np.arange(width), np.arange(height))
+    edges = ((y == 0) * PORT_N | (x == width - 1) * PORT_E | (y == height - 1) * PORT_S
+             | (x == 0) * PORT_W)
+    return edges.astype(np.uint8).ravel()
+
+
+def router_tables(program: Program) -> np.ndarray:
+    """uint8 [P * colors * 2]: rx and tx of each (PE, color) interleaved, each entry in
+    `pack_ports` form (the N E S W R bits, bit 5 if any other bit is set)."""
+    tables = np.empty(program.route_rx.shape + (2,), np.uint8)
+    for side, table in enumerate((program.route_rx, program.route_tx)):
+        table = np.asarray(table)
+        high = (table & ~31) != 0 if table.dtype != np.uint8 else table > 31
+        tables[..., side] = (table & 31) | (high.astype(np.uint8) << 5)
+    return tables.ravel()
+
+
+def key_shift(num_pes: int) -> int:
+    """Bits of the PE index in a heap key (clock << shift | PE)."""
+    return max(1, int(num_pes - 1).bit_length())
 
 
 def kernel_config(program: Program, mesh: MeshConfig, functional: bool,
                   max_cycles: int) -> np.ndarray:
-    """The kernel's cfg array (mesh_kernels.CFG_* indices)."""
+    """The kernel's cfg array (mesh_kernels.CFG_* indices). The kernel's cycle limit is
+    also capped so that heap keys fit in int64 (2**(63 - shift) cycles, far beyond any
+    run that finishes: 8.8e12 cycles on a 755 x 1170 wafer)."""
+    shift = key_shift(program.num_pes)
     cfg = np.zeros(K.CFG_SIZE, np.int64)
     cfg[K.CFG_WIDTH], cfg[K.CFG_HEIGHT] = program.width, program.height
     cfg[K.CFG_COLORS], cfg[K.CFG_SRAM] = program.num_colors, program.sram_words
     cfg[K.CFG_O], cfg[K.CFG_H] = mesh.issue_overhead, mesh.hop_latency
     cfg[K.CFG_R], cfg[K.CFG_W] = mesh.ramp_latency, mesh.simd_width(program.dtype)
-    cfg[K.CFG_B], cfg[K.CFG_MAX_CYCLES] = mesh.barrier_latency, max_cycles
+    cfg[K.CFG_B] = mesh.barrier_latency
+    cfg[K.CFG_MAX_CYCLES] = min(max_cycles, (1 << (63 - shift)) - 1)
     cfg[K.CFG_FUNCTIONAL] = int(bool(functional))
     cfg[K.CFG_LIVE] = int(np.count_nonzero(program.pe_region >= 0))
+    cfg[K.CFG_SHIFT] = shift
     return cfg
 
 
@@ -115,8 +179,12 @@ def fault_message(program: Program, fault: np.ndarray, pes: np.ndarray,
     if code == K.FAULT_UNDELIVERED:
         return (f"{program.source}: PE {xy(program, pe)}: {b} undelivered message(s) on "
                 f"color {a} when the program ended")
+    if code == K.FAULT_CYCLES and cycle <= max_cycles:
+        limit = (1 << (63 - key_shift(program.num_pes))) - 1
+        return (f"{program.source}: PE {xy(program, pe)} at cycle {cycle}: the Numba engine "
+                f"supports at most {limit} cycles on a mesh of {program.num_pes} PEs")
     return f"{program.source}: PE {xy(program, pe)} at cycle {cycle}: " + fault_detail(
-        program, code, a, b, c, d, int(fault[K.F_D + 1]), max_cycles)
+        program, code, a, b, c, d, int(fault[K.F_E]), max_cycles)
 
 
 def fault_detail(program: Program, code: int, a: int, b: int, c: int, d: int, e: int,

@@ -2,15 +2,20 @@
 
 `run_mesh` executes a whole program with exactly the scheduling of the reference
 interpreter (isa/reference.py, which defines semantics and timing):
-- a binary heap of ready PEs keyed by (clock, PE index), stored in two arrays;
+- a binary heap of ready PEs, one int64 key per entry: (clock << shift) | PE index, so
+  keys order as (clock, PE index);
 - activations: a popped PE runs one leading communication op, then local ops until the next
-  communication op (and skips the push/pop when it would be popped again at once);
-- `send` routes the message depth-first over the router tables at once, reserving links
-  (`link_free`), and appends one delivery per destination core to a per-(PE, color) FIFO;
+  communication op; it then either goes on (it is still the earliest) or trades places with
+  the heap's minimum in one sift (`heap_replace`);
+- `send` routes the message depth-first over the router tables at once, reserving links,
+  and appends one delivery per destination core to a per-(PE, color) FIFO;
 - FIFOs are singly linked lists in a record pool (`rec`, rows of REC_* fields) with a free
   list, so memory is bounded by the messages in flight, not by the messages ever sent;
 - functional mode copies each message's values once into a payload pool shared by all its
   deliveries; the pool is compacted (live blocks copied to a fresh array) when full.
+Only `run_mesh` allocates: `simulate` and its helpers are compiled without reference
+counting (`njit(nrt=False)`); when a pool is too small they suspend the PE in hand and
+return a NEED_* code, and run_mesh grows the pool and resumes.
 Faults are reported through `fault` (FAULT_* code, PE, cycle, details); the Python wrapper
 (emulator/mesh_engine.py) turns them into `MeshFault` messages worded like the reference's.
 """
@@ -37,84 +42,105 @@ EXP_LIMIT = 709.782712893384   # log(DBL_MAX): above it math.exp overflows to in
 
 # cfg[] indices (filled by mesh_engine.kernel_config).
 CFG_WIDTH, CFG_HEIGHT, CFG_COLORS, CFG_SRAM, CFG_O, CFG_H, CFG_R, CFG_W = range(8)
-CFG_B, CFG_MAX_CYCLES, CFG_FUNCTIONAL, CFG_LIVE = 8, 9, 10, 11
-CFG_SIZE = 12
+CFG_B, CFG_MAX_CYCLES, CFG_FUNCTIONAL, CFG_LIVE, CFG_SHIFT = 8, 9, 10, 11, 12
+CFG_SIZE = 13
 
-# pes[pe, P_*] columns: per-PE state (status and wait color use the reference's values).
-P_CLOCK, P_PC, P_BUSY, P_FINISH, P_STATUS, P_WAIT = range(6)
-P_FIELDS = 6
+# pes[pe, P_*] columns: per-PE state in one 128-byte row (status and wait color use the
+# reference's values); registers r0..r7 are columns P_REGS..P_REGS+7, so the fields an
+# activation touches (clock, pc, busy, status, r0..r3) share one 64-byte cache line.
+P_CLOCK, P_PC, P_BUSY, P_STATUS, P_REGS, P_FINISH, P_WAIT = 0, 1, 2, 3, 4, 12, 13
+P_FIELDS = 16
 
-# stats[] indices: counters, free-list head, payload pool top, barrier bookkeeping.
+# stats[] indices: counters, free-list head, payload pool top, barrier bookkeeping, heap size.
 ST_INSTRUCTIONS, ST_MESSAGES, ST_RECORDS, ST_PAYLOAD = 0, 1, 2, 3
-ST_BARRIER_COUNT, ST_BARRIER_MAX, ST_PEAK_RECORDS = 4, 5, 6
-ST_SIZE = 8
+ST_BARRIER_COUNT, ST_BARRIER_MAX, ST_PEAK_RECORDS, ST_HEAP, ST_NEED = 4, 5, 6, 7, 8
+# ... and the suspended state: PE in hand (-1: none), its clock and pc, interrupted route.
+ST_CUR_PE, ST_CUR_T, ST_CUR_PC, ST_ROUTE_SP, ST_ROUTE_C, ST_ROUTE_N, ST_ROUTE_OFF = range(9, 16)
+ST_SIZE = 16
+
+# Return codes of `simulate` and its helpers. NEED_*: a pool must grow (stats[ST_NEED] =
+# the size needed); run_mesh grows it and resumes.
+DONE, FAULTED, BLOCK = 0, -1, -2
+NEED_SCRATCH, NEED_STACK, NEED_RECORDS, NEED_PAYLOAD = -3, -4, -5, -6
 
 # Fault codes; fault[] = code, PE, cycle, then details F_A.. (meaning per code).
 FAULT_NONE, FAULT_SRAM, FAULT_COUNT, FAULT_COLOR, FAULT_CYCLES, FAULT_JUMP = 0, 1, 2, 3, 4, 5
 FAULT_LOOP, FAULT_RX, FAULT_NO_TX, FAULT_OFF_MESH, FAULT_LENGTH = 6, 7, 8, 9, 10
 FAULT_REGISTER, FAULT_DEADLOCK, FAULT_UNDELIVERED = 11, 12, 13
-F_CODE, F_PE, F_CYCLE, F_A, F_B, F_C, F_D = range(7)
+F_CODE, F_PE, F_CYCLE, F_A, F_B, F_C, F_D, F_E = range(8)
 FAULT_SIZE = 8
 
 # Record pool fields.
 REC_NEXT, REC_LAST, REC_LEN, REC_OFF, REC_SRC = range(5)
 REC_FIELDS = 5
 
-
-# --- heap of (clock, PE) ---------------------------------------------------------------
-
-
-@njit
-def heap_less(ta, pa, tb, pb):
-    """(ta, pa) < (tb, pb) lexicographically."""
-    return ta < tb or (ta == tb and pa < pb)
+# Interleaved per-(PE, color) and per-link arrays: fifo[2f] head, fifo[2f + 1] tail;
+# routes[2f] rx, routes[2f + 1] tx (f = pe * colors + color); links[8pe + 2d] the cycle
+# link d (N E S W) of pe is free, links[8pe + 2d + 1] its busy wavelet-cycles.
 
 
-@njit
-def heap_push(ht, hp, size, t, pe):
-    """Insert (t, pe) into the heap of `size` entries; return the new size."""
+# --- heap of (clock << shift | PE) keys ------------------------------------------------
+
+
+@njit(nrt=False, inline="always")
+def heap_push(heap, size, key):
+    """Insert `key` into the heap of `size` entries; return the new size."""
     i = size
     while i > 0:
         parent = (i - 1) >> 1
-        if not heap_less(t, pe, ht[parent], hp[parent]):
+        up = heap[parent]
+        if key >= up:
             break
-        ht[i] = ht[parent]
-        hp[i] = hp[parent]
+        heap[i] = up
         i = parent
-    ht[i] = t
-    hp[i] = pe
+    heap[i] = key
     return size + 1
 
 
-@njit
-def heap_pop(ht, hp, size):
-    """Remove the minimum; return (its PE, the new size). `size` must be > 0."""
-    top = hp[0]
-    size -= 1
-    t, pe = ht[size], hp[size]
+@njit(nrt=False, inline="always")
+def sift_down(heap, size, key):
+    """Place `key` at the root of a heap of `size` entries whose root slot is free."""
     i = 0
     while True:
         child = 2 * i + 1
         if child >= size:
             break
-        if child + 1 < size and heap_less(ht[child + 1], hp[child + 1], ht[child], hp[child]):
-            child += 1
-        if not heap_less(ht[child], hp[child], t, pe):
+        low = heap[child]
+        if child + 1 < size:
+            right = heap[child + 1]
+            if right < low:
+                child += 1
+                low = right
+        if low >= key:
             break
-        ht[i] = ht[child]
-        hp[i] = hp[child]
+        heap[i] = low
         i = child
+    heap[i] = key
+
+
+@njit(nrt=False, inline="always")
+def heap_pop(heap, size):
+    """Remove the minimum; return (its key, the new size). `size` must be > 0."""
+    top = heap[0]
+    size -= 1
     if size > 0:
-        ht[i] = t
-        hp[i] = pe
+        sift_down(heap, size, heap[size])
     return top, size
+
+
+@njit(nrt=False, inline="always")
+def heap_replace(heap, size, key):
+    """Pop the minimum and push `key` (greater than it) in one sift; return the minimum."""
+    top = heap[0]
+    sift_down(heap, size, key)
+    return top
 
 
 # --- operands and faults ---------------------------------------------------------------
 
 
-@njit
-def operand(modes, args, k, slot, params, regs, pe):
+@njit(nrt=False, inline="always")
+def operand(modes, args, k, slot, params, pes, pe):
     """Integer value of operand `slot` of instruction `k` for PE `pe`."""
     bits = (modes[k] >> (8 * slot)) & 0xFF
     value = args[k, slot]
@@ -123,12 +149,12 @@ def operand(modes, args, k, slot, params, regs, pe):
         return value
     if kind == 1:
         return np.int64(params[pe, value])
-    return regs[pe * 8 + ((bits >> 2) & 0x7)] + value
+    return pes[pe, P_REGS + ((bits >> 2) & 0x7)] + value
 
 
-@njit
+@njit(nrt=False)
 def set_fault(fault, code, pe, cycle, a, b, c, d):
-    """Record a fault (the first one wins; the kernel returns right after)."""
+    """Record a fault (the kernel returns right after)."""
     fault[F_CODE] = code
     fault[F_PE] = pe
     fault[F_CYCLE] = cycle
@@ -138,7 +164,7 @@ def set_fault(fault, code, pe, cycle, a, b, c, d):
     fault[F_D] = d
 
 
-@njit
+@njit(nrt=False)
 def first_bad_address(base, stride, n, words):
     """Address of the first element of descriptor (base, stride, n) outside 0..words-1,
     or -1 if all are inside (the caller checks the range in O(1) first)."""
@@ -149,7 +175,7 @@ def first_bad_address(base, stride, n, words):
     return -1
 
 
-@njit
+@njit(nrt=False, inline="always")
 def check_descriptor(base, stride, n, words, fault, pe, t):
     """True if every element of (base, stride, n) is in SRAM; else record FAULT_SRAM."""
     if n == 0:
@@ -164,7 +190,7 @@ def check_descriptor(base, stride, n, words, fault, pe, t):
 # --- values ------------------------------------------------------------------------------
 
 
-@njit
+@njit(nrt=False)
 def exp64(x):
     """math.exp with overflow giving +inf (as the reference's `_exp`)."""
     if x > EXP_LIMIT:
@@ -172,7 +198,7 @@ def exp64(x):
     return math.exp(x)
 
 
-@njit
+@njit(nrt=False)
 def max32(a, b):
     """NaN if either is NaN, else a if a >= b else b (the reference's `_max32`)."""
     if a != a or b != b:
@@ -180,7 +206,7 @@ def max32(a, b):
     return a if a >= b else b
 
 
-@njit
+@njit(nrt=False)
 def unary(op, a, imm):
     """fp32 result of a one-source vector op on element `a`."""
     if op == VMOV:
@@ -199,7 +225,7 @@ def unary(op, a, imm):
     return np.float32(np.float64(1.0) / (np.float64(1.0) + exp64(-x)))
 
 
-@njit
+@njit(nrt=False)
 def binary(op, d, a, b):
     """fp32 result of a two-source vector op (`d` is the old destination, for vfma)."""
     if op == VADD:
@@ -213,7 +239,7 @@ def binary(op, d, a, b):
     return np.float32(d + np.float32(a * b))
 
 
-@njit
+@njit(nrt=False)
 def reduce_values(op, mem, s0, ss0, s1, ss1, n):
     """rsum / rmax / rdot accumulated sequentially in fp32 from element 0."""
     if op == RMAX:
@@ -230,7 +256,7 @@ def reduce_values(op, mem, s0, ss0, s1, ss1, n):
     return acc
 
 
-@njit
+@njit(nrt=False)
 def vector_values(op, mem, d0, ds, s0, ss0, s1, ss1, n, imm, scratch):
     """Apply a vector op or reduction to one PE's SRAM row; sources are read before any
     destination element is written (via `scratch`, at least n long)."""
@@ -248,15 +274,7 @@ def vector_values(op, mem, d0, ds, s0, ss0, s1, ss1, n, imm, scratch):
         mem[d0 + ds * i] = scratch[i]
 
 
-@njit
-def grow_scratch(scratch, n):
-    """`scratch`, or a larger one if it is shorter than n."""
-    if scratch.shape[0] >= n:
-        return scratch
-    return np.empty(max(n, 2 * scratch.shape[0]), np.float32)
-
-
-# --- record pool and payload pool --------------------------------------------------------
+# --- pools (allocating; called only from run_mesh) ----------------------------------------
 
 
 @njit
@@ -270,30 +288,41 @@ def new_records(cap):
 
 
 @njit
-def grow_records(rec):
-    """The pool with its capacity doubled; the new rows form the free list (head = old cap)."""
+def grow_records(rec, stats):
+    """The pool with its capacity doubled; the new rows become the free list."""
     cap = rec.shape[0]
     out = np.empty((2 * cap, REC_FIELDS), np.int64)
     out[:cap] = rec
     for i in range(cap, 2 * cap):
-        out[i, REC_NEXT] = i + 1 if i + 1 < 2 * cap else -1
+        out[i, REC_NEXT] = i + 1 if i + 1 < 2 * cap else stats[ST_RECORDS]
         out[i, REC_LEN] = -1
+    stats[ST_RECORDS] = cap
     return out
 
 
 @njit
-def compact_payloads(pay, rec, need):
-    """A fresh payload pool holding every live message's values once (shared blocks stay
-    shared) with room for `need` more words; REC_OFF fields are rewritten. Returns
-    (pool, words used)."""
+def grow_rows(stack, need):
+    """`stack` (an int64 [rows, 4] array) copied into one with at least `need` rows."""
+    rows = stack.shape[0]
+    while rows < need:
+        rows *= 2
+    out = np.empty((rows, stack.shape[1]), np.int64)
+    out[:stack.shape[0]] = stack
+    return out
+
+
+@njit
+def compact_payloads(pay, rec, stats, need):
+    """A fresh payload pool holding every live message's values once (blocks shared by a
+    multicast stay shared) with room for `need` more words; REC_OFF fields are rewritten
+    and stats[ST_PAYLOAD] set to the words used."""
     live = np.flatnonzero((rec[:, REC_LEN] > 0) & (rec[:, REC_OFF] >= 0))
     offs = rec[live, REC_OFF]
     order = np.argsort(offs, kind="mergesort")
     used = 0
     for j in range(order.shape[0]):
-        i = live[order[j]]
         if j == 0 or offs[order[j]] != offs[order[j - 1]]:
-            used += rec[i, REC_LEN]
+            used += rec[live[order[j]], REC_LEN]
     out = np.empty(max(2 * (used + need), 1024), np.float32)
     top, prev_old, prev_new = 0, -1, -1
     for j in range(order.shape[0]):
@@ -305,150 +334,159 @@ def compact_payloads(pay, rec, need):
             prev_old, prev_new = old, top
             top += length
         rec[i, REC_OFF] = prev_new
-    return out, top
+    stats[ST_PAYLOAD] = top
+    return out
 
 
-@njit
-def deliver(q, c, last, n, off, src, rec, head, tail, ncolors, stats, pes, ht, hp, hsize):
-    """Append a delivery to FIFO (q, c), waking q if it waits on c. Returns (rec, hsize)."""
+# --- FIFOs and routing --------------------------------------------------------------------
+
+
+@njit(nrt=False, inline="always")
+def deliver(q, c, last, n, off, src, rec, fifo, ncolors, stats, pes, heap, shift):
+    """Append a delivery to FIFO (q, c) (a free record must exist), waking q if it waits
+    on c."""
     i = stats[ST_RECORDS]
-    if i < 0:
-        i = rec.shape[0]
-        rec = grow_records(rec)
     stats[ST_RECORDS] = rec[i, REC_NEXT]
     rec[i, REC_NEXT] = -1
     rec[i, REC_LAST] = last
     rec[i, REC_LEN] = n
     rec[i, REC_OFF] = off
     rec[i, REC_SRC] = src
-    f = q * ncolors + c
-    if tail[f] < 0:
-        head[f] = i
+    f = 2 * (q * ncolors + c)
+    if fifo[f + 1] < 0:
+        fifo[f] = i
     else:
-        rec[tail[f], REC_NEXT] = i
-    tail[f] = i
+        rec[fifo[f + 1], REC_NEXT] = i
+    fifo[f + 1] = i
     stats[ST_MESSAGES] += 1
     if pes[q, P_STATUS] == BLOCKED and pes[q, P_WAIT] == c:
         pes[q, P_STATUS] = READY
         pes[q, P_WAIT] = -1
-        hsize = heap_push(ht, hp, hsize, pes[q, P_CLOCK], q)
-    return rec, hsize
+        stats[ST_HEAP] = heap_push(heap, stats[ST_HEAP], (pes[q, P_CLOCK] << shift) | q)
 
 
-@njit
-def free_record(rec, head, tail, f, stats):
-    """Unlink the oldest record of FIFO f (read its fields first) and free its row."""
-    i = head[f]
-    head[f] = rec[i, REC_NEXT]
-    if head[f] < 0:
-        tail[f] = -1
+@njit(nrt=False, inline="always")
+def free_record(rec, fifo, f, stats):
+    """Unlink the oldest record of FIFO f (fifo index 2f; read its fields first) and free
+    its row."""
+    i = fifo[f]
+    fifo[f] = rec[i, REC_NEXT]
+    if fifo[f] < 0:
+        fifo[f + 1] = -1
     rec[i, REC_LEN] = -1
     rec[i, REC_NEXT] = stats[ST_RECORDS]
     stats[ST_RECORDS] = i
 
 
-# --- routing -----------------------------------------------------------------------------
+@njit(nrt=False, inline="always")
+def route_message(pe, c, n, off, sp, cfg, routes, edges, links, stack, rec, fifo, stats, pes,
+                  heap, fault, t):
+    """Route one message depth-first exactly as the reference: a stack of (router, input
+    port, head cycle, hops) rows, out-ports pushed N, E, S, W (so the last pushed goes
+    next), delivery to the core (R) after the pushes.
 
-
-@njit
-def route_message(pe, c, n, leaves, off, cfg, route_rx, route_tx, link_free, link_busy,
-                  stack, rec, head, tail, stats, pes, ht, hp, hsize, fault, t):
-    """Route one message depth-first exactly as the reference (stack of (router, input
-    port, head cycle, hops); out-ports pushed N, E, S, W, so the last pushed goes next).
-    Returns (stack, rec, hsize); on a fault `fault` is set and the rest is undefined."""
-    width, height, ncolors = cfg[CFG_WIDTH], cfg[CFG_HEIGHT], cfg[CFG_COLORS]
-    hop, ramp, npes = cfg[CFG_H], cfg[CFG_R], width * height
-    stack[0, 0], stack[0, 1], stack[0, 2], stack[0, 3] = pe, PORT_R, leaves, 0
-    sp = 1
+    Resumable: returns 0 when done, -1 on a fault, or sp > 0 when the top entry needs a
+    larger stack (sp + 3 rows) or a free record; run_mesh grows them and calls again.
+    `edges[q]` has the bit of each port of router q that would leave the mesh."""
+    width, ncolors = cfg[CFG_WIDTH], cfg[CFG_COLORS]
+    hop, ramp, npes, shift = cfg[CFG_H], cfg[CFG_R], pes.shape[0], cfg[CFG_SHIFT]
     while sp > 0:
         sp -= 1
+        if sp + 4 > stack.shape[0] or stats[ST_RECORDS] < 0:
+            return sp + 1
         q, in_port, hd, hops = stack[sp, 0], stack[sp, 1], stack[sp, 2], stack[sp, 3]
         if hops > npes:
             set_fault(fault, FAULT_LOOP, pe, t, c, hops, 0, 0)
-            return stack, rec, hsize
-        rx, tx = route_rx[q * ncolors + c], route_tx[q * ncolors + c]
+            return -1
+        f = 2 * (q * ncolors + c)
+        rx, tx = routes[f], routes[f + 1]
         if not rx & in_port:
             set_fault(fault, FAULT_RX, pe, t, c, q, in_port, rx)
-            return stack, rec, hsize
+            return -1
         if tx == 0:
             set_fault(fault, FAULT_NO_TX, pe, t, c, q, 0, 0)
-            return stack, rec, hsize
-        if sp + 4 > stack.shape[0]:
-            bigger = np.empty((2 * stack.shape[0], 4), np.int64)
-            bigger[:sp] = stack[:sp]
-            stack = bigger
-        x, y = q % width, q // width
+            return -1
         for d in range(4):
             port = 1 << d
             if not tx & port:
                 continue
-            nx = x + (1 if d == 1 else (-1 if d == 3 else 0))
-            ny = y + (1 if d == 2 else (-1 if d == 0 else 0))
-            if nx < 0 or nx >= width or ny < 0 or ny >= height:
+            if edges[q] & port:
                 set_fault(fault, FAULT_OFF_MESH, pe, t, c, q, port, 0)
-                return stack, rec, hsize
-            link = q * 4 + d
-            start = max(hd, link_free[link])
-            link_free[link] = start + n
-            link_busy[link] += n
-            stack[sp, 0], stack[sp, 1] = ny * width + nx, 1 << ((d + 2) % 4)
+                return -1
+            link = 8 * q + 2 * d
+            start = max(hd, links[link])
+            links[link] = start + n
+            links[link + 1] += n
+            step = -width if d == 0 else (1 if d == 1 else (width if d == 2 else -1))
+            stack[sp, 0], stack[sp, 1] = q + step, 1 << ((d + 2) % 4)
             stack[sp, 2], stack[sp, 3] = start + hop, hops + 1
             sp += 1
         if tx & PORT_R:
-            rec, hsize = deliver(q, c, hd + ramp + n - 1, n, off, pe, rec, head, tail,
-                                 ncolors, stats, pes, ht, hp, hsize)
-    return stack, rec, hsize
+            deliver(q, c, hd + ramp + n - 1, n, off, pe, rec, fifo, ncolors, stats, pes, heap,
+                    shift)
+    return 0
 
 
-# --- instructions ------------------------------------------------------------------------
+# --- instructions --------------------------------------------------------------------------
 
 
-@njit
-def exec_vector(opc, k, modes, args, imm, params, regs, pe, t, cfg, sram, scratch, fault):
+@njit(nrt=False, inline="always")
+def exec_vector(opc, k, modes, args, imm, static_cost, params, pes, pe, t, cfg, sram, scratch,
+                fault, stats):
     """A vector op or reduction: check count and descriptors, compute in functional mode.
-    Returns (cycles it costs or -1 on a fault, scratch)."""
-    n = operand(modes, args, k, S_N, params, regs, pe)
+    Returns the cycles it costs, -1 on a fault, or NEED_SCRATCH (nothing done yet).
+    `static_cost[k]` >= 0 is the cost of an instruction whose operands are all immediates
+    and valid (checked once by the wrapper)."""
+    functional = cfg[CFG_FUNCTIONAL]
+    if static_cost[k] >= 0 and not functional:
+        return static_cost[k]
+    if modes[k] == 0:   # all operands immediate: no decoding
+        n, d0, ds = args[k, S_N], args[k, S_DST], args[k, S_DST_STRIDE]
+        s0, ss0 = args[k, S_SRC0], args[k, S_SRC0_STRIDE]
+        s1, ss1 = args[k, S_SRC1], args[k, S_SRC1_STRIDE]
+    else:
+        n = operand(modes, args, k, S_N, params, pes, pe)
+        d0 = operand(modes, args, k, S_DST, params, pes, pe)
+        ds = operand(modes, args, k, S_DST_STRIDE, params, pes, pe)
+        s0 = operand(modes, args, k, S_SRC0, params, pes, pe)
+        ss0 = operand(modes, args, k, S_SRC0_STRIDE, params, pes, pe)
+        s1 = operand(modes, args, k, S_SRC1, params, pes, pe)
+        ss1 = operand(modes, args, k, S_SRC1_STRIDE, params, pes, pe)
     if n < 0:
         set_fault(fault, FAULT_COUNT, pe, t, n, 0, 0, 0)
-        return -1, scratch
+        return FAULTED
     words = cfg[CFG_SRAM]
-    d0 = operand(modes, args, k, S_DST, params, regs, pe)
-    ds = operand(modes, args, k, S_DST_STRIDE, params, regs, pe)
-    if not check_descriptor(d0, ds, n, words, fault, pe, t):
-        return -1, scratch
-    s0 = operand(modes, args, k, S_SRC0, params, regs, pe)
-    ss0 = operand(modes, args, k, S_SRC0_STRIDE, params, regs, pe)
-    if not check_descriptor(s0, ss0, n, words, fault, pe, t):
-        return -1, scratch
-    s1 = operand(modes, args, k, S_SRC1, params, regs, pe)
-    ss1 = operand(modes, args, k, S_SRC1_STRIDE, params, regs, pe)
-    if not check_descriptor(s1, ss1, n, words, fault, pe, t):
-        return -1, scratch
-    if cfg[CFG_FUNCTIONAL] and n > 0:
-        scratch = grow_scratch(scratch, n)
+    if not (check_descriptor(d0, ds, n, words, fault, pe, t)
+            and check_descriptor(s0, ss0, n, words, fault, pe, t)
+            and check_descriptor(s1, ss1, n, words, fault, pe, t)):
+        return FAULTED
+    if functional and n > 0:
+        if n > scratch.shape[0]:
+            stats[ST_NEED] = n
+            return NEED_SCRATCH
         vector_values(opc, sram[pe], d0, ds, s0, ss0, s1, ss1, n, imm[k], scratch)
     w = cfg[CFG_W]
-    return cfg[CFG_O] + (n + w - 1) // w, scratch
+    return cfg[CFG_O] + (n if w == 1 else (n + w - 1) // w)
 
 
-@njit
-def exec_control(opc, k, modes, args, params, regs, pe, t, p, ncode, cfg, fault):
-    """movr / addr / djnz / jmp / nop. Returns the next pc, or -1 on a fault (pes clock
-    is updated by the caller)."""
+@njit(nrt=False, inline="always")
+def exec_control(opc, k, modes, args, params, pes, pe, t, p, ncode, cfg, fault):
+    """movr / addr / djnz / jmp / nop (cost o + 1). Returns the next pc, or -1 on a fault
+    (register index, cycle limit, jump outside 0..ncode)."""
     rd = args[k, S_DST]
-    value = operand(modes, args, k, S_SRC0, params, regs, pe)
+    value = operand(modes, args, k, S_SRC0, params, pes, pe)
     if opc == MOVR or opc == ADDR or opc == DJNZ:
         if rd < 0 or rd >= 8:
             set_fault(fault, FAULT_REGISTER, pe, t, rd, 0, 0, 0)
             return -1
     nxt = p + 1
     if opc == MOVR:
-        regs[pe * 8 + rd] = value
+        pes[pe, P_REGS + rd] = value
     elif opc == ADDR:
-        regs[pe * 8 + rd] += value
+        pes[pe, P_REGS + rd] += value
     elif opc == DJNZ:
-        regs[pe * 8 + rd] -= 1
-        if regs[pe * 8 + rd] != 0:
+        pes[pe, P_REGS + rd] -= 1
+        if pes[pe, P_REGS + rd] != 0:
             nxt = value
     elif opc == JMP:
         nxt = value
@@ -462,29 +500,40 @@ def exec_control(opc, k, modes, args, params, regs, pe, t, p, ncode, cfg, fault)
     return nxt
 
 
-@njit
-def color_operand(k, modes, args, params, regs, pe, t, cfg, fault):
-    """The color operand, or -1 after recording FAULT_COLOR."""
-    c = operand(modes, args, k, S_COLOR, params, regs, pe)
+@njit(nrt=False, inline="always")
+def comm_operands(k, modes, args, params, pes, pe, t, cfg, fault, addr_slot, stride_slot):
+    """(color, n, address, stride) of a send (SRC0 slots) or recv (DST slots), checked in
+    the reference's order; color -1 after a fault."""
+    if modes[k] == 0:
+        c, n = args[k, S_COLOR], args[k, S_N]
+        a, s = args[k, addr_slot], args[k, stride_slot]
+    else:
+        c = operand(modes, args, k, S_COLOR, params, pes, pe)
+        n = operand(modes, args, k, S_N, params, pes, pe)
+        a = operand(modes, args, k, addr_slot, params, pes, pe)
+        s = operand(modes, args, k, stride_slot, params, pes, pe)
     if c < 0 or c >= cfg[CFG_COLORS]:
         set_fault(fault, FAULT_COLOR, pe, t, c, 0, 0, 0)
-        return -1
-    return c
+        return -1, 0, 0, 0
+    if n < 0:
+        set_fault(fault, FAULT_COUNT, pe, t, n, 0, 0, 0)
+        return -1, 0, 0, 0
+    if not check_descriptor(a, s, n, cfg[CFG_SRAM], fault, pe, t):
+        return -1, 0, 0, 0
+    return c, n, a, s
 
 
-@njit
-def store_payload(pay, rec, stats, mem, s0, ss0, n):
-    """Copy a message's values into the payload pool; return (pool, offset)."""
+@njit(nrt=False, inline="always")
+def store_payload(pay, stats, mem, s0, ss0, n):
+    """Copy a message's values to the payload pool (which has room); return the offset."""
     top = stats[ST_PAYLOAD]
-    if top + n > pay.shape[0]:
-        pay, top = compact_payloads(pay, rec, n)
     for i in range(n):
         pay[top + i] = mem[s0 + ss0 * i]
     stats[ST_PAYLOAD] = top + n
-    return pay, top
+    return top
 
 
-@njit
+@njit(nrt=False, inline="always")
 def receive_values(opc, mem, d0, ds, pay, off, n, scratch):
     """recv: dst[i] = w[i]; recvadd: dst[i] = dst[i] + w[i] (all old values read first,
     so with repeated addresses the highest index wins, as in the reference)."""
@@ -498,39 +547,91 @@ def receive_values(opc, mem, d0, ds, pay, off, n, scratch):
         mem[d0 + ds * i] = scratch[i]
 
 
-@njit
-def release_barrier(pes, stats, cfg, ht, hp, hsize, fault):
-    """Every PE at the barrier leaves at max(arrival) + B + o, pushed in PE order.
-    Returns the heap size (fault set on a cycle-limit overrun)."""
+@njit(nrt=False, inline="always")
+def exec_receive(opc, k, modes, args, params, pes, pe, t, cfg, sram, pay, rec, fifo, stats,
+                 scratch, fault):
+    """recv / recvadd. Returns (end cycle, or FAULTED, BLOCK when the FIFO is empty, or
+    NEED_SCRATCH; the color; the wavelet count)."""
+    c, n, d0, ds = comm_operands(k, modes, args, params, pes, pe, t, cfg, fault, S_DST,
+                                 S_DST_STRIDE)
+    if c < 0:
+        return FAULTED, 0, 0
+    if cfg[CFG_FUNCTIONAL] and opc == RECVADD and n > scratch.shape[0]:
+        stats[ST_NEED] = n
+        return NEED_SCRATCH, c, n
+    f = 2 * (pe * cfg[CFG_COLORS] + c)
+    i = fifo[f]
+    if i < 0:
+        return BLOCK, c, n
+    length, last, off, src = rec[i, REC_LEN], rec[i, REC_LAST], rec[i, REC_OFF], rec[i, REC_SRC]
+    free_record(rec, fifo, f, stats)
+    if length != n:
+        set_fault(fault, FAULT_LENGTH, pe, t, c, n, length, src)
+        fault[F_E] = opc
+        return FAULTED, 0, 0
+    if cfg[CFG_FUNCTIONAL] and n > 0:
+        receive_values(opc, sram[pe], d0, ds, pay, off, n, scratch)
+    return max(t + cfg[CFG_O] + n, last + 1), c, n
+
+
+@njit(nrt=False)
+def pack_ports(v):
+    """A router table entry as uint8: the N E S W R bits, plus bit 5 if any other bit is set
+    (so `tx == 0` keeps its meaning for out-of-range masks)."""
+    return np.uint8((v & 31) | (32 if (v & ~31) != 0 else 0))
+
+
+@njit(nrt=False)
+def exec_route(k, modes, args, params, pes, pe, t, cfg, routes, fault):
+    """route color, rx, tx: set this PE's router entry. Returns False after a fault."""
+    c = operand(modes, args, k, S_COLOR, params, pes, pe)
+    if c < 0 or c >= cfg[CFG_COLORS]:
+        set_fault(fault, FAULT_COLOR, pe, t, c, 0, 0, 0)
+        return False
+    f = 2 * (pe * cfg[CFG_COLORS] + c)
+    routes[f] = pack_ports(operand(modes, args, k, S_SRC0, params, pes, pe))
+    routes[f + 1] = pack_ports(operand(modes, args, k, S_SRC1, params, pes, pe))
+    return True
+
+
+@njit(nrt=False)
+def arrive_at_barrier(pe, t, p, pes, stats, cfg, heap, fault):
+    """A PE reaches a barrier; the last arrival releases every PE at max(arrival) + B + o
+    (pushed in PE order, pc past the barrier)."""
+    pes[pe, P_STATUS] = AT_BARRIER
+    pes[pe, P_CLOCK], pes[pe, P_PC] = t, p
+    stats[ST_BARRIER_COUNT] += 1
+    stats[ST_BARRIER_MAX] = max(stats[ST_BARRIER_MAX], t)
+    if stats[ST_BARRIER_COUNT] < cfg[CFG_LIVE]:
+        return
     o = cfg[CFG_O]
-    release = stats[ST_BARRIER_MAX] + cfg[CFG_B]
+    leave = stats[ST_BARRIER_MAX] + cfg[CFG_B] + o
     for q in range(pes.shape[0]):
         if pes[q, P_STATUS] != AT_BARRIER:
             continue
         pes[q, P_STATUS] = READY
         pes[q, P_PC] += 1
-        pes[q, P_CLOCK] = release + o
+        pes[q, P_CLOCK] = leave
         pes[q, P_BUSY] += o
-        if release + o > cfg[CFG_MAX_CYCLES]:
-            set_fault(fault, FAULT_CYCLES, q, release + o, 0, 0, 0, 0)
-            return hsize
-        hsize = heap_push(ht, hp, hsize, release + o, q)
+        if leave > cfg[CFG_MAX_CYCLES]:
+            set_fault(fault, FAULT_CYCLES, q, leave, 0, 0, 0, 0)
+            return
+        stats[ST_HEAP] = heap_push(heap, stats[ST_HEAP], (leave << cfg[CFG_SHIFT]) | q)
     stats[ST_BARRIER_COUNT] = 0
     stats[ST_BARRIER_MAX] = 0
-    return hsize
 
 
-@njit
-def end_checks(pes, head, ncolors, fault, rec):
+@njit(nrt=False)
+def end_checks(pes, fifo, ncolors, fault, rec):
     """After the heap empties: FAULT_DEADLOCK if a PE has not halted, else
     FAULT_UNDELIVERED for the first (PE, color) FIFO still holding messages."""
     for q in range(pes.shape[0]):
         if pes[q, P_STATUS] != HALTED:
             set_fault(fault, FAULT_DEADLOCK, q, pes[q, P_CLOCK], 0, 0, 0, 0)
             return
-    for f in range(head.shape[0]):
-        if head[f] >= 0:
-            count, i = 0, head[f]
+    for f in range(fifo.shape[0] // 2):
+        if fifo[2 * f] >= 0:
+            count, i = 0, fifo[2 * f]
             while i >= 0:
                 count += 1
                 i = rec[i, REC_NEXT]
@@ -538,111 +639,101 @@ def end_checks(pes, head, ncolors, fault, rec):
             return
 
 
-@njit
-def initial_heap(pe_region, ht, hp):
-    """Push every non-idle PE at cycle 0 (already in heap order); return the size."""
+@njit(nrt=False)
+def initial_heap(pe_region, heap):
+    """Push every non-idle PE at cycle 0 (keys = PE index, already in heap order)."""
     size = 0
     for pe in range(pe_region.shape[0]):
         if pe_region[pe] >= 0:
-            ht[size] = 0
-            hp[size] = pe
+            heap[size] = pe
             size += 1
     return size
 
 
-@njit
+@njit(nrt=False, inline="always")
 def is_comm(opc):
     """send, recv, recvadd, route, barrier, halt: executed only in global time order."""
     return (SEND <= opc and opc <= ROUTE) or opc >= BARRIER
 
 
-@njit
-def pack_ports(v):
-    """A router table entry as uint8: the N E S W R bits, plus bit 5 if any other bit is set
-    (so `tx == 0` keeps its meaning for out-of-range masks)."""
-    return np.uint8((v & 31) | (32 if (v & ~31) != 0 else 0))
+# --- the run loop ---------------------------------------------------------------------------
 
 
-@njit
-def exec_send(k, modes, args, params, regs, pe, t, cfg, sram, pay, rec, stats, fault):
-    """Check a send's operands and store its values. Returns (color, n, payload offset,
-    pool) with color -1 after a fault."""
-    c = color_operand(k, modes, args, params, regs, pe, t, cfg, fault)
-    if c < 0:
-        return -1, 0, -1, pay
-    n = operand(modes, args, k, S_N, params, regs, pe)
-    if n < 0:
-        set_fault(fault, FAULT_COUNT, pe, t, n, 0, 0, 0)
-        return -1, 0, -1, pay
-    s0 = operand(modes, args, k, S_SRC0, params, regs, pe)
-    ss0 = operand(modes, args, k, S_SRC0_STRIDE, params, regs, pe)
-    if not check_descriptor(s0, ss0, n, cfg[CFG_SRAM], fault, pe, t):
-        return -1, 0, -1, pay
-    off = -1
-    if cfg[CFG_FUNCTIONAL] and n > 0:
-        pay, off = store_payload(pay, rec, stats, sram[pe], s0, ss0, n)
-    return c, n, off, pay
+@njit(nrt=False, inline="always")
+def suspend(pe, t, p, stats, code):
+    """Park the PE in hand (its instruction at p is retried on resume) and return `code`
+    to run_mesh, which grows a pool and calls simulate again."""
+    stats[ST_CUR_PE] = pe
+    stats[ST_CUR_T] = t
+    stats[ST_CUR_PC] = p
+    return code
 
 
-@njit
-def exec_receive(opc, k, modes, args, params, regs, pe, t, cfg, sram, pay, rec, head, tail,
-                 stats, scratch, fault):
-    """recv / recvadd. Returns (end cycle, or -1 on a fault, or -2 when the FIFO is empty
-    and the PE must block; the color; the wavelet count; scratch)."""
-    c = color_operand(k, modes, args, params, regs, pe, t, cfg, fault)
-    if c < 0:
-        return -1, 0, 0, scratch
-    n = operand(modes, args, k, S_N, params, regs, pe)
-    if n < 0:
-        set_fault(fault, FAULT_COUNT, pe, t, n, 0, 0, 0)
-        return -1, 0, 0, scratch
-    d0 = operand(modes, args, k, S_DST, params, regs, pe)
-    ds = operand(modes, args, k, S_DST_STRIDE, params, regs, pe)
-    if not check_descriptor(d0, ds, n, cfg[CFG_SRAM], fault, pe, t):
-        return -1, 0, 0, scratch
-    f = pe * cfg[CFG_COLORS] + c
-    i = head[f]
-    if i < 0:
-        return -2, c, n, scratch
-    length, last, off, src = rec[i, REC_LEN], rec[i, REC_LAST], rec[i, REC_OFF], rec[i, REC_SRC]
-    free_record(rec, head, tail, f, stats)
-    if length != n:
-        set_fault(fault, FAULT_LENGTH, pe, t, c, n, length, src)
-        fault[F_D + 1] = opc
-        return -1, 0, 0, scratch
-    if cfg[CFG_FUNCTIONAL] and n > 0:
-        scratch = grow_scratch(scratch, n)
-        receive_values(opc, sram[pe], d0, ds, pay, off, n, scratch)
-    return max(t + cfg[CFG_O] + n, last + 1), c, n, scratch
+@njit(nrt=False, inline="always")
+def exec_send(pe, t, k, p, modes, args, params, cfg, sram, pay, routes, edges, links, stack,
+              rec, fifo, stats, pes, heap, fault):
+    """send: check operands, store the values, route the message (resuming an interrupted
+    route if stats[ST_ROUTE_SP] > 0). Returns the wavelet count, or a negative code:
+    FAULTED, NEED_PAYLOAD, NEED_STACK, NEED_RECORDS (the PE is then suspended)."""
+    sp = stats[ST_ROUTE_SP]
+    if sp == 0:
+        c, n, s0, ss0 = comm_operands(k, modes, args, params, pes, pe, t, cfg, fault, S_SRC0,
+                                      S_SRC0_STRIDE)
+        if c < 0:
+            return FAULTED
+        off = -1
+        if cfg[CFG_FUNCTIONAL] and n > 0:
+            if stats[ST_PAYLOAD] + n > pay.shape[0]:
+                stats[ST_NEED] = n
+                return suspend(pe, t, p, stats, NEED_PAYLOAD)
+            off = store_payload(pay, stats, sram[pe], s0, ss0, n)
+        stack[0, 0], stack[0, 1], stack[0, 2], stack[0, 3] = pe, PORT_R, \
+            t + cfg[CFG_O] + cfg[CFG_R], 0
+        stats[ST_ROUTE_C], stats[ST_ROUTE_N], stats[ST_ROUTE_OFF] = c, n, off
+        sp = 1
+    c, n, off = stats[ST_ROUTE_C], stats[ST_ROUTE_N], stats[ST_ROUTE_OFF]
+    sp = route_message(pe, c, n, off, sp, cfg, routes, edges, links, stack, rec, fifo, stats,
+                       pes, heap, fault, t)
+    stats[ST_ROUTE_SP] = max(sp, 0)
+    if sp < 0:
+        return FAULTED
+    if sp > 0:
+        if sp + 3 > stack.shape[0]:
+            stats[ST_NEED] = sp + 3
+            return suspend(pe, t, p, stats, NEED_STACK)
+        return suspend(pe, t, p, stats, NEED_RECORDS)
+    return n
 
 
-@njit
-def run_mesh(op, modes, args, imm, rstart, rlen, pe_region, params, route_rx, route_tx,
-             cfg, sram, pes, regs, link_busy, stats, fault):
-    """Run a program to completion or to its first fault (see the module docstring).
+@njit(nrt=False, inline="always")
+def next_pe(heap, stats, shift):
+    """The PE to activate next: the suspended one, else the heap's minimum (-1: none)."""
+    pe = stats[ST_CUR_PE]
+    if pe >= 0:
+        stats[ST_CUR_PE] = -1
+        return pe
+    if stats[ST_HEAP] == 0:
+        return -1
+    key, size = heap_pop(heap, stats[ST_HEAP])
+    stats[ST_HEAP] = size
+    return key & ((1 << shift) - 1)
 
-    Inputs: code arrays (op, modes, args [N, 8], imm), region start/length, pe_region,
-    params [P, K], router tables route_rx/route_tx [P * colors] (pack_ports form, updated
-    in place), cfg (CFG_*), sram [P, words] (functional) or [0, 0]. Outputs, zeroed by the
-    caller: pes [P, P_FIELDS], regs [P * 8], link_busy [P * 4], stats, fault.
-    """
-    npes, ncolors = pe_region.shape[0], cfg[CFG_COLORS]
-    o, maxc, functional = cfg[CFG_O], cfg[CFG_MAX_CYCLES], cfg[CFG_FUNCTIONAL] != 0
-    ht, hp = np.empty(npes, np.int64), np.empty(npes, np.int64)
-    hsize = initial_heap(pe_region, ht, hp)
-    head = np.full(npes * ncolors, -1, np.int32)
-    tail = np.full(npes * ncolors, -1, np.int32)
-    rec = new_records(1024)
-    link_free = np.zeros(npes * 4, np.int64)
-    stack = np.empty((64, 4), np.int64)
-    pay = np.empty(1024 if functional else 0, np.float32)
-    scratch = np.empty(64, np.float32)
-    while hsize > 0:
-        pe, hsize = heap_pop(ht, hp, hsize)
-        t, p = pes[pe, P_CLOCK], pes[pe, P_PC]
-        region = pe_region[pe]
-        base, ncode = rstart[region], rlen[region]
-        first = True
+
+@njit(nrt=False)
+def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params, routes,
+             edges, cfg, sram, pes, links, stats, fault, heap, fifo, rec, stack, pay, scratch):
+    """The scheduler loop (allocates nothing). Returns DONE when the heap is empty,
+    FAULTED, or a NEED_* code after suspending the PE in hand (see `suspend`)."""
+    o, maxc, shift = cfg[CFG_O], cfg[CFG_MAX_CYCLES], cfg[CFG_SHIFT]
+    pe = next_pe(heap, stats, shift)
+    while pe >= 0:
+        if stats[ST_CUR_T] >= 0:   # resuming a suspended instruction
+            t, p = stats[ST_CUR_T], stats[ST_CUR_PC]
+            stats[ST_CUR_T] = -1
+        else:
+            t, p = pes[pe, P_CLOCK], pes[pe, P_PC]
+        base, ncode = rstart[pe_region[pe]], rlen[pe_region[pe]]
+        first, following = True, -1
         while True:
             if p >= ncode:
                 pes[pe, P_STATUS] = HALTED
@@ -651,80 +742,109 @@ def run_mesh(op, modes, args, imm, rstart, rlen, pe_region, params, route_rx, ro
             k = base + p
             opc = op[k]
             if not first and is_comm(opc):
-                if hsize > 0 and not heap_less(t, pe, ht[0], hp[0]):
-                    hsize = heap_push(ht, hp, hsize, t, pe)
+                key = (t << shift) | pe
+                if stats[ST_HEAP] > 0 and heap[0] < key:
+                    following = heap_replace(heap, stats[ST_HEAP], key) & ((1 << shift) - 1)
                     break
             first = False
-            stats[ST_INSTRUCTIONS] += 1
             if opc == NOP or (opc >= MOVR and opc <= JMP):
-                p = exec_control(opc, k, modes, args, params, regs, pe, t, p, ncode, cfg,
-                                 fault)
+                p = exec_control(opc, k, modes, args, params, pes, pe, t, p, ncode, cfg, fault)
                 if p < 0:
-                    return
+                    return FAULTED
                 t += o + 1
                 pes[pe, P_BUSY] += o + 1
+                stats[ST_INSTRUCTIONS] += 1
                 continue
             if opc <= LAST_VECTOR:
-                cost, scratch = exec_vector(opc, k, modes, args, imm, params, regs, pe, t,
-                                            cfg, sram, scratch, fault)
+                cost = exec_vector(opc, k, modes, args, imm, static_cost, params, pes, pe, t,
+                                   cfg, sram, scratch, fault, stats)
                 if cost < 0:
-                    return
+                    return FAULTED if cost == FAULTED else suspend(pe, t, p, stats, cost)
             elif opc == SEND:
-                c, n, off, pay = exec_send(k, modes, args, params, regs, pe, t, cfg, sram,
-                                           pay, rec, stats, fault)
-                if c < 0:
-                    return
-                stack, rec, hsize = route_message(
-                    pe, c, n, t + o + cfg[CFG_R], off, cfg, route_rx, route_tx, link_free,
-                    link_busy, stack, rec, head, tail, stats, pes, ht, hp, hsize, fault, t)
-                if fault[F_CODE] != FAULT_NONE:
-                    return
+                n = exec_send(pe, t, k, p, modes, args, params, cfg, sram, pay, routes, edges,
+                              links, stack, rec, fifo, stats, pes, heap, fault)
+                if n < 0:
+                    return n
                 cost = o + n
             elif opc == RECV or opc == RECVADD:
-                end, c, n, scratch = exec_receive(opc, k, modes, args, params, regs, pe, t, cfg,
-                                               sram, pay, rec, head, tail, stats, scratch,
-                                               fault)
-                if end == -1:
-                    return
-                if end == -2:   # blocked: not counted until the recv completes
-                    stats[ST_INSTRUCTIONS] -= 1
+                end, c, n = exec_receive(opc, k, modes, args, params, pes, pe, t, cfg, sram,
+                                         pay, rec, fifo, stats, scratch, fault)
+                if end == BLOCK:   # counted when the recv completes
                     pes[pe, P_STATUS] = BLOCKED
                     pes[pe, P_WAIT] = c
                     break
+                if end < 0:
+                    return FAULTED if end == FAULTED else suspend(pe, t, p, stats, end)
                 pes[pe, P_BUSY] += o + n
                 t = end
                 cost = 0
             elif opc == ROUTE:
-                c = color_operand(k, modes, args, params, regs, pe, t, cfg, fault)
-                if c < 0:
-                    return
-                route_rx[pe * ncolors + c] = pack_ports(
-                    operand(modes, args, k, S_SRC0, params, regs, pe))
-                route_tx[pe * ncolors + c] = pack_ports(
-                    operand(modes, args, k, S_SRC1, params, regs, pe))
+                if not exec_route(k, modes, args, params, pes, pe, t, cfg, routes, fault):
+                    return FAULTED
                 cost = o + 1
             elif opc == BARRIER:
-                pes[pe, P_STATUS] = AT_BARRIER
-                pes[pe, P_CLOCK], pes[pe, P_PC] = t, p
-                stats[ST_BARRIER_COUNT] += 1
-                stats[ST_BARRIER_MAX] = max(stats[ST_BARRIER_MAX], t)
-                if stats[ST_BARRIER_COUNT] == cfg[CFG_LIVE]:
-                    hsize = release_barrier(pes, stats, cfg, ht, hp, hsize, fault)
-                    if fault[F_CODE] != FAULT_NONE:
-                        return
-                    t, p = pes[pe, P_CLOCK], pes[pe, P_PC]
+                stats[ST_INSTRUCTIONS] += 1
+                arrive_at_barrier(pe, t, p, pes, stats, cfg, heap, fault)
+                if fault[F_CODE] != FAULT_NONE:
+                    return FAULTED
+                t, p = pes[pe, P_CLOCK], pes[pe, P_PC]
                 break
             else:
+                stats[ST_INSTRUCTIONS] += 1
                 pes[pe, P_STATUS] = HALTED
                 pes[pe, P_FINISH] = t
                 p += 1
                 break
+            stats[ST_INSTRUCTIONS] += 1
             t += cost
             pes[pe, P_BUSY] += cost
             if t > maxc:
                 set_fault(fault, FAULT_CYCLES, pe, t, 0, 0, 0, 0)
-                return
+                return FAULTED
             p += 1
         pes[pe, P_CLOCK], pes[pe, P_PC] = t, p
+        pe = following if following >= 0 else next_pe(heap, stats, shift)
+    return DONE
+
+
+@njit
+def run_mesh(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params, routes,
+             edges, cfg, sram, pes, links, stats, fault):
+    """Run a program to completion or to its first fault (see the module docstring).
+
+    Inputs: code arrays (op, modes, args [N, 8], imm, static_cost), region start/length,
+    pe_region, params [P, K], router tables `routes` (interleaved rx/tx in pack_ports form,
+    updated in place), edges [P] (ports leaving the mesh), cfg (CFG_*), sram [P, words]
+    (functional) or [0, 0]. Outputs, zeroed by the
+    caller except pes' status/wait columns: pes [P, P_FIELDS], links [P * 8] (free/busy),
+    stats, fault. The only allocating kernel: it owns the heap, FIFO heads and tails,
+    record and payload pools, routing stack and scratch, and grows a pool whenever
+    `simulate` suspends asking for it.
+    """
+    npes, ncolors = pe_region.shape[0], cfg[CFG_COLORS]
+    heap = np.empty(npes, np.int64)
+    stats[ST_HEAP] = initial_heap(pe_region, heap)
+    stats[ST_CUR_PE], stats[ST_CUR_T] = -1, -1
+    fifo = np.full(2 * npes * ncolors, -1, np.int32)
+    rec = new_records(1024)
+    stack = np.empty((64, 4), np.int64)
+    pay = np.empty(1024 if cfg[CFG_FUNCTIONAL] else 0, np.float32)
+    scratch = np.empty(64, np.float32)
+    while True:
+        code = simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
+                        routes, edges, cfg, sram, pes, links, stats, fault, heap, fifo, rec,
+                        stack, pay, scratch)
+        if code == DONE:
+            break
+        if code == FAULTED:
+            return
+        if code == NEED_SCRATCH:
+            scratch = np.empty(2 * stats[ST_NEED], np.float32)
+        elif code == NEED_STACK:
+            stack = grow_rows(stack, stats[ST_NEED])
+        elif code == NEED_RECORDS:
+            rec = grow_records(rec, stats)
+        else:
+            pay = compact_payloads(pay, rec, stats, stats[ST_NEED])
     stats[ST_PEAK_RECORDS] = rec.shape[0]
-    end_checks(pes, head, ncolors, fault, rec)
+    end_checks(pes, fifo, ncolors, fault, rec)
