@@ -190,8 +190,9 @@ def role_text(dp, program, x: int, y: int) -> str:
     where = ("root (0,0)" if role.left and role.top else "top row" if role.top else
              "left column" if role.left else "interior PE")
     first, groups = dp.plan.groups_on_row(y)
-    attention = (f"attention for kv group(s) {first}-{first + groups - 1}"
-                 if groups else "no attention (row holds no kv group)")
+    attention = (f"attention for kv group {first}" if groups == 1 else
+                 f"attention for kv groups {first}-{first + groups - 1}" if groups else
+                 "no attention (row holds no kv group)")
     return (f"role: {where}; row tree {_tree(role.row_tree, 'W')}; column tree "
             f"{_tree(role.col_tree, 'N')}; hidden chunk k={role.k_hidden}, o_proj input "
             f"chunk {role.k_attn}, ffn chunk {role.k_ffn}; {attention}")

@@ -209,11 +209,25 @@ def message_records(event) -> list[dict]:
              "dst": (int(x), int(y))} for x, y, t in _ARRIVAL.findall(event.detail)]
 
 
-def in_flight(messages: list[dict], cycle: int, pe=None) -> list[dict]:
-    """Messages sent at or before `cycle` whose last wavelet has not arrived yet (only
-    those from or to `pe` when given)."""
-    return [m for m in messages if m["sent"] <= cycle < m["arrives"]
-            and (pe is None or pe in (m["src"], m["dst"]))]
+class Messages:
+    """Every message of a run (from its send events), queried by cycle and PE."""
+
+    def __init__(self, events: list):
+        self.records = [m for e in events for m in message_records(e)]
+        columns = {key: np.array([m[key] for m in self.records], np.int64).reshape(-1, 2)
+                   if key in ("src", "dst") else
+                   np.array([m[key] for m in self.records], np.int64)
+                   for key in ("sent", "arrives", "src", "dst")}
+        self.sent, self.arrives = columns["sent"], columns["arrives"]
+        self.src, self.dst = columns["src"], columns["dst"]
+
+    def in_flight(self, cycle: int, pe=None) -> list[dict]:
+        """Messages sent at or before `cycle` whose last wavelet has not arrived yet (only
+        those from or to `pe` when given)."""
+        mask = (self.sent <= cycle) & (cycle < self.arrives)
+        if pe is not None:
+            mask &= ((self.src == pe).all(axis=1)) | ((self.dst == pe).all(axis=1))
+        return [self.records[k] for k in np.flatnonzero(mask)]
 
 
 def flight_text(flying: list[dict]) -> str:
@@ -296,10 +310,9 @@ def check_filters(rec: Recording, filters: Filters) -> None:
 
 def replay(rec: Recording, filters: Filters, interactive: bool, echo=click.echo) -> int:
     """Print the matching events in time order; returns how many were shown."""
-    messages: list[dict] = []
+    messages = Messages(rec.events)
     shown, resume_at = 0, None
     for k, event in enumerate(rec.events):
-        messages.extend(message_records(event))
         if filters.until is not None and event.start > filters.until:
             break
         op, comment = event_op(rec, event)
@@ -312,11 +325,11 @@ def replay(rec: Recording, filters: Filters, interactive: bool, echo=click.echo)
                 resume_at = ask(echo)
                 if resume_at is False:
                     break
-        flying = in_flight(messages, event.start, filters.pe)
+        flying = messages.in_flight(event.start, filters.pe)
         echo(format_event(event, k, op, flying, rec.values[k]))
         shown += 1
     if filters.until is not None:
-        flying = in_flight(messages, filters.until, filters.pe)
+        flying = messages.in_flight(filters.until, filters.pe)
         echo(f"at cycle {filters.until}: " + (flight_text(flying) if flying
                                                else "no messages in flight"))
     return shown

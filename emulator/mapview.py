@@ -359,7 +359,8 @@ def terminal_map(m: MeshMap, region=None, layer: int | None = None,
         out.append(Text(f"digits: layer {layer} bytes per PE (weight tiles, norms, KV) in "
                         f"ninths of the maximum {int(peak):,} B; colour = role"))
     out.append(legend_table(m, roles, m.used[y0:y1 + 1, x0:x1 + 1]))
-    out.append(chunk_table(m))
+    if layer is None:
+        out.append(chunk_table(m))
     return out
 
 
