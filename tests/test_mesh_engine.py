@@ -1,0 +1,349 @@
+"""The Numba mesh engine: faults (worded as the reference words them), pool growth, special
+float values, input checks, determinism and the EMU_DISABLE_JIT switch."""
+
+import json
+import os
+import subprocess
+import sys
+from math import comb
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emulator.errors import ConfigError, FitError, MeshFault
+from emulator.hw.mesh import load_mesh
+from emulator.mesh_engine import run_numba
+from isa.asm import assemble
+from isa.opcodes import PORT_E, PORT_N, PORT_R, PORT_S, PORT_W, SLOT_DST, SLOT_SRC0
+from isa.reference import run_reference
+
+SMALL = load_mesh("small")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def both(program, functional=True, **kw):
+    """Run both engines; assert identical results; return the Numba one."""
+    mesh = SMALL.with_mesh(program.width, program.height)
+    ref = run_reference(program, mesh, functional=functional, **kw)
+    fast = run_numba(program, mesh, functional=functional, **kw)
+    for name in ("cycles", "instructions", "messages"):
+        assert getattr(fast, name) == getattr(ref, name), name
+    for name in ("pe_finish", "pe_busy", "link_busy"):
+        assert np.array_equal(getattr(fast, name), getattr(ref, name)), name
+    if functional:
+        assert np.array_equal(fast.sram.view(np.uint32), ref.sram.view(np.uint32))
+    return fast
+
+
+def fault_of(program, **kw) -> str:
+    """The MeshFault message of both engines (asserted identical)."""
+    mesh = SMALL.with_mesh(program.width, program.height)
+    messages = []
+    for engine in (run_reference, run_numba):
+        with pytest.raises(MeshFault) as info:
+            engine(program, mesh, **kw)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+    return messages[1]
+
+
+# --- faults ------------------------------------------------------------------------------
+
+
+def test_sram_overflow_names_pe_cycle_and_address():
+    program = assemble(""".mesh 2x1
+.sram 64
+.region a 1,0 1,0
+    movr r1, 60
+    vset [r1], 8, 1.0
+""")
+    message = fault_of(program)
+    assert message == ("<string>: PE (1,0) at cycle 2: SRAM access at element 64 outside "
+                       "0..63")
+    assert "PE (1,0) at cycle 2" in fault_of(program, functional=False)
+
+
+def test_negative_stride_below_zero():
+    program = assemble(".mesh 1x1\n.sram 8\n.region a 0,0 0,0\n    movr r2, 2\n"
+                       "    vmov [r2:-1], [0], 4\n")
+    assert fault_of(program).endswith("SRAM access at element -1 outside 0..7")
+
+
+def test_uninitialised_route():
+    program = assemble(".mesh 2x1\n.sram 8\n.region a 0,0 0,0\n    send c3, [0], 2\n")
+    assert fault_of(program) == ("<string>: PE (0,0) at cycle 0: message on color 3 reaches "
+                                 "PE (0,0) from port R but its route accepts -")
+
+
+def test_route_with_no_output():
+    program = assemble(".mesh 2x1\n.sram 8\n.region a 0,0 0,0\n.route c3 rx=R tx=-\n"
+                       "    nop\n    send c3, [0], 2\n")
+    assert fault_of(program).endswith("PE (0,0) at cycle 2: color 3 has no route out of "
+                                      "PE (0,0)")
+
+
+def test_route_off_the_mesh():
+    program = assemble(""".mesh 3x2
+.sram 4
+.route c1 rx=W tx=E at 2,1 2,1
+.region a 1,1 1,1
+.route c1 rx=R tx=E
+    send c1, [0], 1
+""")
+    assert fault_of(program).endswith("route of color 1 leaves the mesh at PE (2,1) going E")
+
+
+def test_route_loop():
+    program = assemble(""".mesh 2x1
+.sram 4
+.route c0 rx=W tx=W at 1,0 1,0
+.region a 0,0 0,0
+.route c0 rx=R|E tx=E
+    send c0, [0], 1
+""")
+    assert "route of color 0 loops (passes 3 routers)" in fault_of(program)
+
+
+def test_message_from_a_rejected_port():
+    program = assemble(""".mesh 2x1
+.sram 4
+.route c0 rx=N tx=R at 1,0 1,0
+.region a 0,0 0,0
+.route c0 rx=R tx=E
+    send c0, [0], 1
+""")
+    assert fault_of(program).endswith("message on color 0 reaches PE (1,0) from port W but "
+                                      "its route accepts N")
+
+
+def test_deadlock_lists_waiting_pes_and_colors():
+    program = assemble(""".mesh 3x1
+.sram 4
+.region wait 0,0 1,0
+    nop
+    recv c7, [0], 1
+.region done 2,0 2,0
+    halt
+""")
+    assert fault_of(program) == ("<string>: deadlock: PE (0,0) waits on color 7 since cycle "
+                                 "2; PE (1,0) waits on color 7 since cycle 2")
+
+
+def test_deadlock_at_a_barrier_with_a_halted_pe():
+    program = assemble(""".mesh 4x4
+.region wait 0,0 3,2
+    barrier
+.region done 0,3 3,3
+    halt
+""")
+    message = fault_of(program)
+    assert message.startswith("<string>: deadlock: PE (0,0) waits at a barrier since cycle 0")
+    assert message.endswith("(+4 more); PE (0,3) halted")
+
+
+def test_cycle_limit():
+    program = assemble(".mesh 1x1\n.region a 0,0 0,0\nloop:\n    jmp loop\n")
+    o = SMALL.issue_overhead
+    limit = 1000
+    cycle = (limit // (o + 1) + 1) * (o + 1)
+    assert fault_of(program, max_cycles=limit) == (f"<string>: PE (0,0) at cycle {cycle}: "
+                                                   f"cycle limit {limit} exceeded")
+
+
+def test_message_length_mismatch():
+    program = assemble(""".mesh 2x1
+.sram 8
+.region a 0,0 0,0
+.route c0 rx=R tx=E
+    send c0, [0], 4
+.region b 1,0 1,0
+.route c0 rx=W tx=R
+    recv c0, [0], 5
+""")
+    assert fault_of(program).endswith("PE (1,0) at cycle 0: recv on color 0 expects 5 "
+                                      "wavelets but the message from PE (0,0) has 4")
+
+
+def test_undelivered_message():
+    program = assemble(""".mesh 2x1
+.sram 8
+.region a 0,0 0,0
+.route c2 rx=R tx=E
+.route c2 rx=W tx=R at 1,0 1,0
+    send c2, [0], 4
+    send c2, [0], 4
+""")
+    assert fault_of(program) == ("<string>: PE (1,0): 2 undelivered message(s) on color 2 "
+                                 "when the program ended")
+
+
+def test_negative_count_bad_color_and_bad_jump():
+    counts = assemble(".mesh 1x1\n.sram 4\n.region a 0,0 0,0\n    movr r1, -3\n"
+                      "    vadd [0], [0], [0], r1\n")
+    assert fault_of(counts).endswith("at cycle 2: negative element count -3")
+    colors = assemble(".mesh 1x1\n.sram 4\n.params 1\n.region a 0,0 0,0\n.param p0 = 99\n"
+                      "    recv %p0, [0], 0\n", num_colors=24)
+    assert fault_of(colors).endswith("color 99 is not defined (colors 0..23)")
+    jump = assemble(".mesh 1x1\n.region a 0,0 0,0\nl:\n    jmp l\n")
+    jump.code["a"][0, SLOT_SRC0] = 5
+    assert fault_of(jump).endswith("at cycle 2: jump to 5 outside the code 0..1")
+
+
+def test_register_index_out_of_range_is_a_fault():
+    """The encoding can name r9 (the assembler cannot); the engine reports it. The reference
+    interpreter does not check this (numpy raises IndexError), so only Numba is asserted."""
+    program = assemble(".mesh 1x1\n.region a 0,0 0,0\n    movr r1, 4\n")
+    program.code["a"][0, SLOT_DST] = 9
+    with pytest.raises(MeshFault, match=r"PE \(0,0\) at cycle 0: register r9 does not exist"):
+        run_numba(program, SMALL.with_mesh(1, 1))
+
+
+def test_fit_and_config_errors():
+    program = assemble(".mesh 2x2\n.sram 20000\n.region a 0,0 1,1\n    halt\n")
+    with pytest.raises(FitError, match="80000 bytes .* PE has 49152 bytes"):
+        run_numba(program, SMALL.with_mesh(2, 2))
+    small = assemble(".mesh 2x2\n.sram 8\n.region a 0,0 1,1\n    halt\n")
+    with pytest.raises(ConfigError, match="2x2 mesh but the hardware is 32x32"):
+        run_numba(small, SMALL)
+    with pytest.raises(ConfigError, match="initial SRAM has shape"):
+        run_numba(small, SMALL.with_mesh(2, 2), sram=np.zeros((4, 9), np.float32))
+
+
+# --- pools, values, determinism ----------------------------------------------------------
+
+
+def stream_program(messages: int, n: int) -> str:
+    """PE (0,0) sends `messages` distinct messages of n wavelets (2n + 3o + 1 cycles per
+    loop iteration) while PE (1,0) is busy for longer, then receives them all: every
+    message is in flight at once (with o = 1)."""
+    return f""".mesh 2x1
+.sram {2 * n + 1}
+.region src 0,0 0,0
+.route c0 rx=R tx=E
+    movr r0, {messages}
+loop:
+    vaddi [0], [0], {n}, 1.0
+    send c0, [0], {n}
+    djnz r0, loop
+.region dst 1,0 1,0
+.route c0 rx=W tx=R
+    vset [{2 * n}:0], {messages * (2 * n + 4)}, 0.0
+    movr r0, {messages}
+loop:
+    recvadd c0, [{n}], {n}
+    djnz r0, loop
+"""
+
+
+@pytest.mark.parametrize("messages, n", [(3000, 1), (60, 100), (5, 3000)])
+def test_record_and_payload_pools_grow(messages, n):
+    result = both(assemble(stream_program(messages, n)))
+    assert result.messages == messages
+    expected = np.float32(messages * (messages + 1) / 2)
+    assert np.all(result.sram[1, n:2 * n] == expected)
+    both(assemble(stream_program(messages, n)), functional=False)
+
+
+def test_deep_routing_stack():
+    """A westward comb: each router forwards W and S, the deep branch is routed first, so
+    the depth-first stack holds one pending south branch per router (> 64 rows)."""
+    width = 90
+    program = assemble(f""".mesh {width}x2
+.sram 4
+.route c0 rx=E tx=W|S|R at 1,0 {width - 2},0
+.route c0 rx=E tx=S|R at 0,0 0,0
+.route c0 rx=N tx=R at 0,1 {width - 1},1
+.region src {width - 1},0 {width - 1},0
+.route c0 rx=R tx=W|S
+.data 0 1 2 3 4
+    send c0, [0], 4
+.region row0 0,0 {width - 2},0
+    recv c0, [0], 4
+.region row1 0,1 {width - 1},1
+    recv c0, [0], 4
+""")
+    result = both(program)
+    assert result.messages == 2 * width - 1
+    assert np.all(result.sram[:, :4] == [1, 2, 3, 4])
+
+
+def test_multicast_dag_delivers_once_per_path():
+    """Every router forwards E and S: a core receives one copy per path from the source
+    (binomial counts, thousands of deliveries in flight) and links carry every copy."""
+    size = 7
+    receive = "    movr r0, %p0\nloop:\n    recv c0, [2], 2\n    djnz r0, loop\n"
+    program = assemble(f""".mesh {size}x{size}
+.sram 4
+.params 1
+.region src 0,0 0,0
+.data 0 0.5 1.5
+    send c0, [0], 2
+.region row 1,0 {size - 1},0
+{receive}.region rest 0,1 {size - 1},{size - 1}
+{receive}""")
+    x, y = (v.ravel() for v in np.meshgrid(np.arange(size), np.arange(size)))
+    paths = np.array([comb(int(a + b), int(a)) for a, b in zip(x, y, strict=True)])
+    program.params[:, 0] = paths
+    program.route_rx[:, 0] = np.where(x + y == 0, PORT_R, PORT_W | PORT_N)
+    program.route_tx[:, 0] = (np.where(x + y == 0, 0, PORT_R)
+                              | np.where(x < size - 1, PORT_E, 0)
+                              | np.where(y < size - 1, PORT_S, 0))
+    result = both(program)
+    assert result.messages == int(paths[1:].sum()) > 2000
+    assert np.all(result.sram[1:, 2:] == [0.5, 1.5])
+    both(program, functional=False)
+
+
+def test_special_values_bit_identical():
+    data = "0.0 -0.0 -1.0 1e-45 inf -inf nan 100.0 -100.0 88.8 89.0 -104.0 3.4e38 -7.5"
+    for op in ("vrecip", "vrsqrt", "vexp", "vsigmoid", "vmax", "vsub", "vfma", "rmax",
+               "rsum", "rdot"):
+        program = assemble(f""".mesh 1x1
+.sram 64
+.region a 0,0 0,0
+.data 0 {data}
+.data 14 {' '.join(reversed(data.split()))}
+    vmov [28], [14], 14
+    {op} [28], [0], {"[14], " if op in ("vmax", "vsub", "vfma", "rdot") else ""}14
+""")
+        both(program)
+
+
+def test_deterministic_and_timing_only_allocates_no_sram():
+    program = assemble(stream_program(40, 7))
+    mesh = SMALL.with_mesh(2, 1)
+    first, second = run_numba(program, mesh), run_numba(program, mesh)
+    assert np.array_equal(first.sram, second.sram) and first.cycles == second.cycles
+    timing = run_numba(program, mesh, functional=False)
+    assert timing.sram is None and timing.cycles == first.cycles
+
+
+def test_initial_sram_argument():
+    program = assemble(".mesh 2x1\n.sram 4\n.region a 0,0 1,0\n    vscale [0], [0], 4, 2.0\n")
+    sram = np.arange(8, dtype=np.float32).reshape(2, 4)
+    result = run_numba(program, SMALL.with_mesh(2, 1), sram=sram)
+    assert result.sram.tolist() == (2 * sram).tolist()
+    assert sram[1, 3] == 7    # the caller's array is not modified
+
+
+def test_jit_switch_runs_plain_python():
+    """EMU_DISABLE_JIT=1 runs the same kernels as plain Python with the same results."""
+    code = """
+import json, numpy as np
+from emulator import jit
+from emulator.hw.mesh import load_mesh
+from emulator.mesh_engine import run_numba
+from isa.asm import assemble
+from tests.test_mesh_engine import stream_program
+assert jit.JIT_DISABLED
+r = run_numba(assemble(stream_program(5, 3)), load_mesh("small").with_mesh(2, 1))
+print(json.dumps([r.cycles, r.instructions, r.sram.tolist()]))
+"""
+    env = dict(os.environ, EMU_DISABLE_JIT="1", PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    cycles, instructions, sram = json.loads(out)
+    expected = run_reference(assemble(stream_program(5, 3)), SMALL.with_mesh(2, 1))
+    assert (cycles, instructions) == (expected.cycles, expected.instructions)
+    assert sram == expected.sram.tolist()
