@@ -44,7 +44,7 @@ from isa.opcodes import (
     VECTOR_OPS,
     Op,
 )
-from isa.program import Program
+from isa.program import Program, RunResult
 from isa.reference import ReferenceMachine
 
 _ARRIVAL = re.compile(r"\((\d+),(\d+)\) last wavelet at (\d+)")
@@ -98,24 +98,24 @@ class Recording:
 
 
 def record_run(program: Program, mesh: MeshConfig, sram, functional: bool,
-               max_cycles: int) -> tuple[RecordingMachine, MeshFault | None]:
-    """Run to the end or to a fault; the machine keeps the events either way."""
+               max_cycles: int) -> tuple[RecordingMachine, RunResult | None, MeshFault | None]:
+    """Run to the end or to a fault: (machine, result or None, fault or None); the
+    machine keeps the events either way."""
     machine = RecordingMachine(program, mesh, sram, functional, max_cycles)
     try:
-        machine.run()
+        return machine, machine.run(), None
     except MeshFault as fault:
-        return machine, fault
-    return machine, None
+        return machine, None, fault
 
 
-def recording_of(machine: RecordingMachine, fault: MeshFault | None,
-                 note: str = "") -> Recording:
+def recording_of(machine: RecordingMachine, result: RunResult | None,
+                 fault: MeshFault | None, note: str = "") -> Recording:
     """Events and values in time order (start cycle, PE index, execution order)."""
     program = machine.p
     events = machine.events or []
     order = sorted(range(len(events)), key=lambda k: (
         events[k].start, events[k].y * program.width + events[k].x, k))
-    cycles = None if fault else int(machine.finish.max(initial=0))
+    cycles = None if result is None else int(result.cycles)
     return Recording(program, [events[k] for k in order], [machine.values[k] for k in order],
                      cycles, fault, OpIndex(program), note)
 
@@ -148,10 +148,10 @@ def record_model(config: str, hw: str, mesh_text, dtype: str, layout: str, max_c
     def run(program, mesh, sram=None, functional=True):
         """MeshDecoder's engine hook: the recording reference interpreter."""
         runs.append(record_run(program, mesh, sram, functional, max_cycles))
-        machine, fault = runs[-1]
+        _, result, fault = runs[-1]
         if fault is not None:
             raise fault
-        return _result(machine)
+        return result
 
     decoder.run = run
     try:
@@ -184,16 +184,6 @@ def _check_position(position: int, compiled) -> int:
     if not 0 <= position < limit:
         raise ConfigError(f"--position {position} is outside the KV capacity 0..{limit - 1}")
     return position
-
-
-def _result(machine: RecordingMachine):
-    """The RunResult of a finished machine (what the engines return)."""
-    from isa.program import RunResult
-
-    return RunResult(cycles=int(machine.finish.max(initial=0)), pe_finish=machine.finish,
-                     pe_busy=machine.busy, link_busy=machine.link_busy,
-                     instructions=machine.instructions, messages=machine.messages,
-                     sram=machine.sram, events=machine.events)
 
 
 # --------------------------------------------------------------------------- formatting

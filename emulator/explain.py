@@ -237,7 +237,7 @@ def _vector_slice(plan, vector: str, on: bool, index: int, what: str) -> tuple[i
     if not on:
         return 0, f"unused here ({'top row' if chunks.axis == 'R' else 'left column'} only)"
     a, b = chunks.start(index), chunks.start(index + 1)
-    return b - a, f"{what}[{_span(a, b) if b > a else 'none'}]"
+    return b - a, f"{what}, elements {_span(a, b) if b > a else 'none'}"
 
 
 def _kv_slice(dp, layer: int, which: str, a: int, x: int, y: int) -> tuple[int, str]:
@@ -269,8 +269,8 @@ def buffer_slice(dp, name: str, x: int, y: int) -> tuple[int, str]:
                "norm_final": ("hidden", "model.norm.weight"),
                "o_bias": ("hidden", f"{hf}o_proj.bias"),
                "down_bias": ("hidden", f"{hf}down_proj.bias"),
-               "qkv_bias": ("qkv", f"{hf}q/k/v_proj.bias (q/k/v order)"),
-               "gu_bias": ("gu", f"{hf}gate/up_proj.bias (gate/up order)")}
+               "qkv_bias": ("qkv", f"{hf}q/k/v_proj.bias in q/k/v-vector order"),
+               "gu_bias": ("gu", f"{hf}gate/up_proj.bias in gate/up-vector order")}
     if part in vectors:
         vector, what = vectors[part]
         axis = plan.vec(vector).axis
