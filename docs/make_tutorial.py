@@ -6,8 +6,8 @@ Every command shown in the tutorial is run here with the installed `emu` (or
 `python -c "from emulator.cli import main; main()"` when `emu` is not on PATH), and its
 output is pasted in verbatim; long outputs are cut with a marked `[...]` line, never edited.
 The two maps are written to docs/images/ by `emu map --png`. Rich tables are rendered
-`COLUMNS` characters wide. The op-graph dump goes to a temporary directory. Takes about a
-minute (one functional decode step on the reference interpreter, several compiles).
+`COLUMNS` characters wide. The op-graph dump goes to a temporary directory. Takes about half a
+minute (functional decode steps on the reference interpreter, several compiles).
 """
 
 import argparse
