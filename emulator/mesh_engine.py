@@ -14,6 +14,7 @@ from emulator import mesh_kernels as K
 from emulator.errors import ConfigError, MeshFault
 from emulator.hw.mesh import MeshConfig
 from isa.opcodes import (
+    MODE_BITS,
     NUM_REGS,
     NUM_SLOTS,
     PORT_E,
@@ -21,6 +22,7 @@ from isa.opcodes import (
     PORT_NAMES,
     PORT_S,
     PORT_W,
+    SLOT_COLOR,
     SLOT_DST,
     SLOT_DST_STRIDE,
     SLOT_N,
@@ -57,7 +59,8 @@ def run_numba(program: Program, mesh: MeshConfig, sram=None, functional: bool = 
                    np.ascontiguousarray(program.region_start, np.int64),
                    np.ascontiguousarray(program.region_len, np.int64),
                    np.ascontiguousarray(program.pe_region, np.int64),
-                   np.ascontiguousarray(program.params, np.int64), router_tables(program),
+                   np.ascontiguousarray(program.params, np.int64),
+                   router_tables(program, color_slots(program)),
                    mesh_edges(program.width, program.height), cfg, memory, pes, links, stats,
                    fault)
     if fault[K.F_CODE] != K.FAULT_NONE:
@@ -124,12 +127,27 @@ def mesh_edges(width: int, height: int) -> np.ndarray:
     return edges.astype(np.uint8).ravel()
 
 
-def router_tables(program: Program) -> np.ndarray:
-    """uint8 [P * colors * 2]: rx and tx of each (PE, color) interleaved, each entry in
+def color_slots(program: Program) -> np.ndarray:
+    """The colors a router can ever carry, in increasing order: those with an entry in the
+    initial tables or set by a `route` instruction (all of them if a `route` takes its
+    color from a parameter or register). Other colors get no FIFO or table entries."""
+    code = program.code
+    route = code["op"] == Op.ROUTE
+    colors = program.num_colors
+    if (((code["modes"][route] >> (MODE_BITS * SLOT_COLOR)) & 0x3) != 0).any():
+        return np.arange(colors)
+    used = (program.route_rx != 0).any(axis=0) | (program.route_tx != 0).any(axis=0)
+    set_by_code = code["a"][route, SLOT_COLOR]
+    used[set_by_code[(set_by_code >= 0) & (set_by_code < colors)]] = True
+    return np.flatnonzero(used)
+
+
+def router_tables(program: Program, slots: np.ndarray) -> np.ndarray:
+    """uint8 [P * slots * 2]: rx and tx of each (PE, color slot) interleaved, each entry in
     `pack_ports` form (the N E S W R bits, bit 5 if any other bit is set)."""
-    tables = np.empty(program.route_rx.shape + (2,), np.uint8)
+    tables = np.empty((program.num_pes, len(slots), 2), np.uint8)
     for side, table in enumerate((program.route_rx, program.route_tx)):
-        table = np.asarray(table)
+        table = np.asarray(table)[:, slots]
         high = (table & ~31) != 0 if table.dtype != np.uint8 else table > 31
         tables[..., side] = (table & 31) | (high.astype(np.uint8) << 5)
     return tables.ravel()
@@ -146,7 +164,12 @@ def kernel_config(program: Program, mesh: MeshConfig, functional: bool,
     also capped so that heap keys fit in int64 (2**(63 - shift) cycles, far beyond any
     run that finishes: 8.8e12 cycles on a 755 x 1170 wafer)."""
     shift = key_shift(program.num_pes)
-    cfg = np.zeros(K.CFG_SIZE, np.int64)
+    slots = color_slots(program)
+    cfg = np.zeros(K.CFG_SIZE + program.num_colors + len(slots), np.int64)
+    cfg[K.CFG_SLOTS] = len(slots)
+    cfg[K.CFG_SIZE:K.CFG_SIZE + program.num_colors] = -1
+    cfg[K.CFG_SIZE + slots] = np.arange(len(slots))
+    cfg[K.CFG_SIZE + program.num_colors:] = slots
     cfg[K.CFG_WIDTH], cfg[K.CFG_HEIGHT] = program.width, program.height
     cfg[K.CFG_COLORS], cfg[K.CFG_SRAM] = program.num_colors, program.sram_words
     cfg[K.CFG_O], cfg[K.CFG_H] = mesh.issue_overhead, mesh.hop_latency

@@ -42,8 +42,10 @@ EXP_LIMIT = 709.782712893384   # log(DBL_MAX): above it math.exp overflows to in
 
 # cfg[] indices (filled by mesh_engine.kernel_config).
 CFG_WIDTH, CFG_HEIGHT, CFG_COLORS, CFG_SRAM, CFG_O, CFG_H, CFG_R, CFG_W = range(8)
-CFG_B, CFG_MAX_CYCLES, CFG_FUNCTIONAL, CFG_LIVE, CFG_SHIFT = 8, 9, 10, 11, 12
-CFG_SIZE = 13
+CFG_B, CFG_MAX_CYCLES, CFG_FUNCTIONAL, CFG_LIVE, CFG_SHIFT, CFG_SLOTS = 8, 9, 10, 11, 12, 13
+CFG_SIZE = 14
+# Color slots: only colors a router can ever carry get FIFO and router-table entries.
+# cfg[CFG_SIZE + color] = its slot (-1: never routed), cfg[CFG_SIZE + colors + slot] = color.
 
 # pes[pe, P_*] columns: per-PE state in one 128-byte row (status and wait color use the
 # reference's values); registers r0..r7 are columns P_REGS..P_REGS+7, so the fields an
@@ -74,9 +76,16 @@ FAULT_SIZE = 8
 REC_NEXT, REC_LAST, REC_LEN, REC_OFF, REC_SRC = range(5)
 REC_FIELDS = 5
 
-# Interleaved per-(PE, color) and per-link arrays: fifo[2f] head, fifo[2f + 1] tail;
-# routes[2f] rx, routes[2f + 1] tx (f = pe * colors + color); links[8pe + 2d] the cycle
+# Interleaved per-(PE, color slot) and per-link arrays: fifo[2f] head, fifo[2f + 1] tail;
+# routes[2f] rx, routes[2f + 1] tx (f = pe * slots + slot); links[8pe + 2d] the cycle
 # link d (N E S W) of pe is free, links[8pe + 2d + 1] its busy wavelet-cycles.
+
+
+@njit(nrt=False, inline="always")
+def slot_index(cfg, pe, c):
+    """2 * (pe * slots + slot of color c), or -1 if color c is never routed."""
+    slot = cfg[CFG_SIZE + c]
+    return -1 if slot < 0 else 2 * (pe * cfg[CFG_SLOTS] + slot)
 
 
 # --- heap of (clock << shift | PE) keys ------------------------------------------------
@@ -342,7 +351,7 @@ def compact_payloads(pay, rec, stats, need):
 
 
 @njit(nrt=False, inline="always")
-def deliver(q, c, last, n, off, src, rec, fifo, ncolors, stats, pes, heap, shift):
+def deliver(q, c, last, n, off, src, rec, fifo, cfg, stats, pes, heap, shift):
     """Append a delivery to FIFO (q, c) (a free record must exist), waking q if it waits
     on c."""
     i = stats[ST_RECORDS]
@@ -352,7 +361,7 @@ def deliver(q, c, last, n, off, src, rec, fifo, ncolors, stats, pes, heap, shift
     rec[i, REC_LEN] = n
     rec[i, REC_OFF] = off
     rec[i, REC_SRC] = src
-    f = 2 * (q * ncolors + c)
+    f = slot_index(cfg, q, c)   # >= 0: the router of q delivers on c
     if fifo[f + 1] < 0:
         fifo[f] = i
     else:
@@ -388,7 +397,7 @@ def route_message(pe, c, n, off, sp, cfg, routes, edges, links, stack, rec, fifo
     Resumable: returns 0 when done, -1 on a fault, or sp > 0 when the top entry needs a
     larger stack (sp + 3 rows) or a free record; run_mesh grows them and calls again.
     `edges[q]` has the bit of each port of router q that would leave the mesh."""
-    width, ncolors = cfg[CFG_WIDTH], cfg[CFG_COLORS]
+    width = cfg[CFG_WIDTH]
     hop, ramp, npes, shift = cfg[CFG_H], cfg[CFG_R], pes.shape[0], cfg[CFG_SHIFT]
     while sp > 0:
         sp -= 1
@@ -398,8 +407,8 @@ def route_message(pe, c, n, off, sp, cfg, routes, edges, links, stack, rec, fifo
         if hops > npes:
             set_fault(fault, FAULT_LOOP, pe, t, c, hops, 0, 0)
             return -1
-        f = 2 * (q * ncolors + c)
-        rx, tx = routes[f], routes[f + 1]
+        f = slot_index(cfg, q, c)
+        rx, tx = (0, 0) if f < 0 else (routes[f], routes[f + 1])
         if not rx & in_port:
             set_fault(fault, FAULT_RX, pe, t, c, q, in_port, rx)
             return -1
@@ -422,8 +431,7 @@ def route_message(pe, c, n, off, sp, cfg, routes, edges, links, stack, rec, fifo
             stack[sp, 2], stack[sp, 3] = start + hop, hops + 1
             sp += 1
         if tx & PORT_R:
-            deliver(q, c, hd + ramp + n - 1, n, off, pe, rec, fifo, ncolors, stats, pes, heap,
-                    shift)
+            deliver(q, c, hd + ramp + n - 1, n, off, pe, rec, fifo, cfg, stats, pes, heap, shift)
     return 0
 
 
@@ -559,8 +567,8 @@ def exec_receive(opc, k, modes, args, params, pes, pe, t, cfg, sram, pay, rec, f
     if cfg[CFG_FUNCTIONAL] and opc == RECVADD and n > scratch.shape[0]:
         stats[ST_NEED] = n
         return NEED_SCRATCH, c, n
-    f = 2 * (pe * cfg[CFG_COLORS] + c)
-    i = fifo[f]
+    f = slot_index(cfg, pe, c)
+    i = -1 if f < 0 else fifo[f]
     if i < 0:
         return BLOCK, c, n
     length, last, off, src = rec[i, REC_LEN], rec[i, REC_LAST], rec[i, REC_OFF], rec[i, REC_SRC]
@@ -588,7 +596,7 @@ def exec_route(k, modes, args, params, pes, pe, t, cfg, routes, fault):
     if c < 0 or c >= cfg[CFG_COLORS]:
         set_fault(fault, FAULT_COLOR, pe, t, c, 0, 0, 0)
         return False
-    f = 2 * (pe * cfg[CFG_COLORS] + c)
+    f = slot_index(cfg, pe, c)   # >= 0: colors set by `route` have slots
     routes[f] = pack_ports(operand(modes, args, k, S_SRC0, params, pes, pe))
     routes[f + 1] = pack_ports(operand(modes, args, k, S_SRC1, params, pes, pe))
     return True
@@ -622,7 +630,7 @@ def arrive_at_barrier(pe, t, p, pes, stats, cfg, heap, fault):
 
 
 @njit(nrt=False)
-def end_checks(pes, fifo, ncolors, fault, rec):
+def end_checks(pes, fifo, cfg, fault, rec):
     """After the heap empties: FAULT_DEADLOCK if a PE has not halted, else
     FAULT_UNDELIVERED for the first (PE, color) FIFO still holding messages."""
     for q in range(pes.shape[0]):
@@ -635,7 +643,9 @@ def end_checks(pes, fifo, ncolors, fault, rec):
             while i >= 0:
                 count += 1
                 i = rec[i, REC_NEXT]
-            set_fault(fault, FAULT_UNDELIVERED, f // ncolors, 0, f % ncolors, count, 0, 0)
+            slots = cfg[CFG_SLOTS]
+            color = cfg[CFG_SIZE + cfg[CFG_COLORS] + f % slots]
+            set_fault(fault, FAULT_UNDELIVERED, f // slots, 0, color, count, 0, 0)
             return
 
 
@@ -821,11 +831,11 @@ def run_mesh(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
     record and payload pools, routing stack and scratch, and grows a pool whenever
     `simulate` suspends asking for it.
     """
-    npes, ncolors = pe_region.shape[0], cfg[CFG_COLORS]
+    npes = pe_region.shape[0]
     heap = np.empty(npes, np.int64)
     stats[ST_HEAP] = initial_heap(pe_region, heap)
     stats[ST_CUR_PE], stats[ST_CUR_T] = -1, -1
-    fifo = np.full(2 * npes * ncolors, -1, np.int32)
+    fifo = np.full(2 * npes * cfg[CFG_SLOTS], -1, np.int32)
     rec = new_records(1024)
     stack = np.empty((64, 4), np.int64)
     pay = np.empty(1024 if cfg[CFG_FUNCTIONAL] else 0, np.float32)
@@ -847,4 +857,4 @@ def run_mesh(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
         else:
             pay = compact_payloads(pay, rec, stats, stats[ST_NEED])
     stats[ST_PEAK_RECORDS] = rec.shape[0]
-    end_checks(pes, fifo, ncolors, fault, rec)
+    end_checks(pes, fifo, cfg, fault, rec)
