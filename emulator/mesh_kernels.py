@@ -266,19 +266,55 @@ def reduce_values(op, mem, s0, ss0, s1, ss1, n):
 
 
 @njit(nrt=False)
+def disjoint(a0, astride, b0, bstride, n):
+    """True if descriptors (a0, astride, n) and (b0, bstride, n) share no address range."""
+    a1, b1 = a0 + astride * (n - 1), b0 + bstride * (n - 1)
+    return max(a0, a1) < min(b0, b1) or max(b0, b1) < min(a0, a1)
+
+
+@njit(nrt=False)
+def elementwise(op, mem, out, o0, os, d0, ds, s0, ss0, s1, ss1, n, imm):
+    """out[o0 + os*i] = op(element i) for i in 0..n-1, one loop per opcode; `out` is either
+    the SRAM row itself (o0, os = d0, ds) or the scratch buffer (0, 1)."""
+    if op == VMOV:
+        for i in range(n):
+            out[o0 + os * i] = mem[s0 + ss0 * i]
+    elif op == VSET:
+        for i in range(n):
+            out[o0 + os * i] = imm
+    elif op == VSCALE or op == VADDI or op >= VEXP:
+        for i in range(n):
+            out[o0 + os * i] = unary(op, mem[s0 + ss0 * i], imm)
+    elif op == VADD:
+        for i in range(n):
+            out[o0 + os * i] = np.float32(mem[s0 + ss0 * i] + mem[s1 + ss1 * i])
+    elif op == VMUL:
+        for i in range(n):
+            out[o0 + os * i] = np.float32(mem[s0 + ss0 * i] * mem[s1 + ss1 * i])
+    else:
+        for i in range(n):
+            out[o0 + os * i] = binary(op, mem[d0 + ds * i], mem[s0 + ss0 * i],
+                                      mem[s1 + ss1 * i])
+
+
+@njit(nrt=False)
 def vector_values(op, mem, d0, ds, s0, ss0, s1, ss1, n, imm, scratch):
-    """Apply a vector op or reduction to one PE's SRAM row; sources are read before any
-    destination element is written (via `scratch`, at least n long)."""
+    """Apply a vector op or reduction to one PE's SRAM row with the reference's semantics:
+    all sources (and, for vfma, the old destination) are read before any destination
+    element is written; with repeated destination addresses the highest index wins.
+    Results go straight to SRAM when that cannot be told apart, else via `scratch`."""
     if op >= RSUM:
         mem[d0] = reduce_values(op, mem, s0, ss0, s1, ss1, n)
         return
-    for i in range(n):
-        if op == VSET:
-            scratch[i] = imm
-        elif op == VMOV or op == VSCALE or op == VADDI or op >= VEXP:
-            scratch[i] = unary(op, mem[s0 + ss0 * i], imm)
-        else:
-            scratch[i] = binary(op, mem[d0 + ds * i], mem[s0 + ss0 * i], mem[s1 + ss1 * i])
+    reads_dst = op == VFMA
+    direct = ((ds != 0 or not reads_dst or n == 1)
+              and (op == VSET or disjoint(d0, ds, s0, ss0, n))
+              and (op == VSET or op == VMOV or op == VSCALE or op == VADDI or op >= VEXP
+                   or disjoint(d0, ds, s1, ss1, n)))
+    if direct:
+        elementwise(op, mem, mem, d0, ds, d0, ds, s0, ss0, s1, ss1, n, imm)
+        return
+    elementwise(op, mem, scratch, 0, 1, d0, ds, s0, ss0, s1, ss1, n, imm)
     for i in range(n):
         mem[d0 + ds * i] = scratch[i]
 

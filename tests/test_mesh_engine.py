@@ -310,6 +310,33 @@ def test_special_values_bit_identical():
         both(program)
 
 
+@pytest.mark.parametrize("line", [
+    "vmov [1], [0], 8", "vmov [0], [1], 8", "vadd [2], [0], [4], 8", "vmul [0:2], [1:2], [0], 4",
+    "vfma [3:0], [0], [8], 5", "vfma [0], [1], [2], 6", "vfma [6:-1], [0], [1], 5",
+    "vset [4:0], 3, 9.5", "vexp [0:0], [1], 4", "vsub [8], [8:0], [9], 6",
+    "rsum [2], [0], 8", "rdot [0], [0], [1], 8", "vscale [5:-1], [0], 6, -2.0"])
+def test_overlapping_operands(line):
+    """Sources are read before writes, repeated destinations keep the highest index."""
+    program = assemble(f".mesh 1x1\n.sram 16\n.region a 0,0 0,0\n"
+                       f".data 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n    {line}\n")
+    both(program)
+
+
+def test_recvadd_into_repeated_address():
+    program = assemble(""".mesh 2x1
+.sram 8
+.region a 0,0 0,0
+.route c0 rx=R tx=E
+.data 0 1 2 3 4
+    send c0, [0], 4
+.region b 1,0 1,0
+.route c0 rx=W tx=R
+.data 0 10
+    recvadd c0, [0:0], 4
+""")
+    assert both(program).sram[1, 0] == 14.0
+
+
 def test_deterministic_and_timing_only_allocates_no_sram():
     program = assemble(stream_program(40, 7))
     mesh = SMALL.with_mesh(2, 1)
