@@ -875,7 +875,7 @@ def run_mesh(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
     rec = new_records(1024)
     stack = np.empty((64, 4), np.int64)
     pay = np.empty(1024 if cfg[CFG_FUNCTIONAL] else 0, np.float32)
-    scratch = np.empty(64, np.float32)
+    scratch = np.empty(64 if cfg[CFG_FUNCTIONAL] else 0, np.float32)
     while True:
         code = simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
                         routes, edges, cfg, sram, pes, links, stats, fault, heap, fifo, rec,
