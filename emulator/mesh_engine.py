@@ -44,34 +44,52 @@ def run_numba(program: Program, mesh: MeshConfig, sram=None, functional: bool = 
     `.data`). Timing-only (`functional=False`) allocates no SRAM or payloads, returns
     `sram=None` and the same timing as a functional run.
     """
-    validate_program(program, mesh)
-    n = program.num_pes
-    memory = initial_memory(program, sram) if functional else np.zeros((0, 0), np.float32)
-    pes = aligned_zeros(n * K.P_FIELDS).reshape(n, K.P_FIELDS)
-    pes[:, K.P_WAIT] = -1
-    pes[program.pe_region < 0, K.P_STATUS] = K.HALTED
-    links = aligned_zeros(n * 8)
-    stats = np.zeros(K.ST_SIZE, np.int64)
-    fault = np.zeros(K.FAULT_SIZE, np.int64)
-    cfg = kernel_config(program, mesh, functional, max_cycles)
-    with np.errstate(all="ignore"):   # only matters with EMU_DISABLE_JIT=1
-        K.run_mesh(*code_arrays(program), static_costs(program, mesh),
-                   np.ascontiguousarray(program.region_start, np.int64),
-                   np.ascontiguousarray(program.region_len, np.int64),
-                   np.ascontiguousarray(program.pe_region, np.int64),
-                   np.ascontiguousarray(program.params, np.int64),
-                   router_tables(program, color_slots(program)),
-                   mesh_edges(program.width, program.height), cfg, memory, pes, links, stats,
-                   fault)
-    if fault[K.F_CODE] != K.FAULT_NONE:
-        raise MeshFault(fault_message(program, fault, pes, max_cycles))
+    kernel = KernelRun(program, mesh, sram, functional, max_cycles)
+    kernel.run()
+    n, pes, links, stats = program.num_pes, kernel.pes, kernel.links, kernel.stats
     finish = pes[:, K.P_FINISH].copy()
     return RunResult(cycles=int(finish.max(initial=0)), pe_finish=finish,
                      pe_busy=pes[:, K.P_BUSY].copy(),
                      link_busy=links.reshape(n, 4, 2)[:, :, 1].copy(),
                      instructions=int(stats[K.ST_INSTRUCTIONS]),
                      messages=int(stats[K.ST_MESSAGES]),
-                     sram=memory if functional else None)
+                     sram=kernel.memory if functional else None)
+
+
+class KernelRun:
+    """The kernel's inputs for one run and, after `run`, its outputs (`pes`, `links`,
+    `stats` with e.g. the record pool's final capacity in stats[ST_PEAK_RECORDS])."""
+
+    def __init__(self, program: Program, mesh: MeshConfig, sram, functional: bool,
+                 max_cycles: int):
+        validate_program(program, mesh)
+        n = program.num_pes
+        self.program, self.max_cycles = program, max_cycles
+        self.memory = (initial_memory(program, sram) if functional
+                       else np.zeros((0, 0), np.float32))
+        self.pes = aligned_zeros(n * K.P_FIELDS).reshape(n, K.P_FIELDS)
+        self.pes[:, K.P_WAIT] = -1
+        self.pes[program.pe_region < 0, K.P_STATUS] = K.HALTED
+        self.links = aligned_zeros(n * 8)
+        self.stats = np.zeros(K.ST_SIZE, np.int64)
+        self.fault = np.zeros(K.FAULT_SIZE, np.int64)
+        self.inputs = (*code_arrays(program), static_costs(program, mesh),
+                       np.ascontiguousarray(program.region_start, np.int64),
+                       np.ascontiguousarray(program.region_len, np.int64),
+                       np.ascontiguousarray(program.pe_region, np.int64),
+                       np.ascontiguousarray(program.params, np.int64),
+                       router_tables(program, color_slots(program)),
+                       mesh_edges(program.width, program.height),
+                       kernel_config(program, mesh, functional, max_cycles))
+
+    def run(self) -> None:
+        """Run the kernel; raise MeshFault on a program fault."""
+        with np.errstate(all="ignore"):   # only matters with EMU_DISABLE_JIT=1
+            K.run_mesh(*self.inputs, self.memory, self.pes, self.links, self.stats,
+                       self.fault)
+        if self.fault[K.F_CODE] != K.FAULT_NONE:
+            raise MeshFault(fault_message(self.program, self.fault, self.pes,
+                                          self.max_cycles))
 
 
 def aligned_zeros(size: int) -> np.ndarray:

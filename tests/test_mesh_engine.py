@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from emulator import mesh_kernels as K
 from emulator.errors import ConfigError, FitError, MeshFault
 from emulator.hw.mesh import load_mesh
-from emulator.mesh_engine import run_numba
+from emulator.mesh_engine import KernelRun, fault_message, run_numba
 from isa.asm import assemble
 from isa.opcodes import PORT_E, PORT_N, PORT_R, PORT_S, PORT_W, SLOT_DST, SLOT_SRC0
 from isa.reference import run_reference
@@ -245,6 +246,41 @@ def test_record_and_payload_pools_grow(messages, n):
     both(assemble(stream_program(messages, n)), functional=False)
 
 
+def test_record_pool_is_bounded_by_messages_in_flight():
+    """Freed records are reused: 20,000 messages consumed as they come need no more than
+    the initial pool; 3,000 messages all in flight at once need a pool of 4,096 rows."""
+    steady = assemble(""".mesh 2x1
+.sram 4
+.region src 0,0 0,0
+.route c0 rx=R tx=E
+    movr r0, 20000
+loop:
+    send c0, [0], 2
+    djnz r0, loop
+.region dst 1,0 1,0
+.route c0 rx=W tx=R
+    movr r0, 20000
+loop:
+    recv c0, [0], 2
+    djnz r0, loop
+""")
+    for program, capacity in ((steady, 1024), (assemble(stream_program(3000, 1)), 4096)):
+        kernel = KernelRun(program, SMALL.with_mesh(2, 1), None, False, 10**9)
+        kernel.run()
+        assert kernel.stats[K.ST_PEAK_RECORDS] == capacity
+
+
+def test_engine_cycle_ceiling_message():
+    """Clocks beyond 2**(63 - shift) cycles cannot be keyed; that is said, not misreported
+    as the caller's cycle limit."""
+    program = assemble(".mesh 2x1\n.region a 0,0 0,0\n    halt\n")
+    fault = np.zeros(K.FAULT_SIZE, np.int64)
+    fault[[K.F_CODE, K.F_PE, K.F_CYCLE]] = K.FAULT_CYCLES, 1, 2**62
+    message = fault_message(program, fault, np.zeros((2, K.P_FIELDS), np.int64), 10**19)
+    assert message == ("<string>: PE (1,0) at cycle 4611686018427387904: the Numba engine "
+                       "supports at most 4611686018427387903 cycles on a mesh of 2 PEs")
+
+
 def test_deep_routing_stack():
     """A westward comb: each router forwards W and S, the deep branch is routed first, so
     the depth-first stack holds one pending south branch per router (> 64 rows)."""
@@ -360,7 +396,8 @@ def test_jit_switch_runs_plain_python():
 import json, numpy as np
 from emulator import jit
 from emulator.hw.mesh import load_mesh
-from emulator.mesh_engine import run_numba
+from emulator import mesh_kernels as K
+from emulator.mesh_engine import KernelRun, fault_message, run_numba
 from isa.asm import assemble
 from tests.test_mesh_engine import stream_program
 assert jit.JIT_DISABLED
