@@ -59,7 +59,7 @@ def point_to_point(d: int, n: int) -> str:
 
 
 @pytest.mark.parametrize("d", [1, 2, 5])
-@pytest.mark.parametrize("n", [1, 4, 16])
+@pytest.mark.parametrize("n", [0, 1, 4, 16])
 def test_point_to_point(engine, mesh, d, n):
     result, _ = run(engine, point_to_point(d, n), mesh)
     o, h, r = mesh.issue_overhead, mesh.hop_latency, mesh.ramp_latency
@@ -69,7 +69,7 @@ def test_point_to_point(engine, mesh, d, n):
     assert result.cycles == o + 2 * r + d * h + n
     assert list(result.link_busy[:d, 1]) == [n] * d                # east links carry n
     assert result.link_busy.sum() == d * n
-    assert result.pe_busy[d] == o + n and result.messages == 1
+    assert result.pe_busy[d] == o + n and result.messages == 1   # n = 0 too (timing.md)
     if mesh is SMALL:
         assert result.cycles == n + d + 3                          # docs: bundled presets
 
