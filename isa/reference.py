@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emulator.errors import MeshFault
+from emulator.errors import ConfigError, MeshFault
 from emulator.hw.mesh import MeshConfig
 from isa.opcodes import (
     COMM_OPS,
@@ -127,6 +127,10 @@ class ReferenceMachine:
         if functional:
             self.sram = (program.initial_sram() if sram is None
                          else np.array(sram, np.float32, copy=True))
+            expected = (program.num_pes, program.sram_words)
+            if self.sram.shape != expected:
+                raise ConfigError(f"{program.source}: initial SRAM has shape "
+                                  f"{self.sram.shape}, expected {expected}")
         self.clock = np.zeros(n, np.int64)
         self.pc = np.zeros(n, np.int64)
         self.regs = np.zeros((n, NUM_REGS), np.int64)

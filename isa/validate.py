@@ -8,7 +8,7 @@ import numpy as np
 
 from emulator.errors import ConfigError, FitError
 from emulator.hw.mesh import DTYPE_BYTES, MeshConfig
-from isa.opcodes import MODE_BITS, MODE_PARAM, NUM_SLOTS, Op
+from isa.opcodes import MODE_BITS, MODE_PARAM, MODE_REG, NUM_REGS, NUM_SLOTS, SLOT_DST, Op
 from isa.program import Program
 
 
@@ -55,6 +55,7 @@ def _check_code(program: Program) -> None:
         i = int(np.argmax(bad))
         raise ConfigError(f"{where}: instruction {i} (line {code['line'][i]}) has unknown "
                           f"opcode {code['op'][i]}")
+    _check_registers(program)
     num_params = program.params.shape[1]
     for slot in range(NUM_SLOTS):
         kinds = (code["modes"] >> (MODE_BITS * slot)) & 0x3
@@ -64,3 +65,21 @@ def _check_code(program: Program) -> None:
             raise ConfigError(f"{where}: instruction {i} (line {code['line'][i]}) uses "
                               f"parameter %p{code['a'][i, slot]} but the program has "
                               f"{num_params}")
+
+
+def _check_registers(program: Program) -> None:
+    """Register operands (movr/addr/djnz targets and register-relative slots) in r0..r7."""
+    where, code = program.source, program.code
+    writes = np.isin(code["op"], [int(Op.MOVR), int(Op.ADDR), int(Op.DJNZ)])
+    target = code["a"][:, SLOT_DST]
+    bad = writes & ((target < 0) | (target >= NUM_REGS))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ConfigError(f"{where}: instruction {i} (line {code['line'][i]}) names register "
+                          f"r{target[i]}; registers are r0..r{NUM_REGS - 1}")
+    for slot in range(NUM_SLOTS):
+        bits = code["modes"] >> (MODE_BITS * slot)
+        if ((bits & 0x3) > MODE_REG).any():
+            i = int(np.flatnonzero((bits & 0x3) > MODE_REG)[0])
+            raise ConfigError(f"{where}: instruction {i} (line {code['line'][i]}) has an "
+                              f"unknown addressing mode in operand {slot}")

@@ -191,15 +191,6 @@ def test_negative_count_bad_color_and_bad_jump():
     assert fault_of(jump).endswith("at cycle 2: jump to 5 outside the code 0..1")
 
 
-def test_register_index_out_of_range_is_a_fault():
-    """The encoding can name r9 (the assembler cannot); the engine reports it. The reference
-    interpreter does not check this (numpy raises IndexError), so only Numba is asserted."""
-    program = assemble(".mesh 1x1\n.region a 0,0 0,0\n    movr r1, 4\n")
-    program.code["a"][0, SLOT_DST] = 9
-    with pytest.raises(MeshFault, match=r"PE \(0,0\) at cycle 0: register r9 does not exist"):
-        run_numba(program, SMALL.with_mesh(1, 1))
-
-
 def test_fit_and_config_errors():
     program = assemble(".mesh 2x2\n.sram 20000\n.region a 0,0 1,1\n    halt\n")
     with pytest.raises(FitError, match="80000 bytes .* PE has 49152 bytes"):
@@ -207,8 +198,9 @@ def test_fit_and_config_errors():
     small = assemble(".mesh 2x2\n.sram 8\n.region a 0,0 1,1\n    halt\n")
     with pytest.raises(ConfigError, match="2x2 mesh but the hardware is 32x32"):
         run_numba(small, SMALL)
-    with pytest.raises(ConfigError, match="initial SRAM has shape"):
-        run_numba(small, SMALL.with_mesh(2, 2), sram=np.zeros((4, 9), np.float32))
+    for run in (run_numba, run_reference):
+        with pytest.raises(ConfigError, match="initial SRAM has shape"):
+            run(small, SMALL.with_mesh(2, 2), sram=np.zeros((4, 9), np.float32))
 
 
 # --- pools, values, determinism ----------------------------------------------------------
@@ -411,3 +403,15 @@ print(json.dumps([r.cycles, r.instructions, r.sram.tolist()]))
     expected = run_reference(assemble(stream_program(5, 3)), SMALL.with_mesh(2, 1))
     assert (cycles, instructions) == (expected.cycles, expected.instructions)
     assert sram == expected.sram.tolist()
+
+
+def test_register_index_out_of_range_is_rejected_by_both_engines():
+    from isa.opcodes import Op
+
+    program = assemble(".mesh 1x1\n.sram 4\n.region a 0,0 0,0\n    movr r1, 3\n    halt\n")
+    program.code[0]["a"][SLOT_DST] = 9
+    assert program.code[0]["op"] == int(Op.MOVR)
+    mesh = load_mesh("small").with_mesh(1, 1)
+    for run in (run_reference, run_numba):
+        with pytest.raises(ConfigError, match="register r9"):
+            run(program, mesh)
