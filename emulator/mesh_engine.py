@@ -134,7 +134,29 @@ def static_costs(program: Program, mesh: MeshConfig) -> np.ndarray:
         inside = np.logical_and.reduce([(e >= 0) & (e < program.sram_words) for e in ends])
         ok &= inside | (n == 0)
     w = mesh.simd_width(program.dtype)
-    return np.where(ok, mesh.issue_overhead + -(-n // w), -1).astype(np.int64)
+    cost = np.where(ok, mesh.issue_overhead + -(-n // w), -1).astype(np.int64)
+    gemv = (code["op"] == Op.VGEMV) & (code["modes"] == 0)
+    if gemv.any():
+        cost[gemv] = gemv_costs(a[gemv], program.sram_words, mesh.issue_overhead, w)
+    return cost
+
+
+def gemv_costs(a: np.ndarray, words: int, o: int, w: int) -> np.ndarray:
+    """Static costs o + k * ceil(m / w) of all-immediate vgemv rows `a` [N, 8] whose
+    counts are >= 0 and whose elements are all inside the SRAM, else -1."""
+    m, k = a[:, SLOT_N], a[:, SLOT_COLOR]
+    ok = (m >= 0) & (k >= 0)
+    empty = (m == 0) | (k == 0)
+    m1, k1 = np.maximum(m - 1, 0), np.maximum(k - 1, 0)
+    inside = np.ones(len(a), bool)
+    for addr, stride, count in ((SLOT_DST, SLOT_DST_STRIDE, m1), (SLOT_SRC1, SLOT_SRC1_STRIDE, k1)):
+        for e in (a[:, addr], a[:, addr] + a[:, stride] * count):
+            inside &= (e >= 0) & (e < words)
+    w_end = a[:, SLOT_SRC0] + a[:, SLOT_SRC0_STRIDE] * k1
+    inside &= (np.minimum(a[:, SLOT_SRC0], w_end) >= 0)
+    inside &= (np.maximum(a[:, SLOT_SRC0], w_end) + m1 < words)
+    ok &= inside | empty
+    return np.where(ok, o + k * -(-m // w), -1)
 
 
 def mesh_edges(width: int, height: int) -> np.ndarray:
@@ -234,7 +256,7 @@ def fault_detail(program: Program, code: int, a: int, b: int, c: int, d: int, e:
     details = {
         K.FAULT_SRAM: lambda: f"SRAM access at element {a} outside "
                               f"0..{program.sram_words - 1}",
-        K.FAULT_COUNT: lambda: f"negative element count {a}",
+        K.FAULT_COUNT: lambda: f"negative {'column' if b else 'element'} count {a}",
         K.FAULT_COLOR: lambda: f"color {a} is not defined "
                                f"(colors 0..{program.num_colors - 1})",
         K.FAULT_CYCLES: lambda: f"cycle limit {max_cycles} exceeded",

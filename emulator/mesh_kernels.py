@@ -33,6 +33,7 @@ READY, BLOCKED, AT_BARRIER, HALTED = 0, 1, 2, 3
 NOP, VMOV, VADD, VSUB, VMUL, VMAX, VFMA, VSCALE, VADDI, VSET = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
 VEXP, VRSQRT, VRECIP, VSIGMOID, RSUM, RMAX, RDOT = 10, 11, 12, 13, 14, 15, 16
 SEND, RECV, RECVADD, ROUTE, MOVR, ADDR, DJNZ, JMP, BARRIER, HALT = range(17, 27)
+VGEMV = 27           # column count k in S_COLOR
 LAST_VECTOR = RDOT   # opcodes 1..16 are vector ops and reductions
 
 # Operand slots (isa/opcodes.py SLOT_*).
@@ -513,6 +514,99 @@ def exec_vector(opc, k, modes, args, imm, static_cost, params, pes, pe, t, cfg, 
     return cfg[CFG_O] + (n if w == 1 else (n + w - 1) // w)
 
 
+@njit(nrt=False)
+def first_bad_matrix(w0, ld, m, cols, words):
+    """First address outside 0..words-1 of the columns w0 + c*ld + (0..m-1), column by
+    column, or -1."""
+    for c in range(cols):
+        a = first_bad_address(w0 + ld * c, 1, m, words)
+        if a != -1:
+            return a
+    return -1
+
+
+@njit(nrt=False)
+def gemv_values(mem, d0, ds, w0, ld, x0, sx, m, cols, scratch):
+    """vgemv on one PE's SRAM row: exactly `cols` consecutive vfmas
+    dst[i] = fp32(dst[i] + fp32(W[c*ld + i] * x[c*sx])). When the destination overlaps
+    neither the matrix nor the vector (and has distinct addresses), accumulating in place
+    column by column is that sequence; otherwise each column runs as a vfma."""
+    d_end = d0 + ds * (m - 1)
+    w_end = w0 + ld * (cols - 1)
+    x_end = x0 + sx * (cols - 1)
+    d_lo, d_hi = min(d0, d_end), max(d0, d_end)
+    w_lo, w_hi = min(w0, w_end), max(w0, w_end) + m - 1
+    x_lo, x_hi = min(x0, x_end), max(x0, x_end)
+    if ((ds != 0 or m == 1) and (d_hi < w_lo or w_hi < d_lo)
+            and (d_hi < x_lo or x_hi < d_lo)):
+        if ds == 1:
+            for c in range(cols):
+                xv = mem[x0 + sx * c]
+                base = w0 + ld * c
+                for i in range(m):
+                    mem[d0 + i] = np.float32(mem[d0 + i] + np.float32(mem[base + i] * xv))
+        else:
+            for c in range(cols):
+                xv = mem[x0 + sx * c]
+                base = w0 + ld * c
+                for i in range(m):
+                    j = d0 + ds * i
+                    mem[j] = np.float32(mem[j] + np.float32(mem[base + i] * xv))
+        return
+    for c in range(cols):
+        vector_values(VFMA, mem, d0, ds, w0 + ld * c, 1, x0 + sx * c, 0, m, np.float32(0),
+                      scratch)
+
+
+@njit(nrt=False, inline="always")
+def exec_gemv(k, modes, args, static_cost, params, pes, pe, t, cfg, sram, scratch, fault,
+              stats):
+    """vgemv [dst], [W:ld], [x:sx], m, k: check m, k and (when both > 0) the destination,
+    matrix and vector elements; compute in functional mode. Returns the cost
+    o + k * ceil(m / w), FAULTED, or NEED_SCRATCH (nothing done yet)."""
+    functional = cfg[CFG_FUNCTIONAL]
+    if static_cost[k] >= 0 and not functional:
+        return static_cost[k]
+    if modes[k] == 0:
+        m, cols = args[k, S_N], args[k, S_COLOR]
+        d0, ds = args[k, S_DST], args[k, S_DST_STRIDE]
+        w0, ld = args[k, S_SRC0], args[k, S_SRC0_STRIDE]
+        x0, sx = args[k, S_SRC1], args[k, S_SRC1_STRIDE]
+    else:
+        m = operand(modes, args, k, S_N, params, pes, pe)
+        cols = operand(modes, args, k, S_COLOR, params, pes, pe)
+        d0 = operand(modes, args, k, S_DST, params, pes, pe)
+        ds = operand(modes, args, k, S_DST_STRIDE, params, pes, pe)
+        w0 = operand(modes, args, k, S_SRC0, params, pes, pe)
+        ld = operand(modes, args, k, S_SRC0_STRIDE, params, pes, pe)
+        x0 = operand(modes, args, k, S_SRC1, params, pes, pe)
+        sx = operand(modes, args, k, S_SRC1_STRIDE, params, pes, pe)
+    if m < 0:
+        set_fault(fault, FAULT_COUNT, pe, t, m, 0, 0, 0)
+        return FAULTED
+    if cols < 0:
+        set_fault(fault, FAULT_COUNT, pe, t, cols, 1, 0, 0)
+        return FAULTED
+    if m > 0 and cols > 0:
+        words = cfg[CFG_SRAM]
+        if not check_descriptor(d0, ds, m, words, fault, pe, t):
+            return FAULTED
+        w_end = w0 + ld * (cols - 1)
+        if not (min(w0, w_end) >= 0 and max(w0, w_end) + m - 1 < words):
+            set_fault(fault, FAULT_SRAM, pe, t, first_bad_matrix(w0, ld, m, cols, words),
+                      0, 0, 0)
+            return FAULTED
+        if not check_descriptor(x0, sx, cols, words, fault, pe, t):
+            return FAULTED
+        if functional:
+            if m > scratch.shape[0]:
+                stats[ST_NEED] = m
+                return NEED_SCRATCH
+            gemv_values(sram[pe], d0, ds, w0, ld, x0, sx, m, cols, scratch)
+    w = cfg[CFG_W]
+    return cfg[CFG_O] + cols * (m if w == 1 else (m + w - 1) // w)
+
+
 @njit(nrt=False, inline="always")
 def exec_control(opc, k, modes, args, params, pes, pe, t, p, ncode, cfg, fault):
     """movr / addr / djnz / jmp / nop (cost o + 1). Returns the next pc, or -1 on a fault
@@ -699,7 +793,7 @@ def initial_heap(pe_region, heap):
 @njit(nrt=False, inline="always")
 def is_comm(opc):
     """send, recv, recvadd, route, barrier, halt: executed only in global time order."""
-    return (SEND <= opc and opc <= ROUTE) or opc >= BARRIER
+    return (SEND <= opc and opc <= ROUTE) or opc == BARRIER or opc == HALT
 
 
 # --- the run loop ---------------------------------------------------------------------------
@@ -804,6 +898,11 @@ def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
             if opc <= LAST_VECTOR:
                 cost = exec_vector(opc, k, modes, args, imm, static_cost, params, pes, pe, t,
                                    cfg, sram, scratch, fault, stats)
+                if cost < 0:
+                    return FAULTED if cost == FAULTED else suspend(pe, t, p, stats, cost)
+            elif opc == VGEMV:
+                cost = exec_gemv(k, modes, args, static_cost, params, pes, pe, t, cfg, sram,
+                                 scratch, fault, stats)
                 if cost < 0:
                     return FAULTED if cost == FAULTED else suspend(pe, t, p, stats, cost)
             elif opc == SEND:

@@ -73,6 +73,7 @@ SIGNATURES: dict[Op, tuple[str, ...]] = {
     Op.BARRIER: (),
     Op.HALT: (),
     Op.NOP: (),
+    Op.VGEMV: ("dst", "src0", "src1", "n", "k"),
 }
 MNEMONICS = {op.name.lower(): op for op in SIGNATURES}
 OPERAND_HELP = {
@@ -81,6 +82,7 @@ OPERAND_HELP = {
     "src0": "an SRAM descriptor like [A] or [A:S]",
     "src1": "an SRAM descriptor like [A] or [A:S]",
     "n": "an element count (integer, %pK or rK)",
+    "k": "a column count (integer, %pK or rK)",
     "color": "a color like c3 or %pK",
     "imm": "a float immediate like 1.5",
     "reg": "a register r0..r7",
@@ -519,6 +521,8 @@ class Assembler:
             self.descriptor(line, row, kind, text, col)
         elif kind == "n":
             self.set_slot(row, SLOT_N, self.parse_value(line, text, col, "element count"))
+        elif kind == "k":
+            self.set_slot(row, SLOT_COLOR, self.parse_value(line, text, col, "column count"))
         elif kind == "color":
             self.set_slot(row, SLOT_COLOR, self.parse_color(line, text, col))
         elif kind == "imm":
@@ -572,9 +576,39 @@ class Assembler:
         if n_const is not None and n_const < 0:
             raise line.error(operands[signature.index("n")][1],
                              f"negative element count {n_const}")
+        if op == Op.VGEMV:
+            self.check_gemv(line, row, operands, n_const)
+            return
         for kind, (text, col) in zip(signature, operands, strict=True):
             if kind in DESCRIPTOR_SLOTS and n_const != 0:
                 self.check_descriptor(line, row, kind, text, col, n_const)
+
+    def check_gemv(self, line: Line, row: dict, operands, m):
+        """vgemv: constant k >= 0; when m != 0 and k != 0, constant descriptors inside
+        .sram (dst: m elements; W: k columns of m elements ld apart; x: k elements)."""
+        k = self.const_slot(row, SLOT_COLOR)
+        if k is not None and k < 0:
+            raise line.error(operands[4][1], f"negative column count {k}")
+        if m == 0 or k == 0:
+            return
+        (dtext, dcol), (wtext, wcol), (xtext, xcol) = operands[:3]
+        self.check_descriptor(line, row, "dst", dtext, dcol, m)
+        self.check_descriptor(line, row, "src1", xtext, xcol, k)
+        base = self.const_slot(row, SLOT_SRC0)
+        if base is None:
+            return
+        if base >= self.sram_words:
+            raise line.error(wcol, f"address {base} is beyond .sram {self.sram_words} "
+                                   f"(addresses 0..{self.sram_words - 1})")
+        ld = self.const_slot(row, SLOT_SRC0_STRIDE)
+        if m is None or k is None or ld is None:
+            return
+        first, last = base, base + (k - 1) * ld
+        low, high = min(first, last), max(first, last) + m - 1
+        if low < 0 or high >= self.sram_words:
+            raise line.error(wcol, f"{wtext} with {k} columns of {m} elements reaches "
+                                   f"address {low if low < 0 else high}, outside "
+                                   f".sram {self.sram_words}")
 
     def check_descriptor(self, line, row, kind, text, col, n):
         addr_slot, stride_slot, _ = DESCRIPTOR_SLOTS[kind]

@@ -71,6 +71,8 @@ def format_operand(ins, kind: str) -> str:
         return format_descriptor(ins, kind)
     if kind == "n":
         return format_value(ins, SLOT_N)
+    if kind == "k":
+        return format_value(ins, SLOT_COLOR)
     if kind == "color":
         mode, _ = slot_mode(ins["modes"], SLOT_COLOR)
         value = format_value(ins, SLOT_COLOR)

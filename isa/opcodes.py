@@ -20,7 +20,7 @@ SLOT_N = 3        # element / wavelet count
 SLOT_DST_STRIDE = 4
 SLOT_SRC0_STRIDE = 5
 SLOT_SRC1_STRIDE = 6
-SLOT_COLOR = 7
+SLOT_COLOR = 7    # color; for vgemv the column count k
 
 # Addressing modes, 8 bits per slot in `modes`: bits 0-1 kind, bits 2-4 register index.
 MODE_IMM = 0      # the slot value itself
@@ -65,10 +65,12 @@ class Op(IntEnum):
     JMP = 24
     BARRIER = 25
     HALT = 26
+    VGEMV = 27        # dst[i] += W[c*ld + i] * x[c*sx], columns c in 0..k-1 (k in SLOT_COLOR)
 
 
 VECTOR_OPS = frozenset({Op.VMOV, Op.VADD, Op.VSUB, Op.VMUL, Op.VMAX, Op.VFMA, Op.VSCALE,
-                        Op.VADDI, Op.VSET, Op.VEXP, Op.VRSQRT, Op.VRECIP, Op.VSIGMOID})
+                        Op.VADDI, Op.VSET, Op.VEXP, Op.VRSQRT, Op.VRECIP, Op.VSIGMOID,
+                        Op.VGEMV})
 REDUCTION_OPS = frozenset({Op.RSUM, Op.RMAX, Op.RDOT})
 # Instructions that interact with other PEs: executed only in global time order.
 COMM_OPS = frozenset({Op.SEND, Op.RECV, Op.RECVADD, Op.ROUTE, Op.BARRIER, Op.HALT})

@@ -237,6 +237,8 @@ class ReferenceMachine:
                 text, detail, go_on = self.communicate(pe, ins, op)
             elif op in (Op.MOVR, Op.ADDR, Op.DJNZ, Op.JMP, Op.NOP):
                 text, detail, go_on = self.control(pe, ins, op), "", True
+            elif op == Op.VGEMV:
+                (text, detail), go_on = self.gemv(pe, ins), True
             else:
                 (text, detail), go_on = self.vector(pe, ins, op), True
             if text is not None:
@@ -277,6 +279,36 @@ class ReferenceMachine:
         self.advance(pe, self.vector_cost(n))
         self.pc[pe] += 1
         return f"{op.name.lower()} [{dst[0] if n else '-'}] n={n}", ""
+
+    def gemv(self, pe: int, ins) -> tuple[str, str]:
+        """vgemv [dst], [W:ld], [x:sx], m, k: exactly k consecutive vfmas in column order,
+        `vfma [dst], [W + c*ld], [x + c*sx : 0], m` for c in 0..k-1, in one instruction
+        costing o + k * ceil(m / w). Checks: m (SLOT_N), then k (SLOT_COLOR), then, when
+        m > 0 and k > 0, the m destination elements, the m * k matrix elements (column by
+        column) and the k vector elements, each set faulting at its first element outside
+        the SRAM. With m = 0 or k = 0 nothing is touched and the cost is o."""
+        m = self.length(pe, ins)
+        k = self.operand(pe, ins, SLOT_COLOR)
+        if k < 0:
+            self.fault(pe, f"negative column count {k}")
+        if m and k:
+            dst = self.descriptor(pe, ins, SLOT_DST, SLOT_DST_STRIDE, m)
+            w0, ld = self.operand(pe, ins, SLOT_SRC0), self.operand(pe, ins, SLOT_SRC0_STRIDE)
+            cols = w0 + ld * np.arange(k, dtype=np.int64)        # column starts
+            matrix = (cols[:, None] + np.arange(m, dtype=np.int64)[None, :]).ravel()
+            bad = (matrix < 0) | (matrix >= self.p.sram_words)
+            if bad.any():
+                self.fault(pe, f"SRAM access at element {int(matrix[bad][0])} outside "
+                               f"0..{self.p.sram_words - 1}")
+            xs = self.descriptor(pe, ins, SLOT_SRC1, SLOT_SRC1_STRIDE, k)
+            if self.functional:
+                step = np.arange(m, dtype=np.int64)
+                for c in range(k):
+                    self.compute(pe, ins, Op.VFMA, dst, cols[c] + step,
+                                 np.full(m, xs[c], np.int64))
+        self.advance(pe, self.mesh.issue_overhead + k * -(-m // self.width))
+        self.pc[pe] += 1
+        return f"vgemv [{self.operand(pe, ins, SLOT_DST) if m and k else '-'}] m={m} k={k}", ""
 
     def compute(self, pe: int, ins, op: Op, dst, src0, src1):
         """Apply a vector or reduction op to this PE's SRAM (sources read before writes)."""

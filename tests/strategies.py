@@ -14,10 +14,13 @@ them into a `GeneratedProgram` (assembly text + the initial SRAM to run it with)
   code; per-PE parameters (p0 loop count, p1 B-zone address, p2 count, p3 A-zone
   address, p4 color) vary addresses, counts and loop trip counts inside a region.
 - Compute blocks mix every vector and reduction op with random strides (0 = broadcast),
-  lengths (0..8), constant / parameter / register addresses and movr/addr/djnz loops.
+  lengths (0..8), constant / parameter / register addresses and movr/addr/djnz loops;
+  `vgemv` gets 0..4 columns (immediate, %p0 or r6) with column strides 0, 1, 2, m, m+1
+  or -m.
 
 Values stay finite: SRAM zone A = [0, 32) holds inputs in [0.5, 2] and is never written;
-ops that can grow values (vadd vsub vmul vfma vscale vaddi vexp vrsqrt vrecip rsum rdot)
+ops that can grow values (vadd vsub vmul vfma vscale vaddi vexp vrsqrt vrecip rsum rdot
+vgemv)
 read only zone A and write zone B = [32, 96); vmov vmax rmax vsigmoid and send read
 anywhere. Accumulation (vfma, recvadd) therefore grows values at most geometrically in
 the number of executed instructions, far below the fp32 range.
@@ -40,7 +43,7 @@ MAX_N = 8
 DIRS = {"N": (0, -1), "E": (1, 0), "S": (0, 1), "W": (-1, 0)}
 OPPOSITE = {"N": "S", "S": "N", "E": "W", "W": "E"}
 GROWING = ("vadd", "vsub", "vmul", "vfma", "vscale", "vaddi", "vexp", "vrsqrt", "vrecip",
-           "rsum", "rdot")
+           "rsum", "rdot", "vgemv")
 PRESERVING = ("vmov", "vmax", "rmax", "vsigmoid")
 IMMS = ("0.5", "-1.25", "2", "0.001", "-0.0", "1.5e-2", "-2", "0.75")
 
@@ -366,6 +369,9 @@ class RegionWriter:
         self.free_regs = [2, 3, 4]     # one address register per operand
         op = rng.choice(GROWING + PRESERVING + ("vset",))
         n_text, n_max = self.count()
+        if op == "vgemv":
+            self.gemv(n_text, n_max)
+            return
         source = self.a_address if op in GROWING else self.any_address
         strides = [rng.choice([0, 1, 1, 1, 2, 3]) for _ in range(3)]
         if op in ("rsum", "rmax", "rdot"):
@@ -383,6 +389,29 @@ class RegionWriter:
             two = op in ("vadd", "vsub", "vmul", "vmax", "vfma", "rdot")
             operands = [dst] + sources[:2 if two else 1] + [n_text]
         self.emit(f"{op} " + ", ".join(operands))
+
+    def gemv(self, m_text: str, m_max: int):
+        """vgemv [dst in B], [W:ld in A], [x:sx in A], m, k (k immediate, %p0 or r6)."""
+        rng = self.rng
+        choice = rng.random()
+        if choice < 0.2:
+            k_text, k_max = "%p0", 3
+        else:
+            k = rng.randint(0, 4)
+            k_text, k_max = str(k), k
+            if choice < 0.35:
+                self.emit(f"movr r6, {k}")
+                k_text = "r6"
+        ld = rng.choice([0, 1, 2, max(m_max, 1), m_max + 1, -max(m_max, 1)])
+        reach = max(k_max - 1, 0) * abs(ld) + max(m_max - 1, 0)
+        if reach >= A_END:
+            ld = rng.choice([0, 1])
+            reach = max(k_max - 1, 0) * ld + max(m_max - 1, 0)
+        low = max(k_max - 1, 0) * -ld if ld < 0 else 0
+        base = rng.randint(low, low + A_END - 1 - reach)
+        dst = self.b_address(m_max, rng.choice([1, 1, 2, 0]))
+        x = self.a_address(k_max, rng.choice([0, 1, 1, 2]))
+        self.emit(f"vgemv {dst}, {self.desc(base, ld)}, {x}, {m_text}, {k_text}")
 
     def count(self) -> tuple[str, int]:
         """An element count operand and its largest value."""

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from emulator.errors import AsmError
 from isa.asm import MNEMONICS, SIGNATURES, assemble, assemble_file
 from isa.disasm import disassemble, format_instruction
 from isa.expr import ExprError, evaluate
@@ -81,7 +82,7 @@ def test_doc_example_encoding():
 def test_every_mnemonic_has_a_signature_and_assembles():
     samples = {"dst": "[1]", "rdst": "[1]", "src0": "[2:2]", "src1": "[%p1]", "n": "3",
                "color": "c2", "imm": "1.5", "reg": "r3", "value": "r2-4", "label": "here",
-               "rx": "W", "tx": "E|R"}
+               "rx": "W", "tx": "E|R", "k": "r5"}
     assert set(MNEMONICS.values()) == set(Op)
     for name, op in MNEMONICS.items():
         operands = ", ".join(samples[k] for k in SIGNATURES[op])
@@ -323,3 +324,24 @@ def test_compiled_decode_program_round_trips():
     program = compile_decode(spec, load_mesh("small")).decode.program
     again = assemble(disassemble(program), num_colors=program.num_colors)
     assert again.equals(program)
+
+
+def test_vgemv_encoding_round_trip_and_static_checks():
+    row = one("vgemv [r1+4:2], [%p0:12], [3:0], 5, %p1")
+    assert row["op"] == Op.VGEMV
+    assert row["a"][SLOT_SRC0_STRIDE] == 12 and row["a"][SLOT_SRC1_STRIDE] == 0
+    assert row["a"][SLOT_N] == 5
+    assert slot_mode(row["modes"], SLOT_COLOR) == (MODE_PARAM, 0) and row["a"][SLOT_COLOR] == 1
+    for text in ("vgemv [r1+4:2], [%p0:12], [3:0], 5, %p1", "vgemv [0], [8:4], [40], r2, 3",
+                 "vgemv [3:-1], [8:-4], [40:2], 4, r3-1", "vgemv [60], [63], [0], 0, 9"):
+        program = assemble(HEADER + "    " + text + "\n")
+        assert format_instruction(program.code[0]) == text
+        assert assemble(disassemble(program)).equals(program)
+    with pytest.raises(AsmError, match="negative column count -2"):
+        assemble(HEADER + "    vgemv [0], [8:4], [40], 4, -2\n")
+    with pytest.raises(AsmError, match=r"\[8:20\] with 3 columns of 4 elements reaches "
+                                       r"address 51, outside .sram 50"):
+        assemble(HEADER.replace("64", "50") + "    vgemv [0], [8:20], [40], 4, 3\n")
+    with pytest.raises(AsmError, match="reaches address 66"):
+        assemble(HEADER + "    vgemv [0], [8], [40:13], 4, 3\n")
+    assemble(HEADER + "    vgemv [0], [800:20], [900], 4, 0\n")    # k = 0 touches nothing

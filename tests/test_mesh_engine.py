@@ -415,3 +415,58 @@ def test_register_index_out_of_range_is_rejected_by_both_engines():
     for run in (run_reference, run_numba):
         with pytest.raises(ConfigError, match="register r9"):
             run(program, mesh)
+
+
+# --- vgemv ----------------------------------------------------------------------------------
+
+
+GEMV_CASES = [   # (dst, W, x, m, k): disjoint, strided, aliasing, broadcast destination
+    ("[0]", "[16:8]", "[100]", 8, 10), ("[0:2]", "[32:5]", "[100:3]", 5, 7),
+    ("[0]", "[0:3]", "[40]", 4, 6), ("[20:0]", "[60:4]", "[21]", 4, 5),
+    ("[10]", "[12:1]", "[9:2]", 3, 9), ("[50:-1]", "[60:-6]", "[48:-1]", 6, 4),
+    ("[0]", "[8:8]", "[3:0]", 8, 12), ("[7]", "[7:0]", "[7:0]", 1, 5),
+    ("[0]", "[16:8]", "[100]", 0, 3), ("[0]", "[16:8]", "[100]", 3, 0),
+]
+
+
+@pytest.mark.parametrize("dst, w, x, m, k", GEMV_CASES)
+def test_vgemv_equals_vfma_columns_bit_for_bit(dst, w, x, m, k):
+    """vgemv == k consecutive vfmas (product rounded, then the sum), on both engines, with
+    immediate and register operands."""
+    rng = np.random.default_rng(m * 100 + k)
+    values = " ".join(str(np.float32(v)) for v in rng.uniform(-3, 3, 128))
+    head = f".mesh 1x1\n.sram 128\n.region a 0,0 0,0\n.data 0 {values}\n"
+
+    def split(desc):
+        base, _, stride = desc[1:-1].partition(":")
+        return int(base), int(stride or 1)
+    (w0, ld), (x0, sx) = split(w), split(x)
+    columns = "".join(f"    vfma {dst}, [{w0 + c * ld}], [{x0 + c * sx}:0], {m}\n"
+                      for c in range(k))
+    fused = both(assemble(head + f"    vgemv {dst}, {w}, {x}, {m}, {k}\n"))
+    registers = both(assemble(head + f"    movr r1, {m}\n    movr r2, {k}\n"
+                              f"    vgemv {dst}, {w}, {x}, r1, r2\n"))
+    reference = both(assemble(head + columns)) if k else both(assemble(head))
+    assert np.array_equal(fused.sram.view(np.uint32), reference.sram.view(np.uint32))
+    assert np.array_equal(registers.sram.view(np.uint32), reference.sram.view(np.uint32))
+    both(assemble(head + f"    vgemv {dst}, {w}, {x}, {m}, {k}\n"), functional=False)
+
+
+def test_vgemv_faults():
+    head = ".mesh 1x1\n.sram 64\n.region a 0,0 0,0\n"
+    negative = assemble(head + "    movr r1, -2\n    vgemv [0], [8:4], [40], 4, r1\n")
+    assert fault_of(negative).endswith("at cycle 2: negative column count -2")
+    count = assemble(head + "    movr r1, -3\n    vgemv [0], [8:4], [40], r1, r1\n")
+    assert fault_of(count).endswith("at cycle 2: negative element count -3")
+    # matrix elements are checked column by column: column 1 ends at 8 + 28 + 3 = 39 ...
+    matrix = assemble(head + "    movr r1, 28\n    vgemv [0], [8:r1], [40], 4, 3\n")
+    assert fault_of(matrix).endswith("SRAM access at element 64 outside 0..63")
+    backwards = assemble(head + "    movr r1, -10\n    vgemv [0], [12:r1], [40], 4, 3\n")
+    assert fault_of(backwards).endswith("SRAM access at element -8 outside 0..63")
+    vector = assemble(head + "    movr r1, 12\n    vgemv [0], [8:4], [40:r1], 4, 3\n")
+    assert fault_of(vector).endswith("SRAM access at element 64 outside 0..63")
+    dst = assemble(head + "    movr r1, 62\n    vgemv [r1], [8:4], [40], 4, 3\n")
+    assert fault_of(dst).endswith("SRAM access at element 64 outside 0..63")
+    for functional in (True, False):   # nothing is touched when m = 0 or k = 0
+        both(assemble(head + "    movr r1, 999\n    vgemv [r1], [r1], [r1], 0, 3\n"
+                      "    vgemv [r1], [r1], [r1], 3, 0\n"), functional=functional)

@@ -236,6 +236,30 @@ def test_local_vector_op(engine, mesh, dtype, n):
     assert result.instructions == 4
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("m, k", [(0, 5), (5, 0), (1, 1), (7, 3), (8, 4), (9, 2), (33, 6)])
+@pytest.mark.parametrize("functional", [True, False])
+def test_vgemv_cost(engine, mesh, dtype, m, k, functional):
+    """vgemv costs o + k * ceil(m / w) (o when m or k is 0), with immediate and register
+    counts."""
+    text = f""".mesh 1x1
+.dtype {dtype}
+.sram 512
+.region a 0,0 0,0
+    vgemv [0], [64:40], [400], {m}, {k}
+    movr r1, {m}
+    movr r2, {k}
+    vgemv [0:2], [64:-40], [300:2], r1, r2
+    halt
+"""
+    text = text.replace("[64:-40]", f"[{64 + 40 * max(k - 1, 0)}:-40]")
+    result, _ = run(engine, text, mesh, functional=functional)
+    o, w = mesh.issue_overhead, mesh.simd_width(dtype)
+    gemv = o + k * -(-m // w)
+    assert result.pe_finish[0] == result.cycles == 2 * gemv + 2 * (o + 1)
+    assert result.pe_busy[0] == result.cycles and result.instructions == 5
+
+
 def test_barrier(engine, mesh):
     """Every PE leaves at max(arrival) + B + o; idle PEs do not take part."""
     text = """.mesh 3x2
