@@ -116,7 +116,7 @@ class MeshDecoder:
             for g in range(spec.num_kv_heads):
                 j, a = self._group_row(g)
                 for name, values in (("k", k), ("v", v)):
-                    self._write_kv(j, pl.addr(f"L{layer}.{name}{a}"), values[layer, g])
+                    self._write_kv(j, pl.addr_at(f"L{layer}.{name}{a}", 0, j), values[layer, g])
         self.length = T
         return T * spec.kv_bytes_per_token(dtype_bytes(self.dtype))
 
@@ -141,10 +141,12 @@ class MeshDecoder:
         write_r(self.sram, plan, "hidden", emb, pl.addr("H"))
         cos, sin = reference.rope_tables(spec, np.array([pos]))
         half, reps = spec.head_dim // 2, spec.group_size + 1
+        rows = np.flatnonzero(plan.vec("groups").sizes())
         for name, table in (("COS", cos), ("SIN", sin)):
             tiled = round_to(np.tile(table[0, :half], reps), self.dtype)
-            for j in range(plan.ph):
-                self.sram[j * plan.pw, pl.addr(name):pl.addr(name) + tiled.size] = tiled
+            for j in rows:
+                addr = pl.addr_at(name, 0, int(j))
+                self.sram[j * plan.pw, addr:addr + tiled.size] = tiled
 
     # --- steps --------------------------------------------------------------------------
     def step(self, token: int, pos: int) -> tuple[np.ndarray, RunResult]:

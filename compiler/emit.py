@@ -15,7 +15,8 @@ Per-step parameters (the only differences between decode positions):
 
 Primitives (docs/mapping.md gives their exact cycle costs):
 - column multicast on color MC from (i, 0), row multicast on MR from (0, j);
-- GEMV columns: `vmul acc, [W], [x:0], m` then `vfma acc, [W + c*mpad], [x+c:0], m`;
+- GEMV columns: `vmul acc, [W], [x:0], m` then `vgemv acc, [W + mpad : mpad], [x + 1], m,
+  k - 1` (one instruction for the other k - 1 columns);
 - tree reductions along a row (colors ROW s) or column (COL s): `recvadd` for sums,
   `recv` + `vmax` for maxima; concatenating gathers for relayouts on the left column.
 """
@@ -25,7 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compiler.place import Placement
+from compiler.place import (
+    Placement,
+    kept_pieces,
+    multicast_pieces,
+    relayouts,
+    subtree_end,
+)
 from compiler.route import RoutePlan, route, tree_actions
 from compiler.tile import Chunking, TilePlan, chunk_bounds
 from emulator.hw.mesh import MeshConfig
@@ -222,13 +229,19 @@ def tree_max(b: CodeBuilder, actions: tuple, colors: tuple, buf, scratch, n) -> 
 
 
 def gemv_columns(b: CodeBuilder, w: int, mpad: int, x: int, acc: int, m, k: int) -> None:
-    """acc[0:m] = sum over columns c < k of W[:, c] * x[c] (W column-major, stride mpad)."""
+    """acc[0:m] = sum over columns c < k of W[:, c] * x[c] (W column-major, stride mpad).
+
+    Column 0 is a `vmul` (it also clears acc), columns 1..k-1 one `vgemv` (bit for bit the
+    same as one `vfma` per column): cost o + ceil(m/w), plus o + (k-1) ceil(m/w) if k > 1.
+    """
     if k == 0:
         b.vec(Op.VSET, acc, n=m, imm=0.0)
         return
     b.vec(Op.VMUL, acc, w, Desc(x, 0), m)
-    for c in range(1, k):
-        b.vec(Op.VFMA, acc, w + c * mpad, Desc(x + c, 0), m)
+    if k > 1:
+        b.emit(Op.VGEMV, {SLOT_DST: acc, SLOT_DST_STRIDE: 1, SLOT_SRC0: w + mpad,
+                          SLOT_SRC0_STRIDE: mpad, SLOT_SRC1: x + 1, SLOT_SRC1_STRIDE: 1,
+                          SLOT_N: m, SLOT_COLOR: k - 1})
 
 
 def gemv_a(b, fab: Fabric, top: bool, row_tree: tuple, k: int, w: int, mpad: int, x: int,
@@ -262,13 +275,19 @@ class Role:
     k_attn: int         # o_proj input chunk on row y
     k_ffn: int          # ffn chunk on row y
     groups: int         # kv groups of row y
+    wrow: bool = True   # row y holds weight tiles
+
+    @property
+    def key(self) -> tuple:
+        """The SRAM class (compiler.place.pe_class) of PEs with this role."""
+        return (self.wrow, self.groups > 0, self.left, self.left and self.top)
 
 
 def pe_role(plan: TilePlan, i: int, j: int) -> Role:
     """The role of PE (i, j)."""
     return Role(i == 0, j == 0, tree_actions(i, plan.pw), tree_actions(j, plan.ph),
                 plan.vec("hidden").size(i), plan.vec("attn").size(j), plan.vec("ffn").size(j),
-                plan.groups_on_row(j)[1])
+                plan.groups_on_row(j)[1], plan.weight_row(j))
 
 
 @dataclass
@@ -279,10 +298,22 @@ class Context:
     placement: Placement
     fab: Fabric
     param_index: dict
+    key: tuple | None = None     # SRAM class of the role being emitted
 
     def addr(self, name: str) -> int:
-        """SRAM address of a buffer."""
-        return self.placement.addr(name)
+        """SRAM address of a buffer in the current role's class, or 0 when the class does
+        not hold it (then every instruction naming it has zero elements: e.g. the q/k/v
+        GEMV output on a row with an empty q/k/v chunk)."""
+        buffers = self.placement.maps[self.key]
+        return buffers[name].addr if name in buffers else 0
+
+    def waddr(self, name: str) -> int:
+        """Address of a weight tile (0 on rows without weights, see `addr`)."""
+        return self.addr(name)
+
+    def for_role(self, role: Role) -> "Context":
+        """This context with the address map of `role`'s class."""
+        return dataclasses.replace(self, key=role.key)
 
 
 # --------------------------------------------------------------------------- decode code
@@ -322,12 +353,13 @@ def rope(b: CodeBuilder, ctx: Context, group: int) -> None:
     b.vec(Op.VADD, Desc(e + 1, 2), t3, t4, n2)
 
 
-def relayout(b: CodeBuilder, ctx: Context, role: Role, name: str, src: int, dst: int,
-             total: int) -> None:
-    """Left column: move a C vector from one chunking to another via (0,0).
+def relayout(b: CodeBuilder, ctx: Context, role: Role, name: str, src: int, dst: int) -> None:
+    """Left column: move a C vector from one chunking to another via (0, 0).
 
-    Each (0, j) copies its chunk into G at its global offset, a concatenating tree gathers
-    G at (0, 0), which multicasts it down column 0; each (0, j) copies out its new chunk.
+    Each (0, j) copies its chunk into its G, a concatenating tree gathers the vector at
+    (0, 0) (each node's G holds its subtree's range), which multicasts it down column 0 in
+    pieces (compiler.place.multicast_pieces); each (0, j) keeps the pieces overlapping its
+    new chunk (into G) and sinks the others into JUNK with stride 0, then copies out.
     """
     if not role.left:
         return
@@ -339,7 +371,14 @@ def relayout(b: CodeBuilder, ctx: Context, role: Role, name: str, src: int, dst:
             b.recv(fab.col[s], Param(f"{name}.rx{s}_addr"), Param(f"{name}.rx{s}_len"))
         else:
             b.send(fab.col[s], Param(f"{name}.tx_addr"), Param(f"{name}.tx_len"))
-    col_multicast(b, fab, role.top, g, total)
+    if fab.ph > 1:
+        source, target = relayouts(ctx.plan)[name]
+        for p, (lo, hi) in enumerate(multicast_pieces(target)):
+            if role.top:
+                b.send(fab.mc, g + lo, hi - lo)
+            else:
+                b.recv(fab.mc, Desc(Param(f"{name}.m{p}_addr"), Param(f"{name}.m{p}_stride")),
+                       hi - lo)
     b.vec(Op.VMOV, dst, Desc(Param(f"{name}.out_addr")), n=Param(f"{name}.out_len"))
 
 
@@ -398,32 +437,32 @@ def decoder_layer(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
         rmsnorm(b, ctx, role, p + "norm_in")
     qkv_out = a("ACC") if even else a("QKV")
     b.note(f"layer {layer}: q/k/v GEMV-A")
-    gemv_a(b, fab, role.top, role.row_tree, role.k_hidden, a(p + "qkv"), plan.mpad("qkv"),
+    gemv_a(b, fab, role.top, role.row_tree, role.k_hidden, ctx.waddr(p + "qkv"), plan.mpad("qkv"),
            a("XN"), qkv_out, Param("m_qkv"))
     if role.left and spec.attention_bias:
-        b.vec(Op.VADD, qkv_out, qkv_out, a(p + "qkv_bias"), Param("m_qkv"))
+        b.vec(Op.VADD, qkv_out, qkv_out, ctx.waddr(p + "qkv_bias"), Param("m_qkv"))
     if even:
-        relayout(b, ctx, role, "qkv", a("ACC"), a("QKV"), plan.vec("qkv").total)
+        relayout(b, ctx, role, "qkv", a("ACC"), a("QKV"))
     if role.left:
         for g in range(role.groups):
             rope(b, ctx, g)
     if role.groups:
         attention(b, ctx, role, layer)
     if even:
-        relayout(b, ctx, role, "attn", a("ATT"), a("XB"), spec.q_dim)
+        relayout(b, ctx, role, "attn", a("ATT"), a("XB"))
     b.note(f"layer {layer}: o_proj GEMV-B")
-    gemv_b(b, fab, role.left, role.col_tree, role.k_attn, a(p + "o"), plan.mpad("o"),
+    gemv_b(b, fab, role.left, role.col_tree, role.k_attn, ctx.waddr(p + "o"), plan.mpad("o"),
            a("XB") if even else a("ATT"), a("ACC"), Param("m_hidden"))
     residual(b, ctx, role, p + "o_bias" if spec.o_proj_bias else None)
     if role.top:
         rmsnorm(b, ctx, role, p + "norm_post")
     b.note(f"layer {layer}: gate/up GEMV-A")
-    gemv_a(b, fab, role.top, role.row_tree, role.k_hidden, a(p + "gu"), plan.mpad("gu"),
+    gemv_a(b, fab, role.top, role.row_tree, role.k_hidden, ctx.waddr(p + "gu"), plan.mpad("gu"),
            a("XN"), a("ACC"), Param("m_gu"))
     if role.left:
         swiglu(b, ctx, role, p + "gu_bias" if spec.mlp_bias else None)
     b.note(f"layer {layer}: down GEMV-B")
-    gemv_b(b, fab, role.left, role.col_tree, role.k_ffn, a(p + "down"), plan.mpad("down"),
+    gemv_b(b, fab, role.left, role.col_tree, role.k_ffn, ctx.waddr(p + "down"), plan.mpad("down"),
            a("XB"), a("ACC"), Param("m_hidden"))
     residual(b, ctx, role, p + "down_bias" if spec.mlp_bias else None)
 
@@ -442,7 +481,7 @@ def swiglu(b: CodeBuilder, ctx: Context, role: Role, bias: str | None) -> None:
     """(0, j): XB = silu(gate) * up from ACC = [gate_j; up_j]."""
     a, f = ctx.addr, role.k_ffn
     if bias:
-        b.vec(Op.VADD, a("ACC"), a("ACC"), a(bias), Param("m_gu"))
+        b.vec(Op.VADD, a("ACC"), a("ACC"), ctx.waddr(bias), Param("m_gu"))
     b.note("SiLU(gate) * up")
     b.vec(Op.VSIGMOID, a("TMP"), a("ACC"), n=f)
     b.vec(Op.VMUL, a("TMP"), a("TMP"), a("ACC"), f)
@@ -451,17 +490,19 @@ def swiglu(b: CodeBuilder, ctx: Context, role: Role, bias: str | None) -> None:
 
 def pe_code(ctx: Context, role: Role) -> CodeBuilder:
     """The whole decode step of a PE with this role."""
+    ctx = ctx.for_role(role)
     b, a, plan = CodeBuilder(ctx.param_index), ctx.addr, ctx.plan
     if role.groups:
         b.movr(NEW_SLOT_REG, Param("slot_off"))
         b.movr(NLOC_REG, Param("nloc"))
     for layer in range(plan.spec.num_layers):
         decoder_layer(b, ctx, role, layer)
-    if role.top:
-        rmsnorm(b, ctx, role, "norm_final")
-    b.note("LM head GEMV-A")
-    gemv_a(b, ctx.fab, role.top, role.row_tree, role.k_hidden, a("lm_head"),
-           plan.mpad("lm_head"), a("XN"), a("ACC"), Param("m_vocab"))
+    if plan.head:
+        if role.top:
+            rmsnorm(b, ctx, role, "norm_final")
+        b.note("LM head GEMV-A")
+        gemv_a(b, ctx.fab, role.top, role.row_tree, role.k_hidden, ctx.waddr("lm_head"),
+               plan.mpad("lm_head"), a("XN"), a("ACC"), Param("m_vocab"))
     b.halt()
     return b
 
@@ -477,40 +518,60 @@ def static_params(plan: TilePlan, placement: Placement) -> dict:
     params = {n: np.repeat(s[:, None], pw, axis=1) for n, s in rows.items()}
     params["m_hidden"] = np.repeat(plan.vec("hidden").sizes()[None, :], ph, axis=0)
     if plan.layout == "even":
-        g = placement.addr("G")
-        params.update(relayout_params(plan, "qkv", plan.vec("qkv"), plan.vec("qkv_attn"), g))
-        params.update(relayout_params(plan, "attn", plan.vec("heads_attn"), plan.vec("attn"), g))
+        g = np.array([placement.addr_at("G", 0, j) for j in range(ph)], np.int64)
+        junk = placement.addr("JUNK")
+        for name, (src, dst) in relayouts(plan).items():
+            params.update(relayout_params(plan, name, src, dst, g, junk))
     return params
 
 
-def relayout_params(plan: TilePlan, name: str, src: Chunking, dst: Chunking, g: int) -> dict:
-    """Addresses/lengths of the left-column gather for a relayout (see `relayout`)."""
-    ph, pw = plan.ph, plan.pw
-    out = {}
+def relayout_params(plan: TilePlan, name: str, src: Chunking, dst: Chunking, g: np.ndarray,
+                    junk: int) -> dict:
+    """Addresses/lengths of the left-column gather and multicast of a relayout.
 
-    def column(values):
-        arr = np.zeros((ph, pw), np.int64)
-        arr[:, 0] = values
-        return arr
-
-    b = src.bounds
-    out[f"{name}.in_addr"] = column([g + b[j] for j in range(ph)])
-    out[f"{name}.in_len"] = column(src.sizes())
-    out[f"{name}.out_addr"] = column([g + dst.bounds[j] for j in range(ph)])
-    out[f"{name}.out_len"] = column(dst.sizes())
-    tx_addr, tx_len = np.zeros(ph, np.int64), np.zeros(ph, np.int64)
+    `g[j]`: address of G on (0, j). Node j's G holds its gather subtree's range of `src`
+    from offset 0 (the hub's: the whole vector in order); after the multicast it holds the
+    kept pieces from offset 0 (see `relayout`). Units: elements.
+    """
+    ph, pw, b = plan.ph, plan.pw, src.bounds
+    out, cols = {}, {}
+    cols["in_addr"], cols["in_len"] = g.copy(), src.sizes()
+    tx_addr, tx_len = g.copy(), np.zeros(ph, np.int64)
     for s in range(max(0, (ph - 1).bit_length())):
         d = 1 << s
         rx_addr, rx_len = np.zeros(ph, np.int64), np.zeros(ph, np.int64)
         for j in range(ph):
             if j % (2 * d) == 0 and j + d < ph:
-                rx_addr[j] = g + b[j + d]
+                rx_addr[j] = g[j] + b[j + d] - b[j]
                 rx_len[j] = b[min(j + 2 * d, ph)] - b[j + d]
             if j % (2 * d) == d:
-                tx_addr[j], tx_len[j] = g + b[j], b[min(j + d, ph)] - b[j]
-        out[f"{name}.rx{s}_addr"], out[f"{name}.rx{s}_len"] = column(rx_addr), column(rx_len)
-    out[f"{name}.tx_addr"], out[f"{name}.tx_len"] = column(tx_addr), column(tx_len)
+                tx_len[j] = b[subtree_end(j, ph)] - b[j]
+        cols[f"rx{s}_addr"], cols[f"rx{s}_len"] = rx_addr, rx_len
+    cols["tx_addr"], cols["tx_len"] = tx_addr, tx_len
+    cols.update(_piece_params(dst, g, junk))
+    for key, values in cols.items():
+        arr = np.zeros((ph, pw), np.int64)
+        arr[:, 0] = values
+        out[f"{name}.{key}"] = arr
     return out
+
+
+def _piece_params(dst: Chunking, g: np.ndarray, junk: int) -> dict:
+    """Per row: where each multicast piece lands, and where the row's new chunk starts."""
+    ph, pieces = dst.parts, multicast_pieces(dst)
+    cols = {f"m{p}_{k}": np.zeros(ph, np.int64) for p in range(len(pieces))
+            for k in ("addr", "stride")}
+    out_addr = g + np.asarray(dst.bounds[:-1], np.int64)
+    for j in range(1, ph):
+        kept = kept_pieces(pieces, dst, j)
+        first = pieces[kept[0]][0] if kept else 0
+        for p in range(len(pieces)):
+            mine = p in kept
+            cols[f"m{p}_addr"][j] = g[j] + pieces[p][0] - first if mine else junk
+            cols[f"m{p}_stride"][j] = 1 if mine else 0
+        out_addr[j] = g[j] + dst.bounds[j] - first
+    cols["out_addr"], cols["out_len"] = out_addr, dst.sizes()
+    return cols
 
 
 def step_values(plan: TilePlan, slots: int, pos: int) -> dict:
@@ -565,7 +626,7 @@ def assign_roles(plan: TilePlan) -> tuple[list, np.ndarray, list]:
     cols = [pe_role(plan, i, 0) for i in range(pw)]
     rows = [pe_role(plan, 0, j) for j in range(ph)]
     col_keys = [(r.left, r.row_tree, r.k_hidden) for r in cols]
-    row_keys = [(r.top, r.col_tree, r.k_attn, r.k_ffn, r.groups) for r in rows]
+    row_keys = [(r.top, r.col_tree, r.k_attn, r.k_ffn, r.groups, r.wrow) for r in rows]
     ci = _class_index(col_keys)
     rj = _class_index(row_keys)
     pair = (rj[:, None] * (ci.max() + 1) + ci[None, :]).reshape(-1)
@@ -577,7 +638,7 @@ def assign_roles(plan: TilePlan) -> tuple[list, np.ndarray, list]:
     reps = [(int(f % pw), int(f // pw)) for f in first[order]]
     roles = [dataclasses.replace(cols[x], top=rows[y].top, col_tree=rows[y].col_tree,
                                  k_attn=rows[y].k_attn, k_ffn=rows[y].k_ffn,
-                                 groups=rows[y].groups) for x, y in reps]
+                                 groups=rows[y].groups, wrow=rows[y].wrow) for x, y in reps]
     return roles, pe_region, reps
 
 

@@ -1,21 +1,26 @@
-"""Place pass: TilePlan -> the SRAM layout of every PE (one address map shared by all PEs).
+"""Place pass: TilePlan -> the SRAM layout of every PE (per-class address maps, overlays).
 
-Every PE uses the same addresses, so region code can use immediate addresses; a buffer's
-size is the largest size any PE needs (PEs with smaller tiles leave the rest unused; the
-PE with the largest tiles decides whether the model fits, so this costs no capacity).
-Buffers, in address order (all sizes in elements, `w = SRAM element`):
+A PE reserves only the buffers its code touches. PEs fall into a few *classes*, keyed by
+`(weights, attn, left, hub)`: the row holds weight tiles, the row runs attention (holds
+kv groups), the PE is on the left column, the PE is (0, 0). Every class lays its buffers
+out in the same section order, skipping the sections it does not use, so addresses are
+the same on every PE of a class (region code uses immediates; a role fixes the class):
 
-- weights, per layer: qkv, o, gu, down tiles (column-major, column stride = the largest
-  tile row count `mpad`), RMSNorm weights, optional biases; then lm_head and the final
-  norm. A tile [m, k] of a matrix lives at `addr + c * mpad + r` for row r, column c.
-- KV cache, per layer and per kv group of a row: K and V as [slots, head_dim]
-  (`slots = ceil(max_context / pw)`; position t lives on PE (t mod pw, row) in slot
-  t div pw, row-major so one `rdot` / `vfma` covers one position).
-- scratch: the residual stream H and normalised XN (R chunks), accumulators, the q/k/v
-  and attention buffers, softmax scores, RoPE tables written by the host, relayout buffer.
+1. common (every PE): H, XN, SS, ACC, XB, JUNK (stride-0 sink of unwanted multicast
+   pieces), and the R-layout weights used on the top row (RMSNorm weights, o/down biases,
+   final norm) - small: a hidden chunk each;
+2. weights (rows holding weight tiles): per layer the qkv, o, gu, down tiles (column-major,
+   column stride `mpad` = the largest tile row count), C-layout biases; then the LM head;
+3. attention (rows with kv groups): the KV cache per layer and kv group of the row, K and
+   V as [slots, head_dim] (`slots = ceil(max_context / pw)`; position t on PE
+   (t mod pw, row), slot t div pw), QKV, scores SC, MX, MXT, OL, RL, ATT;
+4. left column: COS, SIN (attention rows only), TMP, and the relayout buffer G (even
+   layout) *overlaid* on TMP (G is live only during a relayout, TMP only in RoPE/SwiGLU).
 
-`FitError` when `total_words * bytes(dtype)` exceeds the PE's SRAM; the message gives the
-required and available bytes per PE and the smallest square mesh that would fit.
+A buffer's size is the largest any PE of its class needs. `FitError` when the largest
+class exceeds the PE's SRAM; the message gives the required and available bytes per PE
+by kind and the smallest square mesh that would fit. Sizes are elements unless a name
+says bytes.
 """
 
 import json
@@ -24,12 +29,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compiler.tile import TilePlan, tile
+from compiler.tile import Chunking, TilePlan, chunk_bounds, tile
 from emulator.errors import FitError
 from emulator.hw.mesh import DTYPE_BYTES, MeshConfig
 
 DEFAULT_MAX_CONTEXT = 256
 MAX_SQUARE_SEARCH = 2048
+MAX_PIECES = 16          # multicast pieces of a relayout (docs/mapping.md)
+OVERLAYS = {"G": "TMP"}
+CLASS_FIELDS = ("weights", "attention", "left", "hub")  # buffer -> buffer whose address it shares
 
 
 @dataclass(frozen=True)
@@ -43,23 +51,43 @@ class Buffer:
 
 @dataclass(frozen=True)
 class Placement:
-    """Output of the place pass: the shared SRAM address map (elements) and its budget."""
+    """Output of the place pass: per-class SRAM address maps (elements) and the budget."""
 
     plan: TilePlan
     dtype: str
     max_context: int                       # positions the KV cache can hold
     slots: int                             # KV positions per PE: ceil(max_context / pw)
-    buffers: dict = field(hash=False)      # name -> Buffer
-    total_words: int = 0                   # SRAM elements per PE
+    buffers: dict = field(hash=False)      # name -> Buffer of the first class holding it
+    total_words: int = 0                   # SRAM elements of the largest class
+    maps: dict = field(default=None, hash=False)     # class key -> {name: Buffer}
+    class_words: dict = field(default=None, hash=False)  # class key -> elements
 
-    def addr(self, name: str) -> int:
-        """First element of buffer `name`."""
-        return self.buffers[name].addr
+    def addr(self, name: str, key: tuple | None = None) -> int:
+        """First element of buffer `name` (in class `key`, or the first class holding it)."""
+        return (self.buffers if key is None else self.maps[key])[name].addr
+
+    def addr_at(self, name: str, x: int, y: int) -> int:
+        """First element of buffer `name` on PE (x, y)."""
+        return self.maps[pe_class(self.plan, x, y)][name].addr
 
     @property
     def total_bytes(self) -> int:
-        """SRAM bytes per PE the program needs."""
+        """SRAM bytes per PE the largest class needs."""
         return self.total_words * DTYPE_BYTES[self.dtype]
+
+
+def pe_class(plan: TilePlan, x: int, y: int) -> tuple:
+    """Class key (weights, attn, left, hub) of PE (x, y)."""
+    return (plan.weight_row(y), plan.vec("groups").size(y) > 0, x == 0, x == 0 and y == 0)
+
+
+def classes(plan: TilePlan) -> list[tuple]:
+    """Every class key present on the mesh (row kinds x {left column, other columns})."""
+    groups, wrows = plan.vec("groups").sizes() > 0, plan.weight_rows()
+    rows = {(bool(wrows[j]), bool(groups[j])) for j in range(plan.ph)}
+    keys = {(w, a, False, False) for w, a in rows} if plan.pw > 1 else set()
+    keys |= {(bool(wrows[j]), bool(groups[j]), True, j == 0) for j in range(plan.ph)}
+    return sorted(keys)
 
 
 def default_max_context(spec) -> int:
@@ -67,78 +95,202 @@ def default_max_context(spec) -> int:
     return min(spec.max_position_embeddings, DEFAULT_MAX_CONTEXT)
 
 
-def buffer_sizes(plan: TilePlan, max_context: int) -> list[tuple[str, int, str]]:
-    """(name, elements, kind) of every buffer in address order (module docstring)."""
-    spec, ng = plan.spec, plan.vec("groups").max_size
-    hd, gs, heads = spec.head_dim, spec.group_size, plan.max_heads
-    slots = -(-max_context // plan.pw)
-    hid, entries = plan.vec("hidden").max_size, []
-    for layer in range(spec.num_layers):
-        entries += _layer_weights(plan, layer)
-    entries += [("lm_head", plan.kmax("lm_head") * plan.mpad("lm_head"), "weight"),
-                ("norm_final", hid, "weight")]
-    for layer in range(spec.num_layers):
-        for a in range(ng):
-            entries += [(f"L{layer}.k{a}", hd * slots, "kv"), (f"L{layer}.v{a}", hd * slots, "kv")]
-    rope = (gs + 1) * hd // 2
-    ffn = plan.vec("ffn").max_size
+# --------------------------------------------------------------------------- relayout geometry
+
+
+def multicast_pieces(dst: Chunking) -> list[tuple[int, int]]:
+    """[start, end) of the messages (0, 0) multicasts down column 0 in a relayout to `dst`.
+
+    The nonempty chunks of `dst` when there are at most MAX_PIECES of them, else
+    MAX_PIECES near-equal pieces. A receiver keeps the pieces overlapping its chunk and
+    sinks the others into JUNK with stride 0.
+    """
+    sizes = dst.sizes()
+    if np.count_nonzero(sizes) <= MAX_PIECES:
+        return [(dst.bounds[j], dst.bounds[j + 1]) for j in range(dst.parts) if sizes[j]]
+    b = chunk_bounds(dst.total, MAX_PIECES)
+    return [(b[p], b[p + 1]) for p in range(MAX_PIECES) if b[p + 1] > b[p]]
+
+
+def kept_pieces(pieces: list, dst: Chunking, j: int) -> list[int]:
+    """Indices of the pieces overlapping row j's chunk of `dst` (none when it is empty)."""
+    lo, hi = dst.bounds[j], dst.bounds[j + 1]
+    return [p for p, (a, b) in enumerate(pieces) if hi > lo and a < hi and b > lo]
+
+
+def subtree_end(j: int, ph: int) -> int:
+    """One past the last row of row j's subtree in the column gather tree."""
+    return ph if j == 0 else min(j + (j & -j), ph)
+
+
+def relayouts(plan: TilePlan) -> dict:
+    """name -> (source chunking, destination chunking) of the even layout's relayouts."""
+    if plan.layout != "even":
+        return {}
+    return {"qkv": (plan.vec("qkv"), plan.vec("qkv_attn")),
+            "attn": (plan.vec("heads_attn"), plan.vec("attn"))}
+
+
+def g_words(plan: TilePlan) -> np.ndarray:
+    """int64 [ph]: elements of G row j's left PE needs (gather subtree or kept pieces)."""
+    need = np.zeros(plan.ph, np.int64)
+    for src, dst in relayouts(plan).values():
+        pieces = multicast_pieces(dst)
+        need[0] = max(need[0], src.total, dst.total)
+        for j in range(1, plan.ph):
+            kept = kept_pieces(pieces, dst, j)
+            recv = pieces[kept[-1]][1] - pieces[kept[0]][0] if kept else 0
+            gather = src.bounds[subtree_end(j, plan.ph)] - src.bounds[j]
+            need[j] = max(need[j], recv, gather)
+    return need
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def common_entries(plan: TilePlan) -> list[tuple[str, int, str]]:
+    """Buffers of every PE: scratch of the GEMVs and the top row's R-layout weights."""
+    spec, hid = plan.spec, plan.vec("hidden").max_size
     acc = max(plan.mpad("gu"), plan.mpad("lm_head"), plan.mpad("o"),
               plan.mpad("qkv") if plan.layout == "even" else 0)
-    entries += [("H", hid, "scratch"), ("XN", hid, "scratch"), ("SS", 1, "scratch"),
-                ("ACC", acc, "scratch"), ("QKV", ng * plan.group_len, "scratch"),
-                ("XB", max(plan.vec("attn").max_size, ffn), "scratch"),
-                ("ATT", heads * hd, "scratch"), ("COS", rope, "scratch"),
-                ("SIN", rope, "scratch"), ("TMP", max(4 * rope, ffn), "scratch"),
-                ("SC", heads * slots, "scratch"), ("MX", heads, "scratch"),
-                ("MXT", heads, "scratch"), ("OL", heads * (hd + 1), "scratch"),
-                ("RL", heads, "scratch")]
-    if plan.layout == "even":
-        entries.append(("G", max(plan.vec("qkv").total, spec.q_dim), "scratch"))
-    return entries
-
-
-def _layer_weights(plan: TilePlan, layer: int) -> list[tuple[str, int, str]]:
-    """Weight buffers of one decoder layer."""
-    spec, p = plan.spec, f"L{layer}."
-    hid = plan.vec("hidden").max_size
-    out = [(p + m, plan.kmax(m) * plan.mpad(m), "weight") for m in ("qkv", "o", "gu", "down")]
-    out += [(p + "norm_in", hid, "weight"), (p + "norm_post", hid, "weight")]
-    if spec.attention_bias:
-        out.append((p + "qkv_bias", plan.mpad("qkv"), "weight"))
-    if spec.o_proj_bias:
-        out.append((p + "o_bias", hid, "weight"))
-    if spec.mlp_bias:
-        out += [(p + "gu_bias", plan.mpad("gu"), "weight"), (p + "down_bias", hid, "weight")]
+    xb = max(plan.vec("attn").max_size if plan.layout == "even" else 0,
+             plan.vec("ffn").max_size)
+    out = [("H", hid, "scratch"), ("XN", hid, "scratch"), ("SS", 1, "scratch"),
+           ("ACC", acc, "scratch"), ("XB", xb, "scratch"), ("JUNK", 1, "scratch")]
+    for layer in range(spec.num_layers):
+        p = f"L{layer}."
+        out += [(p + "norm_in", hid, "weight"), (p + "norm_post", hid, "weight")]
+        if spec.o_proj_bias:
+            out.append((p + "o_bias", hid, "weight"))
+        if spec.mlp_bias:
+            out.append((p + "down_bias", hid, "weight"))
+    if plan.head:
+        out.append(("norm_final", hid, "weight"))
     return out
 
 
+def weight_entries(plan: TilePlan) -> list[tuple[str, int, str]]:
+    """Weight tiles of the C-chunked matrices (rows holding weights)."""
+    spec, out = plan.spec, []
+    for layer in range(spec.num_layers):
+        p = f"L{layer}."
+        out += [(p + m, plan.kmax(m) * plan.mpad(m), "weight") for m in ("qkv", "o", "gu", "down")]
+        if spec.attention_bias:
+            out.append((p + "qkv_bias", plan.mpad("qkv"), "weight"))
+        if spec.mlp_bias:
+            out.append((p + "gu_bias", plan.mpad("gu"), "weight"))
+    if plan.head:
+        out.append(("lm_head", plan.kmax("lm_head") * plan.mpad("lm_head"), "weight"))
+    return out
+
+
+def attention_entries(plan: TilePlan, slots: int) -> list[tuple[str, int, str]]:
+    """KV cache and attention scratch (rows with kv groups)."""
+    spec, ng = plan.spec, plan.vec("groups").max_size
+    hd, heads, out = spec.head_dim, plan.max_heads, []
+    for layer in range(spec.num_layers):
+        for a in range(ng):
+            out += [(f"L{layer}.k{a}", hd * slots, "kv"), (f"L{layer}.v{a}", hd * slots, "kv")]
+    out += [("QKV", ng * plan.group_len, "scratch"), ("SC", heads * slots, "scratch"),
+            ("MX", heads, "scratch"), ("MXT", heads, "scratch"),
+            ("OL", heads * (hd + 1), "scratch"), ("RL", heads, "scratch"),
+            ("ATT", heads * hd, "scratch")]
+    return out
+
+
+def left_entries(plan: TilePlan, key: tuple, g_need: np.ndarray) -> list[tuple[str, int, str]]:
+    """Left-column buffers of class `key`: RoPE tables, TMP and the overlaid G."""
+    spec, attn = plan.spec, key[1]
+    rope = (spec.group_size + 1) * spec.head_dim // 2
+    out = [("COS", rope, "scratch"), ("SIN", rope, "scratch")] if attn else []
+    out.append(("TMP", max(4 * rope if attn else 0, plan.vec("ffn").max_size), "scratch"))
+    if plan.layout == "even":
+        rows = [j for j in range(plan.ph) if pe_class(plan, 0, j) == key]
+        out.append(("G", int(max((g_need[j] for j in rows), default=0)), "scratch"))
+    return out
+
+
+def class_entries(plan: TilePlan, key: tuple, slots: int, g_need: np.ndarray) -> list:
+    """(name, elements, kind) of class `key`'s buffers in address order."""
+    weights, attn, left, _ = key
+    out = common_entries(plan)
+    if weights:
+        out += weight_entries(plan)
+    if attn:
+        out += attention_entries(plan, slots)
+    if left:
+        out += left_entries(plan, key, g_need)
+    return out
+
+
+def layout_class(entries: list) -> tuple[dict, int]:
+    """({name: Buffer}, elements) with overlays sharing their partner's address."""
+    buffers, addr = {}, 0
+    for name, words, kind in entries:
+        if name in OVERLAYS and OVERLAYS[name] in buffers:
+            base = buffers[OVERLAYS[name]]
+            buffers[name] = Buffer(base.addr, words, kind)
+            addr = max(addr, base.addr + words)
+            continue
+        buffers[name] = Buffer(addr, words, kind)
+        addr += words
+    return buffers, addr
+
+
+def class_maps(plan: TilePlan, max_context: int) -> tuple[dict, dict]:
+    """(class key -> {name: Buffer}, class key -> elements) of every class on the mesh."""
+    slots, g_need = -(-max_context // plan.pw), g_words(plan)
+    maps, words = {}, {}
+    for key in classes(plan):
+        maps[key], words[key] = layout_class(class_entries(plan, key, slots, g_need))
+    return maps, words
+
+
 def required_words(plan: TilePlan, max_context: int) -> int:
-    """SRAM elements per PE the plan needs."""
-    return sum(words for _, words, _ in buffer_sizes(plan, max_context))
+    """SRAM elements per PE the plan needs (its largest class)."""
+    return max(class_maps(plan, max_context)[1].values())
 
 
 def place(plan: TilePlan, mesh: MeshConfig, dtype: str = "fp32",
           max_context: int | None = None) -> Placement:
-    """The place pass: assign addresses; FitError when the PE's SRAM is too small."""
+    """The place pass: assign addresses per class; FitError when SRAM is too small."""
     spec = plan.spec
     max_context = default_max_context(spec) if max_context is None else max_context
     if max_context < 1:
         raise ValueError(f"max_context must be positive, got {max_context}")
-    buffers, addr = {}, 0
-    for name, words, kind in buffer_sizes(plan, max_context):
-        buffers[name] = Buffer(addr, words, kind)
-        addr += words
-    placement = Placement(plan, dtype, max_context, -(-max_context // plan.pw), buffers, addr)
+    maps, words = class_maps(plan, max_context)
+    union = {}
+    for key in sorted(maps, key=lambda k: -words[k]):
+        for name, buf in maps[key].items():
+            union.setdefault(name, buf)
+    placement = Placement(plan, dtype, max_context, -(-max_context // plan.pw), union,
+                          max(words.values()), maps, words)
     if placement.total_bytes > mesh.sram_bytes:
         raise FitError(_fit_message(placement, mesh))
     return placement
 
 
+def largest_class(placement: Placement) -> tuple:
+    """Key of the class needing the most SRAM."""
+    return max(placement.class_words, key=lambda k: placement.class_words[k])
+
+
+def class_name(key: tuple) -> str:
+    """A readable name of a class key."""
+    weights, attn, left, hub = key
+    parts = ["PE (0,0)" if hub else "left-column PEs" if left else "PEs"]
+    parts.append("of weight rows" if weights else "of hub rows")
+    if attn:
+        parts.append("with attention/KV")
+    return " ".join(parts)
+
+
 def _fit_message(placement: Placement, mesh: MeshConfig) -> str:
     """Required vs available bytes per PE, by kind, and the smallest square mesh that fits."""
     plan, nbytes = placement.plan, DTYPE_BYTES[placement.dtype]
+    key = largest_class(placement)
     by_kind = {}
-    for buf in placement.buffers.values():
+    for buf in placement.maps[key].values():
         by_kind[buf.kind] = by_kind.get(buf.kind, 0) + buf.words * nbytes
     parts = ", ".join(f"{kind} {b}" for kind, b in by_kind.items())
     side = smallest_square(plan.spec, mesh, placement.dtype, placement.max_context, plan.layout)
@@ -147,15 +299,16 @@ def _fit_message(placement: Placement, mesh: MeshConfig) -> str:
             f"'{plan.layout}' layout")
     return (f"model does not fit on a {plan.pw}x{plan.ph} mesh ({plan.layout} layout, "
             f"{placement.dtype}, max_context {placement.max_context}): needs "
-            f"{placement.total_bytes} bytes of SRAM per PE ({parts}), a PE has "
-            f"{mesh.sram_bytes} bytes; {hint}")
+            f"{placement.total_bytes} bytes of SRAM per PE ({class_name(key)}: {parts}), "
+            f"a PE has {mesh.sram_bytes} bytes; {hint}")
 
 
 def smallest_square(spec, mesh: MeshConfig, dtype: str, max_context: int,
                     layout: str) -> int | None:
     """Side of the smallest n x n mesh on which the model fits, or None up to the limit.
 
-    Starts at the balanced lower bound sqrt(weight bytes / SRAM bytes) and scans upward.
+    Starts at the balanced lower bound sqrt(weight bytes / SRAM bytes) and scans upward
+    (bisection would be wrong: hub rows make the need non-monotonic in n).
     """
     weight_bytes = spec.param_count() * DTYPE_BYTES[dtype]
     start = max(1, math.isqrt(weight_bytes // mesh.sram_bytes))
@@ -170,32 +323,43 @@ def smallest_square(spec, mesh: MeshConfig, dtype: str, max_context: int,
 
 
 def verify_placement(placement: Placement, mesh: MeshConfig) -> None:
-    """Check buffers are disjoint, inside the SRAM budget, and large enough for every tile."""
-    plan, end = placement.plan, 0
-    for name, buf in sorted(placement.buffers.items(), key=lambda kv: kv[1].addr):
-        assert buf.addr >= end, f"buffer {name} overlaps the previous one"
-        assert buf.words >= 0, f"buffer {name} has negative size"
-        end = buf.addr + buf.words
-    assert end == placement.total_words, "buffers do not end at total_words"
+    """Check every class map: buffers disjoint (but declared overlays), inside the SRAM
+    budget, and large enough for every tile."""
+    for key, buffers in placement.maps.items():
+        end = 0
+        for name, buf in sorted(buffers.items(), key=lambda kv: kv[1].addr):
+            assert buf.words >= 0, f"buffer {name} has negative size"
+            overlay = OVERLAYS.get(name) in buffers or name in OVERLAYS.values()
+            assert buf.addr >= end or overlay, f"{key}: buffer {name} overlaps the previous one"
+            end = max(end, buf.addr + buf.words)
+        assert end == placement.class_words[key], f"{key}: buffers do not end at its size"
     assert placement.total_bytes <= mesh.sram_bytes, "placement exceeds the PE's SRAM"
+    plan = placement.plan
     for layer in range(plan.spec.num_layers):
         for m in ("qkv", "o", "gu", "down"):
             _check_tiles(placement, m, f"L{layer}.{m}")
-    _check_tiles(placement, "lm_head", "lm_head")
+    if plan.head:
+        _check_tiles(placement, "lm_head", "lm_head")
 
 
 def _check_tiles(placement: Placement, matrix: str, name: str) -> None:
     """Every PE's tile of `matrix` fits its buffer with the shared column stride."""
-    plan, words = placement.plan, placement.buffers[name].words
-    mpad = plan.mpad(matrix)
-    for i in range(plan.pw):
-        for j in range(plan.ph):
-            m, k = plan.tile_shape(matrix, i, j)
-            assert m <= mpad and k * mpad <= words, f"{name}: tile of PE ({i},{j}) too big"
+    plan = placement.plan
+    t = plan.matrices[matrix]
+    out, inp, mpad = plan.vec(t.out).sizes(), plan.vec(t.inp).sizes(), plan.mpad(matrix)
+    area = np.outer(out, inp) if t.kind == "A" else np.outer(inp, out)   # [ph, pw]
+    assert out.max(initial=0) <= mpad, f"{name}: a tile has more rows than the stride"
+    held = area.max(axis=1) > 0
+    if held.any():
+        words = placement.maps[pe_class(plan, 1 if plan.pw > 1 else 0,
+                                        int(np.flatnonzero(held)[0]))][name].words
+        assert inp.max() * mpad <= words, f"{name}: a tile is larger than its buffer"
+    assert all(plan.weight_row(j) for j in np.flatnonzero(held)), \
+        f"{name}: tiles on a row without weights"
 
 
 def pe_usage(placement: Placement) -> np.ndarray:
-    """int64 [ph, pw]: SRAM elements each PE actually uses (scratch counted everywhere)."""
+    """int64 [ph, pw]: SRAM elements each PE actually uses (its class's scratch counted)."""
     plan, spec = placement.plan, placement.plan.spec
     used = np.zeros((plan.ph, plan.pw), np.int64)
     for name, tile_ in plan.matrices.items():
@@ -204,7 +368,13 @@ def pe_usage(placement: Placement) -> np.ndarray:
         used += area * (1 if name == "lm_head" else spec.num_layers)
     groups = plan.vec("groups").sizes()
     used += (2 * spec.num_layers * spec.head_dim * placement.slots * groups)[:, None]
-    used += sum(b.words for b in placement.buffers.values() if b.kind == "scratch")
+    scratch = {key: sum(b.words for name, b in m.items()
+                        if b.kind == "scratch" and name not in OVERLAYS)
+               for key, m in placement.maps.items()}
+    for j in range(plan.ph):
+        used[j, 0] += scratch[pe_class(plan, 0, j)]
+        if plan.pw > 1:
+            used[j, 1:] += scratch[pe_class(plan, 1, j)]
     used[0, :] += (2 * spec.num_layers + 1) * plan.vec("hidden").sizes()
     return used
 
@@ -234,6 +404,10 @@ def placement_to_dict(placement: Placement, mesh: MeshConfig) -> dict:
     """A JSON-ready description of the address map and the per-PE usage summary."""
     used = pe_usage(placement) * DTYPE_BYTES[placement.dtype]
     return {"dtype": placement.dtype, "max_context": placement.max_context,
+            "classes": [{"key": dict(zip(CLASS_FIELDS, key, strict=True)),
+                         "name": class_name(key), "words": words,
+                         "bytes": words * DTYPE_BYTES[placement.dtype]}
+                        for key, words in placement.class_words.items()],
             "kv_slots_per_pe": placement.slots, "total_words": placement.total_words,
             "total_bytes": placement.total_bytes, "sram_bytes": mesh.sram_bytes,
             "used_bytes": {"min": int(used.min()), "max": int(used.max()),

@@ -18,17 +18,25 @@ Layout "groups" chunks the q/k/v rows (and the attention output feeding o_proj) 
 kv-head groups, exactly the attention layout; layout "even" chunks them into near-equal
 pieces (balanced SRAM) and the emitted code re-lays them out on the left column.
 
+In the "even" layout on a tall enough mesh the rows split into two kinds (docs/mapping.md,
+"Row kinds"): the *hub rows* `j % stride == 0` hold no weight tiles (row 0 runs the
+residual stream and gathers the relayout, the first `num_kv_heads` hub rows run attention
+and hold the KV cache), and every other row holds an equal share of every C-chunked
+weight matrix. So a PE never reserves both a full weight share and the KV cache.
+
 Units: every size is a number of elements.
 """
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
 from compiler.frontend import ModelSpec
 
 LAYOUTS = ("groups", "even")
+MIN_HUB_STRIDE = 4   # hub rows only when at most one row in 4 is a hub
 
 
 @dataclass(frozen=True)
@@ -57,13 +65,17 @@ class Chunking:
         return self.bounds[p + 1] - self.bounds[p]
 
     def sizes(self) -> np.ndarray:
-        """int64 [parts]: elements in every chunk."""
+        """int64 [parts]: elements in every chunk (a fresh array)."""
+        return self._sizes.copy()
+
+    @cached_property
+    def _sizes(self) -> np.ndarray:
         return np.diff(np.asarray(self.bounds, np.int64))
 
-    @property
+    @cached_property
     def max_size(self) -> int:
         """Largest chunk (elements); 0 for an empty vector."""
-        return int(self.sizes().max(initial=0))
+        return int(self._sizes.max(initial=0))
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,17 @@ class TilePlan:
     layout: str                            # "groups" | "even"
     vectors: dict = field(hash=False)      # name -> Chunking
     matrices: dict = field(hash=False)     # name -> MatrixTile
+    head: bool = True                      # final norm + LM head on this mesh
+
+    def weight_row(self, j: int) -> bool:
+        """True when row j holds tiles of the C-chunked weight matrices (or may)."""
+        return self.layout == "groups" or bool(self.weight_rows()[j])
+
+    def weight_rows(self) -> np.ndarray:
+        """bool [ph]: rows holding weight tiles (every row in the groups layout)."""
+        if self.layout == "groups":
+            return np.ones(self.ph, bool)
+        return ~hub_mask(self.ph, self.spec.num_kv_heads)
 
     def vec(self, name: str) -> Chunking:
         """The chunking of a vector by name."""
@@ -139,15 +162,63 @@ def scaled(bounds: tuple[int, ...], factor: int) -> tuple[int, ...]:
     return tuple(b * factor for b in bounds)
 
 
-def tile(spec: ModelSpec, pw: int, ph: int, layout: str = "groups") -> TilePlan:
-    """The tile pass: chunk every vector over a pw x ph rectangle (see module docstring)."""
+def masked_bounds(total: int, mask: np.ndarray) -> tuple[int, ...]:
+    """Bounds of `total` split near-equally over the rows where `mask` is true (others 0)."""
+    sizes = np.zeros(len(mask), np.int64)
+    rows = np.flatnonzero(mask)
+    sizes[rows] = np.diff(np.asarray(chunk_bounds(total, len(rows)), np.int64))
+    return tuple(int(b) for b in np.concatenate(([0], np.cumsum(sizes))))
+
+
+def hub_stride(ph: int, kv_heads: int) -> int:
+    """Row stride of the hub rows: the largest power of two leaving >= kv_heads hubs.
+
+    0 (no hub rows: every row holds weights, attention on the first rows) when that
+    stride is below MIN_HUB_STRIDE, i.e. when hubs would take over a quarter of the rows.
+    """
+    stride = 1
+    while 2 * stride < ph and -(-ph // (2 * stride)) >= kv_heads:
+        stride *= 2
+    return stride if stride >= MIN_HUB_STRIDE else 0
+
+
+def hub_mask(ph: int, kv_heads: int) -> np.ndarray:
+    """bool [ph]: the hub rows of the even layout (rows j % stride == 0)."""
+    stride = hub_stride(ph, kv_heads)
+    if stride == 0:
+        return np.zeros(ph, bool)
+    return np.arange(ph) % stride == 0
+
+
+def attention_rows(ph: int, kv_heads: int, layout: str) -> np.ndarray:
+    """bool [ph]: rows that run attention (hold kv groups)."""
+    mask = np.zeros(ph, bool)
+    if layout == "groups" or hub_stride(ph, kv_heads) == 0:
+        mask[:min(ph, kv_heads)] = True
+        return mask
+    hubs = np.flatnonzero(hub_mask(ph, kv_heads))
+    mask[hubs[:kv_heads]] = True
+    return mask
+
+
+def tile(spec: ModelSpec, pw: int, ph: int, layout: str = "groups", head: bool = True
+         ) -> TilePlan:
+    """The tile pass: chunk every vector over a pw x ph rectangle (see module docstring).
+
+    `head`: whether this mesh runs the final norm and LM head (the last wafer of a system).
+    """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if spec.head_dim % 2:
         raise ValueError(f"head_dim must be even for RoPE, got {spec.head_dim}")
-    groups = chunk_bounds(spec.num_kv_heads, ph)
+    if layout == "groups":
+        groups = chunk_bounds(spec.num_kv_heads, ph)
+        wrows = np.ones(ph, bool)
+    else:
+        groups = masked_bounds(spec.num_kv_heads, attention_rows(ph, spec.num_kv_heads, layout))
+        wrows = ~hub_mask(ph, spec.num_kv_heads)
     qkv_len = spec.q_dim + 2 * spec.kv_dim
-    ffn = chunk_bounds(spec.intermediate_size, ph)
+    ffn = masked_bounds(spec.intermediate_size, wrows)
     vectors = {
         "hidden": Chunking("R", chunk_bounds(spec.hidden_size, pw)),
         "groups": Chunking("C", groups),
@@ -155,14 +226,14 @@ def tile(spec: ModelSpec, pw: int, ph: int, layout: str = "groups") -> TilePlan:
         "heads_attn": Chunking("C", scaled(groups, spec.group_size * spec.head_dim)),
         "ffn": Chunking("C", ffn),
         "gu": Chunking("C", scaled(ffn, 2)),
-        "vocab": Chunking("C", chunk_bounds(spec.vocab_size, ph)),
+        "vocab": Chunking("C", masked_bounds(spec.vocab_size if head else 0, wrows)),
     }
     if layout == "groups":
         vectors["qkv"] = vectors["qkv_attn"]
         vectors["attn"] = vectors["heads_attn"]
     else:
-        vectors["qkv"] = Chunking("C", chunk_bounds(qkv_len, ph))
-        vectors["attn"] = Chunking("C", chunk_bounds(spec.q_dim, ph))
+        vectors["qkv"] = Chunking("C", masked_bounds(qkv_len, wrows))
+        vectors["attn"] = Chunking("C", masked_bounds(spec.q_dim, wrows))
     matrices = {
         "qkv": MatrixTile("A", "qkv", "hidden"),
         "o": MatrixTile("B", "hidden", "attn"),
@@ -170,7 +241,7 @@ def tile(spec: ModelSpec, pw: int, ph: int, layout: str = "groups") -> TilePlan:
         "down": MatrixTile("B", "hidden", "ffn"),
         "lm_head": MatrixTile("A", "vocab", "hidden"),
     }
-    return TilePlan(spec, pw, ph, layout, vectors, matrices)
+    return TilePlan(spec, pw, ph, layout, vectors, matrices, head)
 
 
 # --------------------------------------------------------------------------- row orders
@@ -216,7 +287,7 @@ def verify_tiles(plan: TilePlan) -> None:
     totals = {"hidden": spec.hidden_size, "groups": spec.num_kv_heads,
               "qkv": spec.q_dim + 2 * spec.kv_dim, "qkv_attn": spec.q_dim + 2 * spec.kv_dim,
               "heads_attn": spec.q_dim, "attn": spec.q_dim, "ffn": spec.intermediate_size,
-              "gu": 2 * spec.intermediate_size, "vocab": spec.vocab_size}
+              "gu": 2 * spec.intermediate_size, "vocab": spec.vocab_size if plan.head else 0}
     for name, total in totals.items():
         chunks = plan.vec(name)
         parts = plan.pw if chunks.axis == "R" else plan.ph

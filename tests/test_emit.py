@@ -7,7 +7,7 @@ from compiler.decode import compile_decode
 from compiler.emit import comm_sequences, emit_gemv, pe_role, step_values, verify_program
 from compiler.frontend import parse_config
 from emulator.hw.mesh import load_mesh
-from isa.opcodes import Op
+from isa.opcodes import SLOT_COLOR, Op
 from isa.reference import run_reference
 
 MESH = load_mesh("small")
@@ -72,11 +72,14 @@ def test_verify_detects_a_mismatched_receive():
         verify_program(dp, mesh)
 
 
-def test_gemv_program_uses_one_vfma_per_column():
+def test_gemv_program_uses_one_vgemv_per_tile():
     mesh = MESH.with_mesh(4, 2)
     gemv = emit_gemv("A", 8, 12, 4, 2, mesh)
-    ops = gemv.program.region_code(0)["op"]
-    assert (ops == int(Op.VMUL)).sum() == 1 and (ops == int(Op.VFMA)).sum() == 12 // 4 - 1
+    code = gemv.program.region_code(0)
+    ops = code["op"]
+    assert (ops == int(Op.VMUL)).sum() == 1 and (ops == int(Op.VFMA)).sum() == 0
+    assert (ops == int(Op.VGEMV)).sum() == 1
+    assert int(code[ops == int(Op.VGEMV)][0]["a"][SLOT_COLOR]) == 12 // 4 - 1
 
 
 def test_emu_compile_dumps_every_stage(tmp_path):

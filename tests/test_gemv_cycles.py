@@ -3,7 +3,8 @@
 With divisible sizes and power-of-two mesh sides (k = K / pw columns and m = M / ph rows
 per PE for GEMV-A; transposed for GEMV-B), docs/timing.md gives
 
-    GEMV-A = [o + 2r + (ph-1)h + k] + k (o + ceil(m/w)) + log2(pw) (o + 2r + m) + (pw-1) h
+    GEMV-A = [o + 2r + (ph-1)h + k] + L(k, m) + log2(pw) (o + 2r + m) + (pw-1) h
+    L(k, m) = o + ceil(m/w) + [k > 1] (o + (k-1) ceil(m/w))      (vmul, then one vgemv)
 
 (the bracket, the column multicast, is absent when ph == 1); GEMV-B swaps pw and ph.
 Sizes that do not divide give per-PE k_i and m_j and trees with unmatched PEs; the closed
@@ -27,6 +28,12 @@ DIVISIBLE = [(4, 4, 16, 32), (8, 2, 24, 16), (2, 8, 16, 24), (1, 4, 8, 8), (4, 1
 RAGGED = [(3, 5, 7, 11), (5, 3, 13, 9), (6, 7, 20, 17), (7, 2, 3, 30), (3, 3, 2, 2)]
 
 
+def local_cycles(k: int, m: int, o: int, w: int) -> int:
+    """Cycles of a PE's local columns: vmul (or vset when k == 0), then one vgemv."""
+    first = o + math.ceil(m / w)
+    return first + (o + (k - 1) * math.ceil(m / w) if k > 1 else 0)
+
+
 def closed_form(kind, M, K, pw, ph, mesh, dtype) -> int:
     """The documented closed form for divisible sizes and power-of-two sides."""
     o, h, r, w = mesh.issue_overhead, mesh.hop_latency, mesh.ramp_latency, mesh.simd_width(dtype)
@@ -35,7 +42,7 @@ def closed_form(kind, M, K, pw, ph, mesh, dtype) -> int:
     else:
         k, m, bcast_len, tree_len = K // ph, M // pw, pw, ph
     bcast = o + 2 * r + (bcast_len - 1) * h + k if bcast_len > 1 else 0
-    return (bcast + k * (o + math.ceil(m / w)) + int(math.log2(tree_len)) * (o + 2 * r + m)
+    return (bcast + local_cycles(k, m, o, w) + int(math.log2(tree_len)) * (o + 2 * r + m)
             + (tree_len - 1) * h)
 
 
@@ -60,7 +67,7 @@ def general_cycles(gemv, mesh, dtype) -> int:
                 x = 0
             else:
                 x = o + k if line == 0 else o + 2 * r + line * h + k
-            clock.append(x + max(k, 1) * (o + math.ceil(m / w)))
+            clock.append(x + local_cycles(k, m, o, w))
         finish = max(finish, replay_tree(clock, m, o, h, r))
     return finish
 
