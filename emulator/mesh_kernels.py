@@ -217,39 +217,6 @@ def max32(a, b):
 
 
 @njit(nrt=False)
-def unary(op, a, imm):
-    """fp32 result of a one-source vector op on element `a`."""
-    if op == VMOV:
-        return a
-    if op == VSCALE:
-        return np.float32(a * imm)
-    if op == VADDI:
-        return np.float32(a + imm)
-    x = np.float64(a)
-    if op == VEXP:
-        return np.float32(exp64(x))
-    if op == VRSQRT:
-        return np.float32(np.float64(1.0) / np.sqrt(x))
-    if op == VRECIP:
-        return np.float32(np.float64(1.0) / x)
-    return np.float32(np.float64(1.0) / (np.float64(1.0) + exp64(-x)))
-
-
-@njit(nrt=False)
-def binary(op, d, a, b):
-    """fp32 result of a two-source vector op (`d` is the old destination, for vfma)."""
-    if op == VADD:
-        return np.float32(a + b)
-    if op == VSUB:
-        return np.float32(a - b)
-    if op == VMUL:
-        return np.float32(a * b)
-    if op == VMAX:
-        return max32(a, b)
-    return np.float32(d + np.float32(a * b))
-
-
-@njit(nrt=False)
 def reduce_values(op, mem, s0, ss0, s1, ss1, n):
     """rsum / rmax / rdot accumulated sequentially in fp32 from element 0."""
     if op == RMAX:
@@ -258,15 +225,20 @@ def reduce_values(op, mem, s0, ss0, s1, ss1, n):
             acc = max32(acc, mem[s0 + ss0 * i])
         return acc
     acc = np.float32(0.0)
+    if op == RDOT:
+        if ss0 == 1 and ss1 == 1:
+            for i in range(n):
+                acc = np.float32(acc + np.float32(mem[s0 + i] * mem[s1 + i]))
+        else:
+            for i in range(n):
+                acc = np.float32(acc + np.float32(mem[s0 + ss0 * i] * mem[s1 + ss1 * i]))
+        return acc
     for i in range(n):
-        v = mem[s0 + ss0 * i]
-        if op == RDOT:
-            v = np.float32(v * mem[s1 + ss1 * i])
-        acc = np.float32(acc + v)
+        acc = np.float32(acc + mem[s0 + ss0 * i])
     return acc
 
 
-@njit(nrt=False)
+@njit(nrt=False, inline="always")
 def disjoint(a0, astride, b0, bstride, n):
     """True if descriptors (a0, astride, n) and (b0, bstride, n) share no address range."""
     a1, b1 = a0 + astride * (n - 1), b0 + bstride * (n - 1)
@@ -274,31 +246,106 @@ def disjoint(a0, astride, b0, bstride, n):
 
 
 @njit(nrt=False)
-def elementwise(op, mem, out, o0, os, d0, ds, s0, ss0, s1, ss1, n, imm):
-    """out[o0 + os*i] = op(element i) for i in 0..n-1, one loop per opcode; `out` is either
-    the SRAM row itself (o0, os = d0, ds) or the scratch buffer (0, 1)."""
+def unary_loop(op, mem, out, o0, os, s0, ss0, n, imm):
+    """out[o0 + os*i] = f(src[i]) for the one-source ops, one loop per opcode."""
     if op == VMOV:
-        for i in range(n):
-            out[o0 + os * i] = mem[s0 + ss0 * i]
+        if os == 1 and ss0 == 1:
+            for i in range(n):
+                out[o0 + i] = mem[s0 + i]
+        else:
+            for i in range(n):
+                out[o0 + os * i] = mem[s0 + ss0 * i]
     elif op == VSET:
         for i in range(n):
             out[o0 + os * i] = imm
-    elif op == VSCALE or op == VADDI or op >= VEXP:
+    elif op == VSCALE:
         for i in range(n):
-            out[o0 + os * i] = unary(op, mem[s0 + ss0 * i], imm)
-    elif op == VADD:
+            out[o0 + os * i] = np.float32(mem[s0 + ss0 * i] * imm)
+    elif op == VADDI:
         for i in range(n):
-            out[o0 + os * i] = np.float32(mem[s0 + ss0 * i] + mem[s1 + ss1 * i])
-    elif op == VMUL:
+            out[o0 + os * i] = np.float32(mem[s0 + ss0 * i] + imm)
+    elif op == VEXP:
         for i in range(n):
-            out[o0 + os * i] = np.float32(mem[s0 + ss0 * i] * mem[s1 + ss1 * i])
+            out[o0 + os * i] = np.float32(exp64(np.float64(mem[s0 + ss0 * i])))
+    elif op == VRSQRT:
+        for i in range(n):
+            x = np.float64(mem[s0 + ss0 * i])
+            out[o0 + os * i] = np.float32(np.float64(1.0) / np.sqrt(x))
+    elif op == VRECIP:
+        for i in range(n):
+            out[o0 + os * i] = np.float32(np.float64(1.0) / np.float64(mem[s0 + ss0 * i]))
     else:
         for i in range(n):
-            out[o0 + os * i] = binary(op, mem[d0 + ds * i], mem[s0 + ss0 * i],
-                                      mem[s1 + ss1 * i])
+            x = np.float64(mem[s0 + ss0 * i])
+            out[o0 + os * i] = np.float32(np.float64(1.0) / (np.float64(1.0) + exp64(-x)))
 
 
 @njit(nrt=False)
+def binary_loop(op, mem, out, o0, os, s0, ss0, s1, ss1, n):
+    """out[o0 + os*i] = src0[i] op src1[i] for vadd vsub vmul vmax, one loop per opcode."""
+    if op == VADD:
+        if os == 1 and ss0 == 1 and ss1 == 1:
+            for i in range(n):
+                out[o0 + i] = np.float32(mem[s0 + i] + mem[s1 + i])
+        else:
+            for i in range(n):
+                out[o0 + os * i] = np.float32(mem[s0 + ss0 * i] + mem[s1 + ss1 * i])
+    elif op == VSUB:
+        for i in range(n):
+            out[o0 + os * i] = np.float32(mem[s0 + ss0 * i] - mem[s1 + ss1 * i])
+    elif op == VMUL:
+        if os == 1 and ss0 == 1 and ss1 == 1:
+            for i in range(n):
+                out[o0 + i] = np.float32(mem[s0 + i] * mem[s1 + i])
+        elif os == 1 and ss0 == 1 and ss1 == 0:
+            b = mem[s1]
+            for i in range(n):
+                out[o0 + i] = np.float32(mem[s0 + i] * b)
+        else:
+            for i in range(n):
+                out[o0 + os * i] = np.float32(mem[s0 + ss0 * i] * mem[s1 + ss1 * i])
+    else:
+        for i in range(n):
+            out[o0 + os * i] = max32(mem[s0 + ss0 * i], mem[s1 + ss1 * i])
+
+
+@njit(nrt=False)
+def fma_loop(mem, out, o0, os, d0, ds, s0, ss0, s1, ss1, n):
+    """out[o0 + os*i] = fp32(dst[i] + fp32(src0[i] * src1[i])) (vfma; the old destination
+    is read at d0 + ds*i). The scalar of an axpy (ss1 = 0) is read once: it is not
+    written by this loop (the caller goes through scratch when it could be)."""
+    if ss1 == 0:
+        b = mem[s1]
+        if os == 1 and ds == 1 and ss0 == 1:
+            for i in range(n):
+                out[o0 + i] = np.float32(mem[d0 + i] + np.float32(mem[s0 + i] * b))
+        else:
+            for i in range(n):
+                out[o0 + os * i] = np.float32(mem[d0 + ds * i]
+                                              + np.float32(mem[s0 + ss0 * i] * b))
+    elif os == 1 and ds == 1 and ss0 == 1 and ss1 == 1:
+        for i in range(n):
+            out[o0 + i] = np.float32(mem[d0 + i] + np.float32(mem[s0 + i] * mem[s1 + i]))
+    else:
+        for i in range(n):
+            out[o0 + os * i] = np.float32(mem[d0 + ds * i]
+                                          + np.float32(mem[s0 + ss0 * i] * mem[s1 + ss1 * i]))
+
+
+@njit(nrt=False, inline="always")
+def elementwise(op, mem, out, o0, os, d0, ds, s0, ss0, s1, ss1, n, imm):
+    """out[o0 + os*i] = op(element i) for i in 0..n-1 (the opcode is dispatched once, not
+    per element); `out` is either the SRAM row itself (o0, os = d0, ds) or the scratch
+    buffer (0, 1)."""
+    if op == VFMA:
+        fma_loop(mem, out, o0, os, d0, ds, s0, ss0, s1, ss1, n)
+    elif op == VADD or op == VSUB or op == VMUL or op == VMAX:
+        binary_loop(op, mem, out, o0, os, s0, ss0, s1, ss1, n)
+    else:
+        unary_loop(op, mem, out, o0, os, s0, ss0, n, imm)
+
+
+@njit(nrt=False, inline="always")
 def vector_values(op, mem, d0, ds, s0, ss0, s1, ss1, n, imm, scratch):
     """Apply a vector op or reduction to one PE's SRAM row with the reference's semantics:
     all sources (and, for vfma, the old destination) are read before any destination
@@ -307,11 +354,13 @@ def vector_values(op, mem, d0, ds, s0, ss0, s1, ss1, n, imm, scratch):
     if op >= RSUM:
         mem[d0] = reduce_values(op, mem, s0, ss0, s1, ss1, n)
         return
-    reads_dst = op == VFMA
-    direct = ((ds != 0 or not reads_dst or n == 1)
+    if n == 1:   # one element: its sources are read before its write
+        elementwise(op, mem, mem, d0, ds, d0, ds, s0, ss0, s1, ss1, 1, imm)
+        return
+    one_source = op == VMOV or op == VSCALE or op == VADDI or op >= VEXP
+    direct = ((ds != 0 or op != VFMA)
               and (op == VSET or disjoint(d0, ds, s0, ss0, n))
-              and (op == VSET or op == VMOV or op == VSCALE or op == VADDI or op >= VEXP
-                   or disjoint(d0, ds, s1, ss1, n)))
+              and (op == VSET or one_source or disjoint(d0, ds, s1, ss1, n)))
     if direct:
         elementwise(op, mem, mem, d0, ds, d0, ds, s0, ss0, s1, ss1, n, imm)
         return
@@ -482,9 +531,20 @@ def exec_vector(opc, k, modes, args, imm, static_cost, params, pes, pe, t, cfg, 
     Returns the cycles it costs, -1 on a fault, or NEED_SCRATCH (nothing done yet).
     `static_cost[k]` >= 0 is the cost of an instruction whose operands are all immediates
     and valid (checked once by the wrapper)."""
+    cost = static_cost[k]
+    if cost >= 0:   # all operands immediate and valid: no decoding or checks
+        if not cfg[CFG_FUNCTIONAL]:
+            return cost
+        n = args[k, S_N]
+        if n > 0:
+            if n > scratch.shape[0]:
+                stats[ST_NEED] = n
+                return NEED_SCRATCH
+            vector_values(opc, sram[pe], args[k, S_DST], args[k, S_DST_STRIDE],
+                          args[k, S_SRC0], args[k, S_SRC0_STRIDE], args[k, S_SRC1],
+                          args[k, S_SRC1_STRIDE], n, imm[k], scratch)
+        return cost
     functional = cfg[CFG_FUNCTIONAL]
-    if static_cost[k] >= 0 and not functional:
-        return static_cost[k]
     if modes[k] == 0:   # all operands immediate: no decoding
         n, d0, ds = args[k, S_N], args[k, S_DST], args[k, S_DST_STRIDE]
         s0, ss0 = args[k, S_SRC0], args[k, S_SRC0_STRIDE]
