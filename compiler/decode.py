@@ -42,9 +42,11 @@ class Compiled:
 
 
 def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int | None = None,
-                   layout: str = "auto") -> Compiled:
+                   layout: str = "auto", head: bool = True) -> Compiled:
     """tile -> place -> route -> emit on the whole mesh.
 
+    `head`: the mesh runs the final norm and LM head (False on all but the last wafer of
+    a multi-wafer system, compiler.system).
     `layout`: "groups" (q/k/v rows chunked by whole kv-head groups), "even" (balanced
     chunks plus a relayout on the left column) or "auto" (groups, or even if groups does
     not fit). Raises FitError when the model does not fit.
@@ -54,9 +56,9 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
     layouts = ("groups", "even") if layout == "auto" else (layout,)
     error = None
     for name in layouts:
-        plan = tile(spec, mesh.width, mesh.height, name)
+        plan = tile(spec, mesh.width, mesh.height, name, head)
         try:
-            placement = place(plan, mesh, dtype, max_context)
+            placement = place(plan, mesh, dtype, max_context, hint=name == layouts[-1])
         except FitError as exc:
             error = exc
             continue
@@ -91,10 +93,11 @@ class MeshDecoder:
     """One model compiled onto a mesh, with its SRAM state (weights + KV cache)."""
 
     def __init__(self, spec, weights: dict, mesh: MeshConfig, dtype: str = "fp32",
-                 engine: str = "numba", max_context: int | None = None, layout: str = "auto"):
+                 engine: str = "numba", max_context: int | None = None, layout: str = "auto",
+                 head: bool = True):
         self.spec, self.mesh = spec, mesh
         self.dtype = canonical_dtype(dtype)
-        self.compiled = compile_decode(spec, mesh, self.dtype, max_context, layout)
+        self.compiled = compile_decode(spec, mesh, self.dtype, max_context, layout, head)
         self.plan, self.placement = self.compiled.plan, self.compiled.placement
         self.run = _engine(engine)
         self.weights = round_weights(weights, self.dtype)
@@ -134,10 +137,11 @@ class MeshDecoder:
             block = self.sram[j * pw + i, addr:addr + hd * slots].reshape(slots, hd)
             block[:len(mine)] = mine
 
-    def _host_inputs(self, token: int, pos: int) -> None:
-        """Embedding row into H (top row); RoPE cos/sin tables into COS/SIN (left column)."""
+    def _host_inputs(self, token: int, pos: int, hidden: np.ndarray | None = None) -> None:
+        """Embedding row (or `hidden`, the previous wafer's residual stream) into H on the
+        top row; RoPE cos/sin tables into COS/SIN (left column of the attention rows)."""
         spec, plan, pl = self.spec, self.plan, self.placement
-        emb = self.weights["model.embed_tokens.weight"][token]
+        emb = self.weights["model.embed_tokens.weight"][token] if hidden is None else hidden
         write_r(self.sram, plan, "hidden", emb, pl.addr("H"))
         cos, sin = reference.rope_tables(spec, np.array([pos]))
         half, reps = spec.head_dim // 2, spec.group_size + 1
@@ -149,8 +153,13 @@ class MeshDecoder:
                 self.sram[j * plan.pw, addr:addr + tiled.size] = tiled
 
     # --- steps --------------------------------------------------------------------------
-    def step(self, token: int, pos: int) -> tuple[np.ndarray, RunResult]:
-        """One decode step of `token` at position `pos`: (logits float32 [vocab], RunResult)."""
+    def step(self, token: int, pos: int,
+             hidden: np.ndarray | None = None) -> tuple[np.ndarray, RunResult]:
+        """One decode step of `token` at position `pos`: (logits float32 [vocab], RunResult).
+
+        `hidden`: the residual stream entering this mesh (a later wafer of a system)
+        instead of the token's embedding. Logits are empty without the LM head.
+        """
         if not 0 <= token < self.spec.vocab_size:
             raise ConfigError(f"token id {token} is outside the vocabulary "
                               f"[0, {self.spec.vocab_size})")
@@ -159,7 +168,7 @@ class MeshDecoder:
                               f"positions, so the next position is {self.length}")
         if pos >= self.placement.max_context:
             raise ConfigError(f"position {pos} exceeds max_context {self.placement.max_context}")
-        self._host_inputs(token, pos)
+        self._host_inputs(token, pos, hidden)
         program = self.compiled.decode.for_position(pos)
         result = self.run(program, self.mesh, sram=self.sram, functional=True)
         self.sram = result.sram
@@ -212,9 +221,11 @@ def weight_image(plan: TilePlan, placement: Placement, weights: dict) -> np.ndar
             write_c(sram, plan, "gu", np.concatenate(w["gu_bias"])[gu_order],
                     placement.addr(p + "gu_bias"))
             write_r(sram, plan, "hidden", w["down_bias"], placement.addr(p + "down_bias"))
-    write_matrix(sram, plan, "lm_head", reference.lm_head_weight(spec, weights),
-                 placement.addr("lm_head"))
-    write_r(sram, plan, "hidden", weights["model.norm.weight"], placement.addr("norm_final"))
+    if plan.head:
+        write_matrix(sram, plan, "lm_head", reference.lm_head_weight(spec, weights),
+                     placement.addr("lm_head"))
+        write_r(sram, plan, "hidden", weights["model.norm.weight"],
+                placement.addr("norm_final"))
     return sram
 
 

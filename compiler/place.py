@@ -252,8 +252,12 @@ def required_words(plan: TilePlan, max_context: int) -> int:
 
 
 def place(plan: TilePlan, mesh: MeshConfig, dtype: str = "fp32",
-          max_context: int | None = None) -> Placement:
-    """The place pass: assign addresses per class; FitError when SRAM is too small."""
+          max_context: int | None = None, hint: bool = True) -> Placement:
+    """The place pass: assign addresses per class; FitError when SRAM is too small.
+
+    `hint=False` leaves the smallest fitting square out of the FitError message (it is
+    a scan over mesh sizes; callers that try another layout next skip it).
+    """
     spec = plan.spec
     max_context = default_max_context(spec) if max_context is None else max_context
     if max_context < 1:
@@ -266,7 +270,7 @@ def place(plan: TilePlan, mesh: MeshConfig, dtype: str = "fp32",
     placement = Placement(plan, dtype, max_context, -(-max_context // plan.pw), union,
                           max(words.values()), maps, words)
     if placement.total_bytes > mesh.sram_bytes:
-        raise FitError(_fit_message(placement, mesh))
+        raise FitError(_fit_message(placement, mesh, hint))
     return placement
 
 
@@ -285,7 +289,7 @@ def class_name(key: tuple) -> str:
     return " ".join(parts)
 
 
-def _fit_message(placement: Placement, mesh: MeshConfig) -> str:
+def _fit_message(placement: Placement, mesh: MeshConfig, hint: bool = True) -> str:
     """Required vs available bytes per PE, by kind, and the smallest square mesh that fits."""
     plan, nbytes = placement.plan, DTYPE_BYTES[placement.dtype]
     key = largest_class(placement)
@@ -293,14 +297,15 @@ def _fit_message(placement: Placement, mesh: MeshConfig) -> str:
     for buf in placement.maps[key].values():
         by_kind[buf.kind] = by_kind.get(buf.kind, 0) + buf.words * nbytes
     parts = ", ".join(f"{kind} {b}" for kind, b in by_kind.items())
-    side = smallest_square(plan.spec, mesh, placement.dtype, placement.max_context, plan.layout)
-    hint = (f"smallest square mesh that fits: {side}x{side}" if side else
+    side = smallest_square(plan.spec, mesh, placement.dtype, placement.max_context,
+                           plan.layout) if hint else None
+    hint = "" if not hint else (f"smallest square mesh that fits: {side}x{side}" if side else
             f"no square mesh up to {MAX_SQUARE_SEARCH}x{MAX_SQUARE_SEARCH} fits with the "
             f"'{plan.layout}' layout")
     return (f"model does not fit on a {plan.pw}x{plan.ph} mesh ({plan.layout} layout, "
             f"{placement.dtype}, max_context {placement.max_context}): needs "
             f"{placement.total_bytes} bytes of SRAM per PE ({class_name(key)}: {parts}), "
-            f"a PE has {mesh.sram_bytes} bytes; {hint}")
+            f"a PE has {mesh.sram_bytes} bytes" + (f"; {hint}" if hint else ""))
 
 
 def smallest_square(spec, mesh: MeshConfig, dtype: str, max_context: int,
