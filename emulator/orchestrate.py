@@ -14,6 +14,15 @@ import numpy as np
 from compiler.decode import MeshDecoder, compile_decode, run_timing
 from compiler.frontend import ModelSpec
 from compiler.numerics import dtype_bytes
+from compiler.place import pe_class
+from compiler.system import (
+    SystemDecoder,
+    SystemStep,
+    compile_system,
+    handoff_seconds,
+    run_system_timing,
+    wafers_needed,
+)
 from emulator.errors import ConfigError
 from emulator.hw.link import LinkConfig
 from emulator.hw.mesh import MeshConfig
@@ -78,26 +87,43 @@ def check_request(req: RunRequest) -> None:
 
 
 class DecodeStage:
-    """Decode on the mesh, functional (MeshDecoder) or timing-only (program only)."""
+    """Decode on the mesh, functional (MeshDecoder) or timing-only (program only).
+
+    With `mesh.wafers > 1` the model is pipelined over the wafers (compiler.system); a
+    step then returns a SystemStep (per-wafer RunResults plus the hand-off seconds).
+    """
 
     def __init__(self, req: RunRequest):
         max_context = req.prompt_len + req.max_new_tokens
-        self.req = req
-        if req.timing_only:
+        self.req, self.system, self.decoder = req, None, None
+        if req.mesh.wafers > 1:
+            self._init_system(req, max_context)
+        elif req.timing_only:
             self.compiled = compile_decode(req.spec, req.mesh, req.dtype, max_context)
-            self.decoder = None
         else:
             self.decoder = MeshDecoder(req.spec, req.weights, req.mesh, req.dtype,
                                        req.engine, max_context)
             self.compiled = self.decoder.compiled
 
+    def _init_system(self, req: RunRequest, max_context: int) -> None:
+        if req.timing_only:
+            self.system = compile_system(req.spec, req.mesh, req.dtype, max_context)
+        else:
+            self.decoder = SystemDecoder(req.spec, req.weights, req.mesh, req.dtype,
+                                         req.engine, max_context)
+            self.system = self.decoder.system
+        self.compiled = self.system.parts[0].compiled
+
     def load_kv(self, kv_cache) -> None:
         if self.decoder is not None:
             self.decoder.load_kv(kv_cache)
 
-    def step(self, token: int, pos: int) -> tuple[np.ndarray | None, RunResult]:
+    def step(self, token: int, pos: int):
+        """(logits or None, RunResult | SystemStep) of the step at position `pos`."""
         if self.decoder is not None:
             return self.decoder.step(token, pos)
+        if self.system is not None:
+            return None, run_system_timing(self.system, pos, self.req.engine)
         return None, run_timing(self.compiled, self.req.mesh, pos, self.req.engine)
 
 
@@ -115,7 +141,8 @@ def run_inference(req: RunRequest, progress=None) -> RunOutcome:
     report = build_report(req, prefill, kv, layout_cycles, stage, tokens, results)
     logits = None if req.timing_only else np.stack(rows).astype(np.float32)
     trace = build_trace(req, prefill, kv, layout_cycles, results, report)
-    return RunOutcome(report, logits, trace, stage.compiled, results[-1] if results else None)
+    last = _wafer_results(results[-1])[-1] if results else None
+    return RunOutcome(report, logits, trace, stage.compiled, last)
 
 
 def _transfer(req: RunRequest, prefill):
@@ -149,36 +176,89 @@ def _decode(req: RunRequest, stage: DecodeStage, prefill, progress):
     return rows, (tokens if not req.timing_only else []), results
 
 
-def _mesh_stats(results: list[RunResult], pes: int) -> dict:
-    """Per-token cycles and utilisation over the decode steps."""
+def _wafer_results(result) -> list[RunResult]:
+    """The RunResults of one step (one per wafer)."""
+    return result.results if isinstance(result, SystemStep) else [result]
+
+
+def _mesh_stats(results: list, pes: int) -> dict:
+    """Per-token cycles (summed over wafers) and utilisation over the decode steps."""
     if not results:
         return {"cycles": [], "cycles_per_token": 0, "pe_utilization": None,
                 "link_utilization": None}
     cycles = [r.cycles for r in results]
-    span = sum(cycles)
-    busy = sum(int(r.pe_busy.sum()) for r in results)
-    links = sum(int(r.link_busy.sum()) for r in results)
+    runs = [run for r in results for run in _wafer_results(r)]
+    span = sum(run.cycles for run in runs)
+    busy = sum(int(run.pe_busy.sum()) for run in runs)
+    links = sum(int(run.link_busy.sum()) for run in runs)
     return {"cycles": cycles, "cycles_per_token": span / len(cycles),
             "pe_utilization": busy / (pes * span) if span else None,
             "link_utilization": links / (4 * pes * span) if span else None,
-            "instructions_per_token": sum(r.instructions for r in results) / len(results),
-            "messages_per_token": sum(r.messages for r in results) / len(results)}
+            "instructions_per_token": sum(run.instructions for run in runs) / len(results),
+            "messages_per_token": sum(run.messages for run in runs) / len(results)}
 
 
-def _sram_stats(compiled, mesh: MeshConfig) -> dict:
-    """Bytes of SRAM per kind summed over the PEs of the mapping."""
-    placement = compiled.placement
-    pes = compiled.plan.pw * compiled.plan.ph
-    elem = dtype_bytes(placement.dtype)
+def _system_stats(req, stage: DecodeStage, results: list) -> dict:
+    """Multi-wafer fields of the decode report (one wafer: wafers 1, no hand-offs)."""
+    mesh, max_context = req.mesh, req.prompt_len + req.max_new_tokens
+    out = {"wafers": mesh.wafers,
+           "wafers_needed": wafers_needed(req.spec, mesh, req.dtype, max_context),
+           "handoff_seconds": 0.0, "handoff_seconds_per_hop": 0.0,
+           "wafer_link_bytes_per_s": mesh.wafer_link_bytes_per_s}
+    if stage.system is None:
+        out["wafer_layers"] = [[0, req.spec.num_layers]]
+        out["wafer_cycles"] = [sum(r.cycles for r in results) / len(results)] if results else []
+        return out
+    out["wafer_layers"] = [[p.start, p.stop] for p in stage.system.parts]
+    out["handoff_seconds_per_hop"] = handoff_seconds(req.spec, mesh, req.dtype)
+    out["handoff_seconds"] = (mesh.wafers - 1) * out["handoff_seconds_per_hop"]
+    if results:
+        per = np.array([[run.cycles for run in r.results] for r in results], np.float64)
+        out["wafer_cycles"] = per.mean(axis=0).tolist()
+    else:
+        out["wafer_cycles"] = []
+    return out
+
+
+def _sram_stats(stage: DecodeStage, mesh: MeshConfig) -> dict:
+    """Bytes of SRAM per kind reserved over the PEs of every wafer (per-class maps)."""
+    parts = [p.compiled for p in stage.system.parts] if stage.system else [stage.compiled]
     per_kind = {"weights": 0, "kv": 0, "scratch": 0}
-    for buffer in placement.buffers.values():
-        key = {"weight": "weights"}.get(buffer.kind, buffer.kind)
-        per_kind[key] = per_kind.get(key, 0) + buffer.words * elem * pes
-    total = mesh.sram_bytes * pes
+    for compiled in parts:
+        for kind, nbytes in _reserved_bytes(compiled).items():
+            per_kind[kind] += nbytes
+    total = mesh.sram_bytes * mesh.num_pes * len(parts)
     out = {f"{k}_bytes": v for k, v in per_kind.items()}
     out["total_bytes"] = total
     out["free_bytes"] = total - sum(per_kind.values())
     return out
+
+
+def _reserved_bytes(compiled) -> dict:
+    """Bytes per kind reserved on one wafer: each class's buffers times its PEs."""
+    placement, plan = compiled.placement, compiled.plan
+    elem = dtype_bytes(placement.dtype)
+    count = _class_counts(plan)
+    out = {"weights": 0, "kv": 0, "scratch": 0}
+    for key, buffers in placement.maps.items():
+        for name, buffer in buffers.items():
+            if name == "G":
+                continue        # overlaid on TMP
+            kind = {"weight": "weights"}.get(buffer.kind, buffer.kind)
+            out[kind] += buffer.words * elem * count.get(key, 0)
+    return out
+
+
+def _class_counts(plan) -> dict:
+    """class key -> number of PEs of that class."""
+    counts = {}
+    for j in range(plan.ph):
+        left = pe_class(plan, 0, j)
+        counts[left] = counts.get(left, 0) + 1
+        if plan.pw > 1:
+            other = pe_class(plan, 1, j)
+            counts[other] = counts.get(other, 0) + plan.pw - 1
+    return counts
 
 
 def _decode_roofline(spec: ModelSpec, mesh: MeshConfig, dtype: str, pes: int, pos: int):
@@ -191,9 +271,10 @@ def build_report(req, prefill, kv, layout_cycles, stage, tokens, results) -> dic
     """The JSON report (schema in docs/report.md)."""
     spec, mesh = req.spec, req.mesh
     plan = stage.compiled.plan
-    pes = plan.pw * plan.ph
+    pes = plan.pw * plan.ph * mesh.wafers
     stats = _mesh_stats(results, pes)
-    tpot = stats["cycles_per_token"] / mesh.clock_hz
+    system = _system_stats(req, stage, results)
+    tpot = stats["cycles_per_token"] / mesh.clock_hz + system["handoff_seconds"]
     layout_s = layout_cycles / mesh.clock_hz
     ttft = prefill.seconds + kv.exposed_seconds + layout_s
     last_pos = req.prompt_len + req.max_new_tokens - 1
@@ -201,7 +282,7 @@ def build_report(req, prefill, kv, layout_cycles, stage, tokens, results) -> dic
               "clock_hz": mesh.clock_hz, "pes_used": pes, "mesh": [plan.pw, plan.ph],
               "roofline_seconds_per_token": _decode_roofline(spec, mesh, req.dtype, pes,
                                                              last_pos),
-              "sram": _sram_stats(stage.compiled, mesh)}
+              "sram": _sram_stats(stage, mesh), **system}
     return {
         "schema": "emu.report/1",
         "model": {"name": req.model_name, "architecture": spec.architecture,
@@ -241,15 +322,19 @@ def build_trace(req, prefill, kv, layout_cycles, results, report) -> TraceBuilde
     kv_start = prefill.seconds + kv.exposed_seconds - kv.seconds
     trace.add_slice(link, "KV cache", "KV transfer", kv_start, kv.seconds,
                     {"bytes": kv.bytes, "bytes_per_token": kv.bytes_per_token})
-    wafer = f"wafer ({req.mesh.name})"
+    wafer = f"wafers ({req.mesh.name})"
     clock = req.mesh.clock_hz
     t = prefill.seconds + kv.exposed_seconds
     trace.add_slice(wafer, "KV layout", "KV layout", t, layout_cycles / clock,
                     {"cycles": layout_cycles})
     t += layout_cycles / clock
     for step, result in enumerate(results):
-        trace.add_slice(wafer, "decode", f"decode step {step + 1}", t, result.cycles / clock,
-                        {"cycles": result.cycles, "instructions": result.instructions,
-                         "messages": result.messages})
-        t += result.cycles / clock
+        for w, run in enumerate(_wafer_results(result)):
+            thread = "decode" if req.mesh.wafers == 1 else f"wafer {w}"
+            trace.add_slice(wafer, thread, f"decode step {step + 1}", t, run.cycles / clock,
+                            {"cycles": run.cycles, "instructions": run.instructions,
+                             "messages": run.messages})
+            t += run.cycles / clock
+        if isinstance(result, SystemStep):
+            t += result.handoff_s
     return trace
