@@ -135,10 +135,32 @@ def static_costs(program: Program, mesh: MeshConfig) -> np.ndarray:
         ok &= inside | (n == 0)
     w = mesh.simd_width(program.dtype)
     cost = np.where(ok, mesh.issue_overhead + -(-n // w), -1).astype(np.int64)
+    dynamic_n = ((code["op"] >= Op.VMOV) & (code["op"] <= Op.RDOT)
+                 & (code["modes"] & ~np.int64(0xFF << (MODE_BITS * SLOT_N)) == 0)
+                 & (code["modes"] != 0))
+    if dynamic_n.any():
+        limit = count_limits(a[dynamic_n], program.sram_words)
+        cost[dynamic_n] = np.where(limit >= 1, -2 - limit, -1)
     gemv = (code["op"] == Op.VGEMV) & (code["modes"] == 0)
     if gemv.any():
         cost[gemv] = gemv_costs(a[gemv], program.sram_words, mesh.issue_overhead, w)
     return cost
+
+
+def count_limits(a: np.ndarray, words: int) -> np.ndarray:
+    """For instruction rows `a` [N, 8] with immediate descriptors: the largest count L
+    (capped at 2**31) such that every descriptor is inside 0..words-1 for all counts
+    1..L; 0 if even one element is outside."""
+    cap = np.int64(1 << 31)
+    limit = np.full(len(a), cap, np.int64)
+    for addr, stride in ((SLOT_DST, SLOT_DST_STRIDE), (SLOT_SRC0, SLOT_SRC0_STRIDE),
+                         (SLOT_SRC1, SLOT_SRC1_STRIDE)):
+        base, step = a[:, addr], a[:, stride]
+        room = np.where(step > 0, (words - 1 - base) // np.maximum(step, 1),
+                        np.where(step < 0, base // np.maximum(-step, 1), cap))
+        inside = (base >= 0) & (base < words)
+        limit = np.minimum(limit, np.where(inside, np.minimum(room + 1, cap), 0))
+    return limit
 
 
 def gemv_costs(a: np.ndarray, words: int, o: int, w: int) -> np.ndarray:

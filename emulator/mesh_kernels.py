@@ -530,7 +530,8 @@ def exec_vector(opc, k, modes, args, imm, static_cost, params, pes, pe, t, cfg, 
     """A vector op or reduction: check count and descriptors, compute in functional mode.
     Returns the cycles it costs, -1 on a fault, or NEED_SCRATCH (nothing done yet).
     `static_cost[k]` >= 0 is the cost of an instruction whose operands are all immediates
-    and valid (checked once by the wrapper)."""
+    and valid (checked once by the wrapper); `static_cost[k]` = -2 - L means that only the
+    count is not an immediate and every descriptor is inside the SRAM for counts 0..L."""
     cost = static_cost[k]
     if cost >= 0:   # all operands immediate and valid: no decoding or checks
         if not cfg[CFG_FUNCTIONAL]:
@@ -545,6 +546,19 @@ def exec_vector(opc, k, modes, args, imm, static_cost, params, pes, pe, t, cfg, 
                           args[k, S_SRC1_STRIDE], n, imm[k], scratch)
         return cost
     functional = cfg[CFG_FUNCTIONAL]
+    if cost <= -2:   # only the count is dynamic; descriptors valid for n <= -2 - cost
+        n = operand(modes, args, k, S_N, params, pes, pe)
+        if n >= 0 and n <= -2 - cost:
+            if functional and n > 0:
+                if n > scratch.shape[0]:
+                    stats[ST_NEED] = n
+                    return NEED_SCRATCH
+                vector_values(opc, sram[pe], args[k, S_DST], args[k, S_DST_STRIDE],
+                              args[k, S_SRC0], args[k, S_SRC0_STRIDE], args[k, S_SRC1],
+                              args[k, S_SRC1_STRIDE], n, imm[k], scratch)
+            w = cfg[CFG_W]
+            return cfg[CFG_O] + (n if w == 1 else (n + w - 1) // w)
+        # else: decoded and checked below (faults)
     if modes[k] == 0:   # all operands immediate: no decoding
         n, d0, ds = args[k, S_N], args[k, S_DST], args[k, S_DST_STRIDE]
         s0, ss0 = args[k, S_SRC0], args[k, S_SRC0_STRIDE]
