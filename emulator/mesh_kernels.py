@@ -345,7 +345,7 @@ def elementwise(op, mem, out, o0, os, d0, ds, s0, ss0, s1, ss1, n, imm):
         unary_loop(op, mem, out, o0, os, s0, ss0, n, imm)
 
 
-@njit(nrt=False, inline="always")
+@njit(nrt=False)
 def vector_values(op, mem, d0, ds, s0, ss0, s1, ss1, n, imm, scratch):
     """Apply a vector op or reduction to one PE's SRAM row with the reference's semantics:
     all sources (and, for vfma, the old destination) are read before any destination
@@ -632,7 +632,7 @@ def gemv_values(mem, d0, ds, w0, ld, x0, sx, m, cols, scratch):
                       scratch)
 
 
-@njit(nrt=False, inline="always")
+@njit(nrt=False)
 def exec_gemv(k, modes, args, static_cost, params, pes, pe, t, cfg, sram, scratch, fault,
               stats):
     """vgemv [dst], [W:ld], [x:sx], m, k: check m, k and (when both > 0) the destination,
