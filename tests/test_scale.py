@@ -1,0 +1,99 @@
+"""Scale features without full-wafer emulation: wafer counts, multi-wafer hand-offs, the
+placement of Llama-3.1-8B on WSE-3 (tile + place only) and FitError messages."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from compiler import reference
+from compiler.decode import MeshDecoder
+from compiler.frontend import resolve_model
+from compiler.place import place
+from compiler.system import (
+    SystemDecoder,
+    compile_system,
+    handoff_seconds,
+    layer_ranges,
+    run_system_timing,
+    wafers_needed,
+)
+from compiler.tile import tile
+from compiler.weights import random_weights
+from emulator.errors import FitError
+from emulator.hw.mesh import load_mesh
+
+
+def test_wafer_count_is_the_smallest_sram_that_holds_weights_and_kv():
+    spec = resolve_model("programs/models/llama-3.1-70b.json")
+    wse3 = load_mesh("wse3")
+    n = wafers_needed(spec, wse3, "bf16", 16)
+    need = spec.param_count() * 2 + spec.kv_bytes_per_token(2) * 16
+    wafer = wse3.num_pes * wse3.sram_bytes
+    assert (n - 1) * wafer < need <= n * wafer
+    assert n == 4
+    assert wafers_needed(resolve_model("programs/models/llama-3.1-8b.json"), wse3, "bf16", 16) == 1
+
+
+def test_layer_ranges_are_contiguous_and_balanced():
+    assert layer_ranges(80, 4) == [(0, 20), (20, 40), (40, 60), (60, 80)]
+    assert layer_ranges(5, 2) == [(0, 3), (3, 5)]
+    with pytest.raises(FitError, match="a wafer would hold none"):
+        layer_ranges(2, 3)
+
+
+def test_two_wafers_match_one_wafer_and_count_the_handoff():
+    spec = resolve_model("programs/models/tiny-gqa.json")
+    weights = random_weights(spec, 0)
+    base = load_mesh("small").with_mesh(8, 8)
+    two = dataclasses.replace(base, wafers=2, wafer_link_bytes_per_s=1e9,
+                              wafer_link_latency_s=1e-6)
+    logits, cache = reference.prefill(spec, weights, np.array([1, 2, 3]))
+    token = int(np.argmax(logits[-1]))
+    system = SystemDecoder(spec, weights, two, "fp32", max_context=16)
+    system.load_kv(cache)
+    got, step = system.step(token, 3)
+    single = MeshDecoder(spec, weights, base, "fp32", max_context=16)
+    single.load_kv(cache)
+    want, _ = single.step(token, 3)
+    assert np.array_equal(got, want)
+    timing = run_system_timing(system.system, 3)
+    assert [r.cycles for r in timing.results] == [r.cycles for r in step.results]
+    hop = spec.hidden_size * 4 / 1e9 + 1e-6
+    assert handoff_seconds(spec, two, "fp32") == pytest.approx(hop)
+    assert timing.handoff_s == pytest.approx(hop)
+    assert timing.seconds(base.clock_hz) == pytest.approx(timing.cycles / base.clock_hz + hop)
+
+
+def test_identical_wafers_share_one_program():
+    spec = dataclasses.replace(resolve_model("programs/models/tiny-gqa.json"), num_layers=4)
+    mesh = dataclasses.replace(load_mesh("small").with_mesh(8, 8), wafers=3)
+    system = compile_system(spec, mesh, "fp32", 16)
+    assert [(p.start, p.stop, p.head) for p in system.parts] == [(0, 2, False), (2, 3, False),
+                                                                 (3, 4, True)]
+    assert len(system.distinct()) == 3
+    assert system.parts[0].compiled.plan.vec("vocab").total == 0
+
+
+def test_llama_8b_fits_wse3_in_bf16():
+    spec = resolve_model("programs/models/llama-3.1-8b.json")
+    wse3 = load_mesh("wse3")
+    placement = place(tile(spec, wse3.width, wse3.height, "even"), wse3, "bf16", 256)
+    assert placement.total_bytes <= wse3.sram_bytes
+    kv_and_weights = [k for k, m in placement.maps.items() if k[0] and "L0.k0" in m]
+    assert kv_and_weights == [], "no PE reserves both weight tiles and the KV cache"
+
+
+def test_fit_error_names_bytes_class_and_square():
+    spec = resolve_model("programs/models/llama-3.1-8b.json")
+    wse3 = load_mesh("wse3")
+    with pytest.raises(FitError, match=r"needs \d+ bytes of SRAM per PE \(.*PEs.*weight \d+.*\)"
+                                       r", a PE has 49152 bytes; smallest square mesh"):
+        place(tile(spec, 300, 300, "even"), wse3.with_mesh(300, 300), "bf16", 16)
+
+
+def test_70b_on_one_wafer_names_the_wafer():
+    spec = dataclasses.replace(resolve_model("programs/models/llama-3.1-70b.json"))
+    mesh = dataclasses.replace(load_mesh("wse3").with_mesh(64, 64), wafers=2)
+    with pytest.raises(FitError, match=r"wafer 0 of 2 \(layers 0\.\.39\)"):
+        compile_system(spec, mesh, "bf16", 16, layout="even")
