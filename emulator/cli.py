@@ -39,6 +39,7 @@ COMMAND_MODULES: list[str] = [
     "emulator.cli_run",
     "emulator.cli_map",
     "emulator.cli_step",
+    "emulator.cli_bench",
 ]
 
 
