@@ -1,0 +1,121 @@
+"""Real model sizes, timing-only: Llama-3.1-8B on one WSE-3, Llama-3.1-70B on four, and
+the 8B prefill on Trn2.
+
+Prints, for Llama-3.1-8B on `wse3` (bf16): compile host seconds, host seconds to emulate
+one decode token (target: under 10 s together), peak resident memory of the process
+(`resource.getrusage`, target under 6 GiB), per-class SRAM bytes per PE and predicted
+tokens/s; for Llama-3.1-70B on the multi-wafer preset (`cs3x4`): the wafer count the
+SRAM needs, compile seconds, host seconds per emulated token (target under 60 s) and
+predicted tokens/s; the 8B prefill of a 2048-token prompt on `trn2` timing-only (host
+target under 2 s) next to its roofline. Times are seconds unless a name says otherwise.
+
+Usage: python benchmarks/bench_scale.py [--skip-70b] [--context N] [--json FILE]
+"""
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+from compiler.decode import compile_decode, run_timing
+from compiler.frontend import load_config
+from compiler.place import class_name
+from compiler.system import compile_system, run_system_timing, wafers_needed
+from emulator.hw.mesh import load_mesh
+from emulator.hw.prefill import load_prefill
+from emulator.prefill.run import run_prefill
+
+MODELS = Path(__file__).resolve().parents[1] / "programs" / "models"
+GIB = 2 ** 30
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set of this process (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def decode_8b(context: int) -> dict:
+    """Compile and emulate one timing-only decode token of Llama-3.1-8B on WSE-3."""
+    spec, mesh = load_config(MODELS / "llama-3.1-8b.json"), load_mesh("wse3")
+    t0 = time.perf_counter()
+    compiled = compile_decode(spec, mesh, "bf16", context)
+    t1 = time.perf_counter()
+    result = run_timing(compiled, mesh, context - 1)
+    t2 = time.perf_counter()
+    pl = compiled.placement
+    return {"compile_s": t1 - t0, "emulate_s": t2 - t1, "cycles": result.cycles,
+            "instructions": result.instructions, "layout": compiled.plan.layout,
+            "regions": len(compiled.decode.program.region_start),
+            "bytes_per_class": {class_name(k): w * 2 for k, w in pl.class_words.items()},
+            "tokens_per_s": mesh.clock_hz / result.cycles, "peak_rss_bytes": peak_rss_bytes()}
+
+
+def decode_70b(context: int) -> dict:
+    """Compile and emulate one timing-only decode token of Llama-3.1-70B on `cs3x4`."""
+    spec, mesh = load_config(MODELS / "llama-3.1-70b.json"), load_mesh("cs3x4")
+    t0 = time.perf_counter()
+    system = compile_system(spec, mesh, "bf16", context)
+    t1 = time.perf_counter()
+    step = run_system_timing(system, context - 1)
+    t2 = time.perf_counter()
+    seconds = step.seconds(mesh.clock_hz)
+    return {"wafers": mesh.wafers, "wafers_needed": wafers_needed(spec, mesh, "bf16", context),
+            "compile_s": t1 - t0, "emulate_s": t2 - t1,
+            "wafer_cycles": [r.cycles for r in step.results], "handoff_s": step.handoff_s,
+            "seconds_per_token": seconds, "tokens_per_s": 1.0 / seconds,
+            "peak_rss_bytes": peak_rss_bytes()}
+
+
+def prefill_8b(prompt_len: int = 2048) -> dict:
+    """Timing-only prefill of Llama-3.1-8B on one Trn2 (host seconds, predicted seconds)."""
+    spec, hw = load_config(MODELS / "llama-3.1-8b.json"), load_prefill("trn2")
+    t0 = time.perf_counter()
+    result = run_prefill(spec, hw, prompt_len, None, "bf16", timing_only=True)
+    return {"prompt_len": prompt_len, "host_s": time.perf_counter() - t0,
+            "seconds": result.seconds, "roofline_seconds": result.roofline_seconds,
+            "flops": result.flops}
+
+
+def print_results(out: dict) -> None:
+    """Human-readable lines with the targets."""
+    d = out["decode_8b"]
+    print(f"Llama-3.1-8B on wse3 (bf16, {d['layout']} layout, {d['regions']} regions):")
+    print(f"  compile {d['compile_s']:.1f} s + emulate one token {d['emulate_s']:.1f} s = "
+          f"{d['compile_s'] + d['emulate_s']:.1f} s (target < 10 s)")
+    print(f"  peak resident memory {d['peak_rss_bytes'] / GIB:.2f} GiB (target < 6 GiB)")
+    for name, nbytes in d["bytes_per_class"].items():
+        print(f"  SRAM per PE, {name}: {nbytes:,} B")
+    print(f"  {d['cycles']:,} cycles/token -> {d['tokens_per_s']:,.0f} tokens/s")
+    if "decode_70b" in out:
+        e = out["decode_70b"]
+        print(f"Llama-3.1-70B on cs3x4 ({e['wafers']} wafers; SRAM needs {e['wafers_needed']}):")
+        print(f"  compile {e['compile_s']:.1f} s, emulate one token {e['emulate_s']:.1f} s "
+              f"(target < 60 s)")
+        print(f"  wafer cycles {e['wafer_cycles']}, hand-offs {e['handoff_s'] * 1e6:.2f} us "
+              f"-> {e['tokens_per_s']:,.0f} tokens/s")
+    p = out["prefill_8b"]
+    print(f"Llama-3.1-8B prefill, {p['prompt_len']} tokens on trn2: host {p['host_s']:.2f} s "
+          f"(target < 2 s); predicted {p['seconds'] * 1e3:.1f} ms, roofline "
+          f"{p['roofline_seconds'] * 1e3:.1f} ms")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-70b", action="store_true")
+    parser.add_argument("--context", type=int, default=16,
+                        help="KV capacity; the token is decoded at position context - 1")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    out = {"prefill_8b": prefill_8b(), "decode_8b": decode_8b(args.context)}
+    if not args.skip_70b:
+        out["decode_70b"] = decode_70b(args.context)
+    print_results(out)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
