@@ -364,7 +364,9 @@ def _check_tiles(placement: Placement, matrix: str, name: str) -> None:
 
 
 def pe_usage(placement: Placement) -> np.ndarray:
-    """int64 [ph, pw]: SRAM elements each PE actually uses (its class's scratch counted)."""
+    """int64 [ph, pw]: SRAM elements of tiles, KV and R-layout weights each PE uses, plus
+    every scratch buffer of any class (an upper bound on scratch; the exact reservation of
+    a PE is `Placement.class_words[pe_class(plan, x, y)]`)."""
     plan, spec = placement.plan, placement.plan.spec
     used = np.zeros((plan.ph, plan.pw), np.int64)
     for name, tile_ in plan.matrices.items():
@@ -373,13 +375,7 @@ def pe_usage(placement: Placement) -> np.ndarray:
         used += area * (1 if name == "lm_head" else spec.num_layers)
     groups = plan.vec("groups").sizes()
     used += (2 * spec.num_layers * spec.head_dim * placement.slots * groups)[:, None]
-    scratch = {key: sum(b.words for name, b in m.items()
-                        if b.kind == "scratch" and name not in OVERLAYS)
-               for key, m in placement.maps.items()}
-    for j in range(plan.ph):
-        used[j, 0] += scratch[pe_class(plan, 0, j)]
-        if plan.pw > 1:
-            used[j, 1:] += scratch[pe_class(plan, 1, j)]
+    used += sum(b.words for b in placement.buffers.values() if b.kind == "scratch")
     used[0, :] += (2 * spec.num_layers + 1) * plan.vec("hidden").sizes()
     return used
 
