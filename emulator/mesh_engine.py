@@ -53,12 +53,16 @@ def run_numba(program: Program, mesh: MeshConfig, sram=None, functional: bool = 
                      link_busy=links.reshape(n, 4, 2)[:, :, 1].copy(),
                      instructions=int(stats[K.ST_INSTRUCTIONS]),
                      messages=int(stats[K.ST_MESSAGES]),
-                     sram=kernel.memory if functional else None)
+                     sram=kernel.memory if functional else None,
+                     mark_first=kernel.marks[:, K.M_FIRST].copy(),
+                     mark_last=kernel.marks[:, K.M_LAST].copy(),
+                     mark_count=kernel.marks[:, K.M_COUNT].copy())
 
 
 class KernelRun:
     """The kernel's inputs for one run and, after `run`, its outputs (`pes`, `links`,
-    `stats` with e.g. the record pool's final capacity in stats[ST_PEAK_RECORDS])."""
+    `stats` with e.g. the record pool's final capacity in stats[ST_PEAK_RECORDS], `marks`
+    [num_marks, M_FIELDS] first cycle, last cycle, count per mark id)."""
 
     def __init__(self, program: Program, mesh: MeshConfig, sram, functional: bool,
                  max_cycles: int):
@@ -73,6 +77,8 @@ class KernelRun:
         self.links = aligned_zeros(n * 8)
         self.stats = np.zeros(K.ST_SIZE, np.int64)
         self.fault = np.zeros(K.FAULT_SIZE, np.int64)
+        self.marks = np.zeros((program.num_marks, K.M_FIELDS), np.int64)
+        self.marks[:, K.M_FIRST:K.M_LAST + 1] = -1
         self.inputs = (*code_arrays(program), static_costs(program, mesh),
                        np.ascontiguousarray(program.region_start, np.int64),
                        np.ascontiguousarray(program.region_len, np.int64),
@@ -86,7 +92,7 @@ class KernelRun:
         """Run the kernel; raise MeshFault on a program fault."""
         with np.errstate(all="ignore"):   # only matters with EMU_DISABLE_JIT=1
             K.run_mesh(*self.inputs, self.memory, self.pes, self.links, self.stats,
-                       self.fault)
+                       self.fault, self.marks)
         if self.fault[K.F_CODE] != K.FAULT_NONE:
             raise MeshFault(fault_message(self.program, self.fault, self.pes,
                                           self.max_cycles))

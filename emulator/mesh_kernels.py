@@ -13,6 +13,7 @@ interpreter (isa/reference.py, which defines semantics and timing):
   list, so memory is bounded by the messages in flight, not by the messages ever sent;
 - functional mode copies each message's values once into a payload pool shared by all its
   deliveries; the pool is compacted (live blocks copied to a fresh array) when full.
+`mark k` (a probe: 0 cycles, local) updates marks[k] = (first cycle, last cycle, count).
 Only `run_mesh` allocates: `simulate` and its helpers are compiled without reference
 counting (`njit(nrt=False)`); when a pool is too small they suspend the PE in hand and
 return a NEED_* code, and run_mesh grows the pool and resumes.
@@ -34,6 +35,7 @@ NOP, VMOV, VADD, VSUB, VMUL, VMAX, VFMA, VSCALE, VADDI, VSET = 0, 1, 2, 3, 4, 5,
 VEXP, VRSQRT, VRECIP, VSIGMOID, RSUM, RMAX, RDOT = 10, 11, 12, 13, 14, 15, 16
 SEND, RECV, RECVADD, ROUTE, MOVR, ADDR, DJNZ, JMP, BARRIER, HALT = range(17, 27)
 VGEMV = 27           # column count k in S_COLOR
+MARK = 28            # probe: mark id in S_DST (an immediate, checked by validate_program)
 LAST_VECTOR = RDOT   # opcodes 1..16 are vector ops and reductions
 
 # Operand slots (isa/opcodes.py SLOT_*).
@@ -72,6 +74,10 @@ FAULT_LOOP, FAULT_RX, FAULT_NO_TX, FAULT_OFF_MESH, FAULT_LENGTH = 6, 7, 8, 9, 10
 FAULT_REGISTER, FAULT_DEADLOCK, FAULT_UNDELIVERED = 11, 12, 13
 F_CODE, F_PE, F_CYCLE, F_A, F_B, F_C, F_D, F_E = range(8)
 FAULT_SIZE = 8
+
+# marks[k, M_*] columns: first and last cycle at which mark id k ran (-1: never), count.
+M_FIRST, M_LAST, M_COUNT = 0, 1, 2
+M_FIELDS = 3
 
 # Record pool fields.
 REC_NEXT, REC_LAST, REC_LEN, REC_OFF, REC_SRC = range(5)
@@ -874,6 +880,16 @@ def is_comm(opc):
 
 
 @njit(nrt=False, inline="always")
+def record_mark(marks, k, t):
+    """mark k executed at cycle t: update first (min), last (max) and count."""
+    if marks[k, M_COUNT] == 0 or t < marks[k, M_FIRST]:
+        marks[k, M_FIRST] = t
+    if t > marks[k, M_LAST]:
+        marks[k, M_LAST] = t
+    marks[k, M_COUNT] += 1
+
+
+@njit(nrt=False, inline="always")
 def suspend(pe, t, p, stats, code):
     """Park the PE in hand (its instruction at p is retried on resume) and return `code`
     to run_mesh, which grows a pool and calls simulate again."""
@@ -935,7 +951,8 @@ def next_pe(heap, stats, shift):
 
 @njit(nrt=False)
 def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params, routes,
-             edges, cfg, sram, pes, links, stats, fault, heap, fifo, rec, stack, pay, scratch):
+             edges, cfg, sram, pes, links, stats, fault, heap, fifo, rec, stack, pay, scratch,
+             marks):
     """The scheduler loop (allocates nothing). Returns DONE when the heap is empty,
     FAULTED, or a NEED_* code after suspending the PE in hand (see `suspend`)."""
     o, maxc, shift = cfg[CFG_O], cfg[CFG_MAX_CYCLES], cfg[CFG_SHIFT]
@@ -1008,6 +1025,11 @@ def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
                     return FAULTED
                 t, p = pes[pe, P_CLOCK], pes[pe, P_PC]
                 break
+            elif opc == MARK:   # a probe: 0 cycles (t <= maxc already)
+                record_mark(marks, args[k, S_DST], t)
+                stats[ST_INSTRUCTIONS] += 1
+                p += 1
+                continue
             else:
                 stats[ST_INSTRUCTIONS] += 1
                 pes[pe, P_STATUS] = HALTED
@@ -1028,7 +1050,7 @@ def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
 
 @njit
 def run_mesh(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params, routes,
-             edges, cfg, sram, pes, links, stats, fault):
+             edges, cfg, sram, pes, links, stats, fault, marks):
     """Run a program to completion or to its first fault (see the module docstring).
 
     Inputs: code arrays (op, modes, args [N, 8], imm, static_cost), region start/length,
@@ -1036,7 +1058,8 @@ def run_mesh(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
     updated in place), edges [P] (ports leaving the mesh), cfg (CFG_*), sram [P, words]
     (functional) or [0, 0]. Outputs, zeroed by the
     caller except pes' status/wait columns: pes [P, P_FIELDS], links [P * 8] (free/busy),
-    stats, fault. The only allocating kernel: it owns the heap, FIFO heads and tails,
+    stats, fault, and marks [num_marks, M_FIELDS] (first/last set to -1 by the caller).
+    The only allocating kernel: it owns the heap, FIFO heads and tails,
     record and payload pools, routing stack and scratch, and grows a pool whenever
     `simulate` suspends asking for it.
     """
@@ -1052,7 +1075,7 @@ def run_mesh(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
     while True:
         code = simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
                         routes, edges, cfg, sram, pes, links, stats, fault, heap, fifo, rec,
-                        stack, pay, scratch)
+                        stack, pay, scratch, marks)
         if code == DONE:
             break
         if code == FAULTED:

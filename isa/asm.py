@@ -10,6 +10,9 @@ Operand encoding (isa/opcodes.py): SRAM descriptors fill an address slot and its
 slot; integer operands are an immediate, a parameter (`%pK`) or a register plus offset
 (`rK`, `rK+N`, `rK-N`). A reduction's destination is one element, so `[A]` there encodes
 stride 0.
+
+`mark NAME` probes are encoded with their mark id (an immediate) in SLOT_DST; ids follow
+the order of the `.marks NAME ...` header directive, then first appearance in the file.
 """
 
 import re
@@ -50,7 +53,8 @@ PORT_BITS = {"N": PORT_N, "E": PORT_E, "S": PORT_S, "W": PORT_W, "R": PORT_R}
 MAX_PARAMS = 64
 
 # Operand kinds: ("dst"|"src0"|"src1") descriptors, "rdst" reduction destination, "n",
-# "color", "imm", "reg", "value", "label", "rx", "tx".
+# "color", "imm", "reg", "value", "label", "rx", "tx", "k" (vgemv column count), "mark"
+# (a mark name).
 _VEC3 = ("dst", "src0", "src1", "n")
 SIGNATURES: dict[Op, tuple[str, ...]] = {
     Op.VMOV: ("dst", "src0", "n"),
@@ -74,6 +78,7 @@ SIGNATURES: dict[Op, tuple[str, ...]] = {
     Op.HALT: (),
     Op.NOP: (),
     Op.VGEMV: ("dst", "src0", "src1", "n", "k"),
+    Op.MARK: ("mark",),
 }
 MNEMONICS = {op.name.lower(): op for op in SIGNATURES}
 OPERAND_HELP = {
@@ -90,6 +95,7 @@ OPERAND_HELP = {
     "label": "a label",
     "rx": "a port set like W or E|R or -",
     "tx": "a port set like W or E|R or -",
+    "mark": "a mark name like L0.attn",
 }
 # Descriptor kind -> (address slot, stride slot, default stride).
 DESCRIPTOR_SLOTS = {
@@ -98,7 +104,7 @@ DESCRIPTOR_SLOTS = {
     "src0": (SLOT_SRC0, SLOT_SRC0_STRIDE, 1),
     "src1": (SLOT_SRC1, SLOT_SRC1_STRIDE, 1),
 }
-HEADER_DIRECTIVES = (".mesh", ".dtype", ".sram", ".params")
+HEADER_DIRECTIVES = (".mesh", ".dtype", ".sram", ".params", ".marks")
 BODY_DIRECTIVES = (".region", ".route", ".param", ".data", ".line")
 
 _INT = r"[+-]?(?:0[xX][0-9a-fA-F]+|\d+)"
@@ -109,6 +115,13 @@ _RE_COLOR = re.compile(r"c(\d+)$")
 _RE_FLOAT = re.compile(r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf|nan)$", re.I)
 _RE_LABEL = re.compile(r"[A-Za-z_][\w.]*$")
 _RE_NAME = re.compile(r"[A-Za-z_][^\s,]*$")
+_RE_MARK = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*$")   # a mark name, e.g. L0.attn
+MARK_NAME_HELP = "a mark name like L0.attn (a letter or '_', then letters, digits, '.', '_', '-')"
+
+
+def is_mark_name(text: str) -> bool:
+    """True when `text` can be a mark name (and does not read as a register operand)."""
+    return bool(_RE_MARK.match(text)) and not _RE_REG.match(text)
 _RE_LABEL_PREFIX = re.compile(r"\s*([A-Za-z_][\w.]*)\s*:")
 _RE_MESH = re.compile(r"(\d+)\s*[xX]\s*(\d+)$")
 _RE_COORD = re.compile(r"(\d+)\s*,\s*(\d+)$")
@@ -185,6 +198,8 @@ class Assembler:
         self.frozen = False
         self.regions: list[Region] = []
         self.line_offset = 0
+        self.mark_names: list[str] = []
+        self.mark_ids: dict[str, int] = {}
         self.pe_region = self.params = self.route_rx = self.route_tx = None
 
     # --- driver ----------------------------------------------------------------------------
@@ -278,11 +293,35 @@ class Assembler:
         elif name == ".sram":
             self.sram_words = self.parse_count(line, where, text, ".sram")
             self.check_sram_budget(line, where)
+        elif name == ".marks":
+            self.marks_directive(line, where, args)
         else:
             self.num_params = self.parse_count(line, where, text, ".params")
             if self.num_params > MAX_PARAMS:
                 raise line.error(where, f".params {self.num_params} exceeds the limit of "
                                         f"{MAX_PARAMS}")
+
+    def marks_directive(self, line: Line, col: int, args):
+        """.marks NAME ...: mark ids 0, 1, ... in this order (others follow by first use)."""
+        if not args:
+            raise line.error(col, "expected one or more mark names after .marks")
+        for text, ncol in args:
+            if text in self.mark_ids:
+                raise line.error(ncol, f"duplicate mark name '{text}' in .marks")
+            self.mark_id(line, text, ncol)
+
+    def mark_id(self, line: Line, text: str, col: int) -> int:
+        """The id of mark `text`, assigning the next id on first appearance."""
+        if text in self.mark_ids:
+            return self.mark_ids[text]
+        if _RE_REG.match(text) or _RE_PARAM.match(text):
+            raise line.error(col, f"expected {MARK_NAME_HELP}, got '{text}' (mark ids "
+                                  f"are immediates, not registers or parameters)")
+        if not is_mark_name(text):
+            raise line.error(col, f"expected {MARK_NAME_HELP}, got '{text}'")
+        self.mark_ids[text] = len(self.mark_names)
+        self.mark_names.append(text)
+        return self.mark_ids[text]
 
     def check_sram_budget(self, line: Line, col: int):
         """.sram must fit the PE's SRAM when the caller gave its capacity."""
@@ -531,6 +570,8 @@ class Assembler:
             row["a"][SLOT_DST] = self.parse_register(line, text, col)
         elif kind == "value":
             self.set_slot(row, SLOT_SRC0, self.parse_value(line, text, col, "value"))
+        elif kind == "mark":
+            row["a"][SLOT_DST] = self.mark_id(line, text, col)
         elif kind == "label":
             if not _RE_LABEL.match(text):
                 raise line.error(col, f"expected a label name, got '{text}'")
@@ -739,7 +780,8 @@ class Assembler:
             region_len=lengths, region_names=[r.name for r in self.regions],
             pe_region=self.pe_region, params=self.params, route_rx=self.route_rx,
             route_tx=self.route_tx, source=self.source,
-            region_comments={i: r.comments for i, r in enumerate(self.regions) if r.comments})
+            region_comments={i: r.comments for i, r in enumerate(self.regions) if r.comments},
+            mark_names=list(self.mark_names))
         self.attach_data(program)
         return program
 

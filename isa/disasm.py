@@ -1,6 +1,7 @@
 """The disassembler: `Program` -> assembly text that re-assembles to an equal Program.
 
-Layout of the output: the header (.mesh .dtype .sram .params); router entries and
+Layout of the output: the header (.mesh .dtype .sram .params, and .marks listing every
+mark name in id order, so ids round-trip even for names no instruction uses); router entries and
 parameters of idle PEs as `.route/.param ... at` rectangles; then each region (as one
 rectangle, or several when its PEs do not form one) with its router entries (the region's
 most common entry per color, then exceptions as rectangles), parameters (a constant, an
@@ -15,7 +16,7 @@ from collections import Counter
 
 import numpy as np
 
-from isa.asm import DESCRIPTOR_SLOTS, PORT_BITS, SIGNATURES
+from isa.asm import DESCRIPTOR_SLOTS, PORT_BITS, SIGNATURES, is_mark_name
 from isa.opcodes import (
     MODE_IMM,
     MODE_PARAM,
@@ -65,8 +66,11 @@ def format_descriptor(ins, kind: str) -> str:
     return f"[{addr}:{format_value(ins, stride_slot)}]"
 
 
-def format_operand(ins, kind: str) -> str:
+def format_operand(ins, kind: str, mark_names=None) -> str:
     """One operand of `kind` (see isa.asm.SIGNATURES) as assembly text."""
+    if kind == "mark":
+        k = int(ins["a"][SLOT_DST])
+        return mark_names[k] if mark_names is not None and 0 <= k < len(mark_names) else str(k)
     if kind in DESCRIPTOR_SLOTS:
         return format_descriptor(ins, kind)
     if kind == "n":
@@ -90,10 +94,11 @@ def format_operand(ins, kind: str) -> str:
     return format_ports(int(ins["a"][slot])) if mode == MODE_IMM else format_value(ins, slot)
 
 
-def format_instruction(ins) -> str:
-    """One instruction row as assembly text (labels as L<pc>)."""
+def format_instruction(ins, mark_names=None) -> str:
+    """One instruction row as assembly text (labels as L<pc>). A `mark` is written with
+    its name from `mark_names` (Program.mark_names), or as its bare id without them."""
     op = Op(int(ins["op"]))
-    operands = ", ".join(format_operand(ins, kind) for kind in SIGNATURES[op])
+    operands = ", ".join(format_operand(ins, kind, mark_names) for kind in SIGNATURES[op])
     return f"{op.name.lower()} {operands}".rstrip()
 
 
@@ -248,12 +253,25 @@ def _region_code(program: Program, region: int, out: Writer):
     for pc, ins in enumerate(code):
         if pc in targets:
             out.add(f"L{pc}:")
-        text = "    " + format_instruction(ins)
+        text = "    " + format_instruction(ins, program.mark_names)
         if pc in comments:
             text += "  ; " + " ".join(str(comments[pc]).split())
         out.instruction(text, int(ins["line"]))
     if len(code) in targets:
         out.add(f"L{len(code)}:")
+
+
+def _mark_names(program: Program) -> list[str]:
+    """The program's mark names, checked to be writable as assembly."""
+    names = list(program.mark_names)
+    for name in names:
+        if not is_mark_name(name):
+            raise ValueError(f"mark name '{name}' cannot be written as assembly "
+                             f"(letters, digits, '.', '_', '-', starting with a letter or '_')")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ValueError(f"mark name '{dup}' is used for several mark ids")
+    return names
 
 
 def disassemble(program: Program) -> str:
@@ -265,6 +283,8 @@ def disassemble(program: Program) -> str:
     out.add(f".sram {program.sram_words}")
     if program.params.shape[1]:
         out.add(f".params {program.params.shape[1]}")
+    if program.mark_names:
+        out.add(".marks " + " ".join(_mark_names(program)))
     for line in _idle_lines(program):
         out.add(line)
     for region, name in enumerate(program.region_names):

@@ -13,7 +13,7 @@ NUM_SLOTS = 8
 NUM_REGS = 8
 
 # Operand slot meanings.
-SLOT_DST = 0      # destination address, or register index for movr/addr/djnz
+SLOT_DST = 0      # destination address, register index for movr/addr/djnz, mark id
 SLOT_SRC0 = 1     # first source address; value for movr/addr; rx ports for route; jump target
 SLOT_SRC1 = 2     # second source address; tx ports for route
 SLOT_N = 3        # element / wavelet count
@@ -66,6 +66,7 @@ class Op(IntEnum):
     BARRIER = 25
     HALT = 26
     VGEMV = 27        # dst[i] += W[c*ld + i] * x[c*sx], columns c in 0..k-1 (k in SLOT_COLOR)
+    MARK = 28         # probe (0 cycles): record this PE's cycle for mark id a[SLOT_DST]
 
 
 VECTOR_OPS = frozenset({Op.VMOV, Op.VADD, Op.VSUB, Op.VMUL, Op.VMAX, Op.VFMA, Op.VSCALE,
@@ -74,6 +75,8 @@ VECTOR_OPS = frozenset({Op.VMOV, Op.VADD, Op.VSUB, Op.VMUL, Op.VMAX, Op.VFMA, Op
 REDUCTION_OPS = frozenset({Op.RSUM, Op.RMAX, Op.RDOT})
 # Instructions that interact with other PEs: executed only in global time order.
 COMM_OPS = frozenset({Op.SEND, Op.RECV, Op.RECVADD, Op.ROUTE, Op.BARRIER, Op.HALT})
+# Emulator probes: local, no cycles, counted as executed instructions.
+PROBE_OPS = frozenset({Op.MARK})
 
 INSTR_DTYPE = np.dtype([
     ("op", np.int32),

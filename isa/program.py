@@ -9,6 +9,8 @@ no Python object per PE:
 - `route_rx[pe, color]`, `route_tx[pe, color]`: the router table at cycle 0 (port masks).
 - `data_*`: initial SRAM contents per region (`.data` directives), applied to every PE of
   the region by `initial_sram`.
+- `mark_names[k]`: the name of mark id k (`mark NAME` probes; see docs/isa.md); the
+  number of marks is its length.
 PE index = y * width + x. SRAM addresses count elements; every element is stored as fp32.
 """
 
@@ -42,6 +44,12 @@ class Program:
     data_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     source: str = "<program>"      # file name used in messages
     region_comments: dict = field(default_factory=dict)  # region -> {pc: comment}
+    mark_names: list[str] = field(default_factory=list)  # mark id -> name
+
+    @property
+    def num_marks(self) -> int:
+        """Mark ids 0..num_marks-1 that `mark` instructions may record."""
+        return len(self.mark_names)
 
     @property
     def num_pes(self) -> int:
@@ -74,7 +82,7 @@ class Program:
 
     def equals(self, other: "Program") -> bool:
         """True when both programs have the same arrays and scalars (ignores `source`)."""
-        scalars = ("width", "height", "dtype", "sram_words", "region_names")
+        scalars = ("width", "height", "dtype", "sram_words", "region_names", "mark_names")
         arrays = ("code", "region_start", "region_len", "pe_region", "params", "route_rx",
                   "route_tx", "data_region", "data_addr", "data_offset", "data_len",
                   "data_values")
@@ -91,7 +99,9 @@ def empty_code(n: int = 0) -> np.ndarray:
 class RunResult:
     """What an engine returns; both engines must agree on every field but `events`.
 
-    Times are cycles. `sram` is None in timing-only mode.
+    Times are cycles. `sram` is None in timing-only mode. Per mark id k (Program.mark_names):
+    `mark_first[k]` / `mark_last[k]` = the smallest / largest cycle at which any PE executed
+    `mark k` (-1 if none did), `mark_count[k]` = how many times it was executed.
     """
 
     cycles: int                     # max over PEs of the halt time
@@ -102,3 +112,6 @@ class RunResult:
     messages: int                   # messages delivered to cores
     sram: np.ndarray | None = None  # float32 [W*H, sram_words] final contents
     events: list | None = None      # reference engine only: per-instruction event records
+    mark_first: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    mark_last: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    mark_count: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))

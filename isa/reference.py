@@ -9,6 +9,8 @@ docs/isa.md and docs/timing.md; the scheduling rule that makes runs deterministi
   (send, recv, recvadd, route, barrier, halt) it runs first; then local instructions run
   until the next communication instruction, where the PE is pushed back with its clock.
   So communication happens in global cycle order while local work is batched.
+- `mark` is a local probe: 0 cycles, counted as an executed instruction; it records the
+  PE's clock for its mark id (first = min, last = max over all executions, and a count).
 - A `send` routes its message at once (depth-first over the router tables, reserving links);
   each destination core gets a delivery in its per-color FIFO, waking a PE blocked on it.
 """
@@ -146,6 +148,9 @@ class ReferenceMachine:
         self.barrier_arrivals: dict[int, int] = {}
         self.instructions = self.messages = 0
         self.events = [] if record_events else None
+        self.mark_first = np.full(program.num_marks, -1, np.int64)
+        self.mark_last = np.full(program.num_marks, -1, np.int64)
+        self.mark_count = np.zeros(program.num_marks, np.int64)
         self.heap = [(0, pe) for pe in range(n) if self.status[pe] == READY]
 
     # --- helpers -------------------------------------------------------------------------
@@ -215,7 +220,8 @@ class ReferenceMachine:
         return RunResult(
             cycles=int(self.finish.max(initial=0)), pe_finish=self.finish, pe_busy=self.busy,
             link_busy=self.link_busy, instructions=self.instructions, messages=self.messages,
-            sram=self.sram, events=self.events)
+            sram=self.sram, events=self.events, mark_first=self.mark_first,
+            mark_last=self.mark_last, mark_count=self.mark_count)
 
     def activate(self, pe: int):
         """Run PE `pe` from its pc: one leading communication op, then local ops."""
@@ -239,6 +245,8 @@ class ReferenceMachine:
                 text, detail, go_on = self.control(pe, ins, op), "", True
             elif op == Op.VGEMV:
                 (text, detail), go_on = self.gemv(pe, ins), True
+            elif op == Op.MARK:
+                text, detail, go_on = self.mark(pe, ins), "", True
             else:
                 (text, detail), go_on = self.vector(pe, ins, op), True
             if text is not None:
@@ -268,6 +276,17 @@ class ReferenceMachine:
             if not 0 <= self.pc[pe] <= code_len:
                 self.fault(pe, f"jump to {int(self.pc[pe])} outside the code 0..{code_len}")
         return f"{op.name.lower()} r{rd}, {value}" if op != Op.NOP else "nop"
+
+    def mark(self, pe: int, ins) -> str:
+        """mark k: record this PE's clock for mark id k (an immediate in 0..num_marks-1,
+        checked by validate_program). A probe: costs 0 cycles, no busy time."""
+        k = int(ins["a"][SLOT_DST])
+        t = int(self.clock[pe])
+        self.mark_first[k] = t if self.mark_count[k] == 0 else min(int(self.mark_first[k]), t)
+        self.mark_last[k] = max(int(self.mark_last[k]), t)
+        self.mark_count[k] += 1
+        self.pc[pe] += 1
+        return f"mark {self.p.mark_names[k]}"
 
     def vector(self, pe: int, ins, op: Op) -> tuple[str, str]:
         n = self.length(pe, ins)

@@ -1,14 +1,24 @@
 """Static checks of a Program against a mesh, shared by both engines before they run.
 
 Problems a user's program or compiler can cause (wrong mesh size, SRAM budget exceeded,
-bad opcode, operand referencing a missing parameter) raise `ConfigError` or `FitError`.
+bad opcode, operand referencing a missing parameter, `mark` id that is not an immediate
+in 0..num_marks-1) raise `ConfigError` or `FitError`.
 """
 
 import numpy as np
 
 from emulator.errors import ConfigError, FitError
 from emulator.hw.mesh import DTYPE_BYTES, MeshConfig
-from isa.opcodes import MODE_BITS, MODE_PARAM, MODE_REG, NUM_REGS, NUM_SLOTS, SLOT_DST, Op
+from isa.opcodes import (
+    MODE_BITS,
+    MODE_IMM,
+    MODE_PARAM,
+    MODE_REG,
+    NUM_REGS,
+    NUM_SLOTS,
+    SLOT_DST,
+    Op,
+)
 from isa.program import Program
 
 
@@ -56,6 +66,7 @@ def _check_code(program: Program) -> None:
         raise ConfigError(f"{where}: instruction {i} (line {code['line'][i]}) has unknown "
                           f"opcode {code['op'][i]}")
     _check_registers(program)
+    _check_marks(program)
     num_params = program.params.shape[1]
     for slot in range(NUM_SLOTS):
         kinds = (code["modes"] >> (MODE_BITS * slot)) & 0x3
@@ -83,3 +94,24 @@ def _check_registers(program: Program) -> None:
             i = int(np.flatnonzero((bits & 0x3) > MODE_REG)[0])
             raise ConfigError(f"{where}: instruction {i} (line {code['line'][i]}) has an "
                               f"unknown addressing mode in operand {slot}")
+
+
+def _check_marks(program: Program) -> None:
+    """`mark` ids: immediates in 0..num_marks-1 (Program.mark_names)."""
+    where, code = program.source, program.code
+    marks = code["op"] == int(Op.MARK)
+    if not marks.any():
+        return
+    kinds = (code["modes"] >> (MODE_BITS * SLOT_DST)) & 0x3
+    bad = marks & (kinds != MODE_IMM)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ConfigError(f"{where}: instruction {i} (line {code['line'][i]}) is a mark "
+                          f"whose id is not an immediate")
+    ids = code["a"][:, SLOT_DST]
+    bad = marks & ((ids < 0) | (ids >= program.num_marks))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ConfigError(f"{where}: instruction {i} (line {code['line'][i]}) records mark "
+                          f"id {ids[i]} but the program has {program.num_marks} mark(s)"
+                          + (f" (ids 0..{program.num_marks - 1})" if program.num_marks else ""))

@@ -17,6 +17,9 @@ them into a `GeneratedProgram` (assembly text + the initial SRAM to run it with)
   lengths (0..8), constant / parameter / register addresses and movr/addr/djnz loops;
   `vgemv` gets 0..4 columns (immediate, %p0 or r6) with column strides 0, 1, 2, m, m+1
   or -m.
+- `mark` probes (names from MARK_NAMES) sometimes precede or follow steps and sit inside
+  loops; some programs declare a shuffled `.marks` subset (possibly with names no
+  instruction uses) so ids follow that order, then first appearance.
 
 Values stay finite: SRAM zone A = [0, 32) holds inputs in [0.5, 2] and is never written;
 ops that can grow values (vadd vsub vmul vfma vscale vaddi vexp vrsqrt vrecip rsum rdot
@@ -46,6 +49,7 @@ GROWING = ("vadd", "vsub", "vmul", "vfma", "vscale", "vaddi", "vexp", "vrsqrt", 
            "rsum", "rdot", "vgemv")
 PRESERVING = ("vmov", "vmax", "rmax", "vsigmoid")
 IMMS = ("0.5", "-1.25", "2", "0.001", "-0.0", "1.5e-2", "-2", "0.75")
+MARK_NAMES = ("L0.attn", "L0.mlp", "L1.attn", "step_end", "send-phase", "x")
 
 
 class GeneratedProgram(NamedTuple):
@@ -87,6 +91,8 @@ def generate_program(width: int, height: int, seed: int) -> GeneratedProgram:
     lines = [f"; random program seed={seed}", f".mesh {width}x{height}",
              f".dtype {rng.choice(['fp32', 'fp32', 'fp16', 'bf16'])}",
              f".sram {SRAM_WORDS}", f".params {NUM_PARAMS}"]
+    if rng.random() < 0.3:
+        lines.append(".marks " + " ".join(rng.sample(MARK_NAMES, rng.randint(1, 4))))
     lines += _idle_routes(phases, grid)
     for index, rects in enumerate(_region_rects(rng, grid)):
         writer = RegionWriter(rng, index, rects, signatures[rects[0][4]], phases, width)
@@ -218,15 +224,22 @@ class RegionWriter:
         self.lines = ["", f".region R{self.index} {corners}"]
         self.directives(sram)
         for step in steps:
+            self.maybe_mark()
             if step[0] == "compute":
                 self.compute_block()
             elif step[0] == "barrier":
                 self.emit("barrier")
             else:
                 self.phase(step[1])
+        self.maybe_mark()
         if self.rng.random() < 0.7:
             self.emit("halt")
         return self.lines
+
+    def maybe_mark(self, p: float = 0.15):
+        """Sometimes a `mark` probe."""
+        if self.rng.random() < p:
+            self.emit(f"mark {self.rng.choice(MARK_NAMES)}")
 
     def emit(self, text: str):
         comment = "  ; note" if self.rng.random() < 0.05 else ""
@@ -315,6 +328,7 @@ class RegionWriter:
         self.emit(f"movr r7, {times}")
         self.lines.append(f"{label}:")
         self.emit(body)
+        self.maybe_mark(0.3)
         self.emit(f"djnz r7, {label}")
 
     # addresses
@@ -437,6 +451,7 @@ class RegionWriter:
         op = rng.choice(("vfma", "vmul", "vexp", "vsigmoid", "vadd"))
         srcs = [self.a_address(n, rng.choice([0, 1])) for _ in range(2)]
         srcs = srcs if op in ("vfma", "vmul", "vadd") else srcs[:1]
+        self.maybe_mark(0.3)
         self.emit(f"{op} {self.desc('r1', stride)}, {', '.join(srcs)}, {n}")
         self.emit(f"addr r1, {step}")
         self.emit(f"djnz r0, {label}")

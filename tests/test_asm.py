@@ -82,13 +82,14 @@ def test_doc_example_encoding():
 def test_every_mnemonic_has_a_signature_and_assembles():
     samples = {"dst": "[1]", "rdst": "[1]", "src0": "[2:2]", "src1": "[%p1]", "n": "3",
                "color": "c2", "imm": "1.5", "reg": "r3", "value": "r2-4", "label": "here",
-               "rx": "W", "tx": "E|R", "k": "r5"}
+               "rx": "W", "tx": "E|R", "k": "r5", "mark": "m0"}
     assert set(MNEMONICS.values()) == set(Op)
     for name, op in MNEMONICS.items():
         operands = ", ".join(samples[k] for k in SIGNATURES[op])
         row = one(f"here: {name} {operands}")
         assert row["op"] == op
-        assert format_instruction(row) == f"{name} {operands}".replace("here", "L0").rstrip()
+        assert (format_instruction(row, mark_names=["m0"])
+                == f"{name} {operands}".replace("here", "L0").rstrip())
 
 
 def test_operand_forms():
