@@ -1,6 +1,6 @@
 """The assembler: mesh assembly text (docs/isa.md, "Assembly files") -> `Program`.
 
-One pass over the lines. Header directives (.mesh .dtype .sram .params) come first; the
+One pass over the lines. Header directives (.mesh .dtype .sram .params .marks) come first; the
 first `.region`, `.route`, `.param`, `.data` or instruction fixes the mesh and allocates the
 per-PE tables. Each `.region` starts a new code block; its labels are resolved when the
 next region starts or the file ends. Every mistake raises `AsmError` with
