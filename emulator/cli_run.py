@@ -24,6 +24,24 @@ from emulator.orchestrate import RunRequest, run_inference
 from emulator.report import print_report
 
 DEFAULT_MODEL = "tiny"
+AUTO_PREFILL = ("trn2", "trn3")   # `--prefill-hw auto`: the first whose HBM holds the model
+
+
+def auto_prefill(spec, dtype: str, prompt_len: int):
+    """The first bundled prefill chip of AUTO_PREFILL whose HBM holds weights + KV +
+    activations (Llama-3.1-70B in bf16 needs Trn3's 144 GiB); FitError when none does."""
+    from emulator.errors import FitError
+    from emulator.prefill.run import _check_capacity
+
+    error = None
+    for name in AUTO_PREFILL:
+        hw = load_prefill(name)
+        try:
+            _check_capacity(spec, hw, prompt_len, dtype)
+            return hw
+        except FitError as exc:
+            error = exc
+    raise error
 
 
 def parse_mesh_size(text: str | None, option: str = "--mesh") -> tuple[int, int] | None:
@@ -68,9 +86,12 @@ def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt
     if not timing_only:
         values = load_weights(weights, spec) if weights else random_weights(spec, seed)
     name = (config or DEFAULT_MODEL).rsplit("/", 1)[-1].removesuffix(".json")
-    return RunRequest(spec=spec, model_name=name, mesh=mesh, prefill_hw=load_prefill(prefill_hw),
+    dtype = canonical_dtype(dtype)
+    chip = (auto_prefill(spec, dtype, length) if prefill_hw == "auto"
+            else load_prefill(prefill_hw))
+    return RunRequest(spec=spec, model_name=name, mesh=mesh, prefill_hw=chip,
                       link=load_link(link), prompt=prompt, prompt_len=length,
-                      max_new_tokens=max_new_tokens, dtype=canonical_dtype(dtype),
+                      max_new_tokens=max_new_tokens, dtype=dtype,
                       weights=values, timing_only=timing_only, overlap_kv=overlap_kv,
                       engine=engine, seed=seed)
 
@@ -85,8 +106,9 @@ def _progress_bar(console: Console):
 @click.option("--hw", default="small", show_default=True,
               help="Decode mesh preset name or JSON file.")
 @click.option("--mesh", "mesh_size", help="Override the mesh size, WIDTHxHEIGHT.")
-@click.option("--prefill-hw", default="trn2", show_default=True,
-              help="Prefill chip preset name or JSON file.")
+@click.option("--prefill-hw", default="auto", show_default=True,
+              help="Prefill chip preset name or JSON file; auto: trn2, or trn3 when the "
+                   "model does not fit trn2's HBM.")
 @click.option("--link", default="efa", show_default=True, help="Link preset name or JSON file.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Weights (.safetensors).")
 @click.option("--seed", default=0, show_default=True, help="Seed of random weights/prompt.")
