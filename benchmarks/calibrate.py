@@ -105,13 +105,15 @@ def explanation(row: dict, scale: dict) -> str:
                 f"needs {d70['wafers_needed']}), one user, wafers one after another, "
                 f"per-wafer cycles {d70['wafer_cycles']} at {wse3.clock_hz / 1e6:.0f} MHz "
                 f"(WSE-3's clock is unpublished) plus {d70['handoff_s'] * 1e6:.2f} us of "
-                f"hand-offs. Most of a layer's cycles are the serial relayouts through the "
-                f"left column and attention on a few rows (docs/mapping.md), which the "
+                f"hand-offs. The GEMVs alone would take a small part of the cycles; the rest "
+                f"is, by estimate (not yet measured per phase), the serial relayouts through "
+                f"the left column and attention on a few rows (docs/mapping.md), which the "
                 f"production software avoids; batching, multiple users and the real fabric "
                 f"are not modelled.")
     return (f"emu's 8B mapping on the whole WSE-3 ({scale['decode_8b']['cycles']:,} cycles "
             f"per token at {wse3.clock_hz / 1e6:.0f} MHz): every layer on all PEs, attention "
-            f"and KV on a few hub rows, relayouts through column 0 (serial, dominant). "
+            f"and KV on a few hub rows, relayouts through column 0 (serial; by estimate, not "
+            f"yet measured per phase, most of the cycles). "
             f"WaferLLM's figure is on WSE-2 (a 420x420 region, 1.1 GHz) where emu's "
             f"mapping of 8B does not fit (48 KiB per PE); the Cerebras figure is their "
             f"production stack. Neither models emu's serial relayout.")
