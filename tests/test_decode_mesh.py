@@ -17,7 +17,7 @@ from compiler.frontend import parse_config
 from compiler.numerics import round_weights
 from compiler.place import verify_placement
 from compiler.route import verify_routes
-from compiler.tile import verify_tiles
+from compiler.tile import hub_stride, verify_tiles
 from compiler.weights import random_weights
 from emulator.errors import ConfigError, FitError
 from emulator.hw.mesh import load_mesh
@@ -193,3 +193,14 @@ def test_many_empty_chunks(layout):
     worst, decoder = run_and_compare(spec, (8, 4), layout, [0, 1, 2, 1, 0, 2, 2, 1, 0, 1])
     assert worst <= TOLERANCE
     assert (decoder.plan.vec("hidden").sizes() == 0).any()
+
+
+@pytest.mark.parametrize("shape,kv_heads", [((4, 16), 2), ((3, 17), 3), ((5, 32), 4)])
+def test_hub_rows_match_reference(shape, kv_heads):
+    """Tall meshes use hub rows in the even layout (no weights; attention, KV, gather)."""
+    spec = make_spec(hidden=24, heads=2 * kv_heads, kv_heads=kv_heads, head_dim=4, ffn=40,
+                     vocab=37)
+    worst, decoder = run_and_compare(spec, shape, "even", [3, 1, 4, 1, 5], steps=3)
+    assert hub_stride(shape[1], kv_heads) >= 4
+    assert not decoder.plan.weight_rows()[0] and decoder.plan.vec("qkv").size(0) == 0
+    assert worst <= TOLERANCE
