@@ -135,11 +135,8 @@ def test_png_full_wafer_llama_8b(tmp_path):
     m = mapview.build_map(resolve_model(MODELS / "llama-3.1-8b.json"), load_mesh("wse3"),
                           "bf16")
     assert (m.plan.pw, m.plan.ph) == (755, 1170)
-    assert not m.fits and m.placement.total_bytes > m.mesh.sram_bytes
-    assert "DOES NOT FIT" in result.stdout and "does not fit" in result.stderr
-    assert f"{m.placement.total_bytes:,}" in result.stdout
-    assert set(m.attempts) == {"groups", "even"}
-    assert m.placement.total_bytes == min(m.attempts.values())
+    assert m.fits and m.used.max() <= m.mesh.sram_bytes
+    assert "DOES NOT FIT" not in result.stdout and "does not fit" not in result.stderr
     width, height = png_size(path)
     assert width >= 1000 and height >= 900
 
