@@ -48,7 +48,7 @@ def pe_listing(dp: DecodeProgram, x: int, y: int, pos: int = 0) -> str:
     for pc, ins in enumerate(program.region_code(region)):
         if pc in comments:
             lines.append(f"    ; {comments[pc]}")
-        lines.append("    " + format_instruction(ins))
+        lines.append("    " + format_instruction(ins, program.mark_names))
     return "\n".join(lines) + "\n"
 
 

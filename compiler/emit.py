@@ -89,11 +89,16 @@ class Desc:
 class CodeBuilder:
     """Accumulates one region's instructions as INSTR_DTYPE rows (plus comments)."""
 
-    def __init__(self, param_index: dict):
+    def __init__(self, param_index: dict, mark_index: dict | None = None):
         self.param_index = param_index
+        self.mark_index = mark_index or {}
         self.rows: list = []
         self.comments: dict = {}
         self._note = None
+
+    def mark(self, name: str) -> None:
+        """A 0-cycle probe recording when this PE reaches op `name` (docs/isa.md, mark)."""
+        self.emit(Op.MARK, {SLOT_DST: self.mark_index[name]})
 
     def note(self, text: str) -> None:
         """Attach `text` as a comment to the next instruction."""
@@ -299,6 +304,7 @@ class Context:
     fab: Fabric
     param_index: dict
     key: tuple | None = None     # SRAM class of the role being emitted
+    mark_index: dict = dataclasses.field(default_factory=dict)  # mark name -> id
 
     def addr(self, name: str) -> int:
         """SRAM address of a buffer in the current role's class, or 0 when the class does
@@ -433,8 +439,10 @@ def decoder_layer(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
     """One layer: RMSNorm, q/k/v, RoPE, attention, o_proj + residual, RMSNorm, SwiGLU MLP."""
     plan, spec, fab, a = ctx.plan, ctx.plan.spec, ctx.fab, ctx.addr
     p, even = f"L{layer}.", plan.layout == "even"
+    b.mark(p + "norm_in")
     if role.top:
         rmsnorm(b, ctx, role, p + "norm_in")
+    b.mark(p + "qkv")
     qkv_out = a("ACC") if even else a("QKV")
     b.note(f"layer {layer}: q/k/v GEMV-A")
     gemv_a(b, fab, role.top, role.row_tree, role.k_hidden, ctx.waddr(p + "qkv"), plan.mpad("qkv"),
@@ -443,6 +451,7 @@ def decoder_layer(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
         b.vec(Op.VADD, qkv_out, qkv_out, ctx.waddr(p + "qkv_bias"), Param("m_qkv"))
     if even:
         relayout(b, ctx, role, "qkv", a("ACC"), a("QKV"))
+    b.mark(p + "attn")
     if role.left:
         for g in range(role.groups):
             rope(b, ctx, g)
@@ -450,17 +459,21 @@ def decoder_layer(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
         attention(b, ctx, role, layer)
     if even:
         relayout(b, ctx, role, "attn", a("ATT"), a("XB"))
+    b.mark(p + "o_proj")
     b.note(f"layer {layer}: o_proj GEMV-B")
     gemv_b(b, fab, role.left, role.col_tree, role.k_attn, ctx.waddr(p + "o"), plan.mpad("o"),
            a("XB") if even else a("ATT"), a("ACC"), Param("m_hidden"))
     residual(b, ctx, role, p + "o_bias" if spec.o_proj_bias else None)
+    b.mark(p + "norm_post")
     if role.top:
         rmsnorm(b, ctx, role, p + "norm_post")
+    b.mark(p + "mlp_up")
     b.note(f"layer {layer}: gate/up GEMV-A")
     gemv_a(b, fab, role.top, role.row_tree, role.k_hidden, ctx.waddr(p + "gu"), plan.mpad("gu"),
            a("XN"), a("ACC"), Param("m_gu"))
     if role.left:
         swiglu(b, ctx, role, p + "gu_bias" if spec.mlp_bias else None)
+    b.mark(p + "mlp_down")
     b.note(f"layer {layer}: down GEMV-B")
     gemv_b(b, fab, role.left, role.col_tree, role.k_ffn, ctx.waddr(p + "down"), plan.mpad("down"),
            a("XB"), a("ACC"), Param("m_hidden"))
@@ -491,18 +504,20 @@ def swiglu(b: CodeBuilder, ctx: Context, role: Role, bias: str | None) -> None:
 def pe_code(ctx: Context, role: Role) -> CodeBuilder:
     """The whole decode step of a PE with this role."""
     ctx = ctx.for_role(role)
-    b, a, plan = CodeBuilder(ctx.param_index), ctx.addr, ctx.plan
+    b, a, plan = CodeBuilder(ctx.param_index, ctx.mark_index), ctx.addr, ctx.plan
     if role.groups:
         b.movr(NEW_SLOT_REG, Param("slot_off"))
         b.movr(NLOC_REG, Param("nloc"))
     for layer in range(plan.spec.num_layers):
         decoder_layer(b, ctx, role, layer)
     if plan.head:
+        b.mark("head")
         if role.top:
             rmsnorm(b, ctx, role, "norm_final")
         b.note("LM head GEMV-A")
         gemv_a(b, ctx.fab, role.top, role.row_tree, role.k_hidden, ctx.waddr("lm_head"),
                plan.mpad("lm_head"), a("XN"), a("ACC"), Param("m_vocab"))
+    b.mark("end")
     b.halt()
     return b
 
@@ -666,6 +681,16 @@ def assemble_regions(plan: TilePlan, pe_region: np.ndarray, codes: list, names: 
                    source=source, region_comments={r: c.comments for r, c in enumerate(codes)})
 
 
+LAYER_OPS = ("norm_in", "qkv", "attn", "o_proj", "norm_post", "mlp_up", "mlp_down")
+
+
+def decode_mark_names(plan: TilePlan) -> list[str]:
+    """Probe names of a decode step, in program order: `L{layer}.{op}` for every op of
+    every layer, then `head` (final norm + LM head, when on this mesh) and `end`."""
+    names = [f"L{layer}.{op}" for layer in range(plan.spec.num_layers) for op in LAYER_OPS]
+    return names + (["head"] if plan.head else []) + ["end"]
+
+
 def emit_decode(plan: TilePlan, placement: Placement, routes: RoutePlan,
                 source: str = "<decode>") -> DecodeProgram:
     """The emit pass: one decode step as a Program with per-role regions."""
@@ -673,13 +698,16 @@ def emit_decode(plan: TilePlan, placement: Placement, routes: RoutePlan,
     for name in STEP_PARAMS:
         params[name] = np.zeros((plan.ph, plan.pw), np.int64)
     param_names = list(params)
+    marks = decode_mark_names(plan)
     ctx = Context(plan, placement, Fabric.from_routes(routes),
-                  {n: k for k, n in enumerate(param_names)})
+                  {n: k for k, n in enumerate(param_names)},
+                  mark_index={n: k for k, n in enumerate(marks)})
     roles, pe_region, reps = assign_roles(plan)
     codes = [pe_code(ctx, role) for role in roles]
     names = [f"role{r}_x{x}_y{y}" for r, (x, y) in enumerate(reps)]
     program = assemble_regions(plan, pe_region, codes, names, params, param_names, routes,
                                placement.total_words, placement.dtype, source)
+    program.mark_names = marks
     return DecodeProgram(program, plan, placement, routes, param_names, roles, reps)
 
 

@@ -456,7 +456,7 @@ def program_listing(program: Program, index: OpIndex, x: int, y: int,
             continue
         if pc in starts:
             lines.append(f"       ; [{starts[pc].op}] {starts[pc].comment}")
-        text = format_instruction(ins)
+        text = format_instruction(ins, program.mark_names)
         notes = operand_notes(ins, program, pe, param_names or [], names)
         lines.append(f"{pc:>5}  {text:<42} ; {notes}" if notes else f"{pc:>5}  {text}")
     return lines

@@ -23,6 +23,7 @@ from compiler.system import (
     run_system_timing,
     wafers_needed,
 )
+from emulator.decode_phases import layer_cycles, op_spans
 from emulator.errors import ConfigError
 from emulator.hw.link import LinkConfig
 from emulator.hw.mesh import MeshConfig
@@ -140,7 +141,7 @@ def run_inference(req: RunRequest, progress=None) -> RunOutcome:
     rows, tokens, results = _decode(req, stage, prefill, progress)
     report = build_report(req, prefill, kv, layout_cycles, stage, tokens, results)
     logits = None if req.timing_only else np.stack(rows).astype(np.float32)
-    trace = build_trace(req, prefill, kv, layout_cycles, results, report)
+    trace = build_trace(req, prefill, kv, layout_cycles, results, _wafer_mark_names(stage))
     last = _wafer_results(results[-1])[-1] if results else None
     return RunOutcome(report, logits, trace, stage.compiled, last)
 
@@ -196,6 +197,22 @@ def _mesh_stats(results: list, pes: int) -> dict:
             "link_utilization": links / (4 * pes * span) if span else None,
             "instructions_per_token": sum(run.instructions for run in runs) / len(results),
             "messages_per_token": sum(run.messages for run in runs) / len(results)}
+
+
+def _wafer_mark_names(stage: DecodeStage) -> list[list[str]]:
+    """The probe names of each wafer's decode program."""
+    if stage.system is None:
+        return [stage.compiled.decode.program.mark_names]
+    return [part.compiled.decode.program.mark_names for part in stage.system.parts]
+
+
+def _decode_layer_cycles(stage: DecodeStage, results: list) -> list[int]:
+    """Per-layer cycles of the last decode step, over all wafers in layer order."""
+    if not results:
+        return []
+    names = _wafer_mark_names(stage)
+    runs = _wafer_results(results[-1])
+    return [c for run, marks in zip(runs, names, strict=True) for c in layer_cycles(run, marks)]
 
 
 def _system_stats(req, stage: DecodeStage, results: list) -> dict:
@@ -282,7 +299,8 @@ def build_report(req, prefill, kv, layout_cycles, stage, tokens, results) -> dic
               "clock_hz": mesh.clock_hz, "pes_used": pes, "mesh": [plan.pw, plan.ph],
               "roofline_seconds_per_token": _decode_roofline(spec, mesh, req.dtype, pes,
                                                              last_pos),
-              "sram": _sram_stats(stage, mesh), **system}
+              "sram": _sram_stats(stage, mesh), **system,
+              "per_layer_cycles": _decode_layer_cycles(stage, results)}
     return {
         "schema": "emu.report/1",
         "model": {"name": req.model_name, "architecture": spec.architecture,
@@ -312,8 +330,8 @@ def build_report(req, prefill, kv, layout_cycles, stage, tokens, results) -> dic
     }
 
 
-def build_trace(req, prefill, kv, layout_cycles, results, report) -> TraceBuilder:
-    """Perfetto trace: prefill engines, the link, and the wafer's decode steps."""
+def build_trace(req, prefill, kv, layout_cycles, results, mark_names) -> TraceBuilder:
+    """Perfetto trace: prefill engines, the link, and the wafers' decode steps and ops."""
     trace = TraceBuilder()
     chip = f"prefill chip ({req.prefill_hw.name})"
     for s in prefill.trace_slices(limit=PREFILL_TRACE_SLICES):
@@ -334,6 +352,9 @@ def build_trace(req, prefill, kv, layout_cycles, results, report) -> TraceBuilde
             trace.add_slice(wafer, thread, f"decode step {step + 1}", t, run.cycles / clock,
                             {"cycles": run.cycles, "instructions": run.instructions,
                              "messages": run.messages})
+            for name, start, end in op_spans(run, mark_names[w]):
+                trace.add_slice(wafer, f"{thread} ops", name, t + start / clock,
+                                (end - start) / clock, {"cycles": end - start, "step": step + 1})
             t += run.cycles / clock
         if isinstance(result, SystemStep):
             t += result.handoff_s

@@ -49,7 +49,8 @@ def test_program_is_what_the_engines_execute(explained, compiled):
     (c, _) = compiled
     program = c.decode.for_position(0)
     region = int(program.pe_region[1 * MESH[0] + 1])
-    expected = [format_instruction(ins) for ins in program.region_code(region)]
+    expected = [format_instruction(ins, program.mark_names)
+                for ins in program.region_code(region)]
     listing = section(explained, "program", "timeline")
     shown = [(int(m.group(1)), m.group(2)) for m in map(LISTING.match, listing) if m]
     assert [pc for pc, _ in shown] == list(range(len(expected)))

@@ -52,6 +52,9 @@ def test_functional_pipeline_matches_reference(tmp_path):
     for outer, inner in NESTED_KEYS:
         assert inner in report[outer]
     assert report["decode"]["steps"] == 4
+    layers = report["decode"]["per_layer_cycles"]
+    assert len(layers) == spec.num_layers and all(c > 0 for c in layers)
+    assert sum(layers) < report["decode"]["cycles"][-1]
 
 
 def test_default_run_prints_table():
@@ -111,6 +114,8 @@ def test_trace_file_schema(tmp_path):
     names = {e["args"]["name"] for e in trace["traceEvents"] if e["name"] == "process_name"}
     assert any(n.startswith("prefill chip") for n in names)
     assert any(n.startswith("wafer") for n in names) and any(n.startswith("link") for n in names)
+    ops = [e for e in trace["traceEvents"] if e["ph"] == "X" and e["name"].startswith("L1.")]
+    assert {e["name"] for e in ops} >= {"L1.qkv", "L1.attn", "L1.mlp_down"}
 
 
 @pytest.fixture
