@@ -13,6 +13,7 @@ fp16 / bf16: weights, KV cache and host inputs are rounded to that format when s
 SIMD width and the SRAM budget its element size.
 """
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,7 +174,7 @@ class MeshDecoder:
         result = self.run(program, self.mesh, sram=self.sram, functional=True)
         self.sram = result.sram
         self.length = pos + 1
-        self.results.append(result)
+        self.results.append(dataclasses.replace(result, sram=None))  # SRAM lives in self.sram
         logits = read_c(self.sram, self.plan, "vocab", self.placement.addr("ACC"))
         return logits, result
 
