@@ -31,7 +31,7 @@ import numpy as np
 from rich.table import Table
 from rich.text import Text
 
-from compiler.place import Placement, pe_usage, place
+from compiler.place import Placement, largest_class, pe_usage, place
 from compiler.route import color_budget
 from compiler.tile import TilePlan, tile
 from emulator.atomic_io import atomic_write_bytes
@@ -117,9 +117,12 @@ class MeshMap:
                 and self.colors_needed <= self.mesh.num_colors)
 
     def bytes_by_kind(self) -> dict:
-        """Reserved bytes per PE by buffer kind (weight, kv, scratch)."""
+        """Reserved bytes by buffer kind (weight, kv, scratch) of the PE class that needs
+        the most SRAM (each class has its own address map, compiler/place.py)."""
         out = {"weight": 0, "kv": 0, "scratch": 0}
-        for buf in self.placement.buffers.values():
+        buffers = (self.placement.maps[largest_class(self.placement)]
+                   if self.placement.maps else self.placement.buffers)
+        for buf in buffers.values():
             out[buf.kind] += buf.words * self.bytes_per_element
         return out
 
@@ -727,7 +730,7 @@ def _draw_budget(ax, m: MeshMap) -> None:
     ax.set_yticks([])
     ax.set_ylim(-0.6, 0.9)
     verdict = "fits" if m.fits else "DOES NOT FIT"
-    ax.set_title(f"SRAM address map, reserved on every PE ({m.plan.layout} layout, "
+    ax.set_title(f"SRAM address map of the fullest PE class ({m.plan.layout} layout, "
                  f"{m.dtype}): {left:,} B, {verdict}", fontsize=9, loc="left")
     ax.set_xlabel("bytes")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
