@@ -323,15 +323,17 @@ def fma_loop(mem, out, o0, os, d0, ds, s0, ss0, s1, ss1, n):
     if ss1 == 0:
         b = mem[s1]
         if os == 1 and ds == 1 and ss0 == 1:
+            dst, old, src = out[o0:o0 + n], mem[d0:d0 + n], mem[s0:s0 + n]
             for i in range(n):
-                out[o0 + i] = np.float32(mem[d0 + i] + np.float32(mem[s0 + i] * b))
+                dst[i] = np.float32(old[i] + np.float32(src[i] * b))
         else:
             for i in range(n):
                 out[o0 + os * i] = np.float32(mem[d0 + ds * i]
                                               + np.float32(mem[s0 + ss0 * i] * b))
     elif os == 1 and ds == 1 and ss0 == 1 and ss1 == 1:
+        dst, old, a, b = out[o0:o0 + n], mem[d0:d0 + n], mem[s0:s0 + n], mem[s1:s1 + n]
         for i in range(n):
-            out[o0 + i] = np.float32(mem[d0 + i] + np.float32(mem[s0 + i] * mem[s1 + i]))
+            dst[i] = np.float32(old[i] + np.float32(a[i] * b[i]))
     else:
         for i in range(n):
             out[o0 + os * i] = np.float32(mem[d0 + ds * i]
@@ -619,12 +621,13 @@ def gemv_values(mem, d0, ds, w0, ld, x0, sx, m, cols, scratch):
     x_lo, x_hi = min(x0, x_end), max(x0, x_end)
     if ((ds != 0 or m == 1) and (d_hi < w_lo or w_hi < d_lo)
             and (d_hi < x_lo or x_hi < d_lo)):
-        if ds == 1:
+        if ds == 1:   # slices: indices provably >= 0, so the inner loop vectorises
+            dst = mem[d0:d0 + m]
             for c in range(cols):
                 xv = mem[x0 + sx * c]
-                base = w0 + ld * c
+                col = mem[w0 + ld * c:w0 + ld * c + m]
                 for i in range(m):
-                    mem[d0 + i] = np.float32(mem[d0 + i] + np.float32(mem[base + i] * xv))
+                    dst[i] = np.float32(dst[i] + np.float32(col[i] * xv))
         else:
             for c in range(cols):
                 xv = mem[x0 + sx * c]
@@ -745,8 +748,13 @@ def comm_operands(k, modes, args, params, pes, pe, t, cfg, fault, addr_slot, str
 def store_payload(pay, stats, mem, s0, ss0, n):
     """Copy a message's values to the payload pool (which has room); return the offset."""
     top = stats[ST_PAYLOAD]
-    for i in range(n):
-        pay[top + i] = mem[s0 + ss0 * i]
+    if ss0 == 1:
+        dst, src = pay[top:top + n], mem[s0:s0 + n]
+        for i in range(n):
+            dst[i] = src[i]
+    else:
+        for i in range(n):
+            pay[top + i] = mem[s0 + ss0 * i]
     stats[ST_PAYLOAD] = top + n
     return top
 
@@ -755,6 +763,15 @@ def store_payload(pay, stats, mem, s0, ss0, n):
 def receive_values(opc, mem, d0, ds, pay, off, n, scratch):
     """recv: dst[i] = w[i]; recvadd: dst[i] = dst[i] + w[i] (all old values read first,
     so with repeated addresses the highest index wins, as in the reference)."""
+    if ds == 1:   # distinct destinations: in place, over slices (vectorises)
+        dst, src = mem[d0:d0 + n], pay[off:off + n]
+        if opc == RECV:
+            for i in range(n):
+                dst[i] = src[i]
+        else:
+            for i in range(n):
+                dst[i] = np.float32(dst[i] + src[i])
+        return
     if opc == RECV:
         for i in range(n):
             mem[d0 + ds * i] = pay[off + i]
