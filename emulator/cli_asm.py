@@ -3,13 +3,12 @@
 `emu asm run` assembles a file, runs it on the Numba engine (or the reference
 interpreter) and reports cycles, per-PE busy/idle cycles and link utilisation as tables
 (a summary with the top-10 busiest PEs and links on large meshes) or, with `--json`, one
-JSON object. The helpers `load_program`, `parse_mesh` and `stdin_is_tty` serve `emu step`
+JSON object. The helpers `load_program` and `stdin_is_tty` serve `emu step`
 too. Assembly errors and faults are `EmuError`s: the CLI prints one line and exits with
 status 2.
 """
 
 import json
-import re
 import sys
 
 import click
@@ -18,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from emulator.atomic_io import atomic_write_text
-from emulator.errors import ConfigError
+from emulator.cli_common import parse_mesh_size
 from emulator.hw.mesh import MeshConfig, load_mesh
 from isa.asm import assemble_file
 from isa.disasm import disassemble
@@ -30,21 +29,10 @@ DIRECTION_NAMES = ("N", "E", "S", "W")
 
 
 # --- shared helpers ----------------------------------------------------------------------
-def parse_mesh(text: str | None) -> tuple[int, int] | None:
-    """'WxH' -> (W, H); ConfigError when malformed."""
-    if text is None:
-        return None
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
-        raise ConfigError(f"--mesh: expected WxH with positive integers, e.g. 4x4, "
-                          f"got '{text}'")
-    return int(match.group(1)), int(match.group(2))
-
-
 def load_program(path: str, mesh_text: str | None, hw: str) -> tuple[Program, MeshConfig]:
     """Assemble `path` for the hardware preset `hw`, sized by --mesh or the file's .mesh."""
     config = load_mesh(hw)
-    program = assemble_file(path, mesh=parse_mesh(mesh_text), num_colors=config.num_colors,
+    program = assemble_file(path, mesh=parse_mesh_size(mesh_text), num_colors=config.num_colors,
                             sram_bytes=config.sram_bytes)
     return program, config.with_mesh(program.width, program.height)
 

@@ -12,7 +12,7 @@ import click
 
 from compiler.emit import emit_gemv
 from compiler.numerics import canonical_dtype
-from emulator.cli_run import parse_mesh_size
+from emulator.cli_common import parse_mesh_size
 from emulator.errors import ConfigError
 from emulator.hw.mesh import load_mesh
 

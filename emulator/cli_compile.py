@@ -11,24 +11,13 @@ model that does not fit is one line on stderr and exit status 2.
 """
 
 import json
-import re
 
 import click
 
 from compiler.dump import dump_all, summary
 from compiler.frontend import resolve_model
+from emulator.cli_common import load_sized_mesh
 from emulator.errors import ConfigError
-from emulator.hw.mesh import load_mesh
-
-
-def parse_mesh_size(text: str | None):
-    """'WxH' -> (W, H), None when absent; ConfigError when malformed."""
-    if text is None:
-        return None
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
-        raise ConfigError(f"--mesh: expected WxH with positive integers, e.g. 8x4, got '{text}'")
-    return int(match.group(1)), int(match.group(2))
 
 
 @click.command("compile")
@@ -48,10 +37,7 @@ def parse_mesh_size(text: str | None):
 def compile_command(config, hw, mesh_text, dtype, max_context, layout, position, dump_dir):
     """Compile one decode step of CONFIG onto the mesh."""
     spec = resolve_model(config)
-    mesh = load_mesh(hw)
-    size = parse_mesh_size(mesh_text)
-    if size:
-        mesh = mesh.with_mesh(*size)
+    mesh = load_sized_mesh(hw, mesh_text)
     limit = max_context or min(spec.max_position_embeddings, 256)
     if position >= limit:
         raise ConfigError(f"--position {position} is outside the KV capacity 0..{limit - 1}")

@@ -22,8 +22,9 @@ from rich.console import Console
 from rich.table import Table
 
 from compiler.frontend import resolve_model
+from emulator.cli_common import load_sized_mesh
 from emulator.errors import ConfigError
-from emulator.hw.mesh import MeshConfig, load_mesh
+from emulator.hw.mesh import MeshConfig
 
 WIDE = 140              # console width when stdout is not a terminal (pipes, docs, tests)
 TIMELINE_PES = 4096     # explain replays the whole mesh on the reference engine up to this
@@ -34,24 +35,10 @@ DEFAULT_HW = "small"
 # --------------------------------------------------------------------------- shared options
 
 
-def parse_mesh_size(text: str | None) -> tuple[int, int] | None:
-    """'WxH' -> (W, H), None when absent; ConfigError when malformed."""
-    if text is None:
-        return None
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
-        raise ConfigError(f"--mesh: expected WxH with positive integers, e.g. 8x8, "
-                          f"got '{text}'")
-    return int(match.group(1)), int(match.group(2))
-
-
 def load_target(config: str, hw: str, mesh_text: str | None):
     """(ModelSpec, MeshConfig sized by --mesh, model name) for a model command."""
     spec = resolve_model(config)
-    mesh = load_mesh(hw)
-    size = parse_mesh_size(mesh_text)
-    if size:
-        mesh = mesh.with_mesh(*size)
+    mesh = load_sized_mesh(hw, mesh_text)
     name = config.rsplit("/", 1)[-1].removesuffix(".json")
     return spec, mesh, name
 

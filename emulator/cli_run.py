@@ -16,9 +16,9 @@ from compiler.frontend import resolve_model
 from compiler.numerics import canonical_dtype
 from compiler.weights import load_weights, random_weights
 from emulator.atomic_io import atomic_save_npy, atomic_write_json
+from emulator.cli_common import load_sized_mesh
 from emulator.errors import ConfigError
 from emulator.hw.link import load_link
-from emulator.hw.mesh import load_mesh
 from emulator.hw.prefill import load_prefill
 from emulator.orchestrate import RunRequest, run_inference
 from emulator.report import print_report
@@ -44,17 +44,6 @@ def auto_prefill(spec, dtype: str, prompt_len: int):
     raise error
 
 
-def parse_mesh_size(text: str | None, option: str = "--mesh") -> tuple[int, int] | None:
-    """'WxH' -> (W, H), or None; ConfigError naming the option when malformed."""
-    if text is None:
-        return None
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise ConfigError(f"{option}: expected WIDTHxHEIGHT with positive integers, "
-                          f"got '{text}'")
-    return int(parts[0]), int(parts[1])
-
-
 def parse_prompt(tokens: str | None, length: int | None) -> tuple[np.ndarray | None, int]:
     """(token ids or None, prompt length) from --prompt-tokens / --prompt-len."""
     if tokens is not None and length is not None:
@@ -75,10 +64,7 @@ def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt
                   prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine):
     """Load and check every input; returns a RunRequest."""
     spec = resolve_model(config or DEFAULT_MODEL)
-    mesh = load_mesh(hw)
-    size = parse_mesh_size(mesh_size)
-    if size:
-        mesh = mesh.with_mesh(*size)
+    mesh = load_sized_mesh(hw, mesh_size)
     prompt, length = parse_prompt(prompt_tokens, prompt_len)
     if timing_only and weights:
         raise ConfigError("--weights and --timing-only exclude each other")

@@ -168,6 +168,24 @@ def operand(modes, args, k, slot, params, pes, pe):
     return pes[pe, P_REGS + ((bits >> 2) & 0x7)] + value
 
 
+@njit(nrt=False, inline="always")
+def slot_values(modes, args, k, params, pes, pe):
+    """The values of instruction k's eight operand slots, in slot order (S_DST .. S_COLOR);
+    all-immediate instructions (modes 0) skip decoding."""
+    if modes[k] == 0:
+        return (args[k, S_DST], args[k, S_SRC0], args[k, S_SRC1], args[k, S_N],
+                args[k, S_DST_STRIDE], args[k, S_SRC0_STRIDE], args[k, S_SRC1_STRIDE],
+                args[k, S_COLOR])
+    return (operand(modes, args, k, S_DST, params, pes, pe),
+            operand(modes, args, k, S_SRC0, params, pes, pe),
+            operand(modes, args, k, S_SRC1, params, pes, pe),
+            operand(modes, args, k, S_N, params, pes, pe),
+            operand(modes, args, k, S_DST_STRIDE, params, pes, pe),
+            operand(modes, args, k, S_SRC0_STRIDE, params, pes, pe),
+            operand(modes, args, k, S_SRC1_STRIDE, params, pes, pe),
+            operand(modes, args, k, S_COLOR, params, pes, pe))
+
+
 @njit(nrt=False)
 def set_fault(fault, code, pe, cycle, a, b, c, d):
     """Record a fault (the kernel returns right after)."""
@@ -567,18 +585,7 @@ def exec_vector(opc, k, modes, args, imm, static_cost, params, pes, pe, t, cfg, 
             w = cfg[CFG_W]
             return cfg[CFG_O] + (n if w == 1 else (n + w - 1) // w)
         # else: decoded and checked below (faults)
-    if modes[k] == 0:   # all operands immediate: no decoding
-        n, d0, ds = args[k, S_N], args[k, S_DST], args[k, S_DST_STRIDE]
-        s0, ss0 = args[k, S_SRC0], args[k, S_SRC0_STRIDE]
-        s1, ss1 = args[k, S_SRC1], args[k, S_SRC1_STRIDE]
-    else:
-        n = operand(modes, args, k, S_N, params, pes, pe)
-        d0 = operand(modes, args, k, S_DST, params, pes, pe)
-        ds = operand(modes, args, k, S_DST_STRIDE, params, pes, pe)
-        s0 = operand(modes, args, k, S_SRC0, params, pes, pe)
-        ss0 = operand(modes, args, k, S_SRC0_STRIDE, params, pes, pe)
-        s1 = operand(modes, args, k, S_SRC1, params, pes, pe)
-        ss1 = operand(modes, args, k, S_SRC1_STRIDE, params, pes, pe)
+    d0, s0, s1, n, ds, ss0, ss1, _ = slot_values(modes, args, k, params, pes, pe)
     if n < 0:
         set_fault(fault, FAULT_COUNT, pe, t, n, 0, 0, 0)
         return FAULTED
@@ -650,20 +657,7 @@ def exec_gemv(k, modes, args, static_cost, params, pes, pe, t, cfg, sram, scratc
     functional = cfg[CFG_FUNCTIONAL]
     if static_cost[k] >= 0 and not functional:
         return static_cost[k]
-    if modes[k] == 0:
-        m, cols = args[k, S_N], args[k, S_COLOR]
-        d0, ds = args[k, S_DST], args[k, S_DST_STRIDE]
-        w0, ld = args[k, S_SRC0], args[k, S_SRC0_STRIDE]
-        x0, sx = args[k, S_SRC1], args[k, S_SRC1_STRIDE]
-    else:
-        m = operand(modes, args, k, S_N, params, pes, pe)
-        cols = operand(modes, args, k, S_COLOR, params, pes, pe)
-        d0 = operand(modes, args, k, S_DST, params, pes, pe)
-        ds = operand(modes, args, k, S_DST_STRIDE, params, pes, pe)
-        w0 = operand(modes, args, k, S_SRC0, params, pes, pe)
-        ld = operand(modes, args, k, S_SRC0_STRIDE, params, pes, pe)
-        x0 = operand(modes, args, k, S_SRC1, params, pes, pe)
-        sx = operand(modes, args, k, S_SRC1_STRIDE, params, pes, pe)
+    d0, w0, x0, m, ds, ld, sx, cols = slot_values(modes, args, k, params, pes, pe)
     if m < 0:
         set_fault(fault, FAULT_COUNT, pe, t, m, 0, 0, 0)
         return FAULTED
