@@ -8,13 +8,13 @@ bounds, engine utilisation and bytes moved. Bad input is a ConfigError: one line
 """
 
 import json
-import re
 from collections import defaultdict
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from emulator.cli_common import parse_dims
 from emulator.errors import ConfigError
 from emulator.hw.prefill import load_prefill
 from emulator.report import si_bytes, si_seconds
@@ -41,13 +41,7 @@ def parse_positive(name: str, text: str) -> int:
 
 def parse_array(text: str | None) -> tuple[int, int] | None:
     """'RxC' -> (R, C); ConfigError when malformed."""
-    if text is None:
-        return None
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
-        raise ConfigError(f"--array: expected RxC with positive integers, e.g. 128x128, "
-                          f"got '{text}'")
-    return int(match.group(1)), int(match.group(2))
+    return parse_dims(text, "--array", "RxC", "128x128")
 
 
 @click.command("gemm", context_settings={"ignore_unknown_options": True})

@@ -169,6 +169,21 @@ def operand(modes, args, k, slot, params, pes, pe):
 
 
 @njit(nrt=False, inline="always")
+def immediate_values(opc, k, n, args, imm, mem, scratch, stats):
+    """Values of a vector op whose descriptors are immediates (already checked), over n
+    elements of one PE's SRAM row. Returns 0, or NEED_SCRATCH (stats[ST_NEED] = n)."""
+    if n <= 0:
+        return 0
+    if n > scratch.shape[0]:
+        stats[ST_NEED] = n
+        return NEED_SCRATCH
+    vector_values(opc, mem, args[k, S_DST], args[k, S_DST_STRIDE], args[k, S_SRC0],
+                  args[k, S_SRC0_STRIDE], args[k, S_SRC1], args[k, S_SRC1_STRIDE], n, imm[k],
+                  scratch)
+    return 0
+
+
+@njit(nrt=False, inline="always")
 def slot_values(modes, args, k, params, pes, pe):
     """The values of instruction k's eight operand slots, in slot order (S_DST .. S_COLOR);
     all-immediate instructions (modes 0) skip decoding."""
@@ -562,26 +577,15 @@ def exec_vector(opc, k, modes, args, imm, static_cost, params, pes, pe, t, cfg, 
     if cost >= 0:   # all operands immediate and valid: no decoding or checks
         if not cfg[CFG_FUNCTIONAL]:
             return cost
-        n = args[k, S_N]
-        if n > 0:
-            if n > scratch.shape[0]:
-                stats[ST_NEED] = n
-                return NEED_SCRATCH
-            vector_values(opc, sram[pe], args[k, S_DST], args[k, S_DST_STRIDE],
-                          args[k, S_SRC0], args[k, S_SRC0_STRIDE], args[k, S_SRC1],
-                          args[k, S_SRC1_STRIDE], n, imm[k], scratch)
-        return cost
+        status = immediate_values(opc, k, args[k, S_N], args, imm, sram[pe], scratch, stats)
+        return cost if status == 0 else status
     functional = cfg[CFG_FUNCTIONAL]
     if cost <= -2:   # only the count is dynamic; descriptors valid for n <= -2 - cost
         n = operand(modes, args, k, S_N, params, pes, pe)
         if n >= 0 and n <= -2 - cost:
-            if functional and n > 0:
-                if n > scratch.shape[0]:
-                    stats[ST_NEED] = n
-                    return NEED_SCRATCH
-                vector_values(opc, sram[pe], args[k, S_DST], args[k, S_DST_STRIDE],
-                              args[k, S_SRC0], args[k, S_SRC0_STRIDE], args[k, S_SRC1],
-                              args[k, S_SRC1_STRIDE], n, imm[k], scratch)
+            if functional and immediate_values(opc, k, n, args, imm, sram[pe], scratch,
+                                               stats) != 0:
+                return NEED_SCRATCH
             w = cfg[CFG_W]
             return cfg[CFG_O] + (n if w == 1 else (n + w - 1) // w)
         # else: decoded and checked below (faults)
