@@ -156,25 +156,22 @@ def _transfer(req: RunRequest, prefill):
 
 
 def _decode(req: RunRequest, stage: DecodeStage, prefill, progress):
-    """Greedy decode: returns (logit rows, tokens, RunResults of the decode steps)."""
-    rows, results = [], []
-    if req.timing_only:
-        tokens = [0]
-    else:
-        rows.append(prefill.logits_last)
-        tokens = [int(np.argmax(prefill.logits_last))]
-    steps = req.max_new_tokens - 1
+    """Greedy decode: returns (logit rows, tokens, RunResults of the decode steps).
+
+    Timing-only runs have no logits, so they feed token 0 (timing never depends on it) and
+    return no rows and no tokens."""
+    rows = [] if req.timing_only else [prefill.logits_last]
+    tokens = [int(np.argmax(row)) for row in rows]
+    results, steps = [], req.max_new_tokens - 1
     for n in range(steps):
-        row, result = stage.step(tokens[-1], req.prompt_len + n)
+        row, result = stage.step(tokens[-1] if tokens else 0, req.prompt_len + n)
         results.append(result)
         if row is not None:
             rows.append(row)
             tokens.append(int(np.argmax(row)))
-        else:
-            tokens.append(0)
         if progress is not None:
             progress(n + 1, steps)
-    return rows, (tokens if not req.timing_only else []), results
+    return rows, tokens, results
 
 
 def _wafer_results(result) -> list[RunResult]:

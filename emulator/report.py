@@ -19,15 +19,17 @@ def si_seconds(seconds) -> str:
 
 
 def si_bytes(nbytes) -> str:
-    """A byte count with a binary unit."""
+    """A byte count with a binary unit (B, KiB, MiB or GiB)."""
     if nbytes is None:
         return "-"
-    value = float(nbytes)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
-            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.2f} {unit}"
-        value /= 1024
-    return f"{value:,.2f} GiB"
+    if abs(nbytes) < 1024:
+        return f"{nbytes:,.0f} B"
+    value, unit = float(nbytes) / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if abs(value) < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:,.2f} {unit}"
 
 
 def _percent(fraction) -> str:
