@@ -67,14 +67,27 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
     raise error
 
 
-def run_timing(compiled: Compiled, mesh: MeshConfig, pos: int,
-               engine: str = "numba") -> RunResult:
+def run_timing(compiled: Compiled, mesh: MeshConfig, pos: int, engine: str = "numba",
+               fast_forward: bool = True) -> RunResult:
     """Timing-only run of the decode step at position `pos` (no weights or values needed).
 
     Same cycles as a functional step (timing never depends on values), so this serves
-    models too large to hold as an SRAM image on the host.
+    models too large to hold as an SRAM image on the host. With the Numba engine and
+    `fast_forward`, the middle decoder layers are fast-forwarded exactly
+    (emulator/fast_forward.py; `RunResult.skipped_blocks` says how many); the reference
+    engine always runs every instruction.
     """
-    return _engine(engine)(compiled.decode.for_position(pos), mesh, functional=False)
+    program, run = compiled.decode.for_position(pos), _engine(engine)
+    if fast_forward and run is not run_reference:
+        return run(program, mesh, functional=False, fast_forward=layer_cuts(compiled))
+    return run(program, mesh, functional=False)
+
+
+def layer_cuts(compiled: Compiled) -> list[str]:
+    """The fast-forward's cuts: the mark starting each decoder layer, then the one ending
+    the last layer (`head`, or `end` on a mesh without the LM head)."""
+    layers = [f"L{layer}.norm_in" for layer in range(compiled.plan.spec.num_layers)]
+    return layers + ["head" if compiled.plan.head else "end"]
 
 
 def _engine(name: str):

@@ -12,6 +12,7 @@ import numpy as np
 
 from emulator import mesh_kernels as K
 from emulator.errors import ConfigError, MeshFault
+from emulator.fast_forward import find_blocks, run_fast_forward
 from emulator.hw.mesh import MeshConfig
 from isa.opcodes import (
     MODE_BITS,
@@ -37,15 +38,27 @@ from isa.validate import validate_program
 
 
 def run_numba(program: Program, mesh: MeshConfig, sram=None, functional: bool = True,
-              max_cycles: int = 10**9) -> RunResult:
+              max_cycles: int = 10**9, fast_forward=None) -> RunResult:
     """Run `program` on `mesh` with the Numba engine (same contract as `run_reference`).
 
     `sram`: optional float32 [W*H, sram_words] initial contents (default: the program's
     `.data`). Timing-only (`functional=False`) allocates no SRAM or payloads, returns
-    `sram=None` and the same timing as a functional run.
+    `sram=None` and the same timing as a functional run. `fast_forward`: names of marks
+    that start repeated blocks (e.g. each decoder layer's first mark); a timing-only run
+    then skips the middle blocks exactly when emulator/fast_forward.py's conditions hold
+    (`skipped_blocks` says how many), else runs in full.
     """
-    kernel = KernelRun(program, mesh, sram, functional, max_cycles)
-    kernel.run()
+    kernel, skipped = KernelRun(program, mesh, sram, functional, max_cycles), 0
+    if fast_forward is not None and functional:
+        raise ConfigError(f"{program.source}: fast-forward needs a timing-only run")
+    blocks = None if fast_forward is None else find_blocks(
+        program, list(fast_forward), kernel.inputs[4])
+    if blocks is not None and run_fast_forward(kernel, blocks):
+        skipped = blocks.skipped
+    else:
+        if blocks is not None:
+            kernel = KernelRun(program, mesh, sram, functional, max_cycles)
+        kernel.run()
     n, pes, links, stats = program.num_pes, kernel.pes, kernel.links, kernel.stats
     finish = pes[:, K.P_FINISH].copy()
     return RunResult(cycles=int(finish.max(initial=0)), pe_finish=finish,
@@ -56,7 +69,7 @@ def run_numba(program: Program, mesh: MeshConfig, sram=None, functional: bool = 
                      sram=kernel.memory if functional else None,
                      mark_first=kernel.marks[:, K.M_FIRST].copy(),
                      mark_last=kernel.marks[:, K.M_LAST].copy(),
-                     mark_count=kernel.marks[:, K.M_COUNT].copy())
+                     mark_count=kernel.marks[:, K.M_COUNT].copy(), skipped_blocks=skipped)
 
 
 class KernelRun:
@@ -79,6 +92,7 @@ class KernelRun:
         self.fault = np.zeros(K.FAULT_SIZE, np.int64)
         self.marks = np.zeros((program.num_marks, K.M_FIELDS), np.int64)
         self.marks[:, K.M_FIRST:K.M_LAST + 1] = -1
+        self.pools = None
         self.inputs = (*code_arrays(program), static_costs(program, mesh),
                        np.ascontiguousarray(program.region_start, np.int64),
                        np.ascontiguousarray(program.region_len, np.int64),
@@ -89,13 +103,48 @@ class KernelRun:
                        kernel_config(program, mesh, functional, max_cycles))
 
     def run(self) -> None:
-        """Run the kernel; raise MeshFault on a program fault."""
+        """Run the kernel to the end; raise MeshFault on a program fault."""
+        if self.run_until(-1) != K.DONE:
+            raise AssertionError("a run without a stop mark ended parked")
+
+    def run_until(self, stop_mark: int) -> int:
+        """Run (or resume) until the end, or until every PE still running is parked
+        about to execute `mark stop_mark` (-1: never stop). Returns K.DONE or
+        K.ALL_PARKED; raises MeshFault on a program fault."""
+        if self.pools is None:
+            heap, size, *rest = K.new_pools(self.inputs[7], self.inputs[-1])
+            self.pools = (heap, rest[0], *rest[1:])
+            self.stats[K.ST_HEAP] = size
+            self.stats[[K.ST_CUR_PE, K.ST_CUR_T, K.ST_PARKED_SEND_MAX]] = -1
+        self.inputs[-1][K.CFG_STOP_MARK] = stop_mark
+        self.stats[K.ST_SEND_MIN] = np.iinfo(np.int64).max
         with np.errstate(all="ignore"):   # only matters with EMU_DISABLE_JIT=1
-            K.run_mesh(*self.inputs, self.memory, self.pes, self.links, self.stats,
-                       self.fault, self.marks)
+            code, *grown = K.run_mesh(*self.inputs, self.memory, self.pes, self.links,
+                                      self.stats, self.fault, self.marks, *self.pools)
+        self.pools = (*self.pools[:2], *grown)
         if self.fault[K.F_CODE] != K.FAULT_NONE:
             raise MeshFault(fault_message(self.program, self.fault, self.pes,
                                           self.max_cycles))
+        return code
+
+    @property
+    def heap(self) -> np.ndarray:
+        """The ready heap (its first stats[ST_HEAP] entries are live)."""
+        return self.pools[0]
+
+    @property
+    def fifo(self) -> np.ndarray:
+        """FIFO heads and tails per (PE, color slot), -1 when empty."""
+        return self.pools[1]
+
+    def resume_parked(self) -> None:
+        """Make every parked PE ready again at its clock (the heap must be empty)."""
+        parked = np.flatnonzero(self.pes[:, K.P_STATUS] == K.PARKED)
+        self.pes[parked, K.P_STATUS] = K.READY
+        keys = (self.pes[parked, K.P_CLOCK] << self.inputs[-1][K.CFG_SHIFT]) | parked
+        self.heap[:len(parked)] = np.sort(keys)   # sorted keys form a min-heap
+        self.stats[K.ST_HEAP] = len(parked)
+        self.stats[K.ST_PARKED] = 0
 
 
 def aligned_zeros(size: int) -> np.ndarray:
@@ -247,6 +296,7 @@ def kernel_config(program: Program, mesh: MeshConfig, functional: bool,
     cfg[K.CFG_FUNCTIONAL] = int(bool(functional))
     cfg[K.CFG_LIVE] = int(np.count_nonzero(program.pe_region >= 0))
     cfg[K.CFG_SHIFT] = shift
+    cfg[K.CFG_STOP_MARK] = -1
     return cfg
 
 

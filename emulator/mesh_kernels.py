@@ -29,6 +29,7 @@ from emulator.jit import njit
 
 # PE status (same values as the reference).
 READY, BLOCKED, AT_BARRIER, HALTED = 0, 1, 2, 3
+PARKED = 4   # stopped at the stop mark (cfg[CFG_STOP_MARK]); not in the heap
 
 # Opcodes (isa/opcodes.py `Op`), as plain ints for the kernels.
 NOP, VMOV, VADD, VSUB, VMUL, VMAX, VFMA, VSCALE, VADDI, VSET = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
@@ -46,7 +47,8 @@ EXP_LIMIT = 709.782712893384   # log(DBL_MAX): above it math.exp overflows to in
 # cfg[] indices (filled by mesh_engine.kernel_config).
 CFG_WIDTH, CFG_HEIGHT, CFG_COLORS, CFG_SRAM, CFG_O, CFG_H, CFG_R, CFG_W = range(8)
 CFG_B, CFG_MAX_CYCLES, CFG_FUNCTIONAL, CFG_LIVE, CFG_SHIFT, CFG_SLOTS = 8, 9, 10, 11, 12, 13
-CFG_SIZE = 14
+CFG_STOP_MARK = 14   # a PE about to execute `mark` with this id parks (-1: never)
+CFG_SIZE = 15
 # Color slots: only colors a router can ever carry get FIFO and router-table entries.
 # cfg[CFG_SIZE + color] = its slot (-1: never routed), cfg[CFG_SIZE + colors + slot] = color.
 
@@ -61,11 +63,15 @@ ST_INSTRUCTIONS, ST_MESSAGES, ST_RECORDS, ST_PAYLOAD = 0, 1, 2, 3
 ST_BARRIER_COUNT, ST_BARRIER_MAX, ST_PEAK_RECORDS, ST_HEAP, ST_NEED = 4, 5, 6, 7, 8
 # ... and the suspended state: PE in hand (-1: none), its clock and pc, interrupted route.
 ST_CUR_PE, ST_CUR_T, ST_CUR_PC, ST_ROUTE_SP, ST_ROUTE_C, ST_ROUTE_N, ST_ROUTE_OFF = range(9, 16)
-ST_SIZE = 16
+# ... and for stopping at a mark (emulator/fast_forward.py): PEs parked, the largest heap
+# key of a `send` executed while some PE was parked (-1: none), the smallest send key.
+ST_PARKED, ST_PARKED_SEND_MAX, ST_SEND_MIN = 16, 17, 18
+ST_SIZE = 19
 
 # Return codes of `simulate` and its helpers. NEED_*: a pool must grow (stats[ST_NEED] =
 # the size needed); run_mesh grows it and resumes.
 DONE, FAULTED, BLOCK = 0, -1, -2
+ALL_PARKED = 1   # run_mesh: the heap emptied with PEs parked at the stop mark
 NEED_SCRATCH, NEED_STACK, NEED_RECORDS, NEED_PAYLOAD = -3, -4, -5, -6
 
 # Fault codes; fault[] = code, PE, cycle, then details F_A.. (meaning per code).
@@ -951,6 +957,15 @@ def exec_send(pe, t, k, p, modes, args, params, cfg, sram, pay, routes, edges, l
 
 
 @njit(nrt=False, inline="always")
+def note_send(key, stats):
+    """Record a send's heap key for the fast-forward's ordering check."""
+    if stats[ST_PARKED] > 0 and key > stats[ST_PARKED_SEND_MAX]:
+        stats[ST_PARKED_SEND_MAX] = key
+    if key < stats[ST_SEND_MIN]:
+        stats[ST_SEND_MIN] = key
+
+
+@njit(nrt=False, inline="always")
 def next_pe(heap, stats, shift):
     """The PE to activate next: the suspended one, else the heap's minimum (-1: none)."""
     pe = stats[ST_CUR_PE]
@@ -1016,6 +1031,7 @@ def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
                               links, stack, rec, fifo, stats, pes, heap, fault)
                 if n < 0:
                     return n
+                note_send((t << shift) | pe, stats)
                 cost = o + n
             elif opc == RECV or opc == RECVADD:
                 end, c, n = exec_receive(opc, k, modes, args, params, pes, pe, t, cfg, sram,
@@ -1041,6 +1057,10 @@ def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
                 t, p = pes[pe, P_CLOCK], pes[pe, P_PC]
                 break
             elif opc == MARK:   # a probe: 0 cycles (t <= maxc already)
+                if args[k, S_DST] == cfg[CFG_STOP_MARK]:
+                    pes[pe, P_STATUS] = PARKED
+                    stats[ST_PARKED] += 1
+                    break
                 record_mark(marks, args[k, S_DST], t)
                 stats[ST_INSTRUCTIONS] += 1
                 p += 1
@@ -1064,9 +1084,25 @@ def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
 
 
 @njit
+def new_pools(pe_region, cfg):
+    """The pools `run_mesh` works in: the heap with every non-idle PE at cycle 0, FIFO
+    heads and tails (all empty), the record pool, the routing stack, the payload pool and
+    the value scratch (both empty in timing-only mode)."""
+    npes = pe_region.shape[0]
+    heap = np.empty(npes, np.int64)
+    fifo = np.full(2 * npes * cfg[CFG_SLOTS], -1, np.int32)
+    pay = np.empty(1024 if cfg[CFG_FUNCTIONAL] else 0, np.float32)
+    scratch = np.empty(64 if cfg[CFG_FUNCTIONAL] else 0, np.float32)
+    return heap, initial_heap(pe_region, heap), fifo, new_records(1024), \
+        np.empty((64, 4), np.int64), pay, scratch
+
+
+@njit
 def run_mesh(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params, routes,
-             edges, cfg, sram, pes, links, stats, fault, marks):
-    """Run a program to completion or to its first fault (see the module docstring).
+             edges, cfg, sram, pes, links, stats, fault, marks, heap, fifo, rec, stack, pay,
+             scratch):
+    """Run a program to completion, to its first fault, or until every PE still running
+    is parked at the stop mark (see the module docstring).
 
     Inputs: code arrays (op, modes, args [N, 8], imm, static_cost), region start/length,
     pe_region, params [P, K], router tables `routes` (interleaved rx/tx in pack_ports form,
@@ -1074,27 +1110,18 @@ def run_mesh(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
     (functional) or [0, 0]. Outputs, zeroed by the
     caller except pes' status/wait columns: pes [P, P_FIELDS], links [P * 8] (free/busy),
     stats, fault, and marks [num_marks, M_FIELDS] (first/last set to -1 by the caller).
-    The only allocating kernel: it owns the heap, FIFO heads and tails,
-    record and payload pools, routing stack and scratch, and grows a pool whenever
-    `simulate` suspends asking for it.
+    Pools (from `new_pools`; stats[ST_HEAP] = the heap's size): heap, FIFO heads and
+    tails, record and payload pools, routing stack and scratch. The only allocating
+    kernel: it grows a pool whenever `simulate` suspends asking for it, and returns
+    (code, rec, stack, pay, scratch) with code DONE, FAULTED or ALL_PARKED, so a caller
+    can resume a parked run with the same pools.
     """
-    npes = pe_region.shape[0]
-    heap = np.empty(npes, np.int64)
-    stats[ST_HEAP] = initial_heap(pe_region, heap)
-    stats[ST_CUR_PE], stats[ST_CUR_T] = -1, -1
-    fifo = np.full(2 * npes * cfg[CFG_SLOTS], -1, np.int32)
-    rec = new_records(1024)
-    stack = np.empty((64, 4), np.int64)
-    pay = np.empty(1024 if cfg[CFG_FUNCTIONAL] else 0, np.float32)
-    scratch = np.empty(64 if cfg[CFG_FUNCTIONAL] else 0, np.float32)
     while True:
         code = simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
                         routes, edges, cfg, sram, pes, links, stats, fault, heap, fifo, rec,
                         stack, pay, scratch, marks)
-        if code == DONE:
+        if code == DONE or code == FAULTED:
             break
-        if code == FAULTED:
-            return
         if code == NEED_SCRATCH:
             scratch = np.empty(2 * stats[ST_NEED], np.float32)
         elif code == NEED_STACK:
@@ -1104,4 +1131,8 @@ def run_mesh(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
         else:
             pay = compact_payloads(pay, rec, stats, stats[ST_NEED])
     stats[ST_PEAK_RECORDS] = rec.shape[0]
-    end_checks(pes, fifo, cfg, fault, rec)
+    if code == DONE and stats[ST_PARKED] > 0:
+        code = ALL_PARKED
+    elif code == DONE:
+        end_checks(pes, fifo, cfg, fault, rec)
+    return code, rec, stack, pay, scratch

@@ -1,0 +1,294 @@
+"""Exact fast-forward over repeated blocks of code (decoder layers) in timing-only runs.
+
+A decode step runs the same code once per layer; only addresses differ between layers,
+and timing never depends on addresses or values. `run_fast_forward` emulates the first
+two blocks, checks that the mesh state after the second is the state after the first
+shifted by D cycles, jumps over the middle blocks by adding D (and the second block's
+busy cycles, link loads, counters and marks) once per skipped block, and emulates the
+last block and everything after it. The result equals a full run's exactly, or the
+function returns None and the caller runs in full. docs/engines.md ("Fast-forward")
+states the conditions; in short:
+
+- blocks: every running PE's code holds each cut mark (`mark NAME`) once, in order; the
+  blocks between consecutive cuts that are skipped are *timing-equivalent* to block 1:
+  same opcodes, operand modes, static costs, and the same values in every operand slot
+  that timing reads (counts, colors, column counts; every slot of control ops; per-PE
+  parameter values where a slot takes one), differing at most in addresses and mark ids;
+  each mark id belongs to one block;
+- cuts: the run stops with every running PE *parked* about to execute the cut mark, no
+  message queued or in flight, no route change, and equal registers; link reservations
+  either shift by D or are stale (free before any parked PE's clock);
+- order: parking holds PEs back while others finish the previous block, which is exact
+  only if every `send` executed meanwhile precedes, in (cycle, PE) order, every `send`
+  after the cut. The kernel records both keys; the check runs after the fact.
+
+Address faults inside skipped blocks are caught only for immediate operands (static
+costs); compiled decode programs are address-checked by `compiler.place`.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from emulator import mesh_kernels as K
+from isa.opcodes import MODE_BITS, MODE_PARAM, NUM_SLOTS, SLOT_COLOR, SLOT_DST, SLOT_N, Op
+from isa.program import Program
+
+COUNT_SLOTS = (SLOT_N,)                          # vector ops and reductions
+GEMV_SLOTS = (SLOT_N, SLOT_COLOR)                # rows m, columns k
+COMM_SLOTS = (SLOT_N, SLOT_COLOR)                # send, recv, recvadd
+ALL_SLOTS = tuple(range(NUM_SLOTS))              # control ops, route, barrier, halt
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Repeated blocks of a program: cut mark ids, per-region block geometry, and the
+    mark ids of skipped blocks mapped to block 1's (`mark_source[k]` = block-1 id of mark
+    k, `mark_block[k]` = its block index, -1 for marks outside skipped blocks)."""
+
+    cut_ids: tuple
+    region_block_len: np.ndarray   # int64 [regions]: instructions per block (0: idle region)
+    mark_source: np.ndarray
+    mark_block: np.ndarray
+
+    @property
+    def skipped(self) -> int:
+        """Blocks jumped over: all but the first two and the last."""
+        return len(self.cut_ids) - 3
+
+
+def relevant_slots(op: int) -> tuple:
+    """Operand slots whose values can change an instruction's timing."""
+    if Op.VMOV <= op <= Op.RDOT:
+        return COUNT_SLOTS
+    if op == Op.VGEMV:
+        return GEMV_SLOTS
+    if op in (Op.SEND, Op.RECV, Op.RECVADD):
+        return COMM_SLOTS
+    return () if op == Op.MARK else ALL_SLOTS
+
+
+def find_blocks(program: Program, cut_names, static_cost: np.ndarray) -> Blocks | None:
+    """The repeated blocks delimited by the marks `cut_names`, or None when the program
+    does not qualify (fewer than 4 cuts, a running region without them, blocks that
+    differ in anything timing reads)."""
+    ids = {name: k for k, name in enumerate(program.mark_names)}
+    if len(cut_names) < 4 or any(name not in ids for name in cut_names):
+        return None
+    cut_ids = tuple(ids[name] for name in cut_names)
+    live = np.unique(program.pe_region[program.pe_region >= 0])
+    lengths = np.zeros(len(program.region_start), np.int64)
+    mark_source = np.full(program.num_marks, -1, np.int64)
+    mark_block = np.full(program.num_marks, -1, np.int64)
+    for r in live:
+        starts = cut_positions(program, int(r), cut_ids)
+        if starts is None:
+            return None
+        lengths[r] = starts[2] - starts[1]
+        if not region_blocks_match(program, int(r), starts, static_cost, mark_source,
+                                   mark_block):
+            return None
+    if not marks_unique(program, live, cut_ids, mark_source, mark_block):
+        return None
+    return Blocks(cut_ids, lengths, mark_source, mark_block)
+
+
+def cut_positions(program: Program, region: int, cut_ids: tuple) -> np.ndarray | None:
+    """pc of each cut mark in a region's code (each exactly once, increasing), or None."""
+    lo, n = program.region_start[region], program.region_len[region]
+    code = program.code[lo:lo + n]
+    marks = np.flatnonzero(code["op"] == Op.MARK)
+    mark_ids = code["a"][marks, SLOT_DST]
+    starts = []
+    for cut in cut_ids:
+        where = marks[mark_ids == cut]
+        if len(where) != 1:
+            return None
+        starts.append(int(where[0]))
+    starts = np.array(starts, np.int64)
+    return starts if (np.diff(starts) > 0).all() else None
+
+
+def region_blocks_match(program: Program, region: int, starts: np.ndarray,
+                        static_cost: np.ndarray, mark_source: np.ndarray,
+                        mark_block: np.ndarray) -> bool:
+    """Whether blocks 2..L-2 of a region are timing-equivalent to block 1 (recording their
+    marks' block-1 ids); blocks must all have block 1's length."""
+    lo, length = program.region_start[region], starts[2] - starts[1]
+    if (np.diff(starts[1:]) != length).any():
+        return False
+    one = lo + starts[1] + np.arange(length)
+    rows = lo + starts[2:-1, None] + np.arange(length)        # [skipped, length]
+    code, pes = program.code, np.flatnonzero(program.pe_region == region)
+    if ((code["op"][rows] != code["op"][one]).any()
+            or (code["modes"][rows] != code["modes"][one]).any()
+            or not costs_match(program, static_cost, one, rows, pes)):
+        return False
+    for offset, index in enumerate(one):
+        op = int(code["op"][index])
+        if op == Op.MARK:
+            if not map_marks(code["a"][rows[:, offset], SLOT_DST],
+                             int(code["a"][index, SLOT_DST]), mark_source, mark_block):
+                return False
+            continue
+        for slot in relevant_slots(op):
+            if not slot_matches(program, code, index, rows[:, offset], slot, pes):
+                return False
+    return True
+
+
+def costs_match(program: Program, static_cost: np.ndarray, one: np.ndarray,
+                rows: np.ndarray, pes: np.ndarray) -> bool:
+    """Equal static costs (mesh_engine.static_costs), except that an instruction whose
+    count is a parameter may have a different address-derived count limit (cost -2 -
+    limit) as long as the limit admits the largest count any PE of the region passes."""
+    mine, theirs = static_cost[one], static_cost[rows]
+    differ = np.argwhere(theirs != mine)
+    for block, offset in differ:
+        index, limit = one[offset], -2 - theirs[block, offset]
+        n_mode = (int(program.code["modes"][index]) >> (MODE_BITS * SLOT_N)) & 0x3
+        if mine[offset] > -2 or limit < 0 or n_mode != MODE_PARAM:
+            return False
+        if program.params[pes, program.code["a"][index, SLOT_N]].max() > limit:
+            return False
+    return True
+
+
+def slot_matches(program: Program, code, index: int, others: np.ndarray, slot: int,
+                 pes: np.ndarray) -> bool:
+    """Whether operand `slot` reads the same value in instruction `index` and `others`
+    on every PE of the region (immediates and registers: equal fields; parameters: equal
+    per-PE values)."""
+    mine, theirs = code["a"][index, slot], code["a"][others, slot]
+    mode = (int(code["modes"][index]) >> (MODE_BITS * slot)) & 0x3
+    if mode != MODE_PARAM:
+        return bool((theirs == mine).all())
+    values = program.params[pes]
+    return bool((values[:, theirs] == values[:, [mine]]).all())
+
+
+def map_marks(ids: np.ndarray, source: int, mark_source: np.ndarray,
+              mark_block: np.ndarray) -> bool:
+    """Record that mark ids `ids` (one per skipped block, blocks 2, 3, ...) repeat block-1
+    mark `source`; False on a contradiction."""
+    for block, k in enumerate(ids, start=2):
+        if mark_source[k] >= 0 and (mark_source[k], mark_block[k]) != (source, block):
+            return False
+        mark_source[k], mark_block[k] = source, block
+    return True
+
+
+def marks_unique(program: Program, live: np.ndarray, cut_ids: tuple,
+                 mark_source: np.ndarray, mark_block: np.ndarray) -> bool:
+    """Every mark of a skipped block occurs only in that block, and block 1's marks only
+    in block 1, so the skipped blocks' mark records are block 1's, shifted."""
+    in_block_one = np.zeros(program.num_marks, bool)
+    in_block_one[mark_source[mark_source >= 0]] = True
+    for r in live:
+        lo, n = program.region_start[r], program.region_len[r]
+        code = program.code[lo:lo + n]
+        pcs = np.flatnonzero(code["op"] == Op.MARK)
+        k = code["a"][pcs, SLOT_DST]
+        block = np.searchsorted(cut_positions(program, int(r), cut_ids), pcs, "right") - 1
+        skipped = (block >= 2) & (block < len(cut_ids) - 1)
+        if ((mark_block[k] != np.where(skipped, block, -1)).any()
+                or (in_block_one[k] & (block != 1)).any()):
+            return False
+    return True
+
+
+@dataclass
+class Cut:
+    """The kernel state at a cut (copies): per-PE rows, links, marks, counters, routes, and
+    the largest send key executed while PEs were parked on the way to it."""
+
+    pes: np.ndarray
+    links: np.ndarray
+    marks: np.ndarray
+    stats: np.ndarray
+    routes: np.ndarray
+    parked_send_max: int
+
+
+def take_cut(kernel, live: np.ndarray) -> Cut | None:
+    """Snapshot a clean cut (every running PE parked, nothing queued), else None."""
+    stats = kernel.stats
+    if ((kernel.pes[live, K.P_STATUS] != K.PARKED).any() or (kernel.fifo >= 0).any()
+            or stats[K.ST_ROUTE_SP] != 0 or stats[K.ST_BARRIER_COUNT] != 0):
+        return None
+    return Cut(kernel.pes.copy(), kernel.links.copy(), kernel.marks.copy(), stats.copy(),
+               kernel.inputs[9].copy(), int(stats[K.ST_PARKED_SEND_MAX]))
+
+
+def cut_shift(one: Cut, two: Cut, live: np.ndarray) -> int | None:
+    """D if cut `two` is cut `one` with every clock shifted by the same D > 0 cycles
+    (registers and routes equal; each link's reservation shifted by D or stale, i.e. free
+    before every parked PE's clock), else None."""
+    d = two.pes[live, K.P_CLOCK] - one.pes[live, K.P_CLOCK]
+    if d.size == 0 or d[0] <= 0 or (d != d[0]).any():
+        return None
+    regs = slice(K.P_REGS, K.P_REGS + 8)
+    if (two.pes[live, regs] != one.pes[live, regs]).any() or (two.routes != one.routes).any():
+        return None
+    free1, free2 = one.links[0::2], two.links[0::2]
+    first = one.pes[live, K.P_CLOCK].min()
+    ok = (free2 == free1 + d[0]) | ((free1 <= first) & (free2 <= first + d[0]))
+    return int(d[0]) if ok.all() else None
+
+
+def jump(kernel, one: Cut, two: Cut, blocks: Blocks, live: np.ndarray, d: int) -> bool:
+    """Advance the parked state `two` over `blocks.skipped` blocks, each a copy of the
+    block between the cuts; False if that would pass the cycle limit."""
+    n, pes, cfg = blocks.skipped, kernel.pes, kernel.inputs[-1]
+    if pes[live, K.P_CLOCK].max() + n * d > cfg[K.CFG_MAX_CYCLES]:
+        return False
+    stale = two.pes[live, K.P_CLOCK].min()
+    pes[live, K.P_CLOCK] += n * d
+    pes[live, K.P_PC] += n * blocks.region_block_len[kernel.program.pe_region[live]]
+    pes[live, K.P_BUSY] += n * (two.pes[live, K.P_BUSY] - one.pes[live, K.P_BUSY])
+    free = kernel.links[0::2]
+    free[free > stale] += n * d
+    kernel.links[1::2] += n * (two.links[1::2] - one.links[1::2])
+    for field in (K.ST_INSTRUCTIONS, K.ST_MESSAGES):
+        kernel.stats[field] += n * (two.stats[field] - one.stats[field])
+    copy_marks(kernel.marks, one.marks, two.marks, blocks, d)
+    return True
+
+
+def copy_marks(marks: np.ndarray, one: np.ndarray, two: np.ndarray, blocks: Blocks,
+               d: int) -> None:
+    """Marks of skipped block b: block 1's records shifted by (b - 1) * d cycles."""
+    k = np.flatnonzero(blocks.mark_block >= 0)
+    src, shift = blocks.mark_source[k], (blocks.mark_block[k] - 1) * d
+    count = two[src, K.M_COUNT] - one[src, K.M_COUNT]
+    ran = count > 0
+    marks[k, K.M_COUNT] = count
+    for field in (K.M_FIRST, K.M_LAST):
+        marks[k, field] = np.where(ran, two[src, field] + shift, -1)
+
+
+def run_fast_forward(kernel, blocks: Blocks) -> bool:
+    """Run `kernel` (a fresh mesh_engine.KernelRun) to the end with the middle blocks
+    fast-forwarded. False (the kernel state is then unusable) when a condition of the
+    module docstring fails; the caller then runs in full."""
+    live = np.flatnonzero(kernel.program.pe_region >= 0)
+    shift = int(kernel.inputs[-1][K.CFG_SHIFT])
+    cuts = []
+    for cut in blocks.cut_ids[1:3]:
+        if cuts:
+            kernel.resume_parked()
+        kernel.stats[K.ST_PARKED_SEND_MAX] = -1
+        if kernel.run_until(cut) != K.ALL_PARKED or (snap := take_cut(kernel, live)) is None:
+            return False
+        cuts.append(snap)
+    first_sends = int(cuts[1].stats[K.ST_SEND_MIN])
+    d = cut_shift(cuts[0], cuts[1], live)
+    if d is None or not jump(kernel, *cuts, blocks, live, d):
+        return False
+    kernel.resume_parked()
+    kernel.stats[K.ST_PARKED_SEND_MAX] = -1
+    kernel.run_until(-1)
+    step = d << shift
+    return (cuts[0].parked_send_max < first_sends
+            and cuts[1].parked_send_max < first_sends + step
+            and cuts[1].parked_send_max + blocks.skipped * step < kernel.stats[K.ST_SEND_MIN])
