@@ -46,7 +46,8 @@ def decode_8b(context: int) -> dict:
     t2 = time.perf_counter()
     pl = compiled.placement
     return {"compile_s": t1 - t0, "emulate_s": t2 - t1, "cycles": result.cycles,
-            "instructions": result.instructions, "layout": compiled.plan.layout,
+            "instructions": result.instructions, "skipped_layers": result.skipped_blocks,
+            "layout": compiled.plan.layout,
             "regions": len(compiled.decode.program.region_start),
             "bytes_per_class": {class_name(k): w * 2 for k, w in pl.class_words.items()},
             "tokens_per_s": mesh.clock_hz / result.cycles, "peak_rss_bytes": peak_rss_bytes()}
@@ -64,6 +65,7 @@ def decode_70b(context: int) -> dict:
     return {"wafers": mesh.wafers, "wafers_needed": wafers_needed(spec, mesh, "bf16", context),
             "compile_s": t1 - t0, "emulate_s": t2 - t1,
             "wafer_cycles": [r.cycles for r in step.results], "handoff_s": step.handoff_s,
+            "skipped_layers": [r.skipped_blocks for r in step.results],
             "seconds_per_token": seconds, "tokens_per_s": 1.0 / seconds,
             "peak_rss_bytes": peak_rss_bytes()}
 
@@ -87,12 +89,15 @@ def print_results(out: dict) -> None:
     print(f"  peak resident memory {d['peak_rss_bytes'] / GIB:.2f} GiB (target < 6 GiB)")
     for name, nbytes in d["bytes_per_class"].items():
         print(f"  SRAM per PE, {name}: {nbytes:,} B")
-    print(f"  {d['cycles']:,} cycles/token -> {d['tokens_per_s']:,.0f} tokens/s")
+    print(f"  {d['cycles']:,} cycles/token -> {d['tokens_per_s']:,.0f} tokens/s; "
+          f"{d['instructions']:,} instructions, {d['skipped_layers']} of 32 layers "
+          "fast-forwarded")
     if "decode_70b" in out:
         e = out["decode_70b"]
         print(f"Llama-3.1-70B on cs3x4 ({e['wafers']} wafers; SRAM needs {e['wafers_needed']}):")
         print(f"  compile {e['compile_s']:.1f} s, emulate one token {e['emulate_s']:.1f} s "
               f"(target < 60 s)")
+        print(f"  layers fast-forwarded per wafer {e['skipped_layers']}")
         print(f"  wafer cycles {e['wafer_cycles']}, hand-offs {e['handoff_s'] * 1e6:.2f} us "
               f"-> {e['tokens_per_s']:,.0f} tokens/s")
     p = out["prefill_8b"]

@@ -57,15 +57,18 @@ class Blocks:
         return len(self.cut_ids) - 3
 
 
-def relevant_slots(op: int) -> tuple:
-    """Operand slots whose values can change an instruction's timing."""
-    if Op.VMOV <= op <= Op.RDOT:
-        return COUNT_SLOTS
-    if op == Op.VGEMV:
-        return GEMV_SLOTS
-    if op in (Op.SEND, Op.RECV, Op.RECVADD):
-        return COMM_SLOTS
-    return () if op == Op.MARK else ALL_SLOTS
+def relevant_table() -> np.ndarray:
+    """bool [opcodes, slots]: the operand slots whose values can change an instruction's
+    timing (none for `mark`, whose id is mapped instead)."""
+    table = np.ones((max(Op) + 1, NUM_SLOTS), bool)
+    for first, last, slots in ((Op.VMOV, Op.RDOT, COUNT_SLOTS), (Op.VGEMV, Op.VGEMV, GEMV_SLOTS),
+                               (Op.SEND, Op.RECVADD, COMM_SLOTS), (Op.MARK, Op.MARK, ())):
+        table[first:last + 1] = False
+        table[first:last + 1, list(slots)] = True
+    return table
+
+
+RELEVANT = relevant_table()
 
 
 def find_blocks(program: Program, cut_names, static_cost: np.ndarray) -> Blocks | None:
@@ -76,17 +79,20 @@ def find_blocks(program: Program, cut_names, static_cost: np.ndarray) -> Blocks 
     if len(cut_names) < 4 or any(name not in ids for name in cut_names):
         return None
     cut_ids = tuple(ids[name] for name in cut_names)
-    live = np.unique(program.pe_region[program.pe_region >= 0])
+    order = np.argsort(program.pe_region, kind="stable")
+    regions = program.pe_region[order]
+    live = np.unique(regions[regions >= 0])
+    bounds = np.searchsorted(regions, np.stack([live, live + 1]))
     lengths = np.zeros(len(program.region_start), np.int64)
     mark_source = np.full(program.num_marks, -1, np.int64)
     mark_block = np.full(program.num_marks, -1, np.int64)
-    for r in live:
+    for r, lo, hi in zip(live, *bounds, strict=True):
         starts = cut_positions(program, int(r), cut_ids)
         if starts is None:
             return None
         lengths[r] = starts[2] - starts[1]
-        if not region_blocks_match(program, int(r), starts, static_cost, mark_source,
-                                   mark_block):
+        if not region_blocks_match(program, int(r), order[lo:hi], starts, static_cost,
+                                   mark_source, mark_block):
             return None
     if not marks_unique(program, live, cut_ids, mark_source, mark_block):
         return None
@@ -109,62 +115,79 @@ def cut_positions(program: Program, region: int, cut_ids: tuple) -> np.ndarray |
     return starts if (np.diff(starts) > 0).all() else None
 
 
-def region_blocks_match(program: Program, region: int, starts: np.ndarray,
+def region_blocks_match(program: Program, region: int, pes: np.ndarray, starts: np.ndarray,
                         static_cost: np.ndarray, mark_source: np.ndarray,
                         mark_block: np.ndarray) -> bool:
-    """Whether blocks 2..L-2 of a region are timing-equivalent to block 1 (recording their
-    marks' block-1 ids); blocks must all have block 1's length."""
+    """Whether blocks 2..L-2 of a region (run by PEs `pes`) are timing-equivalent to
+    block 1 (recording their marks' block-1 ids); blocks must all have block 1's
+    length."""
     lo, length = program.region_start[region], starts[2] - starts[1]
     if (np.diff(starts[1:]) != length).any():
         return False
     one = lo + starts[1] + np.arange(length)
     rows = lo + starts[2:-1, None] + np.arange(length)        # [skipped, length]
-    code, pes = program.code, np.flatnonzero(program.pe_region == region)
+    code = program.code
     if ((code["op"][rows] != code["op"][one]).any()
-            or (code["modes"][rows] != code["modes"][one]).any()
-            or not costs_match(program, static_cost, one, rows, pes)):
+            or (code["modes"][rows] != code["modes"][one]).any()):
         return False
-    for offset, index in enumerate(one):
-        op = int(code["op"][index])
-        if op == Op.MARK:
-            if not map_marks(code["a"][rows[:, offset], SLOT_DST],
-                             int(code["a"][index, SLOT_DST]), mark_source, mark_block):
-                return False
-            continue
-        for slot in relevant_slots(op):
-            if not slot_matches(program, code, index, rows[:, offset], slot, pes):
-                return False
-    return True
+    params = RegionParams(program, pes)
+    if not (costs_match(program, static_cost, one, rows, params)
+            and slots_match(code, one, rows, params)):
+        return False
+    marks = np.flatnonzero(code["op"][one] == Op.MARK)
+    return all(map_marks(code["a"][rows[:, m], SLOT_DST], int(code["a"][one[m], SLOT_DST]),
+                         mark_source, mark_block) for m in marks)
+
+
+class RegionParams:
+    """The parameter rows of one region's PEs (indices `pes`), gathered on first use."""
+
+    def __init__(self, program: Program, pes: np.ndarray):
+        self.program, self.pes, self._rows = program, pes, None
+
+    @property
+    def rows(self) -> np.ndarray:
+        """int32 [PEs of the region, num_params]."""
+        if self._rows is None:
+            self._rows = self.program.params[self.pes]
+        return self._rows
 
 
 def costs_match(program: Program, static_cost: np.ndarray, one: np.ndarray,
-                rows: np.ndarray, pes: np.ndarray) -> bool:
+                rows: np.ndarray, params: RegionParams) -> bool:
     """Equal static costs (mesh_engine.static_costs), except that an instruction whose
     count is a parameter may have a different address-derived count limit (cost -2 -
     limit) as long as the limit admits the largest count any PE of the region passes."""
     mine, theirs = static_cost[one], static_cost[rows]
-    differ = np.argwhere(theirs != mine)
-    for block, offset in differ:
-        index, limit = one[offset], -2 - theirs[block, offset]
-        n_mode = (int(program.code["modes"][index]) >> (MODE_BITS * SLOT_N)) & 0x3
-        if mine[offset] > -2 or limit < 0 or n_mode != MODE_PARAM:
-            return False
-        if program.params[pes, program.code["a"][index, SLOT_N]].max() > limit:
-            return False
-    return True
+    block, offset = np.nonzero(theirs != mine)
+    if block.size == 0:
+        return True
+    index, limit = one[offset], -2 - theirs[block, offset]
+    n_mode = (program.code["modes"][index] >> (MODE_BITS * SLOT_N)) & 0x3
+    if (mine[offset] > -2).any() or (limit < 0).any() or (n_mode != MODE_PARAM).any():
+        return False
+    largest = params.rows[:, program.code["a"][index, SLOT_N]].max(axis=0)
+    return bool((largest <= limit).all())
 
 
-def slot_matches(program: Program, code, index: int, others: np.ndarray, slot: int,
-                 pes: np.ndarray) -> bool:
-    """Whether operand `slot` reads the same value in instruction `index` and `others`
-    on every PE of the region (immediates and registers: equal fields; parameters: equal
-    per-PE values)."""
-    mine, theirs = code["a"][index, slot], code["a"][others, slot]
-    mode = (int(code["modes"][index]) >> (MODE_BITS * slot)) & 0x3
-    if mode != MODE_PARAM:
-        return bool((theirs == mine).all())
-    values = program.params[pes]
-    return bool((values[:, theirs] == values[:, [mine]]).all())
+def slots_match(code, one: np.ndarray, rows: np.ndarray, params: RegionParams) -> bool:
+    """Every operand slot that timing reads holds the same value in block 1 and in each
+    skipped block: equal fields for immediates and registers, equal per-PE values for
+    parameters."""
+    relevant = RELEVANT[code["op"][one]]                              # [length, slots]
+    shifts = MODE_BITS * np.arange(NUM_SLOTS, dtype=np.int64)
+    modes = (code["modes"][one].astype(np.int64)[:, None] >> shifts) & 0x3
+    from_param = relevant & (modes == MODE_PARAM)
+    fixed = relevant & ~from_param
+    mine, theirs = code["a"][one], code["a"][rows]                    # theirs: [skipped, ...]
+    if (theirs[:, fixed] != mine[fixed]).any():
+        return False
+    columns = np.broadcast_arrays(mine[from_param], theirs[:, from_param])
+    pairs = np.unique(np.stack(columns, axis=-1).reshape(-1, 2), axis=0)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    if len(pairs) == 0:
+        return True
+    return bool((params.rows[:, pairs[:, 0]] == params.rows[:, pairs[:, 1]]).all())
 
 
 def map_marks(ids: np.ndarray, source: int, mark_source: np.ndarray,

@@ -97,7 +97,7 @@ class KernelRun:
                        np.ascontiguousarray(program.region_start, np.int64),
                        np.ascontiguousarray(program.region_len, np.int64),
                        np.ascontiguousarray(program.pe_region, np.int64),
-                       np.ascontiguousarray(program.params, np.int64),
+                       np.ascontiguousarray(program.params, np.int32),
                        router_tables(program, color_slots(program)),
                        mesh_edges(program.width, program.height),
                        kernel_config(program, mesh, functional, max_cycles))
