@@ -31,6 +31,7 @@ from compiler.place import read_r
 from compiler.tile import chunk_bounds
 from emulator.errors import FitError
 from emulator.hw.mesh import MeshConfig
+from emulator.parallel import fork_map
 
 
 @dataclass
@@ -140,14 +141,24 @@ class SystemStep:
         return self.cycles / clock_hz + self.handoff_s
 
 
-def run_system_timing(system: System, pos: int, engine: str = "numba") -> SystemStep:
-    """Timing-only step at position `pos`: each distinct wafer program emulated once."""
+def run_system_timing(system: System, pos: int, engine: str = "numba",
+                      jobs: int | None = None) -> SystemStep:
+    """Timing-only step at position `pos`: each distinct wafer program emulated once, up
+    to `jobs` of them at once in forked processes (None: one per CPU; 1: serially here).
+    The wafers are independent in timing-only mode, so the results equal a serial run's."""
     one = dataclasses.replace(system.mesh, wafers=1)
-    done = {key: run_timing(part.compiled, one, pos, engine)
-            for key, part in system.distinct().items()}
+    distinct = system.distinct()
+    runs = fork_map(_timing_job, [(part.compiled, one, pos, engine)
+                                  for part in distinct.values()], jobs)
+    done = dict(zip(distinct, runs, strict=True))
     results = [done[(p.layers, p.head)] for p in system.parts]
     hops = system.wafers - 1
     return SystemStep(results, hops * handoff_seconds(system.spec, system.mesh, system.dtype))
+
+
+def _timing_job(job: tuple):
+    """run_timing(compiled, mesh, pos, engine) for fork_map."""
+    return run_timing(*job)
 
 
 def wafer_weights(weights: dict, start: int, stop: int) -> dict:

@@ -22,6 +22,7 @@ from compiler.tile import tile
 from compiler.weights import random_weights
 from emulator.errors import FitError
 from emulator.hw.mesh import load_mesh
+from emulator.parallel import fork_map
 
 
 def test_wafer_count_is_the_smallest_sram_that_holds_weights_and_kv():
@@ -97,3 +98,28 @@ def test_70b_on_one_wafer_names_the_wafer():
     mesh = dataclasses.replace(load_mesh("wse3").with_mesh(64, 64), wafers=2)
     with pytest.raises(FitError, match=r"wafer 0 of 2 \(layers 0\.\.39\)"):
         compile_system(spec, mesh, "bf16", 16, layout="even")
+
+
+def test_parallel_wafer_emulation_equals_serial():
+    spec = dataclasses.replace(resolve_model("programs/models/tiny-gqa.json"), num_layers=5)
+    mesh = dataclasses.replace(load_mesh("small").with_mesh(8, 8), wafers=2)
+    system = compile_system(spec, mesh, "fp32", 16)
+    serial = run_system_timing(system, 7, jobs=1)
+    parallel = run_system_timing(system, 7, jobs=2)
+    assert len(system.distinct()) == 2
+    for a, b in zip(serial.results, parallel.results, strict=True):
+        assert a.cycles == b.cycles and a.instructions == b.instructions
+        assert np.array_equal(a.pe_busy, b.pe_busy) and np.array_equal(a.link_busy, b.link_busy)
+    assert serial.seconds(mesh.clock_hz) == parallel.seconds(mesh.clock_hz)
+
+
+def test_fork_map_keeps_order_and_runs_serially_for_one_job():
+    items = list(range(7))
+    assert fork_map(square, items, jobs=3) == [i * i for i in items]
+    assert fork_map(square, items, jobs=1) == [i * i for i in items]
+    assert fork_map(square, [], jobs=2) == []
+
+
+def square(x: int) -> int:
+    """A job for fork_map."""
+    return x * x
