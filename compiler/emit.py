@@ -325,11 +325,14 @@ class Context:
 # --------------------------------------------------------------------------- decode code
 
 
-def rmsnorm(b: CodeBuilder, ctx: Context, role: Role, gamma: str) -> None:
-    """Top row: XN = H / sqrt(mean(H^2) + eps) * gamma (sum reduced to (0,0), multicast back)."""
+def rmsnorm(b: CodeBuilder, ctx: Context, role: Role, gamma: str, label: str = "") -> None:
+    """Top row: XN = H / sqrt(mean(H^2) + eps) * gamma (sum reduced to (0,0), multicast back).
+
+    `label`: how the comment names gamma (default: the buffer name).
+    """
     spec, fab, a = ctx.plan.spec, ctx.fab, ctx.addr
     k, ss = role.k_hidden, a("SS")
-    b.note(f"RMSNorm with {gamma}")
+    b.note(f"RMSNorm with {label or gamma}")
     if k:
         b.reduce(Op.RDOT, ss, a("H"), a("H"), k)
     else:
@@ -399,7 +402,7 @@ def attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
     ng, gs, hd, slots = role.groups, spec.group_size, spec.head_dim, ctx.placement.slots
     heads = ng * gs
     sc = [a("SC") + h * slots for h in range(heads)]
-    b.note(f"layer {layer}: attention, multicast q/k/v along the row")
+    b.note("layer {layer}: attention, multicast q/k/v along the row")
     row_multicast(b, fab, role.left, a("QKV"), ng * plan.group_len)
     for g in range(ng):
         base = a("QKV") + g * plan.group_len + gs * hd
@@ -441,10 +444,10 @@ def decoder_layer(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
     p, even = f"L{layer}.", plan.layout == "even"
     b.mark(p + "norm_in")
     if role.top:
-        rmsnorm(b, ctx, role, p + "norm_in")
+        rmsnorm(b, ctx, role, p + "norm_in", "L{layer}.norm_in")
     b.mark(p + "qkv")
     qkv_out = a("ACC") if even else a("QKV")
-    b.note(f"layer {layer}: q/k/v GEMV-A")
+    b.note("layer {layer}: q/k/v GEMV-A")
     gemv_a(b, fab, role.top, role.row_tree, role.k_hidden, ctx.waddr(p + "qkv"), plan.mpad("qkv"),
            a("XN"), qkv_out, Param("m_qkv"))
     if role.left and spec.attention_bias:
@@ -460,21 +463,21 @@ def decoder_layer(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
     if even:
         relayout(b, ctx, role, "attn", a("ATT"), a("XB"))
     b.mark(p + "o_proj")
-    b.note(f"layer {layer}: o_proj GEMV-B")
+    b.note("layer {layer}: o_proj GEMV-B")
     gemv_b(b, fab, role.left, role.col_tree, role.k_attn, ctx.waddr(p + "o"), plan.mpad("o"),
            a("XB") if even else a("ATT"), a("ACC"), Param("m_hidden"))
     residual(b, ctx, role, p + "o_bias" if spec.o_proj_bias else None)
     b.mark(p + "norm_post")
     if role.top:
-        rmsnorm(b, ctx, role, p + "norm_post")
+        rmsnorm(b, ctx, role, p + "norm_post", "L{layer}.norm_post")
     b.mark(p + "mlp_up")
-    b.note(f"layer {layer}: gate/up GEMV-A")
+    b.note("layer {layer}: gate/up GEMV-A")
     gemv_a(b, fab, role.top, role.row_tree, role.k_hidden, ctx.waddr(p + "gu"), plan.mpad("gu"),
            a("XN"), a("ACC"), Param("m_gu"))
     if role.left:
         swiglu(b, ctx, role, p + "gu_bias" if spec.mlp_bias else None)
     b.mark(p + "mlp_down")
-    b.note(f"layer {layer}: down GEMV-B")
+    b.note("layer {layer}: down GEMV-B")
     gemv_b(b, fab, role.left, role.col_tree, role.k_ffn, ctx.waddr(p + "down"), plan.mpad("down"),
            a("XB"), a("ACC"), Param("m_hidden"))
     residual(b, ctx, role, p + "down_bias" if spec.mlp_bias else None)
@@ -501,25 +504,86 @@ def swiglu(b: CodeBuilder, ctx: Context, role: Role, bias: str | None) -> None:
     b.vec(Op.VMUL, a("XB"), a("TMP"), a("ACC") + f, f)
 
 
-def pe_code(ctx: Context, role: Role) -> CodeBuilder:
-    """The whole decode step of a PE with this role."""
+@dataclass
+class RegionCode:
+    """One region's instructions (INSTR_DTYPE, `line` = index in the region) and comments."""
+
+    code: np.ndarray
+    comments: dict          # pc -> comment
+
+
+def pe_code(ctx: Context, role: Role) -> RegionCode:
+    """The whole decode step of a PE with this role: prologue, every layer, LM head, end."""
     ctx = ctx.for_role(role)
-    b, a, plan = CodeBuilder(ctx.param_index, ctx.mark_index), ctx.addr, ctx.plan
+    plan, a = ctx.plan, ctx.addr
+    start = CodeBuilder(ctx.param_index, ctx.mark_index)
     if role.groups:
-        b.movr(NEW_SLOT_REG, Param("slot_off"))
-        b.movr(NLOC_REG, Param("nloc"))
-    for layer in range(plan.spec.num_layers):
-        decoder_layer(b, ctx, role, layer)
+        start.movr(NEW_SLOT_REG, Param("slot_off"))
+        start.movr(NLOC_REG, Param("nloc"))
+    end = CodeBuilder(ctx.param_index, ctx.mark_index)
     if plan.head:
-        b.mark("head")
+        end.mark("head")
         if role.top:
-            rmsnorm(b, ctx, role, "norm_final")
-        b.note("LM head GEMV-A")
-        gemv_a(b, ctx.fab, role.top, role.row_tree, role.k_hidden, ctx.waddr("lm_head"),
+            rmsnorm(end, ctx, role, "norm_final")
+        end.note("LM head GEMV-A")
+        gemv_a(end, ctx.fab, role.top, role.row_tree, role.k_hidden, ctx.waddr("lm_head"),
                plan.mpad("lm_head"), a("XN"), a("ACC"), Param("m_vocab"))
-    b.mark("end")
-    b.halt()
-    return b
+    end.mark("end")
+    end.halt()
+    layers, notes = layer_code(ctx, role)
+    parts = [start.to_array(), layers, end.to_array()]
+    code = np.concatenate(parts)
+    code["line"] = np.arange(len(code))
+    comments = dict(start.comments)
+    comments.update({pc + len(parts[0]): text for pc, text in notes.items()})
+    base = len(parts[0]) + len(layers)
+    comments.update({pc + base: text for pc, text in end.comments.items()})
+    return RegionCode(code, comments)
+
+
+def layer_code(ctx: Context, role: Role) -> tuple[np.ndarray, dict]:
+    """(INSTR_DTYPE code, {pc: comment}) of every decoder layer of a role, back to back.
+
+    Layers differ only in their mark ids and the addresses of their weights and KV cache,
+    which the place pass lays out at a constant stride per layer (`check_layer_strides`).
+    So only layers 0 and 1 are generated: layer l is layer 0 with every operand slot
+    moved by l * (layer 1 - layer 0), its comments the templates formatted with l.
+    """
+    layers = ctx.plan.spec.num_layers
+    first, comments = _one_layer(ctx, role, 0)
+    step = np.zeros_like(first["a"])
+    if layers > 1:
+        second, _ = _one_layer(ctx, role, 1)
+        for name in ("op", "modes", "imm"):
+            assert np.array_equal(first[name], second[name]), "layers differ in structure"
+        step = second["a"] - first["a"]
+    code = np.tile(first, (layers, 1))
+    code["a"] += np.arange(layers, dtype=step.dtype)[:, None, None] * step[None]
+    n = len(first)
+    notes = {pc + layer * n: text.format(layer=layer) for layer in range(layers)
+             for pc, text in comments.items()}
+    return code.reshape(-1), notes
+
+
+def _one_layer(ctx: Context, role: Role, layer: int) -> tuple[np.ndarray, dict]:
+    """(code, comment templates) of decoder layer `layer` of a role, pcs from 0."""
+    b = CodeBuilder(ctx.param_index, ctx.mark_index)
+    decoder_layer(b, ctx, role, layer)
+    assert b._note is None, "a layer ends with a comment and no instruction"
+    return b.to_array(), b.comments
+
+
+def check_layer_strides(placement: Placement) -> None:
+    """Assert that every per-layer buffer `L{layer}.{name}` sits at a constant address
+    stride per layer in every class (what `layer_code` relies on)."""
+    layers = placement.plan.spec.num_layers
+    for buffers in placement.maps.values():
+        for name in buffers:
+            if not name.startswith("L0."):
+                continue
+            rest = name[3:]
+            addrs = np.array([buffers[f"L{layer}.{rest}"].addr for layer in range(layers)])
+            assert (np.diff(addrs, 2) == 0).all(), f"{name}: per-layer addresses not linear"
 
 
 # --------------------------------------------------------------------------- parameters
@@ -666,9 +730,10 @@ def _class_index(keys: list) -> np.ndarray:
 def assemble_regions(plan: TilePlan, pe_region: np.ndarray, codes: list, names: list,
                      params: dict, param_names: list, routes: RoutePlan, sram_words: int,
                      dtype: str, source: str) -> Program:
-    """Pack per-role code, the PE -> region map, parameters and routes into a Program."""
+    """Pack per-role code (RegionCode), the PE -> region map, parameters and routes into a
+    Program."""
     pw, ph = plan.pw, plan.ph
-    arrays = [c.to_array() for c in codes]
+    arrays = [c.code for c in codes]
     lengths = np.array([len(x) for x in arrays], np.int32)
     starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int32)
     table = np.zeros((pw * ph, max(1, len(param_names))), np.int32)
@@ -703,6 +768,7 @@ def emit_decode(plan: TilePlan, placement: Placement, routes: RoutePlan,
                   {n: k for k, n in enumerate(param_names)},
                   mark_index={n: k for k, n in enumerate(marks)})
     roles, pe_region, reps = assign_roles(plan)
+    check_layer_strides(placement)
     codes = [pe_code(ctx, role) for role in roles]
     names = [f"role{r}_x{x}_y{y}" for r, (x, y) in enumerate(reps)]
     program = assemble_regions(plan, pe_region, codes, names, params, param_names, routes,
@@ -783,7 +849,7 @@ def emit_gemv(kind: str, m_total: int, k_total: int, pw: int, ph: int, mesh: Mes
                 else:
                     gemv_b(b, fab, i == 0, key[3], key[4], w, mpad, x, y, Param("m"))
                 b.halt()
-                codes.append(b)
+                codes.append(RegionCode(b.to_array(), b.comments))
             pe_region[j * pw + i] = roles[key]
     shape = _Shape(pw, ph)
     program = assemble_regions(shape, pe_region, codes, [f"gemv{r}" for r in range(len(codes))],
