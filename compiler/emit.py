@@ -589,15 +589,21 @@ def check_layer_strides(placement: Placement) -> None:
 # --------------------------------------------------------------------------- parameters
 
 
-def static_params(plan: TilePlan, placement: Placement) -> dict:
-    """name -> int64 [ph, pw] of every non-step parameter."""
-    pw, ph = plan.pw, plan.ph
+def static_params(plan: TilePlan) -> dict:
+    """name -> int64 array broadcastable to [ph, pw]: the GEMV output lengths of every PE."""
     rows = {n: plan.vec(v).sizes() for n, v in (("m_qkv", "qkv"), ("m_gu", "gu"),
                                                  ("m_vocab", "vocab"))}
-    params = {n: np.repeat(s[:, None], pw, axis=1) for n, s in rows.items()}
-    params["m_hidden"] = np.repeat(plan.vec("hidden").sizes()[None, :], ph, axis=0)
+    params = {n: s[:, None] for n, s in rows.items()}
+    params["m_hidden"] = plan.vec("hidden").sizes()[None, :]
+    return params
+
+
+def left_params(plan: TilePlan, placement: Placement) -> dict:
+    """name -> int64 [ph]: the relayout parameters of the left-column PEs (0, j) (zero on
+    every other PE; none outside the even layout)."""
+    params = {}
     if plan.layout == "even":
-        g = np.array([placement.addr_at("G", 0, j) for j in range(ph)], np.int64)
+        g = np.array([placement.addr_at("G", 0, j) for j in range(plan.ph)], np.int64)
         junk = placement.addr("JUNK")
         for name, (src, dst) in relayouts(plan).items():
             params.update(relayout_params(plan, name, src, dst, g, junk))
@@ -606,14 +612,15 @@ def static_params(plan: TilePlan, placement: Placement) -> dict:
 
 def relayout_params(plan: TilePlan, name: str, src: Chunking, dst: Chunking, g: np.ndarray,
                     junk: int) -> dict:
-    """Addresses/lengths of the left-column gather and multicast of a relayout.
+    """Addresses/lengths of the left-column gather and multicast of a relayout: name ->
+    int64 [ph], the value on (0, j).
 
     `g[j]`: address of G on (0, j). Node j's G holds its gather subtree's range of `src`
     from offset 0 (the hub's: the whole vector in order); after the multicast it holds the
     kept pieces from offset 0 (see `relayout`). Units: elements.
     """
-    ph, pw, b = plan.ph, plan.pw, src.bounds
-    out, cols = {}, {}
+    ph, b = plan.ph, src.bounds
+    cols = {}
     cols["in_addr"], cols["in_len"] = g.copy(), src.sizes()
     tx_addr, tx_len = g.copy(), np.zeros(ph, np.int64)
     for s in range(max(0, (ph - 1).bit_length())):
@@ -628,11 +635,7 @@ def relayout_params(plan: TilePlan, name: str, src: Chunking, dst: Chunking, g: 
         cols[f"rx{s}_addr"], cols[f"rx{s}_len"] = rx_addr, rx_len
     cols["tx_addr"], cols["tx_len"] = tx_addr, tx_len
     cols.update(_piece_params(dst, g, junk))
-    for key, values in cols.items():
-        arr = np.zeros((ph, pw), np.int64)
-        arr[:, 0] = values
-        out[f"{name}.{key}"] = arr
-    return out
+    return {f"{name}.{key}": values for key, values in cols.items()}
 
 
 def _piece_params(dst: Chunking, g: np.ndarray, junk: int) -> dict:
@@ -654,15 +657,16 @@ def _piece_params(dst: Chunking, g: np.ndarray, junk: int) -> dict:
 
 
 def step_values(plan: TilePlan, slots: int, pos: int) -> dict:
-    """name -> int64 [ph, pw] of the per-step parameters for decode position `pos`."""
+    """name -> int64 [ph, pw] (read-only views) of the per-step parameters for decode
+    position `pos`."""
     pw, ph, hd = plan.pw, plan.ph, plan.spec.head_dim
     i = np.arange(pw)
     nloc = np.where(i <= pos, (pos - i) // pw + 1, 0)
     store = np.where(i == pos % pw, hd, 0)
-    return {"nloc": np.repeat(nloc[None, :], ph, axis=0),
-            "nfree": np.repeat(slots - nloc[None, :], ph, axis=0),
-            "slot_off": np.full((ph, pw), (pos // pw) * hd, np.int64),
-            "store_n": np.repeat(store[None, :], ph, axis=0)}
+    return {"nloc": np.broadcast_to(nloc, (ph, pw)),
+            "nfree": np.broadcast_to(slots - nloc, (ph, pw)),
+            "slot_off": np.broadcast_to(np.int64((pos // pw) * hd), (ph, pw)),
+            "store_n": np.broadcast_to(store, (ph, pw))}
 
 
 # --------------------------------------------------------------------------- programs
@@ -683,8 +687,9 @@ class DecodeProgram:
     def params_for(self, pos: int) -> np.ndarray:
         """int32 [W*H, params] for decode position `pos`."""
         params = self.program.params.copy()
+        grid = params.reshape(self.plan.ph, self.plan.pw, -1)
         for name, values in step_values(self.plan, self.placement.slots, pos).items():
-            params[:, self.param_names.index(name)] = values.reshape(-1)
+            grid[:, :, self.param_names.index(name)] = values
         return params
 
     def for_position(self, pos: int) -> Program:
@@ -729,21 +734,34 @@ def _class_index(keys: list) -> np.ndarray:
 
 def assemble_regions(plan: TilePlan, pe_region: np.ndarray, codes: list, names: list,
                      params: dict, param_names: list, routes: RoutePlan, sram_words: int,
-                     dtype: str, source: str) -> Program:
+                     dtype: str, source: str, left: dict | None = None) -> Program:
     """Pack per-role code (RegionCode), the PE -> region map, parameters and routes into a
-    Program."""
-    pw, ph = plan.pw, plan.ph
+    Program.
+
+    `params`: name -> values broadcastable to [ph, pw]; `left`: name -> [ph], values on the
+    left column only. Parameters in neither (the step parameters) are zero.
+    """
     arrays = [c.code for c in codes]
     lengths = np.array([len(x) for x in arrays], np.int32)
     starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int32)
-    table = np.zeros((pw * ph, max(1, len(param_names))), np.int32)
-    for k, name in enumerate(param_names):
-        table[:, k] = params[name].reshape(-1)
-    return Program(width=pw, height=ph, dtype=dtype, sram_words=sram_words,
+    return Program(width=plan.pw, height=plan.ph, dtype=dtype, sram_words=sram_words,
                    code=np.concatenate(arrays), region_start=starts, region_len=lengths,
-                   region_names=names, pe_region=pe_region, params=table,
+                   region_names=names, pe_region=pe_region,
+                   params=param_table(plan, params, left or {}, param_names),
                    route_rx=routes.route_rx.copy(), route_tx=routes.route_tx.copy(),
                    source=source, region_comments={r: c.comments for r, c in enumerate(codes)})
+
+
+def param_table(plan: TilePlan, params: dict, left: dict, param_names: list) -> np.ndarray:
+    """int32 [W*H, parameters] of `assemble_regions` (a left-column parameter writes only
+    its ph PEs; the table starts zeroed)."""
+    table = np.zeros((plan.ph, plan.pw, max(1, len(param_names))), np.int32)
+    for k, name in enumerate(param_names):
+        if name in left:
+            table[:, 0, k] = left[name]
+        elif name in params:
+            table[:, :, k] = params[name]
+    return table.reshape(plan.ph * plan.pw, -1)
 
 
 LAYER_OPS = ("norm_in", "qkv", "attn", "o_proj", "norm_post", "mlp_up", "mlp_down")
@@ -759,10 +777,8 @@ def decode_mark_names(plan: TilePlan) -> list[str]:
 def emit_decode(plan: TilePlan, placement: Placement, routes: RoutePlan,
                 source: str = "<decode>") -> DecodeProgram:
     """The emit pass: one decode step as a Program with per-role regions."""
-    params = static_params(plan, placement)
-    for name in STEP_PARAMS:
-        params[name] = np.zeros((plan.ph, plan.pw), np.int64)
-    param_names = list(params)
+    params, left = static_params(plan), left_params(plan, placement)
+    param_names = list(params) + list(left) + list(STEP_PARAMS)
     marks = decode_mark_names(plan)
     ctx = Context(plan, placement, Fabric.from_routes(routes),
                   {n: k for k, n in enumerate(param_names)},
@@ -772,7 +788,7 @@ def emit_decode(plan: TilePlan, placement: Placement, routes: RoutePlan,
     codes = [pe_code(ctx, role) for role in roles]
     names = [f"role{r}_x{x}_y{y}" for r, (x, y) in enumerate(reps)]
     program = assemble_regions(plan, pe_region, codes, names, params, param_names, routes,
-                               placement.total_words, placement.dtype, source)
+                               placement.total_words, placement.dtype, source, left)
     program.mark_names = marks
     return DecodeProgram(program, plan, placement, routes, param_names, roles, reps)
 
