@@ -101,10 +101,14 @@ class TilePlan:
 
     def weight_row(self, j: int) -> bool:
         """True when row j holds tiles of the C-chunked weight matrices (or may)."""
-        return self.layout == "groups" or bool(self.weight_rows()[j])
+        return bool(self._weight_rows[j])
 
     def weight_rows(self) -> np.ndarray:
         """bool [ph]: rows holding weight tiles (every row in the groups layout)."""
+        return self._weight_rows.copy()
+
+    @cached_property
+    def _weight_rows(self) -> np.ndarray:
         if self.layout == "groups":
             return np.ones(self.ph, bool)
         return ~hub_mask(self.ph, self.spec.num_kv_heads)
