@@ -58,6 +58,7 @@ from isa.validate import validate_program
 STEP_PARAMS = ("nloc", "nfree", "slot_off", "store_n")
 NEW_SLOT_REG = 1   # register holding the new position's slot offset (slot * head_dim)
 NLOC_REG = 2       # register holding nloc
+PARAM_BLOCK = 8192  # PEs per block when copying a parameter table (DecodeProgram.params_for)
 
 
 # --------------------------------------------------------------------------- code builder
@@ -685,11 +686,17 @@ class DecodeProgram:
     representatives: list       # (x, y) of the first PE of each region
 
     def params_for(self, pos: int) -> np.ndarray:
-        """int32 [W*H, params] for decode position `pos`."""
-        params = self.program.params.copy()
-        grid = params.reshape(self.plan.ph, self.plan.pw, -1)
-        for name, values in step_values(self.plan, self.placement.slots, pos).items():
-            grid[:, :, self.param_names.index(name)] = values
+        """int32 [W*H, params] for decode position `pos`: the template's table copied in
+        blocks of PEs, each block's step columns written while it is in cache."""
+        columns = [(self.param_names.index(name), values.reshape(-1)) for name, values
+                   in step_values(self.plan, self.placement.slots, pos).items()]
+        template = self.program.params
+        params = np.empty_like(template)
+        for start in range(0, len(params), PARAM_BLOCK):
+            block = slice(start, start + PARAM_BLOCK)
+            params[block] = template[block]
+            for k, values in columns:
+                params[block, k] = values[block]
         return params
 
     def for_position(self, pos: int) -> Program:
