@@ -105,6 +105,11 @@ class CodeBuilder:
         """Attach `text` as a comment to the next instruction."""
         self._note = text
 
+    @property
+    def pending_note(self) -> bool:
+        """A note waits for its instruction."""
+        return self._note is not None
+
     def _operand(self, value) -> tuple[int, int, int]:
         """(mode kind, slot value, register) of an integer operand."""
         if isinstance(value, Param):
@@ -117,6 +122,9 @@ class CodeBuilder:
         """Append one instruction; `slots` maps slot index -> operand."""
         modes, args = 0, [0] * 8
         for slot, value in slots.items():
+            if type(value) is int:          # immediate: MODE_IMM is 0, no mode bits
+                args[slot] = value
+                continue
             kind, val, reg = self._operand(value)
             modes |= encode_mode(slot, kind, reg)
             args[slot] = val
@@ -440,7 +448,10 @@ def attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
 
 
 def decoder_layer(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
-    """One layer: RMSNorm, q/k/v, RoPE, attention, o_proj + residual, RMSNorm, SwiGLU MLP."""
+    """One layer: RMSNorm, q/k/v, RoPE, attention, o_proj + residual, RMSNorm, SwiGLU MLP.
+
+    Comments naming the layer are templates with a `{layer}` field (see `layer_code`).
+    """
     plan, spec, fab, a = ctx.plan, ctx.plan.spec, ctx.fab, ctx.addr
     p, even = f"L{layer}.", plan.layout == "even"
     b.mark(p + "norm_in")
@@ -570,7 +581,7 @@ def _one_layer(ctx: Context, role: Role, layer: int) -> tuple[np.ndarray, dict]:
     """(code, comment templates) of decoder layer `layer` of a role, pcs from 0."""
     b = CodeBuilder(ctx.param_index, ctx.mark_index)
     decoder_layer(b, ctx, role, layer)
-    assert b._note is None, "a layer ends with a comment and no instruction"
+    assert not b.pending_note, "a layer ends with a comment and no instruction"
     return b.to_array(), b.comments
 
 
