@@ -58,6 +58,7 @@ from isa.validate import validate_program
 STEP_PARAMS = ("nloc", "nfree", "slot_off", "store_n")
 NEW_SLOT_REG = 1   # register holding the new position's slot offset (slot * head_dim)
 NLOC_REG = 2       # register holding nloc
+PARAM_BLOCK = 8192  # PEs per block when copying a parameter table (DecodeProgram.params_for)
 
 
 # --------------------------------------------------------------------------- code builder
@@ -104,6 +105,11 @@ class CodeBuilder:
         """Attach `text` as a comment to the next instruction."""
         self._note = text
 
+    @property
+    def pending_note(self) -> bool:
+        """A note waits for its instruction."""
+        return self._note is not None
+
     def _operand(self, value) -> tuple[int, int, int]:
         """(mode kind, slot value, register) of an integer operand."""
         if isinstance(value, Param):
@@ -116,6 +122,9 @@ class CodeBuilder:
         """Append one instruction; `slots` maps slot index -> operand."""
         modes, args = 0, [0] * 8
         for slot, value in slots.items():
+            if type(value) is int:          # immediate: MODE_IMM is 0, no mode bits
+                args[slot] = value
+                continue
             kind, val, reg = self._operand(value)
             modes |= encode_mode(slot, kind, reg)
             args[slot] = val
@@ -325,11 +334,14 @@ class Context:
 # --------------------------------------------------------------------------- decode code
 
 
-def rmsnorm(b: CodeBuilder, ctx: Context, role: Role, gamma: str) -> None:
-    """Top row: XN = H / sqrt(mean(H^2) + eps) * gamma (sum reduced to (0,0), multicast back)."""
+def rmsnorm(b: CodeBuilder, ctx: Context, role: Role, gamma: str, label: str = "") -> None:
+    """Top row: XN = H / sqrt(mean(H^2) + eps) * gamma (sum reduced to (0,0), multicast back).
+
+    `label`: how the comment names gamma (default: the buffer name).
+    """
     spec, fab, a = ctx.plan.spec, ctx.fab, ctx.addr
     k, ss = role.k_hidden, a("SS")
-    b.note(f"RMSNorm with {gamma}")
+    b.note(f"RMSNorm with {label or gamma}")
     if k:
         b.reduce(Op.RDOT, ss, a("H"), a("H"), k)
     else:
@@ -399,7 +411,7 @@ def attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
     ng, gs, hd, slots = role.groups, spec.group_size, spec.head_dim, ctx.placement.slots
     heads = ng * gs
     sc = [a("SC") + h * slots for h in range(heads)]
-    b.note(f"layer {layer}: attention, multicast q/k/v along the row")
+    b.note("layer {layer}: attention, multicast q/k/v along the row")
     row_multicast(b, fab, role.left, a("QKV"), ng * plan.group_len)
     for g in range(ng):
         base = a("QKV") + g * plan.group_len + gs * hd
@@ -436,15 +448,18 @@ def attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
 
 
 def decoder_layer(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
-    """One layer: RMSNorm, q/k/v, RoPE, attention, o_proj + residual, RMSNorm, SwiGLU MLP."""
+    """One layer: RMSNorm, q/k/v, RoPE, attention, o_proj + residual, RMSNorm, SwiGLU MLP.
+
+    Comments naming the layer are templates with a `{layer}` field (see `layer_code`).
+    """
     plan, spec, fab, a = ctx.plan, ctx.plan.spec, ctx.fab, ctx.addr
     p, even = f"L{layer}.", plan.layout == "even"
     b.mark(p + "norm_in")
     if role.top:
-        rmsnorm(b, ctx, role, p + "norm_in")
+        rmsnorm(b, ctx, role, p + "norm_in", "L{layer}.norm_in")
     b.mark(p + "qkv")
     qkv_out = a("ACC") if even else a("QKV")
-    b.note(f"layer {layer}: q/k/v GEMV-A")
+    b.note("layer {layer}: q/k/v GEMV-A")
     gemv_a(b, fab, role.top, role.row_tree, role.k_hidden, ctx.waddr(p + "qkv"), plan.mpad("qkv"),
            a("XN"), qkv_out, Param("m_qkv"))
     if role.left and spec.attention_bias:
@@ -460,21 +475,21 @@ def decoder_layer(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
     if even:
         relayout(b, ctx, role, "attn", a("ATT"), a("XB"))
     b.mark(p + "o_proj")
-    b.note(f"layer {layer}: o_proj GEMV-B")
+    b.note("layer {layer}: o_proj GEMV-B")
     gemv_b(b, fab, role.left, role.col_tree, role.k_attn, ctx.waddr(p + "o"), plan.mpad("o"),
            a("XB") if even else a("ATT"), a("ACC"), Param("m_hidden"))
     residual(b, ctx, role, p + "o_bias" if spec.o_proj_bias else None)
     b.mark(p + "norm_post")
     if role.top:
-        rmsnorm(b, ctx, role, p + "norm_post")
+        rmsnorm(b, ctx, role, p + "norm_post", "L{layer}.norm_post")
     b.mark(p + "mlp_up")
-    b.note(f"layer {layer}: gate/up GEMV-A")
+    b.note("layer {layer}: gate/up GEMV-A")
     gemv_a(b, fab, role.top, role.row_tree, role.k_hidden, ctx.waddr(p + "gu"), plan.mpad("gu"),
            a("XN"), a("ACC"), Param("m_gu"))
     if role.left:
         swiglu(b, ctx, role, p + "gu_bias" if spec.mlp_bias else None)
     b.mark(p + "mlp_down")
-    b.note(f"layer {layer}: down GEMV-B")
+    b.note("layer {layer}: down GEMV-B")
     gemv_b(b, fab, role.left, role.col_tree, role.k_ffn, ctx.waddr(p + "down"), plan.mpad("down"),
            a("XB"), a("ACC"), Param("m_hidden"))
     residual(b, ctx, role, p + "down_bias" if spec.mlp_bias else None)
@@ -501,39 +516,106 @@ def swiglu(b: CodeBuilder, ctx: Context, role: Role, bias: str | None) -> None:
     b.vec(Op.VMUL, a("XB"), a("TMP"), a("ACC") + f, f)
 
 
-def pe_code(ctx: Context, role: Role) -> CodeBuilder:
-    """The whole decode step of a PE with this role."""
+@dataclass
+class RegionCode:
+    """One region's instructions (INSTR_DTYPE, `line` = index in the region) and comments."""
+
+    code: np.ndarray
+    comments: dict          # pc -> comment
+
+
+def pe_code(ctx: Context, role: Role) -> RegionCode:
+    """The whole decode step of a PE with this role: prologue, every layer, LM head, end."""
     ctx = ctx.for_role(role)
-    b, a, plan = CodeBuilder(ctx.param_index, ctx.mark_index), ctx.addr, ctx.plan
+    plan, a = ctx.plan, ctx.addr
+    start = CodeBuilder(ctx.param_index, ctx.mark_index)
     if role.groups:
-        b.movr(NEW_SLOT_REG, Param("slot_off"))
-        b.movr(NLOC_REG, Param("nloc"))
-    for layer in range(plan.spec.num_layers):
-        decoder_layer(b, ctx, role, layer)
+        start.movr(NEW_SLOT_REG, Param("slot_off"))
+        start.movr(NLOC_REG, Param("nloc"))
+    end = CodeBuilder(ctx.param_index, ctx.mark_index)
     if plan.head:
-        b.mark("head")
+        end.mark("head")
         if role.top:
-            rmsnorm(b, ctx, role, "norm_final")
-        b.note("LM head GEMV-A")
-        gemv_a(b, ctx.fab, role.top, role.row_tree, role.k_hidden, ctx.waddr("lm_head"),
+            rmsnorm(end, ctx, role, "norm_final")
+        end.note("LM head GEMV-A")
+        gemv_a(end, ctx.fab, role.top, role.row_tree, role.k_hidden, ctx.waddr("lm_head"),
                plan.mpad("lm_head"), a("XN"), a("ACC"), Param("m_vocab"))
-    b.mark("end")
-    b.halt()
-    return b
+    end.mark("end")
+    end.halt()
+    layers, notes = layer_code(ctx, role)
+    parts = [start.to_array(), layers, end.to_array()]
+    code = np.concatenate(parts)
+    code["line"] = np.arange(len(code))
+    comments = dict(start.comments)
+    comments.update({pc + len(parts[0]): text for pc, text in notes.items()})
+    base = len(parts[0]) + len(layers)
+    comments.update({pc + base: text for pc, text in end.comments.items()})
+    return RegionCode(code, comments)
+
+
+def layer_code(ctx: Context, role: Role) -> tuple[np.ndarray, dict]:
+    """(INSTR_DTYPE code, {pc: comment}) of every decoder layer of a role, back to back.
+
+    Layers differ only in their mark ids and the addresses of their weights and KV cache,
+    which the place pass lays out at a constant stride per layer (`check_layer_strides`).
+    So only layers 0 and 1 are generated: layer l is layer 0 with every operand slot
+    moved by l * (layer 1 - layer 0), its comments the templates formatted with l.
+    """
+    layers = ctx.plan.spec.num_layers
+    first, comments = _one_layer(ctx, role, 0)
+    step = np.zeros_like(first["a"])
+    if layers > 1:
+        second, _ = _one_layer(ctx, role, 1)
+        for name in ("op", "modes", "imm"):
+            assert np.array_equal(first[name], second[name]), "layers differ in structure"
+        step = second["a"] - first["a"]
+    code = np.tile(first, (layers, 1))
+    code["a"] += np.arange(layers, dtype=step.dtype)[:, None, None] * step[None]
+    n = len(first)
+    notes = {pc + layer * n: text.format(layer=layer) for layer in range(layers)
+             for pc, text in comments.items()}
+    return code.reshape(-1), notes
+
+
+def _one_layer(ctx: Context, role: Role, layer: int) -> tuple[np.ndarray, dict]:
+    """(code, comment templates) of decoder layer `layer` of a role, pcs from 0."""
+    b = CodeBuilder(ctx.param_index, ctx.mark_index)
+    decoder_layer(b, ctx, role, layer)
+    assert not b.pending_note, "a layer ends with a comment and no instruction"
+    return b.to_array(), b.comments
+
+
+def check_layer_strides(placement: Placement) -> None:
+    """Assert that every per-layer buffer `L{layer}.{name}` sits at a constant address
+    stride per layer in every class (what `layer_code` relies on)."""
+    layers = placement.plan.spec.num_layers
+    for buffers in placement.maps.values():
+        for name in buffers:
+            if not name.startswith("L0."):
+                continue
+            rest = name[3:]
+            addrs = np.array([buffers[f"L{layer}.{rest}"].addr for layer in range(layers)])
+            assert (np.diff(addrs, 2) == 0).all(), f"{name}: per-layer addresses not linear"
 
 
 # --------------------------------------------------------------------------- parameters
 
 
-def static_params(plan: TilePlan, placement: Placement) -> dict:
-    """name -> int64 [ph, pw] of every non-step parameter."""
-    pw, ph = plan.pw, plan.ph
+def static_params(plan: TilePlan) -> dict:
+    """name -> int64 array broadcastable to [ph, pw]: the GEMV output lengths of every PE."""
     rows = {n: plan.vec(v).sizes() for n, v in (("m_qkv", "qkv"), ("m_gu", "gu"),
                                                  ("m_vocab", "vocab"))}
-    params = {n: np.repeat(s[:, None], pw, axis=1) for n, s in rows.items()}
-    params["m_hidden"] = np.repeat(plan.vec("hidden").sizes()[None, :], ph, axis=0)
+    params = {n: s[:, None] for n, s in rows.items()}
+    params["m_hidden"] = plan.vec("hidden").sizes()[None, :]
+    return params
+
+
+def left_params(plan: TilePlan, placement: Placement) -> dict:
+    """name -> int64 [ph]: the relayout parameters of the left-column PEs (0, j) (zero on
+    every other PE; none outside the even layout)."""
+    params = {}
     if plan.layout == "even":
-        g = np.array([placement.addr_at("G", 0, j) for j in range(ph)], np.int64)
+        g = np.array([placement.addr_at("G", 0, j) for j in range(plan.ph)], np.int64)
         junk = placement.addr("JUNK")
         for name, (src, dst) in relayouts(plan).items():
             params.update(relayout_params(plan, name, src, dst, g, junk))
@@ -542,14 +624,15 @@ def static_params(plan: TilePlan, placement: Placement) -> dict:
 
 def relayout_params(plan: TilePlan, name: str, src: Chunking, dst: Chunking, g: np.ndarray,
                     junk: int) -> dict:
-    """Addresses/lengths of the left-column gather and multicast of a relayout.
+    """Addresses/lengths of the left-column gather and multicast of a relayout: name ->
+    int64 [ph], the value on (0, j).
 
     `g[j]`: address of G on (0, j). Node j's G holds its gather subtree's range of `src`
     from offset 0 (the hub's: the whole vector in order); after the multicast it holds the
     kept pieces from offset 0 (see `relayout`). Units: elements.
     """
-    ph, pw, b = plan.ph, plan.pw, src.bounds
-    out, cols = {}, {}
+    ph, b = plan.ph, src.bounds
+    cols = {}
     cols["in_addr"], cols["in_len"] = g.copy(), src.sizes()
     tx_addr, tx_len = g.copy(), np.zeros(ph, np.int64)
     for s in range(max(0, (ph - 1).bit_length())):
@@ -564,11 +647,7 @@ def relayout_params(plan: TilePlan, name: str, src: Chunking, dst: Chunking, g: 
         cols[f"rx{s}_addr"], cols[f"rx{s}_len"] = rx_addr, rx_len
     cols["tx_addr"], cols["tx_len"] = tx_addr, tx_len
     cols.update(_piece_params(dst, g, junk))
-    for key, values in cols.items():
-        arr = np.zeros((ph, pw), np.int64)
-        arr[:, 0] = values
-        out[f"{name}.{key}"] = arr
-    return out
+    return {f"{name}.{key}": values for key, values in cols.items()}
 
 
 def _piece_params(dst: Chunking, g: np.ndarray, junk: int) -> dict:
@@ -590,15 +669,16 @@ def _piece_params(dst: Chunking, g: np.ndarray, junk: int) -> dict:
 
 
 def step_values(plan: TilePlan, slots: int, pos: int) -> dict:
-    """name -> int64 [ph, pw] of the per-step parameters for decode position `pos`."""
+    """name -> int64 [ph, pw] (read-only views) of the per-step parameters for decode
+    position `pos`."""
     pw, ph, hd = plan.pw, plan.ph, plan.spec.head_dim
     i = np.arange(pw)
     nloc = np.where(i <= pos, (pos - i) // pw + 1, 0)
     store = np.where(i == pos % pw, hd, 0)
-    return {"nloc": np.repeat(nloc[None, :], ph, axis=0),
-            "nfree": np.repeat(slots - nloc[None, :], ph, axis=0),
-            "slot_off": np.full((ph, pw), (pos // pw) * hd, np.int64),
-            "store_n": np.repeat(store[None, :], ph, axis=0)}
+    return {"nloc": np.broadcast_to(nloc, (ph, pw)),
+            "nfree": np.broadcast_to(slots - nloc, (ph, pw)),
+            "slot_off": np.broadcast_to(np.int64((pos // pw) * hd), (ph, pw)),
+            "store_n": np.broadcast_to(store, (ph, pw))}
 
 
 # --------------------------------------------------------------------------- programs
@@ -617,10 +697,17 @@ class DecodeProgram:
     representatives: list       # (x, y) of the first PE of each region
 
     def params_for(self, pos: int) -> np.ndarray:
-        """int32 [W*H, params] for decode position `pos`."""
-        params = self.program.params.copy()
-        for name, values in step_values(self.plan, self.placement.slots, pos).items():
-            params[:, self.param_names.index(name)] = values.reshape(-1)
+        """int32 [W*H, params] for decode position `pos`: the template's table copied in
+        blocks of PEs, each block's step columns written while it is in cache."""
+        columns = [(self.param_names.index(name), values.reshape(-1)) for name, values
+                   in step_values(self.plan, self.placement.slots, pos).items()]
+        template = self.program.params
+        params = np.empty_like(template)
+        for start in range(0, len(params), PARAM_BLOCK):
+            block = slice(start, start + PARAM_BLOCK)
+            params[block] = template[block]
+            for k, values in columns:
+                params[block, k] = values[block]
         return params
 
     def for_position(self, pos: int) -> Program:
@@ -665,20 +752,34 @@ def _class_index(keys: list) -> np.ndarray:
 
 def assemble_regions(plan: TilePlan, pe_region: np.ndarray, codes: list, names: list,
                      params: dict, param_names: list, routes: RoutePlan, sram_words: int,
-                     dtype: str, source: str) -> Program:
-    """Pack per-role code, the PE -> region map, parameters and routes into a Program."""
-    pw, ph = plan.pw, plan.ph
-    arrays = [c.to_array() for c in codes]
+                     dtype: str, source: str, left: dict | None = None) -> Program:
+    """Pack per-role code (RegionCode), the PE -> region map, parameters and routes into a
+    Program.
+
+    `params`: name -> values broadcastable to [ph, pw]; `left`: name -> [ph], values on the
+    left column only. Parameters in neither (the step parameters) are zero.
+    """
+    arrays = [c.code for c in codes]
     lengths = np.array([len(x) for x in arrays], np.int32)
     starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int32)
-    table = np.zeros((pw * ph, max(1, len(param_names))), np.int32)
-    for k, name in enumerate(param_names):
-        table[:, k] = params[name].reshape(-1)
-    return Program(width=pw, height=ph, dtype=dtype, sram_words=sram_words,
+    return Program(width=plan.pw, height=plan.ph, dtype=dtype, sram_words=sram_words,
                    code=np.concatenate(arrays), region_start=starts, region_len=lengths,
-                   region_names=names, pe_region=pe_region, params=table,
+                   region_names=names, pe_region=pe_region,
+                   params=param_table(plan, params, left or {}, param_names),
                    route_rx=routes.route_rx.copy(), route_tx=routes.route_tx.copy(),
                    source=source, region_comments={r: c.comments for r, c in enumerate(codes)})
+
+
+def param_table(plan: TilePlan, params: dict, left: dict, param_names: list) -> np.ndarray:
+    """int32 [W*H, parameters] of `assemble_regions` (a left-column parameter writes only
+    its ph PEs; the table starts zeroed)."""
+    table = np.zeros((plan.ph, plan.pw, max(1, len(param_names))), np.int32)
+    for k, name in enumerate(param_names):
+        if name in left:
+            table[:, 0, k] = left[name]
+        elif name in params:
+            table[:, :, k] = params[name]
+    return table.reshape(plan.ph * plan.pw, -1)
 
 
 LAYER_OPS = ("norm_in", "qkv", "attn", "o_proj", "norm_post", "mlp_up", "mlp_down")
@@ -694,19 +795,18 @@ def decode_mark_names(plan: TilePlan) -> list[str]:
 def emit_decode(plan: TilePlan, placement: Placement, routes: RoutePlan,
                 source: str = "<decode>") -> DecodeProgram:
     """The emit pass: one decode step as a Program with per-role regions."""
-    params = static_params(plan, placement)
-    for name in STEP_PARAMS:
-        params[name] = np.zeros((plan.ph, plan.pw), np.int64)
-    param_names = list(params)
+    params, left = static_params(plan), left_params(plan, placement)
+    param_names = list(params) + list(left) + list(STEP_PARAMS)
     marks = decode_mark_names(plan)
     ctx = Context(plan, placement, Fabric.from_routes(routes),
                   {n: k for k, n in enumerate(param_names)},
                   mark_index={n: k for k, n in enumerate(marks)})
     roles, pe_region, reps = assign_roles(plan)
+    check_layer_strides(placement)
     codes = [pe_code(ctx, role) for role in roles]
     names = [f"role{r}_x{x}_y{y}" for r, (x, y) in enumerate(reps)]
     program = assemble_regions(plan, pe_region, codes, names, params, param_names, routes,
-                               placement.total_words, placement.dtype, source)
+                               placement.total_words, placement.dtype, source, left)
     program.mark_names = marks
     return DecodeProgram(program, plan, placement, routes, param_names, roles, reps)
 
@@ -783,7 +883,7 @@ def emit_gemv(kind: str, m_total: int, k_total: int, pw: int, ph: int, mesh: Mes
                 else:
                     gemv_b(b, fab, i == 0, key[3], key[4], w, mpad, x, y, Param("m"))
                 b.halt()
-                codes.append(b)
+                codes.append(RegionCode(b.to_array(), b.comments))
             pe_region[j * pw + i] = roles[key]
     shape = _Shape(pw, ph)
     program = assemble_regions(shape, pe_region, codes, [f"gemv{r}" for r in range(len(codes))],

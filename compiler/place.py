@@ -83,10 +83,10 @@ def pe_class(plan: TilePlan, x: int, y: int) -> tuple:
 
 def classes(plan: TilePlan) -> list[tuple]:
     """Every class key present on the mesh (row kinds x {left column, other columns})."""
-    groups, wrows = plan.vec("groups").sizes() > 0, plan.weight_rows()
-    rows = {(bool(wrows[j]), bool(groups[j])) for j in range(plan.ph)}
-    keys = {(w, a, False, False) for w, a in rows} if plan.pw > 1 else set()
-    keys |= {(bool(wrows[j]), bool(groups[j]), True, j == 0) for j in range(plan.ph)}
+    attn = (plan.vec("groups").sizes() > 0).tolist()
+    kinds = list(zip(plan.weight_rows().tolist(), attn, strict=True))   # (weights, attn) per row
+    keys = {(w, a, False, False) for w, a in set(kinds)} if plan.pw > 1 else set()
+    keys |= {(w, a, True, False) for w, a in set(kinds[1:])} | {(*kinds[0], True, True)}
     return sorted(keys)
 
 
@@ -131,17 +131,45 @@ def relayouts(plan: TilePlan) -> dict:
             "attn": (plan.vec("heads_attn"), plan.vec("attn"))}
 
 
+def piece_bounds(pieces: list) -> tuple[np.ndarray, np.ndarray]:
+    """int64 [pieces] starts and ends of `multicast_pieces`."""
+    return (np.array([a for a, _ in pieces], np.int64).reshape(-1),
+            np.array([b for _, b in pieces], np.int64).reshape(-1))
+
+
+def kept_range(pieces: list, dst: Chunking) -> tuple[np.ndarray, np.ndarray]:
+    """int64 [ph] first and last index of the pieces overlapping each row's chunk of `dst`
+    (`kept_pieces` for every row at once; first > last when it keeps none)."""
+    starts, ends = piece_bounds(pieces)
+    bounds = np.asarray(dst.bounds, np.int64)
+    lo, hi = bounds[:-1], bounds[1:]
+    first = np.searchsorted(ends, lo, side="right")
+    last = np.where(hi > lo, np.searchsorted(starts, hi, side="left") - 1, first - 1)
+    return first, last
+
+
+def subtree_ends(ph: int) -> np.ndarray:
+    """int64 [ph]: `subtree_end` of every row."""
+    j = np.arange(ph)
+    out = np.minimum(j + (j & -j), ph)
+    out[:1] = ph
+    return out
+
+
 def g_words(plan: TilePlan) -> np.ndarray:
     """int64 [ph]: elements of G row j's left PE needs (gather subtree or kept pieces)."""
     need = np.zeros(plan.ph, np.int64)
     for src, dst in relayouts(plan).values():
         pieces = multicast_pieces(dst)
-        need[0] = max(need[0], src.total, dst.total)
-        for j in range(1, plan.ph):
-            kept = kept_pieces(pieces, dst, j)
-            recv = pieces[kept[-1]][1] - pieces[kept[0]][0] if kept else 0
-            gather = src.bounds[subtree_end(j, plan.ph)] - src.bounds[j]
-            need[j] = max(need[j], recv, gather)
+        (starts, ends), (first, last) = piece_bounds(pieces), kept_range(pieces, dst)
+        kept = first <= last
+        recv = np.zeros(plan.ph, np.int64)
+        recv[kept] = ends[last[kept]] - starts[first[kept]]
+        bounds = np.asarray(src.bounds, np.int64)
+        gather = bounds[subtree_ends(plan.ph)] - bounds[:-1]
+        row = np.maximum(recv, gather)
+        row[:1] = max(src.total, dst.total)
+        need = np.maximum(need, row)
     return need
 
 
@@ -205,8 +233,9 @@ def left_entries(plan: TilePlan, key: tuple, g_need: np.ndarray) -> list[tuple[s
     out = [("COS", rope, "scratch"), ("SIN", rope, "scratch")] if attn else []
     out.append(("TMP", max(4 * rope if attn else 0, plan.vec("ffn").max_size), "scratch"))
     if plan.layout == "even":
-        rows = [j for j in range(plan.ph) if pe_class(plan, 0, j) == key]
-        out.append(("G", int(max((g_need[j] for j in rows), default=0)), "scratch"))
+        rows = ((plan.weight_rows() == key[0]) & ((plan.vec("groups").sizes() > 0) == key[1])
+                & ((np.arange(plan.ph) == 0) == key[3]))
+        out.append(("G", int(g_need[rows].max(initial=0)), "scratch"))
     return out
 
 
@@ -312,16 +341,29 @@ def smallest_square(spec, mesh: MeshConfig, dtype: str, max_context: int,
                     layout: str) -> int | None:
     """Side of the smallest n x n mesh on which the model fits, or None up to the limit.
 
-    Starts at the balanced lower bound sqrt(weight bytes / SRAM bytes) and scans upward
-    (bisection would be wrong: hub rows make the need non-monotonic in n).
+    Starts at the larger of two lower bounds, the balanced sqrt(weight bytes / SRAM bytes)
+    and `kv_min_side`, and scans upward (bisection would be wrong: hub rows make the need
+    non-monotonic in n).
     """
     weight_bytes = spec.param_count() * DTYPE_BYTES[dtype]
-    start = max(1, math.isqrt(weight_bytes // mesh.sram_bytes))
+    start = max(1, math.isqrt(weight_bytes // mesh.sram_bytes),
+                kv_min_side(spec, mesh, dtype, max_context))
     for n in range(start, MAX_SQUARE_SEARCH + 1):
         if required_words(tile(spec, n, n, layout), max_context) * DTYPE_BYTES[dtype] \
                 <= mesh.sram_bytes:
             return n
     return None
+
+
+def kv_min_side(spec, mesh: MeshConfig, dtype: str, max_context: int) -> int:
+    """Smallest width n for which one kv group's cache fits a PE: an attention PE holds
+    K and V of every layer for ceil(max_context / n) slots of head_dim elements (a bound
+    for any layout; MAX_SQUARE_SEARCH + 1 when no width fits)."""
+    group_bytes = spec.num_layers * 2 * spec.head_dim * DTYPE_BYTES[dtype]
+    slots = mesh.sram_bytes // group_bytes if group_bytes else max_context
+    if slots == 0:
+        return MAX_SQUARE_SEARCH + 1
+    return -(-max_context // slots)
 
 
 # --------------------------------------------------------------------------- verify / dump

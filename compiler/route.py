@@ -165,8 +165,12 @@ def route(pw: int, ph: int, mesh: MeshConfig) -> RoutePlan:
 
 
 def grid_tables(pw: int, ph: int, colors: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Router tables [pw*ph, colors] computed from coordinates (same as `tables`)."""
-    X, Y = np.meshgrid(np.arange(pw), np.arange(ph))
+    """Router tables [pw*ph, colors] computed from coordinates (same as `tables`).
+
+    Every entry depends on x alone (row colors) or y alone (column colors), so each color
+    is computed on one line [1, pw] or [ph, 1] and broadcast over the mesh.
+    """
+    X, Y = np.arange(pw)[None, :], np.arange(ph)[:, None]
     rx = np.zeros((ph, pw, len(colors)), np.uint8)
     tx = np.zeros((ph, pw, len(colors)), np.uint8)
     if ph > 1:

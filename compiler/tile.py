@@ -101,10 +101,14 @@ class TilePlan:
 
     def weight_row(self, j: int) -> bool:
         """True when row j holds tiles of the C-chunked weight matrices (or may)."""
-        return self.layout == "groups" or bool(self.weight_rows()[j])
+        return bool(self._weight_rows[j])
 
     def weight_rows(self) -> np.ndarray:
         """bool [ph]: rows holding weight tiles (every row in the groups layout)."""
+        return self._weight_rows.copy()
+
+    @cached_property
+    def _weight_rows(self) -> np.ndarray:
         if self.layout == "groups":
             return np.ones(self.ph, bool)
         return ~hub_mask(self.ph, self.spec.num_kv_heads)
@@ -151,23 +155,33 @@ class TilePlan:
 
 def chunk_bounds(total: int, parts: int) -> tuple[int, ...]:
     """Bounds of `total` elements split into `parts` near-equal chunks (larger ones first)."""
+    return _bounds(_chunk_sizes(total, parts))
+
+
+def _chunk_sizes(total: int, parts: int) -> np.ndarray:
+    """int64 [parts]: sizes of `chunk_bounds`."""
     base, extra = divmod(total, parts)
     sizes = np.full(parts, base, np.int64)
     sizes[:extra] += 1
-    return tuple(int(b) for b in np.concatenate(([0], np.cumsum(sizes))))
+    return sizes
+
+
+def _bounds(sizes: np.ndarray) -> tuple[int, ...]:
+    """Bounds (Python ints) of consecutive chunks of these sizes."""
+    return (0, *np.cumsum(sizes).tolist())
 
 
 def scaled(bounds: tuple[int, ...], factor: int) -> tuple[int, ...]:
     """Bounds of a chunking whose every unit is `factor` elements."""
-    return tuple(b * factor for b in bounds)
+    return tuple((np.asarray(bounds, np.int64) * factor).tolist())
 
 
 def masked_bounds(total: int, mask: np.ndarray) -> tuple[int, ...]:
     """Bounds of `total` split near-equally over the rows where `mask` is true (others 0)."""
     sizes = np.zeros(len(mask), np.int64)
     rows = np.flatnonzero(mask)
-    sizes[rows] = np.diff(np.asarray(chunk_bounds(total, len(rows)), np.int64))
-    return tuple(int(b) for b in np.concatenate(([0], np.cumsum(sizes))))
+    sizes[rows] = _chunk_sizes(total, len(rows))
+    return _bounds(sizes)
 
 
 def hub_stride(ph: int, kv_heads: int) -> int:

@@ -57,58 +57,78 @@ def _check_arrays(program: Program) -> None:
 
 
 def _check_code(program: Program) -> None:
-    where, code = program.source, program.code
+    code = program.code
     if code.size == 0:
         return
-    bad = ~np.isin(code["op"], [int(op) for op in Op])
+    fields = _Fields(code)
+    bad = ~np.isin(fields.op, [int(op) for op in Op])
     if bad.any():
         i = int(np.argmax(bad))
-        raise ConfigError(f"{where}: instruction {i} (line {code['line'][i]}) has unknown "
-                          f"opcode {code['op'][i]}")
-    _check_registers(program)
-    _check_marks(program)
-    num_params = program.params.shape[1]
+        raise ConfigError(f"{program.source}: instruction {i} (line {code['line'][i]}) has "
+                          f"unknown opcode {code['op'][i]}")
+    _check_registers(program, fields)
+    _check_marks(program, fields)
+    _check_params(program, fields)
+
+
+class _Fields:
+    """Contiguous copies of the code's columns (a structured array's fields are strided,
+    so slot-by-slot checks over a whole wafer's code read them once)."""
+
+    def __init__(self, code: np.ndarray):
+        self.op = np.ascontiguousarray(code["op"])
+        modes = np.ascontiguousarray(code["modes"])
+        self.a = np.ascontiguousarray(code["a"])
+        self.kinds = [((modes >> (MODE_BITS * slot)) & 0x3).astype(np.int8)
+                      for slot in range(NUM_SLOTS)]
+
+    def kind(self, slot: int) -> np.ndarray:
+        """int8 [instructions]: addressing mode kind of operand `slot`."""
+        return self.kinds[slot]
+
+
+def _check_params(program: Program, fields: _Fields) -> None:
+    """Parameter operands `%pK` name a column of `params`."""
+    code, num_params = program.code, program.params.shape[1]
     for slot in range(NUM_SLOTS):
-        kinds = (code["modes"] >> (MODE_BITS * slot)) & 0x3
-        uses = kinds == MODE_PARAM
-        if uses.any() and (code["a"][uses, slot] >= num_params).any():
-            i = int(np.flatnonzero(uses & (code["a"][:, slot] >= num_params))[0])
-            raise ConfigError(f"{where}: instruction {i} (line {code['line'][i]}) uses "
-                              f"parameter %p{code['a'][i, slot]} but the program has "
+        bad = (fields.kind(slot) == MODE_PARAM) & (fields.a[:, slot] >= num_params)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ConfigError(f"{program.source}: instruction {i} (line {code['line'][i]}) "
+                              f"uses parameter %p{code['a'][i, slot]} but the program has "
                               f"{num_params}")
 
 
-def _check_registers(program: Program) -> None:
+def _check_registers(program: Program, fields: _Fields) -> None:
     """Register operands (movr/addr/djnz targets and register-relative slots) in r0..r7."""
     where, code = program.source, program.code
-    writes = np.isin(code["op"], [int(Op.MOVR), int(Op.ADDR), int(Op.DJNZ)])
-    target = code["a"][:, SLOT_DST]
+    writes = np.isin(fields.op, [int(Op.MOVR), int(Op.ADDR), int(Op.DJNZ)])
+    target = fields.a[:, SLOT_DST]
     bad = writes & ((target < 0) | (target >= NUM_REGS))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise ConfigError(f"{where}: instruction {i} (line {code['line'][i]}) names register "
                           f"r{target[i]}; registers are r0..r{NUM_REGS - 1}")
     for slot in range(NUM_SLOTS):
-        bits = code["modes"] >> (MODE_BITS * slot)
-        if ((bits & 0x3) > MODE_REG).any():
-            i = int(np.flatnonzero((bits & 0x3) > MODE_REG)[0])
+        bad = fields.kind(slot) > MODE_REG
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
             raise ConfigError(f"{where}: instruction {i} (line {code['line'][i]}) has an "
                               f"unknown addressing mode in operand {slot}")
 
 
-def _check_marks(program: Program) -> None:
+def _check_marks(program: Program, fields: _Fields) -> None:
     """`mark` ids: immediates in 0..num_marks-1 (Program.mark_names)."""
     where, code = program.source, program.code
-    marks = code["op"] == int(Op.MARK)
+    marks = fields.op == int(Op.MARK)
     if not marks.any():
         return
-    kinds = (code["modes"] >> (MODE_BITS * SLOT_DST)) & 0x3
-    bad = marks & (kinds != MODE_IMM)
+    bad = marks & (fields.kind(SLOT_DST) != MODE_IMM)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise ConfigError(f"{where}: instruction {i} (line {code['line'][i]}) is a mark "
                           f"whose id is not an immediate")
-    ids = code["a"][:, SLOT_DST]
+    ids = fields.a[:, SLOT_DST]
     bad = marks & ((ids < 0) | (ids >= program.num_marks))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
