@@ -2,7 +2,7 @@
 
 `run_mesh` executes a whole program with exactly the scheduling of the reference
 interpreter (isa/reference.py, which defines semantics and timing):
-- a binary heap of ready PEs, one int64 key per entry: (clock << shift) | PE index, so
+- a 4-ary heap of ready PEs, one int64 key per entry: (clock << shift) | PE index, so
   keys order as (clock, PE index);
 - activations: a popped PE runs one leading communication op, then local ops until the next
   communication op; it then either goes on (it is still the earliest) or trades places with
@@ -102,6 +102,9 @@ def slot_index(cfg, pe, c):
 
 
 # --- heap of (clock << shift | PE) keys ------------------------------------------------
+# A 4-ary min-heap: node i has children 4i+1 .. 4i+4 (half the depth of a binary heap, and
+# the four children of a node share at most two cache lines). Any array of sorted keys is
+# a valid heap.
 
 
 @njit(nrt=False, inline="always")
@@ -109,7 +112,7 @@ def heap_push(heap, size, key):
     """Insert `key` into the heap of `size` entries; return the new size."""
     i = size
     while i > 0:
-        parent = (i - 1) >> 1
+        parent = (i - 1) >> 2
         up = heap[parent]
         if key >= up:
             break
@@ -124,19 +127,17 @@ def sift_down(heap, size, key):
     """Place `key` at the root of a heap of `size` entries whose root slot is free."""
     i = 0
     while True:
-        child = 2 * i + 1
+        child = 4 * i + 1
         if child >= size:
             break
-        low = heap[child]
-        if child + 1 < size:
-            right = heap[child + 1]
-            if right < low:
-                child += 1
-                low = right
+        low, best = heap[child], child
+        for c in range(child + 1, min(child + 4, size)):
+            if heap[c] < low:
+                low, best = heap[c], c
         if low >= key:
             break
         heap[i] = low
-        i = child
+        i = best
     heap[i] = key
 
 
