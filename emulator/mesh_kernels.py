@@ -56,6 +56,7 @@ CFG_SIZE = 15
 # reference's values); registers r0..r7 are columns P_REGS..P_REGS+7, so the fields an
 # activation touches (clock, pc, busy, status, r0..r3) share one 64-byte cache line.
 P_CLOCK, P_PC, P_BUSY, P_STATUS, P_REGS, P_FINISH, P_WAIT = 0, 1, 2, 3, 4, 12, 13
+P_PARAM_ROW = 14   # the PE's row of the parameter table (mesh_engine.param_table)
 P_FIELDS = 16
 
 # stats[] indices: counters, free-list head, payload pool top, barrier bookkeeping, heap size.
@@ -171,7 +172,7 @@ def operand(modes, args, k, slot, params, pes, pe):
     if kind == 0:
         return value
     if kind == 1:
-        return np.int64(params[pe, value])
+        return np.int64(params[pes[pe, P_PARAM_ROW], value])
     return pes[pe, P_REGS + ((bits >> 2) & 0x7)] + value
 
 
