@@ -32,3 +32,41 @@ def njit(fn=None, *, nrt: bool = True, **options):
     options.setdefault("error_model", "numpy")
     decorator = numba.njit(cache=True, nogil=True, _nrt=nrt, **options)
     return decorator if fn is None else decorator(fn)
+
+
+def _no_prefetch(array, index):
+    """Prefetch stand-in when the JIT is disabled: does nothing."""
+
+
+def _make_prefetch():
+    """`prefetch(array, index)`: a hint that `array[index]` (a 1-D or 2-D array; for 2-D,
+    the start of row `index`) will be read soon, compiled to LLVM's `llvm.prefetch`
+    (read, high locality). No effect on results; a no-op when the JIT is disabled."""
+    if JIT_DISABLED:
+        return _no_prefetch
+    from llvmlite import ir
+    from numba.core import cgutils, types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def prefetch(typingctx, array, index):
+        def codegen(context, builder, signature, args):
+            array_type = signature.args[0]
+            view = context.make_array(array_type)(context, builder, args[0])
+            indices = [args[1]] + [context.get_constant(types.intp, 0)] * (array_type.ndim - 1)
+            pointer = cgutils.get_item_pointer(context, builder, array_type, view, indices,
+                                               wraparound=False)
+            byte_pointer = ir.PointerType(ir.IntType(8))
+            i32 = ir.IntType(32)
+            function = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]),
+                "llvm.prefetch.p0i8")
+            builder.call(function, [builder.bitcast(pointer, byte_pointer), i32(0), i32(3),
+                                    i32(1)])
+            return context.get_dummy_value()
+        return types.void(array, types.intp), codegen
+
+    return prefetch
+
+
+prefetch = _make_prefetch()

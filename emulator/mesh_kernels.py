@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from emulator.jit import njit
+from emulator.jit import njit, prefetch
 
 # PE status (same values as the reference).
 READY, BLOCKED, AT_BARRIER, HALTED = 0, 1, 2, 3
@@ -131,6 +131,8 @@ def sift_down(heap, size, key):
         child = 4 * i + 1
         if child >= size:
             break
+        prefetch(heap, 4 * child + 1)    # the 16 grandchildren: two cache lines
+        prefetch(heap, 4 * child + 9)
         low, best = heap[child], child
         for c in range(child + 1, min(child + 4, size)):
             if heap[c] < low:
@@ -523,6 +525,20 @@ def free_record(rec, fifo, f, stats):
 
 
 @njit(nrt=False, inline="always")
+def prefetch_router(q, c, cfg, routes, links, fifo, pes, npes):
+    """Start loading router q's table entry for color c, its links, its FIFO for c and
+    its PE row (a hint for a message that may reach it; no effect on results)."""
+    if q < 0 or q >= npes:
+        return
+    f = slot_index(cfg, q, c)
+    if f >= 0:
+        prefetch(routes, f)
+        prefetch(fifo, f)
+    prefetch(links, 8 * q)
+    prefetch(pes, q)
+
+
+@njit(nrt=False, inline="always")
 def route_message(pe, c, n, off, sp, cfg, routes, edges, links, stack, rec, fifo, stats, pes,
                   heap, fault, t):
     """Route one message depth-first exactly as the reference: a stack of (router, input
@@ -562,6 +578,8 @@ def route_message(pe, c, n, off, sp, cfg, routes, edges, links, stack, rec, fifo
             links[link] = start + n
             links[link + 1] += n
             step = -width if d == 0 else (1 if d == 1 else (width if d == 2 else -1))
+            prefetch_router(q + step, c, cfg, routes, links, fifo, pes, npes)
+            prefetch_router(q + 2 * step, c, cfg, routes, links, fifo, pes, npes)
             stack[sp, 0], stack[sp, 1] = q + step, 1 << ((d + 2) % 4)
             stack[sp, 2], stack[sp, 3] = start + hop, hops + 1
             sp += 1
@@ -968,6 +986,20 @@ def note_send(key, stats):
 
 
 @njit(nrt=False, inline="always")
+def prefetch_pe(q, pes, pe_region, links, fifo, routes, cfg):
+    """Start loading the state PE q's next activation reads: its row, region, links,
+    router table and (up to 48 color slots of) FIFO heads (a hint; no effect on
+    results)."""
+    prefetch(pes, q)
+    prefetch(pe_region, q)
+    prefetch(links, 8 * q)
+    base = 2 * q * cfg[CFG_SLOTS]
+    prefetch(routes, base)
+    for line in range(min(cfg[CFG_SLOTS], 48) // 8 + 1):
+        prefetch(fifo, base + 16 * line)
+
+
+@njit(nrt=False, inline="always")
 def next_pe(heap, stats, shift):
     """The PE to activate next: the suspended one, else the heap's minimum (-1: none)."""
     pe = stats[ST_CUR_PE]
@@ -995,6 +1027,8 @@ def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
             stats[ST_CUR_T] = -1
         else:
             t, p = pes[pe, P_CLOCK], pes[pe, P_PC]
+        if stats[ST_HEAP] > 0:   # likely the next PE to run: fetch its state meanwhile
+            prefetch_pe(heap[0] & ((1 << shift) - 1), pes, pe_region, links, fifo, routes, cfg)
         base, ncode = rstart[pe_region[pe]], rlen[pe_region[pe]]
         first, following = True, -1
         while True:
