@@ -173,6 +173,9 @@ class MeshDecoder:
 
         `hidden`: the residual stream entering this mesh (a later wafer of a system)
         instead of the token's embedding. Logits are empty without the LM head.
+        The engine runs in place on `self.sram` (no copy of the SRAM image per step), so
+        after a MeshFault the SRAM holds the step's partial results (KV cache and
+        activations written before the fault): build a new decoder to go on.
         """
         if not 0 <= token < self.spec.vocab_size:
             raise ConfigError(f"token id {token} is outside the vocabulary "
@@ -184,8 +187,8 @@ class MeshDecoder:
             raise ConfigError(f"position {pos} exceeds max_context {self.placement.max_context}")
         self._host_inputs(token, pos, hidden)
         program = self.compiled.decode.for_position(pos)
-        result = self.run(program, self.mesh, sram=self.sram, functional=True)
-        self.sram = result.sram
+        result = self.run(program, self.mesh, sram=self.sram, functional=True, in_place=True)
+        self.sram = result.sram   # the same array (an engine hook may return a copy)
         self.length = pos + 1
         self.results.append(dataclasses.replace(result, sram=None))  # SRAM lives in self.sram
         logits = read_c(self.sram, self.plan, "vocab", self.placement.addr("ACC"))

@@ -62,8 +62,8 @@ class RecordingMachine(ReferenceMachine):
     (vector ops, reductions, receives) or sent (sends); None in timing-only mode."""
 
     def __init__(self, program: Program, mesh: MeshConfig, sram, functional: bool,
-                 max_cycles: int):
-        super().__init__(program, mesh, sram, functional, max_cycles, True)
+                 max_cycles: int, in_place: bool = False):
+        super().__init__(program, mesh, sram, functional, max_cycles, True, in_place)
         self.values: list = []
 
     def record(self, pe: int, start: int, pc: int, text: str, detail: str = ""):
@@ -97,11 +97,12 @@ class Recording:
     note: str = ""               # what was run (model, mesh, position, mode)
 
 
-def record_run(program: Program, mesh: MeshConfig, sram, functional: bool,
-               max_cycles: int) -> tuple[RecordingMachine, RunResult | None, MeshFault | None]:
+def record_run(program: Program, mesh: MeshConfig, sram, functional: bool, max_cycles: int,
+               in_place: bool = False
+               ) -> tuple[RecordingMachine, RunResult | None, MeshFault | None]:
     """Run to the end or to a fault: (machine, result or None, fault or None); the
     machine keeps the events either way."""
-    machine = RecordingMachine(program, mesh, sram, functional, max_cycles)
+    machine = RecordingMachine(program, mesh, sram, functional, max_cycles, in_place)
     try:
         return machine, machine.run(), None
     except MeshFault as fault:
@@ -145,9 +146,9 @@ def record_model(config: str, hw: str, mesh_text, dtype: str, layout: str, max_c
     decoder = _seeded_decoder(spec, mesh, dtype, layout, max_context, position, seed)
     runs = []
 
-    def run(program, mesh, sram=None, functional=True):
+    def run(program, mesh, sram=None, functional=True, in_place=False):
         """MeshDecoder's engine hook: the recording reference interpreter."""
-        runs.append(record_run(program, mesh, sram, functional, max_cycles))
+        runs.append(record_run(program, mesh, sram, functional, max_cycles, in_place))
         _, result, fault = runs[-1]
         if fault is not None:
             raise fault

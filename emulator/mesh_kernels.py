@@ -267,23 +267,35 @@ def max32(a, b):
 
 @njit(nrt=False)
 def reduce_values(op, mem, s0, ss0, s1, ss1, n):
-    """rsum / rmax / rdot accumulated sequentially in fp32 from element 0."""
+    """rsum / rmax / rdot accumulated sequentially in fp32 from element 0 (stride-1
+    operands are read through slices: no negative-index wraparound per element)."""
     if op == RMAX:
         acc = np.float32(-np.inf)
-        for i in range(n):
-            acc = max32(acc, mem[s0 + ss0 * i])
+        if ss0 == 1:
+            a = mem[s0:s0 + n]
+            for i in range(n):
+                acc = max32(acc, a[i])
+        else:
+            for i in range(n):
+                acc = max32(acc, mem[s0 + ss0 * i])
         return acc
     acc = np.float32(0.0)
     if op == RDOT:
         if ss0 == 1 and ss1 == 1:
+            a, b = mem[s0:s0 + n], mem[s1:s1 + n]
             for i in range(n):
-                acc = np.float32(acc + np.float32(mem[s0 + i] * mem[s1 + i]))
+                acc = np.float32(acc + np.float32(a[i] * b[i]))
         else:
             for i in range(n):
                 acc = np.float32(acc + np.float32(mem[s0 + ss0 * i] * mem[s1 + ss1 * i]))
         return acc
-    for i in range(n):
-        acc = np.float32(acc + mem[s0 + ss0 * i])
+    if ss0 == 1:
+        a = mem[s0:s0 + n]
+        for i in range(n):
+            acc = np.float32(acc + a[i])
+    else:
+        for i in range(n):
+            acc = np.float32(acc + mem[s0 + ss0 * i])
     return acc
 
 
@@ -294,16 +306,55 @@ def disjoint(a0, astride, b0, bstride, n):
     return max(a0, a1) < min(b0, b1) or max(b0, b1) < min(a0, a1)
 
 
+@njit(nrt=False, inline="always")
+def apart(d0, ds, s0, ss0, n):
+    """True if an elementwise loop may write destination element i right after reading
+    source element i: the descriptors are disjoint, or identical with a nonzero stride
+    (element i then reads only the address it writes)."""
+    return disjoint(d0, ds, s0, ss0, n) or (d0 == s0 and ds == ss0 and ds != 0)
+
+
+@njit(nrt=False)
+def unary_slices(op, dst, src, imm):
+    """dst[i] = f(src[i]) over two equal-length slices (stride 1, so the loops vectorise
+    where the operation allows)."""
+    n = dst.shape[0]
+    if op == VMOV:
+        for i in range(n):
+            dst[i] = src[i]
+    elif op == VSET:
+        for i in range(n):
+            dst[i] = imm
+    elif op == VSCALE:
+        for i in range(n):
+            dst[i] = np.float32(src[i] * imm)
+    elif op == VADDI:
+        for i in range(n):
+            dst[i] = np.float32(src[i] + imm)
+    elif op == VEXP:
+        for i in range(n):
+            dst[i] = np.float32(exp64(np.float64(src[i])))
+    elif op == VRSQRT:
+        for i in range(n):
+            dst[i] = np.float32(np.float64(1.0) / np.sqrt(np.float64(src[i])))
+    elif op == VRECIP:
+        for i in range(n):
+            dst[i] = np.float32(np.float64(1.0) / np.float64(src[i]))
+    else:
+        for i in range(n):
+            dst[i] = np.float32(np.float64(1.0)
+                                / (np.float64(1.0) + exp64(-np.float64(src[i]))))
+
+
 @njit(nrt=False)
 def unary_loop(op, mem, out, o0, os, s0, ss0, n, imm):
     """out[o0 + os*i] = f(src[i]) for the one-source ops, one loop per opcode."""
-    if op == VMOV:
-        if os == 1 and ss0 == 1:
-            for i in range(n):
-                out[o0 + i] = mem[s0 + i]
-        else:
-            for i in range(n):
-                out[o0 + os * i] = mem[s0 + ss0 * i]
+    if os == 1 and (ss0 == 1 or op == VSET):
+        s = s0 if ss0 == 1 else 0
+        unary_slices(op, out[o0:o0 + n], mem[s:s + n], imm)
+    elif op == VMOV:
+        for i in range(n):
+            out[o0 + os * i] = mem[s0 + ss0 * i]
     elif op == VSET:
         for i in range(n):
             out[o0 + os * i] = imm
@@ -330,29 +381,59 @@ def unary_loop(op, mem, out, o0, os, s0, ss0, n, imm):
 
 
 @njit(nrt=False)
-def binary_loop(op, mem, out, o0, os, s0, ss0, s1, ss1, n):
-    """out[o0 + os*i] = src0[i] op src1[i] for vadd vsub vmul vmax, one loop per opcode."""
+def binary_slices(op, dst, a, b):
+    """dst[i] = a[i] op b[i] over equal-length slices (vadd vsub vmul vmax)."""
+    n = dst.shape[0]
     if op == VADD:
-        if os == 1 and ss0 == 1 and ss1 == 1:
-            for i in range(n):
-                out[o0 + i] = np.float32(mem[s0 + i] + mem[s1 + i])
-        else:
-            for i in range(n):
-                out[o0 + os * i] = np.float32(mem[s0 + ss0 * i] + mem[s1 + ss1 * i])
+        for i in range(n):
+            dst[i] = np.float32(a[i] + b[i])
+    elif op == VSUB:
+        for i in range(n):
+            dst[i] = np.float32(a[i] - b[i])
+    elif op == VMUL:
+        for i in range(n):
+            dst[i] = np.float32(a[i] * b[i])
+    else:
+        for i in range(n):
+            dst[i] = max32(a[i], b[i])
+
+
+@njit(nrt=False)
+def binary_scalar(op, dst, a, b):
+    """dst[i] = a[i] op b over equal-length slices and one value b (a stride-0 src1)."""
+    n = dst.shape[0]
+    if op == VADD:
+        for i in range(n):
+            dst[i] = np.float32(a[i] + b)
+    elif op == VSUB:
+        for i in range(n):
+            dst[i] = np.float32(a[i] - b)
+    elif op == VMUL:
+        for i in range(n):
+            dst[i] = np.float32(a[i] * b)
+    else:
+        for i in range(n):
+            dst[i] = max32(a[i], b)
+
+
+@njit(nrt=False)
+def binary_loop(op, mem, out, o0, os, s0, ss0, s1, ss1, n):
+    """out[o0 + os*i] = src0[i] op src1[i] for vadd vsub vmul vmax, one loop per opcode.
+    A stride-0 src1 is read once: the caller goes through scratch when the loop could
+    write it."""
+    if os == 1 and ss0 == 1 and ss1 == 1:
+        binary_slices(op, out[o0:o0 + n], mem[s0:s0 + n], mem[s1:s1 + n])
+    elif os == 1 and ss0 == 1 and ss1 == 0:
+        binary_scalar(op, out[o0:o0 + n], mem[s0:s0 + n], mem[s1])
+    elif op == VADD:
+        for i in range(n):
+            out[o0 + os * i] = np.float32(mem[s0 + ss0 * i] + mem[s1 + ss1 * i])
     elif op == VSUB:
         for i in range(n):
             out[o0 + os * i] = np.float32(mem[s0 + ss0 * i] - mem[s1 + ss1 * i])
     elif op == VMUL:
-        if os == 1 and ss0 == 1 and ss1 == 1:
-            for i in range(n):
-                out[o0 + i] = np.float32(mem[s0 + i] * mem[s1 + i])
-        elif os == 1 and ss0 == 1 and ss1 == 0:
-            b = mem[s1]
-            for i in range(n):
-                out[o0 + i] = np.float32(mem[s0 + i] * b)
-        else:
-            for i in range(n):
-                out[o0 + os * i] = np.float32(mem[s0 + ss0 * i] * mem[s1 + ss1 * i])
+        for i in range(n):
+            out[o0 + os * i] = np.float32(mem[s0 + ss0 * i] * mem[s1 + ss1 * i])
     else:
         for i in range(n):
             out[o0 + os * i] = max32(mem[s0 + ss0 * i], mem[s1 + ss1 * i])
@@ -410,14 +491,19 @@ def vector_values(op, mem, d0, ds, s0, ss0, s1, ss1, n, imm, scratch):
         return
     one_source = op == VMOV or op == VSCALE or op == VADDI or op >= VEXP
     direct = ((ds != 0 or op != VFMA)
-              and (op == VSET or disjoint(d0, ds, s0, ss0, n))
-              and (op == VSET or one_source or disjoint(d0, ds, s1, ss1, n)))
+              and (op == VSET or apart(d0, ds, s0, ss0, n))
+              and (op == VSET or one_source or apart(d0, ds, s1, ss1, n)))
     if direct:
         elementwise(op, mem, mem, d0, ds, d0, ds, s0, ss0, s1, ss1, n, imm)
         return
     elementwise(op, mem, scratch, 0, 1, d0, ds, s0, ss0, s1, ss1, n, imm)
-    for i in range(n):
-        mem[d0 + ds * i] = scratch[i]
+    if ds == 1:
+        dst, src = mem[d0:d0 + n], scratch[:n]
+        for i in range(n):
+            dst[i] = src[i]
+    else:
+        for i in range(n):
+            mem[d0 + ds * i] = scratch[i]
 
 
 # --- pools (allocating; called only from run_mesh) ----------------------------------------
@@ -457,11 +543,18 @@ def grow_rows(stack, need):
     return out
 
 
+PAYLOAD_DOUBLING_LIMIT = 1 << 22   # words (16 MiB): the pool doubles up to this size
+
+
 @njit
 def compact_payloads(pay, rec, stats, need):
     """A fresh payload pool holding every live message's values once (blocks shared by a
     multicast stay shared) with room for `need` more words; REC_OFF fields are rewritten
-    and stats[ST_PAYLOAD] set to the words used."""
+    and stats[ST_PAYLOAD] set to the words used. The new pool has at least twice the
+    words in use plus `need`, and twice the old pool's size up to PAYLOAD_DOUBLING_LIMIT
+    (never less than the old size beyond it): with few messages live, a pool sized only
+    by its live words would fill again after a few sends (a 64 x 64 decode step
+    compacted 3,368 times; now 11)."""
     live = np.flatnonzero((rec[:, REC_LEN] > 0) & (rec[:, REC_OFF] >= 0))
     offs = rec[live, REC_OFF]
     order = np.argsort(offs, kind="mergesort")
@@ -469,7 +562,8 @@ def compact_payloads(pay, rec, stats, need):
     for j in range(order.shape[0]):
         if j == 0 or offs[order[j]] != offs[order[j - 1]]:
             used += rec[live[order[j]], REC_LEN]
-    out = np.empty(max(2 * (used + need), 1024), np.float32)
+    grown = max(min(2 * pay.shape[0], PAYLOAD_DOUBLING_LIMIT), pay.shape[0])
+    out = np.empty(max(2 * (used + need), grown, 1024), np.float32)
     top, prev_old, prev_new = 0, -1, -1
     for j in range(order.shape[0]):
         i = live[order[j]]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emulator.errors import ConfigError, MeshFault
+from emulator.errors import MeshFault
 from emulator.hw.mesh import MeshConfig
 from isa.opcodes import (
     COMM_OPS,
@@ -44,7 +44,7 @@ from isa.opcodes import (
     slot_mode,
 )
 from isa.program import Program, RunResult
-from isa.validate import validate_program
+from isa.validate import run_sram, validate_program
 
 READY, BLOCKED, AT_BARRIER, HALTED = 0, 1, 2, 3
 NAN32 = np.float32("nan")
@@ -119,20 +119,13 @@ class ReferenceMachine:
     """State of one run: PE clocks, registers, SRAM, router tables, links and FIFOs."""
 
     def __init__(self, program: Program, mesh: MeshConfig, sram, functional: bool,
-                 max_cycles: int, record_events: bool):
+                 max_cycles: int, record_events: bool, in_place: bool = False):
         validate_program(program, mesh)
         self.p, self.mesh = program, mesh
         n = program.num_pes
         self.functional, self.max_cycles = functional, max_cycles
         self.width = mesh.simd_width(program.dtype)
-        self.sram = None
-        if functional:
-            self.sram = (program.initial_sram() if sram is None
-                         else np.array(sram, np.float32, copy=True))
-            expected = (program.num_pes, program.sram_words)
-            if self.sram.shape != expected:
-                raise ConfigError(f"{program.source}: initial SRAM has shape "
-                                  f"{self.sram.shape}, expected {expected}")
+        self.sram = run_sram(program, sram, in_place) if functional else None
         self.clock = np.zeros(n, np.int64)
         self.pc = np.zeros(n, np.int64)
         self.regs = np.zeros((n, NUM_REGS), np.int64)
@@ -499,11 +492,16 @@ def _ports(mask: int) -> str:
 
 
 def run_reference(program: Program, mesh: MeshConfig, sram=None, functional: bool = True,
-                  max_cycles: int = 10**9, record_events: bool = False) -> RunResult:
+                  max_cycles: int = 10**9, record_events: bool = False,
+                  in_place: bool = False) -> RunResult:
     """Run `program` on `mesh` with the reference interpreter.
 
     `sram`: optional float32 [W*H, sram_words] initial contents (default: the program's
-    `.data`). Timing-only (`functional=False`) computes no values and returns `sram=None`.
+    `.data`), copied unless `in_place`: then the run updates `sram` itself (a float32
+    C-contiguous array; after a fault it holds the partial results) and returns it as
+    `RunResult.sram`. Timing-only (`functional=False`) computes no values and returns
+    `sram=None`.
     """
-    machine = ReferenceMachine(program, mesh, sram, functional, max_cycles, record_events)
+    machine = ReferenceMachine(program, mesh, sram, functional, max_cycles, record_events,
+                               in_place)
     return machine.run()

@@ -135,3 +135,26 @@ def _check_marks(program: Program, fields: _Fields) -> None:
         raise ConfigError(f"{where}: instruction {i} (line {code['line'][i]}) records mark "
                           f"id {ids[i]} but the program has {program.num_marks} mark(s)"
                           + (f" (ids 0..{program.num_marks - 1})" if program.num_marks else ""))
+
+
+def run_sram(program: Program, sram, in_place: bool = False) -> np.ndarray:
+    """The SRAM a functional run works on (both engines): the program's initial contents
+    when `sram` is None, else a float32 copy of `sram`, or with `in_place` the array
+    `sram` itself, which the run then updates (it must be float32, C-contiguous and
+    writeable; a run that faults leaves it holding whatever the run wrote before the
+    fault). ConfigError if the shape is not [W*H, sram_words]."""
+    expected = (program.num_pes, program.sram_words)
+    if sram is None:
+        return program.initial_sram()
+    if in_place:
+        if not (isinstance(sram, np.ndarray) and sram.dtype == np.float32
+                and sram.flags.c_contiguous and sram.flags.writeable):
+            raise ConfigError(f"{program.source}: an in-place run needs the SRAM as a "
+                              f"writeable C-contiguous float32 numpy array")
+        memory = sram
+    else:
+        memory = np.array(sram, np.float32, copy=True, order="C")
+    if memory.shape != expected:
+        raise ConfigError(f"{program.source}: initial SRAM has shape {memory.shape}, "
+                          f"expected {expected}")
+    return memory

@@ -121,6 +121,28 @@ def test_reference_engine_agrees_with_numba_engine():
     assert np.array_equal(dec_a.sram, dec_b.sram)
 
 
+def test_steps_run_in_place_with_the_same_logits_as_copying_runs():
+    """MeshDecoder runs the engine in place on its SRAM; forcing a copy per step (the old
+    behaviour) gives the same logits, cycles and SRAM bit for bit."""
+    spec = make_spec(hidden=16, heads=4, kv_heads=2, ffn=20, vocab=30)
+    weights = random_weights(spec, 2)
+    mesh = load_mesh("small").with_mesh(4, 4)
+    decoders = [MeshDecoder(spec, weights, mesh, max_context=MAX_CONTEXT) for _ in range(2)]
+    copying, in_place = decoders
+    engine = copying.run
+    copying.run = lambda *args, in_place, **kw: engine(*args, in_place=False, **kw)
+    _, cache = ref.prefill(spec, weights, [4, 8])
+    for decoder in decoders:
+        decoder.load_kv(cache)
+    sram = in_place.sram
+    for n in range(3):
+        (a, ra), (b, rb) = (d.step(5 + n, 2 + n) for d in decoders)
+        assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+        assert ra.cycles == rb.cycles
+    assert in_place.sram is sram and copying.sram is not sram
+    assert np.array_equal(in_place.sram.view(np.uint32), copying.sram.view(np.uint32))
+
+
 def test_generate_matches_reference_generate():
     spec = make_spec(hidden=16, heads=4, kv_heads=1, ffn=20, vocab=30, tie=True)
     weights = random_weights(spec, 4)

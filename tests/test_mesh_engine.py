@@ -342,7 +342,12 @@ def test_special_values_bit_identical():
     "vmov [1], [0], 8", "vmov [0], [1], 8", "vadd [2], [0], [4], 8", "vmul [0:2], [1:2], [0], 4",
     "vfma [3:0], [0], [8], 5", "vfma [0], [1], [2], 6", "vfma [6:-1], [0], [1], 5",
     "vset [4:0], 3, 9.5", "vexp [0:0], [1], 4", "vsub [8], [8:0], [9], 6",
-    "rsum [2], [0], 8", "rdot [0], [0], [1], 8", "vscale [5:-1], [0], 6, -2.0"])
+    "rsum [2], [0], 8", "rdot [0], [0], [1], 8", "vscale [5:-1], [0], 6, -2.0",
+    # identical source and destination (in place), scalar sources inside and outside
+    "vmul [0], [0], [12:0], 8", "vmul [0], [0], [3:0], 8", "vadd [0], [0], [0], 8",
+    "vexp [2], [2], 6", "vfma [0], [0], [0], 8", "vfma [0], [0], [2:0], 8",
+    "vmax [6:-1], [6:-1], [8], 5", "vsub [3:0], [3:0], [9], 4", "vmov [1:2], [1:2], 5",
+    "vaddi [0], [0], 10, 0.5", "rmax [0], [0], 10", "vsub [0], [4], [2:0], 8"])
 def test_overlapping_operands(line):
     """Sources are read before writes, repeated destinations keep the highest index."""
     program = assemble(f".mesh 1x1\n.sram 16\n.region a 0,0 0,0\n"
@@ -470,3 +475,82 @@ def test_vgemv_faults():
     for functional in (True, False):   # nothing is touched when m = 0 or k = 0
         both(assemble(head + "    movr r1, 999\n    vgemv [r1], [r1], [r1], 0, 3\n"
                       "    vgemv [r1], [r1], [r1], 3, 0\n"), functional=functional)
+
+
+IN_PLACE = """.mesh 2x1
+.sram 8
+.region a 0,0 0,0
+.route c0 rx=R tx=E
+    vadd [4], [0], [2], 2
+    send c0, [4], 2
+.region b 1,0 1,0
+.route c0 rx=W tx=R
+    recvadd c0, [0], 2
+    vexp [2], [0], 2
+"""
+
+
+@pytest.mark.parametrize("engine", [run_reference, run_numba])
+def test_in_place_run_updates_the_given_sram(engine):
+    """in_place=True: the run works on `sram` itself and returns it; the same values and
+    timing as a copying run, which leaves its input untouched."""
+    program = assemble(IN_PLACE)
+    mesh = SMALL.with_mesh(2, 1)
+    sram = np.arange(16, dtype=np.float32).reshape(2, 8) / 4
+    before = sram.copy()
+    copied = engine(program, mesh, sram=sram)
+    assert np.array_equal(sram, before) and copied.sram is not sram
+    result = engine(program, mesh, sram=sram, in_place=True)
+    assert result.sram is sram
+    assert np.array_equal(sram.view(np.uint32), copied.sram.view(np.uint32))
+    assert (result.cycles, result.instructions) == (copied.cycles, copied.instructions)
+    assert np.array_equal(result.pe_busy, copied.pe_busy)
+
+
+@pytest.mark.parametrize("engine", [run_reference, run_numba])
+def test_in_place_fault_leaves_partial_results(engine):
+    """A fault after some writes: an in-place run leaves them in `sram`."""
+    program = assemble(IN_PLACE.replace("    vexp [2], [0], 2\n",
+                                              "    movr r1, 9\n    vexp [2], [0], r1\n"))
+    mesh = SMALL.with_mesh(2, 1)
+    sram = np.ones((2, 8), np.float32)
+    with pytest.raises(MeshFault, match="SRAM access at element 8"):
+        engine(program, mesh, sram=sram, in_place=True)
+    assert np.array_equal(sram[0], [1, 1, 1, 1, 2, 2, 1, 1])   # vadd ran on PE (0,0)
+    assert np.array_equal(sram[1], [3, 3, 1, 1, 1, 1, 1, 1])   # recvadd ran on PE (1,0)
+
+
+@pytest.mark.parametrize("engine", [run_reference, run_numba])
+def test_in_place_needs_a_float32_array_of_the_right_shape(engine):
+    program = assemble(IN_PLACE)
+    mesh = SMALL.with_mesh(2, 1)
+    with pytest.raises(ConfigError, match="in-place run needs"):
+        engine(program, mesh, sram=np.ones((2, 8)), in_place=True)
+    with pytest.raises(ConfigError, match="in-place run needs"):
+        engine(program, mesh, sram=np.ones((8, 2), np.float32).T, in_place=True)
+    with pytest.raises(ConfigError, match=r"initial SRAM has shape \(2, 7\)"):
+        engine(program, mesh, sram=np.ones((2, 7), np.float32), in_place=True)
+    assert engine(program, mesh, sram=np.ones((2, 8)), in_place=False).sram.dtype == np.float32
+
+
+def test_static_inputs_are_reused_only_for_the_same_code_and_routes():
+    """KernelRun keeps the params-independent inputs of the last program: a program that
+    differs only in `params` reuses them; changing code or routes in place does not."""
+    import dataclasses
+
+    from emulator.mesh_engine import StaticInputs
+    program = assemble(IN_PLACE)
+    mesh = SMALL.with_mesh(2, 1)
+    first = StaticInputs.of(program, mesh)
+    again = dataclasses.replace(program, params=program.params.copy())
+    assert StaticInputs.of(again, mesh) is first
+    assert StaticInputs.of(program, SMALL.with_mesh(2, 1)) is first
+    program.route_tx[0, 0] = 0                  # mutated in place: prepared again
+    assert StaticInputs.of(program, mesh) is not first
+    assert "no route out of PE (0,0)" in fault_of(program)
+    program.route_tx[0, 0] = PORT_E
+    both(program)
+    program.code["a"][0, SLOT_DST] = 5          # now vadd [5], [0], [2], 2
+    changed = both(program, sram=np.ones((2, 8), np.float32))
+    assert StaticInputs.of(program, mesh) is not first
+    assert np.array_equal(changed.sram[0], [1, 1, 1, 1, 1, 2, 2, 1])
