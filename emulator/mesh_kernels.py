@@ -753,6 +753,8 @@ def gemv_values(mem, d0, ds, w0, ld, x0, sx, m, cols, scratch):
     if ((ds != 0 or m == 1) and (d_hi < w_lo or w_hi < d_lo)
             and (d_hi < x_lo or x_hi < d_lo)):
         if ds == 1:   # slices: indices provably >= 0, so the inner loop vectorises
+            for line in range(w_lo, w_hi + 1, 16):   # the whole tile: misses overlap
+                prefetch(mem, line)
             dst = mem[d0:d0 + m]
             for c in range(cols):
                 xv = mem[x0 + sx * c]
