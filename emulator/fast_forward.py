@@ -1,13 +1,13 @@
 """Exact fast-forward over repeated blocks of code (decoder layers) in timing-only runs.
 
 A decode step runs the same code once per layer; only addresses differ between layers,
-and timing never depends on addresses or values. `run_fast_forward` emulates the first
-two blocks, checks that the mesh state after the second is the state after the first
-shifted by D cycles, jumps over the middle blocks by adding D (and the second block's
-busy cycles, link loads, counters and marks) once per skipped block, and emulates the
-last block and everything after it. The result equals a full run's exactly, or the
-function returns None and the caller runs in full. docs/engines.md ("Fast-forward")
-states the conditions; in short:
+and timing never depends on addresses or values. With cut marks c_0 .. c_n (block b runs
+from c_b to c_b+1), `run_fast_forward` emulates up to c_1 and on to c_2, checks that the
+mesh state at c_2 is the state at c_1 shifted by D cycles, jumps over blocks 2 .. n-1 by
+adding D (and block 1's busy cycles, link loads, counters and marks) once per skipped
+block, and emulates the code after c_n. The result equals a full run's exactly, or
+`run_fast_forward` returns False and the caller runs in full. docs/engines.md
+("Fast-forward") states the conditions; in short:
 
 - blocks: every running PE's code holds each cut mark (`mark NAME`) once, in order; the
   blocks between consecutive cuts that are skipped are *timing-equivalent* to block 1:
@@ -53,7 +53,7 @@ class Blocks:
 
     @property
     def skipped(self) -> int:
-        """Blocks jumped over: all but the first two and the last."""
+        """Blocks jumped over: those between consecutive cuts but the first two."""
         return len(self.cut_ids) - 3
 
 
@@ -118,9 +118,9 @@ def cut_positions(program: Program, region: int, cut_ids: tuple) -> np.ndarray |
 def region_blocks_match(program: Program, region: int, pes: np.ndarray, starts: np.ndarray,
                         static_cost: np.ndarray, mark_source: np.ndarray,
                         mark_block: np.ndarray) -> bool:
-    """Whether blocks 2..L-2 of a region (run by PEs `pes`) are timing-equivalent to
-    block 1 (recording their marks' block-1 ids); blocks must all have block 1's
-    length."""
+    """Whether the skipped blocks of a region (run by PEs `pes`; blocks 2 .. n-1 of cuts
+    c_0 .. c_n) are timing-equivalent to block 1 (recording their marks' block-1 ids);
+    they must all have block 1's length."""
     lo, length = program.region_start[region], starts[2] - starts[1]
     if (np.diff(starts[1:]) != length).any():
         return False
