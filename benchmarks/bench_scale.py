@@ -8,8 +8,11 @@ tokens/s; for Llama-3.1-70B on the multi-wafer preset (`cs3x4`): the wafer count
 SRAM needs, compile seconds, host seconds per emulated token (target under 60 s) and
 predicted tokens/s; the 8B prefill of a 2048-token prompt on `trn2` timing-only (host
 target under 2 s) next to its roofline. Times are seconds unless a name says otherwise.
+`--check-full` also emulates the 8B token without the layer fast-forward (several
+minutes) and checks that every timing field equals the fast-forwarded run's.
 
 Usage: python benchmarks/bench_scale.py [--skip-70b] [--context N] [--json FILE]
+       [--check-full]
 """
 
 import argparse
@@ -18,6 +21,8 @@ import resource
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from compiler.decode import compile_decode, run_timing
 from compiler.frontend import load_config
@@ -36,8 +41,9 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def decode_8b(context: int) -> dict:
-    """Compile and emulate one timing-only decode token of Llama-3.1-8B on WSE-3."""
+def decode_8b(context: int, check_full: bool = False) -> dict:
+    """Compile and emulate one timing-only decode token of Llama-3.1-8B on WSE-3; with
+    `check_full`, also run it without the layer fast-forward and compare every field."""
     spec, mesh = load_config(MODELS / "llama-3.1-8b.json"), load_mesh("wse3")
     t0 = time.perf_counter()
     compiled = compile_decode(spec, mesh, "bf16", context)
@@ -45,12 +51,25 @@ def decode_8b(context: int) -> dict:
     result = run_timing(compiled, mesh, context - 1)
     t2 = time.perf_counter()
     pl = compiled.placement
-    return {"compile_s": t1 - t0, "emulate_s": t2 - t1, "cycles": result.cycles,
+    full = full_run_check(compiled, mesh, context - 1, result) if check_full else {}
+    return {**full, "compile_s": t1 - t0, "emulate_s": t2 - t1, "cycles": result.cycles,
             "instructions": result.instructions, "skipped_layers": result.skipped_blocks,
             "layout": compiled.plan.layout,
             "regions": len(compiled.decode.program.region_start),
             "bytes_per_class": {class_name(k): w * 2 for k, w in pl.class_words.items()},
             "tokens_per_s": mesh.clock_hz / result.cycles, "peak_rss_bytes": peak_rss_bytes()}
+
+
+def full_run_check(compiled, mesh, pos: int, fast) -> dict:
+    """Host seconds of the same token without the fast-forward, and whether every timing
+    field (cycles, per-PE finish and busy, link loads, counters, marks) is equal."""
+    t0 = time.perf_counter()
+    full = run_timing(compiled, mesh, pos, fast_forward=False)
+    seconds = time.perf_counter() - t0
+    fields = ("cycles", "instructions", "messages", "pe_finish", "pe_busy", "link_busy",
+              "mark_first", "mark_last", "mark_count")
+    same = all(np.array_equal(getattr(full, f), getattr(fast, f)) for f in fields)
+    return {"full_emulate_s": seconds, "full_run_equal": same}
 
 
 def decode_70b(context: int) -> dict:
@@ -87,6 +106,9 @@ def print_results(out: dict) -> None:
     print(f"  compile {d['compile_s']:.1f} s + emulate one token {d['emulate_s']:.1f} s = "
           f"{d['compile_s'] + d['emulate_s']:.1f} s (target < 10 s)")
     print(f"  peak resident memory {d['peak_rss_bytes'] / GIB:.2f} GiB (target < 6 GiB)")
+    if "full_run_equal" in d:
+        print(f"  without the fast-forward: emulate {d['full_emulate_s']:.1f} s; every field "
+              f"equal: {d['full_run_equal']}")
     for name, nbytes in d["bytes_per_class"].items():
         print(f"  SRAM per PE, {name}: {nbytes:,} B")
     print(f"  {d['cycles']:,} cycles/token -> {d['tokens_per_s']:,.0f} tokens/s; "
@@ -112,8 +134,11 @@ def main(argv=None) -> int:
     parser.add_argument("--context", type=int, default=16,
                         help="KV capacity; the token is decoded at position context - 1")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    parser.add_argument("--check-full", action="store_true",
+                        help="also emulate the 8B token without the layer fast-forward "
+                             "(minutes) and check that every field is equal")
     args = parser.parse_args(argv)
-    out = {"prefill_8b": prefill_8b(), "decode_8b": decode_8b(args.context)}
+    out = {"prefill_8b": prefill_8b(), "decode_8b": decode_8b(args.context, args.check_full)}
     if not args.skip_70b:
         out["decode_70b"] = decode_70b(args.context)
     print_results(out)
