@@ -111,8 +111,11 @@ class KernelRun:
         about to execute `mark stop_mark` (-1: never stop). Returns K.DONE or
         K.ALL_PARKED; raises MeshFault on a program fault."""
         if self.pools is None:
-            heap, size, *rest = K.new_pools(self.inputs[7], self.inputs[-1])
-            self.pools = (heap, rest[0], *rest[1:])
+            pe_region, cfg = self.inputs[7], self.inputs[-1]
+            heap = np.empty(len(pe_region), np.int64)
+            fifo = np.full(2 * len(pe_region) * cfg[K.CFG_SLOTS], -1, np.int32)
+            size, *rest = K.new_pools(pe_region, cfg, heap)
+            self.pools = (heap, fifo, *rest)
             self.stats[K.ST_HEAP] = size
             self.stats[[K.ST_CUR_PE, K.ST_CUR_T, K.ST_PARKED_SEND_MAX]] = -1
         self.inputs[-1][K.CFG_STOP_MARK] = stop_mark

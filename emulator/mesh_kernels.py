@@ -1216,17 +1216,15 @@ def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
 
 
 @njit
-def new_pools(pe_region, cfg):
-    """The pools `run_mesh` works in: the heap with every non-idle PE at cycle 0, FIFO
-    heads and tails (all empty), the record pool, the routing stack, the payload pool and
-    the value scratch (both empty in timing-only mode)."""
-    npes = pe_region.shape[0]
-    heap = np.empty(npes, np.int64)
-    fifo = np.full(2 * npes * cfg[CFG_SLOTS], -1, np.int32)
+def new_pools(pe_region, cfg, heap):
+    """The pools `run_mesh` works in besides the heap and FIFOs (which the caller
+    allocates, so that numpy can back them with huge pages): puts every non-idle PE into
+    `heap` at cycle 0 and returns (its size, the record pool, the routing stack, the
+    payload pool, the value scratch; the last two empty in timing-only mode)."""
     pay = np.empty(1024 if cfg[CFG_FUNCTIONAL] else 0, np.float32)
     scratch = np.empty(64 if cfg[CFG_FUNCTIONAL] else 0, np.float32)
-    return heap, initial_heap(pe_region, heap), fifo, new_records(1024), \
-        np.empty((64, 4), np.int64), pay, scratch
+    return initial_heap(pe_region, heap), new_records(1024), np.empty((64, 4), np.int64), \
+        pay, scratch
 
 
 @njit
