@@ -55,7 +55,7 @@ def run_numba(program: Program, mesh: MeshConfig, sram=None, functional: bool = 
     kernel, skipped = KernelRun(program, mesh, sram, functional, max_cycles, in_place), 0
     blocks = None if fast_forward is None else find_blocks(
         program, list(fast_forward), kernel.inputs[4])
-    if blocks is not None and run_fast_forward(kernel, blocks):
+    if blocks is not None and fast_forwarded(kernel, blocks):
         skipped = blocks.skipped
     else:
         if blocks is not None:
@@ -72,6 +72,15 @@ def run_numba(program: Program, mesh: MeshConfig, sram=None, functional: bool = 
                      mark_first=kernel.marks[:, K.M_FIRST].copy(),
                      mark_last=kernel.marks[:, K.M_LAST].copy(),
                      mark_count=kernel.marks[:, K.M_COUNT].copy(), skipped_blocks=skipped)
+
+
+def fast_forwarded(kernel: "KernelRun", blocks) -> bool:
+    """run_fast_forward, with a fault counting as a failed attempt: the full run that
+    follows then reports the fault exactly as it happens without fast-forwarding."""
+    try:
+        return run_fast_forward(kernel, blocks)
+    except MeshFault:
+        return False
 
 
 class KernelRun:

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compiler.decode import compile_decode, layer_cuts, run_timing
-from emulator.errors import ConfigError
+from emulator.errors import ConfigError, MeshFault
 from emulator.hw.mesh import load_mesh
 from emulator.mesh_engine import run_numba
 from isa.asm import assemble
@@ -135,3 +135,16 @@ def test_fast_forward_needs_timing_only():
     with pytest.raises(ConfigError, match="timing-only"):
         run_numba(compiled.decode.for_position(0), mesh, functional=True,
                   fast_forward=layer_cuts(compiled))
+
+
+def test_a_fault_is_reported_as_the_full_run_reports_it():
+    program = assemble(block_program([4, 4, 4, 4, 4, 4]), "blocks.asm")
+    mesh = load_mesh("small").with_mesh(2, 1)
+    cuts = [f"b{b}" for b in range(6)]
+    full = run_numba(program, mesh, functional=False)
+    limit = full.cycles - 1    # the last block passes the limit
+    with pytest.raises(MeshFault) as expected:
+        run_numba(program, mesh, functional=False, max_cycles=limit)
+    with pytest.raises(MeshFault) as got:
+        run_numba(program, mesh, functional=False, max_cycles=limit, fast_forward=cuts)
+    assert str(got.value) == str(expected.value)
