@@ -4,6 +4,8 @@ Kernels are decorated with `njit` from this module. By default it is
 `numba.njit(cache=True, nogil=True)`; with the environment variable `EMU_DISABLE_JIT=1`
 (read at import time) it is a no-op decorator, so kernels run as plain Python and can be
 stepped through in a debugger or checked for out-of-bounds indexing by numpy.
+`prefetch(array, index)` is a cache hint for kernels (LLVM's `llvm.prefetch`), a no-op
+without the JIT.
 """
 
 import os
