@@ -227,11 +227,12 @@ def param_table(params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if params.shape[1] == 0 or params.shape[0] == 0:
         return params[:1], np.zeros(params.shape[0], np.int64)
     weights = np.random.default_rng(0).integers(1, 1 << 62, params.shape[1], dtype=np.int64) | 1
-    with np.errstate(over="ignore"):
-        keys = params.astype(np.int64) @ weights
+    keys = np.empty(params.shape[0], np.int64)
+    with np.errstate(over="ignore"):   # only matters with EMU_DISABLE_JIT=1
+        K.row_hashes(params, weights, keys)
     _, first, index = np.unique(keys, return_index=True, return_inverse=True)
-    table = params[first]
-    if not np.array_equal(table[index], params):   # a hash collision: exact dedup
+    table, index = params[first], index.astype(np.int64).ravel()
+    if not K.rows_match(params, table, index):   # a hash collision: exact dedup
         rows = params.view(np.dtype((np.void, 4 * params.shape[1]))).ravel()
         _, first, index = np.unique(rows, return_index=True, return_inverse=True)
         table = params[first]

@@ -506,6 +506,30 @@ def vector_values(op, mem, d0, ds, s0, ss0, s1, ss1, n, imm, scratch):
             mem[d0 + ds * i] = scratch[i]
 
 
+# --- parameter table (called by mesh_engine.param_table) --------------------------------
+
+
+@njit(nrt=False)
+def row_hashes(params, weights, out):
+    """out[p] = sum_k params[p, k] * weights[k] (int64, wrapping): a hash of each row."""
+    for p in range(params.shape[0]):
+        h = np.int64(0)
+        for k in range(params.shape[1]):
+            h += np.int64(params[p, k]) * weights[k]
+        out[p] = h
+
+
+@njit(nrt=False)
+def rows_match(params, table, index):
+    """True if params[p] == table[index[p]] for every row p."""
+    for p in range(params.shape[0]):
+        row = table[index[p]]
+        for k in range(params.shape[1]):
+            if params[p, k] != row[k]:
+                return False
+    return True
+
+
 # --- pools (allocating; called only from run_mesh) ----------------------------------------
 
 

@@ -554,3 +554,15 @@ def test_static_inputs_are_reused_only_for_the_same_code_and_routes():
     changed = both(program, sram=np.ones((2, 8), np.float32))
     assert StaticInputs.of(program, mesh) is not first
     assert np.array_equal(changed.sram[0], [1, 1, 1, 1, 1, 2, 2, 1])
+
+
+def test_param_table_is_exact_even_when_hashes_collide(monkeypatch):
+    from emulator import mesh_engine
+    rng = np.random.default_rng(3)
+    params = rng.integers(-3, 3, (500, 6)).astype(np.int32)
+    params[::4] = params[1]
+    table, index = mesh_engine.param_table(params)
+    assert np.array_equal(table[index], params) and len(table) == len(np.unique(params, axis=0))
+    monkeypatch.setattr(mesh_engine.K, "row_hashes", lambda p, w, out: out.fill(7))
+    table, index = mesh_engine.param_table(params)
+    assert np.array_equal(table[index], params) and len(table) == len(np.unique(params, axis=0))
