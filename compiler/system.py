@@ -151,7 +151,11 @@ def run_system_timing(system: System, pos: int, engine: str = "numba",
     runs = fork_map(_timing_job, [(part.compiled, one, pos, engine)
                                   for part in distinct.values()], jobs)
     done = dict(zip(distinct, runs, strict=True))
-    results = [done[(p.layers, p.head)] for p in system.parts]
+    return system_step(system, [done[(p.layers, p.head)] for p in system.parts])
+
+
+def system_step(system: System, results: list) -> SystemStep:
+    """The SystemStep of one token: per-wafer results plus a hand-off per wafer boundary."""
     hops = system.wafers - 1
     return SystemStep(results, hops * handoff_seconds(system.spec, system.mesh, system.dtype))
 
@@ -208,7 +212,5 @@ class SystemDecoder:
             logits, result = dec.step(token, pos, hidden)
             results.append(result)
             hidden = read_r(dec.sram, dec.plan, "hidden", dec.placement.addr("H"))
-        hops = self.system.wafers - 1
-        return logits, SystemStep(results, hops * handoff_seconds(self.spec, self.mesh,
-                                                                   self.system.dtype))
+        return logits, system_step(self.system, results)
 

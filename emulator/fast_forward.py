@@ -86,15 +86,16 @@ def find_blocks(program: Program, cut_names, static_cost: np.ndarray) -> Blocks 
     lengths = np.zeros(len(program.region_start), np.int64)
     mark_source = np.full(program.num_marks, -1, np.int64)
     mark_block = np.full(program.num_marks, -1, np.int64)
+    region_starts = {}
     for r, lo, hi in zip(live, *bounds, strict=True):
-        starts = cut_positions(program, int(r), cut_ids)
+        starts = region_starts[r] = cut_positions(program, int(r), cut_ids)
         if starts is None:
             return None
         lengths[r] = starts[2] - starts[1]
         if not region_blocks_match(program, int(r), order[lo:hi], starts, static_cost,
                                    mark_source, mark_block):
             return None
-    if not marks_unique(program, live, cut_ids, mark_source, mark_block):
+    if not marks_unique(program, region_starts, mark_source, mark_block):
         return None
     return Blocks(cut_ids, lengths, mark_source, mark_block)
 
@@ -201,19 +202,20 @@ def map_marks(ids: np.ndarray, source: int, mark_source: np.ndarray,
     return True
 
 
-def marks_unique(program: Program, live: np.ndarray, cut_ids: tuple,
-                 mark_source: np.ndarray, mark_block: np.ndarray) -> bool:
+def marks_unique(program: Program, region_starts: dict, mark_source: np.ndarray,
+                 mark_block: np.ndarray) -> bool:
     """Every mark of a skipped block occurs only in that block, and block 1's marks only
-    in block 1, so the skipped blocks' mark records are block 1's, shifted."""
+    in block 1, so the skipped blocks' mark records are block 1's, shifted
+    (`region_starts`: region -> pc of each cut mark)."""
     in_block_one = np.zeros(program.num_marks, bool)
     in_block_one[mark_source[mark_source >= 0]] = True
-    for r in live:
+    for r, starts in region_starts.items():
         lo, n = program.region_start[r], program.region_len[r]
         code = program.code[lo:lo + n]
         pcs = np.flatnonzero(code["op"] == Op.MARK)
         k = code["a"][pcs, SLOT_DST]
-        block = np.searchsorted(cut_positions(program, int(r), cut_ids), pcs, "right") - 1
-        skipped = (block >= 2) & (block < len(cut_ids) - 1)
+        block = np.searchsorted(starts, pcs, "right") - 1
+        skipped = (block >= 2) & (block < len(starts) - 1)
         if ((mark_block[k] != np.where(skipped, block, -1)).any()
                 or (in_block_one[k] & (block != 1)).any()):
             return False
@@ -240,7 +242,7 @@ def take_cut(kernel, live: np.ndarray) -> Cut | None:
             or stats[K.ST_ROUTE_SP] != 0 or stats[K.ST_BARRIER_COUNT] != 0):
         return None
     return Cut(kernel.pes.copy(), kernel.links.copy(), kernel.marks.copy(), stats.copy(),
-               kernel.inputs[9].copy(), int(stats[K.ST_PARKED_SEND_MAX]))
+               kernel.routes.copy(), int(stats[K.ST_PARKED_SEND_MAX]))
 
 
 def cut_shift(one: Cut, two: Cut, live: np.ndarray) -> int | None:
@@ -262,12 +264,12 @@ def cut_shift(one: Cut, two: Cut, live: np.ndarray) -> int | None:
 def jump(kernel, one: Cut, two: Cut, blocks: Blocks, live: np.ndarray, d: int) -> bool:
     """Advance the parked state `two` over `blocks.skipped` blocks, each a copy of the
     block between the cuts; False if that would pass the cycle limit."""
-    n, pes, cfg = blocks.skipped, kernel.pes, kernel.inputs[-1]
+    n, pes, cfg = blocks.skipped, kernel.pes, kernel.cfg
     if pes[live, K.P_CLOCK].max() + n * d > cfg[K.CFG_MAX_CYCLES]:
         return False
     stale = two.pes[live, K.P_CLOCK].min()
     pes[live, K.P_CLOCK] += n * d
-    pes[live, K.P_PC] += n * blocks.region_block_len[kernel.program.pe_region[live]]
+    pes[live, K.P_PC] += n * blocks.region_block_len[kernel.pe_region[live]]
     pes[live, K.P_BUSY] += n * (two.pes[live, K.P_BUSY] - one.pes[live, K.P_BUSY])
     free = kernel.links[0::2]
     free[free > stale] += n * d
@@ -294,24 +296,23 @@ def run_fast_forward(kernel, blocks: Blocks) -> bool:
     """Run `kernel` (a fresh mesh_engine.KernelRun) to the end with the middle blocks
     fast-forwarded. False (the kernel state is then unusable) when a condition of the
     module docstring fails; the caller then runs in full."""
-    live = np.flatnonzero(kernel.program.pe_region >= 0)
-    shift = int(kernel.inputs[-1][K.CFG_SHIFT])
+    live = np.flatnonzero(kernel.pe_region >= 0)
     cuts = []
     for cut in blocks.cut_ids[1:3]:
         if cuts:
             kernel.resume_parked()
-        kernel.stats[K.ST_PARKED_SEND_MAX] = -1
         if kernel.run_until(cut) != K.ALL_PARKED or (snap := take_cut(kernel, live)) is None:
             return False
         cuts.append(snap)
-    first_sends = int(cuts[1].stats[K.ST_SEND_MIN])
+    first_sends = int(cuts[1].stats[K.ST_SEND_MIN])   # block 1's earliest send key
     d = cut_shift(cuts[0], cuts[1], live)
-    if d is None or not jump(kernel, *cuts, blocks, live, d):
+    if d is None:
+        return False
+    step = d << int(kernel.cfg[K.CFG_SHIFT])             # one block, in heap-key units
+    if not (cuts[0].parked_send_max < first_sends
+            and cuts[1].parked_send_max < first_sends + step
+            and jump(kernel, *cuts, blocks, live, d)):
         return False
     kernel.resume_parked()
-    kernel.stats[K.ST_PARKED_SEND_MAX] = -1
     kernel.run_until(-1)
-    step = d << shift
-    return (cuts[0].parked_send_max < first_sends
-            and cuts[1].parked_send_max < first_sends + step
-            and cuts[1].parked_send_max + blocks.skipped * step < kernel.stats[K.ST_SEND_MIN])
+    return cuts[1].parked_send_max + blocks.skipped * step < kernel.stats[K.ST_SEND_MIN]

@@ -54,7 +54,7 @@ def run_numba(program: Program, mesh: MeshConfig, sram=None, functional: bool = 
         raise ConfigError(f"{program.source}: fast-forward needs a timing-only run")
     kernel, skipped = KernelRun(program, mesh, sram, functional, max_cycles, in_place), 0
     blocks = None if fast_forward is None else find_blocks(
-        program, list(fast_forward), kernel.inputs[4])
+        program, list(fast_forward), kernel.static_cost)
     if blocks is not None and fast_forwarded(kernel, blocks):
         skipped = blocks.skipped
     else:
@@ -120,14 +120,15 @@ class KernelRun:
         about to execute `mark stop_mark` (-1: never stop). Returns K.DONE or
         K.ALL_PARKED; raises MeshFault on a program fault."""
         if self.pools is None:
-            pe_region, cfg = self.inputs[7], self.inputs[-1]
+            pe_region, cfg = self.pe_region, self.cfg
             heap = np.empty(len(pe_region), np.int64)
             fifo = np.full(2 * len(pe_region) * cfg[K.CFG_SLOTS], -1, np.int32)
             size, *rest = K.new_pools(pe_region, cfg, heap)
             self.pools = (heap, fifo, *rest)
             self.stats[K.ST_HEAP] = size
-            self.stats[[K.ST_CUR_PE, K.ST_CUR_T, K.ST_PARKED_SEND_MAX]] = -1
-        self.inputs[-1][K.CFG_STOP_MARK] = stop_mark
+            self.stats[[K.ST_CUR_PE, K.ST_CUR_T]] = -1
+        self.cfg[K.CFG_STOP_MARK] = stop_mark
+        self.stats[K.ST_PARKED_SEND_MAX] = -1   # the send keys of this call only
         self.stats[K.ST_SEND_MIN] = np.iinfo(np.int64).max
         with np.errstate(all="ignore"):   # only matters with EMU_DISABLE_JIT=1
             code, *grown = K.run_mesh(*self.inputs, self.memory, self.pes, self.links,
@@ -137,6 +138,26 @@ class KernelRun:
             raise MeshFault(fault_message(self.program, self.fault, self.pes,
                                           self.max_cycles))
         return code
+
+    @property
+    def static_cost(self) -> np.ndarray:
+        """Per instruction: its static cost, or a negative code (static_costs)."""
+        return self.inputs[4]
+
+    @property
+    def pe_region(self) -> np.ndarray:
+        """int64 [P]: each PE's region (-1: idle)."""
+        return self.inputs[7]
+
+    @property
+    def routes(self) -> np.ndarray:
+        """The run's router tables (router_tables form; `route` updates them)."""
+        return self.inputs[9]
+
+    @property
+    def cfg(self) -> np.ndarray:
+        """The kernel's cfg array (mesh_kernels.CFG_* indices)."""
+        return self.inputs[-1]
 
     @property
     def heap(self) -> np.ndarray:
@@ -152,7 +173,7 @@ class KernelRun:
         """Make every parked PE ready again at its clock (the heap must be empty)."""
         parked = np.flatnonzero(self.pes[:, K.P_STATUS] == K.PARKED)
         self.pes[parked, K.P_STATUS] = K.READY
-        keys = (self.pes[parked, K.P_CLOCK] << self.inputs[-1][K.CFG_SHIFT]) | parked
+        keys = (self.pes[parked, K.P_CLOCK] << self.cfg[K.CFG_SHIFT]) | parked
         self.heap[:len(parked)] = np.sort(keys)   # sorted keys form a min-heap
         self.stats[K.ST_HEAP] = len(parked)
         self.stats[K.ST_PARKED] = 0
@@ -235,8 +256,8 @@ def param_table(params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not K.rows_match(params, table, index):   # a hash collision: exact dedup
         rows = params.view(np.dtype((np.void, 4 * params.shape[1]))).ravel()
         _, first, index = np.unique(rows, return_index=True, return_inverse=True)
-        table = params[first]
-    return table, index.astype(np.int64).ravel()
+        table, index = params[first], index.astype(np.int64).ravel()
+    return table, index
 
 
 def code_arrays(program: Program) -> tuple:
