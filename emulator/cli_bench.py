@@ -12,9 +12,8 @@ import click
 
 from compiler.emit import emit_gemv
 from compiler.numerics import canonical_dtype
-from emulator.cli_common import parse_mesh_size
+from emulator.cli_common import load_sized_mesh
 from emulator.errors import ConfigError
-from emulator.hw.mesh import load_mesh
 
 
 def bench_gemv(size: int, hw: str = "wse2", mesh_size: str | None = None,
@@ -22,9 +21,8 @@ def bench_gemv(size: int, hw: str = "wse2", mesh_size: str | None = None,
     """Latency of one [1, size] x [size, size] GEMV: dict with cycles and seconds."""
     if size < 1:
         raise ConfigError(f"--size must be positive, got {size}")
-    mesh = load_mesh(hw)
-    shape = parse_mesh_size(mesh_size) or (mesh.width, mesh.height)
-    mesh = mesh.with_mesh(*shape)
+    mesh = load_sized_mesh(hw, mesh_size)
+    shape = (mesh.width, mesh.height)
     dtype = canonical_dtype(dtype)
     started = time.perf_counter()
     gemv = emit_gemv(kind, size, size, shape[0], shape[1], mesh, dtype)
