@@ -20,7 +20,7 @@ from emulator.cli_common import load_sized_mesh
 from emulator.errors import ConfigError
 from emulator.hw.link import load_link
 from emulator.hw.prefill import load_prefill
-from emulator.orchestrate import RunRequest, run_inference
+from emulator.orchestrate import RunRequest, check_request, run_inference
 from emulator.report import print_report
 
 DEFAULT_MODEL = "tiny"
@@ -75,16 +75,38 @@ def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt
     dtype = canonical_dtype(dtype)
     chip = (auto_prefill(spec, dtype, length) if prefill_hw == "auto"
             else load_prefill(prefill_hw))
-    return RunRequest(spec=spec, model_name=name, mesh=mesh, prefill_hw=chip,
-                      link=load_link(link), prompt=prompt, prompt_len=length,
-                      max_new_tokens=max_new_tokens, dtype=dtype,
-                      weights=values, timing_only=timing_only, overlap_kv=overlap_kv,
-                      engine=engine, seed=seed)
+    req = RunRequest(spec=spec, model_name=name, mesh=mesh, prefill_hw=chip,
+                     link=load_link(link), prompt=prompt, prompt_len=length,
+                     max_new_tokens=max_new_tokens, dtype=dtype,
+                     weights=values, timing_only=timing_only, overlap_kv=overlap_kv,
+                     engine=engine, seed=seed)
+    check_request(req)   # before the progress bar starts, so an error is its only output
+    return req
 
 
-def _progress_bar(console: Console):
-    return Progress(TextColumn("decode"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=True)
+class DecodeProgress:
+    """The decode progress bar on stderr, shown from the first decode step on (so an error
+    raised while compiling or prefilling is the only thing the command prints)."""
+
+    def __init__(self, console: Console, total: int):
+        self.bar = Progress(TextColumn("decode"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=console, transient=True)
+        self.task = self.bar.add_task("decode", total=total)
+        self.started = False
+
+    def update(self, done: int, total: int) -> None:
+        """run_inference's progress callback: `done` of `total` steps."""
+        if not self.started:
+            self.bar.start()
+            self.started = True
+        self.bar.update(self.task, completed=done, total=total)
+
+    def __enter__(self) -> "DecodeProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.started:
+            self.bar.stop()
 
 
 @click.command()
@@ -126,9 +148,8 @@ def run(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens, p
                         prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine)
     console = Console(stderr=True)
     started = time.perf_counter()
-    with _progress_bar(console) as bar:
-        task = bar.add_task("decode", total=max(1, max_new_tokens - 1))
-        outcome = run_inference(req, lambda done, total: bar.update(task, completed=done))
+    with DecodeProgress(console, total=max(1, max_new_tokens - 1)) as progress:
+        outcome = run_inference(req, progress.update)
     outcome.report["host_seconds"] = time.perf_counter() - started
     if plots_dir:
         from emulator.plots import write_plots

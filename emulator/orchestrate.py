@@ -129,7 +129,8 @@ class DecodeStage:
 
 
 def run_inference(req: RunRequest, progress=None) -> RunOutcome:
-    """Run the whole request; `progress(done, total)` is called after each decode step."""
+    """Run the whole request; `progress(done, total)` is called when decoding starts
+    (done = 0) and after each decode step."""
     check_request(req)
     tokens_in = req.prompt if req.prompt is not None else req.prompt_len
     prefill = run_prefill(req.spec, req.prefill_hw, tokens_in, req.weights, req.dtype,
@@ -163,6 +164,8 @@ def _decode(req: RunRequest, stage: DecodeStage, prefill, progress):
     rows = [] if req.timing_only else [prefill.logits_last]
     tokens = [int(np.argmax(row)) for row in rows]
     results, steps = [], req.max_new_tokens - 1
+    if progress is not None and steps:
+        progress(0, steps)
     for n in range(steps):
         row, result = stage.step(tokens[-1] if tokens else 0, req.prompt_len + n)
         results.append(result)

@@ -154,6 +154,7 @@ def test_bad_input_exits_2_without_files(bad_files, args, needle):
                                        "--trace", str(outputs[2])])
     assert result.exit_code == 2, result.output
     assert needle in result.output
+    assert result.output.splitlines() == [result.output.strip()]   # one line, nothing else
     assert "Traceback" not in result.output
     assert not any(p.exists() for p in outputs)
 
