@@ -68,18 +68,20 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
 
 
 def run_timing(compiled: Compiled, mesh: MeshConfig, pos: int, engine: str = "numba",
-               fast_forward: bool = True) -> RunResult:
+               fast_forward: bool = True, jobs: int | None = None) -> RunResult:
     """Timing-only run of the decode step at position `pos` (no weights or values needed).
 
     Same cycles as a functional step (timing never depends on values), so this serves
     models too large to hold as an SRAM image on the host. With the Numba engine and
     `fast_forward`, the middle decoder layers are fast-forwarded exactly
     (emulator/fast_forward.py; `RunResult.skipped_blocks` says how many); the reference
-    engine always runs every instruction.
+    engine always runs every instruction. `jobs`: processes the fast-forward may use
+    (emulator.mesh_engine.run_numba; the result does not depend on it).
     """
     program, run = compiled.decode.for_position(pos), _engine(engine)
     if fast_forward and run is not run_reference:
-        return run(program, mesh, functional=False, fast_forward=layer_cuts(compiled))
+        return run(program, mesh, functional=False, fast_forward=layer_cuts(compiled),
+                   jobs=jobs)
     return run(program, mesh, functional=False)
 
 

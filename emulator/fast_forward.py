@@ -26,11 +26,14 @@ Address faults inside skipped blocks are caught only for immediate operands (sta
 costs); compiled decode programs are address-checked by `compiler.place`.
 """
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 
 from emulator import mesh_kernels as K
+from emulator.errors import MeshFault
+from emulator.parallel import Forked
 from isa.opcodes import MODE_BITS, MODE_PARAM, NUM_SLOTS, SLOT_COLOR, SLOT_DST, SLOT_N, Op
 from isa.program import Program
 
@@ -292,27 +295,130 @@ def copy_marks(marks: np.ndarray, one: np.ndarray, two: np.ndarray, blocks: Bloc
         marks[k, field] = np.where(ran, two[src, field] + shift, -1)
 
 
-def run_fast_forward(kernel, blocks: Blocks) -> bool:
+def run_fast_forward(kernel, cut_names, jobs: int = 1) -> int | None:
     """Run `kernel` (a fresh mesh_engine.KernelRun) to the end with the middle blocks
-    fast-forwarded. False (the kernel state is then unusable) when a condition of the
-    module docstring fails; the caller then runs in full."""
+    between the marks `cut_names` fast-forwarded; the number of blocks skipped, or None
+    (the kernel state is then unusable) when a condition of the module docstring fails,
+    and the caller runs in full. With `jobs` > 1, forked children check the blocks while
+    block 0 is emulated and run the code after the last cut while block 1 is
+    (`run_head`)."""
+    program = kernel.program
+    if len(cut_names) < 4 or not set(cut_names) <= set(program.mark_names):
+        return None
+    parallel = jobs > 1
+    cut_ids = [program.mark_names.index(name) for name in cut_names]
     live = np.flatnonzero(kernel.pe_region >= 0)
-    cuts = []
-    for cut in blocks.cut_ids[1:3]:
-        if cuts:
-            kernel.resume_parked()
-        if kernel.run_until(cut) != K.ALL_PARKED or (snap := take_cut(kernel, live)) is None:
-            return False
-        cuts.append(snap)
-    first_sends = int(cuts[1].stats[K.ST_SEND_MIN])   # block 1's earliest send key
-    d = cut_shift(cuts[0], cuts[1], live)
-    if d is None:
-        return False
-    step = d << int(kernel.cfg[K.CFG_SHIFT])             # one block, in heap-key units
-    if not (cuts[0].parked_send_max < first_sends
-            and cuts[1].parked_send_max < first_sends + step
-            and jump(kernel, *cuts, blocks, live, d)):
-        return False
+    with Forked(find_blocks, program, cut_names, kernel.static_cost,
+                parallel=parallel) as checking:
+        one = run_to_cut(kernel, cut_ids[1], live)
+        blocks = checking.result()
+    if one is None or blocks is None:
+        return None
+    skip = len(cut_ids) - 2                     # blocks from cut 1 to the last cut
+    heading = Forked(run_head, kernel, blocks, live, skip) if parallel else nullcontext()
+    with heading:
+        kernel.resume_parked()
+        two = run_to_cut(kernel, cut_ids[2], live)
+        d = None if two is None else cut_shift(one, two, live)
+        if d is None or not jump_checked(kernel, one, two, blocks, live, d):
+            return None
+        if parallel:
+            head = heading.result()
+            return blocks.skipped if head is not None and merge_head(
+                kernel, one, two, head, live, skip, d) else None
     kernel.resume_parked()
     kernel.run_until(-1)
-    return cuts[1].parked_send_max + blocks.skipped * step < kernel.stats[K.ST_SEND_MIN]
+    last_parked = two.parked_send_max + blocks.skipped * send_step(kernel, d)
+    return blocks.skipped if last_parked < kernel.stats[K.ST_SEND_MIN] else None
+
+
+def run_to_cut(kernel, cut: int, live: np.ndarray) -> Cut | None:
+    """Run on until every running PE is parked at mark `cut`; the clean cut, else None."""
+    return take_cut(kernel, live) if kernel.run_until(cut) == K.ALL_PARKED else None
+
+
+def send_step(kernel, d: int) -> int:
+    """d cycles in heap-key units (a key is (cycle << shift) | PE)."""
+    return d << int(kernel.cfg[K.CFG_SHIFT])
+
+
+def jump_checked(kernel, one: Cut, two: Cut, blocks: Blocks, live: np.ndarray,
+                 d: int) -> bool:
+    """The send-order checks of blocks 0 and 1 (each block's parked sends precede the
+    next block's first send), then `jump`."""
+    first_sends = int(two.stats[K.ST_SEND_MIN])   # block 1's earliest send key
+    return (one.parked_send_max < first_sends
+            and two.parked_send_max < first_sends + send_step(kernel, d)
+            and jump(kernel, one, two, blocks, live, d))
+
+
+@dataclass
+class HeadRun:
+    """What the code after the last cut did, run from cut 1's state with the skipped
+    blocks' pcs added (so every cycle is `skip` block lengths D early): final clock, pc,
+    status and finish of the live PEs; their busy cycles, link busy cycles, counters and
+    marks of this code alone; link free cycles; the smallest send key (ST_SEND_MIN)."""
+
+    pes: np.ndarray        # [live, P_FIELDS]
+    link_free: np.ndarray
+    link_busy: np.ndarray
+    stats: np.ndarray
+    marks: np.ndarray
+
+
+def run_head(kernel, blocks: Blocks, live: np.ndarray, skip: int) -> HeadRun | None:
+    """Child side: from the parked state at cut 1, move every live PE's pc past `skip`
+    blocks, clear the busy cycles, link busy cycles, counters and marks, and run to the
+    end. None on a fault (the caller then runs in full, which reports it)."""
+    pes = kernel.pes
+    pes[live, K.P_PC] += skip * blocks.region_block_len[kernel.pe_region[live]]
+    pes[:, K.P_BUSY] = 0
+    kernel.links[1::2] = 0
+    kernel.stats[[K.ST_INSTRUCTIONS, K.ST_MESSAGES]] = 0
+    kernel.marks[:] = 0
+    kernel.marks[:, K.M_FIRST:K.M_LAST + 1] = -1
+    kernel.resume_parked()
+    try:
+        kernel.run_until(-1)
+    except MeshFault:
+        return None
+    return HeadRun(pes[live], kernel.links[0::2], kernel.links[1::2], kernel.stats,
+                   kernel.marks)
+
+
+def merge_head(kernel, one: Cut, two: Cut, head: HeadRun, live: np.ndarray, skip: int,
+               d: int) -> bool:
+    """Add a child's `run_head` (every cycle `skip` * d early) to the state after
+    `jump`; False if a send of the head would precede a parked send of the last block,
+    or a clock would pass the cycle limit."""
+    shift = skip * d
+    first_send = int(head.stats[K.ST_SEND_MIN]) + send_step(kernel, shift)   # int: no wrap
+    if first_send <= two.parked_send_max + (skip - 1) * send_step(kernel, d):
+        return False
+    pes = kernel.pes
+    if pes.size and head.pes[:, K.P_CLOCK].max(initial=0) + shift > kernel.cfg[K.CFG_MAX_CYCLES]:
+        return False
+    for field in (K.P_CLOCK, K.P_FINISH):
+        pes[live, field] = head.pes[:, field] + shift
+    for field in (K.P_PC, K.P_STATUS, K.P_WAIT):
+        pes[live, field] = head.pes[:, field]
+    pes[live, K.P_BUSY] += head.pes[:, K.P_BUSY]
+    stale = one.pes[live, K.P_CLOCK].min()
+    free = kernel.links[0::2]
+    fresh = head.link_free > stale
+    free[fresh] = head.link_free[fresh] + shift
+    kernel.links[1::2] += head.link_busy
+    for field in (K.ST_INSTRUCTIONS, K.ST_MESSAGES):
+        kernel.stats[field] += head.stats[field]
+    add_marks(kernel.marks, head.marks, shift)
+    return True
+
+
+def add_marks(marks: np.ndarray, head: np.ndarray, shift: int) -> None:
+    """Merge the head's mark records (cycles `shift` early) into `marks`."""
+    k = np.flatnonzero(head[:, K.M_COUNT] > 0)
+    before = marks[k, K.M_COUNT] > 0
+    first, last = head[k, K.M_FIRST] + shift, head[k, K.M_LAST] + shift
+    marks[k, K.M_FIRST] = np.where(before, np.minimum(marks[k, K.M_FIRST], first), first)
+    marks[k, K.M_LAST] = np.where(before, np.maximum(marks[k, K.M_LAST], last), last)
+    marks[k, K.M_COUNT] += head[k, K.M_COUNT]

@@ -12,8 +12,9 @@ import numpy as np
 
 from emulator import mesh_kernels as K
 from emulator.errors import ConfigError, MeshFault
-from emulator.fast_forward import find_blocks, run_fast_forward
+from emulator.fast_forward import run_fast_forward
 from emulator.hw.mesh import MeshConfig
+from emulator.parallel import usable_jobs
 from isa.opcodes import (
     MODE_BITS,
     NUM_REGS,
@@ -36,9 +37,12 @@ from isa.opcodes import (
 from isa.program import Program, RunResult
 from isa.validate import run_sram, validate_program
 
+PARALLEL_MIN_PES = 1 << 16   # a fork costs about as much as emulating a 256 x 256 layer
+
 
 def run_numba(program: Program, mesh: MeshConfig, sram=None, functional: bool = True,
-              max_cycles: int = 10**9, fast_forward=None, in_place: bool = False) -> RunResult:
+              max_cycles: int = 10**9, fast_forward=None, in_place: bool = False,
+              jobs: int | None = None) -> RunResult:
     """Run `program` on `mesh` with the Numba engine (same contract as `run_reference`).
 
     `sram`: optional float32 [W*H, sram_words] initial contents (default: the program's
@@ -48,17 +52,19 @@ def run_numba(program: Program, mesh: MeshConfig, sram=None, functional: bool = 
     returns `sram=None` and the same timing as a functional run. `fast_forward`: names of
     marks that start repeated blocks (e.g. each decoder layer's first mark); a timing-only
     run then skips the middle blocks exactly when emulator/fast_forward.py's conditions
-    hold (`skipped_blocks` says how many), else runs in full.
+    hold (`skipped_blocks` says how many), else runs in full. `jobs`: processes the
+    fast-forward may use (None: one per CPU for programs of at least PARALLEL_MIN_PES
+    PEs, where forking pays off, else 1); the result is the same for any number.
     """
     if fast_forward is not None and functional:
         raise ConfigError(f"{program.source}: fast-forward needs a timing-only run")
-    kernel, skipped = KernelRun(program, mesh, sram, functional, max_cycles, in_place), 0
-    blocks = None if fast_forward is None else find_blocks(
-        program, list(fast_forward), kernel.static_cost)
-    if blocks is not None and fast_forwarded(kernel, blocks):
-        skipped = blocks.skipped
-    else:
-        if blocks is not None:
+    kernel, skipped = KernelRun(program, mesh, sram, functional, max_cycles, in_place), None
+    if fast_forward is not None:
+        if jobs is None and program.num_pes < PARALLEL_MIN_PES:
+            jobs = 1
+        skipped = fast_forwarded(kernel, list(fast_forward), usable_jobs(jobs))
+    if skipped is None:
+        if kernel.started:
             kernel = KernelRun(program, mesh, sram, functional, max_cycles, in_place)
         kernel.run()
     n, pes, links, stats = program.num_pes, kernel.pes, kernel.links, kernel.stats
@@ -71,16 +77,17 @@ def run_numba(program: Program, mesh: MeshConfig, sram=None, functional: bool = 
                      sram=kernel.memory if functional else None,
                      mark_first=kernel.marks[:, K.M_FIRST].copy(),
                      mark_last=kernel.marks[:, K.M_LAST].copy(),
-                     mark_count=kernel.marks[:, K.M_COUNT].copy(), skipped_blocks=skipped)
+                     mark_count=kernel.marks[:, K.M_COUNT].copy(),
+                     skipped_blocks=skipped or 0)
 
 
-def fast_forwarded(kernel: "KernelRun", blocks) -> bool:
+def fast_forwarded(kernel: "KernelRun", cut_names: list, jobs: int) -> int | None:
     """run_fast_forward, with a fault counting as a failed attempt: the full run that
     follows then reports the fault exactly as it happens without fast-forwarding."""
     try:
-        return run_fast_forward(kernel, blocks)
+        return run_fast_forward(kernel, cut_names, jobs)
     except MeshFault:
-        return False
+        return None
 
 
 class KernelRun:
@@ -168,6 +175,11 @@ class KernelRun:
     def fifo(self) -> np.ndarray:
         """FIFO heads and tails per (PE, color slot), -1 when empty."""
         return self.pools[1]
+
+    @property
+    def started(self) -> bool:
+        """Whether the kernel has run (its pools exist)."""
+        return self.pools is not None
 
     def resume_parked(self) -> None:
         """Make every parked PE ready again at its clock (the heap must be empty)."""

@@ -10,6 +10,8 @@ run's.
 
 import multiprocessing
 import os
+import pickle
+import signal
 
 _WORK: tuple = ()   # (function, items) while a fork_map runs; read by the children
 
@@ -33,3 +35,81 @@ def fork_map(function, items: list, jobs: int | None = None) -> list:
             return pool.map(_run_item, range(len(items)), chunksize=1)
     finally:
         _WORK = ()
+
+
+def usable_jobs(jobs: int | None = None) -> int:
+    """How many processes a job may use: `jobs` (None: one per CPU this process may run
+    on), 1 where it cannot fork (no fork start method, or inside a pool worker, which
+    may not have children)."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    if multiprocessing.current_process().daemon:
+        return 1
+    if jobs is None:
+        jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, jobs or 1)
+
+
+class Forked:
+    """`function(*args)` running in a forked child while this process goes on: the
+    arguments are the child's copy-on-write view of this process's memory (never pickled),
+    only the result comes back, pickled through a pipe. `result()` waits for it (and
+    re-raises the child's exception); use as a context manager so that an unneeded child
+    is stopped. With `parallel` False the call runs at once, here."""
+
+    def __init__(self, function, *args, parallel: bool = True):
+        self._pid = None
+        if not parallel:
+            self._value = function(*args)
+            return
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:   # the child: never returns
+            os.close(read)
+            _child(write, function, args)
+        os.close(write)
+        self._pid, self._pipe = pid, os.fdopen(read, "rb")
+
+    def result(self):
+        """The function's return value (waiting for the child)."""
+        if self._pid is None:
+            return self._value
+        try:
+            status, value = pickle.load(self._pipe)
+        except EOFError:
+            status, value = "error", ChildProcessError("a forked child exited without a result")
+        self._reap()
+        self._value = value
+        if status != "ok":
+            raise value
+        return value
+
+    def _reap(self) -> None:
+        """Wait for the child to exit and close the pipe."""
+        os.waitpid(self._pid, 0)
+        self._pipe.close()
+        self._pid = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pid is not None:
+            os.kill(self._pid, signal.SIGKILL)
+            self._reap()
+
+
+def _child(write: int, function, args) -> None:
+    """Child side of `Forked`: run, send ("ok", value) or ("error", exception), exit."""
+    code = 0
+    try:
+        try:
+            outcome = ("ok", function(*args))
+        except Exception as exc:   # the parent re-raises it
+            outcome = ("error", exc)
+        with os.fdopen(write, "wb") as pipe:
+            pickle.dump(outcome, pipe, protocol=pickle.HIGHEST_PROTOCOL)
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)

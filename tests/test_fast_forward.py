@@ -19,6 +19,7 @@ from tests.test_decode_mesh import make_spec
 FIELDS = ("cycles", "instructions", "messages", "pe_finish", "pe_busy", "link_busy",
           "mark_first", "mark_last", "mark_count")
 MESHES = [(3, 2), (4, 4), (5, 3), (8, 4), (7, 9)]
+JOBS = (1, 2)   # in this process; with the block check and the head in forked children
 
 
 def assert_same(full, fast) -> None:
@@ -57,10 +58,11 @@ def decode_cases(draw, dense: bool):
 def test_fast_forward_skips_all_middle_layers_exactly(case):
     compiled, mesh, pos = case
     full = run_timing(compiled, mesh, pos, fast_forward=False)
-    fast = run_timing(compiled, mesh, pos)
-    assert_same(full, fast)
     assert full.skipped_blocks == 0
-    assert fast.skipped_blocks == compiled.plan.spec.num_layers - 2
+    for jobs in JOBS:
+        fast = run_timing(compiled, mesh, pos, jobs=jobs)
+        assert_same(full, fast)
+        assert fast.skipped_blocks == compiled.plan.spec.num_layers - 2
 
 
 @settings(max_examples=30, deadline=None, derandomize=True,
@@ -70,18 +72,22 @@ def test_fast_forward_equals_full_run_with_empty_chunks(case):
     """PEs with nothing to do in a layer run ahead, so the mesh state is no uniform shift;
     the run then falls back to a full one (or skips, when it still qualifies)."""
     compiled, mesh, pos = case
-    fast = run_timing(compiled, mesh, pos)
-    assert_same(run_timing(compiled, mesh, pos, fast_forward=False), fast)
-    assert fast.skipped_blocks in (0, compiled.plan.spec.num_layers - 2)
+    full = run_timing(compiled, mesh, pos, fast_forward=False)
+    for jobs in JOBS:
+        fast = run_timing(compiled, mesh, pos, jobs=jobs)
+        assert_same(full, fast)
+        assert fast.skipped_blocks in (0, compiled.plan.spec.num_layers - 2)
 
 
 def test_fast_forward_equals_reference_interpreter():
     spec = make_spec(hidden=24, heads=4, kv_heads=2, ffn=40, vocab=30, layers=5)
     mesh = load_mesh("small").with_mesh(4, 3)
     compiled = compile_decode(spec, mesh, "fp16", 16, "even")
-    fast = run_timing(compiled, mesh, 9)
-    assert fast.skipped_blocks == 3
-    assert_same(run_timing(compiled, mesh, 9, engine="reference"), fast)
+    expected = run_timing(compiled, mesh, 9, engine="reference")
+    for jobs in JOBS:
+        fast = run_timing(compiled, mesh, 9, jobs=jobs)
+        assert fast.skipped_blocks == 3
+        assert_same(expected, fast)
 
 
 def test_cuts_are_layer_starts_then_head():
@@ -94,35 +100,38 @@ def test_cuts_are_layer_starts_then_head():
     assert layer_cuts(without)[-1] == "end"
 
 
-def block_program(counts, register_count=False) -> str:
+def block_program(counts, register_count=False, tail="") -> str:
     """Two PEs, six blocks `mark bK` each: (0,0) adds counts[b] elements and sends 3
     values to (1,0), which receives them. With `register_count` the count of every block
-    is r0, which grows by one per block (so the mesh state is no shift between blocks)."""
+    is r0, which grows by one per block (so the mesh state is no shift between blocks).
+    `tail`: an instruction the receiver runs after the last block."""
     def blocks(comm):
         lines = ["    movr r0, 2"]
         for b, n in enumerate(counts):
             count = "r0" if register_count else n
             lines += [f"    mark b{b}", f"    vadd [8], [0], [4], {count}", f"    {comm}"]
             lines += ["    addr r0, 1"] if register_count else []
-        return "\n".join(lines + ["    halt"])
+        return "\n".join(lines + ["    mark tail", "    halt"])
     return "\n".join([".mesh 2x1", ".dtype fp32", ".sram 32",
                       ".region sender 0,0 0,0", ".route c0 rx=R tx=E",
                       blocks("send c0, [0], 3"),
                       ".region receiver 1,0 1,0", ".route c0 rx=W tx=R",
-                      blocks("recv c0, [16], 3"), ""])
+                      blocks("recv c0, [16], 3").replace("mark tail", f"mark tail\n    {tail}"),
+                      ""])
 
 
+@pytest.mark.parametrize("jobs", JOBS)
 @pytest.mark.parametrize("counts, register_count, qualifies", [
     ([4, 4, 4, 4, 4, 4], False, True),
     ([4, 4, 4, 5, 4, 4], False, False),      # block 3 differs in a count: not equivalent
     ([4, 4, 4, 4, 4, 4], True, False),       # the count grows in a register
 ])
-def test_programs_that_do_not_qualify_run_in_full(counts, register_count, qualifies):
+def test_programs_that_do_not_qualify_run_in_full(counts, register_count, qualifies, jobs):
     program = assemble(block_program(counts, register_count), "blocks.asm")
     mesh = load_mesh("small").with_mesh(2, 1)
     full = run_numba(program, mesh, functional=False)
     fast = run_numba(program, mesh, functional=False,
-                     fast_forward=[f"b{b}" for b in range(6)])
+                     fast_forward=[f"b{b}" for b in range(6)], jobs=jobs)
     assert_same(full, fast)
     assert_same(run_reference(program, mesh, functional=False), fast)
     assert fast.skipped_blocks == (3 if qualifies else 0)
@@ -137,14 +146,22 @@ def test_fast_forward_needs_timing_only():
                   fast_forward=layer_cuts(compiled))
 
 
-def test_a_fault_is_reported_as_the_full_run_reports_it():
-    program = assemble(block_program([4, 4, 4, 4, 4, 4]), "blocks.asm")
+@pytest.mark.parametrize("jobs", JOBS)
+@pytest.mark.parametrize("tail, limit_cut", [
+    ("nop", 1),                      # the last block passes the cycle limit
+    ("recv c0, [16], 3", 0),         # after the blocks, a receive nobody sends to
+    ("movr r1, 9\n    vadd [28], [0], [4], r1", 0),   # after the blocks, past the SRAM
+])
+def test_a_fault_is_reported_as_the_full_run_reports_it(tail, limit_cut, jobs):
+    program = assemble(block_program([4, 4, 4, 4, 4, 4], tail=tail), "blocks.asm")
     mesh = load_mesh("small").with_mesh(2, 1)
-    cuts = [f"b{b}" for b in range(6)]
-    full = run_numba(program, mesh, functional=False)
-    limit = full.cycles - 1    # the last block passes the limit
+    cuts = [f"b{b}" for b in range(6)] + ["tail"]
+    limit = 10**9
+    if limit_cut:
+        limit = run_numba(program, mesh, functional=False).cycles - 1
     with pytest.raises(MeshFault) as expected:
         run_numba(program, mesh, functional=False, max_cycles=limit)
     with pytest.raises(MeshFault) as got:
-        run_numba(program, mesh, functional=False, max_cycles=limit, fast_forward=cuts)
+        run_numba(program, mesh, functional=False, max_cycles=limit, fast_forward=cuts,
+                  jobs=jobs)
     assert str(got.value) == str(expected.value)

@@ -2,6 +2,8 @@
 placement of Llama-3.1-8B on WSE-3 (tile + place only) and FitError messages."""
 
 import dataclasses
+import os
+import time
 
 import numpy as np
 import pytest
@@ -22,7 +24,7 @@ from compiler.tile import tile
 from compiler.weights import random_weights
 from emulator.errors import FitError
 from emulator.hw.mesh import load_mesh
-from emulator.parallel import fork_map
+from emulator.parallel import Forked, fork_map, usable_jobs
 
 
 def test_wafer_count_is_the_smallest_sram_that_holds_weights_and_kv():
@@ -123,3 +125,30 @@ def test_fork_map_keeps_order_and_runs_serially_for_one_job():
 def square(x: int) -> int:
     """A job for fork_map."""
     return x * x
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_forked_returns_the_result_and_reraises_the_childs_error(parallel):
+    values = np.arange(1000)
+    with Forked(np.sum, values, parallel=parallel) as job:
+        assert job.result() == values.sum()
+    with Forked(int, "not a number", parallel=True) as job, \
+            pytest.raises(ValueError, match="not a number"):
+        job.result()
+
+
+def test_an_unneeded_forked_child_is_stopped():
+    with Forked(time.sleep, 60) as job:
+        pid = job._pid
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, 0)   # already reaped
+
+
+def test_pool_workers_do_not_fork_again():
+    assert fork_map(jobs_in_child, [0, 1], jobs=2) == [1, 1]
+    assert usable_jobs(3) == 3
+
+
+def jobs_in_child(_) -> int:
+    """usable_jobs(2) inside a pool worker."""
+    return usable_jobs(2)
