@@ -367,11 +367,12 @@ def color_slots(program: Program) -> np.ndarray:
 
 
 def router_tables(program: Program, slots: np.ndarray) -> np.ndarray:
-    """uint8 [P * slots * 2]: rx and tx of each (PE, color slot) interleaved, each entry in
-    `pack_ports` form (the N E S W R bits, bit 5 if any other bit is set)."""
-    tables = np.empty((program.num_pes, len(slots), 2), np.uint8)
+    """uint8 [slots * P * 2]: rx and tx of each (color slot, PE) interleaved (color-major,
+    mesh_kernels.slot_index), each entry in `pack_ports` form (the N E S W R bits, bit 5
+    if any other bit is set)."""
+    tables = np.empty((len(slots), program.num_pes, 2), np.uint8)
     for side, table in enumerate((program.route_rx, program.route_tx)):
-        table = np.asarray(table)[:, slots]
+        table = np.asarray(table)[:, slots].T
         high = (table & ~31) != 0 if table.dtype != np.uint8 else table > 31
         tables[..., side] = (table & 31) | (high.astype(np.uint8) << 5)
     return tables.ravel()

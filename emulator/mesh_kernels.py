@@ -53,10 +53,11 @@ CFG_SIZE = 15
 # cfg[CFG_SIZE + color] = its slot (-1: never routed), cfg[CFG_SIZE + colors + slot] = color.
 
 # pes[pe, P_*] columns: per-PE state in one 128-byte row (status and wait color use the
-# reference's values); registers r0..r7 are columns P_REGS..P_REGS+7, so the fields an
-# activation touches (clock, pc, busy, status, r0..r3) share one 64-byte cache line.
-P_CLOCK, P_PC, P_BUSY, P_STATUS, P_REGS, P_FINISH, P_WAIT = 0, 1, 2, 3, 4, 12, 13
-P_PARAM_ROW = 14   # the PE's row of the parameter table (mesh_engine.param_table)
+# reference's values). The fields an activation or a delivery reads or writes (clock, pc,
+# busy, status, wait color, parameter row) share the first 64-byte cache line, the one
+# prefetched; registers r0..r7 (columns P_REGS..P_REGS+7) fill the second.
+P_CLOCK, P_PC, P_BUSY, P_STATUS, P_WAIT, P_PARAM_ROW, P_FINISH = 0, 1, 2, 3, 4, 5, 6
+P_REGS = 8   # P_PARAM_ROW: the PE's row of the parameter table (mesh_engine.param_table)
 P_FIELDS = 16
 
 # stats[] indices: counters, free-list head, payload pool top, barrier bookkeeping, heap size.
@@ -90,16 +91,18 @@ M_FIELDS = 3
 REC_NEXT, REC_LAST, REC_LEN, REC_OFF, REC_SRC = range(5)
 REC_FIELDS = 5
 
-# Interleaved per-(PE, color slot) and per-link arrays: fifo[2f] head, fifo[2f + 1] tail;
-# routes[2f] rx, routes[2f + 1] tx (f = pe * slots + slot); links[8pe + 2d] the cycle
-# link d (N E S W) of pe is free, links[8pe + 2d + 1] its busy wavelet-cycles.
+# Interleaved per-(color slot, PE) and per-link arrays: fifo[2f] head, fifo[2f + 1] tail;
+# routes[2f] rx, routes[2f + 1] tx with f = slot * PEs + pe (color-major, so that a message
+# crossing a row and PEs activated in index order touch neighbouring entries);
+# links[8pe + 2d] the cycle link d (N E S W) of pe is free, links[8pe + 2d + 1] its busy
+# wavelet-cycles.
 
 
 @njit(nrt=False, inline="always")
 def slot_index(cfg, pe, c):
-    """2 * (pe * slots + slot of color c), or -1 if color c is never routed."""
+    """2 * (slot of color c * PEs + pe), or -1 if color c is never routed."""
     slot = cfg[CFG_SIZE + c]
-    return -1 if slot < 0 else 2 * (pe * cfg[CFG_SLOTS] + slot)
+    return -1 if slot < 0 else 2 * (slot * cfg[CFG_WIDTH] * cfg[CFG_HEIGHT] + pe)
 
 
 # --- heap of (clock << shift | PE) keys ------------------------------------------------
@@ -1008,16 +1011,20 @@ def end_checks(pes, fifo, cfg, fault, rec):
         if pes[q, P_STATUS] != HALTED:
             set_fault(fault, FAULT_DEADLOCK, q, pes[q, P_CLOCK], 0, 0, 0, 0)
             return
-    for f in range(fifo.shape[0] // 2):
+    npes, first = pes.shape[0], -1   # first: (PE, slot) as PE * slots + slot
+    for f in range(fifo.shape[0] // 2):   # color-major order: keep the least (PE, slot)
         if fifo[2 * f] >= 0:
-            count, i = 0, fifo[2 * f]
-            while i >= 0:
-                count += 1
-                i = rec[i, REC_NEXT]
-            slots = cfg[CFG_SLOTS]
-            color = cfg[CFG_SIZE + cfg[CFG_COLORS] + f % slots]
-            set_fault(fault, FAULT_UNDELIVERED, f // slots, 0, color, count, 0, 0)
-            return
+            key = (f % npes) * cfg[CFG_SLOTS] + f // npes
+            if first < 0 or key < first:
+                first = key
+    if first >= 0:
+        q, slot = first // cfg[CFG_SLOTS], first % cfg[CFG_SLOTS]
+        count, i = 0, fifo[2 * (slot * npes + q)]
+        while i >= 0:
+            count += 1
+            i = rec[i, REC_NEXT]
+        color = cfg[CFG_SIZE + cfg[CFG_COLORS] + slot]
+        set_fault(fault, FAULT_UNDELIVERED, q, 0, color, count, 0, 0)
 
 
 @njit(nrt=False)
@@ -1106,17 +1113,12 @@ def note_send(key, stats):
 
 
 @njit(nrt=False, inline="always")
-def prefetch_pe(q, pes, pe_region, links, fifo, routes, cfg):
-    """Start loading the state PE q's next activation reads: its row, region, links,
-    router table and (up to 48 color slots of) FIFO heads (a hint; no effect on
-    results)."""
+def prefetch_pe(q, pes, pe_region, links):
+    """Start loading the state PE q's next activation reads: its row, region and links
+    (a hint; no effect on results)."""
     prefetch(pes, q)
     prefetch(pe_region, q)
     prefetch(links, 8 * q)
-    base = 2 * q * cfg[CFG_SLOTS]
-    prefetch(routes, base)
-    for line in range(min(cfg[CFG_SLOTS], 48) // 8 + 1):
-        prefetch(fifo, base + 16 * line)
 
 
 @njit(nrt=False, inline="always")
@@ -1148,7 +1150,7 @@ def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
         else:
             t, p = pes[pe, P_CLOCK], pes[pe, P_PC]
         if stats[ST_HEAP] > 0:   # likely the next PE to run: fetch its state meanwhile
-            prefetch_pe(heap[0] & ((1 << shift) - 1), pes, pe_region, links, fifo, routes, cfg)
+            prefetch_pe(heap[0] & ((1 << shift) - 1), pes, pe_region, links)
         base, ncode = rstart[pe_region[pe]], rlen[pe_region[pe]]
         first, following = True, -1
         while True:
