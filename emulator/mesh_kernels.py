@@ -1039,9 +1039,10 @@ def initial_heap(pe_region, heap):
 
 
 @njit(nrt=False, inline="always")
-def is_comm(opc):
-    """send, recv, recvadd, route, barrier, halt: executed only in global time order."""
-    return (SEND <= opc and opc <= ROUTE) or opc == BARRIER or opc == HALT
+def is_ordered(opc):
+    """send, route, barrier, halt: they end an activation unless they lead it (receives
+    do not: isa/opcodes.py ORDERED_OPS)."""
+    return opc == SEND or opc == ROUTE or opc == BARRIER or opc == HALT
 
 
 # --- the run loop ---------------------------------------------------------------------------
@@ -1160,7 +1161,7 @@ def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
                 break
             k = base + p
             opc = op[k]
-            if not first and is_comm(opc):
+            if not first and is_ordered(opc):
                 key = (t << shift) | pe
                 if stats[ST_HEAP] > 0 and heap[0] < key:
                     following = heap_replace(heap, stats[ST_HEAP], key) & ((1 << shift) - 1)

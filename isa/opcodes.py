@@ -75,6 +75,11 @@ VECTOR_OPS = frozenset({Op.VMOV, Op.VADD, Op.VSUB, Op.VMUL, Op.VMAX, Op.VFMA, Op
 REDUCTION_OPS = frozenset({Op.RSUM, Op.RMAX, Op.RDOT})
 # Instructions that interact with other PEs: executed only in global time order.
 COMM_OPS = frozenset({Op.SEND, Op.RECV, Op.RECVADD, Op.ROUTE, Op.BARRIER, Op.HALT})
+# The communication ops that end an activation when they are not its first instruction.
+# A receive does not: it only takes the oldest record of its own FIFO, whose order the
+# (ordered) sends fix, so running it early changes no cycle: it completes at once if its
+# message is queued, else blocks until a delivery wakes the PE at the same clock.
+ORDERED_OPS = frozenset({Op.SEND, Op.ROUTE, Op.BARRIER, Op.HALT})
 # Emulator probes: local, no cycles, counted as executed instructions.
 PROBE_OPS = frozenset({Op.MARK})
 

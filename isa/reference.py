@@ -6,9 +6,12 @@ docs/isa.md and docs/timing.md; the scheduling rule that makes runs deterministi
 
 - Each PE has a clock. A heap holds ready PEs keyed by (clock, PE index). The minimum is
   popped and runs an *activation*: if its next instruction is a communication instruction
-  (send, recv, recvadd, route, barrier, halt) it runs first; then local instructions run
-  until the next communication instruction, where the PE is pushed back with its clock.
-  So communication happens in global cycle order while local work is batched.
+  (send, recv, recvadd, route, barrier, halt) it runs first; then local instructions and
+  receives run until the next send, route, barrier or halt, where the PE is pushed back
+  with its clock. So sends and route changes happen in global cycle order while local work
+  is batched. A receive reads only its own FIFO, whose order the sends fix, so it may run
+  early: it completes at once if its message is queued, else blocks, and a delivery wakes
+  the PE at the same clock, which gives the same cycles as running it in order.
 - `mark` is a local probe: 0 cycles, counted as an executed instruction; it records the
   PE's clock for its mark id (first = min, last = max over all executions, and a count).
 - A `send` routes its message at once (depth-first over the router tables, reserving links);
@@ -30,6 +33,7 @@ from isa.opcodes import (
     MODE_PARAM,
     NUM_REGS,
     OPPOSITE,
+    ORDERED_OPS,
     PORT_NAMES,
     PORT_R,
     SLOT_COLOR,
@@ -227,7 +231,7 @@ class ReferenceMachine:
                 return
             ins = code[pc]
             op = Op(int(ins["op"]))
-            if op in COMM_OPS and not first:
+            if op in ORDERED_OPS and not first:
                 heapq.heappush(self.heap, (int(self.clock[pe]), pe))
                 return
             first = False
