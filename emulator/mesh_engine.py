@@ -128,7 +128,7 @@ class KernelRun:
         K.ALL_PARKED; raises MeshFault on a program fault."""
         if self.pools is None:
             pe_region, cfg = self.pe_region, self.cfg
-            heap = np.empty(len(pe_region), np.int64)
+            heap = np.empty(2 * len(pe_region), np.int64)   # main and wake heaps
             fifo = np.full(2 * len(pe_region) * cfg[K.CFG_SLOTS], -1, np.int32)
             size, *rest = K.new_pools(pe_region, cfg, heap)
             self.pools = (heap, fifo, *rest)
@@ -168,7 +168,8 @@ class KernelRun:
 
     @property
     def heap(self) -> np.ndarray:
-        """The ready heap (its first stats[ST_HEAP] entries are live)."""
+        """The ready heaps: main (its first stats[ST_HEAP] entries are live), then from
+        index P the wake heap (stats[ST_WAKE] entries)."""
         return self.pools[0]
 
     @property
@@ -182,7 +183,7 @@ class KernelRun:
         return self.pools is not None
 
     def resume_parked(self) -> None:
-        """Make every parked PE ready again at its clock (the heap must be empty)."""
+        """Make every parked PE ready again at its clock (the heaps must be empty)."""
         parked = np.flatnonzero(self.pes[:, K.P_STATUS] == K.PARKED)
         self.pes[parked, K.P_STATUS] = K.READY
         keys = (self.pes[parked, K.P_CLOCK] << self.cfg[K.CFG_SHIFT]) | parked

@@ -2,11 +2,12 @@
 
 `run_mesh` executes a whole program with exactly the scheduling of the reference
 interpreter (isa/reference.py, which defines semantics and timing):
-- a 4-ary heap of ready PEs, one int64 key per entry: (clock << shift) | PE index, so
-  keys order as (clock, PE index);
-- activations: a popped PE runs one leading communication op, then local ops until the next
-  communication op; it then either goes on (it is still the earliest) or trades places with
-  the heap's minimum in one sift (`heap_replace`);
+- 4-ary heaps of ready PEs, one int64 key per entry: (clock << shift) | PE index, so
+  keys order as (clock, PE index); PEs woken by a delivery wait in a heap of their own
+  (`next_pe`);
+- activations: a popped PE runs one leading communication op, then local ops and receives
+  until the next send, route, barrier or halt; it then either goes on (it is still the
+  earliest) or trades places with the smallest ready key (`trade_places`);
 - `send` routes the message depth-first over the router tables at once, reserving links,
   and appends one delivery per destination core to a per-(PE, color) FIFO;
 - FIFOs are singly linked lists in a record pool (`rec`, rows of REC_* fields) with a free
@@ -68,7 +69,9 @@ ST_CUR_PE, ST_CUR_T, ST_CUR_PC, ST_ROUTE_SP, ST_ROUTE_C, ST_ROUTE_N, ST_ROUTE_OF
 # ... and for stopping at a mark (emulator/fast_forward.py): PEs parked, the largest heap
 # key of a `send` executed while some PE was parked (-1: none), the smallest send key.
 ST_PARKED, ST_PARKED_SEND_MAX, ST_SEND_MIN = 16, 17, 18
-ST_SIZE = 19
+ST_WAKE = 19   # size of the wake heap (see `next_pe`)
+ST_SIZE = 20
+NO_KEY = 9223372036854775807   # larger than every heap key (int64 max)
 
 # Return codes of `simulate` and its helpers. NEED_*: a pool must grow (stats[ST_NEED] =
 # the size needed); run_mesh grows it and resumes.
@@ -609,7 +612,7 @@ def compact_payloads(pay, rec, stats, need):
 
 
 @njit(nrt=False, inline="always")
-def deliver(q, c, last, n, off, src, rec, fifo, cfg, stats, pes, heap, shift):
+def deliver(q, c, last, n, off, src, rec, fifo, cfg, stats, pes, wake, shift):
     """Append a delivery to FIFO (q, c) (a free record must exist), waking q if it waits
     on c."""
     i = stats[ST_RECORDS]
@@ -629,7 +632,7 @@ def deliver(q, c, last, n, off, src, rec, fifo, cfg, stats, pes, heap, shift):
     if pes[q, P_STATUS] == BLOCKED and pes[q, P_WAIT] == c:
         pes[q, P_STATUS] = READY
         pes[q, P_WAIT] = -1
-        stats[ST_HEAP] = heap_push(heap, stats[ST_HEAP], (pes[q, P_CLOCK] << shift) | q)
+        stats[ST_WAKE] = heap_push(wake, stats[ST_WAKE], (pes[q, P_CLOCK] << shift) | q)
 
 
 @njit(nrt=False, inline="always")
@@ -661,7 +664,7 @@ def prefetch_router(q, c, cfg, routes, links, fifo, pes, npes):
 
 @njit(nrt=False, inline="always")
 def route_message(pe, c, n, off, sp, cfg, routes, edges, links, stack, rec, fifo, stats, pes,
-                  heap, fault, t):
+                  wake, fault, t):
     """Route one message depth-first exactly as the reference: a stack of (router, input
     port, head cycle, hops) rows, out-ports pushed N, E, S, W (so the last pushed goes
     next), delivery to the core (R) after the pushes.
@@ -705,7 +708,7 @@ def route_message(pe, c, n, off, sp, cfg, routes, edges, links, stack, rec, fifo
             stack[sp, 2], stack[sp, 3] = start + hop, hops + 1
             sp += 1
         if tx & PORT_R:
-            deliver(q, c, hd + ramp + n - 1, n, off, pe, rec, fifo, cfg, stats, pes, heap, shift)
+            deliver(q, c, hd + ramp + n - 1, n, off, pe, rec, fifo, cfg, stats, pes, wake, shift)
     return 0
 
 
@@ -1070,7 +1073,7 @@ def suspend(pe, t, p, stats, code):
 
 @njit(nrt=False, inline="always")
 def exec_send(pe, t, k, p, modes, args, params, cfg, sram, pay, routes, edges, links, stack,
-              rec, fifo, stats, pes, heap, fault):
+              rec, fifo, stats, pes, wake, fault):
     """send: check operands, store the values, route the message (resuming an interrupted
     route if stats[ST_ROUTE_SP] > 0). Returns the wavelet count, or a negative code:
     FAULTED, NEED_PAYLOAD, NEED_STACK, NEED_RECORDS (the PE is then suspended)."""
@@ -1092,7 +1095,7 @@ def exec_send(pe, t, k, p, modes, args, params, cfg, sram, pay, routes, edges, l
         sp = 1
     c, n, off = stats[ST_ROUTE_C], stats[ST_ROUTE_N], stats[ST_ROUTE_OFF]
     sp = route_message(pe, c, n, off, sp, cfg, routes, edges, links, stack, rec, fifo, stats,
-                       pes, heap, fault, t)
+                       pes, wake, fault, t)
     stats[ST_ROUTE_SP] = max(sp, 0)
     if sp < 0:
         return FAULTED
@@ -1122,18 +1125,48 @@ def prefetch_pe(q, pes, pe_region, links):
     prefetch(links, 8 * q)
 
 
+# Ready PEs wait in two heaps: `main` and `wake`, which holds the PEs woken by a delivery.
+# A woken PE waits with its old clock, so it is usually the next to run; the small wake
+# heap stays in cache, where the same key would climb and fall through the whole main
+# heap. The minimum over both is the minimum of one heap holding all keys.
+
+
 @njit(nrt=False, inline="always")
-def next_pe(heap, stats, shift):
-    """The PE to activate next: the suspended one, else the heap's minimum (-1: none)."""
+def earliest(main, wake, stats):
+    """The smallest ready key in either heap (NO_KEY when both are empty)."""
+    a = main[0] if stats[ST_HEAP] > 0 else NO_KEY
+    b = wake[0] if stats[ST_WAKE] > 0 else NO_KEY
+    return min(a, b)
+
+
+@njit(nrt=False, inline="always")
+def next_pe(main, wake, stats, shift):
+    """The PE to activate next: the suspended one, else the smallest ready key's (-1:
+    none)."""
     pe = stats[ST_CUR_PE]
     if pe >= 0:
         stats[ST_CUR_PE] = -1
         return pe
-    if stats[ST_HEAP] == 0:
+    if stats[ST_WAKE] > 0 and (stats[ST_HEAP] == 0 or wake[0] < main[0]):
+        key, stats[ST_WAKE] = heap_pop(wake, stats[ST_WAKE])
+    elif stats[ST_HEAP] > 0:
+        key, stats[ST_HEAP] = heap_pop(main, stats[ST_HEAP])
+    else:
         return -1
-    key, size = heap_pop(heap, stats[ST_HEAP])
-    stats[ST_HEAP] = size
     return key & ((1 << shift) - 1)
+
+
+@njit(nrt=False, inline="always")
+def trade_places(main, wake, stats, key, shift):
+    """The PE in hand (heap key `key`) reaches an ordered op: if a ready key is smaller,
+    put it back (into the main heap) and return the PE of the smallest key, else -1."""
+    if stats[ST_WAKE] > 0 and wake[0] < key and (stats[ST_HEAP] == 0 or wake[0] < main[0]):
+        stats[ST_HEAP] = heap_push(main, stats[ST_HEAP], key)
+        top, stats[ST_WAKE] = heap_pop(wake, stats[ST_WAKE])
+        return top & ((1 << shift) - 1)
+    if stats[ST_HEAP] > 0 and main[0] < key:
+        return heap_replace(main, stats[ST_HEAP], key) & ((1 << shift) - 1)
+    return -1
 
 
 @njit(nrt=False)
@@ -1143,15 +1176,17 @@ def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
     """The scheduler loop (allocates nothing). Returns DONE when the heap is empty,
     FAULTED, or a NEED_* code after suspending the PE in hand (see `suspend`)."""
     o, maxc, shift = cfg[CFG_O], cfg[CFG_MAX_CYCLES], cfg[CFG_SHIFT]
-    pe = next_pe(heap, stats, shift)
+    main, wake = heap[:pes.shape[0]], heap[pes.shape[0]:]
+    pe = next_pe(main, wake, stats, shift)
     while pe >= 0:
         if stats[ST_CUR_T] >= 0:   # resuming a suspended instruction
             t, p = stats[ST_CUR_T], stats[ST_CUR_PC]
             stats[ST_CUR_T] = -1
         else:
             t, p = pes[pe, P_CLOCK], pes[pe, P_PC]
-        if stats[ST_HEAP] > 0:   # likely the next PE to run: fetch its state meanwhile
-            prefetch_pe(heap[0] & ((1 << shift) - 1), pes, pe_region, links)
+        after = earliest(main, wake, stats)
+        if after != NO_KEY:   # likely the next PE to run: fetch its state meanwhile
+            prefetch_pe(after & ((1 << shift) - 1), pes, pe_region, links)
         base, ncode = rstart[pe_region[pe]], rlen[pe_region[pe]]
         first, following = True, -1
         while True:
@@ -1162,9 +1197,8 @@ def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
             k = base + p
             opc = op[k]
             if not first and is_ordered(opc):
-                key = (t << shift) | pe
-                if stats[ST_HEAP] > 0 and heap[0] < key:
-                    following = heap_replace(heap, stats[ST_HEAP], key) & ((1 << shift) - 1)
+                following = trade_places(main, wake, stats, (t << shift) | pe, shift)
+                if following >= 0:
                     break
             first = False
             if opc == NOP or (opc >= MOVR and opc <= JMP):
@@ -1187,7 +1221,7 @@ def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
                     return FAULTED if cost == FAULTED else suspend(pe, t, p, stats, cost)
             elif opc == SEND:
                 n = exec_send(pe, t, k, p, modes, args, params, cfg, sram, pay, routes, edges,
-                              links, stack, rec, fifo, stats, pes, heap, fault)
+                              links, stack, rec, fifo, stats, pes, wake, fault)
                 if n < 0:
                     return n
                 note_send((t << shift) | pe, stats)
@@ -1210,7 +1244,7 @@ def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
                 cost = o + 1
             elif opc == BARRIER:
                 stats[ST_INSTRUCTIONS] += 1
-                arrive_at_barrier(pe, t, p, pes, stats, cfg, heap, fault)
+                arrive_at_barrier(pe, t, p, pes, stats, cfg, main, fault)
                 if fault[F_CODE] != FAULT_NONE:
                     return FAULTED
                 t, p = pes[pe, P_CLOCK], pes[pe, P_PC]
@@ -1238,7 +1272,7 @@ def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
                 return FAULTED
             p += 1
         pes[pe, P_CLOCK], pes[pe, P_PC] = t, p
-        pe = following if following >= 0 else next_pe(heap, stats, shift)
+        pe = following if following >= 0 else next_pe(main, wake, stats, shift)
     return DONE
 
 
@@ -1246,8 +1280,9 @@ def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
 def new_pools(pe_region, cfg, heap):
     """The pools `run_mesh` works in besides the heap and FIFOs (which the caller
     allocates, so that numpy can back them with huge pages): puts every non-idle PE into
-    `heap` at cycle 0 and returns (its size, the record pool, the routing stack, the
-    payload pool, the value scratch; the last two empty in timing-only mode)."""
+    the main heap (`heap[:P]`; the wake heap is `heap[P:]`) at cycle 0 and returns (its
+    size, the record pool, the routing stack, the payload pool, the value scratch; the
+    last two empty in timing-only mode)."""
     pay = np.empty(1024 if cfg[CFG_FUNCTIONAL] else 0, np.float32)
     scratch = np.empty(64 if cfg[CFG_FUNCTIONAL] else 0, np.float32)
     return initial_heap(pe_region, heap), new_records(1024), np.empty((64, 4), np.int64), \
@@ -1267,7 +1302,8 @@ def run_mesh(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
     (functional) or [0, 0]. Outputs, zeroed by the
     caller except pes' status/wait columns: pes [P, P_FIELDS], links [P * 8] (free/busy),
     stats, fault, and marks [num_marks, M_FIELDS] (first/last set to -1 by the caller).
-    Pools (from `new_pools`; stats[ST_HEAP] = the heap's size): heap, FIFO heads and
+    Pools (from `new_pools`; stats[ST_HEAP] and stats[ST_WAKE] = the sizes of the main
+    heap heap[:P] and the wake heap heap[P:]): heaps, FIFO heads and
     tails, record and payload pools, routing stack and scratch. The only allocating
     kernel: it grows a pool whenever `simulate` suspends asking for it, and returns
     (code, rec, stack, pay, scratch) with code DONE, FAULTED or ALL_PARKED, so a caller
