@@ -41,6 +41,7 @@ COUNT_SLOTS = (SLOT_N,)                          # vector ops and reductions
 GEMV_SLOTS = (SLOT_N, SLOT_COLOR)                # rows m, columns k
 COMM_SLOTS = (SLOT_N, SLOT_COLOR)                # send, recv, recvadd
 ALL_SLOTS = tuple(range(NUM_SLOTS))              # control ops, route, barrier, halt
+Rows = np.ndarray | slice                         # PE indices, or slice(None) for all PEs
 
 
 @dataclass(frozen=True)
@@ -238,17 +239,17 @@ class Cut:
     parked_send_max: int
 
 
-def take_cut(kernel, live: np.ndarray) -> Cut | None:
+def take_cut(kernel, live: Rows) -> Cut | None:
     """Snapshot a clean cut (every running PE parked, nothing queued), else None."""
     stats = kernel.stats
-    if ((kernel.pes[live, K.P_STATUS] != K.PARKED).any() or (kernel.fifo >= 0).any()
+    if ((kernel.pes[live, K.P_STATUS] != K.PARKED).any() or stats[K.ST_QUEUED] != 0
             or stats[K.ST_ROUTE_SP] != 0 or stats[K.ST_BARRIER_COUNT] != 0):
         return None
     return Cut(kernel.pes.copy(), kernel.links.copy(), kernel.marks.copy(), stats.copy(),
                kernel.routes.copy(), int(stats[K.ST_PARKED_SEND_MAX]))
 
 
-def cut_shift(one: Cut, two: Cut, live: np.ndarray) -> int | None:
+def cut_shift(one: Cut, two: Cut, live: Rows) -> int | None:
     """D if cut `two` is cut `one` with every clock shifted by the same D > 0 cycles
     (registers and routes equal; each link's reservation shifted by D or stale, i.e. free
     before every parked PE's clock), else None."""
@@ -264,7 +265,7 @@ def cut_shift(one: Cut, two: Cut, live: np.ndarray) -> int | None:
     return int(d[0]) if ok.all() else None
 
 
-def jump(kernel, one: Cut, two: Cut, blocks: Blocks, live: np.ndarray, d: int) -> bool:
+def jump(kernel, one: Cut, two: Cut, blocks: Blocks, live: Rows, d: int) -> bool:
     """Advance the parked state `two` over `blocks.skipped` blocks, each a copy of the
     block between the cuts; False if that would pass the cycle limit."""
     n, pes, cfg = blocks.skipped, kernel.pes, kernel.cfg
@@ -307,7 +308,7 @@ def run_fast_forward(kernel, cut_names, jobs: int = 1) -> int | None:
         return None
     parallel = jobs > 1
     cut_ids = [program.mark_names.index(name) for name in cut_names]
-    live = np.flatnonzero(kernel.pe_region >= 0)
+    live = live_rows(kernel.pe_region)
     with Forked(find_blocks, program, cut_names, kernel.static_cost,
                 parallel=parallel) as checking:
         one = run_to_cut(kernel, cut_ids[1], live)
@@ -332,7 +333,14 @@ def run_fast_forward(kernel, cut_names, jobs: int = 1) -> int | None:
     return blocks.skipped if last_parked < kernel.stats[K.ST_SEND_MIN] else None
 
 
-def run_to_cut(kernel, cut: int, live: np.ndarray) -> Cut | None:
+def live_rows(pe_region: np.ndarray) -> Rows:
+    """The running PEs (those in a region) as an index: a slice when that is all of them,
+    which numpy reads and writes without gathering."""
+    live = np.flatnonzero(pe_region >= 0)
+    return slice(None) if len(live) == len(pe_region) else live
+
+
+def run_to_cut(kernel, cut: int, live: Rows) -> Cut | None:
     """Run on until every running PE is parked at mark `cut`; the clean cut, else None."""
     return take_cut(kernel, live) if kernel.run_until(cut) == K.ALL_PARKED else None
 
@@ -342,7 +350,7 @@ def send_step(kernel, d: int) -> int:
     return d << int(kernel.cfg[K.CFG_SHIFT])
 
 
-def jump_checked(kernel, one: Cut, two: Cut, blocks: Blocks, live: np.ndarray,
+def jump_checked(kernel, one: Cut, two: Cut, blocks: Blocks, live: Rows,
                  d: int) -> bool:
     """The send-order checks of blocks 0 and 1 (each block's parked sends precede the
     next block's first send), then `jump`."""
@@ -366,7 +374,7 @@ class HeadRun:
     marks: np.ndarray
 
 
-def run_head(kernel, blocks: Blocks, live: np.ndarray, skip: int) -> HeadRun | None:
+def run_head(kernel, blocks: Blocks, live: Rows, skip: int) -> HeadRun | None:
     """Child side: from the parked state at cut 1, move every live PE's pc past `skip`
     blocks, clear the busy cycles, link busy cycles, counters and marks, and run to the
     end. None on a fault (the caller then runs in full, which reports it)."""
@@ -386,7 +394,7 @@ def run_head(kernel, blocks: Blocks, live: np.ndarray, skip: int) -> HeadRun | N
                    kernel.marks)
 
 
-def merge_head(kernel, one: Cut, two: Cut, head: HeadRun, live: np.ndarray, skip: int,
+def merge_head(kernel, one: Cut, two: Cut, head: HeadRun, live: Rows, skip: int,
                d: int) -> bool:
     """Add a child's `run_head` (every cycle `skip` * d early) to the state after
     `jump`; False if a send of the head would precede a parked send of the last block,

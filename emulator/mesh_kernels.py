@@ -70,7 +70,8 @@ ST_CUR_PE, ST_CUR_T, ST_CUR_PC, ST_ROUTE_SP, ST_ROUTE_C, ST_ROUTE_N, ST_ROUTE_OF
 # key of a `send` executed while some PE was parked (-1: none), the smallest send key.
 ST_PARKED, ST_PARKED_SEND_MAX, ST_SEND_MIN = 16, 17, 18
 ST_WAKE = 19   # size of the wake heap (see `next_pe`)
-ST_SIZE = 20
+ST_QUEUED = 20   # deliveries queued in FIFOs, not yet received
+ST_SIZE = 21
 NO_KEY = 9223372036854775807   # larger than every heap key (int64 max)
 
 # Return codes of `simulate` and its helpers. NEED_*: a pool must grow (stats[ST_NEED] =
@@ -617,6 +618,7 @@ def deliver(q, c, last, n, off, src, rec, fifo, cfg, stats, pes, wake, shift):
     on c."""
     i = stats[ST_RECORDS]
     stats[ST_RECORDS] = rec[i, REC_NEXT]
+    stats[ST_QUEUED] += 1
     rec[i, REC_NEXT] = -1
     rec[i, REC_LAST] = last
     rec[i, REC_LEN] = n
@@ -646,6 +648,7 @@ def free_record(rec, fifo, f, stats):
     rec[i, REC_LEN] = -1
     rec[i, REC_NEXT] = stats[ST_RECORDS]
     stats[ST_RECORDS] = i
+    stats[ST_QUEUED] -= 1
 
 
 @njit(nrt=False, inline="always")

@@ -100,11 +100,12 @@ def test_cuts_are_layer_starts_then_head():
     assert layer_cuts(without)[-1] == "end"
 
 
-def block_program(counts, register_count=False, tail="") -> str:
+def block_program(counts, register_count=False, tail="", idle=0) -> str:
     """Two PEs, six blocks `mark bK` each: (0,0) adds counts[b] elements and sends 3
     values to (1,0), which receives them. With `register_count` the count of every block
     is r0, which grows by one per block (so the mesh state is no shift between blocks).
-    `tail`: an instruction the receiver runs after the last block."""
+    `tail`: an instruction the receiver runs after the last block; `idle`: PEs with no
+    region to the right of the two."""
     def blocks(comm):
         lines = ["    movr r0, 2"]
         for b, n in enumerate(counts):
@@ -112,7 +113,7 @@ def block_program(counts, register_count=False, tail="") -> str:
             lines += [f"    mark b{b}", f"    vadd [8], [0], [4], {count}", f"    {comm}"]
             lines += ["    addr r0, 1"] if register_count else []
         return "\n".join(lines + ["    mark tail", "    halt"])
-    return "\n".join([".mesh 2x1", ".dtype fp32", ".sram 32",
+    return "\n".join([f".mesh {2 + idle}x1", ".dtype fp32", ".sram 32",
                       ".region sender 0,0 0,0", ".route c0 rx=R tx=E",
                       blocks("send c0, [0], 3"),
                       ".region receiver 1,0 1,0", ".route c0 rx=W tx=R",
@@ -120,15 +121,16 @@ def block_program(counts, register_count=False, tail="") -> str:
                       ""])
 
 
-@pytest.mark.parametrize("jobs", JOBS)
+@pytest.mark.parametrize("jobs, idle", [(1, 0), (2, 0), (1, 1), (2, 1)])
 @pytest.mark.parametrize("counts, register_count, qualifies", [
     ([4, 4, 4, 4, 4, 4], False, True),
     ([4, 4, 4, 5, 4, 4], False, False),      # block 3 differs in a count: not equivalent
     ([4, 4, 4, 4, 4, 4], True, False),       # the count grows in a register
 ])
-def test_programs_that_do_not_qualify_run_in_full(counts, register_count, qualifies, jobs):
-    program = assemble(block_program(counts, register_count), "blocks.asm")
-    mesh = load_mesh("small").with_mesh(2, 1)
+def test_programs_that_do_not_qualify_run_in_full(counts, register_count, qualifies, jobs,
+                                                  idle):
+    program = assemble(block_program(counts, register_count, idle=idle), "blocks.asm")
+    mesh = load_mesh("small").with_mesh(2 + idle, 1)
     full = run_numba(program, mesh, functional=False)
     fast = run_numba(program, mesh, functional=False,
                      fast_forward=[f"b{b}" for b in range(6)], jobs=jobs)
