@@ -33,7 +33,7 @@ import numpy as np
 
 from emulator import mesh_kernels as K
 from emulator.errors import MeshFault
-from emulator.parallel import Forked
+from emulator.parallel import Forked, shared_empty
 from isa.opcodes import MODE_BITS, MODE_PARAM, NUM_SLOTS, SLOT_COLOR, SLOT_DST, SLOT_N, Op
 from isa.program import Program
 
@@ -316,7 +316,12 @@ def run_fast_forward(kernel, cut_names, jobs: int = 1) -> int | None:
     if one is None or blocks is None:
         return None
     skip = len(cut_ids) - 2                     # blocks from cut 1 to the last cut
-    heading = Forked(run_head, kernel, blocks, live, skip) if parallel else nullcontext()
+    if parallel:
+        head = HeadRun(shared_empty(kernel.pes[live].shape, np.int64),
+                       shared_empty(kernel.links.shape, np.int64))
+        heading = Forked(run_head, kernel, blocks, live, skip, head)
+    else:
+        heading = nullcontext()
     with heading:
         kernel.resume_parked()
         two = run_to_cut(kernel, cut_ids[2], live)
@@ -324,9 +329,11 @@ def run_fast_forward(kernel, cut_names, jobs: int = 1) -> int | None:
         if d is None or not jump_checked(kernel, one, two, blocks, live, d):
             return None
         if parallel:
-            head = heading.result()
-            return blocks.skipped if head is not None and merge_head(
-                kernel, one, two, head, live, skip, d) else None
+            ran = heading.result()
+            if ran is None:
+                return None
+            head.stats, head.marks = ran
+            return blocks.skipped if merge_head(kernel, one, two, head, live, skip, d) else None
     kernel.resume_parked()
     kernel.run_until(-1)
     last_parked = two.parked_send_max + blocks.skipped * send_step(kernel, d)
@@ -364,20 +371,21 @@ def jump_checked(kernel, one: Cut, two: Cut, blocks: Blocks, live: Rows,
 class HeadRun:
     """What the code after the last cut did, run from cut 1's state with the skipped
     blocks' pcs added (so every cycle is `skip` block lengths D early): final clock, pc,
-    status and finish of the live PEs; their busy cycles, link busy cycles, counters and
-    marks of this code alone; link free cycles; the smallest send key (ST_SEND_MIN)."""
+    status and finish of the live PEs, their busy cycles; link free cycles, link busy
+    cycles; counters (and the smallest send key, ST_SEND_MIN) and marks of this code
+    alone. `pes` and `links` are in shared memory, written by the child."""
 
-    pes: np.ndarray        # [live, P_FIELDS]
-    link_free: np.ndarray
-    link_busy: np.ndarray
-    stats: np.ndarray
-    marks: np.ndarray
+    pes: np.ndarray                # [live, P_FIELDS]
+    links: np.ndarray              # as KernelRun.links
+    stats: np.ndarray | None = None
+    marks: np.ndarray | None = None
 
 
-def run_head(kernel, blocks: Blocks, live: Rows, skip: int) -> HeadRun | None:
+def run_head(kernel, blocks: Blocks, live: Rows, skip: int, out: HeadRun) -> tuple | None:
     """Child side: from the parked state at cut 1, move every live PE's pc past `skip`
     blocks, clear the busy cycles, link busy cycles, counters and marks, and run to the
-    end. None on a fault (the caller then runs in full, which reports it)."""
+    end. Writes `out.pes` and `out.links`; returns (stats, marks), or None on a fault (the
+    caller then runs in full, which reports it)."""
     pes = kernel.pes
     pes[live, K.P_PC] += skip * blocks.region_block_len[kernel.pe_region[live]]
     pes[:, K.P_BUSY] = 0
@@ -390,8 +398,9 @@ def run_head(kernel, blocks: Blocks, live: Rows, skip: int) -> HeadRun | None:
         kernel.run_until(-1)
     except MeshFault:
         return None
-    return HeadRun(pes[live], kernel.links[0::2], kernel.links[1::2], kernel.stats,
-                   kernel.marks)
+    out.pes[:] = pes[live]
+    out.links[:] = kernel.links
+    return kernel.stats, kernel.marks
 
 
 def merge_head(kernel, one: Cut, two: Cut, head: HeadRun, live: Rows, skip: int,
@@ -413,9 +422,10 @@ def merge_head(kernel, one: Cut, two: Cut, head: HeadRun, live: Rows, skip: int,
     pes[live, K.P_BUSY] += head.pes[:, K.P_BUSY]
     stale = one.pes[live, K.P_CLOCK].min()
     free = kernel.links[0::2]
-    fresh = head.link_free > stale
-    free[fresh] = head.link_free[fresh] + shift
-    kernel.links[1::2] += head.link_busy
+    head_free = head.links[0::2]
+    fresh = head_free > stale
+    free[fresh] = head_free[fresh] + shift
+    kernel.links[1::2] += head.links[1::2]
     for field in (K.ST_INSTRUCTIONS, K.ST_MESSAGES):
         kernel.stats[field] += head.stats[field]
     add_marks(kernel.marks, head.marks, shift)

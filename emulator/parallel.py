@@ -8,10 +8,13 @@ back pickled. Used to emulate a multi-wafer system's distinct wafer programs at 
 run's.
 """
 
+import mmap
 import multiprocessing
 import os
 import pickle
 import signal
+
+import numpy as np
 
 _WORK: tuple = ()   # (function, items) while a fork_map runs; read by the children
 
@@ -35,6 +38,14 @@ def fork_map(function, items: list, jobs: int | None = None) -> list:
             return pool.map(_run_item, range(len(items)), chunksize=1)
     finally:
         _WORK = ()
+
+
+def shared_empty(shape: tuple, dtype) -> np.ndarray:
+    """An uninitialised array in anonymous shared memory: a child forked after this call
+    writes into the same pages, so a large result needs no pickling."""
+    dtype, count = np.dtype(dtype), int(np.prod(shape))
+    buffer = mmap.mmap(-1, max(count * dtype.itemsize, 1))   # MAP_SHARED | MAP_ANONYMOUS
+    return np.frombuffer(buffer, dtype, count=count).reshape(shape)
 
 
 def usable_jobs(jobs: int | None = None) -> int:

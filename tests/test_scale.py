@@ -24,7 +24,7 @@ from compiler.tile import tile
 from compiler.weights import random_weights
 from emulator.errors import FitError
 from emulator.hw.mesh import load_mesh
-from emulator.parallel import Forked, fork_map, usable_jobs
+from emulator.parallel import Forked, fork_map, shared_empty, usable_jobs
 
 
 def test_wafer_count_is_the_smallest_sram_that_holds_weights_and_kv():
@@ -135,6 +135,13 @@ def test_forked_returns_the_result_and_reraises_the_childs_error(parallel):
     with Forked(int, "not a number", parallel=True) as job, \
             pytest.raises(ValueError, match="not a number"):
         job.result()
+
+
+def test_a_forked_child_writes_into_shared_memory():
+    out = shared_empty((3, 4), np.int64)
+    with Forked(out.fill, 7) as job:
+        job.result()
+    assert out.shape == (3, 4) and (out == 7).all()
 
 
 def test_an_unneeded_forked_child_is_stopped():
