@@ -6,8 +6,11 @@ from c_b to c_b+1), `run_fast_forward` emulates up to c_1 and on to c_2, checks 
 mesh state at c_2 is the state at c_1 shifted by D cycles, jumps over blocks 2 .. n-1 by
 adding D (and block 1's busy cycles, link loads, counters and marks) once per skipped
 block, and emulates the code after c_n. The result equals a full run's exactly, or
-`run_fast_forward` returns False and the caller runs in full. docs/engines.md
-("Fast-forward") states the conditions; in short:
+`run_fast_forward` returns None and the caller runs in full. With two or more jobs, forked
+children check the blocks beside block 0 and run the code after c_n beside block 1, from
+c_1's state with every pc moved past the skipped blocks (`run_head`, `merge_head`: its
+cycles are then (n-1) D early). docs/engines.md ("Fast-forward") states the conditions;
+in short:
 
 - blocks: every running PE's code holds each cut mark (`mark NAME`) once, in order; the
   blocks between consecutive cuts that are skipped are *timing-equivalent* to block 1:
@@ -316,24 +319,16 @@ def run_fast_forward(kernel, cut_names, jobs: int = 1) -> int | None:
     if one is None or blocks is None:
         return None
     skip = len(cut_ids) - 2                     # blocks from cut 1 to the last cut
-    if parallel:
-        head = HeadRun(shared_empty(kernel.pes[live].shape, np.int64),
-                       shared_empty(kernel.links.shape, np.int64))
-        heading = Forked(run_head, kernel, blocks, live, skip, head)
-    else:
-        heading = nullcontext()
-    with heading:
+    with HeadJob(kernel, blocks, live, skip) if parallel else nullcontext() as heading:
         kernel.resume_parked()
         two = run_to_cut(kernel, cut_ids[2], live)
         d = None if two is None else cut_shift(one, two, live)
         if d is None or not jump_checked(kernel, one, two, blocks, live, d):
             return None
         if parallel:
-            ran = heading.result()
-            if ran is None:
-                return None
-            head.stats, head.marks = ran
-            return blocks.skipped if merge_head(kernel, one, two, head, live, skip, d) else None
+            head = heading.result()
+            ok = head is not None and merge_head(kernel, one, two, head, live, skip, d)
+            return blocks.skipped if ok else None
     kernel.resume_parked()
     kernel.run_until(-1)
     last_parked = two.parked_send_max + blocks.skipped * send_step(kernel, d)
@@ -401,6 +396,29 @@ def run_head(kernel, blocks: Blocks, live: Rows, skip: int, out: HeadRun) -> tup
     out.pes[:] = pes[live]
     out.links[:] = kernel.links
     return kernel.stats, kernel.marks
+
+
+class HeadJob:
+    """`run_head` in a forked child (a context manager; `result()` waits for it): its
+    HeadRun, or None after a fault."""
+
+    def __init__(self, kernel, blocks: Blocks, live: Rows, skip: int):
+        self.head = HeadRun(shared_empty(kernel.pes[live].shape, np.int64),
+                            shared_empty(kernel.links.shape, np.int64))
+        self.job = Forked(run_head, kernel, blocks, live, skip, self.head)
+
+    def result(self) -> HeadRun | None:
+        ran = self.job.result()
+        if ran is None:
+            return None
+        self.head.stats, self.head.marks = ran
+        return self.head
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.job.__exit__(*exc)
 
 
 def merge_head(kernel, one: Cut, two: Cut, head: HeadRun, live: Rows, skip: int,
