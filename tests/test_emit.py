@@ -49,6 +49,16 @@ def test_step_parameters():
     assert np.array_equal(a.code, b.code) and not np.array_equal(a.params, b.params)
     with pytest.raises(ValueError, match="outside the KV capacity"):
         compiled.decode.for_position(32)
+    template = compiled.decode.program.params.copy()
+    with compiled.decode.at_position(9) as program:
+        assert np.array_equal(program.params, b.params)
+    assert np.array_equal(compiled.decode.program.params, template)   # restored
+    with pytest.raises(RuntimeError), compiled.decode.at_position(3):
+        raise RuntimeError("a run that fails")
+    assert np.array_equal(compiled.decode.program.params, template)
+    with pytest.raises(ValueError, match="outside the KV capacity"), \
+            compiled.decode.at_position(32):
+        pass
 
 
 def test_program_is_deterministic_and_messages_match():
