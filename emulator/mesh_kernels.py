@@ -605,6 +605,8 @@ def compact_payloads(pay, rec, stats, need):
 
 # --- FIFOs and routing --------------------------------------------------------------------
 
+RECV_PREFETCH_WORDS = 128   # prefetch_receive hints at most this many destination words
+
 
 @njit(nrt=False, inline="always")
 def deliver(q, c, last, n, off, src, rec, fifo, cfg, stats, pes, heap, shift):
@@ -629,6 +631,30 @@ def deliver(q, c, last, n, off, src, rec, fifo, cfg, stats, pes, heap, shift):
         pes[q, P_WAIT] = -1
         stats[ST_HEAP] = heap_push(heap, stats[ST_HEAP], (pes[q, P_CLOCK] << shift) | q)
 
+
+
+@njit(nrt=False, inline="always")
+def prefetch_receive(q, c, code, pes, sram, cfg):
+    """After a delivery to PE q on color c: if q's next instruction is a recv or recvadd
+    of c, start loading the first lines of its destination (a hint with no effect on
+    results; the receiver's buffers are rarely still cached by the time it runs).
+    `code` = (op, modes, args, params, rstart, rlen, pe_region)."""
+    op, modes, args, params, rstart, rlen, pe_region = code
+    r = pe_region[q]
+    if r < 0 or pes[q, P_PC] >= rlen[r]:
+        return
+    k = rstart[r] + pes[q, P_PC]
+    if (op[k] != RECV and op[k] != RECVADD) or operand(modes, args, k, S_COLOR, params,
+                                                        pes, q) != c:
+        return
+    d0 = operand(modes, args, k, S_DST, params, pes, q)
+    ds = operand(modes, args, k, S_DST_STRIDE, params, pes, q)
+    n = operand(modes, args, k, S_N, params, pes, q)
+    words = cfg[CFG_SRAM]
+    mem = sram[q]
+    for i in range(0, min(n, RECV_PREFETCH_WORDS), 16 if ds == 1 else RECV_PREFETCH_WORDS):
+        if d0 + ds * i >= 0 and d0 + ds * i < words:
+            prefetch(mem, d0 + ds * i)
 
 @njit(nrt=False, inline="always")
 def free_record(rec, fifo, f, stats):
@@ -659,7 +685,7 @@ def prefetch_router(q, c, cfg, routes, links, fifo, pes, npes):
 
 @njit(nrt=False, inline="always")
 def route_message(pe, c, n, off, sp, cfg, routes, edges, links, stack, rec, fifo, stats, pes,
-                  heap, fault, t):
+                  heap, fault, t, code, sram):
     """Route one message depth-first exactly as the reference: a stack of (router, input
     port, head cycle, hops) rows, out-ports pushed N, E, S, W (so the last pushed goes
     next), delivery to the core (R) after the pushes.
@@ -704,6 +730,8 @@ def route_message(pe, c, n, off, sp, cfg, routes, edges, links, stack, rec, fifo
             sp += 1
         if tx & PORT_R:
             deliver(q, c, hd + ramp + n - 1, n, off, pe, rec, fifo, cfg, stats, pes, heap, shift)
+            if cfg[CFG_FUNCTIONAL] and n > 0:
+                prefetch_receive(q, c, code, pes, sram, cfg)
     return 0
 
 
@@ -1062,11 +1090,13 @@ def suspend(pe, t, p, stats, code):
 
 
 @njit(nrt=False, inline="always")
-def exec_send(pe, t, k, p, modes, args, params, cfg, sram, pay, routes, edges, links, stack,
-              rec, fifo, stats, pes, heap, fault):
+def exec_send(pe, t, k, p, code, cfg, sram, pay, routes, edges, links, stack, rec, fifo,
+              stats, pes, heap, fault):
     """send: check operands, store the values, route the message (resuming an interrupted
     route if stats[ST_ROUTE_SP] > 0). Returns the wavelet count, or a negative code:
-    FAULTED, NEED_PAYLOAD, NEED_STACK, NEED_RECORDS (the PE is then suspended)."""
+    FAULTED, NEED_PAYLOAD, NEED_STACK, NEED_RECORDS (the PE is then suspended).
+    `code` = (op, modes, args, params, rstart, rlen, pe_region)."""
+    modes, args, params = code[1], code[2], code[3]
     sp = stats[ST_ROUTE_SP]
     if sp == 0:
         c, n, s0, ss0 = comm_operands(k, modes, args, params, pes, pe, t, cfg, fault, S_SRC0,
@@ -1085,7 +1115,7 @@ def exec_send(pe, t, k, p, modes, args, params, cfg, sram, pay, routes, edges, l
         sp = 1
     c, n, off = stats[ST_ROUTE_C], stats[ST_ROUTE_N], stats[ST_ROUTE_OFF]
     sp = route_message(pe, c, n, off, sp, cfg, routes, edges, links, stack, rec, fifo, stats,
-                       pes, heap, fault, t)
+                       pes, heap, fault, t, code, sram)
     stats[ST_ROUTE_SP] = max(sp, 0)
     if sp < 0:
         return FAULTED
@@ -1141,6 +1171,7 @@ def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
     """The scheduler loop (allocates nothing). Returns DONE when the heap is empty,
     FAULTED, or a NEED_* code after suspending the PE in hand (see `suspend`)."""
     o, maxc, shift = cfg[CFG_O], cfg[CFG_MAX_CYCLES], cfg[CFG_SHIFT]
+    code = (op, modes, args, params, rstart, rlen, pe_region)
     pe = next_pe(heap, stats, shift)
     while pe >= 0:
         if stats[ST_CUR_T] >= 0:   # resuming a suspended instruction
@@ -1184,8 +1215,8 @@ def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
                 if cost < 0:
                     return FAULTED if cost == FAULTED else suspend(pe, t, p, stats, cost)
             elif opc == SEND:
-                n = exec_send(pe, t, k, p, modes, args, params, cfg, sram, pay, routes, edges,
-                              links, stack, rec, fifo, stats, pes, heap, fault)
+                n = exec_send(pe, t, k, p, code, cfg, sram, pay, routes, edges, links, stack,
+                              rec, fifo, stats, pes, heap, fault)
                 if n < 0:
                     return n
                 note_send((t << shift) | pe, stats)
