@@ -606,6 +606,7 @@ def compact_payloads(pay, rec, stats, need):
 # --- FIFOs and routing --------------------------------------------------------------------
 
 RECV_PREFETCH_WORDS = 128   # prefetch_receive hints at most this many destination words
+RECV_PREFETCH_FOLLOWING = 2   # ... and the operands of this many local ops after the recv
 
 
 @njit(nrt=False, inline="always")
@@ -634,11 +635,21 @@ def deliver(q, c, last, n, off, src, rec, fifo, cfg, stats, pes, heap, shift):
 
 
 @njit(nrt=False, inline="always")
+def prefetch_words(mem, a, stride, n, limit, words):
+    """Hint: elements a, a + stride, ... (n of them, the first `limit` words only) of one
+    SRAM row will be used soon."""
+    for i in range(0, min(n, limit), 16 if stride == 1 else limit):
+        if a + stride * i >= 0 and a + stride * i < words:
+            prefetch(mem, a + stride * i)
+
+
+@njit(nrt=False, inline="always")
 def prefetch_receive(q, c, code, pes, sram, cfg):
     """After a delivery to PE q on color c: if q's next instruction is a recv or recvadd
-    of c, start loading the first lines of its destination (a hint with no effect on
-    results; the receiver's buffers are rarely still cached by the time it runs).
-    `code` = (op, modes, args, params, rstart, rlen, pe_region)."""
+    of c, start loading the first lines of its destination and the first line of each
+    operand of the (at most RECV_PREFETCH_FOLLOWING) vector ops and vgemvs right after it
+    (a hint with no effect on results: the receiver's buffers are rarely still cached by
+    the time it runs). `code` = (op, modes, args, params, rstart, rlen, pe_region)."""
     op, modes, args, params, rstart, rlen, pe_region = code
     r = pe_region[q]
     if r < 0 or pes[q, P_PC] >= rlen[r]:
@@ -647,14 +658,17 @@ def prefetch_receive(q, c, code, pes, sram, cfg):
     if (op[k] != RECV and op[k] != RECVADD) or operand(modes, args, k, S_COLOR, params,
                                                         pes, q) != c:
         return
-    d0 = operand(modes, args, k, S_DST, params, pes, q)
-    ds = operand(modes, args, k, S_DST_STRIDE, params, pes, q)
-    n = operand(modes, args, k, S_N, params, pes, q)
-    words = cfg[CFG_SRAM]
-    mem = sram[q]
-    for i in range(0, min(n, RECV_PREFETCH_WORDS), 16 if ds == 1 else RECV_PREFETCH_WORDS):
-        if d0 + ds * i >= 0 and d0 + ds * i < words:
-            prefetch(mem, d0 + ds * i)
+    words, mem = cfg[CFG_SRAM], sram[q]
+    prefetch_words(mem, operand(modes, args, k, S_DST, params, pes, q),
+                   operand(modes, args, k, S_DST_STRIDE, params, pes, q),
+                   operand(modes, args, k, S_N, params, pes, q), RECV_PREFETCH_WORDS, words)
+    for j in range(k + 1, min(k + 1 + RECV_PREFETCH_FOLLOWING, rstart[r] + rlen[r])):
+        if op[j] != VGEMV and (op[j] < VMOV or op[j] > LAST_VECTOR):
+            return
+        d0, s0, s1, n, ds, ss0, ss1, _ = slot_values(modes, args, j, params, pes, q)
+        prefetch_words(mem, d0, ds, n, 16, words)
+        prefetch_words(mem, s0, ss0 if op[j] != VGEMV else 1, n, 16, words)
+        prefetch_words(mem, s1, ss1, n, 16, words)
 
 @njit(nrt=False, inline="always")
 def free_record(rec, fifo, f, stats):
