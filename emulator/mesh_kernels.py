@@ -53,11 +53,10 @@ CFG_SIZE = 15
 # cfg[CFG_SIZE + color] = its slot (-1: never routed), cfg[CFG_SIZE + colors + slot] = color.
 
 # pes[pe, P_*] columns: per-PE state in one 128-byte row (status and wait color use the
-# reference's values); registers r0..r7 are columns P_REGS..P_REGS+7. The fields every
-# activation touches (clock, pc, busy, status, the parameter row that operand decoding
-# reads, the wait color a delivery checks, r0, r1) share the row's first 64-byte cache
-# line, the one `prefetch_pe` loads.
-P_CLOCK, P_PC, P_BUSY, P_STATUS, P_PARAM_ROW, P_WAIT, P_REGS, P_FINISH = 0, 1, 2, 3, 4, 5, 6, 14
+# reference's values); registers r0..r7 are columns P_REGS..P_REGS+7, so the fields an
+# activation touches (clock, pc, busy, status, r0..r3) share one 64-byte cache line.
+P_CLOCK, P_PC, P_BUSY, P_STATUS, P_REGS, P_FINISH, P_WAIT = 0, 1, 2, 3, 4, 12, 13
+P_PARAM_ROW = 14   # the PE's row of the parameter table (mesh_engine.param_table)
 P_FIELDS = 16
 
 # stats[] indices: counters, free-list head, payload pool top, barrier bookkeeping, heap size.
