@@ -604,9 +604,6 @@ def compact_payloads(pay, rec, stats, need):
 
 # --- FIFOs and routing --------------------------------------------------------------------
 
-RECV_PREFETCH_WORDS = 128   # prefetch_receive hints at most this many destination words
-RECV_PREFETCH_FOLLOWING = 2   # ... and the operands of this many local ops after the recv
-
 
 @njit(nrt=False, inline="always")
 def deliver(q, c, last, n, off, src, rec, fifo, cfg, stats, pes, heap, shift):
@@ -631,43 +628,6 @@ def deliver(q, c, last, n, off, src, rec, fifo, cfg, stats, pes, heap, shift):
         pes[q, P_WAIT] = -1
         stats[ST_HEAP] = heap_push(heap, stats[ST_HEAP], (pes[q, P_CLOCK] << shift) | q)
 
-
-
-@njit(nrt=False, inline="always")
-def prefetch_words(mem, a, stride, n, limit, words):
-    """Hint: elements a, a + stride, ... (n of them, the first `limit` words only) of one
-    SRAM row will be used soon."""
-    for i in range(0, min(n, limit), 16 if stride == 1 else limit):
-        if a + stride * i >= 0 and a + stride * i < words:
-            prefetch(mem, a + stride * i)
-
-
-@njit(nrt=False, inline="always")
-def prefetch_receive(q, c, code, pes, sram, cfg):
-    """After a delivery to PE q on color c: if q's next instruction is a recv or recvadd
-    of c, start loading the first lines of its destination and the first line of each
-    operand of the (at most RECV_PREFETCH_FOLLOWING) vector ops and vgemvs right after it
-    (a hint with no effect on results: the receiver's buffers are rarely still cached by
-    the time it runs). `code` = (op, modes, args, params, rstart, rlen, pe_region)."""
-    op, modes, args, params, rstart, rlen, pe_region = code
-    r = pe_region[q]
-    if r < 0 or pes[q, P_PC] >= rlen[r]:
-        return
-    k = rstart[r] + pes[q, P_PC]
-    if (op[k] != RECV and op[k] != RECVADD) or operand(modes, args, k, S_COLOR, params,
-                                                        pes, q) != c:
-        return
-    words, mem = cfg[CFG_SRAM], sram[q]
-    prefetch_words(mem, operand(modes, args, k, S_DST, params, pes, q),
-                   operand(modes, args, k, S_DST_STRIDE, params, pes, q),
-                   operand(modes, args, k, S_N, params, pes, q), RECV_PREFETCH_WORDS, words)
-    for j in range(k + 1, min(k + 1 + RECV_PREFETCH_FOLLOWING, rstart[r] + rlen[r])):
-        if op[j] != VGEMV and (op[j] < VMOV or op[j] > LAST_VECTOR):
-            return
-        d0, s0, s1, n, ds, ss0, ss1, _ = slot_values(modes, args, j, params, pes, q)
-        prefetch_words(mem, d0, ds, n, 16, words)
-        prefetch_words(mem, s0, ss0 if op[j] != VGEMV else 1, n, 16, words)
-        prefetch_words(mem, s1, ss1, n, 16, words)
 
 @njit(nrt=False, inline="always")
 def free_record(rec, fifo, f, stats):
@@ -698,7 +658,7 @@ def prefetch_router(q, c, cfg, routes, links, fifo, pes, npes):
 
 @njit(nrt=False, inline="always")
 def route_message(pe, c, n, off, sp, cfg, routes, edges, links, stack, rec, fifo, stats, pes,
-                  heap, fault, t, code, sram):
+                  heap, fault, t):
     """Route one message depth-first exactly as the reference: a stack of (router, input
     port, head cycle, hops) rows, out-ports pushed N, E, S, W (so the last pushed goes
     next), delivery to the core (R) after the pushes.
@@ -743,8 +703,6 @@ def route_message(pe, c, n, off, sp, cfg, routes, edges, links, stack, rec, fifo
             sp += 1
         if tx & PORT_R:
             deliver(q, c, hd + ramp + n - 1, n, off, pe, rec, fifo, cfg, stats, pes, heap, shift)
-            if cfg[CFG_FUNCTIONAL] and n > 0:
-                prefetch_receive(q, c, code, pes, sram, cfg)
     return 0
 
 
@@ -1103,13 +1061,11 @@ def suspend(pe, t, p, stats, code):
 
 
 @njit(nrt=False, inline="always")
-def exec_send(pe, t, k, p, code, cfg, sram, pay, routes, edges, links, stack, rec, fifo,
-              stats, pes, heap, fault):
+def exec_send(pe, t, k, p, modes, args, params, cfg, sram, pay, routes, edges, links, stack,
+              rec, fifo, stats, pes, heap, fault):
     """send: check operands, store the values, route the message (resuming an interrupted
     route if stats[ST_ROUTE_SP] > 0). Returns the wavelet count, or a negative code:
-    FAULTED, NEED_PAYLOAD, NEED_STACK, NEED_RECORDS (the PE is then suspended).
-    `code` = (op, modes, args, params, rstart, rlen, pe_region)."""
-    modes, args, params = code[1], code[2], code[3]
+    FAULTED, NEED_PAYLOAD, NEED_STACK, NEED_RECORDS (the PE is then suspended)."""
     sp = stats[ST_ROUTE_SP]
     if sp == 0:
         c, n, s0, ss0 = comm_operands(k, modes, args, params, pes, pe, t, cfg, fault, S_SRC0,
@@ -1128,7 +1084,7 @@ def exec_send(pe, t, k, p, code, cfg, sram, pay, routes, edges, links, stack, re
         sp = 1
     c, n, off = stats[ST_ROUTE_C], stats[ST_ROUTE_N], stats[ST_ROUTE_OFF]
     sp = route_message(pe, c, n, off, sp, cfg, routes, edges, links, stack, rec, fifo, stats,
-                       pes, heap, fault, t, code, sram)
+                       pes, heap, fault, t)
     stats[ST_ROUTE_SP] = max(sp, 0)
     if sp < 0:
         return FAULTED
@@ -1184,7 +1140,6 @@ def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
     """The scheduler loop (allocates nothing). Returns DONE when the heap is empty,
     FAULTED, or a NEED_* code after suspending the PE in hand (see `suspend`)."""
     o, maxc, shift = cfg[CFG_O], cfg[CFG_MAX_CYCLES], cfg[CFG_SHIFT]
-    code = (op, modes, args, params, rstart, rlen, pe_region)
     pe = next_pe(heap, stats, shift)
     while pe >= 0:
         if stats[ST_CUR_T] >= 0:   # resuming a suspended instruction
@@ -1228,8 +1183,8 @@ def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
                 if cost < 0:
                     return FAULTED if cost == FAULTED else suspend(pe, t, p, stats, cost)
             elif opc == SEND:
-                n = exec_send(pe, t, k, p, code, cfg, sram, pay, routes, edges, links, stack,
-                              rec, fifo, stats, pes, heap, fault)
+                n = exec_send(pe, t, k, p, modes, args, params, cfg, sram, pay, routes, edges,
+                              links, stack, rec, fifo, stats, pes, heap, fault)
                 if n < 0:
                     return n
                 note_send((t << shift) | pe, stats)

@@ -370,44 +370,6 @@ def test_recvadd_into_repeated_address():
     assert both(program).sram[1, 0] == 14.0
 
 
-
-RECEIVER_BUSY_THEN_RECV = """.mesh 2x1
-.sram 64
-.region a 0,0 0,0
-.route c0 rx=R tx=E
-.data 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16
-    vset [4], {busy}, 0.25
-    send c0, [0], 4
-.region b 1,0 1,0
-.route c0 rx=W tx=R
-.data 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16
-    movr r1, 62
-    movr r2, 2
-    vset [32], 30, 0.5
-    {recv}
-    vgemv [40], [0:4], [20:-1], 4, 3
-    vmul [48:-1], [0], [2:0], 6
-"""
-
-
-@pytest.mark.parametrize("busy", [2, 60])
-@pytest.mark.parametrize("recv", ["recv c0, [20], 4", "recvadd c0, [23:-1], 4",
-                                  "recv c0, [30:0], 4", "recv c0, [r1], 4",
-                                  "recvadd c0, [r2:-1], 4"])
-def test_delivery_hint_to_a_waiting_receiver(recv, busy):
-    """A delivery to a PE whose next instruction is the matching recv hints its operands
-    (prefetch_receive) before the PE runs it: results stay bit-identical, and a destination
-    outside the SRAM faults only when the recv executes, worded as the reference words it.
-    busy=2: the message arrives while the receiver waits in the heap at its recv (not yet
-    executed); busy=60: the receiver is blocked in the recv when it arrives."""
-    program = assemble(RECEIVER_BUSY_THEN_RECV.format(recv=recv, busy=busy))
-    if "r1" in recv:
-        assert fault_of(program).endswith("SRAM access at element 64 outside 0..63")
-    elif "r2" in recv:
-        assert fault_of(program).endswith("SRAM access at element -1 outside 0..63")
-    else:
-        both(program)
-
 def test_deterministic_and_timing_only_allocates_no_sram():
     program = assemble(stream_program(40, 7))
     mesh = SMALL.with_mesh(2, 1)
