@@ -56,9 +56,10 @@ CFG_SIZE = 15
 # pes[pe, P_*] columns: per-PE state in one 128-byte row (status and wait color use the
 # reference's values). The fields an activation or a delivery reads or writes (clock, pc,
 # busy, status, wait color, parameter row) share the first 64-byte cache line, the one
-# prefetched; registers r0..r7 (columns P_REGS..P_REGS+7) fill the second.
+# prefetched; registers r0..r7 (columns P_REGS..P_REGS+7) fill the second. P_PARAM_ROW
+# is the PE's row of the parameter table (mesh_engine.param_table).
 P_CLOCK, P_PC, P_BUSY, P_STATUS, P_WAIT, P_PARAM_ROW, P_FINISH = 0, 1, 2, 3, 4, 5, 6
-P_REGS = 8   # P_PARAM_ROW: the PE's row of the parameter table (mesh_engine.param_table)
+P_REGS = 8
 P_FIELDS = 16
 
 # stats[] indices: counters, free-list head, payload pool top, barrier bookkeeping, heap size.
