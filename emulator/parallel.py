@@ -6,6 +6,11 @@ than one job and more than one item, the items are handed to forked children by 
 back pickled. Used to emulate a multi-wafer system's distinct wafer programs at once
 (compiler/system.py); every job must be deterministic, so the results equal a serial
 run's.
+
+`Forked(function, *args)` runs one call in a forked child while the caller goes on (the
+layer fast-forward's block check and head, emulator/fast_forward.py); `shared_empty`
+makes arrays the child can fill without pickling; `usable_jobs` says how many processes
+a job may use here (1 inside a pool worker or without fork).
 """
 
 import mmap
