@@ -29,10 +29,10 @@ import numpy as np
 
 from compiler.place import (
     Placement,
-    kept_pieces,
+    kept_range,
     multicast_pieces,
     relayouts,
-    subtree_end,
+    subtree_ends,
 )
 from compiler.route import RoutePlan, route, tree_actions
 from compiler.tile import Chunking, TilePlan, chunk_bounds
@@ -632,7 +632,7 @@ def relayout_params(plan: TilePlan, name: str, src: Chunking, dst: Chunking, g: 
     from offset 0 (the hub's: the whole vector in order); after the multicast it holds the
     kept pieces from offset 0 (see `relayout`). Units: elements.
     """
-    ph, b = plan.ph, src.bounds
+    ph, b, ends = plan.ph, src.bounds, subtree_ends(plan.ph)
     cols = {}
     cols["in_addr"], cols["in_len"] = g.copy(), src.sizes()
     tx_addr, tx_len = g.copy(), np.zeros(ph, np.int64)
@@ -644,7 +644,7 @@ def relayout_params(plan: TilePlan, name: str, src: Chunking, dst: Chunking, g: 
                 rx_addr[j] = g[j] + b[j + d] - b[j]
                 rx_len[j] = b[min(j + 2 * d, ph)] - b[j + d]
             if j % (2 * d) == d:
-                tx_len[j] = b[subtree_end(j, ph)] - b[j]
+                tx_len[j] = b[ends[j]] - b[j]
         cols[f"rx{s}_addr"], cols[f"rx{s}_len"] = rx_addr, rx_len
     cols["tx_addr"], cols["tx_len"] = tx_addr, tx_len
     cols.update(_piece_params(dst, g, junk))
@@ -657,11 +657,12 @@ def _piece_params(dst: Chunking, g: np.ndarray, junk: int) -> dict:
     cols = {f"m{p}_{k}": np.zeros(ph, np.int64) for p in range(len(pieces))
             for k in ("addr", "stride")}
     out_addr = g + np.asarray(dst.bounds[:-1], np.int64)
+    kept_first, kept_last = kept_range(pieces, dst)
     for j in range(1, ph):
-        kept = kept_pieces(pieces, dst, j)
-        first = pieces[kept[0]][0] if kept else 0
+        lo, hi = kept_first[j], kept_last[j]          # the kept pieces: lo .. hi
+        first = pieces[lo][0] if lo <= hi else 0
         for p in range(len(pieces)):
-            mine = p in kept
+            mine = lo <= p <= hi
             cols[f"m{p}_addr"][j] = g[j] + pieces[p][0] - first if mine else junk
             cols[f"m{p}_stride"][j] = 1 if mine else 0
         out_addr[j] = g[j] + dst.bounds[j] - first
@@ -700,8 +701,7 @@ class DecodeProgram:
     def params_for(self, pos: int) -> np.ndarray:
         """int32 [W*H, params] for decode position `pos`: the template's table copied in
         blocks of PEs, each block's step columns written while it is in cache."""
-        columns = [(self.param_names.index(name), values.reshape(-1)) for name, values
-                   in step_values(self.plan, self.placement.slots, pos).items()]
+        columns = self._step_columns(pos)
         template = self.program.params
         params = np.empty_like(template)
         for start in range(0, len(params), PARAM_BLOCK):
@@ -723,9 +723,7 @@ class DecodeProgram:
         values restored on exit, so no table is copied (395 MB on a whole WSE-3, about
         half a second). Forked children made inside the block see the same values."""
         self._check_position(pos)
-        params = self.program.params
-        columns = [(self.param_names.index(name), values.reshape(-1)) for name, values
-                   in step_values(self.plan, self.placement.slots, pos).items()]
+        params, columns = self.program.params, self._step_columns(pos)
         saved = [(k, params[:, k].copy()) for k, _ in columns]
         try:
             for k, values in columns:
@@ -734,6 +732,12 @@ class DecodeProgram:
         finally:
             for k, values in saved:
                 params[:, k] = values
+
+    def _step_columns(self, pos: int) -> list:
+        """(column of the parameter table, int64 [W*H] values) of each step parameter at
+        position `pos`."""
+        return [(self.param_names.index(name), values.reshape(-1)) for name, values
+                in step_values(self.plan, self.placement.slots, pos).items()]
 
     def _check_position(self, pos: int) -> None:
         """ValueError unless `pos` is inside the KV capacity."""

@@ -112,17 +112,6 @@ def multicast_pieces(dst: Chunking) -> list[tuple[int, int]]:
     return [(b[p], b[p + 1]) for p in range(MAX_PIECES) if b[p + 1] > b[p]]
 
 
-def kept_pieces(pieces: list, dst: Chunking, j: int) -> list[int]:
-    """Indices of the pieces overlapping row j's chunk of `dst` (none when it is empty)."""
-    lo, hi = dst.bounds[j], dst.bounds[j + 1]
-    return [p for p, (a, b) in enumerate(pieces) if hi > lo and a < hi and b > lo]
-
-
-def subtree_end(j: int, ph: int) -> int:
-    """One past the last row of row j's subtree in the column gather tree."""
-    return ph if j == 0 else min(j + (j & -j), ph)
-
-
 def relayouts(plan: TilePlan) -> dict:
     """name -> (source chunking, destination chunking) of the even layout's relayouts."""
     if plan.layout != "even":
@@ -139,7 +128,8 @@ def piece_bounds(pieces: list) -> tuple[np.ndarray, np.ndarray]:
 
 def kept_range(pieces: list, dst: Chunking) -> tuple[np.ndarray, np.ndarray]:
     """int64 [ph] first and last index of the pieces overlapping each row's chunk of `dst`
-    (`kept_pieces` for every row at once; first > last when it keeps none)."""
+    (the pieces it keeps: sorted and disjoint, so they are consecutive; first > last when
+    its chunk is empty)."""
     starts, ends = piece_bounds(pieces)
     bounds = np.asarray(dst.bounds, np.int64)
     lo, hi = bounds[:-1], bounds[1:]
@@ -149,7 +139,8 @@ def kept_range(pieces: list, dst: Chunking) -> tuple[np.ndarray, np.ndarray]:
 
 
 def subtree_ends(ph: int) -> np.ndarray:
-    """int64 [ph]: `subtree_end` of every row."""
+    """int64 [ph]: one past the last row of each row's subtree in the column gather tree
+    (row 0's is the whole column)."""
     j = np.arange(ph)
     out = np.minimum(j + (j & -j), ph)
     out[:1] = ph
