@@ -20,7 +20,7 @@ from emulator.cli_common import load_sized_mesh
 from emulator.errors import ConfigError
 from emulator.hw.link import load_link
 from emulator.hw.prefill import load_prefill
-from emulator.orchestrate import RunRequest, check_request, run_inference
+from emulator.orchestrate import RunRequest, run_inference
 from emulator.report import print_report
 
 DEFAULT_MODEL = "tiny"
@@ -75,13 +75,11 @@ def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt
     dtype = canonical_dtype(dtype)
     chip = (auto_prefill(spec, dtype, length) if prefill_hw == "auto"
             else load_prefill(prefill_hw))
-    req = RunRequest(spec=spec, model_name=name, mesh=mesh, prefill_hw=chip,
-                     link=load_link(link), prompt=prompt, prompt_len=length,
-                     max_new_tokens=max_new_tokens, dtype=dtype,
-                     weights=values, timing_only=timing_only, overlap_kv=overlap_kv,
-                     engine=engine, seed=seed)
-    check_request(req)   # before the progress bar starts, so an error is its only output
-    return req
+    return RunRequest(spec=spec, model_name=name, mesh=mesh, prefill_hw=chip,
+                      link=load_link(link), prompt=prompt, prompt_len=length,
+                      max_new_tokens=max_new_tokens, dtype=dtype,
+                      weights=values, timing_only=timing_only, overlap_kv=overlap_kv,
+                      engine=engine, seed=seed)
 
 
 class DecodeProgress:

@@ -331,8 +331,9 @@ def run_fast_forward(kernel, cut_names, jobs: int = 1) -> int | None:
             return blocks.skipped if ok else None
     kernel.resume_parked()
     kernel.run_until(-1)
-    last_parked = two.parked_send_max + blocks.skipped * send_step(kernel, d)
-    return blocks.skipped if last_parked < kernel.stats[K.ST_SEND_MIN] else None
+    first_send = int(kernel.stats[K.ST_SEND_MIN])
+    ok = last_parked_send(kernel, two, blocks.skipped, d) < first_send
+    return blocks.skipped if ok else None
 
 
 def live_rows(pe_region: np.ndarray) -> Rows:
@@ -350,6 +351,13 @@ def run_to_cut(kernel, cut: int, live: Rows) -> Cut | None:
 def send_step(kernel, d: int) -> int:
     """d cycles in heap-key units (a key is (cycle << shift) | PE)."""
     return d << int(kernel.cfg[K.CFG_SHIFT])
+
+
+def last_parked_send(kernel, two: Cut, skipped: int, d: int) -> int:
+    """The largest key of a `send` executed while PEs were parked on the way to the last
+    cut: cut 2's, `skipped` blocks of d cycles later. Every send of the code after the
+    last cut must come after it."""
+    return two.parked_send_max + skipped * send_step(kernel, d)
 
 
 def jump_checked(kernel, one: Cut, two: Cut, blocks: Blocks, live: Rows,
@@ -428,10 +436,10 @@ def merge_head(kernel, one: Cut, two: Cut, head: HeadRun, live: Rows, skip: int,
     or a clock would pass the cycle limit."""
     shift = skip * d
     first_send = int(head.stats[K.ST_SEND_MIN]) + send_step(kernel, shift)   # int: no wrap
-    if first_send <= two.parked_send_max + (skip - 1) * send_step(kernel, d):
+    if first_send <= last_parked_send(kernel, two, skip - 1, d):
         return False
     pes = kernel.pes
-    if pes.size and head.pes[:, K.P_CLOCK].max(initial=0) + shift > kernel.cfg[K.CFG_MAX_CYCLES]:
+    if head.pes[:, K.P_CLOCK].max(initial=0) + shift > kernel.cfg[K.CFG_MAX_CYCLES]:
         return False
     for field in (K.P_CLOCK, K.P_FINISH):
         pes[live, field] = head.pes[:, field] + shift

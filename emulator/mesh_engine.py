@@ -173,11 +173,6 @@ class KernelRun:
         return self.pools[0]
 
     @property
-    def fifo(self) -> np.ndarray:
-        """FIFO heads and tails per (PE, color slot), -1 when empty."""
-        return self.pools[1]
-
-    @property
     def started(self) -> bool:
         """Whether the kernel has run (its pools exist)."""
         return self.pools is not None

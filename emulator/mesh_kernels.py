@@ -1136,6 +1136,12 @@ def prefetch_pe(q, pes, pe_region, links):
 
 
 @njit(nrt=False, inline="always")
+def wake_first(main, wake, stats):
+    """Whether the smallest ready key is in the wake heap."""
+    return stats[ST_WAKE] > 0 and (stats[ST_HEAP] == 0 or wake[0] < main[0])
+
+
+@njit(nrt=False, inline="always")
 def earliest(main, wake, stats):
     """The smallest ready key in either heap (NO_KEY when both are empty)."""
     a = main[0] if stats[ST_HEAP] > 0 else NO_KEY
@@ -1151,7 +1157,7 @@ def next_pe(main, wake, stats, shift):
     if pe >= 0:
         stats[ST_CUR_PE] = -1
         return pe
-    if stats[ST_WAKE] > 0 and (stats[ST_HEAP] == 0 or wake[0] < main[0]):
+    if wake_first(main, wake, stats):
         key, stats[ST_WAKE] = heap_pop(wake, stats[ST_WAKE])
     elif stats[ST_HEAP] > 0:
         key, stats[ST_HEAP] = heap_pop(main, stats[ST_HEAP])
@@ -1164,7 +1170,7 @@ def next_pe(main, wake, stats, shift):
 def trade_places(main, wake, stats, key, shift):
     """The PE in hand (heap key `key`) reaches an ordered op: if a ready key is smaller,
     put it back (into the main heap) and return the PE of the smallest key, else -1."""
-    if stats[ST_WAKE] > 0 and wake[0] < key and (stats[ST_HEAP] == 0 or wake[0] < main[0]):
+    if wake_first(main, wake, stats) and wake[0] < key:
         stats[ST_HEAP] = heap_push(main, stats[ST_HEAP], key)
         top, stats[ST_WAKE] = heap_pop(wake, stats[ST_WAKE])
         return top & ((1 << shift) - 1)
