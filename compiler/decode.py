@@ -87,10 +87,12 @@ def run_timing(compiled: Compiled, mesh: MeshConfig, pos: int, engine: str = "nu
 
 
 def layer_cuts(compiled: Compiled) -> list[str]:
-    """The fast-forward's cuts: the mark starting each decoder layer, then the one ending
-    the last layer (`head`, or `end` on a mesh without the LM head)."""
-    layers = [f"L{layer}.norm_in" for layer in range(compiled.plan.spec.num_layers)]
-    return layers + ["head" if compiled.plan.head else "end"]
+    """The fast-forward's cuts: the mark starting each decoder layer's QKV projection.
+    Every PE waits there for the normalised input, so the state at one layer's cut
+    repeats at the next layer's from the first layer on (emulator/fast_forward.py
+    `block_shift`); the code from the last layer's cut on (the rest of that layer, then
+    the head) runs after the skipped layers."""
+    return [f"L{layer}.qkv" for layer in range(compiled.plan.spec.num_layers)]
 
 
 def _engine(name: str):

@@ -2,25 +2,30 @@
 
 A decode step runs the same code once per layer; only addresses differ between layers,
 and timing never depends on addresses or values. With cut marks c_0 .. c_n (block b runs
-from c_b to c_b+1), `run_fast_forward` emulates up to c_1 and on to c_2, checks that the
-mesh state at c_2 is the state at c_1 shifted by D cycles, jumps over blocks 2 .. n-1 by
-adding D (and block 1's busy cycles, link loads, counters and marks) once per skipped
-block, and emulates the code after c_n. The result equals a full run's exactly, or
-`run_fast_forward` returns None and the caller runs in full. With two or more jobs, forked
-children check the blocks beside block 0 and run the code after c_n beside block 1, from
-c_1's state with every pc moved past the skipped blocks (`run_head`, `merge_head`: its
-cycles are then (n-1) D early). docs/engines.md ("Fast-forward") states the conditions;
-in short:
+from c_b to c_b+1), `run_fast_forward` emulates up to c_0 and on to c_1, checks that
+block 0 would run again unchanged D cycles later from the state at c_1 (`block_shift`),
+jumps over blocks 1 .. n-1 by adding D (and block 0's busy cycles, link loads, counters
+and marks) once per skipped block, and emulates the code after c_n. If block 0 does not
+repeat, it tries block 1 (from c_1 to c_2) the same way. The result equals a full run's
+exactly, or `run_fast_forward` returns None and the caller runs in full. With two or more
+jobs, forked children check the blocks while the first block is emulated and run the
+code after c_n beside it, from the state at the block's first cut with every pc moved
+past the skipped blocks (`run_head`, `merge_head`: its cycles are then early by the
+skipped blocks' D). docs/engines.md ("Fast-forward") states the conditions; in short:
 
 - blocks: every running PE's code holds each cut mark (`mark NAME`) once, in order; the
-  blocks between consecutive cuts that are skipped are *timing-equivalent* to block 1:
-  same opcodes, operand modes, static costs, and the same values in every operand slot
-  that timing reads (counts, colors, column counts; every slot of control ops; per-PE
-  parameter values where a slot takes one), differing at most in addresses and mark ids;
-  each mark id belongs to one block;
+  blocks after block 0 are *timing-equivalent* to it: same opcodes, operand modes,
+  static costs, and the same values in every operand slot that timing reads (counts,
+  colors, column counts; every slot of control ops; per-PE parameter values where a slot
+  takes one), differing at most in addresses and mark ids; each mark id belongs to one
+  block;
 - cuts: the run stops with every running PE *parked* about to execute the cut mark, no
-  message queued or in flight, no route change, and equal registers; link reservations
-  either shift by D or are stale (free before any parked PE's clock);
+  message queued or in flight, no route change, and equal registers;
+- repetition: from a cut on, the kernel records what each PE and link did first
+  (mesh_kernels P_SLACK, LINK_USED). Block b repeats D cycles later if every PE's clock
+  moved by D over it, or by less and its first act was a receive that waited for its
+  message (so an earlier start changes nothing), and every link's first reservation in
+  the block would have started at the same cycle from the later state;
 - order: parking holds PEs back while others finish the previous block, which is exact
   only if every `send` executed meanwhile precedes, in (cycle, PE) order, every `send`
   after the cut. The kernel records both keys; the check runs after the fact.
@@ -49,19 +54,28 @@ Rows = np.ndarray | slice                         # PE indices, or slice(None) f
 
 @dataclass(frozen=True)
 class Blocks:
-    """Repeated blocks of a program: cut mark ids, per-region block geometry, and the
-    mark ids of skipped blocks mapped to block 1's (`mark_source[k]` = block-1 id of mark
-    k, `mark_block[k]` = its block index, -1 for marks outside skipped blocks)."""
+    """Repeated blocks of a program: cut mark ids, per-region block length, and the mark
+    ids of blocks 1 .. n-1 mapped to block 0's (`mark_source[k]` = block-0 id of mark k,
+    `mark_block[k]` = its block index, -1 for marks outside blocks 1 .. n-1)."""
 
     cut_ids: tuple
     region_block_len: np.ndarray   # int64 [regions]: instructions per block (0: idle region)
     mark_source: np.ndarray
     mark_block: np.ndarray
 
-    @property
-    def skipped(self) -> int:
-        """Blocks jumped over: those between consecutive cuts but the first two."""
-        return len(self.cut_ids) - 3
+    def skipped(self, template: int) -> int:
+        """Blocks jumped over when block `template` is the one emulated and repeated: those
+        after it, up to the last cut."""
+        return len(self.cut_ids) - 2 - template
+
+    def template_source(self, template: int) -> np.ndarray:
+        """For every mark id: the id of its copy in block `template` (-1: none)."""
+        if template == 0:
+            return self.mark_source
+        ids = np.flatnonzero(self.mark_block == template)
+        copy = np.full(len(self.mark_source) + 1, -1, np.int64)   # index -1: no mark
+        copy[self.mark_source[ids]] = ids
+        return copy[self.mark_source]
 
 
 def relevant_table() -> np.ndarray:
@@ -80,12 +94,11 @@ RELEVANT = relevant_table()
 
 def find_blocks(program: Program, cut_names, static_cost: np.ndarray) -> Blocks | None:
     """The repeated blocks delimited by the marks `cut_names`, or None when the program
-    does not qualify (fewer than 4 cuts, a running region without them, blocks that
+    does not qualify (fewer than 3 cuts, a running region without them, blocks that
     differ in anything timing reads)."""
-    ids = {name: k for k, name in enumerate(program.mark_names)}
-    if len(cut_names) < 4 or any(name not in ids for name in cut_names):
+    cut_ids = known_cuts(program, cut_names)
+    if cut_ids is None:
         return None
-    cut_ids = tuple(ids[name] for name in cut_names)
     order = np.argsort(program.pe_region, kind="stable")
     regions = program.pe_region[order]
     live = np.unique(regions[regions >= 0])
@@ -98,13 +111,33 @@ def find_blocks(program: Program, cut_names, static_cost: np.ndarray) -> Blocks 
         starts = region_starts[r] = cut_positions(program, int(r), cut_ids)
         if starts is None:
             return None
-        lengths[r] = starts[2] - starts[1]
+        lengths[r] = starts[1] - starts[0]
         if not region_blocks_match(program, int(r), order[lo:hi], starts, static_cost,
                                    mark_source, mark_block):
             return None
     if not marks_unique(program, region_starts, mark_source, mark_block):
         return None
     return Blocks(cut_ids, lengths, mark_source, mark_block)
+
+
+def known_cuts(program: Program, cut_names) -> tuple | None:
+    """The mark ids of `cut_names`, or None if there are fewer than 3 or one is unknown."""
+    ids = {name: k for k, name in enumerate(program.mark_names)}
+    if len(cut_names) < 3 or any(name not in ids for name in cut_names):
+        return None
+    return tuple(ids[name] for name in cut_names)
+
+
+def block_lengths(program: Program, cut_ids: tuple) -> np.ndarray | None:
+    """int64 [regions]: instructions from the first cut to the second in each running
+    region (0: idle), or None if a running region lacks a cut."""
+    lengths = np.zeros(len(program.region_start), np.int64)
+    for r in np.unique(program.pe_region[program.pe_region >= 0]):
+        starts = cut_positions(program, int(r), cut_ids)
+        if starts is None:
+            return None
+        lengths[r] = starts[1] - starts[0]
+    return lengths
 
 
 def cut_positions(program: Program, region: int, cut_ids: tuple) -> np.ndarray | None:
@@ -126,24 +159,24 @@ def cut_positions(program: Program, region: int, cut_ids: tuple) -> np.ndarray |
 def region_blocks_match(program: Program, region: int, pes: np.ndarray, starts: np.ndarray,
                         static_cost: np.ndarray, mark_source: np.ndarray,
                         mark_block: np.ndarray) -> bool:
-    """Whether the skipped blocks of a region (run by PEs `pes`; blocks 2 .. n-1 of cuts
-    c_0 .. c_n) are timing-equivalent to block 1 (recording their marks' block-1 ids);
-    they must all have block 1's length."""
-    lo, length = program.region_start[region], starts[2] - starts[1]
-    if (np.diff(starts[1:]) != length).any():
+    """Whether blocks 1 .. n-1 of a region (run by PEs `pes`; cuts c_0 .. c_n) are
+    timing-equivalent to block 0 (recording their marks' block-0 ids); they must all have
+    block 0's length."""
+    lo, length = program.region_start[region], starts[1] - starts[0]
+    if (np.diff(starts) != length).any():
         return False
-    one = lo + starts[1] + np.arange(length)
-    rows = lo + starts[2:-1, None] + np.arange(length)        # [skipped, length]
+    zero = lo + starts[0] + np.arange(length)
+    rows = lo + starts[1:-1, None] + np.arange(length)        # [blocks 1 .. n-1, length]
     code = program.code
-    if ((code["op"][rows] != code["op"][one]).any()
-            or (code["modes"][rows] != code["modes"][one]).any()):
+    if ((code["op"][rows] != code["op"][zero]).any()
+            or (code["modes"][rows] != code["modes"][zero]).any()):
         return False
     params = RegionParams(program, pes)
-    if not (costs_match(program, static_cost, one, rows, params)
-            and slots_match(code, one, rows, params)):
+    if not (costs_match(program, static_cost, zero, rows, params)
+            and slots_match(code, zero, rows, params)):
         return False
-    marks = np.flatnonzero(code["op"][one] == Op.MARK)
-    return all(map_marks(code["a"][rows[:, m], SLOT_DST], int(code["a"][one[m], SLOT_DST]),
+    marks = np.flatnonzero(code["op"][zero] == Op.MARK)
+    return all(map_marks(code["a"][rows[:, m], SLOT_DST], int(code["a"][zero[m], SLOT_DST]),
                          mark_source, mark_block) for m in marks)
 
 
@@ -161,16 +194,16 @@ class RegionParams:
         return self._rows
 
 
-def costs_match(program: Program, static_cost: np.ndarray, one: np.ndarray,
+def costs_match(program: Program, static_cost: np.ndarray, zero: np.ndarray,
                 rows: np.ndarray, params: RegionParams) -> bool:
     """Equal static costs (mesh_engine.static_costs), except that an instruction whose
     count is a parameter may have a different address-derived count limit (cost -2 -
     limit) as long as the limit admits the largest count any PE of the region passes."""
-    mine, theirs = static_cost[one], static_cost[rows]
+    mine, theirs = static_cost[zero], static_cost[rows]
     block, offset = np.nonzero(theirs != mine)
     if block.size == 0:
         return True
-    index, limit = one[offset], -2 - theirs[block, offset]
+    index, limit = zero[offset], -2 - theirs[block, offset]
     n_mode = (program.code["modes"][index] >> (MODE_BITS * SLOT_N)) & 0x3
     if (mine[offset] > -2).any() or (limit < 0).any() or (n_mode != MODE_PARAM).any():
         return False
@@ -178,16 +211,16 @@ def costs_match(program: Program, static_cost: np.ndarray, one: np.ndarray,
     return bool((largest <= limit).all())
 
 
-def slots_match(code, one: np.ndarray, rows: np.ndarray, params: RegionParams) -> bool:
-    """Every operand slot that timing reads holds the same value in block 1 and in each
-    skipped block: equal fields for immediates and registers, equal per-PE values for
+def slots_match(code, zero: np.ndarray, rows: np.ndarray, params: RegionParams) -> bool:
+    """Every operand slot that timing reads holds the same value in block 0 and in each
+    later block: equal fields for immediates and registers, equal per-PE values for
     parameters."""
-    relevant = RELEVANT[code["op"][one]]                              # [length, slots]
+    relevant = RELEVANT[code["op"][zero]]                             # [length, slots]
     shifts = MODE_BITS * np.arange(NUM_SLOTS, dtype=np.int64)
-    modes = (code["modes"][one].astype(np.int64)[:, None] >> shifts) & 0x3
+    modes = (code["modes"][zero].astype(np.int64)[:, None] >> shifts) & 0x3
     from_param = relevant & (modes == MODE_PARAM)
     fixed = relevant & ~from_param
-    mine, theirs = code["a"][one], code["a"][rows]                    # theirs: [skipped, ...]
+    mine, theirs = code["a"][zero], code["a"][rows]                   # theirs: [blocks, ...]
     if (theirs[:, fixed] != mine[fixed]).any():
         return False
     columns = np.broadcast_arrays(mine[from_param], theirs[:, from_param])
@@ -200,9 +233,9 @@ def slots_match(code, one: np.ndarray, rows: np.ndarray, params: RegionParams) -
 
 def map_marks(ids: np.ndarray, source: int, mark_source: np.ndarray,
               mark_block: np.ndarray) -> bool:
-    """Record that mark ids `ids` (one per skipped block, blocks 2, 3, ...) repeat block-1
-    mark `source`; False on a contradiction."""
-    for block, k in enumerate(ids, start=2):
+    """Record that mark ids `ids` (one per block 1, 2, ...) repeat block-0 mark `source`;
+    False on a contradiction."""
+    for block, k in enumerate(ids, start=1):
         if mark_source[k] >= 0 and (mark_source[k], mark_block[k]) != (source, block):
             return False
         mark_source[k], mark_block[k] = source, block
@@ -211,28 +244,30 @@ def map_marks(ids: np.ndarray, source: int, mark_source: np.ndarray,
 
 def marks_unique(program: Program, region_starts: dict, mark_source: np.ndarray,
                  mark_block: np.ndarray) -> bool:
-    """Every mark of a skipped block occurs only in that block, and block 1's marks only
-    in block 1, so the skipped blocks' mark records are block 1's, shifted
-    (`region_starts`: region -> pc of each cut mark)."""
-    in_block_one = np.zeros(program.num_marks, bool)
-    in_block_one[mark_source[mark_source >= 0]] = True
+    """Every mark of a block occurs only in that block, so a skipped block's mark records
+    are those of the block it repeats, shifted (`region_starts`: region -> pc of each cut
+    mark)."""
+    in_block_zero = np.zeros(program.num_marks, bool)
+    in_block_zero[mark_source[mark_source >= 0]] = True
     for r, starts in region_starts.items():
         lo, n = program.region_start[r], program.region_len[r]
         code = program.code[lo:lo + n]
         pcs = np.flatnonzero(code["op"] == Op.MARK)
         k = code["a"][pcs, SLOT_DST]
         block = np.searchsorted(starts, pcs, "right") - 1
-        skipped = (block >= 2) & (block < len(starts) - 1)
-        if ((mark_block[k] != np.where(skipped, block, -1)).any()
-                or (in_block_one[k] & (block != 1)).any()):
+        later = (block >= 1) & (block < len(starts) - 1)
+        if ((mark_block[k] != np.where(later, block, -1)).any()
+                or (in_block_zero[k] & (block != 0)).any()):
             return False
     return True
 
 
 @dataclass
 class Cut:
-    """The kernel state at a cut (copies): per-PE rows, links, marks, counters, routes, and
-    the largest send key executed while PEs were parked on the way to it."""
+    """The kernel state at a cut (copies): per-PE rows, links, marks, counters, routes, the
+    largest send key executed while PEs were parked on the way to it, and what each link
+    did first since the previous cut (`used`: reserved at least once; `slack`: head cycle
+    minus free cycle at that first reservation, capped, -1 if it waited)."""
 
     pes: np.ndarray
     links: np.ndarray
@@ -240,100 +275,198 @@ class Cut:
     stats: np.ndarray
     routes: np.ndarray
     parked_send_max: int
+    used: np.ndarray
+    slack: np.ndarray
+
+    @property
+    def free(self) -> np.ndarray:
+        """Each link's free cycle."""
+        return self.links[0::2]
 
 
-def take_cut(kernel, live: Rows) -> Cut | None:
-    """Snapshot a clean cut (every running PE parked, nothing queued), else None."""
+def start_tracking(kernel, live: Rows) -> None:
+    """From the cut the kernel is parked at on, record what each PE and link does first
+    (mesh_kernels P_SLACK and the links' first-reservation encoding)."""
+    kernel.pes[live, K.P_SLACK] = K.SLACK_AT_CUT
+    free = kernel.links[0::2]
+    np.subtract(-1, free, out=free)
+
+
+def stop_tracking(links: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Decode the links' tracking in place: (used, slack) as in `Cut`."""
+    free, busy = links[0::2], links[1::2]
+    untouched = free < 0
+    free[untouched] = -1 - free[untouched]
+    used = (busy & K.LINK_USED) != 0
+    slack = ((busy >> K.LINK_SLACK_SHIFT) & K.LINK_SLACK_MAX) - 1
+    busy &= (1 << K.LINK_SLACK_SHIFT) - 1
+    return used, slack
+
+
+def run_to_cut(kernel, cut: int, live: Rows) -> Cut | None:
+    """Run on until every running PE is parked at mark `cut`: the clean cut (every
+    running PE parked, nothing queued, no route or barrier half done), else None."""
+    if kernel.run_until(cut) != K.ALL_PARKED:
+        return None
+    used, slack = stop_tracking(kernel.links)
     stats = kernel.stats
     if ((kernel.pes[live, K.P_STATUS] != K.PARKED).any() or stats[K.ST_QUEUED] != 0
             or stats[K.ST_ROUTE_SP] != 0 or stats[K.ST_BARRIER_COUNT] != 0):
         return None
     return Cut(kernel.pes.copy(), kernel.links.copy(), kernel.marks.copy(), stats.copy(),
-               kernel.routes.copy(), int(stats[K.ST_PARKED_SEND_MAX]))
+               kernel.routes.copy(), int(stats[K.ST_PARKED_SEND_MAX]), used, slack)
 
 
-def cut_shift(one: Cut, two: Cut, live: Rows) -> int | None:
-    """D if cut `two` is cut `one` with every clock shifted by the same D > 0 cycles
-    (registers and routes equal; each link's reservation shifted by D or stale, i.e. free
-    before every parked PE's clock), else None."""
-    d = two.pes[live, K.P_CLOCK] - one.pes[live, K.P_CLOCK]
-    if d.size == 0 or d[0] <= 0 or (d != d[0]).any():
+def block_shift(start: Cut, end: Cut, live: Rows) -> int | None:
+    """D > 0 if the block from cut `start` to cut `end` would run again unchanged, every
+    event D cycles later, from `end`'s state; else None. Registers and router tables must
+    be equal. D is the clock shift of every PE whose first act in the block was not a
+    receive that waited for its message; the others, and the first reservation of each
+    link, may find a different cycle as long as they would start at the same one
+    (`starts_alike`)."""
+    clocks, later = start.pes[live, K.P_CLOCK], end.pes[live, K.P_CLOCK]
+    margin = receive_margin(end.pes[live, K.P_SLACK])
+    shifts = np.unique(later[margin < 0] - clocks[margin < 0])
+    if len(shifts) != 1 or shifts[0] <= 0:
         return None
+    d = int(shifts[0])
     regs = slice(K.P_REGS, K.P_REGS + 8)
-    if (two.pes[live, regs] != one.pes[live, regs]).any() or (two.routes != one.routes).any():
+    if ((end.pes[live, regs] != start.pes[live, regs]).any()
+            or (end.routes != start.routes).any()
+            or not starts_alike(True, margin, clocks, later - d)):
         return None
-    free1, free2 = one.links[0::2], two.links[0::2]
-    first = one.pes[live, K.P_CLOCK].min()
-    ok = (free2 == free1 + d[0]) | ((free1 <= first) & (free2 <= first + d[0]))
-    return int(d[0]) if ok.all() else None
+    return d if starts_alike(end.used, end.slack, start.free, end.free - d) else None
 
 
-def jump(kernel, one: Cut, two: Cut, blocks: Blocks, live: Rows, d: int) -> bool:
-    """Advance the parked state `two` over `blocks.skipped` blocks, each a copy of the
-    block between the cuts; False if that would pass the cycle limit."""
-    n, pes, cfg = blocks.skipped, kernel.pes, kernel.cfg
+def receive_margin(slack_state: np.ndarray) -> np.ndarray:
+    """Per PE (P_SLACK values): the cycles its first receive after a cut waited for its
+    message, or -1 if its first act was anything else."""
+    return np.where(slack_state >= K.SLACK_ABSORBED, slack_state - K.SLACK_ABSORBED, -1)
+
+
+def starts_alike(acted, margin: np.ndarray, seen: np.ndarray, other: np.ndarray) -> bool:
+    """Whether every first act (`acted`: a PE's first receive or act after a cut, a link's
+    first reservation) that found cycle `seen` (the PE's clock, the link's free cycle)
+    and started `margin` cycles after it (-1: at it) would have started at the same cycle
+    had it found cycle `other`."""
+    return bool((~np.asarray(acted) | (other == seen)
+                 | (margin >= np.maximum(other - seen, 0))).all())
+
+
+def jump(kernel, start: Cut, end: Cut, blocks: Blocks, live: Rows, d: int,
+         template: int) -> bool:
+    """Advance the parked state `end` over the blocks after block `template` (the block
+    from `start` to `end`), each a copy of it D cycles later; False if that would pass
+    the cycle limit."""
+    n, pes, cfg = blocks.skipped(template), kernel.pes, kernel.cfg
     if pes[live, K.P_CLOCK].max() + n * d > cfg[K.CFG_MAX_CYCLES]:
         return False
-    stale = two.pes[live, K.P_CLOCK].min()
     pes[live, K.P_CLOCK] += n * d
     pes[live, K.P_PC] += n * blocks.region_block_len[kernel.pe_region[live]]
-    pes[live, K.P_BUSY] += n * (two.pes[live, K.P_BUSY] - one.pes[live, K.P_BUSY])
-    free = kernel.links[0::2]
-    free[free > stale] += n * d
-    kernel.links[1::2] += n * (two.links[1::2] - one.links[1::2])
+    pes[live, K.P_BUSY] += n * (end.pes[live, K.P_BUSY] - start.pes[live, K.P_BUSY])
+    kernel.links[0::2][end.used] += n * d
+    kernel.links[1::2] += n * (end.links[1::2] - start.links[1::2])
     for field in (K.ST_INSTRUCTIONS, K.ST_MESSAGES):
-        kernel.stats[field] += n * (two.stats[field] - one.stats[field])
-    copy_marks(kernel.marks, one.marks, two.marks, blocks, d)
+        kernel.stats[field] += n * (end.stats[field] - start.stats[field])
+    copy_marks(kernel.marks, start.marks, end.marks, blocks, d, template)
+    clocks = end.pes[live, K.P_CLOCK]
+    for b in range(template + 1, len(blocks.cut_ids) - 1):
+        cut_record(kernel.marks, blocks.cut_ids[b], clocks, (b - template - 1) * d)
     return True
 
 
-def copy_marks(marks: np.ndarray, one: np.ndarray, two: np.ndarray, blocks: Blocks,
-               d: int) -> None:
-    """Marks of skipped block b: block 1's records shifted by (b - 1) * d cycles."""
-    k = np.flatnonzero(blocks.mark_block >= 0)
-    src, shift = blocks.mark_source[k], (blocks.mark_block[k] - 1) * d
-    count = two[src, K.M_COUNT] - one[src, K.M_COUNT]
+def copy_marks(marks: np.ndarray, start: np.ndarray, end: np.ndarray, blocks: Blocks,
+               d: int, template: int) -> None:
+    """Marks of skipped block b: block `template`'s records shifted by (b - template) * d
+    cycles."""
+    k = np.flatnonzero(blocks.mark_block > template)
+    src = blocks.template_source(template)[k]
+    shift = (blocks.mark_block[k] - template) * d
+    count = end[src, K.M_COUNT] - start[src, K.M_COUNT]
     ran = count > 0
     marks[k, K.M_COUNT] = count
     for field in (K.M_FIRST, K.M_LAST):
-        marks[k, field] = np.where(ran, two[src, field] + shift, -1)
+        marks[k, field] = np.where(ran, end[src, field] + shift, -1)
+
+
+def cut_record(marks: np.ndarray, cut: int, clocks: np.ndarray, shift: int) -> None:
+    """The record of cut mark `cut`, run by every running PE at the clocks of the state
+    after the repeated block plus `shift`: the clocks at which a PE leaves a cut may
+    differ between blocks (block_shift), so its copy is not the repeated block's."""
+    marks[cut, K.M_FIRST] = clocks.min() + shift
+    marks[cut, K.M_LAST] = clocks.max() + shift
 
 
 def run_fast_forward(kernel, cut_names, jobs: int = 1) -> int | None:
-    """Run `kernel` (a fresh mesh_engine.KernelRun) to the end with the middle blocks
-    between the marks `cut_names` fast-forwarded; the number of blocks skipped, or None
-    (the kernel state is then unusable) when a condition of the module docstring fails,
-    and the caller runs in full. With `jobs` > 1, forked children check the blocks while
-    block 0 is emulated and run the code after the last cut while block 1 is
-    (`run_head`)."""
+    """Run `kernel` (a fresh mesh_engine.KernelRun) to the end with the blocks between the
+    marks `cut_names` fast-forwarded; the number of blocks skipped, or None (the kernel
+    state is then unusable) when a condition of the module docstring fails, and the
+    caller runs in full. With `jobs` > 1, a forked child checks the blocks while the
+    first is emulated and another runs the code after the last cut (`run_head`)."""
     program = kernel.program
-    if len(cut_names) < 4 or not set(cut_names) <= set(program.mark_names):
+    cut_ids = known_cuts(program, cut_names)
+    lengths = None if cut_ids is None else block_lengths(program, cut_ids)
+    if lengths is None:
         return None
-    parallel = jobs > 1
-    cut_ids = [program.mark_names.index(name) for name in cut_names]
     live = live_rows(kernel.pe_region)
     with Forked(find_blocks, program, cut_names, kernel.static_cost,
-                parallel=parallel) as checking:
-        one = run_to_cut(kernel, cut_ids[1], live)
-        blocks = checking.result()
-    if one is None or blocks is None:
-        return None
-    skip = len(cut_ids) - 2                     # blocks from cut 1 to the last cut
-    with HeadJob(kernel, blocks, live, skip) if parallel else nullcontext() as heading:
+                parallel=jobs > 1) as checking:
+        outcome = run_to_cut(kernel, cut_ids[0], live)
+        for template in range(min(2, len(cut_ids) - 2)):
+            if not isinstance(outcome, Cut):
+                break
+            outcome = repeat_block(kernel, Attempt(cut_ids, template, live, lengths, jobs > 1),
+                                   outcome, checking)
+    return outcome if isinstance(outcome, int) else None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try of `repeat_block`: the cut ids, the block to emulate and repeat
+    (`template`), the running PEs, the per-region block lengths, and whether the code after
+    the last cut runs in a forked child."""
+
+    cut_ids: tuple
+    template: int
+    live: Rows
+    lengths: np.ndarray
+    parallel: bool
+
+    @property
+    def skip(self) -> int:
+        """Blocks from the template's first cut to the last cut."""
+        return len(self.cut_ids) - 1 - self.template
+
+
+def repeat_block(kernel, attempt: Attempt, start: Cut, checking: Forked) -> int | Cut | None:
+    """From the parked state `start` at the template block's first cut, emulate the block
+    and, if it repeats, jump over the blocks after it and run the code after the last cut
+    (in a forked child beside the block when `attempt.parallel`). Returns the blocks
+    skipped; or the clean cut after the block when it does not repeat (the kernel is
+    parked there); or None when the fast-forward fails."""
+    live, template = attempt.live, attempt.template
+    start_tracking(kernel, live)
+    with (HeadJob(kernel, attempt.lengths, live, attempt.skip) if attempt.parallel
+          else nullcontext()) as heading:
         kernel.resume_parked()
-        two = run_to_cut(kernel, cut_ids[2], live)
-        d = None if two is None else cut_shift(one, two, live)
-        if d is None or not jump_checked(kernel, one, two, blocks, live, d):
+        end = run_to_cut(kernel, attempt.cut_ids[template + 1], live)
+        blocks = checking.result()
+        if end is None or blocks is None:
             return None
-        if parallel:
+        d = block_shift(start, end, live)
+        if d is None or not orders_hold(kernel, start, end, d):
+            return end
+        if not jump(kernel, start, end, blocks, live, d, template):
+            return None
+        skipped = blocks.skipped(template)
+        if attempt.parallel:
             head = heading.result()
-            ok = head is not None and merge_head(kernel, one, two, head, live, skip, d)
-            return blocks.skipped if ok else None
+            ok = head is not None and merge_head(kernel, start, end, head, attempt, d)
+            return skipped if ok else None
     kernel.resume_parked()
     kernel.run_until(-1)
     first_send = int(kernel.stats[K.ST_SEND_MIN])
-    ok = last_parked_send(kernel, two, blocks.skipped, d) < first_send
-    return blocks.skipped if ok else None
+    return skipped if last_parked_send(kernel, end, skipped, d) < first_send else None
 
 
 def live_rows(pe_region: np.ndarray) -> Rows:
@@ -343,40 +476,34 @@ def live_rows(pe_region: np.ndarray) -> Rows:
     return slice(None) if len(live) == len(pe_region) else live
 
 
-def run_to_cut(kernel, cut: int, live: Rows) -> Cut | None:
-    """Run on until every running PE is parked at mark `cut`; the clean cut, else None."""
-    return take_cut(kernel, live) if kernel.run_until(cut) == K.ALL_PARKED else None
-
-
 def send_step(kernel, d: int) -> int:
     """d cycles in heap-key units (a key is (cycle << shift) | PE)."""
     return d << int(kernel.cfg[K.CFG_SHIFT])
 
 
-def last_parked_send(kernel, two: Cut, skipped: int, d: int) -> int:
+def last_parked_send(kernel, end: Cut, skipped: int, d: int) -> int:
     """The largest key of a `send` executed while PEs were parked on the way to the last
-    cut: cut 2's, `skipped` blocks of d cycles later. Every send of the code after the
+    cut: cut `end`'s, `skipped` blocks of d cycles later. Every send of the code after the
     last cut must come after it."""
-    return two.parked_send_max + skipped * send_step(kernel, d)
+    return end.parked_send_max + skipped * send_step(kernel, d)
 
 
-def jump_checked(kernel, one: Cut, two: Cut, blocks: Blocks, live: Rows,
-                 d: int) -> bool:
-    """The send-order checks of blocks 0 and 1 (each block's parked sends precede the
-    next block's first send), then `jump`."""
-    first_sends = int(two.stats[K.ST_SEND_MIN])   # block 1's earliest send key
-    return (one.parked_send_max < first_sends
-            and two.parked_send_max < first_sends + send_step(kernel, d)
-            and jump(kernel, one, two, blocks, live, d))
+def orders_hold(kernel, start: Cut, end: Cut, d: int) -> bool:
+    """The send-order checks of the emulated block and the next: the sends executed while
+    PEs were parked at each cut precede the block's first send."""
+    first_sends = int(end.stats[K.ST_SEND_MIN])   # the block's earliest send key
+    return (start.parked_send_max < first_sends
+            and end.parked_send_max < first_sends + send_step(kernel, d))
 
 
 @dataclass
 class HeadRun:
-    """What the code after the last cut did, run from cut 1's state with the skipped
-    blocks' pcs added (so every cycle is `skip` block lengths D early): final clock, pc,
-    status and finish of the live PEs, their busy cycles; link free cycles, link busy
-    cycles; counters (and the smallest send key, ST_SEND_MIN) and marks of this code
-    alone. `pes` and `links` are in shared memory, written by the child."""
+    """What the code after the last cut did, run from the template block's first cut with
+    the skipped blocks' pcs added (so every cycle is the skipped blocks' D early): final
+    clock, pc, status, finish and P_SLACK of the live PEs, their busy cycles; link free
+    cycles and busy cycles (with the first-reservation tracking); counters (and the
+    smallest send key, ST_SEND_MIN) and marks of this code alone. `pes` and `links` are in
+    shared memory, written by the child."""
 
     pes: np.ndarray                # [live, P_FIELDS]
     links: np.ndarray              # as KernelRun.links
@@ -384,13 +511,15 @@ class HeadRun:
     marks: np.ndarray | None = None
 
 
-def run_head(kernel, blocks: Blocks, live: Rows, skip: int, out: HeadRun) -> tuple | None:
-    """Child side: from the parked state at cut 1, move every live PE's pc past `skip`
-    blocks, clear the busy cycles, link busy cycles, counters and marks, and run to the
-    end. Writes `out.pes` and `out.links`; returns (stats, marks), or None on a fault (the
-    caller then runs in full, which reports it)."""
+def run_head(kernel, lengths: np.ndarray, live: Rows, skip: int,
+             out: HeadRun) -> tuple | None:
+    """Child side: from the parked state at a cut, move every live PE's pc past `skip`
+    blocks (`lengths`: instructions per block and region), clear the busy cycles, link
+    busy cycles, counters and marks, and run to the end. Writes `out.pes` and
+    `out.links`; returns (stats, marks), or None on a fault (the caller then runs in full,
+    which reports it)."""
     pes = kernel.pes
-    pes[live, K.P_PC] += skip * blocks.region_block_len[kernel.pe_region[live]]
+    pes[live, K.P_PC] += skip * lengths[kernel.pe_region[live]]
     pes[:, K.P_BUSY] = 0
     kernel.links[1::2] = 0
     kernel.stats[[K.ST_INSTRUCTIONS, K.ST_MESSAGES]] = 0
@@ -410,10 +539,10 @@ class HeadJob:
     """`run_head` in a forked child (a context manager; `result()` waits for it): its
     HeadRun, or None after a fault."""
 
-    def __init__(self, kernel, blocks: Blocks, live: Rows, skip: int):
+    def __init__(self, kernel, lengths: np.ndarray, live: Rows, skip: int):
         self.head = HeadRun(shared_empty(kernel.pes[live].shape, np.int64),
                             shared_empty(kernel.links.shape, np.int64))
-        self.job = Forked(run_head, kernel, blocks, live, skip, self.head)
+        self.job = Forked(run_head, kernel, lengths, live, skip, self.head)
 
     def result(self) -> HeadRun | None:
         ran = self.job.result()
@@ -429,33 +558,47 @@ class HeadJob:
         self.job.__exit__(*exc)
 
 
-def merge_head(kernel, one: Cut, two: Cut, head: HeadRun, live: Rows, skip: int,
+def merge_head(kernel, start: Cut, end: Cut, head: HeadRun, attempt: Attempt,
                d: int) -> bool:
-    """Add a child's `run_head` (every cycle `skip` * d early) to the state after
-    `jump`; False if a send of the head would precede a parked send of the last block,
-    or a clock would pass the cycle limit."""
-    shift = skip * d
+    """Add a child's `run_head` (started from `start`, every cycle skip * d early) to the
+    state after `jump`; False if the child's run would differ from the true one
+    (`head_alike`), a send of the head would precede a parked send of the last block, or a
+    clock would pass the cycle limit."""
+    live, shift = attempt.live, attempt.skip * d
     first_send = int(head.stats[K.ST_SEND_MIN]) + send_step(kernel, shift)   # int: no wrap
-    if first_send <= last_parked_send(kernel, two, skip - 1, d):
-        return False
+    used, slack = stop_tracking(head.links)
     pes = kernel.pes
-    if head.pes[:, K.P_CLOCK].max(initial=0) + shift > kernel.cfg[K.CFG_MAX_CYCLES]:
+    if (first_send <= last_parked_send(kernel, end, attempt.skip - 1, d)
+            or not head_alike(start, end, head, used, slack, attempt, d)
+            or head.pes[:, K.P_CLOCK].max(initial=0) + shift > kernel.cfg[K.CFG_MAX_CYCLES]):
         return False
     for field in (K.P_CLOCK, K.P_FINISH):
         pes[live, field] = head.pes[:, field] + shift
     for field in (K.P_PC, K.P_STATUS, K.P_WAIT):
         pes[live, field] = head.pes[:, field]
     pes[live, K.P_BUSY] += head.pes[:, K.P_BUSY]
-    stale = one.pes[live, K.P_CLOCK].min()
-    free = kernel.links[0::2]
-    head_free = head.links[0::2]
-    fresh = head_free > stale
-    free[fresh] = head_free[fresh] + shift
+    kernel.links[0::2][used] = head.links[0::2][used] + shift
     kernel.links[1::2] += head.links[1::2]
     for field in (K.ST_INSTRUCTIONS, K.ST_MESSAGES):
         kernel.stats[field] += head.stats[field]
     add_marks(kernel.marks, head.marks, shift)
+    cut_record(kernel.marks, attempt.cut_ids[-1], end.pes[live, K.P_CLOCK],
+               (attempt.skip - 1) * d)
     return True
+
+
+def head_alike(start: Cut, end: Cut, head: HeadRun, used: np.ndarray, slack: np.ndarray,
+               attempt: Attempt, d: int) -> bool:
+    """Whether the child's run from `start` equals the true run from the last cut. In the
+    child's frame the true state there is `end`'s less d (a link the block did not use
+    keeps `start`'s free cycle, less the skipped blocks' cycles); each PE and link must
+    start its first act at the same cycle from either (`starts_alike`)."""
+    live = attempt.live
+    if not starts_alike(True, receive_margin(head.pes[:, K.P_SLACK]),
+                        start.pes[live, K.P_CLOCK], end.pes[live, K.P_CLOCK] - d):
+        return False
+    true_free = np.where(end.used, end.free - d, start.free - attempt.skip * d)
+    return starts_alike(used, slack, start.free, true_free)
 
 
 def add_marks(marks: np.ndarray, head: np.ndarray, shift: int) -> None:

@@ -57,8 +57,14 @@ CFG_SIZE = 15
 # reference's values). The fields an activation or a delivery reads or writes (clock, pc,
 # busy, status, wait color, parameter row) share the first 64-byte cache line, the one
 # prefetched; registers r0..r7 (columns P_REGS..P_REGS+7) fill the second. P_PARAM_ROW
-# is the PE's row of the parameter table (mesh_engine.param_table).
-P_CLOCK, P_PC, P_BUSY, P_STATUS, P_WAIT, P_PARAM_ROW, P_FINISH = 0, 1, 2, 3, 4, 5, 6
+# is the PE's row of the parameter table (mesh_engine.param_table). P_SLACK tracks what
+# a PE did first since it left a cut (emulator/fast_forward.py): SLACK_AT_CUT before the
+# cut's own mark, SLACK_FRESH after it until the first op that other PEs or the results
+# could see; then SLACK_ABSORBED + s if that op was a receive that completed when its
+# message arrived, s >= 0 cycles after the PE could have completed it, else
+# SLACK_TAINTED. SLACK_OFF: not tracked.
+P_CLOCK, P_PC, P_BUSY, P_STATUS, P_WAIT, P_PARAM_ROW, P_FINISH, P_SLACK = range(8)
+SLACK_OFF, SLACK_AT_CUT, SLACK_FRESH, SLACK_TAINTED, SLACK_ABSORBED = range(5)
 P_REGS = 8
 P_FIELDS = 16
 
@@ -100,7 +106,11 @@ REC_FIELDS = 5
 # routes[2f] rx, routes[2f + 1] tx with f = slot * PEs + pe (color-major, so that a message
 # crossing a row and PEs activated in index order touch neighbouring entries);
 # links[8pe + 2d] the cycle link d (N E S W) of pe is free, links[8pe + 2d + 1] its busy
-# wavelet-cycles.
+# wavelet-cycles. A free cycle f stored as -1 - f marks a link not reserved since a cut
+# (fast_forward.py); its first reservation, by a message whose head reaches it at cycle
+# hd, adds LINK_USED + (slack << LINK_SLACK_SHIFT) to the busy count, with slack =
+# hd - f + 1 clamped to 0 .. LINK_SLACK_MAX (0: the message had to wait for the link).
+LINK_SLACK_SHIFT, LINK_SLACK_MAX, LINK_USED = 40, (1 << 16) - 1, 1 << 56
 
 
 @njit(nrt=False, inline="always")
@@ -702,7 +712,12 @@ def route_message(pe, c, n, off, sp, cfg, routes, edges, links, stack, rec, fifo
                 set_fault(fault, FAULT_OFF_MESH, pe, t, c, q, port, 0)
                 return -1
             link = 8 * q + 2 * d
-            start = max(hd, links[link])
+            free = links[link]
+            if free < 0:   # first reservation since a cut
+                free = -1 - free
+                slack = min(max(hd - free + 1, 0), LINK_SLACK_MAX)
+                links[link + 1] += LINK_USED + (slack << LINK_SLACK_SHIFT)
+            start = max(hd, free)
             links[link] = start + n
             links[link + 1] += n
             step = -width if d == 0 else (1 if d == 1 else (width if d == 2 else -1))
@@ -960,7 +975,11 @@ def exec_receive(opc, k, modes, args, params, pes, pe, t, cfg, sram, pay, rec, f
         return FAULTED, 0, 0
     if cfg[CFG_FUNCTIONAL] and n > 0:
         receive_values(opc, sram[pe], d0, ds, pay, off, n, scratch)
-    return max(t + cfg[CFG_O] + n, last + 1), c, n
+    ready = t + cfg[CFG_O] + n
+    if pes[pe, P_SLACK] == SLACK_FRESH:
+        pes[pe, P_SLACK] = SLACK_ABSORBED + last + 1 - ready if last + 1 >= ready \
+            else SLACK_TAINTED
+    return max(ready, last + 1), c, n
 
 
 @njit(nrt=False)
@@ -1053,6 +1072,14 @@ def is_ordered(opc):
 
 
 # --- the run loop ---------------------------------------------------------------------------
+
+
+@njit(nrt=False, inline="always")
+def taint(pes, pe):
+    """The PE in hand does something whose timing others or the results see: a fresh
+    P_SLACK becomes SLACK_TAINTED."""
+    if pes[pe, P_SLACK] == SLACK_FRESH:
+        pes[pe, P_SLACK] = SLACK_TAINTED
 
 
 @njit(nrt=False, inline="always")
@@ -1201,6 +1228,7 @@ def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
         first, following = True, -1
         while True:
             if p >= ncode:
+                taint(pes, pe)
                 pes[pe, P_STATUS] = HALTED
                 pes[pe, P_FINISH] = t
                 break
@@ -1230,6 +1258,7 @@ def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
                 if cost < 0:
                     return FAULTED if cost == FAULTED else suspend(pe, t, p, stats, cost)
             elif opc == SEND:
+                taint(pes, pe)
                 n = exec_send(pe, t, k, p, modes, args, params, cfg, sram, pay, routes, edges,
                               links, stack, rec, fifo, stats, pes, wake, fault)
                 if n < 0:
@@ -1249,10 +1278,12 @@ def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
                 t = end
                 cost = 0
             elif opc == ROUTE:
+                taint(pes, pe)
                 if not exec_route(k, modes, args, params, pes, pe, t, cfg, routes, fault):
                     return FAULTED
                 cost = o + 1
             elif opc == BARRIER:
+                taint(pes, pe)
                 stats[ST_INSTRUCTIONS] += 1
                 arrive_at_barrier(pe, t, p, pes, stats, cfg, main, fault)
                 if fault[F_CODE] != FAULT_NONE:
@@ -1264,11 +1295,16 @@ def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
                     pes[pe, P_STATUS] = PARKED
                     stats[ST_PARKED] += 1
                     break
+                if pes[pe, P_SLACK] == SLACK_AT_CUT:   # the cut's own mark
+                    pes[pe, P_SLACK] = SLACK_FRESH
+                else:
+                    taint(pes, pe)
                 record_mark(marks, args[k, S_DST], t)
                 stats[ST_INSTRUCTIONS] += 1
                 p += 1
                 continue
             else:
+                taint(pes, pe)
                 stats[ST_INSTRUCTIONS] += 1
                 pes[pe, P_STATUS] = HALTED
                 pes[pe, P_FINISH] = t

@@ -9,7 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compiler.decode import compile_decode, layer_cuts, run_timing
+from emulator import mesh_kernels as K
 from emulator.errors import ConfigError, MeshFault
+from emulator.fast_forward import Cut, block_shift
 from emulator.hw.mesh import load_mesh
 from emulator.mesh_engine import run_numba
 from isa.asm import assemble
@@ -90,14 +92,12 @@ def test_fast_forward_equals_reference_interpreter():
         assert_same(expected, fast)
 
 
-def test_cuts_are_layer_starts_then_head():
+def test_cuts_are_the_qkv_marks_of_every_layer():
     spec = make_spec(layers=4)
     mesh = load_mesh("small").with_mesh(3, 2)
-    with_head = compile_decode(spec, mesh, "fp32", 16)
-    without = compile_decode(spec, mesh, "fp32", 16, head=False)
-    assert layer_cuts(with_head) == ["L0.norm_in", "L1.norm_in", "L2.norm_in", "L3.norm_in",
-                                     "head"]
-    assert layer_cuts(without)[-1] == "end"
+    for head in (True, False):
+        compiled = compile_decode(spec, mesh, "fp32", 16, head=head)
+        assert layer_cuts(compiled) == ["L0.qkv", "L1.qkv", "L2.qkv", "L3.qkv"]
 
 
 def block_program(counts, register_count=False, tail="", idle=0) -> str:
@@ -136,7 +136,7 @@ def test_programs_that_do_not_qualify_run_in_full(counts, register_count, qualif
                      fast_forward=[f"b{b}" for b in range(6)], jobs=jobs)
     assert_same(full, fast)
     assert_same(run_reference(program, mesh, functional=False), fast)
-    assert fast.skipped_blocks == (3 if qualifies else 0)
+    assert fast.skipped_blocks == (4 if qualifies else 0)   # blocks 1 .. 4 of b0 .. b5
 
 
 def test_fast_forward_needs_timing_only():
@@ -167,3 +167,105 @@ def test_a_fault_is_reported_as_the_full_run_reports_it(tail, limit_cut, jobs):
         run_numba(program, mesh, functional=False, max_cycles=limit, fast_forward=cuts,
                   jobs=jobs)
     assert str(got.value) == str(expected.value)
+
+
+def chain_program(prologue, before, after, sizes, order, bypass=0, lead=0) -> str:
+    """PEs in a row, six blocks `mark bK` each: PE i computes (`before[i]` elements),
+    receives `sizes[i-1]` values from PE i-1, computes again (`after[i]`) and sends
+    `sizes[i]` values to PE i+1 (receive and send swapped where `order[i]`), on colors
+    that alternate along the row. `prologue[i]`: elements PE i adds before the first
+    block, so the PEs enter block 0 at different cycles than later blocks. `bypass` > 0:
+    the first PE also sends that many values per block straight to the last (color 2,
+    through every router between), contending for the links with the row's messages.
+    `lead` > 0: before the blocks, the first PE sends that many values to the second, so
+    block 0's first message on that link may have to wait for it."""
+    n = len(prologue)
+    lines = [f".mesh {n}x1", ".dtype fp32", ".sram 32"]
+    for i in range(n):
+        lines += [f".region p{i} {i},0 {i},0"]
+        lines += [f".route c{(i - 1) % 2} rx=W tx=R"] if i > 0 else []
+        lines += [f".route c{i % 2} rx=R tx=E"] if i < n - 1 else []
+        recv = [f"    recv c{(i - 1) % 2}, [16], {sizes[i - 1]}"] if i > 0 else []
+        send = [f"    send c{i % 2}, [0], {sizes[i]}"] if i < n - 1 else []
+        comm = send + recv if order[i] and i > 0 else recv + send
+        if bypass and n > 2:
+            port = "rx=R tx=E" if i == 0 else ("rx=W tx=R" if i == n - 1 else "rx=W tx=E")
+            lines += [f".route c2 {port}"]
+            comm += ([f"    send c2, [0], {bypass}"] if i == 0 else
+                     [f"    recv c2, [24], {bypass}"] if i == n - 1 else [])
+        lines += [f"    vadd [8], [0], [4], {prologue[i]}"]
+        lines += ([f"    send c0, [0], {lead}"] if lead and i == 0 else
+                  [f"    recv c0, [16], {lead}"] if lead and i == 1 else [])
+        for b in range(6):
+            lines += [f"    mark b{b}", f"    vadd [8], [0], [4], {before[i]}", comm[0]
+                      if comm else "    nop", f"    vadd [8], [0], [4], {after[i]}"]
+            lines += comm[1:]
+        lines += ["    mark tail", "    halt"]
+    return "\n".join(lines + [""])
+
+
+@st.composite
+def chains(draw):
+    n = draw(st.integers(2, 6))
+    counts = st.lists(st.integers(1, 8), min_size=n, max_size=n)
+    return (draw(counts), draw(counts), draw(counts), draw(counts),
+            draw(st.lists(st.booleans(), min_size=n, max_size=n)), draw(st.integers(0, 8)),
+            draw(st.integers(0, 16)))
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(chains(), st.sampled_from(JOBS))
+def test_blocks_entered_at_other_cycles_fast_forward_exactly(chain, jobs):
+    """Block 0 starts from the prologue's clocks, later blocks from the previous block's:
+    the fast-forward repeats block 0 only where the different start cannot matter
+    (block_shift), else block 1, else runs in full; every field equals the full run's."""
+    program = assemble(chain_program(*chain), "chain.asm")
+    mesh = load_mesh("small").with_mesh(len(chain[0]), 1)
+    full = run_reference(program, mesh, functional=False)
+    fast = run_numba(program, mesh, functional=False,
+                     fast_forward=[f"b{b}" for b in range(6)], jobs=jobs)
+    assert_same(full, fast)
+    assert fast.skipped_blocks in (0, 3, 4)
+
+
+def synthetic_cut(clocks, slack_states, free, used=None, slack=None) -> Cut:
+    """A Cut of len(clocks) PEs with these clocks and P_SLACK values, one link per PE
+    (the north one) with free cycle `free` and first-reservation tracking (used, slack)."""
+    n = len(clocks)
+    pes = np.zeros((n, K.P_FIELDS), np.int64)
+    pes[:, K.P_CLOCK], pes[:, K.P_SLACK] = clocks, slack_states
+    links = np.zeros(8 * n, np.int64)
+    links[0::8] = free
+    used_all, slack_all = np.zeros(4 * n, bool), np.full(4 * n, -1)
+    used_all[0::4] = False if used is None else used
+    slack_all[0::4] = -1 if slack is None else slack
+    return Cut(pes, links, np.zeros((0, 3), np.int64), np.zeros(K.ST_SIZE, np.int64),
+               np.zeros(4, np.int64), -1, used_all, slack_all)
+
+
+@pytest.mark.parametrize("late_clock, repeats", [(105, True), (113, True), (114, False)])
+def test_a_pe_that_waited_for_its_message_may_start_elsewhere(late_clock, repeats):
+    """PE 0's first act was a send: it must move by exactly D = 100. PE 1's first act was
+    a receive that waited 3 cycles: from its later state it may start any earlier, or up
+    to 3 cycles later, than 100 cycles after its start in the block."""
+    waited = K.SLACK_ABSORBED + 3
+    start = synthetic_cut([10, 10], [K.SLACK_OFF] * 2, [0, 0])
+    end = synthetic_cut([110, late_clock], [K.SLACK_TAINTED, waited], [0, 0])
+    assert block_shift(start, end, slice(None)) == (100 if repeats else None)
+
+
+@pytest.mark.parametrize("end_free, used, slack, repeats", [
+    (160, False, -1, True),    # not reserved in the block: its free cycle cannot matter
+    (150, True, -1, True),     # the same cycle, 100 later
+    (130, True, -1, False),    # earlier, but the first reservation had to wait for it
+    (130, True, 0, True),      # earlier, and the first reservation did not wait
+    (160, True, 10, True),     # 10 later, and the first reservation had 10 cycles to spare
+    (161, True, 10, False),    # 11 later
+])
+def test_a_link_may_be_free_at_another_cycle_only_where_that_cannot_matter(end_free, used,
+                                                                           slack, repeats):
+    start = synthetic_cut([10, 10], [K.SLACK_OFF] * 2, [50, 0])
+    end = synthetic_cut([110, 110], [K.SLACK_TAINTED] * 2, [end_free, 0], [used, False],
+                        [slack, -1])
+    assert block_shift(start, end, slice(None)) == (100 if repeats else None)
