@@ -87,12 +87,14 @@ def run_timing(compiled: Compiled, mesh: MeshConfig, pos: int, engine: str = "nu
 
 
 def layer_cuts(compiled: Compiled) -> list[str]:
-    """The fast-forward's cuts: the mark starting each decoder layer's QKV projection.
-    Every PE waits there for the normalised input, so the state at one layer's cut
-    repeats at the next layer's from the first layer on (emulator/fast_forward.py
-    `block_shift`); the code from the last layer's cut on (the rest of that layer, then
-    the head) runs after the skipped layers."""
-    return [f"L{layer}.qkv" for layer in range(compiled.plan.spec.num_layers)]
+    """The fast-forward's cuts: the mark starting each decoder layer's QKV projection,
+    then the one ending the last layer (`head`, or `end` on a mesh without the LM head).
+    Every PE waits at a QKV mark for the normalised input, so the state at one layer's
+    cut repeats at the next layer's from the first layer on (emulator/fast_forward.py
+    `block_shift`); the last interval, the rest of the last layer, is a partial block
+    (the first layer's code up to `L1.norm_in`)."""
+    layers = [f"L{layer}.qkv" for layer in range(compiled.plan.spec.num_layers)]
+    return layers + ["head" if compiled.plan.head else "end"]
 
 
 def _engine(name: str):

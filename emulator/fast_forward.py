@@ -54,19 +54,27 @@ Rows = np.ndarray | slice                         # PE indices, or slice(None) f
 
 @dataclass(frozen=True)
 class Blocks:
-    """Repeated blocks of a program: cut mark ids, per-region block length, and the mark
-    ids of blocks 1 .. n-1 mapped to block 0's (`mark_source[k]` = block-0 id of mark k,
-    `mark_block[k]` = its block index, -1 for marks outside blocks 1 .. n-1)."""
+    """Repeated blocks of a program: cut mark ids, the number of full blocks (the last
+    interval between cuts may be a *partial* block: block 0's beginning, up to its mark
+    `tail_mark`; -1 when it is full), per-region block length, and the mark ids of blocks
+    1 .. n-1 mapped to block 0's (`mark_source[k]` = block-0 id of mark k, `mark_block[k]`
+    = its block index, -1 for marks outside blocks 1 .. n-1)."""
 
     cut_ids: tuple
+    tail_mark: int
     region_block_len: np.ndarray   # int64 [regions]: instructions per block (0: idle region)
     mark_source: np.ndarray
     mark_block: np.ndarray
 
+    @property
+    def full_blocks(self) -> int:
+        """Blocks between consecutive cuts that are whole copies of block 0 (block 0 too)."""
+        return len(self.cut_ids) - (1 if self.tail_mark < 0 else 2)
+
     def skipped(self, template: int) -> int:
-        """Blocks jumped over when block `template` is the one emulated and repeated: those
-        after it, up to the last cut."""
-        return len(self.cut_ids) - 2 - template
+        """Full blocks jumped over when block `template` is the one emulated and repeated:
+        those after it."""
+        return self.full_blocks - 1 - template
 
     def template_source(self, template: int) -> np.ndarray:
         """For every mark id: the id of its copy in block `template` (-1: none)."""
@@ -95,7 +103,8 @@ RELEVANT = relevant_table()
 def find_blocks(program: Program, cut_names, static_cost: np.ndarray) -> Blocks | None:
     """The repeated blocks delimited by the marks `cut_names`, or None when the program
     does not qualify (fewer than 3 cuts, a running region without them, blocks that
-    differ in anything timing reads)."""
+    differ in anything timing reads, a partial last block in some regions only or ending
+    at different marks)."""
     cut_ids = known_cuts(program, cut_names)
     if cut_ids is None:
         return None
@@ -106,18 +115,19 @@ def find_blocks(program: Program, cut_names, static_cost: np.ndarray) -> Blocks 
     lengths = np.zeros(len(program.region_start), np.int64)
     mark_source = np.full(program.num_marks, -1, np.int64)
     mark_block = np.full(program.num_marks, -1, np.int64)
-    region_starts = {}
+    region_starts, tails = {}, set()
     for r, lo, hi in zip(live, *bounds, strict=True):
         starts = region_starts[r] = cut_positions(program, int(r), cut_ids)
         if starts is None:
             return None
         lengths[r] = starts[1] - starts[0]
-        if not region_blocks_match(program, int(r), order[lo:hi], starts, static_cost,
-                                   mark_source, mark_block):
-            return None
+        tails.add(region_blocks_match(program, int(r), order[lo:hi], starts, static_cost,
+                                      mark_source, mark_block))
+    if len(tails) != 1 or None in tails:
+        return None
     if not marks_unique(program, region_starts, mark_source, mark_block):
         return None
-    return Blocks(cut_ids, lengths, mark_source, mark_block)
+    return Blocks(cut_ids, tails.pop(), lengths, mark_source, mark_block)
 
 
 def known_cuts(program: Program, cut_names) -> tuple | None:
@@ -128,16 +138,34 @@ def known_cuts(program: Program, cut_names) -> tuple | None:
     return tuple(ids[name] for name in cut_names)
 
 
-def block_lengths(program: Program, cut_ids: tuple) -> np.ndarray | None:
-    """int64 [regions]: instructions from the first cut to the second in each running
-    region (0: idle), or None if a running region lacks a cut."""
+@dataclass(frozen=True)
+class Layout:
+    """Where the blocks lie, read from the cut marks alone (`find_blocks` checks that
+    they repeat): instructions per block and region, the number of full blocks, and the
+    mark of block 0 where a partial last block ends (-1: the last block is full)."""
+
+    lengths: np.ndarray
+    full_blocks: int
+    tail_mark: int
+
+
+def block_layout(program: Program, cut_ids: tuple) -> Layout | None:
+    """The Layout of the blocks between the cuts `cut_ids`, or None if a running region
+    lacks a cut, or regions disagree on whether the last block is partial or where."""
     lengths = np.zeros(len(program.region_start), np.int64)
+    tails = set()
     for r in np.unique(program.pe_region[program.pe_region >= 0]):
         starts = cut_positions(program, int(r), cut_ids)
         if starts is None:
             return None
-        lengths[r] = starts[1] - starts[0]
-    return lengths
+        lengths[r], last = starts[1] - starts[0], starts[-1] - starts[-2]
+        code = program.code[program.region_start[r] + starts[0] + min(last, lengths[r])]
+        tails.add(-1 if last >= lengths[r] else
+                  int(code["a"][SLOT_DST]) if code["op"] == Op.MARK else -2)
+    if len(tails) != 1 or -2 in tails:
+        return None
+    tail = tails.pop()
+    return Layout(lengths, len(cut_ids) - (1 if tail < 0 else 2), tail)
 
 
 def cut_positions(program: Program, region: int, cut_ids: tuple) -> np.ndarray | None:
@@ -158,26 +186,44 @@ def cut_positions(program: Program, region: int, cut_ids: tuple) -> np.ndarray |
 
 def region_blocks_match(program: Program, region: int, pes: np.ndarray, starts: np.ndarray,
                         static_cost: np.ndarray, mark_source: np.ndarray,
-                        mark_block: np.ndarray) -> bool:
-    """Whether blocks 1 .. n-1 of a region (run by PEs `pes`; cuts c_0 .. c_n) are
-    timing-equivalent to block 0 (recording their marks' block-0 ids); they must all have
-    block 0's length."""
+                        mark_block: np.ndarray) -> int | None:
+    """Whether the blocks after block 0 of a region (run by PEs `pes`; cuts c_0 .. c_n)
+    are timing-equivalent to it (recording their marks' block-0 ids): all but the last
+    have block 0's length; the last has it too (returns -1) or is a partial block, as
+    long as block 0 up to a mark (returns that mark's id). None if they do not match."""
     lo, length = program.region_start[region], starts[1] - starts[0]
-    if (np.diff(starts) != length).any():
-        return False
-    zero = lo + starts[0] + np.arange(length)
-    rows = lo + starts[1:-1, None] + np.arange(length)        # [blocks 1 .. n-1, length]
+    sizes = np.diff(starts)
+    partial = int(sizes[-1]) if sizes[-1] < length else length
+    code = program.code
+    tail = int(code["a"][lo + starts[0] + partial, SLOT_DST]) if partial < length else -1
+    if ((sizes[:-1] != length).any() or sizes[-1] > length
+            or (tail >= 0 and code["op"][lo + starts[0] + partial] != Op.MARK)):
+        return None
+    n, params = len(sizes), RegionParams(program, pes)
+    last_full = n - 1 if partial < length else n            # blocks 1 .. last_full - 1
+    for copies, size in ((np.arange(1, last_full), length), (np.arange(last_full, n), partial)):
+        if len(copies) and not copies_match(program, static_cost, lo + starts, copies, size,
+                                            params, (mark_source, mark_block)):
+            return None
+    return tail
+
+
+def copies_match(program: Program, static_cost: np.ndarray, starts: np.ndarray,
+                 copies: np.ndarray, size: int, params: "RegionParams", marks: tuple) -> bool:
+    """Whether the first `size` instructions of blocks `copies` (block b starts at code
+    index starts[b]) are timing-equivalent to those of block 0; records the copies' mark
+    ids in `marks` (mark_source, mark_block)."""
+    zero = starts[0] + np.arange(size)
+    rows = starts[copies, None] + np.arange(size)                  # [copies, size]
     code = program.code
     if ((code["op"][rows] != code["op"][zero]).any()
             or (code["modes"][rows] != code["modes"][zero]).any()):
         return False
-    params = RegionParams(program, pes)
     if not (costs_match(program, static_cost, zero, rows, params)
             and slots_match(code, zero, rows, params)):
         return False
-    marks = np.flatnonzero(code["op"][zero] == Op.MARK)
     return all(map_marks(code["a"][rows[:, m], SLOT_DST], int(code["a"][zero[m], SLOT_DST]),
-                         mark_source, mark_block) for m in marks)
+                         copies, *marks) for m in np.flatnonzero(code["op"][zero] == Op.MARK))
 
 
 class RegionParams:
@@ -231,11 +277,11 @@ def slots_match(code, zero: np.ndarray, rows: np.ndarray, params: RegionParams) 
     return bool((params.rows[:, pairs[:, 0]] == params.rows[:, pairs[:, 1]]).all())
 
 
-def map_marks(ids: np.ndarray, source: int, mark_source: np.ndarray,
+def map_marks(ids: np.ndarray, source: int, blocks: np.ndarray, mark_source: np.ndarray,
               mark_block: np.ndarray) -> bool:
-    """Record that mark ids `ids` (one per block 1, 2, ...) repeat block-0 mark `source`;
+    """Record that mark ids `ids` (one per block of `blocks`) repeat block-0 mark `source`;
     False on a contradiction."""
-    for block, k in enumerate(ids, start=1):
+    for block, k in zip(blocks, ids, strict=True):
         if mark_source[k] >= 0 and (mark_source[k], mark_block[k]) != (source, block):
             return False
         mark_source[k], mark_block[k] = source, block
@@ -304,16 +350,23 @@ def stop_tracking(links: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_to_cut(kernel, cut: int, live: Rows) -> Cut | None:
-    """Run on until every running PE is parked at mark `cut`: the clean cut (every
-    running PE parked, nothing queued, no route or barrier half done), else None."""
-    if kernel.run_until(cut) != K.ALL_PARKED:
-        return None
-    used, slack = stop_tracking(kernel.links)
+    """Run on until every running PE is parked at mark `cut`: the clean cut, else None."""
+    return snapshot(kernel, live) if kernel.run_until(cut) == K.ALL_PARKED else None
+
+
+def snapshot(kernel, live: Rows, tracking: bool = False) -> Cut | None:
+    """The parked kernel's state if the cut is clean (every running PE parked, nothing
+    queued, no route or barrier half done), else None. With `tracking`, the kernel goes
+    on recording first acts (only the snapshot's links are decoded)."""
+    links = kernel.links.copy()
+    used, slack = stop_tracking(links)
+    if not tracking:
+        kernel.links[:] = links
     stats = kernel.stats
     if ((kernel.pes[live, K.P_STATUS] != K.PARKED).any() or stats[K.ST_QUEUED] != 0
             or stats[K.ST_ROUTE_SP] != 0 or stats[K.ST_BARRIER_COUNT] != 0):
         return None
-    return Cut(kernel.pes.copy(), kernel.links.copy(), kernel.marks.copy(), stats.copy(),
+    return Cut(kernel.pes.copy(), links, kernel.marks.copy(), stats.copy(),
                kernel.routes.copy(), int(stats[K.ST_PARKED_SEND_MAX]), used, slack)
 
 
@@ -354,10 +407,11 @@ def starts_alike(acted, margin: np.ndarray, seen: np.ndarray, other: np.ndarray)
 
 
 def jump(kernel, start: Cut, end: Cut, blocks: Blocks, live: Rows, d: int,
-         template: int) -> bool:
-    """Advance the parked state `end` over the blocks after block `template` (the block
-    from `start` to `end`), each a copy of it D cycles later; False if that would pass
-    the cycle limit."""
+         template: int, partial: bool = False) -> bool:
+    """Advance the parked state `end` over the full blocks after block `template` (the
+    block from `start` to `end`), each a copy of it D cycles later; False if that would
+    pass the cycle limit. With `partial`, also copy the marks of the partial last block
+    (merge_head adds its other increments)."""
     n, pes, cfg = blocks.skipped(template), kernel.pes, kernel.cfg
     if pes[live, K.P_CLOCK].max() + n * d > cfg[K.CFG_MAX_CYCLES]:
         return False
@@ -368,18 +422,19 @@ def jump(kernel, start: Cut, end: Cut, blocks: Blocks, live: Rows, d: int,
     kernel.links[1::2] += n * (end.links[1::2] - start.links[1::2])
     for field in (K.ST_INSTRUCTIONS, K.ST_MESSAGES):
         kernel.stats[field] += n * (end.stats[field] - start.stats[field])
-    copy_marks(kernel.marks, start.marks, end.marks, blocks, d, template)
+    last = blocks.full_blocks + partial                 # blocks whose marks are copied
+    copy_marks(kernel.marks, start.marks, end.marks, blocks, d, template, last)
     clocks = end.pes[live, K.P_CLOCK]
-    for b in range(template + 1, len(blocks.cut_ids) - 1):
+    for b in range(template + 1, last):
         cut_record(kernel.marks, blocks.cut_ids[b], clocks, (b - template - 1) * d)
     return True
 
 
 def copy_marks(marks: np.ndarray, start: np.ndarray, end: np.ndarray, blocks: Blocks,
-               d: int, template: int) -> None:
-    """Marks of skipped block b: block `template`'s records shifted by (b - template) * d
-    cycles."""
-    k = np.flatnonzero(blocks.mark_block > template)
+               d: int, template: int, last: int) -> None:
+    """Marks of blocks template + 1 .. last - 1: block `template`'s records shifted by
+    (b - template) * d cycles for block b."""
+    k = np.flatnonzero((blocks.mark_block > template) & (blocks.mark_block < last))
     src = blocks.template_source(template)[k]
     shift = (blocks.mark_block[k] - template) * d
     count = end[src, K.M_COUNT] - start[src, K.M_COUNT]
@@ -402,71 +457,102 @@ def run_fast_forward(kernel, cut_names, jobs: int = 1) -> int | None:
     marks `cut_names` fast-forwarded; the number of blocks skipped, or None (the kernel
     state is then unusable) when a condition of the module docstring fails, and the
     caller runs in full. With `jobs` > 1, a forked child checks the blocks while the
-    first is emulated and another runs the code after the last cut (`run_head`)."""
+    first is emulated and another runs the code after the last full block (`run_head`)."""
     program = kernel.program
     cut_ids = known_cuts(program, cut_names)
-    lengths = None if cut_ids is None else block_lengths(program, cut_ids)
-    if lengths is None:
+    layout = None if cut_ids is None else block_layout(program, cut_ids)
+    if layout is None or layout.full_blocks < 2:
         return None
     live = live_rows(kernel.pe_region)
     with Forked(find_blocks, program, cut_names, kernel.static_cost,
                 parallel=jobs > 1) as checking:
         outcome = run_to_cut(kernel, cut_ids[0], live)
-        for template in range(min(2, len(cut_ids) - 2)):
+        for template in range(min(2, layout.full_blocks - 1)):
             if not isinstance(outcome, Cut):
                 break
-            outcome = repeat_block(kernel, Attempt(cut_ids, template, live, lengths, jobs > 1),
-                                   outcome, checking)
+            attempt = Attempt(cut_ids, template, live, layout, jobs > 1)
+            outcome = repeat_block(kernel, attempt, outcome, checking)
     return outcome if isinstance(outcome, int) else None
 
 
 @dataclass(frozen=True)
 class Attempt:
     """One try of `repeat_block`: the cut ids, the block to emulate and repeat
-    (`template`), the running PEs, the per-region block lengths, and whether the code after
-    the last cut runs in a forked child."""
+    (`template`), the running PEs, the block layout, and whether the code after the last
+    full block runs in a forked child."""
 
     cut_ids: tuple
     template: int
     live: Rows
-    lengths: np.ndarray
+    layout: Layout
     parallel: bool
 
     @property
     def skip(self) -> int:
-        """Blocks from the template's first cut to the last cut."""
-        return len(self.cut_ids) - 1 - self.template
+        """Full blocks from the template's first cut on."""
+        return self.layout.full_blocks - self.template
+
+    @property
+    def from_tail(self) -> bool:
+        """Whether the child starts where block 0 reaches the partial block's end (the
+        tail mark), so that nobody emulates the partial block: only when block 0 is the
+        template."""
+        return self.parallel and self.template == 0 and self.layout.tail_mark >= 0
 
 
 def repeat_block(kernel, attempt: Attempt, start: Cut, checking: Forked) -> int | Cut | None:
     """From the parked state `start` at the template block's first cut, emulate the block
-    and, if it repeats, jump over the blocks after it and run the code after the last cut
+    and, if it repeats, jump over the full blocks after it and run the code after them
     (in a forked child beside the block when `attempt.parallel`). Returns the blocks
     skipped; or the clean cut after the block when it does not repeat (the kernel is
     parked there); or None when the fast-forward fails."""
     live, template = attempt.live, attempt.template
     start_tracking(kernel, live)
-    with (HeadJob(kernel, attempt.lengths, live, attempt.skip) if attempt.parallel
+    tail = halfway = None
+    if attempt.from_tail:
+        kernel.resume_parked()
+        if kernel.run_until(attempt.layout.tail_mark) != K.ALL_PARKED:
+            return None
+        halfway = kernel.stats[[K.ST_PARKED_SEND_MAX, K.ST_SEND_MIN]].copy()
+        tail = snapshot(kernel, live, tracking=True)
+    forking = attempt.parallel and (tail is not None or not attempt.from_tail)
+    with (HeadJob(kernel, attempt.layout.lengths, live, attempt.skip) if forking
           else nullcontext()) as heading:
         kernel.resume_parked()
         end = run_to_cut(kernel, attempt.cut_ids[template + 1], live)
         blocks = checking.result()
-        if end is None or blocks is None:
+        if (end is None or blocks is None
+                or (blocks.full_blocks, blocks.tail_mark) != (attempt.layout.full_blocks,
+                                                              attempt.layout.tail_mark)
+                or (halfway is not None and not join_halves(halfway, end))):
             return None
         d = block_shift(start, end, live)
         if d is None or not orders_hold(kernel, start, end, d):
             return end
-        if not jump(kernel, start, end, blocks, live, d, template):
+        if not jump(kernel, start, end, blocks, live, d, template, tail is not None):
             return None
         skipped = blocks.skipped(template)
-        if attempt.parallel:
+        if forking:
             head = heading.result()
-            ok = head is not None and merge_head(kernel, start, end, head, attempt, d)
+            ok = head is not None and merge_head(kernel, HeadStart.of(kernel, start, tail, end,
+                                                                        attempt, d), head)
             return skipped if ok else None
     kernel.resume_parked()
     kernel.run_until(-1)
     first_send = int(kernel.stats[K.ST_SEND_MIN])
     return skipped if last_parked_send(kernel, end, skipped, d) < first_send else None
+
+
+def join_halves(halfway: np.ndarray, end: Cut) -> bool:
+    """Block 0 ran in two calls, parking at the tail mark in between (`halfway`: that
+    call's largest parked and smallest send keys): the sends executed while PEs were
+    parked there must precede every later send of the block; `end`'s smallest send key
+    becomes the whole block's."""
+    parked_max, first = halfway
+    if parked_max >= end.stats[K.ST_SEND_MIN]:
+        return False
+    end.stats[K.ST_SEND_MIN] = min(first, end.stats[K.ST_SEND_MIN])
+    return True
 
 
 def live_rows(pe_region: np.ndarray) -> Rows:
@@ -519,6 +605,8 @@ def run_head(kernel, lengths: np.ndarray, live: Rows, skip: int,
     `out.links`; returns (stats, marks), or None on a fault (the caller then runs in full,
     which reports it)."""
     pes = kernel.pes
+    stop_tracking(kernel.links)
+    start_tracking(kernel, live)
     pes[live, K.P_PC] += skip * lengths[kernel.pe_region[live]]
     pes[:, K.P_BUSY] = 0
     kernel.links[1::2] = 0
@@ -558,20 +646,61 @@ class HeadJob:
         self.job.__exit__(*exc)
 
 
-def merge_head(kernel, start: Cut, end: Cut, head: HeadRun, attempt: Attempt,
-               d: int) -> bool:
-    """Add a child's `run_head` (started from `start`, every cycle skip * d early) to the
-    state after `jump`; False if the child's run would differ from the true one
-    (`head_alike`), a send of the head would precede a parked send of the last block, or a
-    clock would pass the cycle limit."""
-    live, shift = attempt.live, attempt.skip * d
+@dataclass
+class HeadStart:
+    """Where a child's `run_head` started (`origin`, a cut) and the true state there, in
+    the child's frame (`shift` cycles early): PE clocks, link free cycles; the cut mark
+    the child ran first; the key every send of the child must follow (`parked_bound`,
+    true frame); and the partial block's increments nobody emulated (`partial`: the
+    cuts it ran between in block 0, or None)."""
+
+    origin: Cut
+    live: Rows
+    clocks: np.ndarray
+    free: np.ndarray
+    first_mark: int
+    parked_bound: int
+    shift: int
+    partial: tuple | None
+
+    @classmethod
+    def of(cls, kernel, start: Cut, tail: Cut | None, end: Cut, attempt: Attempt,
+           d: int) -> "HeadStart":
+        """The child started at cut `start` (tail None), or at block 0's tail mark
+        (`tail`), with `end` the cut after the repeated block (D = d)."""
+        live, skip = attempt.live, attempt.skip
+        later = end.pes[live, K.P_CLOCK]
+        unused_free = np.where(end.used, end.free - d, start.free - skip * d)
+        if tail is None:
+            return cls(start, live, later - d, unused_free,
+                       attempt.cut_ids[attempt.layout.full_blocks],
+                       last_parked_send(kernel, end, skip - 1, d), skip * d, None)
+        # Every PE ran the tail mark in block 0: a PE with no first act before it took it
+        # as one (a mark), so block_shift held its clock to D; the tail's clocks are true.
+        return cls(tail, live, tail.pes[live, K.P_CLOCK],
+                   np.where(tail.used, tail.free, unused_free),
+                   attempt.cut_ids[-1], last_parked_send(kernel, tail, skip, d), skip * d,
+                   (start, tail))
+
+
+def merge_head(kernel, at: HeadStart, head: HeadRun) -> bool:
+    """Add a child's `run_head` (every cycle `at.shift` early) to the state after `jump`,
+    with the partial block's increments if the child skipped it; False if the child's
+    run would differ from the true one (each PE and link must start its first act at the
+    same cycle from the child's state as from the true one: `starts_alike`), a send of
+    the head would precede a parked send, or a clock would pass the cycle limit."""
+    live, shift = at.live, at.shift
     first_send = int(head.stats[K.ST_SEND_MIN]) + send_step(kernel, shift)   # int: no wrap
     used, slack = stop_tracking(head.links)
-    pes = kernel.pes
-    if (first_send <= last_parked_send(kernel, end, attempt.skip - 1, d)
-            or not head_alike(start, end, head, used, slack, attempt, d)
+    if (first_send <= at.parked_bound
+            or not starts_alike(True, receive_margin(head.pes[:, K.P_SLACK]),
+                                at.origin.pes[live, K.P_CLOCK], at.clocks)
+            or not starts_alike(used, slack, at.origin.free, at.free)
             or head.pes[:, K.P_CLOCK].max(initial=0) + shift > kernel.cfg[K.CFG_MAX_CYCLES]):
         return False
+    if at.partial is not None:
+        add_partial(kernel, *at.partial, live, shift)
+    pes = kernel.pes
     for field in (K.P_CLOCK, K.P_FINISH):
         pes[live, field] = head.pes[:, field] + shift
     for field in (K.P_PC, K.P_STATUS, K.P_WAIT):
@@ -582,23 +711,19 @@ def merge_head(kernel, start: Cut, end: Cut, head: HeadRun, attempt: Attempt,
     for field in (K.ST_INSTRUCTIONS, K.ST_MESSAGES):
         kernel.stats[field] += head.stats[field]
     add_marks(kernel.marks, head.marks, shift)
-    cut_record(kernel.marks, attempt.cut_ids[-1], end.pes[live, K.P_CLOCK],
-               (attempt.skip - 1) * d)
+    cut_record(kernel.marks, at.first_mark, at.clocks, shift)
     return True
 
 
-def head_alike(start: Cut, end: Cut, head: HeadRun, used: np.ndarray, slack: np.ndarray,
-               attempt: Attempt, d: int) -> bool:
-    """Whether the child's run from `start` equals the true run from the last cut. In the
-    child's frame the true state there is `end`'s less d (a link the block did not use
-    keeps `start`'s free cycle, less the skipped blocks' cycles); each PE and link must
-    start its first act at the same cycle from either (`starts_alike`)."""
-    live = attempt.live
-    if not starts_alike(True, receive_margin(head.pes[:, K.P_SLACK]),
-                        start.pes[live, K.P_CLOCK], end.pes[live, K.P_CLOCK] - d):
-        return False
-    true_free = np.where(end.used, end.free - d, start.free - attempt.skip * d)
-    return starts_alike(used, slack, start.free, true_free)
+def add_partial(kernel, start: Cut, tail: Cut, live: Rows, shift: int) -> None:
+    """Add the partial last block, a copy of block 0 from `start` to `tail` `shift`
+    cycles later, to the state after `jump`: busy cycles, link loads and free cycles,
+    counters (its marks are copied with the full blocks')."""
+    kernel.pes[live, K.P_BUSY] += tail.pes[live, K.P_BUSY] - start.pes[live, K.P_BUSY]
+    kernel.links[0::2][tail.used] = tail.free[tail.used] + shift
+    kernel.links[1::2] += tail.links[1::2] - start.links[1::2]
+    for field in (K.ST_INSTRUCTIONS, K.ST_MESSAGES):
+        kernel.stats[field] += tail.stats[field] - start.stats[field]
 
 
 def add_marks(marks: np.ndarray, head: np.ndarray, shift: int) -> None:

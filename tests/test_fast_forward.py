@@ -97,7 +97,8 @@ def test_cuts_are_the_qkv_marks_of_every_layer():
     mesh = load_mesh("small").with_mesh(3, 2)
     for head in (True, False):
         compiled = compile_decode(spec, mesh, "fp32", 16, head=head)
-        assert layer_cuts(compiled) == ["L0.qkv", "L1.qkv", "L2.qkv", "L3.qkv"]
+        assert layer_cuts(compiled) == ["L0.qkv", "L1.qkv", "L2.qkv", "L3.qkv",
+                                        "head" if head else "end"]
 
 
 def block_program(counts, register_count=False, tail="", idle=0) -> str:
@@ -171,8 +172,8 @@ def test_a_fault_is_reported_as_the_full_run_reports_it(tail, limit_cut, jobs):
 
 def chain_program(prologue, before, after, sizes, order, bypass=0, lead=0) -> str:
     """PEs in a row, six blocks `mark bK` each: PE i computes (`before[i]` elements),
-    receives `sizes[i-1]` values from PE i-1, computes again (`after[i]`) and sends
-    `sizes[i]` values to PE i+1 (receive and send swapped where `order[i]`), on colors
+    receives `sizes[i-1]` values from PE i-1, computes again (`after[i]`), marks `hK` and
+    sends `sizes[i]` values to PE i+1 (receive and send swapped where `order[i]`), on colors
     that alternate along the row. `prologue[i]`: elements PE i adds before the first
     block, so the PEs enter block 0 at different cycles than later blocks. `bypass` > 0:
     the first PE also sends that many values per block straight to the last (color 2,
@@ -197,8 +198,9 @@ def chain_program(prologue, before, after, sizes, order, bypass=0, lead=0) -> st
         lines += ([f"    send c0, [0], {lead}"] if lead and i == 0 else
                   [f"    recv c0, [16], {lead}"] if lead and i == 1 else [])
         for b in range(6):
-            lines += [f"    mark b{b}", f"    vadd [8], [0], [4], {before[i]}", comm[0]
-                      if comm else "    nop", f"    vadd [8], [0], [4], {after[i]}"]
+            lines += [f"    mark b{b}", f"    vadd [8], [0], [4], {before[i]}",
+                      comm[0] if comm else "    nop", f"    vadd [8], [0], [4], {after[i]}",
+                      f"    mark h{b}"]
             lines += comm[1:]
         lines += ["    mark tail", "    halt"]
     return "\n".join(lines + [""])
@@ -215,16 +217,18 @@ def chains(draw):
 
 @settings(max_examples=40, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
-@given(chains(), st.sampled_from(JOBS))
-def test_blocks_entered_at_other_cycles_fast_forward_exactly(chain, jobs):
+@given(chains(), st.sampled_from(JOBS), st.booleans())
+def test_blocks_entered_at_other_cycles_fast_forward_exactly(chain, jobs, partial):
     """Block 0 starts from the prologue's clocks, later blocks from the previous block's:
     the fast-forward repeats block 0 only where the different start cannot matter
-    (block_shift), else block 1, else runs in full; every field equals the full run's."""
+    (block_shift), else block 1, else runs in full; every field equals the full run's.
+    With `partial`, the last cut is `h5`, so the last block is block 0's beginning (up to
+    `h0`), which the forked head skips when block 0 repeats."""
     program = assemble(chain_program(*chain), "chain.asm")
     mesh = load_mesh("small").with_mesh(len(chain[0]), 1)
     full = run_reference(program, mesh, functional=False)
-    fast = run_numba(program, mesh, functional=False,
-                     fast_forward=[f"b{b}" for b in range(6)], jobs=jobs)
+    cuts = [f"b{b}" for b in range(6)] + (["h5"] if partial else [])
+    fast = run_numba(program, mesh, functional=False, fast_forward=cuts, jobs=jobs)
     assert_same(full, fast)
     assert fast.skipped_blocks in (0, 3, 4)
 
