@@ -319,7 +319,7 @@ class Cut:
     links: np.ndarray
     marks: np.ndarray
     stats: np.ndarray
-    routes: np.ndarray
+    routes: np.ndarray | None      # None: the program never changes them
     parked_send_max: int
     used: np.ndarray
     slack: np.ndarray
@@ -357,17 +357,21 @@ def run_to_cut(kernel, cut: int, live: Rows) -> Cut | None:
 def snapshot(kernel, live: Rows, tracking: bool = False) -> Cut | None:
     """The parked kernel's state if the cut is clean (every running PE parked, nothing
     queued, no route or barrier half done), else None. With `tracking`, the kernel goes
-    on recording first acts (only the snapshot's links are decoded)."""
-    links = kernel.links.copy()
-    used, slack = stop_tracking(links)
-    if not tracking:
-        kernel.links[:] = links
+    on recording first acts (only the snapshot's links are decoded). Router tables are
+    kept only if the program has `route` instructions."""
+    if tracking:
+        links = kernel.links.copy()
+        used, slack = stop_tracking(links)
+    else:
+        used, slack = stop_tracking(kernel.links)
+        links = kernel.links.copy()
     stats = kernel.stats
     if ((kernel.pes[live, K.P_STATUS] != K.PARKED).any() or stats[K.ST_QUEUED] != 0
             or stats[K.ST_ROUTE_SP] != 0 or stats[K.ST_BARRIER_COUNT] != 0):
         return None
-    return Cut(kernel.pes.copy(), links, kernel.marks.copy(), stats.copy(),
-               kernel.routes.copy(), int(stats[K.ST_PARKED_SEND_MAX]), used, slack)
+    routes = kernel.routes.copy() if kernel.routes_change else None
+    return Cut(kernel.pes.copy(), links, kernel.marks.copy(), stats.copy(), routes,
+               int(stats[K.ST_PARKED_SEND_MAX]), used, slack)
 
 
 def block_shift(start: Cut, end: Cut, live: Rows) -> int | None:
@@ -385,7 +389,7 @@ def block_shift(start: Cut, end: Cut, live: Rows) -> int | None:
     d = int(shifts[0])
     regs = slice(K.P_REGS, K.P_REGS + 8)
     if ((end.pes[live, regs] != start.pes[live, regs]).any()
-            or (end.routes != start.routes).any()
+            or (start.routes is not None and (end.routes != start.routes).any())
             or not starts_alike(True, margin, clocks, later - d)):
         return None
     return d if starts_alike(end.used, end.slack, start.free, end.free - d) else None
@@ -424,9 +428,9 @@ def jump(kernel, start: Cut, end: Cut, blocks: Blocks, live: Rows, d: int,
         kernel.stats[field] += n * (end.stats[field] - start.stats[field])
     last = blocks.full_blocks + partial                 # blocks whose marks are copied
     copy_marks(kernel.marks, start.marks, end.marks, blocks, d, template, last)
-    clocks = end.pes[live, K.P_CLOCK]
+    span = clock_span(end.pes[live, K.P_CLOCK])
     for b in range(template + 1, last):
-        cut_record(kernel.marks, blocks.cut_ids[b], clocks, (b - template - 1) * d)
+        cut_record(kernel.marks, blocks.cut_ids[b], span, (b - template - 1) * d)
     return True
 
 
@@ -444,12 +448,18 @@ def copy_marks(marks: np.ndarray, start: np.ndarray, end: np.ndarray, blocks: Bl
         marks[k, field] = np.where(ran, end[src, field] + shift, -1)
 
 
-def cut_record(marks: np.ndarray, cut: int, clocks: np.ndarray, shift: int) -> None:
-    """The record of cut mark `cut`, run by every running PE at the clocks of the state
-    after the repeated block plus `shift`: the clocks at which a PE leaves a cut may
-    differ between blocks (block_shift), so its copy is not the repeated block's."""
-    marks[cut, K.M_FIRST] = clocks.min() + shift
-    marks[cut, K.M_LAST] = clocks.max() + shift
+def clock_span(clocks: np.ndarray) -> tuple[int, int]:
+    """(earliest, latest) of the PE clocks at a cut."""
+    return int(clocks.min()), int(clocks.max())
+
+
+def cut_record(marks: np.ndarray, cut: int, span: tuple[int, int], shift: int) -> None:
+    """The record of cut mark `cut`, run by every running PE at the clocks (`span`:
+    earliest, latest) of the state after the repeated block plus `shift`: the clocks at
+    which a PE leaves a cut may differ between blocks (block_shift), so its copy is not
+    the repeated block's."""
+    marks[cut, K.M_FIRST] = span[0] + shift
+    marks[cut, K.M_LAST] = span[1] + shift
 
 
 def run_fast_forward(kernel, cut_names, jobs: int = 1) -> int | None:
@@ -582,6 +592,9 @@ def orders_hold(kernel, start: Cut, end: Cut, d: int) -> bool:
             and end.parked_send_max < first_sends + send_step(kernel, d))
 
 
+HEAD_FIELDS = K.P_SLACK + 1   # the PE row's fields a head run hands back
+
+
 @dataclass
 class HeadRun:
     """What the code after the last cut did, run from the template block's first cut with
@@ -591,7 +604,7 @@ class HeadRun:
     smallest send key, ST_SEND_MIN) and marks of this code alone. `pes` and `links` are in
     shared memory, written by the child."""
 
-    pes: np.ndarray                # [live, P_FIELDS]
+    pes: np.ndarray                # [live, HEAD_FIELDS]: the PE row up to P_SLACK
     links: np.ndarray              # as KernelRun.links
     stats: np.ndarray | None = None
     marks: np.ndarray | None = None
@@ -618,7 +631,7 @@ def run_head(kernel, lengths: np.ndarray, live: Rows, skip: int,
         kernel.run_until(-1)
     except MeshFault:
         return None
-    out.pes[:] = pes[live]
+    out.pes[:] = pes[live, :HEAD_FIELDS]
     out.links[:] = kernel.links
     return kernel.stats, kernel.marks
 
@@ -628,7 +641,7 @@ class HeadJob:
     HeadRun, or None after a fault."""
 
     def __init__(self, kernel, lengths: np.ndarray, live: Rows, skip: int):
-        self.head = HeadRun(shared_empty(kernel.pes[live].shape, np.int64),
+        self.head = HeadRun(shared_empty((len(kernel.pes[live, 0]), HEAD_FIELDS), np.int64),
                             shared_empty(kernel.links.shape, np.int64))
         self.job = Forked(run_head, kernel, lengths, live, skip, self.head)
 
@@ -711,7 +724,7 @@ def merge_head(kernel, at: HeadStart, head: HeadRun) -> bool:
     for field in (K.ST_INSTRUCTIONS, K.ST_MESSAGES):
         kernel.stats[field] += head.stats[field]
     add_marks(kernel.marks, head.marks, shift)
-    cut_record(kernel.marks, at.first_mark, at.clocks, shift)
+    cut_record(kernel.marks, at.first_mark, clock_span(at.clocks), shift)
     return True
 
 
