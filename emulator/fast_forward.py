@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from emulator import cut_kernels as C
 from emulator import mesh_kernels as K
 from emulator.errors import MeshFault
 from emulator.parallel import Forked, shared_empty
@@ -49,7 +50,6 @@ COUNT_SLOTS = (SLOT_N,)                          # vector ops and reductions
 GEMV_SLOTS = (SLOT_N, SLOT_COLOR)                # rows m, columns k
 COMM_SLOTS = (SLOT_N, SLOT_COLOR)                # send, recv, recvadd
 ALL_SLOTS = tuple(range(NUM_SLOTS))              # control ops, route, barrier, halt
-Rows = np.ndarray | slice                         # PE indices, or slice(None) for all PEs
 
 
 @dataclass(frozen=True)
@@ -310,12 +310,16 @@ def marks_unique(program: Program, region_starts: dict, mark_source: np.ndarray,
 
 @dataclass
 class Cut:
-    """The kernel state at a cut (copies): per-PE rows, links, marks, counters, routes, the
-    largest send key executed while PEs were parked on the way to it, and what each link
-    did first since the previous cut (`used`: reserved at least once; `slack`: head cycle
-    minus free cycle at that first reservation, capped, -1 if it waited)."""
+    """The kernel state at a cut (copies): of each running PE its clock, busy cycles,
+    P_SLACK and registers; links, marks, counters, routes, the largest send key executed
+    while PEs were parked on the way to it, and what each link did first since the
+    previous cut (`used`: reserved at least once; `slack`: head cycle minus free cycle at
+    that first reservation, capped, -1 if it waited)."""
 
-    pes: np.ndarray
+    clock: np.ndarray              # [running PEs], cycles
+    busy: np.ndarray               # [running PEs], cycles
+    slack_state: np.ndarray        # [running PEs], P_SLACK
+    regs: np.ndarray               # [running PEs, 8]
     links: np.ndarray
     marks: np.ndarray
     stats: np.ndarray
@@ -330,7 +334,7 @@ class Cut:
         return self.links[0::2]
 
 
-def start_tracking(kernel, live: Rows) -> None:
+def start_tracking(kernel, live: np.ndarray) -> None:
     """From the cut the kernel is parked at on, record what each PE and link does first
     (mesh_kernels P_SLACK and the links' first-reservation encoding)."""
     kernel.pes[live, K.P_SLACK] = K.SLACK_AT_CUT
@@ -349,48 +353,47 @@ def stop_tracking(links: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return used, slack
 
 
-def run_to_cut(kernel, cut: int, live: Rows) -> Cut | None:
-    """Run on until every running PE is parked at mark `cut`: the clean cut, else None."""
+def run_to_cut(kernel, cut: int, live: np.ndarray) -> Cut | None:
+    """Run on until every running PE (indices `live`) is parked at mark `cut`: the clean
+    cut, else None."""
     return snapshot(kernel, live) if kernel.run_until(cut) == K.ALL_PARKED else None
 
 
-def snapshot(kernel, live: Rows, tracking: bool = False) -> Cut | None:
+def snapshot(kernel, live: np.ndarray, tracking: bool = False) -> Cut | None:
     """The parked kernel's state if the cut is clean (every running PE parked, nothing
     queued, no route or barrier half done), else None. With `tracking`, the kernel goes
     on recording first acts (only the snapshot's links are decoded). Router tables are
     kept only if the program has `route` instructions."""
-    if tracking:
-        links = kernel.links.copy()
-        used, slack = stop_tracking(links)
-    else:
-        used, slack = stop_tracking(kernel.links)
-        links = kernel.links.copy()
-    stats = kernel.stats
-    if ((kernel.pes[live, K.P_STATUS] != K.PARKED).any() or stats[K.ST_QUEUED] != 0
-            or stats[K.ST_ROUTE_SP] != 0 or stats[K.ST_BARRIER_COUNT] != 0):
+    n, stats = len(live), kernel.stats
+    clock, busy, slack_state = (np.empty(n, np.int64) for _ in range(3))
+    regs = np.empty((n, 8), np.int64)
+    unparked = C.pe_fields(kernel.pes, live, clock, busy, slack_state, regs)
+    links = np.empty_like(kernel.links)
+    used, slack = np.empty(len(links) // 2, np.bool_), np.empty(len(links) // 2, np.int64)
+    C.decode_links(kernel.links, links, used, slack, not tracking)
+    if (unparked or stats[K.ST_QUEUED] != 0 or stats[K.ST_ROUTE_SP] != 0
+            or stats[K.ST_BARRIER_COUNT] != 0):
         return None
     routes = kernel.routes.copy() if kernel.routes_change else None
-    return Cut(kernel.pes.copy(), links, kernel.marks.copy(), stats.copy(), routes,
-               int(stats[K.ST_PARKED_SEND_MAX]), used, slack)
+    return Cut(clock, busy, slack_state, regs, links, kernel.marks.copy(), stats.copy(),
+               routes, int(stats[K.ST_PARKED_SEND_MAX]), used, slack)
 
 
-def block_shift(start: Cut, end: Cut, live: Rows) -> int | None:
+def block_shift(start: Cut, end: Cut) -> int | None:
     """D > 0 if the block from cut `start` to cut `end` would run again unchanged, every
     event D cycles later, from `end`'s state; else None. Registers and router tables must
     be equal. D is the clock shift of every PE whose first act in the block was not a
     receive that waited for its message; the others, and the first reservation of each
     link, may find a different cycle as long as they would start at the same one
     (`starts_alike`)."""
-    clocks, later = start.pes[live, K.P_CLOCK], end.pes[live, K.P_CLOCK]
-    margin = receive_margin(end.pes[live, K.P_SLACK])
-    shifts = np.unique(later[margin < 0] - clocks[margin < 0])
+    margin = receive_margin(end.slack_state)
+    shifts = np.unique(end.clock[margin < 0] - start.clock[margin < 0])
     if len(shifts) != 1 or shifts[0] <= 0:
         return None
     d = int(shifts[0])
-    regs = slice(K.P_REGS, K.P_REGS + 8)
-    if ((end.pes[live, regs] != start.pes[live, regs]).any()
-            or (start.routes is not None and (end.routes != start.routes).any())
-            or not starts_alike(True, margin, clocks, later - d)):
+    if (not np.array_equal(end.regs, start.regs)
+            or (start.routes is not None and not np.array_equal(end.routes, start.routes))
+            or not starts_alike(True, margin, start.clock, end.clock - d)):
         return None
     return d if starts_alike(end.used, end.slack, start.free, end.free - d) else None
 
@@ -410,25 +413,24 @@ def starts_alike(acted, margin: np.ndarray, seen: np.ndarray, other: np.ndarray)
                  | (margin >= np.maximum(other - seen, 0))).all())
 
 
-def jump(kernel, start: Cut, end: Cut, blocks: Blocks, live: Rows, d: int,
+def jump(kernel, start: Cut, end: Cut, blocks: Blocks, live: np.ndarray, d: int,
          template: int, partial: bool = False) -> bool:
     """Advance the parked state `end` over the full blocks after block `template` (the
     block from `start` to `end`), each a copy of it D cycles later; False if that would
     pass the cycle limit. With `partial`, also copy the marks of the partial last block
     (merge_head adds its other increments)."""
-    n, pes, cfg = blocks.skipped(template), kernel.pes, kernel.cfg
-    if pes[live, K.P_CLOCK].max() + n * d > cfg[K.CFG_MAX_CYCLES]:
+    n = blocks.skipped(template)
+    if end.clock.max() + n * d > kernel.cfg[K.CFG_MAX_CYCLES]:
         return False
-    pes[live, K.P_CLOCK] += n * d
-    pes[live, K.P_PC] += n * blocks.region_block_len[kernel.pe_region[live]]
-    pes[live, K.P_BUSY] += n * (end.pes[live, K.P_BUSY] - start.pes[live, K.P_BUSY])
+    C.advance_pes(kernel.pes, live, n * d, n * blocks.region_block_len[kernel.pe_region[live]],
+                  n * (end.busy - start.busy))
     kernel.links[0::2][end.used] += n * d
     kernel.links[1::2] += n * (end.links[1::2] - start.links[1::2])
     for field in (K.ST_INSTRUCTIONS, K.ST_MESSAGES):
         kernel.stats[field] += n * (end.stats[field] - start.stats[field])
     last = blocks.full_blocks + partial                 # blocks whose marks are copied
     copy_marks(kernel.marks, start.marks, end.marks, blocks, d, template, last)
-    span = clock_span(end.pes[live, K.P_CLOCK])
+    span = clock_span(end.clock)
     for b in range(template + 1, last):
         cut_record(kernel.marks, blocks.cut_ids[b], span, (b - template - 1) * d)
     return True
@@ -493,7 +495,7 @@ class Attempt:
 
     cut_ids: tuple
     template: int
-    live: Rows
+    live: np.ndarray
     layout: Layout
     parallel: bool
 
@@ -536,7 +538,7 @@ def repeat_block(kernel, attempt: Attempt, start: Cut, checking: Forked) -> int 
                                                               attempt.layout.tail_mark)
                 or (halfway is not None and not join_halves(halfway, end))):
             return None
-        d = block_shift(start, end, live)
+        d = block_shift(start, end)
         if d is None or not orders_hold(kernel, start, end, d):
             return end
         if not jump(kernel, start, end, blocks, live, d, template, tail is not None):
@@ -565,11 +567,9 @@ def join_halves(halfway: np.ndarray, end: Cut) -> bool:
     return True
 
 
-def live_rows(pe_region: np.ndarray) -> Rows:
-    """The running PEs (those in a region) as an index: a slice when that is all of them,
-    which numpy reads and writes without gathering."""
-    live = np.flatnonzero(pe_region >= 0)
-    return slice(None) if len(live) == len(pe_region) else live
+def live_rows(pe_region: np.ndarray) -> np.ndarray:
+    """The running PEs (those in a region): int64 indices."""
+    return np.flatnonzero(pe_region >= 0).astype(np.int64)
 
 
 def send_step(kernel, d: int) -> int:
@@ -610,7 +610,7 @@ class HeadRun:
     marks: np.ndarray | None = None
 
 
-def run_head(kernel, lengths: np.ndarray, live: Rows, skip: int,
+def run_head(kernel, lengths: np.ndarray, live: np.ndarray, skip: int,
              out: HeadRun) -> tuple | None:
     """Child side: from the parked state at a cut, move every live PE's pc past `skip`
     blocks (`lengths`: instructions per block and region), clear the busy cycles, link
@@ -640,8 +640,8 @@ class HeadJob:
     """`run_head` in a forked child (a context manager; `result()` waits for it): its
     HeadRun, or None after a fault."""
 
-    def __init__(self, kernel, lengths: np.ndarray, live: Rows, skip: int):
-        self.head = HeadRun(shared_empty((len(kernel.pes[live, 0]), HEAD_FIELDS), np.int64),
+    def __init__(self, kernel, lengths: np.ndarray, live: np.ndarray, skip: int):
+        self.head = HeadRun(shared_empty((len(live), HEAD_FIELDS), np.int64),
                             shared_empty(kernel.links.shape, np.int64))
         self.job = Forked(run_head, kernel, lengths, live, skip, self.head)
 
@@ -668,7 +668,7 @@ class HeadStart:
     cuts it ran between in block 0, or None)."""
 
     origin: Cut
-    live: Rows
+    live: np.ndarray
     clocks: np.ndarray
     free: np.ndarray
     first_mark: int
@@ -682,15 +682,14 @@ class HeadStart:
         """The child started at cut `start` (tail None), or at block 0's tail mark
         (`tail`), with `end` the cut after the repeated block (D = d)."""
         live, skip = attempt.live, attempt.skip
-        later = end.pes[live, K.P_CLOCK]
         unused_free = np.where(end.used, end.free - d, start.free - skip * d)
         if tail is None:
-            return cls(start, live, later - d, unused_free,
+            return cls(start, live, end.clock - d, unused_free,
                        attempt.cut_ids[attempt.layout.full_blocks],
                        last_parked_send(kernel, end, skip - 1, d), skip * d, None)
         # Every PE ran the tail mark in block 0: a PE with no first act before it took it
         # as one (a mark), so block_shift held its clock to D; the tail's clocks are true.
-        return cls(tail, live, tail.pes[live, K.P_CLOCK],
+        return cls(tail, live, tail.clock,
                    np.where(tail.used, tail.free, unused_free),
                    attempt.cut_ids[-1], last_parked_send(kernel, tail, skip, d), skip * d,
                    (start, tail))
@@ -707,18 +706,13 @@ def merge_head(kernel, at: HeadStart, head: HeadRun) -> bool:
     used, slack = stop_tracking(head.links)
     if (first_send <= at.parked_bound
             or not starts_alike(True, receive_margin(head.pes[:, K.P_SLACK]),
-                                at.origin.pes[live, K.P_CLOCK], at.clocks)
+                                at.origin.clock, at.clocks)
             or not starts_alike(used, slack, at.origin.free, at.free)
             or head.pes[:, K.P_CLOCK].max(initial=0) + shift > kernel.cfg[K.CFG_MAX_CYCLES]):
         return False
     if at.partial is not None:
         add_partial(kernel, *at.partial, live, shift)
-    pes = kernel.pes
-    for field in (K.P_CLOCK, K.P_FINISH):
-        pes[live, field] = head.pes[:, field] + shift
-    for field in (K.P_PC, K.P_STATUS, K.P_WAIT):
-        pes[live, field] = head.pes[:, field]
-    pes[live, K.P_BUSY] += head.pes[:, K.P_BUSY]
+    C.take_head(kernel.pes, live, head.pes, shift)
     kernel.links[0::2][used] = head.links[0::2][used] + shift
     kernel.links[1::2] += head.links[1::2]
     for field in (K.ST_INSTRUCTIONS, K.ST_MESSAGES):
@@ -728,11 +722,11 @@ def merge_head(kernel, at: HeadStart, head: HeadRun) -> bool:
     return True
 
 
-def add_partial(kernel, start: Cut, tail: Cut, live: Rows, shift: int) -> None:
+def add_partial(kernel, start: Cut, tail: Cut, live: np.ndarray, shift: int) -> None:
     """Add the partial last block, a copy of block 0 from `start` to `tail` `shift`
     cycles later, to the state after `jump`: busy cycles, link loads and free cycles,
     counters (its marks are copied with the full blocks')."""
-    kernel.pes[live, K.P_BUSY] += tail.pes[live, K.P_BUSY] - start.pes[live, K.P_BUSY]
+    C.advance_pes(kernel.pes, live, 0, np.zeros(len(live), np.int64), tail.busy - start.busy)
     kernel.links[0::2][tail.used] = tail.free[tail.used] + shift
     kernel.links[1::2] += tail.links[1::2] - start.links[1::2]
     for field in (K.ST_INSTRUCTIONS, K.ST_MESSAGES):

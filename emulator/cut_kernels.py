@@ -1,0 +1,69 @@
+"""Numba kernels for the fast-forward's cuts (emulator/fast_forward.py): each reads or
+writes the PE rows or the links of a whole wafer in one pass, where numpy would take one
+pass per field over strided columns."""
+
+from emulator import mesh_kernels as K
+from emulator.jit import njit
+
+
+@njit(nrt=False)
+def pe_fields(pes, live, clock, busy, slack, regs):
+    """Copy the clock (cycles), busy cycles, P_SLACK and registers of the PEs `live`
+    (indices) into the outputs, one entry per live PE; returns how many of them are not
+    parked."""
+    unparked = 0
+    for j in range(live.shape[0]):
+        pe = live[j]
+        clock[j] = pes[pe, K.P_CLOCK]
+        busy[j] = pes[pe, K.P_BUSY]
+        slack[j] = pes[pe, K.P_SLACK]
+        for r in range(regs.shape[1]):
+            regs[j, r] = pes[pe, K.P_REGS + r]
+        if pes[pe, K.P_STATUS] != K.PARKED:
+            unparked += 1
+    return unparked
+
+
+@njit(nrt=False)
+def decode_links(links, out, used, slack, in_place):
+    """Decode the links' first-reservation tracking (mesh_kernels LINK_*): free cycles
+    and busy wavelet-cycles as if untracked into `out` (and into `links` itself when
+    `in_place`); per link, whether it was reserved (`used`) and the slack of its first
+    reservation (-1: it waited)."""
+    busy_bits = (1 << K.LINK_SLACK_SHIFT) - 1
+    for link in range(used.shape[0]):
+        free, word = links[2 * link], links[2 * link + 1]
+        if free < 0:
+            free = -1 - free
+        used[link] = (word & K.LINK_USED) != 0
+        slack[link] = ((word >> K.LINK_SLACK_SHIFT) & K.LINK_SLACK_MAX) - 1
+        word &= busy_bits
+        out[2 * link], out[2 * link + 1] = free, word
+        if in_place:
+            links[2 * link], links[2 * link + 1] = free, word
+
+
+@njit(nrt=False)
+def advance_pes(pes, live, cycles, pc_steps, busy_steps):
+    """Move the PEs `live` on by `cycles` clock cycles, their pcs by `pc_steps` and
+    their busy cycles by `busy_steps` (one entry per live PE)."""
+    for j in range(live.shape[0]):
+        pe = live[j]
+        pes[pe, K.P_CLOCK] += cycles
+        pes[pe, K.P_PC] += pc_steps[j]
+        pes[pe, K.P_BUSY] += busy_steps[j]
+
+
+@njit(nrt=False)
+def take_head(pes, live, head, shift):
+    """Set the PEs `live` to a head run's final fields (`head` [live, fields up to
+    P_SLACK], its cycles `shift` early): clock and finish + shift, pc, status and wait
+    color, busy cycles added."""
+    for j in range(live.shape[0]):
+        pe = live[j]
+        pes[pe, K.P_CLOCK] = head[j, K.P_CLOCK] + shift
+        pes[pe, K.P_FINISH] = head[j, K.P_FINISH] + shift
+        pes[pe, K.P_PC] = head[j, K.P_PC]
+        pes[pe, K.P_STATUS] = head[j, K.P_STATUS]
+        pes[pe, K.P_WAIT] = head[j, K.P_WAIT]
+        pes[pe, K.P_BUSY] += head[j, K.P_BUSY]
