@@ -100,11 +100,13 @@ def relevant_table() -> np.ndarray:
 RELEVANT = relevant_table()
 
 
-def find_blocks(program: Program, cut_names, static_cost: np.ndarray) -> Blocks | None:
+def find_blocks(program: Program, cut_names, static_cost: np.ndarray,
+                param_rows: tuple) -> Blocks | None:
     """The repeated blocks delimited by the marks `cut_names`, or None when the program
     does not qualify (fewer than 3 cuts, a running region without them, blocks that
     differ in anything timing reads, a partial last block in some regions only or ending
-    at different marks)."""
+    at different marks). `param_rows`: the program's parameters as (table, each PE's
+    row), mesh_engine.param_table's form."""
     cut_ids = known_cuts(program, cut_names)
     if cut_ids is None:
         return None
@@ -121,7 +123,8 @@ def find_blocks(program: Program, cut_names, static_cost: np.ndarray) -> Blocks 
         if starts is None:
             return None
         lengths[r] = starts[1] - starts[0]
-        tails.add(region_blocks_match(program, int(r), order[lo:hi], starts, static_cost,
+        params = RegionParams(*param_rows, order[lo:hi])
+        tails.add(region_blocks_match(program, int(r), params, starts, static_cost,
                                       mark_source, mark_block))
     if len(tails) != 1 or None in tails:
         return None
@@ -173,24 +176,30 @@ def cut_positions(program: Program, region: int, cut_ids: tuple) -> np.ndarray |
     lo, n = program.region_start[region], program.region_len[region]
     code = program.code[lo:lo + n]
     marks = np.flatnonzero(code["op"] == Op.MARK)
-    mark_ids = code["a"][marks, SLOT_DST]
-    starts = []
-    for cut in cut_ids:
-        where = marks[mark_ids == cut]
-        if len(where) != 1:
-            return None
-        starts.append(int(where[0]))
-    starts = np.array(starts, np.int64)
+    which = cut_order(program, cut_ids)[code["a"][marks, SLOT_DST]]
+    hit = which >= 0
+    if (np.bincount(which[hit], minlength=len(cut_ids)) != 1).any():
+        return None
+    starts = np.empty(len(cut_ids), np.int64)
+    starts[which[hit]] = marks[hit]
     return starts if (np.diff(starts) > 0).all() else None
 
 
-def region_blocks_match(program: Program, region: int, pes: np.ndarray, starts: np.ndarray,
-                        static_cost: np.ndarray, mark_source: np.ndarray,
+def cut_order(program: Program, cut_ids: tuple) -> np.ndarray:
+    """For every mark id: its index among the cuts (-1: not a cut)."""
+    order = np.full(program.num_marks, -1, np.int64)
+    order[list(cut_ids)] = np.arange(len(cut_ids))
+    return order
+
+
+def region_blocks_match(program: Program, region: int, params: "RegionParams",
+                        starts: np.ndarray, static_cost: np.ndarray, mark_source: np.ndarray,
                         mark_block: np.ndarray) -> int | None:
-    """Whether the blocks after block 0 of a region (run by PEs `pes`; cuts c_0 .. c_n)
-    are timing-equivalent to it (recording their marks' block-0 ids): all but the last
-    have block 0's length; the last has it too (returns -1) or is a partial block, as
-    long as block 0 up to a mark (returns that mark's id). None if they do not match."""
+    """Whether the blocks after block 0 of a region (run by the PEs of `params`; cuts
+    c_0 .. c_n) are timing-equivalent to it (recording their marks' block-0 ids): all but
+    the last have block 0's length; the last has it too (returns -1) or is a partial
+    block, as long as block 0 up to a mark (returns that mark's id). None if they do not
+    match."""
     lo, length = program.region_start[region], starts[1] - starts[0]
     sizes = np.diff(starts)
     partial = int(sizes[-1]) if sizes[-1] < length else length
@@ -199,7 +208,7 @@ def region_blocks_match(program: Program, region: int, pes: np.ndarray, starts: 
     if ((sizes[:-1] != length).any() or sizes[-1] > length
             or (tail >= 0 and code["op"][lo + starts[0] + partial] != Op.MARK)):
         return None
-    n, params = len(sizes), RegionParams(program, pes)
+    n = len(sizes)
     last_full = n - 1 if partial < length else n            # blocks 1 .. last_full - 1
     for copies, size in ((np.arange(1, last_full), length), (np.arange(last_full, n), partial)):
         if len(copies) and not copies_match(program, static_cost, lo + starts, copies, size,
@@ -227,16 +236,18 @@ def copies_match(program: Program, static_cost: np.ndarray, starts: np.ndarray,
 
 
 class RegionParams:
-    """The parameter rows of one region's PEs (indices `pes`), gathered on first use."""
+    """The distinct parameter rows of one region's PEs (indices `pes`), gathered on first
+    use from the program's parameter table (`table` [rows, num_params], each PE's row in
+    `row_of`, as mesh_engine.param_table makes them)."""
 
-    def __init__(self, program: Program, pes: np.ndarray):
-        self.program, self.pes, self._rows = program, pes, None
+    def __init__(self, table: np.ndarray, row_of: np.ndarray, pes: np.ndarray):
+        self.table, self.row_of, self.pes, self._rows = table, row_of, pes, None
 
     @property
     def rows(self) -> np.ndarray:
-        """int32 [PEs of the region, num_params]."""
+        """int32 [distinct rows of the region, num_params]."""
         if self._rows is None:
-            self._rows = self.program.params[self.pes]
+            self._rows = self.table[np.unique(self.row_of[self.pes])]
         return self._rows
 
 
@@ -269,23 +280,24 @@ def slots_match(code, zero: np.ndarray, rows: np.ndarray, params: RegionParams) 
     mine, theirs = code["a"][zero], code["a"][rows]                   # theirs: [blocks, ...]
     if (theirs[:, fixed] != mine[fixed]).any():
         return False
-    columns = np.broadcast_arrays(mine[from_param], theirs[:, from_param])
-    pairs = np.unique(np.stack(columns, axis=-1).reshape(-1, 2), axis=0)
-    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-    if len(pairs) == 0:
+    ours, other = np.broadcast_arrays(mine[from_param], theirs[:, from_param])
+    differ = ours != other
+    if not differ.any():
         return True
-    return bool((params.rows[:, pairs[:, 0]] == params.rows[:, pairs[:, 1]]).all())
+    width = params.table.shape[1]
+    pairs = np.unique(ours[differ].astype(np.int64) * width + other[differ])
+    return bool((params.rows[:, pairs // width] == params.rows[:, pairs % width]).all())
 
 
 def map_marks(ids: np.ndarray, source: int, blocks: np.ndarray, mark_source: np.ndarray,
               mark_block: np.ndarray) -> bool:
     """Record that mark ids `ids` (one per block of `blocks`) repeat block-0 mark `source`;
     False on a contradiction."""
-    for block, k in zip(blocks, ids, strict=True):
-        if mark_source[k] >= 0 and (mark_source[k], mark_block[k]) != (source, block):
-            return False
-        mark_source[k], mark_block[k] = source, block
-    return True
+    known = mark_source[ids] >= 0
+    if ((mark_source[ids[known]] != source) | (mark_block[ids[known]] != blocks[known])).any():
+        return False
+    mark_source[ids], mark_block[ids] = source, blocks
+    return bool((mark_block[ids] == blocks).all())   # else an id repeats among `ids`
 
 
 def marks_unique(program: Program, region_starts: dict, mark_source: np.ndarray,
@@ -476,7 +488,7 @@ def run_fast_forward(kernel, cut_names, jobs: int = 1) -> int | None:
     if layout is None or layout.full_blocks < 2:
         return None
     live = live_rows(kernel.pe_region)
-    with Forked(find_blocks, program, cut_names, kernel.static_cost,
+    with Forked(find_blocks, program, cut_names, kernel.static_cost, kernel.param_rows,
                 parallel=jobs > 1) as checking:
         outcome = run_to_cut(kernel, cut_ids[0], live)
         for template in range(min(2, layout.full_blocks - 1)):

@@ -163,6 +163,12 @@ class KernelRun:
         return self.inputs[9]
 
     @property
+    def param_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """The program's parameters as the kernel reads them: (distinct rows, each PE's
+        row index), param_table's form."""
+        return self.inputs[8], self.pes[:, K.P_PARAM_ROW]
+
+    @property
     def cfg(self) -> np.ndarray:
         """The kernel's cfg array (mesh_kernels.CFG_* indices)."""
         return self.inputs[-1]
