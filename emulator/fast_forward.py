@@ -356,12 +356,8 @@ def start_tracking(kernel, live: np.ndarray) -> None:
 
 def stop_tracking(links: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Decode the links' tracking in place: (used, slack) as in `Cut`."""
-    free, busy = links[0::2], links[1::2]
-    untouched = free < 0
-    free[untouched] = -1 - free[untouched]
-    used = (busy & K.LINK_USED) != 0
-    slack = ((busy >> K.LINK_SLACK_SHIFT) & K.LINK_SLACK_MAX) - 1
-    busy &= (1 << K.LINK_SLACK_SHIFT) - 1
+    used, slack = np.empty(len(links) // 2, np.bool_), np.empty(len(links) // 2, np.int64)
+    C.decode_links(links, links, used, slack, False)
     return used, slack
 
 
@@ -382,7 +378,7 @@ def snapshot(kernel, live: np.ndarray, tracking: bool = False) -> Cut | None:
     unparked = C.pe_fields(kernel.pes, live, clock, busy, slack_state, regs)
     links = np.empty_like(kernel.links)
     used, slack = np.empty(len(links) // 2, np.bool_), np.empty(len(links) // 2, np.int64)
-    C.decode_links(kernel.links, links, used, slack, not tracking)
+    C.decode_links(kernel.links, links, used, slack, not tracking)   # a decoded copy
     if (unparked or stats[K.ST_QUEUED] != 0 or stats[K.ST_ROUTE_SP] != 0
             or stats[K.ST_BARRIER_COUNT] != 0):
         return None

@@ -14,6 +14,7 @@ from emulator import mesh_kernels as K
 from emulator.errors import ConfigError, MeshFault
 from emulator.fast_forward import run_fast_forward
 from emulator.hw.mesh import MeshConfig
+from emulator.input_kernels import pack_routes
 from emulator.parallel import usable_jobs
 from isa.opcodes import (
     MODE_BITS,
@@ -374,12 +375,10 @@ def router_tables(program: Program, slots: np.ndarray) -> np.ndarray:
     """uint8 [slots * P * 2]: rx and tx of each (color slot, PE) interleaved (color-major,
     mesh_kernels.slot_index), each entry in `pack_ports` form (the N E S W R bits, bit 5
     if any other bit is set)."""
-    tables = np.empty((len(slots), program.num_pes, 2), np.uint8)
-    for side, table in enumerate((program.route_rx, program.route_tx)):
-        table = np.asarray(table)[:, slots].T
-        high = (table & ~31) != 0 if table.dtype != np.uint8 else table > 31
-        tables[..., side] = (table & 31) | (high.astype(np.uint8) << 5)
-    return tables.ravel()
+    tables = np.empty(len(slots) * program.num_pes * 2, np.uint8)
+    rx, tx = (np.ascontiguousarray(table) for table in (program.route_rx, program.route_tx))
+    pack_routes(rx, tx, np.ascontiguousarray(slots, np.int64), tables)
+    return tables
 
 
 def key_shift(num_pes: int) -> int:
