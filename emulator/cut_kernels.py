@@ -67,3 +67,38 @@ def take_head(pes, live, head, shift):
         pes[pe, K.P_STATUS] = head[j, K.P_STATUS]
         pes[pe, K.P_WAIT] = head[j, K.P_WAIT]
         pes[pe, K.P_BUSY] += head[j, K.P_BUSY]
+
+
+@njit(nrt=False)
+def head_start(pes, live, pc_steps):
+    """Ready the PEs `live` for a head run from a cut: pcs moved on by `pc_steps`, busy
+    cycles cleared, first acts tracked from here (P_SLACK)."""
+    for j in range(live.shape[0]):
+        pe = live[j]
+        pes[pe, K.P_PC] += pc_steps[j]
+        pes[pe, K.P_BUSY] = 0
+        pes[pe, K.P_SLACK] = K.SLACK_AT_CUT
+
+
+@njit(nrt=False)
+def restart_links(links):
+    """Track the links' first reservations from here (mesh_kernels LINK_*; a link still
+    untracked since an earlier cut keeps its encoded free cycle) and clear their busy
+    wavelet-cycles."""
+    for at in range(0, links.shape[0], 2):
+        if links[at] >= 0:
+            links[at] = -1 - links[at]
+        links[at + 1] = 0
+
+
+@njit(nrt=False)
+def parked_keys(pes, shift, keys):
+    """Make every parked PE ready: its heap key (clock << shift | PE) into `keys`, in PE
+    order; returns how many."""
+    count = 0
+    for pe in range(pes.shape[0]):
+        if pes[pe, K.P_STATUS] == K.PARKED:
+            pes[pe, K.P_STATUS] = K.READY
+            keys[count] = (pes[pe, K.P_CLOCK] << shift) | pe
+            count += 1
+    return count

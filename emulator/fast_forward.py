@@ -626,11 +626,8 @@ def run_head(kernel, lengths: np.ndarray, live: np.ndarray, skip: int,
     `out.links`; returns (stats, marks), or None on a fault (the caller then runs in full,
     which reports it)."""
     pes = kernel.pes
-    stop_tracking(kernel.links)
-    start_tracking(kernel, live)
-    pes[live, K.P_PC] += skip * lengths[kernel.pe_region[live]]
-    pes[:, K.P_BUSY] = 0
-    kernel.links[1::2] = 0
+    C.head_start(pes, live, skip * lengths[kernel.pe_region[live]])
+    C.restart_links(kernel.links)
     kernel.stats[[K.ST_INSTRUCTIONS, K.ST_MESSAGES]] = 0
     kernel.marks[:] = 0
     kernel.marks[:, K.M_FIRST:K.M_LAST + 1] = -1

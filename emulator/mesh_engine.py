@@ -11,6 +11,7 @@ counters) and, in functional mode, bit for bit on SRAM. See docs/engines.md.
 import numpy as np
 
 from emulator import mesh_kernels as K
+from emulator.cut_kernels import parked_keys
 from emulator.errors import ConfigError, MeshFault
 from emulator.fast_forward import run_fast_forward
 from emulator.hw.mesh import MeshConfig
@@ -187,11 +188,9 @@ class KernelRun:
 
     def resume_parked(self) -> None:
         """Make every parked PE ready again at its clock (the heaps must be empty)."""
-        parked = np.flatnonzero(self.pes[:, K.P_STATUS] == K.PARKED)
-        self.pes[parked, K.P_STATUS] = K.READY
-        keys = (self.pes[parked, K.P_CLOCK] << self.cfg[K.CFG_SHIFT]) | parked
-        self.heap[:len(parked)] = np.sort(keys)   # sorted keys form a min-heap
-        self.stats[K.ST_HEAP] = len(parked)
+        count = parked_keys(self.pes, int(self.cfg[K.CFG_SHIFT]), self.heap)
+        self.heap[:count].sort()   # sorted keys form a min-heap
+        self.stats[K.ST_HEAP] = count
         self.stats[K.ST_PARKED] = 0
 
 
