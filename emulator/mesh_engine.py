@@ -132,7 +132,7 @@ class KernelRun:
         if self.pools is None:
             pe_region, cfg = self.pe_region, self.cfg
             heap = np.empty(2 * len(pe_region), np.int64)   # main and wake heaps
-            fifo = np.full(2 * len(pe_region) * cfg[K.CFG_SLOTS], -1, np.int32)
+            fifo = np.zeros(2 * len(pe_region) * cfg[K.CFG_SLOTS], np.int32)   # all empty
             size, *rest = K.new_pools(pe_region, cfg, heap)
             self.pools = (heap, fifo, *rest)
             self.stats[K.ST_HEAP] = size

@@ -102,7 +102,9 @@ M_FIELDS = 3
 REC_NEXT, REC_LAST, REC_LEN, REC_OFF, REC_SRC = range(5)
 REC_FIELDS = 5
 
-# Interleaved per-(color slot, PE) and per-link arrays: fifo[2f] head, fifo[2f + 1] tail;
+# Interleaved per-(color slot, PE) and per-link arrays: fifo[2f] head, fifo[2f + 1] tail
+# (record index + 1; 0: empty, so that a zeroed array, which the OS maps lazily, starts
+# with every FIFO empty);
 # routes[2f] rx, routes[2f + 1] tx with f = slot * PEs + pe (color-major, so that a message
 # crossing a row and PEs activated in index order touch neighbouring entries);
 # links[8pe + 2d] the cycle link d (N E S W) of pe is free, links[8pe + 2d + 1] its busy
@@ -636,11 +638,11 @@ def deliver(q, c, last, n, off, src, rec, fifo, cfg, stats, pes, wake, shift):
     rec[i, REC_OFF] = off
     rec[i, REC_SRC] = src
     f = slot_index(cfg, q, c)   # >= 0: the router of q delivers on c
-    if fifo[f + 1] < 0:
-        fifo[f] = i
+    if fifo[f + 1] == 0:
+        fifo[f] = i + 1
     else:
-        rec[fifo[f + 1], REC_NEXT] = i
-    fifo[f + 1] = i
+        rec[fifo[f + 1] - 1, REC_NEXT] = i
+    fifo[f + 1] = i + 1
     stats[ST_MESSAGES] += 1
     if pes[q, P_STATUS] == BLOCKED and pes[q, P_WAIT] == c:
         pes[q, P_STATUS] = READY
@@ -652,10 +654,10 @@ def deliver(q, c, last, n, off, src, rec, fifo, cfg, stats, pes, wake, shift):
 def free_record(rec, fifo, f, stats):
     """Unlink the oldest record of FIFO f (fifo index 2f; read its fields first) and free
     its row."""
-    i = fifo[f]
-    fifo[f] = rec[i, REC_NEXT]
-    if fifo[f] < 0:
-        fifo[f + 1] = -1
+    i = fifo[f] - 1
+    fifo[f] = rec[i, REC_NEXT] + 1
+    if fifo[f] == 0:
+        fifo[f + 1] = 0
     rec[i, REC_LEN] = -1
     rec[i, REC_NEXT] = stats[ST_RECORDS]
     stats[ST_RECORDS] = i
@@ -964,7 +966,7 @@ def exec_receive(opc, k, modes, args, params, pes, pe, t, cfg, sram, pay, rec, f
         stats[ST_NEED] = n
         return NEED_SCRATCH, c, n
     f = slot_index(cfg, pe, c)
-    i = -1 if f < 0 else fifo[f]
+    i = -1 if f < 0 else fifo[f] - 1
     if i < 0:
         return BLOCK, c, n
     length, last, off, src = rec[i, REC_LEN], rec[i, REC_LAST], rec[i, REC_OFF], rec[i, REC_SRC]
@@ -1039,13 +1041,13 @@ def end_checks(pes, fifo, cfg, fault, rec):
             return
     npes, first = pes.shape[0], -1   # first: (PE, slot) as PE * slots + slot
     for f in range(fifo.shape[0] // 2):   # color-major order: keep the least (PE, slot)
-        if fifo[2 * f] >= 0:
+        if fifo[2 * f] > 0:
             key = (f % npes) * cfg[CFG_SLOTS] + f // npes
             if first < 0 or key < first:
                 first = key
     if first >= 0:
         q, slot = first // cfg[CFG_SLOTS], first % cfg[CFG_SLOTS]
-        count, i = 0, fifo[2 * (slot * npes + q)]
+        count, i = 0, fifo[2 * (slot * npes + q)] - 1
         while i >= 0:
             count += 1
             i = rec[i, REC_NEXT]
