@@ -620,11 +620,13 @@ class HeadRun:
 
 def run_head(kernel, lengths: np.ndarray, live: np.ndarray, skip: int,
              out: HeadRun) -> tuple | None:
-    """Child side: from the parked state at a cut, move every live PE's pc past `skip`
+    """Child side: take private copies of the PE rows and links (KernelRun.own_state),
+    then, from the parked state at a cut, move every live PE's pc past `skip`
     blocks (`lengths`: instructions per block and region), clear the busy cycles, link
     busy cycles, counters and marks, and run to the end. Writes `out.pes` and
     `out.links`; returns (stats, marks), or None on a fault (the caller then runs in full,
     which reports it)."""
+    kernel.own_state()
     pes = kernel.pes
     C.head_start(pes, live, skip * lengths[kernel.pe_region[live]])
     C.restart_links(kernel.links)

@@ -16,7 +16,7 @@ from emulator.errors import ConfigError, MeshFault
 from emulator.fast_forward import run_fast_forward
 from emulator.hw.mesh import MeshConfig
 from emulator.input_kernels import pack_routes
-from emulator.parallel import usable_jobs
+from emulator.parallel import release_pages, usable_jobs
 from isa.opcodes import (
     MODE_BITS,
     NUM_REGS,
@@ -185,6 +185,17 @@ class KernelRun:
     def started(self) -> bool:
         """Whether the kernel has run (its pools exist)."""
         return self.pools is not None
+
+    def own_state(self) -> None:
+        """In a forked child: replace the PE rows and links by private copies and give up
+        this process's share of the originals, so that neither process copies them page
+        by page (4 KiB at a time, on its first write) while both run."""
+        for name in ("pes", "links"):
+            shared = getattr(self, name)
+            mine = aligned_zeros(shared.size).reshape(shared.shape)
+            mine[...] = shared
+            release_pages(shared)
+            setattr(self, name, mine)
 
     def resume_parked(self) -> None:
         """Make every parked PE ready again at its clock (the heaps must be empty)."""

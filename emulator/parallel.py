@@ -9,10 +9,12 @@ run's.
 
 `Forked(function, *args)` runs one call in a forked child while the caller goes on (the
 layer fast-forward's block check and head, emulator/fast_forward.py); `shared_empty`
-makes arrays the child can fill without pickling; `usable_jobs` says how many processes
-a job may use here (1 inside a pool worker or without fork).
+makes arrays the child can fill without pickling; `release_pages` lets a child give up
+its share of pages it has copied; `usable_jobs` says how many processes a job may use
+here (1 inside a pool worker or without fork).
 """
 
+import ctypes
 import mmap
 import multiprocessing
 import os
@@ -129,3 +131,30 @@ def _child(write: int, function, args) -> None:
         code = 1
     finally:
         os._exit(code)
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop this process's copy of the whole pages under `array` (madvise MADV_DONTNEED;
+    the array reads as zeros afterwards, so it must not be used again). In a forked child,
+    this ends the sharing of those pages with the parent, which then writes them without
+    copying them first. A no-op where madvise is unavailable."""
+    libc = _libc()
+    if libc is None or array.nbytes == 0:
+        return
+    page = mmap.PAGESIZE
+    start = -(-array.ctypes.data // page) * page
+    end = (array.ctypes.data + array.nbytes) // page * page
+    if end > start:
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED)
+
+
+MADV_DONTNEED = 4
+
+
+def _libc():
+    """The C library (for madvise), or None."""
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
