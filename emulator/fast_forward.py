@@ -4,14 +4,16 @@ A decode step runs the same code once per layer; only addresses differ between l
 and timing never depends on addresses or values. With cut marks c_0 .. c_n (block b runs
 from c_b to c_b+1), `run_fast_forward` emulates up to c_0 and on to c_1, checks that
 block 0 would run again unchanged D cycles later from the state at c_1 (`block_shift`),
-jumps over blocks 1 .. n-1 by adding D (and block 0's busy cycles, link loads, counters
-and marks) once per skipped block, and emulates the code after c_n. If block 0 does not
-repeat, it tries block 1 (from c_1 to c_2) the same way. The result equals a full run's
-exactly, or `run_fast_forward` returns None and the caller runs in full. With two or more
-jobs, forked children check the blocks while the first block is emulated and run the
-code after c_n beside it, from the state at the block's first cut with every pc moved
-past the skipped blocks (`run_head`, `merge_head`: its cycles are then early by the
-skipped blocks' D). docs/engines.md ("Fast-forward") states the conditions; in short:
+jumps over the full blocks after it by adding D (and block 0's busy cycles, link loads,
+counters and marks) once per skipped block, and emulates the rest. If block 0 does not
+repeat, it tries block 1 (from c_1 to c_2) the same way. The last interval may be a
+*partial* block: block 0's code up to a mark (the tail mark; for a decode step, the rest
+of the last layer). The result equals a full run's exactly, or `run_fast_forward` returns
+None and the caller runs in full. With two or more jobs, forked children check the
+blocks while the first block is emulated and run the code after the full blocks beside
+it (`run_head`, `merge_head`: its cycles are then early by the skipped blocks' D), from
+where block 0 reaches the tail mark (so nobody emulates the partial block) or else from
+the block's first cut. docs/engines.md ("Fast-forward") states the conditions; in short:
 
 - blocks: every running PE's code holds each cut mark (`mark NAME`) once, in order; the
   blocks after block 0 are *timing-equivalent* to it: same opcodes, operand modes,
