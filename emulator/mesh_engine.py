@@ -301,26 +301,27 @@ def static_costs(program: Program, mesh: MeshConfig) -> np.ndarray:
     are all immediates and whose descriptors are inside the SRAM, else -1 (decoded and
     checked when executed)."""
     code = program.code
-    a = code["a"].astype(np.int64)
+    cost = np.full(len(code), -1, np.int64)
+    w = mesh.simd_width(program.dtype)
+    vector = np.flatnonzero((code["op"] >= Op.VMOV) & (code["op"] <= Op.RDOT))
+    a, modes = code["a"][vector].astype(np.int64), code["modes"][vector]
     n = a[:, SLOT_N]
-    ok = (code["op"] >= Op.VMOV) & (code["op"] <= Op.RDOT) & (code["modes"] == 0) & (n >= 0)
+    ok = (modes == 0) & (n >= 0)
     last = np.maximum(n - 1, 0)
     for addr, stride in ((SLOT_DST, SLOT_DST_STRIDE), (SLOT_SRC0, SLOT_SRC0_STRIDE),
                          (SLOT_SRC1, SLOT_SRC1_STRIDE)):
         ends = (a[:, addr], a[:, addr] + a[:, stride] * last)
         inside = np.logical_and.reduce([(e >= 0) & (e < program.sram_words) for e in ends])
         ok &= inside | (n == 0)
-    w = mesh.simd_width(program.dtype)
-    cost = np.where(ok, mesh.issue_overhead + -(-n // w), -1).astype(np.int64)
-    dynamic_n = ((code["op"] >= Op.VMOV) & (code["op"] <= Op.RDOT)
-                 & (code["modes"] & ~np.int64(0xFF << (MODE_BITS * SLOT_N)) == 0)
-                 & (code["modes"] != 0))
+    cost[vector] = np.where(ok, mesh.issue_overhead + -(-n // w), -1)
+    dynamic_n = (modes & ~np.int64(0xFF << (MODE_BITS * SLOT_N)) == 0) & (modes != 0)
     if dynamic_n.any():
         limit = count_limits(a[dynamic_n], program.sram_words)
-        cost[dynamic_n] = np.where(limit >= 1, -2 - limit, -1)
-    gemv = (code["op"] == Op.VGEMV) & (code["modes"] == 0)
-    if gemv.any():
-        cost[gemv] = gemv_costs(a[gemv], program.sram_words, mesh.issue_overhead, w)
+        cost[vector[dynamic_n]] = np.where(limit >= 1, -2 - limit, -1)
+    gemv = np.flatnonzero((code["op"] == Op.VGEMV) & (code["modes"] == 0))
+    if len(gemv):
+        cost[gemv] = gemv_costs(code["a"][gemv].astype(np.int64), program.sram_words,
+                                mesh.issue_overhead, w)
     return cost
 
 
