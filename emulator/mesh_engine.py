@@ -191,11 +191,7 @@ class KernelRun:
         this process's share of the originals, so that neither process copies them page
         by page (4 KiB at a time, on its first write) while both run."""
         for name in ("pes", "links"):
-            shared = getattr(self, name)
-            mine = aligned_zeros(shared.size).reshape(shared.shape)
-            mine[...] = shared
-            release_pages(shared)
-            setattr(self, name, mine)
+            setattr(self, name, private_copy(getattr(self, name)))
 
     def resume_parked(self) -> None:
         """Make every parked PE ready again at its clock (the heaps must be empty)."""
@@ -260,10 +256,21 @@ class StaticInputs:
         return inputs
 
 
-def aligned_zeros(size: int) -> np.ndarray:
-    """int64 zeros starting on a 64-byte boundary (so per-PE rows share no cache line)."""
-    buf = np.zeros(size + 8, np.int64)
-    skip = (-buf.ctypes.data % 64) // 8
+def private_copy(shared: np.ndarray) -> np.ndarray:
+    """A copy of `shared` (64-byte aligned) after which this process gives up its share of
+    the original's pages (parallel.release_pages): the original must not be used again."""
+    mine = aligned_zeros(shared.size, shared.dtype).reshape(shared.shape)
+    mine[...] = shared
+    release_pages(shared)
+    return mine
+
+
+def aligned_zeros(size: int, dtype=np.int64) -> np.ndarray:
+    """Zeros (int64 unless `dtype`) starting on a 64-byte boundary (so per-PE rows share
+    no cache line)."""
+    item = np.dtype(dtype).itemsize
+    buf = np.zeros(size + 64 // item, dtype)
+    skip = (-buf.ctypes.data % 64) // item
     return buf[skip:skip + size]
 
 
