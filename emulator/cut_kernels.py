@@ -81,14 +81,15 @@ def head_start(pes, live, pc_steps):
 
 
 @njit(nrt=False)
-def restart_links(links):
-    """Track the links' first reservations from here (mesh_kernels LINK_*; a link still
-    untracked since an earlier cut keeps its encoded free cycle) and clear their busy
-    wavelet-cycles."""
+def track_links(links, clear_busy):
+    """Track the links' first reservations from here (mesh_kernels LINK_*: a free cycle f
+    becomes -1 - f; a link still untracked since an earlier cut keeps its encoded free
+    cycle); with `clear_busy`, also zero their busy wavelet-cycles."""
     for at in range(0, links.shape[0], 2):
         if links[at] >= 0:
             links[at] = -1 - links[at]
-        links[at + 1] = 0
+        if clear_busy:
+            links[at + 1] = 0
 
 
 @njit(nrt=False)

@@ -56,27 +56,18 @@ ALL_SLOTS = tuple(range(NUM_SLOTS))              # control ops, route, barrier, 
 
 @dataclass(frozen=True)
 class Blocks:
-    """Repeated blocks of a program: cut mark ids, the number of full blocks (the last
-    interval between cuts may be a *partial* block: block 0's beginning, up to its mark
-    `tail_mark`; -1 when it is full), per-region block length, and the mark ids of blocks
-    1 .. n-1 mapped to block 0's (`mark_source[k]` = block-0 id of mark k, `mark_block[k]`
-    = its block index, -1 for marks outside blocks 1 .. n-1)."""
+    """Repeated blocks of a program: their Layout, and the mark ids of blocks 1 .. n-1
+    mapped to block 0's (`mark_source[k]` = block-0 id of mark k, `mark_block[k]` = its
+    block index, -1 for marks outside blocks 1 .. n-1)."""
 
-    cut_ids: tuple
-    tail_mark: int
-    region_block_len: np.ndarray   # int64 [regions]: instructions per block (0: idle region)
+    layout: "Layout"
     mark_source: np.ndarray
     mark_block: np.ndarray
-
-    @property
-    def full_blocks(self) -> int:
-        """Blocks between consecutive cuts that are whole copies of block 0 (block 0 too)."""
-        return len(self.cut_ids) - (1 if self.tail_mark < 0 else 2)
 
     def skipped(self, template: int) -> int:
         """Full blocks jumped over when block `template` is the one emulated and repeated:
         those after it."""
-        return self.full_blocks - 1 - template
+        return self.layout.full_blocks - 1 - template
 
     def template_source(self, template: int) -> np.ndarray:
         """For every mark id: the id of its copy in block `template` (-1: none)."""
@@ -102,37 +93,25 @@ def relevant_table() -> np.ndarray:
 RELEVANT = relevant_table()
 
 
-def find_blocks(program: Program, cut_names, static_cost: np.ndarray,
+def find_blocks(program: Program, layout: "Layout", static_cost: np.ndarray,
                 param_rows: tuple) -> Blocks | None:
-    """The repeated blocks delimited by the marks `cut_names`, or None when the program
-    does not qualify (fewer than 3 cuts, a running region without them, blocks that
-    differ in anything timing reads, a partial last block in some regions only or ending
-    at different marks). `param_rows`: the program's parameters as (table, each PE's
-    row), mesh_engine.param_table's form."""
-    cut_ids = known_cuts(program, cut_names)
-    if cut_ids is None:
-        return None
+    """The blocks of `layout` if every block after block 0 is timing-equivalent to it and
+    every mark belongs to one block, else None. `param_rows`: the program's parameters
+    as (table, each PE's row), mesh_engine.param_table's form."""
     order = np.argsort(program.pe_region, kind="stable")
     regions = program.pe_region[order]
     live = np.unique(regions[regions >= 0])
     bounds = np.searchsorted(regions, np.stack([live, live + 1]))
-    lengths = np.zeros(len(program.region_start), np.int64)
     mark_source = np.full(program.num_marks, -1, np.int64)
     mark_block = np.full(program.num_marks, -1, np.int64)
-    region_starts, tails = {}, set()
     for r, lo, hi in zip(live, *bounds, strict=True):
-        starts = region_starts[r] = cut_positions(program, int(r), cut_ids)
-        if starts is None:
-            return None
-        lengths[r] = starts[1] - starts[0]
         params = RegionParams(*param_rows, order[lo:hi])
-        tails.add(region_blocks_match(program, int(r), params, starts, static_cost,
-                                      mark_source, mark_block))
-    if len(tails) != 1 or None in tails:
+        if not region_blocks_match(program, int(r), params, layout, static_cost,
+                                   mark_source, mark_block):
+            return None
+    if not marks_unique(program, layout.starts, mark_source, mark_block):
         return None
-    if not marks_unique(program, region_starts, mark_source, mark_block):
-        return None
-    return Blocks(cut_ids, tails.pop(), lengths, mark_source, mark_block)
+    return Blocks(layout, mark_source, mark_block)
 
 
 def known_cuts(program: Program, cut_names) -> tuple | None:
@@ -146,43 +125,63 @@ def known_cuts(program: Program, cut_names) -> tuple | None:
 @dataclass(frozen=True)
 class Layout:
     """Where the blocks lie, read from the cut marks alone (`find_blocks` checks that
-    they repeat): instructions per block and region, the number of full blocks, and the
+    they repeat): the cut mark ids, each running region's pc of every cut mark
+    (`starts`), instructions per block and region, the number of full blocks, and the
     mark of block 0 where a partial last block ends (-1: the last block is full)."""
 
-    lengths: np.ndarray
+    cut_ids: tuple
+    starts: dict                   # region -> int64 [cuts]
+    lengths: np.ndarray            # int64 [regions]: instructions per block (0: idle)
     full_blocks: int
     tail_mark: int
 
 
-def block_layout(program: Program, cut_ids: tuple) -> Layout | None:
-    """The Layout of the blocks between the cuts `cut_ids`, or None if a running region
-    lacks a cut, or regions disagree on whether the last block is partial or where."""
+def block_layout(program: Program, cut_names) -> Layout | None:
+    """The Layout of the blocks between the marks `cut_names`, or None if there are fewer
+    than 3 cuts, a running region lacks one, the blocks differ in length, or regions
+    disagree on whether the last block is partial or where it ends."""
+    cut_ids = known_cuts(program, cut_names)
+    if cut_ids is None:
+        return None
     lengths = np.zeros(len(program.region_start), np.int64)
-    tails = set()
+    starts, tails, order = {}, set(), cut_order(program, cut_ids)
     for r in np.unique(program.pe_region[program.pe_region >= 0]):
-        starts = cut_positions(program, int(r), cut_ids)
-        if starts is None:
+        starts[r] = cut_positions(program, int(r), order, len(cut_ids))
+        if starts[r] is None:
             return None
-        lengths[r], last = starts[1] - starts[0], starts[-1] - starts[-2]
-        code = program.code[program.region_start[r] + starts[0] + min(last, lengths[r])]
-        tails.add(-1 if last >= lengths[r] else
-                  int(code["a"][SLOT_DST]) if code["op"] == Op.MARK else -2)
-    if len(tails) != 1 or -2 in tails:
+        tails.add(region_tail(program, int(r), starts[r]))
+        lengths[r] = starts[r][1] - starts[r][0]
+    if len(tails) != 1 or None in tails:
         return None
     tail = tails.pop()
-    return Layout(lengths, len(cut_ids) - (1 if tail < 0 else 2), tail)
+    return Layout(cut_ids, starts, lengths, len(cut_ids) - (1 if tail < 0 else 2), tail)
 
 
-def cut_positions(program: Program, region: int, cut_ids: tuple) -> np.ndarray | None:
-    """pc of each cut mark in a region's code (each exactly once, increasing), or None."""
+def region_tail(program: Program, region: int, starts: np.ndarray) -> int | None:
+    """-1 if every block of a region (cut pcs `starts`) has block 0's length; the id of
+    the mark in block 0 where a shorter last block ends; None if the blocks differ in
+    length otherwise or no mark is there."""
+    sizes = np.diff(starts)
+    if (sizes[:-1] != sizes[0]).any() or sizes[-1] > sizes[0]:
+        return None
+    if sizes[-1] == sizes[0]:
+        return -1
+    ins = program.code[program.region_start[region] + starts[0] + sizes[-1]]
+    return int(ins["a"][SLOT_DST]) if ins["op"] == Op.MARK else None
+
+
+def cut_positions(program: Program, region: int, order: np.ndarray,
+                  cuts: int) -> np.ndarray | None:
+    """pc of each of the `cuts` cut marks in a region's code (each exactly once,
+    increasing; `order`: cut_order), or None."""
     lo, n = program.region_start[region], program.region_len[region]
     code = program.code[lo:lo + n]
     marks = np.flatnonzero(code["op"] == Op.MARK)
-    which = cut_order(program, cut_ids)[code["a"][marks, SLOT_DST]]
+    which = order[code["a"][marks, SLOT_DST]]
     hit = which >= 0
-    if (np.bincount(which[hit], minlength=len(cut_ids)) != 1).any():
+    if (np.bincount(which[hit], minlength=cuts) != 1).any():
         return None
-    starts = np.empty(len(cut_ids), np.int64)
+    starts = np.empty(cuts, np.int64)
     starts[which[hit]] = marks[hit]
     return starts if (np.diff(starts) > 0).all() else None
 
@@ -195,28 +194,19 @@ def cut_order(program: Program, cut_ids: tuple) -> np.ndarray:
 
 
 def region_blocks_match(program: Program, region: int, params: "RegionParams",
-                        starts: np.ndarray, static_cost: np.ndarray, mark_source: np.ndarray,
-                        mark_block: np.ndarray) -> int | None:
-    """Whether the blocks after block 0 of a region (run by the PEs of `params`; cuts
-    c_0 .. c_n) are timing-equivalent to it (recording their marks' block-0 ids): all but
-    the last have block 0's length; the last has it too (returns -1) or is a partial
-    block, as long as block 0 up to a mark (returns that mark's id). None if they do not
-    match."""
-    lo, length = program.region_start[region], starts[1] - starts[0]
-    sizes = np.diff(starts)
-    partial = int(sizes[-1]) if sizes[-1] < length else length
-    code = program.code
-    tail = int(code["a"][lo + starts[0] + partial, SLOT_DST]) if partial < length else -1
-    if ((sizes[:-1] != length).any() or sizes[-1] > length
-            or (tail >= 0 and code["op"][lo + starts[0] + partial] != Op.MARK)):
-        return None
-    n = len(sizes)
-    last_full = n - 1 if partial < length else n            # blocks 1 .. last_full - 1
-    for copies, size in ((np.arange(1, last_full), length), (np.arange(last_full, n), partial)):
-        if len(copies) and not copies_match(program, static_cost, lo + starts, copies, size,
+                        layout: Layout, static_cost: np.ndarray, mark_source: np.ndarray,
+                        mark_block: np.ndarray) -> bool:
+    """Whether the blocks after block 0 of a region (run by the PEs of `params`) are
+    timing-equivalent to it (recording their marks' block-0 ids); a partial last block
+    to block 0's beginning."""
+    starts = program.region_start[region] + layout.starts[region]
+    length, n = starts[1] - starts[0], len(starts) - 1
+    for copies, size in ((np.arange(1, layout.full_blocks), length),
+                         (np.arange(layout.full_blocks, n), starts[-1] - starts[-2])):
+        if len(copies) and not copies_match(program, static_cost, starts, copies, size,
                                             params, (mark_source, mark_block)):
-            return None
-    return tail
+            return False
+    return True
 
 
 def copies_match(program: Program, static_cost: np.ndarray, starts: np.ndarray,
@@ -352,8 +342,7 @@ def start_tracking(kernel, live: np.ndarray) -> None:
     """From the cut the kernel is parked at on, record what each PE and link does first
     (mesh_kernels P_SLACK and the links' first-reservation encoding)."""
     kernel.pes[live, K.P_SLACK] = K.SLACK_AT_CUT
-    free = kernel.links[0::2]
-    np.subtract(-1, free, out=free)
+    C.track_links(kernel.links, False)
 
 
 def stop_tracking(links: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -432,17 +421,17 @@ def jump(kernel, start: Cut, end: Cut, blocks: Blocks, live: np.ndarray, d: int,
     n = blocks.skipped(template)
     if end.clock.max() + n * d > kernel.cfg[K.CFG_MAX_CYCLES]:
         return False
-    C.advance_pes(kernel.pes, live, n * d, n * blocks.region_block_len[kernel.pe_region[live]],
+    C.advance_pes(kernel.pes, live, n * d, n * blocks.layout.lengths[kernel.pe_region[live]],
                   n * (end.busy - start.busy))
     kernel.links[0::2][end.used] += n * d
     kernel.links[1::2] += n * (end.links[1::2] - start.links[1::2])
     for field in (K.ST_INSTRUCTIONS, K.ST_MESSAGES):
         kernel.stats[field] += n * (end.stats[field] - start.stats[field])
-    last = blocks.full_blocks + partial                 # blocks whose marks are copied
+    last = blocks.layout.full_blocks + partial          # blocks whose marks are copied
     copy_marks(kernel.marks, start.marks, end.marks, blocks, d, template, last)
     span = clock_span(end.clock)
     for b in range(template + 1, last):
-        cut_record(kernel.marks, blocks.cut_ids[b], span, (b - template - 1) * d)
+        cut_record(kernel.marks, blocks.layout.cut_ids[b], span, (b - template - 1) * d)
     return True
 
 
@@ -481,29 +470,27 @@ def run_fast_forward(kernel, cut_names, jobs: int = 1) -> int | None:
     caller runs in full. With `jobs` > 1, a forked child checks the blocks while the
     first is emulated and another runs the code after the last full block (`run_head`)."""
     program = kernel.program
-    cut_ids = known_cuts(program, cut_names)
-    layout = None if cut_ids is None else block_layout(program, cut_ids)
+    layout = block_layout(program, cut_names)
     if layout is None or layout.full_blocks < 2:
         return None
     live = live_rows(kernel.pe_region)
-    with Forked(find_blocks, program, cut_names, kernel.static_cost, kernel.param_rows,
+    with Forked(find_blocks, program, layout, kernel.static_cost, kernel.param_rows,
                 parallel=jobs > 1) as checking:
-        outcome = run_to_cut(kernel, cut_ids[0], live)
+        outcome = run_to_cut(kernel, layout.cut_ids[0], live)
         for template in range(min(2, layout.full_blocks - 1)):
             if not isinstance(outcome, Cut):
                 break
-            attempt = Attempt(cut_ids, template, live, layout, jobs > 1)
+            attempt = Attempt(template, live, layout, jobs > 1)
             outcome = repeat_block(kernel, attempt, outcome, checking)
     return outcome if isinstance(outcome, int) else None
 
 
 @dataclass(frozen=True)
 class Attempt:
-    """One try of `repeat_block`: the cut ids, the block to emulate and repeat
-    (`template`), the running PEs, the block layout, and whether the code after the last
-    full block runs in a forked child."""
+    """One try of `repeat_block`: the block to emulate and repeat (`template`), the
+    running PEs, the block layout, and whether the code after the last full block runs in
+    a forked child."""
 
-    cut_ids: tuple
     template: int
     live: np.ndarray
     layout: Layout
@@ -541,11 +528,9 @@ def repeat_block(kernel, attempt: Attempt, start: Cut, checking: Forked) -> int 
     with (HeadJob(kernel, attempt.layout.lengths, live, attempt.skip) if forking
           else nullcontext()) as heading:
         kernel.resume_parked()
-        end = run_to_cut(kernel, attempt.cut_ids[template + 1], live)
+        end = run_to_cut(kernel, attempt.layout.cut_ids[template + 1], live)
         blocks = checking.result()
         if (end is None or blocks is None
-                or (blocks.full_blocks, blocks.tail_mark) != (attempt.layout.full_blocks,
-                                                              attempt.layout.tail_mark)
                 or (halfway is not None and not join_halves(halfway, end))):
             return None
         d = block_shift(start, end)
@@ -631,7 +616,7 @@ def run_head(kernel, lengths: np.ndarray, live: np.ndarray, skip: int,
     kernel.own_state()
     pes = kernel.pes
     C.head_start(pes, live, skip * lengths[kernel.pe_region[live]])
-    C.restart_links(kernel.links)
+    C.track_links(kernel.links, True)
     kernel.stats[[K.ST_INSTRUCTIONS, K.ST_MESSAGES]] = 0
     kernel.marks[:] = 0
     kernel.marks[:, K.M_FIRST:K.M_LAST + 1] = -1
@@ -690,17 +675,17 @@ class HeadStart:
            d: int) -> "HeadStart":
         """The child started at cut `start` (tail None), or at block 0's tail mark
         (`tail`), with `end` the cut after the repeated block (D = d)."""
-        live, skip = attempt.live, attempt.skip
+        live, skip, cut_ids = attempt.live, attempt.skip, attempt.layout.cut_ids
         unused_free = np.where(end.used, end.free - d, start.free - skip * d)
         if tail is None:
             return cls(start, live, end.clock - d, unused_free,
-                       attempt.cut_ids[attempt.layout.full_blocks],
+                       cut_ids[attempt.layout.full_blocks],
                        last_parked_send(kernel, end, skip - 1, d), skip * d, None)
         # Every PE ran the tail mark in block 0: a PE with no first act before it took it
         # as one (a mark), so block_shift held its clock to D; the tail's clocks are true.
         return cls(tail, live, tail.clock,
                    np.where(tail.used, tail.free, unused_free),
-                   attempt.cut_ids[-1], last_parked_send(kernel, tail, skip, d), skip * d,
+                   cut_ids[-1], last_parked_send(kernel, tail, skip, d), skip * d,
                    (start, tail))
 
 

@@ -102,7 +102,7 @@ class KernelRun:
         static = StaticInputs.of(program, mesh)
         n = program.num_pes
         self.program, self.max_cycles = program, max_cycles
-        self.routes_change = bool((program.code["op"] == Op.ROUTE).any())
+        self.routes_change = static.routes_change
         self.memory = (run_sram(program, sram, in_place) if functional
                        else np.zeros((0, 0), np.float32))
         self.pes = aligned_zeros(n * K.P_FIELDS).reshape(n, K.P_FIELDS)
@@ -220,6 +220,7 @@ class StaticInputs:
         small = sum(a.nbytes for a in arrays) <= self.CACHE_BYTES
         self.arrays = tuple(np.array(a, order="C") for a in arrays) if small else None
         self.slots = color_slots(program)
+        self.routes_change = bool((program.code["op"] == Op.ROUTE).any())   # `route` ops
         self.code = (*code_arrays(program), static_costs(program, mesh),
                      np.ascontiguousarray(program.region_start, np.int64),
                      np.ascontiguousarray(program.region_len, np.int64),

@@ -139,16 +139,13 @@ def release_pages(array: np.ndarray) -> None:
     this ends the sharing of those pages with the parent, which then writes them without
     copying them first. A no-op where madvise is unavailable."""
     libc = _libc()
-    if libc is None or array.nbytes == 0:
+    if libc is None or array.nbytes == 0 or not hasattr(mmap, "MADV_DONTNEED"):
         return
     page = mmap.PAGESIZE
     start = -(-array.ctypes.data // page) * page
     end = (array.ctypes.data + array.nbytes) // page * page
     if end > start:
-        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED)
-
-
-MADV_DONTNEED = 4
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), mmap.MADV_DONTNEED)
 
 
 def _libc():
