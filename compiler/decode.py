@@ -79,11 +79,11 @@ def run_timing(compiled: Compiled, mesh: MeshConfig, pos: int, engine: str = "nu
     (emulator.mesh_engine.run_numba; the result does not depend on it).
     """
     run = _engine(engine)
-    with compiled.decode.at_position(pos) as program:
-        if fast_forward and run is not run_reference:
-            return run(program, mesh, functional=False, fast_forward=layer_cuts(compiled),
-                       jobs=jobs)
-        return run(program, mesh, functional=False)
+    program = compiled.decode.for_position(pos)
+    if fast_forward and run is not run_reference:
+        return run(program, mesh, functional=False, fast_forward=layer_cuts(compiled),
+                   jobs=jobs)
+    return run(program, mesh, functional=False)
 
 
 def layer_cuts(compiled: Compiled) -> list[str]:

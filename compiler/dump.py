@@ -37,7 +37,7 @@ def pe_listing(dp: DecodeProgram, x: int, y: int, pos: int = 0) -> str:
              f"(code shared by {sharing} PEs), decode position {pos}",
              f"; role: {role}"]
     for k, name in enumerate(dp.param_names):
-        lines.append(f"; %p{k} {name} = {int(program.params[pe, k])}")
+        lines.append(f"; %p{k} {name} = {program.param(pe, k)}")
     colors = {c: n for n, c in dp.routes.colors.items()}
     for c in range(program.num_colors):
         rx, tx = int(program.route_rx[pe, c]), int(program.route_tx[pe, c])

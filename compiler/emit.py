@@ -22,7 +22,6 @@ Primitives (docs/mapping.md gives their exact cycle costs):
 """
 
 import dataclasses
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,13 +52,12 @@ from isa.opcodes import (
     Op,
     encode_mode,
 )
-from isa.program import Program
+from isa.program import Program, factor_params
 from isa.validate import validate_program
 
 STEP_PARAMS = ("nloc", "nfree", "slot_off", "store_n")
 NEW_SLOT_REG = 1   # register holding the new position's slot offset (slot * head_dim)
 NLOC_REG = 2       # register holding nloc
-PARAM_BLOCK = 8192  # PEs per block when copying a parameter table (DecodeProgram.params_for)
 
 
 # --------------------------------------------------------------------------- code builder
@@ -697,47 +695,16 @@ class DecodeProgram:
     param_names: list
     roles: list                 # Role of each region
     representatives: list       # (x, y) of the first PE of each region
-
-    def params_for(self, pos: int) -> np.ndarray:
-        """int32 [W*H, params] for decode position `pos`: the template's table copied in
-        blocks of PEs, each block's step columns written while it is in cache."""
-        columns = self._step_columns(pos)
-        template = self.program.params
-        params = np.empty_like(template)
-        for start in range(0, len(params), PARAM_BLOCK):
-            block = slice(start, start + PARAM_BLOCK)
-            params[block] = template[block]
-            for k, values in columns:
-                params[block, k] = values[block]
-        return params
+    static_values: dict         # name -> values broadcastable to [ph, pw] (`static_params`)
+    left_values: dict           # name -> [ph], on the left column only (`left_params`)
 
     def for_position(self, pos: int) -> Program:
-        """The program of the decode step at position `pos` (0-based)."""
+        """The program of the decode step at position `pos` (0-based): the template with
+        the step parameters' values (a new factored table; a few ms on a whole WSE-3)."""
         self._check_position(pos)
-        return dataclasses.replace(self.program, params=self.params_for(pos))
-
-    @contextmanager
-    def at_position(self, pos: int):
-        """The program of position `pos` for a run that ends inside the `with` block: the
-        step parameters are written into the template's own table and the template's
-        values restored on exit, so no table is copied (395 MB on a whole WSE-3, about
-        half a second). Forked children made inside the block see the same values."""
-        self._check_position(pos)
-        params, columns = self.program.params, self._step_columns(pos)
-        saved = [(k, params[:, k].copy()) for k, _ in columns]
-        try:
-            for k, values in columns:
-                params[:, k] = values
-            yield self.program
-        finally:
-            for k, values in saved:
-                params[:, k] = values
-
-    def _step_columns(self, pos: int) -> list:
-        """(column of the parameter table, int64 [W*H] values) of each step parameter at
-        position `pos`."""
-        return [(self.param_names.index(name), values.reshape(-1)) for name, values
-                in step_values(self.plan, self.placement.slots, pos).items()]
+        values = {**self.static_values, **step_values(self.plan, self.placement.slots, pos)}
+        rows, index = param_table(self.plan, values, self.left_values, self.param_names)
+        return dataclasses.replace(self.program, param_rows=rows, param_index=index)
 
     def _check_position(self, pos: int) -> None:
         """ValueError unless `pos` is inside the KV capacity."""
@@ -790,24 +757,70 @@ def assemble_regions(plan: TilePlan, pe_region: np.ndarray, codes: list, names: 
     arrays = [c.code for c in codes]
     lengths = np.array([len(x) for x in arrays], np.int32)
     starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int32)
+    param_rows, param_index = param_table(plan, params, left or {}, param_names)
     return Program(width=plan.pw, height=plan.ph, dtype=dtype, sram_words=sram_words,
                    code=np.concatenate(arrays), region_start=starts, region_len=lengths,
                    region_names=names, pe_region=pe_region,
-                   params=param_table(plan, params, left or {}, param_names),
+                   param_rows=param_rows, param_index=param_index,
                    route_rx=routes.route_rx.copy(), route_tx=routes.route_tx.copy(),
                    source=source, region_comments={r: c.comments for r, c in enumerate(codes)})
 
 
-def param_table(plan: TilePlan, params: dict, left: dict, param_names: list) -> np.ndarray:
-    """int32 [W*H, parameters] of `assemble_regions` (a left-column parameter writes only
-    its ph PEs; the table starts zeroed)."""
-    table = np.zeros((plan.ph, plan.pw, max(1, len(param_names))), np.int32)
-    for k, name in enumerate(param_names):
+def param_table(plan: TilePlan, params: dict, left: dict,
+                param_names: list) -> tuple[np.ndarray, np.ndarray]:
+    """Program.param_rows and param_index (int32 [distinct rows, parameters], int32
+    [W*H]) of `assemble_regions`: parameter k is params[name] (broadcast to [ph, pw]), or
+    left[name] on the left column's PEs (0, j) and zero elsewhere, or zero. Parameters
+    that vary along one axis only are combined per row and per column, so no [W*H,
+    parameters] table is built unless a parameter varies along both."""
+    ph, pw, k = plan.ph, plan.pw, max(1, len(param_names))
+    by_row, by_col, on_left = (np.zeros((n, k), np.int64) for n in (ph, pw, ph))
+    both = np.zeros((ph, pw, 0), np.int64)
+    for i, name in enumerate(param_names):
         if name in left:
-            table[:, 0, k] = left[name]
-        elif name in params:
-            table[:, :, k] = params[name]
-    return table.reshape(plan.ph * plan.pw, -1)
+            on_left[:, i] = left[name]
+            continue
+        values = _varying_axes(params.get(name, 0))
+        if values.shape[1] == 1:
+            by_row[:, i] = values[:, 0]
+        elif values.shape[0] == 1:
+            by_col[:, i] = values[0]
+        else:
+            if not both.shape[2]:
+                both = np.zeros((ph, pw, k), np.int64)
+            both[:, :, i] = values
+    if both.shape[2]:   # a parameter varying along both axes: factor the dense table
+        dense = by_row[:, None] + by_col[None, :] + both
+        dense[:, 0] += on_left
+        return factor_params(dense.reshape(ph * pw, k))
+    row_ids, row_first = _distinct(np.hstack([by_row, on_left]))
+    left_col = (np.arange(pw) == 0)[:, None]
+    col_ids, col_first = _distinct(np.hstack([by_col, left_col]))
+    combos = (by_row[row_first][:, None] + by_col[col_first][None, :]
+              + left_col[col_first][None, :] * on_left[row_first][:, None])
+    combo_class, class_first = _distinct(combos.reshape(-1, k))
+    index = combo_class[row_ids[:, None] * len(col_first) + col_ids[None, :]]
+    return (combos.reshape(-1, k)[class_first].astype(np.int32),
+            index.astype(np.int32).ravel())
+
+
+def _varying_axes(values) -> np.ndarray:
+    """`values` (broadcastable to [ph, pw]) as a 2-D array with length 1 along each axis
+    it does not vary along as far as its strides show (a broadcast view's are 0)."""
+    values = np.asarray(values, np.int64)
+    values = values.reshape((1,) * (2 - values.ndim) + values.shape)
+    if values.shape[0] > 1 and values.strides[0] == 0:
+        values = values[:1]
+    if values.shape[1] > 1 and values.strides[1] == 0:
+        values = values[:, :1]
+    return values
+
+
+def _distinct(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(class of each row int64 [N], index of the first row of each class) of a 2-D
+    array, where a class is a distinct row."""
+    _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    return inverse.ravel(), first
 
 
 LAYER_OPS = ("norm_in", "qkv", "attn", "o_proj", "norm_post", "mlp_up", "mlp_down")
@@ -836,7 +849,8 @@ def emit_decode(plan: TilePlan, placement: Placement, routes: RoutePlan,
     program = assemble_regions(plan, pe_region, codes, names, params, param_names, routes,
                                placement.total_words, placement.dtype, source, left)
     program.mark_names = marks
-    return DecodeProgram(program, plan, placement, routes, param_names, roles, reps)
+    return DecodeProgram(program, plan, placement, routes, param_names, roles, reps,
+                         params, left)
 
 
 # --------------------------------------------------------------------------- standalone GEMV
@@ -965,7 +979,7 @@ def comm_sequences(program: Program) -> tuple[dict, dict]:
             continue
         xy = program.pe_xy(pe)
         for op, color, (kind, value) in comm[region]:
-            n = int(program.params[pe, value]) if kind == MODE_PARAM else value
+            n = program.param(pe, value) if kind == MODE_PARAM else value
             target = sends if op == Op.SEND else recvs
             target.setdefault((xy, color), []).append(n)
     return sends, recvs

@@ -366,7 +366,7 @@ def param_rows(dp, program: Program, x: int, y: int) -> list[dict]:
     for k, name in enumerate(dp.param_names):
         meaning = PARAM_DOC.get(name, "even layout: relayout address / length on the left "
                                       "column" if "." in name else "")
-        rows.append({"param": f"%p{k}", "name": name, "value": int(program.params[pe, k]),
+        rows.append({"param": f"%p{k}", "name": name, "value": program.param(pe, k),
                      "meaning": meaning})
     return rows
 
@@ -414,7 +414,7 @@ def operand_notes(ins, program: Program, pe: int, param_names: list,
         if mode == MODE_PARAM:
             k = int(ins["a"][slot])
             label = param_names[k] if k < len(param_names) else f"p{k}"
-            params.append(f"%p{k} {label}={int(program.params[pe, k])}")
+            params.append(f"%p{k} {label}={program.param(pe, k)}")
     return "; ".join(part for part in (", ".join(notes), ", ".join(params)) if part)
 
 

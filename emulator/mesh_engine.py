@@ -37,7 +37,7 @@ from isa.opcodes import (
     Op,
 )
 from isa.program import Program, RunResult
-from isa.validate import run_sram, validate_program
+from isa.validate import check_param_table, run_sram, validate_program
 
 PARALLEL_MIN_PES = 1 << 16   # a fork costs about as much as emulating a 256 x 256 layer
 
@@ -100,6 +100,7 @@ class KernelRun:
     def __init__(self, program: Program, mesh: MeshConfig, sram, functional: bool,
                  max_cycles: int, in_place: bool = False):
         static = StaticInputs.of(program, mesh)
+        check_param_table(program)   # not part of the cached static inputs
         n = program.num_pes
         self.program, self.max_cycles = program, max_cycles
         self.routes_change = static.routes_change
@@ -108,7 +109,8 @@ class KernelRun:
         self.pes = aligned_zeros(n * K.P_FIELDS).reshape(n, K.P_FIELDS)
         self.pes[:, K.P_WAIT] = -1
         self.pes[program.pe_region < 0, K.P_STATUS] = K.HALTED
-        params, self.pes[:, K.P_PARAM_ROW] = param_table(program.params)
+        self.pes[:, K.P_PARAM_ROW] = program.param_index
+        params = np.ascontiguousarray(program.param_rows, np.int32)
         self.links = aligned_zeros(n * 8)
         self.stats = np.zeros(K.ST_SIZE, np.int64)
         self.fault = np.zeros(K.FAULT_SIZE, np.int64)
@@ -167,7 +169,7 @@ class KernelRun:
     @property
     def param_rows(self) -> tuple[np.ndarray, np.ndarray]:
         """The program's parameters as the kernel reads them: (distinct rows, each PE's
-        row index), param_table's form."""
+        row index), Program.param_rows and param_index."""
         return self.inputs[8], self.pes[:, K.P_PARAM_ROW]
 
     @property
@@ -232,7 +234,7 @@ class StaticInputs:
     def identity(program: Program, mesh: MeshConfig) -> tuple[tuple, tuple]:
         """(everything but the arrays that validation and preparation read, those arrays)."""
         key = (mesh, program.width, program.height, program.dtype, program.sram_words,
-               program.params.shape, program.num_marks, program.code.dtype)
+               program.num_params, program.num_marks, program.code.dtype)
         return key, (program.code, program.region_start, program.region_len,
                      program.pe_region, program.route_rx, program.route_tx)
 
@@ -273,26 +275,6 @@ def aligned_zeros(size: int, dtype=np.int64) -> np.ndarray:
     buf = np.zeros(size + 64 // item, dtype)
     skip = (-buf.ctypes.data % 64) // item
     return buf[skip:skip + size]
-
-
-def param_table(params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct rows of the per-PE parameters (int32 [rows, K]) and each PE's row
-    index (int64 [P]). Compiled programs have few distinct rows (1,190 for Llama-3.1-8B
-    on 883,350 PEs), so the table stays in cache while the PEs' rows would not."""
-    params = np.ascontiguousarray(params, np.int32)
-    if params.shape[1] == 0 or params.shape[0] == 0:
-        return params[:1], np.zeros(params.shape[0], np.int64)
-    weights = np.random.default_rng(0).integers(1, 1 << 62, params.shape[1], dtype=np.int64) | 1
-    keys = np.empty(params.shape[0], np.int64)
-    with np.errstate(over="ignore"):   # only matters with EMU_DISABLE_JIT=1
-        K.row_hashes(params, weights, keys)
-    _, first, index = np.unique(keys, return_index=True, return_inverse=True)
-    table, index = params[first], index.astype(np.int64).ravel()
-    if not K.rows_match(params, table, index):   # a hash collision: exact dedup
-        rows = params.view(np.dtype((np.void, 4 * params.shape[1]))).ravel()
-        _, first, index = np.unique(rows, return_index=True, return_inverse=True)
-        table, index = params[first], index.astype(np.int64).ravel()
-    return table, index
 
 
 def code_arrays(program: Program) -> tuple:

@@ -57,7 +57,7 @@ CFG_SIZE = 15
 # reference's values). The fields an activation or a delivery reads or writes (clock, pc,
 # busy, status, wait color, parameter row) share the first 64-byte cache line, the one
 # prefetched; registers r0..r7 (columns P_REGS..P_REGS+7) fill the second. P_PARAM_ROW
-# is the PE's row of the parameter table (mesh_engine.param_table). P_SLACK tracks what
+# is the PE's row of the parameter table (Program.param_index). P_SLACK tracks what
 # a PE did first since it left a cut (emulator/fast_forward.py): SLACK_AT_CUT before the
 # cut's own mark, SLACK_FRESH after it until the first op that other PEs or the results
 # could see; then SLACK_ABSORBED + s if that op was a receive that completed when its
@@ -524,33 +524,6 @@ def vector_values(op, mem, d0, ds, s0, ss0, s1, ss1, n, imm, scratch):
     else:
         for i in range(n):
             mem[d0 + ds * i] = scratch[i]
-
-
-# --- parameter table (called by mesh_engine.param_table) --------------------------------
-
-
-@njit(nrt=False)
-def row_hashes(params, weights, out):
-    """out[p] = sum_k params[p, k] * weights[k] (int64, wrapping): a hash of each row."""
-    for p in range(params.shape[0]):
-        h = np.int64(0)
-        for k in range(params.shape[1]):
-            h += np.int64(params[p, k]) * weights[k]
-        out[p] = h
-
-
-@njit(nrt=False)
-def rows_match(params, table, index):
-    """True if params[p] == table[index[p]] for every row p."""
-    for p in range(params.shape[0]):
-        row = table[index[p]]
-        for k in range(params.shape[1]):
-            if params[p, k] != row[k]:
-                return False
-    return True
-
-
-# --- pools (allocating; called only from run_mesh) ----------------------------------------
 
 
 @njit

@@ -47,7 +47,7 @@ from isa.opcodes import (
     Op,
     encode_mode,
 )
-from isa.program import Program
+from isa.program import Program, factor_params
 
 PORT_BITS = {"N": PORT_N, "E": PORT_E, "S": PORT_S, "W": PORT_W, "R": PORT_R}
 MAX_PARAMS = 64
@@ -774,12 +774,13 @@ class Assembler:
             code[i] = (row["op"], row["modes"], row["a"], row["imm"], row["line"])
         lengths = np.array([len(r.rows) for r in self.regions], np.int32)
         starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int32)
+        param_rows, param_index = factor_params(self.params)
         program = Program(
             width=self.width, height=self.height, dtype=self.dtype,
             sram_words=int(self.sram_words), code=code, region_start=starts[:len(lengths)],
             region_len=lengths, region_names=[r.name for r in self.regions],
-            pe_region=self.pe_region, params=self.params, route_rx=self.route_rx,
-            route_tx=self.route_tx, source=self.source,
+            pe_region=self.pe_region, param_rows=param_rows, param_index=param_index,
+            route_rx=self.route_rx, route_tx=self.route_tx, source=self.source,
             region_comments={i: r.comments for i, r in enumerate(self.regions) if r.comments},
             mark_names=list(self.mark_names))
         self.attach_data(program)

@@ -204,7 +204,7 @@ def _param_lines(program: Program, mask: np.ndarray, rects: list | None) -> list
     PEs, written only as `at` rectangles)."""
     params = _grid(program, program.params)
     lines = []
-    for k in range(program.params.shape[1]):
+    for k in range(program.num_params):
         values = params[:, :, k]
         expr = _affine(values, mask, rects) if rects else None
         if expr is not None:
@@ -281,8 +281,8 @@ def disassemble(program: Program) -> str:
     out.add(f".mesh {program.width}x{program.height}")
     out.add(f".dtype {program.dtype}")
     out.add(f".sram {program.sram_words}")
-    if program.params.shape[1]:
-        out.add(f".params {program.params.shape[1]}")
+    if program.num_params:
+        out.add(f".params {program.num_params}")
     if program.mark_names:
         out.add(".marks " + " ".join(_mark_names(program)))
     for line in _idle_lines(program):

@@ -5,7 +5,12 @@ no Python object per PE:
 - `code`: every region's instructions concatenated (`INSTR_DTYPE` rows); region r owns
   rows `region_start[r] : region_start[r] + region_len[r]`; jump targets are region-local.
 - `pe_region[pe]`: the region each PE runs, or -1 for an idle PE (halted at cycle 0).
-- `params[pe, k]`: per-PE integer parameters that operands may reference (`%pk`).
+- per-PE integer parameters that operands may reference (`%pk`), factored: PE `pe`'s
+  values are row `param_index[pe]` of `param_rows` (int32 [distinct rows, num_params]).
+  Compiled programs have few distinct rows (1,190 for Llama-3.1-8B on 883,350 PEs), so
+  neither the compiler nor the engines build the dense table; `params` materialises it
+  for small programs and tools, `param(pe, k)` reads one value, `factor_params` and
+  `with_params` turn a dense table into this form.
 - `route_rx[pe, color]`, `route_tx[pe, color]`: the router table at cycle 0 (port masks).
 - `data_*`: initial SRAM contents per region (`.data` directives), applied to every PE of
   the region by `initial_sram`.
@@ -14,6 +19,7 @@ no Python object per PE:
 PE index = y * width + x. SRAM addresses count elements; every element is stored as fp32.
 """
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +40,8 @@ class Program:
     region_len: np.ndarray          # int32 [regions]
     region_names: list[str]
     pe_region: np.ndarray           # int32 [W*H], -1 = idle
-    params: np.ndarray              # int32 [W*H, num_params]
+    param_rows: np.ndarray          # int32 [distinct rows, num_params]
+    param_index: np.ndarray         # int32 [W*H]: each PE's row of param_rows
     route_rx: np.ndarray            # uint8 [W*H, num_colors]
     route_tx: np.ndarray            # uint8 [W*H, num_colors]
     data_region: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
@@ -55,6 +62,26 @@ class Program:
     def num_pes(self) -> int:
         """PEs in the mesh."""
         return self.width * self.height
+
+    @property
+    def num_params(self) -> int:
+        """Parameters per PE (operands %p0 .. %p{num_params - 1})."""
+        return self.param_rows.shape[1]
+
+    @property
+    def params(self) -> np.ndarray:
+        """int32 [W*H, num_params], a new dense table (W*H*num_params*4 bytes: meant for
+        small programs, tools and tests; engines use the factored form)."""
+        return self.param_rows[self.param_index]
+
+    def param(self, pe: int, k: int) -> int:
+        """The value of parameter %pk on PE `pe`."""
+        return int(self.param_rows[self.param_index[pe], k])
+
+    def with_params(self, params: np.ndarray) -> "Program":
+        """A copy with the dense parameter table `params` [W*H, num_params]."""
+        rows, index = factor_params(params)
+        return dataclasses.replace(self, param_rows=rows, param_index=index)
 
     @property
     def num_colors(self) -> int:
@@ -83,11 +110,35 @@ class Program:
     def equals(self, other: "Program") -> bool:
         """True when both programs have the same arrays and scalars (ignores `source`)."""
         scalars = ("width", "height", "dtype", "sram_words", "region_names", "mark_names")
-        arrays = ("code", "region_start", "region_len", "pe_region", "params", "route_rx",
+        arrays = ("code", "region_start", "region_len", "pe_region", "route_rx",
                   "route_tx", "data_region", "data_addr", "data_offset", "data_len",
                   "data_values")
         return (all(getattr(self, s) == getattr(other, s) for s in scalars)
-                and all(np.array_equal(getattr(self, a), getattr(other, a)) for a in arrays))
+                and all(np.array_equal(getattr(self, a), getattr(other, a)) for a in arrays)
+                and self.same_params(other))
+
+    def same_params(self, other: "Program") -> bool:
+        """True when every PE has the same parameter values in both programs (the
+        factored forms may order their rows differently)."""
+        if (self.param_index.shape != other.param_index.shape
+                or self.num_params != other.num_params):
+            return False
+        if (np.array_equal(self.param_index, other.param_index)
+                and np.array_equal(self.param_rows, other.param_rows)):
+            return True
+        return bool((self.param_rows[self.param_index]
+                     == other.param_rows[other.param_index]).all())
+
+
+def factor_params(params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct rows int32 [R, K], each row's index int32 [N]) of a dense parameter table
+    [N, K]; at least one row, so that an engine can always read row 0."""
+    params = np.ascontiguousarray(params, np.int32)
+    n, k = params.shape
+    if n == 0 or k == 0:
+        return np.zeros((1, k), np.int32), np.zeros(n, np.int32)
+    rows, index = np.unique(params, axis=0, return_inverse=True)
+    return rows.astype(np.int32), index.astype(np.int32).ravel()
 
 
 def empty_code(n: int = 0) -> np.ndarray:

@@ -166,7 +166,7 @@ class ReferenceMachine:
         if kind == MODE_IMM:
             return value
         if kind == MODE_PARAM:
-            return int(self.p.params[pe, value])
+            return self.p.param(pe, value)
         return int(self.regs[pe, reg]) + value
 
     def addresses(self, pe: int, base: int, stride: int, n: int) -> np.ndarray:

@@ -44,7 +44,7 @@ def validate_program(program: Program, mesh: MeshConfig) -> None:
 
 def _check_arrays(program: Program) -> None:
     where, n = program.source, program.num_pes
-    shapes = {"pe_region": (n,), "params": (n, program.params.shape[1]),
+    shapes = {"pe_region": (n,),
               "route_rx": (n, program.num_colors), "route_tx": (n, program.num_colors)}
     for name, shape in shapes.items():
         if getattr(program, name).shape != shape:
@@ -54,6 +54,22 @@ def _check_arrays(program: Program) -> None:
     if program.pe_region.size and (program.pe_region.max() >= regions
                                    or program.pe_region.min() < -1):
         raise ConfigError(f"{where}: pe_region refers to a region outside 0..{regions - 1}")
+    check_param_table(program)
+
+
+def check_param_table(program: Program) -> None:
+    """The factored parameters are well formed: param_rows has at least one row and
+    every PE's param_index names one of them (ConfigError naming the program)."""
+    where, rows = program.source, program.param_rows
+    if program.param_index.shape != (program.num_pes,):
+        raise ConfigError(f"{where}: array 'param_index' has shape "
+                          f"{program.param_index.shape}, expected ({program.num_pes},)")
+    if rows.ndim != 2 or len(rows) == 0:
+        raise ConfigError(f"{where}: array 'param_rows' has shape {rows.shape}, expected "
+                          f"(rows >= 1, parameters)")
+    index = program.param_index
+    if index.size and (index.min() < 0 or index.max() >= len(rows)):
+        raise ConfigError(f"{where}: param_index refers to a row outside 0..{len(rows) - 1}")
 
 
 def _check_code(program: Program) -> None:
@@ -88,8 +104,8 @@ class _Fields:
 
 
 def _check_params(program: Program, fields: _Fields) -> None:
-    """Parameter operands `%pK` name a column of `params`."""
-    code, num_params = program.code, program.params.shape[1]
+    """Parameter operands `%pK` name a parameter of the program."""
+    code, num_params = program.code, program.num_params
     for slot in range(NUM_SLOTS):
         bad = (fields.kind(slot) == MODE_PARAM) & (fields.a[:, slot] >= num_params)
         if bad.any():

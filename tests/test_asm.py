@@ -274,8 +274,8 @@ def test_disassembly_of_scattered_regions():
     program = assemble(".mesh 4x4\n.sram 4\n.params 2\n.region even 0,0 0,0\n  nop\n"
                        ".region odd 1,0 1,0\n  halt\n")
     program.pe_region[:] = np.arange(16) % 2          # stripes: not rectangles
-    program.params[:, 0] = 3 * (np.arange(16) % 4) - 2 * (np.arange(16) // 4) + 5
-    program.params[:, 1] = np.arange(16) ** 2
+    program = program.with_params(np.stack([3 * (np.arange(16) % 4) - 2 * (np.arange(16) // 4)
+                                            + 5, np.arange(16) ** 2], axis=1))
     program.route_tx[::3, 4] = 7
     text = disassemble(program)
     assert ".param p0 = 5 + 3*x - 2*y" in text
