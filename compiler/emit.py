@@ -52,7 +52,7 @@ from isa.opcodes import (
     Op,
     encode_mode,
 )
-from isa.program import Program, factor_params
+from isa.program import Program, distinct_rows, factor_params
 from isa.validate import validate_program
 
 STEP_PARAMS = ("nloc", "nfree", "slot_off", "store_n")
@@ -793,12 +793,12 @@ def param_table(plan: TilePlan, params: dict, left: dict,
         dense = by_row[:, None] + by_col[None, :] + both
         dense[:, 0] += on_left
         return factor_params(dense.reshape(ph * pw, k))
-    row_ids, row_first = _distinct(np.hstack([by_row, on_left]))
+    row_ids, row_first = distinct_rows(np.hstack([by_row, on_left]))
     left_col = (np.arange(pw) == 0)[:, None]
-    col_ids, col_first = _distinct(np.hstack([by_col, left_col]))
+    col_ids, col_first = distinct_rows(np.hstack([by_col, left_col]))
     combos = (by_row[row_first][:, None] + by_col[col_first][None, :]
               + left_col[col_first][None, :] * on_left[row_first][:, None])
-    combo_class, class_first = _distinct(combos.reshape(-1, k))
+    combo_class, class_first = distinct_rows(combos.reshape(-1, k))
     index = combo_class[row_ids[:, None] * len(col_first) + col_ids[None, :]]
     return (combos.reshape(-1, k)[class_first].astype(np.int32),
             index.astype(np.int32).ravel())
@@ -814,13 +814,6 @@ def _varying_axes(values) -> np.ndarray:
     if values.shape[1] > 1 and values.strides[1] == 0:
         values = values[:, :1]
     return values
-
-
-def _distinct(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(class of each row int64 [N], index of the first row of each class) of a 2-D
-    array, where a class is a distinct row."""
-    _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
-    return inverse.ravel(), first
 
 
 LAYER_OPS = ("norm_in", "qkv", "attn", "o_proj", "norm_post", "mlp_up", "mlp_down")

@@ -137,8 +137,18 @@ def factor_params(params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n, k = params.shape
     if n == 0 or k == 0:
         return np.zeros((1, k), np.int32), np.zeros(n, np.int32)
-    rows, index = np.unique(params, axis=0, return_inverse=True)
-    return rows.astype(np.int32), index.astype(np.int32).ravel()
+    index, first = distinct_rows(params)
+    return params[first], index.astype(np.int32)
+
+
+def distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(class of each row int64 [N], index of the first row of each class) of a 2-D
+    array, where a class is a distinct row. Rows are compared as byte strings: much
+    faster than np.unique(axis=0), which compares column by column."""
+    rows = np.ascontiguousarray(rows)
+    keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return inverse.ravel(), first
 
 
 def empty_code(n: int = 0) -> np.ndarray:
