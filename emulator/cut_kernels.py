@@ -70,6 +70,16 @@ def take_head(pes, live, head, shift):
 
 
 @njit(nrt=False)
+def head_fields(pes, live, out):
+    """Copy the PE row fields up to P_SLACK of the PEs `live` into `out` [live, fields]
+    (a head run's result)."""
+    for j in range(live.shape[0]):
+        pe = live[j]
+        for f in range(out.shape[1]):
+            out[j, f] = pes[pe, f]
+
+
+@njit(nrt=False)
 def head_start(pes, live, pc_steps):
     """Ready the PEs `live` for a head run from a cut: pcs moved on by `pc_steps`, busy
     cycles cleared, first acts tracked from here (P_SLACK)."""
@@ -90,6 +100,47 @@ def track_links(links, clear_busy):
             links[at] = -1 - links[at]
         if clear_busy:
             links[at + 1] = 0
+
+
+@njit(nrt=False)
+def links_alike(head_links, seen_free, true_free):
+    """Whether every link reserved in a tracked run (`head_links`, encoded as the kernel
+    leaves them) would start its first reservation at the same cycle from its free cycle
+    `true_free` as from `seen_free`, the one the run found (fast_forward.starts_alike)."""
+    for link in range(seen_free.shape[0]):
+        word = head_links[2 * link + 1]
+        if not word & K.LINK_USED:
+            continue
+        slack = ((word >> K.LINK_SLACK_SHIFT) & K.LINK_SLACK_MAX) - 1
+        seen, other = seen_free[link], true_free[link]
+        if other != seen and slack < max(other - seen, 0):
+            return False
+    return True
+
+
+@njit(nrt=False)
+def take_links(links, head_links, shift):
+    """Add a tracked run's links (`head_links`, its cycles `shift` early) to `links`: a
+    link it reserved takes its free cycle + shift; every link adds its busy
+    wavelet-cycles."""
+    busy_bits = (1 << K.LINK_SLACK_SHIFT) - 1
+    for link in range(links.shape[0] // 2):
+        word = head_links[2 * link + 1]
+        if word & K.LINK_USED:
+            links[2 * link] = head_links[2 * link] + shift
+        links[2 * link + 1] += word & busy_bits
+
+
+@njit(nrt=False)
+def add_block_links(links, start_links, end_links, used, shift):
+    """Add a block's links (decoded at its first cut, `start_links`, and its last,
+    `end_links`; `used`: reserved in the block) `shift` cycles later to `links`: a used
+    link takes the block's final free cycle + shift; every link adds the block's busy
+    wavelet-cycles."""
+    for link in range(used.shape[0]):
+        if used[link]:
+            links[2 * link] = end_links[2 * link] + shift
+        links[2 * link + 1] += end_links[2 * link + 1] - start_links[2 * link + 1]
 
 
 @njit(nrt=False)

@@ -345,13 +345,6 @@ def start_tracking(kernel, live: np.ndarray) -> None:
     C.track_links(kernel.links, False)
 
 
-def stop_tracking(links: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Decode the links' tracking in place: (used, slack) as in `Cut`."""
-    used, slack = np.empty(len(links) // 2, np.bool_), np.empty(len(links) // 2, np.int64)
-    C.decode_links(links, links, used, slack, False)
-    return used, slack
-
-
 def run_to_cut(kernel, cut: int, live: np.ndarray) -> Cut | None:
     """Run on until every running PE (indices `live`) is parked at mark `cut`: the clean
     cut, else None."""
@@ -523,10 +516,11 @@ def repeat_block(kernel, attempt: Attempt, start: Cut, checking: Forked) -> int 
         if kernel.run_until(attempt.layout.tail_mark) != K.ALL_PARKED:
             return None
         halfway = kernel.stats[[K.ST_PARKED_SEND_MAX, K.ST_SEND_MIN]].copy()
-        tail = snapshot(kernel, live, tracking=True)
-    forking = attempt.parallel and (tail is not None or not attempt.from_tail)
-    with (HeadJob(kernel, attempt.layout.lengths, live, attempt.skip) if forking
+    with (HeadJob(kernel, attempt.layout.lengths, live, attempt.skip) if attempt.parallel
           else nullcontext()) as heading:
+        if attempt.from_tail:   # after the fork: the child need not wait for the copy
+            tail = snapshot(kernel, live, tracking=True)
+        forking = attempt.parallel and (tail is not None or not attempt.from_tail)
         kernel.resume_parked()
         end = run_to_cut(kernel, attempt.layout.cut_ids[template + 1], live)
         blocks = checking.result()
@@ -625,7 +619,7 @@ def run_head(kernel, lengths: np.ndarray, live: np.ndarray, skip: int,
         kernel.run_until(-1)
     except MeshFault:
         return None
-    out.pes[:] = pes[live, :HEAD_FIELDS]
+    C.head_fields(pes, live, out.pes)
     out.links[:] = kernel.links
     return kernel.stats, kernel.marks
 
@@ -697,18 +691,16 @@ def merge_head(kernel, at: HeadStart, head: HeadRun) -> bool:
     the head would precede a parked send, or a clock would pass the cycle limit."""
     live, shift = at.live, at.shift
     first_send = int(head.stats[K.ST_SEND_MIN]) + send_step(kernel, shift)   # int: no wrap
-    used, slack = stop_tracking(head.links)
     if (first_send <= at.parked_bound
             or not starts_alike(True, receive_margin(head.pes[:, K.P_SLACK]),
                                 at.origin.clock, at.clocks)
-            or not starts_alike(used, slack, at.origin.free, at.free)
+            or not C.links_alike(head.links, at.origin.free, at.free)
             or head.pes[:, K.P_CLOCK].max(initial=0) + shift > kernel.cfg[K.CFG_MAX_CYCLES]):
         return False
     if at.partial is not None:
         add_partial(kernel, *at.partial, live, shift)
     C.take_head(kernel.pes, live, head.pes, shift)
-    kernel.links[0::2][used] = head.links[0::2][used] + shift
-    kernel.links[1::2] += head.links[1::2]
+    C.take_links(kernel.links, head.links, shift)
     for field in (K.ST_INSTRUCTIONS, K.ST_MESSAGES):
         kernel.stats[field] += head.stats[field]
     add_marks(kernel.marks, head.marks, shift)
@@ -721,8 +713,7 @@ def add_partial(kernel, start: Cut, tail: Cut, live: np.ndarray, shift: int) -> 
     cycles later, to the state after `jump`: busy cycles, link loads and free cycles,
     counters (its marks are copied with the full blocks')."""
     C.advance_pes(kernel.pes, live, 0, np.zeros(len(live), np.int64), tail.busy - start.busy)
-    kernel.links[0::2][tail.used] = tail.free[tail.used] + shift
-    kernel.links[1::2] += tail.links[1::2] - start.links[1::2]
+    C.add_block_links(kernel.links, start.links, tail.links, tail.used, shift)
     for field in (K.ST_INSTRUCTIONS, K.ST_MESSAGES):
         kernel.stats[field] += tail.stats[field] - start.stats[field]
 
