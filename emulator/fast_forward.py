@@ -601,13 +601,12 @@ class HeadRun:
 
 def run_head(kernel, lengths: np.ndarray, live: np.ndarray, skip: int,
              out: HeadRun) -> tuple | None:
-    """Child side: take private copies of the PE rows and links (KernelRun.own_state),
-    then, from the parked state at a cut, move every live PE's pc past `skip`
+    """Child side (`HeadJob`): from the parked state at a cut, move every live PE's pc
+    past `skip`
     blocks (`lengths`: instructions per block and region), clear the busy cycles, link
     busy cycles, counters and marks, and run to the end. Writes `out.pes` and
     `out.links`; returns (stats, marks), or None on a fault (the caller then runs in full,
     which reports it)."""
-    kernel.own_state()
     pes = kernel.pes
     C.head_start(pes, live, skip * lengths[kernel.pe_region[live]])
     C.track_links(kernel.links, True)
@@ -626,12 +625,16 @@ def run_head(kernel, lengths: np.ndarray, live: np.ndarray, skip: int,
 
 class HeadJob:
     """`run_head` in a forked child (a context manager; `result()` waits for it): its
-    HeadRun, or None after a fault."""
+    HeadRun, or None after a fault. Right after the fork this process takes private
+    copies of the PE rows and links (KernelRun.own_state), so that the child, which
+    cannot wait, writes the originals without copying them page by page; this process
+    has time to spare while the child runs."""
 
     def __init__(self, kernel, lengths: np.ndarray, live: np.ndarray, skip: int):
         self.head = HeadRun(shared_empty((len(live), HEAD_FIELDS), np.int64),
                             shared_empty(kernel.links.shape, np.int64))
         self.job = Forked(run_head, kernel, lengths, live, skip, self.head)
+        kernel.own_state()
 
     def result(self) -> HeadRun | None:
         ran = self.job.result()

@@ -189,9 +189,9 @@ class KernelRun:
         return self.pools is not None
 
     def own_state(self) -> None:
-        """In a forked child: replace the PE rows and links by private copies and give up
-        this process's share of the originals, so that neither process copies them page
-        by page (4 KiB at a time, on its first write) while both run."""
+        """After a fork (in either process): replace the PE rows and links by private
+        copies and give up this process's share of the originals, so that neither process
+        copies them page by page (4 KiB at a time, on its first write) while both run."""
         for name in ("pes", "links"):
             setattr(self, name, private_copy(getattr(self, name)))
 
