@@ -599,9 +599,9 @@ def compact_payloads(pay, rec, stats, need):
 
 
 @njit(nrt=False, inline="always")
-def deliver(q, c, last, n, off, src, rec, fifo, cfg, stats, pes, wake, shift):
-    """Append a delivery to FIFO (q, c) (a free record must exist), waking q if it waits
-    on c."""
+def deliver(q, c, f, last, n, off, src, rec, fifo, stats, pes, wake, shift):
+    """Append a delivery to FIFO (q, c) (index f = slot_index(cfg, q, c) >= 0; a free
+    record must exist), waking q if it waits on c."""
     i = stats[ST_RECORDS]
     stats[ST_RECORDS] = rec[i, REC_NEXT]
     stats[ST_QUEUED] += 1
@@ -610,7 +610,6 @@ def deliver(q, c, last, n, off, src, rec, fifo, cfg, stats, pes, wake, shift):
     rec[i, REC_LEN] = n
     rec[i, REC_OFF] = off
     rec[i, REC_SRC] = src
-    f = slot_index(cfg, q, c)   # >= 0: the router of q delivers on c
     if fifo[f + 1] == 0:
         fifo[f] = i + 1
     else:
@@ -638,15 +637,13 @@ def free_record(rec, fifo, f, stats):
 
 
 @njit(nrt=False, inline="always")
-def prefetch_router(q, c, cfg, routes, links, fifo, pes, npes):
-    """Start loading router q's table entry for color c, its links, its FIFO for c and
-    its PE row (a hint for a message that may reach it; no effect on results)."""
-    if q < 0 or q >= npes:
-        return
-    f = slot_index(cfg, q, c)
-    if f >= 0:
-        prefetch(routes, f)
-        prefetch(fifo, f)
+def prefetch_router(q, base, routes, links, fifo, pes):
+    """Start loading router q's table entry for a color, its links, its FIFO for the color
+    and its PE row (`base`: the color's slot_index of PE 0, -1 if never routed; q must be
+    on the mesh). A hint for a message that may reach it; no effect on results."""
+    if base >= 0:
+        prefetch(routes, base + 2 * q)
+        prefetch(fifo, base + 2 * q)
     prefetch(links, 8 * q)
     prefetch(pes, q)
 
@@ -660,9 +657,13 @@ def route_message(pe, c, n, off, sp, cfg, routes, edges, links, stack, rec, fifo
 
     Resumable: returns 0 when done, -1 on a fault, or sp > 0 when the top entry needs a
     larger stack (sp + 3 rows) or a free record; run_mesh grows them and calls again.
-    `edges[q]` has the bit of each port of router q that would leave the mesh."""
+    `edges[q]` has the bit of each port of router q that would leave the mesh. The color's
+    table and FIFO entries of router q are at base + 2q (slot_index), computed once per
+    message; a router straight ahead was prefetched two hops before, so only the one
+    after it is prefetched then."""
     width = cfg[CFG_WIDTH]
     hop, ramp, npes, shift = cfg[CFG_H], cfg[CFG_R], pes.shape[0], cfg[CFG_SHIFT]
+    base = slot_index(cfg, 0, c)
     while sp > 0:
         sp -= 1
         if sp + 4 > stack.shape[0] or stats[ST_RECORDS] < 0:
@@ -671,7 +672,7 @@ def route_message(pe, c, n, off, sp, cfg, routes, edges, links, stack, rec, fifo
         if hops > npes:
             set_fault(fault, FAULT_LOOP, pe, t, c, hops, 0, 0)
             return -1
-        f = slot_index(cfg, q, c)
+        f = -1 if base < 0 else base + 2 * q
         rx, tx = (0, 0) if f < 0 else (routes[f], routes[f + 1])
         if not rx & in_port:
             set_fault(fault, FAULT_RX, pe, t, c, q, in_port, rx)
@@ -679,13 +680,15 @@ def route_message(pe, c, n, off, sp, cfg, routes, edges, links, stack, rec, fifo
         if tx == 0:
             set_fault(fault, FAULT_NO_TX, pe, t, c, q, 0, 0)
             return -1
+        out = tx & edges[q]
+        if out & 15:
+            port = out & -out
+            set_fault(fault, FAULT_OFF_MESH, pe, t, c, q, port, 0)
+            return -1
         for d in range(4):
             port = 1 << d
             if not tx & port:
                 continue
-            if edges[q] & port:
-                set_fault(fault, FAULT_OFF_MESH, pe, t, c, q, port, 0)
-                return -1
             link = 8 * q + 2 * d
             free = links[link]
             if free < 0:   # first reservation since a cut
@@ -696,13 +699,16 @@ def route_message(pe, c, n, off, sp, cfg, routes, edges, links, stack, rec, fifo
             links[link] = start + n
             links[link + 1] += n
             step = -width if d == 0 else (1 if d == 1 else (width if d == 2 else -1))
-            prefetch_router(q + step, c, cfg, routes, links, fifo, pes, npes)
-            prefetch_router(q + 2 * step, c, cfg, routes, links, fifo, pes, npes)
-            stack[sp, 0], stack[sp, 1] = q + step, 1 << ((d + 2) % 4)
+            ahead = 1 << ((d + 2) % 4)   # the input port of the next router
+            if in_port != ahead:         # not straight on: the next router is cold
+                prefetch_router(q + step, base, routes, links, fifo, pes)
+            if 0 <= q + 2 * step < npes:
+                prefetch_router(q + 2 * step, base, routes, links, fifo, pes)
+            stack[sp, 0], stack[sp, 1] = q + step, ahead
             stack[sp, 2], stack[sp, 3] = start + hop, hops + 1
             sp += 1
         if tx & PORT_R:
-            deliver(q, c, hd + ramp + n - 1, n, off, pe, rec, fifo, cfg, stats, pes, wake, shift)
+            deliver(q, c, f, hd + ramp + n - 1, n, off, pe, rec, fifo, stats, pes, wake, shift)
     return 0
 
 
