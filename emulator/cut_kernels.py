@@ -7,18 +7,18 @@ from emulator.jit import njit
 
 
 @njit(nrt=False)
-def pe_fields(pes, live, clock, busy, slack, regs):
-    """Copy the clock (cycles), busy cycles, P_SLACK and registers of the PEs `live`
-    (indices) into the outputs, one entry per live PE; returns how many of them are not
-    parked."""
+def pe_fields(pes, live, clock, busy, slack, reg_cols, regs):
+    """Copy the clock (cycles), busy cycles, P_SLACK and registers `reg_cols` (indices)
+    of the PEs `live` (indices) into the outputs, one entry per live PE; returns how
+    many of them are not parked."""
     unparked = 0
     for j in range(live.shape[0]):
         pe = live[j]
         clock[j] = pes[pe, K.P_CLOCK]
         busy[j] = pes[pe, K.P_BUSY]
         slack[j] = pes[pe, K.P_SLACK]
-        for r in range(regs.shape[1]):
-            regs[j, r] = pes[pe, K.P_REGS + r]
+        for r in range(reg_cols.shape[0]):
+            regs[j, r] = pes[pe, K.P_REGS + reg_cols[r]]
         if pes[pe, K.P_STATUS] != K.PARKED:
             unparked += 1
     return unparked

@@ -126,14 +126,17 @@ def known_cuts(program: Program, cut_names) -> tuple | None:
 class Layout:
     """Where the blocks lie, read from the cut marks alone (`find_blocks` checks that
     they repeat): the cut mark ids, each running region's pc of every cut mark
-    (`starts`), instructions per block and region, the number of full blocks, and the
-    mark of block 0 where a partial last block ends (-1: the last block is full)."""
+    (`starts`), instructions per block and region, the number of full blocks, the
+    mark of block 0 where a partial last block ends (-1: the last block is full), and
+    the registers any instruction from a region's first cut on may write (the others
+    keep their values through every block, so cuts need not keep them)."""
 
     cut_ids: tuple
     starts: dict                   # region -> int64 [cuts]
     lengths: np.ndarray            # int64 [regions]: instructions per block (0: idle)
     full_blocks: int
     tail_mark: int
+    block_regs: np.ndarray         # int64 register indices
 
 
 def block_layout(program: Program, cut_names) -> Layout | None:
@@ -154,7 +157,20 @@ def block_layout(program: Program, cut_names) -> Layout | None:
     if len(tails) != 1 or None in tails:
         return None
     tail = tails.pop()
-    return Layout(cut_ids, starts, lengths, len(cut_ids) - (1 if tail < 0 else 2), tail)
+    return Layout(cut_ids, starts, lengths, len(cut_ids) - (1 if tail < 0 else 2), tail,
+                  written_registers(program, starts))
+
+
+def written_registers(program: Program, starts: dict) -> np.ndarray:
+    """The registers (int64 indices 0..7) that `movr`, `addr` or `djnz` may write from
+    each running region's first cut (`starts`) on."""
+    code, written = program.code, set()
+    for r, cuts in starts.items():
+        region = code[program.region_start[r] + cuts[0]:
+                      program.region_start[r] + program.region_len[r]]
+        writes = np.isin(region["op"], (Op.MOVR, Op.ADDR, Op.DJNZ))
+        written.update(region["a"][writes, SLOT_DST].tolist())
+    return np.array(sorted(written & set(range(8))), np.int64)
 
 
 def region_tail(program: Program, region: int, starts: np.ndarray) -> int | None:
@@ -323,7 +339,7 @@ class Cut:
     clock: np.ndarray              # [running PEs], cycles
     busy: np.ndarray               # [running PEs], cycles
     slack_state: np.ndarray        # [running PEs], P_SLACK
-    regs: np.ndarray               # [running PEs, 8]
+    regs: np.ndarray               # [running PEs, Layout.block_regs]
     links: np.ndarray
     marks: np.ndarray
     stats: np.ndarray
@@ -345,21 +361,24 @@ def start_tracking(kernel, live: np.ndarray) -> None:
     C.track_links(kernel.links, False)
 
 
-def run_to_cut(kernel, cut: int, live: np.ndarray) -> Cut | None:
+def run_to_cut(kernel, cut: int, live: np.ndarray, reg_cols: np.ndarray) -> Cut | None:
     """Run on until every running PE (indices `live`) is parked at mark `cut`: the clean
-    cut, else None."""
-    return snapshot(kernel, live) if kernel.run_until(cut) == K.ALL_PARKED else None
+    cut (keeping the registers `reg_cols`), else None."""
+    return (snapshot(kernel, live, reg_cols) if kernel.run_until(cut) == K.ALL_PARKED
+            else None)
 
 
-def snapshot(kernel, live: np.ndarray, tracking: bool = False) -> Cut | None:
+def snapshot(kernel, live: np.ndarray, reg_cols: np.ndarray,
+             tracking: bool = False) -> Cut | None:
     """The parked kernel's state if the cut is clean (every running PE parked, nothing
-    queued, no route or barrier half done), else None. With `tracking`, the kernel goes
+    queued, no route or barrier half done), else None; of the registers, only `reg_cols`
+    (Layout.block_regs) are kept. With `tracking`, the kernel goes
     on recording first acts (only the snapshot's links are decoded). Router tables are
     kept only if the program has `route` instructions."""
     n, stats = len(live), kernel.stats
     clock, busy, slack_state = (np.empty(n, np.int64) for _ in range(3))
-    regs = np.empty((n, 8), np.int64)
-    unparked = C.pe_fields(kernel.pes, live, clock, busy, slack_state, regs)
+    regs = np.empty((n, len(reg_cols)), np.int64)
+    unparked = C.pe_fields(kernel.pes, live, clock, busy, slack_state, reg_cols, regs)
     links = np.empty_like(kernel.links)
     used, slack = np.empty(len(links) // 2, np.bool_), np.empty(len(links) // 2, np.int64)
     C.decode_links(kernel.links, links, used, slack, not tracking)   # a decoded copy
@@ -469,7 +488,7 @@ def run_fast_forward(kernel, cut_names, jobs: int = 1) -> int | None:
     live = live_rows(kernel.pe_region)
     with Forked(find_blocks, program, layout, kernel.static_cost, kernel.param_rows,
                 parallel=jobs > 1) as checking:
-        outcome = run_to_cut(kernel, layout.cut_ids[0], live)
+        outcome = run_to_cut(kernel, layout.cut_ids[0], live, layout.block_regs)
         for template in range(min(2, layout.full_blocks - 1)):
             if not isinstance(outcome, Cut):
                 break
@@ -519,10 +538,11 @@ def repeat_block(kernel, attempt: Attempt, start: Cut, checking: Forked) -> int 
     with (HeadJob(kernel, attempt.layout.lengths, live, attempt.skip) if attempt.parallel
           else nullcontext()) as heading:
         if attempt.from_tail:   # after the fork: the child need not wait for the copy
-            tail = snapshot(kernel, live, tracking=True)
+            tail = snapshot(kernel, live, attempt.layout.block_regs, tracking=True)
         forking = attempt.parallel and (tail is not None or not attempt.from_tail)
         kernel.resume_parked()
-        end = run_to_cut(kernel, attempt.layout.cut_ids[template + 1], live)
+        end = run_to_cut(kernel, attempt.layout.cut_ids[template + 1], live,
+                         attempt.layout.block_regs)
         blocks = checking.result()
         if (end is None or blocks is None
                 or (halfway is not None and not join_halves(halfway, end))):

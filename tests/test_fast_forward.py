@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from compiler.decode import compile_decode, layer_cuts, run_timing
 from emulator import mesh_kernels as K
 from emulator.errors import ConfigError, MeshFault
-from emulator.fast_forward import Cut, block_shift
+from emulator.fast_forward import Cut, block_layout, block_shift
 from emulator.hw.mesh import load_mesh
 from emulator.mesh_engine import run_numba
 from isa.asm import assemble
@@ -138,6 +138,15 @@ def test_programs_that_do_not_qualify_run_in_full(counts, register_count, qualif
     assert_same(full, fast)
     assert_same(run_reference(program, mesh, functional=False), fast)
     assert fast.skipped_blocks == (4 if qualifies else 0)   # blocks 1 .. 4 of b0 .. b5
+
+
+@pytest.mark.parametrize("register_count, written", [(False, []), (True, [0])])
+def test_cuts_keep_only_the_registers_blocks_write(register_count, written):
+    """`movr r0, 2` before the first cut writes r0 once; with `register_count` every block
+    also adds to it, so cuts must keep r0 (and block_shift compares it)."""
+    program = assemble(block_program([4] * 6, register_count), "blocks.asm")
+    layout = block_layout(program, [f"b{b}" for b in range(6)])
+    assert layout.block_regs.tolist() == written
 
 
 def test_fast_forward_needs_timing_only():
