@@ -103,32 +103,24 @@ def track_links(links, clear_busy):
 
 
 @njit(nrt=False)
-def links_alike(head_links, seen_free, true_free):
-    """Whether every link reserved in a tracked run (`head_links`, encoded as the kernel
-    leaves them) would start its first reservation at the same cycle from its free cycle
-    `true_free` as from `seen_free`, the one the run found (fast_forward.starts_alike)."""
+def merge_links(links, head_links, seen_free, true_free, shift):
+    """Add a tracked run's links (`head_links`, encoded as the kernel leaves them, its
+    cycles `shift` early) to `links` if every link it reserved would start its first
+    reservation at the same cycle from its free cycle `true_free` as from `seen_free`,
+    the one the run found (fast_forward.starts_alike): a reserved link takes the run's
+    free cycle + shift, every link adds its busy wavelet-cycles. Returns False, with
+    `links` partly merged, at the first link that fails."""
+    busy_bits = (1 << K.LINK_SLACK_SHIFT) - 1
     for link in range(seen_free.shape[0]):
         word = head_links[2 * link + 1]
-        if not word & K.LINK_USED:
-            continue
-        slack = ((word >> K.LINK_SLACK_SHIFT) & K.LINK_SLACK_MAX) - 1
-        seen, other = seen_free[link], true_free[link]
-        if other != seen and slack < max(other - seen, 0):
-            return False
-    return True
-
-
-@njit(nrt=False)
-def take_links(links, head_links, shift):
-    """Add a tracked run's links (`head_links`, its cycles `shift` early) to `links`: a
-    link it reserved takes its free cycle + shift; every link adds its busy
-    wavelet-cycles."""
-    busy_bits = (1 << K.LINK_SLACK_SHIFT) - 1
-    for link in range(links.shape[0] // 2):
-        word = head_links[2 * link + 1]
         if word & K.LINK_USED:
+            slack = ((word >> K.LINK_SLACK_SHIFT) & K.LINK_SLACK_MAX) - 1
+            seen, other = seen_free[link], true_free[link]
+            if other != seen and slack < max(other - seen, 0):
+                return False
             links[2 * link] = head_links[2 * link] + shift
         links[2 * link + 1] += word & busy_bits
+    return True
 
 
 @njit(nrt=False)

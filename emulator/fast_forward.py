@@ -554,10 +554,11 @@ def repeat_block(kernel, attempt: Attempt, start: Cut, checking: Forked) -> int 
             return None
         skipped = blocks.skipped(template)
         if forking:
+            at = HeadStart.of(kernel, start, tail, end, attempt, d)
+            if at.partial is not None:   # while the child runs (a failed merge loses it)
+                add_partial(kernel, *at.partial, live, at.shift)
             head = heading.result()
-            ok = head is not None and merge_head(kernel, HeadStart.of(kernel, start, tail, end,
-                                                                        attempt, d), head)
-            return skipped if ok else None
+            return skipped if head is not None and merge_head(kernel, at, head) else None
     kernel.resume_parked()
     kernel.run_until(-1)
     first_send = int(kernel.stats[K.ST_SEND_MIN])
@@ -707,23 +708,21 @@ class HeadStart:
 
 
 def merge_head(kernel, at: HeadStart, head: HeadRun) -> bool:
-    """Add a child's `run_head` (every cycle `at.shift` early) to the state after `jump`,
-    with the partial block's increments if the child skipped it; False if the child's
+    """Add a child's `run_head` (every cycle `at.shift` early) to the state after `jump`
+    (and `add_partial`, if the child skipped the partial block); False if the child's
     run would differ from the true one (each PE and link must start its first act at the
     same cycle from the child's state as from the true one: `starts_alike`), a send of
-    the head would precede a parked send, or a clock would pass the cycle limit."""
+    the head would precede a parked send, or a clock would pass the cycle limit. After
+    False the kernel state is unusable."""
     live, shift = at.live, at.shift
     first_send = int(head.stats[K.ST_SEND_MIN]) + send_step(kernel, shift)   # int: no wrap
     if (first_send <= at.parked_bound
             or not starts_alike(True, receive_margin(head.pes[:, K.P_SLACK]),
                                 at.origin.clock, at.clocks)
-            or not C.links_alike(head.links, at.origin.free, at.free)
-            or head.pes[:, K.P_CLOCK].max(initial=0) + shift > kernel.cfg[K.CFG_MAX_CYCLES]):
+            or head.pes[:, K.P_CLOCK].max(initial=0) + shift > kernel.cfg[K.CFG_MAX_CYCLES]
+            or not C.merge_links(kernel.links, head.links, at.origin.free, at.free, shift)):
         return False
-    if at.partial is not None:
-        add_partial(kernel, *at.partial, live, shift)
     C.take_head(kernel.pes, live, head.pes, shift)
-    C.take_links(kernel.links, head.links, shift)
     for field in (K.ST_INSTRUCTIONS, K.ST_MESSAGES):
         kernel.stats[field] += head.stats[field]
     add_marks(kernel.marks, head.marks, shift)
