@@ -372,9 +372,9 @@ def snapshot(kernel, live: np.ndarray, reg_cols: np.ndarray,
              tracking: bool = False) -> Cut | None:
     """The parked kernel's state if the cut is clean (every running PE parked, nothing
     queued, no route or barrier half done), else None; of the registers, only `reg_cols`
-    (Layout.block_regs) are kept. With `tracking`, the kernel goes
-    on recording first acts (only the snapshot's links are decoded). Router tables are
-    kept only if the program has `route` instructions."""
+    (Layout.block_regs) are kept. With `tracking`, the kernel goes on recording first
+    acts (only the snapshot's links are decoded). Router tables are kept only if the
+    program has `route` instructions."""
     n, stats = len(live), kernel.stats
     clock, busy, slack_state = (np.empty(n, np.int64) for _ in range(3))
     regs = np.empty((n, len(reg_cols)), np.int64)
@@ -623,11 +623,10 @@ class HeadRun:
 def run_head(kernel, lengths: np.ndarray, live: np.ndarray, skip: int,
              out: HeadRun) -> tuple | None:
     """Child side (`HeadJob`): from the parked state at a cut, move every live PE's pc
-    past `skip`
-    blocks (`lengths`: instructions per block and region), clear the busy cycles, link
-    busy cycles, counters and marks, and run to the end. Writes `out.pes` and
-    `out.links`; returns (stats, marks), or None on a fault (the caller then runs in full,
-    which reports it)."""
+    past `skip` blocks (`lengths`: instructions per block and region), clear the busy
+    cycles, link busy cycles, counters and marks, and run to the end. Writes `out.pes`
+    and `out.links`; returns (stats, marks), or None on a fault (the caller then runs in
+    full, which reports it)."""
     pes = kernel.pes
     C.head_start(pes, live, skip * lengths[kernel.pe_region[live]])
     C.track_links(kernel.links, True)
@@ -646,16 +645,14 @@ def run_head(kernel, lengths: np.ndarray, live: np.ndarray, skip: int,
 
 class HeadJob:
     """`run_head` in a forked child (a context manager; `result()` waits for it): its
-    HeadRun, or None after a fault. Right after the fork this process takes private
-    copies of the PE rows and links (KernelRun.own_state), so that the child, which
-    cannot wait, writes the originals without copying them page by page; this process
-    has time to spare while the child runs."""
+    HeadRun, or None after a fault. Both processes then write the PE rows and links, and
+    the first to write a page copies it (taking private copies in either process right
+    after the fork measured no faster: the child writes faster than a copy is made)."""
 
     def __init__(self, kernel, lengths: np.ndarray, live: np.ndarray, skip: int):
         self.head = HeadRun(shared_empty((len(live), HEAD_FIELDS), np.int64),
                             shared_empty(kernel.links.shape, np.int64))
         self.job = Forked(run_head, kernel, lengths, live, skip, self.head)
-        kernel.own_state()
 
     def result(self) -> HeadRun | None:
         ran = self.job.result()

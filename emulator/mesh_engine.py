@@ -16,7 +16,7 @@ from emulator.errors import ConfigError, MeshFault
 from emulator.fast_forward import run_fast_forward
 from emulator.hw.mesh import MeshConfig
 from emulator.input_kernels import pack_routes
-from emulator.parallel import release_pages, usable_jobs
+from emulator.parallel import usable_jobs
 from isa.opcodes import (
     MODE_BITS,
     NUM_REGS,
@@ -188,13 +188,6 @@ class KernelRun:
         """Whether the kernel has run (its pools exist)."""
         return self.pools is not None
 
-    def own_state(self) -> None:
-        """After a fork (in either process): replace the PE rows and links by private
-        copies and give up this process's share of the originals, so that neither process
-        copies them page by page (4 KiB at a time, on its first write) while both run."""
-        for name in ("pes", "links"):
-            setattr(self, name, private_copy(getattr(self, name)))
-
     def resume_parked(self) -> None:
         """Make every parked PE ready again at its clock (the heaps must be empty)."""
         count = parked_keys(self.pes, int(self.cfg[K.CFG_SHIFT]), self.heap)
@@ -257,15 +250,6 @@ class StaticInputs:
         if inputs.arrays is not None:   # copies of the arrays, kept for `matches`
             cls._last = inputs
         return inputs
-
-
-def private_copy(shared: np.ndarray) -> np.ndarray:
-    """A copy of `shared` (64-byte aligned) after which this process gives up its share of
-    the original's pages (parallel.release_pages): the original must not be used again."""
-    mine = aligned_zeros(shared.size, shared.dtype).reshape(shared.shape)
-    mine[...] = shared
-    release_pages(shared)
-    return mine
 
 
 def aligned_zeros(size: int, dtype=np.int64) -> np.ndarray:

@@ -9,12 +9,10 @@ run's.
 
 `Forked(function, *args)` runs one call in a forked child while the caller goes on (the
 layer fast-forward's block check and head, emulator/fast_forward.py); `shared_empty`
-makes arrays the child can fill without pickling; `release_pages` lets a child give up
-its share of pages it has copied; `usable_jobs` says how many processes a job may use
-here (1 inside a pool worker or without fork).
+makes arrays the child can fill without pickling; `usable_jobs` says how many processes a
+job may use here (1 inside a pool worker or without fork).
 """
 
-import ctypes
 import mmap
 import multiprocessing
 import os
@@ -131,27 +129,3 @@ def _child(write: int, function, args) -> None:
         code = 1
     finally:
         os._exit(code)
-
-
-def release_pages(array: np.ndarray) -> None:
-    """Drop this process's copy of the whole pages under `array` (madvise MADV_DONTNEED;
-    the array reads as zeros afterwards, so it must not be used again). In a forked child,
-    this ends the sharing of those pages with the parent, which then writes them without
-    copying them first. A no-op where madvise is unavailable."""
-    libc = _libc()
-    if libc is None or array.nbytes == 0 or not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    page = mmap.PAGESIZE
-    start = -(-array.ctypes.data // page) * page
-    end = (array.ctypes.data + array.nbytes) // page * page
-    if end > start:
-        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), mmap.MADV_DONTNEED)
-
-
-def _libc():
-    """The C library (for madvise), or None."""
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-

@@ -24,7 +24,7 @@ from compiler.tile import tile
 from compiler.weights import random_weights
 from emulator.errors import FitError
 from emulator.hw.mesh import load_mesh
-from emulator.parallel import Forked, fork_map, release_pages, shared_empty, usable_jobs
+from emulator.parallel import Forked, fork_map, shared_empty, usable_jobs
 
 
 def test_wafer_count_is_the_smallest_sram_that_holds_weights_and_kv():
@@ -159,20 +159,3 @@ def test_pool_workers_do_not_fork_again():
 def jobs_in_child(_) -> int:
     """usable_jobs(2) inside a pool worker."""
     return usable_jobs(2)
-
-
-def _release_then_read(big: np.ndarray, parent: np.ndarray) -> tuple:
-    """Child side: give up the shared pages of `big`, report what it reads as then and
-    what the untouched `parent` reads as."""
-    release_pages(big)
-    return int(big[len(big) // 2]), int(parent[0])
-
-
-def test_a_child_that_releases_pages_leaves_the_parents_data_alone():
-    """release_pages drops only the calling process's copy of whole pages: a forked child
-    reads zeros there afterwards, the parent still reads its values."""
-    big = np.arange(1 << 20, dtype=np.int64) + 7
-    other = np.full(4, 5, np.int64)
-    with Forked(_release_then_read, big, other) as child:
-        assert child.result() == (0, 5)
-    assert np.array_equal(big, np.arange(1 << 20, dtype=np.int64) + 7)
