@@ -775,7 +775,7 @@ def param_table(plan: TilePlan, params: dict, left: dict,
     parameters] table is built unless a parameter varies along both."""
     ph, pw, k = plan.ph, plan.pw, max(1, len(param_names))
     by_row, by_col, on_left = (np.zeros((n, k), np.int64) for n in (ph, pw, ph))
-    both = np.zeros((ph, pw, 0), np.int64)
+    both = {}   # column -> [ph, pw] values of a parameter varying along both axes
     for i, name in enumerate(param_names):
         if name in left:
             on_left[:, i] = left[name]
@@ -786,11 +786,11 @@ def param_table(plan: TilePlan, params: dict, left: dict,
         elif values.shape[0] == 1:
             by_col[:, i] = values[0]
         else:
-            if not both.shape[2]:
-                both = np.zeros((ph, pw, k), np.int64)
-            both[:, :, i] = values
-    if both.shape[2]:   # a parameter varying along both axes: factor the dense table
-        dense = by_row[:, None] + by_col[None, :] + both
+            both[i] = values
+    if both:   # factor the dense table
+        dense = by_row[:, None] + by_col[None, :]
+        for i, values in both.items():
+            dense[:, :, i] = values
         dense[:, 0] += on_left
         return factor_params(dense.reshape(ph * pw, k))
     row_ids, row_first = distinct_rows(np.hstack([by_row, on_left]))
@@ -798,10 +798,8 @@ def param_table(plan: TilePlan, params: dict, left: dict,
     col_ids, col_first = distinct_rows(np.hstack([by_col, left_col]))
     combos = (by_row[row_first][:, None] + by_col[col_first][None, :]
               + left_col[col_first][None, :] * on_left[row_first][:, None])
-    combo_class, class_first = distinct_rows(combos.reshape(-1, k))
-    index = combo_class[row_ids[:, None] * len(col_first) + col_ids[None, :]]
-    return (combos.reshape(-1, k)[class_first].astype(np.int32),
-            index.astype(np.int32).ravel())
+    rows, combo_row = factor_params(combos.reshape(-1, k))
+    return rows, combo_row[row_ids[:, None] * len(col_first) + col_ids[None, :]].ravel()
 
 
 def _varying_axes(values) -> np.ndarray:

@@ -93,11 +93,9 @@ def relevant_table() -> np.ndarray:
 RELEVANT = relevant_table()
 
 
-def find_blocks(program: Program, layout: "Layout", static_cost: np.ndarray,
-                param_rows: tuple) -> Blocks | None:
+def find_blocks(program: Program, layout: "Layout", static_cost: np.ndarray) -> Blocks | None:
     """The blocks of `layout` if every block after block 0 is timing-equivalent to it and
-    every mark belongs to one block, else None. `param_rows`: the program's parameters
-    as (table, each PE's row), mesh_engine.param_table's form."""
+    every mark belongs to one block, else None."""
     order = np.argsort(program.pe_region, kind="stable")
     regions = program.pe_region[order]
     live = np.unique(regions[regions >= 0])
@@ -105,7 +103,7 @@ def find_blocks(program: Program, layout: "Layout", static_cost: np.ndarray,
     mark_source = np.full(program.num_marks, -1, np.int64)
     mark_block = np.full(program.num_marks, -1, np.int64)
     for r, lo, hi in zip(live, *bounds, strict=True):
-        params = RegionParams(*param_rows, order[lo:hi])
+        params = RegionParams(program.param_rows, program.param_index, order[lo:hi])
         if not region_blocks_match(program, int(r), params, layout, static_cost,
                                    mark_source, mark_block):
             return None
@@ -246,7 +244,7 @@ def copies_match(program: Program, static_cost: np.ndarray, starts: np.ndarray,
 class RegionParams:
     """The distinct parameter rows of one region's PEs (indices `pes`), gathered on first
     use from the program's parameter table (`table` [rows, num_params], each PE's row in
-    `row_of`, as mesh_engine.param_table makes them)."""
+    `row_of`: Program.param_rows and param_index)."""
 
     def __init__(self, table: np.ndarray, row_of: np.ndarray, pes: np.ndarray):
         self.table, self.row_of, self.pes, self._rows = table, row_of, pes, None
@@ -429,7 +427,7 @@ def jump(kernel, start: Cut, end: Cut, blocks: Blocks, live: np.ndarray, d: int,
     """Advance the parked state `end` over the full blocks after block `template` (the
     block from `start` to `end`), each a copy of it D cycles later; False if that would
     pass the cycle limit. With `partial`, also copy the marks of the partial last block
-    (merge_head adds its other increments)."""
+    (add_partial adds its other increments)."""
     n = blocks.skipped(template)
     if end.clock.max() + n * d > kernel.cfg[K.CFG_MAX_CYCLES]:
         return False
@@ -486,7 +484,7 @@ def run_fast_forward(kernel, cut_names, jobs: int = 1) -> int | None:
     if layout is None or layout.full_blocks < 2:
         return None
     live = live_rows(kernel.pe_region)
-    with Forked(find_blocks, program, layout, kernel.static_cost, kernel.param_rows,
+    with Forked(find_blocks, program, layout, kernel.static_cost,
                 parallel=jobs > 1) as checking:
         outcome = run_to_cut(kernel, layout.cut_ids[0], live, layout.block_regs)
         for template in range(min(2, layout.full_blocks - 1)):

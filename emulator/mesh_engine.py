@@ -167,12 +167,6 @@ class KernelRun:
         return self.inputs[9]
 
     @property
-    def param_rows(self) -> tuple[np.ndarray, np.ndarray]:
-        """The program's parameters as the kernel reads them: (distinct rows, each PE's
-        row index), Program.param_rows and param_index."""
-        return self.inputs[8], self.pes[:, K.P_PARAM_ROW]
-
-    @property
     def cfg(self) -> np.ndarray:
         """The kernel's cfg array (mesh_kernels.CFG_* indices)."""
         return self.inputs[-1]
@@ -252,12 +246,10 @@ class StaticInputs:
         return inputs
 
 
-def aligned_zeros(size: int, dtype=np.int64) -> np.ndarray:
-    """Zeros (int64 unless `dtype`) starting on a 64-byte boundary (so per-PE rows share
-    no cache line)."""
-    item = np.dtype(dtype).itemsize
-    buf = np.zeros(size + 64 // item, dtype)
-    skip = (-buf.ctypes.data % 64) // item
+def aligned_zeros(size: int) -> np.ndarray:
+    """int64 zeros starting on a 64-byte boundary (so per-PE rows share no cache line)."""
+    buf = np.zeros(size + 8, np.int64)
+    skip = (-buf.ctypes.data % 64) // 8
     return buf[skip:skip + size]
 
 

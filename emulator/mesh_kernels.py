@@ -526,6 +526,9 @@ def vector_values(op, mem, d0, ds, s0, ss0, s1, ss1, n, imm, scratch):
             mem[d0 + ds * i] = scratch[i]
 
 
+# --- pools (allocating; called only from run_mesh) ----------------------------------------
+
+
 @njit
 def new_records(cap):
     """A record pool of `cap` rows, all on the free list (REC_LEN = -1 marks a free row)."""

@@ -115,19 +115,7 @@ class Program:
                   "data_values")
         return (all(getattr(self, s) == getattr(other, s) for s in scalars)
                 and all(np.array_equal(getattr(self, a), getattr(other, a)) for a in arrays)
-                and self.same_params(other))
-
-    def same_params(self, other: "Program") -> bool:
-        """True when every PE has the same parameter values in both programs (the
-        factored forms may order their rows differently)."""
-        if (self.param_index.shape != other.param_index.shape
-                or self.num_params != other.num_params):
-            return False
-        if (np.array_equal(self.param_index, other.param_index)
-                and np.array_equal(self.param_rows, other.param_rows)):
-            return True
-        return bool((self.param_rows[self.param_index]
-                     == other.param_rows[other.param_index]).all())
+                and np.array_equal(self.params, other.params))   # row order may differ
 
 
 def factor_params(params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
