@@ -1,0 +1,551 @@
+"""The discrete-event simulation of a serving cluster (SimPy): P prefill instances, D decode
+instances, the links between them, and a request stream. Times are seconds of simulated
+time; sizes are tokens and bytes.
+
+A request's life (docs/serving.md):
+1. arrival; rejected at once (and counted) if it can never be served: prompt longer than
+   a prefill instance holds, or prompt + output - 1 positions more than a decode
+   instance's `max_context`, or more KV than its pool;
+2. FCFS prefill queue shared by the P prefill instances; an idle instance takes the head
+   request and, while the batch stays within `prefill_token_budget` prompt tokens (and
+   `prefill_max_batch` requests), the next ones in order; the batch costs
+   `costs.prefill_seconds(total tokens)`. The first token is produced here: TTFT =
+   prefill end - arrival. A request with one output token is done;
+3. FCFS decode admission: the head request goes to the decode instance with the most
+   free KV among those with room for prompt + output positions (reserved until it ends,
+   no preemption) and fewer than `max_batch` users; if none has room it waits, and so do
+   the requests behind it;
+4. KV transfer: `kv_bytes(prompt)` bytes from the prefill instance's egress (link preset
+   bandwidth x prefill chips) into the decode instance's ingress (the decode preset's
+   `io_bytes_per_s` x wafers); concurrent transfers share both ends max-min fairly
+   (progressive filling); then the link latency and the KV layout in the wafer;
+5. continuous batching: the request joins its decode instance's batch at the next step
+   boundary; each step costs `costs.decode_steps` for the batch's KV lengths and gives
+   each user one token; after output - 1 steps it is done. TPOT = (end - first token) /
+   (output - 1).
+
+Between batch changes a decode instance does not schedule one event per step: it computes
+the end times of the steps up to the next completion at once (`Costs.decode_run`) and is
+woken early only when a request joins (it then finishes the step in flight). The result
+is the same as stepping one event per token.
+
+`colocated=True` is the non-disaggregated baseline: P instances run both phases on the
+same chips (no link); an instance runs a prefill batch whenever the head of the prefill
+queue fits its KV pool (prefill first, as vLLM), else decode steps.
+"""
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+
+from emulator.serve.costs import Costs
+from emulator.serve.workload import Workload
+
+# request status codes
+PENDING, DONE, REJECTED = 0, 1, 2
+REJECT_REASONS = ("prompt longer than a prefill instance holds",
+                  "prompt + output longer than a decode instance's max context",
+                  "KV larger than a decode instance's pool")
+
+
+@dataclass
+class Cluster:
+    """Shape and policies of the simulated cluster."""
+
+    prefill_instances: int = 1
+    decode_instances: int = 1
+    prefill_token_budget: int = 0          # 0: the cost model's max_prompt_tokens
+    prefill_max_batch: int = 1 << 30       # requests per prefill batch
+    egress_bytes_per_s: float = 25e9       # per prefill instance (link x chips)
+    ingress_bytes_per_s: float = 150e9     # per decode instance (system I/O x wafers)
+    link_latency_s: float = 0.0
+    colocated: bool = False                # baseline: both phases on the prefill instances
+
+    def check(self) -> None:
+        from emulator.errors import ConfigError
+
+        if self.prefill_instances < 1:
+            raise ConfigError(f"--prefill-instances must be >= 1, got {self.prefill_instances}")
+        if self.decode_instances < 1 and not self.colocated:
+            raise ConfigError(f"--decode-instances must be >= 1, got {self.decode_instances}")
+
+
+@dataclass
+class Records:
+    """Per-request times (seconds, NaN when not reached) and placement, one entry each."""
+
+    n: int
+    status: np.ndarray = None
+    reason: np.ndarray = None
+    prefill_start: np.ndarray = None
+    prefill_end: np.ndarray = None
+    transfer_start: np.ndarray = None
+    transfer_end: np.ndarray = None
+    decode_start: np.ndarray = None
+    finish: np.ndarray = None
+    prefill_instance: np.ndarray = None
+    decode_instance: np.ndarray = None
+    slot: np.ndarray = None
+
+    def __post_init__(self):
+        nan = np.full(self.n, np.nan)
+        for name in ("prefill_start", "prefill_end", "transfer_start", "transfer_end",
+                     "decode_start", "finish"):
+            setattr(self, name, nan.copy())
+        self.status = np.zeros(self.n, np.int8)
+        self.reason = np.full(self.n, -1, np.int8)
+        for name in ("prefill_instance", "decode_instance", "slot"):
+            setattr(self, name, np.full(self.n, -1, np.int32))
+
+
+@dataclass
+class QueueStats:
+    """Time-integrated length of one queue (for Little's law and the timeline plot)."""
+
+    name: str
+    length: int = 0
+    area: float = 0.0          # integral of length over time
+    last: float = 0.0
+    entered: int = 0
+    waits: float = 0.0         # summed time spent inside by those who left
+    left: int = 0
+    times: list = field(default_factory=list)
+    lengths: list = field(default_factory=list)
+
+    def change(self, now: float, delta: int) -> None:
+        self.area += self.length * (now - self.last)
+        self.last = now
+        self.length += delta
+        if delta > 0:
+            self.entered += delta
+        self.times.append(now)
+        self.lengths.append(self.length)
+
+    def leave(self, now: float, since: float) -> None:
+        self.change(now, -1)
+        self.waits += now - since
+        self.left += 1
+
+    def close(self, now: float) -> None:
+        self.area += self.length * (now - self.last)
+        self.last = now
+
+
+class Network:
+    """Fluid KV transfers sharing prefill egress and decode ingress max-min fairly."""
+
+    def __init__(self, env: simpy.Environment, egress: list, ingress: list):
+        self.env = env
+        self.cap = {("e", i): c for i, c in enumerate(egress)}
+        self.cap.update({("i", j): c for j, c in enumerate(ingress)})
+        self.flows = {}        # id -> [remaining bytes, src key, dst key, done event, rate]
+        self.last = 0.0
+        self.wake = env.event()
+        self.busy_bytes = np.zeros(len(ingress))
+        self.active_time = np.zeros(len(ingress))
+        self.next_id = 0
+        env.process(self._run())
+
+    def send(self, src: int, dst: int, nbytes: float) -> simpy.Event:
+        """An event that fires when `nbytes` have crossed from egress src to ingress dst."""
+        self._advance()
+        done = self.env.event()
+        self.flows[self.next_id] = [float(nbytes), ("e", src), ("i", dst), done, 0.0]
+        self.next_id += 1
+        self._rates()
+        if not self.wake.triggered:
+            self.wake.succeed()
+        return done
+
+    def _advance(self) -> None:
+        dt = self.env.now - self.last
+        self.last = self.env.now
+        if dt <= 0 or not self.flows:
+            return
+        active = set()
+        for flow in self.flows.values():
+            moved = flow[4] * dt
+            flow[0] -= moved
+            j = flow[2][1]
+            self.busy_bytes[j] += moved
+            active.add(j)
+        for j in active:
+            self.active_time[j] += dt
+
+    def _rates(self) -> None:
+        """Progressive filling: raise every unfrozen flow's rate together until a resource
+        saturates, freeze the flows through it, repeat (max-min fair shares)."""
+        left = dict(self.cap)
+        users = {}
+        for fid, flow in self.flows.items():
+            users.setdefault(flow[1], []).append(fid)
+            users.setdefault(flow[2], []).append(fid)
+        unfrozen = set(self.flows)
+        while unfrozen:
+            share, key = min((left[k] / sum(1 for f in fs if f in unfrozen), k)
+                             for k, fs in users.items() if any(f in unfrozen for f in fs))
+            for fid in [f for f in users[key] if f in unfrozen]:
+                flow = self.flows[fid]
+                flow[4] = share
+                unfrozen.discard(fid)
+                for k in (flow[1], flow[2]):
+                    left[k] -= share
+
+    def _run(self):
+        env = self.env
+        while True:
+            if not self.flows:
+                yield self.wake
+                self.wake = env.event()
+                continue
+            dt = min(f[0] / f[4] for f in self.flows.values())
+            yield env.timeout(max(dt, 0.0)) | self.wake
+            if self.wake.triggered:
+                self.wake = env.event()
+            self._advance()
+            finished = [fid for fid, f in self.flows.items() if f[0] <= 1e-6 * max(1.0, f[4])]
+            for fid in finished:
+                self.flows.pop(fid)[3].succeed()
+            if finished:
+                self._rates()
+
+
+class DecodeBatch:
+    """The running batch of one instance: users' KV lengths and steps left; steps a whole
+    stretch up to the next completion in one event (module docstring)."""
+
+    def __init__(self, costs: Costs, max_batch: int):
+        self.costs = costs
+        self.ids = []
+        self.ctx = np.zeros(0, np.int64)
+        self.left = np.zeros(0, np.int64)
+        self.slots = list(range(max_batch - 1, -1, -1)) if max_batch < 4096 else None
+        self.slot_of = {}
+        self.busy = 0.0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def join(self, rid: int, context: int, steps: int) -> int:
+        """Add a user with KV length `context` and `steps` steps to go; its slot number."""
+        self.ids.append(rid)
+        self.ctx = np.append(self.ctx, context)
+        self.left = np.append(self.left, steps)
+        slot = self.slots.pop() if self.slots else len(self.ids) - 1
+        self.slot_of[rid] = slot
+        return slot
+
+    def plan(self) -> np.ndarray:
+        """End times (from now) of the steps up to the next completion."""
+        return self.costs.decode_run(self.ctx + 1, int(self.left.min()))
+
+    def advance(self, steps: int, seconds: float) -> list:
+        """Apply `steps` finished steps taking `seconds`; the ids that are done."""
+        self.busy += seconds
+        self.ctx += steps
+        self.left -= steps
+        done_mask = self.left <= 0
+        if not done_mask.any():
+            return []
+        done = [rid for rid, d in zip(self.ids, done_mask, strict=True) if d]
+        keep = ~done_mask
+        self.ids = [rid for rid, k in zip(self.ids, keep, strict=True) if k]
+        self.ctx, self.left = self.ctx[keep], self.left[keep]
+        for rid in done:
+            slot = self.slot_of.pop(rid)
+            if self.slots is not None:
+                self.slots.append(slot)
+        return done
+
+
+class Simulation:
+    """One run: build with the workload, costs and cluster, then `run()`."""
+
+    def __init__(self, workload: Workload, costs: Costs, cluster: Cluster,
+                 baseline_costs: Costs | None = None):
+        cluster.check()
+        self.w, self.cluster = workload, cluster
+        self.costs = costs
+        self.n = len(workload)
+        # Python lists: element access in the event loop is several times faster than numpy
+        self.arrival = workload.arrival_s.tolist()
+        self.prompt = workload.prompt_tokens.tolist()
+        self.output = workload.output_tokens.tolist()
+        self.rec = Records(self.n)
+        self.env = simpy.Environment()
+        self.budget = cluster.prefill_token_budget or costs.max_prompt_tokens
+        self.prefill_queue = deque()
+        self.decode_queue = deque()
+        self.q_prefill = QueueStats("prefill queue")
+        self.q_decode = QueueStats("decode admission queue")
+        self.q_transfer = QueueStats("KV transfer")
+        self.q_batch = QueueStats("decoding")
+        self.idle_prefill = []            # events of idle prefill instances
+        self.prefill_busy = np.zeros(cluster.prefill_instances)
+        self.decode_busy = np.zeros(0)
+        self.completed = 0
+        self._all_done = self.env.event()
+        n_dec = cluster.prefill_instances if cluster.colocated else cluster.decode_instances
+        self.kv_free = np.full(n_dec, costs.kv_capacity_tokens, np.int64)
+        self.kv_samples_t, self.kv_samples = [0.0], [np.zeros(n_dec)]
+        self.users = np.zeros(n_dec, np.int64)          # admitted (incl. in transfer)
+        self.batches = [DecodeBatch(costs, costs.max_batch) for _ in range(n_dec)]
+        self.pending = [[] for _ in range(n_dec)]
+        self.wakes = [self.env.event() for _ in range(n_dec)]
+        if not cluster.colocated:
+            self.net = Network(self.env,
+                               [cluster.egress_bytes_per_s] * cluster.prefill_instances,
+                               [cluster.ingress_bytes_per_s] * n_dec)
+
+    # ------------------------------------------------------------------ arrivals
+
+    def _never_fits(self, i: int) -> int:
+        c = self.costs
+        p, o = self.prompt[i], self.output[i]
+        if p > c.max_prompt_tokens:
+            return 0
+        if o > 1 and p + o - 1 > c.max_context:
+            return 1
+        if o > 1 and p + o > c.kv_capacity_tokens:
+            return 2
+        return -1
+
+    def _arrivals(self):
+        env, now = self.env, 0.0
+        for i in range(self.n):
+            gap = self.arrival[i] - now
+            if gap > 0:
+                yield env.timeout(gap)
+            now = self.arrival[i]
+            reason = self._never_fits(i)
+            if reason >= 0:
+                self.rec.status[i], self.rec.reason[i] = REJECTED, reason
+                self.rec.finish[i] = now
+                self._count_done()
+                continue
+            self.prefill_queue.append(i)
+            self.q_prefill.change(env.now, +1)
+            self._kick_prefill()
+
+    def _kick_prefill(self) -> None:
+        if self.cluster.colocated:
+            idle = [j for j, b in enumerate(self.batches) if len(b) == 0 and not self.pending[j]]
+            for j in idle[:1] or range(len(self.wakes)):
+                if not self.wakes[j].triggered:
+                    self.wakes[j].succeed()
+            return
+        if self.idle_prefill:
+            self.idle_prefill.pop().succeed()
+
+    def _count_done(self) -> None:
+        self.completed += 1
+        if self.completed == self.n:
+            self._all_done.succeed()
+
+    # ------------------------------------------------------------------ prefill
+
+    def _take_batch(self, fits=None) -> list:
+        """Pop the head request and the following ones within the token budget."""
+        q, batch, tokens = self.prefill_queue, [], 0
+        while q and len(batch) < self.cluster.prefill_max_batch:
+            i = q[0]
+            p = self.prompt[i]
+            if batch and tokens + p > self.budget:
+                break
+            if fits is not None and not fits(i):
+                break
+            q.popleft()
+            batch.append(i)
+            tokens += p
+        return batch
+
+    def _prefill_batch(self, k: int, batch: list):
+        env, rec = self.env, self.rec
+        now = env.now
+        for i in batch:
+            self.q_prefill.leave(now, self.arrival[i])
+            rec.prefill_start[i] = now
+            rec.prefill_instance[i] = k
+        seconds = self.costs.prefill_seconds(sum(self.prompt[i] for i in batch))
+        yield env.timeout(seconds)
+        self.prefill_busy[k] += seconds
+
+    def _prefill_instance(self, k: int):
+        env, rec = self.env, self.rec
+        while True:
+            if not self.prefill_queue:
+                wake = env.event()
+                self.idle_prefill.append(wake)
+                yield wake
+                continue
+            batch = self._take_batch()
+            yield from self._prefill_batch(k, batch)
+            now = env.now
+            for i in batch:
+                rec.prefill_end[i] = now
+                if self.output[i] <= 1:
+                    self._finish(i, now)
+                else:
+                    self.decode_queue.append(i)
+                    self.q_decode.change(now, +1)
+            self._admit()
+
+    # ------------------------------------------------------------------ admission + link
+
+    def _room(self, j: int, i: int) -> bool:
+        need = self.prompt[i] + self.output[i]
+        return self.kv_free[j] >= need and self.users[j] < self.costs.max_batch
+
+    def _reserve(self, j: int, i: int) -> None:
+        self.kv_free[j] -= self.prompt[i] + self.output[i]
+        self.users[j] += 1
+        self._kv_sample()
+
+    def _release(self, j: int, i: int) -> None:
+        self.kv_free[j] += self.prompt[i] + self.output[i]
+        self.users[j] -= 1
+        self._kv_sample()
+
+    def _kv_sample(self) -> None:
+        self.kv_samples_t.append(self.env.now)
+        self.kv_samples.append(1.0 - self.kv_free / self.costs.kv_capacity_tokens)
+
+    def _admit(self) -> None:
+        """FCFS decode admission (module docstring, step 3)."""
+        q = self.decode_queue
+        while q:
+            i = q[0]
+            order = np.argsort(-self.kv_free, kind="stable")
+            j = next((int(j) for j in order if self._room(int(j), i)), None)
+            if j is None:
+                return
+            q.popleft()
+            self.q_decode.leave(self.env.now, self.rec.prefill_end[i])
+            self._reserve(j, i)
+            self.rec.decode_instance[i] = j
+            self.env.process(self._transfer(i, j))
+
+    def _transfer(self, i: int, j: int):
+        env, rec, c = self.env, self.rec, self.costs
+        rec.transfer_start[i] = env.now
+        self.q_transfer.change(env.now, +1)
+        yield self.net.send(int(rec.prefill_instance[i]), j, c.kv_bytes(self.prompt[i]))
+        tail = self.cluster.link_latency_s + c.layout_seconds(self.prompt[i])
+        if tail > 0:
+            yield env.timeout(tail)
+        rec.transfer_end[i] = env.now
+        self.q_transfer.leave(env.now, rec.transfer_start[i])
+        self.pending[j].append(i)
+        if not self.wakes[j].triggered:
+            self.wakes[j].succeed()
+
+    # ------------------------------------------------------------------ decode
+
+    def _join_pending(self, j: int) -> None:
+        rec, batch, now = self.rec, self.batches[j], self.env.now
+        for i in self.pending[j]:
+            rec.decode_start[i] = now
+            rec.slot[i] = batch.join(i, self.prompt[i], self.output[i] - 1)
+            self.q_batch.change(now, +1)
+        self.pending[j] = []
+
+    def _decode_stretch(self, j: int):
+        """Run the batch of instance j up to its next completion or an early wake-up."""
+        env, batch = self.env, self.batches[j]
+        ends = batch.plan()
+        start = env.now
+        wake = self.wakes[j]
+        yield env.timeout(float(ends[-1])) | wake
+        elapsed = env.now - start
+        if elapsed >= ends[-1] * (1 - 1e-12):
+            steps = len(ends)
+        else:
+            steps = int(np.searchsorted(ends, elapsed, side="right"))
+            if steps < len(ends):                      # finish the step in flight
+                yield env.timeout(float(ends[steps]) - elapsed)
+                steps += 1
+        now = env.now
+        for i in batch.advance(steps, float(ends[steps - 1])):
+            self.q_batch.leave(now, self.rec.decode_start[i])
+            self._release(j, i)
+            self._finish(i, now)
+
+    def _decode_instance(self, j: int):
+        env = self.env
+        while True:
+            if self.wakes[j].triggered:
+                self.wakes[j] = env.event()
+            self._join_pending(j)
+            if len(self.batches[j]) == 0:
+                yield self.wakes[j]
+                continue
+            yield from self._decode_stretch(j)
+            self._admit()
+
+    def _colocated_instance(self, j: int):
+        """Baseline instance: prefill when the queue's head fits here, else decode."""
+        env, rec = self.env, self.rec
+        while True:
+            if self.wakes[j].triggered:
+                self.wakes[j] = env.event()
+            batch = self._take_batch(fits=lambda i, j=j: self._claim(j, i))
+            if batch:
+                yield from self._prefill_batch(j, batch)
+                now = env.now
+                for i in batch:
+                    rec.prefill_end[i] = now
+                    if self.output[i] <= 1:
+                        self._finish(i, now)
+                    else:
+                        rec.transfer_start[i] = rec.transfer_end[i] = now
+                        self.pending[j].append(i)
+                self._join_pending(j)
+                continue
+            self._join_pending(j)
+            if len(self.batches[j]) == 0:
+                yield self.wakes[j]
+                continue
+            yield from self._decode_stretch(j)
+            if self.wakes[j].triggered:
+                self.wakes[j] = env.event()
+
+    def _claim(self, j: int, i: int) -> bool:
+        """Baseline: reserve KV on instance j for request i if it has room (True)."""
+        if self.output[i] <= 1:
+            return True
+        if not self._room(j, i):
+            return False
+        self._reserve(j, i)
+        self.rec.decode_instance[i] = j
+        return True
+
+    def _finish(self, i: int, now: float) -> None:
+        self.rec.finish[i] = now
+        self.rec.status[i] = DONE
+        self._count_done()
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> "Simulation":
+        """Simulate until every request is done or rejected; returns self."""
+        env, c = self.env, self.cluster
+        env.process(self._arrivals())
+        if c.colocated:
+            for j in range(c.prefill_instances):
+                env.process(self._colocated_instance(j))
+        else:
+            for k in range(c.prefill_instances):
+                env.process(self._prefill_instance(k))
+            for j in range(c.decode_instances):
+                env.process(self._decode_instance(j))
+        if self.n:
+            env.run(until=self._all_done)
+        self.end = env.now
+        for q in (self.q_prefill, self.q_decode, self.q_transfer, self.q_batch):
+            q.close(self.end)
+        self.decode_busy = np.array([b.busy for b in self.batches])
+        if not c.colocated:
+            self.net._advance()
+        return self
