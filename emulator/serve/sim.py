@@ -463,9 +463,12 @@ class Simulation:
             steps = len(ends)
         else:
             steps = int(np.searchsorted(ends, elapsed, side="right"))
-            if steps < len(ends):                      # finish the step in flight
+            boundary = float(ends[steps - 1]) if steps else 0.0
+            if elapsed > boundary:                     # finish the step in flight
                 yield env.timeout(float(ends[steps]) - elapsed)
                 steps += 1
+            if steps == 0:                             # woken as the stretch began
+                return
         now = env.now
         for i in batch.advance(steps, float(ends[steps - 1])):
             self.q_batch.leave(now, self.rec.decode_start[i])
