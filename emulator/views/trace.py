@@ -7,7 +7,7 @@ microseconds; names of processes and threads are metadata events (`"ph": "M"`).
 
 from dataclasses import dataclass, field
 
-from emulator.atomic_io import atomic_write_json
+from emulator.files import atomic_write_json
 
 REQUIRED_SLICE_KEYS = ("name", "ph", "ts", "dur", "pid", "tid")
 

@@ -8,7 +8,7 @@ back pickled. Used to emulate a multi-wafer system's distinct wafer programs at 
 run's.
 
 `Forked(function, *args)` runs one call in a forked child while the caller goes on (the
-layer fast-forward's block check and head, emulator/fast_forward.py); `shared_empty`
+layer fast-forward's block check and head, emulator/mesh/fast_forward.py); `shared_empty`
 makes arrays the child can fill without pickling; `usable_jobs` says how many processes a
 job may use here (1 inside a pool worker or without fork).
 """

@@ -5,11 +5,11 @@
     emu explain CONFIG --pe X,Y [--hw ...] [--mesh WxH] [--dtype] [--layout]
                    [--max-context N] [--position P] [--per-instruction] [--no-timeline]
 
-`emu map` needs only the tile and place passes (emulator/mapview.py), so it also draws
+`emu map` needs only the tile and place passes (emulator/views/mapview.py), so it also draws
 models that do not fit, saying by how much. `emu explain` compiles the decode step and
 shows what PE (x, y) stores, its routes, its parameters, its program with the op-block
 comments, and (meshes up to `TIMELINE_PES` PEs) its timeline in one decode step from the
-reference engine (emulator/explain.py). Both default to the `small` preset (32 x 32).
+reference engine (emulator/inspect/explain.py). Both default to the `small` preset (32 x 32).
 Bad options are one line on stderr and exit status 2, naming the valid range.
 """
 
@@ -22,8 +22,8 @@ from rich.console import Console
 from rich.table import Table
 
 from compiler.frontend import resolve_model
-from emulator.cli_common import load_sized_mesh
-from emulator.errors import ConfigError
+from emulator.cli.common import load_sized_mesh
+from emulator.hw.errors import ConfigError
 from emulator.hw.mesh import MeshConfig
 
 WIDE = 140              # console width when stdout is not a terminal (pipes, docs, tests)
@@ -97,7 +97,7 @@ def model_options(command):
 def map_command(config, hw, mesh_text, dtype, layout, max_context, layer, region_text,
                 png_path, max_cols):
     """Map of the mesh: what each PE holds and does (tile + place only)."""
-    from emulator import mapview
+    from emulator.views import mapview
 
     spec, mesh, name = load_target(config, hw, mesh_text)
     m = mapview.build_map(spec, mesh, dtype, layout, max_context, name)
@@ -137,7 +137,7 @@ def explain_command(config, pe_text, hw, mesh_text, dtype, layout, max_context, 
                     per_instruction, op, no_timeline):
     """Everything about one PE: storage, routes, parameters, program and timeline."""
     from compiler.decode import compile_decode
-    from emulator import explain
+    from emulator.inspect import explain
 
     spec, mesh, name = load_target(config, hw, mesh_text)
     x, y = explain.check_pe(pe_text, mesh.width, mesh.height)
@@ -210,7 +210,7 @@ def _table(title: str, rows: list[dict], columns) -> Table:
 def print_timeline(console: Console, program, mesh: MeshConfig, index, x: int, y: int,
                    per_instruction: bool, op: str | None = None) -> None:
     """The PE's timeline in one decode step (reference engine, timing only)."""
-    from emulator import explain
+    from emulator.inspect import explain
 
     if program.num_pes > TIMELINE_PES:
         console.print(f"timeline skipped: the reference engine replays all {program.num_pes:,}"

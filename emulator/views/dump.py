@@ -1,7 +1,7 @@
 """Dump every stage of a compiled decode step to a directory (`emu compile --dump DIR`).
 
 Files written (each atomically, after everything has been computed):
-- `graph.json`, `graph.dot`: the decode op graph (compiler.graph) when available;
+- `graph.json`, `graph.dot`: the decode op graph (emulator.inspect.graph) when available;
 - `tiles.json`: the tile plan (chunk bounds of every vector, tiling of every matrix);
 - `placement.json`, `placement.txt`: the SRAM address map and an ASCII map of SRAM use;
 - `routes.json`: colors and every flow with its router entries;
@@ -19,8 +19,9 @@ from compiler.emit import DecodeProgram
 from compiler.place import ascii_map, dump_placement
 from compiler.route import dump_routes
 from compiler.tile import dump_tiles
-from emulator.atomic_io import atomic_write_text
-from emulator.hw.mesh import DTYPE_BYTES, MeshConfig
+from emulator.files import atomic_write_text
+from emulator.hw.dtypes import BYTES as DTYPE_BYTES
+from emulator.hw.mesh import MeshConfig
 from isa.disasm import format_instruction, format_ports
 
 FULL_PROGRAM_PES = 1024
@@ -90,7 +91,7 @@ def dump_all(spec, mesh: MeshConfig, directory, dtype: str = "fp32",
     graph = _decode_graph(spec, pos, DTYPE_BYTES[compiled.placement.dtype])
     directory = Path(directory)
     if graph is not None:
-        from compiler.graph import dump_graph
+        from emulator.inspect.graph import dump_graph
         dump_graph(graph, directory)
     for name, text in files.items():
         atomic_write_text(directory / name, text)
@@ -98,9 +99,9 @@ def dump_all(spec, mesh: MeshConfig, directory, dtype: str = "fp32",
 
 
 def _decode_graph(spec, pos: int, bytes_per_element: int):
-    """The decode op graph, or None when compiler.graph is not available."""
+    """The decode op graph, or None when emulator.inspect.graph is not available."""
     try:
-        from compiler.graph import build_decode_graph
+        from emulator.inspect.graph import build_decode_graph
     except ImportError:
         return None
     return build_decode_graph(spec, pos, bytes_per_element)

@@ -1,4 +1,4 @@
-"""The `emu` command line: a click group whose subcommands live in `emulator/cli_*.py`.
+"""The `emu` command line: a click group whose subcommands live in `emulator/cli/*.py`.
 
 Every `EmuError` raised by a subcommand becomes one line on stderr and exit status 2
 (DESIGN.md section 5); output files are written atomically so none is left half-written.
@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from emulator.errors import EmuError
+from emulator.hw.errors import EmuError
 
 
 class EmuGroup(click.Group):
@@ -33,13 +33,13 @@ def main():
 
 # Modules that define subcommands; each exposes `COMMANDS`, a list of click commands.
 COMMAND_MODULES: list[str] = [
-    "emulator.cli_asm",
-    "emulator.cli_prefill",
-    "emulator.cli_compile",
-    "emulator.cli_run",
-    "emulator.cli_map",
-    "emulator.cli_step",
-    "emulator.cli_bench",
+    "emulator.cli.asm",
+    "emulator.cli.prefill",
+    "emulator.cli.compile",
+    "emulator.cli.run",
+    "emulator.cli.map",
+    "emulator.cli.step",
+    "emulator.cli.bench",
 ]
 
 

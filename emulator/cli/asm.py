@@ -1,4 +1,4 @@
-"""`emu asm run|disasm`: run and print mesh assembly programs (`emu step`: cli_step.py).
+"""`emu asm run|disasm`: run and print mesh assembly programs (`emu step`: cli/step.py).
 
 `emu asm run` assembles a file, runs it on the Numba engine (or the reference
 interpreter) and reports cycles, per-PE busy/idle cycles and link utilisation as tables
@@ -16,8 +16,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from emulator.atomic_io import atomic_write_text
-from emulator.cli_common import parse_mesh_size
+from emulator.cli.common import parse_mesh_size
+from emulator.files import atomic_write_text
 from emulator.hw.mesh import MeshConfig, load_mesh
 from isa.asm import assemble_file
 from isa.disasm import disassemble
@@ -41,11 +41,11 @@ def run_program(program: Program, mesh: MeshConfig, engine: str, functional: boo
                 max_cycles: int, record_events: bool = False) -> RunResult:
     """Run on the chosen engine (the reference is imported lazily, Numba too)."""
     if engine == "reference":
-        from isa.reference import run_reference
+        from isa.interpreter import run_reference
 
         return run_reference(program, mesh, functional=functional, max_cycles=max_cycles,
                              record_events=record_events)
-    from emulator.mesh_engine import run_numba
+    from emulator.mesh.engine import run_numba
 
     return run_numba(program, mesh, functional=functional, max_cycles=max_cycles)
 

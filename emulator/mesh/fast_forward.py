@@ -24,7 +24,7 @@ the block's first cut. docs/engines.md ("Fast-forward") states the conditions; i
 - cuts: the run stops with every running PE *parked* about to execute the cut mark, no
   message queued or in flight, no route change, and equal registers;
 - repetition: from a cut on, the kernel records what each PE and link did first
-  (mesh_kernels P_SLACK, LINK_USED). Block b repeats D cycles later if every PE's clock
+  (mesh.kernels P_SLACK, LINK_USED). Block b repeats D cycles later if every PE's clock
   moved by D over it, or by less and its first act was a receive that waited for its
   message (so an earlier start changes nothing), and every link's first reservation in
   the block would have started at the same cycle from the later state;
@@ -41,10 +41,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emulator import cut_kernels as C
-from emulator import mesh_kernels as K
-from emulator.errors import MeshFault
-from emulator.parallel import Forked, shared_empty
+from emulator.hw.errors import MeshFault
+from emulator.mesh import cut_kernels as C
+from emulator.mesh import kernels as K
+from emulator.mesh.parallel import Forked, shared_empty
 from isa.opcodes import MODE_BITS, MODE_PARAM, NUM_SLOTS, SLOT_COLOR, SLOT_DST, SLOT_N, Op
 from isa.program import Program
 
@@ -259,7 +259,7 @@ class RegionParams:
 
 def costs_match(program: Program, static_cost: np.ndarray, zero: np.ndarray,
                 rows: np.ndarray, params: RegionParams) -> bool:
-    """Equal static costs (mesh_engine.static_costs), except that an instruction whose
+    """Equal static costs (engine.static_costs), except that an instruction whose
     count is a parameter may have a different address-derived count limit (cost -2 -
     limit) as long as the limit admits the largest count any PE of the region passes."""
     mine, theirs = static_cost[zero], static_cost[rows]
@@ -354,7 +354,7 @@ class Cut:
 
 def start_tracking(kernel, live: np.ndarray) -> None:
     """From the cut the kernel is parked at on, record what each PE and link does first
-    (mesh_kernels P_SLACK and the links' first-reservation encoding)."""
+    (mesh.kernels P_SLACK and the links' first-reservation encoding)."""
     kernel.pes[live, K.P_SLACK] = K.SLACK_AT_CUT
     C.track_links(kernel.links, False)
 
@@ -474,7 +474,7 @@ def cut_record(marks: np.ndarray, cut: int, span: tuple[int, int], shift: int) -
 
 
 def run_fast_forward(kernel, cut_names, jobs: int = 1) -> int | None:
-    """Run `kernel` (a fresh mesh_engine.KernelRun) to the end with the blocks between the
+    """Run `kernel` (a fresh engine.KernelRun) to the end with the blocks between the
     marks `cut_names` fast-forwarded; the number of blocks skipped, or None (the kernel
     state is then unusable) when a condition of the module docstring fails, and the
     caller runs in full. With `jobs` > 1, a forked child checks the blocks while the

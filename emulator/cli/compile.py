@@ -6,7 +6,7 @@
 CONFIG is a HuggingFace config.json path or a bundled model name. The mapping uses the
 whole mesh (`--mesh` overrides the preset's size; the default preset is `small`, 32 x 32).
 Prints a summary; with `--dump DIR` writes the op graph, tiles, placement (JSON + ASCII
-map), routes and representative per-PE assembly (compiler/dump.py). A bad config or a
+map), routes and representative per-PE assembly (emulator/views/dump.py). A bad config or a
 model that does not fit is one line on stderr and exit status 2.
 """
 
@@ -14,10 +14,10 @@ import json
 
 import click
 
-from compiler.dump import dump_all, summary
 from compiler.frontend import resolve_model
-from emulator.cli_common import load_sized_mesh
-from emulator.errors import ConfigError
+from emulator.cli.common import load_sized_mesh
+from emulator.hw.errors import ConfigError
+from emulator.views.dump import dump_all, summary
 
 
 @click.command("compile")

@@ -1,8 +1,8 @@
-"""The fast mesh engine: `run_numba`, a drop-in for `isa.reference.run_reference`.
+"""The fast mesh engine: `run_numba`, a drop-in for `isa.interpreter.run_reference`.
 
 The wrapper validates the program against the mesh (`isa.validate.validate_program`: mesh
 dimensions, SRAM budget `sram_words * bytes(dtype) <= sram_bytes`, colors, encoding),
-converts the Program to the plain arrays the kernel takes (emulator/mesh_kernels.py), runs
+converts the Program to the plain arrays the kernel takes (emulator/mesh/kernels.py), runs
 it, and turns the kernel's integer fault record into a `MeshFault` worded like the
 reference's. Results agree with the reference exactly (cycles, per-PE times, link loads,
 counters) and, in functional mode, bit for bit on SRAM. See docs/engines.md.
@@ -10,13 +10,13 @@ counters) and, in functional mode, bit for bit on SRAM. See docs/engines.md.
 
 import numpy as np
 
-from emulator import mesh_kernels as K
-from emulator.cut_kernels import parked_keys
-from emulator.errors import ConfigError, MeshFault
-from emulator.fast_forward import run_fast_forward
+from emulator.hw.errors import ConfigError, MeshFault
 from emulator.hw.mesh import MeshConfig
-from emulator.input_kernels import pack_routes
-from emulator.parallel import usable_jobs
+from emulator.mesh import kernels as K
+from emulator.mesh.cut_kernels import parked_keys
+from emulator.mesh.fast_forward import run_fast_forward
+from emulator.mesh.input_kernels import pack_routes
+from emulator.mesh.parallel import usable_jobs
 from isa.opcodes import (
     MODE_BITS,
     NUM_REGS,
@@ -53,7 +53,7 @@ def run_numba(program: Program, mesh: MeshConfig, sram=None, functional: bool = 
     `RunResult.sram`. Timing-only (`functional=False`) allocates no SRAM or payloads,
     returns `sram=None` and the same timing as a functional run. `fast_forward`: names of
     marks that start repeated blocks (e.g. each decoder layer's first mark); a timing-only
-    run then skips the middle blocks exactly when emulator/fast_forward.py's conditions
+    run then skips the middle blocks exactly when emulator/mesh/fast_forward.py's conditions
     hold (`skipped_blocks` says how many), else runs in full. `jobs`: processes the
     fast-forward may use (None: one per CPU for programs of at least PARALLEL_MIN_PES
     PEs, where forking pays off, else 1); the result is the same for any number.
@@ -168,7 +168,7 @@ class KernelRun:
 
     @property
     def cfg(self) -> np.ndarray:
-        """The kernel's cfg array (mesh_kernels.CFG_* indices)."""
+        """The kernel's cfg array (kernels.CFG_* indices)."""
         return self.inputs[-1]
 
     @property
@@ -350,7 +350,7 @@ def color_slots(program: Program) -> np.ndarray:
 
 def router_tables(program: Program, slots: np.ndarray) -> np.ndarray:
     """uint8 [slots * P * 2]: rx and tx of each (color slot, PE) interleaved (color-major,
-    mesh_kernels.slot_index), each entry in `pack_ports` form (the N E S W R bits, bit 5
+    kernels.slot_index), each entry in `pack_ports` form (the N E S W R bits, bit 5
     if any other bit is set)."""
     tables = np.empty(len(slots) * program.num_pes * 2, np.uint8)
     rx, tx = (np.ascontiguousarray(table) for table in (program.route_rx, program.route_tx))
@@ -365,7 +365,7 @@ def key_shift(num_pes: int) -> int:
 
 def kernel_config(program: Program, mesh: MeshConfig, functional: bool,
                   max_cycles: int, slots: np.ndarray | None = None) -> np.ndarray:
-    """The kernel's cfg array (mesh_kernels.CFG_* indices). The kernel's cycle limit is
+    """The kernel's cfg array (kernels.CFG_* indices). The kernel's cycle limit is
     also capped so that heap keys fit in int64 (2**(63 - shift) cycles, far beyond any
     run that finishes: 8.8e12 cycles on a 755 x 1170 wafer). `slots`: color_slots(program)
     when already known."""
@@ -389,7 +389,7 @@ def kernel_config(program: Program, mesh: MeshConfig, functional: bool,
     return cfg
 
 
-# --- fault messages (worded as isa/reference.py words them) -------------------------------
+# --- fault messages (worded as isa/interpreter.py words them) -------------------------------
 
 
 def port_list(mask: int) -> str:

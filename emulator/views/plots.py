@@ -12,8 +12,8 @@ import numpy as np
 
 from compiler.numerics import dtype_bytes
 from compiler.place import pe_usage
-from emulator.atomic_io import atomic_write_bytes
-from emulator.errors import ConfigError
+from emulator.files import atomic_write_bytes
+from emulator.hw.errors import ConfigError
 
 
 def _pyplot():

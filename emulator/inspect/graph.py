@@ -32,8 +32,8 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
-from emulator.atomic_io import atomic_write_json, atomic_write_text
-from emulator.errors import ConfigError
+from emulator.files import atomic_write_json, atomic_write_text
+from emulator.hw.errors import ConfigError
 
 OP_KINDS = ("input", "embedding", "rmsnorm", "matmul", "bias_add", "rope", "kv_append",
             "attn_scores", "softmax", "attn_values", "residual_add", "silu_mul", "take_last",

@@ -11,30 +11,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compiler.decode import MeshDecoder, compile_decode, run_timing
+from compiler.decode import compile_decode
 from compiler.frontend import ModelSpec
 from compiler.numerics import dtype_bytes
 from compiler.place import pe_class
-from compiler.system import (
-    SystemDecoder,
-    SystemStep,
-    compile_system,
-    handoff_seconds,
-    run_system_timing,
-    wafers_needed,
-)
-from emulator.decode_phases import layer_cycles, op_spans
-from emulator.errors import ConfigError
+from compiler.system import compile_system, handoff_seconds, wafers_needed
+from emulator.hw.errors import ConfigError, FitError
 from emulator.hw.link import LinkConfig
 from emulator.hw.mesh import MeshConfig
-from emulator.hw.prefill import PrefillConfig
-from emulator.kv_layout import kv_layout_cycles
-from emulator.kv_transfer import transfer_kv
-from emulator.prefill.run import run_prefill
-from emulator.trace import TraceBuilder
+from emulator.hw.prefill import PrefillConfig, load_prefill
+from emulator.inspect.phases import layer_cycles, op_spans
+from emulator.link.layout import kv_layout_cycles
+from emulator.link.transfer import transfer_kv
+from emulator.mesh.runtime import MeshDecoder, run_timing
+from emulator.mesh.system import SystemDecoder, SystemStep, run_system_timing
+from emulator.prefill.run import check_capacity, run_prefill
+from emulator.views.trace import TraceBuilder
 from isa.program import RunResult
 
 PREFILL_TRACE_SLICES = 20_000
+AUTO_PREFILL = ("trn2", "trn3")   # `--prefill-hw auto`: the first whose HBM holds the model
 
 
 @dataclass
@@ -66,6 +62,20 @@ class RunOutcome:
     trace: TraceBuilder = field(repr=False)
     compiled: object = field(default=None, repr=False)   # the decode compilation
     last_step: RunResult | None = field(default=None, repr=False)
+
+
+def smallest_prefill_chip(spec, dtype: str, prompt_len: int) -> PrefillConfig:
+    """The first bundled prefill chip of AUTO_PREFILL whose HBM holds weights + KV +
+    activations (Llama-3.1-70B in bf16 needs Trn3's 144 GiB); FitError when none does."""
+    error = None
+    for name in AUTO_PREFILL:
+        hw = load_prefill(name)
+        try:
+            check_capacity(spec, hw, prompt_len, dtype)
+            return hw
+        except FitError as exc:
+            error = exc
+    raise error
 
 
 def check_request(req: RunRequest) -> None:

@@ -34,9 +34,10 @@ from rich.text import Text
 from compiler.place import Placement, largest_class, pe_usage, place
 from compiler.route import color_budget
 from compiler.tile import TilePlan, tile
-from emulator.atomic_io import atomic_write_bytes
-from emulator.errors import ConfigError
-from emulator.hw.mesh import DTYPE_BYTES, MeshConfig
+from emulator.files import atomic_write_bytes
+from emulator.hw.dtypes import BYTES as DTYPE_BYTES
+from emulator.hw.errors import ConfigError
+from emulator.hw.mesh import MeshConfig
 
 ROOT, TOP, LEFT, ATTN, GEMV, IDLE = range(6)
 LAYER_MATRICES = ("qkv", "o", "gu", "down")

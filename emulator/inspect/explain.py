@@ -23,8 +23,9 @@ import re
 from dataclasses import dataclass
 
 from compiler.tile import gu_row_order, qkv_row_order
-from emulator.errors import ConfigError
-from emulator.hw.mesh import DTYPE_BYTES, MeshConfig
+from emulator.hw.dtypes import BYTES as DTYPE_BYTES
+from emulator.hw.errors import ConfigError
+from emulator.hw.mesh import MeshConfig
 from isa.asm import DESCRIPTOR_SLOTS, SIGNATURES
 from isa.disasm import format_instruction, format_ports
 from isa.opcodes import MODE_PARAM, MODE_REG, NUM_SLOTS, SLOT_COLOR, Op, slot_mode
@@ -468,7 +469,7 @@ def program_listing(program: Program, index: OpIndex, x: int, y: int,
 def pe_events(program: Program, mesh: MeshConfig, x: int, y: int,
               max_cycles: int = 10**9) -> tuple[list, int]:
     """(PE (x, y)'s events in execution order, program cycles) from a timing-only run."""
-    from isa.reference import run_reference
+    from isa.interpreter import run_reference
 
     result = run_reference(program, mesh, functional=False, max_cycles=max_cycles,
                            record_events=True)

@@ -15,35 +15,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from compiler.frontend import resolve_model
 from compiler.numerics import canonical_dtype
 from compiler.weights import load_weights, random_weights
-from emulator.atomic_io import atomic_save_npy, atomic_write_json
-from emulator.cli_common import load_sized_mesh
-from emulator.errors import ConfigError
+from emulator.cli.common import load_sized_mesh
+from emulator.files import atomic_save_npy, atomic_write_json
+from emulator.hw.errors import ConfigError
 from emulator.hw.link import load_link
 from emulator.hw.prefill import load_prefill
-from emulator.orchestrate import RunRequest, run_inference
-from emulator.report import print_report
+from emulator.run import RunRequest, run_inference, smallest_prefill_chip
+from emulator.views.report import print_report
 
 DEFAULT_MODEL = "tiny"
-AUTO_PREFILL = ("trn2", "trn3")   # `--prefill-hw auto`: the first whose HBM holds the model
-
-
-def auto_prefill(spec, dtype: str, prompt_len: int):
-    """The first bundled prefill chip of AUTO_PREFILL whose HBM holds weights + KV +
-    activations (Llama-3.1-70B in bf16 needs Trn3's 144 GiB); FitError when none does."""
-    from emulator.errors import FitError
-    from emulator.prefill.run import _check_capacity
-
-    error = None
-    for name in AUTO_PREFILL:
-        hw = load_prefill(name)
-        try:
-            _check_capacity(spec, hw, prompt_len, dtype)
-            return hw
-        except FitError as exc:
-            error = exc
-    raise error
-
-
 def parse_prompt(tokens: str | None, length: int | None) -> tuple[np.ndarray | None, int]:
     """(token ids or None, prompt length) from --prompt-tokens / --prompt-len."""
     if tokens is not None and length is not None:
@@ -73,7 +53,7 @@ def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt
         values = load_weights(weights, spec) if weights else random_weights(spec, seed)
     name = (config or DEFAULT_MODEL).rsplit("/", 1)[-1].removesuffix(".json")
     dtype = canonical_dtype(dtype)
-    chip = (auto_prefill(spec, dtype, length) if prefill_hw == "auto"
+    chip = (smallest_prefill_chip(spec, dtype, length) if prefill_hw == "auto"
             else load_prefill(prefill_hw))
     return RunRequest(spec=spec, model_name=name, mesh=mesh, prefill_hw=chip,
                       link=load_link(link), prompt=prompt, prompt_len=length,
@@ -150,7 +130,7 @@ def run(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens, p
         outcome = run_inference(req, progress.update)
     outcome.report["host_seconds"] = time.perf_counter() - started
     if plots_dir:
-        from emulator.plots import write_plots
+        from emulator.views.plots import write_plots
 
         write_plots(outcome, req, plots_dir)
     if report_path:

@@ -90,7 +90,7 @@ class OpInfo:
 
 
 @dataclass
-class Program:
+class InstructionStream:
     """A lowered instruction stream with its tensor and operator tables."""
 
     instr: np.ndarray
@@ -228,14 +228,14 @@ class Builder:
                 out["v"][pos, int(name[1]), int(name[2])] = column
         return out
 
-    def program(self, cores, core_weight=None) -> Program:
-        """The finished Program (checks that every dependency points backwards)."""
-        instr = self._assemble()
-        own = np.arange(len(instr))[:, None]
-        if np.any(instr["dep"] >= own):
+    def program(self, cores, core_weight=None) -> InstructionStream:
+        """The finished InstructionStream (checks that every dependency points backwards)."""
+        code = self._assemble()
+        own = np.arange(len(code))[:, None]
+        if np.any(code["dep"] >= own):
             raise ValueError("an instruction may only depend on earlier instructions")
         weight = core_weight or {c: 1 for c in cores}
-        return Program(instr, self.tensors, self.ops, list(cores), weight)
+        return InstructionStream(code, self.tensors, self.ops, list(cores), weight)
 
 
 def _column(values: list, ns: np.ndarray, firsts: np.ndarray) -> np.ndarray:

@@ -1,17 +1,17 @@
 """Numba kernels that turn a Program's per-PE arrays into the engine's inputs
-(emulator/mesh_engine.py), in one pass where numpy would make several over strided
+(emulator/mesh/engine.py), in one pass where numpy would make several over strided
 copies."""
 
 import numpy as np
 
 from emulator.jit import njit
-from emulator.mesh_kernels import pack_ports
+from emulator.mesh.kernels import pack_ports
 
 
 @njit(nrt=False)
 def pack_routes(route_rx, route_tx, slots, tables):
     """tables[(slot * P + pe) * 2 + side] = the rx (side 0) or tx (side 1) entry of PE pe
-    for color slots[slot], in mesh_kernels' packed form (`pack_ports`; route_rx,
+    for color slots[slot], in the kernels' packed form (`pack_ports`; route_rx,
     route_tx: [P, colors] unsigned integers)."""
     num_pes = route_rx.shape[0]
     for pe in range(num_pes):

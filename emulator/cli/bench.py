@@ -6,34 +6,12 @@ cycles and microseconds at the preset's clock (`--json`: one JSON object).
 """
 
 import json
-import time
 
 import click
 
-from compiler.emit import emit_gemv
-from compiler.numerics import canonical_dtype
-from emulator.cli_common import load_sized_mesh
-from emulator.errors import ConfigError
-
-
-def bench_gemv(size: int, hw: str = "wse2", mesh_size: str | None = None,
-               dtype: str = "fp16", kind: str = "A") -> dict:
-    """Latency of one [1, size] x [size, size] GEMV: dict with cycles and seconds."""
-    if size < 1:
-        raise ConfigError(f"--size must be positive, got {size}")
-    mesh = load_sized_mesh(hw, mesh_size)
-    shape = (mesh.width, mesh.height)
-    dtype = canonical_dtype(dtype)
-    started = time.perf_counter()
-    gemv = emit_gemv(kind, size, size, shape[0], shape[1], mesh, dtype)
-    compiled = time.perf_counter()
-    from emulator.mesh_engine import run_numba
-
-    result = run_numba(gemv.program, mesh, functional=False)
-    return {"kind": kind, "size": size, "mesh": list(shape), "dtype": dtype, "hw": mesh.name,
-            "cycles": result.cycles, "seconds": result.cycles / mesh.clock_hz,
-            "clock_hz": mesh.clock_hz, "compile_host_s": compiled - started,
-            "emulate_host_s": time.perf_counter() - compiled}
+from emulator.cli.common import load_sized_mesh
+from emulator.hw.errors import ConfigError
+from emulator.mesh.bench import bench_gemv
 
 
 @click.group()
@@ -53,7 +31,9 @@ def bench():
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def gemv(hw, size, mesh_size, dtype, kind, as_json):
     """Compile and emulate one GEMV; print its latency in cycles and microseconds."""
-    out = bench_gemv(size, hw, mesh_size, dtype, kind)
+    if size < 1:
+        raise ConfigError(f"--size must be positive, got {size}")
+    out = bench_gemv(size, load_sized_mesh(hw, mesh_size), dtype, kind)
     if as_json:
         click.echo(json.dumps(out))
         return

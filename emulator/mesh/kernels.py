@@ -1,7 +1,7 @@
 """Numba kernels of the mesh engine: plain arrays and scalars in, plain arrays out.
 
 `run_mesh` executes a whole program with exactly the scheduling of the reference
-interpreter (isa/reference.py, which defines semantics and timing):
+interpreter (isa/interpreter.py, which defines semantics and timing):
 - 4-ary heaps of ready PEs, one int64 key per entry: (clock << shift) | PE index, so
   keys order as (clock, PE index); PEs woken by a delivery wait in a heap of their own
   (`next_pe`);
@@ -15,11 +15,11 @@ interpreter (isa/reference.py, which defines semantics and timing):
 - functional mode copies each message's values once into a payload pool shared by all its
   deliveries; the pool is compacted (live blocks copied to a fresh array) when full.
 `mark k` (a probe: 0 cycles, local) updates marks[k] = (first cycle, last cycle, count).
-Only `run_mesh` allocates: `simulate` and its helpers are compiled without reference
+Only `run_mesh` allocates: `advance_mesh` and its helpers are compiled without reference
 counting (`njit(nrt=False)`); when a pool is too small they suspend the PE in hand and
 return a NEED_* code, and run_mesh grows the pool and resumes.
 Faults are reported through `fault` (FAULT_* code, PE, cycle, details); the Python wrapper
-(emulator/mesh_engine.py) turns them into `MeshFault` messages worded like the reference's.
+(emulator/mesh/engine.py) turns them into `MeshFault` messages worded like the reference's.
 """
 
 import math
@@ -27,25 +27,39 @@ import math
 import numpy as np
 
 from emulator.jit import njit, prefetch
+from isa.opcodes import (
+    PORT_R,
+    SLOT_COLOR,
+    SLOT_DST,
+    SLOT_DST_STRIDE,
+    SLOT_N,
+    SLOT_SRC0,
+    SLOT_SRC0_STRIDE,
+    SLOT_SRC1,
+    SLOT_SRC1_STRIDE,
+    Op,
+    Status,
+)
 
-# PE status (same values as the reference).
-READY, BLOCKED, AT_BARRIER, HALTED = 0, 1, 2, 3
-PARKED = 4   # stopped at the stop mark (cfg[CFG_STOP_MARK]); not in the heap
+# PE status (isa/opcodes.py `Status`, as plain ints for the kernels).
+READY, BLOCKED, AT_BARRIER, HALTED = (int(s) for s in Status)
+PARKED = max(Status) + 1   # stopped at the stop mark (cfg[CFG_STOP_MARK]); not in the heap
 
-# Opcodes (isa/opcodes.py `Op`), as plain ints for the kernels.
-NOP, VMOV, VADD, VSUB, VMUL, VMAX, VFMA, VSCALE, VADDI, VSET = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
-VEXP, VRSQRT, VRECIP, VSIGMOID, RSUM, RMAX, RDOT = 10, 11, 12, 13, 14, 15, 16
-SEND, RECV, RECVADD, ROUTE, MOVR, ADDR, DJNZ, JMP, BARRIER, HALT = range(17, 27)
-VGEMV = 27           # column count k in S_COLOR
-MARK = 28            # probe: mark id in S_DST (an immediate, checked by validate_program)
+# Opcodes (isa/opcodes.py `Op`), as plain ints for the kernels. Numba freezes module
+# globals into the compiled (and cached) kernels: after renumbering `Op`, delete
+# emulator/mesh/__pycache__/*.nb* (docs/engines.md, "The JIT switch").
+(NOP, VMOV, VADD, VSUB, VMUL, VMAX, VFMA, VSCALE, VADDI, VSET, VEXP, VRSQRT, VRECIP, VSIGMOID,
+ RSUM, RMAX, RDOT, SEND, RECV, RECVADD, ROUTE, MOVR, ADDR, DJNZ, JMP, BARRIER, HALT, VGEMV,
+ MARK) = (int(op) for op in Op)   # VGEMV: column count k in S_COLOR; MARK: id in S_DST
 LAST_VECTOR = RDOT   # opcodes 1..16 are vector ops and reductions
 
 # Operand slots (isa/opcodes.py SLOT_*).
-S_DST, S_SRC0, S_SRC1, S_N, S_DST_STRIDE, S_SRC0_STRIDE, S_SRC1_STRIDE, S_COLOR = range(8)
-PORT_R = 16
+S_DST, S_SRC0, S_SRC1, S_N = SLOT_DST, SLOT_SRC0, SLOT_SRC1, SLOT_N
+S_DST_STRIDE, S_SRC0_STRIDE, S_SRC1_STRIDE = SLOT_DST_STRIDE, SLOT_SRC0_STRIDE, SLOT_SRC1_STRIDE
+S_COLOR = SLOT_COLOR
 EXP_LIMIT = 709.782712893384   # log(DBL_MAX): above it math.exp overflows to inf
 
-# cfg[] indices (filled by mesh_engine.kernel_config).
+# cfg[] indices (filled by engine.kernel_config).
 CFG_WIDTH, CFG_HEIGHT, CFG_COLORS, CFG_SRAM, CFG_O, CFG_H, CFG_R, CFG_W = range(8)
 CFG_B, CFG_MAX_CYCLES, CFG_FUNCTIONAL, CFG_LIVE, CFG_SHIFT, CFG_SLOTS = 8, 9, 10, 11, 12, 13
 CFG_STOP_MARK = 14   # a PE about to execute `mark` with this id parks (-1: never)
@@ -58,7 +72,7 @@ CFG_SIZE = 15
 # busy, status, wait color, parameter row) share the first 64-byte cache line, the one
 # prefetched; registers r0..r7 (columns P_REGS..P_REGS+7) fill the second. P_PARAM_ROW
 # is the PE's row of the parameter table (Program.param_index). P_SLACK tracks what
-# a PE did first since it left a cut (emulator/fast_forward.py): SLACK_AT_CUT before the
+# a PE did first since it left a cut (emulator/mesh/fast_forward.py): SLACK_AT_CUT before the
 # cut's own mark, SLACK_FRESH after it until the first op that other PEs or the results
 # could see; then SLACK_ABSORBED + s if that op was a receive that completed when its
 # message arrived, s >= 0 cycles after the PE could have completed it, else
@@ -73,7 +87,7 @@ ST_INSTRUCTIONS, ST_MESSAGES, ST_RECORDS, ST_PAYLOAD = 0, 1, 2, 3
 ST_BARRIER_COUNT, ST_BARRIER_MAX, ST_PEAK_RECORDS, ST_HEAP, ST_NEED = 4, 5, 6, 7, 8
 # ... and the suspended state: PE in hand (-1: none), its clock and pc, interrupted route.
 ST_CUR_PE, ST_CUR_T, ST_CUR_PC, ST_ROUTE_SP, ST_ROUTE_C, ST_ROUTE_N, ST_ROUTE_OFF = range(9, 16)
-# ... and for stopping at a mark (emulator/fast_forward.py): PEs parked, the largest heap
+# ... and for stopping at a mark (emulator/mesh/fast_forward.py): PEs parked, the largest heap
 # key of a `send` executed while some PE was parked (-1: none), the smallest send key.
 ST_PARKED, ST_PARKED_SEND_MAX, ST_SEND_MIN = 16, 17, 18
 ST_WAKE = 19   # size of the wake heap (see `next_pe`)
@@ -81,7 +95,7 @@ ST_QUEUED = 20   # deliveries queued in FIFOs, not yet received
 ST_SIZE = 21
 NO_KEY = 9223372036854775807   # larger than every heap key (int64 max)
 
-# Return codes of `simulate` and its helpers. NEED_*: a pool must grow (stats[ST_NEED] =
+# Return codes of `advance_mesh` and its helpers. NEED_*: a pool must grow (stats[ST_NEED] =
 # the size needed); run_mesh grows it and resumes.
 DONE, FAULTED, BLOCK = 0, -1, -2
 ALL_PARKED = 1   # run_mesh: the heap emptied with PEs parked at the stop mark
@@ -1079,7 +1093,7 @@ def record_mark(marks, k, t):
 @njit(nrt=False, inline="always")
 def suspend(pe, t, p, stats, code):
     """Park the PE in hand (its instruction at p is retried on resume) and return `code`
-    to run_mesh, which grows a pool and calls simulate again."""
+    to run_mesh, which grows a pool and calls advance_mesh again."""
     stats[ST_CUR_PE] = pe
     stats[ST_CUR_T] = t
     stats[ST_CUR_PC] = p
@@ -1191,7 +1205,7 @@ def trade_places(main, wake, stats, key, shift):
 
 
 @njit(nrt=False)
-def simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params, routes,
+def advance_mesh(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params, routes,
              edges, cfg, sram, pes, links, stats, fault, heap, fifo, rec, stack, pay, scratch,
              marks):
     """The scheduler loop (allocates nothing). Returns DONE when the heap is empty,
@@ -1335,12 +1349,12 @@ def run_mesh(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
     Pools (from `new_pools`; stats[ST_HEAP] and stats[ST_WAKE] = the sizes of the main
     heap heap[:P] and the wake heap heap[P:]): heaps, FIFO heads and
     tails, record and payload pools, routing stack and scratch. The only allocating
-    kernel: it grows a pool whenever `simulate` suspends asking for it, and returns
+    kernel: it grows a pool whenever `advance_mesh` suspends asking for it, and returns
     (code, rec, stack, pay, scratch) with code DONE, FAULTED or ALL_PARKED, so a caller
     can resume a parked run with the same pools.
     """
     while True:
-        code = simulate(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
+        code = advance_mesh(op, modes, args, imm, static_cost, rstart, rlen, pe_region, params,
                         routes, edges, cfg, sram, pes, links, stats, fault, heap, fifo, rec,
                         stack, pay, scratch, marks)
         if code == DONE or code == FAULTED:

@@ -1,9 +1,9 @@
-"""Numba kernels for the fast-forward's cuts (emulator/fast_forward.py): each reads or
+"""Numba kernels for the fast-forward's cuts (emulator/mesh/fast_forward.py): each reads or
 writes the PE rows or the links of a whole wafer in one pass, where numpy would take one
 pass per field over strided columns."""
 
-from emulator import mesh_kernels as K
 from emulator.jit import njit
+from emulator.mesh import kernels as K
 
 
 @njit(nrt=False)
@@ -26,7 +26,7 @@ def pe_fields(pes, live, clock, busy, slack, reg_cols, regs):
 
 @njit(nrt=False)
 def decode_links(links, out, used, slack, in_place):
-    """Decode the links' first-reservation tracking (mesh_kernels LINK_*): free cycles
+    """Decode the links' first-reservation tracking (mesh.kernels LINK_*): free cycles
     and busy wavelet-cycles as if untracked into `out` (and into `links` itself when
     `in_place`); per link, whether it was reserved (`used`) and the slack of its first
     reservation (-1: it waited)."""
@@ -92,7 +92,7 @@ def head_start(pes, live, pc_steps):
 
 @njit(nrt=False)
 def track_links(links, clear_busy):
-    """Track the links' first reservations from here (mesh_kernels LINK_*: a free cycle f
+    """Track the links' first reservations from here (mesh.kernels LINK_*: a free cycle f
     becomes -1 - f; a link still untracked since an earlier cut keeps its encoded free
     cycle); with `clear_busy`, also zero their busy wavelet-cycles."""
     for at in range(0, links.shape[0], 2):

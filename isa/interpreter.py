@@ -1,6 +1,6 @@
 """The reference interpreter: the executable definition of the mesh ISA's values and timing.
 
-Written for reading, not speed; the Numba engine (emulator/mesh_engine.py) must agree with
+Written for reading, not speed; the Numba engine (emulator/mesh/engine.py) must agree with
 it bit for bit on values and exactly on every cycle count. The rules it implements are
 docs/isa.md and docs/timing.md; the scheduling rule that makes runs deterministic is:
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emulator.errors import MeshFault
+from emulator.hw.errors import MeshFault
 from emulator.hw.mesh import MeshConfig
 from isa.opcodes import (
     COMM_OPS,
@@ -36,6 +36,7 @@ from isa.opcodes import (
     ORDERED_OPS,
     PORT_NAMES,
     PORT_R,
+    REDUCTION_OPS,
     SLOT_COLOR,
     SLOT_DST,
     SLOT_DST_STRIDE,
@@ -44,19 +45,25 @@ from isa.opcodes import (
     SLOT_SRC0_STRIDE,
     SLOT_SRC1,
     SLOT_SRC1_STRIDE,
+    VECTOR_OPS,
     Op,
+    Status,
     slot_mode,
 )
 from isa.program import Program, RunResult
 from isa.validate import run_sram, validate_program
 
-READY, BLOCKED, AT_BARRIER, HALTED = 0, 1, 2, 3
+READY, BLOCKED, AT_BARRIER, HALTED = (int(s) for s in Status)
 NAN32 = np.float32("nan")
 
 
 @dataclass
 class Event:
-    """One executed instruction (for `emu step` and students). Times in cycles."""
+    """One executed instruction (for `emu step` and students). Times in cycles.
+
+    A send also names its color and, per destination core, `((x, y), cycle its last
+    wavelet arrives)`; with `record_values` an event keeps the values the instruction
+    wrote (vector ops, reductions, receives) or sent (sends), else None."""
 
     start: int
     end: int
@@ -65,6 +72,9 @@ class Event:
     pc: int
     text: str
     detail: str = ""
+    color: int | None = None
+    arrivals: tuple = ()
+    values: np.ndarray | None = None
 
 
 @dataclass
@@ -123,7 +133,8 @@ class ReferenceMachine:
     """State of one run: PE clocks, registers, SRAM, router tables, links and FIFOs."""
 
     def __init__(self, program: Program, mesh: MeshConfig, sram, functional: bool,
-                 max_cycles: int, record_events: bool, in_place: bool = False):
+                 max_cycles: int, record_events: bool, in_place: bool = False,
+                 record_values: bool = False):
         validate_program(program, mesh)
         self.p, self.mesh = program, mesh
         n = program.num_pes
@@ -145,6 +156,8 @@ class ReferenceMachine:
         self.barrier_arrivals: dict[int, int] = {}
         self.instructions = self.messages = 0
         self.events = [] if record_events else None
+        self.record_values = record_events and record_values and functional
+        self.sent = None   # (color, arrivals) of the send being recorded
         self.mark_first = np.full(program.num_marks, -1, np.int64)
         self.mark_last = np.full(program.num_marks, -1, np.int64)
         self.mark_count = np.zeros(program.num_marks, np.int64)
@@ -205,7 +218,24 @@ class ReferenceMachine:
     def record(self, pe: int, start: int, pc: int, text: str, detail: str = ""):
         if self.events is not None:
             x, y = self.p.pe_xy(pe)
-            self.events.append(Event(start, int(self.clock[pe]), x, y, pc, text, detail))
+            color, arrivals = self.sent or (None, ())
+            values = self.moved(pe, pc) if self.record_values else None
+            self.events.append(Event(start, int(self.clock[pe]), x, y, pc, text, detail,
+                                     color, arrivals, values))
+        self.sent = None
+
+    def moved(self, pe: int, pc: int) -> np.ndarray | None:
+        """Values instruction `pc` of PE `pe` just wrote or sent (after it executed)."""
+        ins = self.p.region_code(int(self.p.pe_region[pe]))[pc]
+        op = Op(int(ins["op"]))
+        if op == Op.SEND:
+            slots = (SLOT_SRC0, SLOT_SRC0_STRIDE)
+        elif op in VECTOR_OPS or op in REDUCTION_OPS or op in (Op.RECV, Op.RECVADD):
+            slots = (SLOT_DST, SLOT_DST_STRIDE)
+        else:
+            return None
+        n = 1 if op in REDUCTION_OPS else self.operand(pe, ins, SLOT_N)
+        return self.sram[pe, self.descriptor(pe, ins, *slots, n)].copy()
 
     # --- the run loop --------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -379,6 +409,8 @@ class ReferenceMachine:
         self.advance(pe, self.mesh.issue_overhead + n)
         self.pc[pe] += 1
         detail = ", ".join(f"{self.xy(q)} last wavelet at {t}" for q, t in arrivals)
+        if self.events is not None:
+            self.sent = (c, tuple((self.p.pe_xy(q), t) for q, t in arrivals))
         return f"send c{c}, n={n}", f"to {detail}" if detail else ""
 
     def route(self, pe: int, c: int, n: int, leaves: int, values) -> list[tuple[int, int]]:

@@ -2,7 +2,7 @@
 
 import re
 
-from emulator.errors import ConfigError
+from emulator.hw.errors import ConfigError
 from emulator.hw.mesh import MeshConfig, load_mesh
 
 

@@ -14,10 +14,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from emulator.cli_common import parse_dims
-from emulator.errors import ConfigError
+from emulator.cli.common import parse_dims
+from emulator.hw.errors import ConfigError
 from emulator.hw.prefill import load_prefill
-from emulator.report import si_bytes, si_seconds
+from emulator.views.report import si_bytes, si_seconds
 
 # Functional mode holds every weight as float32 on the host; beyond this many parameters
 # (4 GiB) `emu prefill` asks for --timing-only instead of exhausting host memory.
