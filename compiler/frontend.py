@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emulator.errors import ConfigError
+from emulator.hw.errors import ConfigError
 
 ARCHITECTURES = {
     "LlamaForCausalLM": "llama",

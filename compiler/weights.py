@@ -17,8 +17,8 @@ import safetensors
 import safetensors.numpy
 
 from compiler.numerics import canonical_dtype, float32_to_bf16_bits
-from emulator.atomic_io import atomic_write_bytes
-from emulator.errors import ConfigError
+from emulator.files import atomic_write_bytes
+from emulator.hw.errors import ConfigError
 
 # safetensors dtype code -> (bytes per element, numpy dtype or None for BF16)
 STORED_DTYPES = {"F64": (8, np.float64), "F32": (4, np.float32), "F16": (2, np.float16),

@@ -7,11 +7,12 @@ import inspect
 import numpy as np
 import pytest
 
-from compiler.decode import compile_decode, run_timing
+from compiler.decode import compile_decode
 from compiler.frontend import resolve_model
-from emulator.errors import ConfigError
+from emulator.hw.errors import ConfigError
 from emulator.hw.mesh import load_mesh
 from emulator.hw.prefill import load_prefill
+from emulator.mesh.runtime import run_timing
 from emulator.prefill.run import run_prefill
 from emulator.serve import costs as costs_mod
 from emulator.serve.costs import (
@@ -64,7 +65,7 @@ def test_second_measurement_comes_from_the_cache(tiny, measured, monkeypatch):
     def no_emulation(*args, **kwargs):
         raise AssertionError("emulated although cached")
     monkeypatch.setattr(costs_mod, "_run_prefill", no_emulation)
-    monkeypatch.setattr("compiler.decode.run_timing", no_emulation)
+    monkeypatch.setattr("emulator.mesh.runtime.run_timing", no_emulation)
     again = measure_costs(spec, "tiny", mesh, hw, prompt_limit=128, context_limit=128,
                           cache_dir=cache)
     np.testing.assert_array_equal(again.prefill_table, costs.prefill_table)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from emulator.errors import ConfigError
+from emulator.hw.errors import ConfigError
 from emulator.serve.workload import load_workload, parse_arrival, parse_dist, synthetic
 
 

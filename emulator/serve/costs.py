@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emulator.errors import ConfigError, FitError
+from emulator.hw.errors import ConfigError, FitError
 
 COST_SCHEMA = "emu.serve.costs/1"
 
@@ -251,7 +251,7 @@ class MeasurementCache:
     def _save(self) -> None:
         if self.path is None:
             return
-        from emulator.atomic_io import atomic_write_json
+        from emulator.files import atomic_write_json
         try:
             atomic_write_json(self.path, {"schema": COST_SCHEMA, "key": self.parts,
                                           "points": self.points})
@@ -295,14 +295,14 @@ def _spec_parts(spec) -> dict:
 
 def prefill_max_tokens(spec, hw, dtype: str, chips: int, limit: int) -> int:
     """Longest prompt (<= limit) whose weights, KV and activations fit the prefill HBM."""
-    from emulator.prefill.run import _check_capacity
+    from emulator.prefill.run import check_capacity
 
     if chips != 1:
         hw = dataclasses.replace(hw, hbm_bytes=hw.hbm_bytes * chips)
 
     def fits(p):
         try:
-            _check_capacity(spec, hw, p, dtype)
+            check_capacity(spec, hw, p, dtype)
             return True
         except FitError:
             return False
@@ -409,9 +409,11 @@ def measure_decode(spec, mesh, dtype: str, max_context: int, cache: MeasurementC
     """(table [[context, single_s, busy_s]], max relative interpolation error, layout
     (fixed_s, per_token_s), KV pool tokens) from timing-only decode steps at sample
     positions (context = position + 1: the KV length the step attends over)."""
-    from compiler.decode import compile_decode, run_timing
-    from compiler.system import compile_system, run_system_timing
-    from emulator.kv_layout import kv_layout_cycles
+    from compiler.decode import compile_decode
+    from compiler.system import compile_system
+    from emulator.link.layout import kv_layout_cycles
+    from emulator.mesh.runtime import run_timing
+    from emulator.mesh.system import run_system_timing
 
     compiled = {}
 

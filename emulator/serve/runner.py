@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emulator.errors import ConfigError
+from emulator.hw.errors import ConfigError
 from emulator.serve.costs import Costs, measure_costs, trainium_decode_costs
 from emulator.serve.report import Bill, build_report
 from emulator.serve.sim import Cluster, Simulation

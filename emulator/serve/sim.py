@@ -64,7 +64,7 @@ class Cluster:
     colocated: bool = False                # baseline: both phases on the prefill instances
 
     def check(self) -> None:
-        from emulator.errors import ConfigError
+        from emulator.hw.errors import ConfigError
 
         if self.prefill_instances < 1:
             raise ConfigError(f"--prefill-instances must be >= 1, got {self.prefill_instances}")

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emulator.errors import ConfigError
+from emulator.hw.errors import ConfigError
 
 ARRIVAL_COLUMNS = ("arrival_s", "TIMESTAMP", "Timestamp")
 PROMPT_COLUMNS = ("prompt_tokens", "ContextTokens", "Request tokens")

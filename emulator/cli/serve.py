@@ -1,0 +1,231 @@
+"""`emu serve`: a disaggregated serving cluster under a request stream (emulator/serve/).
+
+Thin: parse and check the options, call `emulator.serve.runner.run_serve` (or the search),
+print the summary, write the outputs (each checked before any work and written atomically
+at the end). docs/serving.md describes the model and the report.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from emulator.hw.errors import ConfigError
+
+DEFAULT_MODEL = "tiny"
+
+
+def check_output(path: str | None, option: str) -> None:
+    """ConfigError unless `path` (a file; '-' is stdout) can be written."""
+    if path is None or path == "-":
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{option}: '{path}' is a directory")
+    parent = p.resolve().parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option}: folder '{p.parent}' does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ConfigError(f"{option}: '{path}' is not writable")
+
+
+def check_output_dir(path: str | None, option: str) -> None:
+    """ConfigError unless `path` is (or can be created as) a writable folder."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{option}: '{path}' exists and is not a folder")
+    probe = p if p.exists() else next((a for a in p.resolve().parents if a.exists()), None)
+    if probe is None or not os.access(probe, os.W_OK):
+        raise ConfigError(f"{option}: cannot create or write '{path}'")
+
+
+def positive_float(value, option: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        x = float(value)
+    except ValueError:
+        x = -1.0
+    if not x > 0 or x == float("inf"):
+        raise ConfigError(f"{option}: must be a positive number, got '{value}'")
+    return x
+
+
+def positive_int(value, option: str, allow_zero: bool = False) -> int:
+    try:
+        x = int(str(value).replace("_", ""))
+    except ValueError:
+        x = -1
+    if x < (0 if allow_zero else 1):
+        raise ConfigError(f"{option}: must be a {'non-negative' if allow_zero else 'positive'} "
+                          f"integer, got '{value}'")
+    return x
+
+
+def load_workload_options(workload, rate, requests, isl, osl, arrival, seed):
+    """The Workload from --workload, or synthetic from --rate/--requests/--isl/--osl."""
+    from emulator.serve.workload import load_workload, parse_arrival, parse_dist, synthetic
+
+    synthetic_opts = {"--rate": rate, "--isl": isl, "--osl": osl}
+    if workload:
+        given = [k for k, v in synthetic_opts.items() if v is not None]
+        if given:
+            raise ConfigError(f"--workload excludes {', '.join(given)}")
+        w = load_workload(workload)
+        if requests is not None:
+            w = w.head(positive_int(requests, "--requests"))
+        return w
+    missing = [k for k, v in {**synthetic_opts, "--requests": requests}.items() if v is None]
+    if missing:
+        raise ConfigError(f"give --workload FILE, or --rate, --requests, --isl and --osl "
+                          f"(missing: {', '.join(missing)})")
+    parse_arrival(arrival)
+    return synthetic(positive_float(rate, "--rate"), positive_int(requests, "--requests"),
+                     parse_dist(isl, "--isl"), parse_dist(osl, "--osl"), seed, arrival)
+
+
+def auto_prefill_hw(spec, dtype: str, chips: int):
+    """trn2, or trn3 when the model does not fit trn2's HBM (as `emu run --prefill-hw auto`)."""
+    from emulator.hw.prefill import load_prefill
+    from emulator.serve.costs import prefill_max_tokens
+
+    for name in ("trn2", "trn3"):
+        hw = load_prefill(name)
+        if prefill_max_tokens(spec, hw, dtype, chips, 1) >= 1:
+            return hw
+    return hw
+
+
+@click.command("serve")
+@click.argument("config", required=False)
+@click.option("--workload", type=click.Path(dir_okay=False),
+              help="Trace file (JSONL or CSV; emu, Azure or BurstGPT columns).")
+@click.option("--rate", help="Synthetic arrivals: requests per second.")
+@click.option("--requests", help="Synthetic: number of requests (with --workload: the first N).")
+@click.option("--isl", help="Prompt lengths: N, uniform:LO,HI, lognormal:MEDIAN,SIGMA, "
+                            "zipf:A,HI, file:PATH[:COLUMN].")
+@click.option("--osl", help="Output lengths (same forms as --isl).")
+@click.option("--arrival", default="poisson", show_default=True,
+              help="Synthetic arrival process: poisson or gamma:CV.")
+@click.option("--prefill-hw", default="auto", show_default=True,
+              help="Prefill chip preset or JSON file; auto: trn2, or trn3 if the model "
+                   "does not fit trn2.")
+@click.option("--prefill-chips", default="1", show_default=True, help="Chips per prefill instance.")
+@click.option("--prefill-instances", default="1", show_default=True, help="Prefill instances P.")
+@click.option("--hw", default="small", show_default=True,
+              help="Decode preset (wse3, cs3x4, small) or JSON file.")
+@click.option("--mesh", "mesh_size", help="Override the decode mesh size, WIDTHxHEIGHT.")
+@click.option("--decode-instances", default="1", show_default=True, help="Decode instances D.")
+@click.option("--link", default="efa", show_default=True,
+              help="Link preset or JSON file (one prefill chip's egress).")
+@click.option("--max-batch", default="1", show_default=True,
+              help="Users per decode instance (> 1 uses the documented batch hook).")
+@click.option("--prefill-token-budget", default="0", show_default=True,
+              help="Prompt tokens per prefill batch (0: the longest prompt that fits).")
+@click.option("--dtype", default="bf16", show_default=True,
+              type=click.Choice(["fp32", "fp16", "bf16"]))
+@click.option("--slo-ttft", help="TTFT objective, seconds.")
+@click.option("--slo-tpot", help="TPOT objective, seconds.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the arrivals.")
+@click.option("--baseline", is_flag=True,
+              help="Also simulate both phases on the prefill chips (equal price per hour).")
+@click.option("--baseline-instances", default="0", show_default=True,
+              help="Baseline instances (0: as many as cost the same per hour).")
+@click.option("--search", is_flag=True,
+              help="Search prefill:decode instance counts for the best goodput per dollar.")
+@click.option("--max-instances", default="8", show_default=True,
+              help="--search: largest P and D tried.")
+@click.option("--objective", default="usd", show_default=True,
+              type=click.Choice(["usd", "chip"]), help="--search: goodput per dollar or chip.")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Cost cache folder (default $EMU_CACHE_DIR or ~/.cache/emu).")
+@click.option("--no-cache", is_flag=True, help="Measure costs without reading or writing a cache.")
+@click.option("--report", "report_path", help="Write the report as JSON ('-': stdout).")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False),
+              help="Write PNG charts into this folder.")
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False),
+              help="Write a Perfetto trace (JSON).")
+@click.option("--quiet", is_flag=True, help="Print no tables.")
+def serve_command(config, workload, rate, requests, isl, osl, arrival, prefill_hw, prefill_chips,
+                  prefill_instances, hw, mesh_size, decode_instances, link, max_batch,
+                  prefill_token_budget, dtype, slo_ttft, slo_tpot, seed, baseline,
+                  baseline_instances, search, max_instances, objective, cache_dir, no_cache,
+                  report_path, plots_dir, trace_path, quiet):
+    """Simulate a disaggregated serving cluster (prefill pool, decode wafers, links)."""
+    from compiler.frontend import resolve_model
+    from emulator.cli.common import load_sized_mesh
+    from emulator.files import atomic_write_json
+    from emulator.hw.link import load_link
+    from emulator.hw.prefill import load_prefill
+    from emulator.serve.costs import default_cache_dir
+    from emulator.serve.report import summary_tables
+    from emulator.serve.runner import ServeRequest, run_serve
+
+    check_output(report_path, "--report")
+    check_output(trace_path, "--trace")
+    check_output_dir(plots_dir, "--plots")
+    spec = resolve_model(config or DEFAULT_MODEL)
+    name = (config or DEFAULT_MODEL).rstrip("/").rsplit("/", 1)[-1].removesuffix(".json")
+    w = load_workload_options(workload, rate, requests, isl, osl, arrival, seed)
+    chips = positive_int(prefill_chips, "--prefill-chips")
+    chip = (auto_prefill_hw(spec, dtype, chips) if prefill_hw == "auto"
+            else load_prefill(prefill_hw))
+    req = ServeRequest(
+        spec=spec, model_name=name, workload=w, prefill_hw=chip,
+        mesh=load_sized_mesh(hw, mesh_size), link=load_link(link), prefill_chips=chips,
+        prefill_instances=positive_int(prefill_instances, "--prefill-instances"),
+        decode_instances=positive_int(decode_instances, "--decode-instances"),
+        max_batch=positive_int(max_batch, "--max-batch"),
+        prefill_token_budget=positive_int(prefill_token_budget, "--prefill-token-budget",
+                                          allow_zero=True),
+        dtype=dtype, slo_ttft=positive_float(slo_ttft, "--slo-ttft"),
+        slo_tpot=positive_float(slo_tpot, "--slo-tpot"), baseline=baseline,
+        baseline_instances=positive_int(baseline_instances, "--baseline-instances",
+                                        allow_zero=True),
+        cache_dir=None if no_cache else Path(cache_dir) if cache_dir else default_cache_dir())
+    limit = positive_int(max_instances, "--max-instances")
+    console = Console(stderr=True)
+    to_stdout = report_path == "-"
+    out = Console(stderr=to_stdout)
+    with console.status("emu serve: measuring costs and simulating") as status:
+        def progress(what, done, total):
+            status.update(f"emu serve: measuring costs: {what} ({done + 1}/{total})")
+        if search:
+            from emulator.serve.search import run_search, search_tables
+
+            result = run_search(req, limit, objective, progress)
+            outcome = result.best
+            outcome.report["search"] = result.to_dict()
+        else:
+            outcome = run_serve(req, progress)
+    report = outcome.report
+    if plots_dir:
+        from emulator.serve.plots import write_plots
+
+        write_plots(outcome, plots_dir, search=report.get("search"))
+    if trace_path:
+        from emulator.serve.trace import build_trace
+
+        build_trace(outcome.sim).write(trace_path)
+    if to_stdout:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    elif report_path:
+        atomic_write_json(report_path, report)
+    if not quiet:
+        if search:
+            for table in search_tables(report["search"]):
+                out.print(table)
+        for table in summary_tables(report):
+            out.print(table)
+        if report.get("baseline"):
+            from emulator.serve.report import baseline_table
+
+            out.print(baseline_table(report))
+
+
+COMMANDS = [serve_command]
