@@ -159,7 +159,8 @@ def build_report(sim: Simulation, bill: Bill, slo_ttft: float | None, slo_tpot: 
     return report
 
 
-def _fmt_s(x) -> str:
+def fmt_seconds(x) -> str:
+    """A duration with a readable unit (s, ms, us); '-' for None."""
     if x is None:
         return "-"
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
@@ -183,7 +184,7 @@ def summary_tables(report: dict) -> list:
         return "-" if x is None else fmt(x)
     rows = [("requests (completed / rejected)",
              f"{report['requests']:,} ({report['completed']:,} / {report['rejected']:,})"),
-            ("duration", _fmt_s(report["duration_s"])),
+            ("duration", fmt_seconds(report["duration_s"])),
             ("goodput", f"{report['goodput_rps']:.4g} req/s"),
             ("SLO attainment", opt(report["slo"]["attainment"], lambda v: f"{100 * v:.1f} %")),
             ("throughput", f"{report['throughput_tokens_per_s']:.4g} tokens/s"),
@@ -198,7 +199,7 @@ def summary_tables(report: dict) -> list:
         lat.add_column(col, justify="right" if col else "left")
     for key, name in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2e_s", "end to end")):
         q = report[key]
-        lat.add_row(name, *(_fmt_s(q[k]) for k in ("mean", "p50", "p90", "p99")))
+        lat.add_row(name, *(fmt_seconds(q[k]) for k in ("mean", "p50", "p90", "p99")))
     util = Table(title="utilisation and queues (Little's law: L = lambda W)",
                  title_justify="left")
     for col in ("", "utilisation / L", "lambda (1/s)", "W"):
@@ -206,7 +207,7 @@ def summary_tables(report: dict) -> list:
     for name, value in report["utilization"].items():
         util.add_row(name, opt(value, lambda v: f"{100 * v:.1f} %"), "", "")
     for name, q in report["queues"].items():
-        util.add_row(name, f"{q['L']:.3g}", f"{q['lambda']:.3g}", _fmt_s(q["W"]))
+        util.add_row(name, f"{q['L']:.3g}", f"{q['lambda']:.3g}", fmt_seconds(q["W"]))
     return [head, lat, util]
 
 
@@ -229,8 +230,10 @@ def baseline_table(report: dict):
     table.add_row("goodput (req/s)", num(report["goodput_rps"]), num(b["goodput_rps"]),
                   num(comp["goodput_ratio"], "{:.3g} x"))
     table.add_row("goodput per dollar", "", "", num(comp["goodput_per_usd_ratio"], "{:.3g} x"))
-    table.add_row("p99 TTFT", _fmt_s(report["ttft_s"]["p99"]), _fmt_s(b["ttft_s"]["p99"]), "")
-    table.add_row("p99 TPOT", _fmt_s(report["tpot_s"]["p99"]), _fmt_s(b["tpot_s"]["p99"]), "")
+    table.add_row("p99 TTFT", fmt_seconds(report["ttft_s"]["p99"]),
+                  fmt_seconds(b["ttft_s"]["p99"]), "")
+    table.add_row("p99 TPOT", fmt_seconds(report["tpot_s"]["p99"]),
+                  fmt_seconds(b["tpot_s"]["p99"]), "")
     table.add_row("$ per million output tokens", num(report["cost_usd_per_mtok"]),
                   num(b["cost_usd_per_mtok"]), "")
     return table
