@@ -110,18 +110,16 @@ def utilization(outcome, path: Path) -> None:
 def kv_occupancy(outcome, path: Path) -> None:
     plt = _pyplot()
     sim = outcome.sim
-    t = np.array(sim.kv_samples_t)
-    occ = np.array(sim.kv_samples)
     fig, ax = plt.subplots(figsize=(11, 4))
-    for j in range(occ.shape[1]):
-        tt, yy = _thin(t, occ[:, j])
+    for j, (t, occ) in enumerate(sim.kv_samples):
+        tt, yy = _thin(np.array(t), np.array(occ))
         ax.step(tt, yy * 100, where="post", lw=1, label=f"decode instance {j}")
     ax.set_xlabel("time (s)")
     ax.set_ylabel("KV reserved (% of pool)")
     ax.set_ylim(0, 105)
     ax.set_title(f"KV occupancy (pool {sim.costs.kv_capacity_tokens:,} tokens per instance)")
     ax.grid(alpha=0.3)
-    if occ.shape[1] <= 10:
+    if len(sim.kv_samples) <= 10:
         ax.legend(fontsize=8)
     _save(fig, path)
     plt.close(fig)

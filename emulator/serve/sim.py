@@ -177,21 +177,30 @@ class Network:
     def _rates(self) -> None:
         """Progressive filling: raise every unfrozen flow's rate together until a resource
         saturates, freeze the flows through it, repeat (max-min fair shares)."""
-        left = dict(self.cap)
-        users = {}
-        for fid, flow in self.flows.items():
-            users.setdefault(flow[1], []).append(fid)
-            users.setdefault(flow[2], []).append(fid)
-        unfrozen = set(self.flows)
-        while unfrozen:
-            share, key = min((left[k] / sum(1 for f in fs if f in unfrozen), k)
-                             for k, fs in users.items() if any(f in unfrozen for f in fs))
-            for fid in [f for f in users[key] if f in unfrozen]:
-                flow = self.flows[fid]
+        flows = self.flows
+        if len(flows) == 1:
+            flow = next(iter(flows.values()))
+            flow[4] = min(self.cap[flow[1]], self.cap[flow[2]])
+            return
+        left, users = {}, {}
+        for fid, flow in flows.items():
+            for key in (flow[1], flow[2]):
+                if key not in users:
+                    users[key] = []
+                    left[key] = self.cap[key]
+                users[key].append(fid)
+        while users:
+            key = min(users, key=lambda k: left[k] / len(users[k]))
+            share = left[key] / len(users[key])
+            for fid in users.pop(key):
+                flow = flows[fid]
                 flow[4] = share
-                unfrozen.discard(fid)
-                for k in (flow[1], flow[2]):
-                    left[k] -= share
+                for other in (flow[1], flow[2]):
+                    if other != key and other in users:
+                        users[other].remove(fid)
+                        left[other] -= share
+                        if not users[other]:
+                            del users[other]
 
     def _run(self):
         env = self.env
@@ -289,7 +298,7 @@ class Simulation:
         self._all_done = self.env.event()
         n_dec = cluster.prefill_instances if cluster.colocated else cluster.decode_instances
         self.kv_free = np.full(n_dec, costs.kv_capacity_tokens, np.int64)
-        self.kv_samples_t, self.kv_samples = [0.0], [np.zeros(n_dec)]
+        self.kv_samples = [([0.0], [0.0]) for _ in range(n_dec)]   # per instance: (t, fraction)
         self.users = np.zeros(n_dec, np.int64)          # admitted (incl. in transfer)
         self.batches = [DecodeBatch(costs, costs.max_batch) for _ in range(n_dec)]
         self.pending = [[] for _ in range(n_dec)]
@@ -401,24 +410,29 @@ class Simulation:
     def _reserve(self, j: int, i: int) -> None:
         self.kv_free[j] -= self.prompt[i] + self.output[i]
         self.users[j] += 1
-        self._kv_sample()
+        self._kv_sample(j)
 
     def _release(self, j: int, i: int) -> None:
         self.kv_free[j] += self.prompt[i] + self.output[i]
         self.users[j] -= 1
-        self._kv_sample()
+        self._kv_sample(j)
 
-    def _kv_sample(self) -> None:
-        self.kv_samples_t.append(self.env.now)
-        self.kv_samples.append(1.0 - self.kv_free / self.costs.kv_capacity_tokens)
+    def _kv_sample(self, j: int) -> None:
+        t, frac = self.kv_samples[j]
+        t.append(self.env.now)
+        frac.append(1.0 - int(self.kv_free[j]) / self.costs.kv_capacity_tokens)
 
     def _admit(self) -> None:
         """FCFS decode admission (module docstring, step 3)."""
         q = self.decode_queue
+        free, users, limit = self.kv_free, self.users, self.costs.max_batch
         while q:
             i = q[0]
-            order = np.argsort(-self.kv_free, kind="stable")
-            j = next((int(j) for j in order if self._room(int(j), i)), None)
+            need = self.prompt[i] + self.output[i]
+            j, best = None, -1
+            for k in range(free.size):          # most free KV first, lowest index on ties
+                if free[k] > best and free[k] >= need and users[k] < limit:
+                    j, best = k, free[k]
             if j is None:
                 return
             q.popleft()
