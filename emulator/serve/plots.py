@@ -85,7 +85,7 @@ def utilization(outcome, path: Path) -> None:
         values.append(busy / end)
         colors.append("tab:blue")
     for j, busy in enumerate(sim.decode_busy):
-        labels.append(f"{'instance' if colocated else 'decode'} {j} decode")
+        labels.append(f"instance {j} decode" if colocated else f"decode {j}")
         values.append(busy / end)
         colors.append("tab:orange")
     if not colocated:

@@ -134,30 +134,59 @@ class QueueStats:
 
 
 class Network:
-    """Fluid KV transfers sharing prefill egress and decode ingress max-min fairly."""
+    """Fluid KV transfers sharing prefill egress and decode ingress max-min fairly.
+
+    Rates are recomputed whenever a transfer starts or ends; one timeout (tagged with a
+    generation number, so that a superseded one does nothing) fires at the next end."""
 
     def __init__(self, env: simpy.Environment, egress: list, ingress: list):
         self.env = env
         self.cap = {("e", i): c for i, c in enumerate(egress)}
         self.cap.update({("i", j): c for j, c in enumerate(ingress)})
-        self.flows = {}        # id -> [remaining bytes, src key, dst key, done event, rate]
+        self.flows = {}   # id -> [remaining bytes, src key, dst key, callback, rate, bytes]
         self.last = 0.0
-        self.wake = env.event()
+        self.generation = 0
         self.busy_bytes = np.zeros(len(ingress))
         self.active_time = np.zeros(len(ingress))
         self.next_id = 0
-        env.process(self._run())
 
-    def send(self, src: int, dst: int, nbytes: float) -> simpy.Event:
-        """An event that fires when `nbytes` have crossed from egress src to ingress dst."""
+    def send(self, src: int, dst: int, nbytes: float, callback=None) -> simpy.Event | None:
+        """Start moving `nbytes` from egress src to ingress dst; `callback()` is called when
+        they have arrived (without a callback, an event that fires then is returned)."""
         self._advance()
-        done = self.env.event()
-        self.flows[self.next_id] = [float(nbytes), ("e", src), ("i", dst), done, 0.0]
+        done = None
+        if callback is None:
+            done = self.env.event()
+            callback = done.succeed
+        self.flows[self.next_id] = [float(nbytes), ("e", src), ("i", dst), callback, 0.0,
+                                    float(nbytes)]
         self.next_id += 1
         self._rates()
-        if not self.wake.triggered:
-            self.wake.succeed()
+        self._schedule()
         return done
+
+    def _schedule(self) -> None:
+        self.generation += 1
+        if not self.flows:
+            return
+        dt = min(f[0] / f[4] for f in self.flows.values())
+        event = self.env.timeout(max(dt, 0.0))
+        event.callbacks.append(lambda _e, g=self.generation: self._fire(g))
+
+    def _fire(self, generation: int) -> None:
+        if generation != self.generation:
+            return
+        self._advance()
+        # done: within a billionth of its bytes, or of time the clock can still resolve
+        eps = 1e-12 * max(1.0, self.env.now)
+        finished = [fid for fid, f in self.flows.items()
+                    if f[0] <= 1e-9 * f[5] or f[0] <= f[4] * eps]
+        callbacks = [self.flows.pop(fid)[3] for fid in finished]
+        if self.flows:
+            self._rates()
+        self._schedule()
+        for callback in callbacks:
+            callback()
 
     def _advance(self) -> None:
         dt = self.env.now - self.last
@@ -201,24 +230,6 @@ class Network:
                         left[other] -= share
                         if not users[other]:
                             del users[other]
-
-    def _run(self):
-        env = self.env
-        while True:
-            if not self.flows:
-                yield self.wake
-                self.wake = env.event()
-                continue
-            dt = min(f[0] / f[4] for f in self.flows.values())
-            yield env.timeout(max(dt, 0.0)) | self.wake
-            if self.wake.triggered:
-                self.wake = env.event()
-            self._advance()
-            finished = [fid for fid, f in self.flows.items() if f[0] <= 1e-6 * max(1.0, f[4])]
-            for fid in finished:
-                self.flows.pop(fid)[3].succeed()
-            if finished:
-                self._rates()
 
 
 class DecodeBatch:
@@ -439,18 +450,27 @@ class Simulation:
             self.q_decode.leave(self.env.now, self.rec.prefill_end[i])
             self._reserve(j, i)
             self.rec.decode_instance[i] = j
-            self.env.process(self._transfer(i, j))
+            self._transfer(i, j)
 
-    def _transfer(self, i: int, j: int):
-        env, rec, c = self.env, self.rec, self.costs
-        rec.transfer_start[i] = env.now
-        self.q_transfer.change(env.now, +1)
-        yield self.net.send(int(rec.prefill_instance[i]), j, c.kv_bytes(self.prompt[i]))
-        tail = self.cluster.link_latency_s + c.layout_seconds(self.prompt[i])
+    def _transfer(self, i: int, j: int) -> None:
+        """Start request i's KV transfer to decode instance j (callbacks, no process)."""
+        rec, c, now = self.rec, self.costs, self.env.now
+        rec.transfer_start[i] = now
+        self.q_transfer.change(now, +1)
+        self.net.send(int(rec.prefill_instance[i]), j, c.kv_bytes(self.prompt[i]),
+                      lambda: self._transfer_sent(i, j))
+
+    def _transfer_sent(self, i: int, j: int) -> None:
+        tail = self.cluster.link_latency_s + self.costs.layout_seconds(self.prompt[i])
         if tail > 0:
-            yield env.timeout(tail)
-        rec.transfer_end[i] = env.now
-        self.q_transfer.leave(env.now, rec.transfer_start[i])
+            self.env.timeout(tail).callbacks.append(lambda _e: self._transfer_done(i, j))
+        else:
+            self._transfer_done(i, j)
+
+    def _transfer_done(self, i: int, j: int) -> None:
+        now = self.env.now
+        self.rec.transfer_end[i] = now
+        self.q_transfer.leave(now, self.rec.transfer_start[i])
         self.pending[j].append(i)
         if not self.wakes[j].triggered:
             self.wakes[j].succeed()
