@@ -151,6 +151,8 @@ def is_model(file: str) -> bool:
     from compiler.frontend import list_bundled_models
 
     path = Path(file)
+    if path.is_dir():
+        return True            # a model folder (resolve_model checks its config.json)
     if path.suffix == ".json":
         if not path.is_file():
             raise ConfigError(f"{file}: no such file; emu step expects a mesh assembly file "
