@@ -13,9 +13,7 @@ reference engine (emulator/inspect/explain.py). Both default to the `small` pres
 Bad options are one line on stderr and exit status 2, naming the valid range.
 """
 
-import os
 import re
-import sys
 
 import click
 from rich.console import Console
@@ -25,8 +23,8 @@ from compiler.frontend import resolve_model
 from emulator.cli.common import load_sized_mesh
 from emulator.hw.errors import ConfigError
 from emulator.hw.mesh import MeshConfig
+from emulator.views.tables import fit, output_console
 
-WIDE = 140              # console width when stdout is not a terminal (pipes, docs, tests)
 TIMELINE_PES = 4096     # explain replays the whole mesh on the reference engine up to this
 PE_TABLE_LIMIT = 64     # `emu map --layer` lists every PE of views up to this many PEs
 DEFAULT_HW = "small"
@@ -52,14 +50,6 @@ def parse_region(text: str | None) -> tuple[int, int, int, int] | None:
         raise ConfigError(f"--region: expected x0,y0,x1,y1 (inclusive corners), got '{text}'")
     x0, y0, x1, y1 = (int(p) for p in parts)
     return x0, y0, x1, y1
-
-
-def make_console() -> Console:
-    """A rich console: the terminal's width (or $COLUMNS), else `WIDE` columns when output
-    is piped."""
-    if sys.stdout.isatty() or "COLUMNS" in os.environ:
-        return Console()
-    return Console(width=WIDE)
 
 
 def model_options(command):
@@ -103,7 +93,7 @@ def map_command(config, hw, mesh_text, dtype, layout, max_context, layer, region
     m = mapview.build_map(spec, mesh, dtype, layout, max_context, name)
     region = mapview.check_region(m, parse_region(region_text))
     mapview.check_layer(m, layer)
-    console = make_console()
+    console = output_console()
     for item in mapview.terminal_map(m, region, layer, max_cols):
         console.print(item, overflow="ignore", crop=False, soft_wrap=True)
     if layer is not None:
@@ -149,7 +139,7 @@ def explain_command(config, pe_text, hw, mesh_text, dtype, layout, max_context, 
     program = dp.for_position(position)
     index = explain.OpIndex(program)
     explain.check_op(index, int(program.pe_region[y * program.width + x]), op)
-    console = make_console()
+    console = output_console()
     console.print(f"[bold]PE ({x},{y})[/bold] of {name} on {mesh.name} {mesh.width}x"
                   f"{mesh.height} ({compiled.plan.layout} layout, {dtype}), decode position "
                   f"{position}", highlight=False)
@@ -204,7 +194,7 @@ def _table(title: str, rows: list[dict], columns) -> Table:
         table.add_column(column, justify="right" if column in numeric else "left")
     for row in rows:
         table.add_row(*(f"{row[c]:,}" if c in grouped else str(row[c]) for c in columns))
-    return table
+    return fit(table)
 
 
 def print_timeline(console: Console, program, mesh: MeshConfig, index, x: int, y: int,

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from compiler.frontend import resolve_model
 from compiler.numerics import canonical_dtype
 from compiler.weights import find_checkpoint, load_weights, random_weights
-from emulator.cli.common import load_sized_mesh
+from emulator.cli.common import load_sized_mesh, prepare_mesh_kernels
 from emulator.files import atomic_save_npy, atomic_write_json
 from emulator.hw.errors import ConfigError
 from emulator.hw.link import load_link
@@ -142,6 +142,8 @@ def run(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens, p
                         prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine)
     console = Console(stderr=True)
     started = time.perf_counter()
+    if engine == "numba":
+        prepare_mesh_kernels(console)
     with DecodeProgress(console, total=max(1, max_new_tokens - 1)) as progress:
         outcome = run_inference(req, progress.update)
     outcome.report["host_seconds"] = time.perf_counter() - started
@@ -156,7 +158,7 @@ def run(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens, p
     if trace_path:
         outcome.trace.write(trace_path)
     if not quiet:
-        print_report(outcome.report, Console())
+        print_report(outcome.report)
 
 
 COMMANDS = [run]
