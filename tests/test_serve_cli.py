@@ -61,6 +61,7 @@ def test_files_plots_trace_and_baseline(cache, tmp_path):
 
 def test_search_picks_a_point_and_reports_the_grid(cache, tmp_path):
     result = invoke(*SYNTHETIC, "--search", "--max-instances", "2", "--objective", "chip",
+                    "--baseline",
                     "--report", str(tmp_path / "r.json"), "--plots", str(tmp_path / "p"),
                     cache=cache)
     assert result.exit_code == 0, result.output
@@ -70,6 +71,11 @@ def test_search_picks_a_point_and_reports_the_grid(cache, tmp_path):
     assert (search["best"]["prefill_instances"], search["best"]["decode_instances"]) == \
         (best["prefill_instances"], best["decode_instances"])
     assert (tmp_path / "p" / "search.png").is_file()
+    base = search["baseline_points"]
+    assert [q["instances"] for q in base] == sorted({q["instances"] for q in base})
+    top = max(q["goodput_per_chip"] for q in base)
+    assert search["split_benefit"] == pytest.approx(
+        max(q["goodput_per_chip"] for q in search["points"]) / top)
 
 
 def test_workload_file_runs(cache, tmp_path):

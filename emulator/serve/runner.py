@@ -124,6 +124,22 @@ def baseline_costs(req: ServeRequest, costs: Costs) -> Costs:
                                  info={"prefill_from": costs.name})
 
 
+def equal_price_instances(req: ServeRequest) -> int | None:
+    """Baseline instances costing what the disaggregated cluster costs per hour."""
+    bill = bill_for(req)
+    price = price_per_hour(req, bill, req.prefill_instances, req.decode_instances)
+    return None if price is None else max(1, round(price / bill.prefill_usd_per_h))
+
+
+def simulate_baseline(req: ServeRequest, bcosts: Costs, n: int) -> tuple[Simulation, dict]:
+    """The baseline with n instances (both phases on the prefill chips); (sim, report)."""
+    cluster = dataclasses.replace(cluster_for(req, n, 1), colocated=True)
+    sim = Simulation(req.workload, bcosts, cluster).run()
+    bill_b = dataclasses.replace(bill_for(req), decode_busy_w=None, decode_idle_w=None,
+                                 decode_usd_per_h=None)
+    return sim, build_report(sim, bill_b, req.slo_ttft, req.slo_tpot)
+
+
 def run_baseline(req: ServeRequest, costs: Costs, disagg_report: dict):
     """The non-disaggregated baseline at equal price per hour (or `baseline_instances`);
     (simulation, report with ratios against the disaggregated run)."""
@@ -135,12 +151,7 @@ def run_baseline(req: ServeRequest, costs: Costs, disagg_report: dict):
             raise ConfigError("--baseline needs price_usd_per_hour in the prefill and decode "
                               "presets (or give --baseline-instances N)")
         n = max(1, round(price / bill.prefill_usd_per_h))
-    bcosts = baseline_costs(req, costs)
-    cluster = dataclasses.replace(cluster_for(req, n, 1), colocated=True)
-    sim = Simulation(req.workload, bcosts, cluster).run()
-    bill_b = dataclasses.replace(bill, decode_busy_w=None, decode_idle_w=None,
-                                 decode_usd_per_h=None)
-    report = build_report(sim, bill_b, req.slo_ttft, req.slo_tpot)
+    sim, report = simulate_baseline(req, baseline_costs(req, costs), n)
     b_price = n * bill.prefill_usd_per_h if bill.prefill_usd_per_h is not None else None
     chips_d = req.prefill_instances * req.prefill_chips + req.decode_instances * req.mesh.wafers
     chips_b = n * req.prefill_chips

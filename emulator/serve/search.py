@@ -14,11 +14,14 @@ from emulator.hw.errors import ConfigError
 from emulator.serve.runner import (
     ServeOutcome,
     ServeRequest,
+    baseline_costs,
     bill_for,
     build_costs,
+    equal_price_instances,
     price_per_hour,
     run_serve,
     simulate,
+    simulate_baseline,
 )
 
 
@@ -28,11 +31,20 @@ class SearchResult:
     objective_key: str
     points: list
     best: ServeOutcome
+    baseline_points: list | None = None
 
     def to_dict(self) -> dict:
         b = self.best.report
-        return {"objective": self.objective, "objective_key": self.objective_key,
-                "points": self.points,
+        out = {"objective": self.objective, "objective_key": self.objective_key,
+               "points": self.points}
+        if self.baseline_points:
+            key = self.objective_key
+            best_b = max(self.baseline_points, key=lambda q: q[key] or 0.0)
+            best_d = max(p[key] or 0.0 for p in self.points)
+            out["baseline_points"] = self.baseline_points
+            out["baseline_best"] = best_b
+            out["split_benefit"] = best_d / best_b[key] if best_b[key] else None
+        return {**out,
                 "best": {"prefill_instances": b["cluster"]["prefill_instances"],
                          "decode_instances": b["cluster"]["decode_instances"],
                          self.objective_key: next(
@@ -68,10 +80,36 @@ def run_search(req: ServeRequest, limit: int, objective: str = "usd",
     best = max(points, key=lambda q: (q[key] or 0.0, -q["chips"]))
     chosen = dataclasses.replace(req, prefill_instances=best["prefill_instances"],
                                  decode_instances=best["decode_instances"], costs=costs)
+    baseline_points = None
+    if req.baseline:
+        baseline_points = search_baseline(chosen, costs, key, limit)
+        top = max(baseline_points, key=lambda q: (q[key] or 0.0, -q["instances"]))
+        chosen = dataclasses.replace(chosen, baseline_instances=top["instances"])
     outcome = run_serve(chosen)
     name = "goodput per $/h (req/s per $/h)" if objective == "usd" else \
         "goodput per chip (req/s per chip)"
-    return SearchResult(name, key, points, outcome)
+    return SearchResult(name, key, points, outcome, baseline_points)
+
+
+def search_baseline(req: ServeRequest, costs, key: str, limit: int) -> list:
+    """The baseline (both phases on the prefill chips) at 1, 2, 4, ... instances up to
+    twice the equal-price count (at least `limit`): each point's goodput per $/h and chip."""
+    bcosts = baseline_costs(req, costs)
+    bill = bill_for(req)
+    top = max(limit, 2 * (equal_price_instances(req) or limit))
+    counts = sorted({min(top, 1 << k) for k in range(top.bit_length() + 1)}
+                    | {equal_price_instances(req) or 1})
+    out = []
+    for n in counts:
+        _, r = simulate_baseline(req, bcosts, n)
+        price = None if bill.prefill_usd_per_h is None else n * bill.prefill_usd_per_h
+        out.append({"instances": n, "chips": n * req.prefill_chips,
+                    "price_usd_per_hour": price, "goodput_rps": r["goodput_rps"],
+                    "slo_attainment": r["slo"]["attainment"],
+                    "ttft_p99_s": r["ttft_s"]["p99"], "tpot_p99_s": r["tpot_s"]["p99"],
+                    "goodput_per_usd_hour": None if not price else r["goodput_rps"] / price,
+                    "goodput_per_chip": r["goodput_rps"] / (n * req.prefill_chips)})
+    return out
 
 
 def search_tables(search: dict) -> list:
@@ -98,4 +136,17 @@ def search_tables(search: dict) -> list:
                       str(q["chips"]), f(q["price_usd_per_hour"]), f(q["goodput_rps"]),
                       f(q["slo_attainment"], "{:.1%}"), fmt_seconds(q["ttft_p99_s"]),
                       fmt_seconds(q["tpot_p99_s"]), f(q[key]))
-    return [table]
+    tables = [table]
+    if search.get("baseline_points"):
+        base = Table(title=f"baseline (both phases on the prefill chips): {search['objective']}"
+                           f"; split benefit {f(search['split_benefit'], '{:.3g} x')}",
+                     title_justify="left")
+        for col in ("instances", "$/h", "goodput req/s", "SLO met", "p99 TTFT", "p99 TPOT",
+                    search["objective"].split(" (")[0]):
+            base.add_column(col, justify="right")
+        for q in search["baseline_points"]:
+            base.add_row(str(q["instances"]), f(q["price_usd_per_hour"]), f(q["goodput_rps"]),
+                         f(q["slo_attainment"], "{:.1%}"), fmt_seconds(q["ttft_p99_s"]),
+                         fmt_seconds(q["tpot_p99_s"]), f(q[key]))
+        tables.append(base)
+    return tables
