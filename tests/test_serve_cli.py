@@ -78,6 +78,14 @@ def test_search_picks_a_point_and_reports_the_grid(cache, tmp_path):
         max(q["goodput_per_chip"] for q in search["points"]) / top)
 
 
+def test_closed_system_from_the_command_line(cache):
+    result = invoke(*SYNTHETIC, "--closed", "3:0.01", "--report", "-", "--quiet", cache=cache)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert "closed: 3 users" in report["workload"]["source"]
+    assert report["completed"] + report["rejected"] == 120
+
+
 def test_workload_file_runs(cache, tmp_path):
     path = tmp_path / "w.csv"
     path.write_text("Timestamp,Request tokens,Response tokens\n0,20,4\n0.5,30,1\n1,300,2\n")
@@ -97,6 +105,7 @@ def test_workload_file_runs(cache, tmp_path):
     (["--workload", "/no/such.jsonl"], "no such workload file"),
     (["--workload", "x.jsonl", "--rate", "3"], "--workload excludes --rate"),
     ([*SYNTHETIC, "--hw", "nope"], "nope"),
+    ([*SYNTHETIC, "--closed", "0:1"], "--closed USERS"),
 ])
 def test_bad_input_is_one_line_and_exit_2(cache, args, message):
     result = CliRunner().invoke(main, ["serve", *args, "--cache-dir", str(cache)])

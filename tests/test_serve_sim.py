@@ -189,3 +189,33 @@ def test_decode_admission_waits_for_kv_capacity_fcfs():
     assert sim.rec.finish[0] == pytest.approx(0.1 + 10)
     assert sim.rec.transfer_start[1] == pytest.approx(sim.rec.finish[0])
     assert sim.rec.finish[1] == pytest.approx(0.1 + 20)
+
+
+@pytest.mark.parametrize("users, think", [(1, 0.0), (5, 0.05), (20, 0.2)])
+def test_closed_system_conserves_requests_and_obeys_the_response_time_law(users, think):
+    # N clients, think time Z: at every instant thinking + in system = N, every request is
+    # sent once and ends once, and the interactive response time law R = N / X - Z holds
+    # (X = completions per second, R = mean time in system).
+    rng = np.random.default_rng(2)
+    n = 4000
+    w = Workload(np.zeros(n), rng.integers(20, 200, n), rng.integers(1, 30, n))
+    costs = FunctionCosts("affine", 500, 1000, 2000, 4000, 4,
+                          prefill=lambda t: 0.001 + 2e-5 * t,
+                          decode=lambda ctx: 0.002 + 1e-6 * ctx.sum(axis=1))
+    sim = Simulation(w, costs, Cluster(prefill_instances=2, decode_instances=2,
+                                       egress_bytes_per_s=1e8, ingress_bytes_per_s=2e8),
+                     closed=(users, think), seed=1).run()
+    rec, arr = sim.rec, sim.w.arrival_s
+    assert np.all(rec.status == DONE)
+    # in system at each arrival: started before and not yet ended (< users: one just left)
+    starts, ends = np.sort(arr), np.sort(rec.finish)
+    in_system = np.arange(1, n + 1) - np.searchsorted(ends, starts, side="right")
+    assert in_system.max() <= users and in_system.min() >= 1
+    if users == 1:
+        np.testing.assert_array_equal(arr[1:], rec.finish[:-1])    # one at a time
+    # each client is, at every instant, thinking or waiting for its one request
+    last = np.array([rec.finish[sim.client_of == c].max() for c in range(users)])
+    assert np.sum(rec.finish - arr) + np.sum(sim.thinks) == pytest.approx(last.sum(), rel=1e-9)
+    X, R = n / sim.end, np.mean(rec.finish - arr)
+    # the interactive response time law, up to the sampling noise of the think times
+    assert R == pytest.approx(users / X - think, rel=0.02, abs=3 * think / np.sqrt(n))

@@ -89,6 +89,23 @@ def load_workload_options(workload, rate, requests, isl, osl, arrival, seed):
                      parse_dist(isl, "--isl"), parse_dist(osl, "--osl"), seed, arrival)
 
 
+def parse_closed(text: str | None) -> tuple[int, float] | None:
+    """--closed USERS[:THINK_S] -> (users, think seconds)."""
+    if text is None:
+        return None
+    users, _, think = str(text).partition(":")
+    return (positive_int(users, "--closed USERS"),
+            0.0 if not think else float(think) if _nonneg(think) else
+            positive_float(think, "--closed THINK_S"))
+
+
+def _nonneg(text: str) -> bool:
+    try:
+        return float(text) >= 0 and float(text) != float("inf")
+    except ValueError:
+        return False
+
+
 def auto_prefill_hw(spec, dtype: str, chips: int):
     """trn2, or trn3 when the model does not fit trn2's HBM (as `emu run --prefill-hw auto`)."""
     from emulator.hw.prefill import load_prefill
@@ -112,6 +129,10 @@ def auto_prefill_hw(spec, dtype: str, chips: int):
 @click.option("--osl", help="Output lengths (same forms as --isl).")
 @click.option("--arrival", default="poisson", show_default=True,
               help="Synthetic arrival process: poisson or gamma:CV.")
+@click.option("--closed", metavar="USERS[:THINK_S]",
+              help="Closed system: USERS clients, each sending its next request THINK_S "
+                   "seconds (exponential, mean) after the last one ended (the workload's "
+                   "arrival times are ignored; its lengths are used in order).")
 @click.option("--prefill-hw", default="auto", show_default=True,
               help="Prefill chip preset or JSON file; auto: trn2, or trn3 if the model "
                    "does not fit trn2.")
@@ -151,7 +172,8 @@ def auto_prefill_hw(spec, dtype: str, chips: int):
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False),
               help="Write a Perfetto trace (JSON).")
 @click.option("--quiet", is_flag=True, help="Print no tables.")
-def serve_command(config, workload, rate, requests, isl, osl, arrival, prefill_hw, prefill_chips,
+def serve_command(config, workload, rate, requests, isl, osl, arrival, closed, prefill_hw,
+                  prefill_chips,
                   prefill_instances, hw, mesh_size, decode_instances, link, max_batch,
                   prefill_token_budget, dtype, slo_ttft, slo_tpot, seed, baseline,
                   baseline_instances, search, max_instances, objective, cache_dir, no_cache,
@@ -187,7 +209,8 @@ def serve_command(config, workload, rate, requests, isl, osl, arrival, prefill_h
         slo_tpot=positive_float(slo_tpot, "--slo-tpot"), baseline=baseline,
         baseline_instances=positive_int(baseline_instances, "--baseline-instances",
                                         allow_zero=True),
-        cache_dir=None if no_cache else Path(cache_dir) if cache_dir else default_cache_dir())
+        cache_dir=None if no_cache else Path(cache_dir) if cache_dir else default_cache_dir(),
+        closed=parse_closed(closed), seed=seed)
     limit = positive_int(max_instances, "--max-instances")
     console = Console(stderr=True)
     to_stdout = report_path == "-"

@@ -42,6 +42,8 @@ class ServeRequest:
     cache_dir: Path | None = None
     engine: str = "numba"
     costs: Costs | None = None      # injected costs (tests); None: measure by emulation
+    closed: tuple | None = None     # (users, think seconds): a closed system (sim.Simulation)
+    seed: int = 0                   # seed of a closed system's think times
 
 
 @dataclass
@@ -106,7 +108,8 @@ def price_per_hour(req: ServeRequest, bill: Bill, prefill: int, decode: int) -> 
 def simulate(req: ServeRequest, costs: Costs, prefill: int | None = None,
              decode: int | None = None) -> tuple[Simulation, dict]:
     """Run the disaggregated cluster; (simulation, report)."""
-    sim = Simulation(req.workload, costs, cluster_for(req, prefill, decode)).run()
+    sim = Simulation(req.workload, costs, cluster_for(req, prefill, decode), req.closed,
+                     req.seed).run()
     return sim, build_report(sim, bill_for(req), req.slo_ttft, req.slo_tpot)
 
 
@@ -134,7 +137,7 @@ def equal_price_instances(req: ServeRequest) -> int | None:
 def simulate_baseline(req: ServeRequest, bcosts: Costs, n: int) -> tuple[Simulation, dict]:
     """The baseline with n instances (both phases on the prefill chips); (sim, report)."""
     cluster = dataclasses.replace(cluster_for(req, n, 1), colocated=True)
-    sim = Simulation(req.workload, bcosts, cluster).run()
+    sim = Simulation(req.workload, bcosts, cluster, req.closed, req.seed).run()
     bill_b = dataclasses.replace(bill_for(req), decode_busy_w=None, decode_idle_w=None,
                                  decode_usd_per_h=None)
     return sim, build_report(sim, bill_b, req.slo_ttft, req.slo_tpot)

@@ -284,8 +284,17 @@ class Simulation:
     """One run: build with the workload, costs and cluster, then `run()`."""
 
     def __init__(self, workload: Workload, costs: Costs, cluster: Cluster,
-                 baseline_costs: Costs | None = None):
+                 closed: tuple[int, float] | None = None, seed: int = 0):
+        """`closed=(users, think_s)`: a closed system instead of the workload's arrival
+        times: `users` clients each send a request, wait for its end, think for an
+        exponential time of mean `think_s` and send the next (the workload's requests in
+        order, their lengths as given), until all are sent."""
         cluster.check()
+        self.closed, self.seed = closed, seed
+        self.done_events = {}
+        self.next_request = 0
+        self.thinks = []
+        self.client_of = np.full(len(workload), -1, np.int32)
         self.w, self.cluster = workload, cluster
         self.costs = costs
         self.n = len(workload)
@@ -339,15 +348,38 @@ class Simulation:
             if gap > 0:
                 yield env.timeout(gap)
             now = self.arrival[i]
-            reason = self._never_fits(i)
-            if reason >= 0:
-                self.rec.status[i], self.rec.reason[i] = REJECTED, reason
-                self.rec.finish[i] = now
-                self._count_done()
-                continue
-            self.prefill_queue.append(i)
-            self.q_prefill.change(env.now, +1)
-            self._kick_prefill()
+            self._arrive(i)
+
+    def _client(self, c: int, rng, think: float):
+        """Client c of a closed system (see __init__); records its requests and the think
+        times between them (`client_of`, `thinks`)."""
+        env, pause = self.env, None
+        while self.next_request < self.n:
+            if pause is not None:
+                self.thinks.append(pause)
+            i = self.next_request
+            self.next_request += 1
+            self.arrival[i] = env.now
+            self.client_of[i] = c
+            done = env.event()
+            self.done_events[i] = done
+            self._arrive(i)
+            yield done
+            pause = rng.exponential(think) if think > 0 else 0.0
+            if pause > 0:
+                yield env.timeout(pause)
+
+    def _arrive(self, i: int) -> None:
+        """Request i arrives now: rejected if it can never fit, else queued for prefill."""
+        reason = self._never_fits(i)
+        if reason >= 0:
+            self.rec.status[i], self.rec.reason[i] = REJECTED, reason
+            self.rec.finish[i] = self.env.now
+            self._count_done(i)
+            return
+        self.prefill_queue.append(i)
+        self.q_prefill.change(self.env.now, +1)
+        self._kick_prefill()
 
     def _kick_prefill(self) -> None:
         if self.cluster.colocated:
@@ -359,7 +391,9 @@ class Simulation:
         if self.idle_prefill:
             self.idle_prefill.pop().succeed()
 
-    def _count_done(self) -> None:
+    def _count_done(self, i: int) -> None:
+        if self.closed:
+            self.done_events.pop(i).succeed()
         self.completed += 1
         if self.completed == self.n:
             self._all_done.succeed()
@@ -561,14 +595,20 @@ class Simulation:
     def _finish(self, i: int, now: float) -> None:
         self.rec.finish[i] = now
         self.rec.status[i] = DONE
-        self._count_done()
+        self._count_done(i)
 
     # ------------------------------------------------------------------ run
 
     def run(self) -> "Simulation":
         """Simulate until every request is done or rejected; returns self."""
         env, c = self.env, self.cluster
-        env.process(self._arrivals())
+        if self.closed:
+            users, think = self.closed
+            rng = np.random.default_rng(self.seed)
+            for client in range(users):
+                env.process(self._client(client, rng, think))
+        else:
+            env.process(self._arrivals())
         if c.colocated:
             for j in range(c.prefill_instances):
                 env.process(self._colocated_instance(j))
@@ -580,6 +620,11 @@ class Simulation:
         if self.n:
             env.run(until=self._all_done)
         self.end = env.now
+        if self.closed:
+            w = self.w
+            self.w = Workload(np.array(self.arrival), w.prompt_tokens, w.output_tokens,
+                              f"{w.source}, closed: {self.closed[0]} users, think "
+                              f"{self.closed[1]:g} s")
         for q in (self.q_prefill, self.q_decode, self.q_transfer, self.q_batch):
             q.close(self.end)
         self.decode_busy = np.array([b.busy for b in self.batches])
