@@ -144,9 +144,10 @@ def search_plot(search: dict, path: Path) -> None:
     best = search["best"]
     ax.plot(ds.index(best["decode_instances"]), ps.index(best["prefill_instances"]), "r*",
             ms=14)
-    ax.set_title(f"{search['objective']} (best: P={best['prefill_instances']}, "
+    label = search["objective"].replace("$", r"\$")      # not matplotlib mathtext
+    ax.set_title(f"{label} (best: P={best['prefill_instances']}, "
                  f"D={best['decode_instances']})")
-    fig.colorbar(image, ax=ax, label=search["objective"])
+    fig.colorbar(image, ax=ax, label=label)
     _save(fig, path)
     plt.close(fig)
 

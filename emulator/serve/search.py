@@ -44,6 +44,8 @@ class SearchResult:
             out["baseline_points"] = self.baseline_points
             out["baseline_best"] = best_b
             out["split_benefit"] = best_d / best_b[key] if best_b[key] else None
+            out["baseline_meets_no_request"] = not any(q["goodput_rps"]
+                                                       for q in self.baseline_points)
         return {**out,
                 "best": {"prefill_instances": b["cluster"]["prefill_instances"],
                          "decode_instances": b["cluster"]["decode_instances"],
@@ -138,8 +140,11 @@ def search_tables(search: dict) -> list:
                       fmt_seconds(q["tpot_p99_s"]), f(q[key]))
     tables = [table]
     if search.get("baseline_points"):
+        benefit = ("unbounded: the baseline meets no request's SLOs"
+                   if search.get("baseline_meets_no_request")
+                   else f(search["split_benefit"], "{:.3g} x"))
         base = Table(title=f"baseline (both phases on the prefill chips): {search['objective']}"
-                           f"; split benefit {f(search['split_benefit'], '{:.3g} x')}",
+                           f"; split benefit {benefit}",
                      title_justify="left")
         for col in ("instances", "$/h", "goodput req/s", "SLO met", "p99 TTFT", "p99 TPOT",
                     search["objective"].split(" (")[0]):
