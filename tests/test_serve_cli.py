@@ -126,3 +126,21 @@ def test_output_paths_are_checked_before_work(cache, tmp_path):
                                        "--cache-dir", str(cache)])
     assert result.exit_code == 2 and "--plots" in result.stderr
     assert not (tmp_path / "t.json").exists()
+
+
+def test_trace_lanes_never_overlap():
+    import numpy as np
+
+    from emulator.serve.trace import lanes
+
+    rng = np.random.default_rng(0)
+    starts = rng.uniform(0, 10, 300)
+    ends = starts + rng.uniform(0, 2, 300)
+    lane = lanes(starts, ends)
+    for k in np.unique(lane):
+        order = np.argsort(starts[lane == k])
+        s, e = starts[lane == k][order], ends[lane == k][order]
+        assert np.all(s[1:] >= e[:-1])
+    # as few lanes as the deepest overlap needs
+    depth = max(np.sum((starts <= t) & (ends > t)) for t in starts)
+    assert lane.max() + 1 == depth

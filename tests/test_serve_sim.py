@@ -6,6 +6,8 @@ runs take seconds."""
 import numpy as np
 import pytest
 import simpy
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from emulator.serve.costs import FunctionCosts, constant_costs
 from emulator.serve.sim import DONE, REJECTED, Cluster, Network, Simulation
@@ -219,3 +221,35 @@ def test_closed_system_conserves_requests_and_obeys_the_response_time_law(users,
     X, R = n / sim.end, np.mean(rec.finish - arr)
     # the interactive response time law, up to the sampling noise of the think times
     assert R == pytest.approx(users / X - think, rel=0.02, abs=3 * think / np.sqrt(n))
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 120), prefill=st.integers(1, 3), decode=st.integers(1, 3),
+       batch=st.integers(1, 6), budget=st.integers(0, 400), colocated=st.booleans(),
+       rate=st.floats(1.0, 500.0), seed=st.integers(0, 1000))
+def test_any_small_cluster_conserves_requests_and_keeps_littles_law(
+        n, prefill, decode, batch, budget, colocated, rate, seed):
+    w = synthetic(rate, n, parse_dist("uniform:1,300"), parse_dist("uniform:1,40", "--osl"),
+                  seed=seed)
+    costs = FunctionCosts("affine", 100, 250, 280, 900, batch,
+                          prefill=lambda t: 1e-3 + 1e-5 * t,
+                          decode=lambda ctx: 2e-3 + 1e-6 * ctx.sum(axis=1),
+                          layout=lambda p: 1e-6 * p)
+    sim = Simulation(w, costs, Cluster(prefill, decode, budget, egress_bytes_per_s=1e6,
+                                       ingress_bytes_per_s=2e6, link_latency_s=1e-4,
+                                       colocated=colocated)).run()
+    rec = sim.rec
+    assert np.all((rec.status == DONE) | (rec.status == REJECTED))
+    assert np.all(sim.kv_free == costs.kv_capacity_tokens)
+    for q in (sim.q_prefill, sim.q_decode, sim.q_transfer, sim.q_batch):
+        assert q.length == 0 and q.entered == q.left
+        if q.left:
+            assert q.area == pytest.approx(q.waits, rel=1e-9, abs=1e-12)
+    done = rec.status == DONE
+    assert np.all(rec.prefill_start[done] >= w.arrival_s[done])
+    assert np.all(rec.finish[done] >= rec.prefill_end[done])
+    # batches never exceed the token budget (a single longer prompt runs alone)
+    limit = budget or costs.max_prompt_tokens
+    for key in set(zip(rec.prefill_instance[done], rec.prefill_start[done], strict=True)):
+        members = done & (rec.prefill_instance == key[0]) & (rec.prefill_start == key[1])
+        assert members.sum() == 1 or w.prompt_tokens[members].sum() <= limit
