@@ -122,51 +122,59 @@ def auto_prefill_hw(spec, dtype: str, chips: int):
 @click.argument("config", required=False)
 @click.option("--workload", type=click.Path(dir_okay=False),
               help="Trace file (JSONL or CSV; emu, Azure or BurstGPT columns).")
-@click.option("--rate", help="Synthetic arrivals: requests per second.")
-@click.option("--requests", help="Synthetic: number of requests (with --workload: the first N).")
-@click.option("--isl", help="Prompt lengths: N, uniform:LO,HI, lognormal:MEDIAN,SIGMA, "
-                            "zipf:A,HI, file:PATH[:COLUMN].")
-@click.option("--osl", help="Output lengths (same forms as --isl).")
-@click.option("--arrival", default="poisson", show_default=True,
+@click.option("--rate", metavar="R", help="Synthetic arrivals: requests per second.")
+@click.option("--requests", metavar="N", help="Synthetic: requests (with --workload: the first N).")
+@click.option("--isl", metavar="DIST",
+              help="Prompt lengths (tokens): N, uniform:LO,HI, lognormal:MEDIAN,SIGMA, "
+                   "zipf:A,HI, file:PATH[:COLUMN].")
+@click.option("--osl", metavar="DIST",
+              help="Output lengths (tokens, the first included; forms as --isl).")
+@click.option("--arrival", default="poisson", show_default=True, metavar="poisson|gamma:CV",
               help="Synthetic arrival process: poisson or gamma:CV.")
 @click.option("--closed", metavar="USERS[:THINK_S]",
               help="Closed system: USERS clients, each sending its next request THINK_S "
                    "seconds (exponential, mean) after the last one ended (the workload's "
                    "arrival times are ignored; its lengths are used in order).")
-@click.option("--prefill-hw", default="auto", show_default=True,
+@click.option("--prefill-hw", default="auto", show_default=True, metavar="NAME|FILE",
               help="Prefill chip preset or JSON file; auto: trn2, or trn3 if the model "
                    "does not fit trn2.")
-@click.option("--prefill-chips", default="1", show_default=True, help="Chips per prefill instance.")
-@click.option("--prefill-instances", default="1", show_default=True, help="Prefill instances P.")
-@click.option("--hw", default="small", show_default=True,
+@click.option("--prefill-chips", default="1", show_default=True, metavar="N",
+              help="Chips per prefill instance.")
+@click.option("--prefill-instances", default="1", show_default=True, metavar="P",
+              help="Prefill instances.")
+@click.option("--hw", default="small", show_default=True, metavar="NAME|FILE",
               help="Decode preset (wse3, cs3x4, small) or JSON file.")
-@click.option("--mesh", "mesh_size", help="Override the decode mesh size, WIDTHxHEIGHT.")
-@click.option("--decode-instances", default="1", show_default=True, help="Decode instances D.")
-@click.option("--link", default="efa", show_default=True,
+@click.option("--mesh", "mesh_size", metavar="WxH",
+              help="Override the decode mesh size (PEs).")
+@click.option("--decode-instances", default="1", show_default=True, metavar="D",
+              help="Decode instances (each: the preset's wafers).")
+@click.option("--link", default="efa", show_default=True, metavar="NAME|FILE",
               help="Link preset or JSON file (one prefill chip's egress).")
-@click.option("--max-batch", default="1", show_default=True,
+@click.option("--max-batch", default="1", show_default=True, metavar="B",
               help="Users per decode instance (> 1 uses the documented batch hook).")
-@click.option("--prefill-token-budget", default="0", show_default=True,
+@click.option("--prefill-token-budget", default="0", show_default=True, metavar="TOKENS",
               help="Prompt tokens per prefill batch (0: the longest prompt that fits).")
 @click.option("--dtype", default="bf16", show_default=True,
-              type=click.Choice(["fp32", "fp16", "bf16"]))
-@click.option("--slo-ttft", help="TTFT objective, seconds.")
-@click.option("--slo-tpot", help="TPOT objective, seconds.")
+              type=click.Choice(["fp32", "fp16", "bf16"]),
+              help="Storage format of weights and KV cache.")
+@click.option("--slo-ttft", metavar="SECONDS", help="Time-to-first-token objective.")
+@click.option("--slo-tpot", metavar="SECONDS", help="Time-per-output-token objective.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the arrivals.")
 @click.option("--baseline", is_flag=True,
               help="Also simulate both phases on the prefill chips (equal price per hour).")
-@click.option("--baseline-instances", default="0", show_default=True,
+@click.option("--baseline-instances", default="0", show_default=True, metavar="N",
               help="Baseline instances (0: as many as cost the same per hour).")
 @click.option("--search", is_flag=True,
               help="Search prefill:decode instance counts for the best goodput per dollar.")
-@click.option("--max-instances", default="8", show_default=True,
+@click.option("--max-instances", default="8", show_default=True, metavar="N",
               help="--search: largest P and D tried.")
 @click.option("--objective", default="usd", show_default=True,
               type=click.Choice(["usd", "chip"]), help="--search: goodput per dollar or chip.")
 @click.option("--cache-dir", type=click.Path(file_okay=False),
               help="Cost cache folder (default $EMU_CACHE_DIR or ~/.cache/emu).")
 @click.option("--no-cache", is_flag=True, help="Measure costs without reading or writing a cache.")
-@click.option("--report", "report_path", help="Write the report as JSON ('-': stdout).")
+@click.option("--report", "report_path", metavar="FILE|-",
+              help="Write the report as JSON ('-': stdout).")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False),
               help="Write PNG charts into this folder.")
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False),
