@@ -297,12 +297,16 @@ def prefill_max_tokens(spec, hw, dtype: str, chips: int, limit: int) -> int:
     """Longest prompt (<= limit) whose weights, KV and activations fit the prefill HBM."""
     from emulator.prefill.run import check_capacity
 
+    extra = {}
     if chips != 1:
-        hw = dataclasses.replace(hw, hbm_bytes=hw.hbm_bytes * chips)
+        if "chips" in inspect.signature(check_capacity).parameters:
+            extra = {"chips": chips}
+        else:   # a one-chip prefill model: count the chips' HBM together
+            hw = dataclasses.replace(hw, hbm_bytes=hw.hbm_bytes * chips)
 
     def fits(p):
         try:
-            check_capacity(spec, hw, p, dtype)
+            check_capacity(spec, hw, p, dtype, **extra)
             return True
         except FitError:
             return False
