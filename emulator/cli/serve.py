@@ -89,6 +89,16 @@ def load_workload_options(workload, rate, requests, isl, osl, arrival, seed):
                      parse_dist(isl, "--isl"), parse_dist(osl, "--osl"), seed, arrival)
 
 
+def parse_chips(text: str | None) -> list[int] | None:
+    """--search-chips N,N,... -> sorted distinct positive integers."""
+    if text is None:
+        return None
+    values = [positive_int(v, "--search-chips") for v in str(text).split(",") if v.strip()]
+    if not values:
+        raise ConfigError(f"--search-chips: expected N,N,..., got '{text}'")
+    return sorted(set(values))
+
+
 def parse_closed(text: str | None) -> tuple[int, float] | None:
     """--closed USERS[:THINK_S] -> (users, think seconds)."""
     if text is None:
@@ -168,6 +178,9 @@ def auto_prefill_hw(spec, dtype: str, chips: int):
               help="Search prefill:decode instance counts for the best goodput per dollar.")
 @click.option("--max-instances", default="8", show_default=True, metavar="N",
               help="--search: largest P and D tried.")
+@click.option("--search-chips", metavar="N,N,...",
+              help="--search: prefill chip counts per instance to try (default: "
+                   "--prefill-chips).")
 @click.option("--objective", default="usd", show_default=True,
               type=click.Choice(["usd", "chip"]), help="--search: goodput per dollar or chip.")
 @click.option("--cache-dir", type=click.Path(file_okay=False),
@@ -184,8 +197,8 @@ def serve_command(config, workload, rate, requests, isl, osl, arrival, closed, p
                   prefill_chips,
                   prefill_instances, hw, mesh_size, decode_instances, link, max_batch,
                   prefill_token_budget, dtype, slo_ttft, slo_tpot, seed, baseline,
-                  baseline_instances, search, max_instances, objective, cache_dir, no_cache,
-                  report_path, plots_dir, trace_path, quiet):
+                  baseline_instances, search, max_instances, search_chips, objective,
+                  cache_dir, no_cache, report_path, plots_dir, trace_path, quiet):
     """Simulate a disaggregated serving cluster (prefill pool, decode wafers, links)."""
     from compiler.frontend import resolve_model
     from emulator.cli.common import load_sized_mesh
@@ -229,7 +242,8 @@ def serve_command(config, workload, rate, requests, isl, osl, arrival, closed, p
         if search:
             from emulator.serve.search import run_search, search_tables
 
-            result = run_search(req, limit, objective, progress)
+            result = run_search(req, limit, objective, progress,
+                                parse_chips(search_chips))
             outcome = result.best
             outcome.report["search"] = result.to_dict()
         else:

@@ -326,8 +326,8 @@ def _run_prefill(spec, hw, tokens: int, dtype: str, chips: int):
 
     if chips != 1:
         if "chips" not in inspect.signature(run_prefill).parameters:
-            raise ConfigError(f"--prefill-chips {chips}: this emu's prefill model runs on one "
-                              f"chip only; use --prefill-chips 1")
+            raise ConfigError(f"--prefill-chips {chips} (or --search-chips): this emu's prefill "
+                              f"model runs on one chip only; use 1")
         return run_prefill(spec, hw, tokens, None, dtype, True, chips=chips)
     return run_prefill(spec, hw, tokens, None, dtype, True)
 

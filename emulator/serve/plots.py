@@ -127,7 +127,9 @@ def kv_occupancy(outcome, path: Path) -> None:
 
 def search_plot(search: dict, path: Path) -> None:
     plt = _pyplot()
-    rows = search["points"]
+    best = search["best"]
+    rows = [r for r in search["points"]
+            if r.get("prefill_chips", best.get("prefill_chips")) == best.get("prefill_chips")]
     ps = sorted({r["prefill_instances"] for r in rows})
     ds = sorted({r["decode_instances"] for r in rows})
     key = search["objective_key"]
@@ -141,7 +143,6 @@ def search_plot(search: dict, path: Path) -> None:
     ax.set_yticks(range(len(ps)), [str(p) for p in ps])
     ax.set_xlabel("decode instances D")
     ax.set_ylabel("prefill instances P")
-    best = search["best"]
     ax.plot(ds.index(best["decode_instances"]), ps.index(best["prefill_instances"]), "r*",
             ms=14)
     label = search["objective"].replace("$", r"\$")      # not matplotlib mathtext

@@ -1,7 +1,8 @@
 """`emu serve --search`: the prefill:decode instance counts that maximise goodput per dollar
 (or per chip) for a workload and SLOs.
 
-Every (P, D) with 1 <= P, D <= limit is simulated with the same cost model (measured once);
+Every (P, D) with 1 <= P, D <= limit is simulated with the same cost model (measured once
+per prefill chip count tried, `--search-chips`);
 goodput counts requests meeting both SLOs. Per dollar: goodput_rps / (P x prefill $/h + D x
 decode $/h); per chip: goodput_rps / (P x prefill chips + D x wafers). The best point is run
 again with the full report (and the baseline when asked).
@@ -49,39 +50,48 @@ class SearchResult:
         return {**out,
                 "best": {"prefill_instances": b["cluster"]["prefill_instances"],
                          "decode_instances": b["cluster"]["decode_instances"],
+                         "prefill_chips": b["hardware"]["prefill_chips"],
                          self.objective_key: next(
                              p[self.objective_key] for p in self.points
                              if p["prefill_instances"] == b["cluster"]["prefill_instances"]
-                             and p["decode_instances"] == b["cluster"]["decode_instances"])}}
+                             and p["decode_instances"] == b["cluster"]["decode_instances"]
+                             and p["prefill_chips"] == b["hardware"]["prefill_chips"])}}
 
 
-def run_search(req: ServeRequest, limit: int, objective: str = "usd",
-               progress=None) -> SearchResult:
-    """Simulate every (P, D) up to `limit`; the best by goodput per dollar or per chip."""
+def run_search(req: ServeRequest, limit: int, objective: str = "usd", progress=None,
+               chips_options: list[int] | None = None) -> SearchResult:
+    """Simulate every (P, D) up to `limit` (for each prefill chip count in `chips_options`,
+    default the request's); the best by goodput per dollar or per chip."""
     if objective not in ("usd", "chip"):
         raise ConfigError(f"--objective: expected usd or chip, got '{objective}'")
-    costs = build_costs(req, progress)
-    bill = bill_for(req)
-    if objective == "usd" and price_per_hour(req, bill, 1, 1) is None:
-        raise ConfigError("--search --objective usd needs price_usd_per_hour in the prefill "
-                          "and decode presets; use --objective chip")
     key = "goodput_per_usd_hour" if objective == "usd" else "goodput_per_chip"
-    points = []
-    for p in range(1, limit + 1):
-        for d in range(1, limit + 1):
-            _, r = simulate(req, costs, p, d)
-            price = price_per_hour(req, bill, p, d)
-            chips = p * req.prefill_chips + d * req.mesh.wafers
-            points.append({
-                "prefill_instances": p, "decode_instances": d, "chips": chips,
-                "price_usd_per_hour": price, "goodput_rps": r["goodput_rps"],
-                "slo_attainment": r["slo"]["attainment"], "ttft_p99_s": r["ttft_s"]["p99"],
-                "tpot_p99_s": r["tpot_s"]["p99"], "cost_usd_per_mtok": r["cost_usd_per_mtok"],
-                "goodput_per_usd_hour": None if price is None else r["goodput_rps"] / price,
-                "goodput_per_chip": r["goodput_rps"] / chips})
+    points, costs_of = [], {}
+    for n_chips in chips_options or [req.prefill_chips]:
+        sub = dataclasses.replace(req, prefill_chips=n_chips)
+        costs = costs_of[n_chips] = build_costs(sub, progress)
+        bill = bill_for(sub)
+        if objective == "usd" and price_per_hour(sub, bill, 1, 1) is None:
+            raise ConfigError("--search --objective usd needs price_usd_per_hour in the "
+                              "prefill and decode presets; use --objective chip")
+        for p in range(1, limit + 1):
+            for d in range(1, limit + 1):
+                _, r = simulate(sub, costs, p, d)
+                price = price_per_hour(sub, bill, p, d)
+                chips = p * n_chips + d * req.mesh.wafers
+                points.append({
+                    "prefill_instances": p, "decode_instances": d, "prefill_chips": n_chips,
+                    "chips": chips, "price_usd_per_hour": price,
+                    "goodput_rps": r["goodput_rps"], "slo_attainment": r["slo"]["attainment"],
+                    "ttft_p99_s": r["ttft_s"]["p99"], "tpot_p99_s": r["tpot_s"]["p99"],
+                    "cost_usd_per_mtok": r["cost_usd_per_mtok"],
+                    "goodput_per_usd_hour": None if price is None
+                    else r["goodput_rps"] / price,
+                    "goodput_per_chip": r["goodput_rps"] / chips})
     best = max(points, key=lambda q: (q[key] or 0.0, -q["chips"]))
+    costs = costs_of[best["prefill_chips"]]
     chosen = dataclasses.replace(req, prefill_instances=best["prefill_instances"],
-                                 decode_instances=best["decode_instances"], costs=costs)
+                                 decode_instances=best["decode_instances"],
+                                 prefill_chips=best["prefill_chips"], costs=costs)
     baseline_points = None
     if req.baseline:
         baseline_points = search_baseline(chosen, costs, key, limit)
@@ -124,18 +134,19 @@ def search_tables(search: dict) -> list:
     rows = sorted(search["points"], key=lambda q: -(q[key] or 0.0))[:10]
     table = Table(title=f"--search: {search['objective']} (top {len(rows)} of "
                         f"{len(search['points'])})", title_justify="left")
-    for col in ("P", "D", "chips", "$/h", "goodput req/s", "SLO met", "p99 TTFT", "p99 TPOT",
-                search["objective"].split(" (")[0]):
+    for col in ("P", "D", "chips/P", "chips", "$/h", "goodput req/s", "SLO met", "p99 TTFT",
+                "p99 TPOT", search["objective"].split(" (")[0]):
         table.add_column(col, justify="right")
     best = search["best"]
 
     def f(x, fmt="{:.4g}"):
         return "-" if x is None else fmt.format(x)
     for q in rows:
-        mark = " *" if (q["prefill_instances"], q["decode_instances"]) == \
-            (best["prefill_instances"], best["decode_instances"]) else ""
+        mark = " *" if (q["prefill_instances"], q["decode_instances"], q["prefill_chips"]) == \
+            (best["prefill_instances"], best["decode_instances"], best["prefill_chips"]) else ""
         table.add_row(f"{q['prefill_instances']}{mark}", str(q["decode_instances"]),
-                      str(q["chips"]), f(q["price_usd_per_hour"]), f(q["goodput_rps"]),
+                      str(q["prefill_chips"]), str(q["chips"]), f(q["price_usd_per_hour"]),
+                      f(q["goodput_rps"]),
                       f(q["slo_attainment"], "{:.1%}"), fmt_seconds(q["ttft_p99_s"]),
                       fmt_seconds(q["tpot_p99_s"]), f(q[key]))
     tables = [table]
