@@ -205,7 +205,7 @@ def summary_tables(report: dict) -> list:
     for col in ("", "utilisation / L", "lambda (1/s)", "W"):
         util.add_column(col, justify="right" if col else "left")
     for name, value in report["utilization"].items():
-        util.add_row(name, opt(value, lambda v: f"{100 * v:.1f} %"), "", "")
+        util.add_row(name, opt(value, lambda v: f"{100 * v:.3g} %"), "", "")
     for name, q in report["queues"].items():
         util.add_row(name, f"{q['L']:.3g}", f"{q['lambda']:.3g}", fmt_seconds(q["W"]))
     return [head, lat, util]
