@@ -19,16 +19,18 @@ DEFAULT_MODEL = "tiny"
 
 
 def check_output(path: str | None, option: str) -> None:
-    """ConfigError unless `path` (a file; '-' is stdout) can be written."""
+    """ConfigError unless `path` (a file; '-' is stdout) can be written (its folder is
+    created at the end if missing)."""
     if path is None or path == "-":
         return
     p = Path(path)
     if p.is_dir():
         raise ConfigError(f"{option}: '{path}' is a directory")
     parent = p.resolve().parent
-    if not parent.is_dir():
-        raise ConfigError(f"{option}: folder '{p.parent}' does not exist")
-    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+    probe = next((a for a in (parent, *parent.parents) if a.exists()), None)
+    if probe is None or not probe.is_dir():
+        raise ConfigError(f"{option}: folder '{p.parent}' cannot be created")
+    if not os.access(probe, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise ConfigError(f"{option}: '{path}' is not writable")
 
 
@@ -249,18 +251,26 @@ def serve_command(config, workload, rate, requests, isl, osl, arrival, closed, p
         else:
             outcome = run_serve(req, progress)
     report = outcome.report
-    if plots_dir:
-        from emulator.serve.plots import write_plots
+    option = None
+    try:
+        if plots_dir:
+            from emulator.serve.plots import write_plots
 
-        write_plots(outcome, plots_dir, search=report.get("search"))
-    if trace_path:
-        from emulator.serve.trace import build_trace
+            option = ("--plots", plots_dir)
+            write_plots(outcome, plots_dir, search=report.get("search"))
+        if trace_path:
+            from emulator.serve.trace import build_trace
 
-        build_trace(outcome.sim).write(trace_path)
-    if to_stdout:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
-    elif report_path:
-        atomic_write_json(report_path, report)
+            option = ("--trace", trace_path)
+            build_trace(outcome.sim).write(trace_path)
+        if to_stdout:
+            sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        elif report_path:
+            option = ("--report", report_path)
+            atomic_write_json(report_path, report)
+    except OSError as exc:
+        raise ConfigError(f"{option[0]}: cannot write '{option[1]}': "
+                          f"{exc.strerror or exc}") from None
     if not quiet:
         if search:
             for table in search_tables(report["search"]):
