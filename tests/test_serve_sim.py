@@ -253,3 +253,35 @@ def test_any_small_cluster_conserves_requests_and_keeps_littles_law(
     for key in set(zip(rec.prefill_instance[done], rec.prefill_start[done], strict=True)):
         members = done & (rec.prefill_instance == key[0]) & (rec.prefill_start == key[1])
         assert members.sum() == 1 or w.prompt_tokens[members].sum() <= limit
+
+
+@pytest.mark.parametrize("egress, expect", [
+    (1000.0, "prefill"),      # the link keeps up: the KV is in when the prefill ends
+    (100.0, "link"),          # the link is slower than the prefill: it started early
+])
+def test_overlap_kv_streams_the_cache_during_prefill(egress, expect):
+    # one request: prompt 100 tokens x 2 B = 200 B of KV, prefill 1 s, latency 0.5 s
+    w = Workload(np.array([0.0]), np.array([100]), np.array([3]))
+    costs = constant_costs(1.0, 0.25, kv_bytes_per_token=2)
+    plain = Simulation(w, costs, Cluster(egress_bytes_per_s=egress, ingress_bytes_per_s=1e9,
+                                         link_latency_s=0.5)).run()
+    both = Simulation(w, costs, Cluster(egress_bytes_per_s=egress, ingress_bytes_per_s=1e9,
+                                        link_latency_s=0.5, overlap_kv=True)).run()
+    assert plain.rec.transfer_end[0] == pytest.approx(1.0 + 200 / egress + 0.5)
+    arrived = 1.0 if expect == "prefill" else 200 / egress
+    assert both.rec.transfer_start[0] == 0.0
+    assert both.rec.transfer_end[0] == pytest.approx(arrived + 0.5)
+    assert both.rec.finish[0] == pytest.approx(arrived + 0.5 + 2 * 0.25)
+    assert both.rec.prefill_end[0] == plain.rec.prefill_end[0] == 1.0
+
+
+def test_overlap_kv_keeps_requests_and_littles_law():
+    _, _, sim = mixed_run(overlap_kv=True)
+    assert np.all((sim.rec.status == DONE) | (sim.rec.status == REJECTED))
+    assert np.all(sim.kv_free == sim.costs.kv_capacity_tokens)
+    for q in (sim.q_prefill, sim.q_decode, sim.q_transfer, sim.q_batch):
+        assert q.length == 0 and q.entered == q.left
+        if q.left:
+            assert q.area == pytest.approx(q.waits, rel=1e-9)
+    early = sim.rec.transfer_start == sim.rec.prefill_start
+    assert early.sum() > 0

@@ -162,6 +162,8 @@ def auto_prefill_hw(spec, dtype: str, chips: int):
               help="Decode instances (each: the preset's wafers).")
 @click.option("--link", default="efa", show_default=True, metavar="NAME|FILE",
               help="Link preset or JSON file (one prefill chip's egress).")
+@click.option("--overlap-kv", is_flag=True,
+              help="Stream each layer's KV while the prefill runs (when admitted at its start).")
 @click.option("--max-batch", default="1", show_default=True, metavar="B",
               help="Users per decode instance (> 1 uses the documented batch hook).")
 @click.option("--prefill-token-budget", default="0", show_default=True, metavar="TOKENS",
@@ -196,8 +198,8 @@ def auto_prefill_hw(spec, dtype: str, chips: int):
               help="Write a Perfetto trace (JSON).")
 @click.option("--quiet", is_flag=True, help="Print no tables.")
 def serve_command(config, workload, rate, requests, isl, osl, arrival, closed, prefill_hw,
-                  prefill_chips,
-                  prefill_instances, hw, mesh_size, decode_instances, link, max_batch,
+                  prefill_chips, prefill_instances, hw, mesh_size, decode_instances, link,
+                  overlap_kv, max_batch,
                   prefill_token_budget, dtype, slo_ttft, slo_tpot, seed, baseline,
                   baseline_instances, search, max_instances, search_chips, objective,
                   cache_dir, no_cache, report_path, plots_dir, trace_path, quiet):
@@ -233,7 +235,7 @@ def serve_command(config, workload, rate, requests, isl, osl, arrival, closed, p
         baseline_instances=positive_int(baseline_instances, "--baseline-instances",
                                         allow_zero=True),
         cache_dir=None if no_cache else Path(cache_dir) if cache_dir else default_cache_dir(),
-        closed=parse_closed(closed), seed=seed)
+        closed=parse_closed(closed), seed=seed, overlap_kv=overlap_kv)
     limit = positive_int(max_instances, "--max-instances")
     console = Console(stderr=True)
     to_stdout = report_path == "-"

@@ -42,6 +42,7 @@ class ServeRequest:
     cache_dir: Path | None = None
     engine: str = "numba"
     costs: Costs | None = None      # injected costs (tests); None: measure by emulation
+    overlap_kv: bool = False        # stream KV layer by layer during the prefill
     closed: tuple | None = None     # (users, think seconds): a closed system (sim.Simulation)
     seed: int = 0                   # seed of a closed system's think times
 
@@ -84,7 +85,8 @@ def cluster_for(req: ServeRequest, prefill_instances: int | None = None,
                    decode_instances=decode_instances or req.decode_instances,
                    prefill_token_budget=req.prefill_token_budget,
                    egress_bytes_per_s=link.total_bandwidth * req.prefill_chips,
-                   ingress_bytes_per_s=ingress, link_latency_s=link.latency_s)
+                   ingress_bytes_per_s=ingress, link_latency_s=link.latency_s,
+                   overlap_kv=req.overlap_kv)
 
 
 def bill_for(req: ServeRequest) -> Bill:

@@ -18,7 +18,10 @@ A request's life (docs/serving.md):
 4. KV transfer: `kv_bytes(prompt)` bytes from the prefill instance's egress (link preset
    bandwidth x prefill chips) into the decode instance's ingress (the decode preset's
    `io_bytes_per_s` x wafers); concurrent transfers share both ends max-min fairly
-   (progressive filling); then the link latency and the KV layout in the wafer;
+   (progressive filling); then the link latency and the KV layout in the wafer. With
+   `overlap_kv` a request admitted when its prefill starts (FCFS, room permitting) streams
+   its KV during the prefill, no faster than the layers produce it (an even share of the
+   batch's seconds per layer): a flow capped at bytes / prefill seconds until the end;
 5. continuous batching: the request joins its decode instance's batch at the next step
    boundary; each step costs `costs.decode_steps` for the batch's KV lengths and gives
    each user one token; after output - 1 steps it is done. TPOT = (end - first token) /
@@ -34,6 +37,7 @@ same chips (no link); an instance runs a prefill batch whenever the head of the 
 queue fits its KV pool (prefill first, as vLLM), else decode steps.
 """
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -62,6 +66,7 @@ class Cluster:
     ingress_bytes_per_s: float = 150e9     # per decode instance (system I/O x wafers)
     link_latency_s: float = 0.0
     colocated: bool = False                # baseline: both phases on the prefill instances
+    overlap_kv: bool = False               # stream each layer's KV while the prefill runs
 
     def check(self) -> None:
         from emulator.hw.errors import ConfigError
@@ -143,27 +148,40 @@ class Network:
         self.env = env
         self.cap = {("e", i): c for i, c in enumerate(egress)}
         self.cap.update({("i", j): c for j, c in enumerate(ingress)})
-        self.flows = {}   # id -> [remaining bytes, src key, dst key, callback, rate, bytes]
+        # id -> [remaining bytes, src key, dst key, callback, rate, bytes, own cap or None]
+        self.flows = {}
         self.last = 0.0
         self.generation = 0
         self.busy_bytes = np.zeros(len(ingress))
         self.active_time = np.zeros(len(ingress))
         self.next_id = 0
 
-    def send(self, src: int, dst: int, nbytes: float, callback=None) -> simpy.Event | None:
+    def send(self, src: int, dst: int, nbytes: float, callback=None,
+             cap: float | None = None) -> simpy.Event | None:
         """Start moving `nbytes` from egress src to ingress dst; `callback()` is called when
-        they have arrived (without a callback, an event that fires then is returned)."""
+        they have arrived (without a callback, an event that fires then is returned).
+        `cap`: the flow's own rate limit in bytes/s (the rate its bytes are produced at);
+        `uncap(self.last_id)` lifts it. The flow's id is `self.last_id`."""
+        self.last_id = self.next_id
         self._advance()
         done = None
         if callback is None:
             done = self.env.event()
             callback = done.succeed
         self.flows[self.next_id] = [float(nbytes), ("e", src), ("i", dst), callback, 0.0,
-                                    float(nbytes)]
+                                    float(nbytes), cap]
         self.next_id += 1
         self._rates()
         self._schedule()
         return done
+
+    def uncap(self, fid: int) -> None:
+        """Lift flow fid's own rate cap (its bytes are all produced now)."""
+        if fid in self.flows:
+            self._advance()
+            self.flows[fid][6] = None
+            self._rates()
+            self._schedule()
 
     def _schedule(self) -> None:
         self.generation += 1
@@ -209,7 +227,7 @@ class Network:
         flows = self.flows
         if len(flows) == 1:
             flow = next(iter(flows.values()))
-            flow[4] = min(self.cap[flow[1]], self.cap[flow[2]])
+            flow[4] = min(self.cap[flow[1]], self.cap[flow[2]], flow[6] or math.inf)
             return
         left, users = {}, {}
         for fid, flow in flows.items():
@@ -218,13 +236,16 @@ class Network:
                     users[key] = []
                     left[key] = self.cap[key]
                 users[key].append(fid)
+            if flow[6] is not None:
+                users[("c", fid)] = [fid]
+                left[("c", fid)] = flow[6]
         while users:
             key = min(users, key=lambda k: left[k] / len(users[k]))
             share = left[key] / len(users[key])
             for fid in users.pop(key):
                 flow = flows[fid]
                 flow[4] = share
-                for other in (flow[1], flow[2]):
+                for other in (flow[1], flow[2], ("c", fid)):
                     if other != key and other in users:
                         users[other].remove(fid)
                         left[other] -= share
@@ -423,8 +444,32 @@ class Simulation:
             rec.prefill_start[i] = now
             rec.prefill_instance[i] = k
         seconds = self.costs.prefill_seconds(sum(self.prompt[i] for i in batch))
+        c = self.cluster
+        early = self._admit_early(batch, seconds) if c.overlap_kv and not c.colocated else {}
         yield env.timeout(seconds)
         self.prefill_busy[k] += seconds
+        for fid in early.values():
+            self.net.uncap(fid)
+        return early
+
+    def _admit_early(self, batch: list, seconds: float) -> dict:
+        """--overlap-kv: admit the batch's requests to decode as their prefill starts (in
+        order, while nobody waits for admission and there is room) and start their KV
+        flows capped at the rate the prefill produces the bytes (layers finish evenly over
+        the batch's seconds); {request: flow id}."""
+        early = {}
+        for i in batch:
+            if self.output[i] <= 1:
+                continue
+            j = self._pick_decode(i) if not self.decode_queue else None
+            if j is None:
+                break
+            self._reserve(j, i)
+            self.rec.decode_instance[i] = j
+            nbytes = self.costs.kv_bytes(self.prompt[i])
+            self._transfer(i, j, cap=nbytes / seconds if seconds > 0 else None)
+            early[i] = self.net.last_id
+        return early
 
     def _prefill_instance(self, k: int):
         env, rec = self.env, self.rec
@@ -435,13 +480,13 @@ class Simulation:
                 yield wake
                 continue
             batch = self._take_batch()
-            yield from self._prefill_batch(k, batch)
+            early = yield from self._prefill_batch(k, batch)
             now = env.now
             for i in batch:
                 rec.prefill_end[i] = now
                 if self.output[i] <= 1:
                     self._finish(i, now)
-                else:
+                elif i not in early:
                     self.decode_queue.append(i)
                     self.q_decode.change(now, +1)
             self._admit()
@@ -467,17 +512,23 @@ class Simulation:
         t.append(self.env.now)
         frac.append(1.0 - int(self.kv_free[j]) / self.costs.kv_capacity_tokens)
 
+    def _pick_decode(self, i: int) -> int | None:
+        """The decode instance with the most free KV (lowest index on ties) that has room
+        for request i's prompt + output positions and a batch slot; None if none has."""
+        free, users, limit = self.kv_free, self.users, self.costs.max_batch
+        need = self.prompt[i] + self.output[i]
+        j, best = None, -1
+        for k in range(free.size):
+            if free[k] > best and free[k] >= need and users[k] < limit:
+                j, best = k, free[k]
+        return j
+
     def _admit(self) -> None:
         """FCFS decode admission (module docstring, step 3)."""
         q = self.decode_queue
-        free, users, limit = self.kv_free, self.users, self.costs.max_batch
         while q:
             i = q[0]
-            need = self.prompt[i] + self.output[i]
-            j, best = None, -1
-            for k in range(free.size):          # most free KV first, lowest index on ties
-                if free[k] > best and free[k] >= need and users[k] < limit:
-                    j, best = k, free[k]
+            j = self._pick_decode(i)
             if j is None:
                 return
             q.popleft()
@@ -486,13 +537,13 @@ class Simulation:
             self.rec.decode_instance[i] = j
             self._transfer(i, j)
 
-    def _transfer(self, i: int, j: int) -> None:
+    def _transfer(self, i: int, j: int, cap: float | None = None) -> None:
         """Start request i's KV transfer to decode instance j (callbacks, no process)."""
         rec, c, now = self.rec, self.costs, self.env.now
         rec.transfer_start[i] = now
         self.q_transfer.change(now, +1)
         self.net.send(int(rec.prefill_instance[i]), j, c.kv_bytes(self.prompt[i]),
-                      lambda: self._transfer_sent(i, j))
+                      lambda: self._transfer_sent(i, j), cap)
 
     def _transfer_sent(self, i: int, j: int) -> None:
         tail = self.cluster.link_latency_s + self.costs.layout_seconds(self.prompt[i])
