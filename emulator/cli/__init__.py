@@ -1,28 +1,65 @@
 """The `emu` command line: a click group whose subcommands live in `emulator/cli/*.py`.
 
-Every `EmuError` raised by a subcommand becomes one line on stderr and exit status 2
-(DESIGN.md section 5); output files are written atomically so none is left half-written.
+Every `EmuError` raised by a subcommand, and every click usage error, becomes one line on
+stderr and exit status 2 (DESIGN.md section 5); SIGINT and SIGTERM end a command with one
+line and status 130 or 143 (emulator/cli/interrupts.py). Outputs go through
+emulator/outputs.py: checked before the work, committed together at the end, so none is
+left half-written (docs/reliability.md).
 """
 
+import os
 import sys
 
 import click
 
+from emulator.cli.interrupts import interrupt_handling, stop_quietly
 from emulator.hw.errors import EmuError
+
+
+def _fail(text: str, code: int = 2):
+    click.echo(f"emu: error: {text}", err=True)
+    sys.exit(code)
 
 
 class EmuGroup(click.Group):
     """A click group that reports user errors as one line and exit status 2."""
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
+             **extra):
+        """click's main, with usage errors as one line and interrupts as 130/143."""
+        with interrupt_handling():
+            try:
+                value = super().main(args, prog_name, complete_var, standalone_mode=False,
+                                     **extra)
+            except click.exceptions.Abort as exc:
+                cause = exc.__cause__ or exc.__context__
+                if isinstance(cause, KeyboardInterrupt):
+                    stop_quietly(cause)
+                sys.exit(1)
+            except click.UsageError as exc:
+                path = exc.ctx.command_path if exc.ctx is not None else "emu"
+                _fail(f"{exc.format_message()} (see '{path} --help')", exc.exit_code)
+            except click.ClickException as exc:
+                _fail(exc.format_message(), exc.exit_code)
+            except KeyboardInterrupt as exc:
+                stop_quietly(exc)
+            except BrokenPipeError:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                sys.exit(1)
+        sys.exit(value if isinstance(value, int) else 0)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except EmuError as exc:
-            click.echo(f"emu: error: {exc}", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("emu: interrupted", err=True)
-            sys.exit(130)
+            _fail(str(exc))
+        except MemoryError:
+            _fail("ran out of host memory (a size the resource guards of "
+                  "docs/reliability.md did not foresee); set EMU_MEMORY_LIMIT lower or "
+                  "use a smaller size")
+        except KeyboardInterrupt as exc:
+            stop_quietly(exc)
 
 
 @click.group(cls=EmuGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -107,7 +107,7 @@ def _gemm_table(result) -> Table:
 @prefill_hw_option
 @click.option("--prompt-len", default=None, metavar="N", help="Prompt length (default 128).")
 @click.option("--prompt-tokens", default=None, metavar="1,2,3", help="Explicit token ids.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
               help="Seed of random weights and tokens.")
 @click.option("--weights", "weights_path", default=None, metavar="FILE.safetensors",
               help="Model weights (default: random from --seed).")

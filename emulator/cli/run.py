@@ -1,8 +1,9 @@
 """`emu run`: end-to-end disaggregated inference (prefill chip -> link -> decode wafer).
 
 With no CONFIG it runs the bundled tiny Llama-style model with seeded weights on the small
-mesh preset. Output files (--report, --logits, --trace, --plots) are written only after
-the whole run succeeded, each atomically.
+mesh preset. Output paths (--report, --logits, --trace, --plots) are checked before the
+run starts and written together only after it succeeded (emulator/outputs.py); `-` is
+stdout.
 """
 
 import time
@@ -16,10 +17,10 @@ from compiler.frontend import resolve_model
 from compiler.numerics import canonical_dtype
 from compiler.weights import load_weights, random_weights
 from emulator.cli.common import load_sized_mesh
-from emulator.files import atomic_save_npy, atomic_write_json
 from emulator.hw.errors import ConfigError
 from emulator.hw.link import load_link
 from emulator.hw.prefill import load_prefill
+from emulator.outputs import Outputs
 from emulator.run import RunRequest, run_inference, smallest_prefill_chip
 from emulator.views.report import print_report
 
@@ -97,23 +98,25 @@ class DecodeProgress:
                    "model does not fit trn2's HBM.")
 @click.option("--link", default="efa", show_default=True, help="Link preset name or JSON file.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Weights (.safetensors).")
-@click.option("--seed", default=0, show_default=True, help="Seed of random weights/prompt.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seed of random weights/prompt.")
 @click.option("--prompt-tokens", help="Prompt token ids, comma separated.")
-@click.option("--prompt-len", type=int, help="Random prompt of this many tokens (default 8).")
-@click.option("--max-new-tokens", default=8, show_default=True, type=int)
+@click.option("--prompt-len", type=click.IntRange(min=1),
+              help="Random prompt of this many tokens (default 8).")
+@click.option("--max-new-tokens", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--dtype", default="bf16", show_default=True,
               type=click.Choice(["fp32", "fp16", "bf16"]))
 @click.option("--timing-only", is_flag=True, help="Count cycles without computing values.")
 @click.option("--overlap-kv", is_flag=True, help="Send each layer's KV as prefill finishes it.")
 @click.option("--engine", default="numba", show_default=True,
               type=click.Choice(["numba", "reference"]), help="Mesh engine.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False),
-              help="Write the report as JSON.")
-@click.option("--logits", "logits_path", type=click.Path(dir_okay=False),
+@click.option("--report", "report_path", metavar="FILE|-",
+              help="Write the report as JSON ('-': stdout).")
+@click.option("--logits", "logits_path", metavar="FILE|-",
               help="Write logits float32 [max_new_tokens, vocab] (.npy).")
-@click.option("--trace", "trace_path", type=click.Path(dir_okay=False),
+@click.option("--trace", "trace_path", metavar="FILE|-",
               help="Write a Perfetto trace (JSON).")
-@click.option("--plots", "plots_dir", type=click.Path(file_okay=False),
+@click.option("--plots", "plots_dir", metavar="DIR",
               help="Write PNG heatmaps and charts into this folder.")
 @click.option("--quiet", is_flag=True, help="Print no tables.")
 def run(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens, prompt_len,
@@ -122,6 +125,11 @@ def run(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens, p
     """Prefill on the systolic chip, move the KV cache, decode on the wafer; report it."""
     if logits_path and timing_only:
         raise ConfigError("--logits needs values: drop --timing-only")
+    outputs = Outputs()
+    report_file = outputs.file(report_path, "--report")
+    logits_file = outputs.file(logits_path, "--logits")
+    trace_file = outputs.file(trace_path, "--trace")
+    plots = outputs.directory(plots_dir, "--plots")
     req = build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens,
                         prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine)
     console = Console(stderr=True)
@@ -129,16 +137,16 @@ def run(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens, p
     with DecodeProgress(console, total=max(1, max_new_tokens - 1)) as progress:
         outcome = run_inference(req, progress.update)
     outcome.report["host_seconds"] = time.perf_counter() - started
-    if plots_dir:
-        from emulator.views.plots import write_plots
+    if plots is not None:
+        from emulator.views.plots import render_plots
 
-        write_plots(outcome, req, plots_dir)
-    if report_path:
-        atomic_write_json(report_path, outcome.report)
-    if logits_path:
-        atomic_save_npy(logits_path, outcome.logits)
-    if trace_path:
-        outcome.trace.write(trace_path)
+        for name, data in render_plots(outcome, req).items():
+            outputs.write_bytes(outputs.in_folder(plots, name), data)
+    outputs.write_json(report_file, outcome.report)
+    outputs.save_npy(logits_file, outcome.logits)
+    if trace_file is not None:
+        outputs.write_json(trace_file, outcome.trace.to_dict())
+    outputs.commit()
     if not quiet:
         print_report(outcome.report, Console())
 

@@ -13,8 +13,10 @@ import numpy as np
 from compiler.numerics import canonical_dtype
 from compiler.reference import KVCache
 from emulator.hw.errors import ConfigError, FitError
+from emulator.limits import check_memory
 from emulator.prefill import engine_model, interp
 from emulator.prefill import instructions as instr
+from emulator.prefill.gemm import BYTES_PER_INSTRUCTION, gemm_tiles
 from emulator.prefill.model import Lowered, lower_prefill
 
 DTYPES = ("bf16", "fp16", "fp32")
@@ -100,6 +102,9 @@ def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
     dtype = _check_dtype(dtype)
     token_ids, P = _prompt(spec, tokens, seed, timing_only)
     check_capacity(spec, hw, P, dtype)
+    check_memory(prefill_host_bytes(spec, hw, P, timing_only),
+                 f"prefill of {P} tokens ({spec.num_layers} layers, hidden "
+                 f"{spec.hidden_size}, vocabulary {spec.vocab_size:,})")
     lowered = lower_prefill(spec, hw, P, dtype, timing_only)
     sched = engine_model.simulate(lowered.program)
     logits = kv = None
@@ -111,6 +116,25 @@ def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
                                                               token_ids))
         logits, kv = _outputs(lowered, spec, machine)
     return _result(lowered, spec, hw, sched, logits, kv)
+
+
+def prefill_host_bytes(spec, hw, P: int, timing_only: bool) -> int:
+    """Host bytes of lowering, scheduling and (functional) interpreting a prefill of P
+    tokens, weights excluded (compiler.weights guards those): every GEMM's instructions
+    (projections, attention per head, the LM head) and, functional, the float32 tensors."""
+    h, f, q, kv, hd = (spec.hidden_size, spec.intermediate_size, spec.q_dim, spec.kv_dim,
+                       spec.head_dim)
+    rows, cols = hw.pe_rows, hw.pe_cols
+    layer = (gemm_tiles(P, q + 2 * kv, h, rows, cols) + gemm_tiles(P, h, q, rows, cols)
+             + gemm_tiles(P, 2 * f, h, rows, cols) + gemm_tiles(P, h, f, rows, cols)
+             + spec.num_heads * (gemm_tiles(P, P, hd, rows, cols)
+                                 + gemm_tiles(P, hd, P, rows, cols)))
+    tiles = spec.num_layers * layer + gemm_tiles(1, spec.vocab_size, h, rows, cols)
+    need = 2 * BYTES_PER_INSTRUCTION * tiles
+    if not timing_only:
+        per_layer = P * (3 * h + q + 2 * kv + 3 * f) + spec.num_heads * P * P
+        need += 4 * (spec.num_layers * per_layer + spec.vocab_size)
+    return need
 
 
 def _check_dtype(dtype: str) -> str:
