@@ -211,9 +211,16 @@ class Outputs:
         self.write_bytes(target, text.encode("utf-8"))
 
     def write_json(self, target: Target | None, obj) -> None:
-        """Indented, strict JSON (NaN or Infinity is a bug, not an output)."""
+        """Indented, strict JSON: a NaN or Infinity is refused (OutputError), never written
+        as the non-JSON `NaN`/`Infinity`."""
         if target is not None:
-            self.write_text(target, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+            try:
+                text = json.dumps(obj, indent=2, allow_nan=False)
+            except ValueError:
+                raise OutputError(f"{target.option} {target.given}: the output holds a "
+                                  f"non-finite number (NaN or Infinity), which JSON cannot "
+                                  f"hold; check the inputs' numbers") from None
+            self.write_text(target, text + "\n")
 
     def save_npy(self, target: Target | None, array) -> None:
         if target is not None:

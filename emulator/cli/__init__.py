@@ -36,6 +36,9 @@ class EmuGroup(click.Group):
                 if isinstance(cause, KeyboardInterrupt):
                     stop_quietly(cause)
                 sys.exit(1)
+            except click.exceptions.NoArgsIsHelpError as exc:
+                click.echo(exc.ctx.get_help(), err=True)
+                sys.exit(exc.exit_code)
             except click.UsageError as exc:
                 path = exc.ctx.command_path if exc.ctx is not None else "emu"
                 _fail(f"{exc.format_message()} (see '{path} --help')", exc.exit_code)
