@@ -241,13 +241,13 @@ top:
 """
 
 
-@pytest.mark.parametrize("command", [["asm", "run", "--engine", "reference"],
-                                     ["step", "--steps", "1"]])
+@pytest.mark.parametrize("command", [["asm", "run", "{}", "--engine", "reference"],
+                                     ["step", "{}", "--steps", "1"]])
 def test_reference_engine_budget(tmp_path, command):
     path = tmp_path / "loop.asm"
     path.write_text(LOOP)
     started = time.perf_counter()
-    result = emu(*command[:2], path, *command[2:], "--max-seconds", "0.5",
+    result = emu(*(str(path) if a == "{}" else a for a in command), "--max-seconds", "0.5",
                  "--max-cycles", str(2**60))
     elapsed = time.perf_counter() - started
     assert result.exit_code == 2, result.output
