@@ -7,6 +7,7 @@ stdout.
 """
 
 import time
+from pathlib import Path
 
 import click
 import numpy as np
@@ -15,8 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from compiler.frontend import resolve_model
 from compiler.numerics import canonical_dtype
-from compiler.weights import load_weights, random_weights
-from emulator.cli.common import load_sized_mesh
+from compiler.weights import find_checkpoint, load_weights, random_weights
+from emulator.cli.common import load_sized_mesh, prepare_mesh_kernels
 from emulator.hw.errors import ConfigError
 from emulator.hw.link import load_link
 from emulator.hw.prefill import load_prefill
@@ -49,10 +50,14 @@ def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt
     prompt, length = parse_prompt(prompt_tokens, prompt_len)
     if timing_only and weights:
         raise ConfigError("--weights and --timing-only exclude each other")
+    if weights and seed is not None:
+        raise ConfigError("--weights and --seed exclude each other")
     values = None
     if not timing_only:
-        values = load_weights(weights, spec) if weights else random_weights(spec, seed)
-    name = (config or DEFAULT_MODEL).rsplit("/", 1)[-1].removesuffix(".json")
+        source = weights or (folder_weights(config) if seed is None else None)
+        values = (load_weights(source, spec) if source
+                  else random_weights(spec, 0 if seed is None else seed))
+    name = Path(config or DEFAULT_MODEL).name.removesuffix(".json")
     dtype = canonical_dtype(dtype)
     chip = (smallest_prefill_chip(spec, dtype, length) if prefill_hw == "auto"
             else load_prefill(prefill_hw))
@@ -60,7 +65,14 @@ def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt
                       link=load_link(link), prompt=prompt, prompt_len=length,
                       max_new_tokens=max_new_tokens, dtype=dtype,
                       weights=values, timing_only=timing_only, overlap_kv=overlap_kv,
-                      engine=engine, seed=seed)
+                      engine=engine, seed=0 if seed is None else seed)
+
+
+def folder_weights(config: str | None) -> Path | None:
+    """The checkpoint inside a HuggingFace-style model folder CONFIG (None otherwise)."""
+    if config is None or not Path(config).is_dir():
+        return None
+    return find_checkpoint(config)
 
 
 class DecodeProgress:
@@ -92,20 +104,25 @@ class DecodeProgress:
 @click.argument("config", required=False)
 @click.option("--hw", default="small", show_default=True,
               help="Decode mesh preset name or JSON file.")
-@click.option("--mesh", "mesh_size", help="Override the mesh size, WIDTHxHEIGHT.")
+@click.option("--mesh", "mesh_size", help="Override the mesh size, WIDTHxHEIGHT in PEs.")
 @click.option("--prefill-hw", default="auto", show_default=True,
               help="Prefill chip preset name or JSON file; auto: trn2, or trn3 when the "
                    "model does not fit trn2's HBM.")
 @click.option("--link", default="efa", show_default=True, help="Link preset name or JSON file.")
-@click.option("--weights", type=click.Path(dir_okay=False), help="Weights (.safetensors).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
-              help="Seed of random weights/prompt.")
+@click.option("--weights", type=click.Path(),
+              help="Weights: a .safetensors file, a sharded checkpoint's index.json, or a "
+                   "model folder [default: the weights in a model folder CONFIG, else random].")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None,
+              help="Seed of the random weights and prompt [default: 0; with a model folder "
+                   "CONFIG, random weights instead of the folder's].")
 @click.option("--prompt-tokens", help="Prompt token ids, comma separated.")
 @click.option("--prompt-len", type=click.IntRange(min=1),
               help="Random prompt of this many tokens (default 8).")
-@click.option("--max-new-tokens", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-new-tokens", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Tokens to generate (the first from prefill, the rest decode steps).")
 @click.option("--dtype", default="bf16", show_default=True,
-              type=click.Choice(["fp32", "fp16", "bf16"]))
+              type=click.Choice(["fp32", "fp16", "bf16"]),
+              help="Storage format of weights, KV cache and activations.")
 @click.option("--timing-only", is_flag=True, help="Count cycles without computing values.")
 @click.option("--overlap-kv", is_flag=True, help="Send each layer's KV as prefill finishes it.")
 @click.option("--engine", default="numba", show_default=True,
@@ -134,6 +151,8 @@ def run(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens, p
                         prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine)
     console = Console(stderr=True)
     started = time.perf_counter()
+    if engine == "numba":
+        prepare_mesh_kernels(console)
     with DecodeProgress(console, total=max(1, max_new_tokens - 1)) as progress:
         outcome = run_inference(req, progress.update)
     outcome.report["host_seconds"] = time.perf_counter() - started
@@ -148,7 +167,7 @@ def run(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens, p
         outputs.write_json(trace_file, outcome.trace.to_dict())
     outputs.commit()
     if not quiet:
-        print_report(outcome.report, Console())
+        print_report(outcome.report)
 
 
 COMMANDS = [run]
