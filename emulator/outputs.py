@@ -10,7 +10,7 @@ the `with` block without an exception) writes them all at once:
    (`.NAME.XXXX.tmp`; a new output folder is built as a hidden temporary folder);
 2. outputs that are written in place are written: `-` (stdout), and non-regular targets
    (a FIFO, a character device, anything under /dev or /proc such as /dev/stdout), which
-   are never replaced by a regular file;
+   are never replaced by a regular file (a block device or a socket is refused);
 3. the temporary files are renamed over their targets. A symlink is written through: the
    file it points to is replaced, the link itself is kept.
 
@@ -101,6 +101,14 @@ def _check_parent(option: str, given: str, path: Path) -> None:
                           f"not writable")
 
 
+def _refuse_special(option: str, given: str, mode: int) -> None:
+    """A block device (a disk) or a socket is never an output."""
+    if stat.S_ISBLK(mode):
+        raise OutputError(f"{option} {given}: is a block device; refusing to write over it")
+    if stat.S_ISSOCK(mode):
+        raise OutputError(f"{option} {given}: is a socket, not a file")
+
+
 def _is_in_place_path(text: str) -> bool:
     absolute = os.path.abspath(text)
     return any(absolute.startswith(root) for root in IN_PLACE_ROOTS)
@@ -175,6 +183,7 @@ class Outputs:
                 raise OutputError(f"{option} {given}: no such device or file")
             if not os.access(given, os.W_OK):
                 raise OutputError(f"{option} {given}: not writable")
+            _refuse_special(option, given, os.stat(given).st_mode)
             return Target(option, given, Path(given), True)
         real = Path(os.path.realpath(path))        # a symlink is written through
         if os.path.lexists(real):
@@ -186,7 +195,8 @@ class Outputs:
                 raise OutputError(f"{option} {given}: is a folder, expected a file")
             if not os.access(real, os.W_OK):
                 raise OutputError(f"{option} {given}: file is not writable")
-            if not stat.S_ISREG(mode):              # FIFO, device, socket: write in place
+            if not stat.S_ISREG(mode):              # FIFO, character device: in place
+                _refuse_special(option, given, mode)
                 return Target(option, given, real, True)
             _check_parent(option, given, real)
             return Target(option, given, real, False, existed=True)

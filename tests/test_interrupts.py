@@ -64,10 +64,10 @@ def busy(pid: int, seconds: float, timeout: float = 90.0) -> None:
     tick = os.sysconf("SC_CLK_TCK")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        time.sleep(0.01)
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         if (int(fields[11]) + int(fields[12])) / tick >= seconds:
             return
-        time.sleep(0.1)
     raise AssertionError("the process never got busy")
 
 
@@ -85,6 +85,22 @@ def test_signal_inside_a_numba_kernel(tmp_path, sig, code, text):
     status, out, err = finish(proc)
     assert time.monotonic() - sent < 4.0
     assert (status, out, err) == (code, "", text + "\n")
+
+
+@pytest.mark.parametrize("cpu", [0.3, 0.6, 0.9])
+def test_signal_while_starting_up(tmp_path, cpu):
+    """The `emu` console script interrupted while it imports its modules or parses options
+    (after `cpu` seconds of CPU: the interpreter itself has started): still one line and
+    130 (an early handler covers the time before the command's own)."""
+    script = Path(sys.executable).parent / "emu"
+    if not script.exists():
+        pytest.skip("no emu console script beside this python")
+    proc = start([str(script), "run", "--quiet", "--report", "r.json"], tmp_path)
+    busy(proc.pid, cpu)
+    proc.send_signal(signal.SIGINT)
+    status, out, err = finish(proc)
+    assert (status, err) == (130, "emu: interrupted\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

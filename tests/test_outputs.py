@@ -112,6 +112,23 @@ def test_dev_null_and_dev_stdout_are_written_in_place(tmp_path, capfd):
     assert "to stdout" in capfd.readouterr().out
 
 
+def test_block_devices_and_sockets_are_refused(tmp_path):
+    import socket
+
+    disks = [p for p in ("/dev/loop0", "/dev/sda", "/dev/vda", "/dev/nvme0n1")
+             if os.path.exists(p) and stat.S_ISBLK(os.stat(p).st_mode)]
+    if disks:
+        with pytest.raises(OutputError, match="block device"):
+            Outputs().file(disks[0], "--report")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "sock"))
+    try:
+        with pytest.raises(OutputError, match="socket"):
+            Outputs().file(tmp_path / "sock", "--report")
+    finally:
+        server.close()
+
+
 def test_dash_is_stdout(capfd):
     outputs = Outputs()
     outputs.write_json(outputs.file("-", "--report"), {"a": 1})

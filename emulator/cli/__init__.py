@@ -8,12 +8,24 @@ left half-written (docs/reliability.md).
 """
 
 import os
+import signal
 import sys
 
-import click
 
-from emulator.cli.interrupts import interrupt_handling, stop_quietly
-from emulator.hw.errors import EmuError
+def _quiet_exit(signum, frame):
+    """Until the command's own handlers are in place (imports, option parsing)."""
+    os.write(2, b"emu: terminated\n" if signum == signal.SIGTERM else b"emu: interrupted\n")
+    os._exit(143 if signum == signal.SIGTERM else 130)
+
+
+if os.path.basename(sys.argv[0] if sys.argv else "") == "emu":   # the console script
+    signal.signal(signal.SIGINT, _quiet_exit)
+    signal.signal(signal.SIGTERM, _quiet_exit)
+
+import click  # noqa: E402
+
+from emulator.cli.interrupts import interrupt_handling, stop_quietly  # noqa: E402
+from emulator.hw.errors import EmuError  # noqa: E402
 
 
 def _fail(text: str, code: int = 2):
