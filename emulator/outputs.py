@@ -101,6 +101,20 @@ def _check_parent(option: str, given: str, path: Path) -> None:
                           f"not writable")
 
 
+NAME_MAX, PATH_MAX = 255, 4096     # bytes, Linux
+
+
+def _check_length(option: str, given: str) -> None:
+    """A path the file system cannot hold (a name over NAME_MAX bytes, the temporary
+    file's longer still) is refused now rather than at commit time."""
+    if len(os.fsencode(os.path.abspath(given))) > PATH_MAX - 64:
+        raise OutputError(f"{option}: the path is too long")
+    for part in Path(given).parts:
+        if len(os.fsencode(part)) > NAME_MAX - 24:     # room for '.NAME.XXXXXXXX.tmp'
+            raise OutputError(f"{option}: the name '{part[:40]}...' is too long "
+                              f"(at most {NAME_MAX - 24} bytes here)")
+
+
 def _refuse_special(option: str, given: str, mode: int) -> None:
     """A block device (a disk) or a socket is never an output."""
     if stat.S_ISBLK(mode):
@@ -138,6 +152,7 @@ class Outputs:
             return self._add(Target(option, given, None, True))
         if given == "":
             raise OutputError(f"{option}: the path is empty")
+        _check_length(option, given)
         return self._add(self._check_file(option, given, Path(given)))
 
     def directory(self, given, option: str) -> Folder | None:
@@ -147,6 +162,7 @@ class Outputs:
         given = str(given)
         if given in ("", STDOUT):
             raise OutputError(f"{option}: expected a folder, got '{given}'")
+        _check_length(option, given)
         path = Path(os.path.realpath(given))
         if path.exists():
             if not path.is_dir():

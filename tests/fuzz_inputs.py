@@ -135,7 +135,8 @@ def pick(draw, values):
 def invocations(draw, folder: Path) -> list[str]:
     """One `emu` command line (the files it names are written into `folder`)."""
     command = draw(st.sampled_from(["gemm", "prefill", "compile", "map", "run", "asm run",
-                                    "asm disasm", "step", "usage"]))
+                                    "asm disasm", "step", "explain", "bench gemv", "presets",
+                                    "usage"]))
     args = command.split()
     if command == "gemm":
         args += [pick(draw, SIZES) for _ in range(3)]
@@ -196,6 +197,21 @@ def invocations(draw, folder: Path) -> list[str]:
                      "--max-cycles", "100000"]
             if draw(st.booleans()):
                 args += ["--pe", pick(draw, ["0,0", "1,1", "9,9", "x", "-1,0"])]
+    elif command == "explain":
+        args += [draw(model_configs(folder)), "--mesh", pick(draw, ["4x4", "8x8", "2x2", "x"]),
+                 "--pe", pick(draw, ["0,0", "1,2", "3,3", "9,9", "-1,0", "a,b", "1"]),
+                 "--position", pick(draw, ["0", "3", "255", "256", "-1"])]
+        if draw(st.booleans()):
+            args.append("--no-timeline")
+    elif command == "bench gemv":
+        args += ["--mesh", pick(draw, ["4x4", "8x8", "0x0", "1000000x1000000"]),
+                 "--size", pick(draw, ["1", "16", "64", "0", "-3", "10000000000"]),
+                 "--hw", draw(mesh_presets(folder)), "--json"]
+    elif command == "presets":
+        args += [pick(draw, ["", "wse3", "small", "trn2", "efa", "nonesuch"])]
+        if draw(st.booleans()):
+            args.append("--json")
+        args = [a for a in args if a]
     else:
         args = draw(st.lists(st.sampled_from(["run", "gemm", "asm", "--bogus", "-h", "x",
                                               "--mesh", "--seed", "-1", "1"]),

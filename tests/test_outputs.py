@@ -44,6 +44,13 @@ def test_folder_target_and_file_parent_are_refused(tmp_path):
         outputs.file("", "--png")
 
 
+def test_names_too_long_are_refused_before_the_work(tmp_path):
+    with pytest.raises(OutputError, match="too long"):
+        Outputs().file(tmp_path / ("x" * 240), "--report")
+    with pytest.raises(OutputError, match="too long"):
+        Outputs().directory(tmp_path / ("d" * 300), "--plots")
+
+
 def test_same_path_twice_and_two_stdout_outputs_are_refused(tmp_path):
     outputs = Outputs()
     outputs.file(tmp_path / "a.json", "--report")
