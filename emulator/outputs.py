@@ -227,6 +227,11 @@ class Outputs:
         self.targets.append(target)
         return target
 
+    @property
+    def uses_stdout(self) -> bool:
+        """True when an output is `-`: the command then prints no tables on stdout."""
+        return any(t.path is None for t in self.targets)
+
     # --- staging (during the work) ---------------------------------------------------------
     def write_bytes(self, target: Target | None, data: bytes) -> None:
         """Stage `data` for `target` (None: nothing to do)."""

@@ -258,11 +258,15 @@ def test_run_commits_all_outputs_or_none(tmp_path):
     assert not [p for p in tmp_path.rglob(".*")]
 
 
-def test_report_dash_goes_to_stdout(tmp_path):
-    result = emu("run", "--quiet", "--max-new-tokens", 2, "--timing-only", "--report", "-")
+def test_report_dash_goes_to_stdout(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = emu("run", "--max-new-tokens", 2, "--timing-only", "--report", "-")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["schema"] == "emu.report/1"
-    assert not os.path.exists("-")
+    assert json.loads(result.stdout)["schema"] == "emu.report/1"   # no tables around it
+    assert list(tmp_path.iterdir()) == []
+    result = CliRunner().invoke(main, ["map", "tiny", "--mesh", "4x4", "--png", "-"])
+    assert result.exit_code == 0
+    assert result.stdout_bytes.startswith(b"\x89PNG")
 
 
 def test_map_png_through_symlink_and_dump_into_new_folder(tmp_path):

@@ -99,6 +99,9 @@ def map_command(config, hw, mesh_text, dtype, layout, max_context, layer, region
     region = mapview.check_region(m, parse_region(region_text))
     mapview.check_layer(m, layer)
     console = output_console()
+    if outputs.uses_stdout:                  # `--png -`: the text goes to stderr
+        from rich.console import Console
+        console = Console(stderr=True, width=console.width)
     for item in mapview.terminal_map(m, region, layer, max_cols):
         console.print(item, overflow="ignore", crop=False, soft_wrap=True)
     if layer is not None:

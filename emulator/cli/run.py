@@ -166,7 +166,7 @@ def run(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens, p
     if trace_file is not None:
         outputs.write_json(trace_file, outcome.trace.to_dict())
     outputs.commit()
-    if not quiet:
+    if not quiet and not outputs.uses_stdout:      # `--report -` keeps stdout pure JSON
         print_report(outcome.report)
 
 
