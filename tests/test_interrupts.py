@@ -192,6 +192,30 @@ WRITING = textwrap.dedent("""
 """)
 
 
+CONSEQUENCE = textwrap.dedent("""
+    import os, signal, time
+    import click
+    from emulator.cli import main
+
+    @main.command("explode")
+    def explode():
+        # Numba's dispatcher, interrupted while it converts arguments, raises a SystemError
+        # chained to the KeyboardInterrupt; any exception after the signal is its consequence
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise SystemError("CPUDispatcher returned a result with an exception set")
+
+    main(["explode"], prog_name="emu")
+""")
+
+
+def test_exception_caused_by_the_signal_is_the_signal(tmp_path):
+    proc = start([sys.executable, "-c", CONSEQUENCE], tmp_path)
+    assert finish(proc) == (130, "", "emu: interrupted\n")
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_while_writing_outputs(tmp_path, sig, code):
     """The commit has written its temporary files and blocks opening a FIFO nobody reads:

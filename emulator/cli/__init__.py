@@ -24,7 +24,7 @@ if os.path.basename(sys.argv[0] if sys.argv else "") == "emu":   # the console s
 
 import click  # noqa: E402
 
-from emulator.cli.interrupts import interrupt_handling, stop_quietly  # noqa: E402
+from emulator.cli.interrupts import interrupt_handling, received, stop_quietly  # noqa: E402
 from emulator.hw.errors import EmuError  # noqa: E402
 
 
@@ -59,6 +59,8 @@ class EmuGroup(click.Group):
             except KeyboardInterrupt as exc:
                 stop_quietly(exc)
             except BrokenPipeError:
+                if received() is not None:
+                    stop_quietly()
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, sys.stdout.fileno())
                 sys.exit(1)
@@ -68,6 +70,8 @@ class EmuGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EmuError as exc:
+            if received() is not None:      # raised because of the signal (see received)
+                stop_quietly()
             _fail(str(exc))
         except MemoryError:
             _fail("ran out of host memory (a size the resource guards of "
@@ -75,6 +79,10 @@ class EmuGroup(click.Group):
                   "use a smaller size")
         except KeyboardInterrupt as exc:
             stop_quietly(exc)
+        except Exception:
+            if received() is not None:      # raised because of the signal (see received)
+                stop_quietly()
+            raise
 
 
 @click.group(cls=EmuGroup, context_settings={"help_option_names": ["-h", "--help"]})

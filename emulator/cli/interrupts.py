@@ -85,6 +85,7 @@ def interrupt_handling():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _state["signal"] = None
     previous = {sig: signal.getsignal(sig) for sig in EXIT_CODES}
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
@@ -107,11 +108,20 @@ def interrupt_handling():
         os.close(read_fd)
 
 
-def stop_quietly(exc: BaseException) -> None:
-    """Print the one line for an interrupt and exit with its status (ignoring any further
-    signal while exiting)."""
+def received() -> int | None:
+    """The signal number this command received (None: none). An exception raised after a
+    signal is its consequence (e.g. Numba's dispatcher turning the KeyboardInterrupt raised
+    while it converted arguments into a SystemError), so the CLI reports the signal."""
+    return _state["signal"]
+
+
+def stop_quietly(exc: BaseException | None = None) -> None:
+    """Print the one line for an interrupt (`exc`, else the signal received) and exit with
+    its status (ignoring any further signal while exiting)."""
     with contextlib.suppress(ValueError):
         _ignore_further()
+    if exc is None:
+        exc = Terminated() if received() == signal.SIGTERM else KeyboardInterrupt()
     sys.stderr.write(message(exc) + "\n")
     sys.stderr.flush()
     sys.exit(exit_code(exc))
