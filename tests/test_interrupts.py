@@ -114,8 +114,7 @@ def test_signal_during_a_run_leaves_no_output(tmp_path, sig, code):
     proc.send_signal(sig)
     status, out, err = finish(proc)
     assert status == code
-    assert err.strip().splitlines()[-1] in ("emu: interrupted", "emu: terminated")
-    assert "Traceback" not in err and len([x for x in err.splitlines() if x.strip()]) == 1
+    assert err == ("emu: interrupted\n" if code == 130 else "emu: terminated\n")
     assert report.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
 

@@ -86,7 +86,10 @@ class DecodeProgress:
         self.started = False
 
     def update(self, done: int, total: int) -> None:
-        """run_inference's progress callback: `done` of `total` steps."""
+        """run_inference's progress callback: `done` of `total` steps (shown on a terminal
+        only: elsewhere the bar would leave a blank line on stderr)."""
+        if not self.bar.console.is_terminal:
+            return
         if not self.started:
             self.bar.start()
             self.started = True
