@@ -71,9 +71,19 @@ def busy(pid: int, seconds: float, timeout: float = 90.0) -> None:
     raise AssertionError("the process never got busy")
 
 
+@pytest.fixture(scope="module")
+def warm_kernels(tmp_path_factory):
+    """Compile (first run in a fresh clone) or load the mesh kernels once, so that the
+    signal below lands in a running kernel, not in the LLVM compiler."""
+    folder = tmp_path_factory.mktemp("warm")
+    (folder / "halt.asm").write_text(".mesh 1x1\n.region all 0,0 0,0\n    halt\n")
+    proc = start(EMU + ["asm", "run", "halt.asm", "--json"], folder)
+    assert finish(proc, timeout=600)[0] == 0
+
+
 @pytest.mark.parametrize("sig,code,text", [(signal.SIGINT, 130, "emu: interrupted"),
                                            (signal.SIGTERM, 143, "emu: terminated")])
-def test_signal_inside_a_numba_kernel(tmp_path, sig, code, text):
+def test_signal_inside_a_numba_kernel(tmp_path, warm_kernels, sig, code, text):
     """An endless loop inside the Numba engine's kernel (no Python bytecode runs there):
     the watchdog ends the process within its grace period."""
     (tmp_path / "loop.asm").write_text(LOOP)
