@@ -155,8 +155,9 @@ class Outputs:
         _check_length(option, given)
         return self._add(self._check_file(option, given, Path(given)))
 
-    def directory(self, given, option: str) -> Folder | None:
-        """Declare and check one output folder; None when `given` is None."""
+    def directory(self, given, option: str, names=()) -> Folder | None:
+        """Declare and check one output folder; None when `given` is None. `names`: files
+        the command will write into it, checked now too (others when staged)."""
         if given is None:
             return None
         given = str(given)
@@ -178,6 +179,8 @@ class Outputs:
                 raise OutputError(f"{option} {given}: the same folder as {other.option}")
         folder = Folder(option, given, path, existed)
         self.folders.append(folder)
+        for name in names:
+            self.in_folder(folder, name)
         return folder
 
     def in_folder(self, folder: Folder, name: str) -> Target:

@@ -238,19 +238,36 @@ def test_bad_output_fails_before_the_work(tmp_path):
     assert report.read_text() == "old"
 
 
-def test_run_commits_all_outputs_or_none(tmp_path):
-    """busy.png is a folder inside an existing --plots folder: the run fails after the
-    work, and neither the existing report nor any other output changes."""
+def test_run_commits_all_outputs_or_none(tmp_path, monkeypatch):
+    """busy.png is a folder inside an existing --plots folder: refused before the work.
+    The disk fills up at the third output of a run: neither the existing report nor any
+    other output changes."""
     report = tmp_path / "report.json"
     report.write_text("old")
     plots = tmp_path / "plots"
     (plots / "busy.png").mkdir(parents=True)
     args = ("run", "--quiet", "--max-new-tokens", 2, "--report", report, "--trace",
             tmp_path / "t.json", "--logits", tmp_path / "l.npy")
+    started = time.perf_counter()
     result = emu(*args, "--plots", plots)
-    assert result.exit_code == 2 and "busy.png" in result.output
+    assert result.exit_code == 2 and "busy.png: is a folder" in result.output
+    assert time.perf_counter() - started < 2.0
+    (plots / "busy.png").rmdir()
+    real_mkstemp = __import__("tempfile").mkstemp
+    count = []
+
+    def full(*args, **kwargs):
+        count.append(1)
+        if len(count) == 3:
+            raise OSError(28, "No space left on device")
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr("tempfile.mkstemp", full)
+    result = emu(*args, "--plots", plots)
+    monkeypatch.undo()
+    assert result.exit_code == 2 and "No space left" in result.output
     assert report.read_text() == "old"
-    assert listing(tmp_path) == ["plots", "plots/busy.png", "report.json"]
+    assert listing(tmp_path) == ["plots", "report.json"]
     result = emu(*args, "--plots", tmp_path / "fresh")
     assert result.exit_code == 0, result.output
     assert json.loads(report.read_text())["schema"] == "emu.report/1"

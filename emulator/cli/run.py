@@ -149,7 +149,9 @@ def run(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens, p
     report_file = outputs.file(report_path, "--report")
     logits_file = outputs.file(logits_path, "--logits")
     trace_file = outputs.file(trace_path, "--trace")
-    plots = outputs.directory(plots_dir, "--plots")
+    from emulator.views.plots import PLOT_NAMES
+
+    plots = outputs.directory(plots_dir, "--plots", PLOT_NAMES)
     req = build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens,
                         prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine)
     console = Console(stderr=True)

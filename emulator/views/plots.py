@@ -75,6 +75,9 @@ def time_bars(report: dict, path) -> None:
     plt.close(fig)
 
 
+PLOT_NAMES = ("sram.png", "busy.png", "links.png", "time.png")
+
+
 def render_plots(outcome, req) -> dict[str, bytes]:
     """Every picture of a run: file name -> PNG bytes (nothing written)."""
     files: dict[str, bytes] = {}
