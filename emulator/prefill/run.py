@@ -13,8 +13,10 @@ import numpy as np
 from compiler.numerics import canonical_dtype
 from compiler.reference import KVCache
 from emulator.hw.errors import ConfigError, FitError
+from emulator.limits import check_memory
 from emulator.prefill import engine_model, interp
 from emulator.prefill import instructions as instr
+from emulator.prefill.gemm import TOKEN_TILE, gemm_tiles
 from emulator.prefill.model import Lowered, lower_prefill
 
 DTYPES = ("bf16", "fp16", "fp32")
@@ -101,6 +103,12 @@ def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
     dtype = _check_dtype(dtype)
     token_ids, P = _prompt(spec, tokens, seed, timing_only)
     check_capacity(spec, hw, P, dtype)
+    if not timing_only and weights is None:
+        from compiler.weights import check_weights_memory
+        check_weights_memory(spec, "random weights")
+    check_memory(prefill_host_bytes(spec, hw, P, timing_only),
+                 f"prefill of {P} tokens ({spec.num_layers} layers, hidden "
+                 f"{spec.hidden_size}, vocabulary {spec.vocab_size:,})")
     lowered = lower_prefill(spec, hw, P, dtype, timing_only)
     sched = engine_model.simulate(lowered.program)
     logits = kv = None
@@ -112,6 +120,48 @@ def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
                                                               token_ids))
         logits, kv = _outputs(lowered, spec, machine)
     return _result(lowered, spec, hw, sched, logits, kv)
+
+
+# Host bytes per lowered prefill instruction (builder columns, the record array, the
+# schedule): tracemalloc peaks of 276-280 B per instruction for Llama-3.1-8B (1, 128 and
+# 8192 tokens) and 70B (128 tokens), up to 900 B for tiny models; fixed overhead below.
+PREFILL_BYTES_PER_INSTRUCTION = 512
+PREFILL_FIXED_BYTES = 64 << 20
+PREFILL_TILE_OVERHEAD = 8   # instructions per weight tile besides one per token tile
+PREFILL_LAYER_OVERHEAD = 256  # instructions per layer besides its tiles (norms, RoPE, ...)
+
+
+def prefill_instructions(spec, hw, P: int) -> int:
+    """An upper bound (within about 3x) of the instructions lowered for a prefill of P
+    tokens: on each core, its share of every weight tile once per 128-token tile plus a
+    fixed overhead, and the attention tiles of its heads (quadratic in P). Measured against
+    the lowering: 8B at 1 / 128 / 8192 tokens 388k / 205k / 3.43M instructions (bound 479k
+    / 266k / 4.7M); 70B on trn3 at 128 tokens 1.75M (bound 4.7M)."""
+    rows, cols, cores = hw.pe_rows, hw.pe_cols, max(1, hw.cores_per_chip)
+    h, f, q, kv = spec.hidden_size, spec.intermediate_size, spec.q_dim, spec.kv_dim
+    weight_tiles = (gemm_tiles(TOKEN_TILE, q + 2 * kv, h, rows, cols)
+                    + gemm_tiles(TOKEN_TILE, h, q, rows, cols)
+                    + gemm_tiles(TOKEN_TILE, 2 * f, h, rows, cols)
+                    + gemm_tiles(TOKEN_TILE, h, f, rows, cols))
+    token_tiles = -(-P // TOKEN_TILE)
+    per_layer = (-(-weight_tiles // cores) * (token_tiles + PREFILL_TILE_OVERHEAD)
+                 + 2 * -(-spec.num_heads // cores) * token_tiles ** 2
+                 + PREFILL_LAYER_OVERHEAD * token_tiles)
+    head = gemm_tiles(TOKEN_TILE, spec.vocab_size, h, rows, cols) * PREFILL_TILE_OVERHEAD
+    return spec.num_layers * per_layer + head + PREFILL_LAYER_OVERHEAD
+
+
+def prefill_host_bytes(spec, hw, P: int, timing_only: bool) -> int:
+    """Host bytes of lowering, scheduling and (functional) interpreting a prefill of P
+    tokens, weights excluded (compiler.weights guards those): the instructions and,
+    functional, the float32 activations of every layer and the attention scores."""
+    need = PREFILL_FIXED_BYTES + PREFILL_BYTES_PER_INSTRUCTION * prefill_instructions(
+        spec, hw, P)
+    if not timing_only:
+        h, f, q, kv = spec.hidden_size, spec.intermediate_size, spec.q_dim, spec.kv_dim
+        per_layer = P * (3 * h + q + 2 * kv + 3 * f) + spec.num_heads * P * P
+        need += 4 * (spec.num_layers * per_layer + spec.vocab_size)
+    return need
 
 
 def _check_dtype(dtype: str) -> str:
