@@ -1,13 +1,10 @@
 """`emu serve`: a disaggregated serving cluster under a request stream (emulator/serve/).
 
 Thin: parse and check the options, call `emulator.serve.runner.run_serve` (or the search),
-print the summary, write the outputs (each checked before any work and written atomically
-at the end). docs/serving.md describes the model and the report.
+print the summary; the outputs are declared (checked) before any work and committed together
+at the end (emulator/outputs.py). docs/serving.md describes the model and the report.
 """
 
-import json
-import os
-import sys
 from pathlib import Path
 
 import click
@@ -16,34 +13,6 @@ from rich.console import Console
 from emulator.hw.errors import ConfigError
 
 DEFAULT_MODEL = "tiny"
-
-
-def check_output(path: str | None, option: str) -> None:
-    """ConfigError unless `path` (a file; '-' is stdout) can be written (its folder is
-    created at the end if missing)."""
-    if path is None or path == "-":
-        return
-    p = Path(path)
-    if p.is_dir():
-        raise ConfigError(f"{option}: '{path}' is a directory")
-    parent = p.resolve().parent
-    probe = next((a for a in (parent, *parent.parents) if a.exists()), None)
-    if probe is None or not probe.is_dir():
-        raise ConfigError(f"{option}: folder '{p.parent}' cannot be created")
-    if not os.access(probe, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise ConfigError(f"{option}: '{path}' is not writable")
-
-
-def check_output_dir(path: str | None, option: str) -> None:
-    """ConfigError unless `path` is (or can be created as) a writable folder."""
-    if path is None:
-        return
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise ConfigError(f"{option}: '{path}' exists and is not a folder")
-    probe = p if p.exists() else next((a for a in p.resolve().parents if a.exists()), None)
-    if probe is None or not os.access(probe, os.W_OK):
-        raise ConfigError(f"{option}: cannot create or write '{path}'")
 
 
 def positive_float(value, option: str) -> float | None:
@@ -206,16 +175,19 @@ def serve_command(config, workload, rate, requests, isl, osl, arrival, closed, p
     """Simulate a disaggregated serving cluster (prefill pool, decode wafers, links)."""
     from compiler.frontend import resolve_model
     from emulator.cli.common import load_sized_mesh
-    from emulator.files import atomic_write_json
     from emulator.hw.link import load_link
     from emulator.hw.prefill import load_prefill
+    from emulator.outputs import Outputs
     from emulator.serve.costs import default_cache_dir
+    from emulator.serve.plots import PLOT_NAMES
     from emulator.serve.report import summary_tables
     from emulator.serve.runner import ServeRequest, run_serve
 
-    check_output(report_path, "--report")
-    check_output(trace_path, "--trace")
-    check_output_dir(plots_dir, "--plots")
+    outputs = Outputs()
+    report_file = outputs.file(report_path, "--report")
+    trace_file = outputs.file(trace_path, "--trace")
+    plots = outputs.directory(plots_dir, "--plots",
+                              PLOT_NAMES + (("search.png",) if search else ()))
     spec = resolve_model(config or DEFAULT_MODEL)
     name = (config or DEFAULT_MODEL).rstrip("/").rsplit("/", 1)[-1].removesuffix(".json")
     w = load_workload_options(workload, rate, requests, isl, osl, arrival, seed)
@@ -238,8 +210,7 @@ def serve_command(config, workload, rate, requests, isl, osl, arrival, closed, p
         closed=parse_closed(closed), seed=seed, overlap_kv=overlap_kv)
     limit = positive_int(max_instances, "--max-instances")
     console = Console(stderr=True)
-    to_stdout = report_path == "-"
-    out = Console(stderr=to_stdout)
+    out = Console(stderr=outputs.uses_stdout)
     with console.status("emu serve: measuring costs and simulating") as status:
         def progress(what, done, total):
             status.update(f"emu serve: measuring costs: {what} ({done + 1}/{total})")
@@ -253,26 +224,17 @@ def serve_command(config, workload, rate, requests, isl, osl, arrival, closed, p
         else:
             outcome = run_serve(req, progress)
     report = outcome.report
-    option = None
-    try:
-        if plots_dir:
-            from emulator.serve.plots import write_plots
+    if plots is not None:
+        from emulator.serve.plots import render_plots
 
-            option = ("--plots", plots_dir)
-            write_plots(outcome, plots_dir, search=report.get("search"))
-        if trace_path:
-            from emulator.serve.trace import build_trace
+        for name, data in render_plots(outcome, report.get("search")).items():
+            outputs.write_bytes(outputs.in_folder(plots, name), data)
+    if trace_file is not None:
+        from emulator.serve.trace import build_trace
 
-            option = ("--trace", trace_path)
-            build_trace(outcome.sim).write(trace_path)
-        if to_stdout:
-            sys.stdout.write(json.dumps(report, indent=2) + "\n")
-        elif report_path:
-            option = ("--report", report_path)
-            atomic_write_json(report_path, report)
-    except OSError as exc:
-        raise ConfigError(f"{option[0]}: cannot write '{option[1]}': "
-                          f"{exc.strerror or exc}") from None
+        outputs.write_json(trace_file, build_trace(outcome.sim).to_dict())
+    outputs.write_json(report_file, report)
+    outputs.commit()
     if not quiet:
         if search:
             for table in search_tables(report["search"]):

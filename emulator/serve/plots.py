@@ -6,7 +6,8 @@
 - `utilization.png`: busy fraction of each prefill and decode instance, and the links;
 - `kv.png`: KV occupancy (reserved fraction of the pool) of each decode instance over time;
 - `search.png` (with --search): goodput per dollar (or chip) over prefill x decode counts.
-Times in seconds.
+Times in seconds. Each drawing function takes a path or a (dict, name) pair
+(emulator.views.plots._save), so the command can commit all outputs together.
 """
 
 from pathlib import Path
@@ -32,7 +33,7 @@ def _cdf(ax, values, label, style="-"):
         ax.step(v, np.arange(1, v.size + 1) / v.size, style, where="post", label=label)
 
 
-def latency_cdf(outcome, path: Path) -> None:
+def latency_cdf(outcome, path) -> None:
     plt = _pyplot()
     report = outcome.report
     m = request_metrics(outcome.sim)
@@ -57,7 +58,7 @@ def latency_cdf(outcome, path: Path) -> None:
     plt.close(fig)
 
 
-def queues(outcome, path: Path) -> None:
+def queues(outcome, path) -> None:
     plt = _pyplot()
     sim = outcome.sim
     fig, ax = plt.subplots(figsize=(11, 4))
@@ -74,7 +75,7 @@ def queues(outcome, path: Path) -> None:
     plt.close(fig)
 
 
-def utilization(outcome, path: Path) -> None:
+def utilization(outcome, path) -> None:
     plt = _pyplot()
     sim, report = outcome.sim, outcome.report
     end = max(sim.end, 1e-30)
@@ -107,7 +108,7 @@ def utilization(outcome, path: Path) -> None:
     plt.close(fig)
 
 
-def kv_occupancy(outcome, path: Path) -> None:
+def kv_occupancy(outcome, path) -> None:
     plt = _pyplot()
     sim = outcome.sim
     fig, ax = plt.subplots(figsize=(11, 4))
@@ -125,7 +126,7 @@ def kv_occupancy(outcome, path: Path) -> None:
     plt.close(fig)
 
 
-def search_plot(search: dict, path: Path) -> None:
+def search_plot(search: dict, path) -> None:
     plt = _pyplot()
     best = search["best"]
     rows = [r for r in search["points"]
@@ -153,16 +154,27 @@ def search_plot(search: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_plots(outcome, directory, search: dict | None = None) -> list[Path]:
-    """Write the pictures into `directory` (created); their paths."""
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, draw in (("latency_cdf.png", latency_cdf), ("queues.png", queues),
-                       ("utilization.png", utilization), ("kv.png", kv_occupancy)):
-        draw(outcome, out / name)
-        paths.append(out / name)
+PLOT_NAMES = ("latency_cdf.png", "queues.png", "utilization.png", "kv.png")
+
+
+def render_plots(outcome, search: dict | None = None) -> dict[str, bytes]:
+    """Every picture of a run: file name -> PNG bytes (nothing written)."""
+    files: dict[str, bytes] = {}
+    for name, draw in zip(PLOT_NAMES, (latency_cdf, queues, utilization, kv_occupancy),
+                          strict=True):
+        draw(outcome, (files, name))
     if search:
-        search_plot(search, out / "search.png")
-        paths.append(out / "search.png")
+        search_plot(search, (files, "search.png"))
+    return files
+
+
+def write_plots(outcome, directory, search: dict | None = None) -> list[Path]:
+    """Write the pictures into `directory` (created; each file atomically); their paths."""
+    from emulator.files import atomic_write_bytes
+
+    out = Path(directory)
+    paths = []
+    for name, data in render_plots(outcome, search).items():
+        atomic_write_bytes(out / name, data)
+        paths.append(out / name)
     return paths
