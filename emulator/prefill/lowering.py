@@ -77,6 +77,7 @@ class Lowering:
         self.mmax = hw.pe_cols                      # stationary columns
         self.nmax = hw.moving_free_max              # moving columns per matmul
         self.consts: dict = {}
+        self.memoise = False     # timing-only: repeated loop bodies stored once
 
     # ------------------------------------------------------------------ tensors
 
@@ -138,6 +139,73 @@ class Lowering:
         cost = costs.ring_cycles(self.hw, nbytes, cores)
         return self.b.one(isa.COLLECTIVE, isa.CC, -1, cost, deps, func=func, work=int(nbytes),
                           imm0=float(count), d=d, a=a)
+
+
+class Replay:
+    """Memoised lowering (timing-only): a unit of work (a token block of a projection, a
+    super-batch of attention) whose shape was emitted before is appended as a copy of
+    those instruction records instead of being lowered again.
+
+    The caller reports each unit with `emitted(run, key, start)` (`key` None: irregular)
+    or asks `replay(run, key, reps)` first. A unit can be a template when the WINDOW units
+    before it are regular units of the same run (a later unit replaces it when the units
+    before the template had other lengths); it is replayed when the WINDOW units
+    before the new one are regular, of the same run and as long as the template's. The
+    copy's dependencies inside the template move to the copy, those into the window move
+    to the new window (same lengths, so one shift), those before it stay (constants such
+    as a resident weight load). Repeated bodies inside the template are repeated in the
+    copy `reps` times. Operand addresses are the template's (unused in timing-only mode).
+    """
+
+    WINDOW = 2
+
+    def __init__(self, builder: isa.Builder):
+        self.b = builder
+        self.templates: dict = {}
+        self.history: list = []           # (run, regular, start, length)
+
+    def _window(self, run):
+        last = self.history[-self.WINDOW:]
+        if len(last) < self.WINDOW or any(h[0] != run or not h[1] for h in last):
+            return None
+        return last[0][2], tuple(h[3] for h in last)
+
+    def emitted(self, run, key, start: int, snapshot=None) -> None:
+        """Record a unit emitted explicitly from `start`; `snapshot()` returns the caller's
+        state after it (kept with a template)."""
+        length = self.b.count - start
+        window = self._window(run) if key is not None else None
+        old = self.templates.get(key)
+        if window is not None and (old is None or old["lens"] != window[1]):
+            segs = [(s0 - start, ln) for s0, ln, _ in self.b.segments
+                    if start <= s0 < start + length]
+            self.templates[key] = {"rec": self.b.records(start, start + length),
+                                   "start": start, "pred": window[0], "lens": window[1],
+                                   "segs": segs, "state": snapshot() if snapshot else None}
+        self.history.append((run, key is not None, start, length))
+
+    def replay(self, run, key, reps: int = 0):
+        """Append a copy of the template `key`; returns (move, template state) where
+        `move(indices)` maps the template's instruction indices to the copy's, or None."""
+        tpl = self.templates.get(key) if key is not None else None
+        window = self._window(run)
+        if tpl is None or window is None or window[1] != tpl["lens"]:
+            return None
+        new = self.b.count
+        own, pred = new - tpl["start"], window[0] - tpl["pred"]
+        t0, p0 = tpl["start"], tpl["pred"]
+
+        def move(x):
+            x = np.asarray(x, np.int64)
+            return np.where(x >= t0, x + own, np.where(x >= p0, x + pred, x))
+
+        rec = tpl["rec"].copy()
+        rec["dep"] = move(rec["dep"])
+        self.b.append_records(rec)
+        for s0, ln in tpl["segs"]:
+            self.b.repeat_at(new + s0, ln, reps)
+        self.history.append((run, True, new, len(rec)))
+        return move, tpl["state"]
 
 
 def _batch(*items) -> int:

@@ -362,41 +362,44 @@ def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool) -> L
         cores = shares
         weight = {sh.core: 1 for sh in shares}
     low = _PrefillLowering(spec, hw, prompt_len, dtype, cores)
+    low.L.memoise = timing_only
     low.inputs()
+    plan = None
     if timing_only:
-        prev = _timing_layers(low, spec.num_layers)
+        prev, plan = _timing_layers(low, spec.num_layers)
     else:
         prev = None
         for layer in range(spec.num_layers):
             prev = low.layer(layer, prev)
     low.final(prev)
-    program = low.b.program([sh.core for sh in cores], weight)
+    if plan is not None:
+        _virtual_ops(low.b, plan)
+    program = low.b.program([sh.core for sh in cores], weight, plan)
     return Lowered(program, shares, low.t, prompt_len, dtype)
 
 
-def _timing_layers(low: _PrefillLowering, layers: int) -> dict:
+def _timing_layers(low: _PrefillLowering, layers: int):
     """Timing-only layers: layer 0 explicit; layer 1 = its own add+norm + a copy of layer
-    0's tail; layers 2.. = copies of layer 1 (all deps shifted by the copy's offset)."""
+    0's tail; layers 2.. are not stored: the program's layer plan runs layer 1 again for
+    them (engine_model fast-forwards once a layer is an exact shift of the one before).
+    Returns (the last stored layer's outputs, layer plan or None)."""
     b = low.b
     ctx = low.layer_head(0, None)
     tail0, tail_ops0 = b.count, len(b.ops)
     prev = low.layer_tail(ctx)
     if layers == 1:
-        return prev
+        return prev, None
     start1, ops1 = b.count, len(b.ops)
     ctx = low.layer_head(1, prev)
-    records = b.consolidate()
     shift = b.count - tail0
-    _append_copy(b, records[tail0:start1], shift, b.ops[tail_ops0:ops1], len(b.ops) - tail_ops0,
+    _append_copy(b, b.records(tail0, start1), shift, b.ops[tail_ops0:ops1], len(b.ops) - tail_ops0,
                  layer_shift=1)
+    for s0, ln, reps in list(b.segments):
+        if tail0 <= s0 < start1:
+            b.repeat_at(s0 + shift, ln, reps)
     prev = {"h": prev["h"], "delta": prev["delta"], "cc": prev["cc"] + shift}
-    if layers == 2:
-        return prev
-    layer1 = b.consolidate()[start1:]
-    ops = b.ops[ops1:]
-    for k in range(1, layers - 1):
-        _append_copy(b, layer1, k * len(layer1), ops, k * len(ops), layer_shift=k)
-    return {"h": prev["h"], "delta": prev["delta"], "cc": prev["cc"] + (layers - 2) * len(layer1)}
+    plan = (start1, b.count - start1, layers, len(b.ops) - ops1)
+    return prev, plan
 
 
 def _append_copy(b: isa.Builder, records: np.ndarray, shift: int, ops: list, op_shift: int,
@@ -408,3 +411,17 @@ def _append_copy(b: isa.Builder, records: np.ndarray, shift: int, ops: list, op_
     b.append_records(rec)
     for op in ops:
         b.ops.append(isa.OpInfo(op.name, op.layer + layer_shift, op.flops, op.hbm_bytes))
+
+
+def _virtual_ops(b: isa.Builder, plan) -> None:
+    """Operator table of the whole prefill: layer 1's operators repeated for layers 2..,
+    the final operators' ids moved after them."""
+    t0, tlen, layers, opl = plan
+    first_final = t0 + tlen
+    op1 = int(b.records(t0, t0 + 1)["op_id"][0])
+    tail = b.ops[op1 + opl:]
+    layer1 = b.ops[op1:op1 + opl]
+    copies = [isa.OpInfo(op.name, op.layer + k, op.flops, op.hbm_bytes)
+              for k in range(1, layers - 1) for op in layer1]
+    b.add_op_id(first_final, len(copies))
+    b.ops[op1 + opl:] = copies + tail

@@ -141,16 +141,35 @@ def _prompt(spec, tokens, seed: int, timing_only: bool):
     return ids, P
 
 
-def _check_capacity(spec, hw, P: int, dtype: str) -> None:
-    """FitError when weights + KV cache + activations exceed the chip's HBM."""
-    bpe = 4 if dtype == "fp32" else 2
-    weights = spec.param_count() * bpe
-    kv = spec.kv_bytes_per_token(bpe) * P
-    acts = 8 * spec.hidden_size * P * 4 * hw.cores_per_chip
-    need = weights + kv + acts
-    if need > hw.hbm_bytes:
-        raise FitError(f"prefill: model needs {need} bytes of HBM (weights {weights}, KV cache "
-                       f"{kv}, activations {acts}), preset '{hw.name}' has {hw.hbm_bytes}")
+def hbm_bytes_needed(spec, hw, P: int, dtype: str, chips: int = 1) -> dict:
+    """HBM bytes one chip needs for a prefill of P tokens over `chips` chips (tensor
+    parallel): its share of the weights and of the KV cache, plus the activations of one
+    layer as the lowering lays them out (residual, delta and partial sums in fp32; the
+    normalised input, q/k/v/o and the MLP activation in the matmul dtype; one fp32
+    partial sum per core for the reduce-scatter)."""
+    bpe = bytes_per_element(dtype)
+    weights = spec.param_count() * bpe / chips
+    kv = spec.kv_bytes_per_token(bpe) * P / chips
+    H = spec.hidden_size
+    sharded = (2 * spec.q_dim + 2 * spec.kv_dim + spec.intermediate_size) * bpe / chips
+    acts = P * (3 * H * 4 + 2 * H * bpe + sharded + hw.cores_per_chip * H * 4)
+    return {"weights": int(weights), "kv": int(kv), "activations": int(acts),
+            "total": int(weights + kv + acts)}
+
+
+def bytes_per_element(dtype: str) -> int:
+    """Bytes of one weight / KV / matmul operand element."""
+    return {"fp32": 4, "fp8": 1}.get(dtype, 2)
+
+
+def _check_capacity(spec, hw, P: int, dtype: str, chips: int = 1) -> None:
+    """FitError when weights + KV cache + activations exceed a chip's HBM."""
+    need = hbm_bytes_needed(spec, hw, P, dtype, chips)
+    if need["total"] > hw.hbm_bytes:
+        raise FitError(f"prefill: model needs {need['total']} bytes of HBM per chip on "
+                       f"{chips} chip(s) (weights {need['weights']}, KV cache {need['kv']}, "
+                       f"activations {need['activations']}), preset '{hw.name}' has "
+                       f"{hw.hbm_bytes}")
 
 
 def rope_tables(spec, P: int):
@@ -222,12 +241,13 @@ def _result(lowered: Lowered, spec, hw, sched, logits, kv) -> PrefillResult:
     weight = np.ones(len(instr))
     for core, count in program.core_weight.items():
         weight[instr["core"] == core] = count
+    runs = program.instances()
     cycles = sched.cycles
     busy = _engine_busy(program, sched)
     is_dma = instr["engine"] == isa.DMA
     is_cc = instr["engine"] == isa.CC
-    moved = {"hbm_dma": float((instr["work"] * weight)[is_dma].sum()),
-             "collective": float(instr["work"][is_cc].sum())}
+    moved = {"hbm_dma": float((instr["work"] * weight * runs)[is_dma].sum()),
+             "collective": float((instr["work"] * runs)[is_cc].sum())}
     per_op = _per_op(program, sched, weight, hw, lowered.dtype)
     per_layer = _per_layer(per_op)
     flops = sum(op.flops for op in program.ops)
@@ -254,22 +274,27 @@ def _per_op(program, sched, weight, hw, dtype) -> list[dict]:
 
     `cycles` are the cycles the operator adds to the completion time of the operators
     before it (so they sum to the prefill's cycles); `span` runs from its first
-    instruction's start (weight prefetch may start early) to its last result.
+    instruction's start (weight prefetch may start early) to its last result. In a
+    memoised program the operators of layers 2.. have layer 1's busy cycles and bytes.
     """
     instr = program.instr
     op_id = instr["op_id"].astype(np.int64)
     nops = len(program.ops)
-    start = np.full(nops, np.iinfo(np.int64).max)
-    end = np.zeros(nops, np.int64)
-    present, first = np.unique(op_id, return_index=True)   # op ids are non-decreasing
-    keep = present >= 0
-    start[present[keep]] = np.minimum.reduceat(sched.start, first)[keep]
-    end[present[keep]] = np.maximum.reduceat(sched.ready, first)[keep]
+    start, end = sched.op_start, sched.op_end
+    runs = weight * program.instances()
     key = op_id * len(isa.ENGINE_NAMES) + instr["engine"]
-    busy = np.bincount(key, weights=instr["cost"] * weight,
+    busy = np.bincount(key, weights=instr["cost"] * runs,
                        minlength=nops * len(isa.ENGINE_NAMES)).reshape(nops, -1)
     dma = np.bincount(op_id, weights=np.where(instr["engine"] == isa.DMA,
-                                              instr["work"] * weight, 0), minlength=nops)
+                                              instr["work"] * runs, 0), minlength=nops)
+    if program.layer_plan is not None:
+        t0, tlen, layers, opl = program.layer_plan
+        if tlen:
+            op1 = int(op_id[t0])
+            for k in range(2, layers):
+                lo = op1 + (k - 1) * opl
+                busy[lo:lo + opl] = busy[op1:op1 + opl]
+                dma[lo:lo + opl] = dma[op1:op1 + opl]
     rows = []
     done = 0
     for i, op in enumerate(program.ops):
