@@ -270,7 +270,11 @@ def _key_tile(L, core, st, slot, q_load, kvbuf, kt, d, q0, rows, k0, nk, m_cur, 
         alpha = L.b.one(isa.ACTIVATE, isa.ACT, core, int(_act(L, 1)), [negm], func=isa.F_EXP,
                         imm0=scale, d=(st.alpha, 0, rows, 0, 1),
                         a=(st.m[m_cur], 0, rows, 0, 1), b=(st.negm, 0, rows, 0, 1))
-    expo = L.b.one(isa.ACTIVATE, isa.ACT, core, int(_act(L, nk)), [negm, src_dep, st.last["p"]],
+    if L.hw.vector_exp_elems_per_cycle:       # NeuronCore-v4: exponential on VectorE
+        exp_engine, exp_cost = isa.DVE, int(costs.vector_exp_cycles(L.hw, nk))
+    else:
+        exp_engine, exp_cost = isa.ACT, int(_act(L, nk))
+    expo = L.b.one(isa.ACTIVATE, exp_engine, core, exp_cost, [negm, src_dep, st.last["p"]],
                    func=isa.F_EXP, imm0=scale, d=(st.p, 0, rows, 0, nk), a=src,
                    b=(st.negm, 0, rows, 0, 1), s=((st.l if first else st.lt), 0, rows, 0, 1))
     st.last["s"][s] = expo

@@ -105,12 +105,13 @@ class Program:
     segments: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
     layer_plan: tuple | None = None
 
-    def instances(self) -> np.ndarray:
-        """How many times each stored instruction runs (segment repeats x layers)."""
+    def instances(self, layers: bool = True) -> np.ndarray:
+        """How many times each stored instruction runs (segment repeats x layers; without
+        `layers`, the layer template counts once)."""
         count = np.ones(len(self.instr), np.int64)
         for s0, ln, reps in self.segments:
             count[s0:s0 + ln] = reps
-        if self.layer_plan is not None:
+        if layers and self.layer_plan is not None:
             t0, tlen, layers, _ = self.layer_plan
             count[t0:t0 + tlen] *= max(1, layers - 1)
         return count
@@ -164,6 +165,10 @@ class Builder:
         self.cols: dict[str, list] = {name: [] for name in names}
         self.segments: list[tuple[int, int, int]] = []
         self.to_check: list[tuple[int, int, int]] = []   # segments added by `repeat`
+        # engine -> TensorE cycles added to an instruction that depends on the instruction
+        # just before it on its queue (the engine's pipeline drains; Vector overhead)
+        self.dep_overhead: dict[int, int] = {}
+        self.last_on_queue: dict[tuple[int, int], int] = {}
 
     def tensor(self, name, rows, cols, dtype, space, core=-1) -> int:
         """Register a tensor and return its id."""
@@ -187,6 +192,8 @@ class Builder:
             return np.zeros(0, np.int64)
         if len(deps) > MAX_DEPS:
             raise ValueError(f"at most {MAX_DEPS} dependencies per instruction")
+        if isinstance(engine, (int, np.integer)) and int(engine) in self.dep_overhead:
+            cost = self._with_overhead(n, int(engine), core, cost, deps)
         self.col_off.append(self.count)
         self.col_n.append(n)
         cols = self.cols
@@ -210,12 +217,30 @@ class Builder:
         self.count += n
         return index
 
+    def _with_overhead(self, n, engine, core, cost, deps):
+        """`cost` plus the engine's overhead where an instruction depends on the one just
+        before it on its queue (core must be a scalar for such engines)."""
+        key = (int(core), engine)
+        prev = np.arange(self.count - 1, self.count + n - 1, dtype=np.int64)
+        prev[0] = self.last_on_queue.get(key, -2)
+        dependent = np.zeros(n, bool)
+        for d in deps:
+            dependent |= np.broadcast_to(np.asarray(d, np.int64), (n,)) == prev
+        self.last_on_queue[key] = self.count + n - 1
+        return np.asarray(cost, np.int64) + self.dep_overhead[engine] * dependent
+
     def one(self, *args, **kwargs) -> int:
         """Append a single instruction; return its index."""
         return int(self.emit(1, *args, **kwargs)[0])
 
     def append_records(self, rec: np.ndarray) -> np.ndarray:
         """Append prebuilt INSTR_DTYPE records; return their indices."""
+        for engine in self.dep_overhead:
+            mine = np.flatnonzero(rec["engine"] == engine)
+            if len(mine):
+                cores, last = np.unique(rec["core"][mine][::-1], return_index=True)
+                for core, j in zip(cores, last, strict=True):
+                    self.last_on_queue[(int(core), engine)] = self.count + int(mine[::-1][j])
         self.raw.append((self.count, rec))
         index = np.arange(self.count, self.count + len(rec), dtype=np.int64)
         self.count += len(rec)

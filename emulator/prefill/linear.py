@@ -72,7 +72,7 @@ def linear_fm(L: Lowering, core: int, strips: list[Strip], K: int, tok0: int, nt
     (W^T tensor, first column, columns, output [P, columns], bias rows or -1) adds a
     token-major projection of the same activation block after the strips (`linear_tm`).
     """
-    kch = chunks(K, L.pmax)
+    kch = chunks(K, L.kmax)
     evicts = {s.evict for s in strips}
     per_tok = 4 * 2 + (0 if x_sbuf is not None else len(kch) * L.bpe)
     per_tok += (5 * 4 if "rope" in evicts else 0) + (3 * 4 if "silu" in evicts else 0)

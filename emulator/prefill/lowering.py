@@ -70,13 +70,15 @@ class Lowering:
     def __init__(self, hw, dtype: str, builder: isa.Builder, active_cores: int):
         self.hw, self.dtype, self.b = hw, dtype, builder
         self.act_dtype = dtype                      # storage dtype of matmul operands
-        self.bpe = 4 if dtype == "fp32" else 2      # bytes per matmul operand element
+        self.bpe = {"fp32": 4, "fp8": 1}.get(dtype, 2)   # bytes per matmul operand element
         self.active_cores = active_cores
         self.dma_lat = costs.dma_latency_cycles(hw)
-        self.pmax = hw.pe_rows                      # contraction rows per chunk
+        self.pmax = hw.pe_rows                      # partitions per tile
+        self.kmax = hw.k_max(dtype)                 # contraction rows per matmul (fp8: packed)
         self.mmax = hw.pe_cols                      # stationary columns
         self.nmax = hw.moving_free_max              # moving columns per matmul
         self.consts: dict = {}
+        builder.dep_overhead = {isa.DVE: costs.vector_overhead(hw)}
         self.memoise = False     # timing-only: repeated loop bodies stored once
 
     # ------------------------------------------------------------------ tensors
@@ -104,21 +106,46 @@ class Lowering:
         return self.b.emit(n, op, isa.DMA, core, cost, deps, lat=self.dma_lat, flags=flags,
                            work=nbytes, d=d, a=a, b=b)
 
+    def _low(self, view) -> bool:
+        """True when a view's tensor is a 16-bit float (bf16/fp16) in SBUF."""
+        if view is None:
+            return True
+        t = self.b.tensors[int(np.ravel(view[0])[0])]
+        return t.dtype in ("bf16", "fp16") and t.space == "sbuf"
+
+    def _psum(self, view) -> bool:
+        return view is not None and self.b.tensors[int(np.ravel(view[0])[0])].space == "psum"
+
     def act(self, core, func, n_free, deps=(), d=None, a=None, b=None, s=None, scale=1.0,
             bias=0.0, n=1):
         """Scalar-engine activations: d = func(a * scale + bias-column-b or bias)."""
-        cost = costs.scalar_cycles(self.hw, n_free)
+        cost = costs.scalar_cycles(self.hw, n_free, bf16=self._low(d) and self._low(a))
         n = max(n, np.size(cost), _batch(d, a, b, s, deps))
         return self.b.emit(n, isa.ACTIVATE, isa.ACT, core, cost, deps, func=func,
                            imm0=scale, imm1=bias, d=d, a=a, b=b, s=s)
 
     def vec(self, core, op, func, n_free, n_inputs, deps=(), d=None, a=None, b=None, s=None,
             func2=0, imm0=0.0, imm1=0.0, n=1):
-        """Vector-engine instructions of opcode `op`."""
-        cost = costs.vector_cycles(self.hw, n_free, n_inputs)
+        """Vector-engine instructions of opcode `op` (bf16 performance mode where the
+        operands allow it, docs/prefill.md "Cost model")."""
+        cost = costs.vector_cycles(self.hw, n_free, n_inputs, self.vector_speedup(op, d, a, b))
         n = max(n, np.size(cost), _batch(d, a, b, s, deps))
         return self.b.emit(n, op, isa.DVE, core, cost, deps, func=func, func2=func2,
                            imm0=imm0, imm1=imm1, d=d, a=a, b=b, s=s)
+
+    def vector_speedup(self, op, d, a, b) -> int:
+        """Trainium2 Vector performance mode: tensor_scalar 4x with bf16 SBUF operands (2x
+        with one in PSUM), tensor_tensor 2x with bf16 SBUF operands, else 1."""
+        hw = self.hw
+        if op == isa.VEC_TS:
+            if self._low(d) and self._low(a):
+                return hw.vector_bf16_ts_speedup
+            if (self._low(d) or self._psum(d)) and (self._low(a) or self._psum(a)) and \
+                    not (self._psum(d) and self._psum(a)):
+                return hw.vector_bf16_tt_speedup
+        if op == isa.VEC_TT and self._low(a) and self._low(b) and self._low(d):
+            return hw.vector_bf16_tt_speedup
+        return 1
 
     def ls(self, core, m, deps=(), a=None, n=1):
         """LoadStationary of a [K, m] tile."""
@@ -126,8 +153,8 @@ class Lowering:
         n = max(n, np.size(cost), _batch(a, deps))
         return self.b.emit(n, isa.LOAD_STATIONARY, isa.PE, core, cost, deps, a=a)
 
-    def collective(self, func, nbytes, cores, deps, d=None, a=None, count=0):
-        """One chip-level collective over `cores` cores waiting for `deps` (any number).
+    def collective(self, func, nbytes, chips, deps, d=None, a=None, count=0):
+        """One collective over every core of `chips` chips waiting for `deps` (any number).
 
         A reduce-scatter sums `count` tensors with consecutive ids starting at view `a`.
         """
@@ -136,7 +163,7 @@ class Lowering:
             head = deps[:isa.MAX_DEPS]
             deps = [self.b.one(isa.COLLECTIVE, isa.CC, -1, 0, head, func=isa.C_WAIT)] + \
                 deps[isa.MAX_DEPS:]
-        cost = costs.ring_cycles(self.hw, nbytes, cores)
+        cost = costs.ring_cycles(self.hw, nbytes, self.hw.cores_per_chip, chips)
         return self.b.one(isa.COLLECTIVE, isa.CC, -1, cost, deps, func=func, work=int(nbytes),
                           imm0=float(count), d=d, a=a)
 

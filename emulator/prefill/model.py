@@ -1,6 +1,8 @@
 """Lowering a whole prefill (all layers, all cores of one chip) to one instruction stream.
 
-Core split (docs/prefill.md, "Work split across cores"), C = cores_per_chip:
+Core split (docs/prefill.md, "Work split across cores"), C = cores_per_chip * chips (tensor
+parallel over every core of every chip; collectives run a ring over each chip's cores and
+one over the chips):
 
 - attention: tensor parallel by heads. Core c owns query heads [c*H/C, (c+1)*H/C) and
   computes the key/value heads they read (GQA groups; a kv head shared by two cores is
@@ -57,9 +59,9 @@ def _split(total: int, parts: int, c: int) -> tuple[int, int]:
     return lo, hi - lo
 
 
-def core_shares(spec, hw, prompt_len: int) -> list[CoreShare]:
-    """How the chip's cores split one prefill (see the module docstring)."""
-    C = hw.cores_per_chip
+def core_shares(spec, hw, prompt_len: int, chips: int = 1) -> list[CoreShare]:
+    """How the cores of `chips` chips split one prefill (see the module docstring)."""
+    C = hw.cores_per_chip * chips
     mlp_tiles = math.ceil(spec.intermediate_size / hw.pe_cols)
     vocab_chunk = math.ceil(spec.vocab_size / C)
     token_chunk = math.ceil(prompt_len / C)
@@ -97,18 +99,19 @@ class Lowered:
     tensors: dict             # role -> tensor id (inputs, KV per layer/core, logits)
     prompt_len: int
     dtype: str
+    chips: int = 1
 
 
 class _PrefillLowering:
     """Emits the stream layer by layer (see `lower_prefill`)."""
 
-    def __init__(self, spec, hw, P: int, dtype: str, cores: list[CoreShare]):
+    def __init__(self, spec, hw, P: int, dtype: str, cores: list[CoreShare], chips: int = 1):
         self.spec, self.hw, self.P, self.dtype = spec, hw, P, dtype
         self.b = isa.Builder()
         self.L = Lowering(hw, dtype, self.b, active_cores=hw.cores_per_chip)
         self.cores = cores
         self.t: dict = {}
-        self.C = hw.cores_per_chip
+        self.chips = chips
 
     # -------------------------------------------------------------- tensors
 
@@ -164,7 +167,7 @@ class _PrefillLowering:
         H, P = s.hidden_size, self.P
         op.flops = 4.0 * H * P
         op.hbm_bytes = H * P * (4 + 4 + 4 + self.L.bpe)
-        return self.L.collective(isa.C_ALL_GATHER, H * P * self.L.bpe, self.C, lasts)
+        return self.L.collective(isa.C_ALL_GATHER, H * P * self.L.bpe, self.chips, lasts)
 
     def qkv_op(self, layer, w, xn, ready):
         """q, k (with RoPE) feature-major and v token-major per core; returns per-core maps."""
@@ -239,7 +242,7 @@ class _PrefillLowering:
             lasts.append(linear_fm(self.L, c, strips, K, 0, P, {pt: TileMap(H, P, self.L.mmax)},
                                    x=x, x_ready=ready, name=f"L{layer}.{name}"))
         first = partial[self.cores[0].core]
-        cc = self.L.collective(isa.C_REDUCE_SCATTER, H * P * 4, self.C, lasts,
+        cc = self.L.collective(isa.C_REDUCE_SCATTER, H * P * 4, self.chips, lasts,
                                d=(delta, 0, H, 0, P), a=(first, 0, H, 0, P),
                                count=len(self.cores))
         inner = s.q_dim if name == "o_proj" else s.intermediate_size
@@ -341,10 +344,11 @@ class _PrefillLowering:
         op.hbm_bytes = self.L.bpe * H * s.vocab_size
 
 
-def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool) -> Lowered:
-    """Lower a prefill of `prompt_len` tokens; see the module docstring for the split."""
+def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool,
+                  chips: int = 1) -> Lowered:
+    """Lower a prefill of `prompt_len` tokens on `chips` chips; see the module docstring."""
     check_supported(spec, hw)
-    shares = core_shares(spec, hw, prompt_len)
+    shares = core_shares(spec, hw, prompt_len, chips)
     weight = {}
     if timing_only:
         reps = {}
@@ -361,7 +365,7 @@ def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool) -> L
     else:
         cores = shares
         weight = {sh.core: 1 for sh in shares}
-    low = _PrefillLowering(spec, hw, prompt_len, dtype, cores)
+    low = _PrefillLowering(spec, hw, prompt_len, dtype, cores, chips)
     low.L.memoise = timing_only
     low.inputs()
     plan = None
@@ -375,7 +379,7 @@ def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool) -> L
     if plan is not None:
         _virtual_ops(low.b, plan)
     program = low.b.program([sh.core for sh in cores], weight, plan)
-    return Lowered(program, shares, low.t, prompt_len, dtype)
+    return Lowered(program, shares, low.t, prompt_len, dtype, chips)
 
 
 def _timing_layers(low: _PrefillLowering, layers: int):

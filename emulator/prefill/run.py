@@ -6,6 +6,7 @@ minimum HBM bytes / HBM bandwidth); each operator's bound is computed the same w
 own FLOPs and bytes.
 """
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +17,7 @@ from emulator.errors import ConfigError, FitError
 from emulator.prefill import engine_model, interp, isa
 from emulator.prefill.model import Lowered, lower_prefill
 
-DTYPES = ("bf16", "fp16", "fp32")
+DTYPES = ("bf16", "fp16", "fp32", "fp8")
 
 
 @dataclass
@@ -37,9 +38,11 @@ class PrefillResult:
     dtype: str
     hw_name: str
     clock_hz: float
-    cores: int
+    cores: int                      # cores of all chips
     program: isa.Program = field(repr=False)
     schedule: engine_model.Schedule = field(repr=False)
+    chips: int = 1
+    host_seconds: float = 0.0       # wall time of lowering + engine model on the host
 
     @property
     def engine_utilization(self) -> dict:
@@ -51,12 +54,13 @@ class PrefillResult:
     def summary(self) -> dict:
         """JSON-ready report (no per-instruction data)."""
         return {"prefill_hw": self.hw_name, "prompt_len": self.prompt_len, "dtype": self.dtype,
-                "cycles": self.cycles, "seconds": self.seconds,
+                "chips": self.chips, "cycles": self.cycles, "seconds": self.seconds,
                 "roofline_seconds": self.roofline_seconds, "flops": self.flops,
                 "achieved_flops_per_s": self.flops / self.seconds if self.seconds else 0.0,
                 "engine_busy_cycles": self.engine_busy,
                 "engine_utilization": self.engine_utilization,
                 "bytes_moved": self.bytes_moved, "instructions": len(self.program),
+                "instructions_represented": self.program.virtual_length(),
                 "per_layer": self.per_layer, "per_op": self.per_op}
 
     def trace_slices(self, limit: int | None = None) -> list[dict]:
@@ -89,17 +93,23 @@ class PrefillResult:
 
 
 def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
-                timing_only: bool = False, seed: int = 0) -> PrefillResult:
-    """Prefill `tokens` (token ids, or an int prompt length) of model `spec` on chip `hw`.
+                timing_only: bool = False, seed: int = 0, chips: int | None = None
+                ) -> PrefillResult:
+    """Prefill `tokens` (token ids, or an int prompt length) of model `spec` on `chips`
+    chips of preset `hw` (None: the fewest whose HBM holds weights, KV and activations).
 
     Functional mode (default) computes the logits of the last position and the KV cache
     with `weights` (HF names, float32; random from `seed` when None); timing-only mode
     skips all values. Both give the same cycles.
     """
+    t0 = time.perf_counter()
     dtype = _check_dtype(dtype)
+    if dtype == "fp8" and not timing_only:
+        raise ConfigError("prefill: fp8 runs in timing-only mode (values are not rounded to "
+                          "fp8); add --timing-only or use bf16")
     token_ids, P = _prompt(spec, tokens, seed, timing_only)
-    _check_capacity(spec, hw, P, dtype)
-    lowered = lower_prefill(spec, hw, P, dtype, timing_only)
+    chips = choose_chips(spec, hw, P, dtype, chips)
+    lowered = lower_prefill(spec, hw, P, dtype, timing_only, chips)
     sched = engine_model.simulate(lowered.program)
     logits = kv = None
     if not timing_only:
@@ -109,14 +119,34 @@ def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
         machine = interp.execute(lowered.program, bind_inputs(lowered, spec, weights,
                                                               token_ids))
         logits, kv = _outputs(lowered, spec, machine)
-    return _result(lowered, spec, hw, sched, logits, kv)
+    result = _result(lowered, spec, hw, sched, logits, kv)
+    result.host_seconds = time.perf_counter() - t0
+    return result
+
+
+def choose_chips(spec, hw, P: int, dtype: str, chips: int | None) -> int:
+    """`chips` checked against the preset (1 .. hw.chips) and HBM, or, when None, the
+    smallest chip count whose HBM holds the weights, KV cache and activations."""
+    if chips is not None:
+        if chips < 1 or chips > hw.chips:
+            raise ConfigError(f"--prefill-chips: {chips} is outside 1..{hw.chips} (field "
+                              f"'chips' of prefill preset '{hw.name}')")
+        _check_capacity(spec, hw, P, dtype, chips)
+        return chips
+    for n in range(1, hw.chips + 1):
+        if hbm_bytes_needed(spec, hw, P, dtype, n)["total"] <= hw.hbm_bytes:
+            return n
+    _check_capacity(spec, hw, P, dtype, hw.chips)
+    return hw.chips
 
 
 def _check_dtype(dtype: str) -> str:
+    if dtype == "fp8":
+        return "fp8"
     try:
         kind = canonical_dtype(dtype)
     except ValueError as exc:
-        raise ConfigError(f"prefill: {exc}") from None
+        raise ConfigError(f"prefill: {exc} (or fp8)") from None
     return kind
 
 
@@ -248,14 +278,16 @@ def _result(lowered: Lowered, spec, hw, sched, logits, kv) -> PrefillResult:
     is_cc = instr["engine"] == isa.CC
     moved = {"hbm_dma": float((instr["work"] * weight * runs)[is_dma].sum()),
              "collective": float((instr["work"] * runs)[is_cc].sum())}
-    per_op = _per_op(program, sched, weight, hw, lowered.dtype)
+    per_op = _per_op(program, sched, weight, hw, lowered.dtype, lowered.chips)
     per_layer = _per_layer(per_op)
     flops = sum(op.flops for op in program.ops)
     hbm = sum(op.hbm_bytes for op in program.ops)
-    roof = max(flops / hw.peak_flops(lowered.dtype), hbm / hw.hbm_bytes_per_s)
+    chips = lowered.chips
+    roof = max(flops / (hw.peak_flops(lowered.dtype) * chips),
+               hbm / (hw.hbm_bytes_per_s * chips))
     return PrefillResult(cycles, cycles / hw.tensor_clock_hz, logits, kv, per_layer, per_op,
                          busy, moved, roof, flops, lowered.prompt_len, lowered.dtype, hw.name,
-                         hw.tensor_clock_hz, hw.cores_per_chip, program, sched)
+                         hw.tensor_clock_hz, hw.cores_per_chip * chips, program, sched, chips)
 
 
 def _engine_busy(program: isa.Program, sched) -> dict:
@@ -269,7 +301,7 @@ def _engine_busy(program: isa.Program, sched) -> dict:
     return busy
 
 
-def _per_op(program, sched, weight, hw, dtype) -> list[dict]:
+def _per_op(program, sched, weight, hw, dtype, chips=1) -> list[dict]:
     """One row per operator: cycles, span, busy cycles per engine, bytes, FLOPs, roofline.
 
     `cycles` are the cycles the operator adds to the completion time of the operators
@@ -281,7 +313,7 @@ def _per_op(program, sched, weight, hw, dtype) -> list[dict]:
     op_id = instr["op_id"].astype(np.int64)
     nops = len(program.ops)
     start, end = sched.op_start, sched.op_end
-    runs = weight * program.instances()
+    runs = weight * program.instances(layers=False)
     key = op_id * len(isa.ENGINE_NAMES) + instr["engine"]
     busy = np.bincount(key, weights=instr["cost"] * runs,
                        minlength=nops * len(isa.ENGINE_NAMES)).reshape(nops, -1)
@@ -298,7 +330,8 @@ def _per_op(program, sched, weight, hw, dtype) -> list[dict]:
     rows = []
     done = 0
     for i, op in enumerate(program.ops):
-        roof = max(op.flops / hw.peak_flops(dtype), op.hbm_bytes / hw.hbm_bytes_per_s)
+        roof = max(op.flops / (hw.peak_flops(dtype) * chips),
+                   op.hbm_bytes / (hw.hbm_bytes_per_s * chips))
         has = start[i] <= end[i]
         added = max(0, int(end[i]) - done)
         done = max(done, int(end[i]))
