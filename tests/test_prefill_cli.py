@@ -9,8 +9,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from emulator.errors import ConfigError
 from emulator.hw import list_presets
+from emulator.hw.errors import ConfigError
 from emulator.hw.prefill import PrefillConfig, load_prefill
 
 
@@ -145,7 +145,7 @@ def test_prefill_command():
 
 
 def test_layer_table_collapses_equal_layers():
-    from emulator.cli_prefill import collapse_layers
+    from emulator.cli.prefill import collapse_layers
     rows = [{"layer": k, "cycles": c, "roofline_cycles": 5, "dma_bytes": 1.0}
             for k, c in enumerate([9, 7, 7, 7, 8])] + \
         [{"layer": -1, "cycles": 3, "roofline_cycles": 1, "dma_bytes": 1.0}]

@@ -20,8 +20,9 @@ a query tile's last query are never visited (causal skipping).
 
 import numpy as np
 
-from emulator.errors import FitError
-from emulator.prefill import costs, isa
+from emulator.hw.errors import FitError
+from emulator.prefill import costs
+from emulator.prefill import instructions as isa
 from emulator.prefill.lowering import Lowering, Replay, TileMap, chunks, pe_stream
 
 NONE = -1

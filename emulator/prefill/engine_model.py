@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emulator.prefill import isa, kernels
+from emulator.prefill import instructions as isa
+from emulator.prefill import kernels
 from emulator.prefill.kernels import KIND_LS, KIND_MM, KIND_PLAIN, schedule_kernel
 
 
@@ -98,7 +99,7 @@ def schedule_reference(queue, kind, cost, lat, dep, n_queues):
             np.array(busy, np.int64))
 
 
-def simulate(program: isa.Program, engine: str = "numba") -> Schedule:
+def simulate(program: isa.InstructionStream, engine: str = "numba") -> Schedule:
     """Run the engine model over a program (`engine`: 'numba' or 'reference').
 
     Explicit programs run through `schedule_kernel` (or `schedule_reference`); memoised ones
@@ -191,7 +192,7 @@ class _Chunk:
         return start, ready
 
 
-def _simulate_memoised(program: isa.Program, queue: np.ndarray) -> Schedule:
+def _simulate_memoised(program: isa.InstructionStream, queue: np.ndarray) -> Schedule:
     """Chunk by chunk: the prefix (embeddings, layer 0), layer 1 repeated, the final part."""
     instr = program.instr
     n = len(instr)

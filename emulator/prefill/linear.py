@@ -16,7 +16,8 @@ tokens on partitions, the layout the attention P @ V matmul needs.
 
 import numpy as np
 
-from emulator.prefill import costs, isa
+from emulator.prefill import costs
+from emulator.prefill import instructions as isa
 from emulator.prefill.lowering import Lowering, Replay, Strip, chunks, pe_stream, plan_token_block
 
 NONE = -1

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emulator.errors import FitError
-from emulator.prefill import costs, isa
+from emulator.hw.errors import FitError
+from emulator.prefill import costs
+from emulator.prefill import instructions as isa
 
 
 @dataclass

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emulator.errors import ConfigError
+from emulator.hw.errors import ConfigError
 from emulator.prefill import attention as attn
-from emulator.prefill import isa
+from emulator.prefill import instructions as isa
 from emulator.prefill.linear import linear_fm
 from emulator.prefill.lowering import Lowering, Strip, TileMap
 from emulator.prefill.norm import NormIO, add_norm
@@ -94,7 +94,7 @@ def check_supported(spec, hw) -> None:
 class Lowered:
     """A lowered prefill: the program plus what is needed to bind inputs and read outputs."""
 
-    program: isa.Program
+    program: isa.InstructionStream
     shares: list[CoreShare]
     tensors: dict             # role -> tensor id (inputs, KV per layer/core, logits)
     prompt_len: int

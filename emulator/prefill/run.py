@@ -13,8 +13,9 @@ import numpy as np
 
 from compiler.numerics import canonical_dtype
 from compiler.reference import KVCache
-from emulator.errors import ConfigError, FitError
-from emulator.prefill import engine_model, interp, isa
+from emulator.hw.errors import ConfigError, FitError
+from emulator.prefill import engine_model, interp
+from emulator.prefill import instructions as isa
 from emulator.prefill.model import Lowered, lower_prefill
 
 DTYPES = ("bf16", "fp16", "fp32", "fp8")
@@ -39,7 +40,7 @@ class PrefillResult:
     hw_name: str
     clock_hz: float
     cores: int                      # cores of all chips
-    program: isa.Program = field(repr=False)
+    program: isa.InstructionStream = field(repr=False)
     schedule: engine_model.Schedule = field(repr=False)
     chips: int = 1
     host_seconds: float = 0.0       # wall time of lowering + engine model on the host
@@ -131,12 +132,12 @@ def choose_chips(spec, hw, P: int, dtype: str, chips: int | None) -> int:
         if chips < 1 or chips > hw.chips:
             raise ConfigError(f"--prefill-chips: {chips} is outside 1..{hw.chips} (field "
                               f"'chips' of prefill preset '{hw.name}')")
-        _check_capacity(spec, hw, P, dtype, chips)
+        check_capacity(spec, hw, P, dtype, chips)
         return chips
     for n in range(1, hw.chips + 1):
         if hbm_bytes_needed(spec, hw, P, dtype, n)["total"] <= hw.hbm_bytes:
             return n
-    _check_capacity(spec, hw, P, dtype, hw.chips)
+    check_capacity(spec, hw, P, dtype, hw.chips)
     return hw.chips
 
 
@@ -192,7 +193,7 @@ def bytes_per_element(dtype: str) -> int:
     return {"fp32": 4, "fp8": 1}.get(dtype, 2)
 
 
-def _check_capacity(spec, hw, P: int, dtype: str, chips: int = 1) -> None:
+def check_capacity(spec, hw, P: int, dtype: str, chips: int = 1) -> None:
     """FitError when weights + KV cache + activations exceed a chip's HBM."""
     need = hbm_bytes_needed(spec, hw, P, dtype, chips)
     if need["total"] > hw.hbm_bytes:
@@ -290,7 +291,7 @@ def _result(lowered: Lowered, spec, hw, sched, logits, kv) -> PrefillResult:
                          hw.tensor_clock_hz, hw.cores_per_chip * chips, program, sched, chips)
 
 
-def _engine_busy(program: isa.Program, sched) -> dict:
+def _engine_busy(program: isa.InstructionStream, sched) -> dict:
     """Busy cycles per engine kind, summed over all the chip's cores."""
     busy = dict.fromkeys(isa.ENGINE_NAMES, 0)
     for slot, core in enumerate(program.cores):
