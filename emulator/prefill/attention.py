@@ -100,7 +100,7 @@ def attention(L: Lowering, core: int, heads: list[tuple[int, int]], d: int, P: i
     """Attention of the core's heads: `heads` = [(local q head, local kv head)] by kv head.
 
     q, k: (HBM tensor [heads*d, P] feature-major, map); v: (HBM [P, kv*d], map); out: O^T.
-    `streams` (head, query tile) items of the same kv head and query tile form a batch:
+    `streams` (head, query tile) items of the same kv head and key-tile count form a batch:
     their instructions are interleaved stage by stage so the engines overlap, and they
     share the streamed K/V blocks. In a memoised (timing-only) lowering the middle key
     tiles of a batch are one repeated body (`isa.Builder.repeat`). Returns the last
@@ -114,10 +114,14 @@ def attention(L: Lowering, core: int, heads: list[tuple[int, int]], d: int, P: i
     items = [(kvh, q0, qh) for qh, kvh in heads for q0 in range(0, P, Q_TILE)]
     items.sort(key=lambda item: (item[0], item[1], item[2]))
     batches, i = [], 0
+
+    def tiles(item):                          # (kv head, key tiles it visits)
+        return item[0], -(-min(P, item[1] + Q_TILE) // L.nmax)
+
     while i < len(items):
         batch = [items[i]]
         while (len(batch) < streams and i + len(batch) < len(items)
-               and items[i + len(batch)][:2] == items[i][:2]):
+               and tiles(items[i + len(batch)]) == tiles(items[i])):
             batch.append(items[i + len(batch)])
         batches.append(batch)
         i += len(batch)
@@ -144,12 +148,12 @@ def attention(L: Lowering, core: int, heads: list[tuple[int, int]], d: int, P: i
             continue
         start = L.b.count
         for batch in group:
-            q0 = batch[0][1]
-            rows = min(Q_TILE, P - q0)
             kvbuf.loads = {}
-            gens = [_query_tile(L, core, states[n], kvbuf, q, k, v, out, kvh, qh, d, q0, rows,
-                                scale, lead=(n == 0), reps=reps, barrier=barrier)
-                    for n, (_, _, qh) in enumerate(batch)]
+            kv_end = max(min(P, q0 + Q_TILE) for _, q0, _ in batch)
+            gens = [_query_tile(L, core, states[n], kvbuf, q, k, v, out, kvh, qh, d, q0,
+                                min(Q_TILE, P - q0), scale, lead=(n == 0), reps=reps,
+                                barrier=barrier, kv_end=kv_end)
+                    for n, (_, q0, qh) in enumerate(batch)]
             _interleave(L, gens, reps)
         if L.memoise:
             old_template = replay.templates.get(key)
@@ -199,7 +203,7 @@ def _interleave(L, generators, reps) -> None:
 
 
 def _query_tile(L, core, st, kvbuf, q, k, v, out, kvh, qh, d, q0, rows, scale, lead, reps,
-                barrier):
+                barrier, kv_end):
     """One tile of queries of one head (a generator yielding between pipeline stages).
 
     The lead stream of a batch loads the K/V blocks, one key tile ahead. With `reps` > 1
@@ -215,15 +219,14 @@ def _query_tile(L, core, st, kvbuf, q, k, v, out, kvh, qh, d, q0, rows, scale, l
                      a=(q_t, qh * d, d, q0, rows))
     end = q0 + rows
     ntiles = -(-end // L.nmax)
-    width = [min(L.nmax, end - kt * L.nmax) for kt in (0, 1)]
-    if lead:
-        kvbuf.load(L, core, k, v, kvh, d, 0, width[0], barrier)
+    if lead:                                  # keys up to the batch's last query
+        kvbuf.load(L, core, k, v, kvh, d, 0, min(L.nmax, kv_end), barrier)
     m_cur, kt = 0, 0
     while kt < ntiles:
         if reps > 1 and kt == 3:
             yield "body"
         if lead and kt + 1 < ntiles:
-            kvbuf.load(L, core, k, v, kvh, d, kt + 1, min(L.nmax, end - (kt + 1) * L.nmax),
+            kvbuf.load(L, core, k, v, kvh, d, kt + 1, min(L.nmax, kv_end - (kt + 1) * L.nmax),
                        barrier)
         k0 = kt * L.nmax
         m_cur = yield from _key_tile(L, core, st, slot, q_load, kvbuf, kt, d, q0, rows, k0,

@@ -73,7 +73,7 @@ def linear_fm(L: Lowering, core: int, strips: list[Strip], K: int, tok0: int, nt
     (W^T tensor, first column, columns, output [P, columns], bias rows or -1) adds a
     token-major projection of the same activation block after the strips (`linear_tm`).
     """
-    kch = chunks(K, L.kmax)
+    kch = chunks(K, L.kmax if x_sbuf is None else L.pmax)   # SBUF input: 128-row chunks
     evicts = {s.evict for s in strips}
     per_tok = 4 * 2 + (0 if x_sbuf is not None else len(kch) * L.bpe)
     per_tok += (5 * 4 if "rope" in evicts else 0) + (3 * 4 if "silu" in evicts else 0)
@@ -340,7 +340,7 @@ def _evict(L, core, strip, nch, start, buf, state, g, mm_last, bias_dep, outs, t
         state["sg_r"][g - 1] = last
         result = (buf.y[s], 0, m, c0, w)
     state["psum"][g] = first
-    out_dtype_bytes = 4 if strip.evict in ("partial", "copy32") else L.bpe
+    out_dtype_bytes = {"partial": L.partial_bytes, "copy32": 4}.get(strip.evict, L.bpe)
     stores = L.dma(core, m * w * out_dtype_bytes, deps=[last],
                    d=(strip.out, strip.out_row0, m, start + c0, w), a=result)
     state["y"][g] = stores

@@ -76,6 +76,10 @@ class Lowering:
         self.dma_lat = costs.dma_latency_cycles(hw)
         self.pmax = hw.pe_rows                      # partitions per tile
         self.kmax = hw.k_max(dtype)                 # contraction rows per matmul (fp8: packed)
+        # row-parallel partial sums (o_proj, down) and their reduce-scatter: fp32 in fp32
+        # mode, else bf16 (as tensor-parallel stacks reduce in the activation dtype)
+        self.partial_dtype = "fp32" if dtype == "fp32" else "bf16"
+        self.partial_bytes = 4 if dtype == "fp32" else 2
         self.mmax = hw.pe_cols                      # stationary columns
         self.nmax = hw.moving_free_max              # moving columns per matmul
         self.consts: dict = {}

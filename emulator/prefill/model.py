@@ -224,7 +224,8 @@ class _PrefillLowering:
         """Row-parallel projection to hidden (o_proj / down_proj) + reduce-scatter."""
         op = self.b.begin_op(name, layer)
         s, P, H = self.spec, self.P, self.spec.hidden_size
-        partial = {sh.core: self.b.tensor(f"L{layer}.{name}.partial.c{sh.core}", H, P, "fp32",
+        pdtype = self.L.partial_dtype
+        partial = {sh.core: self.b.tensor(f"L{layer}.{name}.partial.c{sh.core}", H, P, pdtype,
                                           "hbm") for sh in self.cores}
         lasts = []
         bias_core = next(sh.core for sh in self.cores if K_of(sh)[0] > 0)
@@ -242,7 +243,8 @@ class _PrefillLowering:
             lasts.append(linear_fm(self.L, c, strips, K, 0, P, {pt: TileMap(H, P, self.L.mmax)},
                                    x=x, x_ready=ready, name=f"L{layer}.{name}"))
         first = partial[self.cores[0].core]
-        cc = self.L.collective(isa.C_REDUCE_SCATTER, H * P * 4, self.chips, lasts,
+        cc = self.L.collective(isa.C_REDUCE_SCATTER, H * P * self.L.partial_bytes, self.chips,
+                               lasts,
                                d=(delta, 0, H, 0, P), a=(first, 0, H, 0, P),
                                count=len(self.cores))
         inner = s.q_dim if name == "o_proj" else s.intermediate_size
