@@ -21,7 +21,7 @@ def test_bundled_presets():
     assert isinstance(trn2, PrefillConfig)
     assert trn2.cores_per_chip == trn3.cores_per_chip == 8
     assert (trn2.pe_rows, trn2.pe_cols, trn2.tensor_clock_hz) == (128, 128, 2.4e9)
-    assert trn2.sbuf_bytes == 24 * 2**20 and trn3.sbuf_bytes == 32 * 2**20
+    assert trn2.sbuf_bytes == 28 * 2**20 and trn3.sbuf_bytes == 32 * 2**20
     assert trn2.psum_bytes == trn3.psum_bytes == 2 * 2**20
     assert (trn2.vector_clock_hz, trn3.vector_clock_hz) == (0.96e9, 1.2e9)
     assert trn2.hbm_bytes == 96 * 2**30 and trn3.hbm_bytes == 144 * 2**30
