@@ -235,6 +235,7 @@ class Builder:
 
     def append_records(self, rec: np.ndarray) -> np.ndarray:
         """Append prebuilt INSTR_DTYPE records; return their indices."""
+        self.flush()                 # pending column batches never span a prebuilt chunk
         for engine in self.dep_overhead:
             mine = np.flatnonzero(rec["engine"] == engine)
             if len(mine):
@@ -283,13 +284,9 @@ class Builder:
         return out
 
     def _assemble_cols(self, lo: int, n: int) -> np.ndarray:
-        """Records [lo, lo + n) from the pending column batches (raw chunks in that range
-        are copied in too)."""
+        """Records [lo, lo + n) from the pending column batches (contiguous: prebuilt chunks
+        flush them first)."""
         out = np.zeros(n, INSTR_DTYPE)
-        for offset, rec in self.raw:
-            a, b = max(lo, offset), min(lo + n, offset + len(rec))
-            if a < b:
-                out[a - lo:b - lo] = rec[a - offset:b - offset]
         ns = np.asarray(self.col_n, np.int64)
         firsts = np.cumsum(ns) - ns
         pos = np.repeat(np.asarray(self.col_off, np.int64) - firsts, ns) + np.arange(ns.sum())

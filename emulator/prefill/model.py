@@ -411,7 +411,7 @@ def _timing_layers(low: _PrefillLowering, layers: int):
 def _append_copy(b: isa.Builder, records: np.ndarray, shift: int, ops: list, op_shift: int,
                  layer_shift: int) -> None:
     """Append a copy of `records` with dependencies and operator ids shifted."""
-    rec = records.copy()
+    rec = records                       # a copy already (Builder.records)
     rec["dep"] = np.where(rec["dep"] >= 0, rec["dep"] + shift, -1)
     rec["op_id"] += op_shift
     b.append_records(rec)
