@@ -104,6 +104,7 @@ def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
     skips all values. Both give the same cycles.
     """
     t0 = time.perf_counter()
+    spec.require_mapped("prefill")
     dtype = _check_dtype(dtype)
     if dtype == "fp8" and not timing_only:
         raise ConfigError("prefill: fp8 runs in timing-only mode (values are not rounded to "
