@@ -150,3 +150,23 @@ def test_layer_table_collapses_equal_layers():
             for k, c in enumerate([9, 7, 7, 7, 8])] + \
         [{"layer": -1, "cycles": 3, "roofline_cycles": 1, "dma_bytes": 1.0}]
     assert [label for label, _ in collapse_layers(rows)] == ["0", "1-3", "4", "lm_head"]
+
+
+def test_emu_run_prefill_chips_and_dtype(tmp_path):
+    """emu run --prefill-chips N reports prefill.chips; fp8 prefill in timing-only mode
+    carries one-byte KV to the decode side."""
+    path = tmp_path / "r.json"
+    runner = CliRunner()
+    out = runner.invoke(_main(), ["run", "--max-new-tokens", "2", "--timing-only",
+                                  "--prefill-chips", "2", "--report", str(path), "--quiet"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(path.read_text())
+    assert report["prefill"]["chips"] == 2 and report["prefill"]["dtype"] == "bf16"
+    out = runner.invoke(_main(), ["run", "--max-new-tokens", "2", "--timing-only",
+                                  "--prefill-dtype", "fp8", "--report", str(path), "--quiet"])
+    assert out.exit_code == 0, out.output
+    fp8 = json.loads(path.read_text())
+    assert fp8["prefill"]["dtype"] == "fp8" and fp8["prefill"]["chips"] == 1
+    assert 2 * fp8["kv_transfer"]["bytes_per_token"] == report["kv_transfer"]["bytes_per_token"]
+    out = runner.invoke(_main(), ["run", "--prefill-chips", "x", "--quiet"])
+    assert out.exit_code == 2 and "--prefill-chips" in out.output
