@@ -18,6 +18,7 @@ from compiler.frontend import resolve_model
 from compiler.numerics import canonical_dtype
 from compiler.weights import find_checkpoint, load_weights, random_weights
 from emulator.cli.common import load_sized_mesh, prepare_mesh_kernels
+from emulator.cli.prefill import parse_chips
 from emulator.hw.errors import ConfigError
 from emulator.hw.link import load_link
 from emulator.hw.prefill import load_prefill
@@ -43,7 +44,8 @@ def parse_prompt(tokens: str | None, length: int | None) -> tuple[np.ndarray | N
 
 
 def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens,
-                  prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine):
+                  prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine,
+                  prefill_chips=None, prefill_dtype=None):
     """Load and check every input; returns a RunRequest."""
     spec = resolve_model(config or DEFAULT_MODEL)
     mesh = load_sized_mesh(hw, mesh_size)
@@ -65,7 +67,8 @@ def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt
                       link=load_link(link), prompt=prompt, prompt_len=length,
                       max_new_tokens=max_new_tokens, dtype=dtype,
                       weights=values, timing_only=timing_only, overlap_kv=overlap_kv,
-                      engine=engine, seed=0 if seed is None else seed)
+                      engine=engine, seed=0 if seed is None else seed,
+                      prefill_chips=parse_chips(prefill_chips), prefill_dtype=prefill_dtype)
 
 
 def folder_weights(config: str | None) -> Path | None:
@@ -111,6 +114,11 @@ class DecodeProgress:
 @click.option("--prefill-hw", default="auto", show_default=True,
               help="Prefill chip preset name or JSON file; auto: trn2, or trn3 when the "
                    "model does not fit trn2's HBM.")
+@click.option("--prefill-chips", default=None, metavar="N",
+              help="Prefill chips (tensor parallel) [default: the fewest whose HBM holds the "
+                   "model, KV and activations].")
+@click.option("--prefill-dtype", default=None, type=click.Choice(["fp32", "fp16", "bf16", "fp8"]),
+              help="Prefill matmul dtype [default: --dtype]; fp8 needs --timing-only.")
 @click.option("--link", default="efa", show_default=True, help="Link preset name or JSON file.")
 @click.option("--weights", type=click.Path(),
               help="Weights: a .safetensors file, a sharded checkpoint's index.json, or a "
@@ -139,9 +147,9 @@ class DecodeProgress:
 @click.option("--plots", "plots_dir", metavar="DIR",
               help="Write PNG heatmaps and charts into this folder.")
 @click.option("--quiet", is_flag=True, help="Print no tables.")
-def run(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens, prompt_len,
-        max_new_tokens, dtype, timing_only, overlap_kv, engine, report_path, logits_path,
-        trace_path, plots_dir, quiet):
+def run(config, hw, mesh_size, prefill_hw, prefill_chips, prefill_dtype, link, weights, seed,
+        prompt_tokens, prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine,
+        report_path, logits_path, trace_path, plots_dir, quiet):
     """Prefill on the systolic chip, move the KV cache, decode on the wafer; report it."""
     if logits_path and timing_only:
         raise ConfigError("--logits needs values: drop --timing-only")
@@ -153,7 +161,8 @@ def run(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens, p
 
     plots = outputs.directory(plots_dir, "--plots", PLOT_NAMES)
     req = build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens,
-                        prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine)
+                        prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine,
+                        prefill_chips, prefill_dtype)
     console = Console(stderr=True)
     started = time.perf_counter()
     if engine == "numba":
