@@ -110,3 +110,24 @@ def test_sample_points_cover_the_range():
     pts = sample_points(16, 1000, 2 ** 0.5)
     assert pts[0] == 16 and pts[-1] == 1000 and pts == sorted(set(pts))
     assert all(b / a <= 1.45 for a, b in zip(pts, pts[1:], strict=False))
+
+
+def test_prefill_chips_reach_the_prefill_model(tiny):
+    spec, mesh, hw = tiny
+    if "chips" not in inspect.signature(run_prefill).parameters:
+        pytest.skip("the prefill model runs on one chip")
+    two = costs_mod._run_prefill(spec, hw, 64, "bf16", 2)
+    assert two.seconds == run_prefill(spec, hw, 64, None, "bf16", True, chips=2).seconds
+
+
+def test_a_changed_timing_model_is_a_new_cache_address(tiny, measured, monkeypatch):
+    spec, mesh, hw = tiny
+    _, cache = measured
+    monkeypatch.setattr(costs_mod, "emu_version", lambda: "0.0.0+changed")
+
+    def no_emulation(*args, **kwargs):
+        raise AssertionError("emulated")
+    monkeypatch.setattr(costs_mod, "_run_prefill", no_emulation)
+    with pytest.raises(AssertionError, match="emulated"):
+        measure_costs(spec, "tiny", mesh, hw, prompt_limit=128, context_limit=128,
+                      cache_dir=cache)

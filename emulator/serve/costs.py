@@ -200,12 +200,29 @@ class TrainiumDecodeCosts(Costs):
 # ------------------------------------------------------------------------- emulated costs
 
 
+# Packages whose source decides a measured cost: a change to any file in them is a new
+# cache address (over-invalidating, never stale).
+TIMING_SOURCES = ("compiler", "isa", "emulator/prefill", "emulator/mesh", "emulator/link",
+                  "emulator/hw")
+_VERSION = []
+
+
 def emu_version() -> str:
-    """The installed emu version (part of every cache key)."""
-    try:
-        return importlib.metadata.version("emu-wafer")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    """The installed emu version plus a digest of the timing models' source files (part of
+    every cache key, so that a changed timing model never reuses old measurements)."""
+    if not _VERSION:
+        try:
+            version = importlib.metadata.version("emu-wafer")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+        root = Path(__file__).resolve().parents[2]
+        digest = hashlib.sha256()
+        for folder in TIMING_SOURCES:
+            for path in sorted((root / folder).rglob("*.py")):
+                digest.update(str(path.relative_to(root)).encode())
+                digest.update(path.read_bytes())
+        _VERSION.append(f"{version}+{digest.hexdigest()[:12]}")
+    return _VERSION[0]
 
 
 def default_cache_dir() -> Path:
