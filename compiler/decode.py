@@ -21,9 +21,17 @@ import numpy as np
 from compiler import reference
 from compiler.emit import DecodeProgram, emit_decode
 from compiler.numerics import canonical_dtype, dtype_bytes, round_to, round_weights
-from compiler.place import Placement, place, read_c, write_c, write_matrix, write_r
+from compiler.place import Placement, pe_class, place, read_c, write_c, write_matrix, write_r
 from compiler.route import RoutePlan, route
-from compiler.tile import TilePlan, gu_row_order, qkv_row_order, rope_pair_order, tile
+from compiler.tile import (
+    TilePlan,
+    attn_col_order,
+    band_geometry,
+    gu_row_order,
+    qkv_row_order,
+    rope_pair_order,
+    tile,
+)
 from emulator.errors import ConfigError, FitError
 from emulator.hw.mesh import MeshConfig
 from isa.program import RunResult
@@ -53,18 +61,26 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
     not fit). Raises FitError when the model does not fit.
     """
     dtype = canonical_dtype(dtype)
-    routes = route(mesh.width, mesh.height, mesh)
-    layouts = ("groups", "even") if layout == "auto" else (layout,)
+    layouts = auto_layouts(spec, mesh) if layout == "auto" else (layout,)
     error = None
     for name in layouts:
         plan = tile(spec, mesh.width, mesh.height, name, head)
         try:
             placement = place(plan, mesh, dtype, max_context, hint=name == layouts[-1])
         except FitError as exc:
-            error = exc
+            error = exc if error is None or name == "spread" else error
             continue
+        routes = route(mesh.width, mesh.height, mesh, plan.bands)
         return Compiled(plan, placement, routes, emit_decode(plan, placement, routes))
     raise error
+
+
+def auto_layouts(spec, mesh: MeshConfig) -> tuple[str, ...]:
+    """Layouts `layout="auto"` tries in order: spread (KV and attention over the whole
+    mesh) when the mesh has a row per kv head, else groups, then even."""
+    if band_geometry(mesh.height, spec.num_kv_heads, spec.head_dim) is not None:
+        return ("spread",)
+    return ("groups", "even")
 
 
 def run_timing(compiled: Compiled, mesh: MeshConfig, pos: int, engine: str = "numba",
@@ -133,6 +149,10 @@ class MeshDecoder:
         T = cache.length
         if T > pl.max_context:
             raise ConfigError(f"KV cache of {T} positions exceeds max_context {pl.max_context}")
+        if self.plan.bands is not None:
+            self._load_kv_spread(round_to(cache.k, self.dtype), round_to(cache.v, self.dtype))
+            self.length = T
+            return T * spec.kv_bytes_per_token(dtype_bytes(self.dtype))
         pair = rope_pair_order(spec.head_dim)
         k = round_to(cache.k[..., pair], self.dtype)
         v = round_to(cache.v, self.dtype)
@@ -143,6 +163,27 @@ class MeshDecoder:
                     self._write_kv(j, pl.addr_at(f"L{layer}.{name}{a}", 0, j), values[layer, g])
         self.length = T
         return T * spec.kv_bytes_per_token(dtype_bytes(self.dtype))
+
+    def _load_kv_spread(self, k: np.ndarray, v: np.ndarray) -> None:
+        """Spread layout: keys [layers, kv, T, hd] (post-RoPE) and values into the band
+        rows, dim-major: dim d of the row at d * (slots + 1), position t in column
+        t mod pw, slot t div pw (docs/mapping.md, "Spread layout")."""
+        plan, pl, bands = self.plan, self.placement, self.plan.bands
+        pw, sp, half = plan.pw, pl.slots + 1, self.spec.head_dim // 2
+        T = k.shape[2]
+        for j in range(bands.rows):
+            g, r = bands.group(j), bands.local(j)
+            p = np.arange(bands.kp0[r], bands.kp0[r] + bands.kp[r])
+            kdims = np.stack([p, p + half], axis=1).reshape(-1)
+            vdims = np.arange(bands.v0[r], bands.v0[r] + bands.nv[r])
+            for i in range(min(pw, T)):
+                pe, t = j * pw + i, np.arange(i, T, pw)
+                slot = t // pw
+                for layer in range(self.spec.num_layers):
+                    for name, values, dims in (("k", k, kdims), ("v", v, vdims)):
+                        addr = pl.addr_at(f"L{layer}.{name}", i, j)
+                        for n, d in enumerate(dims):
+                            self.sram[pe, addr + n * sp + slot] = values[layer, g, t, d]
 
     def _group_row(self, g: int) -> tuple[int, int]:
         """(row, index within the row) of kv group g."""
@@ -166,11 +207,28 @@ class MeshDecoder:
         write_r(self.sram, plan, "hidden", emb, pl.addr("H"))
         cos, sin = reference.rope_tables(spec, np.array([pos]))
         half, reps = spec.head_dim // 2, spec.group_size + 1
+        if plan.bands is not None:
+            self._rope_rows(cos[0], sin[0])
+            return
         rows = np.flatnonzero(plan.vec("groups").sizes())
         for name, table in (("COS", cos), ("SIN", sin)):
             tiled = round_to(np.tile(table[0, :half], reps), self.dtype)
             for j in rows:
                 addr = pl.addr_at(name, 0, int(j))
+                self.sram[j * plan.pw, addr:addr + tiled.size] = tiled
+
+    def _rope_rows(self, cos: np.ndarray, sin: np.ndarray) -> None:
+        """Spread layout: each band row's cos/sin of its RoPE pairs, repeated for every
+        q head and k, into COS/SIN of its left PE."""
+        plan, bands, reps = self.plan, self.plan.bands, self.spec.group_size + 1
+        for j in range(bands.rows):
+            r = bands.local(j)
+            if not bands.kp[r]:
+                continue
+            p = slice(bands.kp0[r], bands.kp0[r] + bands.kp[r])
+            for name, table in (("COS", cos), ("SIN", sin)):
+                tiled = round_to(np.tile(table[p], reps), self.dtype)
+                addr = self.placement.addr_at(name, 0, j)
                 self.sram[j * plan.pw, addr:addr + tiled.size] = tiled
 
     # --- steps --------------------------------------------------------------------------
@@ -225,32 +283,45 @@ def weight_image(plan: TilePlan, placement: Placement, weights: dict) -> np.ndar
     """float32 [W*H, sram_words]: zeros plus every weight tile at its placed address."""
     spec = plan.spec
     sram = np.zeros((plan.pw * plan.ph, placement.total_words), np.float32)
-    qkv_order, gu_order = qkv_row_order(spec), gu_row_order(plan)
+    qkv_order, gu_order = qkv_row_order(spec, plan), gu_row_order(plan)
+    o_order = attn_col_order(plan)
     for layer in range(spec.num_layers):
         p, w = f"L{layer}.", _layer_tensors(weights, layer)
         write_matrix(sram, plan, "qkv", np.concatenate(w["qkv"])[qkv_order],
-                     placement.addr(p + "qkv"))
-        write_matrix(sram, plan, "o", w["o"], placement.addr(p + "o"))
+                     _addr_of(placement, p + "qkv"))
+        write_matrix(sram, plan, "o", w["o"][:, o_order], _addr_of(placement, p + "o"))
         write_matrix(sram, plan, "gu", np.concatenate(w["gu"])[gu_order],
-                     placement.addr(p + "gu"))
-        write_matrix(sram, plan, "down", w["down"], placement.addr(p + "down"))
+                     _addr_of(placement, p + "gu"))
+        write_matrix(sram, plan, "down", w["down"], _addr_of(placement, p + "down"))
         write_r(sram, plan, "hidden", w["norm_in"], placement.addr(p + "norm_in"))
         write_r(sram, plan, "hidden", w["norm_post"], placement.addr(p + "norm_post"))
         if spec.attention_bias:
             write_c(sram, plan, "qkv", np.concatenate(w["qkv_bias"])[qkv_order],
-                    placement.addr(p + "qkv_bias"))
+                    _addr_of(placement, p + "qkv_bias"))
         if spec.o_proj_bias:
             write_r(sram, plan, "hidden", w["o_bias"], placement.addr(p + "o_bias"))
         if spec.mlp_bias:
             write_c(sram, plan, "gu", np.concatenate(w["gu_bias"])[gu_order],
-                    placement.addr(p + "gu_bias"))
+                    _addr_of(placement, p + "gu_bias"))
             write_r(sram, plan, "hidden", w["down_bias"], placement.addr(p + "down_bias"))
     if plan.head:
         write_matrix(sram, plan, "lm_head", reference.lm_head_weight(spec, weights),
-                     placement.addr("lm_head"))
+                     _addr_of(placement, "lm_head"))
         write_r(sram, plan, "hidden", weights["model.norm.weight"],
                 placement.addr("norm_final"))
     return sram
+
+
+def _addr_of(placement: Placement, name: str) -> np.ndarray:
+    """int64 [ph]: address of weight buffer `name` on each row (left and other PEs of a
+    row share it; -1 where the row's class has no such buffer)."""
+    plan = placement.plan
+    out = np.full(plan.ph, -1, np.int64)
+    for j in range(plan.ph):
+        buffers = placement.maps[pe_class(plan, 0, j)]
+        if name in buffers:
+            out[j] = buffers[name].addr
+    return out
 
 
 def _layer_tensors(weights: dict, layer: int) -> dict:
