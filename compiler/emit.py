@@ -516,7 +516,7 @@ def spread_attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> No
        merge along the row with the online-softmax rule to (0, j), which divides by the
        sum: the row's chunk of the attention output, in XB for o_proj.
     """
-    plan, spec, fab, a = ctx.plan, ctx.plan.spec, ctx.fab, ctx.addr
+    spec, fab, a = ctx.plan.spec, ctx.fab, ctx.addr
     gs, k2, nv, sp = spec.group_size, role.k2, role.nv, ctx.placement.slots + 1
     q, pm = a("QKV"), a("PM")
     kt, vt = a(f"L{layer}.k"), a(f"L{layer}.v")
@@ -527,12 +527,12 @@ def spread_attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> No
     if nv:
         b.vec(Op.VMOV, Desc(Reg(NEW_SLOT_REG, vt), sp), q + (gs + 1) * k2, n=nv)
     if role.band in (0, 1):
-        b.note("partial scores over the row's key dims")
+        b.note("attention: partial scores over the row's key dims")
         for h in range(gs):
             gemv_columns(b, kt, sp, q + h * k2, Param(f"sc{h}"), Param("nact"), k2)
         tree_sum(b, role.ktree, fab.col, pm + gs, Param("sc_len"))
     if role.band == 0:
-        b.note("band top: scale, mask empty slots, local max, exp")
+        b.note("attention: band top scales, masks empty slots, local max, exp")
         b.vec(Op.VSCALE, pm + gs, pm + gs, n=Param("sc_len"),
               imm=float(np.float32(spec.head_dim ** -0.5)))
         for h in range(gs):
@@ -558,7 +558,7 @@ def merge_values(b: CodeBuilder, ctx: Context, role: Role, vt: int, sp: int) -> 
     gs, nv, fab, a = ctx.plan.spec.group_size, role.nv, ctx.fab, ctx.addr
     pm, mo, mt, nm, aa = a("PM"), a("MO"), a("MT"), a("NM"), a("AA")
     lo, oo, n = mo + gs, mo + 2 * gs, gs * (2 + nv)
-    b.note("local softmax state: max, sum and weighted values of the column's slots")
+    b.note("attention: local softmax state of the column's slots")
     b.vec(Op.VMOV, mo, pm, n=gs)
     for h in range(gs):
         b.reduce(Op.RSUM, lo + h, Param(f"sc{h}"), n=Param("nact"))
@@ -608,16 +608,18 @@ def decoder_layer(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
         b.vec(Op.VADD, qkv_out, qkv_out, ctx.waddr(p + "qkv_bias"), Param("m_qkv"))
     if even:
         relayout(b, ctx, role, "qkv", a("ACC"), a("QKV"))
-    b.mark(p + "attn")
+    b.mark(p + "rope")
     if spread:
         if role.left and role.k2:
             rope_rows(b, ctx, role)
+        b.mark(p + "attn")
         if role.band >= 0:
             spread_attention(b, ctx, role, layer)
     else:
         if role.left:
             for g in range(role.groups):
                 rope(b, ctx, g)
+        b.mark(p + "attn")
         if role.groups:
             attention(b, ctx, role, layer)
     if even:
@@ -980,7 +982,7 @@ def _varying_axes(values) -> np.ndarray:
     return values
 
 
-LAYER_OPS = ("norm_in", "qkv", "attn", "o_proj", "norm_post", "mlp_up", "mlp_down")
+LAYER_OPS = ("norm_in", "qkv", "rope", "attn", "o_proj", "norm_post", "mlp_up", "mlp_down")
 
 
 def decode_mark_names(plan: TilePlan) -> list[str]:

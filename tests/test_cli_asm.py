@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from emulator import cli_asm
+from emulator.cli import asm as cli_asm
 from emulator.cli import main
 from isa.asm import assemble, assemble_file
 

@@ -9,22 +9,16 @@ import numpy as np
 import pytest
 
 from compiler import reference
-from compiler.decode import MeshDecoder
 from compiler.frontend import resolve_model
 from compiler.place import place
-from compiler.system import (
-    SystemDecoder,
-    compile_system,
-    handoff_seconds,
-    layer_ranges,
-    run_system_timing,
-    wafers_needed,
-)
+from compiler.system import compile_system, handoff_seconds, layer_ranges, wafers_needed
 from compiler.tile import tile
 from compiler.weights import random_weights
-from emulator.errors import FitError
+from emulator.hw.errors import FitError
 from emulator.hw.mesh import load_mesh
-from emulator.parallel import Forked, fork_map, shared_empty, usable_jobs
+from emulator.mesh.parallel import Forked, fork_map, shared_empty, usable_jobs
+from emulator.mesh.runtime import MeshDecoder
+from emulator.mesh.system import SystemDecoder, run_system_timing
 
 
 def test_wafer_count_is_the_smallest_sram_that_holds_weights_and_kv():
@@ -91,7 +85,7 @@ def test_fit_error_names_bytes_class_and_square():
     spec = resolve_model("programs/models/llama-3.1-8b.json")
     wse3 = load_mesh("wse3")
     with pytest.raises(FitError, match=r"needs \d+ bytes of SRAM per PE \(.*PEs.*weight \d+.*\)"
-                                       r", a PE has 49152 bytes; smallest square mesh"):
+                                       r", a PE has 49152 bytes; .*smallest square mesh"):
         place(tile(spec, 300, 300, "even"), wse3.with_mesh(300, 300), "bf16", 16)
 
 
