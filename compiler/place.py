@@ -392,6 +392,7 @@ def _fit_message(placement: Placement, mesh: MeshConfig, hint: bool = True) -> s
     for buf in placement.maps[key].values():
         by_kind[buf.kind] = by_kind.get(buf.kind, 0) + buf.words * nbytes
     parts = ", ".join(f"{kind} {b}" for kind, b in by_kind.items())
+    hint = hint and plan.layout != "spread"   # spread: the context that fits is the hint
     side = smallest_square(plan.spec, mesh, placement.dtype, placement.max_context,
                            plan.layout) if hint else None
     hint = "" if not hint else (f"smallest square mesh that fits: {side}x{side}" if side else

@@ -49,9 +49,9 @@ def decode_cases(draw, dense: bool):
                      attention_bias=draw(st.booleans()) if llama else None,
                      mlp_bias=draw(st.booleans()) if llama else None)
     mesh = load_mesh("small").with_mesh(*shape)
+    layouts = ["groups", "even"] + (["spread"] if shape[1] >= kv else [])
     compiled = compile_decode(spec, mesh, draw(st.sampled_from(["fp32", "bf16"])), 16,
-                              draw(st.sampled_from(["groups", "even"])),
-                              head=draw(st.booleans()))
+                              draw(st.sampled_from(layouts)), head=draw(st.booleans()))
     return compiled, mesh, draw(st.integers(0, 15))
 
 

@@ -97,7 +97,8 @@ def test_majority_blocks_picks_the_most_frequent_role():
 
 def test_layer_view_zoomed_region():
     m = tiny_map()
-    result = emu("map", "tiny", "--layout", "groups", "--mesh", "8x8", "--layer", "1", "--region", "1,0,2,2")
+    result = emu("map", "tiny", "--layout", "groups", "--mesh", "8x8", "--layer", "1",
+                 "--region", "1,0,2,2")
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "region x 1-2, y 0-2, layer 1" in out
@@ -161,7 +162,7 @@ def test_png_layer_view(tmp_path):
 ])
 def test_bad_options_exit_2(tmp_path, args, fragment):
     path = tmp_path / "map.png"
-    result = emu("map", "tiny", "--layout", "groups", "--mesh", "8x8", *args, "--png", path) if "--mesh" not in \
+    result = emu("map", "tiny", "--mesh", "8x8", *args, "--png", path) if "--mesh" not in \
         args else emu("map", "tiny", *args)
     assert result.exit_code == 2, result.output
     assert fragment in result.stderr
