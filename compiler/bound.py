@@ -29,8 +29,14 @@ def critical_path_bound(compiled, mesh, pos: int) -> dict:
     w = mesh.simd_width(compiled.placement.dtype)
     msg = o + 2 * r
 
+    t = mesh.transcendental_cycles
+
     def vec(n: int) -> int:
         return o + -(-n // w)
+
+    def trans(n: int) -> int:
+        """A transcendental (vexp, vrsqrt, vrecip, vsigmoid) over n elements."""
+        return o + n * t if t else vec(n)
 
     def gemv(m: int, k: int) -> int:
         """vmul of column 0 and one vgemv of the other k - 1 columns."""
@@ -40,7 +46,8 @@ def critical_path_bound(compiled, mesh, pos: int) -> dict:
         return hops * h + messages * msg + compute
 
     khid = plan.vec("hidden").max_size
-    norm = stage(2 * (pw - 1), tree_steps(pw) + 1, vec(khid) + 3 * (o + 1) + 2 * vec(khid))
+    norm = stage(2 * (pw - 1), tree_steps(pw) + 1,
+                 vec(khid) + 2 * (o + 1) + trans(1) + 2 * vec(khid))
 
     def gemv_a(out: str) -> int:
         return stage((ph - 1) + (pw - 1), 1 + tree_steps(pw),
@@ -51,16 +58,17 @@ def critical_path_bound(compiled, mesh, pos: int) -> dict:
                      gemv(plan.vec("hidden").max_size, plan.vec(inp).max_size) + vec(khid))
 
     layer = {"norm": 2 * norm, "qkv": gemv_a("qkv"), "o_proj": gemv_b("attn")}
-    layer["mlp"] = (gemv_a("gu") + 3 * vec(plan.vec("ffn").max_size) + gemv_b("ffn"))
+    ffn = plan.vec("ffn").max_size
+    layer["mlp"] = gemv_a("gu") + trans(ffn) + 2 * vec(ffn) + gemv_b("ffn")
     layer["rope"], layer["attention"] = attention_bound(plan, compiled.placement, pos, o, h,
-                                                        msg, vec, gemv)
+                                                        msg, vec, gemv, trans)
     out = {name: cycles * spec.num_layers for name, cycles in layer.items()}
     out["head"] = (norm + gemv_a("vocab")) if plan.head else 0
     out["total"] = sum(out.values())
     return out
 
 
-def attention_bound(plan, placement, pos: int, o: int, h: int, msg: int, vec, gemv
+def attention_bound(plan, placement, pos: int, o: int, h: int, msg: int, vec, gemv, trans
                     ) -> tuple[int, int]:
     """(RoPE, attention) cycles of the critical path of one layer's attention."""
     spec, pw = plan.spec, plan.pw
@@ -70,7 +78,7 @@ def attention_bound(plan, placement, pos: int, o: int, h: int, msg: int, vec, ge
         slots, heads = placement.slots, plan.max_heads
         n2 = (gs + 1) * hd // 2
         rope = 6 * vec(n2) * plan.vec("groups").max_size
-        compute = heads * (slots * vec(hd) + 2 * vec(slots) + vec(slots) * 3 + slots * vec(hd))
+        compute = heads * (2 * slots * vec(hd) + 4 * vec(slots) + trans(slots))
         attention = ((pw - 1) * 3 * h + (2 * tree_steps(pw) + 2) * msg + compute)
         return rope, attention
     nact = pos // pw + 1
@@ -78,10 +86,10 @@ def attention_bound(plan, placement, pos: int, o: int, h: int, msg: int, vec, ge
     nv = int(bands.nv.max())
     rope = 6 * vec((gs + 1) * k2 // 2)
     last = band_last_rows(bands)
-    scores = gs * gemv(nact, k2) + 2 * vec(gs * nact) + gs * (3 * vec(nact) + o)
+    scores = gs * gemv(nact, k2) + vec(gs * nact) + trans(gs * nact) + gs * (2 * vec(nact) + o)
     local = vec(gs) + gs * vec(nact) + gs * nv * vec(nact)
-    merge = tree_steps(pw) * (5 * vec(gs) + vec(2 * gs) + 2 * gs * vec(nv) + vec(gs))
-    normalize = vec(gs) + gs * vec(nv)
+    merge = tree_steps(pw) * (5 * vec(gs) + trans(2 * gs) + 2 * gs * vec(nv) + vec(gs))
+    normalize = trans(gs) + gs * vec(nv)
     hops = (pw - 1) + (bands.krows - 1) + last + (pw - 1)
     messages = 1 + tree_steps(bands.krows) + (1 if last else 0) + tree_steps(pw)
     attention = hops * h + messages * msg + scores + local + merge + normalize

@@ -212,7 +212,12 @@ class ReferenceMachine:
         if self.clock[pe] > self.max_cycles:
             self.fault(pe, f"cycle limit {self.max_cycles} exceeded")
 
-    def vector_cost(self, n: int) -> int:
+    def vector_cost(self, n: int, op: Op | None = None) -> int:
+        """o + ceil(n / w); a transcendental costs o + n * T when the preset's
+        `transcendental_cycles` T > 0 (docs/timing.md)."""
+        t = self.mesh.transcendental_cycles
+        if t and op in (Op.VEXP, Op.VRSQRT, Op.VRECIP, Op.VSIGMOID):
+            return self.mesh.issue_overhead + n * t
         return self.mesh.issue_overhead + -(-n // self.width)
 
     def record(self, pe: int, start: int, pc: int, text: str, detail: str = ""):
@@ -322,7 +327,7 @@ class ReferenceMachine:
         src1 = self.descriptor(pe, ins, SLOT_SRC1, SLOT_SRC1_STRIDE, n)
         if self.functional and n:
             self.compute(pe, ins, op, dst, src0, src1)
-        self.advance(pe, self.vector_cost(n))
+        self.advance(pe, self.vector_cost(n, op))
         self.pc[pe] += 1
         return f"{op.name.lower()} [{dst[0] if n else '-'}] n={n}", ""
 

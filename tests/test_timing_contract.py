@@ -236,6 +236,32 @@ def test_local_vector_op(engine, mesh, dtype, n):
     assert result.instructions == 4
 
 
+@pytest.mark.parametrize("transcendental", [0, 7])
+@pytest.mark.parametrize("n", [0, 1, 9])
+def test_transcendental_cost(engine, mesh, transcendental, n):
+    """vexp/vrsqrt/vrecip/vsigmoid cost o + n * T with T = transcendental_cycles > 0
+    (docs/timing.md), like any vector op when T = 0; the count may be a parameter
+    (the kernel's dynamic-count path) or an immediate."""
+    mesh = replace(mesh, transcendental_cycles=transcendental)
+    text = f""".mesh 1x1
+.dtype bf16
+.sram 512
+.params 1
+.region a 0,0 0,0
+.param p0 = {n}
+    vexp [0], [128], {n}
+    vrsqrt [0], [128], %p0
+    vrecip [0], [128], {n}
+    vsigmoid [0], [128], %p0
+    vmul [0], [128], [256], {n}
+    halt
+"""
+    result, _ = run(engine, text, mesh)
+    o, w = mesh.issue_overhead, mesh.simd_width("bf16")
+    slow = o + n * transcendental if transcendental else o + -(-n // w)
+    assert result.cycles == 4 * slow + o + -(-n // w)
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("m, k", [(0, 5), (5, 0), (1, 1), (7, 3), (8, 4), (9, 2), (33, 6)])
 @pytest.mark.parametrize("functional", [True, False])

@@ -32,6 +32,8 @@ class MeshConfig:
     wafer_link_bytes_per_s: float = positive(default=1.0e12)  # wafer-to-wafer bandwidth
     wafer_link_latency_s: float = nonnegative(default=1.0e-6)  # wafer-to-wafer latency
     sram_bytes_per_cycle: float = nonnegative(default=0.0)  # SRAM bandwidth per PE (0: ample)
+    transcendental_cycles: int = nonnegative(default=0)  # per element of vexp/vrsqrt/vrecip/
+                                                         # vsigmoid (0: like any vector op)
 
     def simd_width(self, dtype: str) -> int:
         """Elements per cycle of a vector op in `dtype` (a name or a DType): the preset's

@@ -63,7 +63,8 @@ EXP_LIMIT = 709.782712893384   # log(DBL_MAX): above it math.exp overflows to in
 CFG_WIDTH, CFG_HEIGHT, CFG_COLORS, CFG_SRAM, CFG_O, CFG_H, CFG_R, CFG_W = range(8)
 CFG_B, CFG_MAX_CYCLES, CFG_FUNCTIONAL, CFG_LIVE, CFG_SHIFT, CFG_SLOTS = 8, 9, 10, 11, 12, 13
 CFG_STOP_MARK = 14   # a PE about to execute `mark` with this id parks (-1: never)
-CFG_SIZE = 15
+CFG_T = 15           # cycles per element of vexp/vrsqrt/vrecip/vsigmoid (0: like any op)
+CFG_SIZE = 16
 # Color slots: only colors a router can ever carry get FIFO and router-table entries.
 # cfg[CFG_SIZE + color] = its slot (-1: never routed), cfg[CFG_SIZE + colors + slot] = color.
 
@@ -753,8 +754,7 @@ def exec_vector(opc, k, modes, args, imm, static_cost, params, pes, pe, t, cfg, 
             if functional and immediate_values(opc, k, n, args, imm, sram[pe], scratch,
                                                stats) != 0:
                 return NEED_SCRATCH
-            w = cfg[CFG_W]
-            return cfg[CFG_O] + (n if w == 1 else (n + w - 1) // w)
+            return vector_cycles(opc, n, cfg)
         # else: decoded and checked below (faults)
     d0, s0, s1, n, ds, ss0, ss1, _ = slot_values(modes, args, k, params, pes, pe)
     if n < 0:
@@ -770,6 +770,15 @@ def exec_vector(opc, k, modes, args, imm, static_cost, params, pes, pe, t, cfg, 
             stats[ST_NEED] = n
             return NEED_SCRATCH
         vector_values(opc, sram[pe], d0, ds, s0, ss0, s1, ss1, n, imm[k], scratch)
+    return vector_cycles(opc, n, cfg)
+
+
+@njit(nrt=False, inline="always")
+def vector_cycles(opc, n, cfg):
+    """Cycles of a vector op or reduction over n elements (docs/timing.md): o + ceil(n/w),
+    or o + n * T for a transcendental (vexp, vrsqrt, vrecip, vsigmoid) when T > 0."""
+    if cfg[CFG_T] > 0 and opc >= VEXP and opc <= VSIGMOID:
+        return cfg[CFG_O] + n * cfg[CFG_T]
     w = cfg[CFG_W]
     return cfg[CFG_O] + (n if w == 1 else (n + w - 1) // w)
 
