@@ -5,7 +5,8 @@ step: every stage needs the previous stage's result at the far end of the mesh, 
 step takes at least the sum over stages of
 
 - **fabric distance**: the hops the stage's data must travel (a row reduction gathers
-  from column pw - 1, a column multicast reaches row ph - 1): `hops * h`;
+  from column pw - 1, a column multicast reaches the last row holding the GEMV's
+  outputs, a column tree starts at the last row holding its inputs): `hops * h`;
 - **message depth**: every level of a reduction tree and every multicast is one message,
   which costs at least its issue and two ramps, `o + 2r`, on the chain;
 - **per-PE compute**: the vector and GEMV instructions of the busiest PE of the stage
@@ -16,6 +17,8 @@ is never below the bound; the gap says how much those cost. The stages are those
 docs/mapping.md (RMSNorm, q/k/v, RoPE, attention, o_proj, RMSNorm, gate/up, SwiGLU,
 down per layer, then the final norm and LM head). Units: cycles of the mesh clock.
 """
+
+import numpy as np
 
 from compiler.route import band_last_rows, tree_steps
 
@@ -49,12 +52,20 @@ def critical_path_bound(compiled, mesh, pos: int) -> dict:
     norm = stage(2 * (pw - 1), tree_steps(pw) + 1,
                  vec(khid) + 2 * (o + 1) + trans(1) + 2 * vec(khid))
 
+    def last_row(vector: str) -> int:
+        """The last row holding a chunk of `vector` (the chain reaches no further)."""
+        rows = np.flatnonzero(plan.vec(vector).sizes())
+        return int(rows[-1]) if len(rows) else 0
+
     def gemv_a(out: str) -> int:
-        return stage((ph - 1) + (pw - 1), 1 + tree_steps(pw),
+        """x down the columns to the last row with outputs, then its row tree."""
+        return stage(last_row(out) + (pw - 1), 1 + tree_steps(pw),
                      gemv(plan.vec(out).max_size, khid))
 
     def gemv_b(inp: str) -> int:
-        return stage((pw - 1) + (ph - 1), 1 + tree_steps(ph),
+        """x along the rows, then the column trees from the last row with inputs."""
+        last = last_row(inp)
+        return stage((pw - 1) + last, 1 + tree_steps(last + 1),
                      gemv(plan.vec("hidden").max_size, plan.vec(inp).max_size) + vec(khid))
 
     layer = {"norm": 2 * norm, "qkv": gemv_a("qkv"), "o_proj": gemv_b("attn")}
