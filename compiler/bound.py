@@ -27,7 +27,7 @@ def critical_path_bound(compiled, mesh, pos: int) -> dict:
     """{stage: cycles} of one decode step at position `pos` and their sum under `total`
     (per-layer stages summed over the layers)."""
     plan = compiled.plan
-    spec, pw, ph = plan.spec, plan.pw, plan.ph
+    spec, pw = plan.spec, plan.pw
     o, h, r = mesh.issue_overhead, mesh.hop_latency, mesh.ramp_latency
     w = mesh.simd_width(compiled.placement.dtype)
     msg = o + 2 * r

@@ -59,6 +59,7 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
     relayout on the left column) or "auto" (`auto_layouts`). Raises FitError when the
     model does not fit.
     """
+    spec.require_mapped("decode on the mesh")
     dtype = canonical_dtype(dtype)
     layouts = auto_layouts(spec, mesh) if layout == "auto" else (layout,)
     error = None

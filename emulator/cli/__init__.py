@@ -40,6 +40,7 @@ COMMAND_MODULES: list[str] = [
     "emulator.cli.map",
     "emulator.cli.step",
     "emulator.cli.bench",
+    "emulator.cli.presets",
 ]
 
 

@@ -16,14 +16,14 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from emulator.cli.common import parse_mesh_size
+from emulator.cli.common import parse_mesh_size, prepare_mesh_kernels
 from emulator.files import atomic_write_text
 from emulator.hw.mesh import MeshConfig, load_mesh
+from emulator.views.tables import output_console, print_tables
 from isa.asm import assemble_file
 from isa.disasm import disassemble
 from isa.program import Program, RunResult
 
-DETAIL_LIMIT = 64          # meshes up to this many PEs get one table row per PE
 TOP = 10
 DIRECTION_NAMES = ("N", "E", "S", "W")
 
@@ -119,8 +119,10 @@ def busiest_links(program: Program, result: RunResult, limit: int = TOP) -> list
 
 
 # --- tables --------------------------------------------------------------------------------
-def print_report(console: Console, program: Program, result: RunResult, report: dict):
-    """Rich tables: run summary, PEs (all or top 10), links (all used or top 10)."""
+def print_report(console: Console, program: Program, result: RunResult, report: dict,
+                 all_pes: bool = False, all_links: bool = False):
+    """Rich tables: run summary, then the top 10 busiest PEs and links (every PE with code
+    and every used link with `all_pes` / `all_links`)."""
     console.print(f"{report['file']} on {report['hw']} {report['mesh'][0]}x"
                   f"{report['mesh'][1]} ({report['engine']} engine, {report['mode']})")
     head = Table()
@@ -131,16 +133,17 @@ def print_report(console: Console, program: Program, result: RunResult, report: 
                 "link_busy_total", "link_busy_max", "links_used"):
         value = report[key]
         head.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    console.print(head)
-    detailed = program.num_pes <= DETAIL_LIMIT
     pes = ([pe_row(program, result, pe) for pe in range(program.num_pes)
-            if program.pe_region[pe] >= 0] if detailed else report["busiest_pes"])
-    console.print(rows_table("PEs" if detailed else f"top {TOP} busiest PEs", pes,
-                             ("x", "y", "region", "busy", "idle", "finish")))
-    links = (busiest_links(program, result, limit=4 * program.num_pes) if detailed
+            if program.pe_region[pe] >= 0] if all_pes else report["busiest_pes"])
+    pe_title = ("PEs" if all_pes else
+                f"the {len(pes)} busiest PEs of {report['active_pes']:,} (--pes: all)")
+    links = (busiest_links(program, result, limit=4 * program.num_pes) if all_links
              else report["busiest_links"])
-    title = "links used" if detailed else f"top {TOP} busiest links"
-    console.print(rows_table(title, links, ("x", "y", "dir", "busy", "utilization")))
+    link_title = ("links used" if all_links else f"the {len(links)} busiest links of "
+                  f"{report['links_used']:,} used (--links: all)")
+    print_tables(console, head,
+                 rows_table(pe_title, pes, ("x", "y", "region", "busy", "idle", "finish")),
+                 rows_table(link_title, links, ("x", "y", "dir", "busy", "utilization")))
 
 
 def rows_table(title: str, rows: list[dict], columns) -> Table:
@@ -164,19 +167,27 @@ def asm():
 @mesh_option
 @hw_option
 @click.option("--engine", type=click.Choice(["numba", "reference"]), default="numba",
-              show_default=True)
+              show_default=True, help="Mesh engine: Numba, or the reference interpreter.")
 @click.option("--timing-only", is_flag=True, help="Count cycles without computing values.")
-@click.option("--max-cycles", type=click.IntRange(min=1), default=10**9, show_default=True)
+@click.option("--max-cycles", type=click.IntRange(min=1), default=10**9, show_default=True,
+              help="Stop with an error after this many cycles (mesh clock).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def asm_run(file, mesh_text, hw, engine, timing_only, max_cycles, as_json):
-    """Run FILE and report cycles, PE busy/idle cycles and link utilisation."""
+@click.option("--pes", "all_pes", is_flag=True,
+              help="List every PE with code (default: the 10 busiest).")
+@click.option("--links", "all_links", is_flag=True,
+              help="List every used link (default: the 10 busiest).")
+def asm_run(file, mesh_text, hw, engine, timing_only, max_cycles, as_json, all_pes, all_links):
+    """Run FILE and report cycles, PE busy/idle cycles and link utilisation (busy and idle
+    in cycles of the preset's clock; utilisation = busy / total cycles)."""
     program, mesh = load_program(file, mesh_text, hw)
+    if engine == "numba":
+        prepare_mesh_kernels(Console(stderr=True))
     result = run_program(program, mesh, engine, not timing_only, max_cycles)
     report = summary(program, mesh, result, engine, not timing_only)
     if as_json:
         click.echo(json.dumps(report))
     else:
-        print_report(Console(), program, result, report)
+        print_report(output_console(), program, result, report, all_pes, all_links)
 
 
 @asm.command("disasm")

@@ -1,9 +1,13 @@
-"""Option parsing shared by the `emu` subcommands (one definition of each user-facing rule)."""
+"""Option parsing and start-up steps shared by the `emu` subcommands (one definition of
+each user-facing rule)."""
 
 import re
+import time
 
 from emulator.hw.errors import ConfigError
 from emulator.hw.mesh import MeshConfig, load_mesh
+
+COMPILE_NOTE_SECONDS = 5.0   # a warm-up longer than this was a compile: say so
 
 
 def parse_dims(text: str | None, option: str, form: str, example: str):
@@ -28,3 +32,26 @@ def load_sized_mesh(hw: str, mesh_text: str | None) -> MeshConfig:
     mesh = load_mesh(hw)
     size = parse_mesh_size(mesh_text)
     return mesh.with_mesh(*size) if size else mesh
+
+
+def prepare_mesh_kernels(console) -> None:
+    """Compile (first run on a machine) or load the mesh engine's Numba kernels before the
+    work starts, with a spinner and the elapsed time on a terminal, and one line afterwards
+    when it took long enough to be a compile (emulator/mesh/engine.py `warm_up`)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from emulator.mesh.engine import warm_up
+
+    started = time.perf_counter()
+    if console.is_terminal:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:
+            bar.add_task("preparing the mesh kernels (compiled on the first run only, "
+                         "about a minute; later runs load them from the cache)")
+            warmed = warm_up()
+    else:
+        warmed = warm_up()
+    elapsed = time.perf_counter() - started
+    if warmed and elapsed > COMPILE_NOTE_SECONDS:
+        console.print(f"emu: compiled the mesh kernels in {elapsed:.1f} s (first run only; "
+                      f"cached in emulator/mesh/__pycache__)", highlight=False)

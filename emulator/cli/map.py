@@ -13,9 +13,7 @@ reference engine (emulator/inspect/explain.py). Both default to the `small` pres
 Bad options are one line on stderr and exit status 2, naming the valid range.
 """
 
-import os
 import re
-import sys
 
 import click
 from rich.console import Console
@@ -25,8 +23,8 @@ from compiler.frontend import resolve_model
 from emulator.cli.common import load_sized_mesh
 from emulator.hw.errors import ConfigError
 from emulator.hw.mesh import MeshConfig
+from emulator.views.tables import fit, output_console
 
-WIDE = 140              # console width when stdout is not a terminal (pipes, docs, tests)
 TIMELINE_PES = 4096     # explain replays the whole mesh on the reference engine up to this
 PE_TABLE_LIMIT = 64     # `emu map --layer` lists every PE of views up to this many PEs
 DEFAULT_HW = "small"
@@ -54,14 +52,6 @@ def parse_region(text: str | None) -> tuple[int, int, int, int] | None:
     return x0, y0, x1, y1
 
 
-def make_console() -> Console:
-    """A rich console: the terminal's width (or $COLUMNS), else `WIDE` columns when output
-    is piped."""
-    if sys.stdout.isatty() or "COLUMNS" in os.environ:
-        return Console()
-    return Console(width=WIDE)
-
-
 def model_options(command):
     """The options every model command shares (applied bottom-up)."""
     options = [
@@ -69,12 +59,14 @@ def model_options(command):
                      help="Mesh preset (small, wse2, wse3) or JSON file."),
         click.option("--mesh", "mesh_text", metavar="WxH", help="Override the mesh size."),
         click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
-                     show_default=True),
+                     show_default=True,
+                     help="Storage format of weights, KV cache and activations."),
         click.option("--layout", type=click.Choice(["auto", "spread", "groups", "even"]),
                      default="auto", show_default=True,
                      help="Chunking of the q/k/v rows over the mesh rows."),
         click.option("--max-context", type=click.IntRange(min=1), default=None,
-                     help="KV positions held [default: min(max_position_embeddings, 256)]."),
+                     help="KV positions (tokens) held "
+                          "[default: min(max_position_embeddings, 256)]."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -103,7 +95,7 @@ def map_command(config, hw, mesh_text, dtype, layout, max_context, layer, region
     m = mapview.build_map(spec, mesh, dtype, layout, max_context, name)
     region = mapview.check_region(m, parse_region(region_text))
     mapview.check_layer(m, layer)
-    console = make_console()
+    console = output_console()
     for item in mapview.terminal_map(m, region, layer, max_cols):
         console.print(item, overflow="ignore", crop=False, soft_wrap=True)
     if layer is not None:
@@ -149,7 +141,7 @@ def explain_command(config, pe_text, hw, mesh_text, dtype, layout, max_context, 
     program = dp.for_position(position)
     index = explain.OpIndex(program)
     explain.check_op(index, int(program.pe_region[y * program.width + x]), op)
-    console = make_console()
+    console = output_console()
     console.print(f"[bold]PE ({x},{y})[/bold] of {name} on {mesh.name} {mesh.width}x"
                   f"{mesh.height} ({compiled.plan.layout} layout, {dtype}), decode position "
                   f"{position}", highlight=False)
@@ -204,7 +196,7 @@ def _table(title: str, rows: list[dict], columns) -> Table:
         table.add_column(column, justify="right" if column in numeric else "left")
     for row in rows:
         table.add_row(*(f"{row[c]:,}" if c in grouped else str(row[c]) for c in columns))
-    return table
+    return fit(table)
 
 
 def print_timeline(console: Console, program, mesh: MeshConfig, index, x: int, y: int,

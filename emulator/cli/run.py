@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from compiler.frontend import resolve_model
 from compiler.numerics import canonical_dtype
 from compiler.weights import find_checkpoint, load_weights, random_weights
-from emulator.cli.common import load_sized_mesh
+from emulator.cli.common import load_sized_mesh, prepare_mesh_kernels
 from emulator.files import atomic_save_npy, atomic_write_json
 from emulator.hw.errors import ConfigError
 from emulator.hw.link import load_link
@@ -103,7 +103,7 @@ class DecodeProgress:
 @click.argument("config", required=False)
 @click.option("--hw", default="small", show_default=True,
               help="Decode mesh preset name or JSON file.")
-@click.option("--mesh", "mesh_size", help="Override the mesh size, WIDTHxHEIGHT.")
+@click.option("--mesh", "mesh_size", help="Override the mesh size, WIDTHxHEIGHT in PEs.")
 @click.option("--prefill-hw", default="auto", show_default=True,
               help="Prefill chip preset name or JSON file; auto: trn2, or trn3 when the "
                    "model does not fit trn2's HBM.")
@@ -116,9 +116,11 @@ class DecodeProgress:
                    "CONFIG, random weights instead of the folder's].")
 @click.option("--prompt-tokens", help="Prompt token ids, comma separated.")
 @click.option("--prompt-len", type=int, help="Random prompt of this many tokens (default 8).")
-@click.option("--max-new-tokens", default=8, show_default=True, type=int)
+@click.option("--max-new-tokens", default=8, show_default=True, type=int,
+              help="Tokens to generate (the first from prefill, the rest decode steps).")
 @click.option("--dtype", default="bf16", show_default=True,
-              type=click.Choice(["fp32", "fp16", "bf16"]))
+              type=click.Choice(["fp32", "fp16", "bf16"]),
+              help="Storage format of weights, KV cache and activations.")
 @click.option("--timing-only", is_flag=True, help="Count cycles without computing values.")
 @click.option("--overlap-kv", is_flag=True, help="Send each layer's KV as prefill finishes it.")
 @click.option("--engine", default="numba", show_default=True,
@@ -142,6 +144,8 @@ def run(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens, p
                         prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine)
     console = Console(stderr=True)
     started = time.perf_counter()
+    if engine == "numba":
+        prepare_mesh_kernels(console)
     with DecodeProgress(console, total=max(1, max_new_tokens - 1)) as progress:
         outcome = run_inference(req, progress.update)
     outcome.report["host_seconds"] = time.perf_counter() - started
@@ -156,7 +160,7 @@ def run(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens, p
     if trace_path:
         outcome.trace.write(trace_path)
     if not quiet:
-        print_report(outcome.report, Console())
+        print_report(outcome.report)
 
 
 COMMANDS = [run]

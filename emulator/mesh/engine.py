@@ -41,6 +41,9 @@ from isa.validate import check_param_table, run_sram, validate_program
 
 PARALLEL_MIN_PES = 1 << 16   # a fork costs about as much as emulating a 256 x 256 layer
 
+WARM_UP_MESH = (8, 6)   # mesh of the warm-up runs (PEs): the bundled tiny model fits
+_WARM = False
+
 
 def run_numba(program: Program, mesh: MeshConfig, sram=None, functional: bool = True,
               max_cycles: int = 10**9, fast_forward=None, in_place: bool = False,
@@ -81,6 +84,27 @@ def run_numba(program: Program, mesh: MeshConfig, sram=None, functional: bool = 
                      mark_last=kernel.marks[:, K.M_LAST].copy(),
                      mark_count=kernel.marks[:, K.M_COUNT].copy(),
                      skipped_blocks=skipped or 0)
+
+
+def warm_up() -> bool:
+    """Compile the engine's kernels (the first run on a machine, about a minute) or load
+    them from Numba's cache (emulator/mesh/__pycache__): one functional step and one
+    timing-only, fast-forwarded step of the bundled tiny model on an 8x6 mesh. Once per
+    process; returns False when the kernels were already warm."""
+    global _WARM
+    if _WARM:
+        return False
+    from compiler.decode import compile_decode, layer_cuts
+    from compiler.frontend import resolve_model
+    from emulator.hw.mesh import load_mesh
+
+    mesh = load_mesh("small").with_mesh(*WARM_UP_MESH)
+    compiled = compile_decode(resolve_model("tiny"), mesh, "bf16")
+    program = compiled.decode.for_position(0)
+    run_numba(program, mesh, functional=True)
+    run_numba(program, mesh, functional=False, fast_forward=layer_cuts(compiled), jobs=1)
+    _WARM = True
+    return True
 
 
 def fast_forwarded(kernel: "KernelRun", cut_names: list, jobs: int) -> int | None:

@@ -46,6 +46,7 @@ from emulator.files import atomic_write_bytes
 from emulator.hw.dtypes import BYTES as DTYPE_BYTES
 from emulator.hw.errors import ConfigError
 from emulator.hw.mesh import MeshConfig
+from emulator.views.tables import fit
 
 ROOT, TOP, LEFT, ATTN, GEMV, IDLE = range(6)
 LAYER_MATRICES = ("qkv", "o", "gu", "down")
@@ -424,7 +425,7 @@ def legend_table(m: MeshMap, roles: np.ndarray, used: np.ndarray) -> Table:
     for kind, count, used_text in legend_rows(m, roles, used):
         table.add_row(Text(kind.key, style=kind.style), kind.name, f"{count:,}", used_text,
                       kind.does)
-    return table
+    return fit(table)
 
 
 def chunk_table(m: MeshMap) -> Table:
@@ -434,7 +435,7 @@ def chunk_table(m: MeshMap) -> Table:
     table.add_column("chunks")
     for name, text in chunk_summary(m):
         table.add_row(name, text)
-    return table
+    return fit(table)
 
 
 def layer_table(m: MeshMap, layer: int) -> Table:
@@ -453,7 +454,7 @@ def layer_table(m: MeshMap, layer: int) -> Table:
         shape, split, holders = buffer_facts(m, matrix)
         table.add_row(name, str(buf.addr), f"{buf.words * nb:,}", shape, split,
                       f"{holders:,}")
-    return table
+    return fit(table)
 
 
 def buffer_facts(m: MeshMap, matrix: str) -> tuple[str, str, int]:
@@ -502,7 +503,7 @@ def pe_layer_table(m: MeshMap, layer: int, region) -> Table:
             tiles = ["x".join(map(str, plan.tile_shape(t, x, y))) for t in LAYER_MATRICES]
             table.add_row(str(x), str(y), ROLE_KINDS[m.roles[y, x]].name, *tiles,
                           f"{kv * plan.vec('groups').size(y):,}", f"{int(totals[y, x]):,}")
-    return table
+    return fit(table)
 
 
 # --------------------------------------------------------------------------- PNG

@@ -7,6 +7,8 @@ its roofline bound where one exists, so a reader sees how far from ideal each st
 from rich.console import Console
 from rich.table import Table
 
+from emulator.views.tables import collapse_runs, output_console, print_tables
+
 
 def si_seconds(seconds) -> str:
     """A time with a readable unit (s, ms, us, ns)."""
@@ -51,7 +53,10 @@ def summary_table(report: dict) -> Table:
     bound_rate = decode.get("bound_seconds_per_token")
     table.add_row("tokens/s per user", f"{report['tokens_per_s']:,.1f}",
                   f"{1 / bound_rate:,.1f}" if bound_rate else "-")
-    table.add_row("generated tokens", str(len(report["tokens"])), "")
+    if report["mode"] == "timing-only":
+        table.add_row("decode steps timed", str(report["decode"]["steps"]), "")
+    else:
+        table.add_row("generated tokens", str(len(report["tokens"])), "")
     return table
 
 
@@ -108,10 +113,11 @@ def per_layer_table(report: dict) -> Table | None:
     table.add_column("layer", justify="right")
     table.add_column("prefill", justify="right")
     table.add_column("decode step", justify="right")
-    for layer in range(max(len(prefill_layers), len(decode_layers))):
-        cells = [f"{v[layer]:,}" if layer < len(v) else "-"
-                 for v in (prefill_layers, decode_layers)]
-        table.add_row(str(layer), *cells)
+    layers = range(max(len(prefill_layers), len(decode_layers)))
+    rows = [tuple(f"{v[layer]:,}" if layer < len(v) else "-"
+                  for v in (prefill_layers, decode_layers)) for layer in layers]
+    for label, cells in collapse_runs([str(layer) for layer in layers], rows):
+        table.add_row(label, *cells)
     return table
 
 
@@ -135,8 +141,5 @@ def phases_table(report: dict) -> Table | None:
 
 def print_report(report: dict, console: Console | None = None) -> None:
     """Print every table of the report."""
-    console = console or Console()
-    for table in (summary_table(report), breakdown_table(report), utilization_table(report),
-                  phases_table(report), per_layer_table(report)):
-        if table is not None:
-            console.print(table)
+    print_tables(console or output_console(), summary_table(report), breakdown_table(report),
+                 utilization_table(report), phases_table(report), per_layer_table(report))
