@@ -141,9 +141,12 @@ def explanation(row: dict, scale: dict) -> str:
                 f"layout (docs/mapping.md): KV and attention on every band row, no relayout; "
                 f"the critical-path bound is {d70['bound_cycles']:,} cycles, emulated / bound "
                 f"{sum(d70['wafer_cycles']) / d70['bound_cycles']:.2f}. Effective bf16 SIMD "
-                f"width {wse3.simd_width('bf16')} (SRAM-fed, docs/timing.md). Not modelled: "
-                f"per-message software overhead and the software cost of exp/rsqrt/recip "
-                f"(counted as vector ops), batching, the real fabric's stalls.")
+                f"width {wse3.simd_width('bf16')} (SRAM-fed, docs/timing.md); exp, rsqrt, "
+                f"reciprocal and sigmoid cost an estimated {wse3.transcendental_cycles} cycles "
+                f"per element. emu is faster than the launch figure because it leaves out "
+                f"per-message software overhead (task activation, DSD set-up), router stalls "
+                f"and the production stack's scheduling, sampling and host I/O, and because "
+                f"the launch software need not have used this mapping.")
     if "WaferLLM" in name:
         w = scale["decode_8b_wse2"]
         return (f"emu's 8B spread mapping on the whole WSE-2 ({w['cycles']:,} cycles per "
@@ -162,11 +165,11 @@ def explanation(row: dict, scale: dict) -> str:
             f"hop latency (each layer crosses the wafer about eight times), not by compute "
             f"or SRAM bandwidth. Phases: "
             + ", ".join(f"{k} {v:,}" for k, v in d8["phases"].items())
-            + f". Effective bf16 SIMD width {wse3.simd_width('bf16')} (SRAM-fed). Where emu "
-            f"is faster than a published figure, the reasons are what it leaves out: "
-            f"per-message software overhead, the software cost of transcendentals (counted "
-            f"as vector ops), router stalls, and the production stack's sampling and host "
-            f"I/O.")
+            + f". Effective bf16 SIMD width {wse3.simd_width('bf16')} (SRAM-fed); exp, rsqrt, "
+            f"reciprocal and sigmoid cost an estimated {wse3.transcendental_cycles} cycles per "
+            f"element. Where emu is faster than a published figure, the reasons are what it "
+            f"leaves out: per-message software overhead (task activation, DSD set-up), router "
+            f"stalls, and the production stack's scheduling, sampling and host I/O.")
 
 
 def render(rows: list[dict], scale: dict) -> str:
