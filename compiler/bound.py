@@ -8,7 +8,8 @@ step takes at least the sum over stages of
   from column pw - 1, a column multicast reaches the last row holding the GEMV's
   outputs, a column tree starts at the last row holding its inputs): `hops * h`;
 - **message depth**: every level of a reduction tree and every multicast is one message,
-  which costs at least its issue and two ramps, `o + 2r`, on the chain;
+  which costs at least its issue, its software overhead and two ramps, `o + M + 2r`, on
+  the chain;
 - **per-PE compute**: the vector and GEMV instructions of the busiest PE of the stage
   (docs/timing.md costs: `o + ceil(n / w)`, `o + k * ceil(m / w)` for a `vgemv`).
 
@@ -30,7 +31,7 @@ def critical_path_bound(compiled, mesh, pos: int) -> dict:
     spec, pw = plan.spec, plan.pw
     o, h, r = mesh.issue_overhead, mesh.hop_latency, mesh.ramp_latency
     w = mesh.simd_width(compiled.placement.dtype)
-    msg = o + 2 * r
+    msg = o + mesh.message_overhead + 2 * r
 
     t = mesh.transcendental_cycles
 

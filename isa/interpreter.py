@@ -409,9 +409,10 @@ class ReferenceMachine:
         c, n = self.color(pe, ins), self.length(pe, ins)
         src = self.descriptor(pe, ins, SLOT_SRC0, SLOT_SRC0_STRIDE, n)
         values = self.sram[pe, src].copy() if self.functional else None
-        leaves = int(self.clock[pe]) + self.mesh.issue_overhead + self.mesh.ramp_latency
+        leaves = (int(self.clock[pe]) + self.mesh.issue_overhead + self.mesh.message_overhead
+                  + self.mesh.ramp_latency)
         arrivals = self.route(pe, c, n, leaves, values)
-        self.advance(pe, self.mesh.issue_overhead + n)
+        self.advance(pe, self.mesh.issue_overhead + self.mesh.message_overhead + n)
         self.pc[pe] += 1
         detail = ", ".join(f"{self.xy(q)} last wavelet at {t}" for q, t in arrivals)
         if self.events is not None:
@@ -480,7 +481,7 @@ class ReferenceMachine:
         if self.functional and n:
             mem = self.sram[pe]
             mem[dst] = (mem[dst] + msg.values) if op == Op.RECVADD else msg.values
-        o = self.mesh.issue_overhead
+        o = self.mesh.issue_overhead + self.mesh.message_overhead
         end = max(int(self.clock[pe]) + o + n, msg.last + 1)
         self.busy[pe] += o + n
         self.clock[pe] = end

@@ -236,6 +236,20 @@ def test_local_vector_op(engine, mesh, dtype, n):
     assert result.instructions == 4
 
 
+@pytest.mark.parametrize("overhead", [0, 5])
+@pytest.mark.parametrize("d, n", [(1, 0), (3, 6)])
+def test_message_overhead(engine, mesh, overhead, d, n):
+    """Every send and recv costs M = message_overhead more (docs/timing.md): the send is
+    busy o + M + n and its first wavelet leaves at t + o + M + r; the receiver ends at
+    max(t_recv + o + M + n, last + 1)."""
+    mesh = replace(mesh, message_overhead=overhead)
+    result, _ = run(engine, point_to_point(d, n), mesh)
+    o, h, r, m = mesh.issue_overhead, mesh.hop_latency, mesh.ramp_latency, overhead
+    assert result.pe_finish[0] == o + m + n
+    assert result.pe_finish[d] == o + m + 2 * r + d * h + n
+    assert result.pe_busy[d] == o + m + n
+
+
 @pytest.mark.parametrize("transcendental", [0, 7])
 @pytest.mark.parametrize("n", [0, 1, 9])
 def test_transcendental_cost(engine, mesh, transcendental, n):

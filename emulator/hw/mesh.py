@@ -34,6 +34,7 @@ class MeshConfig:
     sram_bytes_per_cycle: float = nonnegative(default=0.0)  # SRAM bandwidth per PE (0: ample)
     transcendental_cycles: int = nonnegative(default=0)  # per element of vexp/vrsqrt/vrecip/
                                                          # vsigmoid (0: like any vector op)
+    message_overhead: int = nonnegative(default=0)  # software cycles of every send and recv
 
     def simd_width(self, dtype: str) -> int:
         """Elements per cycle of a vector op in `dtype` (a name or a DType): the preset's

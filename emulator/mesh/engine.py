@@ -411,6 +411,7 @@ def kernel_config(program: Program, mesh: MeshConfig, functional: bool,
     cfg[K.CFG_R], cfg[K.CFG_W] = mesh.ramp_latency, mesh.simd_width(program.dtype)
     cfg[K.CFG_B] = mesh.barrier_latency
     cfg[K.CFG_T] = mesh.transcendental_cycles
+    cfg[K.CFG_M] = mesh.message_overhead
     cfg[K.CFG_MAX_CYCLES] = min(max_cycles, (1 << (63 - shift)) - 1)
     cfg[K.CFG_FUNCTIONAL] = int(bool(functional))
     cfg[K.CFG_LIVE] = int(np.count_nonzero(program.pe_region >= 0))

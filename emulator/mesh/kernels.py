@@ -64,7 +64,8 @@ CFG_WIDTH, CFG_HEIGHT, CFG_COLORS, CFG_SRAM, CFG_O, CFG_H, CFG_R, CFG_W = range(
 CFG_B, CFG_MAX_CYCLES, CFG_FUNCTIONAL, CFG_LIVE, CFG_SHIFT, CFG_SLOTS = 8, 9, 10, 11, 12, 13
 CFG_STOP_MARK = 14   # a PE about to execute `mark` with this id parks (-1: never)
 CFG_T = 15           # cycles per element of vexp/vrsqrt/vrecip/vsigmoid (0: like any op)
-CFG_SIZE = 16
+CFG_M = 16           # software cycles of every send and recv (message_overhead)
+CFG_SIZE = 17
 # Color slots: only colors a router can ever carry get FIFO and router-table entries.
 # cfg[CFG_SIZE + color] = its slot (-1: never routed), cfg[CFG_SIZE + colors + slot] = color.
 
@@ -982,7 +983,7 @@ def exec_receive(opc, k, modes, args, params, pes, pe, t, cfg, sram, pay, rec, f
         return FAULTED, 0, 0
     if cfg[CFG_FUNCTIONAL] and n > 0:
         receive_values(opc, sram[pe], d0, ds, pay, off, n, scratch)
-    ready = t + cfg[CFG_O] + n
+    ready = t + cfg[CFG_O] + cfg[CFG_M] + n
     if pes[pe, P_SLACK] == SLACK_FRESH:
         pes[pe, P_SLACK] = SLACK_ABSORBED + last + 1 - ready if last + 1 >= ready \
             else SLACK_TAINTED
@@ -1128,7 +1129,7 @@ def exec_send(pe, t, k, p, modes, args, params, cfg, sram, pay, routes, edges, l
                 return suspend(pe, t, p, stats, NEED_PAYLOAD)
             off = store_payload(pay, stats, sram[pe], s0, ss0, n)
         stack[0, 0], stack[0, 1], stack[0, 2], stack[0, 3] = pe, PORT_R, \
-            t + cfg[CFG_O] + cfg[CFG_R], 0
+            t + cfg[CFG_O] + cfg[CFG_M] + cfg[CFG_R], 0
         stats[ST_ROUTE_C], stats[ST_ROUTE_N], stats[ST_ROUTE_OFF] = c, n, off
         sp = 1
     c, n, off = stats[ST_ROUTE_C], stats[ST_ROUTE_N], stats[ST_ROUTE_OFF]
@@ -1271,7 +1272,7 @@ def advance_mesh(op, modes, args, imm, static_cost, rstart, rlen, pe_region, par
                 if n < 0:
                     return n
                 note_send((t << shift) | pe, stats)
-                cost = o + n
+                cost = o + cfg[CFG_M] + n
             elif opc == RECV or opc == RECVADD:
                 end, c, n = exec_receive(opc, k, modes, args, params, pes, pe, t, cfg, sram,
                                          pay, rec, fifo, stats, scratch, fault)
@@ -1281,7 +1282,7 @@ def advance_mesh(op, modes, args, imm, static_cost, rstart, rlen, pe_region, par
                     break
                 if end < 0:
                     return FAULTED if end == FAULTED else suspend(pe, t, p, stats, end)
-                pes[pe, P_BUSY] += o + n
+                pes[pe, P_BUSY] += o + cfg[CFG_M] + n
                 t = end
                 cost = 0
             elif opc == ROUTE:
