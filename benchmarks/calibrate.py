@@ -143,10 +143,11 @@ def explanation(row: dict, scale: dict) -> str:
                 f"{sum(d70['wafer_cycles']) / d70['bound_cycles']:.2f}. Effective bf16 SIMD "
                 f"width {wse3.simd_width('bf16')} (SRAM-fed, docs/timing.md); exp, rsqrt, "
                 f"reciprocal and sigmoid cost an estimated {wse3.transcendental_cycles} cycles "
-                f"per element. emu is faster than the launch figure because it leaves out "
-                f"per-message software overhead (task activation, DSD set-up), router stalls "
-                f"and the production stack's scheduling, sampling and host I/O, and because "
-                f"the launch software need not have used this mapping.")
+                f"per element and every send and recv {wse3.message_overhead} cycles of "
+                f"software (both estimates, docs/timing.md). emu is faster than the launch "
+                f"figure because it leaves out router stalls and the production stack's "
+                f"scheduling, sampling and host I/O, its message and transcendental costs are "
+                f"estimates, and the launch software need not have used this mapping.")
     if "WaferLLM" in name:
         w = scale["decode_8b_wse2"]
         return (f"emu's 8B spread mapping on the whole WSE-2 ({w['cycles']:,} cycles per "
@@ -167,9 +168,10 @@ def explanation(row: dict, scale: dict) -> str:
             + ", ".join(f"{k} {v:,}" for k, v in d8["phases"].items())
             + f". Effective bf16 SIMD width {wse3.simd_width('bf16')} (SRAM-fed); exp, rsqrt, "
             f"reciprocal and sigmoid cost an estimated {wse3.transcendental_cycles} cycles per "
-            f"element. Where emu is faster than a published figure, the reasons are what it "
-            f"leaves out: per-message software overhead (task activation, DSD set-up), router "
-            f"stalls, and the production stack's scheduling, sampling and host I/O.")
+            f"element and every send and recv {wse3.message_overhead} cycles of software "
+            f"(estimates, docs/timing.md). Where emu is faster than a published figure, the "
+            f"reasons are what it leaves out (router stalls, the production stack's "
+            f"scheduling, sampling and host I/O) and those estimates.")
 
 
 def render(rows: list[dict], scale: dict) -> str:
