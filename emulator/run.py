@@ -27,7 +27,7 @@ from emulator.link.layout import kv_layout_cycles
 from emulator.link.transfer import transfer_kv
 from emulator.mesh.runtime import MeshDecoder, run_timing
 from emulator.mesh.system import SystemDecoder, SystemStep, run_system_timing
-from emulator.prefill.run import check_capacity, run_prefill
+from emulator.prefill.run import bytes_per_element, choose_chips, run_prefill
 from emulator.views.trace import TraceBuilder
 from isa.program import RunResult
 
@@ -53,6 +53,8 @@ class RunRequest:
     overlap_kv: bool = False
     engine: str = "numba"
     seed: int = 0
+    prefill_chips: int | None = None      # None: the fewest chips whose HBM holds the model
+    prefill_dtype: str | None = None      # None: dtype; fp8 (timing-only) for the prefill
 
 
 @dataclass
@@ -67,13 +69,13 @@ class RunOutcome:
 
 
 def smallest_prefill_chip(spec, dtype: str, prompt_len: int) -> PrefillConfig:
-    """The first bundled prefill chip of AUTO_PREFILL whose HBM holds weights + KV +
-    activations (Llama-3.1-70B in bf16 needs Trn3's 144 GiB); FitError when none does."""
+    """The first bundled prefill preset of AUTO_PREFILL whose chips (up to the preset's
+    instance) hold weights + KV + activations in HBM; FitError when none does."""
     error = None
     for name in AUTO_PREFILL:
         hw = load_prefill(name)
         try:
-            check_capacity(spec, hw, prompt_len, dtype)
+            choose_chips(spec, hw, prompt_len, dtype, None)
             return hw
         except FitError as exc:
             error = exc
@@ -146,8 +148,9 @@ def run_inference(req: RunRequest, progress=None) -> RunOutcome:
     check_request(req)
     stage = DecodeStage(req)     # compiles first: a model or context that does not fit
     tokens_in = req.prompt if req.prompt is not None else req.prompt_len   # fails here
-    prefill = run_prefill(req.spec, req.prefill_hw, tokens_in, req.weights, req.dtype,
-                          req.timing_only, req.seed)
+    prefill = run_prefill(req.spec, req.prefill_hw, tokens_in, req.weights,
+                          req.prefill_dtype or req.dtype, req.timing_only, req.seed,
+                          chips=req.prefill_chips)
     kv = _transfer(req, prefill)
     stage.load_kv(prefill.kv_cache)
     layout_cycles = kv_layout_cycles(stage.compiled, req.mesh, req.prompt_len, req.dtype)
@@ -160,7 +163,8 @@ def run_inference(req: RunRequest, progress=None) -> RunOutcome:
 
 
 def _transfer(req: RunRequest, prefill):
-    per_token = req.spec.kv_bytes_per_token(dtype_bytes(req.dtype))
+    per_token = req.spec.kv_bytes_per_token(
+        bytes_per_element("fp8") if req.prefill_dtype == "fp8" else dtype_bytes(req.dtype))
     layer_ends = None
     if req.overlap_kv:
         ends = [row["end"] for row in prefill.per_layer if row["layer"] >= 0]
@@ -361,6 +365,7 @@ def build_report(req, prefill, kv, layout_cycles, stage, tokens, results) -> dic
         "prompt_tokens": None if req.prompt is None else [int(t) for t in req.prompt],
         "tokens": tokens,
         "prefill": {"cycles": prefill.cycles, "seconds": prefill.seconds,
+                    "chips": prefill.chips, "dtype": prefill.dtype,
                     "clock_hz": prefill.clock_hz, "roofline_seconds": prefill.roofline_seconds,
                     "flops": prefill.flops, "bytes_moved": prefill.bytes_moved,
                     "engine_utilization": prefill.engine_utilization,

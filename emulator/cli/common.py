@@ -6,6 +6,12 @@ import time
 
 from emulator.hw.errors import ConfigError
 from emulator.hw.mesh import MeshConfig, load_mesh
+from emulator.limits import check_memory
+
+# Host bytes per PE of mapping a model onto a mesh (tile, place, route, emit: the per-PE
+# region, parameter and router tables). Measured with tracemalloc for `tiny` at
+# 64x64 / 128x128 / 256x256 PEs: 268 / 166 / 122 B per PE; this bound is twice the largest.
+COMPILE_BYTES_PER_PE = 512
 
 COMPILE_NOTE_SECONDS = 5.0   # a warm-up longer than this was a compile: say so
 
@@ -15,7 +21,7 @@ def parse_dims(text: str | None, option: str, form: str, example: str):
     and the expected `form` (e.g. 'WxH') when malformed."""
     if text is None:
         return None
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    match = re.fullmatch(r"\s*(\d{1,18})\s*[xX]\s*(\d{1,18})\s*", text)
     if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
         raise ConfigError(f"{option}: expected {form} with positive integers, "
                           f"e.g. {example}, got '{text}'")
@@ -31,7 +37,10 @@ def load_sized_mesh(hw: str, mesh_text: str | None) -> MeshConfig:
     """The mesh preset `hw` (name or file), resized by a --mesh WxH value when given."""
     mesh = load_mesh(hw)
     size = parse_mesh_size(mesh_text)
-    return mesh.with_mesh(*size) if size else mesh
+    mesh = mesh.with_mesh(*size) if size else mesh
+    check_memory(mesh.num_pes * COMPILE_BYTES_PER_PE,
+                 f"mapping onto a {mesh.width}x{mesh.height} mesh")
+    return mesh
 
 
 def prepare_mesh_kernels(console) -> None:

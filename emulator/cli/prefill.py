@@ -19,13 +19,10 @@ from emulator.hw.errors import ConfigError
 from emulator.hw.prefill import load_prefill
 from emulator.views.report import si_bytes, si_seconds
 
-# Functional mode holds every weight as float32 on the host; beyond this many parameters
-# (4 GiB) `emu prefill` asks for --timing-only instead of exhausting host memory.
-FUNCTIONAL_MAX_PARAMS = 2**30
-
 prefill_hw_option = click.option("--prefill-hw", "prefill_hw", default="trn2",
                                  show_default=True, metavar="NAME|FILE",
-                                 help="Prefill chip preset (trn2, trn3) or a JSON file.")
+                                 help="Prefill preset (trn2, trn3, trn2-48xl, "
+                                      "trn3-ultraserver) or a JSON file.")
 
 
 def parse_positive(name: str, text: str) -> int:
@@ -107,31 +104,31 @@ def _gemm_table(result) -> Table:
 @prefill_hw_option
 @click.option("--prompt-len", default=None, metavar="N", help="Prompt length (default 128).")
 @click.option("--prompt-tokens", default=None, metavar="1,2,3", help="Explicit token ids.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
               help="Seed of random weights and tokens.")
 @click.option("--weights", "weights_path", default=None, metavar="FILE.safetensors",
               help="Model weights (default: random from --seed).")
-@click.option("--dtype", default="bf16", show_default=True, metavar="fp32|fp16|bf16")
+@click.option("--dtype", "--prefill-dtype", "dtype", default="bf16", show_default=True,
+              metavar="fp32|fp16|bf16|fp8", help="Matmul operand dtype (fp8: timing-only).")
+@click.option("--prefill-chips", "chips", default=None, metavar="N",
+              help="Chips (tensor parallel); default the fewest whose HBM holds the model.")
 @click.option("--timing-only", is_flag=True, help="Skip values (real model sizes).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def prefill_command(config, prefill_hw, prompt_len, prompt_tokens, seed, weights_path, dtype,
-                    timing_only, as_json):
-    """Time (and compute) the prefill of CONFIG on one prefill chip."""
+                    chips, timing_only, as_json):
+    """Time (and compute) the prefill of CONFIG on the chips of a prefill preset."""
     from compiler.frontend import resolve_model
     from emulator.prefill.run import run_prefill
 
     spec = resolve_model(config)
     hw = load_prefill(prefill_hw)
     tokens = _tokens(prompt_tokens, prompt_len)
-    if not timing_only and spec.param_count() > FUNCTIONAL_MAX_PARAMS:
-        raise ConfigError(f"{config}: {spec.param_count():,} parameters are too many for a "
-                          f"functional run on the host; add --timing-only")
     weights = None
     if weights_path and not timing_only:
         from compiler.weights import load_weights
         weights = load_weights(weights_path, spec)
     result = run_prefill(spec, hw, tokens, weights, dtype=dtype, timing_only=timing_only,
-                         seed=seed)
+                         seed=seed, chips=parse_chips(chips))
     report = result.summary()
     report["model"] = str(config)
     if as_json:
@@ -143,6 +140,19 @@ def prefill_command(config, prefill_hw, prompt_len, prompt_tokens, seed, weights
     for table in (_headline(result, config), _layer_table(result), _op_table(result),
                   _engine_table(result)):
         console.print(table)
+
+
+def parse_chips(text) -> int | None:
+    """--prefill-chips N (a positive integer) or None."""
+    if text is None:
+        return None
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"--prefill-chips: must be a positive integer, got '{text}'")
+    return value
 
 
 def _tokens(text: str | None, prompt_len: int | None):
@@ -165,8 +175,9 @@ def _tokens(text: str | None, prompt_len: int | None):
 
 
 def _headline(result, config) -> Table:
-    table = Table(title=f"emu prefill {config}: {result.prompt_len} tokens on {result.hw_name} "
-                        f"({result.dtype}, {result.cores} cores)", title_justify="left")
+    table = Table(title=f"emu prefill {config}: {result.prompt_len} tokens on {result.chips} x "
+                        f"{result.hw_name} ({result.dtype}, {result.cores} cores)",
+                  title_justify="left")
     table.add_column("metric")
     table.add_column("emulated", justify="right")
     table.add_column("roofline bound", justify="right")
@@ -177,15 +188,39 @@ def _headline(result, config) -> Table:
     table.add_row("HBM bytes moved (DMA)", si_bytes(result.bytes_moved["hbm_dma"]), "")
     table.add_row("collective bytes", si_bytes(result.bytes_moved["collective"]), "")
     table.add_row("instructions lowered", f"{len(result.program):,}", "")
+    table.add_row("instructions represented", f"{result.program.virtual_length():,}", "")
+    table.add_row("host time", f"{result.host_seconds:.2f} s", "")
     return table
 
 
+def collapse_layers(per_layer: list[dict]) -> list[tuple[str, dict]]:
+    """Consecutive decoder layers with equal cycles, roofline and bytes as one row
+    ("2-31"); lm_head (layer -1) stays its own row."""
+    rows: list[list] = []
+    keys = ("cycles", "roofline_cycles", "dma_bytes")
+    for row in per_layer:
+        last = rows[-1] if rows else None
+        if (last is not None and row["layer"] >= 0 and last[1]["layer"] >= 0
+                and all(last[1][k] == row[k] for k in keys)):
+            last[2] = row["layer"]
+            continue
+        rows.append([row["layer"], row, row["layer"]])
+    out = []
+    for first, row, last in rows:
+        if first < 0:
+            label = "lm_head"
+        else:
+            label = str(first) if first == last else f"{first}-{last}"
+        out.append((label, row))
+    return out
+
+
 def _layer_table(result) -> Table:
-    table = Table(title="per layer", title_justify="left")
+    table = Table(title="per layer (equal consecutive layers collapsed; cycles per layer)",
+                  title_justify="left")
     for name in ("layer", "cycles", "time", "roofline cycles", "DMA bytes"):
         table.add_column(name, justify="right")
-    for row in result.per_layer:
-        label = "lm_head" if row["layer"] < 0 else str(row["layer"])
+    for label, row in collapse_layers(result.per_layer):
         table.add_row(label, f"{row['cycles']:,}", si_seconds(row["cycles"] / result.clock_hz),
                       f"{row['roofline_cycles']:,}", si_bytes(row["dma_bytes"]))
     return table
