@@ -22,6 +22,7 @@ def test_bundled_mesh_presets():
     assert dataclasses.replace(wse3, sram_bytes_per_cycle=0).simd_width("bf16") == 8
     assert dataclasses.replace(wse3, sram_bytes_per_cycle=1).simd_width("bf16") == 1
     assert wse3.transcendental_cycles > 0 and load_mesh("small").transcendental_cycles == 0
+    assert wse3.message_overhead == 0
 
 
 def _write(tmp_path, data):
