@@ -35,6 +35,11 @@ class MeshConfig:
     transcendental_cycles: int = nonnegative(default=0)  # per element of vexp/vrsqrt/vrecip/
                                                          # vsigmoid (0: like any vector op)
     message_overhead: int = nonnegative(default=0)  # software cycles of every send and recv
+    # serving (emu serve); per wafer (system); None when a preset does not say
+    io_bytes_per_s: float | None = positive(default=None)   # system I/O into one wafer
+    power_busy_w: float | None = positive(default=None)     # W per system while decoding
+    power_idle_w: float | None = nonnegative(default=None)  # W per system while idle
+    price_usd_per_hour: float | None = nonnegative(default=None)  # $ per system-hour
 
     def simd_width(self, dtype: str) -> int:
         """Elements per cycle of a vector op in `dtype` (a name or a DType): the preset's
