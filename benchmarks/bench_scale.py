@@ -1,45 +1,51 @@
 """Real model sizes, timing-only: Llama-3.1-8B on one WSE-3, Llama-3.1-70B on four, and
 the 8B prefill on Trn2.
 
-Prints, for Llama-3.1-8B on `wse3` (bf16): compile host seconds, host seconds to emulate
-one decode token (target: under 10 s together; the layer fast-forward uses a forked child
-per CPU beside the main process, `--jobs 1` runs it in one process), peak resident memory
-of the process and of its largest child (`resource.getrusage`, target under 6 GiB),
-per-class SRAM bytes per PE and predicted tokens/s; for Llama-3.1-70B on the multi-wafer
-preset (`cs3x4`): the wafer count the SRAM needs, compile seconds, host seconds per
-emulated token (target under 60 s) and predicted tokens/s; the 8B prefill of a
-2048-token prompt on `trn2` timing-only (host target under 2 s) next to its roofline.
+Prints, for Llama-3.1-8B on `wse3` (bf16): the placement's max_context (target >= 131,072),
+cycles and tokens/s of one decode token at a 1,024-token context (target >= 1,350 tokens/s)
+beside the critical-path bound (compiler/bound.py; target: emulated within 2x), its
+phases, compile and emulation host seconds, peak resident memory, per-class SRAM bytes
+per PE; the same token at 32,768 and 131,072 tokens of context, each in a fresh process
+(host compile + token targets 20 s and 60 s, peak memory <= 8 GiB); for Llama-3.1-70B on
+`cs3x4`: max_context (target >= 65,536), tokens/s (target >= 340) and its bound; how fast
+`emu run` rejects contexts that do not fit (target < 5 s, before any prefill); the 8B
+prefill of a 2048-token prompt on `trn2` timing-only (host target under 2 s).
 Times are seconds unless a name says otherwise. First it prints a host probe (`host_probe`):
 compare it between runs before comparing the emulator's times, since the shared VM has
 slow windows in which the same code runs 2-2.5x slower.
 `--check-full` also emulates the 8B token without the layer fast-forward (several
 minutes) and checks that every timing field equals the fast-forwarded run's.
 
-Usage: python benchmarks/bench_scale.py [--skip-70b] [--context N] [--json FILE]
-       [--check-full] [--jobs N]
+Usage: python benchmarks/bench_scale.py [--skip-70b] [--skip-long] [--context N]
+       [--json FILE] [--check-full] [--jobs N]
 """
 
 import argparse
+import dataclasses
 import json
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from compiler.bound import critical_path_bound
 from compiler.decode import compile_decode
 from compiler.frontend import load_config
 from compiler.place import class_name
 from compiler.system import compile_system, wafers_needed
 from emulator.hw.mesh import load_mesh
 from emulator.hw.prefill import load_prefill
+from emulator.inspect.phases import phase_cycles
 from emulator.mesh.runtime import run_timing
 from emulator.mesh.system import run_system_timing
 from emulator.prefill.run import run_prefill
 
 MODELS = Path(__file__).resolve().parents[1] / "programs" / "models"
 GIB = 2 ** 30
+LONG_CONTEXTS = (32_768, 131_072)
 
 
 def peak_rss_bytes(who=resource.RUSAGE_SELF) -> int:
@@ -62,11 +68,13 @@ def host_probe() -> float:
     return best
 
 
-def decode_8b(context: int, check_full: bool = False, jobs: int | None = None) -> dict:
-    """Compile and emulate one timing-only decode token of Llama-3.1-8B on WSE-3 (the
-    fast-forward using `jobs` processes; None: one per CPU); with `check_full`, also run
-    it without the layer fast-forward and compare every field."""
-    spec, mesh = load_config(MODELS / "llama-3.1-8b.json"), load_mesh("wse3")
+def decode_8b(context: int, check_full: bool = False, jobs: int | None = None,
+              hw: str = "wse3") -> dict:
+    """Compile and emulate one timing-only decode token of Llama-3.1-8B on WSE-3 with a
+    KV capacity of `context` at position context - 1 (the fast-forward using `jobs`
+    processes; None: one per CPU); with `check_full`, also run it without the layer
+    fast-forward and compare every field."""
+    spec, mesh = load_config(MODELS / "llama-3.1-8b.json"), load_mesh(hw)
     t0 = time.perf_counter()
     compiled = compile_decode(spec, mesh, "bf16", context)
     t1 = time.perf_counter()
@@ -74,13 +82,43 @@ def decode_8b(context: int, check_full: bool = False, jobs: int | None = None) -
     t2 = time.perf_counter()
     pl = compiled.placement
     full = full_run_check(compiled, mesh, context - 1, result) if check_full else {}
-    return {**full, "compile_s": t1 - t0, "emulate_s": t2 - t1, "cycles": result.cycles,
+    bound = critical_path_bound(compiled, mesh, context - 1)
+    return {**full, "hw": hw, "clock_hz": mesh.clock_hz, "context": context,
+            "compile_s": t1 - t0, "emulate_s": t2 - t1,
+            "cycles": result.cycles, "bound_cycles": bound["total"],
+            "phases": phase_cycles(result, compiled.decode.program.mark_names),
             "instructions": result.instructions, "skipped_layers": result.skipped_blocks,
-            "layout": compiled.plan.layout,
+            "layout": compiled.plan.layout, "max_context": pl.capacity,
             "regions": len(compiled.decode.program.region_start),
             "bytes_per_class": {class_name(k): w * 2 for k, w in pl.class_words.items()},
             "tokens_per_s": mesh.clock_hz / result.cycles, "peak_rss_bytes": peak_rss_bytes(),
             "peak_rss_child_bytes": peak_rss_bytes(resource.RUSAGE_CHILDREN)}
+
+
+def decode_8b_process(context: int) -> dict:
+    """`decode_8b(context)` in a fresh interpreter, so its peak memory is its own."""
+    out = subprocess.run([sys.executable, __file__, "--single-8b", str(context)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def rejection_seconds() -> dict:
+    """Host seconds until `emu run` rejects a request that does not fit (exit 2 before any
+    prefill work): 8B on WSE-2 with an 80,000-token prompt (the decode placement holds
+    about 59k: the FitError names it), 8B on WSE-3 past the model's 131,072 positions,
+    70B on cs3x4 with 60,000 tokens (the default prefill chip's HBM check fires first)."""
+    out = {}
+    for name, model, hw, prompt in (("8b_wse2_80k", "llama-3.1-8b", "wse2", 80_000),
+                                    ("8b_wse3_140k", "llama-3.1-8b", "wse3", 140_000),
+                                    ("70b_cs3x4_60k", "llama-3.1-70b", "cs3x4", 60_000)):
+        t0 = time.perf_counter()
+        run = subprocess.run([sys.executable, "-c", "from emulator.cli import main; main()",
+                              "run", str(MODELS / f"{model}.json"), "--hw", hw,
+                              "--timing-only", "--prompt-len", str(prompt),
+                              "--max-new-tokens", "2"], capture_output=True, text=True)
+        out[name] = {"seconds": time.perf_counter() - t0, "exit": run.returncode,
+                     "message": run.stderr.strip().splitlines()[-1] if run.stderr else ""}
+    return out
 
 
 def full_run_check(compiled, mesh, pos: int, fast) -> dict:
@@ -104,7 +142,12 @@ def decode_70b(context: int) -> dict:
     step = run_system_timing(system, context - 1)
     t2 = time.perf_counter()
     seconds = step.seconds(mesh.clock_hz)
+    one = dataclasses.replace(mesh, wafers=1)
+    bound = sum(critical_path_bound(p.compiled, one, context - 1)["total"]
+                for p in system.parts)
     return {"wafers": mesh.wafers, "wafers_needed": wafers_needed(spec, mesh, "bf16", context),
+            "max_context": min(p.compiled.placement.capacity for p in system.parts),
+            "cycles": step.cycles, "bound_cycles": bound,
             "compile_s": t1 - t0, "emulate_s": t2 - t1,
             "wafer_cycles": [r.cycles for r in step.results], "handoff_s": step.handoff_s,
             "skipped_layers": [r.skipped_blocks for r in step.results],
@@ -123,31 +166,48 @@ def prefill_8b(prompt_len: int = 2048) -> dict:
 
 
 def print_results(out: dict) -> None:
-    """Human-readable lines with the targets."""
+    """Human-readable lines with the targets (docs/mapping.md, issue 14)."""
     print(f"host probe (8 Mi random reads of 256 MiB): {out['host_probe_s']:.3f} s")
     d = out["decode_8b"]
     print(f"Llama-3.1-8B on wse3 (bf16, {d['layout']} layout, {d['regions']} regions):")
-    print(f"  compile {d['compile_s']:.1f} s + emulate one token {d['emulate_s']:.1f} s = "
-          f"{d['compile_s'] + d['emulate_s']:.1f} s (target < 10 s)")
-    print(f"  peak resident memory {d['peak_rss_bytes'] / GIB:.2f} GiB (target < 6 GiB); "
-          f"a forked child of the fast-forward at most {d['peak_rss_child_bytes'] / GIB:.2f} "
-          "GiB, mostly pages shared with the parent")
+    print(f"  max_context {d['max_context']:,} tokens (target >= 131,072)")
+    print(f"  at context {d['context']:,}: {d['cycles']:,} cycles/token -> "
+          f"{d['tokens_per_s']:,.0f} tokens/s (target >= 1,350); bound "
+          f"{d['bound_cycles']:,} cycles (emulated / bound {d['cycles'] / d['bound_cycles']:.2f},"
+          f" target <= 2)")
+    print("  phases: " + ", ".join(f"{k} {v:,}" for k, v in d["phases"].items()))
+    print(f"  compile {d['compile_s']:.1f} s + emulate one token {d['emulate_s']:.1f} s; "
+          f"peak memory {d['peak_rss_bytes'] / GIB:.2f} GiB")
     if "full_run_equal" in d:
         print(f"  without the fast-forward: emulate {d['full_emulate_s']:.1f} s; every field "
               f"equal: {d['full_run_equal']}")
     for name, nbytes in d["bytes_per_class"].items():
         print(f"  SRAM per PE, {name}: {nbytes:,} B")
-    print(f"  {d['cycles']:,} cycles/token -> {d['tokens_per_s']:,.0f} tokens/s; "
-          f"{d['instructions']:,} instructions, {d['skipped_layers']} of 32 layers "
-          "fast-forwarded")
+    for long in out.get("long_8b", []):
+        host = long["compile_s"] + long["emulate_s"]
+        target = 20 if long["context"] <= 32_768 else 60
+        peak = max(long["peak_rss_bytes"], long["peak_rss_child_bytes"]) / GIB
+        print(f"  timing-only at context {long['context']:,}: compile {long['compile_s']:.1f} s"
+              f" + token {long['emulate_s']:.1f} s = {host:.1f} s (target <= {target} s), "
+              f"peak memory {peak:.2f} GiB (target <= 8 GiB); {long['cycles']:,} cycles -> "
+              f"{long['tokens_per_s']:,.0f} tokens/s, bound {long['bound_cycles']:,}")
     if "decode_70b" in out:
         e = out["decode_70b"]
         print(f"Llama-3.1-70B on cs3x4 ({e['wafers']} wafers; SRAM needs {e['wafers_needed']}):")
+        print(f"  max_context {e['max_context']:,} tokens (target >= 65,536)")
         print(f"  compile {e['compile_s']:.1f} s, emulate one token {e['emulate_s']:.1f} s "
               f"(target < 60 s)")
-        print(f"  layers fast-forwarded per wafer {e['skipped_layers']}")
         print(f"  wafer cycles {e['wafer_cycles']}, hand-offs {e['handoff_s'] * 1e6:.2f} us "
-              f"-> {e['tokens_per_s']:,.0f} tokens/s")
+              f"-> {e['tokens_per_s']:,.0f} tokens/s (target >= 340); bound "
+              f"{e['bound_cycles']:,} cycles (emulated / bound "
+              f"{e['cycles'] / e['bound_cycles']:.2f})")
+    if "decode_8b_wse2" in out:
+        w = out["decode_8b_wse2"]
+        print(f"Llama-3.1-8B on wse2: {w['cycles']:,} cycles/token -> {w['tokens_per_s']:,.0f} "
+              f"tokens/s at {w['clock_hz'] / 1e6:.0f} MHz, bound {w['bound_cycles']:,}")
+    for name, r in out.get("rejection", {}).items():
+        print(f"  rejects {name} in {r['seconds']:.1f} s (exit {r['exit']}, target < 5 s): "
+              f"{r['message'][:150]}")
     p = out["prefill_8b"]
     print(f"Llama-3.1-8B prefill, {p['prompt_len']} tokens on trn2: host {p['host_s']:.2f} s "
           f"(target < 2 s); predicted {p['seconds'] * 1e3:.1f} ms, roofline "
@@ -157,7 +217,9 @@ def print_results(out: dict) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-70b", action="store_true")
-    parser.add_argument("--context", type=int, default=16,
+    parser.add_argument("--skip-long", action="store_true",
+                        help="skip the 32,768- and 131,072-token 8B runs")
+    parser.add_argument("--context", type=int, default=1024,
                         help="KV capacity; the token is decoded at position context - 1")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     parser.add_argument("--jobs", type=int, default=None,
@@ -165,11 +227,22 @@ def main(argv=None) -> int:
     parser.add_argument("--check-full", action="store_true",
                         help="also emulate the 8B token without the layer fast-forward "
                              "(minutes) and check that every field is equal")
+    parser.add_argument("--wse2", action="store_true",
+                        help="also the 8B token on the whole WSE-2 (for calibrate.py)")
+    parser.add_argument("--single-8b", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.single_8b:
+        print(json.dumps(decode_8b(args.single_8b, jobs=args.jobs)))
+        return 0
     out = {"host_probe_s": host_probe(), "prefill_8b": prefill_8b(),
            "decode_8b": decode_8b(args.context, args.check_full, args.jobs)}
+    if not args.skip_long:
+        out["long_8b"] = [decode_8b_process(c) for c in LONG_CONTEXTS]
     if not args.skip_70b:
         out["decode_70b"] = decode_70b(args.context)
+    if args.wse2:
+        out["decode_8b_wse2"] = decode_8b(args.context, jobs=args.jobs, hw="wse2")
+    out["rejection"] = rejection_seconds()
     print_results(out)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")

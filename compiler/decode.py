@@ -15,9 +15,25 @@ import numpy as np
 from compiler import reference
 from compiler.emit import DecodeProgram, emit_decode, verify_program
 from compiler.numerics import canonical_dtype
-from compiler.place import Placement, place, verify_placement, write_c, write_matrix, write_r
+from compiler.place import (
+    Placement,
+    pe_class,
+    place,
+    verify_placement,
+    write_c,
+    write_matrix,
+    write_r,
+)
 from compiler.route import RoutePlan, route, verify_routes
-from compiler.tile import TilePlan, gu_row_order, qkv_row_order, tile, verify_tiles
+from compiler.tile import (
+    TilePlan,
+    attn_col_order,
+    band_geometry,
+    gu_row_order,
+    qkv_row_order,
+    tile,
+    verify_tiles,
+)
 from emulator.hw.errors import FitError
 from emulator.hw.mesh import MeshConfig
 
@@ -38,15 +54,14 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
 
     `head`: the mesh runs the final norm and LM head (False on all but the last wafer of
     a multi-wafer system, compiler.system).
-    `layout`: "groups" (q/k/v rows chunked by whole kv-head groups), "even" (balanced
-    chunks plus a relayout on the left column) or "auto" (groups, or even if groups does
-    not fit). Raises FitError when the model does not fit.
+    `layout`: "spread" (KV cache and attention over every band row, docs/mapping.md),
+    "groups" (q/k/v rows chunked by whole kv-head groups), "even" (balanced chunks plus a
+    relayout on the left column) or "auto" (`auto_layouts`). Raises FitError when the
+    model does not fit.
     """
     spec.require_mapped("decode on the mesh")
     dtype = canonical_dtype(dtype)
-    routes = run_pass("route", route, (mesh.width, mesh.height, mesh),
-                      lambda out: verify_routes(out, mesh))
-    layouts = ("groups", "even") if layout == "auto" else (layout,)
+    layouts = auto_layouts(spec, mesh) if layout == "auto" else (layout,)
     error = None
     for name in layouts:
         plan = run_pass("tile", tile, (spec, mesh.width, mesh.height, name, head), verify_tiles)
@@ -57,10 +72,20 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
         except FitError as exc:
             error = exc
             continue
+        routes = run_pass("route", route, (mesh.width, mesh.height, mesh, plan.bands),
+                          lambda out: verify_routes(out, mesh))
         decode = run_pass("emit", emit_decode, (plan, placement, routes),
                           lambda out: verify_program(out, mesh))
         return Compiled(plan, placement, routes, decode)
     raise error
+
+
+def auto_layouts(spec, mesh: MeshConfig) -> tuple[str, ...]:
+    """Layouts `layout="auto"` tries in order: spread (KV and attention over the whole
+    mesh) when the mesh has a row per kv head, else groups, then even."""
+    if band_geometry(mesh.height, spec.num_kv_heads, spec.head_dim) is not None:
+        return ("spread",)
+    return ("groups", "even")
 
 
 def verifying() -> bool:
@@ -96,32 +121,45 @@ def weight_image(plan: TilePlan, placement: Placement, weights: dict) -> np.ndar
     """float32 [W*H, sram_words]: zeros plus every weight tile at its placed address."""
     spec = plan.spec
     sram = np.zeros((plan.pw * plan.ph, placement.total_words), np.float32)
-    qkv_order, gu_order = qkv_row_order(spec), gu_row_order(plan)
+    qkv_order, gu_order = qkv_row_order(spec, plan), gu_row_order(plan)
+    o_order = attn_col_order(plan)
     for layer in range(spec.num_layers):
         p, w = f"L{layer}.", _layer_tensors(weights, layer)
         write_matrix(sram, plan, "qkv", np.concatenate(w["qkv"])[qkv_order],
-                     placement.addr(p + "qkv"))
-        write_matrix(sram, plan, "o", w["o"], placement.addr(p + "o"))
+                     _addr_of(placement, p + "qkv"))
+        write_matrix(sram, plan, "o", w["o"][:, o_order], _addr_of(placement, p + "o"))
         write_matrix(sram, plan, "gu", np.concatenate(w["gu"])[gu_order],
-                     placement.addr(p + "gu"))
-        write_matrix(sram, plan, "down", w["down"], placement.addr(p + "down"))
+                     _addr_of(placement, p + "gu"))
+        write_matrix(sram, plan, "down", w["down"], _addr_of(placement, p + "down"))
         write_r(sram, plan, "hidden", w["norm_in"], placement.addr(p + "norm_in"))
         write_r(sram, plan, "hidden", w["norm_post"], placement.addr(p + "norm_post"))
         if spec.attention_bias:
             write_c(sram, plan, "qkv", np.concatenate(w["qkv_bias"])[qkv_order],
-                    placement.addr(p + "qkv_bias"))
+                    _addr_of(placement, p + "qkv_bias"))
         if spec.o_proj_bias:
             write_r(sram, plan, "hidden", w["o_bias"], placement.addr(p + "o_bias"))
         if spec.mlp_bias:
             write_c(sram, plan, "gu", np.concatenate(w["gu_bias"])[gu_order],
-                    placement.addr(p + "gu_bias"))
+                    _addr_of(placement, p + "gu_bias"))
             write_r(sram, plan, "hidden", w["down_bias"], placement.addr(p + "down_bias"))
     if plan.head:
         write_matrix(sram, plan, "lm_head", reference.lm_head_weight(spec, weights),
-                     placement.addr("lm_head"))
+                     _addr_of(placement, "lm_head"))
         write_r(sram, plan, "hidden", weights["model.norm.weight"],
                 placement.addr("norm_final"))
     return sram
+
+
+def _addr_of(placement: Placement, name: str) -> np.ndarray:
+    """int64 [ph]: address of weight buffer `name` on each row (left and other PEs of a
+    row share it; -1 where the row's class has no such buffer)."""
+    plan = placement.plan
+    out = np.full(plan.ph, -1, np.int64)
+    for j in range(plan.ph):
+        buffers = placement.maps[pe_class(plan, 0, j)]
+        if name in buffers:
+            out[j] = buffers[name].addr
+    return out
 
 
 def _layer_tensors(weights: dict, layer: int) -> dict:

@@ -33,7 +33,7 @@ from compiler.place import (
     relayouts,
     subtree_ends,
 )
-from compiler.route import RoutePlan, route, tree_actions
+from compiler.route import RoutePlan, band_last_rows, route, tree_actions
 from compiler.tile import Chunking, TilePlan, chunk_bounds
 from emulator.hw.mesh import MeshConfig
 from isa.opcodes import (
@@ -58,6 +58,20 @@ from isa.validate import validate_program
 STEP_PARAMS = ("nloc", "nfree", "slot_off", "store_n")
 NEW_SLOT_REG = 1   # register holding the new position's slot offset (slot * head_dim)
 NLOC_REG = 2       # register holding nloc
+MASK_SCORE = -1.0e30   # spread layout: score of a slot holding no position (exp gives 0)
+
+
+def step_param_names(plan: TilePlan) -> list[str]:
+    """The per-step parameters of a layout (docs/mapping.md): `STEP_PARAMS`, or in the
+    spread layout `nact` (active slots), `nfree` (masked slots of a column), `kslot`
+    (slot the new K/V goes to: the spare slot off the owning column), `sc_len`, `pm_len`
+    (score and max+score message lengths), `sc{h}` (head h's scores) and `mask{h}`
+    (its first masked score on this column)."""
+    if plan.bands is None:
+        return list(STEP_PARAMS)
+    heads = range(plan.spec.group_size)
+    return (["nact", "nfree", "kslot", "sc_len", "pm_len"] + [f"sc{h}" for h in heads]
+            + [f"mask{h}" for h in heads])
 
 
 # --------------------------------------------------------------------------- code builder
@@ -196,12 +210,14 @@ class Fabric:
     mr: int
     row: tuple      # row-tree colors per step
     col: tuple      # column-tree colors per step
+    mb: int = -1    # band multicast (spread layout), -1 when absent
 
     @classmethod
     def from_routes(cls, routes: RoutePlan) -> "Fabric":
         """The fabric view of a route plan."""
         return cls(routes.width, routes.height, routes.colors["MC"], routes.colors["MR"],
-                   tuple(routes.row_tree()), tuple(routes.col_tree()))
+                   tuple(routes.row_tree()), tuple(routes.col_tree()),
+                   routes.colors.get("MB", -1))
 
 
 def col_multicast(b: CodeBuilder, fab: Fabric, top: bool, buf, n) -> None:
@@ -289,18 +305,43 @@ class Role:
     k_ffn: int          # ffn chunk on row y
     groups: int         # kv groups of row y
     wrow: bool = True   # row y holds weight tiles
+    band: int = -2      # spread layout: 0 band top row, 1 band row holding keys, 2 other
+                        # band row, -1 outside the bands; -2 other layouts
+    k2: int = 0         # spread: key dims of row y (2 per RoPE pair)
+    nv: int = 0         # spread: value dims of row y
+    ktree: tuple = ()   # spread: steps in the band's score tree (rows holding keys)
+    mb: str = ""        # spread: "send" (band top), "recv" or "" in the band multicast
+
+    @property
+    def kind(self) -> tuple:
+        """TilePlan.row_kind of the role's row."""
+        if self.band == -2:
+            return ()
+        return (self.k2, self.nv, self.band == 0) if self.band >= 0 else (0, 0, False)
 
     @property
     def key(self) -> tuple:
         """The SRAM class (compiler.place.pe_class) of PEs with this role."""
-        return (self.wrow, self.groups > 0, self.left, self.left and self.top)
+        attn = self.band >= 0 if self.band != -2 else self.groups > 0
+        return (self.wrow, attn, self.left, self.left and self.top, self.kind)
 
 
 def pe_role(plan: TilePlan, i: int, j: int) -> Role:
     """The role of PE (i, j)."""
+    band = {"band": -2}
+    bands = plan.bands
+    if bands is not None:
+        r = bands.local(j)
+        band = {"band": -1 if r < 0 else 0 if r == 0 else 1 if r < bands.krows else 2}
+        if r >= 0:
+            last = band_last_rows(bands)
+            band.update(k2=2 * int(bands.kp[r]), nv=int(bands.nv[r]),
+                        ktree=tree_actions(r, bands.krows) if r < bands.krows else (),
+                        mb="send" if r == 0 and last else
+                        "recv" if 0 < r <= last and bands.nv[r] else "")
     return Role(i == 0, j == 0, tree_actions(i, plan.pw), tree_actions(j, plan.ph),
                 plan.vec("hidden").size(i), plan.vec("attn").size(j), plan.vec("ffn").size(j),
-                plan.groups_on_row(j)[1], plan.weight_row(j))
+                plan.groups_on_row(j)[1], plan.weight_row(j), **band)
 
 
 @dataclass
@@ -446,37 +487,147 @@ def attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
             b.vec(Op.VMUL, a("ATT") + h * hd, ol + h * hd, Desc(a("RL") + h, 0), hd)
 
 
+def rope_rows(b: CodeBuilder, ctx: Context, role: Role) -> None:
+    """Spread layout, (0, j): rotate the row's RoPE pairs of every q head and of k (the
+    first (group_size + 1) * k2 elements of QKV, pairs adjacent) by the row's COS/SIN."""
+    a, n2 = ctx.addr, (ctx.plan.spec.group_size + 1) * role.k2 // 2
+    e = a("QKV")
+    t1, t2, t3, t4 = (a("TMP") + q * n2 for q in range(4))
+    b.note("RoPE of the row's pairs")
+    b.vec(Op.VMUL, t1, Desc(e, 2), a("COS"), n2)
+    b.vec(Op.VMUL, t2, Desc(e + 1, 2), a("SIN"), n2)
+    b.vec(Op.VMUL, t3, Desc(e + 1, 2), a("COS"), n2)
+    b.vec(Op.VMUL, t4, Desc(e, 2), a("SIN"), n2)
+    b.vec(Op.VSUB, Desc(e, 2), t1, t2, n2)
+    b.vec(Op.VADD, Desc(e + 1, 2), t3, t4, n2)
+
+
+def spread_attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
+    """Spread layout: sequence-parallel attention of row j's band (docs/mapping.md).
+
+    1. (0, j) multicasts the row's q/k/v chunk along the row; the PE of the column owning
+       the new position stores k and v into its slot (the others into the spare slot).
+    2. Rows holding keys: partial scores of every q head over the row's key dims for the
+       active slots (one vmul + vgemv per head), summed up the band's column tree to the
+       band's top row, which scales, masks empty slots, takes each head's local maximum
+       and exponentiates: PM = [max | p].
+    3. The band top multicasts PM down the column to the rows holding value dims; each
+       computes its partial softmax state [max | sum | weighted values] and the states
+       merge along the row with the online-softmax rule to (0, j), which divides by the
+       sum: the row's chunk of the attention output, in XB for o_proj.
+    """
+    spec, fab, a = ctx.plan.spec, ctx.fab, ctx.addr
+    gs, k2, nv, sp = spec.group_size, role.k2, role.nv, ctx.placement.slots + 1
+    q, pm = a("QKV"), a("PM")
+    kt, vt = a(f"L{layer}.k"), a(f"L{layer}.v")
+    b.note("layer {layer}: attention, the row's q/k/v along the row")
+    row_multicast(b, fab, role.left, q, (gs + 1) * k2 + nv)
+    if k2:
+        b.vec(Op.VMOV, Desc(Reg(NEW_SLOT_REG, kt), sp), q + gs * k2, n=k2)
+    if nv:
+        b.vec(Op.VMOV, Desc(Reg(NEW_SLOT_REG, vt), sp), q + (gs + 1) * k2, n=nv)
+    if role.band in (0, 1):
+        b.note("attention: partial scores over the row's key dims")
+        for h in range(gs):
+            gemv_columns(b, kt, sp, q + h * k2, Param(f"sc{h}"), Param("nact"), k2)
+        tree_sum(b, role.ktree, fab.col, pm + gs, Param("sc_len"))
+    if role.band == 0:
+        b.note("attention: band top scales, masks empty slots, local max, exp")
+        b.vec(Op.VSCALE, pm + gs, pm + gs, n=Param("sc_len"),
+              imm=float(np.float32(spec.head_dim ** -0.5)))
+        for h in range(gs):
+            b.vec(Op.VSET, Param(f"mask{h}"), n=Param("nfree"), imm=MASK_SCORE)
+        for h in range(gs):
+            b.reduce(Op.RMAX, pm + h, Param(f"sc{h}"), n=Param("nact"))
+        for h in range(gs):
+            b.vec(Op.VSUB, Param(f"sc{h}"), Param(f"sc{h}"), Desc(pm + h, 0), Param("nact"))
+        b.vec(Op.VEXP, pm + gs, pm + gs, n=Param("sc_len"))
+    if role.mb == "send":
+        b.send(fab.mb, pm, Param("pm_len"))
+    elif role.mb == "recv":
+        b.recv(fab.mb, pm, Param("pm_len"))
+    if nv:
+        merge_values(b, ctx, role, vt, sp)
+
+
+def merge_values(b: CodeBuilder, ctx: Context, role: Role, vt: int, sp: int) -> None:
+    """Spread layout, rows holding value dims: local softmax state MO = [m | l | o] from
+    PM = [m | p], merged along the row to (0, j) with the online-softmax rule
+    m = max(m1, m2), l = l1 e^(m1-m) + l2 e^(m2-m), o = o1 e^(m1-m) + o2 e^(m2-m);
+    (0, j) writes o / l into XB (the row's chunk of the attention output)."""
+    gs, nv, fab, a = ctx.plan.spec.group_size, role.nv, ctx.fab, ctx.addr
+    pm, mo, mt, nm, aa = a("PM"), a("MO"), a("MT"), a("NM"), a("AA")
+    lo, oo, n = mo + gs, mo + 2 * gs, gs * (2 + nv)
+    b.note("attention: local softmax state of the column's slots")
+    b.vec(Op.VMOV, mo, pm, n=gs)
+    for h in range(gs):
+        b.reduce(Op.RSUM, lo + h, Param(f"sc{h}"), n=Param("nact"))
+    for h in range(gs):
+        for d in range(nv):
+            b.reduce(Op.RDOT, oo + h * nv + d, vt + d * sp, Param(f"sc{h}"), Param("nact"))
+    for act, s in role.row_tree:
+        if act == "send":
+            b.send(fab.row[s], mo, n)
+            continue
+        b.recv(fab.row[s], mt, n)
+        b.note("online-softmax merge")
+        b.vec(Op.VMAX, nm, mo, mt, gs)
+        b.vec(Op.VSUB, aa, mo, nm, gs)
+        b.vec(Op.VSUB, aa + gs, mt, nm, gs)
+        b.vec(Op.VEXP, aa, aa, n=2 * gs)
+        b.vec(Op.VMUL, lo, lo, aa, gs)
+        b.vec(Op.VFMA, lo, mt + gs, aa + gs, gs)
+        for h in range(gs):
+            b.vec(Op.VMUL, oo + h * nv, oo + h * nv, Desc(aa + h, 0), nv)
+            b.vec(Op.VFMA, oo + h * nv, mt + 2 * gs + h * nv, Desc(aa + gs + h, 0), nv)
+        b.vec(Op.VMOV, mo, nm, n=gs)
+    if role.left:
+        b.note("divide by the softmax sums")
+        b.vec(Op.VRECIP, a("RL"), lo, n=gs)
+        for h in range(gs):
+            b.vec(Op.VMUL, a("XB") + h * nv, oo + h * nv, Desc(a("RL") + h, 0), nv)
+
+
 def decoder_layer(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
     """One layer: RMSNorm, q/k/v, RoPE, attention, o_proj + residual, RMSNorm, SwiGLU MLP.
 
     Comments naming the layer are templates with a `{layer}` field (see `layer_code`).
     """
     plan, spec, fab, a = ctx.plan, ctx.plan.spec, ctx.fab, ctx.addr
-    p, even = f"L{layer}.", plan.layout == "even"
+    p, even, spread = f"L{layer}.", plan.layout == "even", plan.bands is not None
     b.mark(p + "norm_in")
     if role.top:
         rmsnorm(b, ctx, role, p + "norm_in", "L{layer}.norm_in")
     b.mark(p + "qkv")
     qkv_out = a("ACC") if even else a("QKV")
+    qkv_stride = (spec.group_size + 1) * role.k2 + role.nv if spread else plan.mpad("qkv")
     b.note("layer {layer}: q/k/v GEMV-A")
-    gemv_a(b, fab, role.top, role.row_tree, role.k_hidden, ctx.waddr(p + "qkv"), plan.mpad("qkv"),
+    gemv_a(b, fab, role.top, role.row_tree, role.k_hidden, ctx.waddr(p + "qkv"), qkv_stride,
            a("XN"), qkv_out, Param("m_qkv"))
     if role.left and spec.attention_bias:
         b.vec(Op.VADD, qkv_out, qkv_out, ctx.waddr(p + "qkv_bias"), Param("m_qkv"))
     if even:
         relayout(b, ctx, role, "qkv", a("ACC"), a("QKV"))
-    b.mark(p + "attn")
-    if role.left:
-        for g in range(role.groups):
-            rope(b, ctx, g)
-    if role.groups:
-        attention(b, ctx, role, layer)
+    b.mark(p + "rope")
+    if spread:
+        if role.left and role.k2:
+            rope_rows(b, ctx, role)
+        b.mark(p + "attn")
+        if role.band >= 0:
+            spread_attention(b, ctx, role, layer)
+    else:
+        if role.left:
+            for g in range(role.groups):
+                rope(b, ctx, g)
+        b.mark(p + "attn")
+        if role.groups:
+            attention(b, ctx, role, layer)
     if even:
         relayout(b, ctx, role, "attn", a("ATT"), a("XB"))
     b.mark(p + "o_proj")
     b.note("layer {layer}: o_proj GEMV-B")
     gemv_b(b, fab, role.left, role.col_tree, role.k_attn, ctx.waddr(p + "o"), plan.mpad("o"),
-           a("XB") if even else a("ATT"), a("ACC"), Param("m_hidden"))
+           a("XB") if even or spread else a("ATT"), a("ACC"), Param("m_hidden"))
     residual(b, ctx, role, p + "o_bias" if spec.o_proj_bias else None)
     b.mark(p + "norm_post")
     if role.top:
@@ -528,7 +679,10 @@ def pe_code(ctx: Context, role: Role) -> RegionCode:
     ctx = ctx.for_role(role)
     plan, a = ctx.plan, ctx.addr
     start = CodeBuilder(ctx.param_index, ctx.mark_index)
-    if role.groups:
+    if plan.bands is not None:
+        if role.band >= 0 and (role.k2 or role.nv):
+            start.movr(NEW_SLOT_REG, Param("kslot"))
+    elif role.groups:
         start.movr(NEW_SLOT_REG, Param("slot_off"))
         start.movr(NLOC_REG, Param("nloc"))
     end = CodeBuilder(ctx.param_index, ctx.mark_index)
@@ -668,11 +822,22 @@ def _piece_params(dst: Chunking, g: np.ndarray, junk: int) -> dict:
     return cols
 
 
-def step_values(plan: TilePlan, slots: int, pos: int) -> dict:
+def step_values(plan: TilePlan, slots: int, pos: int,
+                placement: Placement | None = None) -> dict:
     """name -> int64 [ph, pw] (read-only views) of the per-step parameters for decode
-    position `pos`."""
+    position `pos` (`placement`: needed by the spread layout, for the PM address)."""
     pw, ph, hd = plan.pw, plan.ph, plan.spec.head_dim
     i = np.arange(pw)
+    if plan.bands is not None:
+        gs, nact = plan.spec.group_size, pos // pw + 1
+        nloc = np.where(i <= pos, (pos - i) // pw + 1, 0)
+        sc = placement.addr("PM") + gs + nact * np.arange(gs)
+        out = {"nact": nact, "nfree": nact - nloc,
+               "kslot": np.where(i == pos % pw, pos // pw, slots),
+               "sc_len": gs * nact, "pm_len": gs * (1 + nact)}
+        out.update({f"sc{h}": sc[h] for h in range(gs)})
+        out.update({f"mask{h}": sc[h] + nloc for h in range(gs)})
+        return {k: np.broadcast_to(np.asarray(v, np.int64), (ph, pw)) for k, v in out.items()}
     nloc = np.where(i <= pos, (pos - i) // pw + 1, 0)
     store = np.where(i == pos % pw, hd, 0)
     return {"nloc": np.broadcast_to(nloc, (ph, pw)),
@@ -702,7 +867,8 @@ class DecodeProgram:
         """The program of the decode step at position `pos` (0-based): the template with
         the step parameters' values (a new factored table; a few ms on a whole WSE-3)."""
         self._check_position(pos)
-        values = {**self.static_values, **step_values(self.plan, self.placement.slots, pos)}
+        values = {**self.static_values, **step_values(self.plan, self.placement.slots, pos,
+                                                      self.placement)}
         rows, index = param_table(self.plan, values, self.left_values, self.param_names)
         return dataclasses.replace(self.program, param_rows=rows, param_index=index)
 
@@ -723,7 +889,8 @@ def assign_roles(plan: TilePlan) -> tuple[list, np.ndarray, list]:
     cols = [pe_role(plan, i, 0) for i in range(pw)]
     rows = [pe_role(plan, 0, j) for j in range(ph)]
     col_keys = [(r.left, r.row_tree, r.k_hidden) for r in cols]
-    row_keys = [(r.top, r.col_tree, r.k_attn, r.k_ffn, r.groups, r.wrow) for r in rows]
+    row_keys = [(r.top, r.col_tree, r.k_attn, r.k_ffn, r.groups, r.wrow, r.band, r.k2, r.nv,
+                 r.ktree, r.mb) for r in rows]
     ci = _class_index(col_keys)
     rj = _class_index(row_keys)
     pair = (rj[:, None] * (ci.max() + 1) + ci[None, :]).reshape(-1)
@@ -733,9 +900,10 @@ def assign_roles(plan: TilePlan) -> tuple[list, np.ndarray, list]:
     rank[order] = np.arange(len(order))
     pe_region = rank[inverse].astype(np.int32)
     reps = [(int(f % pw), int(f // pw)) for f in first[order]]
-    roles = [dataclasses.replace(cols[x], top=rows[y].top, col_tree=rows[y].col_tree,
-                                 k_attn=rows[y].k_attn, k_ffn=rows[y].k_ffn,
-                                 groups=rows[y].groups, wrow=rows[y].wrow) for x, y in reps]
+    row_fields = ("top", "col_tree", "k_attn", "k_ffn", "groups", "wrow", "band", "k2", "nv",
+                  "ktree", "mb")
+    roles = [dataclasses.replace(cols[x], **{f: getattr(rows[y], f) for f in row_fields})
+             for x, y in reps]
     return roles, pe_region, reps
 
 
@@ -814,7 +982,7 @@ def _varying_axes(values) -> np.ndarray:
     return values
 
 
-LAYER_OPS = ("norm_in", "qkv", "attn", "o_proj", "norm_post", "mlp_up", "mlp_down")
+LAYER_OPS = ("norm_in", "qkv", "rope", "attn", "o_proj", "norm_post", "mlp_up", "mlp_down")
 
 
 def decode_mark_names(plan: TilePlan) -> list[str]:
@@ -828,7 +996,7 @@ def emit_decode(plan: TilePlan, placement: Placement, routes: RoutePlan,
                 source: str = "<decode>") -> DecodeProgram:
     """The emit pass: one decode step as a Program with per-role regions."""
     params, left = static_params(plan), left_params(plan, placement)
-    param_names = list(params) + list(left) + list(STEP_PARAMS)
+    param_names = list(params) + list(left) + step_param_names(plan)
     marks = decode_mark_names(plan)
     ctx = Context(plan, placement, Fabric.from_routes(routes),
                   {n: k for k, n in enumerate(param_names)},

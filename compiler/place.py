@@ -37,8 +37,8 @@ from emulator.hw.mesh import MeshConfig
 DEFAULT_MAX_CONTEXT = 256
 MAX_SQUARE_SEARCH = 2048
 MAX_PIECES = 16          # multicast pieces of a relayout (docs/mapping.md)
-OVERLAYS = {"G": "TMP"}
-CLASS_FIELDS = ("weights", "attention", "left", "hub")  # buffer -> buffer whose address it shares
+OVERLAYS = {"G": "TMP"}   # buffer -> buffer whose address it shares
+CLASS_FIELDS = ("weights", "attention", "left", "hub", "kind")
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ class Placement:
     total_words: int = 0                   # SRAM elements of the largest class
     maps: dict = field(default=None, hash=False)     # class key -> {name: Buffer}
     class_words: dict = field(default=None, hash=False)  # class key -> elements
+    capacity: int = 0      # largest max_context whose KV fits beside the weights/scratch
 
     def addr(self, name: str, key: tuple | None = None) -> int:
         """First element of buffer `name` (in class `key`, or the first class holding it)."""
@@ -77,17 +78,27 @@ class Placement:
         return self.total_words * DTYPE_BYTES[self.dtype]
 
 
+def row_attention(plan: TilePlan, y: int) -> bool:
+    """Row y holds KV cache (kv groups; in the spread layout: lies in a band)."""
+    if plan.bands is not None:
+        return plan.bands.local(y) >= 0
+    return plan.vec("groups").size(y) > 0
+
+
 def pe_class(plan: TilePlan, x: int, y: int) -> tuple:
-    """Class key (weights, attn, left, hub) of PE (x, y)."""
-    return (plan.weight_row(y), plan.vec("groups").size(y) > 0, x == 0, x == 0 and y == 0)
+    """Class key (weights, attn, left, hub, kind) of PE (x, y) (`kind`: TilePlan.row_kind)."""
+    return (plan.weight_row(y), row_attention(plan, y), x == 0, x == 0 and y == 0,
+            plan.row_kind(y))
 
 
 def classes(plan: TilePlan) -> list[tuple]:
     """Every class key present on the mesh (row kinds x {left column, other columns})."""
-    attn = (plan.vec("groups").sizes() > 0).tolist()
-    kinds = list(zip(plan.weight_rows().tolist(), attn, strict=True))   # (weights, attn) per row
-    keys = {(w, a, False, False) for w, a in set(kinds)} if plan.pw > 1 else set()
-    keys |= {(w, a, True, False) for w, a in set(kinds[1:])} | {(*kinds[0], True, True)}
+    kinds = [(plan.weight_row(j), row_attention(plan, j), plan.row_kind(j))
+             for j in range(plan.ph)]
+    keys = {(w, a, False, False, k) for w, a, k in set(kinds)} if plan.pw > 1 else set()
+    keys |= {(w, a, True, False, k) for w, a, k in set(kinds[1:])}
+    w, a, k = kinds[0]
+    keys.add((w, a, True, True, k))
     return sorted(keys)
 
 
@@ -168,15 +179,17 @@ def g_words(plan: TilePlan) -> np.ndarray:
 # --------------------------------------------------------------------------- sections
 
 
-def common_entries(plan: TilePlan) -> list[tuple[str, int, str]]:
+def common_entries(plan: TilePlan, slots: int = 0) -> list[tuple[str, int, str]]:
     """Buffers of every PE: scratch of the GEMVs and the top row's R-layout weights."""
     spec, hid = plan.spec, plan.vec("hidden").max_size
     acc = max(plan.mpad("gu"), plan.mpad("lm_head"), plan.mpad("o"),
               plan.mpad("qkv") if plan.layout == "even" else 0)
-    xb = max(plan.vec("attn").max_size if plan.layout == "even" else 0,
+    xb = max(plan.vec("attn").max_size if plan.layout in ("even", "spread") else 0,
              plan.vec("ffn").max_size)
     out = [("H", hid, "scratch"), ("XN", hid, "scratch"), ("SS", 1, "scratch"),
            ("ACC", acc, "scratch"), ("XB", xb, "scratch"), ("JUNK", 1, "scratch")]
+    if plan.bands is not None:   # at one address on every PE: the step parameters name it
+        out.append(("PM", spec.group_size * (1 + slots), "scratch"))
     for layer in range(spec.num_layers):
         p = f"L{layer}."
         out += [(p + "norm_in", hid, "weight"), (p + "norm_post", hid, "weight")]
@@ -189,12 +202,19 @@ def common_entries(plan: TilePlan) -> list[tuple[str, int, str]]:
     return out
 
 
-def weight_entries(plan: TilePlan) -> list[tuple[str, int, str]]:
-    """Weight tiles of the C-chunked matrices (rows holding weights)."""
+def weight_entries(plan: TilePlan, kind: tuple = ()) -> list[tuple[str, int, str]]:
+    """Weight tiles of the C-chunked matrices (rows holding weights). In the spread layout
+    the q/k/v and o tiles are sized for the row kind (`TilePlan.row_kind`)."""
     spec, out = plan.spec, []
+    sizes = {m: plan.kmax(m) * plan.mpad(m) for m in ("qkv", "o", "gu", "down")}
+    if plan.bands is not None:
+        k2, nv, _ = kind
+        m_qkv = (spec.group_size + 1) * k2 + nv
+        sizes["qkv"] = plan.kmax("qkv") * m_qkv
+        sizes["o"] = spec.group_size * nv * plan.mpad("o")
     for layer in range(spec.num_layers):
         p = f"L{layer}."
-        out += [(p + m, plan.kmax(m) * plan.mpad(m), "weight") for m in ("qkv", "o", "gu", "down")]
+        out += [(p + m, sizes[m], "weight") for m in ("qkv", "o", "gu", "down")]
         if spec.attention_bias:
             out.append((p + "qkv_bias", plan.mpad("qkv"), "weight"))
         if spec.mlp_bias:
@@ -218,9 +238,34 @@ def attention_entries(plan: TilePlan, slots: int) -> list[tuple[str, int, str]]:
     return out
 
 
+def spread_attention_entries(plan: TilePlan, kind: tuple,
+                             slots: int) -> list[tuple[str, int, str]]:
+    """KV cache and attention scratch of a band row of the spread layout (kind: K dims,
+    V dims, band top). K and V are dim-major, `slots + 1` elements per dim (the last slot
+    takes the store of PEs not owning the new position); PM holds the heads' maxima then
+    their scores [head][slot]; MO the merge state [max | sum | weighted values]."""
+    spec, (k2, nv, _) = plan.spec, kind
+    heads, sp, out = spec.group_size, slots + 1, []
+    for layer in range(spec.num_layers):
+        out += [(f"L{layer}.k", k2 * sp, "kv"), (f"L{layer}.v", nv * sp, "kv")]
+    out.append(("QKV", (heads + 1) * k2 + nv, "scratch"))
+    if nv:
+        out += [("MO", heads * (2 + nv), "scratch"), ("MT", heads * (2 + nv), "scratch"),
+                ("NM", heads, "scratch"), ("AA", 2 * heads, "scratch")]
+    return out
+
+
 def left_entries(plan: TilePlan, key: tuple, g_need: np.ndarray) -> list[tuple[str, int, str]]:
     """Left-column buffers of class `key`: RoPE tables, TMP and the overlaid G."""
     spec, attn = plan.spec, key[1]
+    if plan.bands is not None:
+        k2, nv, _ = key[4]
+        rope = (spec.group_size + 1) * k2 // 2
+        out = [("COS", rope, "scratch"), ("SIN", rope, "scratch")] if rope else []
+        if nv:
+            out.append(("RL", spec.group_size, "scratch"))
+        out.append(("TMP", max(4 * rope, plan.vec("ffn").max_size), "scratch"))
+        return out
     rope = (spec.group_size + 1) * spec.head_dim // 2
     out = [("COS", rope, "scratch"), ("SIN", rope, "scratch")] if attn else []
     out.append(("TMP", max(4 * rope if attn else 0, plan.vec("ffn").max_size), "scratch"))
@@ -233,11 +278,13 @@ def left_entries(plan: TilePlan, key: tuple, g_need: np.ndarray) -> list[tuple[s
 
 def class_entries(plan: TilePlan, key: tuple, slots: int, g_need: np.ndarray) -> list:
     """(name, elements, kind) of class `key`'s buffers in address order."""
-    weights, attn, left, _ = key
-    out = common_entries(plan)
+    weights, attn, left = key[:3]
+    out = common_entries(plan, slots)
     if weights:
-        out += weight_entries(plan)
-    if attn:
+        out += weight_entries(plan, key[4])
+    if attn and plan.bands is not None:
+        out += spread_attention_entries(plan, key[4], slots)
+    elif attn:
         out += attention_entries(plan, slots)
     if left:
         out += left_entries(plan, key, g_need)
@@ -289,10 +336,30 @@ def place(plan: TilePlan, mesh: MeshConfig, dtype: str = "fp32",
         for name, buf in maps[key].items():
             union.setdefault(name, buf)
     placement = Placement(plan, dtype, max_context, -(-max_context // plan.pw), union,
-                          max(words.values()), maps, words)
+                          max(words.values()), maps, words,
+                          fit_context(plan, mesh.sram_bytes // DTYPE_BYTES[dtype]))
     if placement.total_bytes > mesh.sram_bytes:
         raise FitError(_fit_message(placement, mesh, hint))
     return placement
+
+
+def fit_context(plan: TilePlan, sram_words: int) -> int:
+    """The largest max_context (a multiple of pw) whose per-class SRAM fits `sram_words`
+    elements per PE: every class needs `a + b * slots` elements (KV and score buffers
+    grow linearly with the slots per PE), so the slots that fit are
+    min over classes of floor((sram_words - a) / b); 0 when nothing fits."""
+    one, two = class_maps(plan, plan.pw)[1], class_maps(plan, 2 * plan.pw)[1]
+    slots = None
+    for key, w1 in one.items():
+        b = two[key] - w1
+        a = w1 - b
+        if a > sram_words:
+            return 0
+        if b > 0:
+            fit = (sram_words - a) // b
+            slots = fit if slots is None else min(slots, fit)
+    limit = plan.spec.max_position_embeddings
+    return limit if slots is None else min(limit, max(0, slots) * plan.pw)
 
 
 def largest_class(placement: Placement) -> tuple:
@@ -302,8 +369,15 @@ def largest_class(placement: Placement) -> tuple:
 
 def class_name(key: tuple) -> str:
     """A readable name of a class key."""
-    weights, attn, left, hub = key
+    weights, attn, left, hub = key[:4]
     parts = ["PE (0,0)" if hub else "left-column PEs" if left else "PEs"]
+    kind = key[4] if len(key) > 4 else ()
+    if kind:
+        k2, nv, top = kind
+        parts.append(f"of band rows with {k2} K and {nv} V dims" + (" (band top)" if top
+                                                                   else "")
+                     if attn else "of rows outside the bands")
+        return " ".join(parts)
     parts.append("of weight rows" if weights else "of hub rows")
     if attn:
         parts.append("with attention/KV")
@@ -318,15 +392,18 @@ def _fit_message(placement: Placement, mesh: MeshConfig, hint: bool = True) -> s
     for buf in placement.maps[key].values():
         by_kind[buf.kind] = by_kind.get(buf.kind, 0) + buf.words * nbytes
     parts = ", ".join(f"{kind} {b}" for kind, b in by_kind.items())
+    hint = hint and plan.layout != "spread"   # spread: the context that fits is the hint
     side = smallest_square(plan.spec, mesh, placement.dtype, placement.max_context,
                            plan.layout) if hint else None
     hint = "" if not hint else (f"smallest square mesh that fits: {side}x{side}" if side else
             f"no square mesh up to {MAX_SQUARE_SEARCH}x{MAX_SQUARE_SEARCH} fits with the "
             f"'{plan.layout}' layout")
+    fits = (f"a context of {placement.capacity} tokens would fit" if placement.capacity
+            else "no context fits beside the weights and scratch")
     return (f"model does not fit on a {plan.pw}x{plan.ph} mesh ({plan.layout} layout, "
             f"{placement.dtype}, max_context {placement.max_context}): needs "
             f"{placement.total_bytes} bytes of SRAM per PE ({class_name(key)}: {parts}), "
-            f"a PE has {mesh.sram_bytes} bytes" + (f"; {hint}" if hint else ""))
+            f"a PE has {mesh.sram_bytes} bytes; {fits}" + (f"; {hint}" if hint else ""))
 
 
 def smallest_square(spec, mesh: MeshConfig, dtype: str, max_context: int,
@@ -382,19 +459,32 @@ def verify_placement(placement: Placement, mesh: MeshConfig) -> None:
 
 
 def _check_tiles(placement: Placement, matrix: str, name: str) -> None:
-    """Every PE's tile of `matrix` fits its buffer with the shared column stride."""
+    """Every PE's tile of `matrix` fits its buffer with its row's column stride."""
     plan = placement.plan
     t = plan.matrices[matrix]
-    out, inp, mpad = plan.vec(t.out).sizes(), plan.vec(t.inp).sizes(), plan.mpad(matrix)
+    out, inp = plan.vec(t.out).sizes(), plan.vec(t.inp).sizes()
     area = np.outer(out, inp) if t.kind == "A" else np.outer(inp, out)   # [ph, pw]
-    assert out.max(initial=0) <= mpad, f"{name}: a tile has more rows than the stride"
     held = area.max(axis=1) > 0
-    if held.any():
-        words = placement.maps[pe_class(plan, 1 if plan.pw > 1 else 0,
-                                        int(np.flatnonzero(held)[0]))][name].words
-        assert inp.max() * mpad <= words, f"{name}: a tile is larger than its buffer"
-    assert all(plan.weight_row(j) for j in np.flatnonzero(held)), \
-        f"{name}: tiles on a row without weights"
+    for j in np.flatnonzero(held):
+        stride = plan.tile_stride(matrix, int(j))
+        rows, cols = (out[j], inp.max()) if t.kind == "A" else (out.max(), inp[j])
+        assert rows <= stride, f"{name}: a tile on row {j} has more rows than its stride"
+        assert plan.weight_row(int(j)), f"{name}: tiles on a row without weights"
+        for x in {0, min(1, plan.pw - 1)}:
+            words = placement.maps[pe_class(plan, x, int(j))][name].words
+            assert cols * stride <= words, f"{name}: a tile on row {j} exceeds its buffer"
+
+
+def kv_dims_per_row(plan: TilePlan) -> np.ndarray:
+    """int64 [ph]: KV elements each PE of a row holds per cached position on it and per
+    layer (K and V dims; 2 * head_dim per kv group outside the spread layout)."""
+    if plan.bands is None:
+        return 2 * plan.spec.head_dim * plan.vec("groups").sizes()
+    out = np.zeros(plan.ph, np.int64)
+    b = plan.bands
+    local = np.arange(b.rows) % b.size
+    out[:b.rows] = 2 * b.kp[local] + b.nv[local]
+    return out
 
 
 def pe_usage(placement: Placement) -> np.ndarray:
@@ -407,8 +497,7 @@ def pe_usage(placement: Placement) -> np.ndarray:
         out, inp = plan.vec(tile_.out).sizes(), plan.vec(tile_.inp).sizes()
         area = np.outer(out, inp) if tile_.kind == "A" else np.outer(inp, out)
         used += area * (1 if name == "lm_head" else spec.num_layers)
-    groups = plan.vec("groups").sizes()
-    used += (2 * spec.num_layers * spec.head_dim * placement.slots * groups)[:, None]
+    used += (kv_dims_per_row(plan) * spec.num_layers * placement.slots)[:, None]
     used += sum(b.words for b in placement.buffers.values() if b.kind == "scratch")
     used[0, :] += (2 * spec.num_layers + 1) * plan.vec("hidden").sizes()
     return used
@@ -460,11 +549,14 @@ def dump_placement(placement: Placement, mesh: MeshConfig) -> str:
 
 
 def write_matrix(sram: np.ndarray, plan: TilePlan, matrix: str, values: np.ndarray,
-                 addr: int) -> None:
-    """Store `values` [M, K] (rows in output-vector order) as every PE's column-major tile."""
+                 addr) -> None:
+    """Store `values` [M, K] (rows in output-vector order) as every PE's column-major tile
+    at `addr` (one address, or int64 [ph]: row j's)."""
     t = plan.matrices[matrix]
-    out, inp, mpad = plan.vec(t.out), plan.vec(t.inp), plan.mpad(matrix)
+    out, inp = plan.vec(t.out), plan.vec(t.inp)
+    rows_addr = np.broadcast_to(np.asarray(addr, np.int64), (plan.ph,))
     for j in range(plan.ph):
+        mpad, addr = plan.tile_stride(matrix, j), int(rows_addr[j])
         for i in range(plan.pw):
             po, pi = (j, i) if t.kind == "A" else (i, j)
             m, k = out.size(po), inp.size(pi)
@@ -485,10 +577,12 @@ def write_r(sram: np.ndarray, plan: TilePlan, vector: str, values: np.ndarray,
 
 def write_c(sram: np.ndarray, plan: TilePlan, vector: str, values: np.ndarray,
             addr: int) -> None:
-    """Store a C-layout vector: chunk j at `addr` on PE (0, j)."""
+    """Store a C-layout vector: chunk j at `addr` (or `addr[j]`) on PE (0, j)."""
     chunks = plan.vec(vector)
+    rows_addr = np.broadcast_to(np.asarray(addr, np.int64), (plan.ph,))
     for j in range(plan.ph):
-        sram[j * plan.pw, addr:addr + chunks.size(j)] = values[chunks.start(j):chunks.start(j + 1)]
+        a = int(rows_addr[j])
+        sram[j * plan.pw, a:a + chunks.size(j)] = values[chunks.start(j):chunks.start(j + 1)]
 
 
 def read_c(sram: np.ndarray, plan: TilePlan, vector: str, addr: int) -> np.ndarray:

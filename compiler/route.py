@@ -7,7 +7,11 @@ Four kinds of flows, each on its own colors, all fixed for the whole step:
   west to (i - d, j) (reductions toward the left column);
 - column tree step s, color `COL{s}`: PE (i, j) with j % 2d == d sends north to (i, j - d).
 
-Color budget: ceil(log2 pw) + ceil(log2 ph) + 2, checked against `mesh.num_colors`.
+- band multicast `MB` (spread layout only): PE (i, top row of a band) -> the band's rows
+  holding value dims in column i (the softmax weights, docs/mapping.md "Spread layout").
+
+Color budget: ceil(log2 pw) + ceil(log2 ph) + 2 (+ 1 for MB), checked against
+`mesh.num_colors`.
 A color's routes from different flows never share a PE, so one static table serves every
 message of the step; each (receiver, color) pair has exactly one sender.
 """
@@ -44,11 +48,12 @@ class RoutePlan:
     colors: dict                    # name -> color index
     route_rx: np.ndarray | None = None   # uint8 [W*H, colors]
     route_tx: np.ndarray | None = None
+    bands: object = None            # compiler.tile.Bands of the spread layout (MB flows)
 
     @property
     def flows(self) -> list:
         """Every flow of the mapping (built on demand, see `build_flows`)."""
-        return build_flows(self.width, self.height, self.colors)
+        return build_flows(self.width, self.height, self.colors, self.bands)
 
     @property
     def num_colors(self) -> int:
@@ -83,23 +88,34 @@ def tree_actions(index: int, size: int) -> tuple:
     return tuple(acts)
 
 
-def color_budget(pw: int, ph: int) -> int:
-    """Colors the mapping needs: one per tree step in each direction plus two multicasts."""
-    return tree_steps(pw) + tree_steps(ph) + 2
+def color_budget(pw: int, ph: int, band: bool = False) -> int:
+    """Colors the mapping needs: one per tree step in each direction plus two multicasts
+    (three with the spread layout's band multicast)."""
+    return tree_steps(pw) + tree_steps(ph) + 2 + int(band)
 
 
-def assign_colors(pw: int, ph: int, mesh: MeshConfig) -> dict:
+def band_last_rows(bands) -> int:
+    """Band-local index of the last row the band multicast reaches (0: no MB flow)."""
+    rows = np.flatnonzero(bands.nv[1:]) + 1 if bands is not None else []
+    return int(rows[-1]) if len(rows) else 0
+
+
+def assign_colors(pw: int, ph: int, mesh: MeshConfig, bands=None) -> dict:
     """name -> color index; FitError when the mesh has too few colors."""
-    need = color_budget(pw, ph)
+    band = band_last_rows(bands) > 0
+    need = color_budget(pw, ph, band)
     if need > mesh.num_colors:
         raise FitError(f"mapping on a {pw}x{ph} mesh needs {need} colors "
-                       f"({tree_steps(pw)} row-tree + {tree_steps(ph)} column-tree steps + 2 "
-                       f"multicasts), hardware '{mesh.name}' has {mesh.num_colors}")
+                       f"({tree_steps(pw)} row-tree + {tree_steps(ph)} column-tree steps + "
+                       f"{2 + int(band)} multicasts), hardware '{mesh.name}' has "
+                       f"{mesh.num_colors}")
     colors = {"MC": 0, "MR": 1}
     for s in range(tree_steps(pw)):
         colors[f"ROW{s}"] = len(colors)
     for s in range(tree_steps(ph)):
         colors[f"COL{s}"] = len(colors)
+    if band:
+        colors["MB"] = len(colors)
     return colors
 
 
@@ -126,9 +142,20 @@ def _port_towards(a, b) -> int:
     raise ValueError(f"{a} and {b} are not neighbours")
 
 
-def build_flows(pw: int, ph: int, colors: dict) -> list[Flow]:
+def build_flows(pw: int, ph: int, colors: dict, bands=None) -> list[Flow]:
     """Every flow of the mapping (see module docstring)."""
     flows = []
+    if "MB" in colors:
+        last = band_last_rows(bands)
+        for g in range(bands.groups):
+            top = g * bands.size
+            for i in range(pw):
+                points = [(i, top + r) for r in range(last + 1)]
+                flow = _line_flow(f"MB band {g} col {i}", colors["MB"], points, deliver_all=True)
+                keep = [(x, y, rx, tx & ~PORT_R if n and n < last and not bands.nv[n] else tx)
+                        for n, (x, y, rx, tx) in enumerate(flow.hops)]
+                receivers = frozenset((i, top + r) for r in range(1, last + 1) if bands.nv[r])
+                flows.append(Flow(flow.name, flow.color, flow.source, receivers, tuple(keep)))
     if ph > 1:
         for i in range(pw):
             flows.append(_line_flow(f"MC col {i}", colors["MC"], [(i, j) for j in range(ph)],
@@ -152,19 +179,20 @@ def build_flows(pw: int, ph: int, colors: dict) -> list[Flow]:
     return flows
 
 
-def route(pw: int, ph: int, mesh: MeshConfig) -> RoutePlan:
+def route(pw: int, ph: int, mesh: MeshConfig, bands=None) -> RoutePlan:
     """The route pass: colors and router tables for a pw x ph mapping (vectorised).
 
+    `bands`: the spread layout's compiler.tile.Bands (adds the band multicast MB).
     The flows are not built here (a whole wafer has millions of router entries);
     `plan.flows` builds them on demand for `verify_routes` and the dump.
     """
-    colors = assign_colors(pw, ph, mesh)
-    plan = RoutePlan(pw, ph, colors)
-    plan.route_rx, plan.route_tx = grid_tables(pw, ph, colors)
+    colors = assign_colors(pw, ph, mesh, bands)
+    plan = RoutePlan(pw, ph, colors, bands=bands)
+    plan.route_rx, plan.route_tx = grid_tables(pw, ph, colors, bands)
     return plan
 
 
-def grid_tables(pw: int, ph: int, colors: dict) -> tuple[np.ndarray, np.ndarray]:
+def grid_tables(pw: int, ph: int, colors: dict, bands=None) -> tuple[np.ndarray, np.ndarray]:
     """Router tables [pw*ph, colors] computed from coordinates (same as `tables`).
 
     Every entry depends on x alone (row colors) or y alone (column colors), so each color
@@ -181,7 +209,21 @@ def grid_tables(pw: int, ph: int, colors: dict) -> tuple[np.ndarray, np.ndarray]
         _tree_step(rx, tx, colors[f"ROW{s}"], X, pw, 1 << s, PORT_E, PORT_W)
     for s in range(tree_steps(ph)):
         _tree_step(rx, tx, colors[f"COL{s}"], Y, ph, 1 << s, PORT_S, PORT_N)
+    if "MB" in colors:
+        _band_multicast(rx, tx, colors["MB"], bands)
     return rx.reshape(pw * ph, -1), tx.reshape(pw * ph, -1)
+
+
+def _band_multicast(rx, tx, c, bands) -> None:
+    """Entries of the band multicast: each band's top row sends down its column to the
+    band rows holding value dims (rows between only pass it on)."""
+    last = band_last_rows(bands)
+    for g in range(bands.groups):
+        top = g * bands.size
+        rx[top, :, c], tx[top, :, c] = PORT_R, PORT_S
+        for r in range(1, last + 1):
+            rx[top + r, :, c] = PORT_N
+            tx[top + r, :, c] = (PORT_S if r < last else 0) | (PORT_R if bands.nv[r] else 0)
 
 
 def _line_multicast(rx, tx, c, pos, size, back, forward) -> None:

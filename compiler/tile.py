@@ -35,7 +35,7 @@ import numpy as np
 
 from compiler.frontend import ModelSpec
 
-LAYOUTS = ("groups", "even")
+LAYOUTS = ("groups", "even", "spread")
 MIN_HUB_STRIDE = 4   # hub rows only when at most one row in 4 is a hub
 
 
@@ -98,6 +98,18 @@ class TilePlan:
     vectors: dict = field(hash=False)      # name -> Chunking
     matrices: dict = field(hash=False)     # name -> MatrixTile
     head: bool = True                      # final norm + LM head on this mesh
+    bands: "Bands | None" = field(default=None, hash=False)   # spread layout geometry
+
+    def row_kind(self, j: int) -> tuple:
+        """What sets row j's SRAM class besides its weights and attention: () outside the
+        spread layout, else (K dims, V dims, band-local row 0) of the row (docs/mapping.md,
+        "Spread layout")."""
+        if self.bands is None:
+            return ()
+        r = self.bands.local(j)
+        if r < 0:
+            return (0, 0, False)
+        return (2 * int(self.bands.kp[r]), int(self.bands.nv[r]), r == 0)
 
     def weight_row(self, j: int) -> bool:
         """True when row j holds tiles of the C-chunked weight matrices (or may)."""
@@ -109,7 +121,7 @@ class TilePlan:
 
     @cached_property
     def _weight_rows(self) -> np.ndarray:
-        if self.layout == "groups":
+        if self.layout in ("groups", "spread"):
             return np.ones(self.ph, bool)
         return ~hub_mask(self.ph, self.spec.num_kv_heads)
 
@@ -138,6 +150,13 @@ class TilePlan:
         """Column stride of `matrix`'s tiles in SRAM: the largest row count over PEs."""
         return self.vectors[self.matrices[matrix].out].max_size
 
+    def tile_stride(self, matrix: str, j: int) -> int:
+        """Column stride of `matrix`'s tiles on row j: `mpad`, except the spread layout's
+        q/k/v tiles, packed with the row's own chunk (rows of one kind share it)."""
+        if self.bands is not None and matrix == "qkv":
+            return self.vec("qkv").size(j)
+        return self.mpad(matrix)
+
     def kmax(self, matrix: str) -> int:
         """Largest column count of `matrix`'s tiles over PEs."""
         return self.vectors[self.matrices[matrix].inp].max_size
@@ -151,6 +170,67 @@ class TilePlan:
     def group_len(self) -> int:
         """Elements of one kv group in the q/k/v vector: (group_size + 2) * head_dim."""
         return (self.spec.group_size + 2) * self.spec.head_dim
+
+
+@dataclass(frozen=True, eq=False)
+class Bands:
+    """Geometry of the spread layout (docs/mapping.md, "Spread layout").
+
+    kv group g owns the aligned band of rows [g * size, (g + 1) * size) (`size` a power of
+    two, `groups * size <= ph`). Its head dims are split over the band's rows: the RoPE
+    pairs (p, p + hd/2) of the keys (and of the group's q heads) and the value dims, in
+    that order, each pair weighing 2 and each value dim 1, cut into `size` near-equal
+    parts. Band-local row r holds pairs [kp0[r], kp0[r] + kp[r]) and value dims
+    [v0[r], v0[r] + nv[r]); the rows holding pairs are the prefix [0, krows). Positions are
+    spread over the columns: position t on column t mod pw. Units: elements.
+    """
+
+    size: int            # rows per band
+    groups: int          # kv groups (bands)
+    kp0: np.ndarray      # int64 [size] first RoPE pair of each band-local row
+    kp: np.ndarray       # int64 [size] pairs held
+    v0: np.ndarray       # int64 [size] first value dim
+    nv: np.ndarray       # int64 [size] value dims held
+
+    @property
+    def rows(self) -> int:
+        """Rows of the mesh inside a band (the others hold no KV)."""
+        return self.size * self.groups
+
+    @property
+    def krows(self) -> int:
+        """Band-local rows holding key pairs (a prefix of the band)."""
+        return int(np.count_nonzero(self.kp))
+
+    def local(self, j: int) -> int:
+        """Band-local index of row j, or -1 outside every band."""
+        return j % self.size if j < self.rows else -1
+
+    def group(self, j: int) -> int:
+        """kv group of row j (-1 outside every band)."""
+        return j // self.size if j < self.rows else -1
+
+    def qkv_len(self, r: int, group_size: int) -> int:
+        """q/k/v elements of band-local row r: its pairs of every q head and k, its v dims."""
+        return (group_size + 1) * 2 * int(self.kp[r]) + int(self.nv[r])
+
+
+def band_geometry(ph: int, kv_heads: int, head_dim: int) -> Bands | None:
+    """The spread layout's bands on `ph` rows, or None when ph < kv_heads."""
+    if ph < kv_heads or kv_heads < 1:
+        return None
+    size = 1
+    while 2 * size * kv_heads <= ph:
+        size *= 2
+    half, weight = head_dim // 2, 2 * head_dim
+    starts = np.concatenate([2 * np.arange(half), 2 * half + np.arange(head_dim)])
+    row = starts * size // weight                  # band-local row of each unit
+    is_pair = np.arange(half + head_dim) < half
+    kp = np.bincount(row[is_pair], minlength=size).astype(np.int64)
+    nv = np.bincount(row[~is_pair], minlength=size).astype(np.int64)
+    kp0 = np.concatenate([[0], np.cumsum(kp)[:-1]]).astype(np.int64)
+    v0 = np.concatenate([[0], np.cumsum(nv)[:-1]]).astype(np.int64)
+    return Bands(size, kv_heads, kp0, kp, v0, nv)
 
 
 def chunk_bounds(total: int, parts: int) -> tuple[int, ...]:
@@ -225,6 +305,8 @@ def tile(spec: ModelSpec, pw: int, ph: int, layout: str = "groups", head: bool =
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if spec.head_dim % 2:
         raise ValueError(f"head_dim must be even for RoPE, got {spec.head_dim}")
+    if layout == "spread":
+        return _tile_spread(spec, pw, ph, head)
     if layout == "groups":
         groups = chunk_bounds(spec.num_kv_heads, ph)
         wrows = np.ones(ph, bool)
@@ -258,6 +340,40 @@ def tile(spec: ModelSpec, pw: int, ph: int, layout: str = "groups", head: bool =
     return TilePlan(spec, pw, ph, layout, vectors, matrices, head)
 
 
+def _tile_spread(spec: ModelSpec, pw: int, ph: int, head: bool) -> TilePlan:
+    """The tile pass of the spread layout: q/k/v and the attention output chunked by the
+    head dims each band row holds (Bands), everything else near-equal over all rows."""
+    bands = band_geometry(ph, spec.num_kv_heads, spec.head_dim)
+    if bands is None:
+        raise ValueError(f"the spread layout needs at least num_kv_heads "
+                         f"({spec.num_kv_heads}) rows, the mesh has {ph}")
+    qkv, attn, groups = (np.zeros(ph, np.int64) for _ in range(3))
+    for j in range(bands.rows):
+        r = bands.local(j)
+        qkv[j] = bands.qkv_len(r, spec.group_size)
+        attn[j] = spec.group_size * bands.nv[r]
+        groups[j] = 1 if r == 0 else 0
+    ffn = chunk_bounds(spec.intermediate_size, ph)
+    vectors = {
+        "hidden": Chunking("R", chunk_bounds(spec.hidden_size, pw)),
+        "groups": Chunking("C", _bounds(groups)),
+        "qkv": Chunking("C", _bounds(qkv)),
+        "attn": Chunking("C", _bounds(attn)),
+        "ffn": Chunking("C", ffn),
+        "gu": Chunking("C", scaled(ffn, 2)),
+        "vocab": Chunking("C", chunk_bounds(spec.vocab_size if head else 0, ph)),
+    }
+    vectors["qkv_attn"], vectors["heads_attn"] = vectors["qkv"], vectors["attn"]
+    matrices = {
+        "qkv": MatrixTile("A", "qkv", "hidden"),
+        "o": MatrixTile("B", "hidden", "attn"),
+        "gu": MatrixTile("A", "gu", "hidden"),
+        "down": MatrixTile("B", "hidden", "ffn"),
+        "lm_head": MatrixTile("A", "vocab", "hidden"),
+    }
+    return TilePlan(spec, pw, ph, "spread", vectors, matrices, head, bands)
+
+
 # --------------------------------------------------------------------------- row orders
 
 
@@ -270,8 +386,11 @@ def rope_pair_order(head_dim: int) -> np.ndarray:
     return order
 
 
-def qkv_row_order(spec: ModelSpec) -> np.ndarray:
-    """Rows of concat(q_proj, k_proj, v_proj) in q/k/v-vector order (group by group)."""
+def qkv_row_order(spec: ModelSpec, plan: "TilePlan | None" = None) -> np.ndarray:
+    """Rows of concat(q_proj, k_proj, v_proj) in q/k/v-vector order: group by group, or
+    in the spread layout row by row (`spread_qkv_order`)."""
+    if plan is not None and plan.bands is not None:
+        return spread_qkv_order(plan)
     hd, pair = spec.head_dim, rope_pair_order(spec.head_dim)
     rows = []
     for g in range(spec.num_kv_heads):
@@ -280,6 +399,45 @@ def qkv_row_order(spec: ModelSpec) -> np.ndarray:
         rows.append(spec.q_dim + g * hd + pair)
         rows.append(spec.q_dim + spec.kv_dim + g * hd + np.arange(hd))
     return np.concatenate(rows)
+
+
+def _row_pairs(bands: Bands, r: int, half: int) -> np.ndarray:
+    """Head dims of band-local row r's RoPE pairs, pairs adjacent: [p, p + hd/2, ...]."""
+    p = np.arange(bands.kp0[r], bands.kp0[r] + bands.kp[r])
+    return np.stack([p, p + half], axis=1).reshape(-1)
+
+
+def spread_qkv_order(plan: TilePlan) -> np.ndarray:
+    """Spread layout: rows of concat(q, k, v) in q/k/v-vector order. Band row r of group
+    g holds, in order, its RoPE pairs of q head 0 .. group_size - 1, its pairs of k, its
+    value dims (rows outside every band hold none)."""
+    spec, bands = plan.spec, plan.bands
+    hd, half, gs = spec.head_dim, spec.head_dim // 2, spec.group_size
+    rows = []
+    for j in range(bands.rows):
+        g, r = bands.group(j), bands.local(j)
+        dims = _row_pairs(bands, r, half)
+        for h in range(gs):
+            rows.append((g * gs + h) * hd + dims)
+        rows.append(spec.q_dim + g * hd + dims)
+        rows.append(spec.q_dim + spec.kv_dim + g * hd
+                    + np.arange(bands.v0[r], bands.v0[r] + bands.nv[r]))
+    return np.concatenate(rows).astype(np.int64)
+
+
+def attn_col_order(plan: TilePlan) -> np.ndarray:
+    """Columns of o_proj in attention-output order: the identity, or in the spread layout
+    per band row its value dims of q head 0, then of head 1, ... of its group."""
+    spec, bands = plan.spec, plan.bands
+    if bands is None:
+        return np.arange(spec.q_dim)
+    cols = []
+    for j in range(bands.rows):
+        g, r = bands.group(j), bands.local(j)
+        dims = np.arange(bands.v0[r], bands.v0[r] + bands.nv[r])
+        for h in range(spec.group_size):
+            cols.append((g * spec.group_size + h) * spec.head_dim + dims)
+    return np.concatenate(cols).astype(np.int64)
 
 
 def gu_row_order(plan: TilePlan) -> np.ndarray:
@@ -318,7 +476,9 @@ def verify_tiles(plan: TilePlan) -> None:
         area = sum(plan.tile_shape(name, i, j)[0] * plan.tile_shape(name, i, j)[1]
                    for i in range(plan.pw) for j in range(plan.ph))
         assert area == rows.total * cols.total, f"{name}: tiles do not partition the matrix"
-    order = qkv_row_order(spec)
+    order = qkv_row_order(spec, plan)
+    assert np.array_equal(np.sort(attn_col_order(plan)), np.arange(spec.q_dim)), \
+        "attention output order not a perm"
     assert np.array_equal(np.sort(order), np.arange(totals["qkv"])), "qkv order not a perm"
     gu = gu_row_order(plan)
     assert np.array_equal(np.sort(gu), np.arange(totals["gu"])), "gu order not a perm"

@@ -7,10 +7,12 @@ the argmax of decode step i, so N new tokens take N - 1 decode steps.
 Times are seconds unless a name says cycles.
 """
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from compiler.bound import critical_path_bound
 from compiler.decode import compile_decode
 from compiler.frontend import ModelSpec
 from compiler.numerics import dtype_bytes
@@ -20,7 +22,7 @@ from emulator.hw.errors import ConfigError, FitError
 from emulator.hw.link import LinkConfig
 from emulator.hw.mesh import MeshConfig
 from emulator.hw.prefill import PrefillConfig, load_prefill
-from emulator.inspect.phases import layer_cycles, op_spans
+from emulator.inspect.phases import PHASES, layer_cycles, op_spans, phase_cycles
 from emulator.link.layout import kv_layout_cycles
 from emulator.link.transfer import transfer_kv
 from emulator.mesh.runtime import MeshDecoder, run_timing
@@ -144,12 +146,12 @@ def run_inference(req: RunRequest, progress=None) -> RunOutcome:
     """Run the whole request; `progress(done, total)` is called when decoding starts
     (done = 0) and after each decode step."""
     check_request(req)
-    tokens_in = req.prompt if req.prompt is not None else req.prompt_len
+    stage = DecodeStage(req)     # compiles first: a model or context that does not fit
+    tokens_in = req.prompt if req.prompt is not None else req.prompt_len   # fails here
     prefill = run_prefill(req.spec, req.prefill_hw, tokens_in, req.weights,
                           req.prefill_dtype or req.dtype, req.timing_only, req.seed,
                           chips=req.prefill_chips)
     kv = _transfer(req, prefill)
-    stage = DecodeStage(req)
     stage.load_kv(prefill.kv_cache)
     layout_cycles = kv_layout_cycles(stage.compiled, req.mesh, req.prompt_len, req.dtype)
     rows, tokens, results = _decode(req, stage, prefill, progress)
@@ -292,10 +294,40 @@ def _class_counts(plan) -> dict:
     return counts
 
 
-def _decode_roofline(spec: ModelSpec, mesh: MeshConfig, dtype: str, pes: int, pos: int):
-    """Seconds per token if every used PE did useful multiply-adds at full SIMD rate."""
-    flops = 2 * spec.param_count() + 4 * spec.num_layers * spec.num_heads * spec.head_dim * pos
-    return flops / (2 * pes * mesh.simd_width(dtype) * mesh.clock_hz)
+def _compiled_parts(stage: DecodeStage) -> list:
+    """(compiled program, one-wafer mesh) of every wafer, in wafer order."""
+    one = dataclasses.replace(stage.req.mesh, wafers=1)
+    if stage.system is None:
+        return [(stage.compiled, one)]
+    return [(p.compiled, one) for p in stage.system.parts]
+
+
+def _decode_bound(stage: DecodeStage, pos: int) -> dict:
+    """The critical-path bound (compiler/bound.py) of one token at `pos`, summed over the
+    wafers: {stage: cycles, "total": cycles}."""
+    out: dict = {}
+    for compiled, mesh in _compiled_parts(stage):
+        for name, cycles in critical_path_bound(compiled, mesh, pos).items():
+            out[name] = out.get(name, 0) + cycles
+    return out
+
+
+def _decode_phases(stage: DecodeStage, results: list) -> dict:
+    """Cycles of the last decode step by phase (emulator/inspect/phases.py), summed over
+    the wafers."""
+    out = dict.fromkeys(PHASES, 0)
+    if not results:
+        return out
+    names = _wafer_mark_names(stage)
+    for run, marks in zip(_wafer_results(results[-1]), names, strict=True):
+        for name, cycles in phase_cycles(run, marks).items():
+            out[name] += cycles
+    return out
+
+
+def _max_context(stage: DecodeStage) -> int:
+    """Tokens of KV cache per user the placement holds (the smallest over the wafers)."""
+    return min(compiled.placement.capacity for compiled, _ in _compiled_parts(stage))
 
 
 def build_report(req, prefill, kv, layout_cycles, stage, tokens, results) -> dict:
@@ -309,10 +341,15 @@ def build_report(req, prefill, kv, layout_cycles, stage, tokens, results) -> dic
     layout_s = layout_cycles / mesh.clock_hz
     ttft = prefill.seconds + kv.exposed_seconds + layout_s
     last_pos = req.prompt_len + req.max_new_tokens - 1
+    bound = _decode_bound(stage, max(req.prompt_len, last_pos - 1))
     decode = {"steps": len(results), **stats, "seconds_per_token": tpot,
               "clock_hz": mesh.clock_hz, "pes_used": pes, "mesh": [plan.pw, plan.ph],
-              "roofline_seconds_per_token": _decode_roofline(spec, mesh, req.dtype, pes,
-                                                             last_pos),
+              "max_context": _max_context(stage),
+              "phases": _decode_phases(stage, results),
+              "bound_cycles_per_token": bound["total"],
+              "bound_seconds_per_token": bound["total"] / mesh.clock_hz
+              + system["handoff_seconds"],
+              "bound_cycles_by_stage": {k: v for k, v in bound.items() if k != "total"},
               "sram": _sram_stats(stage, mesh), **system,
               "per_layer_cycles": _decode_layer_cycles(stage, results)}
     return {

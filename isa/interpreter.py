@@ -229,7 +229,12 @@ class ReferenceMachine:
                               f"instructions (raise --max-seconds, lower --max-cycles, or "
                               f"use --engine numba)")
 
-    def vector_cost(self, n: int) -> int:
+    def vector_cost(self, n: int, op: Op | None = None) -> int:
+        """o + ceil(n / w); a transcendental costs o + n * T when the preset's
+        `transcendental_cycles` T > 0 (docs/timing.md)."""
+        t = self.mesh.transcendental_cycles
+        if t and op in (Op.VEXP, Op.VRSQRT, Op.VRECIP, Op.VSIGMOID):
+            return self.mesh.issue_overhead + n * t
         return self.mesh.issue_overhead + -(-n // self.width)
 
     def record(self, pe: int, start: int, pc: int, text: str, detail: str = ""):
@@ -339,7 +344,7 @@ class ReferenceMachine:
         src1 = self.descriptor(pe, ins, SLOT_SRC1, SLOT_SRC1_STRIDE, n)
         if self.functional and n:
             self.compute(pe, ins, op, dst, src0, src1)
-        self.advance(pe, self.vector_cost(n))
+        self.advance(pe, self.vector_cost(n, op))
         self.pc[pe] += 1
         return f"{op.name.lower()} [{dst[0] if n else '-'}] n={n}", ""
 
@@ -421,9 +426,10 @@ class ReferenceMachine:
         c, n = self.color(pe, ins), self.length(pe, ins)
         src = self.descriptor(pe, ins, SLOT_SRC0, SLOT_SRC0_STRIDE, n)
         values = self.sram[pe, src].copy() if self.functional else None
-        leaves = int(self.clock[pe]) + self.mesh.issue_overhead + self.mesh.ramp_latency
+        leaves = (int(self.clock[pe]) + self.mesh.issue_overhead + self.mesh.message_overhead
+                  + self.mesh.ramp_latency)
         arrivals = self.route(pe, c, n, leaves, values)
-        self.advance(pe, self.mesh.issue_overhead + n)
+        self.advance(pe, self.mesh.issue_overhead + self.mesh.message_overhead + n)
         self.pc[pe] += 1
         detail = ", ".join(f"{self.xy(q)} last wavelet at {t}" for q, t in arrivals)
         if self.events is not None:
@@ -492,7 +498,7 @@ class ReferenceMachine:
         if self.functional and n:
             mem = self.sram[pe]
             mem[dst] = (mem[dst] + msg.values) if op == Op.RECVADD else msg.values
-        o = self.mesh.issue_overhead
+        o = self.mesh.issue_overhead + self.mesh.message_overhead
         end = max(int(self.clock[pe]) + o + n, msg.last + 1)
         self.busy[pe] += o + n
         self.clock[pe] = end

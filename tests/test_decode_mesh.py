@@ -5,6 +5,8 @@ mesh, biases, tied embeddings, both q/k/v layouts and mesh shapes 3x2 .. 8x4; ev
 runs several decode steps after a reference prefill and compares the logits.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -67,7 +69,8 @@ def cases(draw):
                      attention_bias=draw(st.booleans()) if llama else None,
                      mlp_bias=draw(st.booleans()) if llama else None)
     mesh = draw(st.sampled_from(MESHES))
-    layout = draw(st.sampled_from(["groups", "even"]))
+    layouts = ["groups", "even"] + (["spread"] if mesh[1] >= kv else [])
+    layout = draw(st.sampled_from(layouts))
     prompt = draw(st.lists(st.integers(0, spec.vocab_size - 1), min_size=1, max_size=7))
     return spec, mesh, layout, prompt
 
@@ -104,7 +107,7 @@ def test_every_pass_verifies(shape):
     spec = make_spec(hidden=20, heads=6, kv_heads=3, head_dim=4, ffn=30, vocab=37,
                      attention_bias=True)
     mesh = load_mesh("small").with_mesh(*shape)
-    for layout in ("groups", "even"):
+    for layout in ("groups", "even") + (("spread",) if shape[1] >= 3 else ()):
         compiled = compile_decode(spec, mesh, max_context=MAX_CONTEXT, layout=layout)
         verify_tiles(compiled.plan)
         verify_placement(compiled.placement, mesh)
@@ -197,7 +200,7 @@ def test_timing_only_run_has_the_same_cycles():
 def test_model_that_does_not_fit_raises_fit_error():
     spec = make_spec(hidden=256, heads=8, kv_heads=2, ffn=1024, vocab=4096, layers=4)
     with pytest.raises(FitError, match=r"needs \d+ bytes of SRAM per PE .* a PE has 49152 "
-                                        r"bytes; smallest square mesh that fits: \d+x\d+"):
+                                        r"bytes; .*smallest square mesh that fits: \d+x\d+"):
         compile_decode(spec, load_mesh("small").with_mesh(4, 4), layout="even")
 
 
@@ -227,3 +230,67 @@ def test_hub_rows_match_reference(shape, kv_heads):
     assert hub_stride(shape[1], kv_heads) >= 4
     assert not decoder.plan.weight_rows()[0] and decoder.plan.vec("qkv").size(0) == 0
     assert worst <= TOLERANCE
+
+
+@pytest.mark.parametrize("shape,kv_heads,head_dim", [((4, 4), 2, 4), ((5, 7), 3, 8),
+                                                    ((4, 8), 1, 2), ((3, 16), 2, 6)])
+def test_spread_layout_matches_reference(shape, kv_heads, head_dim):
+    """Spread layout: KV over every band row, attention sequence-parallel over columns,
+    key dims over the band's rows (docs/mapping.md, "Spread layout")."""
+    spec = make_spec(hidden=24, heads=2 * kv_heads, kv_heads=kv_heads, head_dim=head_dim,
+                     ffn=40, vocab=37, attention_bias=True)
+    worst, decoder = run_and_compare(spec, shape, "spread", [3, 1, 4, 1, 5, 9, 2], steps=3)
+    assert worst <= TOLERANCE
+    bands = decoder.plan.bands
+    assert bands.rows == kv_heads * bands.size and bands.rows <= shape[1] < 2 * bands.rows
+    assert "MB" in decoder.compiled.routes.colors or not bands.nv[1:].any()
+
+
+def long_context_spec():
+    """A tiny model whose position table reaches past 1,000 positions."""
+    spec = make_spec(hidden=16, heads=4, kv_heads=2, ffn=24, vocab=40, layers=2)
+    return dataclasses.replace(spec, max_position_embeddings=2048)
+
+
+@pytest.mark.parametrize("engine", ["numba", "reference"])
+def test_spread_layout_at_more_than_a_thousand_positions(engine):
+    """Logits equal the reference after a 1,040-token prompt (131 slots per column on an
+    8-column mesh); both engines give the same logits, cycles and SRAM bit for bit."""
+    spec = long_context_spec()
+    weights = random_weights(spec, 5)
+    prompt = np.random.default_rng(5).integers(0, spec.vocab_size, 1040)
+    _, cache = ref.prefill(spec, weights, prompt)
+    mesh = load_mesh("small").with_mesh(8, 4)
+    decoders = [MeshDecoder(spec, weights, mesh, engine=e, max_context=1100)
+                for e in ("numba", engine)]
+    for decoder in decoders:
+        decoder.load_kv(ref.KVCache(cache.k.copy(), cache.v.copy()))
+    token = int(prompt[-1])
+    for n in range(2):
+        (a, ra), (b, rb) = (d.step(token, len(prompt) + n) for d in decoders)
+        expected = ref.decode_step(spec, weights, token, cache)
+        assert rel_err(a, expected) <= TOLERANCE
+        assert np.array_equal(a.view(np.uint32), b.view(np.uint32)) and ra.cycles == rb.cycles
+        token = int(np.argmax(expected))
+    assert np.array_equal(decoders[0].sram.view(np.uint32), decoders[1].sram.view(np.uint32))
+
+
+def test_spread_attention_grows_with_the_position():
+    """Attention scores only the active slots: a later position costs more cycles."""
+    spec = long_context_spec()
+    mesh = load_mesh("small").with_mesh(8, 4)
+    compiled = compile_decode(spec, mesh, max_context=1024, layout="spread")
+    cycles = [run_timing(compiled, mesh, pos).cycles for pos in (7, 8 * 64, 1023)]
+    assert cycles[0] < cycles[1] < cycles[2]
+
+
+def test_fit_error_names_the_context_that_would_fit():
+    spec = long_context_spec()
+    mesh = load_mesh("small").with_mesh(4, 4)
+    capacity = compile_decode(spec, mesh, max_context=16, layout="spread").placement.capacity
+    assert capacity % 4 == 0 and 16 <= capacity <= spec.max_position_embeddings
+    small = dataclasses.replace(mesh, sram_bytes=8192)
+    fits = compile_decode(spec, small, max_context=16, layout="spread").placement.capacity
+    compile_decode(spec, small, max_context=fits, layout="spread")
+    with pytest.raises(FitError, match=f"a context of {fits} tokens would fit"):
+        compile_decode(spec, small, max_context=fits + 4, layout="spread")

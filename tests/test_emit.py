@@ -37,7 +37,7 @@ def test_regions_are_shared_by_roles(layout):
 def test_step_parameters():
     spec = spec_of()
     mesh = MESH.with_mesh(4, 2)
-    compiled = compile_decode(spec, mesh, max_context=32)
+    compiled = compile_decode(spec, mesh, max_context=32, layout="groups")
     slots = compiled.placement.slots
     values = step_values(compiled.plan, slots, 9)
     assert slots == 8
@@ -102,7 +102,7 @@ def test_emu_compile_dumps_every_stage(tmp_path):
     assert {"tiles.json", "placement.json", "placement.txt", "routes.json", "summary.json",
             "program.asm", "graph.json"} <= names
     assert any(n.startswith("pe_") and n.endswith(".asm") for n in names)
-    assert "vfma" in (out / "pe_0_0.asm").read_text()
+    assert "vgemv" in (out / "pe_0_0.asm").read_text()
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from compiler.decode import compile_decode
 from compiler.frontend import resolve_model
+from compiler.place import pe_class
 from emulator.cli import main
 from emulator.hw.mesh import load_mesh
 from emulator.inspect import explain
@@ -17,7 +18,7 @@ from isa.disasm import format_instruction, format_ports
 
 MESH = (4, 4)
 CONTEXT = 16
-ARGS = ["--mesh", "4x4", "--max-context", str(CONTEXT)]
+ARGS = ["--mesh", "4x4", "--max-context", str(CONTEXT), "--layout", "groups"]
 LISTING = re.compile(r"^\s*(\d+)  (\S.*?)(?:\s+; .*)?$")
 
 
@@ -28,7 +29,8 @@ def emu(*args):
 @pytest.fixture(scope="module")
 def compiled():
     mesh = load_mesh("small").with_mesh(*MESH)
-    return compile_decode(resolve_model("tiny"), mesh, max_context=CONTEXT), mesh
+    return compile_decode(resolve_model("tiny"), mesh, max_context=CONTEXT,
+                          layout="groups"), mesh
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +82,7 @@ def test_stores_name_addresses_and_tensor_slices(explained, compiled):
     spec, plan = c.plan.spec, c.plan
     rows = {line.split("│")[1].strip(): line for line in section(explained, "stores",
                                                                  "routes") if "│" in line}
-    for name, buf in c.placement.buffers.items():
+    for name, buf in c.placement.maps[pe_class(plan, 1, 1)].items():
         assert name in rows, name
         assert f" {buf.addr} " in rows[name]
     group = plan.groups_on_row(1)[0]
@@ -143,3 +145,21 @@ def test_bad_options_exit_2(args, fragment):
     assert result.exit_code == 2, result.output
     assert fragment in result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+
+
+def test_spread_layout_stores_follow_the_pes_class():
+    """The spread layout's address maps differ per row kind: explain shows the PE's own."""
+    mesh = load_mesh("small").with_mesh(*MESH)
+    c = compile_decode(resolve_model("tiny"), mesh, max_context=CONTEXT)
+    assert c.plan.layout == "spread"
+    for x, y in ((1, 0), (1, 1), (0, 1)):
+        result = emu("explain", "tiny", "--pe", f"{x},{y}", "--mesh", "4x4", "--max-context",
+                     CONTEXT)
+        assert result.exit_code == 0, result.output
+        rows = {line.split("│")[1].strip(): line for line in
+                section(result.stdout, "stores", "routes") if "│" in line}
+        buffers = c.placement.maps[pe_class(c.plan, x, y)]
+        assert set(buffers) <= set(rows)
+        for name, buf in buffers.items():
+            assert f" {buf.addr} " in rows[name], name
+        assert "L0.k" in rows or "L0.v" in rows

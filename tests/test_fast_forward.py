@@ -3,6 +3,8 @@ run equals the full run in every RunResult field, on random decode programs and 
 the reference interpreter; programs that do not qualify run in full with the same
 result."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -49,9 +51,9 @@ def decode_cases(draw, dense: bool):
                      attention_bias=draw(st.booleans()) if llama else None,
                      mlp_bias=draw(st.booleans()) if llama else None)
     mesh = load_mesh("small").with_mesh(*shape)
+    layouts = ["groups", "even"] + (["spread"] if shape[1] >= kv else [])
     compiled = compile_decode(spec, mesh, draw(st.sampled_from(["fp32", "bf16"])), 16,
-                              draw(st.sampled_from(["groups", "even"])),
-                              head=draw(st.booleans()))
+                              draw(st.sampled_from(layouts)), head=draw(st.booleans()))
     return compiled, mesh, draw(st.integers(0, 15))
 
 
@@ -282,3 +284,17 @@ def test_a_link_may_be_free_at_another_cycle_only_where_that_cannot_matter(end_f
     end = synthetic_cut([110, 110], [K.SLACK_TAINTED] * 2, [end_free, 0], [used, False],
                         [slack, -1])
     assert block_shift(start, end) == (100 if repeats else None)
+
+
+@pytest.mark.parametrize("jobs", JOBS)
+def test_fast_forward_is_exact_with_message_and_transcendental_costs(jobs):
+    """The WSE presets' per-message software overhead and transcendental cost change no
+    field between a fast-forwarded and a full run (spread layout, 5 layers)."""
+    spec = make_spec("LlamaForCausalLM", 24, 4, 2, 4, ffn=30, vocab=40, layers=5)
+    mesh = dataclasses.replace(load_mesh("small").with_mesh(8, 4), message_overhead=5,
+                               transcendental_cycles=10)
+    compiled = compile_decode(spec, mesh, "bf16", 16, "spread")
+    full = run_timing(compiled, mesh, 11, fast_forward=False)
+    fast = run_timing(compiled, mesh, 11, jobs=jobs)
+    assert fast.skipped_blocks > 0
+    assert_same(full, fast)

@@ -1,6 +1,7 @@
 """Hardware presets: bundled ones load by name, user files load by path, bad ones are rejected
 with a message naming the key; KV transfer arithmetic."""
 
+import dataclasses
 import json
 
 import pytest
@@ -15,8 +16,13 @@ def test_bundled_mesh_presets():
     assert {"wse2", "wse3", "small"} <= set(list_presets("mesh"))
     wse3 = load_mesh("wse3")
     assert (wse3.width, wse3.height, wse3.sram_bytes) == (755, 1170, 49152)
-    assert wse3.simd_width("fp16") == 8 and load_mesh("wse2").simd_width("fp16") == 4
-    assert wse3.simd_width("fp32") == 1
+    assert wse3.simd_fp16 == 8 and load_mesh("wse2").simd_width("fp16") == 4
+    # the 8-wide SIMD is fed by 27.45 bytes of SRAM per cycle: 4 wide (docs/timing.md)
+    assert wse3.simd_width("fp16") == 4 and wse3.simd_width("fp32") == 1
+    assert dataclasses.replace(wse3, sram_bytes_per_cycle=0).simd_width("bf16") == 8
+    assert dataclasses.replace(wse3, sram_bytes_per_cycle=1).simd_width("bf16") == 1
+    assert wse3.transcendental_cycles > 0 and load_mesh("small").transcendental_cycles == 0
+    assert wse3.message_overhead == 0
 
 
 def _write(tmp_path, data):

@@ -23,9 +23,12 @@ def emu(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def tiny_map(width=8, height=8, **kwargs):
+def tiny_map(width=8, height=8, layout="groups", **kwargs):
+    """The old layouts' map (the tests below check their row roles); the spread layout,
+    the default, has its own test."""
     mesh = load_mesh("small").with_mesh(width, height)
-    return mapview.build_map(resolve_model("tiny"), mesh, model="tiny", **kwargs)
+    return mapview.build_map(resolve_model("tiny"), mesh, model="tiny", layout=layout,
+                             **kwargs)
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -51,7 +54,7 @@ def test_roles_follow_the_mapping():
 
 def test_placement_equals_the_compilers_when_it_fits():
     m = tiny_map()
-    compiled = compile_decode(m.spec, m.mesh)
+    compiled = compile_decode(m.spec, m.mesh, layout="groups")
     assert m.placement.buffers == compiled.placement.buffers
     assert m.placement.total_words == compiled.placement.total_words
 
@@ -64,7 +67,7 @@ def test_idle_pes_when_the_mesh_is_wider_than_the_model():
 
 
 def test_terminal_map_small_mesh():
-    result = emu("map", "tiny", "--mesh", "8x8")
+    result = emu("map", "tiny", "--layout", "groups", "--mesh", "8x8")
     assert result.exit_code == 0, result.output
     out = result.stdout
     lines = out.splitlines()
@@ -94,7 +97,8 @@ def test_majority_blocks_picks_the_most_frequent_role():
 
 def test_layer_view_zoomed_region():
     m = tiny_map()
-    result = emu("map", "tiny", "--mesh", "8x8", "--layer", "1", "--region", "1,0,2,2")
+    result = emu("map", "tiny", "--layout", "groups", "--mesh", "8x8", "--layer", "1",
+                 "--region", "1,0,2,2")
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "region x 1-2, y 0-2, layer 1" in out
@@ -120,7 +124,7 @@ def test_layer_bytes_add_up_to_the_layer_share():
 
 def test_png_tiny_mesh(tmp_path):
     path = tmp_path / "maps" / "tiny.png"
-    result = emu("map", "tiny", "--mesh", "8x8", "--png", path)
+    result = emu("map", "tiny", "--layout", "groups", "--mesh", "8x8", "--png", path)
     assert result.exit_code == 0, result.output
     width, height = png_size(path)
     assert width >= 800 and height >= 600
@@ -164,3 +168,14 @@ def test_bad_options_exit_2(tmp_path, args, fragment):
     assert fragment in result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
     assert not path.exists()
+
+
+def test_spread_layout_map_shows_the_bands():
+    m = tiny_map(layout="auto")
+    assert m.plan.layout == "spread" and m.fits
+    bands = m.plan.bands
+    assert (m.roles[1:bands.rows, 1:] == mapview.ATTN).all()
+    assert np.array_equal(m.used, pe_usage(m.placement) * 4)
+    result = emu("map", "tiny", "--mesh", "8x8", "--layer", "0", "--region", "1,0,2,3")
+    assert result.exit_code == 0, result.output
+    assert "spread" in result.stdout and "L0.k " in result.stdout and "L0.v " in result.stdout

@@ -55,6 +55,28 @@ def test_functional_pipeline_matches_reference(tmp_path):
     layers = report["decode"]["per_layer_cycles"]
     assert len(layers) == spec.num_layers and all(c > 0 for c in layers)
     assert sum(layers) < report["decode"]["cycles"][-1]
+    decode = report["decode"]
+    assert sum(decode["phases"].values()) == decode["cycles"][-1]
+    assert set(decode["phases"]) == {"norm", "qkv", "rope", "attention", "o_proj", "mlp",
+                                     "head", "other"}
+    assert 0 < decode["bound_cycles_per_token"] <= decode["cycles"][-1]
+    assert 9 <= decode["max_context"] <= spec.max_position_embeddings
+
+
+def test_a_context_that_does_not_fit_is_rejected_before_prefill(tmp_path, monkeypatch):
+    """The decode placement is compiled before any prefill work: a prompt longer than the
+    wafer's KV capacity exits 2 naming the context that would fit."""
+    import emulator.run as run_module
+
+    def no_prefill(*args, **kwargs):
+        raise AssertionError("prefill ran")
+
+    monkeypatch.setattr(run_module, "run_prefill", no_prefill)
+    result = CliRunner().invoke(main, ["run", "--mesh", "4x2", "--prompt-len", "100",
+                                       "--max-new-tokens", "2", "--timing-only", "--dtype",
+                                       "fp32"])
+    assert result.exit_code == 2, result.output
+    assert "would fit" in result.output and "prefill ran" not in result.output
 
 
 def test_default_run_prints_table():

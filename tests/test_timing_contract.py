@@ -236,6 +236,46 @@ def test_local_vector_op(engine, mesh, dtype, n):
     assert result.instructions == 4
 
 
+@pytest.mark.parametrize("overhead", [0, 5])
+@pytest.mark.parametrize("d, n", [(1, 0), (3, 6)])
+def test_message_overhead(engine, mesh, overhead, d, n):
+    """Every send and recv costs M = message_overhead more (docs/timing.md): the send is
+    busy o + M + n and its first wavelet leaves at t + o + M + r; the receiver ends at
+    max(t_recv + o + M + n, last + 1)."""
+    mesh = replace(mesh, message_overhead=overhead)
+    result, _ = run(engine, point_to_point(d, n), mesh)
+    o, h, r, m = mesh.issue_overhead, mesh.hop_latency, mesh.ramp_latency, overhead
+    assert result.pe_finish[0] == o + m + n
+    assert result.pe_finish[d] == o + m + 2 * r + d * h + n
+    assert result.pe_busy[d] == o + m + n
+
+
+@pytest.mark.parametrize("transcendental", [0, 7])
+@pytest.mark.parametrize("n", [0, 1, 9])
+def test_transcendental_cost(engine, mesh, transcendental, n):
+    """vexp/vrsqrt/vrecip/vsigmoid cost o + n * T with T = transcendental_cycles > 0
+    (docs/timing.md), like any vector op when T = 0; the count may be a parameter
+    (the kernel's dynamic-count path) or an immediate."""
+    mesh = replace(mesh, transcendental_cycles=transcendental)
+    text = f""".mesh 1x1
+.dtype bf16
+.sram 512
+.params 1
+.region a 0,0 0,0
+.param p0 = {n}
+    vexp [0], [128], {n}
+    vrsqrt [0], [128], %p0
+    vrecip [0], [128], {n}
+    vsigmoid [0], [128], %p0
+    vmul [0], [128], [256], {n}
+    halt
+"""
+    result, _ = run(engine, text, mesh)
+    o, w = mesh.issue_overhead, mesh.simd_width("bf16")
+    slow = o + n * transcendental if transcendental else o + -(-n // w)
+    assert result.cycles == 4 * slow + o + -(-n // w)
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("m, k", [(0, 5), (5, 0), (1, 1), (7, 3), (8, 4), (9, 2), (33, 6)])
 @pytest.mark.parametrize("functional", [True, False])

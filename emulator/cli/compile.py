@@ -1,7 +1,7 @@
 """`emu compile`: lower one decode step of a model onto the mesh and dump every stage.
 
     emu compile CONFIG [--hw NAME|FILE] [--mesh WxH] [--dtype fp32|fp16|bf16]
-                [--max-context N] [--layout auto|groups|even] [--position N] [--dump DIR]
+                [--max-context N] [--layout auto|spread|groups|even] [--position N] [--dump DIR]
 
 CONFIG is a HuggingFace config.json path or a bundled model name. The mapping uses the
 whole mesh (`--mesh` overrides the preset's size; the default preset is `small`, 32 x 32).
@@ -32,7 +32,7 @@ from emulator.views.dump import dump_files, summary
 @click.option("--max-context", type=click.IntRange(min=1), default=None,
               help="KV positions (tokens) held on the mesh "
                    "[default: min(max_position_embeddings, 256)].")
-@click.option("--layout", type=click.Choice(["auto", "groups", "even"]), default="auto",
+@click.option("--layout", type=click.Choice(["auto", "spread", "groups", "even"]), default="auto",
               show_default=True, help="Chunking of the q/k/v rows over the mesh rows.")
 @click.option("--position", type=click.IntRange(min=0), default=0, show_default=True,
               help="Decode position whose per-step parameters the dumps show.")

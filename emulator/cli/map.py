@@ -61,7 +61,7 @@ def model_options(command):
         click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
                      show_default=True,
                      help="Storage format of weights, KV cache and activations."),
-        click.option("--layout", type=click.Choice(["auto", "groups", "even"]),
+        click.option("--layout", type=click.Choice(["auto", "spread", "groups", "even"]),
                      default="auto", show_default=True,
                      help="Chunking of the q/k/v rows over the mesh rows."),
         click.option("--max-context", type=click.IntRange(min=1), default=None,

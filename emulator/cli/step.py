@@ -180,7 +180,7 @@ def is_model(file: str) -> bool:
               help="Mesh preset [default: wse3 for assembly, small for models].")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
               show_default=True, help="Models: element type.")
-@click.option("--layout", type=click.Choice(["auto", "groups", "even"]), default="auto",
+@click.option("--layout", type=click.Choice(["auto", "spread", "groups", "even"]), default="auto",
               show_default=True, help="Models: q/k/v row layout.")
 @click.option("--max-context", type=click.IntRange(min=1), default=None,
               help="Models: KV positions (tokens) held.")

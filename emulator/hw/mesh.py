@@ -31,6 +31,10 @@ class MeshConfig:
     wafers: int = positive(default=1)  # identical wafers in the system (layers pipelined)
     wafer_link_bytes_per_s: float = positive(default=1.0e12)  # wafer-to-wafer bandwidth
     wafer_link_latency_s: float = nonnegative(default=1.0e-6)  # wafer-to-wafer latency
+    sram_bytes_per_cycle: float = nonnegative(default=0.0)  # SRAM bandwidth per PE (0: ample)
+    transcendental_cycles: int = nonnegative(default=0)  # per element of vexp/vrsqrt/vrecip/
+                                                         # vsigmoid (0: like any vector op)
+    message_overhead: int = nonnegative(default=0)  # software cycles of every send and recv
     # serving (emu serve); per wafer (system); None when a preset does not say
     io_bytes_per_s: float | None = positive(default=None)   # system I/O into one wafer
     power_busy_w: float | None = positive(default=None)     # W per system while decoding
@@ -38,8 +42,18 @@ class MeshConfig:
     price_usd_per_hour: float | None = nonnegative(default=None)  # $ per system-hour
 
     def simd_width(self, dtype: str) -> int:
-        """Elements per cycle of a vector op in `dtype` (a name or a DType)."""
-        return getattr(self, f"simd_{dtype_of(dtype).name}")
+        """Elements per cycle of a vector op in `dtype` (a name or a DType): the preset's
+        SIMD width, capped by what the PE's SRAM bandwidth can feed. A streaming
+        multiply-add touches three elements per lane (it reads the weight and reads and
+        writes the accumulator), so the effective width is
+        `min(simd, floor(sram_bytes_per_cycle / (3 * bytes)))`, at least 1
+        (`sram_bytes_per_cycle` 0: not limited; docs/timing.md)."""
+        dt = dtype_of(dtype)
+        width = getattr(self, f"simd_{dt.name}")
+        if self.sram_bytes_per_cycle > 0:
+            fed = int(self.sram_bytes_per_cycle // (3 * dt.bytes))
+            width = max(1, min(width, fed))
+        return width
 
     @property
     def num_pes(self) -> int:

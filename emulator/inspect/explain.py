@@ -22,7 +22,8 @@ import bisect
 import re
 from dataclasses import dataclass
 
-from compiler.tile import gu_row_order, qkv_row_order
+from compiler.place import pe_class
+from compiler.tile import attn_col_order, gu_row_order, qkv_row_order
 from emulator.hw.dtypes import BYTES as DTYPE_BYTES
 from emulator.hw.errors import ConfigError
 from emulator.hw.mesh import MeshConfig
@@ -58,6 +59,12 @@ SCRATCH_DOC = {
     "OL": "per-head weighted values o and softmax sums l",
     "RL": "1 / l per head",
     "G": "relayout buffer (even layout): the whole q/k/v or attention vector",
+    "PM": "spread layout: per-head local score maxima, then scores / softmax weights of "
+          "the active KV slots",
+    "MO": "spread layout: softmax state [max | sum | weighted values] of this PE's slots",
+    "MT": "spread layout: softmax state received in the row's merge tree",
+    "NM": "spread layout: merged maxima",
+    "AA": "spread layout: rescale factors e^(m1-m), e^(m2-m) of a merge",
 }
 PARAM_DOC = {
     "m_qkv": "rows of the q/k/v GEMV-A output on this row",
@@ -68,6 +75,11 @@ PARAM_DOC = {
     "nfree": "KV slots masked out of the softmax (step parameter)",
     "slot_off": "offset of the new position's KV slot (step parameter)",
     "store_n": "head_dim on the PE storing the new k/v, else 0 (step parameter)",
+    "nact": "active KV slots per column: pos div pw + 1 (step parameter, spread layout)",
+    "kslot": "slot receiving the new k/v: its slot on the owning column, else the spare "
+             "slot (step parameter, spread layout)",
+    "sc_len": "score elements of all heads (step parameter, spread layout)",
+    "pm_len": "maxima + scores message length (step parameter, spread layout)",
 }
 
 
@@ -192,7 +204,7 @@ def _rows_text(plan, matrix: str, layer: int | None, r0: int, r1: int) -> str:
     spec, p = plan.spec, f"layers.{layer}." if layer is not None else ""
     hd = spec.head_dim
     if matrix == "qkv":
-        idx = qkv_row_order(spec)[r0:r1]
+        idx = qkv_row_order(spec, plan)[r0:r1]
         q, k = idx[idx < spec.q_dim], idx[(idx >= spec.q_dim) & (idx < spec.q_dim + spec.kv_dim)]
         v = idx[idx >= spec.q_dim + spec.kv_dim]
         k, v = k - spec.q_dim, v - spec.q_dim - spec.kv_dim
@@ -215,6 +227,10 @@ def _cols_text(plan, vector: str, c0: int, c1: int) -> str:
     """What input elements c0..c1-1 are."""
     if vector in ("attn", "heads_attn"):
         hd = plan.spec.head_dim
+        if plan.bands is not None:
+            cols = attn_col_order(plan)[c0:c1]
+            return (f"attention output dims {ranges(cols % hd)} of q heads "
+                    f"{ranges(sorted(set((cols // hd).tolist())))}")
         return f"cols {_span(c0, c1)} (attention output of q heads {_span(c0 // hd, -(-c1 // hd))})"
     return f"cols {_span(c0, c1)} of {vector}"
 
@@ -254,6 +270,26 @@ def _kv_slice(dp, layer: int, which: str, a: int, x: int, y: int) -> tuple[int, 
                         f"(slot s = position s*{pw}+{x}), {slots} slots x {hd}")
 
 
+def _spread_kv_slice(dp, layer: int, which: str, x: int, y: int) -> tuple[int, str]:
+    """(elements, description) of a spread-layout KV buffer on PE (x, y)."""
+    plan, slots = dp.plan, dp.placement.slots
+    bands, hd, pw = plan.bands, plan.spec.head_dim, plan.pw
+    r = bands.local(y)
+    if r < 0:
+        return 0, f"unused here (row {y} is outside the bands)"
+    if which == "k":
+        p = list(range(bands.kp0[r], bands.kp0[r] + bands.kp[r]))
+        dims = sorted(p + [d + hd // 2 for d in p])
+    else:
+        dims = list(range(bands.v0[r], bands.v0[r] + bands.nv[r]))
+    if not dims:
+        return 0, f"unused here (row {y} holds no {'key' if which == 'k' else 'value'} dims)"
+    return (len(dims) * slots, f"{'keys (after RoPE)' if which == 'k' else 'values'} of layer "
+            f"{layer}, kv head {bands.group(y)}, dims {ranges(dims)}: positions {x}, "
+            f"{x + pw}, ... (slot s = position s*{pw}+{x}), dim-major, {slots} slots + 1 "
+            "spare per dim")
+
+
 def buffer_slice(dp, name: str, x: int, y: int) -> tuple[int, str]:
     """(elements PE (x, y) uses in buffer `name`, what they are)."""
     plan = dp.plan
@@ -263,6 +299,8 @@ def buffer_slice(dp, name: str, x: int, y: int) -> tuple[int, str]:
     hf = f"layers.{number}." if layer else "model."
     if part in plan.matrices:
         return matrix_slice(plan, part, number, x, y)
+    if part in ("k", "v") and plan.bands is not None:
+        return _spread_kv_slice(dp, number, part, x, y)
     if re.fullmatch(r"[kv]\d+", part):
         return _kv_slice(dp, number, part[0], int(part[1:]), x, y)
     vectors = {"norm_in": ("hidden", f"{hf}input_layernorm.weight"),
@@ -277,15 +315,16 @@ def buffer_slice(dp, name: str, x: int, y: int) -> tuple[int, str]:
         axis = plan.vec(vector).axis
         on, index = (y == 0, x) if axis == "R" else (x == 0, y)
         return _vector_slice(plan, vector, on, index, what)
-    words = dp.placement.buffers[name].words
+    words = dp.placement.maps[pe_class(plan, x, y)][name].words
     return words, SCRATCH_DOC.get(name, "scratch")
 
 
 def buffer_rows(dp, x: int, y: int) -> list[dict]:
-    """Every buffer of the address map as seen by PE (x, y), in address order."""
+    """Every buffer of PE (x, y)'s address map (its SRAM class), in address order."""
     nb = DTYPE_BYTES[dp.placement.dtype]
     rows = []
-    for name, buf in sorted(dp.placement.buffers.items(), key=lambda kv: kv[1].addr):
+    buffers = dp.placement.maps[pe_class(dp.plan, x, y)]
+    for name, buf in sorted(buffers.items(), key=lambda kv: kv[1].addr):
         used, holds = buffer_slice(dp, name, x, y)
         rows.append({"name": name, "addr": buf.addr, "words": buf.words, "kind": buf.kind,
                      "bytes": buf.words * nb, "used": used * nb, "holds": holds})
@@ -306,6 +345,9 @@ def flow_part(name: str, x: int, y: int, pw: int, ph: int) -> tuple[str, str]:
         part = ("source" if pos == 0 else
                 f"receives and forwards {ahead}" if pos < size - 1 else "receives (end)")
         return flow, part
+    if name == "MB":
+        return ("MB: each band's top row multicasts the softmax weights down its column to "
+                "the band rows holding value dims", "band multicast")
     s = int(name[3:])
     d = 1 << s
     pos = x if name.startswith("ROW") else y

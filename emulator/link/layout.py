@@ -1,9 +1,11 @@
 """Cycles to lay a transferred KV cache out in the wafer's SRAM (docs/timing.md, KV layout).
 
 The cache enters the wafer at its west edge, one stream per mesh row, and flows east along
-the row to the PEs that hold it (row j holds the kv-head groups the tile pass gave it; a
-position t lives on PE t mod pw). Row j's stream carries
-`B_j = prompt_len x groups(j) x 2 x layers x head_dim x bytes` at one wavelet per cycle, so
+the row to the PEs that hold it (row j holds the kv-head groups the tile pass gave it, or
+in the spread layout its head dims of its band's group; a position t lives on PE
+t mod pw). Row j's stream carries `B_j = prompt_len x kv_dims(j) x layers x bytes`
+(`kv_dims(j)` = 2 x head_dim x groups(j), or the spread row's K and V dims) at one
+wavelet per cycle, so
 it finishes `o + 2r + (pw - 1) h + ceil(B_j / wavelet_bytes)` cycles after it starts; rows
 stream in parallel and the layout takes the slowest row.
 """
@@ -11,15 +13,17 @@ stream in parallel and the layout takes the slowest row.
 import math
 
 from compiler.numerics import dtype_bytes
+from compiler.place import kv_dims_per_row
 from emulator.hw.mesh import MeshConfig
 
 
 def row_kv_bytes(compiled, prompt_len: int, dtype: str) -> list[int]:
-    """KV bytes stored on each mesh row of the mapping."""
+    """KV bytes stored on each mesh row of the mapping: the row's K and V elements per
+    position and layer (compiler.place.kv_dims_per_row: 2 x head_dim per kv group, or the
+    spread layout's dims of the row) x prompt_len x layers x bytes."""
     plan = compiled.plan
-    spec = plan.spec
-    per_group = prompt_len * 2 * spec.num_layers * spec.head_dim * dtype_bytes(dtype)
-    return [plan.groups_on_row(j)[1] * per_group for j in range(plan.ph)]
+    per_dim = prompt_len * plan.spec.num_layers * dtype_bytes(dtype)
+    return [int(d) * per_dim for d in kv_dims_per_row(plan)]
 
 
 def kv_layout_cycles(compiled, mesh: MeshConfig, prompt_len: int, dtype: str) -> int:

@@ -288,9 +288,10 @@ def code_arrays(program: Program) -> tuple:
 
 
 def static_costs(program: Program, mesh: MeshConfig) -> np.ndarray:
-    """int64 per instruction: o + ceil(n / w) for a vector op or reduction whose operands
-    are all immediates and whose descriptors are inside the SRAM, else -1 (decoded and
-    checked when executed)."""
+    """int64 per instruction: o + ceil(n / w) (a transcendental: o + n * T when the preset's
+    `transcendental_cycles` T > 0) for a vector op or reduction whose operands are all
+    immediates and whose descriptors are inside the SRAM, else -1 (decoded and checked
+    when executed)."""
     code = program.code
     cost = np.full(len(code), -1, np.int64)
     w = mesh.simd_width(program.dtype)
@@ -304,7 +305,11 @@ def static_costs(program: Program, mesh: MeshConfig) -> np.ndarray:
         ends = (a[:, addr], a[:, addr] + a[:, stride] * last)
         inside = np.logical_and.reduce([(e >= 0) & (e < program.sram_words) for e in ends])
         ok &= inside | (n == 0)
-    cost[vector] = np.where(ok, mesh.issue_overhead + -(-n // w), -1)
+    ops = code["op"][vector]
+    slow = ((ops >= Op.VEXP) & (ops <= Op.VSIGMOID)) if mesh.transcendental_cycles else False
+    cycles = np.where(slow, mesh.issue_overhead + n * mesh.transcendental_cycles,
+                      mesh.issue_overhead + -(-n // w))
+    cost[vector] = np.where(ok, cycles, -1)
     dynamic_n = (modes & ~np.int64(0xFF << (MODE_BITS * SLOT_N)) == 0) & (modes != 0)
     if dynamic_n.any():
         limit = count_limits(a[dynamic_n], program.sram_words)
@@ -406,6 +411,8 @@ def kernel_config(program: Program, mesh: MeshConfig, functional: bool,
     cfg[K.CFG_O], cfg[K.CFG_H] = mesh.issue_overhead, mesh.hop_latency
     cfg[K.CFG_R], cfg[K.CFG_W] = mesh.ramp_latency, mesh.simd_width(program.dtype)
     cfg[K.CFG_B] = mesh.barrier_latency
+    cfg[K.CFG_T] = mesh.transcendental_cycles
+    cfg[K.CFG_M] = mesh.message_overhead
     cfg[K.CFG_MAX_CYCLES] = min(max_cycles, (1 << (63 - shift)) - 1)
     cfg[K.CFG_FUNCTIONAL] = int(bool(functional))
     cfg[K.CFG_LIVE] = int(np.count_nonzero(program.pe_region >= 0))

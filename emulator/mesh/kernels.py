@@ -63,7 +63,9 @@ EXP_LIMIT = 709.782712893384   # log(DBL_MAX): above it math.exp overflows to in
 CFG_WIDTH, CFG_HEIGHT, CFG_COLORS, CFG_SRAM, CFG_O, CFG_H, CFG_R, CFG_W = range(8)
 CFG_B, CFG_MAX_CYCLES, CFG_FUNCTIONAL, CFG_LIVE, CFG_SHIFT, CFG_SLOTS = 8, 9, 10, 11, 12, 13
 CFG_STOP_MARK = 14   # a PE about to execute `mark` with this id parks (-1: never)
-CFG_SIZE = 15
+CFG_T = 15           # cycles per element of vexp/vrsqrt/vrecip/vsigmoid (0: like any op)
+CFG_M = 16           # software cycles of every send and recv (message_overhead)
+CFG_SIZE = 17
 # Color slots: only colors a router can ever carry get FIFO and router-table entries.
 # cfg[CFG_SIZE + color] = its slot (-1: never routed), cfg[CFG_SIZE + colors + slot] = color.
 
@@ -753,8 +755,7 @@ def exec_vector(opc, k, modes, args, imm, static_cost, params, pes, pe, t, cfg, 
             if functional and immediate_values(opc, k, n, args, imm, sram[pe], scratch,
                                                stats) != 0:
                 return NEED_SCRATCH
-            w = cfg[CFG_W]
-            return cfg[CFG_O] + (n if w == 1 else (n + w - 1) // w)
+            return vector_cycles(opc, n, cfg)
         # else: decoded and checked below (faults)
     d0, s0, s1, n, ds, ss0, ss1, _ = slot_values(modes, args, k, params, pes, pe)
     if n < 0:
@@ -770,6 +771,15 @@ def exec_vector(opc, k, modes, args, imm, static_cost, params, pes, pe, t, cfg, 
             stats[ST_NEED] = n
             return NEED_SCRATCH
         vector_values(opc, sram[pe], d0, ds, s0, ss0, s1, ss1, n, imm[k], scratch)
+    return vector_cycles(opc, n, cfg)
+
+
+@njit(nrt=False, inline="always")
+def vector_cycles(opc, n, cfg):
+    """Cycles of a vector op or reduction over n elements (docs/timing.md): o + ceil(n/w),
+    or o + n * T for a transcendental (vexp, vrsqrt, vrecip, vsigmoid) when T > 0."""
+    if cfg[CFG_T] > 0 and opc >= VEXP and opc <= VSIGMOID:
+        return cfg[CFG_O] + n * cfg[CFG_T]
     w = cfg[CFG_W]
     return cfg[CFG_O] + (n if w == 1 else (n + w - 1) // w)
 
@@ -973,7 +983,7 @@ def exec_receive(opc, k, modes, args, params, pes, pe, t, cfg, sram, pay, rec, f
         return FAULTED, 0, 0
     if cfg[CFG_FUNCTIONAL] and n > 0:
         receive_values(opc, sram[pe], d0, ds, pay, off, n, scratch)
-    ready = t + cfg[CFG_O] + n
+    ready = t + cfg[CFG_O] + cfg[CFG_M] + n
     if pes[pe, P_SLACK] == SLACK_FRESH:
         pes[pe, P_SLACK] = SLACK_ABSORBED + last + 1 - ready if last + 1 >= ready \
             else SLACK_TAINTED
@@ -1119,7 +1129,7 @@ def exec_send(pe, t, k, p, modes, args, params, cfg, sram, pay, routes, edges, l
                 return suspend(pe, t, p, stats, NEED_PAYLOAD)
             off = store_payload(pay, stats, sram[pe], s0, ss0, n)
         stack[0, 0], stack[0, 1], stack[0, 2], stack[0, 3] = pe, PORT_R, \
-            t + cfg[CFG_O] + cfg[CFG_R], 0
+            t + cfg[CFG_O] + cfg[CFG_M] + cfg[CFG_R], 0
         stats[ST_ROUTE_C], stats[ST_ROUTE_N], stats[ST_ROUTE_OFF] = c, n, off
         sp = 1
     c, n, off = stats[ST_ROUTE_C], stats[ST_ROUTE_N], stats[ST_ROUTE_OFF]
@@ -1262,7 +1272,7 @@ def advance_mesh(op, modes, args, imm, static_cost, rstart, rlen, pe_region, par
                 if n < 0:
                     return n
                 note_send((t << shift) | pe, stats)
-                cost = o + n
+                cost = o + cfg[CFG_M] + n
             elif opc == RECV or opc == RECVADD:
                 end, c, n = exec_receive(opc, k, modes, args, params, pes, pe, t, cfg, sram,
                                          pay, rec, fifo, stats, scratch, fault)
@@ -1272,7 +1282,7 @@ def advance_mesh(op, modes, args, imm, static_cost, rstart, rlen, pe_region, par
                     break
                 if end < 0:
                     return FAULTED if end == FAULTED else suspend(pe, t, p, stats, end)
-                pes[pe, P_BUSY] += o + n
+                pes[pe, P_BUSY] += o + cfg[CFG_M] + n
                 t = end
                 cost = 0
             elif opc == ROUTE:

@@ -82,6 +82,10 @@ class MeshDecoder:
         T = cache.length
         if T > pl.max_context:
             raise ConfigError(f"KV cache of {T} positions exceeds max_context {pl.max_context}")
+        if self.plan.bands is not None:
+            self._load_kv_spread(round_to(cache.k, self.dtype), round_to(cache.v, self.dtype))
+            self.length = T
+            return T * spec.kv_bytes_per_token(dtype_bytes(self.dtype))
         pair = rope_pair_order(spec.head_dim)
         k = round_to(cache.k[..., pair], self.dtype)
         v = round_to(cache.v, self.dtype)
@@ -92,6 +96,41 @@ class MeshDecoder:
                     self._write_kv(j, pl.addr_at(f"L{layer}.{name}{a}", 0, j), values[layer, g])
         self.length = T
         return T * spec.kv_bytes_per_token(dtype_bytes(self.dtype))
+
+    def _load_kv_spread(self, k: np.ndarray, v: np.ndarray) -> None:
+        """Spread layout: keys [layers, kv, T, hd] (post-RoPE) and values into the band
+        rows, dim-major: dim d of the row at d * (slots + 1), position t in column
+        t mod pw, slot t div pw (docs/mapping.md, "Spread layout")."""
+        plan, pl, bands = self.plan, self.placement, self.plan.bands
+        pw, sp, half = plan.pw, pl.slots + 1, self.spec.head_dim // 2
+        T = k.shape[2]
+        for j in range(bands.rows):
+            g, r = bands.group(j), bands.local(j)
+            p = np.arange(bands.kp0[r], bands.kp0[r] + bands.kp[r])
+            kdims = np.stack([p, p + half], axis=1).reshape(-1)
+            vdims = np.arange(bands.v0[r], bands.v0[r] + bands.nv[r])
+            for i in range(min(pw, T)):
+                pe, t = j * pw + i, np.arange(i, T, pw)
+                slot = t // pw
+                for layer in range(self.spec.num_layers):
+                    for name, values, dims in (("k", k, kdims), ("v", v, vdims)):
+                        addr = pl.addr_at(f"L{layer}.{name}", i, j)
+                        for n, d in enumerate(dims):
+                            self.sram[pe, addr + n * sp + slot] = values[layer, g, t, d]
+
+    def _rope_rows(self, cos: np.ndarray, sin: np.ndarray) -> None:
+        """Spread layout: each band row's cos/sin of its RoPE pairs, repeated for every
+        q head and k, into COS/SIN of its left PE."""
+        plan, bands, reps = self.plan, self.plan.bands, self.spec.group_size + 1
+        for j in range(bands.rows):
+            r = bands.local(j)
+            if not bands.kp[r]:
+                continue
+            p = slice(bands.kp0[r], bands.kp0[r] + bands.kp[r])
+            for name, table in (("COS", cos), ("SIN", sin)):
+                tiled = round_to(np.tile(table[p], reps), self.dtype)
+                addr = self.placement.addr_at(name, 0, j)
+                self.sram[j * plan.pw, addr:addr + tiled.size] = tiled
 
     def _group_row(self, g: int) -> tuple[int, int]:
         """(row, index within the row) of kv group g."""
@@ -115,6 +154,9 @@ class MeshDecoder:
         write_r(self.sram, plan, "hidden", emb, pl.addr("H"))
         cos, sin = reference.rope_tables(spec, np.array([pos]))
         half, reps = spec.head_dim // 2, spec.group_size + 1
+        if plan.bands is not None:
+            self._rope_rows(cos[0], sin[0])
+            return
         rows = np.flatnonzero(plan.vec("groups").sizes())
         for name, table in (("COS", cos), ("SIN", sin)):
             tiled = round_to(np.tile(table[0, :half], reps), self.dtype)

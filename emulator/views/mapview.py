@@ -31,8 +31,16 @@ import numpy as np
 from rich.table import Table
 from rich.text import Text
 
-from compiler.place import Placement, largest_class, pe_usage, place
-from compiler.route import color_budget
+from compiler.decode import auto_layouts
+from compiler.place import (
+    Placement,
+    kv_dims_per_row,
+    largest_class,
+    pe_usage,
+    place,
+    row_attention,
+)
+from compiler.route import band_last_rows, color_budget
 from compiler.tile import TilePlan, tile
 from emulator.files import atomic_write_bytes
 from emulator.hw.dtypes import BYTES as DTYPE_BYTES
@@ -110,7 +118,7 @@ class MeshMap:
     @property
     def colors_needed(self) -> int:
         """Router colors the mapping needs."""
-        return color_budget(self.plan.pw, self.plan.ph)
+        return color_budget(self.plan.pw, self.plan.ph, band_last_rows(self.plan.bands) > 0)
 
     @property
     def fits(self) -> bool:
@@ -159,7 +167,7 @@ def build_map(spec, mesh: MeshConfig, dtype: str = "fp32", layout: str = "auto",
     `layout` "auto" takes the first of groups, even that fits, else the one needing the
     fewest bytes per PE (as `compile_decode` would try them).
     """
-    layouts = ("groups", "even") if layout == "auto" else (layout,)
+    layouts = auto_layouts(spec, mesh) if layout == "auto" else (layout,)
     placements = {name: attempt_placement(tile(spec, mesh.width, mesh.height, name), mesh,
                                           dtype, max_context) for name in layouts}
     fitting = [p for p in placements.values() if p.total_bytes <= mesh.sram_bytes]
@@ -189,7 +197,7 @@ def role_grid(plan: TilePlan) -> np.ndarray:
     """int8 [ph, pw]: the role of every PE (see the module docstring)."""
     holds = sum(tile_elements(plan, m) for m in plan.matrices) > 0
     roles = np.where(holds, GEMV, IDLE).astype(np.int8)
-    roles[plan.vec("groups").sizes() > 0, :] = ATTN
+    roles[[row_attention(plan, j) for j in range(plan.ph)], :] = ATTN
     roles[:, 0] = LEFT
     roles[0, :] = TOP
     roles[0, 0] = ROOT
@@ -209,7 +217,7 @@ def layer_bytes(m: MeshMap, layer: int) -> np.ndarray:
     if spec.mlp_bias:
         total[:, 0] += plan.vec("gu").sizes()
         total[0, :] += hidden
-    total += (2 * spec.head_dim * m.placement.slots * plan.vec("groups").sizes())[:, None]
+    total += (kv_dims_per_row(plan) * m.placement.slots)[:, None]
     return total * m.bytes_per_element
 
 
@@ -272,6 +280,16 @@ def chunk_summary(m: MeshMap) -> list[tuple[str, str]]:
 
 def attention_note(m: MeshMap, y0: int, y1: int) -> str:
     """Which kv groups rows y0..y1 hold ('' when none)."""
+    if m.plan.bands is not None:
+        bands = m.plan.bands
+        rows = [j for j in range(y0, min(y1 + 1, bands.rows))]
+        if not rows:
+            return ""
+        g0, g1 = bands.group(rows[0]), bands.group(rows[-1])
+        what = f"band of kv group {g0}" if g0 == g1 else f"bands of kv groups {g0}-{g1}"
+        kv = int(kv_dims_per_row(m.plan)[rows].max()) * m.spec.num_layers * \
+            m.placement.slots * m.bytes_per_element
+        return f"attention: {what}, KV up to {kv:,} B/PE"
     groups = m.plan.vec("groups")
     rows = [j for j in range(y0, y1 + 1) if groups.size(j)]
     if not rows:
@@ -449,6 +467,11 @@ def buffer_facts(m: MeshMap, matrix: str) -> tuple[str, str, int]:
         split = ("GEMV-A: rows over y, cols over x" if t.kind == "A"
                  else "GEMV-B: rows over x, cols over y")
         return shape, split, int((tile_elements(plan, matrix) > 0).sum())
+    if matrix in ("k", "v") and plan.bands is not None:
+        dims = kv_dims_per_row(plan)
+        return (f"{m.placement.slots + 1} slots x up to {int(dims.max())} dims",
+                f"{'K' if matrix == 'k' else 'V'} dims of the row's band, positions over x",
+                int((dims > 0).sum()) * plan.pw)
     if matrix[0] in "kv" and matrix[1:].isdigit():
         a = int(matrix[1:])
         rows = int((plan.vec("groups").sizes() > a).sum())

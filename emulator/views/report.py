@@ -45,12 +45,12 @@ def summary_table(report: dict) -> Table:
                         f"({report['mode']}, {report['dtype']})", title_justify="left")
     table.add_column("metric")
     table.add_column("emulated", justify="right")
-    table.add_column("roofline bound", justify="right")
+    table.add_column("bound", justify="right")
     ttft_bound = (prefill.get("roofline_seconds") or 0) + (kv.get("bound_seconds") or 0)
     table.add_row("time to first token", si_seconds(report["ttft_s"]), si_seconds(ttft_bound))
     table.add_row("time per output token", si_seconds(report["tpot_s"]),
-                  si_seconds(decode.get("roofline_seconds_per_token")))
-    bound_rate = decode.get("roofline_seconds_per_token")
+                  si_seconds(decode.get("bound_seconds_per_token")))
+    bound_rate = decode.get("bound_seconds_per_token")
     table.add_row("tokens/s per user", f"{report['tokens_per_s']:,.1f}",
                   f"{1 / bound_rate:,.1f}" if bound_rate else "-")
     if report["mode"] == "timing-only":
@@ -80,7 +80,7 @@ def breakdown_table(report: dict) -> Table:
                   "from the west edge")
     table.add_row("decode (per token)", report["hardware"]["decode"],
                   f"{decode['cycles_per_token']:,.0f}", si_seconds(decode["seconds_per_token"]),
-                  si_seconds(decode.get("roofline_seconds_per_token")),
+                  si_seconds(decode.get("bound_seconds_per_token")),
                   f"{decode['steps']} steps, {decode['pes_used']:,} PEs")
     return table
 
@@ -121,7 +121,25 @@ def per_layer_table(report: dict) -> Table | None:
     return table
 
 
+def phases_table(report: dict) -> Table | None:
+    """One decode step by phase (from the marks) beside the critical-path bound's stages."""
+    decode = report["decode"]
+    phases = decode.get("phases")
+    if not phases or not sum(phases.values()):
+        return None
+    bound = decode.get("bound_cycles_by_stage", {})
+    table = Table(title=f"decode step by phase (cycles; max context "
+                        f"{decode.get('max_context', 0):,} tokens)", title_justify="left")
+    for name in ("phase", "emulated", "bound"):
+        table.add_column(name, justify="left" if name == "phase" else "right")
+    for name, cycles in phases.items():
+        table.add_row(name, f"{cycles:,}", f"{bound[name]:,}" if name in bound else "-")
+    table.add_row("total", f"{sum(phases.values()):,}",
+                  f"{decode.get('bound_cycles_per_token', 0):,}")
+    return table
+
+
 def print_report(report: dict, console: Console | None = None) -> None:
     """Print every table of the report."""
     print_tables(console or output_console(), summary_table(report), breakdown_table(report),
-                 utilization_table(report), per_layer_table(report))
+                 utilization_table(report), phases_table(report), per_layer_table(report))
