@@ -60,6 +60,27 @@ NEW_SLOT_REG = 1   # register holding the new position's slot offset (slot * hea
 NLOC_REG = 2       # register holding nloc
 MASK_SCORE = -1.0e30   # spread layout: score of a slot holding no position (exp gives 0)
 
+# Op names of the code blocks emit notes open (Program.region_ops; emu explain, step, map).
+OPS = ("rmsnorm", "qkv", "rope", "relayout", "attn", "o_proj", "gate_up", "swiglu", "down",
+       "lm_head")
+# What each per-PE parameter means (emu explain).
+PARAM_DOC = {
+    "m_qkv": "rows of the q/k/v GEMV-A output on this row",
+    "m_gu": "rows of the gate/up GEMV-A output on this row",
+    "m_vocab": "rows of the LM head output (logits) on this row",
+    "m_hidden": "rows of the o_proj / down GEMV-B output in this column",
+    "nloc": "cached positions on this PE after this step's token (step parameter)",
+    "nfree": "KV slots masked out of the softmax (step parameter)",
+    "slot_off": "offset of the new position's KV slot (step parameter)",
+    "store_n": "head_dim on the PE storing the new k/v, else 0 (step parameter)",
+    "nact": "active KV slots per column: pos div pw + 1 (step parameter, spread layout)",
+    "kslot": "slot receiving the new k/v: its slot on the owning column, else the spare "
+             "slot (step parameter, spread layout)",
+    "sc_len": "score elements of all heads (step parameter, spread layout)",
+    "pm_len": "maxima + scores message length (step parameter, spread layout)",
+}
+
+
 
 def step_param_names(plan: TilePlan) -> list[str]:
     """The per-step parameters of a layout (docs/mapping.md): `STEP_PARAMS`, or in the
@@ -101,22 +122,25 @@ class Desc:
 
 
 class CodeBuilder:
-    """Accumulates one region's instructions as INSTR_DTYPE rows (plus comments)."""
+    """Accumulates one region's instructions as INSTR_DTYPE rows (plus notes: a comment and
+    the op name of the block each note opens)."""
 
     def __init__(self, param_index: dict, mark_index: dict | None = None):
         self.param_index = param_index
         self.mark_index = mark_index or {}
         self.rows: list = []
-        self.comments: dict = {}
+        self.notes: dict = {}            # pc -> (comment, op name or None)
         self._note = None
 
     def mark(self, name: str) -> None:
         """A 0-cycle probe recording when this PE reaches op `name` (docs/isa.md, mark)."""
         self.emit(Op.MARK, {SLOT_DST: self.mark_index[name]})
 
-    def note(self, text: str) -> None:
-        """Attach `text` as a comment to the next instruction."""
-        self._note = text
+    def note(self, text: str, op: str | None = None) -> None:
+        """Attach `text` as a comment to the next instruction, which opens a block of op
+        `op` (one of OPS; inside a decoder layer it is named `L<layer>.<op>`)."""
+        assert op is None or op in OPS, f"unknown op {op!r}"
+        self._note = (text, op)
 
     @property
     def pending_note(self) -> bool:
@@ -142,7 +166,7 @@ class CodeBuilder:
             modes |= encode_mode(slot, kind, reg)
             args[slot] = val
         if self._note is not None:
-            self.comments[len(self.rows)] = self._note
+            self.notes[len(self.rows)] = self._note
             self._note = None
         self.rows.append((int(op), modes, args, float(imm)))
 
@@ -381,7 +405,7 @@ def rmsnorm(b: CodeBuilder, ctx: Context, role: Role, gamma: str, label: str = "
     """
     spec, fab, a = ctx.plan.spec, ctx.fab, ctx.addr
     k, ss = role.k_hidden, a("SS")
-    b.note(f"RMSNorm with {label or gamma}")
+    b.note(f"RMSNorm with {label or gamma}", "rmsnorm")
     if k:
         b.reduce(Op.RDOT, ss, a("H"), a("H"), k)
     else:
@@ -402,7 +426,7 @@ def rope(b: CodeBuilder, ctx: Context, group: int) -> None:
     e = a("QKV") + group * ctx.plan.group_len
     n2 = (spec.group_size + 1) * spec.head_dim // 2
     t1, t2, t3, t4 = (a("TMP") + q * n2 for q in range(4))
-    b.note(f"RoPE of group {group}")
+    b.note(f"RoPE of group {group}", "rope")
     b.vec(Op.VMUL, t1, Desc(e, 2), a("COS"), n2)
     b.vec(Op.VMUL, t2, Desc(e + 1, 2), a("SIN"), n2)
     b.vec(Op.VMUL, t3, Desc(e + 1, 2), a("COS"), n2)
@@ -422,7 +446,7 @@ def relayout(b: CodeBuilder, ctx: Context, role: Role, name: str, src: int, dst:
     if not role.left:
         return
     fab, g = ctx.fab, ctx.addr("G")
-    b.note(f"relayout {name}")
+    b.note(f"relayout {name}", "relayout")
     b.vec(Op.VMOV, Desc(Param(f"{name}.in_addr")), src, n=Param(f"{name}.in_len"))
     for act, s in role.col_tree:
         if act == "recv":
@@ -451,7 +475,7 @@ def attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
     ng, gs, hd, slots = role.groups, spec.group_size, spec.head_dim, ctx.placement.slots
     heads = ng * gs
     sc = [a("SC") + h * slots for h in range(heads)]
-    b.note("layer {layer}: attention, multicast q/k/v along the row")
+    b.note("layer {layer}: attention, multicast q/k/v along the row", "attn")
     row_multicast(b, fab, role.left, a("QKV"), ng * plan.group_len)
     for g in range(ng):
         base = a("QKV") + g * plan.group_len + gs * hd
@@ -461,7 +485,7 @@ def attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
     for h in range(heads):
         g, q = divmod(h, gs)
         kt, qa = a(f"L{layer}.k{g}"), a("QKV") + g * plan.group_len + q * hd
-        b.note(f"scores of head {h} of the row")
+        b.note(f"scores of head {h} of the row", "attn")
         for s in range(slots):
             b.reduce(Op.RDOT, sc[h] + s, kt + s * hd, qa, hd)
         b.vec(Op.VSET, Reg(NLOC_REG, sc[h]), n=Param("nfree"), imm=-np.inf)
@@ -472,7 +496,7 @@ def attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
     ol = a("OL")
     for h in range(heads):
         vt = a(f"L{layer}.v{h // gs}")
-        b.note(f"softmax numerator and weighted values of head {h}")
+        b.note(f"softmax numerator and weighted values of head {h}", "attn")
         b.vec(Op.VSUB, sc[h], sc[h], Desc(a("MX") + h, 0), slots)
         b.vec(Op.VEXP, sc[h], sc[h], n=slots)
         b.reduce(Op.RSUM, ol + heads * hd + h, sc[h], n=slots)
@@ -481,7 +505,7 @@ def attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
             b.vec(Op.VFMA, ol + h * hd, vt + s * hd, Desc(sc[h] + s, 0), hd)
     tree_sum(b, role.row_tree, fab.row, ol, heads * (hd + 1))
     if role.left:
-        b.note("divide by the softmax denominators")
+        b.note("divide by the softmax denominators", "attn")
         b.vec(Op.VRECIP, a("RL"), ol + heads * hd, n=heads)
         for h in range(heads):
             b.vec(Op.VMUL, a("ATT") + h * hd, ol + h * hd, Desc(a("RL") + h, 0), hd)
@@ -493,7 +517,7 @@ def rope_rows(b: CodeBuilder, ctx: Context, role: Role) -> None:
     a, n2 = ctx.addr, (ctx.plan.spec.group_size + 1) * role.k2 // 2
     e = a("QKV")
     t1, t2, t3, t4 = (a("TMP") + q * n2 for q in range(4))
-    b.note("RoPE of the row's pairs")
+    b.note("RoPE of the row's pairs", "rope")
     b.vec(Op.VMUL, t1, Desc(e, 2), a("COS"), n2)
     b.vec(Op.VMUL, t2, Desc(e + 1, 2), a("SIN"), n2)
     b.vec(Op.VMUL, t3, Desc(e + 1, 2), a("COS"), n2)
@@ -520,19 +544,19 @@ def spread_attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> No
     gs, k2, nv, sp = spec.group_size, role.k2, role.nv, ctx.placement.slots + 1
     q, pm = a("QKV"), a("PM")
     kt, vt = a(f"L{layer}.k"), a(f"L{layer}.v")
-    b.note("layer {layer}: attention, the row's q/k/v along the row")
+    b.note("layer {layer}: attention, the row's q/k/v along the row", "attn")
     row_multicast(b, fab, role.left, q, (gs + 1) * k2 + nv)
     if k2:
         b.vec(Op.VMOV, Desc(Reg(NEW_SLOT_REG, kt), sp), q + gs * k2, n=k2)
     if nv:
         b.vec(Op.VMOV, Desc(Reg(NEW_SLOT_REG, vt), sp), q + (gs + 1) * k2, n=nv)
     if role.band in (0, 1):
-        b.note("attention: partial scores over the row's key dims")
+        b.note("attention: partial scores over the row's key dims", "attn")
         for h in range(gs):
             gemv_columns(b, kt, sp, q + h * k2, Param(f"sc{h}"), Param("nact"), k2)
         tree_sum(b, role.ktree, fab.col, pm + gs, Param("sc_len"))
     if role.band == 0:
-        b.note("attention: band top scales, masks empty slots, local max, exp")
+        b.note("attention: band top scales, masks empty slots, local max, exp", "attn")
         b.vec(Op.VSCALE, pm + gs, pm + gs, n=Param("sc_len"),
               imm=float(np.float32(spec.head_dim ** -0.5)))
         for h in range(gs):
@@ -558,7 +582,7 @@ def merge_values(b: CodeBuilder, ctx: Context, role: Role, vt: int, sp: int) -> 
     gs, nv, fab, a = ctx.plan.spec.group_size, role.nv, ctx.fab, ctx.addr
     pm, mo, mt, nm, aa = a("PM"), a("MO"), a("MT"), a("NM"), a("AA")
     lo, oo, n = mo + gs, mo + 2 * gs, gs * (2 + nv)
-    b.note("attention: local softmax state of the column's slots")
+    b.note("attention: local softmax state of the column's slots", "attn")
     b.vec(Op.VMOV, mo, pm, n=gs)
     for h in range(gs):
         b.reduce(Op.RSUM, lo + h, Param(f"sc{h}"), n=Param("nact"))
@@ -570,7 +594,7 @@ def merge_values(b: CodeBuilder, ctx: Context, role: Role, vt: int, sp: int) -> 
             b.send(fab.row[s], mo, n)
             continue
         b.recv(fab.row[s], mt, n)
-        b.note("online-softmax merge")
+        b.note("online-softmax merge", "attn")
         b.vec(Op.VMAX, nm, mo, mt, gs)
         b.vec(Op.VSUB, aa, mo, nm, gs)
         b.vec(Op.VSUB, aa + gs, mt, nm, gs)
@@ -582,7 +606,7 @@ def merge_values(b: CodeBuilder, ctx: Context, role: Role, vt: int, sp: int) -> 
             b.vec(Op.VFMA, oo + h * nv, mt + 2 * gs + h * nv, Desc(aa + gs + h, 0), nv)
         b.vec(Op.VMOV, mo, nm, n=gs)
     if role.left:
-        b.note("divide by the softmax sums")
+        b.note("divide by the softmax sums", "attn")
         b.vec(Op.VRECIP, a("RL"), lo, n=gs)
         for h in range(gs):
             b.vec(Op.VMUL, a("XB") + h * nv, oo + h * nv, Desc(a("RL") + h, 0), nv)
@@ -601,7 +625,7 @@ def decoder_layer(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
     b.mark(p + "qkv")
     qkv_out = a("ACC") if even else a("QKV")
     qkv_stride = (spec.group_size + 1) * role.k2 + role.nv if spread else plan.mpad("qkv")
-    b.note("layer {layer}: q/k/v GEMV-A")
+    b.note("layer {layer}: q/k/v GEMV-A", "qkv")
     gemv_a(b, fab, role.top, role.row_tree, role.k_hidden, ctx.waddr(p + "qkv"), qkv_stride,
            a("XN"), qkv_out, Param("m_qkv"))
     if role.left and spec.attention_bias:
@@ -625,7 +649,7 @@ def decoder_layer(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
     if even:
         relayout(b, ctx, role, "attn", a("ATT"), a("XB"))
     b.mark(p + "o_proj")
-    b.note("layer {layer}: o_proj GEMV-B")
+    b.note("layer {layer}: o_proj GEMV-B", "o_proj")
     gemv_b(b, fab, role.left, role.col_tree, role.k_attn, ctx.waddr(p + "o"), plan.mpad("o"),
            a("XB") if even or spread else a("ATT"), a("ACC"), Param("m_hidden"))
     residual(b, ctx, role, p + "o_bias" if spec.o_proj_bias else None)
@@ -633,13 +657,13 @@ def decoder_layer(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
     if role.top:
         rmsnorm(b, ctx, role, p + "norm_post", "L{layer}.norm_post")
     b.mark(p + "mlp_up")
-    b.note("layer {layer}: gate/up GEMV-A")
+    b.note("layer {layer}: gate/up GEMV-A", "gate_up")
     gemv_a(b, fab, role.top, role.row_tree, role.k_hidden, ctx.waddr(p + "gu"), plan.mpad("gu"),
            a("XN"), a("ACC"), Param("m_gu"))
     if role.left:
         swiglu(b, ctx, role, p + "gu_bias" if spec.mlp_bias else None)
     b.mark(p + "mlp_down")
-    b.note("layer {layer}: down GEMV-B")
+    b.note("layer {layer}: down GEMV-B", "down")
     gemv_b(b, fab, role.left, role.col_tree, role.k_ffn, ctx.waddr(p + "down"), plan.mpad("down"),
            a("XB"), a("ACC"), Param("m_hidden"))
     residual(b, ctx, role, p + "down_bias" if spec.mlp_bias else None)
@@ -660,7 +684,7 @@ def swiglu(b: CodeBuilder, ctx: Context, role: Role, bias: str | None) -> None:
     a, f = ctx.addr, role.k_ffn
     if bias:
         b.vec(Op.VADD, a("ACC"), a("ACC"), ctx.waddr(bias), Param("m_gu"))
-    b.note("SiLU(gate) * up")
+    b.note("SiLU(gate) * up", "swiglu")
     b.vec(Op.VSIGMOID, a("TMP"), a("ACC"), n=f)
     b.vec(Op.VMUL, a("TMP"), a("TMP"), a("ACC"), f)
     b.vec(Op.VMUL, a("XB"), a("TMP"), a("ACC") + f, f)
@@ -668,10 +692,20 @@ def swiglu(b: CodeBuilder, ctx: Context, role: Role, bias: str | None) -> None:
 
 @dataclass
 class RegionCode:
-    """One region's instructions (INSTR_DTYPE, `line` = index in the region) and comments."""
+    """One region's instructions (INSTR_DTYPE, `line` = index in the region) and notes."""
 
     code: np.ndarray
-    comments: dict          # pc -> comment
+    notes: dict             # pc -> (comment, op name or None)
+
+    @property
+    def comments(self) -> dict:
+        """pc -> comment."""
+        return {pc: text for pc, (text, _) in self.notes.items()}
+
+    @property
+    def ops(self) -> dict:
+        """pc -> op name of the block starting there (Program.region_ops)."""
+        return {pc: op for pc, (_, op) in self.notes.items() if op is not None}
 
 
 def pe_code(ctx: Context, role: Role) -> RegionCode:
@@ -690,7 +724,7 @@ def pe_code(ctx: Context, role: Role) -> RegionCode:
         end.mark("head")
         if role.top:
             rmsnorm(end, ctx, role, "norm_final")
-        end.note("LM head GEMV-A")
+        end.note("LM head GEMV-A", "lm_head")
         gemv_a(end, ctx.fab, role.top, role.row_tree, role.k_hidden, ctx.waddr("lm_head"),
                plan.mpad("lm_head"), a("XN"), a("ACC"), Param("m_vocab"))
     end.mark("end")
@@ -699,15 +733,15 @@ def pe_code(ctx: Context, role: Role) -> RegionCode:
     parts = [start.to_array(), layers, end.to_array()]
     code = np.concatenate(parts)
     code["line"] = np.arange(len(code))
-    comments = dict(start.comments)
-    comments.update({pc + len(parts[0]): text for pc, text in notes.items()})
+    merged = dict(start.notes)
+    merged.update({pc + len(parts[0]): note for pc, note in notes.items()})
     base = len(parts[0]) + len(layers)
-    comments.update({pc + base: text for pc, text in end.comments.items()})
-    return RegionCode(code, comments)
+    merged.update({pc + base: note for pc, note in end.notes.items()})
+    return RegionCode(code, merged)
 
 
 def layer_code(ctx: Context, role: Role) -> tuple[np.ndarray, dict]:
-    """(INSTR_DTYPE code, {pc: comment}) of every decoder layer of a role, back to back.
+    """(INSTR_DTYPE code, {pc: (comment, op)}) of every decoder layer of a role, back to back.
 
     Layers differ only in their mark ids and the addresses of their weights and KV cache,
     which the place pass lays out at a constant stride per layer (`check_layer_strides`).
@@ -725,17 +759,17 @@ def layer_code(ctx: Context, role: Role) -> tuple[np.ndarray, dict]:
     code = np.tile(first, (layers, 1))
     code["a"] += np.arange(layers, dtype=step.dtype)[:, None, None] * step[None]
     n = len(first)
-    notes = {pc + layer * n: text.format(layer=layer) for layer in range(layers)
-             for pc, text in comments.items()}
+    notes = {pc + layer * n: (text.format(layer=layer), op and f"L{layer}.{op}")
+             for layer in range(layers) for pc, (text, op) in comments.items()}
     return code.reshape(-1), notes
 
 
 def _one_layer(ctx: Context, role: Role, layer: int) -> tuple[np.ndarray, dict]:
-    """(code, comment templates) of decoder layer `layer` of a role, pcs from 0."""
+    """(code, note templates) of decoder layer `layer` of a role, pcs from 0."""
     b = CodeBuilder(ctx.param_index, ctx.mark_index)
     decoder_layer(b, ctx, role, layer)
     assert not b.pending_note, "a layer ends with a comment and no instruction"
-    return b.to_array(), b.comments
+    return b.to_array(), b.notes
 
 
 def check_layer_strides(placement: Placement) -> None:
@@ -931,7 +965,8 @@ def assemble_regions(plan: TilePlan, pe_region: np.ndarray, codes: list, names: 
                    region_names=names, pe_region=pe_region,
                    param_rows=param_rows, param_index=param_index,
                    route_rx=routes.route_rx.copy(), route_tx=routes.route_tx.copy(),
-                   source=source, region_comments={r: c.comments for r, c in enumerate(codes)})
+                   source=source, region_comments={r: c.comments for r, c in enumerate(codes)},
+                   region_ops={r: c.ops for r, c in enumerate(codes) if c.ops})
 
 
 def param_table(plan: TilePlan, params: dict, left: dict,
@@ -1084,7 +1119,7 @@ def emit_gemv(kind: str, m_total: int, k_total: int, pw: int, ph: int, mesh: Mes
                 else:
                     gemv_b(b, fab, i == 0, key[3], key[4], w, mpad, x, y, Param("m"))
                 b.halt()
-                codes.append(RegionCode(b.to_array(), b.comments))
+                codes.append(RegionCode(b.to_array(), b.notes))
             pe_region[j * pw + i] = roles[key]
     shape = _Shape(pw, ph)
     program = assemble_regions(shape, pe_region, codes, [f"gemv{r}" for r in range(len(codes))],

@@ -39,6 +39,33 @@ MAX_SQUARE_SEARCH = 2048
 MAX_PIECES = 16          # multicast pieces of a relayout (docs/mapping.md)
 OVERLAYS = {"G": "TMP"}   # buffer -> buffer whose address it shares
 CLASS_FIELDS = ("weights", "attention", "left", "hub", "kind")
+# What each scratch buffer holds (emu explain, emu map).
+BUFFER_DOC = {
+    "H": "residual stream: this column's R chunk of h (top row)",
+    "XN": "normalised x (R chunk), multicast down the column for GEMV-A",
+    "SS": "RMSNorm sum of squares, then 1/rms",
+    "ACC": "GEMV accumulator (partial sums, then results: q/k/v, gate/up, logits, "
+           "o_proj / down)",
+    "QKV": "q/k/v of the row's kv groups (group by group), multicast along the row",
+    "XB": "input of o_proj / down (attention output or SiLU(gate)*up)",
+    "ATT": "attention output of the row's heads",
+    "COS": "RoPE cos table of the position (host-written, left column)",
+    "SIN": "RoPE sin table of the position (host-written, left column)",
+    "TMP": "temporaries (RoPE products, SiLU)",
+    "SC": "attention scores / softmax weights, one per head and KV slot",
+    "MX": "per-head score maximum",
+    "MXT": "received maxima in the max-reduce tree",
+    "OL": "per-head weighted values o and softmax sums l",
+    "RL": "1 / l per head",
+    "G": "relayout buffer (even layout): the whole q/k/v or attention vector",
+    "PM": "spread layout: per-head local score maxima, then scores / softmax weights of "
+          "the active KV slots",
+    "MO": "spread layout: softmax state [max | sum | weighted values] of this PE's slots",
+    "MT": "spread layout: softmax state received in the row's merge tree",
+    "NM": "spread layout: merged maxima",
+    "AA": "spread layout: rescale factors e^(m1-m), e^(m2-m) of a merge",
+}
+
 
 
 @dataclass(frozen=True)

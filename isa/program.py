@@ -51,6 +51,7 @@ class Program:
     data_values: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     source: str = "<program>"      # file name used in messages
     region_comments: dict = field(default_factory=dict)  # region -> {pc: comment}
+    region_ops: dict = field(default_factory=dict)  # region -> {pc: op name of the block}
     mark_names: list[str] = field(default_factory=list)  # mark id -> name
 
     @property

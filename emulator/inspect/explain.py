@@ -13,7 +13,7 @@ For PE (x, y) of a `compiler.decode.Compiled`:
 - `timeline_rows`: per op block (or per instruction), when it started and ended in one
   decode step, from the reference engine's events.
 
-`op_blocks` splits a region's code at the compiler's comments (`Program.region_comments`)
+`op_blocks` splits a region's code at the ops the compiler recorded (`Program.region_ops`)
 and names every block by op and layer (`L0.qkv`, `L1.attn`, `lm_head`, ...); `emu step
 --op` filters events by these names. Times are cycles, sizes elements unless named bytes.
 """
@@ -22,7 +22,8 @@ import bisect
 import re
 from dataclasses import dataclass
 
-from compiler.place import pe_class
+from compiler.emit import PARAM_DOC
+from compiler.place import BUFFER_DOC, pe_class
 from compiler.tile import attn_col_order, gu_row_order, qkv_row_order
 from emulator.hw.dtypes import BYTES as DTYPE_BYTES
 from emulator.hw.errors import ConfigError
@@ -32,55 +33,8 @@ from isa.disasm import format_instruction, format_ports
 from isa.opcodes import MODE_PARAM, MODE_REG, NUM_SLOTS, SLOT_COLOR, Op, slot_mode
 from isa.program import Program
 
-# (text in the compiler's block comment, op name); the first match names the block.
-OP_PATTERNS = (("RMSNorm", "rmsnorm"), ("q/k/v GEMV-A", "qkv"), ("RoPE", "rope"),
-               ("relayout", "relayout"), ("attention", "attn"), ("scores of head", "attn"),
-               ("softmax", "attn"), ("o_proj", "o_proj"), ("gate/up", "gate_up"),
-               ("SiLU", "swiglu"), ("down GEMV-B", "down"), ("LM head", "lm_head"))
-_LAYER = re.compile(r"\blayer (\d+)\b|\bL(\d+)\.")
-_AFTER_LAYERS = ("norm_final", "LM head")
 _COUNT = re.compile(r"\bn=(\d+)")
 
-SCRATCH_DOC = {
-    "H": "residual stream: this column's R chunk of h (top row)",
-    "XN": "normalised x (R chunk), multicast down the column for GEMV-A",
-    "SS": "RMSNorm sum of squares, then 1/rms",
-    "ACC": "GEMV accumulator (partial sums, then results: q/k/v, gate/up, logits, "
-           "o_proj / down)",
-    "QKV": "q/k/v of the row's kv groups (group by group), multicast along the row",
-    "XB": "input of o_proj / down (attention output or SiLU(gate)*up)",
-    "ATT": "attention output of the row's heads",
-    "COS": "RoPE cos table of the position (host-written, left column)",
-    "SIN": "RoPE sin table of the position (host-written, left column)",
-    "TMP": "temporaries (RoPE products, SiLU)",
-    "SC": "attention scores / softmax weights, one per head and KV slot",
-    "MX": "per-head score maximum",
-    "MXT": "received maxima in the max-reduce tree",
-    "OL": "per-head weighted values o and softmax sums l",
-    "RL": "1 / l per head",
-    "G": "relayout buffer (even layout): the whole q/k/v or attention vector",
-    "PM": "spread layout: per-head local score maxima, then scores / softmax weights of "
-          "the active KV slots",
-    "MO": "spread layout: softmax state [max | sum | weighted values] of this PE's slots",
-    "MT": "spread layout: softmax state received in the row's merge tree",
-    "NM": "spread layout: merged maxima",
-    "AA": "spread layout: rescale factors e^(m1-m), e^(m2-m) of a merge",
-}
-PARAM_DOC = {
-    "m_qkv": "rows of the q/k/v GEMV-A output on this row",
-    "m_gu": "rows of the gate/up GEMV-A output on this row",
-    "m_vocab": "rows of the LM head output (logits) on this row",
-    "m_hidden": "rows of the o_proj / down GEMV-B output in this column",
-    "nloc": "cached positions on this PE after this step's token (step parameter)",
-    "nfree": "KV slots masked out of the softmax (step parameter)",
-    "slot_off": "offset of the new position's KV slot (step parameter)",
-    "store_n": "head_dim on the PE storing the new k/v, else 0 (step parameter)",
-    "nact": "active KV slots per column: pos div pw + 1 (step parameter, spread layout)",
-    "kslot": "slot receiving the new k/v: its slot on the owning column, else the spare "
-             "slot (step parameter, spread layout)",
-    "sc_len": "score elements of all heads (step parameter, spread layout)",
-    "pm_len": "maxima + scores message length (step parameter, spread layout)",
-}
 
 
 # --------------------------------------------------------------------------- op blocks
@@ -96,41 +50,23 @@ class Block:
     comment: str     # the compiler's comment opening the block
 
 
-def classify(comment: str) -> str:
-    """The op name of a block comment (the comment itself when no pattern matches)."""
-    for text, name in OP_PATTERNS:
-        if text in comment:
-            return name
-    return comment
-
-
-def _layer_of(comment: str, current: int | None) -> int | None:
-    """The layer a comment belongs to (it may inherit the previous block's layer)."""
-    if any(text in comment for text in _AFTER_LAYERS):
-        return None
-    match = _LAYER.search(comment)
-    if match:
-        return int(match.group(1) or match.group(2))
-    return current
-
-
 def op_blocks(program: Program, region: int) -> list[Block]:
-    """The blocks of a region's code at the compiler's comments ([] without comments)."""
+    """The blocks of a region's code: from each op the compiler recorded
+    (`Program.region_ops`, e.g. `L0.qkv`) to the next, with the comment at that pc; a
+    program without recorded ops (assembly) is split at its comments, each comment naming
+    its block ([] without either)."""
     comments = program.region_comments.get(region, {})
     n = int(program.region_len[region])
-    starts = sorted(pc for pc in comments if pc < n)
+    ops = program.region_ops.get(region) or {pc: text for pc, text in comments.items()}
+    starts = sorted(pc for pc in ops if pc < n)
     if not starts:
         return []
     blocks = []
     if starts[0] > 0:
         blocks.append(Block(0, starts[0], "prologue", "step parameters into registers"))
-    layer = None
     for k, pc in enumerate(starts):
-        comment = comments[pc]
-        layer = _layer_of(comment, layer)
-        op = classify(comment)
         end = starts[k + 1] if k + 1 < len(starts) else n
-        blocks.append(Block(pc, end, f"L{layer}.{op}" if layer is not None else op, comment))
+        blocks.append(Block(pc, end, ops[pc], comments.get(pc, ops[pc])))
     return blocks
 
 
@@ -316,7 +252,7 @@ def buffer_slice(dp, name: str, x: int, y: int) -> tuple[int, str]:
         on, index = (y == 0, x) if axis == "R" else (x == 0, y)
         return _vector_slice(plan, vector, on, index, what)
     words = dp.placement.maps[pe_class(plan, x, y)][name].words
-    return words, SCRATCH_DOC.get(name, "scratch")
+    return words, BUFFER_DOC.get(name, "scratch")
 
 
 def buffer_rows(dp, x: int, y: int) -> list[dict]:
