@@ -40,6 +40,7 @@ COMMAND_MODULES: list[str] = [
     "emulator.cli_map",
     "emulator.cli_step",
     "emulator.cli_bench",
+    "emulator.cli_sweep",
 ]
 
 

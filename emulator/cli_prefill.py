@@ -14,34 +14,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from emulator.cli_common import parse_dims
-from emulator.errors import ConfigError
-from emulator.hw.prefill import load_prefill
 from emulator.report import si_bytes, si_seconds
-
-# Functional mode holds every weight as float32 on the host; beyond this many parameters
-# (4 GiB) `emu prefill` asks for --timing-only instead of exhausting host memory.
-FUNCTIONAL_MAX_PARAMS = 2**30
 
 prefill_hw_option = click.option("--prefill-hw", "prefill_hw", default="trn2",
                                  show_default=True, metavar="NAME|FILE",
                                  help="Prefill chip preset (trn2, trn3) or a JSON file.")
-
-
-def parse_positive(name: str, text: str) -> int:
-    """A positive integer argument, or a one-line ConfigError naming it."""
-    try:
-        value = int(str(text).strip().replace("_", ""))
-    except ValueError:
-        raise ConfigError(f"gemm: {name} must be a positive integer, got '{text}'") from None
-    if value < 1:
-        raise ConfigError(f"gemm: {name} must be a positive integer, got {value}")
-    return value
-
-
-def parse_array(text: str | None) -> tuple[int, int] | None:
-    """'RxC' -> (R, C); ConfigError when malformed."""
-    return parse_dims(text, "--array", "RxC", "128x128")
 
 
 @click.command("gemm", context_settings={"ignore_unknown_options": True})
@@ -59,23 +36,9 @@ def parse_array(text: str | None) -> tuple[int, int] | None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def gemm_command(m, n, k, prefill_hw, array, dataflow, scalesim_compat, dtype, as_json):
     """Cycles of one GEMM C[M,N] = A[M,K] @ B[K,N]."""
-    from emulator.prefill.gemm import DATAFLOWS, gemm_scalesim, gemm_trainium
+    from emulator.prefill.gemm import gemm_from_options
 
-    M, N, K = (parse_positive(name, v) for name, v in (("M", m), ("N", n), ("K", k)))
-    dataflow = dataflow.lower()
-    if dataflow not in DATAFLOWS:
-        raise ConfigError(f"--dataflow: expected ws, os or is, got '{dataflow}'")
-    if dtype not in ("bf16", "fp16", "fp32"):
-        raise ConfigError(f"--dtype: expected bf16, fp16 or fp32, got '{dtype}'")
-    hw = load_prefill(prefill_hw)
-    shape = parse_array(array) or (hw.pe_rows, hw.pe_cols)
-    if scalesim_compat:
-        result = gemm_scalesim(M, N, K, *shape, dataflow, hw.tensor_clock_hz)
-    else:
-        if shape[0] > hw.sbuf_partitions:
-            raise ConfigError(f"--array: {shape[0]} rows exceed the {hw.sbuf_partitions} SBUF "
-                              f"partitions of preset '{hw.name}'")
-        result = gemm_trainium(hw.with_array(*shape), M, N, K, dataflow, dtype)
+    result = gemm_from_options(m, n, k, prefill_hw, array, dataflow, scalesim_compat, dtype)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
         return
@@ -117,21 +80,10 @@ def _gemm_table(result) -> Table:
 def prefill_command(config, prefill_hw, prompt_len, prompt_tokens, seed, weights_path, dtype,
                     timing_only, as_json):
     """Time (and compute) the prefill of CONFIG on one prefill chip."""
-    from compiler.frontend import resolve_model
-    from emulator.prefill.run import run_prefill
+    from emulator.prefill.run import prefill_from_options
 
-    spec = resolve_model(config)
-    hw = load_prefill(prefill_hw)
-    tokens = _tokens(prompt_tokens, prompt_len)
-    if not timing_only and spec.param_count() > FUNCTIONAL_MAX_PARAMS:
-        raise ConfigError(f"{config}: {spec.param_count():,} parameters are too many for a "
-                          f"functional run on the host; add --timing-only")
-    weights = None
-    if weights_path and not timing_only:
-        from compiler.weights import load_weights
-        weights = load_weights(weights_path, spec)
-    result = run_prefill(spec, hw, tokens, weights, dtype=dtype, timing_only=timing_only,
-                         seed=seed)
+    result = prefill_from_options(config, prefill_hw, prompt_len, prompt_tokens, seed,
+                                  weights_path, dtype, timing_only)
     report = result.summary()
     report["model"] = str(config)
     if as_json:
@@ -143,25 +95,6 @@ def prefill_command(config, prefill_hw, prompt_len, prompt_tokens, seed, weights
     for table in (_headline(result, config), _layer_table(result), _op_table(result),
                   _engine_table(result)):
         console.print(table)
-
-
-def _tokens(text: str | None, prompt_len: int | None):
-    """Token ids from --prompt-tokens, else the --prompt-len (default 128)."""
-    if text is None:
-        if prompt_len is None:
-            return 128
-        try:
-            value = int(prompt_len)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise ConfigError(f"--prompt-len: must be a positive integer, got '{prompt_len}'")
-        return value
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ConfigError(f"--prompt-tokens: expected comma-separated integers, got "
-                          f"'{text}'") from None
 
 
 def _headline(result, config) -> Table:

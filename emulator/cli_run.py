@@ -8,78 +8,13 @@ the whole run succeeded, each atomically.
 import time
 
 import click
-import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from compiler.frontend import resolve_model
-from compiler.numerics import canonical_dtype
-from compiler.weights import load_weights, random_weights
 from emulator.atomic_io import atomic_save_npy, atomic_write_json
-from emulator.cli_common import load_sized_mesh
 from emulator.errors import ConfigError
-from emulator.hw.link import load_link
-from emulator.hw.prefill import load_prefill
-from emulator.orchestrate import RunRequest, run_inference
+from emulator.orchestrate import build_request, run_inference
 from emulator.report import print_report
-
-DEFAULT_MODEL = "tiny"
-AUTO_PREFILL = ("trn2", "trn3")   # `--prefill-hw auto`: the first whose HBM holds the model
-
-
-def auto_prefill(spec, dtype: str, prompt_len: int):
-    """The first bundled prefill chip of AUTO_PREFILL whose HBM holds weights + KV +
-    activations (Llama-3.1-70B in bf16 needs Trn3's 144 GiB); FitError when none does."""
-    from emulator.errors import FitError
-    from emulator.prefill.run import _check_capacity
-
-    error = None
-    for name in AUTO_PREFILL:
-        hw = load_prefill(name)
-        try:
-            _check_capacity(spec, hw, prompt_len, dtype)
-            return hw
-        except FitError as exc:
-            error = exc
-    raise error
-
-
-def parse_prompt(tokens: str | None, length: int | None) -> tuple[np.ndarray | None, int]:
-    """(token ids or None, prompt length) from --prompt-tokens / --prompt-len."""
-    if tokens is not None and length is not None:
-        raise ConfigError("give either --prompt-tokens or --prompt-len, not both")
-    if tokens is None:
-        return None, 8 if length is None else length
-    try:
-        ids = np.array([int(t) for t in tokens.split(",") if t.strip()], np.int64)
-    except ValueError:
-        raise ConfigError(f"--prompt-tokens: expected comma-separated integers, "
-                          f"got '{tokens}'") from None
-    if ids.size == 0:
-        raise ConfigError("--prompt-tokens: the prompt must have at least one token")
-    return ids, int(ids.size)
-
-
-def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens,
-                  prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine):
-    """Load and check every input; returns a RunRequest."""
-    spec = resolve_model(config or DEFAULT_MODEL)
-    mesh = load_sized_mesh(hw, mesh_size)
-    prompt, length = parse_prompt(prompt_tokens, prompt_len)
-    if timing_only and weights:
-        raise ConfigError("--weights and --timing-only exclude each other")
-    values = None
-    if not timing_only:
-        values = load_weights(weights, spec) if weights else random_weights(spec, seed)
-    name = (config or DEFAULT_MODEL).rsplit("/", 1)[-1].removesuffix(".json")
-    dtype = canonical_dtype(dtype)
-    chip = (auto_prefill(spec, dtype, length) if prefill_hw == "auto"
-            else load_prefill(prefill_hw))
-    return RunRequest(spec=spec, model_name=name, mesh=mesh, prefill_hw=chip,
-                      link=load_link(link), prompt=prompt, prompt_len=length,
-                      max_new_tokens=max_new_tokens, dtype=dtype,
-                      weights=values, timing_only=timing_only, overlap_kv=overlap_kv,
-                      engine=engine, seed=seed)
 
 
 class DecodeProgress:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from compiler.decode import MeshDecoder, compile_decode, run_timing
-from compiler.frontend import ModelSpec
-from compiler.numerics import dtype_bytes
+from compiler.frontend import ModelSpec, resolve_model
+from compiler.numerics import canonical_dtype, dtype_bytes
 from compiler.place import pe_class
 from compiler.system import (
     SystemDecoder,
@@ -23,11 +23,12 @@ from compiler.system import (
     run_system_timing,
     wafers_needed,
 )
+from compiler.weights import load_weights, random_weights
 from emulator.decode_phases import layer_cycles, op_spans
 from emulator.errors import ConfigError
-from emulator.hw.link import LinkConfig
-from emulator.hw.mesh import MeshConfig
-from emulator.hw.prefill import PrefillConfig
+from emulator.hw.link import LinkConfig, load_link
+from emulator.hw.mesh import MeshConfig, load_sized_mesh
+from emulator.hw.prefill import PrefillConfig, load_prefill
 from emulator.kv_layout import kv_layout_cycles
 from emulator.kv_transfer import transfer_kv
 from emulator.prefill.run import run_prefill
@@ -85,6 +86,83 @@ def check_request(req: RunRequest) -> None:
         if bad.size:
             raise ConfigError(f"--prompt-tokens: token id {int(bad[0])} is outside the "
                               f"vocabulary [0, {spec.vocab_size})")
+
+
+DEFAULT_MODEL = "tiny"
+AUTO_PREFILL = ("trn2", "trn3")   # `--prefill-hw auto`: the first whose HBM holds the model
+
+
+def auto_prefill(spec, dtype: str, prompt_len: int):
+    """The first bundled prefill chip of AUTO_PREFILL whose HBM holds weights + KV +
+    activations (Llama-3.1-70B in bf16 needs Trn3's 144 GiB); FitError when none does."""
+    from emulator.errors import FitError
+    from emulator.prefill.run import _check_capacity
+
+    error = None
+    for name in AUTO_PREFILL:
+        hw = load_prefill(name)
+        try:
+            _check_capacity(spec, hw, prompt_len, dtype)
+            return hw
+        except FitError as exc:
+            error = exc
+    raise error
+
+
+def parse_prompt(tokens: str | None, length: int | None) -> tuple[np.ndarray | None, int]:
+    """(token ids or None, prompt length) from --prompt-tokens / --prompt-len."""
+    if tokens is not None and length is not None:
+        raise ConfigError("give either --prompt-tokens or --prompt-len, not both")
+    if tokens is None:
+        return None, 8 if length is None else length
+    try:
+        ids = np.array([int(t) for t in tokens.split(",") if t.strip()], np.int64)
+    except ValueError:
+        raise ConfigError(f"--prompt-tokens: expected comma-separated integers, "
+                          f"got '{tokens}'") from None
+    if ids.size == 0:
+        raise ConfigError("--prompt-tokens: the prompt must have at least one token")
+    return ids, int(ids.size)
+
+
+def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens,
+                  prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine):
+    """Load and check every input of `emu run` (the CLI's option values); returns a
+    RunRequest. `hw`, `prefill_hw` and `link` are preset names, JSON files or already
+    loaded preset dataclasses (`emu sweep` passes them as data); `prefill_hw` may be
+    'auto'."""
+    spec = resolve_model(config or DEFAULT_MODEL)
+    mesh = load_sized_mesh(hw, mesh_size)
+    prompt, length = parse_prompt(prompt_tokens, prompt_len)
+    if timing_only and weights:
+        raise ConfigError("--weights and --timing-only exclude each other")
+    values = None
+    if not timing_only:
+        values = load_weights(weights, spec) if weights else random_weights(spec, seed)
+    name = (config or DEFAULT_MODEL).rsplit("/", 1)[-1].removesuffix(".json")
+    dtype = canonical_dtype(dtype)
+    if isinstance(prefill_hw, PrefillConfig):
+        chip = prefill_hw
+    else:
+        chip = (auto_prefill(spec, dtype, length) if prefill_hw == "auto"
+                else load_prefill(prefill_hw))
+    return RunRequest(spec=spec, model_name=name, mesh=mesh, prefill_hw=chip,
+                      link=link if isinstance(link, LinkConfig) else load_link(link),
+                      prompt=prompt, prompt_len=length,
+                      max_new_tokens=max_new_tokens, dtype=dtype,
+                      weights=values, timing_only=timing_only, overlap_kv=overlap_kv,
+                      engine=engine, seed=seed)
+
+
+def run_report(*, model=None, hw="small", mesh=None, prefill_hw="auto", link="efa",
+               weights=None, seed=0, prompt_tokens=None, prompt_len=None, max_new_tokens=8,
+               dtype="bf16", timing_only=False, overlap_kv=False, engine="numba") -> dict:
+    """The report dict of `emu run` for the options of its command line (long option
+    names with `_`; `model` is CONFIG; the defaults are the CLI's). This is `emu sweep`'s
+    `run` command; presets may be passed as data."""
+    req = build_request(model, hw, mesh, prefill_hw, link, weights, seed, prompt_tokens,
+                        prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine)
+    return run_inference(req).report
 
 
 class DecodeStage:
