@@ -17,7 +17,7 @@ from emulator.errors import ConfigError
 
 @click.command("sweep")
 @click.argument("spec_path", metavar="SPEC")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+@click.option("--out", "out_dir", required=True, metavar="DIR",
               help="Folder for results.parquet, results.csv, cache/ and plots/.")
 @click.option("--workers", type=int, help="Worker processes of a local Dask cluster "
                                           "(default: one per core).")

@@ -15,6 +15,8 @@ from pathlib import Path
 from emulator.sweep.points import Point, prepare, run_point
 from emulator.sweep.store import (
     build_rows,
+    cache_meta,
+    cache_path,
     check_out_dir,
     read_cached,
     write_cached,
@@ -103,6 +105,8 @@ def _compute(spec, out: Path, client, todo: dict, results: dict, report_progress
     from distributed import as_completed
 
     futures = {client.submit(run_point, spec.function, point.options,
+                             str(cache_path(out, key).resolve()),
+                             cache_meta(key, spec.command, point.params),
                              key=f"emu-point-{key}", pure=False): key
                for key, point in todo.items()}
     computed = 0
@@ -130,6 +134,6 @@ def _collect(spec, out: Path, point: Point, future) -> dict:
     except Exception as exc:  # noqa: BLE001 - recorded in the row, the sweep goes on
         return {"status": f"dask: {type(exc).__name__}: {one_line_text(exc)}", "values": {},
                 "host_seconds": None, "cacheable": False}
-    if result.pop("cacheable", False):
+    if result.pop("cacheable", False) and read_cached(out, point.key) is None:
         write_cached(out, point.key, spec.command, point.params, result)
     return result

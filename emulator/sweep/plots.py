@@ -105,8 +105,7 @@ def plot_heatmap(rows: list[dict], x_axis: str, y_axis: str, metric: str, path,
         else:
             failed[i, j] = True
     fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(xs), 1.4 + 0.6 * len(ys)), dpi=120)
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("#d0d0d0")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#d0d0d0")
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto", origin="lower")
     finite = grid[np.isfinite(grid)]
     mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0

@@ -76,9 +76,9 @@ def prepare(spec) -> list[Point]:
                 raise ConfigError(f"{spec.where(where)}: {name}: {exc}") from None
             options[name] = _override(spec, name, base, changes, sources)
         points.append(Point(index, dict(params), options))
-    version = emu_version()
+    version, digests = emu_version(), {}
     for point in points:
-        point.key = point_key(spec.command, point.options, version)
+        point.key = point_key(spec.command, point.options, version, digests)
     return points
 
 
@@ -96,29 +96,45 @@ def _override(spec, name: str, base, changes: dict, sources: dict):
         raise ConfigError(f"{spec.where(sources[key])}: {key}: {exc}") from None
 
 
-def point_key(command: str, options: dict, version: str) -> str:
-    """sha256 of the command, its options (presets as all their fields), the contents of
-    files the options name, and the emu version."""
+def point_key(command: str, options: dict, version: str, digests: dict | None = None) -> str:
+    """sha256 of the command, its options (presets as all their fields), what the files
+    the options name hold (file_digest), and the emu version. `digests` memoises
+    file_digest by path across the points of a sweep."""
+    digests = {} if digests is None else digests
     blob = {"command": command, "version": version, "options": {}, "files": {}}
     for name, value in sorted(options.items()):
         if dataclasses.is_dataclass(value):
             value = {"preset": type(value).__name__, **dataclasses.asdict(value)}
         elif isinstance(value, str) and value and Path(value).exists():
-            blob["files"][name] = _digest(Path(value))
+            if value not in digests:
+                digests[value] = file_digest(Path(value))
+            blob["files"][name] = digests[value]
         blob["options"][name] = value
     text = json.dumps(blob, sort_keys=True, default=repr)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _digest(path: Path) -> str:
-    """sha256 of a file's bytes, or of a folder's files (names and bytes)."""
+BIG_FILE = 64 << 20     # bytes; larger files are identified by size and mtime, not content
+
+
+def file_digest(path: Path) -> str:
+    """sha256 identifying what a named file holds: its bytes (size and modification time
+    beyond BIG_FILE bytes); for a folder (a HuggingFace model), its .json files and the
+    other model files (.safetensors, .model, .txt) by name in the same way. Other files in
+    a folder are ignored, so an option naming an output folder keeps its key."""
     h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(p for p in path.rglob("*") if p.is_file()
+                       and p.suffix in (".json", ".safetensors", ".model", ".txt"))
     for item in files:
         h.update(str(item.relative_to(path) if item != path else item.name).encode())
-        with open(item, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                h.update(chunk)
+        stat = item.stat()
+        if stat.st_size > BIG_FILE:
+            h.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+            continue
+        h.update(item.read_bytes())
     return h.hexdigest()
 
 
@@ -145,13 +161,24 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
-def run_point(function, options: dict) -> dict:
+def run_point(function, options: dict, cache_file: str | None = None,
+              meta: dict | None = None) -> dict:
     """Run one point in this process (on a Dask worker): {'status': 'ok' or the one-line
-    error, 'values': flattened report scalars, 'host_seconds', 'cacheable'}. User errors
-    (EmuError) are results like any other and are cached; other exceptions are recorded
-    but not cached, so a fixed bug re-runs them."""
-    from emulator.errors import EmuError
+    error, 'values': flattened report scalars, 'host_seconds', 'cacheable'}.
 
+    User errors (EmuError) are results like any other and are cached; other exceptions
+    are recorded but not cached, so a fixed bug re-runs them. With `cache_file` (an
+    absolute path) the worker first returns an entry already there, and writes its own
+    result there when that folder exists on its machine (a shared file system): a point
+    that finishes while the client is gone is not computed again by the next run."""
+    from emulator.errors import EmuError
+    from emulator.sweep.store import read_cache_file, write_cache_file
+
+    if cache_file is not None:
+        entry = read_cache_file(cache_file)
+        if entry is not None:
+            return {"status": entry["status"], "values": entry["values"],
+                    "host_seconds": entry["host_seconds"], "cacheable": False}
     started = time.perf_counter()
     try:
         report = function(**options)
@@ -160,5 +187,11 @@ def run_point(function, options: dict) -> dict:
         status, values, cacheable = one_line(exc), {}, True
     except Exception as exc:  # noqa: BLE001 - a failing point must not stop the sweep
         status, values, cacheable = one_line(exc), {}, False
-    return {"status": status, "values": values, "cacheable": cacheable,
-            "host_seconds": time.perf_counter() - started}
+    result = {"status": status, "values": values, "cacheable": cacheable,
+              "host_seconds": time.perf_counter() - started}
+    if cacheable and cache_file is not None and Path(cache_file).parent.is_dir():
+        try:
+            write_cache_file(cache_file, {**(meta or {}), **result})
+        except OSError:
+            pass          # the client writes it when the result arrives
+    return result

@@ -50,20 +50,34 @@ def cache_path(out: Path, key: str) -> Path:
 
 def read_cached(out: Path, key: str) -> dict | None:
     """The cached result of a point, or None (absent or unreadable: computed again)."""
+    entry = read_cache_file(cache_path(out, key))
+    return entry if entry is not None and entry.get("key") == key else None
+
+
+def read_cache_file(path) -> dict | None:
+    """A cache entry, or None when absent or unreadable."""
     try:
-        entry = json.loads(cache_path(out, key).read_text(encoding="utf-8"))
+        entry = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(entry, dict) or entry.get("key") != key:
-        return None
-    return entry
+    needed = ("key", "status", "values", "host_seconds")
+    return entry if isinstance(entry, dict) and all(k in entry for k in needed) else None
+
+
+def write_cache_file(path, entry: dict) -> None:
+    """Write one cache entry atomically (the fields of cache_entry)."""
+    atomic_write_json(path, {k: entry[k] for k in ("key", "command", "params", "status",
+                                                    "host_seconds", "values")})
+
+
+def cache_meta(key: str, command: str, params: dict) -> dict:
+    """The identifying fields of a cache entry."""
+    return {"key": key, "command": command, "params": params}
 
 
 def write_cached(out: Path, key: str, command: str, params: dict, result: dict) -> None:
     """Store a finished point (atomically)."""
-    atomic_write_json(cache_path(out, key), {
-        "key": key, "command": command, "params": params, "status": result["status"],
-        "host_seconds": result["host_seconds"], "values": result["values"]})
+    write_cache_file(cache_path(out, key), {**cache_meta(key, command, params), **result})
 
 
 def build_rows(points, results: dict) -> list[dict]:
