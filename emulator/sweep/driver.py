@@ -2,11 +2,12 @@
 
 `run_sweep(spec, out, client)` prepares every point on the client (presets loaded and
 overridden, keys computed; bad specs fail here, before any work), takes finished points
-from the cache, submits the rest as Dask tasks (`run_point(function, options)`, task key
-`emu-point-KEY`, so identical points run once), caches each result as it arrives, and
-writes the result tables at the end. A worker that dies mid-task loses nothing: the
-scheduler runs the task again on another worker. On Ctrl-C the results that have already
-arrived are cached before the sweep stops, so the same command resumes it.
+from the cache, submits the rest as Dask tasks (`run_point(function, options, cache
+file)`, task key `emu-point-KEY`, so identical points run once), caches each result as it
+arrives (the worker has already written it when it shares the folder), and writes the
+result tables at the end. A worker that dies mid-task loses nothing: the scheduler runs
+the task again on another worker. On Ctrl-C the results that have already arrived are
+cached before the sweep stops, so the same command resumes it.
 """
 
 from dataclasses import dataclass, field
