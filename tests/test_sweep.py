@@ -294,3 +294,39 @@ def test_registered_run_defaults_match_the_cli():
     for name, default in options_of(COMMANDS["run"].function()).items():
         cli_name = {"model": "config", "mesh": "mesh_size"}.get(name, name)
         assert cli[cli_name] == default, name
+
+
+def test_cli_ctrl_c_then_same_command_resumes(tmp_path):
+    """`emu sweep` interrupted by SIGINT to its process group (as Ctrl-C does) exits 130 with
+    one line; the same command then computes only the rest, no point twice."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    spec = write(tmp_path, "c.json", json.dumps({
+        "command": HELPER, "fixed": {"marker_dir": str(marks), "sleep": 0.5},
+        "grid": {"x": list(range(10))}}))
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-c", "from emulator.cli import main; main()", "sweep",
+               str(spec), "--out", str(tmp_path / "o"), "--workers", "2"]
+    proc = subprocess.Popen(command, env=env, cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(list((tmp_path / "o" / "cache").glob("*.json"))) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "emu: interrupted" and "Traceback" not in err
+    assert not (tmp_path / "o" / "results.parquet").exists()
+    again = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "10 points: 10 ok" in again.stdout
+    done = sorted(int(p.name.split("-")[1]) for p in marks.glob("done-*"))
+    assert done == list(range(10))

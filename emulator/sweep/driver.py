@@ -39,14 +39,36 @@ class SweepOutcome:
 
 def local_client(workers: int, dashboard: str = ":0"):
     """A Dask client on a new LocalCluster of `workers` single-threaded worker processes
-    (the emulator's kernels hold the GIL: one point per process)."""
+    (the emulator's kernels hold the GIL: one point per process). The workers ignore
+    Ctrl-C, which reaches the whole process group: the client stops them."""
     import logging
 
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                            dashboard_address=dashboard, silence_logs=logging.ERROR)
-    return Client(cluster)
+    client = Client(cluster)
+    client.register_plugin(IgnoreInterrupts(), name="emu-ignore-interrupts")
+    return client
+
+
+def _ignore_interrupts() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+try:
+    from distributed.diagnostics.plugin import WorkerPlugin
+except ImportError:      # pragma: no cover - distributed is a dependency
+    WorkerPlugin = object
+
+
+class IgnoreInterrupts(WorkerPlugin):
+    """A worker plugin (also applied to restarted workers): SIGINT is ignored."""
+
+    def setup(self, worker) -> None:
+        _ignore_interrupts()
 
 
 def remote_client(address: str, timeout: float = 10.0):
