@@ -23,10 +23,10 @@ import time
 import numpy as np
 
 from compiler import reference as ref
-from compiler.decode import MeshDecoder
 from compiler.frontend import parse_config
 from compiler.weights import random_weights
 from emulator.hw.mesh import load_mesh
+from emulator.mesh.runtime import MeshDecoder
 
 CONFIG = {"architectures": ["LlamaForCausalLM"], "hidden_size": 1024,
           "intermediate_size": 2816, "num_hidden_layers": 4, "num_attention_heads": 16,

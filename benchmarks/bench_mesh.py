@@ -23,10 +23,10 @@ import time
 import numpy as np
 
 from emulator.hw.mesh import load_mesh
-from emulator.mesh_engine import run_numba
+from emulator.mesh.engine import run_numba
 from isa.asm import assemble
+from isa.interpreter import run_reference
 from isa.opcodes import PORT_E, PORT_R, PORT_W
-from isa.reference import run_reference
 
 N = 16   # elements per vector op and wavelets per message
 

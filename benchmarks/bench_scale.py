@@ -28,12 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.decode import compile_decode, run_timing
+from compiler.decode import compile_decode
 from compiler.frontend import load_config
 from compiler.place import class_name
-from compiler.system import compile_system, run_system_timing, wafers_needed
+from compiler.system import compile_system, wafers_needed
 from emulator.hw.mesh import load_mesh
 from emulator.hw.prefill import load_prefill
+from emulator.mesh.runtime import run_timing
+from emulator.mesh.system import run_system_timing
 from emulator.prefill.run import run_prefill
 
 MODELS = Path(__file__).resolve().parents[1] / "programs" / "models"

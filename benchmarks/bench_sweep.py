@@ -33,7 +33,7 @@ SPEC = {
 
 def warm_up() -> int:
     """One small run on a worker (imports, Numba cache); returns the worker's pid."""
-    from emulator.orchestrate import run_report
+    from emulator.run import run_report
 
     run_report(timing_only=True, max_new_tokens=2)
     return os.getpid()

@@ -10,7 +10,7 @@ Rows (each with its public source and the ratio predicted / published):
 
 The decode rows need whole-wafer emulations; pass `--scale-json FILE` written by
 `python benchmarks/bench_scale.py --json FILE` to reuse them (otherwise they are run).
-GEMVs run with `emu bench gemv`'s code (`emulator.cli_bench.bench_gemv`), fp16, GEMV-A, on
+GEMVs run with `emu bench gemv`'s code (`emulator.mesh.bench.bench_gemv`), fp16, GEMV-A, on
 `--gemv-mesh` (default 420x420, WaferLLM's decode region). Usage:
     python benchmarks/calibrate.py [--scale-json FILE] [--gemv-mesh WxH] [--out PATH]
 """
@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_scale import decode_8b, decode_70b, prefill_8b  # noqa: E402
 
-from emulator.cli_bench import bench_gemv  # noqa: E402
 from emulator.hw.mesh import load_mesh  # noqa: E402
+from emulator.mesh.bench import bench_gemv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = {
@@ -40,11 +40,20 @@ SOURCES = {
 WAFERLLM_CLOCK_HZ = 1.1e9
 
 
+def _sized(hw: str, mesh_size: str | None):
+    """Preset `hw`, resized to 'WxH' when given."""
+    mesh = load_mesh(hw)
+    if not mesh_size:
+        return mesh
+    width, height = (int(v) for v in mesh_size.lower().split("x"))
+    return mesh.with_mesh(width, height)
+
+
 def gemv_rows(mesh_size: str) -> list[dict]:
     """The two WaferLLM MeshGEMV rows, predicted on wse2 at the preset clock."""
     rows = []
     for size, published in ((16384, 1.2e-6), (32768, 2.03e-6)):
-        out = bench_gemv(size, "wse2", mesh_size, "fp16")
+        out = bench_gemv(size, _sized("wse2", mesh_size), "fp16")
         rows.append({"name": f"WaferLLM MeshGEMV [1,{size // 1024}K]x[{size // 1024}K,"
                              f"{size // 1024}K], WSE-2", "unit": "us",
                      "predicted": out["seconds"] * 1e6, "published": published * 1e6,

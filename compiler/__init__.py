@@ -6,5 +6,4 @@ Stages (DESIGN.md section 4), each a pure function from one IR to the next:
 - `compiler.weights`   — `.safetensors` <-> `dict[str, np.ndarray]` (checked against a spec)
 - `compiler.reference` — the independent numpy fp32 forward pass, the oracle for every test
 - `compiler.numerics`  — fp16/bf16 storage rounding helpers
-- `compiler.graph`     — `ModelSpec` -> op graph (networkx) of one decode step or one prefill
 """

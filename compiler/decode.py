@@ -1,35 +1,25 @@
-"""Decode on the mesh: compile a model (tile -> place -> route -> emit) and run decode steps.
-
-`MeshDecoder` keeps the mesh SRAM between steps: weights are written once by the host,
-the KV cache grows in place. Per step the host (not counted in cycles, docs/mapping.md)
-1. writes the token's embedding row into H on the top row (R layout),
-2. writes cos/sin of the position into COS/SIN on the left column (RoPE tables, tiled
-   for the q heads and k of a group, pairs adjacent),
-3. fills the per-step parameters (`nloc`, `nfree`, `slot_off`, `store_n`) of the program,
-runs the program on the engine and reads the logits from the left column (C layout).
+"""Decode compilation on one mesh: tile -> place -> route -> emit (`compile_decode`), the
+fast-forward's cuts of a compiled step (`layer_cuts`) and the SRAM image of the weights
+(`weight_image`). Running the result is the runtime's job (emulator/mesh/runtime.py).
 
 fp16 / bf16: weights, KV cache and host inputs are rounded to that format when stored
 (`compiler.numerics.round_to`); arithmetic stays fp32; vector timing uses the format's
 SIMD width and the SRAM budget its element size.
 """
 
-import dataclasses
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from compiler import reference
-from compiler.emit import DecodeProgram, emit_decode
-from compiler.numerics import canonical_dtype, dtype_bytes, round_to, round_weights
-from compiler.place import Placement, place, read_c, write_c, write_matrix, write_r
-from compiler.route import RoutePlan, route
-from compiler.tile import TilePlan, gu_row_order, qkv_row_order, rope_pair_order, tile
-from emulator.errors import ConfigError, FitError
+from compiler.emit import DecodeProgram, emit_decode, verify_program
+from compiler.numerics import canonical_dtype
+from compiler.place import Placement, place, verify_placement, write_c, write_matrix, write_r
+from compiler.route import RoutePlan, route, verify_routes
+from compiler.tile import TilePlan, gu_row_order, qkv_row_order, tile, verify_tiles
+from emulator.hw.errors import FitError
 from emulator.hw.mesh import MeshConfig
-from isa.program import RunResult
-from isa.reference import run_reference
-
-ENGINES = ("numba", "reference")
 
 
 @dataclass
@@ -53,172 +43,52 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
     not fit). Raises FitError when the model does not fit.
     """
     dtype = canonical_dtype(dtype)
-    routes = route(mesh.width, mesh.height, mesh)
+    routes = run_pass("route", route, (mesh.width, mesh.height, mesh),
+                      lambda out: verify_routes(out, mesh))
     layouts = ("groups", "even") if layout == "auto" else (layout,)
     error = None
     for name in layouts:
-        plan = tile(spec, mesh.width, mesh.height, name, head)
+        plan = run_pass("tile", tile, (spec, mesh.width, mesh.height, name, head), verify_tiles)
         try:
-            placement = place(plan, mesh, dtype, max_context, hint=name == layouts[-1])
+            placement = run_pass("place", place, (plan, mesh, dtype, max_context,
+                                                  name == layouts[-1]),
+                                 lambda out: verify_placement(out, mesh))
         except FitError as exc:
             error = exc
             continue
-        return Compiled(plan, placement, routes, emit_decode(plan, placement, routes))
+        decode = run_pass("emit", emit_decode, (plan, placement, routes),
+                          lambda out: verify_program(out, mesh))
+        return Compiled(plan, placement, routes, decode)
     raise error
 
 
-def run_timing(compiled: Compiled, mesh: MeshConfig, pos: int, engine: str = "numba",
-               fast_forward: bool = True, jobs: int | None = None) -> RunResult:
-    """Timing-only run of the decode step at position `pos` (no weights or values needed).
+def verifying() -> bool:
+    """True when `EMU_VERIFY` is set to a non-empty value other than 0: every pass's output
+    is then checked by its verify function (the test suite sets it, tests/conftest.py)."""
+    return os.environ.get("EMU_VERIFY", "") not in ("", "0")
 
-    Same cycles as a functional step (timing never depends on values), so this serves
-    models too large to hold as an SRAM image on the host. With the Numba engine and
-    `fast_forward`, the middle decoder layers are fast-forwarded exactly
-    (emulator/fast_forward.py; `RunResult.skipped_blocks` says how many); the reference
-    engine always runs every instruction. `jobs`: processes the fast-forward may use
-    (emulator.mesh_engine.run_numba; the result does not depend on it).
-    """
-    run = _engine(engine)
-    program = compiled.decode.for_position(pos)
-    if fast_forward and run is not run_reference:
-        return run(program, mesh, functional=False, fast_forward=layer_cuts(compiled),
-                   jobs=jobs)
-    return run(program, mesh, functional=False)
+
+def run_pass(name: str, function, args: tuple, verify):
+    """One named compiler pass: `function(*args)`, then `verify(output)` under EMU_VERIFY.
+    A verify failure names the pass."""
+    output = function(*args)
+    if verifying():
+        try:
+            verify(output)
+        except AssertionError as exc:
+            raise AssertionError(f"compiler pass {name!r}: {exc}") from exc
+    return output
 
 
 def layer_cuts(compiled: Compiled) -> list[str]:
     """The fast-forward's cuts: the mark starting each decoder layer's QKV projection,
     then the one ending the last layer (`head`, or `end` on a mesh without the LM head).
     Every PE waits at a QKV mark for the normalised input, so the state at one layer's
-    cut repeats at the next layer's from the first layer on (emulator/fast_forward.py
+    cut repeats at the next layer's from the first layer on (emulator/mesh/fast_forward.py
     `block_shift`); the last interval, the rest of the last layer, is a partial block
     (the first layer's code up to `L1.norm_in`)."""
     layers = [f"L{layer}.qkv" for layer in range(compiled.plan.spec.num_layers)]
     return layers + ["head" if compiled.plan.head else "end"]
-
-
-def _engine(name: str):
-    """The run function of engine `name` (Numba when available, else the reference)."""
-    if name not in ENGINES:
-        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {name!r}")
-    if name == "numba":
-        try:
-            from emulator.mesh_engine import run_numba
-            return run_numba
-        except ImportError:
-            return run_reference
-    return run_reference
-
-
-class MeshDecoder:
-    """One model compiled onto a mesh, with its SRAM state (weights + KV cache)."""
-
-    def __init__(self, spec, weights: dict, mesh: MeshConfig, dtype: str = "fp32",
-                 engine: str = "numba", max_context: int | None = None, layout: str = "auto",
-                 head: bool = True):
-        self.spec, self.mesh = spec, mesh
-        self.dtype = canonical_dtype(dtype)
-        self.compiled = compile_decode(spec, mesh, self.dtype, max_context, layout, head)
-        self.plan, self.placement = self.compiled.plan, self.compiled.placement
-        self.run = _engine(engine)
-        self.weights = round_weights(weights, self.dtype)
-        self.sram = weight_image(self.plan, self.placement, self.weights)
-        self.length = 0          # positions held in the mesh KV cache
-        self.results: list[RunResult] = []
-
-    # --- host side ----------------------------------------------------------------------
-    def load_kv(self, cache: "reference.KVCache") -> int:
-        """Write a prefilled KV cache into the mesh layout; returns the bytes moved."""
-        spec, pl = self.spec, self.placement
-        T = cache.length
-        if T > pl.max_context:
-            raise ConfigError(f"KV cache of {T} positions exceeds max_context {pl.max_context}")
-        pair = rope_pair_order(spec.head_dim)
-        k = round_to(cache.k[..., pair], self.dtype)
-        v = round_to(cache.v, self.dtype)
-        for layer in range(spec.num_layers):
-            for g in range(spec.num_kv_heads):
-                j, a = self._group_row(g)
-                for name, values in (("k", k), ("v", v)):
-                    self._write_kv(j, pl.addr_at(f"L{layer}.{name}{a}", 0, j), values[layer, g])
-        self.length = T
-        return T * spec.kv_bytes_per_token(dtype_bytes(self.dtype))
-
-    def _group_row(self, g: int) -> tuple[int, int]:
-        """(row, index within the row) of kv group g."""
-        bounds = self.plan.vec("groups").bounds
-        j = int(np.searchsorted(bounds, g, side="right")) - 1
-        return j, g - bounds[j]
-
-    def _write_kv(self, j: int, addr: int, values: np.ndarray) -> None:
-        """values [T, head_dim] -> slots on row j (position t on PE t mod pw, slot t div pw)."""
-        pw, slots, hd = self.plan.pw, self.placement.slots, self.spec.head_dim
-        for i in range(min(pw, len(values))):
-            mine = values[i::pw]
-            block = self.sram[j * pw + i, addr:addr + hd * slots].reshape(slots, hd)
-            block[:len(mine)] = mine
-
-    def _host_inputs(self, token: int, pos: int, hidden: np.ndarray | None = None) -> None:
-        """Embedding row (or `hidden`, the previous wafer's residual stream) into H on the
-        top row; RoPE cos/sin tables into COS/SIN (left column of the attention rows)."""
-        spec, plan, pl = self.spec, self.plan, self.placement
-        emb = self.weights["model.embed_tokens.weight"][token] if hidden is None else hidden
-        write_r(self.sram, plan, "hidden", emb, pl.addr("H"))
-        cos, sin = reference.rope_tables(spec, np.array([pos]))
-        half, reps = spec.head_dim // 2, spec.group_size + 1
-        rows = np.flatnonzero(plan.vec("groups").sizes())
-        for name, table in (("COS", cos), ("SIN", sin)):
-            tiled = round_to(np.tile(table[0, :half], reps), self.dtype)
-            for j in rows:
-                addr = pl.addr_at(name, 0, int(j))
-                self.sram[j * plan.pw, addr:addr + tiled.size] = tiled
-
-    # --- steps --------------------------------------------------------------------------
-    def step(self, token: int, pos: int,
-             hidden: np.ndarray | None = None) -> tuple[np.ndarray, RunResult]:
-        """One decode step of `token` at position `pos`: (logits float32 [vocab], RunResult).
-
-        `hidden`: the residual stream entering this mesh (a later wafer of a system)
-        instead of the token's embedding. Logits are empty without the LM head.
-        The engine runs in place on `self.sram` (no copy of the SRAM image per step), so
-        after a MeshFault the SRAM holds the step's partial results (KV cache and
-        activations written before the fault): build a new decoder to go on.
-        """
-        if not 0 <= token < self.spec.vocab_size:
-            raise ConfigError(f"token id {token} is outside the vocabulary "
-                              f"[0, {self.spec.vocab_size})")
-        if not 0 <= pos <= self.length:
-            raise ConfigError(f"position {pos}: the mesh KV cache holds {self.length} "
-                              f"positions, so the next position is {self.length}")
-        if pos >= self.placement.max_context:
-            raise ConfigError(f"position {pos} exceeds max_context {self.placement.max_context}")
-        self._host_inputs(token, pos, hidden)
-        program = self.compiled.decode.for_position(pos)
-        result = self.run(program, self.mesh, sram=self.sram, functional=True, in_place=True)
-        self.sram = result.sram   # the same array (an engine hook may return a copy)
-        self.length = pos + 1
-        self.results.append(dataclasses.replace(result, sram=None))  # SRAM lives in self.sram
-        logits = read_c(self.sram, self.plan, "vocab", self.placement.addr("ACC"))
-        return logits, result
-
-    def generate(self, prompt_tokens, max_new_tokens: int) -> tuple[list[int], np.ndarray]:
-        """Greedy generation: prefill with the numpy reference, decode on the mesh.
-
-        Returns (new tokens [N], logits float32 [N, vocab]); row 0 is the prefill's logits
-        at the last prompt position, row i the mesh logits of decode step i.
-        """
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens}")
-        prompt = np.asarray(prompt_tokens, np.int64).reshape(-1)
-        logits, cache = reference.prefill(self.spec, self.weights, prompt)
-        self.load_kv(cache)
-        rows = [logits[-1]]
-        tokens = [int(np.argmax(rows[0]))]
-        for n in range(max_new_tokens - 1):
-            row, _ = self.step(tokens[-1], len(prompt) + n)
-            rows.append(row)
-            tokens.append(int(np.argmax(row)))
-        return tokens, np.stack(rows).astype(np.float32)
 
 
 def weight_image(plan: TilePlan, placement: Placement, weights: dict) -> np.ndarray:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emulator.errors import ConfigError
+from emulator.hw.errors import ConfigError
 
 ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -458,8 +458,13 @@ def bundled_model_path(name: str) -> Path:
 
 
 def resolve_model(name_or_path) -> ModelSpec:
-    """Load a model config from a file path, or else from a bundled model name."""
+    """Load a model config from a file path, a HuggingFace-style folder (its
+    `config.json`), or else a bundled model name."""
     path = Path(name_or_path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{path}: a model folder needs a config.json")
+        return load_config(path / "config.json")
     if path.is_file():
         return load_config(path)
     stem = path.name[:-5] if path.name.endswith(".json") else path.name

@@ -7,26 +7,20 @@ operations on the float32 representation, so it needs no bf16 support from numpy
 
 import numpy as np
 
-DTYPE_ALIASES = {
-    "fp32": "fp32", "float32": "fp32",
-    "fp16": "fp16", "float16": "fp16", "half": "fp16",
-    "bf16": "bf16", "bfloat16": "bf16",
-}
-DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+from emulator.hw.dtypes import dtype_of
+
 _BF16_QUIET_NAN = np.uint32(0x7FC00000)
 
 
-def canonical_dtype(name: str) -> str:
-    """`fp32`, `fp16` or `bf16` for any accepted spelling; ValueError for anything else."""
-    try:
-        return DTYPE_ALIASES[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unsupported dtype {name!r} (supported: fp32, fp16, bf16)") from None
+def canonical_dtype(name) -> str:
+    """`fp32`, `fp16` or `bf16` for any accepted spelling (emulator/hw/dtypes.py);
+    ValueError for anything else."""
+    return dtype_of(name).name
 
 
-def dtype_bytes(name: str) -> int:
+def dtype_bytes(name) -> int:
     """Bytes per element of a storage dtype (fp32: 4, fp16/bf16: 2)."""
-    return DTYPE_BYTES[canonical_dtype(name)]
+    return dtype_of(name).bytes
 
 
 def float32_to_bf16_bits(x) -> np.ndarray:

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from compiler.tile import Chunking, TilePlan, chunk_bounds, tile
-from emulator.errors import FitError
-from emulator.hw.mesh import DTYPE_BYTES, MeshConfig
+from emulator.hw.dtypes import BYTES as DTYPE_BYTES
+from emulator.hw.errors import FitError
+from emulator.hw.mesh import MeshConfig
 
 DEFAULT_MAX_CONTEXT = 256
 MAX_SQUARE_SEARCH = 2048

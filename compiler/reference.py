@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from emulator.errors import ConfigError
+from emulator.hw.errors import ConfigError
 
 
 @dataclasses.dataclass

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emulator.errors import FitError
+from emulator.hw.errors import FitError
 from emulator.hw.mesh import MeshConfig
 from isa.opcodes import DIRECTIONS, OPPOSITE, PORT_E, PORT_N, PORT_NAMES, PORT_R, PORT_S, PORT_W
 

@@ -17,8 +17,8 @@ import safetensors
 import safetensors.numpy
 
 from compiler.numerics import canonical_dtype, float32_to_bf16_bits
-from emulator.atomic_io import atomic_write_bytes
-from emulator.errors import ConfigError
+from emulator.files import atomic_write_bytes
+from emulator.hw.errors import ConfigError
 
 # safetensors dtype code -> (bytes per element, numpy dtype or None for BF16)
 STORED_DTYPES = {"F64": (8, np.float64), "F32": (4, np.float32), "F16": (2, np.float16),
@@ -28,6 +28,8 @@ IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 INIT_STD = 0.02          # HF initializer_range: std of Linear / Embedding weights
 NORM_PERTURBATION = 0.1  # std of the random offset added to RMSNorm weights of 1.0
 HEADER_LIMIT = 100_000_000  # bytes; safetensors itself rejects larger headers
+SINGLE_FILE = "model.safetensors"             # HuggingFace's name for one-file weights
+INDEX_FILE = "model.safetensors.index.json"   # and for a sharded checkpoint's index
 
 
 def read_header(path) -> dict[str, dict]:
@@ -109,18 +111,83 @@ def check_tensor_table(path, table: dict, spec) -> None:
 
 
 def load_weights(path, spec) -> dict[str, np.ndarray]:
-    """Load a `.safetensors` file as float32 arrays, checked against `spec` (a ModelSpec)."""
+    """Load a checkpoint as float32 arrays, checked against `spec` (a ModelSpec): a
+    `.safetensors` file, a sharded checkpoint's `model.safetensors.index.json`, or a
+    HuggingFace-style folder holding either (`find_checkpoint`)."""
     path = Path(path)
+    if path.is_dir():
+        found = find_checkpoint(path)
+        if found is None:
+            raise ConfigError(f"{path}: no {SINGLE_FILE} or {INDEX_FILE} in the folder")
+        path = found
+    if path.name.endswith(".index.json"):
+        return _load_sharded(path, spec)
     table = read_header(path)
     check_tensor_table(path, table, spec)
     names = list(spec.weight_shapes())
-    plain = [n for n in names if table[n]["dtype"] != "BF16"]
-    weights = _read_plain(path, plain)
+    weights = _read_tensors(path, table, names)
+    return {name: weights[name] for name in names}
+
+
+def find_checkpoint(folder) -> Path | None:
+    """The weights of a HuggingFace-style model folder: its sharded index if present, else
+    its single `model.safetensors`; None when it has neither."""
+    folder = Path(folder)
+    for name in (INDEX_FILE, SINGLE_FILE):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _load_sharded(index: Path, spec) -> dict[str, np.ndarray]:
+    """Tensors of a sharded checkpoint: the index's `weight_map` (tensor -> shard file
+    beside the index) read shard by shard, every tensor checked against its shard's header."""
+    weight_map = _read_weight_map(index)
+    shards = sorted(set(weight_map.values()))
+    tables = {shard: read_header(index.parent / shard) for shard in shards}
+    combined = {}
+    for name, shard in weight_map.items():
+        if name not in tables[shard]:
+            raise ConfigError(f"{index}: tensor '{name}' is mapped to {shard}, which does "
+                              f"not hold it")
+        combined[name] = tables[shard][name]
+    check_tensor_table(index, combined, spec)
+    weights = {}
+    for shard, table in tables.items():
+        names = [n for n in spec.weight_shapes() if weight_map.get(n) == shard]
+        weights.update(_read_tensors(index.parent / shard, table, names))
+    return {name: weights[name] for name in spec.weight_shapes()}
+
+
+def _read_weight_map(index: Path) -> dict[str, str]:
+    """The `weight_map` of a sharded checkpoint's index file (tensor -> shard file name)."""
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{index}: no such checkpoint index file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{index}: cannot read checkpoint index: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{index}: malformed JSON at line {exc.lineno} column {exc.colno}: "
+                          f"{exc.msg}") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        raise ConfigError(f"{index}: field 'weight_map' must map tensor names to shard files")
+    for shard in set(weight_map.values()):
+        if Path(shard).name != shard:
+            raise ConfigError(f"{index}: shard '{shard}' must be a file beside the index")
+    return weight_map
+
+
+def _read_tensors(path: Path, table: dict, names: list[str]) -> dict[str, np.ndarray]:
+    """float32 arrays of tensors `names` of one safetensors file with header `table`."""
+    weights = _read_plain(path, [n for n in names if table[n]["dtype"] != "BF16"])
     header_len = _header_length(path)
     for name in names:
         if table[name]["dtype"] == "BF16":
             weights[name] = _read_bf16(path, header_len, table[name])
-    return {name: weights[name] for name in names}
+    return weights
 
 
 def _read_plain(path: Path, names: list[str]) -> dict[str, np.ndarray]:

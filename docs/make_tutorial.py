@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from emulator.atomic_io import atomic_write_text  # noqa: E402
+from emulator.files import atomic_write_text  # noqa: E402
 
 COLUMNS = 120
 MESH = "8x8"
@@ -205,7 +205,7 @@ def wafer_note() -> str:
     """Why Llama-3.1-8B does not fit, with the numbers of the placement attempt."""
     from compiler.frontend import resolve_model
     from emulator.hw.mesh import load_mesh
-    from emulator.mapview import build_map
+    from emulator.views.mapview import build_map
 
     m = build_map(resolve_model(ROOT / LLAMA), load_mesh("wse3"), "bf16")
     weights = m.spec.param_count() * m.bytes_per_element
@@ -229,7 +229,7 @@ limitations").
 def explain_section() -> str:
     from compiler.frontend import resolve_model
     from emulator.hw.mesh import load_mesh
-    from emulator.mapview import build_map
+    from emulator.views.mapview import build_map
 
     width, height = (int(v) for v in MESH.split("x"))
     plan = build_map(resolve_model("tiny"), load_mesh("small").with_mesh(width, height)).plan

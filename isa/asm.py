@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from emulator.errors import AsmError
-from emulator.hw.mesh import DTYPE_BYTES, DTYPES
+from emulator.hw.dtypes import BYTES as DTYPE_BYTES
+from emulator.hw.dtypes import NAMES as DTYPES
+from emulator.hw.errors import AsmError
 from isa.expr import INT32_MAX, INT32_MIN, ExprError, eval_expr, parse_expr
 from isa.opcodes import (
     INSTR_DTYPE,

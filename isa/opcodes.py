@@ -69,6 +69,16 @@ class Op(IntEnum):
     MARK = 28         # probe (0 cycles): record this PE's cycle for mark id a[SLOT_DST]
 
 
+
+class Status(IntEnum):
+    """A PE's run state, the same in every engine."""
+
+    READY = 0        # in the scheduler's heap
+    BLOCKED = 1      # waiting in a receive for a message of one color
+    AT_BARRIER = 2   # waiting for every running PE to reach the barrier
+    HALTED = 3       # done (or never started: a PE outside every region)
+
+
 VECTOR_OPS = frozenset({Op.VMOV, Op.VADD, Op.VSUB, Op.VMUL, Op.VMAX, Op.VFMA, Op.VSCALE,
                         Op.VADDI, Op.VSET, Op.VEXP, Op.VRSQRT, Op.VRECIP, Op.VSIGMOID,
                         Op.VGEMV})

@@ -164,4 +164,4 @@ class RunResult:
     mark_first: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     mark_last: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     mark_count: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    skipped_blocks: int = 0         # Numba engine: blocks fast-forwarded (emulator/fast_forward.py)
+    skipped_blocks: int = 0         # Numba engine: blocks fast-forwarded (mesh/fast_forward.py)

@@ -7,8 +7,9 @@ in 0..num_marks-1) raise `ConfigError` or `FitError`.
 
 import numpy as np
 
-from emulator.errors import ConfigError, FitError
-from emulator.hw.mesh import DTYPE_BYTES, MeshConfig
+from emulator.hw.dtypes import BYTES as DTYPE_BYTES
+from emulator.hw.errors import ConfigError, FitError
+from emulator.hw.mesh import MeshConfig
 from isa.opcodes import (
     MODE_BITS,
     MODE_IMM,

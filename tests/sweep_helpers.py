@@ -6,7 +6,7 @@ import time
 import uuid
 from pathlib import Path
 
-from emulator.errors import ConfigError
+from emulator.hw.errors import ConfigError
 
 
 def square(*, x, marker_dir=None, sleep=0.0, kill_at=None, fail_at=None, bug_at=None):

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emulator.errors import AsmError
+from emulator.hw.errors import AsmError
 from isa.asm import MNEMONICS, SIGNATURES, assemble, assemble_file
 from isa.disasm import disassemble, format_instruction
 from isa.expr import ExprError, evaluate

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from emulator.errors import AsmError, EmuError
+from emulator.hw.errors import AsmError, EmuError
 from isa.asm import assemble, assemble_file
 
 HEADER = ".mesh 2x2\n.sram 64\n.params 2\n.region main 0,0 1,1\n"   # 4 lines

@@ -6,7 +6,7 @@ import stat
 import numpy as np
 import pytest
 
-from emulator.atomic_io import atomic_save_npy, atomic_write_json
+from emulator.files import atomic_save_npy, atomic_write_json
 
 
 def test_written_files_have_umask_permissions(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from emulator import cli_asm
+from emulator.cli import asm as cli_asm
 from emulator.cli import main
 from isa.asm import assemble, assemble_file
 
@@ -41,20 +41,32 @@ def test_run_json_fields_and_timing_only():
     assert report["busiest_pes"][0]["x"] == 2 and report["busiest_pes"][0]["busy"] == 18
 
 
-def test_run_tables_small_mesh():
-    result = emu("asm", "run", PROGRAMS / "row_broadcast.asm", "--engine", "reference")
+def test_run_tables_list_every_pe_and_link_on_request():
+    result = emu("asm", "run", PROGRAMS / "row_broadcast.asm", "--engine", "reference",
+                 "--pes", "--links")
     assert result.exit_code == 0
     out = result.stdout
     assert "cycles" in out and "26" in out and "receivers" in out
-    assert "links used" in out and "top 10" not in out
-    assert out.count("receivers") == 7          # one row per PE
+    assert "links used" in out and "busiest" not in out
+    assert out.count("receivers") == 7          # one row per PE with code (7 receivers)
+
+
+def test_run_tables_are_summarised_by_default():
+    result = emu("asm", "run", PROGRAMS / "row_broadcast.asm", "--mesh", "64x64", "--hw", "small")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    words = " ".join(out.split())            # titles wrap to the width of their table
+    assert "the 8 busiest PEs of 8 (--pes: all)" in words
+    assert "the 7 busiest links of 7 used (--links: all)" in words
+    assert out.count("receivers") == 7          # the source and 7 receivers
+    assert len(out.splitlines()) < 60
 
 
 def test_run_tables_large_mesh_are_summarised():
     result = emu("asm", "run", PROGRAMS / "row_broadcast.asm", "--mesh", "40x30",
                  "--hw", "small", "--engine", "reference")
     assert result.exit_code == 0, result.output
-    assert "top 10 busiest PEs" in result.stdout and "top 10 busiest links" in result.stdout
+    assert "the 8 busiest PEs" in result.stdout and "the 7 busiest links" in result.stdout
     assert result.stdout.count("receivers") == 7
     report = json.loads(emu("asm", "run", PROGRAMS / "row_broadcast.asm", "--mesh", "40x30",
                             "--json").stdout)

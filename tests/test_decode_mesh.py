@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compiler import reference as ref
-from compiler.decode import MeshDecoder, compile_decode, run_timing
+from compiler.decode import compile_decode
 from compiler.emit import verify_program
 from compiler.frontend import parse_config
 from compiler.numerics import round_weights
@@ -19,9 +19,10 @@ from compiler.place import verify_placement
 from compiler.route import verify_routes
 from compiler.tile import hub_stride, verify_tiles
 from compiler.weights import random_weights
-from emulator.errors import ConfigError, FitError
+from emulator.hw.errors import ConfigError, FitError
 from emulator.hw.mesh import load_mesh
-from isa.reference import run_reference
+from emulator.mesh.runtime import MeshDecoder, run_timing
+from isa.interpreter import run_reference
 
 MESHES = [(3, 2), (4, 4), (5, 3), (8, 4)]
 TOLERANCE = 1e-4

@@ -1,9 +1,10 @@
 """Op and layer spans from mark probes tile a decode step exactly."""
 
-from compiler.decode import compile_decode, run_timing
+from compiler.decode import compile_decode
 from compiler.frontend import resolve_model
-from emulator.decode_phases import layer_cycles, op_spans
 from emulator.hw.mesh import load_mesh
+from emulator.inspect.phases import layer_cycles, op_spans
+from emulator.mesh.runtime import run_timing
 
 
 def test_spans_tile_the_step_and_follow_program_order():

@@ -7,8 +7,8 @@ from compiler.decode import compile_decode
 from compiler.emit import comm_sequences, emit_gemv, pe_role, step_values, verify_program
 from compiler.frontend import parse_config
 from emulator.hw.mesh import load_mesh
+from isa.interpreter import run_reference
 from isa.opcodes import SLOT_COLOR, Op
-from isa.reference import run_reference
 
 MESH = load_mesh("small")
 

@@ -11,11 +11,11 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emulator.errors import MeshFault
+from emulator.hw.errors import MeshFault
 from emulator.hw.mesh import load_mesh
-from emulator.mesh_engine import run_numba
+from emulator.mesh.engine import run_numba
 from isa.asm import assemble
-from isa.reference import run_reference
+from isa.interpreter import run_reference
 from tests.strategies import random_programs
 
 SMALL = load_mesh("small")

@@ -7,11 +7,12 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from compiler.decode import compile_decode, run_timing
+from compiler.decode import compile_decode
 from compiler.frontend import resolve_model
-from emulator import explain
 from emulator.cli import main
 from emulator.hw.mesh import load_mesh
+from emulator.inspect import explain
+from emulator.mesh.runtime import run_timing
 from isa.disasm import format_instruction, format_ports
 
 MESH = (4, 4)

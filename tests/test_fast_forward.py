@@ -1,4 +1,4 @@
-"""The exact layer fast-forward (emulator/fast_forward.py): a fast-forwarded timing-only
+"""The exact layer fast-forward (emulator/mesh/fast_forward.py): a fast-forwarded timing-only
 run equals the full run in every RunResult field, on random decode programs and against
 the reference interpreter; programs that do not qualify run in full with the same
 result."""
@@ -8,14 +8,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compiler.decode import compile_decode, layer_cuts, run_timing
-from emulator import mesh_kernels as K
-from emulator.errors import ConfigError, MeshFault
-from emulator.fast_forward import Cut, block_layout, block_shift
+from compiler.decode import compile_decode, layer_cuts
+from emulator.hw.errors import ConfigError, MeshFault
 from emulator.hw.mesh import load_mesh
-from emulator.mesh_engine import run_numba
+from emulator.mesh import kernels as K
+from emulator.mesh.engine import run_numba
+from emulator.mesh.fast_forward import Cut, block_layout, block_shift
+from emulator.mesh.runtime import run_timing
 from isa.asm import assemble
-from isa.reference import run_reference
+from isa.interpreter import run_reference
 from tests.test_decode_mesh import make_spec
 
 FIELDS = ("cycles", "instructions", "messages", "pe_finish", "pe_busy", "link_busy",

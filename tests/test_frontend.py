@@ -17,7 +17,7 @@ from compiler.frontend import (
     parse_config,
     resolve_model,
 )
-from emulator.errors import ConfigError
+from emulator.hw.errors import ConfigError
 
 MODELS = Path(__file__).resolve().parent.parent / "programs" / "models"
 ZOO = sorted(p.name for p in MODELS.glob("*.json"))

@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from emulator.hw.prefill import load_prefill
-from emulator.prefill import costs, engine_model, isa
+from emulator.prefill import costs, engine_model
+from emulator.prefill import instructions as instr
 from emulator.prefill.engine_model import schedule_reference
 from emulator.prefill.gemm import gemm_trainium
 from emulator.prefill.kernels import schedule_kernel
@@ -26,18 +27,18 @@ HW = load_prefill("trn2")
 def chain_program(n, n_moving=512, m=128, dma_bytes=0, dtype="bf16", pairs=False):
     """K-accumulation on core 0: LS + n MultiplyMoving (or n LS/MM pairs when `pairs`),
     moving tiles optionally DMA'd."""
-    b = isa.Builder()
+    b = instr.Builder()
     b.begin_op("chain")
     dma = []
     if dma_bytes:
         cost = int(costs.dma_cycles(HW, dma_bytes, 1))
-        dma = [b.one(isa.DMA_COPY, isa.DMA, 0, cost, lat=costs.dma_latency_cycles(HW))
+        dma = [b.one(instr.DMA_COPY, instr.DMA, 0, cost, lat=costs.dma_latency_cycles(HW))
                for _ in range(n)]
     for i in range(n):
         if i == 0 or pairs:
-            b.one(isa.LOAD_STATIONARY, isa.PE, 0, int(costs.ls_cycles(HW, m, dtype)))
-        b.one(isa.MULTIPLY_MOVING, isa.PE, 0, int(costs.mm_cycles(HW, n_moving, dtype)),
-              deps=[dma[i]] if dma else [], flags=isa.FLAG_ACC if i else 0)
+            b.one(instr.LOAD_STATIONARY, instr.PE, 0, int(costs.ls_cycles(HW, m, dtype)))
+        b.one(instr.MULTIPLY_MOVING, instr.PE, 0, int(costs.mm_cycles(HW, n_moving, dtype)),
+              deps=[dma[i]] if dma else [], flags=instr.FLAG_ACC if i else 0)
     return b.program([0])
 
 
@@ -65,7 +66,7 @@ def test_k_accumulation_chain(n, dtype, pairs):
     T = int(costs.mm_cycles(HW, 512, dtype))
     sched = engine_model.simulate(chain_program(n, dtype=dtype, pairs=pairs))
     assert sched.cycles == L + n * T
-    assert sched.busy[isa.PE] == L + n * T
+    assert sched.busy[instr.PE] == L + n * T
 
 
 @pytest.mark.parametrize("n, nbytes", [(4, 128 * 512 * 2), (6, 128 * 512 * 4), (5, 8192)])
@@ -122,9 +123,9 @@ def random_streams(draw):
     kind = np.where(queue == 0, rng.integers(1, 3, n), 0).astype(np.int8)  # queue 0 = PE
     cost = rng.integers(0, 600, n).astype(np.int64)
     lat = rng.integers(0, 50, n).astype(np.int64)
-    dep = np.full((n, isa.MAX_DEPS), -1, np.int32)
+    dep = np.full((n, instr.MAX_DEPS), -1, np.int32)
     for i in range(1, n):
-        k = rng.integers(0, isa.MAX_DEPS + 1)
+        k = rng.integers(0, instr.MAX_DEPS + 1)
         dep[i, :k] = rng.integers(-1, i, k)
     return queue, kind, cost, lat, dep, n_queues
 

@@ -19,8 +19,8 @@ import pytest
 from compiler.emit import emit_gemv
 from compiler.route import tree_actions
 from emulator.hw.mesh import load_mesh
-from emulator.mesh_engine import run_numba
-from isa.reference import run_reference
+from emulator.mesh.engine import run_numba
+from isa.interpreter import run_reference
 
 BASE = load_mesh("small")
 DIVISIBLE = [(4, 4, 16, 32), (8, 2, 24, 16), (2, 8, 16, 24), (1, 4, 8, 8), (4, 1, 8, 8),

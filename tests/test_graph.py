@@ -1,5 +1,6 @@
-"""compiler.graph: decode/prefill op graphs verify, count FLOPs and bytes consistently, execute
-to the reference logits, dump/reload, and broken graphs are caught (hypothesis over configs)."""
+"""emulator.inspect.graph: decode/prefill op graphs verify, count FLOPs and bytes
+consistently, execute to the reference logits, dump/reload, and broken graphs are caught
+(hypothesis over configs)."""
 
 import math
 from pathlib import Path
@@ -11,7 +12,9 @@ from hypothesis import strategies as st
 
 from compiler import reference as ref
 from compiler.frontend import ARCHITECTURES, load_config, parse_config
-from compiler.graph import (
+from compiler.weights import random_weights
+from emulator.hw.errors import ConfigError
+from emulator.inspect.graph import (
     OP_KINDS,
     GraphError,
     build_decode_graph,
@@ -22,8 +25,6 @@ from compiler.graph import (
     load_graph,
     verify_graph,
 )
-from compiler.weights import random_weights
-from emulator.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {

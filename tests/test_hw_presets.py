@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from emulator.errors import ConfigError
 from emulator.hw import list_presets, load_mesh
+from emulator.hw.errors import ConfigError
 from emulator.hw.link import load_link
-from emulator.kv_transfer import kv_bytes_per_token, transfer_kv
+from emulator.link.transfer import kv_bytes_per_token, transfer_kv
 
 
 def test_bundled_mesh_presets():

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from compiler.decode import compile_decode
 from compiler.frontend import resolve_model
 from compiler.place import pe_usage
-from emulator import mapview
 from emulator.cli import main
 from emulator.hw.mesh import load_mesh
+from emulator.views import mapview
 
 MODELS = Path(__file__).resolve().parent.parent / "programs" / "models"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from emulator.errors import AsmError, ConfigError, MeshFault
+from emulator.hw.errors import AsmError, ConfigError, MeshFault
 from emulator.hw.mesh import load_mesh
-from emulator.mesh_engine import run_numba
+from emulator.mesh.engine import run_numba
 from isa.asm import assemble
 from isa.disasm import disassemble, format_instruction
+from isa.interpreter import run_reference
 from isa.opcodes import MODE_REG, SLOT_DST, Op, encode_mode
-from isa.reference import run_reference
 from isa.validate import validate_program
 from tests.strategies import random_programs
 from tests.test_engine_agreement import assert_same, outcome

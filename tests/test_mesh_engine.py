@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emulator import mesh_kernels as K
-from emulator.errors import ConfigError, FitError, MeshFault
+from emulator.hw.errors import ConfigError, FitError, MeshFault
 from emulator.hw.mesh import load_mesh
-from emulator.mesh_engine import KernelRun, fault_message, run_numba
+from emulator.mesh import kernels as K
+from emulator.mesh.engine import KernelRun, fault_message, run_numba
 from isa.asm import assemble
+from isa.interpreter import run_reference
 from isa.opcodes import PORT_E, PORT_N, PORT_R, PORT_S, PORT_W, SLOT_DST, SLOT_SRC0
-from isa.reference import run_reference
 
 SMALL = load_mesh("small")
 ROOT = Path(__file__).resolve().parent.parent
@@ -393,8 +393,8 @@ def test_jit_switch_runs_plain_python():
 import json, numpy as np
 from emulator import jit
 from emulator.hw.mesh import load_mesh
-from emulator import mesh_kernels as K
-from emulator.mesh_engine import KernelRun, fault_message, run_numba
+from emulator.mesh import kernels as K
+from emulator.mesh.engine import KernelRun, fault_message, run_numba
 from isa.asm import assemble
 from tests.test_mesh_engine import stream_program
 assert jit.JIT_DISABLED
@@ -536,7 +536,7 @@ def test_in_place_needs_a_float32_array_of_the_right_shape(engine):
 def test_static_inputs_are_reused_only_for_the_same_code_and_routes():
     """KernelRun keeps the params-independent inputs of the last program: a program that
     differs only in `params` reuses them; changing code or routes in place does not."""
-    from emulator.mesh_engine import StaticInputs
+    from emulator.mesh.engine import StaticInputs
     program = assemble(IN_PLACE)
     mesh = SMALL.with_mesh(2, 1)
     first = StaticInputs.of(program, mesh)

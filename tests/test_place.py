@@ -22,7 +22,7 @@ from compiler.place import (
     write_r,
 )
 from compiler.tile import tile
-from emulator.errors import FitError
+from emulator.hw.errors import FitError
 from emulator.hw.mesh import load_mesh
 
 MESH = load_mesh("small")

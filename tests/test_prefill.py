@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from compiler import reference
 from compiler.frontend import ModelSpec, RopeSpec, load_config
 from compiler.weights import random_weights
-from emulator.errors import ConfigError, FitError
+from emulator.hw.errors import ConfigError, FitError
 from emulator.hw.prefill import load_prefill
-from emulator.prefill import isa
+from emulator.prefill import instructions as instr
 from emulator.prefill.model import core_shares
 from emulator.prefill.run import run_prefill
 from emulator.prefill.verify import verify
@@ -144,7 +144,7 @@ def test_result_fields_and_trace():
         track.sort()
         for (s0, d0), (s1, _) in zip(track, track[1:], strict=False):
             assert s1 >= s0 + d0 - 1e-15
-    assert isinstance(r.program.instr, np.ndarray) and r.program.instr.dtype == isa.INSTR_DTYPE
+    assert isinstance(r.program.instr, np.ndarray) and r.program.instr.dtype == instr.INSTR_DTYPE
 
 
 def test_core_split_covers_the_model():
@@ -160,13 +160,13 @@ def test_core_split_covers_the_model():
 def test_verify_catches_broken_streams():
     r = run_prefill(make_spec(), TRN2, 100, timing_only=True)
     assert verify(r.program, TRN2) == []
-    instr = r.program.instr
-    mm = int(np.flatnonzero(instr["op"] == isa.MULTIPLY_MOVING)[0])
+    code = r.program.instr
+    mm = int(np.flatnonzero(code["op"] == instr.MULTIPLY_MOVING)[0])
     broken = r.program.instr.copy()
-    broken["v"][mm, isa.A, 4] = TRN2.moving_free_max + 1
+    broken["v"][mm, instr.A, 4] = TRN2.moving_free_max + 1
     r.program.instr = broken
     assert any("moving tile too large" in p for p in verify(r.program, TRN2))
-    broken = instr.copy()
+    broken = code.copy()
     broken["dep"][5, 0] = 10
     r.program.instr = broken
     assert any("forwards" in p for p in verify(r.program, TRN2))

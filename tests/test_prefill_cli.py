@@ -9,8 +9,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from emulator.errors import ConfigError
 from emulator.hw import list_presets
+from emulator.hw.errors import ConfigError
 from emulator.hw.prefill import PrefillConfig, load_prefill
 
 

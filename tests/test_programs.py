@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from emulator.hw.mesh import load_mesh
-from emulator.mesh_engine import run_numba
+from emulator.mesh.engine import run_numba
 from isa.asm import assemble, assemble_file
+from isa.interpreter import run_reference
 from isa.opcodes import Op
-from isa.reference import run_reference
 from tests.strategies import generate_program, random_programs
 
 PROGRAMS = Path(__file__).resolve().parent.parent / "programs" / "asm"

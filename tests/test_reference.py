@@ -11,7 +11,7 @@ from compiler import reference as ref
 from compiler.frontend import load_config, parse_config
 from compiler.numerics import round_to
 from compiler.weights import load_weights, random_weights
-from emulator.errors import ConfigError
+from emulator.hw.errors import ConfigError
 
 MODELS = Path(__file__).resolve().parent.parent / "programs" / "models"
 BUNDLED = Path(__file__).resolve().parent.parent / "emulator" / "models" / "tiny.json"

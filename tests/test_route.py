@@ -14,7 +14,7 @@ from compiler.route import (
     verify_routes,
     walk,
 )
-from emulator.errors import FitError
+from emulator.hw.errors import FitError
 from emulator.hw.mesh import load_mesh
 from isa.opcodes import PORT_E, PORT_R, PORT_W
 

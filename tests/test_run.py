@@ -11,7 +11,7 @@ from compiler import reference
 from compiler.frontend import load_config, resolve_model
 from compiler.weights import random_weights, save_weights
 from emulator.cli import main
-from emulator.trace import validate_trace
+from emulator.views.trace import validate_trace
 
 REPORT_KEYS = ("tokens", "ttft_s", "tpot_s", "tokens_per_s")
 NESTED_KEYS = (("prefill", "cycles"), ("prefill", "seconds"), ("kv_transfer", "bytes"),

@@ -9,22 +9,16 @@ import numpy as np
 import pytest
 
 from compiler import reference
-from compiler.decode import MeshDecoder
 from compiler.frontend import resolve_model
 from compiler.place import place
-from compiler.system import (
-    SystemDecoder,
-    compile_system,
-    handoff_seconds,
-    layer_ranges,
-    run_system_timing,
-    wafers_needed,
-)
+from compiler.system import compile_system, handoff_seconds, layer_ranges, wafers_needed
 from compiler.tile import tile
 from compiler.weights import random_weights
-from emulator.errors import FitError
+from emulator.hw.errors import FitError
 from emulator.hw.mesh import load_mesh
-from emulator.parallel import Forked, fork_map, shared_empty, usable_jobs
+from emulator.mesh.parallel import Forked, fork_map, shared_empty, usable_jobs
+from emulator.mesh.runtime import MeshDecoder
+from emulator.mesh.system import SystemDecoder, run_system_timing
 
 
 def test_wafer_count_is_the_smallest_sram_that_holds_weights_and_kv():

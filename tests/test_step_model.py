@@ -10,12 +10,13 @@ import pytest
 from click.testing import CliRunner
 
 from compiler import reference
-from compiler.decode import MeshDecoder, compile_decode, run_timing
+from compiler.decode import compile_decode
 from compiler.frontend import resolve_model
 from compiler.weights import random_weights
-from emulator import cli_asm
+from emulator.cli import asm as cli_asm
 from emulator.cli import main
 from emulator.hw.mesh import load_mesh
+from emulator.mesh.runtime import MeshDecoder, run_timing
 
 ARGS = ["--mesh", "4x4", "--max-context", "16"]
 EVENT = re.compile(r"^\[(\d+)\] cycle\s+(\d+)-(\d+)\s+PE \((\d+),(\d+)\)\s+pc (\d+)\s+(\S+)\s+"
@@ -152,8 +153,8 @@ def test_assembly_files_still_step_with_values():
     (["--until", "-1"], "--until -1 is outside the run's cycles 0.."),
     (["--pe", "4,4"], "--pe 4,4 is outside the 4x4 mesh (x in 0..3, y in 0..3)"),
     (["--op", "nonsense"], "--op nonsense matches no op of this program; ops: prologue"),
-    (["--position", "16"], "--position 16 is outside the KV capacity 0..15"),
-    (["--seed", "0", "--token", "256"], "--token 256 is outside the vocabulary 0..255"),
+    (["--position", "16"], "decode position 16 is outside the KV capacity 0..15"),
+    (["--seed", "0", "--token", "256"], "token 256 is outside the vocabulary 0..255"),
 ])
 def test_bad_options_exit_2(args, fragment):
     result = emu("step", "tiny", *ARGS, *args)

@@ -11,7 +11,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from emulator.errors import ConfigError
+from emulator.hw.errors import ConfigError
 from emulator.hw.mesh import load_mesh
 from emulator.sweep import load_spec, run_sweep
 from emulator.sweep.points import flatten, prepare
@@ -285,7 +285,7 @@ def test_pareto_front_against_brute_force():
 
 def test_registered_run_defaults_match_the_cli():
     """run_report's defaults are emu run's (the sweep's options mean what the CLI's do)."""
-    from emulator.cli_run import run
+    from emulator.cli.run import run
     from emulator.sweep.commands import COMMANDS, options_of
 
     unset = getattr(click.core, "UNSET", None)     # click >= 8.2: no default

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from emulator.hw.mesh import MeshConfig, load_mesh
-from emulator.mesh_engine import run_numba
+from emulator.mesh.engine import run_numba
 from isa.asm import assemble
+from isa.interpreter import run_reference
 from isa.opcodes import PORT_E, PORT_R, PORT_W
-from isa.reference import run_reference
 
 SMALL = load_mesh("small")
 ODD = replace(SMALL, issue_overhead=2, hop_latency=3, ramp_latency=2, barrier_latency=5,

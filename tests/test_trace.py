@@ -2,7 +2,7 @@
 
 import json
 
-from emulator.trace import TraceBuilder, validate_trace
+from emulator.views.trace import TraceBuilder, validate_trace
 
 
 def test_trace_schema(tmp_path):

@@ -17,7 +17,7 @@ from compiler.numerics import (
     round_to,
 )
 from compiler.weights import load_weights, random_weights, read_header, save_weights
-from emulator.errors import ConfigError
+from emulator.hw.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = load_config(ROOT / "emulator" / "models" / "tiny.json")

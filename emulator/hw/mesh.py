@@ -6,10 +6,8 @@
 
 from dataclasses import dataclass, replace
 
+from emulator.hw.dtypes import dtype_of
 from emulator.hw.presets import load_preset, nonnegative, parse_dims, positive
-
-DTYPES = ("fp32", "fp16", "bf16")
-DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
 
 @dataclass(frozen=True)
@@ -35,8 +33,8 @@ class MeshConfig:
     wafer_link_latency_s: float = nonnegative(default=1.0e-6)  # wafer-to-wafer latency
 
     def simd_width(self, dtype: str) -> int:
-        """Elements per cycle of a vector op in `dtype` ('fp32', 'fp16', 'bf16')."""
-        return {"fp32": self.simd_fp32, "fp16": self.simd_fp16, "bf16": self.simd_bf16}[dtype]
+        """Elements per cycle of a vector op in `dtype` (a name or a DType)."""
+        return getattr(self, f"simd_{dtype_of(dtype).name}")
 
     @property
     def num_pes(self) -> int:

@@ -15,7 +15,7 @@ import typing
 from importlib import resources
 from pathlib import Path
 
-from emulator.errors import ConfigError
+from emulator.hw.errors import ConfigError
 
 DOC_KEYS = ("description", "sources")
 

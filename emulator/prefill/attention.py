@@ -18,8 +18,9 @@ K^T and V of the core's key/value head stay resident in SBUF while its query hea
 
 import numpy as np
 
-from emulator.errors import FitError
-from emulator.prefill import costs, isa
+from emulator.hw.errors import FitError
+from emulator.prefill import costs
+from emulator.prefill import instructions as instr
 from emulator.prefill.lowering import Lowering, TileMap, chunks, pe_stream
 
 NONE = -1
@@ -126,7 +127,7 @@ def _query_tile(L, core, st, q, out, qh, d, q0, rows, kv_ready, scale):
     q_t, q_map = q
     slot = st.tiles % 2
     st.tiles += 1
-    q_load = L.b.one(isa.DMA_COPY, isa.DMA, core, int(_dma(L, d * rows * L.bpe)),
+    q_load = L.b.one(instr.DMA_COPY, instr.DMA, core, int(_dma(L, d * rows * L.bpe)),
                      [q_map.get(qh * d, d, q0, rows), st.last["q"][slot]], lat=L.dma_lat,
                      work=d * rows * L.bpe, d=(st.q[slot], 0, d, 0, rows),
                      a=(q_t, qh * d, d, q0, rows))
@@ -150,45 +151,45 @@ def _key_tile(L, core, st, slot, q_load, kv_ready, d, q0, rows, kt, k0, nk, m_cu
     yield
     src, src_dep = (st.s[s], 0, rows, 0, nk), int(mm[0, 0])
     if k0 + nk - 1 > q0:                                  # tile crosses the diagonal
-        src_dep = L.b.one(isa.VEC_MASK, isa.DVE, core, int(_vec(L, nk, 1)),
+        src_dep = L.b.one(instr.VEC_MASK, instr.DVE, core, int(_vec(L, nk, 1)),
                           [src_dep, st.last["sm"]],
                           imm0=q0, imm1=k0, d=(st.sm, 0, rows, 0, nk), a=src)
         src = (st.sm, 0, rows, 0, nk)
     first = kt == 0
     m_new = m_cur if first else 1 - m_cur
-    red = L.b.one(isa.VEC_REDUCE, isa.DVE, core, int(_vec(L, nk, 1)), [src_dep],
-                  func=isa.A_MAX, d=(st.m[m_new] if first else st.rm, 0, rows, 0, 1), a=src)
+    red = L.b.one(instr.VEC_REDUCE, instr.DVE, core, int(_vec(L, nk, 1)), [src_dep],
+                  func=instr.A_MAX, d=(st.m[m_new] if first else st.rm, 0, rows, 0, 1), a=src)
     if not first:
-        red = L.b.one(isa.VEC_TT, isa.DVE, core, int(_vec(L, 1, 2)), [red], func=isa.A_MAX,
+        red = L.b.one(instr.VEC_TT, instr.DVE, core, int(_vec(L, 1, 2)), [red], func=instr.A_MAX,
                       d=(st.m[m_new], 0, rows, 0, 1), a=(st.m[m_cur], 0, rows, 0, 1),
                       b=(st.rm, 0, rows, 0, 1))
-    negm = L.b.one(isa.VEC_TS, isa.DVE, core, int(_vec(L, 1, 1)), [red], func=isa.A_MUL,
+    negm = L.b.one(instr.VEC_TS, instr.DVE, core, int(_vec(L, 1, 1)), [red], func=instr.A_MUL,
                    imm0=-scale, d=(st.negm, 0, rows, 0, 1), a=(st.m[m_new], 0, rows, 0, 1))
     yield
     alpha = NONE
     if not first:
-        alpha = L.b.one(isa.ACTIVATE, isa.ACT, core, int(_act(L, 1)), [negm], func=isa.F_EXP,
+        alpha = L.b.one(instr.ACTIVATE, instr.ACT, core, int(_act(L, 1)), [negm], func=instr.F_EXP,
                         imm0=scale, d=(st.alpha, 0, rows, 0, 1),
                         a=(st.m[m_cur], 0, rows, 0, 1), b=(st.negm, 0, rows, 0, 1))
-    expo = L.b.one(isa.ACTIVATE, isa.ACT, core, int(_act(L, nk)), [negm, src_dep, st.last["p"]],
-                   func=isa.F_EXP, imm0=scale, d=(st.p, 0, rows, 0, nk), a=src,
+    expo = L.b.one(instr.ACTIVATE, instr.ACT, core, int(_act(L, nk)), [negm, src_dep, st.last["p"]],
+                   func=instr.F_EXP, imm0=scale, d=(st.p, 0, rows, 0, nk), a=src,
                    b=(st.negm, 0, rows, 0, 1), s=((st.l if first else st.lt), 0, rows, 0, 1))
     st.last["s"][s] = expo
     if src[0] == st.sm:
         st.last["sm"] = expo
     yield
     if not first:
-        L.b.one(isa.VEC_STT, isa.DVE, core, int(_vec(L, 1, 2)), [expo, alpha], func=isa.A_MUL,
-                func2=isa.A_ADD, d=(st.l, 0, rows, 0, 1), a=(st.l, 0, rows, 0, 1),
+        L.b.one(instr.VEC_STT, instr.DVE, core, int(_vec(L, 1, 2)), [expo, alpha], func=instr.A_MUL,
+                func2=instr.A_ADD, d=(st.l, 0, rows, 0, 1), a=(st.l, 0, rows, 0, 1),
                 b=(st.lt, 0, rows, 0, 1), s=(st.alpha, 0, rows, 0, 1))
     pv_last = yield from _pv(L, core, st, rows, d, k0, nk, expo, kv_ready)
     if first:
-        o_upd = L.b.one(isa.ACTIVATE, isa.ACT, core, int(_act(L, d)), [pv_last],
-                        func=isa.F_IDENT, imm0=1.0, d=(st.o, 0, rows, 0, d),
+        o_upd = L.b.one(instr.ACTIVATE, instr.ACT, core, int(_act(L, d)), [pv_last],
+                        func=instr.F_IDENT, imm0=1.0, d=(st.o, 0, rows, 0, d),
                         a=(st.ot, 0, rows, 0, d))
     else:
-        o_upd = L.b.one(isa.VEC_STT, isa.DVE, core, int(_vec(L, d, 2)), [pv_last, alpha],
-                        func=isa.A_MUL, func2=isa.A_ADD, d=(st.o, 0, rows, 0, d),
+        o_upd = L.b.one(instr.VEC_STT, instr.DVE, core, int(_vec(L, d, 2)), [pv_last, alpha],
+                        func=instr.A_MUL, func2=instr.A_ADD, d=(st.o, 0, rows, 0, d),
                         a=(st.o, 0, rows, 0, d), b=(st.ot, 0, rows, 0, d),
                         s=(st.alpha, 0, rows, 0, 1))
     st.last["ot"] = o_upd
@@ -208,8 +209,8 @@ def _pv(L, core, st, rows, d, k0, nk, expo, kv_ready):
     st.last["p"] = int(ls_t[-1])
     yield
     kmax, width = int(sub[:, 1].max()), int(sub[-1, 0]) + rows
-    copy = L.b.one(isa.ACTIVATE, isa.ACT, core, int(_act(L, width)), [mm_t[-1, 0]],
-                   func=isa.F_IDENT, imm0=1.0, d=(st.pts, 0, kmax, 0, width),
+    copy = L.b.one(instr.ACTIVATE, instr.ACT, core, int(_act(L, width)), [mm_t[-1, 0]],
+                   func=instr.F_IDENT, imm0=1.0, d=(st.pts, 0, kmax, 0, width),
                    a=(st.pt, 0, kmax, 0, width))
     st.last["pt"] = copy
     yield
@@ -224,19 +225,21 @@ def _pv(L, core, st, rows, d, k0, nk, expo, kv_ready):
 def _finish(L, core, st, out, qh, d, q0, rows):
     """O / l, transpose to O^T [d, rows], store to the output tensor."""
     out_t, out_map = out
-    rl = L.b.one(isa.ACTIVATE, isa.ACT, core, int(_act(L, 1)), [st.last["ot"]],
-                 func=isa.F_RECIP, imm0=1.0, d=(st.rl, 0, rows, 0, 1), a=(st.l, 0, rows, 0, 1))
-    on = L.b.one(isa.VEC_TS, isa.DVE, core, int(_vec(L, d, 1)), [rl, st.last["ot"]],
-                 func=isa.A_MUL, d=(st.on, 0, rows, 0, d), a=(st.o, 0, rows, 0, d),
+    rl = L.b.one(instr.ACTIVATE, instr.ACT, core, int(_act(L, 1)), [st.last["ot"]],
+                 func=instr.F_RECIP, imm0=1.0, d=(st.rl, 0, rows, 0, 1), a=(st.l, 0, rows, 0, 1))
+    on = L.b.one(instr.VEC_TS, instr.DVE, core, int(_vec(L, d, 1)), [rl, st.last["ot"]],
+                 func=instr.A_MUL, d=(st.on, 0, rows, 0, d), a=(st.o, 0, rows, 0, d),
                  s=(st.rl, 0, rows, 0, 1))
     yield
     ident = L.const(core, "identity")
     _, mm = pe_stream(L, core, 1, 1, d, [on], (st.on, 0, rows, 0, d), rows, rows, False, [],
                       (ident, 0, rows, 0, rows), (st.oT, 0, d, 0, rows), model_flops=False)
     yield
-    copy = L.b.one(isa.ACTIVATE, isa.ACT, core, int(_act(L, rows)), [mm[0, 0], st.last["oTs"]],
-                   func=isa.F_IDENT, imm0=1.0, d=(st.oTs, 0, d, 0, rows), a=(st.oT, 0, d, 0, rows))
-    store = L.b.one(isa.DMA_COPY, isa.DMA, core, int(_dma(L, d * rows * L.bpe)), [copy],
+    copy = L.b.one(instr.ACTIVATE, instr.ACT, core, int(_act(L, rows)),
+                   [mm[0, 0], st.last["oTs"]],
+                   func=instr.F_IDENT, imm0=1.0, d=(st.oTs, 0, d, 0, rows),
+                   a=(st.oT, 0, d, 0, rows))
+    store = L.b.one(instr.DMA_COPY, instr.DMA, core, int(_dma(L, d * rows * L.bpe)), [copy],
                     lat=L.dma_lat, work=d * rows * L.bpe, d=(out_t, qh * d, d, q0, rows),
                     a=(st.oTs, 0, d, 0, rows))
     st.last["oTs"] = store

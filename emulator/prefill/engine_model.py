@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emulator.prefill import isa
+from emulator.prefill import instructions as instr
 from emulator.prefill.kernels import KIND_LS, KIND_MM, KIND_PLAIN, schedule_kernel
 
 
@@ -39,11 +39,11 @@ class Schedule:
         return int(self.ready.max()) if len(self.ready) else 0
 
 
-def instruction_kinds(instr: np.ndarray) -> np.ndarray:
-    """Kernel kind of every instruction (plain, LoadStationary, MultiplyMoving)."""
-    kind = np.full(len(instr), KIND_PLAIN, np.int8)
-    kind[instr["op"] == isa.LOAD_STATIONARY] = KIND_LS
-    kind[instr["op"] == isa.MULTIPLY_MOVING] = KIND_MM
+def instruction_kinds(rows: np.ndarray) -> np.ndarray:
+    """Kernel kind of every instruction row (plain, LoadStationary, MultiplyMoving)."""
+    kind = np.full(len(rows), KIND_PLAIN, np.int8)
+    kind[rows["op"] == instr.LOAD_STATIONARY] = KIND_LS
+    kind[rows["op"] == instr.MULTIPLY_MOVING] = KIND_MM
     return kind
 
 
@@ -79,12 +79,12 @@ def schedule_reference(queue, kind, cost, lat, dep, n_queues):
             np.array(busy, np.int64))
 
 
-def simulate(program: isa.Program, engine: str = "numba") -> Schedule:
+def simulate(program: instr.InstructionStream, engine: str = "numba") -> Schedule:
     """Run the engine model over a program (`engine`: 'numba' or 'reference')."""
-    instr = program.instr
+    rows = program.instr
     queue = program.queue_ids()
-    args = (queue, instruction_kinds(instr), instr["cost"].astype(np.int64),
-            instr["lat"].astype(np.int64), np.ascontiguousarray(instr["dep"]),
+    args = (queue, instruction_kinds(rows), rows["cost"].astype(np.int64),
+            rows["lat"].astype(np.int64), np.ascontiguousarray(rows["dep"]),
             program.num_queues)
     run = schedule_kernel if engine == "numba" else schedule_reference
     start, ready, busy = run(*args)

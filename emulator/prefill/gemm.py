@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emulator.errors import ConfigError
-from emulator.prefill import engine_model, interp, isa
+from emulator.hw.errors import ConfigError
+from emulator.prefill import engine_model, interp
+from emulator.prefill import instructions as instr
 from emulator.prefill.linear import linear_fm
 from emulator.prefill.lowering import Lowering, Strip, TileMap
 
@@ -44,7 +45,7 @@ class GemmResult:
     folds: int = 0
     fold_cycles: int = 0
     engine_busy: dict | None = None
-    program: isa.Program | None = None
+    program: instr.InstructionStream | None = None
     schedule: engine_model.Schedule | None = None
     values: np.ndarray | None = None
 
@@ -109,7 +110,7 @@ def lower_gemm(hw, M: int, N: int, K: int, dataflow: str = "ws", dtype: str = "b
     if dataflow == "os":
         raise ConfigError("gemm: Trainium mode supports the ws and is dataflows (TensorE "
                           "keeps one operand stationary); use --scalesim-compat for os")
-    builder = isa.Builder()
+    builder = instr.Builder()
     L = Lowering(hw, dtype, builder, active_cores=1)
     stat_n, mov_n = (M, N) if dataflow == "ws" else (N, M)
     builder.begin_op("gemm")
@@ -128,7 +129,7 @@ def gemm_trainium(hw, M: int, N: int, K: int, dataflow: str = "ws", dtype: str =
     """Trainium-mode GEMM on one core; with `a`, `b` arrays it also computes C."""
     program, out = lower_gemm(hw, M, N, K, dataflow, dtype)
     sched = engine_model.simulate(program)
-    busy = {name: int(sched.busy[i]) for i, name in enumerate(isa.ENGINE_NAMES[:4])}
+    busy = {name: int(sched.busy[i]) for i, name in enumerate(instr.ENGINE_NAMES[:4])}
     values = None
     if a is not None:
         stat, mov = (np.asarray(a).T, b) if dataflow == "ws" else (np.asarray(b), np.asarray(a).T)

@@ -1,6 +1,7 @@
 """Functional execution of a prefill instruction stream: the values each instruction computes.
 
-Rows run one after another in stream order (a valid sequential order, emulator/prefill/isa.py).
+Rows run one after another in stream order (a valid sequential order,
+emulator/prefill/instructions.py).
 Every tensor holds float32 values; a write rounds to the tensor's storage dtype (bf16/fp16
 via compiler.numerics), so bf16 operands reach TensorE rounded and PSUM accumulates in fp32.
 Timing is not computed here (engine_model.py); this module only gives values.
@@ -9,11 +10,11 @@ Timing is not computed here (engine_model.py); this module only gives values.
 import numpy as np
 
 from compiler.numerics import round_to
-from emulator.prefill import isa
+from emulator.prefill import instructions as instr
 
 _ALU = {
-    isa.A_ADD: np.add, isa.A_SUB: np.subtract, isa.A_MUL: np.multiply,
-    isa.A_MAX: np.maximum, isa.A_DIV: np.divide, isa.A_BYPASS: lambda x, y: x,
+    instr.A_ADD: np.add, instr.A_SUB: np.subtract, instr.A_MUL: np.multiply,
+    instr.A_MAX: np.maximum, instr.A_DIV: np.divide, instr.A_BYPASS: lambda x, y: x,
 }
 
 
@@ -27,22 +28,22 @@ def _rsqrt(x):
 
 
 _ACT = {
-    isa.F_IDENT: lambda x: x, isa.F_EXP: np.exp, isa.F_SILU: _silu,
-    isa.F_SQUARE: np.square, isa.F_RSQRT: _rsqrt,
-    isa.F_RECIP: lambda x: np.float32(1.0) / x,
+    instr.F_IDENT: lambda x: x, instr.F_EXP: np.exp, instr.F_SILU: _silu,
+    instr.F_SQUARE: np.square, instr.F_RSQRT: _rsqrt,
+    instr.F_RECIP: lambda x: np.float32(1.0) / x,
 }
 
 
 class Machine:
     """Tensor storage plus the per-core stationary registers."""
 
-    def __init__(self, program: isa.Program, inputs: dict):
+    def __init__(self, program: instr.InstructionStream, inputs: dict):
         self.program = program
         self.data = [self._init(t, inputs) for t in program.tensors]
         self.stationary: dict[int, np.ndarray] = {}
 
     @staticmethod
-    def _init(info: isa.TensorInfo, inputs: dict) -> np.ndarray:
+    def _init(info: instr.TensorInfo, inputs: dict) -> np.ndarray:
         """Initial value of a tensor: a bound input, a constant, or zeros."""
         if info.name in inputs:
             value = np.asarray(inputs[info.name], np.float32).reshape(info.rows, info.cols)
@@ -79,90 +80,90 @@ class Machine:
 
 
 def _dma_copy(m: Machine, rec):
-    src = m.view(rec["v"][isa.A])
-    m.write(rec["v"][isa.D], src.T if rec["flags"] & isa.FLAG_TRANSPOSE else src)
+    src = m.view(rec["v"][instr.A])
+    m.write(rec["v"][instr.D], src.T if rec["flags"] & instr.FLAG_TRANSPOSE else src)
 
 
 def _dma_gather(m: Machine, rec):
-    a, b = rec["v"][isa.A], rec["v"][isa.B]
+    a, b = rec["v"][instr.A], rec["v"][instr.B]
     ids = m.view(b)[0].astype(np.int64)
     table = m.data[int(a[0])]
     rows = table[ids][:, int(a[3]):int(a[3]) + int(a[4])]
-    m.write(rec["v"][isa.D], rows.T)
+    m.write(rec["v"][instr.D], rows.T)
 
 
 def _load_stationary(m: Machine, rec):
-    m.stationary[int(rec["core"])] = m.view(rec["v"][isa.A]).copy()
+    m.stationary[int(rec["core"])] = m.view(rec["v"][instr.A]).copy()
 
 
 def _multiply_moving(m: Machine, rec):
     stat = m.stationary[int(rec["core"])]
-    moving = m.view(rec["v"][isa.A])
+    moving = m.view(rec["v"][instr.A])
     product = stat.T.astype(np.float32) @ moving.astype(np.float32)
-    dst = rec["v"][isa.D]
-    if rec["flags"] & isa.FLAG_ACC:
+    dst = rec["v"][instr.D]
+    if rec["flags"] & instr.FLAG_ACC:
         product = m.view(dst) + product
     m.write(dst, product)
 
 
 def _activate(m: Machine, rec):
-    x = m.view(rec["v"][isa.A]) * np.float32(rec["imm"][0])
-    x = x + m.column(rec["v"][isa.B], rec["imm"][1])
+    x = m.view(rec["v"][instr.A]) * np.float32(rec["imm"][0])
+    x = x + m.column(rec["v"][instr.B], rec["imm"][1])
     with np.errstate(over="ignore"):
         y = _ACT[int(rec["func"])](x).astype(np.float32)
-    if rec["v"][isa.S][0] >= 0:
-        m.write(rec["v"][isa.S], y.sum(axis=1, keepdims=True))
-    m.write(rec["v"][isa.D], y)
+    if rec["v"][instr.S][0] >= 0:
+        m.write(rec["v"][instr.S], y.sum(axis=1, keepdims=True))
+    m.write(rec["v"][instr.D], y)
 
 
 def _tensor_tensor(m: Machine, rec):
     f = _ALU[int(rec["func"])]
-    m.write(rec["v"][isa.D], f(m.view(rec["v"][isa.A]), m.view(rec["v"][isa.B])))
+    m.write(rec["v"][instr.D], f(m.view(rec["v"][instr.A]), m.view(rec["v"][instr.B])))
 
 
 def _scalar_tensor_tensor(m: Machine, rec):
-    first = _ALU[int(rec["func"])](m.view(rec["v"][isa.A]),
-                                   m.column(rec["v"][isa.S], rec["imm"][0]))
-    m.write(rec["v"][isa.D], _ALU[int(rec["func2"])](first, m.view(rec["v"][isa.B])))
+    first = _ALU[int(rec["func"])](m.view(rec["v"][instr.A]),
+                                   m.column(rec["v"][instr.S], rec["imm"][0]))
+    m.write(rec["v"][instr.D], _ALU[int(rec["func2"])](first, m.view(rec["v"][instr.B])))
 
 
 def _tensor_scalar(m: Machine, rec):
-    value = _ALU[int(rec["func"])](m.view(rec["v"][isa.A]),
-                                   m.column(rec["v"][isa.S], rec["imm"][0]))
-    m.write(rec["v"][isa.D], value)
+    value = _ALU[int(rec["func"])](m.view(rec["v"][instr.A]),
+                                   m.column(rec["v"][instr.S], rec["imm"][0]))
+    m.write(rec["v"][instr.D], value)
 
 
 def _tensor_reduce(m: Machine, rec):
-    x = m.view(rec["v"][isa.A])
-    reduce = {isa.A_ADD: np.sum, isa.A_MAX: np.max}[int(rec["func"])]
-    m.write(rec["v"][isa.D], reduce(x, axis=1, keepdims=True))
+    x = m.view(rec["v"][instr.A])
+    reduce = {instr.A_ADD: np.sum, instr.A_MAX: np.max}[int(rec["func"])]
+    m.write(rec["v"][instr.D], reduce(x, axis=1, keepdims=True))
 
 
 def _causal_mask(m: Machine, rec):
-    x = m.view(rec["v"][isa.A])
+    x = m.view(rec["v"][instr.A])
     query = int(rec["imm"][0]) + np.arange(x.shape[0])[:, None]
     key = int(rec["imm"][1]) + np.arange(x.shape[1])[None, :]
-    m.write(rec["v"][isa.D], np.where(key <= query, x, np.float32(-np.inf)))
+    m.write(rec["v"][instr.D], np.where(key <= query, x, np.float32(-np.inf)))
 
 
 def _collective(m: Machine, rec):
-    if int(rec["func"]) != isa.C_REDUCE_SCATTER:
+    if int(rec["func"]) != instr.C_REDUCE_SCATTER:
         return
-    a = rec["v"][isa.A]
+    a = rec["v"][instr.A]
     total = sum(m.view((int(a[0]) + i, *a[1:])) for i in range(int(rec["imm"][0])))
-    m.write(rec["v"][isa.D], total)
+    m.write(rec["v"][instr.D], total)
 
 
 _HANDLERS = {
-    isa.DMA_COPY: _dma_copy, isa.DMA_GATHER: _dma_gather,
-    isa.LOAD_STATIONARY: _load_stationary, isa.MULTIPLY_MOVING: _multiply_moving,
-    isa.ACTIVATE: _activate, isa.VEC_TT: _tensor_tensor, isa.VEC_STT: _scalar_tensor_tensor,
-    isa.VEC_TS: _tensor_scalar, isa.VEC_REDUCE: _tensor_reduce, isa.VEC_MASK: _causal_mask,
-    isa.COLLECTIVE: _collective,
+    instr.DMA_COPY: _dma_copy, instr.DMA_GATHER: _dma_gather,
+    instr.LOAD_STATIONARY: _load_stationary, instr.MULTIPLY_MOVING: _multiply_moving,
+    instr.ACTIVATE: _activate, instr.VEC_TT: _tensor_tensor, instr.VEC_STT: _scalar_tensor_tensor,
+    instr.VEC_TS: _tensor_scalar, instr.VEC_REDUCE: _tensor_reduce, instr.VEC_MASK: _causal_mask,
+    instr.COLLECTIVE: _collective,
 }
 
 
-def execute(program: isa.Program, inputs: dict) -> Machine:
+def execute(program: instr.InstructionStream, inputs: dict) -> Machine:
     """Run every instruction of `program`; `inputs` binds tensor names to initial values."""
     machine = Machine(program, inputs)
     for rec in program.instr:

@@ -16,7 +16,8 @@ tokens on partitions, the layout the attention P @ V matmul needs.
 
 import numpy as np
 
-from emulator.prefill import costs, isa
+from emulator.prefill import costs
+from emulator.prefill import instructions as instr
 from emulator.prefill.lowering import Lowering, Strip, chunks, pe_stream, plan_token_block
 
 NONE = -1
@@ -106,7 +107,7 @@ def linear_tm(L, core, tm, kch, start, width, buf, state, x_dep, outs):
                                                                    0, ncols),
                               a=(w, kch[:, 0], kch[:, 1], col0, ncols))
         state["tm_b"] = NONE if bias < 0 else L.b.one(
-            isa.DMA_COPY, isa.DMA, core, int(_dma_cost(L, L.pmax * ncols * L.bpe)), [],
+            instr.DMA_COPY, instr.DMA, core, int(_dma_cost(L, L.pmax * ncols * L.bpe)), [],
             lat=L.dma_lat, work=L.pmax * ncols * L.bpe, d=(buf.tmb, 0, L.pmax, 0, ncols),
             a=(bias, 0, L.pmax, col0, ncols))
         last = [int(np.max(v)) for v in state["psum"].values()] or [NONE]
@@ -128,12 +129,12 @@ def linear_tm(L, core, tm, kch, start, width, buf, state, x_dep, outs):
         war = state.setdefault("tm_y", [NONE, NONE])[slot]
         psum = (buf.tmps[slot], 0, rows, 0, ncols)
         if bias >= 0:
-            ev = L.vec(core, isa.VEC_TT, isa.A_ADD, ncols, 2, deps=[mm[-1], state["tm_b"], war],
+            ev = L.vec(core, instr.VEC_TT, instr.A_ADD, ncols, 2, deps=[mm[-1], state["tm_b"], war],
                        d=y, a=psum, b=(buf.tmb, 0, rows, 0, ncols))
         else:
-            ev = L.act(core, isa.F_IDENT, ncols, deps=[mm[-1], war], d=y, a=psum)
+            ev = L.act(core, instr.F_IDENT, ncols, deps=[mm[-1], war], d=y, a=psum)
         state["tm_war"][slot] = int(ev[0])
-        store = L.b.one(isa.DMA_COPY, isa.DMA, core, int(_dma_cost(L, rows * ncols * L.bpe)),
+        store = L.b.one(instr.DMA_COPY, instr.DMA, core, int(_dma_cost(L, rows * ncols * L.bpe)),
                         [int(ev[0])], lat=L.dma_lat, work=rows * ncols * L.bpe,
                         d=(out, start + t0, rows, 0, ncols), a=y)
         state["tm_y"][slot] = store
@@ -214,7 +215,7 @@ def _load_bias(L, core, strip, buf, state, g):
         return NONE
     war = state["psum"].get(g - 2)
     dep = int(war.max()) if war is not None and len(war) else NONE
-    return L.b.one(isa.DMA_COPY, isa.DMA, core, int(_dma_cost(L, strip.m * 4)), [dep],
+    return L.b.one(instr.DMA_COPY, instr.DMA, core, int(_dma_cost(L, strip.m * 4)), [dep],
                    lat=L.dma_lat, work=strip.m * 4, d=(buf.bias[g % 2], 0, strip.m, 0, 1),
                    a=(strip.bias, strip.col0, strip.m, 0, 1))
 
@@ -252,7 +253,7 @@ def _evict(L, core, strip, nch, start, buf, state, g, mm_last, bias_dep, outs, t
     psum = (buf.ps[s], 0, m, c0, w)
     if strip.evict in ("copy", "copy32", "partial"):
         tgt = buf.y[s] if strip.evict == "copy" else buf.yf[s]
-        first = L.act(core, isa.F_IDENT, w, deps=[mm_last, y_war, bias_dep],
+        first = L.act(core, instr.F_IDENT, w, deps=[mm_last, y_war, bias_dep],
                       d=(tgt, 0, m, c0, w), a=psum, b=bias)
         result, last = (tgt, 0, m, c0, w), first
     elif strip.evict == "rope":
@@ -260,7 +261,7 @@ def _evict(L, core, strip, nch, start, buf, state, g, mm_last, bias_dep, outs, t
                                     bias_dep, tables, state, g)
     elif strip.evict == "silu":
         war = np.array([_war(state["sg_r"], g, n) for n in range(nt)])
-        first = L.act(core, isa.F_SILU, w, deps=[mm_last, war, bias_dep],
+        first = L.act(core, instr.F_SILU, w, deps=[mm_last, war, bias_dep],
                       d=(buf.sg[(g // 2) % 2], 0, m, c0, w), a=psum, b=bias)
         state["sg_w"][g] = first
         state["psum"][g] = first
@@ -269,10 +270,10 @@ def _evict(L, core, strip, nch, start, buf, state, g, mm_last, bias_dep, outs, t
         sg = (buf.sg[((g - 1) // 2) % 2], 0, m, c0, w)
         up, up_dep = psum, mm_last
         if bias is not None:
-            up_dep = L.act(core, isa.F_IDENT, w, deps=[mm_last, bias_dep],
+            up_dep = L.act(core, instr.F_IDENT, w, deps=[mm_last, bias_dep],
                            d=(buf.ub, 0, m, c0, w), a=psum, b=bias)
             up = (buf.ub, 0, m, c0, w)
-        last = L.vec(core, isa.VEC_TT, isa.A_MUL, w, 2, deps=[up_dep, state["sg_w"][g - 1],
+        last = L.vec(core, instr.VEC_TT, instr.A_MUL, w, 2, deps=[up_dep, state["sg_w"][g - 1],
                                                               y_war],
                      d=(buf.y[s], 0, m, c0, w), a=sg, b=up)
         first = up_dep if bias is not None else last
@@ -292,18 +293,18 @@ def _rope(L, core, strip, buf, s, c0, w, mm_last, y_war, bias, bias_dep, tables,
     """q = psum (+bias); out = q * cos + swap_halves(q) * signed_sin (rotate_half RoPE)."""
     m, half = strip.m, strip.m // 2
     qf_war = np.array([_war(state["qf"], g, n) for n in range(len(c0))])
-    act = L.act(core, isa.F_IDENT, w, deps=[mm_last, qf_war, bias_dep],
+    act = L.act(core, instr.F_IDENT, w, deps=[mm_last, qf_war, bias_dep],
                 d=(buf.qf[s], 0, m, c0, w), a=(buf.ps[s], 0, m, c0, w), b=bias)
     qf = buf.qf[s]
-    v1 = L.vec(core, isa.VEC_TT, isa.A_MUL, w, 2, deps=[act, tables[0]],
+    v1 = L.vec(core, instr.VEC_TT, instr.A_MUL, w, 2, deps=[act, tables[0]],
                d=(buf.t1, 0, m, c0, w), a=(qf, 0, m, c0, w), b=(buf.cos, 0, m, c0, w))
-    L.vec(core, isa.VEC_TT, isa.A_MUL, w, 2, deps=[act, tables[1]],
+    L.vec(core, instr.VEC_TT, instr.A_MUL, w, 2, deps=[act, tables[1]],
                d=(buf.t2, 0, half, c0, w), a=(qf, half, half, c0, w),
                b=(buf.sin, 0, half, c0, w))
-    v3 = L.vec(core, isa.VEC_TT, isa.A_MUL, w, 2, deps=[act, tables[1]],
+    v3 = L.vec(core, instr.VEC_TT, instr.A_MUL, w, 2, deps=[act, tables[1]],
                d=(buf.t2, half, half, c0, w), a=(qf, 0, half, c0, w),
                b=(buf.sin, half, half, c0, w))
-    v4 = L.vec(core, isa.VEC_TT, isa.A_ADD, w, 2, deps=[v1, v3, y_war],
+    v4 = L.vec(core, instr.VEC_TT, instr.A_ADD, w, 2, deps=[v1, v3, y_war],
                d=(buf.y[s], 0, m, c0, w), a=(buf.t1, 0, m, c0, w), b=(buf.t2, 0, m, c0, w))
     state["qf"][g] = v3
     state["rope_read"] = int(v3.max())

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emulator.errors import FitError
-from emulator.prefill import costs, isa
+from emulator.hw.errors import FitError
+from emulator.prefill import costs
+from emulator.prefill import instructions as instr
 
 
 @dataclass
@@ -67,7 +68,7 @@ class TileMap:
 class Lowering:
     """Shared state of one lowering: preset, dtypes, the builder and cost helpers."""
 
-    def __init__(self, hw, dtype: str, builder: isa.Builder, active_cores: int):
+    def __init__(self, hw, dtype: str, builder: instr.Builder, active_cores: int):
         self.hw, self.dtype, self.b = hw, dtype, builder
         self.act_dtype = dtype                      # storage dtype of matmul operands
         self.bpe = 4 if dtype == "fp32" else 2      # bytes per matmul operand element
@@ -95,12 +96,12 @@ class Lowering:
 
     # ------------------------------------------------------------------ instructions
 
-    def dma(self, core, nbytes, deps=(), d=None, a=None, b=None, op=isa.DMA_COPY, flags=0):
+    def dma(self, core, nbytes, deps=(), d=None, a=None, b=None, op=instr.DMA_COPY, flags=0):
         """DMA transfers (vectorised over array arguments); returns indices."""
         nbytes = np.asarray(nbytes, np.int64)
         n = max(nbytes.size, _batch(d, a, b, deps))
         cost = costs.dma_cycles(self.hw, nbytes, self.active_cores)
-        return self.b.emit(n, op, isa.DMA, core, cost, deps, lat=self.dma_lat, flags=flags,
+        return self.b.emit(n, op, instr.DMA, core, cost, deps, lat=self.dma_lat, flags=flags,
                            work=nbytes, d=d, a=a, b=b)
 
     def act(self, core, func, n_free, deps=(), d=None, a=None, b=None, s=None, scale=1.0,
@@ -108,7 +109,7 @@ class Lowering:
         """Scalar-engine activations: d = func(a * scale + bias-column-b or bias)."""
         cost = costs.scalar_cycles(self.hw, n_free)
         n = max(n, np.size(cost), _batch(d, a, b, s, deps))
-        return self.b.emit(n, isa.ACTIVATE, isa.ACT, core, cost, deps, func=func,
+        return self.b.emit(n, instr.ACTIVATE, instr.ACT, core, cost, deps, func=func,
                            imm0=scale, imm1=bias, d=d, a=a, b=b, s=s)
 
     def vec(self, core, op, func, n_free, n_inputs, deps=(), d=None, a=None, b=None, s=None,
@@ -116,14 +117,14 @@ class Lowering:
         """Vector-engine instructions of opcode `op`."""
         cost = costs.vector_cycles(self.hw, n_free, n_inputs)
         n = max(n, np.size(cost), _batch(d, a, b, s, deps))
-        return self.b.emit(n, op, isa.DVE, core, cost, deps, func=func, func2=func2,
+        return self.b.emit(n, op, instr.DVE, core, cost, deps, func=func, func2=func2,
                            imm0=imm0, imm1=imm1, d=d, a=a, b=b, s=s)
 
     def ls(self, core, m, deps=(), a=None, n=1):
         """LoadStationary of a [K, m] tile."""
         cost = costs.ls_cycles(self.hw, m, self.dtype)
         n = max(n, np.size(cost), _batch(a, deps))
-        return self.b.emit(n, isa.LOAD_STATIONARY, isa.PE, core, cost, deps, a=a)
+        return self.b.emit(n, instr.LOAD_STATIONARY, instr.PE, core, cost, deps, a=a)
 
     def collective(self, func, nbytes, cores, deps, d=None, a=None, count=0):
         """One chip-level collective over `cores` cores waiting for `deps` (any number).
@@ -131,12 +132,12 @@ class Lowering:
         A reduce-scatter sums `count` tensors with consecutive ids starting at view `a`.
         """
         deps = [int(x) for x in deps if x >= 0]
-        while len(deps) > isa.MAX_DEPS:          # join long dependency lists with waits
-            head = deps[:isa.MAX_DEPS]
-            deps = [self.b.one(isa.COLLECTIVE, isa.CC, -1, 0, head, func=isa.C_WAIT)] + \
-                deps[isa.MAX_DEPS:]
+        while len(deps) > instr.MAX_DEPS:          # join long dependency lists with waits
+            head = deps[:instr.MAX_DEPS]
+            deps = [self.b.one(instr.COLLECTIVE, instr.CC, -1, 0, head, func=instr.C_WAIT)] + \
+                deps[instr.MAX_DEPS:]
         cost = costs.ring_cycles(self.hw, nbytes, cores)
-        return self.b.one(isa.COLLECTIVE, isa.CC, -1, cost, deps, func=func, work=int(nbytes),
+        return self.b.one(instr.COLLECTIVE, instr.CC, -1, cost, deps, func=func, work=int(nbytes),
                           imm0=float(count), d=d, a=a)
 
 
@@ -178,7 +179,7 @@ def pe_stream(L: Lowering, core, groups: int, per: int, m, ls_deps, ls_view, k_r
     n_cols = np.broadcast_to(np.asarray(n_cols, np.int64), (count,))
     acc = np.broadcast_to(np.asarray(acc, bool), (count,))
     cost = spread(costs.ls_cycles(L.hw, m_arr, L.dtype), costs.mm_cycles(L.hw, n_cols, L.dtype))
-    flags = np.where(acc, isa.FLAG_ACC, 0) | (isa.FLAG_MODEL if model_flops else 0)
+    flags = np.where(acc, instr.FLAG_ACC, 0) | (instr.FLAG_MODEL if model_flops else 0)
     work = 2 * k_rows * np.repeat(m_arr, per) * n_cols if model_flops else 0
     deps = []
     for slot in range(max(len(ls_deps), len(mm_deps))):
@@ -186,7 +187,7 @@ def pe_stream(L: Lowering, core, groups: int, per: int, m, ls_deps, ls_view, k_r
                            mm_deps[slot] if slot < len(mm_deps) else -1))
     a = tuple(spread(ls_view[k], mm_view[k]) for k in range(5))
     d = tuple(spread(-1 if k == 0 else 0, dst_view[k]) for k in range(5))
-    index = L.b.emit(total, np.where(is_ls, isa.LOAD_STATIONARY, isa.MULTIPLY_MOVING), isa.PE,
+    index = L.b.emit(total, np.where(is_ls, instr.LOAD_STATIONARY, instr.MULTIPLY_MOVING), instr.PE,
                      core, cost, deps, flags=spread(0, flags), work=spread(0, work), d=d, a=a)
     index = index.reshape(groups, 1 + per)
     return index[:, 0], index[:, 1:]

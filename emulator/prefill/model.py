@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emulator.errors import ConfigError
+from emulator.hw.errors import ConfigError
 from emulator.prefill import attention as attn
-from emulator.prefill import isa
+from emulator.prefill import instructions as instr
 from emulator.prefill.linear import linear_fm
 from emulator.prefill.lowering import Lowering, Strip, TileMap
 from emulator.prefill.norm import NormIO, add_norm
@@ -92,7 +92,7 @@ def check_supported(spec, hw) -> None:
 class Lowered:
     """A lowered prefill: the program plus what is needed to bind inputs and read outputs."""
 
-    program: isa.Program
+    program: instr.InstructionStream
     shares: list[CoreShare]
     tensors: dict             # role -> tensor id (inputs, KV per layer/core, logits)
     prompt_len: int
@@ -104,7 +104,7 @@ class _PrefillLowering:
 
     def __init__(self, spec, hw, P: int, dtype: str, cores: list[CoreShare]):
         self.spec, self.hw, self.P, self.dtype = spec, hw, P, dtype
-        self.b = isa.Builder()
+        self.b = instr.Builder()
         self.L = Lowering(hw, dtype, self.b, active_cores=hw.cores_per_chip)
         self.cores = cores
         self.t: dict = {}
@@ -164,7 +164,7 @@ class _PrefillLowering:
         H, P = s.hidden_size, self.P
         op.flops = 4.0 * H * P
         op.hbm_bytes = H * P * (4 + 4 + 4 + self.L.bpe)
-        return self.L.collective(isa.C_ALL_GATHER, H * P * self.L.bpe, self.C, lasts)
+        return self.L.collective(instr.C_ALL_GATHER, H * P * self.L.bpe, self.C, lasts)
 
     def qkv_op(self, layer, w, xn, ready):
         """q, k (with RoPE) feature-major and v token-major per core; returns per-core maps."""
@@ -239,7 +239,7 @@ class _PrefillLowering:
             lasts.append(linear_fm(self.L, c, strips, K, 0, P, {pt: TileMap(H, P, self.L.mmax)},
                                    x=x, x_ready=ready, name=f"L{layer}.{name}"))
         first = partial[self.cores[0].core]
-        cc = self.L.collective(isa.C_REDUCE_SCATTER, H * P * 4, self.C, lasts,
+        cc = self.L.collective(instr.C_REDUCE_SCATTER, H * P * 4, self.C, lasts,
                                d=(delta, 0, H, 0, P), a=(first, 0, H, 0, P),
                                count=len(self.cores))
         inner = s.q_dim if name == "o_proj" else s.intermediate_size
@@ -399,7 +399,7 @@ def _timing_layers(low: _PrefillLowering, layers: int) -> dict:
     return {"h": prev["h"], "delta": prev["delta"], "cc": prev["cc"] + (layers - 2) * len(layer1)}
 
 
-def _append_copy(b: isa.Builder, records: np.ndarray, shift: int, ops: list, op_shift: int,
+def _append_copy(b: instr.Builder, records: np.ndarray, shift: int, ops: list, op_shift: int,
                  layer_shift: int) -> None:
     """Append a copy of `records` with dependencies and operator ids shifted."""
     rec = records.copy()
@@ -407,4 +407,4 @@ def _append_copy(b: isa.Builder, records: np.ndarray, shift: int, ops: list, op_
     rec["op_id"] += op_shift
     b.append_records(rec)
     for op in ops:
-        b.ops.append(isa.OpInfo(op.name, op.layer + layer_shift, op.flops, op.hbm_bytes))
+        b.ops.append(instr.OpInfo(op.name, op.layer + layer_shift, op.flops, op.hbm_bytes))

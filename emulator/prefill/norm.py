@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emulator.errors import FitError
-from emulator.prefill import isa
+from emulator.hw.errors import FitError
+from emulator.prefill import instructions as instr
 from emulator.prefill.lowering import Lowering, chunks, pe_stream
 
 NONE = -1
@@ -78,7 +78,7 @@ def _tile(L, core, io, fch, start, width, weight, w_load, prev, name):
     if io.h_out >= 0:
         L.dma(core, fr * width * 4, deps=[h_ready], d=(io.h_out, f0, fr, start, width),
               a=(hs, f0, fr, 0, width))
-    sq_idx = L.act(core, isa.F_SQUARE, width, deps=[h_ready], d=(sq, f0, fr, 0, width),
+    sq_idx = L.act(core, instr.F_SQUARE, width, deps=[h_ready], d=(sq, f0, fr, 0, width),
                    a=(hs, f0, fr, 0, width), n=nf)
     ones_col, ones_row = L.const(core, "ones_col"), L.const(core, "ones_row")
     ss = t("ss", 1, width, space="psum")
@@ -86,7 +86,7 @@ def _tile(L, core, io, fch, start, width, weight, w_load, prev, name):
                       np.arange(nf) > 0, [sq_idx], (sq, f0, fr, 0, width),
                       (ss, 0, 1, 0, width), model_flops=False)
     rs = t("r", 1, width)
-    r_idx = L.act(core, isa.F_RSQRT, width, deps=[mm[-1, 0]], d=(rs, 0, 1, 0, width),
+    r_idx = L.act(core, instr.F_RSQRT, width, deps=[mm[-1, 0]], d=(rs, 0, 1, 0, width),
                   a=(ss, 0, 1, 0, width), scale=1.0 / io.hidden, bias=io.eps)
     rb = t("rb", L.mmax, width, space="psum")
     _, bmm = pe_stream(L, core, 1, 1, L.mmax, [], (ones_row, 0, 1, 0, L.mmax), 1, width,
@@ -94,8 +94,8 @@ def _tile(L, core, io, fch, start, width, weight, w_load, prev, name):
                        model_flops=False)
     dtype = L.act_dtype
     xs = t("xn", io.hidden, width, dtype)
-    xn_idx = L.vec(core, isa.VEC_STT, isa.A_MUL, width, 2, deps=[bmm[0, 0], w_load, h_ready],
-                   func2=isa.A_MUL, d=(xs, f0, fr, 0, width), a=(hs, f0, fr, 0, width),
+    xn_idx = L.vec(core, instr.VEC_STT, instr.A_MUL, width, 2, deps=[bmm[0, 0], w_load, h_ready],
+                   func2=instr.A_MUL, d=(xs, f0, fr, 0, width), a=(hs, f0, fr, 0, width),
                    b=(rb, 0, fr, 0, width), s=(weight, f0, fr, 0, 1), n=nf)
     if io.xn_out < 0:
         return (xs, xn_idx), int(xn_idx[-1])
@@ -108,7 +108,7 @@ def _load_residual(L, core, io, fch, start, width, hs, ds, prev):
     """h tile = h_prev + delta (or the gathered embeddings); returns producer per chunk."""
     f0, fr = fch[:, 0], fch[:, 1]
     if io.h_in < 0:
-        return L.dma(core, fr * width * L.bpe, deps=[prev], op=isa.DMA_GATHER,
+        return L.dma(core, fr * width * L.bpe, deps=[prev], op=instr.DMA_GATHER,
                      d=(hs, f0, fr, 0, width), a=(io.embed, 0, 0, f0, fr),
                      b=(io.tokens, 0, 1, start, width))
     h_load = L.dma(core, fr * width * 4, deps=[io.ready, prev], d=(hs, f0, fr, 0, width),
@@ -117,6 +117,6 @@ def _load_residual(L, core, io, fch, start, width, hs, ds, prev):
         return h_load
     d_load = L.dma(core, fr * width * 4, deps=[io.ready, prev], d=(ds, f0, fr, 0, width),
                    a=(io.delta, f0, fr, start, width))
-    return L.vec(core, isa.VEC_TT, isa.A_ADD, width, 2, deps=[h_load, d_load],
+    return L.vec(core, instr.VEC_TT, instr.A_ADD, width, 2, deps=[h_load, d_load],
                  d=(hs, f0, fr, 0, width), a=(hs, f0, fr, 0, width), b=(ds, f0, fr, 0, width),
                  n=len(fch))

@@ -12,8 +12,9 @@ import numpy as np
 
 from compiler.numerics import canonical_dtype
 from compiler.reference import KVCache
-from emulator.errors import ConfigError, FitError
-from emulator.prefill import engine_model, interp, isa
+from emulator.hw.errors import ConfigError, FitError
+from emulator.prefill import engine_model, interp
+from emulator.prefill import instructions as instr
 from emulator.prefill.model import Lowered, lower_prefill
 
 DTYPES = ("bf16", "fp16", "fp32")
@@ -38,7 +39,7 @@ class PrefillResult:
     hw_name: str
     clock_hz: float
     cores: int
-    program: isa.Program = field(repr=False)
+    program: instr.InstructionStream = field(repr=False)
     schedule: engine_model.Schedule = field(repr=False)
 
     @property
@@ -67,19 +68,19 @@ class PrefillResult:
         LoadStationary runs in the background of MultiplyMoving, so it gets its own track
         (`coreN.tensor.load`) and slices never overlap on a track.
         """
-        instr, sched = self.program.instr, self.schedule
-        n = len(instr) if limit is None else min(limit, len(instr))
+        code, sched = self.program.instr, self.schedule
+        n = len(code) if limit is None else min(limit, len(code))
         ops = self.program.ops
         slices = []
         for i in range(n):
-            rec = instr[i]
+            rec = code[i]
             core = int(rec["core"])
-            engine = isa.ENGINE_NAMES[int(rec["engine"])]
-            if rec["op"] == isa.LOAD_STATIONARY:
+            engine = instr.ENGINE_NAMES[int(rec["engine"])]
+            if rec["op"] == instr.LOAD_STATIONARY:
                 engine += ".load"
             op = ops[int(rec["op_id"])] if rec["op_id"] >= 0 else None
             slices.append({
-                "name": isa.OPCODE_NAMES[int(rec["op"])],
+                "name": instr.OPCODE_NAMES[int(rec["op"])],
                 "engine": engine if core < 0 else f"core{core}.{engine}",
                 "start": sched.start[i] / self.clock_hz,
                 "duration": int(rec["cost"]) / self.clock_hz,
@@ -98,7 +99,7 @@ def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
     """
     dtype = _check_dtype(dtype)
     token_ids, P = _prompt(spec, tokens, seed, timing_only)
-    _check_capacity(spec, hw, P, dtype)
+    check_capacity(spec, hw, P, dtype)
     lowered = lower_prefill(spec, hw, P, dtype, timing_only)
     sched = engine_model.simulate(lowered.program)
     logits = kv = None
@@ -141,7 +142,7 @@ def _prompt(spec, tokens, seed: int, timing_only: bool):
     return ids, P
 
 
-def _check_capacity(spec, hw, P: int, dtype: str) -> None:
+def check_capacity(spec, hw, P: int, dtype: str) -> None:
     """FitError when weights + KV cache + activations exceed the chip's HBM."""
     bpe = 4 if dtype == "fp32" else 2
     weights = spec.param_count() * bpe
@@ -218,16 +219,16 @@ def _outputs(lowered: Lowered, spec, machine) -> tuple[np.ndarray, KVCache]:
 def _result(lowered: Lowered, spec, hw, sched, logits, kv) -> PrefillResult:
     """Aggregate the schedule into per-op, per-layer and per-engine reports."""
     program = lowered.program
-    instr = program.instr
-    weight = np.ones(len(instr))
+    code = program.instr
+    weight = np.ones(len(code))
     for core, count in program.core_weight.items():
-        weight[instr["core"] == core] = count
+        weight[code["core"] == core] = count
     cycles = sched.cycles
     busy = _engine_busy(program, sched)
-    is_dma = instr["engine"] == isa.DMA
-    is_cc = instr["engine"] == isa.CC
-    moved = {"hbm_dma": float((instr["work"] * weight)[is_dma].sum()),
-             "collective": float(instr["work"][is_cc].sum())}
+    is_dma = code["engine"] == instr.DMA
+    is_cc = code["engine"] == instr.CC
+    moved = {"hbm_dma": float((code["work"] * weight)[is_dma].sum()),
+             "collective": float(code["work"][is_cc].sum())}
     per_op = _per_op(program, sched, weight, hw, lowered.dtype)
     per_layer = _per_layer(per_op)
     flops = sum(op.flops for op in program.ops)
@@ -238,13 +239,13 @@ def _result(lowered: Lowered, spec, hw, sched, logits, kv) -> PrefillResult:
                          hw.tensor_clock_hz, hw.cores_per_chip, program, sched)
 
 
-def _engine_busy(program: isa.Program, sched) -> dict:
+def _engine_busy(program: instr.InstructionStream, sched) -> dict:
     """Busy cycles per engine kind, summed over all the chip's cores."""
-    busy = dict.fromkeys(isa.ENGINE_NAMES, 0)
+    busy = dict.fromkeys(instr.ENGINE_NAMES, 0)
     for slot, core in enumerate(program.cores):
-        for e in range(isa.ENGINES_PER_CORE):
-            q = slot * isa.ENGINES_PER_CORE + e
-            busy[isa.ENGINE_NAMES[e]] += int(sched.busy[q]) * program.core_weight[core]
+        for e in range(instr.ENGINES_PER_CORE):
+            q = slot * instr.ENGINES_PER_CORE + e
+            busy[instr.ENGINE_NAMES[e]] += int(sched.busy[q]) * program.core_weight[core]
     busy["collective"] = int(sched.busy[-1])
     return busy
 
@@ -256,8 +257,8 @@ def _per_op(program, sched, weight, hw, dtype) -> list[dict]:
     before it (so they sum to the prefill's cycles); `span` runs from its first
     instruction's start (weight prefetch may start early) to its last result.
     """
-    instr = program.instr
-    op_id = instr["op_id"].astype(np.int64)
+    code = program.instr
+    op_id = code["op_id"].astype(np.int64)
     nops = len(program.ops)
     start = np.full(nops, np.iinfo(np.int64).max)
     end = np.zeros(nops, np.int64)
@@ -265,11 +266,11 @@ def _per_op(program, sched, weight, hw, dtype) -> list[dict]:
     keep = present >= 0
     start[present[keep]] = np.minimum.reduceat(sched.start, first)[keep]
     end[present[keep]] = np.maximum.reduceat(sched.ready, first)[keep]
-    key = op_id * len(isa.ENGINE_NAMES) + instr["engine"]
-    busy = np.bincount(key, weights=instr["cost"] * weight,
-                       minlength=nops * len(isa.ENGINE_NAMES)).reshape(nops, -1)
-    dma = np.bincount(op_id, weights=np.where(instr["engine"] == isa.DMA,
-                                              instr["work"] * weight, 0), minlength=nops)
+    key = op_id * len(instr.ENGINE_NAMES) + code["engine"]
+    busy = np.bincount(key, weights=code["cost"] * weight,
+                       minlength=nops * len(instr.ENGINE_NAMES)).reshape(nops, -1)
+    dma = np.bincount(op_id, weights=np.where(code["engine"] == instr.DMA,
+                                              code["work"] * weight, 0), minlength=nops)
     rows = []
     done = 0
     for i, op in enumerate(program.ops):
@@ -280,7 +281,7 @@ def _per_op(program, sched, weight, hw, dtype) -> list[dict]:
         rows.append({"name": op.name, "layer": op.layer,
                      "start": int(start[i]) if has else 0, "end": int(end[i]),
                      "span": int(end[i] - start[i]) if has else 0, "cycles": added,
-                     "busy": {n: int(busy[i, e]) for e, n in enumerate(isa.ENGINE_NAMES)},
+                     "busy": {n: int(busy[i, e]) for e, n in enumerate(instr.ENGINE_NAMES)},
                      "dma_bytes": float(dma[i]), "flops": op.flops,
                      "min_hbm_bytes": op.hbm_bytes,
                      "roofline_cycles": hw.tensor_cycles(roof)})

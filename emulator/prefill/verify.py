@@ -15,50 +15,50 @@ every lowered program.
 
 import numpy as np
 
-from emulator.prefill import isa
+from emulator.prefill import instructions as instr
 
 SPACES = {"hbm": 0, "sbuf": 1, "psum": 2}
 
 
-def verify(program: isa.Program, hw) -> list[str]:
+def verify(program: instr.InstructionStream, hw) -> list[str]:
     """Problems of `program` on chip `hw` (see module docstring)."""
-    instr = program.instr
-    if len(instr) == 0:
+    code = program.instr
+    if len(code) == 0:
         return []
     problems = []
-    own = np.arange(len(instr))[:, None]
-    if np.any(instr["dep"] >= own):
+    own = np.arange(len(code))[:, None]
+    if np.any(code["dep"] >= own):
         problems.append("a dependency points forwards")
     space, rows, cols = _tensor_table(program)
-    v = instr["v"].astype(np.int64)
+    v = code["v"].astype(np.int64)
     used = v[:, :, 0] >= 0
     t = np.where(used, v[:, :, 0], 0)
     inside = (v[:, :, 1] + v[:, :, 2] <= rows[t]) & (v[:, :, 3] + v[:, :, 4] <= cols[t])
-    _flag(problems, used & ~inside, instr, "view outside its tensor")
+    _flag(problems, used & ~inside, code, "view outside its tensor")
     on_chip = used & (space[t] > 0)
-    _flag(problems, on_chip & (v[:, :, 2] > hw.sbuf_partitions), instr,
+    _flag(problems, on_chip & (v[:, :, 2] > hw.sbuf_partitions), code,
           "SBUF/PSUM view spans too many partitions")
-    op = instr["op"]
-    ls, mm = op == isa.LOAD_STATIONARY, op == isa.MULTIPLY_MOVING
-    a, d = v[:, isa.A], v[:, isa.D]
-    _flag(problems, ls & ((a[:, 2] > hw.pe_rows) | (a[:, 4] > hw.pe_cols)), instr,
+    op = code["op"]
+    ls, mm = op == instr.LOAD_STATIONARY, op == instr.MULTIPLY_MOVING
+    a, d = v[:, instr.A], v[:, instr.D]
+    _flag(problems, ls & ((a[:, 2] > hw.pe_rows) | (a[:, 4] > hw.pe_cols)), code,
           "stationary tile larger than the array")
-    _flag(problems, (ls | mm) & (space[t[:, isa.A]] != SPACES["sbuf"]), instr,
+    _flag(problems, (ls | mm) & (space[t[:, instr.A]] != SPACES["sbuf"]), code,
           "matmul operand not in SBUF")
-    _flag(problems, mm & ((a[:, 2] > hw.pe_rows) | (a[:, 4] > hw.moving_free_max)), instr,
+    _flag(problems, mm & ((a[:, 2] > hw.pe_rows) | (a[:, 4] > hw.moving_free_max)), code,
           "moving tile too large")
-    _flag(problems, mm & ((space[t[:, isa.D]] != SPACES["psum"]) |
-                          (d[:, 4] > hw.psum_bank_fp32)), instr, "matmul output not one PSUM bank")
-    stat = _current_stationary(instr)
+    _flag(problems, mm & ((space[t[:, instr.D]] != SPACES["psum"]) |
+                          (d[:, 4] > hw.psum_bank_fp32)), code, "matmul output not one PSUM bank")
+    stat = _current_stationary(code)
     k_match = stat >= 0
     k_match[mm] &= a[mm, 2] == a[np.maximum(stat[mm], 0), 2]
     m_match = d[:, 2] == a[np.maximum(stat, 0), 4]
-    _flag(problems, mm & ~(k_match & m_match), instr, "matmul shapes disagree with the stationary")
-    dma = instr["engine"] == isa.DMA
-    _flag(problems, dma & used[:, isa.D] & (space[t[:, isa.D]] == SPACES["psum"]), instr,
+    _flag(problems, mm & ~(k_match & m_match), code, "matmul shapes disagree with the stationary")
+    dma = code["engine"] == instr.DMA
+    _flag(problems, dma & used[:, instr.D] & (space[t[:, instr.D]] == SPACES["psum"]), code,
           "DMA into PSUM")
-    compute = (instr["engine"] == isa.ACT) | (instr["engine"] == isa.DVE)
-    _flag(problems, compute[:, None] & used & (space[t] == SPACES["hbm"]), instr,
+    compute = (code["engine"] == instr.ACT) | (code["engine"] == instr.DVE)
+    _flag(problems, compute[:, None] & used & (space[t] == SPACES["hbm"]), code,
           "Scalar/Vector instruction touches HBM")
     return problems
 
@@ -71,17 +71,17 @@ def _tensor_table(program):
     return space, rows, cols
 
 
-def _current_stationary(instr) -> np.ndarray:
+def _current_stationary(rows) -> np.ndarray:
     """For every instruction, the index of the last LoadStationary of its core (-1: none)."""
-    current = np.full(len(instr), -1, np.int64)
-    for core in np.unique(instr["core"]):
-        pos = np.flatnonzero((instr["core"] == core) & (instr["engine"] == isa.PE))
-        ls_here = np.where(instr["op"][pos] == isa.LOAD_STATIONARY, pos, -1)
+    current = np.full(len(rows), -1, np.int64)
+    for core in np.unique(rows["core"]):
+        pos = np.flatnonzero((rows["core"] == core) & (rows["engine"] == instr.PE))
+        ls_here = np.where(rows["op"][pos] == instr.LOAD_STATIONARY, pos, -1)
         current[pos] = np.maximum.accumulate(ls_here)
     return current
 
 
-def _flag(problems: list, bad, instr, what: str) -> None:
+def _flag(problems: list, bad, rows, what: str) -> None:
     """Append one message for a rule if any instruction (or view) breaks it."""
     bad = np.asarray(bad)
     if bad.ndim > 1:
@@ -89,4 +89,4 @@ def _flag(problems: list, bad, instr, what: str) -> None:
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         problems.append(f"{what}: {int(bad.sum())} instructions, first #{first} "
-                        f"({isa.OPCODE_NAMES[int(instr['op'][first])]})")
+                        f"({instr.OPCODE_NAMES[int(rows['op'][first])]})")

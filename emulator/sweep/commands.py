@@ -22,7 +22,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from emulator.errors import ConfigError
+from emulator.hw.errors import ConfigError
 from emulator.hw.link import LinkConfig, load_link
 from emulator.hw.mesh import MeshConfig, load_mesh
 from emulator.hw.prefill import PrefillConfig, load_prefill
@@ -68,7 +68,7 @@ def register(name: str, target: str, metric: str,
     COMMANDS[name] = SweepCommand(name, target, metric, pareto)
 
 
-register("run", "emulator.orchestrate:run_report", metric="tokens_per_s",
+register("run", "emulator.run:run_report", metric="tokens_per_s",
          pareto=("decode.sram.total_bytes:min", "tokens_per_s:max"))
 register("prefill", "emulator.prefill.run:prefill_report", metric="seconds",
          pareto=("seconds:min", "achieved_flops_per_s:max"))

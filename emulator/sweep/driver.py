@@ -76,7 +76,7 @@ def remote_client(address: str, timeout: float = 10.0):
     not answer."""
     from distributed import Client
 
-    from emulator.errors import ConfigError
+    from emulator.hw.errors import ConfigError
 
     try:
         return Client(address, timeout=timeout)

@@ -9,7 +9,7 @@ A column is a parameter or a flattened report field of results.parquet; `NAME:mi
 import math
 from pathlib import Path
 
-from emulator.errors import ConfigError
+from emulator.hw.errors import ConfigError
 
 
 def parse_goal(text: str, default: str) -> tuple[str, str]:
@@ -194,7 +194,7 @@ def _save(fig, path) -> Path:
 
     import matplotlib.pyplot as plt
 
-    from emulator.atomic_io import atomic_write_bytes
+    from emulator.files import atomic_write_bytes
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

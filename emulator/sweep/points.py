@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from emulator.errors import ConfigError
+from emulator.hw.errors import ConfigError
 from emulator.hw.presets import replace_fields
 from emulator.sweep.commands import PRESETS, options_of
 
@@ -39,10 +39,8 @@ def emu_version() -> str:
     """The installed emu version (the cache is keyed by it)."""
     try:
         return metadata.version("emu-wafer")
-    except metadata.PackageNotFoundError:
-        from emulator import __version__
-
-        return __version__
+    except metadata.PackageNotFoundError:      # a source tree that is not installed
+        return "unknown"
 
 
 def prepare(spec) -> list[Point]:
@@ -152,7 +150,7 @@ def flatten(report: dict, prefix: str = "") -> dict:
 
 def one_line(exc: BaseException) -> str:
     """An exception as one line: the EmuError message, or 'Type: message' for others."""
-    from emulator.errors import EmuError
+    from emulator.hw.errors import EmuError
 
     text = str(exc).strip().splitlines()
     message = text[0] if text else ""
@@ -171,7 +169,7 @@ def run_point(function, options: dict, cache_file: str | None = None,
     absolute path) the worker first returns an entry already there, and writes its own
     result there when that folder exists on its machine (a shared file system): a point
     that finishes while the client is gone is not computed again by the next run."""
-    from emulator.errors import EmuError
+    from emulator.hw.errors import EmuError
     from emulator.sweep.store import read_cache_file, write_cache_file
 
     if cache_file is not None:

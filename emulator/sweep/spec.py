@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from emulator.errors import ConfigError
+from emulator.hw.errors import ConfigError
 from emulator.sweep.commands import PRESETS, SweepCommand, lookup, options_of
 
 MODES = ("grid", "zip", "samples")

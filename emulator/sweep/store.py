@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from emulator.atomic_io import atomic_write_bytes, atomic_write_json
-from emulator.errors import ConfigError
+from emulator.files import atomic_write_bytes, atomic_write_json
+from emulator.hw.errors import ConfigError
 
 RESULT_FILES = ("results.parquet", "results.csv")
 

@@ -1,0 +1,160 @@
+"""`emu gemm` and `emu prefill`: the systolic prefill machine from the command line.
+
+`emu gemm M N K` times C[M,N] = A[M,K] @ B[K,N]: in SCALE-Sim-compatible mode with
+SCALE-Sim 3.0's fold formulas, otherwise as a Trainium instruction stream (DMA from HBM,
+TensorE, PSUM eviction) through the engine model. `emu prefill CONFIG` lowers a prefill of a
+model onto one chip and reports per-layer and per-operator cycles next to their roofline
+bounds, engine utilisation and bytes moved. Bad input is a ConfigError: one line, exit 2.
+"""
+
+import json
+from collections import defaultdict
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from emulator.views.report import si_bytes, si_seconds
+
+prefill_hw_option = click.option("--prefill-hw", "prefill_hw", default="trn2",
+                                 show_default=True, metavar="NAME|FILE",
+                                 help="Prefill chip preset (trn2, trn3) or a JSON file.")
+
+
+@click.command("gemm", context_settings={"ignore_unknown_options": True})
+@click.argument("m")
+@click.argument("n")
+@click.argument("k")
+@prefill_hw_option
+@click.option("--array", "array", metavar="RxC", help="Systolic array shape (default: preset).")
+@click.option("--dataflow", default="ws", show_default=True, metavar="ws|os|is",
+              help="Dataflow: weight, output or input stationary.")
+@click.option("--scalesim-compat", is_flag=True,
+              help="SCALE-Sim 3.0 compute cycles (no overlap, ideal memory).")
+@click.option("--dtype", default="bf16", show_default=True, metavar="bf16|fp16|fp32",
+              help="Operand dtype (Trainium mode).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def gemm_command(m, n, k, prefill_hw, array, dataflow, scalesim_compat, dtype, as_json):
+    """Cycles of one GEMM C[M,N] = A[M,K] @ B[K,N]."""
+    from emulator.prefill.gemm import gemm_from_options
+
+    result = gemm_from_options(m, n, k, prefill_hw, array, dataflow, scalesim_compat, dtype)
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+        return
+    Console().print(_gemm_table(result))
+
+
+def _gemm_table(result) -> Table:
+    """Rich table of one GEMM result."""
+    mode = "SCALE-Sim compatible" if result.mode == "scalesim" else "Trainium engine model"
+    table = Table(title=f"emu gemm {result.M}x{result.N}x{result.K} on {result.rows}x"
+                        f"{result.cols} ({result.dataflow}, {mode})", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("compute cycles", f"{result.compute_cycles:,}")
+    table.add_row("total cycles", f"{result.total_cycles:,}")
+    table.add_row("utilisation", f"{100 * result.utilization:.1f} %")
+    table.add_row("roofline bound (cycles)", f"{result.roofline_cycles:,}")
+    if result.mode == "scalesim":
+        table.add_row("folds x cycles per fold", f"{result.folds:,} x {result.fold_cycles:,}")
+    else:
+        table.add_row("time", si_seconds(result.total_cycles / result.clock_hz))
+        for engine, busy in result.engine_busy.items():
+            table.add_row(f"{engine} busy cycles", f"{busy:,}")
+    return table
+
+
+@click.command("prefill")
+@click.argument("config")
+@prefill_hw_option
+@click.option("--prompt-len", default=None, metavar="N", help="Prompt length (default 128).")
+@click.option("--prompt-tokens", default=None, metavar="1,2,3", help="Explicit token ids.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of random weights and tokens.")
+@click.option("--weights", "weights_path", default=None, metavar="FILE.safetensors",
+              help="Model weights (default: random from --seed).")
+@click.option("--dtype", default="bf16", show_default=True, metavar="fp32|fp16|bf16")
+@click.option("--timing-only", is_flag=True, help="Skip values (real model sizes).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def prefill_command(config, prefill_hw, prompt_len, prompt_tokens, seed, weights_path, dtype,
+                    timing_only, as_json):
+    """Time (and compute) the prefill of CONFIG on one prefill chip."""
+    from emulator.prefill.run import prefill_from_options
+
+    result = prefill_from_options(config, prefill_hw, prompt_len, prompt_tokens, seed,
+                                  weights_path, dtype, timing_only)
+    report = result.summary()
+    report["model"] = str(config)
+    if as_json:
+        if result.logits_last is not None:
+            report["logits_last_argmax"] = int(result.logits_last.argmax())
+        click.echo(json.dumps(report))
+        return
+    console = Console()
+    for table in (_headline(result, config), _layer_table(result), _op_table(result),
+                  _engine_table(result)):
+        console.print(table)
+
+
+def _headline(result, config) -> Table:
+    table = Table(title=f"emu prefill {config}: {result.prompt_len} tokens on {result.hw_name} "
+                        f"({result.dtype}, {result.cores} cores)", title_justify="left")
+    table.add_column("metric")
+    table.add_column("emulated", justify="right")
+    table.add_column("roofline bound", justify="right")
+    table.add_row("prefill time", si_seconds(result.seconds), si_seconds(result.roofline_seconds))
+    table.add_row("TensorE cycles", f"{result.cycles:,}",
+                  f"{round(result.roofline_seconds * result.clock_hz):,}")
+    table.add_row("model FLOPs", f"{result.flops:.4g}", "")
+    table.add_row("HBM bytes moved (DMA)", si_bytes(result.bytes_moved["hbm_dma"]), "")
+    table.add_row("collective bytes", si_bytes(result.bytes_moved["collective"]), "")
+    table.add_row("instructions lowered", f"{len(result.program):,}", "")
+    return table
+
+
+def _layer_table(result) -> Table:
+    table = Table(title="per layer", title_justify="left")
+    for name in ("layer", "cycles", "time", "roofline cycles", "DMA bytes"):
+        table.add_column(name, justify="right")
+    for row in result.per_layer:
+        label = "lm_head" if row["layer"] < 0 else str(row["layer"])
+        table.add_row(label, f"{row['cycles']:,}", si_seconds(row["cycles"] / result.clock_hz),
+                      f"{row['roofline_cycles']:,}", si_bytes(row["dma_bytes"]))
+    return table
+
+
+def _op_table(result) -> Table:
+    """Operators summed over layers: span, engine busy (chip), roofline."""
+    totals = defaultdict(lambda: defaultdict(float))
+    for op in result.per_op:
+        row = totals[op["name"]]
+        row["cycles"] += op["cycles"]
+        row["roofline"] += op["roofline_cycles"]
+        row["dma"] += op["dma_bytes"]
+        row["count"] += 1
+        for engine, busy in op["busy"].items():
+            row[engine] += busy
+    table = Table(title="per operator, summed over layers (cycles; busy: all cores)",
+                  title_justify="left")
+    for name in ("op", "cycles", "roofline", "tensor", "vector", "scalar", "DMA"):
+        table.add_column(name, justify="right" if name != "op" else "left", no_wrap=True)
+    for name, row in totals.items():
+        table.add_row(name, f"{int(row['cycles']):,}", f"{int(row['roofline']):,}",
+                      f"{int(row['tensor']):,}", f"{int(row['vector']):,}",
+                      f"{int(row['scalar']):,}", si_bytes(row["dma"]))
+    return table
+
+
+def _engine_table(result) -> Table:
+    table = Table(title="engine utilisation (all cores)", title_justify="left")
+    table.add_column("engine")
+    table.add_column("busy cycles", justify="right")
+    table.add_column("utilisation", justify="right")
+    util = result.engine_utilization
+    for engine, busy in result.engine_busy.items():
+        table.add_row(engine, f"{busy:,}", f"{100 * util[engine]:.1f} %")
+    return table
+
+
+COMMANDS = [gemm_command, prefill_command]

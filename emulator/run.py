@@ -1,0 +1,443 @@
+"""The orchestrator behind `emu run`: prefill -> KV transfer -> KV layout -> decode N tokens.
+
+Functional mode carries real values through both machines (the prefill's KV cache is what
+the mesh decodes from); timing-only mode computes no values and gives the same cycles.
+Generation is greedy: token 0 is the argmax of the prefill's last-position logits, token i
+the argmax of decode step i, so N new tokens take N - 1 decode steps.
+Times are seconds unless a name says cycles.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from compiler.decode import compile_decode
+from compiler.frontend import ModelSpec, resolve_model
+from compiler.numerics import canonical_dtype, dtype_bytes
+from compiler.place import pe_class
+from compiler.system import compile_system, handoff_seconds, wafers_needed
+from compiler.weights import find_checkpoint, load_weights, random_weights
+from emulator.hw.errors import ConfigError, FitError
+from emulator.hw.link import LinkConfig, load_link
+from emulator.hw.mesh import MeshConfig, load_sized_mesh
+from emulator.hw.prefill import PrefillConfig, load_prefill
+from emulator.inspect.phases import layer_cycles, op_spans
+from emulator.link.layout import kv_layout_cycles
+from emulator.link.transfer import transfer_kv
+from emulator.mesh.runtime import MeshDecoder, run_timing
+from emulator.mesh.system import SystemDecoder, SystemStep, run_system_timing
+from emulator.prefill.run import check_capacity, run_prefill
+from emulator.views.trace import TraceBuilder
+from isa.program import RunResult
+
+PREFILL_TRACE_SLICES = 20_000
+AUTO_PREFILL = ("trn2", "trn3")   # `--prefill-hw auto`: the first whose HBM holds the model
+
+
+@dataclass
+class RunRequest:
+    """Everything one `emu run` needs, already loaded and validated."""
+
+    spec: ModelSpec
+    model_name: str
+    mesh: MeshConfig
+    prefill_hw: PrefillConfig
+    link: LinkConfig
+    prompt: np.ndarray | None        # token ids (None: random prompt of prompt_len)
+    prompt_len: int
+    max_new_tokens: int
+    dtype: str = "fp32"
+    weights: dict | None = None      # None in timing-only mode
+    timing_only: bool = False
+    overlap_kv: bool = False
+    engine: str = "numba"
+    seed: int = 0
+
+
+@dataclass
+class RunOutcome:
+    """The report dict, the logits [max_new_tokens, vocab] (functional) and the trace."""
+
+    report: dict
+    logits: np.ndarray | None
+    trace: TraceBuilder = field(repr=False)
+    compiled: object = field(default=None, repr=False)   # the decode compilation
+    last_step: RunResult | None = field(default=None, repr=False)
+
+
+def smallest_prefill_chip(spec, dtype: str, prompt_len: int) -> PrefillConfig:
+    """The first bundled prefill chip of AUTO_PREFILL whose HBM holds weights + KV +
+    activations (Llama-3.1-70B in bf16 needs Trn3's 144 GiB); FitError when none does."""
+    error = None
+    for name in AUTO_PREFILL:
+        hw = load_prefill(name)
+        try:
+            check_capacity(spec, hw, prompt_len, dtype)
+            return hw
+        except FitError as exc:
+            error = exc
+    raise error
+
+
+def check_request(req: RunRequest) -> None:
+    """ConfigError for requests no stage can serve (before any work is done)."""
+    spec = req.spec
+    if req.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be at least 1, got {req.max_new_tokens}")
+    if req.prompt_len < 1:
+        raise ConfigError("the prompt must have at least one token")
+    total = req.prompt_len + req.max_new_tokens
+    if total > spec.max_position_embeddings:
+        raise ConfigError(f"prompt ({req.prompt_len}) + new tokens ({req.max_new_tokens}) = "
+                          f"{total} positions exceed the model's max_position_embeddings "
+                          f"({spec.max_position_embeddings})")
+    if req.prompt is not None:
+        bad = req.prompt[(req.prompt < 0) | (req.prompt >= spec.vocab_size)]
+        if bad.size:
+            raise ConfigError(f"--prompt-tokens: token id {int(bad[0])} is outside the "
+                              f"vocabulary [0, {spec.vocab_size})")
+
+
+DEFAULT_MODEL = "tiny"
+
+
+def parse_prompt(tokens: str | None, length: int | None) -> tuple[np.ndarray | None, int]:
+    """(token ids or None, prompt length) from --prompt-tokens / --prompt-len."""
+    if tokens is not None and length is not None:
+        raise ConfigError("give either --prompt-tokens or --prompt-len, not both")
+    if tokens is None:
+        return None, 8 if length is None else length
+    try:
+        ids = np.array([int(t) for t in tokens.split(",") if t.strip()], np.int64)
+    except ValueError:
+        raise ConfigError(f"--prompt-tokens: expected comma-separated integers, "
+                          f"got '{tokens}'") from None
+    if ids.size == 0:
+        raise ConfigError("--prompt-tokens: the prompt must have at least one token")
+    return ids, int(ids.size)
+
+
+def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens,
+                  prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine):
+    """Load and check every input of `emu run` (the CLI's option values); returns a
+    RunRequest. `hw`, `prefill_hw` and `link` are preset names, JSON files or already
+    loaded preset dataclasses (`emu sweep` passes them as data); `prefill_hw` may be
+    'auto'."""
+    spec = resolve_model(config or DEFAULT_MODEL)
+    mesh = load_sized_mesh(hw, mesh_size)
+    prompt, length = parse_prompt(prompt_tokens, prompt_len)
+    if timing_only and weights:
+        raise ConfigError("--weights and --timing-only exclude each other")
+    if weights and seed is not None:
+        raise ConfigError("--weights and --seed exclude each other")
+    values = None
+    if not timing_only:
+        source = weights or (folder_weights(config) if seed is None else None)
+        values = (load_weights(source, spec) if source
+                  else random_weights(spec, 0 if seed is None else seed))
+    name = Path(config or DEFAULT_MODEL).name.removesuffix(".json")
+    dtype = canonical_dtype(dtype)
+    if isinstance(prefill_hw, PrefillConfig):
+        chip = prefill_hw
+    else:
+        chip = (smallest_prefill_chip(spec, dtype, length) if prefill_hw == "auto"
+                else load_prefill(prefill_hw))
+    return RunRequest(spec=spec, model_name=name, mesh=mesh, prefill_hw=chip,
+                      link=link if isinstance(link, LinkConfig) else load_link(link),
+                      prompt=prompt, prompt_len=length,
+                      max_new_tokens=max_new_tokens, dtype=dtype,
+                      weights=values, timing_only=timing_only, overlap_kv=overlap_kv,
+                      engine=engine, seed=0 if seed is None else seed)
+
+
+def folder_weights(config: str | None) -> Path | None:
+    """The checkpoint inside a HuggingFace-style model folder CONFIG (None otherwise)."""
+    if config is None or not Path(config).is_dir():
+        return None
+    return find_checkpoint(config)
+
+
+def run_report(*, model=None, hw="small", mesh=None, prefill_hw="auto", link="efa",
+               weights=None, seed=None, prompt_tokens=None, prompt_len=None, max_new_tokens=8,
+               dtype="bf16", timing_only=False, overlap_kv=False, engine="numba") -> dict:
+    """The report dict of `emu run` for the options of its command line (long option
+    names with `_`; `model` is CONFIG; the defaults are the CLI's). This is `emu sweep`'s
+    `run` command; presets may be passed as data."""
+    req = build_request(model, hw, mesh, prefill_hw, link, weights, seed, prompt_tokens,
+                        prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine)
+    return run_inference(req).report
+
+
+class DecodeStage:
+    """Decode on the mesh, functional (MeshDecoder) or timing-only (program only).
+
+    With `mesh.wafers > 1` the model is pipelined over the wafers (compiler.system); a
+    step then returns a SystemStep (per-wafer RunResults plus the hand-off seconds).
+    """
+
+    def __init__(self, req: RunRequest):
+        max_context = req.prompt_len + req.max_new_tokens
+        self.req, self.system, self.decoder = req, None, None
+        if req.mesh.wafers > 1:
+            self._init_system(req, max_context)
+        elif req.timing_only:
+            self.compiled = compile_decode(req.spec, req.mesh, req.dtype, max_context)
+        else:
+            self.decoder = MeshDecoder(req.spec, req.weights, req.mesh, req.dtype,
+                                       req.engine, max_context)
+            self.compiled = self.decoder.compiled
+
+    def _init_system(self, req: RunRequest, max_context: int) -> None:
+        if req.timing_only:
+            self.system = compile_system(req.spec, req.mesh, req.dtype, max_context)
+        else:
+            self.decoder = SystemDecoder(req.spec, req.weights, req.mesh, req.dtype,
+                                         req.engine, max_context)
+            self.system = self.decoder.system
+        self.compiled = self.system.parts[0].compiled
+
+    def load_kv(self, kv_cache) -> None:
+        if self.decoder is not None:
+            self.decoder.load_kv(kv_cache)
+
+    def step(self, token: int, pos: int):
+        """(logits or None, RunResult | SystemStep) of the step at position `pos`."""
+        if self.decoder is not None:
+            return self.decoder.step(token, pos)
+        if self.system is not None:
+            return None, run_system_timing(self.system, pos, self.req.engine)
+        return None, run_timing(self.compiled, self.req.mesh, pos, self.req.engine)
+
+
+def run_inference(req: RunRequest, progress=None) -> RunOutcome:
+    """Run the whole request; `progress(done, total)` is called when decoding starts
+    (done = 0) and after each decode step."""
+    check_request(req)
+    tokens_in = req.prompt if req.prompt is not None else req.prompt_len
+    prefill = run_prefill(req.spec, req.prefill_hw, tokens_in, req.weights, req.dtype,
+                          req.timing_only, req.seed)
+    kv = _transfer(req, prefill)
+    stage = DecodeStage(req)
+    stage.load_kv(prefill.kv_cache)
+    layout_cycles = kv_layout_cycles(stage.compiled, req.mesh, req.prompt_len, req.dtype)
+    rows, tokens, results = _decode(req, stage, prefill, progress)
+    report = build_report(req, prefill, kv, layout_cycles, stage, tokens, results)
+    logits = None if req.timing_only else np.stack(rows).astype(np.float32)
+    trace = build_trace(req, prefill, kv, layout_cycles, results, _wafer_mark_names(stage))
+    last = _wafer_results(results[-1])[-1] if results else None
+    return RunOutcome(report, logits, trace, stage.compiled, last)
+
+
+def _transfer(req: RunRequest, prefill):
+    per_token = req.spec.kv_bytes_per_token(dtype_bytes(req.dtype))
+    layer_ends = None
+    if req.overlap_kv:
+        ends = [row["end"] for row in prefill.per_layer if row["layer"] >= 0]
+        layer_ends = [end / prefill.clock_hz for end in ends]
+    return transfer_kv(per_token, req.prompt_len, req.link, layer_ends)
+
+
+def _decode(req: RunRequest, stage: DecodeStage, prefill, progress):
+    """Greedy decode: returns (logit rows, tokens, RunResults of the decode steps).
+
+    Timing-only runs have no logits, so they feed token 0 (timing never depends on it) and
+    return no rows and no tokens."""
+    rows = [] if req.timing_only else [prefill.logits_last]
+    tokens = [int(np.argmax(row)) for row in rows]
+    results, steps = [], req.max_new_tokens - 1
+    if progress is not None and steps:
+        progress(0, steps)
+    for n in range(steps):
+        row, result = stage.step(tokens[-1] if tokens else 0, req.prompt_len + n)
+        results.append(result)
+        if row is not None:
+            rows.append(row)
+            tokens.append(int(np.argmax(row)))
+        if progress is not None:
+            progress(n + 1, steps)
+    return rows, tokens, results
+
+
+def _wafer_results(result) -> list[RunResult]:
+    """The RunResults of one step (one per wafer)."""
+    return result.results if isinstance(result, SystemStep) else [result]
+
+
+def _mesh_stats(results: list, pes: int) -> dict:
+    """Per-token cycles (summed over wafers) and utilisation over the decode steps."""
+    if not results:
+        return {"cycles": [], "cycles_per_token": 0, "pe_utilization": None,
+                "link_utilization": None}
+    cycles = [r.cycles for r in results]
+    runs = [run for r in results for run in _wafer_results(r)]
+    span = sum(run.cycles for run in runs)
+    busy = sum(int(run.pe_busy.sum()) for run in runs)
+    links = sum(int(run.link_busy.sum()) for run in runs)
+    return {"cycles": cycles, "cycles_per_token": span / len(cycles),
+            "pe_utilization": busy / (pes * span) if span else None,
+            "link_utilization": links / (4 * pes * span) if span else None,
+            "instructions_per_token": sum(run.instructions for run in runs) / len(results),
+            "messages_per_token": sum(run.messages for run in runs) / len(results)}
+
+
+def _wafer_mark_names(stage: DecodeStage) -> list[list[str]]:
+    """The probe names of each wafer's decode program."""
+    if stage.system is None:
+        return [stage.compiled.decode.program.mark_names]
+    return [part.compiled.decode.program.mark_names for part in stage.system.parts]
+
+
+def _decode_layer_cycles(stage: DecodeStage, results: list) -> list[int]:
+    """Per-layer cycles of the last decode step, over all wafers in layer order."""
+    if not results:
+        return []
+    names = _wafer_mark_names(stage)
+    runs = _wafer_results(results[-1])
+    return [c for run, marks in zip(runs, names, strict=True) for c in layer_cycles(run, marks)]
+
+
+def _system_stats(req, stage: DecodeStage, results: list) -> dict:
+    """Multi-wafer fields of the decode report (one wafer: wafers 1, no hand-offs)."""
+    mesh, max_context = req.mesh, req.prompt_len + req.max_new_tokens
+    out = {"wafers": mesh.wafers,
+           "wafers_needed": wafers_needed(req.spec, mesh, req.dtype, max_context),
+           "handoff_seconds": 0.0, "handoff_seconds_per_hop": 0.0,
+           "wafer_link_bytes_per_s": mesh.wafer_link_bytes_per_s}
+    if stage.system is None:
+        out["wafer_layers"] = [[0, req.spec.num_layers]]
+        out["wafer_cycles"] = [sum(r.cycles for r in results) / len(results)] if results else []
+        return out
+    out["wafer_layers"] = [[p.start, p.stop] for p in stage.system.parts]
+    out["handoff_seconds_per_hop"] = handoff_seconds(req.spec, mesh, req.dtype)
+    out["handoff_seconds"] = (mesh.wafers - 1) * out["handoff_seconds_per_hop"]
+    if results:
+        per = np.array([[run.cycles for run in r.results] for r in results], np.float64)
+        out["wafer_cycles"] = per.mean(axis=0).tolist()
+    else:
+        out["wafer_cycles"] = []
+    return out
+
+
+def _sram_stats(stage: DecodeStage, mesh: MeshConfig) -> dict:
+    """Bytes of SRAM per kind reserved over the PEs of every wafer (per-class maps)."""
+    parts = [p.compiled for p in stage.system.parts] if stage.system else [stage.compiled]
+    per_kind = {"weights": 0, "kv": 0, "scratch": 0}
+    for compiled in parts:
+        for kind, nbytes in _reserved_bytes(compiled).items():
+            per_kind[kind] += nbytes
+    total = mesh.sram_bytes * mesh.num_pes * len(parts)
+    out = {f"{k}_bytes": v for k, v in per_kind.items()}
+    out["total_bytes"] = total
+    out["free_bytes"] = total - sum(per_kind.values())
+    return out
+
+
+def _reserved_bytes(compiled) -> dict:
+    """Bytes per kind reserved on one wafer: each class's buffers times its PEs."""
+    placement, plan = compiled.placement, compiled.plan
+    elem = dtype_bytes(placement.dtype)
+    count = _class_counts(plan)
+    out = {"weights": 0, "kv": 0, "scratch": 0}
+    for key, buffers in placement.maps.items():
+        for name, buffer in buffers.items():
+            if name == "G":
+                continue        # overlaid on TMP
+            kind = {"weight": "weights"}.get(buffer.kind, buffer.kind)
+            out[kind] += buffer.words * elem * count.get(key, 0)
+    return out
+
+
+def _class_counts(plan) -> dict:
+    """class key -> number of PEs of that class."""
+    counts = {}
+    for j in range(plan.ph):
+        left = pe_class(plan, 0, j)
+        counts[left] = counts.get(left, 0) + 1
+        if plan.pw > 1:
+            other = pe_class(plan, 1, j)
+            counts[other] = counts.get(other, 0) + plan.pw - 1
+    return counts
+
+
+def _decode_roofline(spec: ModelSpec, mesh: MeshConfig, dtype: str, pes: int, pos: int):
+    """Seconds per token if every used PE did useful multiply-adds at full SIMD rate."""
+    flops = 2 * spec.param_count() + 4 * spec.num_layers * spec.num_heads * spec.head_dim * pos
+    return flops / (2 * pes * mesh.simd_width(dtype) * mesh.clock_hz)
+
+
+def build_report(req, prefill, kv, layout_cycles, stage, tokens, results) -> dict:
+    """The JSON report (schema in docs/report.md)."""
+    spec, mesh = req.spec, req.mesh
+    plan = stage.compiled.plan
+    pes = plan.pw * plan.ph * mesh.wafers
+    stats = _mesh_stats(results, pes)
+    system = _system_stats(req, stage, results)
+    tpot = stats["cycles_per_token"] / mesh.clock_hz + system["handoff_seconds"]
+    layout_s = layout_cycles / mesh.clock_hz
+    ttft = prefill.seconds + kv.exposed_seconds + layout_s
+    last_pos = req.prompt_len + req.max_new_tokens - 1
+    decode = {"steps": len(results), **stats, "seconds_per_token": tpot,
+              "clock_hz": mesh.clock_hz, "pes_used": pes, "mesh": [plan.pw, plan.ph],
+              "roofline_seconds_per_token": _decode_roofline(spec, mesh, req.dtype, pes,
+                                                             last_pos),
+              "sram": _sram_stats(stage, mesh), **system,
+              "per_layer_cycles": _decode_layer_cycles(stage, results)}
+    return {
+        "schema": "emu.report/1",
+        "model": {"name": req.model_name, "architecture": spec.architecture,
+                  "params": spec.param_count(), "layers": spec.num_layers,
+                  "hidden_size": spec.hidden_size, "vocab_size": spec.vocab_size},
+        "hardware": {"decode": mesh.name, "prefill": req.prefill_hw.name,
+                     "link": req.link.name},
+        "mode": "timing-only" if req.timing_only else "functional",
+        "dtype": req.dtype, "engine": req.engine,
+        "prompt_len": req.prompt_len,
+        "prompt_tokens": None if req.prompt is None else [int(t) for t in req.prompt],
+        "tokens": tokens,
+        "prefill": {"cycles": prefill.cycles, "seconds": prefill.seconds,
+                    "clock_hz": prefill.clock_hz, "roofline_seconds": prefill.roofline_seconds,
+                    "flops": prefill.flops, "bytes_moved": prefill.bytes_moved,
+                    "engine_utilization": prefill.engine_utilization,
+                    "per_layer_cycles": [row["cycles"] for row in prefill.per_layer
+                                         if row["layer"] >= 0]},
+        "kv_transfer": {"bytes": kv.bytes, "bytes_per_token": kv.bytes_per_token,
+                        "seconds": kv.seconds, "exposed_seconds": kv.exposed_seconds,
+                        "overlapped": kv.overlapped, "link": req.link.name,
+                        "bound_seconds": kv.bytes / req.link.total_bandwidth,
+                        "layout_cycles": layout_cycles, "layout_seconds": layout_s},
+        "decode": decode,
+        "ttft_s": ttft, "tpot_s": tpot,
+        "tokens_per_s": 1.0 / tpot if tpot else 0.0,
+    }
+
+
+def build_trace(req, prefill, kv, layout_cycles, results, mark_names) -> TraceBuilder:
+    """Perfetto trace: prefill engines, the link, and the wafers' decode steps and ops."""
+    trace = TraceBuilder()
+    chip = f"prefill chip ({req.prefill_hw.name})"
+    for s in prefill.trace_slices(limit=PREFILL_TRACE_SLICES):
+        trace.add_slice(chip, s["engine"], s["name"], s["start"], s["duration"], s["args"])
+    link = f"link ({req.link.name})"
+    kv_start = prefill.seconds + kv.exposed_seconds - kv.seconds
+    trace.add_slice(link, "KV cache", "KV transfer", kv_start, kv.seconds,
+                    {"bytes": kv.bytes, "bytes_per_token": kv.bytes_per_token})
+    wafer = f"wafers ({req.mesh.name})"
+    clock = req.mesh.clock_hz
+    t = prefill.seconds + kv.exposed_seconds
+    trace.add_slice(wafer, "KV layout", "KV layout", t, layout_cycles / clock,
+                    {"cycles": layout_cycles})
+    t += layout_cycles / clock
+    for step, result in enumerate(results):
+        for w, run in enumerate(_wafer_results(result)):
+            thread = "decode" if req.mesh.wafers == 1 else f"wafer {w}"
+            trace.add_slice(wafer, thread, f"decode step {step + 1}", t, run.cycles / clock,
+                            {"cycles": run.cycles, "instructions": run.instructions,
+                             "messages": run.messages})
+            for name, start, end in op_spans(run, mark_names[w]):
+                trace.add_slice(wafer, f"{thread} ops", name, t + start / clock,
+                                (end - start) / clock, {"cycles": end - start, "step": step + 1})
+            t += run.cycles / clock
+        if isinstance(result, SystemStep):
+            t += result.handoff_s
+    return trace

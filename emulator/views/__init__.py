@@ -1,0 +1,1 @@
+"""What users see: report tables, Perfetto traces, plots, mesh maps and compiler dumps."""

@@ -1,0 +1,92 @@
+"""PNG pictures of an `emu run` (needs the `plot` extra, matplotlib).
+
+- `sram.png`: SRAM bytes used per PE (heatmap over the mesh).
+- `busy.png`: busy cycles per PE during the last decode step.
+- `links.png`: wavelets carried by each PE's outgoing links (sum of N, E, S, W) in that step.
+- `time.png`: a stacked bar of where the time to the first token and one token goes.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from compiler.numerics import dtype_bytes
+from compiler.place import pe_usage
+from emulator.files import atomic_write_bytes
+from emulator.hw.errors import ConfigError
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("--plots needs matplotlib: pip install 'emu-wafer[plot]'") from None
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def heatmap(values: np.ndarray, title: str, unit: str, path: Path, cmap: str = "viridis"):
+    """One mesh heatmap: x to the right, y down (row 0 at the top, as in the mesh)."""
+    plt = _pyplot()
+    ph, pw = values.shape
+    fig, ax = plt.subplots(figsize=(min(12, 3 + pw * 0.25), min(10, 2.5 + ph * 0.25)))
+    image = ax.imshow(values, cmap=cmap, interpolation="nearest", aspect="equal")
+    ax.set_title(title)
+    ax.set_xlabel("x (PE column)")
+    ax.set_ylabel("y (PE row)")
+    fig.colorbar(image, ax=ax, label=unit, shrink=0.8)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def time_bars(report: dict, path: Path) -> None:
+    """Stacked bars: TTFT = prefill + exposed KV transfer + layout; TPOT = decode step."""
+    plt = _pyplot()
+    kv = report["kv_transfer"]
+    parts = [("prefill", report["prefill"]["seconds"], "tab:blue"),
+             ("KV transfer (exposed)", kv["exposed_seconds"], "tab:orange"),
+             ("KV layout", kv["layout_seconds"], "tab:green")]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    left = 0.0
+    for label, seconds, color in parts:
+        ax.barh("first token", seconds * 1e6, left=left, color=color, label=label)
+        left += seconds * 1e6
+    ax.barh("each next token", report["tpot_s"] * 1e6, color="tab:red", label="decode step")
+    ax.set_xlabel("microseconds")
+    ax.set_title(f"where the time goes: {report['model']['name']} ({report['dtype']})")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4, fontsize=8,
+              frameon=False)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def write_plots(outcome, req, directory) -> list[Path]:
+    """Write every picture of a run into `directory`; returns the paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    compiled = outcome.compiled
+    plan = compiled.plan
+    used = pe_usage(compiled.placement) * dtype_bytes(req.dtype)
+    paths = [directory / name for name in ("sram.png", "busy.png", "links.png", "time.png")]
+    heatmap(used, f"SRAM used per PE ({plan.pw}x{plan.ph}, of {req.mesh.sram_bytes} B)",
+            "bytes", paths[0])
+    step = outcome.last_step
+    if step is not None:
+        heatmap(step.pe_busy.reshape(plan.ph, plan.pw),
+                f"busy cycles per PE, one decode step ({step.cycles} cycles)", "cycles",
+                paths[1], "magma")
+        heatmap(step.link_busy.sum(axis=1).reshape(plan.ph, plan.pw),
+                "wavelets sent on each PE's outgoing links, one decode step", "wavelets",
+                paths[2], "cividis")
+    time_bars(outcome.report, paths[3])
+    return [p for p in paths if p.exists()]
