@@ -51,3 +51,25 @@ def test_unknown_preset_exits_2():
     result = invoke("presets", "wse9")
     assert result.exit_code == 2
     assert "wse9: no such bundled preset (bundled presets: cs3x4" in result.output
+
+
+def test_readme_command_table_matches_emu_help():
+    """Every command and subcommand of `emu --help` has a row in the README's table, and
+    every row names a real command."""
+    import re
+    from pathlib import Path
+
+    import click
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme[readme.index("## Commands"):]
+    table = table[:table.index("\n\n", table.index("| command |"))]
+    rows = set(re.findall(r"^\| `emu ([a-z]+(?: [a-z]+)?)", table, flags=re.M))
+    commands = set()
+    for name, command in main.commands.items():
+        if isinstance(command, click.Group):
+            commands |= {f"{name} {sub}" for sub in command.commands}
+        else:
+            commands.add(name)
+    rows = {r if r in commands else r.split()[0] for r in rows}
+    assert rows == commands

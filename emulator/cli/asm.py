@@ -167,9 +167,10 @@ def asm():
 @mesh_option
 @hw_option
 @click.option("--engine", type=click.Choice(["numba", "reference"]), default="numba",
-              show_default=True)
+              show_default=True, help="Mesh engine: Numba, or the reference interpreter.")
 @click.option("--timing-only", is_flag=True, help="Count cycles without computing values.")
-@click.option("--max-cycles", type=click.IntRange(min=1), default=10**9, show_default=True)
+@click.option("--max-cycles", type=click.IntRange(min=1), default=10**9, show_default=True,
+              help="Stop with an error after this many cycles (mesh clock).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--pes", "all_pes", is_flag=True,
               help="List every PE with code (default: the 10 busiest).")

@@ -22,8 +22,9 @@ def bench():
 @bench.command()
 @click.option("--hw", default="wse2", show_default=True, help="Mesh preset name or JSON file.")
 @click.option("--size", default=16384, show_default=True, type=int,
-              help="W is size x size, x has size elements.")
-@click.option("--mesh", "mesh_size", help="Mesh WIDTHxHEIGHT (default: the whole preset).")
+              help="W is size x size elements, x has size elements.")
+@click.option("--mesh", "mesh_size",
+              help="Mesh WIDTHxHEIGHT in PEs (default: the whole preset).")
 @click.option("--dtype", default="fp16", show_default=True,
               type=click.Choice(["fp32", "fp16", "bf16"]))
 @click.option("--kind", default="A", show_default=True, type=click.Choice(["A", "B"]),

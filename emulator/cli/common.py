@@ -21,10 +21,13 @@ def prepare_mesh_kernels(console) -> None:
     from emulator.mesh.engine import warm_up
 
     started = time.perf_counter()
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        bar.add_task("preparing the mesh kernels (compiled on the first run only, "
-                     "about a minute; later runs load them from the cache)")
+    if console.is_terminal:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:
+            bar.add_task("preparing the mesh kernels (compiled on the first run only, "
+                         "about a minute; later runs load them from the cache)")
+            warmed = warm_up()
+    else:
         warmed = warm_up()
     elapsed = time.perf_counter() - started
     if warmed and elapsed > COMPILE_NOTE_SECONDS:

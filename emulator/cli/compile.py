@@ -26,9 +26,11 @@ from emulator.views.dump import dump_all, summary
               help="Mesh preset (wse2, wse3, small) or JSON file.")
 @click.option("--mesh", "mesh_text", metavar="WxH", help="Override the preset's mesh size.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
-              show_default=True)
+              show_default=True,
+              help="Storage format of weights, KV cache and activations.")
 @click.option("--max-context", type=click.IntRange(min=1), default=None,
-              help="KV positions held on the mesh [default: min(max_position_embeddings, 256)].")
+              help="KV positions (tokens) held on the mesh "
+                   "[default: min(max_position_embeddings, 256)].")
 @click.option("--layout", type=click.Choice(["auto", "groups", "even"]), default="auto",
               show_default=True, help="Chunking of the q/k/v rows over the mesh rows.")
 @click.option("--position", type=click.IntRange(min=0), default=0, show_default=True,

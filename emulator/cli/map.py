@@ -59,12 +59,14 @@ def model_options(command):
                      help="Mesh preset (small, wse2, wse3) or JSON file."),
         click.option("--mesh", "mesh_text", metavar="WxH", help="Override the mesh size."),
         click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32",
-                     show_default=True),
+                     show_default=True,
+                     help="Storage format of weights, KV cache and activations."),
         click.option("--layout", type=click.Choice(["auto", "groups", "even"]),
                      default="auto", show_default=True,
                      help="Chunking of the q/k/v rows over the mesh rows."),
         click.option("--max-context", type=click.IntRange(min=1), default=None,
-                     help="KV positions held [default: min(max_position_embeddings, 256)]."),
+                     help="KV positions (tokens) held "
+                          "[default: min(max_position_embeddings, 256)]."),
     ]
     for option in reversed(options):
         command = option(command)

@@ -47,7 +47,7 @@ class DecodeProgress:
 @click.argument("config", required=False)
 @click.option("--hw", default="small", show_default=True,
               help="Decode mesh preset name or JSON file.")
-@click.option("--mesh", "mesh_size", help="Override the mesh size, WIDTHxHEIGHT.")
+@click.option("--mesh", "mesh_size", help="Override the mesh size, WIDTHxHEIGHT in PEs.")
 @click.option("--prefill-hw", default="auto", show_default=True,
               help="Prefill chip preset name or JSON file; auto: trn2, or trn3 when the "
                    "model does not fit trn2's HBM.")
@@ -60,9 +60,11 @@ class DecodeProgress:
                    "CONFIG, random weights instead of the folder's].")
 @click.option("--prompt-tokens", help="Prompt token ids, comma separated.")
 @click.option("--prompt-len", type=int, help="Random prompt of this many tokens (default 8).")
-@click.option("--max-new-tokens", default=8, show_default=True, type=int)
+@click.option("--max-new-tokens", default=8, show_default=True, type=int,
+              help="Tokens to generate (the first from prefill, the rest decode steps).")
 @click.option("--dtype", default="bf16", show_default=True,
-              type=click.Choice(["fp32", "fp16", "bf16"]))
+              type=click.Choice(["fp32", "fp16", "bf16"]),
+              help="Storage format of weights, KV cache and activations.")
 @click.option("--timing-only", is_flag=True, help="Count cycles without computing values.")
 @click.option("--overlap-kv", is_flag=True, help="Send each layer's KV as prefill finishes it.")
 @click.option("--engine", default="numba", show_default=True,

@@ -169,7 +169,8 @@ def is_model(file: str) -> bool:
 @click.argument("file", metavar="FILE|CONFIG")
 @click.option("--steps", type=click.IntRange(min=0), default=None,
               help="Print this many events (default: all; interactive on a terminal).")
-@click.option("--until", type=int, default=None, help="Stop after cycle CYCLE.")
+@click.option("--until", type=int, default=None,
+              help="Stop after cycle CYCLE (cycles of the mesh clock).")
 @click.option("--pe", "pe_text", metavar="X,Y", help="Only events of this PE.")
 @click.option("--op", default=None, help="Only events of ops whose name contains this "
                                          "(e.g. attn, L1.qkv, RoPE).")
@@ -181,14 +182,15 @@ def is_model(file: str) -> bool:
 @click.option("--layout", type=click.Choice(["auto", "groups", "even"]), default="auto",
               show_default=True, help="Models: q/k/v row layout.")
 @click.option("--max-context", type=click.IntRange(min=1), default=None,
-              help="Models: KV positions held.")
+              help="Models: KV positions (tokens) held.")
 @click.option("--position", type=click.IntRange(min=0), default=None,
               help="Models: decode position [default: 0].")
 @click.option("--token", type=int, default=None, help="Models: token id [default: 1].")
 @click.option("--seed", type=int, default=None,
               help="Models: functional run with random weights of this seed.")
 @click.option("--values", is_flag=True, help="Show the values each event moves.")
-@click.option("--max-cycles", type=click.IntRange(min=1), default=10**7, show_default=True)
+@click.option("--max-cycles", type=click.IntRange(min=1), default=10**7, show_default=True,
+              help="Stop with an error after this many cycles (mesh clock).")
 def step(file, steps, until, pe_text, op, mesh_text, hw, dtype, layout, max_context,
          position, token, seed, values, max_cycles):
     """Replay FILE's (or one decode step of CONFIG's) execution event by event.
