@@ -158,9 +158,13 @@ def folder_weights(config: str | None) -> Path | None:
     return find_checkpoint(config)
 
 
-def run_report(*, model=None, hw="small", mesh=None, prefill_hw="auto", link="efa",
-               weights=None, seed=None, prompt_tokens=None, prompt_len=None, max_new_tokens=8,
-               dtype="bf16", timing_only=False, overlap_kv=False, engine="numba") -> dict:
+def run_report(*, model: str | None = None, hw: str | MeshConfig = "small",
+               mesh: str | None = None, prefill_hw: str | PrefillConfig = "auto",
+               link: str | LinkConfig = "efa", weights: str | None = None,
+               seed: int | None = None, prompt_tokens: str | None = None,
+               prompt_len: int | None = None, max_new_tokens: int = 8, dtype: str = "bf16",
+               timing_only: bool = False, overlap_kv: bool = False,
+               engine: str = "numba") -> dict:
     """The report dict of `emu run` for the options of its command line (long option
     names with `_`; `model` is CONFIG; the defaults are the CLI's). This is `emu sweep`'s
     `run` command; presets may be passed as data."""

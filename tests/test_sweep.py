@@ -4,6 +4,7 @@ mid-sweep, an interrupted sweep resumed without computing a point twice, failing
 
 import dataclasses
 import json
+import re
 import time
 from pathlib import Path
 
@@ -332,3 +333,20 @@ def test_cli_ctrl_c_then_same_command_resumes(tmp_path):
     assert "6 points: 6 ok" in again.stdout and "from the cache" in again.stdout
     done = sorted(int(p.name.split("-")[1]) for p in marks.glob("done-*"))
     assert done == list(range(6))
+
+
+def test_option_types_checked_with_lines(tmp_path):
+    cases = [("command: run\ngrid:\n  prompt_len: [8, '16']\n",
+              ":3: grid.prompt_len[1]: expected an integer or null, got \"16\""),
+             ("command: run\nfixed:\n  timing_only: 1\n",
+              ":3: fixed.timing_only: expected true or false, got 1"),
+             ("command: run\nsamples:\n  n: 2\n  axes:\n    prompt_len: {low: 8.5, high: 64}\n",
+              ":5: samples.axes.prompt_len: low and high must be integers"),
+             ("command: run\nsamples:\n  n: 2\n  axes:\n    dtype: {low: 1, high: 2}\n",
+              ":5: samples.axes.dtype: a {low, high} range needs a numeric option")]
+    for i, (text, message) in enumerate(cases):
+        with pytest.raises(ConfigError, match=".*" + re.escape(message)):
+            load_spec(write(tmp_path, f"t{i}.yaml", text))
+    # preset fields take ints for float fields; gemm's M N K take ints or strings
+    load_spec(write(tmp_path, "ok.yaml", "command: gemm\nfixed: {n: '8', k: 8}\n"
+                                         "grid: {m: [8], prefill_hw.tensor_clock_hz: [1]}\n"))

@@ -179,8 +179,9 @@ def gemm_from_options(m, n, k, prefill_hw="trn2", array=None, dataflow="ws",
     return gemm_trainium(hw.with_array(*shape), M, N, K, dataflow, dtype)
 
 
-def gemm_report(*, m, n, k, prefill_hw="trn2", array=None, dataflow="ws",
-                scalesim_compat=False, dtype="bf16") -> dict:
+def gemm_report(*, m: int | str, n: int | str, k: int | str, prefill_hw="trn2",
+                array: str | None = None, dataflow: str = "ws", scalesim_compat: bool = False,
+                dtype: str = "bf16") -> dict:
     """The `emu gemm --json` object for the options of its command line (`emu sweep`'s
     `gemm` command; the defaults are the CLI's)."""
     return gemm_from_options(m, n, k, prefill_hw, array, dataflow, scalesim_compat,

@@ -347,8 +347,9 @@ def prefill_from_options(config, prefill_hw="trn2", prompt_len=None, prompt_toke
                        seed=seed)
 
 
-def prefill_report(*, model, prefill_hw="trn2", prompt_len=None, prompt_tokens=None, seed=0,
-                   weights=None, dtype="bf16", timing_only=False) -> dict:
+def prefill_report(*, model: str, prefill_hw="trn2", prompt_len: int | str | None = None,
+                   prompt_tokens: str | None = None, seed: int = 0, weights: str | None = None,
+                   dtype: str = "bf16", timing_only: bool = False) -> dict:
     """The `emu prefill --json` object for the options of its command line (`emu sweep`'s
     `prefill` command; `model` is CONFIG; the defaults are the CLI's)."""
     result = prefill_from_options(model, prefill_hw, prompt_len, prompt_tokens, seed, weights,

@@ -19,6 +19,8 @@ import inspect
 import itertools
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -152,12 +154,13 @@ def validate(data, path: str, lines: dict) -> Spec:
     except ConfigError as exc:
         raise at.error(("command",), str(exc)) from None
     options = options_of(function)
+    kinds = option_kinds(function)
     fixed = data.get("fixed", {})
     if not isinstance(fixed, dict):
         raise at.error(("fixed",), "expected an object of OPTION: VALUE")
     for key, value in fixed.items():
         _check_name(at, options, ("fixed", key), key)
-        _check_scalar(at, ("fixed", key), value)
+        _check_scalar(at, ("fixed", key), value, kinds.get(key))
     modes = [m for m in MODES if m in data]
     if len(modes) > 1:
         raise at.error((modes[1],), f"give one of grid, zip or samples, not {' and '.join(modes)}")
@@ -165,9 +168,9 @@ def validate(data, path: str, lines: dict) -> Spec:
     if mode is None:
         axes, points, sources = {}, [{}], [{}]
     elif mode == "samples":
-        axes, points, sources = _samples(at, options, data["samples"])
+        axes, points, sources = _samples(at, options, kinds, data["samples"])
     else:
-        axes, points, sources = _table(at, options, mode, data[mode])
+        axes, points, sources = _table(at, options, kinds, mode, data[mode])
     for axis in axes:
         if axis in fixed:
             raise at.error((mode, axis), "also given in 'fixed'")
@@ -201,13 +204,42 @@ def _check_name(at: _Located, options: dict, where: tuple, name) -> None:
         raise at.error(where, f"unknown field of {prefix} (fields: {', '.join(known)})")
 
 
-def _check_scalar(at: _Located, where: tuple, value) -> None:
+def option_kinds(function) -> dict:
+    """Option -> the scalar types its annotation allows (str, int, float, bool, NoneType);
+    options without an annotation, or preset fields, are absent (anything scalar goes)."""
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: no type checks
+        return {}
+    kinds = {}
+    for name, hint in hints.items():
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union,
+                                                                    types.UnionType) else (hint,)
+        allowed = tuple(a for a in args if a in SCALARS)
+        if allowed:
+            kinds[name] = allowed
+    return kinds
+
+
+def _check_scalar(at: _Located, where: tuple, value, kinds: tuple | None = None) -> None:
+    """A value must be a finite scalar, of one of `kinds` when given (an int is a float)."""
     if not isinstance(value, SCALARS) or (isinstance(value, float) and not math.isfinite(value)):
         raise at.error(where, f"expected a number, a string, true/false or null, got "
                               f"{json.dumps(value)}")
+    if kinds is None:
+        return
+    ok = any(isinstance(value, k) and not (k is int and isinstance(value, bool))
+             for k in kinds) or (float in kinds and isinstance(value, int)
+                                 and not isinstance(value, bool))
+    if not ok:
+        names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+                 type(None): "null"}
+        expected = " or ".join(names[k] for k in kinds)
+        raise at.error(where, f"expected {expected}, got {json.dumps(value)}")
 
 
-def _table(at: _Located, options: dict, mode: str, table) -> tuple[dict, list, list]:
+def _table(at: _Located, options: dict, kinds: dict, mode: str, table
+           ) -> tuple[dict, list, list]:
     """Axes, points and value sources of a grid or a zip."""
     if not isinstance(table, dict) or not table:
         raise at.error((mode,), "expected a non-empty object of AXIS: [VALUES]")
@@ -216,7 +248,7 @@ def _table(at: _Located, options: dict, mode: str, table) -> tuple[dict, list, l
         if not isinstance(values, list) or not values:
             raise at.error((mode, axis), "expected a non-empty list of values")
         for i, value in enumerate(values):
-            _check_scalar(at, (mode, axis, i), value)
+            _check_scalar(at, (mode, axis, i), value, kinds.get(axis))
     names = list(table)
     if mode == "zip":
         lengths = {len(v) for v in table.values()}
@@ -233,7 +265,7 @@ def _table(at: _Located, options: dict, mode: str, table) -> tuple[dict, list, l
     return dict(table), points, sources
 
 
-def _samples(at: _Located, options: dict, block) -> tuple[dict, list, list]:
+def _samples(at: _Located, options: dict, kinds: dict, block) -> tuple[dict, list, list]:
     """Axes, points and value sources of `samples` (numpy default_rng(seed), drawn point by
     point, axis by axis in the spec's order)."""
     if not isinstance(block, dict):
@@ -253,7 +285,7 @@ def _samples(at: _Located, options: dict, block) -> tuple[dict, list, list]:
     for axis, rule in axes.items():
         where = ("samples", "axes", axis)
         _check_name(at, options, where, axis)
-        draws[axis] = _sampler(at, where, rule)
+        draws[axis] = _sampler(at, where, rule, kinds.get(axis))
     rng = np.random.default_rng(seed)
     points = [{axis: draw(rng) for axis, draw in draws.items()} for _ in range(n)]
     sources = [{axis: ("samples", "axes", axis) for axis in draws} for _ in range(n)]
@@ -261,13 +293,13 @@ def _samples(at: _Located, options: dict, block) -> tuple[dict, list, list]:
     return drawn, points, sources
 
 
-def _sampler(at: _Located, where: tuple, rule):
+def _sampler(at: _Located, where: tuple, rule, kinds: tuple | None):
     """A function rng -> value for one sampled axis."""
     if isinstance(rule, list):
         if not rule:
             raise at.error(where, "expected a non-empty list of values")
         for i, value in enumerate(rule):
-            _check_scalar(at, where + (i,), value)
+            _check_scalar(at, where + (i,), value, kinds)
         return lambda rng: rule[int(rng.integers(len(rule)))]
     if not isinstance(rule, dict):
         raise at.error(where, "expected a list of values or {low, high, log}")
@@ -286,6 +318,10 @@ def _sampler(at: _Located, where: tuple, rule):
     if log and low <= 0:
         raise at.error(where + ("low",), f"must be > 0 with log: true, got {low}")
     integer = isinstance(low, int) and isinstance(high, int)
+    if kinds is not None and int not in kinds and float not in kinds:
+        raise at.error(where, "a {low, high} range needs a numeric option")
+    if kinds is not None and float not in kinds and not integer:
+        raise at.error(where, "low and high must be integers for this option")
 
     def draw(rng):
         u = rng.random()
