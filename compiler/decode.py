@@ -42,6 +42,7 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
     chunks plus a relayout on the left column) or "auto" (groups, or even if groups does
     not fit). Raises FitError when the model does not fit.
     """
+    spec.require_mapped("decode on the mesh")
     dtype = canonical_dtype(dtype)
     routes = run_pass("route", route, (mesh.width, mesh.height, mesh),
                       lambda out: verify_routes(out, mesh))

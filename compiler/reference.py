@@ -59,10 +59,12 @@ def silu(x: np.ndarray) -> np.ndarray:
 
 
 def rope_tables(spec, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(cos, sin) float32 [len(positions), head_dim] for the rotate_half convention."""
+    """(cos, sin) float32 [len(positions), head_dim] for the rotate_half convention, scaled
+    by the RoPE type's attention scaling (yarn; 1 otherwise)."""
     angles = np.outer(positions.astype(np.float64), spec.rope_inv_freq())
     angles = np.concatenate([angles, angles], axis=-1)
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    scale = spec.rope.attention_scaling
+    return (np.cos(angles) * scale).astype(np.float32), (np.sin(angles) * scale).astype(np.float32)
 
 
 def rotate_half(x: np.ndarray) -> np.ndarray:
@@ -83,11 +85,15 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     return e / np.sum(e, axis=-1, keepdims=True)
 
 
-def causal_mask(new_tokens: int, past: int) -> np.ndarray:
-    """Boolean [new_tokens, past + new_tokens]: True where query i may attend to key j."""
+def causal_mask(new_tokens: int, past: int, window: int | None = None) -> np.ndarray:
+    """Boolean [new_tokens, past + new_tokens]: True where query i may attend to key j
+    (j <= i; with a sliding `window`, also j > i - window: the last `window` positions)."""
     query_pos = past + np.arange(new_tokens)[:, None]
     key_pos = np.arange(past + new_tokens)[None, :]
-    return key_pos <= query_pos
+    mask = key_pos <= query_pos
+    if window is not None:
+        mask &= key_pos > query_pos - window
+    return mask
 
 
 # --------------------------------------------------------------------------- layers
@@ -112,35 +118,100 @@ def attention(spec, weights, layer, x, positions, cache_k, cache_v):
     q = q.reshape(n, spec.num_heads, spec.head_dim).transpose(1, 0, 2)
     k = k.reshape(n, spec.num_kv_heads, spec.head_dim).transpose(1, 0, 2)
     v = v.reshape(n, spec.num_kv_heads, spec.head_dim).transpose(1, 0, 2)
+    if spec.qk_norm:
+        q = rms_norm(q, weights[p + "q_norm.weight"], spec.rms_norm_eps)
+        k = rms_norm(k, weights[p + "k_norm.weight"], spec.rms_norm_eps)
     cos, sin = rope_tables(spec, positions)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     keys = np.concatenate([cache_k, k], axis=1)
     values = np.concatenate([cache_v, v], axis=1)
-    out = _attend(spec, q, keys, values, past=cache_k.shape[1])
+    sinks = weights[p + "sinks"] if spec.attention_sinks else None
+    out = _attend(spec, q, keys, values, past=cache_k.shape[1], window=spec.window(layer),
+                  sinks=sinks)
     merged = out.transpose(1, 0, 2).reshape(n, spec.q_dim)
     out = linear(merged, weights[p + "o_proj.weight"], _w(weights, p + "o_proj.bias"))
     return out, keys, values
 
 
-def _attend(spec, q, keys, values, past: int) -> np.ndarray:
-    """GQA attention: q [heads, n, d], keys/values [kv_heads, T, d] -> [heads, n, d]."""
+def _attend(spec, q, keys, values, past: int, window: int | None = None,
+            sinks: np.ndarray | None = None) -> np.ndarray:
+    """GQA attention: q [heads, n, d], keys/values [kv_heads, T, d] -> [heads, n, d].
+
+    `sinks` [heads] (gpt-oss): one more logit per head in the softmax, with no value: it
+    takes probability mass and is dropped."""
     kv_index = np.arange(spec.num_heads) // spec.group_size
     k = keys[kv_index]
     v = values[kv_index]
     scale = np.float32(spec.head_dim ** -0.5)
     scores = (q @ k.transpose(0, 2, 1)) * scale
-    mask = causal_mask(q.shape[1], past)
+    mask = causal_mask(q.shape[1], past, window)
     scores = np.where(mask[None], scores, np.float32(-np.inf))
-    return softmax(scores) @ v
+    if sinks is None:
+        return softmax(scores) @ v
+    sink = np.broadcast_to(sinks.astype(np.float32)[:, None, None], (*scores.shape[:2], 1))
+    return softmax(np.concatenate([scores, sink], axis=-1))[..., :-1] @ v
 
 
 def mlp(spec, weights, layer, x) -> np.ndarray:
-    """SwiGLU MLP: down(silu(gate(x)) * up(x)), x [n, hidden]."""
+    """SwiGLU MLP: down(silu(gate(x)) * up(x)), x [n, hidden]; the MoE block on sparse
+    layers."""
+    if spec.is_sparse(layer):
+        return moe_mlp(spec, weights, layer, x)
     p = f"model.layers.{layer}.mlp."
     gate = linear(x, weights[p + "gate_proj.weight"], _w(weights, p + "gate_proj.bias"))
     up = linear(x, weights[p + "up_proj.weight"], _w(weights, p + "up_proj.bias"))
     return linear(silu(gate) * up, weights[p + "down_proj.weight"],
                   _w(weights, p + "down_proj.bias"))
+
+
+def route(spec, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(expert ids [n, k], weights [n, k] float32) of router logits [n, experts]: the
+    top k by descending logit (ties: lower id first), weighted as `spec.moe.routing` says."""
+    moe = spec.moe
+    order = np.argsort(-logits, axis=-1, kind="stable")[:, :moe.top_k]
+    top = np.take_along_axis(logits, order, axis=-1)
+    if moe.routing == "topk_softmax":
+        return order, softmax(top)
+    chosen = np.take_along_axis(softmax(logits), order, axis=-1)
+    if moe.norm_topk_prob:
+        chosen = chosen / np.sum(chosen, axis=-1, keepdims=True)
+    return order, chosen.astype(np.float32)
+
+
+def expert_ffn(spec, weights, names: dict, expert: int, x: np.ndarray) -> np.ndarray:
+    """One expert on the tokens routed to it, x [m, hidden] -> [m, hidden]."""
+    moe = spec.moe
+    if moe.layout != "fused":
+        gate = linear(x, weights[names[f"gate.{expert}"]])
+        up = linear(x, weights[names[f"up.{expert}"]])
+        return linear(silu(gate) * up, weights[names[f"down.{expert}"]])
+    gate_up = x @ weights[names["gate_up"]][expert] + weights[names["gate_up_bias"]][expert]
+    gate, up = gate_up[:, ::2], gate_up[:, 1::2]
+    limit, alpha = np.float32(moe.swiglu_limit), np.float32(moe.swiglu_alpha)
+    gate = np.minimum(gate, limit)
+    up = np.clip(up, -limit, limit)
+    glu = gate * sigmoid(gate * alpha)
+    out = ((up + np.float32(1.0)) * glu) @ weights[names["down"]][expert]
+    return out + weights[names["down_bias"]][expert]
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)) in float32 (overflow gives the correct limit 0)."""
+    with np.errstate(over="ignore"):
+        return np.float32(1.0) / (np.float32(1.0) + np.exp(-x))
+
+
+def moe_mlp(spec, weights, layer, x) -> np.ndarray:
+    """Mixture of experts, x [n, hidden]: each token's top-k experts, weighted and summed."""
+    names = spec.expert_names(layer)
+    logits = linear(x, weights[names["router"]], _w(weights, names.get("router_bias", "")))
+    experts, gates = route(spec, logits.astype(np.float32))
+    out = np.zeros_like(x)
+    for expert in np.unique(experts):
+        tokens, slot = np.nonzero(experts == expert)
+        y = expert_ffn(spec, weights, names, int(expert), x[tokens])
+        np.add.at(out, tokens, y * gates[tokens, slot][:, None])
+    return out
 
 
 def decoder_layer(spec, weights, layer, h, positions, cache_k, cache_v):

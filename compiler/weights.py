@@ -22,11 +22,17 @@ from emulator.hw.errors import ConfigError
 
 # safetensors dtype code -> (bytes per element, numpy dtype or None for BF16)
 STORED_DTYPES = {"F64": (8, np.float64), "F32": (4, np.float32), "F16": (2, np.float16),
-                 "BF16": (2, None)}
+                 "BF16": (2, None), "U8": (1, np.uint8)}
+# MXFP4 (OCP microscaling): 4-bit E2M1 codes, two per byte (low nibble first), one E8M0
+# power-of-two scale (biased by 127) per block of 32 values; the values of the 16 codes:
+FP4_VALUES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
+                       -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], np.float32)
+MXFP4_BIAS = 127
 # Buffers some checkpoints carry that are recomputed from the config, so ignored on load.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 INIT_STD = 0.02          # HF initializer_range: std of Linear / Embedding weights
 NORM_PERTURBATION = 0.1  # std of the random offset added to RMSNorm weights of 1.0
+DECISIVE_SUFFIXES = ("gate.weight", "router.weight", "router.bias", "self_attn.sinks")
 HEADER_LIMIT = 100_000_000  # bytes; safetensors itself rejects larger headers
 SINGLE_FILE = "model.safetensors"             # HuggingFace's name for one-file weights
 INDEX_FILE = "model.safetensors.index.json"   # and for a sharded checkpoint's index
@@ -122,11 +128,38 @@ def load_weights(path, spec) -> dict[str, np.ndarray]:
         path = found
     if path.name.endswith(".index.json"):
         return _load_sharded(path, spec)
-    table = read_header(path)
+    table = mxfp4_entries(read_header(path), spec)
     check_tensor_table(path, table, spec)
     names = list(spec.weight_shapes())
     weights = _read_tensors(path, table, names)
     return {name: weights[name] for name in names}
+
+
+def mxfp4_entries(table: dict, spec) -> dict:
+    """The tensor table with each expected tensor that a checkpoint stores MXFP4-packed
+    (gpt-oss: `X_blocks` uint8 [E, rows, G, 16] and `X_scales` uint8 [E, rows, G] for
+    `X` [E, G * 32, rows]) as one entry of dtype "MXFP4" holding both."""
+    table = dict(table)
+    for name in spec.weight_shapes():
+        blocks, scales = table.get(name + "_blocks"), table.get(name + "_scales")
+        if name in table or blocks is None or scales is None:
+            continue
+        experts, rows, groups, half = blocks["shape"]
+        table[name] = {"dtype": "MXFP4", "shape": [experts, groups * 2 * half, rows],
+                       "blocks": name + "_blocks", "scales": name + "_scales"}
+        del table[name + "_blocks"], table[name + "_scales"]
+    return table
+
+
+def dequantize_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """float32 [E, G * 32, rows] of MXFP4 `blocks` uint8 [E, rows, G, 16] and `scales`
+    uint8 [E, rows, G]: each byte's low nibble then high nibble, times 2^(scale - 127),
+    transposed to the [E, in, out] layout of the fused expert tensors (transformers'
+    `convert_moe_packed_tensors`)."""
+    codes = np.stack([blocks & 0x0F, blocks >> 4], axis=-1).reshape(*blocks.shape[:-1], -1)
+    values = np.ldexp(FP4_VALUES[codes], (scales.astype(np.int32) - MXFP4_BIAS)[..., None])
+    values = values.reshape(*blocks.shape[:2], -1)
+    return np.ascontiguousarray(values.transpose(0, 2, 1))
 
 
 def find_checkpoint(folder) -> Path | None:
@@ -145,16 +178,22 @@ def _load_sharded(index: Path, spec) -> dict[str, np.ndarray]:
     weight_map = _read_weight_map(index)
     shards = sorted(set(weight_map.values()))
     tables = {shard: read_header(index.parent / shard) for shard in shards}
-    combined = {}
+    raw = {}
     for name, shard in weight_map.items():
         if name not in tables[shard]:
             raise ConfigError(f"{index}: tensor '{name}' is mapped to {shard}, which does "
                               f"not hold it")
-        combined[name] = tables[shard][name]
+        raw[name] = tables[shard][name]
+    owner = {packed: weight_map[packed + "_blocks"] for packed in mxfp4_entries(raw, spec)
+             if packed not in raw}
+    owner |= weight_map
+    tables = {shard: mxfp4_entries(table, spec) for shard, table in tables.items()}
+    combined = {name: tables[shard][name] for name, shard in owner.items()
+                if name in tables[shard]}
     check_tensor_table(index, combined, spec)
     weights = {}
     for shard, table in tables.items():
-        names = [n for n in spec.weight_shapes() if weight_map.get(n) == shard]
+        names = [n for n in spec.weight_shapes() if owner.get(n) == shard]
         weights.update(_read_tensors(index.parent / shard, table, names))
     return {name: weights[name] for name in spec.weight_shapes()}
 
@@ -182,6 +221,12 @@ def _read_weight_map(index: Path) -> dict[str, str]:
 
 def _read_tensors(path: Path, table: dict, names: list[str]) -> dict[str, np.ndarray]:
     """float32 arrays of tensors `names` of one safetensors file with header `table`."""
+    packed = [n for n in names if table[n]["dtype"] == "MXFP4"]
+    if packed:
+        raw = _read_raw(path, [table[n][part] for n in packed for part in ("blocks", "scales")])
+        weights = {n: dequantize_mxfp4(raw[table[n]["blocks"]], raw[table[n]["scales"]])
+                   for n in packed}
+        return weights | _read_tensors(path, table, [n for n in names if n not in packed])
     weights = _read_plain(path, [n for n in names if table[n]["dtype"] != "BF16"])
     header_len = _header_length(path)
     for name in names:
@@ -192,11 +237,16 @@ def _read_tensors(path: Path, table: dict, names: list[str]) -> dict[str, np.nda
 
 def _read_plain(path: Path, names: list[str]) -> dict[str, np.ndarray]:
     """Read non-bf16 tensors through safetensors' numpy loader, as float32."""
+    return {n: np.asarray(v, dtype=np.float32) for n, v in _read_raw(path, names).items()}
+
+
+def _read_raw(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """Tensors `names` (non-bf16) as stored, through safetensors' numpy loader."""
     if not names:
         return {}
     try:
         with safetensors.safe_open(str(path), framework="numpy") as handle:
-            return {n: np.asarray(handle.get_tensor(n), dtype=np.float32) for n in names}
+            return {n: handle.get_tensor(n) for n in names}
     except (safetensors.SafetensorError, OSError, ValueError) as exc:
         raise ConfigError(f"{path}: corrupt safetensors file: {exc}") from None
 
@@ -220,7 +270,9 @@ def random_weights(spec, seed: int) -> dict[str, np.ndarray]:
     """Deterministic float32 weights for `spec`, scaled like HF initialisation.
 
     Linear, embedding and bias tensors ~ normal(0, 0.02); RMSNorm weights are 1 plus a
-    normal(0, 0.1) perturbation so that a wrong norm weight changes the logits.
+    normal(0, 0.1) perturbation so that a wrong norm weight changes the logits; MoE router
+    weights and attention sinks ~ normal(0, 1), so that routing and sink mass are decisive
+    (no near-ties between experts that rounding could flip).
     """
     rng = np.random.default_rng(seed)
     weights = {}
@@ -228,6 +280,8 @@ def random_weights(spec, seed: int) -> dict[str, np.ndarray]:
         values = rng.standard_normal(shape, dtype=np.float32)
         if name.endswith("norm.weight"):
             weights[name] = (1.0 + NORM_PERTURBATION * values).astype(np.float32)
+        elif name.endswith(DECISIVE_SUFFIXES):
+            weights[name] = values
         else:
             weights[name] = (INIT_STD * values).astype(np.float32)
     return weights

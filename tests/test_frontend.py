@@ -228,7 +228,8 @@ BAD_CONFIGS = {
     "odd head_dim": ("tiny-gqa.json", _set("head_dim", 11), "'head_dim'"),
     "architecture": ("tiny-llama.json", _set("architectures", ["GPT2LMHeadModel"]),
                      "'architectures' has unsupported value \"GPT2LMHeadModel\" (supported: "
-                     "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)"),
+                     "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "
+                     "MixtralForCausalLM, Qwen3MoeForCausalLM, GptOssForCausalLM)"),
     "architectures not a list": ("tiny-llama.json", _set("architectures", "LlamaForCausalLM"),
                                  "'architectures'"),
     "no architecture": ("tiny-llama.json", lambda d: [d.pop("architectures"),
@@ -236,9 +237,10 @@ BAD_CONFIGS = {
     "model_type mismatch": ("tiny-llama.json", _set("model_type", "qwen2"), "'model_type'"),
     "gelu": ("tiny-llama.json", _set("hidden_act", "gelu"), "'hidden_act' has unsupported "
                                                             "value \"gelu\" (supported: silu)"),
-    "yarn": ("tiny-llama.json", _set("rope_scaling", {"rope_type": "yarn", "factor": 4.0}),
-             "'rope_scaling.rope_type' has unsupported value \"yarn\" "
-             "(supported: default, linear, llama3)"),
+    "longrope": ("tiny-llama.json", _set("rope_scaling", {"rope_type": "longrope",
+                                                          "factor": 4.0}),
+                 "'rope_scaling.rope_type' has unsupported value \"longrope\" "
+                 "(supported: default, linear, llama3, yarn)"),
     "dynamic (old key)": ("tiny-llama.json", _set("rope_scaling", {"type": "dynamic",
                                                                    "factor": 2.0}),
                           "'rope_scaling.type'"),
@@ -260,14 +262,16 @@ BAD_CONFIGS = {
     "negative eps": ("tiny-llama.json", _set("rms_norm_eps", -1e-5), "'rms_norm_eps'"),
     "bias not bool": ("tiny-llama.json", _set("attention_bias", "yes"), "'attention_bias'"),
     "tie not bool": ("tiny-llama.json", _set("tie_word_embeddings", 1), "'tie_word_embeddings'"),
-    "mistral sliding window": ("tiny-gqa.json", _set("sliding_window", 4096),
-                               "'sliding_window' is 4096: sliding-window attention is not "
-                               "supported"),
-    "qwen2 sliding window on": ("tiny-qwen2.json", _set("use_sliding_window", True),
-                                "'use_sliding_window'"),
-    "sliding layer types": ("tiny-qwen2.json", _set("layer_types", ["full_attention",
-                                                                    "sliding_attention"]),
-                            "'layer_types'"),
+    "mistral zero window": ("tiny-gqa.json", _set("sliding_window", 0),
+                            "'sliding_window' must be a positive integer, got 0"),
+    "qwen2 window layers": ("tiny-qwen2.json", lambda d: d.update(use_sliding_window=True,
+                                                                  max_window_layers=-1),
+                            "'max_window_layers' must be an integer >= 0"),
+    "layer types length": ("tiny-qwen2.json", _set("layer_types", ["full_attention"]),
+                           "'layer_types' must list"),
+    "llama sliding layers": ("tiny-llama.json", lambda d: d.update(
+        layer_types=["sliding_attention"] * d["num_hidden_layers"], sliding_window=4),
+        "'layer_types' cannot name sliding_attention layers for Llama"),
     "qwen2 without bias": ("tiny-qwen2.json", _set("attention_bias", False), "'attention_bias'"),
     "mistral mlp bias": ("tiny-gqa.json", _set("mlp_bias", True), "'mlp_bias'"),
     "int8 dtype": ("tiny-llama.json", _set("torch_dtype", "int8"),

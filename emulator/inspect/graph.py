@@ -156,6 +156,7 @@ def _head(b: _Builder, h: str, all_logits: bool) -> None:
 
 def _build(spec, n: int, past: int, bytes_per_element: int, kind: str, all_logits: bool):
     """The op graph of n new tokens after `past` cached ones."""
+    spec.require_mapped("the op graph")
     b = _Builder(spec, n, past, bytes_per_element, kind)
     x = b.op("input", "input", -1, [], [], (n,))
     h = b.op("embedding", "embedding", -1, [x], [(n,)], (n, spec.hidden_size),

@@ -97,6 +97,7 @@ def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
     with `weights` (HF names, float32; random from `seed` when None); timing-only mode
     skips all values. Both give the same cycles.
     """
+    spec.require_mapped("prefill")
     dtype = _check_dtype(dtype)
     token_ids, P = _prompt(spec, tokens, seed, timing_only)
     check_capacity(spec, hw, P, dtype)

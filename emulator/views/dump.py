@@ -17,6 +17,7 @@ from pathlib import Path
 from compiler.decode import Compiled, compile_decode
 from compiler.emit import DecodeProgram
 from compiler.place import ascii_map, dump_placement
+from compiler.printing import compiled_text
 from compiler.route import dump_routes
 from compiler.tile import dump_tiles
 from emulator.files import atomic_write_text
@@ -74,7 +75,8 @@ def stage_files(compiled: Compiled, mesh: MeshConfig, pos: int = 0) -> dict:
              "placement.json": dump_placement(compiled.placement, mesh),
              "placement.txt": ascii_map(compiled.placement, mesh),
              "routes.json": dump_routes(compiled.routes),
-             "summary.json": json.dumps(summary(compiled, mesh), indent=2) + "\n"}
+             "summary.json": json.dumps(summary(compiled, mesh), indent=2) + "\n",
+             "ir.txt": compiled_text(compiled)}
     for x, y in dp.representatives:
         files[f"pe_{x}_{y}.asm"] = pe_listing(dp, x, y, pos)
     if dp.program.num_pes <= FULL_PROGRAM_PES:
