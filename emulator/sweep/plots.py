@@ -76,6 +76,8 @@ def plot_pareto(rows: list[dict], x: str, y: str, path, params=(), title: str = 
     ax.set_ylabel(f"{yname} ({'lower' if ygoal == 'min' else 'higher'} is better)")
     _log_if_wide(ax, [p[0] for p in pts], "x")
     _log_if_wide(ax, [p[1] for p in pts], "y")
+    _byte_ticks(ax.xaxis, xname)
+    _byte_ticks(ax.yaxis, yname)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     ax.set_title(title or f"Pareto frontier: {yname} vs {xname}", fontsize=10)
@@ -182,6 +184,27 @@ def _log_if_wide(ax, values, axis: str) -> None:
     values = [v for v in values if v > 0]
     if values and max(values) / min(values) > 100:
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+
+
+def _byte_ticks(axis, name: str) -> None:
+    """Ticks of a linear byte-valued axis at multiples of a power of two, labelled in
+    KiB / MiB / GiB / TiB."""
+    if "bytes" not in name or axis.get_scale() != "linear":
+        return
+    from matplotlib.ticker import FuncFormatter, MultipleLocator
+
+    low, high = sorted(axis.get_view_interval())
+    if high > low:
+        axis.set_major_locator(MultipleLocator(2.0 ** math.floor(math.log2((high - low) / 5))))
+
+    def label(value, _pos):
+        for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20),
+                           ("KiB", 1 << 10)):
+            if abs(value) >= size:
+                return f"{value / size:.4g} {unit}"
+        return f"{value:.4g} B"
+
+    axis.set_major_formatter(FuncFormatter(label))
 
 
 def _slug(name: str) -> str:
