@@ -242,12 +242,20 @@ def test_interrupted_sweep_resumes_without_computing_twice(tmp_path, client):
     assert not (tmp_path / "out" / "results.parquet").exists()
     finished = len(list((tmp_path / "out" / "cache").glob("*.json")))
     assert finished >= 3
-    time.sleep(1.0)         # points that were running when interrupted finish (and cache)
+    _wait_idle(client)      # points that were running when interrupted finish (and cache)
     outcome = run_sweep(load_spec(spec_path), tmp_path / "out", client)
     assert outcome.cached >= finished and outcome.cached + outcome.computed == 8
     assert [r["y"] for r in outcome.rows] == [x * x for x in range(8)]
     done = sorted(int(p.name.split("-")[1]) for p in marks.glob("done-*"))
     assert done == list(range(8))          # every point computed exactly once
+
+
+def _wait_idle(client, timeout: float = 60.0) -> None:
+    """Wait until no worker is executing a task (cancelled tasks run to their end)."""
+    deadline = time.monotonic() + timeout
+    while any(client.run(lambda dask_worker: len(dask_worker.state.executing)).values()):
+        assert time.monotonic() < deadline, "workers still busy"
+        time.sleep(0.05)
 
 
 def test_cli_sweep_with_plots(tmp_path, client):
