@@ -83,7 +83,15 @@ def _pareto_option(text: str | None, spec) -> tuple[str, str] | None:
 
 
 def _close(client, own: bool) -> None:
-    """Close the client, and the local cluster it started."""
+    """Close the client, and the local cluster it started. After Ctrl-C, what the
+    cluster's event loop logs while it is torn down mid-task is noise: it is muted, so
+    'emu: interrupted' is the one line."""
+    import logging
+    import sys
+
+    if isinstance(sys.exc_info()[1], KeyboardInterrupt):
+        for name in ("distributed", "tornado", "asyncio"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     cluster = client.cluster if own else None
     client.close()
     if cluster is not None:
