@@ -86,16 +86,27 @@ def _close(client, own: bool) -> None:
     """Close the client, and the local cluster it started. After Ctrl-C, what the
     cluster's event loop logs while it is torn down mid-task is noise: it is muted, so
     'emu: interrupted' is the one line."""
-    import logging
     import sys
 
     if isinstance(sys.exc_info()[1], KeyboardInterrupt):
-        for name in ("distributed", "tornado", "asyncio"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
+        _mute_logs()
+        if own:
+            try:
+                client.run(_mute_logs)      # the workers' heartbeats fail as the cluster goes
+            except Exception:  # noqa: BLE001 - best effort; the cluster closes anyway
+                pass
     cluster = client.cluster if own else None
     client.close()
     if cluster is not None:
         cluster.close()
+
+
+def _mute_logs() -> None:
+    """Log nothing below CRITICAL from Dask, tornado and asyncio in this process."""
+    import logging
+
+    for name in ("distributed", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 COMMANDS = [sweep]
