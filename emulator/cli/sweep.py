@@ -19,7 +19,7 @@ from emulator.hw.errors import ConfigError
 @click.argument("spec_path", metavar="SPEC")
 @click.option("--out", "out_dir", required=True, metavar="DIR",
               help="Folder for results.parquet, results.csv, cache/ and plots/.")
-@click.option("--workers", type=int, help="Worker processes of a local Dask cluster "
+@click.option("--workers", type=int, metavar="N", help="Worker processes of a local Dask cluster "
                                           "(default: one per core).")
 @click.option("--scheduler", metavar="tcp://HOST:PORT",
               help="Address of an existing Dask scheduler (instead of a local cluster).")
@@ -27,7 +27,7 @@ from emulator.hw.errors import ConfigError
                                             "and, for two-axis grids, a heatmap.")
 @click.option("--pareto", metavar="X[:min|max],Y[:min|max]",
               help="The two columns of the frontier (default: the command's).")
-@click.option("--metric", help="The heatmap's column (default: the command's).")
+@click.option("--metric", metavar="NAME", help="The heatmap's column (default: the command's).")
 def sweep(spec_path, out_dir, workers, scheduler, plots, pareto, metric):
     """Run the points of SPEC (JSON or YAML) and write DIR/results.parquet and .csv."""
     from emulator.sweep import load_spec, local_client, remote_client, run_sweep
