@@ -11,6 +11,8 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from emulator.hw.errors import ConfigError
 from emulator.hw.mesh import load_mesh
@@ -358,3 +360,29 @@ def test_option_types_checked_with_lines(tmp_path):
     # preset fields take ints for float fields; gemm's M N K take ints or strings
     load_spec(write(tmp_path, "ok.yaml", "command: gemm\nfixed: {n: '8', k: 8}\n"
                                          "grid: {m: [8], prefill_hw.tensor_clock_hz: [1]}\n"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 512), min_size=1, max_size=4, unique=True),
+                min_size=1, max_size=3),
+       st.sampled_from(["grid", "zip"]))
+def test_grid_and_zip_expansion_property(tmp_path_factory, axes_values, mode):
+    """grid: every combination exactly once, the first axis slowest; zip: the i-th values."""
+    import itertools
+
+    names = ["m", "n", "k"][:len(axes_values)]
+    if mode == "zip":
+        length = min(len(v) for v in axes_values)
+        axes_values = [v[:length] for v in axes_values]
+    table = dict(zip(names, axes_values, strict=True))
+    fixed = {n: 8 for n in ("m", "n", "k") if n not in table}
+    path = tmp_path_factory.mktemp("p") / "s.json"
+    path.write_text(json.dumps({"command": "gemm", "fixed": fixed, mode: table}))
+    spec = load_spec(path)
+    if mode == "grid":
+        combos = list(itertools.product(*axes_values))
+    else:
+        combos = list(zip(*axes_values, strict=True))
+    assert spec.points == [{**fixed, **dict(zip(names, c, strict=True))} for c in combos]
+    keys = {p.key for p in prepare(spec)}
+    assert len(keys) == len(set(combos))
