@@ -6,7 +6,8 @@ Rows (each with its public source and the ratio predicted / published):
   with speculative decoding, which emu does not model);
 - WaferLLM (OSDI 2025) on WSE-2: MeshGEMV [1,16K]x[16K,16K] ~1.2 us and
   [1,32K]x[32K,32K] ~2.03 us; Llama3-8B decode ~2,700 tokens/s on a 420x420 region;
-- Trainium2 prefill of Llama-3.1-8B, 2048 tokens: the roofline at 667 dense bf16 TFLOPS.
+- Trainium2 prefill: the measured TTFT of Llama-3.3-70B and Llama-3.1-405B on a
+  trn2.48xlarge (AWS Neuron tutorials), rows from benchmarks/bench_prefill.py.
 
 The decode rows need whole-wafer emulations; pass `--scale-json FILE` written by
 `python benchmarks/bench_scale.py --json FILE` to reuse them (otherwise they are run).
@@ -22,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_prefill import calibration_rows as prefill_rows  # noqa: E402
 from bench_scale import decode_8b, decode_70b, prefill_8b  # noqa: E402
 
 from emulator.hw.mesh import load_mesh  # noqa: E402
@@ -35,7 +37,6 @@ SOURCES = {
                     "Llama 3.1-70B 2,100 tokens/s (speculative decoding among the changes)",
     "waferllm": "Wang et al., \"WaferLLM: Large Language Model Inference at Wafer Scale\", "
                 "OSDI 2025 (WSE-2, 1.1 GHz assumed in its cycle-to-time conversion)",
-    "trn2": "AWS Trainium2: 667 dense bf16 TFLOPS per chip (emu preset trn2, sources there)",
 }
 WAFERLLM_CLOCK_HZ = 1.1e9
 
@@ -80,16 +81,10 @@ def decode_rows(scale: dict) -> list[dict]:
     ]
 
 
-def prefill_row(scale: dict) -> dict:
-    """Trn2 prefill of Llama-3.1-8B, 2048 tokens, against its 667-TFLOPS roofline."""
-    p = scale["prefill_8b"]
-    return {"name": "Llama-3.1-8B prefill, 2048 tokens, one Trn2 (ms)", "unit": "ms",
-            "predicted": p["seconds"] * 1e3, "published": p["roofline_seconds"] * 1e3,
-            "source": "trn2"}
-
-
 def explanation(row: dict, scale: dict) -> str:
     """The paragraph under each row: what the emulator models and what it leaves out."""
+    if "explanation" in row:              # rows that carry their own (prefill)
+        return row["explanation"]
     name = row["name"]
     wse3 = load_mesh("wse3")
     if "MeshGEMV" in name:
@@ -100,11 +95,6 @@ def explanation(row: dict, scale: dict) -> str:
                 f"uses the SDK's 850 MHz. WaferLLM's MeshGEMV uses a K-tree allreduce and "
                 f"interleaved placement on its own mesh size; emu models one wavelet per "
                 f"cycle per link and no per-wavelet router stalls.")
-    if "prefill" in name:
-        return ("The 'published' column is the roofline (model FLOPs / 667 dense bf16 "
-                "TFLOPS, or HBM bytes / bandwidth), not a measurement: the ratio is how far "
-                "emu's engine model (TensorE, Vector, Scalar and DMA queues with "
-                "dependencies, docs/prefill.md) is from the bound.")
     if "70B" in name:
         d70 = scale["decode_70b"]
         spec = ("Cerebras' October figure includes speculative decoding, which emu does "
@@ -141,7 +131,7 @@ def render(rows: list[dict], scale: dict) -> str:
                  else row["published"] / row["predicted"])
         lines.append(f"| {n} | {row['name']} | {row['predicted']:,.2f} {row['unit']} | "
                      f"{row['published']:,.2f} {row['unit']} | {ratio:.2f} | "
-                     f"{SOURCES[row['source']]} |")
+                     f"{row.get('source_text') or SOURCES[row['source']]} |")
     lines.append("")
     for n, row in enumerate(rows, 1):
         lines += [f"**{n}. {row['name']}.** {explanation(row, scale)}", ""]
@@ -160,7 +150,7 @@ def main(argv=None) -> int:
     else:
         scale = {"prefill_8b": prefill_8b(), "decode_8b": decode_8b(args.context),
                  "decode_70b": decode_70b(args.context)}
-    rows = decode_rows(scale) + gemv_rows(args.gemv_mesh) + [prefill_row(scale)]
+    rows = decode_rows(scale) + gemv_rows(args.gemv_mesh) + prefill_rows()
     args.out.write_text(render(rows, scale) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
     return 0

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from emulator.hw.errors import ConfigError
+from emulator.hw.presets import MAX_INT, parse_json
 
 ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -409,6 +410,8 @@ def _int(data: dict, key: str, label: str, default=_MISSING, field: str | None =
         raise _fail(label, field, f"must be a positive integer, got {json.dumps(value)}")
     if value <= 0:
         raise _fail(label, field, f"must be a positive integer, got {value}")
+    if value > MAX_INT:
+        raise _fail(label, field, f"is out of range (at most 2^62), got {value}")
     return value
 
 
@@ -418,8 +421,10 @@ def _float(data: dict, key: str, label: str, default=_MISSING, field: str | None
     value = _lookup(data, key, label, field, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _fail(label, field, f"must be a positive number, got {json.dumps(value)}")
+    if isinstance(value, int) and value > MAX_INT:
+        raise _fail(label, field, f"is out of range (at most 2^62), got {value}")
     if not (math.isfinite(value) and value > 0):
-        raise _fail(label, field, f"must be a positive number, got {value}")
+        raise _fail(label, field, f"must be a positive, finite number, got {value}")
     return float(value)
 
 
@@ -704,11 +709,7 @@ def read_config_json(path) -> dict:
         raise ConfigError(f"{path}: no such model config file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read model config: {exc}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: "
-                          f"{exc.msg}") from None
+    return parse_json(text, str(path))
 
 
 def load_config(path) -> ModelSpec:

@@ -19,6 +19,7 @@ import safetensors.numpy
 from compiler.numerics import canonical_dtype, float32_to_bf16_bits
 from emulator.files import atomic_write_bytes
 from emulator.hw.errors import ConfigError
+from emulator.limits import check_memory
 
 # safetensors dtype code -> (bytes per element, numpy dtype or None for BF16)
 STORED_DTYPES = {"F64": (8, np.float64), "F32": (4, np.float32), "F16": (2, np.float16),
@@ -36,6 +37,13 @@ DECISIVE_SUFFIXES = ("gate.weight", "router.weight", "router.bias", "self_attn.s
 HEADER_LIMIT = 100_000_000  # bytes; safetensors itself rejects larger headers
 SINGLE_FILE = "model.safetensors"             # HuggingFace's name for one-file weights
 INDEX_FILE = "model.safetensors.index.json"   # and for a sharded checkpoint's index
+WORKING_COPIES = 2       # float32 arrays alive per tensor while weights are made or read
+
+
+def check_weights_memory(spec, what: str) -> None:
+    """ResourceError when the float32 weights of `spec` would not fit the memory limit."""
+    count = spec.param_count()
+    check_memory(WORKING_COPIES * 4 * count, f"{what} ({count:,} parameters as float32)")
 
 
 def read_header(path) -> dict[str, dict]:
@@ -130,6 +138,7 @@ def load_weights(path, spec) -> dict[str, np.ndarray]:
         return _load_sharded(path, spec)
     table = mxfp4_entries(read_header(path), spec)
     check_tensor_table(path, table, spec)
+    check_weights_memory(spec, f"{path}: loading the weights")
     names = list(spec.weight_shapes())
     weights = _read_tensors(path, table, names)
     return {name: weights[name] for name in names}
@@ -272,8 +281,12 @@ def random_weights(spec, seed: int) -> dict[str, np.ndarray]:
     Linear, embedding and bias tensors ~ normal(0, 0.02); RMSNorm weights are 1 plus a
     normal(0, 0.1) perturbation so that a wrong norm weight changes the logits; MoE router
     weights and attention sinks ~ normal(0, 1), so that routing and sink mass are decisive
-    (no near-ties between experts that rounding could flip).
+    (no near-ties between experts that rounding could flip). `seed` is a non-negative
+    integer.
     """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    check_weights_memory(spec, "random weights")
     rng = np.random.default_rng(seed)
     weights = {}
     for name, shape in spec.weight_shapes().items():

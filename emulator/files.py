@@ -1,36 +1,23 @@
-"""Atomic output files: write to a temporary file beside the target, then rename.
+"""Atomic output files for library code and scripts (one file at a time).
 
-A command that fails half-way therefore never leaves a partial report, trace or array.
+Each helper goes through the output layer (emulator/outputs.py): the bytes go to a
+temporary file beside the target, renamed over it, so a failure never leaves a partial
+file; a symlink is written through (the link kept), and a FIFO, a device or a path under
+/dev or /proc is written in place, never replaced. Commands with several outputs use
+`emulator.outputs.Outputs` directly, so that all of them are committed together.
 """
 
+import io
 import json
-import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
+
+from emulator.outputs import write_now
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write `data` to `path` so that readers see either the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    """The process umask (read by setting and restoring it)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    write_now(path, data)
 
 
 def atomic_write_text(path, text: str) -> None:
@@ -45,8 +32,6 @@ def atomic_write_json(path, obj) -> None:
 
 def atomic_save_npy(path, array) -> None:
     """Save a numpy array in .npy format atomically."""
-    import io
-
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(array))
     atomic_write_bytes(path, buffer.getvalue())

@@ -23,11 +23,12 @@ from emulator.hw.link import LinkConfig, load_link
 from emulator.hw.mesh import MeshConfig, load_sized_mesh
 from emulator.hw.prefill import PrefillConfig, load_prefill
 from emulator.inspect.phases import layer_cycles, op_spans
+from emulator.limits import check_mapping_memory
 from emulator.link.layout import kv_layout_cycles
 from emulator.link.transfer import transfer_kv
 from emulator.mesh.runtime import MeshDecoder, run_timing
 from emulator.mesh.system import SystemDecoder, SystemStep, run_system_timing
-from emulator.prefill.run import check_capacity, run_prefill
+from emulator.prefill.run import bytes_per_element, choose_chips, parse_chips, run_prefill
 from emulator.views.trace import TraceBuilder
 from isa.program import RunResult
 
@@ -53,6 +54,8 @@ class RunRequest:
     overlap_kv: bool = False
     engine: str = "numba"
     seed: int = 0
+    prefill_chips: int | None = None      # None: the fewest chips whose HBM holds the model
+    prefill_dtype: str | None = None      # None: dtype; fp8 (timing-only) for the prefill
 
 
 @dataclass
@@ -67,13 +70,13 @@ class RunOutcome:
 
 
 def smallest_prefill_chip(spec, dtype: str, prompt_len: int) -> PrefillConfig:
-    """The first bundled prefill chip of AUTO_PREFILL whose HBM holds weights + KV +
-    activations (Llama-3.1-70B in bf16 needs Trn3's 144 GiB); FitError when none does."""
+    """The first bundled prefill preset of AUTO_PREFILL whose chips (up to the preset's
+    instance) hold weights + KV + activations in HBM; FitError when none does."""
     error = None
     for name in AUTO_PREFILL:
         hw = load_prefill(name)
         try:
-            check_capacity(spec, hw, prompt_len, dtype)
+            choose_chips(spec, hw, prompt_len, dtype, None)
             return hw
         except FitError as exc:
             error = exc
@@ -119,13 +122,15 @@ def parse_prompt(tokens: str | None, length: int | None) -> tuple[np.ndarray | N
 
 
 def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens,
-                  prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine):
+                  prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine,
+                  prefill_chips=None, prefill_dtype=None):
     """Load and check every input of `emu run` (the CLI's option values); returns a
     RunRequest. `hw`, `prefill_hw` and `link` are preset names, JSON files or already
     loaded preset dataclasses (`emu sweep` passes them as data); `prefill_hw` may be
     'auto'."""
     spec = resolve_model(config or DEFAULT_MODEL)
     mesh = load_sized_mesh(hw, mesh_size)
+    check_mapping_memory(mesh)
     prompt, length = parse_prompt(prompt_tokens, prompt_len)
     if timing_only and weights:
         raise ConfigError("--weights and --timing-only exclude each other")
@@ -148,7 +153,8 @@ def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt
                       prompt=prompt, prompt_len=length,
                       max_new_tokens=max_new_tokens, dtype=dtype,
                       weights=values, timing_only=timing_only, overlap_kv=overlap_kv,
-                      engine=engine, seed=0 if seed is None else seed)
+                      engine=engine, seed=0 if seed is None else seed,
+                      prefill_chips=parse_chips(prefill_chips), prefill_dtype=prefill_dtype)
 
 
 def folder_weights(config: str | None) -> Path | None:
@@ -164,12 +170,14 @@ def run_report(*, model: str | None = None, hw: str | MeshConfig = "small",
                seed: int | None = None, prompt_tokens: str | None = None,
                prompt_len: int | None = None, max_new_tokens: int = 8, dtype: str = "bf16",
                timing_only: bool = False, overlap_kv: bool = False,
-               engine: str = "numba") -> dict:
+               engine: str = "numba", prefill_chips: int | str | None = None,
+               prefill_dtype: str | None = None) -> dict:
     """The report dict of `emu run` for the options of its command line (long option
     names with `_`; `model` is CONFIG; the defaults are the CLI's). This is `emu sweep`'s
     `run` command; presets may be passed as data."""
     req = build_request(model, hw, mesh, prefill_hw, link, weights, seed, prompt_tokens,
-                        prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine)
+                        prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine,
+                        prefill_chips, prefill_dtype)
     return run_inference(req).report
 
 
@@ -219,8 +227,9 @@ def run_inference(req: RunRequest, progress=None) -> RunOutcome:
     (done = 0) and after each decode step."""
     check_request(req)
     tokens_in = req.prompt if req.prompt is not None else req.prompt_len
-    prefill = run_prefill(req.spec, req.prefill_hw, tokens_in, req.weights, req.dtype,
-                          req.timing_only, req.seed)
+    prefill = run_prefill(req.spec, req.prefill_hw, tokens_in, req.weights,
+                          req.prefill_dtype or req.dtype, req.timing_only, req.seed,
+                          chips=req.prefill_chips)
     kv = _transfer(req, prefill)
     stage = DecodeStage(req)
     stage.load_kv(prefill.kv_cache)
@@ -234,7 +243,8 @@ def run_inference(req: RunRequest, progress=None) -> RunOutcome:
 
 
 def _transfer(req: RunRequest, prefill):
-    per_token = req.spec.kv_bytes_per_token(dtype_bytes(req.dtype))
+    per_token = req.spec.kv_bytes_per_token(
+        bytes_per_element("fp8") if req.prefill_dtype == "fp8" else dtype_bytes(req.dtype))
     layer_ends = None
     if req.overlap_kv:
         ends = [row["end"] for row in prefill.per_layer if row["layer"] >= 0]
@@ -400,6 +410,7 @@ def build_report(req, prefill, kv, layout_cycles, stage, tokens, results) -> dic
         "prompt_tokens": None if req.prompt is None else [int(t) for t in req.prompt],
         "tokens": tokens,
         "prefill": {"cycles": prefill.cycles, "seconds": prefill.seconds,
+                    "chips": prefill.chips, "dtype": prefill.dtype,
                     "clock_hz": prefill.clock_hz, "roofline_seconds": prefill.roofline_seconds,
                     "flops": prefill.flops, "bytes_moved": prefill.bytes_moved,
                     "engine_utilization": prefill.engine_utilization,

@@ -24,6 +24,7 @@ import numpy as np
 from emulator.hw.dtypes import BYTES as DTYPE_BYTES
 from emulator.hw.dtypes import NAMES as DTYPES
 from emulator.hw.errors import AsmError
+from emulator.limits import check_memory
 from isa.expr import INT32_MAX, INT32_MIN, ExprError, eval_expr, parse_expr
 from isa.opcodes import (
     INSTR_DTYPE,
@@ -49,6 +50,7 @@ from isa.opcodes import (
     encode_mode,
 )
 from isa.program import Program, factor_params
+from isa.validate import program_bytes_per_pe
 
 PORT_BITS = {"N": PORT_N, "E": PORT_E, "S": PORT_S, "W": PORT_W, "R": PORT_R}
 MAX_PARAMS = 64
@@ -247,6 +249,8 @@ class Assembler:
                                if self.sram_bytes else 0)
         width, height = size
         n = width * height
+        check_memory(n * program_bytes_per_pe(self.num_params, self.num_colors),
+                     f"{self.source}: a {width}x{height} mesh program")
         self.width, self.height = width, height
         self.pe_region = np.full(n, -1, np.int32)
         self.params = np.zeros((n, self.num_params), np.int32)

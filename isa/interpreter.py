@@ -20,11 +20,12 @@ docs/isa.md and docs/timing.md; the scheduling rule that makes runs deterministi
 
 import heapq
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from emulator.hw.errors import MeshFault
+from emulator.hw.errors import BudgetError, MeshFault
 from emulator.hw.mesh import MeshConfig
 from isa.opcodes import (
     COMM_OPS,
@@ -51,7 +52,7 @@ from isa.opcodes import (
     slot_mode,
 )
 from isa.program import Program, RunResult
-from isa.validate import run_sram, validate_program
+from isa.validate import check_run_memory, run_sram, validate_program
 
 READY, BLOCKED, AT_BARRIER, HALTED = (int(s) for s in Status)
 NAN32 = np.float32("nan")
@@ -134,11 +135,15 @@ class ReferenceMachine:
 
     def __init__(self, program: Program, mesh: MeshConfig, sram, functional: bool,
                  max_cycles: int, record_events: bool, in_place: bool = False,
-                 record_values: bool = False):
+                 record_values: bool = False, max_seconds: float | None = None):
         validate_program(program, mesh)
+        check_run_memory(program, functional, "reference")
         self.p, self.mesh = program, mesh
         n = program.num_pes
         self.functional, self.max_cycles = functional, max_cycles
+        self.max_seconds = max_seconds
+        self.deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        self.ticks = 0
         self.width = mesh.simd_width(program.dtype)
         self.sram = run_sram(program, sram, in_place) if functional else None
         self.clock = np.zeros(n, np.int64)
@@ -211,6 +216,18 @@ class ReferenceMachine:
         self.busy[pe] += cost
         if self.clock[pe] > self.max_cycles:
             self.fault(pe, f"cycle limit {self.max_cycles} exceeded")
+        self.ticks += 1
+        if self.deadline is not None and not self.ticks & 0x3FF:
+            self.check_budget(pe)
+
+    def check_budget(self, pe: int):
+        """BudgetError once the wall-clock budget (`max_seconds`) has run out."""
+        if time.monotonic() > self.deadline:
+            raise BudgetError(f"{self.p.source}: the reference engine's time budget of "
+                              f"{self.max_seconds:g} s ran out at cycle "
+                              f"{int(self.clock[pe]):,} after {self.instructions:,} "
+                              f"instructions (raise --max-seconds, lower --max-cycles, or "
+                              f"use --engine numba)")
 
     def vector_cost(self, n: int) -> int:
         return self.mesh.issue_overhead + -(-n // self.width)
@@ -529,15 +546,16 @@ def _ports(mask: int) -> str:
 
 def run_reference(program: Program, mesh: MeshConfig, sram=None, functional: bool = True,
                   max_cycles: int = 10**9, record_events: bool = False,
-                  in_place: bool = False) -> RunResult:
+                  in_place: bool = False, max_seconds: float | None = None) -> RunResult:
     """Run `program` on `mesh` with the reference interpreter.
 
     `sram`: optional float32 [W*H, sram_words] initial contents (default: the program's
     `.data`), copied unless `in_place`: then the run updates `sram` itself (a float32
     C-contiguous array; after a fault it holds the partial results) and returns it as
     `RunResult.sram`. Timing-only (`functional=False`) computes no values and returns
-    `sram=None`.
+    `sram=None`. `max_seconds`: a wall-clock budget; past it the run stops with a
+    `BudgetError` (checked every 1024 instructions).
     """
     machine = ReferenceMachine(program, mesh, sram, functional, max_cycles, record_events,
-                               in_place)
+                               in_place, max_seconds=max_seconds)
     return machine.run()

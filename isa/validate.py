@@ -10,6 +10,7 @@ import numpy as np
 from emulator.hw.dtypes import BYTES as DTYPE_BYTES
 from emulator.hw.errors import ConfigError, FitError
 from emulator.hw.mesh import MeshConfig
+from emulator.limits import check_memory
 from isa.opcodes import (
     MODE_BITS,
     MODE_IMM,
@@ -21,6 +22,37 @@ from isa.opcodes import (
     Op,
 )
 from isa.program import Program
+
+# Host bytes per PE of an engine run besides the SRAM image: the PE state rows, registers,
+# four links with two counters each, router tables and FIFO heads of every color (both
+# engines keep int64 rows; measured: the Numba engine's KernelRun holds about 600 B per PE
+# on a 24-color program, the reference interpreter about the same in numpy arrays).
+RUN_BYTES_PER_PE = 1024
+RUN_BYTES_PER_COLOR = 64
+
+
+def program_bytes_per_pe(num_params: int, num_colors: int) -> int:
+    """Host bytes one PE of an assembled program needs while it is built: region index,
+    parameter row (int32) and router tables (uint8 per color, rx and tx), twice (the
+    assembler's tables and the Program's copies)."""
+    return 2 * (4 + 4 * num_params + 2 * num_colors)
+
+
+def run_memory(program: Program, functional: bool) -> int:
+    """Host bytes an engine run of `program` needs: per-PE state, and in functional mode the
+    float32 SRAM image and its initial copy."""
+    per_pe = RUN_BYTES_PER_PE + RUN_BYTES_PER_COLOR * program.num_colors
+    if functional:
+        per_pe += 2 * 4 * program.sram_words
+    return program.num_pes * per_pe
+
+
+def check_run_memory(program: Program, functional: bool, engine: str) -> None:
+    """ResourceError when the run's arrays would exceed the host memory limit."""
+    mode = "functional" if functional else "timing-only"
+    check_memory(run_memory(program, functional),
+                 f"{program.source}: a {mode} {engine} run on {program.width}x"
+                 f"{program.height} PEs")
 
 
 def validate_program(program: Program, mesh: MeshConfig) -> None:

@@ -202,7 +202,7 @@ def test_capacity_errors():
 def test_sbuf_plan_respects_capacity():
     """Token blocks shrink (and weights are re-streamed) when SBUF is smaller."""
     spec = make_spec(hidden=512, heads=4, kv=4, head_dim=128, inter=512, layers=1)
-    small = TRN2.__class__(**{**TRN2.__dict__, "sbuf_partition_bytes": 24576, "name": "s"})
+    small = TRN2.__class__(**{**TRN2.__dict__, "sbuf_partition_bytes": 28672, "name": "s"})
     big = run_prefill(spec, TRN2, 1024, timing_only=True)
     tight = run_prefill(spec, small, 1024, timing_only=True)
     assert tight.bytes_moved["hbm_dma"] > big.bytes_moved["hbm_dma"]

@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from emulator.cli.common import parse_mesh_size, prepare_mesh_kernels
-from emulator.files import atomic_write_text
 from emulator.hw.mesh import MeshConfig, load_mesh
+from emulator.outputs import Outputs
 from emulator.views.tables import output_console, print_tables
 from isa.asm import assemble_file
 from isa.disasm import disassemble
@@ -38,13 +38,15 @@ def load_program(path: str, mesh_text: str | None, hw: str) -> tuple[Program, Me
 
 
 def run_program(program: Program, mesh: MeshConfig, engine: str, functional: bool,
-                max_cycles: int, record_events: bool = False) -> RunResult:
-    """Run on the chosen engine (the reference is imported lazily, Numba too)."""
+                max_cycles: int, record_events: bool = False,
+                max_seconds: float | None = None) -> RunResult:
+    """Run on the chosen engine (the reference is imported lazily, Numba too);
+    `max_seconds` bounds the reference engine's wall-clock time."""
     if engine == "reference":
         from isa.interpreter import run_reference
 
         return run_reference(program, mesh, functional=functional, max_cycles=max_cycles,
-                             record_events=record_events)
+                             record_events=record_events, max_seconds=max_seconds)
     from emulator.mesh.engine import run_numba
 
     return run_numba(program, mesh, functional=functional, max_cycles=max_cycles)
@@ -52,6 +54,16 @@ def run_program(program: Program, mesh: MeshConfig, engine: str, functional: boo
 
 mesh_option = click.option("--mesh", "mesh_text", metavar="WxH",
                            help="Mesh size, overriding the file's .mesh.")
+MAX_CYCLES = 2**62          # cycle counters are int64
+REFERENCE_SECONDS = 300.0   # default wall-clock budget of the reference engine
+max_cycles_option = click.option("--max-cycles", type=click.IntRange(1, MAX_CYCLES),
+                                 default=10**9, show_default=True,
+                                 help="Stop with an error after this many cycles (mesh "
+                                      "clock).")
+max_seconds_option = click.option(
+    "--max-seconds", type=click.FloatRange(min=0, min_open=True), default=REFERENCE_SECONDS,
+    show_default=True, help="Wall-clock budget of the reference engine, seconds (exit 2 "
+                            "past it).")
 hw_option = click.option("--hw", default="wse3", show_default=True, metavar="NAME|FILE",
                          help="Mesh hardware preset (PE and fabric parameters).")
 
@@ -169,20 +181,22 @@ def asm():
 @click.option("--engine", type=click.Choice(["numba", "reference"]), default="numba",
               show_default=True, help="Mesh engine: Numba, or the reference interpreter.")
 @click.option("--timing-only", is_flag=True, help="Count cycles without computing values.")
-@click.option("--max-cycles", type=click.IntRange(min=1), default=10**9, show_default=True,
-              help="Stop with an error after this many cycles (mesh clock).")
+@max_cycles_option
+@max_seconds_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--pes", "all_pes", is_flag=True,
               help="List every PE with code (default: the 10 busiest).")
 @click.option("--links", "all_links", is_flag=True,
               help="List every used link (default: the 10 busiest).")
-def asm_run(file, mesh_text, hw, engine, timing_only, max_cycles, as_json, all_pes, all_links):
+def asm_run(file, mesh_text, hw, engine, timing_only, max_cycles, max_seconds, as_json,
+            all_pes, all_links):
     """Run FILE and report cycles, PE busy/idle cycles and link utilisation (busy and idle
     in cycles of the preset's clock; utilisation = busy / total cycles)."""
     program, mesh = load_program(file, mesh_text, hw)
     if engine == "numba":
         prepare_mesh_kernels(Console(stderr=True))
-    result = run_program(program, mesh, engine, not timing_only, max_cycles)
+    result = run_program(program, mesh, engine, not timing_only, max_cycles,
+                         max_seconds=max_seconds)
     report = summary(program, mesh, result, engine, not timing_only)
     if as_json:
         click.echo(json.dumps(report))
@@ -194,14 +208,17 @@ def asm_run(file, mesh_text, hw, engine, timing_only, max_cycles, as_json, all_p
 @click.argument("file", type=click.Path(dir_okay=False))
 @mesh_option
 @hw_option
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
+@click.option("-o", "--output", metavar="FILE|-",
               help="Write the text to this file instead of stdout.")
 def asm_disasm(file, mesh_text, hw, output):
     """Assemble FILE and print its disassembly (which re-assembles to the same program)."""
+    outputs = Outputs()
+    target = outputs.file(output, "--output")
     program, _ = load_program(file, mesh_text, hw)
     text = disassemble(program)
-    if output:
-        atomic_write_text(output, text)
+    if target is not None:
+        outputs.write_text(target, text)
+        outputs.commit()
     else:
         click.echo(text, nl=False)
 

@@ -4,12 +4,23 @@ applies the same ones, and keep their names here)."""
 
 import time
 
-from emulator.hw.mesh import load_sized_mesh, parse_mesh_size
+from emulator.hw import mesh as hw_mesh
+from emulator.hw.mesh import MeshConfig, parse_mesh_size
 from emulator.hw.presets import parse_dims
+from emulator.limits import COMPILE_BYTES_PER_PE, check_mapping_memory
 
-__all__ = ["load_sized_mesh", "parse_dims", "parse_mesh_size", "prepare_mesh_kernels"]
+__all__ = ["COMPILE_BYTES_PER_PE", "load_sized_mesh", "parse_dims", "parse_mesh_size",
+           "prepare_mesh_kernels"]
 
 COMPILE_NOTE_SECONDS = 5.0   # a warm-up longer than this was a compile: say so
+
+
+def load_sized_mesh(hw: str, mesh_text: str | None) -> MeshConfig:
+    """The mesh preset `hw` (name or file), resized by a --mesh WxH value when given;
+    ResourceError when mapping onto it would not fit the host's memory."""
+    mesh = hw_mesh.load_sized_mesh(hw, mesh_text)
+    check_mapping_memory(mesh)
+    return mesh
 
 
 def prepare_mesh_kernels(console) -> None:

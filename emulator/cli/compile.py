@@ -17,7 +17,8 @@ import click
 from compiler.frontend import resolve_model
 from emulator.cli.common import load_sized_mesh
 from emulator.hw.errors import ConfigError
-from emulator.views.dump import dump_all, summary
+from emulator.outputs import Outputs
+from emulator.views.dump import dump_files, summary
 
 
 @click.command("compile")
@@ -38,13 +39,18 @@ from emulator.views.dump import dump_all, summary
 @click.option("--dump", "dump_dir", metavar="DIR", help="Write every stage into DIR.")
 def compile_command(config, hw, mesh_text, dtype, max_context, layout, position, dump_dir):
     """Compile one decode step of CONFIG onto the mesh."""
+    outputs = Outputs()
+    folder = outputs.directory(dump_dir, "--dump")
     spec = resolve_model(config)
     mesh = load_sized_mesh(hw, mesh_text)
     limit = max_context or min(spec.max_position_embeddings, 256)
     if position >= limit:
         raise ConfigError(f"--position {position} is outside the KV capacity 0..{limit - 1}")
-    if dump_dir:
-        compiled = dump_all(spec, mesh, dump_dir, dtype, max_context, layout, position)
+    if folder is not None:
+        compiled, files = dump_files(spec, mesh, dtype, max_context, layout, position)
+        for name, text in files.items():
+            outputs.write_text(outputs.in_folder(folder, name), text)
+        outputs.commit()
     else:
         from compiler.decode import compile_decode
         compiled = compile_decode(spec, mesh, dtype, max_context, layout)

@@ -82,20 +82,26 @@ def model_options(command):
 @click.option("--layer", type=int, default=None, help="Show layer N's tiles and KV bytes.")
 @click.option("--region", "region_text", metavar="x0,y0,x1,y1",
               help="Zoom into this rectangle of PEs (inclusive corners).")
-@click.option("--png", "png_path", type=click.Path(dir_okay=False),
+@click.option("--png", "png_path", metavar="FILE|-",
               help="Also draw the map into this PNG file (needs matplotlib).")
 @click.option("--width", "max_cols", type=click.IntRange(min=16), default=64,
               show_default=True, help="Terminal map width in characters.")
 def map_command(config, hw, mesh_text, dtype, layout, max_context, layer, region_text,
                 png_path, max_cols):
     """Map of the mesh: what each PE holds and does (tile + place only)."""
+    from emulator.outputs import Outputs
     from emulator.views import mapview
 
+    outputs = Outputs()
+    png_file = outputs.file(png_path, "--png")
     spec, mesh, name = load_target(config, hw, mesh_text)
     m = mapview.build_map(spec, mesh, dtype, layout, max_context, name)
     region = mapview.check_region(m, parse_region(region_text))
     mapview.check_layer(m, layer)
     console = output_console()
+    if outputs.uses_stdout:                  # `--png -`: the text goes to stderr
+        from rich.console import Console
+        console = Console(stderr=True, width=console.width)
     for item in mapview.terminal_map(m, region, layer, max_cols):
         console.print(item, overflow="ignore", crop=False, soft_wrap=True)
     if layer is not None:
@@ -103,8 +109,9 @@ def map_command(config, hw, mesh_text, dtype, layout, max_context, layer, region
         x0, y0, x1, y1 = region
         if (x1 - x0 + 1) * (y1 - y0 + 1) <= PE_TABLE_LIMIT:
             console.print(mapview.pe_layer_table(m, layer, region))
-    if png_path:
-        mapview.render_png(m, png_path, region, layer)
+    if png_file is not None:
+        outputs.write_bytes(png_file, mapview.png_bytes(m, region, layer))
+        outputs.commit()
         console.print(f"map written to {png_path}")
     if not m.fits:
         click.echo(f"emu: warning: {name} does not fit: {m.status()}", err=True)

@@ -14,11 +14,15 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from emulator.prefill.run import parse_chips
 from emulator.views.report import si_bytes, si_seconds
+
+__all__ = ["COMMANDS", "parse_chips"]      # parse_chips: emu run's --prefill-chips too
 
 prefill_hw_option = click.option("--prefill-hw", "prefill_hw", default="trn2",
                                  show_default=True, metavar="NAME|FILE",
-                                 help="Prefill chip preset (trn2, trn3) or a JSON file.")
+                                 help="Prefill preset (trn2, trn3, trn2-48xl, "
+                                      "trn3-ultraserver) or a JSON file.")
 
 
 @click.command("gemm", context_settings={"ignore_unknown_options": True})
@@ -70,20 +74,23 @@ def _gemm_table(result) -> Table:
 @prefill_hw_option
 @click.option("--prompt-len", default=None, metavar="N", help="Prompt length (default 128).")
 @click.option("--prompt-tokens", default=None, metavar="1,2,3", help="Explicit token ids.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
               help="Seed of random weights and tokens.")
 @click.option("--weights", "weights_path", default=None, metavar="FILE.safetensors",
               help="Model weights (default: random from --seed).")
-@click.option("--dtype", default="bf16", show_default=True, metavar="fp32|fp16|bf16")
+@click.option("--dtype", "--prefill-dtype", "dtype", default="bf16", show_default=True,
+              metavar="fp32|fp16|bf16|fp8", help="Matmul operand dtype (fp8: timing-only).")
+@click.option("--prefill-chips", "chips", default=None, metavar="N",
+              help="Chips (tensor parallel); default the fewest whose HBM holds the model.")
 @click.option("--timing-only", is_flag=True, help="Skip values (real model sizes).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def prefill_command(config, prefill_hw, prompt_len, prompt_tokens, seed, weights_path, dtype,
-                    timing_only, as_json):
-    """Time (and compute) the prefill of CONFIG on one prefill chip."""
+                    chips, timing_only, as_json):
+    """Time (and compute) the prefill of CONFIG on the chips of a prefill preset."""
     from emulator.prefill.run import prefill_from_options
 
     result = prefill_from_options(config, prefill_hw, prompt_len, prompt_tokens, seed,
-                                  weights_path, dtype, timing_only)
+                                  weights_path, dtype, timing_only, chips)
     report = result.summary()
     report["model"] = str(config)
     if as_json:
@@ -98,8 +105,9 @@ def prefill_command(config, prefill_hw, prompt_len, prompt_tokens, seed, weights
 
 
 def _headline(result, config) -> Table:
-    table = Table(title=f"emu prefill {config}: {result.prompt_len} tokens on {result.hw_name} "
-                        f"({result.dtype}, {result.cores} cores)", title_justify="left")
+    table = Table(title=f"emu prefill {config}: {result.prompt_len} tokens on {result.chips} x "
+                        f"{result.hw_name} ({result.dtype}, {result.cores} cores)",
+                  title_justify="left")
     table.add_column("metric")
     table.add_column("emulated", justify="right")
     table.add_column("roofline bound", justify="right")
@@ -110,15 +118,39 @@ def _headline(result, config) -> Table:
     table.add_row("HBM bytes moved (DMA)", si_bytes(result.bytes_moved["hbm_dma"]), "")
     table.add_row("collective bytes", si_bytes(result.bytes_moved["collective"]), "")
     table.add_row("instructions lowered", f"{len(result.program):,}", "")
+    table.add_row("instructions represented", f"{result.program.virtual_length():,}", "")
+    table.add_row("host time", f"{result.host_seconds:.2f} s", "")
     return table
 
 
+def collapse_layers(per_layer: list[dict]) -> list[tuple[str, dict]]:
+    """Consecutive decoder layers with equal cycles, roofline and bytes as one row
+    ("2-31"); lm_head (layer -1) stays its own row."""
+    rows: list[list] = []
+    keys = ("cycles", "roofline_cycles", "dma_bytes")
+    for row in per_layer:
+        last = rows[-1] if rows else None
+        if (last is not None and row["layer"] >= 0 and last[1]["layer"] >= 0
+                and all(last[1][k] == row[k] for k in keys)):
+            last[2] = row["layer"]
+            continue
+        rows.append([row["layer"], row, row["layer"]])
+    out = []
+    for first, row, last in rows:
+        if first < 0:
+            label = "lm_head"
+        else:
+            label = str(first) if first == last else f"{first}-{last}"
+        out.append((label, row))
+    return out
+
+
 def _layer_table(result) -> Table:
-    table = Table(title="per layer", title_justify="left")
+    table = Table(title="per layer (equal consecutive layers collapsed; cycles per layer)",
+                  title_justify="left")
     for name in ("layer", "cycles", "time", "roofline cycles", "DMA bytes"):
         table.add_column(name, justify="right")
-    for row in result.per_layer:
-        label = "lm_head" if row["layer"] < 0 else str(row["layer"])
+    for label, row in collapse_layers(result.per_layer):
         table.add_row(label, f"{row['cycles']:,}", si_seconds(row["cycles"] / result.clock_hz),
                       f"{row['roofline_cycles']:,}", si_bytes(row["dma_bytes"]))
     return table

@@ -1,8 +1,9 @@
 """`emu run`: end-to-end disaggregated inference (prefill chip -> link -> decode wafer).
 
 With no CONFIG it runs the bundled tiny Llama-style model with seeded weights on the small
-mesh preset. Output files (--report, --logits, --trace, --plots) are written only after
-the whole run succeeded, each atomically.
+mesh preset. Output paths (--report, --logits, --trace, --plots) are checked before the
+run starts and written together only after it succeeded (emulator/outputs.py); `-` is
+stdout.
 """
 
 import time
@@ -12,8 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from emulator.cli.common import prepare_mesh_kernels
-from emulator.files import atomic_save_npy, atomic_write_json
 from emulator.hw.errors import ConfigError
+from emulator.outputs import Outputs
 from emulator.run import build_request, run_inference
 from emulator.views.report import print_report
 
@@ -29,7 +30,10 @@ class DecodeProgress:
         self.started = False
 
     def update(self, done: int, total: int) -> None:
-        """run_inference's progress callback: `done` of `total` steps."""
+        """run_inference's progress callback: `done` of `total` steps (shown on a terminal
+        only: elsewhere the bar would leave a blank line on stderr)."""
+        if not self.bar.console.is_terminal:
+            return
         if not self.started:
             self.bar.start()
             self.started = True
@@ -51,16 +55,22 @@ class DecodeProgress:
 @click.option("--prefill-hw", default="auto", show_default=True,
               help="Prefill chip preset name or JSON file; auto: trn2, or trn3 when the "
                    "model does not fit trn2's HBM.")
+@click.option("--prefill-chips", default=None, metavar="N",
+              help="Prefill chips (tensor parallel) [default: the fewest whose HBM holds the "
+                   "model, KV and activations].")
+@click.option("--prefill-dtype", default=None, type=click.Choice(["fp32", "fp16", "bf16", "fp8"]),
+              help="Prefill matmul dtype [default: --dtype]; fp8 needs --timing-only.")
 @click.option("--link", default="efa", show_default=True, help="Link preset name or JSON file.")
 @click.option("--weights", type=click.Path(),
               help="Weights: a .safetensors file, a sharded checkpoint's index.json, or a "
                    "model folder [default: the weights in a model folder CONFIG, else random].")
-@click.option("--seed", type=int, default=None,
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None,
               help="Seed of the random weights and prompt [default: 0; with a model folder "
                    "CONFIG, random weights instead of the folder's].")
 @click.option("--prompt-tokens", help="Prompt token ids, comma separated.")
-@click.option("--prompt-len", type=int, help="Random prompt of this many tokens (default 8).")
-@click.option("--max-new-tokens", default=8, show_default=True, type=int,
+@click.option("--prompt-len", type=click.IntRange(min=1),
+              help="Random prompt of this many tokens (default 8).")
+@click.option("--max-new-tokens", default=8, show_default=True, type=click.IntRange(min=1),
               help="Tokens to generate (the first from prefill, the rest decode steps).")
 @click.option("--dtype", default="bf16", show_default=True,
               type=click.Choice(["fp32", "fp16", "bf16"]),
@@ -69,23 +79,31 @@ class DecodeProgress:
 @click.option("--overlap-kv", is_flag=True, help="Send each layer's KV as prefill finishes it.")
 @click.option("--engine", default="numba", show_default=True,
               type=click.Choice(["numba", "reference"]), help="Mesh engine.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False),
-              help="Write the report as JSON.")
-@click.option("--logits", "logits_path", type=click.Path(dir_okay=False),
+@click.option("--report", "report_path", metavar="FILE|-",
+              help="Write the report as JSON ('-': stdout).")
+@click.option("--logits", "logits_path", metavar="FILE|-",
               help="Write logits float32 [max_new_tokens, vocab] (.npy).")
-@click.option("--trace", "trace_path", type=click.Path(dir_okay=False),
+@click.option("--trace", "trace_path", metavar="FILE|-",
               help="Write a Perfetto trace (JSON).")
-@click.option("--plots", "plots_dir", type=click.Path(file_okay=False),
+@click.option("--plots", "plots_dir", metavar="DIR",
               help="Write PNG heatmaps and charts into this folder.")
 @click.option("--quiet", is_flag=True, help="Print no tables.")
-def run(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens, prompt_len,
-        max_new_tokens, dtype, timing_only, overlap_kv, engine, report_path, logits_path,
-        trace_path, plots_dir, quiet):
+def run(config, hw, mesh_size, prefill_hw, prefill_chips, prefill_dtype, link, weights, seed,
+        prompt_tokens, prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine,
+        report_path, logits_path, trace_path, plots_dir, quiet):
     """Prefill on the systolic chip, move the KV cache, decode on the wafer; report it."""
     if logits_path and timing_only:
         raise ConfigError("--logits needs values: drop --timing-only")
+    outputs = Outputs()
+    report_file = outputs.file(report_path, "--report")
+    logits_file = outputs.file(logits_path, "--logits")
+    trace_file = outputs.file(trace_path, "--trace")
+    from emulator.views.plots import PLOT_NAMES
+
+    plots = outputs.directory(plots_dir, "--plots", PLOT_NAMES)
     req = build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens,
-                        prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine)
+                        prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine,
+                        prefill_chips, prefill_dtype)
     console = Console(stderr=True)
     started = time.perf_counter()
     if engine == "numba":
@@ -93,17 +111,17 @@ def run(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens, p
     with DecodeProgress(console, total=max(1, max_new_tokens - 1)) as progress:
         outcome = run_inference(req, progress.update)
     outcome.report["host_seconds"] = time.perf_counter() - started
-    if plots_dir:
-        from emulator.views.plots import write_plots
+    if plots is not None:
+        from emulator.views.plots import render_plots
 
-        write_plots(outcome, req, plots_dir)
-    if report_path:
-        atomic_write_json(report_path, outcome.report)
-    if logits_path:
-        atomic_save_npy(logits_path, outcome.logits)
-    if trace_path:
-        outcome.trace.write(trace_path)
-    if not quiet:
+        for name, data in render_plots(outcome, req).items():
+            outputs.write_bytes(outputs.in_folder(plots, name), data)
+    outputs.write_json(report_file, outcome.report)
+    outputs.save_npy(logits_file, outcome.logits)
+    if trace_file is not None:
+        outputs.write_json(trace_file, outcome.trace.to_dict())
+    outputs.commit()
+    if not quiet and not outputs.uses_stdout:      # `--report -` keeps stdout pure JSON
         print_report(outcome.report)
 
 

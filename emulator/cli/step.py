@@ -48,20 +48,21 @@ HELP = "Enter: next event, c N: continue to cycle N, q: quit"
 
 
 def record_assembly(path: str, mesh_text, hw: str, functional: bool,
-                    max_cycles: int) -> Recording:
+                    max_cycles: int, max_seconds: float | None = None) -> Recording:
     """Assemble and record FILE."""
     program, mesh = cli_asm.load_program(path, mesh_text, hw)
-    return record_program(program, mesh, functional, max_cycles)
+    return record_program(program, mesh, functional, max_cycles, max_seconds)
 
 
 def record_model(config: str, hw: str, mesh_text, dtype: str, layout: str, max_context,
-                 position: int, token: int, seed: int | None, max_cycles: int) -> Recording:
+                 position: int, token: int, seed: int | None, max_cycles: int,
+                 max_seconds: float | None = None) -> Recording:
     """Load CONFIG on the mesh and record one decode step."""
     from emulator.cli.map import load_target
 
     spec, mesh, name = load_target(config, hw, mesh_text)
     return record_decode_step(spec, mesh, dtype, layout, max_context, position, token, seed,
-                              max_cycles, name)
+                              max_cycles, name, max_seconds=max_seconds)
 
 
 # --------------------------------------------------------------------------- formatting
@@ -186,13 +187,14 @@ def is_model(file: str) -> bool:
 @click.option("--position", type=click.IntRange(min=0), default=None,
               help="Models: decode position [default: 0].")
 @click.option("--token", type=int, default=None, help="Models: token id [default: 1].")
-@click.option("--seed", type=int, default=None,
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None,
               help="Models: functional run with random weights of this seed.")
 @click.option("--values", is_flag=True, help="Show the values each event moves.")
-@click.option("--max-cycles", type=click.IntRange(min=1), default=10**7, show_default=True,
-              help="Stop with an error after this many cycles (mesh clock).")
+@click.option("--max-cycles", type=click.IntRange(1, cli_asm.MAX_CYCLES), default=10**7,
+              show_default=True, help="Stop with an error after this many cycles (mesh clock).")
+@cli_asm.max_seconds_option
 def step(file, steps, until, pe_text, op, mesh_text, hw, dtype, layout, max_context,
-         position, token, seed, values, max_cycles):
+         position, token, seed, values, max_cycles, max_seconds):
     """Replay FILE's (or one decode step of CONFIG's) execution event by event.
 
     Without --steps or --until on a terminal: Enter for the next event, `c N` to continue
@@ -202,12 +204,13 @@ def step(file, steps, until, pe_text, op, mesh_text, hw, dtype, layout, max_cont
         if values and seed is None:
             seed = 0
         rec = record_model(file, hw or "small", mesh_text, dtype, layout, max_context,
-                           position or 0, 1 if token is None else token, seed, max_cycles)
+                           position or 0, 1 if token is None else token, seed, max_cycles,
+                           max_seconds)
     else:
         for name, given in (("--seed", seed), ("--position", position), ("--token", token)):
             if given is not None:
                 raise ConfigError(f"{name} applies to model configs, not assembly files")
-        rec = record_assembly(file, mesh_text, hw or "wse3", True, max_cycles)
+        rec = record_assembly(file, mesh_text, hw or "wse3", True, max_cycles, max_seconds)
         if not values:
             rec.drop_values()
     program = rec.program

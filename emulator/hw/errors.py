@@ -24,3 +24,22 @@ class MeshFault(EmuError):
 
 class FitError(EmuError):
     """A model that does not fit the machine; the message gives required vs available bytes."""
+
+
+class OutputError(EmuError):
+    """An output path that cannot be written (checked before the work starts), or a failed
+    commit of the outputs; the message names the option and the path."""
+
+
+class ResourceError(EmuError):
+    """A run whose arrays would need more host memory than the limit; the message names
+    the bytes needed and the limit (emulator/limits.py)."""
+
+
+class BudgetError(EmuError):
+    """A run stopped by its wall-clock budget (the reference engine's --max-seconds)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like SIGINT's KeyboardInterrupt so that every
+    `finally` and `except BaseException` clean-up runs; the CLI exits with status 143."""

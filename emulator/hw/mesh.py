@@ -66,7 +66,8 @@ def parse_mesh_size(text: str | None, option: str = "--mesh") -> tuple[int, int]
 
 def load_sized_mesh(hw: "str | MeshConfig", mesh_text: str | None) -> MeshConfig:
     """The mesh preset `hw` (a name, a file or an already loaded MeshConfig), resized by a
-    --mesh WxH value when given."""
+    --mesh WxH value when given (the host-memory check of mapping onto it is
+    emulator.limits.check_mapping_memory)."""
     mesh = hw if isinstance(hw, MeshConfig) else load_mesh(hw)
     size = parse_mesh_size(mesh_text)
     return mesh.with_mesh(*size) if size else mesh

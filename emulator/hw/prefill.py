@@ -37,8 +37,12 @@ class PrefillConfig:
     psum_bank_bytes: int = positive()         # PSUM bytes per bank per partition
     vector_elems_per_cycle: int = positive()  # elements per lane per cycle per input (Vector)
     scalar_elems_per_cycle: int = positive()  # elements per lane per cycle (Scalar)
-    vector_overhead_cycles: int = nonnegative()  # fixed Vector cycles per instruction
-    scalar_overhead_cycles: int = nonnegative()  # fixed Scalar cycles per instruction
+    vector_overhead_cycles: int = nonnegative()  # Vector cycles a dependent instruction adds
+    scalar_min_cycles: int = nonnegative()    # Scalar minimum initiation interval (cycles)
+    scalar_bf16_elems_per_cycle: int = positive()  # Scalar lanes' rate, bf16/fp16 in and out
+    vector_bf16_tt_speedup: int = positive()  # Vector perf mode: tensor_tensor, bf16 SBUF
+    vector_bf16_ts_speedup: int = positive()  # Vector perf mode: tensor_scalar/copy bf16 SBUF
+    vector_exp_elems_per_cycle: int = nonnegative()  # Vector exponential rate (0: none)
     dma_engines_per_core: int = positive()    # DMA engines serving one core
     dma_engine_bytes_per_s: float = positive()  # peak bandwidth of one DMA engine
     dma_latency_s: float = nonnegative()      # fixed latency of one DMA transfer
@@ -46,9 +50,13 @@ class PrefillConfig:
     hbm_bytes_per_s: float = positive()       # HBM bandwidth per chip
     collective_bytes_per_s: float = positive()  # ring bandwidth of a collective across cores
     collective_latency_s: float = nonnegative()  # latency of one ring step
+    chips: int = positive()                   # chips of the instance the preset names
+    link_bytes_per_s: float = positive()      # chip-to-chip ring bandwidth per chip
+    link_latency_s: float = nonnegative()     # latency of one chip-to-chip ring step
     peak_bf16_flops: float = positive()       # published dense bf16/fp16 FLOP/s per chip
     peak_fp8_flops: float = positive()        # published dense fp8 FLOP/s per chip
     peak_fp32_flops: float = positive()       # published dense fp32 FLOP/s per chip
+    topology: str = ""                        # how the chips are linked (documentation)
 
     # ------------------------------------------------------------------ derived sizes
 
@@ -72,7 +80,8 @@ class PrefillConfig:
         return self.pe_rows * (self.fp8_contraction_factor if dtype == "fp8" else 1)
 
     def peak_flops(self, dtype: str) -> float:
-        """Published dense FLOP/s per chip for a matmul input dtype."""
+        """Published dense FLOP/s per chip for a matmul input dtype (fp8: the chip's fp8 /
+        MXFP8 rate)."""
         return {"bf16": self.peak_bf16_flops, "fp16": self.peak_bf16_flops,
                 "fp8": self.peak_fp8_flops, "fp32": self.peak_fp32_flops}[dtype]
 

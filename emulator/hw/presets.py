@@ -3,8 +3,11 @@
 A preset is a JSON object whose keys are the fields of a frozen dataclass, plus the
 optional documentation keys `description` and `sources` (field name -> public source).
 A preset is named by a bundled name (`wse3`) or by a path to a user's JSON file. Every
-problem (unknown key, missing key, wrong type, non-positive size) raises `ConfigError`
-naming the file and the key.
+problem (unknown key, missing key, wrong type, non-positive size, a number that is not
+finite such as `Infinity` or `NaN`, an integer beyond `MAX_INT`) raises `ConfigError`
+naming the file and the key. `parse_json` is the one JSON reader of every input file
+(presets, model configs): malformed text, numbers too long to convert and nesting too deep
+are ConfigErrors too.
 """
 
 import dataclasses
@@ -18,6 +21,34 @@ from pathlib import Path
 from emulator.hw.errors import ConfigError
 
 DOC_KEYS = ("description", "sources")
+MAX_INT = 2**62     # integers are held in int64 arrays and counters
+
+
+def parse_json(text: str, label: str):
+    """Parse JSON text; every failure is one ConfigError naming `label`."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{label}: malformed JSON at line {exc.lineno} column {exc.colno}: "
+                          f"{exc.msg}") from None
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ConfigError(f"{label}: unreadable JSON: {reason}") from None
+
+
+def check_number(label: str, key: str, value, integer: bool = False):
+    """A finite number within the int64-safe range, or ConfigError naming the field."""
+    import math
+
+    if integer:
+        if abs(value) > MAX_INT:
+            raise ConfigError(f"{label}: field '{key}' is out of range (|value| <= 2^62), "
+                              f"got {value}")
+    elif not math.isfinite(value):
+        raise ConfigError(f"{label}: field '{key}' must be a finite number, got {value}")
+    elif abs(value) > 1e300:
+        raise ConfigError(f"{label}: field '{key}' is out of range, got {value}")
+    return value
 
 
 def preset_dir():
@@ -44,12 +75,11 @@ def read_preset_json(kind: str, name_or_path: str) -> tuple[dict, str]:
             raise ConfigError(
                 f"{name_or_path}: no such {kind} preset or file (bundled {kind} presets: {known})"
             )
-        text, label = path.read_text(encoding="utf-8"), str(path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{label}: malformed JSON at line {exc.lineno} column {exc.colno}: "
-                          f"{exc.msg}") from None
+        try:
+            text, label = path.read_text(encoding="utf-8"), str(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{name_or_path}: cannot read {kind} preset: {exc}") from None
+    data = parse_json(text, label)
     if not isinstance(data, dict):
         raise ConfigError(f"{label}: expected a JSON object at the top level")
     return data, label
@@ -67,9 +97,12 @@ def _check_type(label: str, key: str, value, annotation):
         ok = isinstance(value, bool)
     elif annotation is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok:
+            check_number(label, key, value, integer=True)
     elif annotation is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
+        if ok:
+            value = float(check_number(label, key, value, integer=isinstance(value, int)))
     elif annotation is str:
         ok = isinstance(value, str)
     elif origin is dict or annotation is dict:
@@ -166,7 +199,7 @@ def parse_dims(text: str | None, option: str, form: str, example: str):
     and the expected `form` (e.g. 'WxH') when malformed."""
     if text is None:
         return None
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    match = re.fullmatch(r"\s*(\d{1,18})\s*[xX]\s*(\d{1,18})\s*", text)
     if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
         raise ConfigError(f"{option}: expected {form} with positive integers, "
                           f"e.g. {example}, got '{text}'")

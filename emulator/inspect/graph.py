@@ -32,7 +32,7 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
-from emulator.files import atomic_write_json, atomic_write_text
+from emulator.files import atomic_write_text
 from emulator.hw.errors import ConfigError
 
 OP_KINDS = ("input", "embedding", "rmsnorm", "matmul", "bias_add", "rope", "kv_append",
@@ -315,11 +315,17 @@ def graph_to_dot(graph: nx.DiGraph) -> str:
     return "\n".join(lines) + "\n"
 
 
+def graph_files(graph: nx.DiGraph) -> dict[str, str]:
+    """`graph.json` (networkx node-link form) and `graph.dot`: file name -> text."""
+    return {"graph.json": json.dumps(nx.node_link_data(graph, edges="edges"), indent=2) + "\n",
+            "graph.dot": graph_to_dot(graph)}
+
+
 def dump_graph(graph: nx.DiGraph, directory) -> None:
-    """Write `graph.json` (networkx node-link form) and `graph.dot` into `directory` atomically."""
+    """Write `graph.json` and `graph.dot` into `directory`, each atomically."""
     directory = Path(directory)
-    atomic_write_json(directory / "graph.json", nx.node_link_data(graph, edges="edges"))
-    atomic_write_text(directory / "graph.dot", graph_to_dot(graph))
+    for name, text in graph_files(graph).items():
+        atomic_write_text(directory / name, text)
 
 
 def load_graph(path) -> nx.DiGraph:

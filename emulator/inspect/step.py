@@ -33,12 +33,13 @@ class Recording:
 
 
 def record_run(program: Program, mesh: MeshConfig, sram, functional: bool, max_cycles: int,
-               in_place: bool = False
+               in_place: bool = False, max_seconds: float | None = None
                ) -> tuple[ReferenceMachine, RunResult | None, MeshFault | None]:
     """Run to the end or to a fault: (machine, result or None, fault or None); the
-    machine keeps the events (and, functional, their values) either way."""
+    machine keeps the events (and, functional, their values) either way. `max_seconds`:
+    the reference engine's wall-clock budget (BudgetError past it)."""
     machine = ReferenceMachine(program, mesh, sram, functional, max_cycles, True, in_place,
-                               record_values=True)
+                               record_values=True, max_seconds=max_seconds)
     try:
         return machine, machine.run(), None
     except MeshFault as fault:
@@ -58,14 +59,15 @@ def recording_of(machine: ReferenceMachine, result: RunResult | None,
 
 
 def record_program(program: Program, mesh: MeshConfig, functional: bool,
-                   max_cycles: int) -> Recording:
+                   max_cycles: int, max_seconds: float | None = None) -> Recording:
     """Record a whole program (an assembled file) from its own SRAM image."""
-    return recording_of(*record_run(program, mesh, None, functional, max_cycles))
+    return recording_of(*record_run(program, mesh, None, functional, max_cycles,
+                                    max_seconds=max_seconds))
 
 
 def record_decode_step(spec, mesh: MeshConfig, dtype: str, layout: str, max_context,
                        position: int, token: int, seed: int | None, max_cycles: int,
-                       name: str = "") -> Recording:
+                       name: str = "", max_seconds: float | None = None) -> Recording:
     """Compile `spec` onto `mesh` and record the decode step of `token` at `position`:
     timing-only when `seed` is None, else functional with seeded random weights and a
     seeded random prompt of `position` tokens prefilled by the numpy reference."""
@@ -79,12 +81,14 @@ def record_decode_step(spec, mesh: MeshConfig, dtype: str, layout: str, max_cont
     if seed is None:
         compiled = compile_decode(spec, mesh, dtype, max_context, layout)
         program = compiled.decode.for_position(check_position(position, compiled))
-        return recording_of(*record_run(program, mesh, None, False, max_cycles), note)
+        return recording_of(*record_run(program, mesh, None, False, max_cycles,
+                                        max_seconds=max_seconds), note)
     runs = []
 
     def recording_engine(program, mesh, sram=None, functional=True, in_place=False):
         """The decoder's engine: the interpreter with event recording."""
-        runs.append(record_run(program, mesh, sram, functional, max_cycles, in_place))
+        runs.append(record_run(program, mesh, sram, functional, max_cycles, in_place,
+                               max_seconds))
         _, result, fault = runs[-1]
         if fault is not None:
             raise fault

@@ -37,7 +37,7 @@ from isa.opcodes import (
     Op,
 )
 from isa.program import Program, RunResult
-from isa.validate import check_param_table, run_sram, validate_program
+from isa.validate import check_param_table, check_run_memory, run_sram, validate_program
 
 PARALLEL_MIN_PES = 1 << 16   # a fork costs about as much as emulating a 256 x 256 layer
 
@@ -63,6 +63,7 @@ def run_numba(program: Program, mesh: MeshConfig, sram=None, functional: bool = 
     """
     if fast_forward is not None and functional:
         raise ConfigError(f"{program.source}: fast-forward needs a timing-only run")
+    check_run_memory(program, functional, "numba")
     kernel, skipped = KernelRun(program, mesh, sram, functional, max_cycles, in_place), None
     if fast_forward is not None:
         if jobs is None and program.num_pes < PARALLEL_MIN_PES:

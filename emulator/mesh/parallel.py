@@ -11,17 +11,46 @@ run's.
 layer fast-forward's block check and head, emulator/mesh/fast_forward.py); `shared_empty`
 makes arrays the child can fill without pickling; `usable_jobs` says how many processes a
 job may use here (1 inside a pool worker or without fork).
+
+Every child (a `Forked` one or a pool worker) starts with `child_signals`: it ignores
+SIGINT (the parent, interrupted, kills it), dies silently on SIGTERM (the pool's way of
+stopping workers) and is killed by the kernel when its parent dies (PR_SET_PDEATHSIG on
+Linux), so an interrupted or killed `emu` leaves no orphaned process and no traceback from
+a child (docs/reliability.md).
 """
 
+import ctypes
 import mmap
 import multiprocessing
 import os
 import pickle
 import signal
+import sys
 
 import numpy as np
 
 _WORK: tuple = ()   # (function, items) while a fork_map runs; read by the children
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def child_signals(parent: int) -> None:
+    """Signal set-up of a forked child of process `parent` (see the module docstring)."""
+    try:
+        signal.set_wakeup_fd(-1)
+    except ValueError:          # not the main thread of the child
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the death signal was set
+        os._exit(1)
 
 
 def _run_item(index: int):
@@ -39,7 +68,8 @@ def fork_map(function, items: list, jobs: int | None = None) -> list:
     global _WORK
     _WORK = (function, items)
     try:
-        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        with multiprocessing.get_context("fork").Pool(jobs, initializer=child_signals,
+                                                      initargs=(os.getpid(),)) as pool:
             return pool.map(_run_item, range(len(items)), chunksize=1)
     finally:
         _WORK = ()
@@ -79,10 +109,11 @@ class Forked:
             self._value = function(*args)
             return
         read, write = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:   # the child: never returns
             os.close(read)
-            _child(write, function, args)
+            _child(write, function, args, parent)
         os.close(write)
         self._pid, self._pipe = pid, os.fdopen(read, "rb")
 
@@ -115,10 +146,11 @@ class Forked:
             self._reap()
 
 
-def _child(write: int, function, args) -> None:
+def _child(write: int, function, args, parent: int) -> None:
     """Child side of `Forked`: run, send ("ok", value) or ("error", exception), exit."""
     code = 0
     try:
+        child_signals(parent)
         try:
             outcome = ("ok", function(*args))
         except Exception as exc:   # the parent re-raises it

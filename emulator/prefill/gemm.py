@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from emulator.hw.errors import ConfigError
+from emulator.limits import check_memory
 from emulator.prefill import engine_model, interp
 from emulator.prefill import instructions as instr
 from emulator.prefill.linear import linear_fm
@@ -104,9 +105,33 @@ def gemm_scalesim(M, N, K, rows=128, cols=128, dataflow="ws", clock_hz=1.0) -> G
                       math.ceil(M * N * K / (rows * cols)), clock_hz, folds, per_fold)
 
 
+# Host bytes per lowered instruction, all structures counted (the column lists of the
+# builder, the structured record array, the engine model's schedule arrays): tracemalloc
+# peaks of 400-760 B per instruction for 8192x4096x1024, 65536x1024x512 and 1024x65536x128;
+# this bound is above the largest.
+BYTES_PER_INSTRUCTION = 1024
+TOKEN_TILE = 128        # moving-operand columns per tile (TileMap's column tile)
+
+
+def gemm_tiles(M: int, N: int, K: int, rows: int, cols: int) -> int:
+    """Matmul tiles of C[M,N] = A[M,K] @ B[K,N] with N on `cols` PE columns and K on `rows`
+    PE rows, M in token tiles: an upper bound of the instructions lowered per tile."""
+    return math.ceil(N / cols) * math.ceil(M / TOKEN_TILE) * math.ceil(K / rows)
+
+
+def gemm_host_bytes(hw, M: int, N: int, K: int, dataflow: str = "ws") -> int:
+    """Host bytes of lowering and scheduling one GEMM: instructions and producer maps."""
+    stat_n, mov_n = (M, N) if dataflow == "ws" else (N, M)
+    maps = 8 * (math.ceil(stat_n / hw.pe_cols) + math.ceil(K / hw.pe_rows)) * \
+        math.ceil(mov_n / TOKEN_TILE)
+    return 2 * BYTES_PER_INSTRUCTION * (gemm_tiles(mov_n, stat_n, K, hw.pe_rows,
+                                                   hw.pe_cols) + 8) + maps
+
+
 def lower_gemm(hw, M: int, N: int, K: int, dataflow: str = "ws", dtype: str = "bf16"):
     """Instruction stream of C = A @ B on core 0; returns (program, output tensor id)."""
     check_dims(M, N, K, hw.pe_rows, hw.pe_cols, dataflow)
+    check_memory(gemm_host_bytes(hw, M, N, K, dataflow), f"gemm {M}x{N}x{K}")
     if dataflow == "os":
         raise ConfigError("gemm: Trainium mode supports the ws and is dataflows (TensorE "
                           "keeps one operand stationary); use --scalesim-compat for os")

@@ -98,6 +98,27 @@ class InstructionStream:
     ops: list[OpInfo]
     cores: list[int]                   # core ids present in the stream (simulated cores)
     core_weight: dict = field(default_factory=dict)   # core id -> cores it stands for
+    # Memoised (timing-only) form, docs/prefill.md "Host speed": rows (start, length,
+    # repeats) of loop bodies stored once and run `repeats` times; and
+    # layer_plan = (layer start, layer length, layers, operators per layer): the stored
+    # range [start, start + length) is decoder layer 1, run for layers 1 .. layers-1.
+    segments: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
+    layer_plan: tuple | None = None
+
+    def instances(self, layers: bool = True) -> np.ndarray:
+        """How many times each stored instruction runs (segment repeats x layers; without
+        `layers`, the layer template counts once)."""
+        count = np.ones(len(self.instr), np.int64)
+        for s0, ln, reps in self.segments:
+            count[s0:s0 + ln] = reps
+        if layers and self.layer_plan is not None:
+            t0, tlen, layers, _ = self.layer_plan
+            count[t0:t0 + tlen] *= max(1, layers - 1)
+        return count
+
+    def virtual_length(self) -> int:
+        """Instructions of the written-out stream this program stands for."""
+        return int(self.instances().sum())
 
     def __len__(self) -> int:
         return len(self.instr)
@@ -142,6 +163,12 @@ class Builder:
         names = list(_SCALAR_FIELDS) + ["imm0", "imm1"] + [f"dep{i}" for i in range(MAX_DEPS)]
         names += [f"v{slot}{k}" for slot in range(4) for k in range(5)]
         self.cols: dict[str, list] = {name: [] for name in names}
+        self.segments: list[tuple[int, int, int]] = []
+        self.to_check: list[tuple[int, int, int]] = []   # segments added by `repeat`
+        # engine -> TensorE cycles added to an instruction that depends on the instruction
+        # just before it on its queue (the engine's pipeline drains; Vector overhead)
+        self.dep_overhead: dict[int, int] = {}
+        self.last_on_queue: dict[tuple[int, int], int] = {}
 
     def tensor(self, name, rows, cols, dtype, space, core=-1) -> int:
         """Register a tensor and return its id."""
@@ -165,6 +192,8 @@ class Builder:
             return np.zeros(0, np.int64)
         if len(deps) > MAX_DEPS:
             raise ValueError(f"at most {MAX_DEPS} dependencies per instruction")
+        if isinstance(engine, (int, np.integer)) and int(engine) in self.dep_overhead:
+            cost = self._with_overhead(n, int(engine), core, cost, deps)
         self.col_off.append(self.count)
         self.col_n.append(n)
         cols = self.cols
@@ -188,34 +217,80 @@ class Builder:
         self.count += n
         return index
 
+    def _with_overhead(self, n, engine, core, cost, deps):
+        """`cost` plus the engine's overhead where an instruction depends on the one just
+        before it on its queue (core must be a scalar for such engines)."""
+        key = (int(core), engine)
+        prev = np.arange(self.count - 1, self.count + n - 1, dtype=np.int64)
+        prev[0] = self.last_on_queue.get(key, -2)
+        dependent = np.zeros(n, bool)
+        for d in deps:
+            dependent |= np.broadcast_to(np.asarray(d, np.int64), (n,)) == prev
+        self.last_on_queue[key] = self.count + n - 1
+        return np.asarray(cost, np.int64) + self.dep_overhead[engine] * dependent
+
     def one(self, *args, **kwargs) -> int:
         """Append a single instruction; return its index."""
         return int(self.emit(1, *args, **kwargs)[0])
 
     def append_records(self, rec: np.ndarray) -> np.ndarray:
         """Append prebuilt INSTR_DTYPE records; return their indices."""
+        self.flush()                 # pending column batches never span a prebuilt chunk
+        for engine in self.dep_overhead:
+            mine = np.flatnonzero(rec["engine"] == engine)
+            if len(mine):
+                cores, last = np.unique(rec["core"][mine][::-1], return_index=True)
+                for core, j in zip(cores, last, strict=True):
+                    self.last_on_queue[(int(core), engine)] = self.count + int(mine[::-1][j])
         self.raw.append((self.count, rec))
         index = np.arange(self.count, self.count + len(rec), dtype=np.int64)
         self.count += len(rec)
         return index
 
-    def consolidate(self) -> np.ndarray:
-        """Assemble everything so far into one prebuilt chunk; returns the records."""
-        records = self._assemble()
-        self.raw, self.col_off, self.col_n = [(0, records)], [], []
+    def flush(self) -> None:
+        """Turn the pending column batches into one prebuilt chunk (cost: the pending
+        instructions only)."""
+        if not self.col_n:
+            return
+        lo = self.col_off[0]
+        chunk = self._assemble_cols(lo, self.count - lo)
+        self.raw.append((lo, chunk))
+        self.col_off, self.col_n = [], []
         self.cols = {name: [] for name in self.cols}
-        return records
+
+    def records(self, lo: int, hi: int) -> np.ndarray:
+        """A copy of instructions [lo, hi) as INSTR_DTYPE records."""
+        self.flush()
+        out = np.zeros(hi - lo, INSTR_DTYPE)
+        for offset, rec in self.raw:
+            a, b = max(lo, offset), min(hi, offset + len(rec))
+            if a < b:
+                out[a - lo:b - lo] = rec[a - offset:b - offset]
+        return out
+
+    def add_op_id(self, lo: int, delta: int) -> None:
+        """Add `delta` to the operator id of every instruction from `lo` on."""
+        self.flush()
+        for offset, rec in self.raw:
+            if offset + len(rec) > lo:
+                rec["op_id"][max(0, lo - offset):] += delta
 
     def _assemble(self) -> np.ndarray:
         """The structured array of every instruction."""
+        self.flush()
         out = np.zeros(self.count, INSTR_DTYPE)
         for offset, rec in self.raw:
             out[offset:offset + len(rec)] = rec
-        if not self.col_n:
-            return out
+        return out
+
+    def _assemble_cols(self, lo: int, n: int) -> np.ndarray:
+        """Records [lo, lo + n) from the pending column batches (contiguous: prebuilt chunks
+        flush them first)."""
+        out = np.zeros(n, INSTR_DTYPE)
         ns = np.asarray(self.col_n, np.int64)
         firsts = np.cumsum(ns) - ns
         pos = np.repeat(np.asarray(self.col_off, np.int64) - firsts, ns) + np.arange(ns.sum())
+        pos -= lo
         for name, values in self.cols.items():
             column = _column(values, ns, firsts)
             if name in _SCALAR_FIELDS:
@@ -228,14 +303,56 @@ class Builder:
                 out["v"][pos, int(name[1]), int(name[2])] = column
         return out
 
-    def program(self, cores, core_weight=None) -> InstructionStream:
-        """The finished InstructionStream (checks that every dependency points backwards)."""
-        code = self._assemble()
-        own = np.arange(len(code))[:, None]
-        if np.any(code["dep"] >= own):
+    def repeat(self, start: int, reps: int) -> None:
+        """Mark instructions [start, count) as a loop body that runs `reps` times.
+
+        The body's first instance is the stored one; the `count - start` instructions just
+        before it must be an instance of the same body (same opcodes, queues, costs, and
+        dependencies inside the instance), which the body's instance 0 reads as "the
+        previous instance": a dependency into that range means the same slot one instance
+        earlier. Later instructions that depend on the body see its last instance.
+        Timing only (the values of the skipped instances are not computed).
+        """
+        length = self.count - start
+        if reps > 1 and length > 0:
+            self.segments.append((start, length, int(reps)))
+            self.to_check.append((start, length, int(reps)))
+
+    def repeat_at(self, start: int, length: int, reps: int) -> None:
+        """Mark the stored body [start, start + length) as repeated `reps` times: a copy of
+        a body marked by `repeat` (only those are checked when the program is built)."""
+        if reps > 1 and length > 0:
+            self.segments.append((start, length, int(reps)))
+
+    def program(self, cores, core_weight=None, layer_plan=None) -> InstructionStream:
+        """The finished Program (checks that every dependency points backwards)."""
+        instr = self._assemble()
+        own = np.arange(len(instr))[:, None]
+        if np.any(instr["dep"] >= own):
             raise ValueError("an instruction may only depend on earlier instructions")
         weight = core_weight or {c: 1 for c in cores}
-        return InstructionStream(code, self.tensors, self.ops, list(cores), weight)
+        segments = np.array(sorted(self.segments), np.int64).reshape(-1, 3)
+        _check_segments(instr, np.array(sorted(self.to_check), np.int64).reshape(-1, 3))
+        return InstructionStream(instr, self.tensors, self.ops, list(cores), weight, segments,
+                       layer_plan)
+
+
+def _check_segments(instr: np.ndarray, segments: np.ndarray) -> None:
+    """Every repeated body equals the instance stored before it (see `Builder.repeat`)."""
+    if not len(segments):
+        return
+    idx = np.concatenate([np.arange(s0, s0 + ln) for s0, ln, _ in segments])
+    shift = np.repeat(segments[:, 1], segments[:, 1])
+    start = np.repeat(segments[:, 0], segments[:, 1])
+    body, prev = instr[idx], instr[idx - shift]
+    same = all(np.array_equal(body[f], prev[f]) for f in
+               ("op", "engine", "core", "cost", "lat", "flags", "func", "op_id"))
+    inner_b = body["dep"] >= start[:, None]
+    inner_p = prev["dep"] >= (start - shift)[:, None]
+    same = same and np.array_equal(inner_b, inner_p) and np.array_equal(
+        np.where(inner_b, body["dep"] - shift[:, None], -1), np.where(inner_p, prev["dep"], -1))
+    if not same or np.any(np.diff(segments[:, 0]) < segments[:-1, 1]):
+        raise AssertionError("lowering bug: a repeated body differs from the instance before it")
 
 
 def _column(values: list, ns: np.ndarray, firsts: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 
 from emulator.prefill import costs
 from emulator.prefill import instructions as instr
-from emulator.prefill.lowering import Lowering, Strip, chunks, pe_stream, plan_token_block
+from emulator.prefill.lowering import Lowering, Replay, Strip, chunks, pe_stream, plan_token_block
 
 NONE = -1
 
@@ -73,7 +73,7 @@ def linear_fm(L: Lowering, core: int, strips: list[Strip], K: int, tok0: int, nt
     (W^T tensor, first column, columns, output [P, columns], bias rows or -1) adds a
     token-major projection of the same activation block after the strips (`linear_tm`).
     """
-    kch = chunks(K, L.pmax)
+    kch = chunks(K, L.kmax if x_sbuf is None else L.pmax)   # SBUF input: 128-row chunks
     evicts = {s.evict for s in strips}
     per_tok = 4 * 2 + (0 if x_sbuf is not None else len(kch) * L.bpe)
     per_tok += (5 * 4 if "rope" in evicts else 0) + (3 * 4 if "silu" in evicts else 0)
@@ -85,13 +85,73 @@ def linear_fm(L: Lowering, core: int, strips: list[Strip], K: int, tok0: int, nt
     if tm is not None:
         buf.token_major(L, core, K, tm[2], f"{name}.c{core}")
     state = {"ls": {}, "psum": {}, "y": {}, "qf": {}, "sg_w": {}, "sg_r": {}, "x_read": NONE}
+    replay = Replay(L.b) if L.memoise and x_sbuf is None else None
+    g_tpl = None
     for start in range(tok0, tok0 + ntok, block):
         width = min(block, tok0 + ntok - start)
+        key = "block" if width == block else None
+        if replay is not None:
+            done = replay.replay(0, key)
+            if done is not None:
+                move, (snap, g_after) = done
+                state = _moved_state(snap, move, state["g"] + g_after - g_tpl)
+                for tmap in outs.values():
+                    tmap.set(0, tmap.prod.shape[0] * tmap.row_tile, start, width,
+                             L.b.count - 1)
+                continue
+        first = L.b.count
+        g_before = state.get("g", 0)
         x_dep = _block(L, core, strips, kch, start, width, buf, state, outs, x, x_ready,
                        x_sbuf, rope)
         if tm is not None:
             linear_tm(L, core, tm, kch, start, width, buf, state, x_dep, outs)
+        if replay is not None:
+            old_template = replay.templates.get(key)
+            replay.emitted(0, key, first, lambda s=state: (_copy_state(s), s["g"]))
+            if key is not None and replay.templates.get(key) is not old_template:
+                g_tpl = g_before
     return L.b.count - 1
+
+
+def _copy_state(state: dict) -> dict:
+    """A copy of the projection's carried indices (nested dicts keyed by strip number; only
+    the last three strips are ever read again)."""
+    out = {}
+    g_now = state.get("g", 0)
+    for key, val in state.items():
+        if isinstance(val, dict):
+            out[key] = {g: (np.array(v) if isinstance(v, np.ndarray) else v)
+                        for g, v in val.items() if g >= g_now - 3}
+        elif isinstance(val, list):
+            out[key] = list(val)
+        else:
+            out[key] = np.array(val) if isinstance(val, np.ndarray) else val
+    return out
+
+
+def _moved_state(snap: dict, move, g_new: int) -> dict:
+    """The carried indices after a replayed token block: the template's, moved to the
+    copy, with strip numbers renumbered so the last strip is `g_new - 1`."""
+    dg = g_new - snap["g"]
+
+    def mv(v):
+        if isinstance(v, tuple):
+            return tuple(mv(x) for x in v)
+        if isinstance(v, np.ndarray):
+            return move(v)
+        return int(move(v)) if isinstance(v, (int, np.integer)) and v >= 0 else v
+
+    out = {}
+    for key, val in snap.items():
+        if key == "g":
+            out[key] = g_new
+        elif isinstance(val, dict):
+            out[key] = {g + dg: mv(v) for g, v in val.items()}
+        elif isinstance(val, list):
+            out[key] = [mv(v) for v in val]
+        else:
+            out[key] = mv(val)
+    return out
 
 
 def linear_tm(L, core, tm, kch, start, width, buf, state, x_dep, outs):
@@ -280,7 +340,7 @@ def _evict(L, core, strip, nch, start, buf, state, g, mm_last, bias_dep, outs, t
         state["sg_r"][g - 1] = last
         result = (buf.y[s], 0, m, c0, w)
     state["psum"][g] = first
-    out_dtype_bytes = 4 if strip.evict in ("partial", "copy32") else L.bpe
+    out_dtype_bytes = {"partial": L.partial_bytes, "copy32": 4}.get(strip.evict, L.bpe)
     stores = L.dma(core, m * w * out_dtype_bytes, deps=[last],
                    d=(strip.out, strip.out_row0, m, start + c0, w), a=result)
     state["y"][g] = stores

@@ -71,13 +71,20 @@ class Lowering:
     def __init__(self, hw, dtype: str, builder: instr.Builder, active_cores: int):
         self.hw, self.dtype, self.b = hw, dtype, builder
         self.act_dtype = dtype                      # storage dtype of matmul operands
-        self.bpe = 4 if dtype == "fp32" else 2      # bytes per matmul operand element
+        self.bpe = {"fp32": 4, "fp8": 1}.get(dtype, 2)   # bytes per matmul operand element
         self.active_cores = active_cores
         self.dma_lat = costs.dma_latency_cycles(hw)
-        self.pmax = hw.pe_rows                      # contraction rows per chunk
+        self.pmax = hw.pe_rows                      # partitions per tile
+        self.kmax = hw.k_max(dtype)                 # contraction rows per matmul (fp8: packed)
+        # row-parallel partial sums (o_proj, down) and their reduce-scatter: fp32 in fp32
+        # mode, else bf16 (as tensor-parallel stacks reduce in the activation dtype)
+        self.partial_dtype = "fp32" if dtype == "fp32" else "bf16"
+        self.partial_bytes = 4 if dtype == "fp32" else 2
         self.mmax = hw.pe_cols                      # stationary columns
         self.nmax = hw.moving_free_max              # moving columns per matmul
         self.consts: dict = {}
+        builder.dep_overhead = {instr.DVE: costs.vector_overhead(hw)}
+        self.memoise = False     # timing-only: repeated loop bodies stored once
 
     # ------------------------------------------------------------------ tensors
 
@@ -104,21 +111,46 @@ class Lowering:
         return self.b.emit(n, op, instr.DMA, core, cost, deps, lat=self.dma_lat, flags=flags,
                            work=nbytes, d=d, a=a, b=b)
 
+    def _low(self, view) -> bool:
+        """True when a view's tensor is a 16-bit float (bf16/fp16) in SBUF."""
+        if view is None:
+            return True
+        t = self.b.tensors[int(np.ravel(view[0])[0])]
+        return t.dtype in ("bf16", "fp16") and t.space == "sbuf"
+
+    def _psum(self, view) -> bool:
+        return view is not None and self.b.tensors[int(np.ravel(view[0])[0])].space == "psum"
+
     def act(self, core, func, n_free, deps=(), d=None, a=None, b=None, s=None, scale=1.0,
             bias=0.0, n=1):
         """Scalar-engine activations: d = func(a * scale + bias-column-b or bias)."""
-        cost = costs.scalar_cycles(self.hw, n_free)
+        cost = costs.scalar_cycles(self.hw, n_free, bf16=self._low(d) and self._low(a))
         n = max(n, np.size(cost), _batch(d, a, b, s, deps))
         return self.b.emit(n, instr.ACTIVATE, instr.ACT, core, cost, deps, func=func,
                            imm0=scale, imm1=bias, d=d, a=a, b=b, s=s)
 
     def vec(self, core, op, func, n_free, n_inputs, deps=(), d=None, a=None, b=None, s=None,
             func2=0, imm0=0.0, imm1=0.0, n=1):
-        """Vector-engine instructions of opcode `op`."""
-        cost = costs.vector_cycles(self.hw, n_free, n_inputs)
+        """Vector-engine instructions of opcode `op` (bf16 performance mode where the
+        operands allow it, docs/prefill.md "Cost model")."""
+        cost = costs.vector_cycles(self.hw, n_free, n_inputs, self.vector_speedup(op, d, a, b))
         n = max(n, np.size(cost), _batch(d, a, b, s, deps))
         return self.b.emit(n, op, instr.DVE, core, cost, deps, func=func, func2=func2,
                            imm0=imm0, imm1=imm1, d=d, a=a, b=b, s=s)
+
+    def vector_speedup(self, op, d, a, b) -> int:
+        """Trainium2 Vector performance mode: tensor_scalar 4x with bf16 SBUF operands (2x
+        with one in PSUM), tensor_tensor 2x with bf16 SBUF operands, else 1."""
+        hw = self.hw
+        if op == instr.VEC_TS:
+            if self._low(d) and self._low(a):
+                return hw.vector_bf16_ts_speedup
+            if (self._low(d) or self._psum(d)) and (self._low(a) or self._psum(a)) and \
+                    not (self._psum(d) and self._psum(a)):
+                return hw.vector_bf16_tt_speedup
+        if op == instr.VEC_TT and self._low(a) and self._low(b) and self._low(d):
+            return hw.vector_bf16_tt_speedup
+        return 1
 
     def ls(self, core, m, deps=(), a=None, n=1):
         """LoadStationary of a [K, m] tile."""
@@ -126,8 +158,8 @@ class Lowering:
         n = max(n, np.size(cost), _batch(a, deps))
         return self.b.emit(n, instr.LOAD_STATIONARY, instr.PE, core, cost, deps, a=a)
 
-    def collective(self, func, nbytes, cores, deps, d=None, a=None, count=0):
-        """One chip-level collective over `cores` cores waiting for `deps` (any number).
+    def collective(self, func, nbytes, chips, deps, d=None, a=None, count=0):
+        """One collective over every core of `chips` chips waiting for `deps` (any number).
 
         A reduce-scatter sums `count` tensors with consecutive ids starting at view `a`.
         """
@@ -136,9 +168,76 @@ class Lowering:
             head = deps[:instr.MAX_DEPS]
             deps = [self.b.one(instr.COLLECTIVE, instr.CC, -1, 0, head, func=instr.C_WAIT)] + \
                 deps[instr.MAX_DEPS:]
-        cost = costs.ring_cycles(self.hw, nbytes, cores)
+        cost = costs.ring_cycles(self.hw, nbytes, self.hw.cores_per_chip, chips)
         return self.b.one(instr.COLLECTIVE, instr.CC, -1, cost, deps, func=func, work=int(nbytes),
                           imm0=float(count), d=d, a=a)
+
+
+class Replay:
+    """Memoised lowering (timing-only): a unit of work (a token block of a projection, a
+    super-batch of attention) whose shape was emitted before is appended as a copy of
+    those instruction records instead of being lowered again.
+
+    The caller reports each unit with `emitted(run, key, start)` (`key` None: irregular)
+    or asks `replay(run, key, reps)` first. A unit can be a template when the WINDOW units
+    before it are regular units of the same run (a later unit replaces it when the units
+    before the template had other lengths); it is replayed when the WINDOW units
+    before the new one are regular, of the same run and as long as the template's. The
+    copy's dependencies inside the template move to the copy, those into the window move
+    to the new window (same lengths, so one shift), those before it stay (constants such
+    as a resident weight load). Repeated bodies inside the template are repeated in the
+    copy `reps` times. Operand addresses are the template's (unused in timing-only mode).
+    """
+
+    WINDOW = 2
+
+    def __init__(self, builder: instr.Builder):
+        self.b = builder
+        self.templates: dict = {}
+        self.history: list = []           # (run, regular, start, length)
+
+    def _window(self, run):
+        last = self.history[-self.WINDOW:]
+        if len(last) < self.WINDOW or any(h[0] != run or not h[1] for h in last):
+            return None
+        return last[0][2], tuple(h[3] for h in last)
+
+    def emitted(self, run, key, start: int, snapshot=None) -> None:
+        """Record a unit emitted explicitly from `start`; `snapshot()` returns the caller's
+        state after it (kept with a template)."""
+        length = self.b.count - start
+        window = self._window(run) if key is not None else None
+        old = self.templates.get(key)
+        if window is not None and (old is None or old["lens"] != window[1]):
+            segs = [(s0 - start, ln) for s0, ln, _ in self.b.segments
+                    if start <= s0 < start + length]
+            self.templates[key] = {"rec": self.b.records(start, start + length),
+                                   "start": start, "pred": window[0], "lens": window[1],
+                                   "segs": segs, "state": snapshot() if snapshot else None}
+        self.history.append((run, key is not None, start, length))
+
+    def replay(self, run, key, reps: int = 0):
+        """Append a copy of the template `key`; returns (move, template state) where
+        `move(indices)` maps the template's instruction indices to the copy's, or None."""
+        tpl = self.templates.get(key) if key is not None else None
+        window = self._window(run)
+        if tpl is None or window is None or window[1] != tpl["lens"]:
+            return None
+        new = self.b.count
+        own, pred = new - tpl["start"], window[0] - tpl["pred"]
+        t0, p0 = tpl["start"], tpl["pred"]
+
+        def move(x):
+            x = np.asarray(x, np.int64)
+            return np.where(x >= t0, x + own, np.where(x >= p0, x + pred, x))
+
+        rec = tpl["rec"].copy()
+        rec["dep"] = move(rec["dep"])
+        self.b.append_records(rec)
+        for s0, ln in tpl["segs"]:
+            self.b.repeat_at(new + s0, ln, reps)
+        self.history.append((run, True, new, len(rec)))
+        return move, tpl["state"]
 
 
 def _batch(*items) -> int:

@@ -1,6 +1,8 @@
 """Lowering a whole prefill (all layers, all cores of one chip) to one instruction stream.
 
-Core split (docs/prefill.md, "Work split across cores"), C = cores_per_chip:
+Core split (docs/prefill.md, "Work split across cores"), C = cores_per_chip * chips (tensor
+parallel over every core of every chip; collectives run a ring over each chip's cores and
+one over the chips):
 
 - attention: tensor parallel by heads. Core c owns query heads [c*H/C, (c+1)*H/C) and
   computes the key/value heads they read (GQA groups; a kv head shared by two cores is
@@ -57,9 +59,9 @@ def _split(total: int, parts: int, c: int) -> tuple[int, int]:
     return lo, hi - lo
 
 
-def core_shares(spec, hw, prompt_len: int) -> list[CoreShare]:
-    """How the chip's cores split one prefill (see the module docstring)."""
-    C = hw.cores_per_chip
+def core_shares(spec, hw, prompt_len: int, chips: int = 1) -> list[CoreShare]:
+    """How the cores of `chips` chips split one prefill (see the module docstring)."""
+    C = hw.cores_per_chip * chips
     mlp_tiles = math.ceil(spec.intermediate_size / hw.pe_cols)
     vocab_chunk = math.ceil(spec.vocab_size / C)
     token_chunk = math.ceil(prompt_len / C)
@@ -97,18 +99,19 @@ class Lowered:
     tensors: dict             # role -> tensor id (inputs, KV per layer/core, logits)
     prompt_len: int
     dtype: str
+    chips: int = 1
 
 
 class _PrefillLowering:
     """Emits the stream layer by layer (see `lower_prefill`)."""
 
-    def __init__(self, spec, hw, P: int, dtype: str, cores: list[CoreShare]):
+    def __init__(self, spec, hw, P: int, dtype: str, cores: list[CoreShare], chips: int = 1):
         self.spec, self.hw, self.P, self.dtype = spec, hw, P, dtype
         self.b = instr.Builder()
         self.L = Lowering(hw, dtype, self.b, active_cores=hw.cores_per_chip)
         self.cores = cores
         self.t: dict = {}
-        self.C = hw.cores_per_chip
+        self.chips = chips
 
     # -------------------------------------------------------------- tensors
 
@@ -164,7 +167,7 @@ class _PrefillLowering:
         H, P = s.hidden_size, self.P
         op.flops = 4.0 * H * P
         op.hbm_bytes = H * P * (4 + 4 + 4 + self.L.bpe)
-        return self.L.collective(instr.C_ALL_GATHER, H * P * self.L.bpe, self.C, lasts)
+        return self.L.collective(instr.C_ALL_GATHER, H * P * self.L.bpe, self.chips, lasts)
 
     def qkv_op(self, layer, w, xn, ready):
         """q, k (with RoPE) feature-major and v token-major per core; returns per-core maps."""
@@ -221,7 +224,8 @@ class _PrefillLowering:
         """Row-parallel projection to hidden (o_proj / down_proj) + reduce-scatter."""
         op = self.b.begin_op(name, layer)
         s, P, H = self.spec, self.P, self.spec.hidden_size
-        partial = {sh.core: self.b.tensor(f"L{layer}.{name}.partial.c{sh.core}", H, P, "fp32",
+        pdtype = self.L.partial_dtype
+        partial = {sh.core: self.b.tensor(f"L{layer}.{name}.partial.c{sh.core}", H, P, pdtype,
                                           "hbm") for sh in self.cores}
         lasts = []
         bias_core = next(sh.core for sh in self.cores if K_of(sh)[0] > 0)
@@ -239,7 +243,8 @@ class _PrefillLowering:
             lasts.append(linear_fm(self.L, c, strips, K, 0, P, {pt: TileMap(H, P, self.L.mmax)},
                                    x=x, x_ready=ready, name=f"L{layer}.{name}"))
         first = partial[self.cores[0].core]
-        cc = self.L.collective(instr.C_REDUCE_SCATTER, H * P * 4, self.C, lasts,
+        cc = self.L.collective(instr.C_REDUCE_SCATTER, H * P * self.L.partial_bytes, self.chips,
+                               lasts,
                                d=(delta, 0, H, 0, P), a=(first, 0, H, 0, P),
                                count=len(self.cores))
         inner = s.q_dim if name == "o_proj" else s.intermediate_size
@@ -341,10 +346,11 @@ class _PrefillLowering:
         op.hbm_bytes = self.L.bpe * H * s.vocab_size
 
 
-def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool) -> Lowered:
-    """Lower a prefill of `prompt_len` tokens; see the module docstring for the split."""
+def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool,
+                  chips: int = 1) -> Lowered:
+    """Lower a prefill of `prompt_len` tokens on `chips` chips; see the module docstring."""
     check_supported(spec, hw)
-    shares = core_shares(spec, hw, prompt_len)
+    shares = core_shares(spec, hw, prompt_len, chips)
     weight = {}
     if timing_only:
         reps = {}
@@ -361,50 +367,67 @@ def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool) -> L
     else:
         cores = shares
         weight = {sh.core: 1 for sh in shares}
-    low = _PrefillLowering(spec, hw, prompt_len, dtype, cores)
+    low = _PrefillLowering(spec, hw, prompt_len, dtype, cores, chips)
+    low.L.memoise = timing_only
     low.inputs()
+    plan = None
     if timing_only:
-        prev = _timing_layers(low, spec.num_layers)
+        prev, plan = _timing_layers(low, spec.num_layers)
     else:
         prev = None
         for layer in range(spec.num_layers):
             prev = low.layer(layer, prev)
     low.final(prev)
-    program = low.b.program([sh.core for sh in cores], weight)
-    return Lowered(program, shares, low.t, prompt_len, dtype)
+    if plan is not None:
+        _virtual_ops(low.b, plan)
+    program = low.b.program([sh.core for sh in cores], weight, plan)
+    return Lowered(program, shares, low.t, prompt_len, dtype, chips)
 
 
-def _timing_layers(low: _PrefillLowering, layers: int) -> dict:
+def _timing_layers(low: _PrefillLowering, layers: int):
     """Timing-only layers: layer 0 explicit; layer 1 = its own add+norm + a copy of layer
-    0's tail; layers 2.. = copies of layer 1 (all deps shifted by the copy's offset)."""
+    0's tail; layers 2.. are not stored: the program's layer plan runs layer 1 again for
+    them (engine_model fast-forwards once a layer is an exact shift of the one before).
+    Returns (the last stored layer's outputs, layer plan or None)."""
     b = low.b
     ctx = low.layer_head(0, None)
     tail0, tail_ops0 = b.count, len(b.ops)
     prev = low.layer_tail(ctx)
     if layers == 1:
-        return prev
+        return prev, None
     start1, ops1 = b.count, len(b.ops)
     ctx = low.layer_head(1, prev)
-    records = b.consolidate()
     shift = b.count - tail0
-    _append_copy(b, records[tail0:start1], shift, b.ops[tail_ops0:ops1], len(b.ops) - tail_ops0,
+    _append_copy(b, b.records(tail0, start1), shift, b.ops[tail_ops0:ops1], len(b.ops) - tail_ops0,
                  layer_shift=1)
+    for s0, ln, reps in list(b.segments):
+        if tail0 <= s0 < start1:
+            b.repeat_at(s0 + shift, ln, reps)
     prev = {"h": prev["h"], "delta": prev["delta"], "cc": prev["cc"] + shift}
-    if layers == 2:
-        return prev
-    layer1 = b.consolidate()[start1:]
-    ops = b.ops[ops1:]
-    for k in range(1, layers - 1):
-        _append_copy(b, layer1, k * len(layer1), ops, k * len(ops), layer_shift=k)
-    return {"h": prev["h"], "delta": prev["delta"], "cc": prev["cc"] + (layers - 2) * len(layer1)}
+    plan = (start1, b.count - start1, layers, len(b.ops) - ops1)
+    return prev, plan
 
 
 def _append_copy(b: instr.Builder, records: np.ndarray, shift: int, ops: list, op_shift: int,
                  layer_shift: int) -> None:
     """Append a copy of `records` with dependencies and operator ids shifted."""
-    rec = records.copy()
+    rec = records                       # a copy already (Builder.records)
     rec["dep"] = np.where(rec["dep"] >= 0, rec["dep"] + shift, -1)
     rec["op_id"] += op_shift
     b.append_records(rec)
     for op in ops:
         b.ops.append(instr.OpInfo(op.name, op.layer + layer_shift, op.flops, op.hbm_bytes))
+
+
+def _virtual_ops(b: instr.Builder, plan) -> None:
+    """Operator table of the whole prefill: layer 1's operators repeated for layers 2..,
+    the final operators' ids moved after them."""
+    t0, tlen, layers, opl = plan
+    first_final = t0 + tlen
+    op1 = int(b.records(t0, t0 + 1)["op_id"][0])
+    tail = b.ops[op1 + opl:]
+    layer1 = b.ops[op1:op1 + opl]
+    copies = [instr.OpInfo(op.name, op.layer + k, op.flops, op.hbm_bytes)
+              for k in range(1, layers - 1) for op in layer1]
+    b.add_op_id(first_final, len(copies))
+    b.ops[op1 + opl:] = copies + tail

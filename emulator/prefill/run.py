@@ -6,6 +6,7 @@ minimum HBM bytes / HBM bandwidth); each operator's bound is computed the same w
 own FLOPs and bytes.
 """
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,11 +14,13 @@ import numpy as np
 from compiler.numerics import canonical_dtype
 from compiler.reference import KVCache
 from emulator.hw.errors import ConfigError, FitError
+from emulator.limits import check_memory
 from emulator.prefill import engine_model, interp
 from emulator.prefill import instructions as instr
+from emulator.prefill.gemm import TOKEN_TILE, gemm_tiles
 from emulator.prefill.model import Lowered, lower_prefill
 
-DTYPES = ("bf16", "fp16", "fp32")
+DTYPES = ("bf16", "fp16", "fp32", "fp8")
 
 
 @dataclass
@@ -38,9 +41,11 @@ class PrefillResult:
     dtype: str
     hw_name: str
     clock_hz: float
-    cores: int
+    cores: int                      # cores of all chips
     program: instr.InstructionStream = field(repr=False)
     schedule: engine_model.Schedule = field(repr=False)
+    chips: int = 1
+    host_seconds: float = 0.0       # wall time of lowering + engine model on the host
 
     @property
     def engine_utilization(self) -> dict:
@@ -52,12 +57,13 @@ class PrefillResult:
     def summary(self) -> dict:
         """JSON-ready report (no per-instruction data)."""
         return {"prefill_hw": self.hw_name, "prompt_len": self.prompt_len, "dtype": self.dtype,
-                "cycles": self.cycles, "seconds": self.seconds,
+                "chips": self.chips, "cycles": self.cycles, "seconds": self.seconds,
                 "roofline_seconds": self.roofline_seconds, "flops": self.flops,
                 "achieved_flops_per_s": self.flops / self.seconds if self.seconds else 0.0,
                 "engine_busy_cycles": self.engine_busy,
                 "engine_utilization": self.engine_utilization,
                 "bytes_moved": self.bytes_moved, "instructions": len(self.program),
+                "instructions_represented": self.program.virtual_length(),
                 "per_layer": self.per_layer, "per_op": self.per_op}
 
     def trace_slices(self, limit: int | None = None) -> list[dict]:
@@ -90,18 +96,30 @@ class PrefillResult:
 
 
 def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
-                timing_only: bool = False, seed: int = 0) -> PrefillResult:
-    """Prefill `tokens` (token ids, or an int prompt length) of model `spec` on chip `hw`.
+                timing_only: bool = False, seed: int = 0, chips: int | None = None
+                ) -> PrefillResult:
+    """Prefill `tokens` (token ids, or an int prompt length) of model `spec` on `chips`
+    chips of preset `hw` (None: the fewest whose HBM holds weights, KV and activations).
 
     Functional mode (default) computes the logits of the last position and the KV cache
     with `weights` (HF names, float32; random from `seed` when None); timing-only mode
     skips all values. Both give the same cycles.
     """
+    t0 = time.perf_counter()
     spec.require_mapped("prefill")
     dtype = _check_dtype(dtype)
+    if dtype == "fp8" and not timing_only:
+        raise ConfigError("prefill: fp8 runs in timing-only mode (values are not rounded to "
+                          "fp8); add --timing-only or use bf16")
     token_ids, P = _prompt(spec, tokens, seed, timing_only)
-    check_capacity(spec, hw, P, dtype)
-    lowered = lower_prefill(spec, hw, P, dtype, timing_only)
+    chips = choose_chips(spec, hw, P, dtype, chips)
+    if not timing_only and weights is None:
+        from compiler.weights import check_weights_memory
+        check_weights_memory(spec, "random weights")
+    check_memory(prefill_host_bytes(spec, hw, P, timing_only),
+                 f"prefill of {P} tokens ({spec.num_layers} layers, hidden "
+                 f"{spec.hidden_size}, vocabulary {spec.vocab_size:,})")
+    lowered = lower_prefill(spec, hw, P, dtype, timing_only, chips)
     sched = engine_model.simulate(lowered.program)
     logits = kv = None
     if not timing_only:
@@ -111,14 +129,81 @@ def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
         machine = interp.execute(lowered.program, bind_inputs(lowered, spec, weights,
                                                               token_ids))
         logits, kv = _outputs(lowered, spec, machine)
-    return _result(lowered, spec, hw, sched, logits, kv)
+    result = _result(lowered, spec, hw, sched, logits, kv)
+    result.host_seconds = time.perf_counter() - t0
+    return result
+
+
+def choose_chips(spec, hw, P: int, dtype: str, chips: int | None) -> int:
+    """`chips` checked against the preset (1 .. hw.chips) and HBM, or, when None, the
+    smallest chip count whose HBM holds the weights, KV cache and activations."""
+    if chips is not None:
+        if chips < 1 or chips > hw.chips:
+            raise ConfigError(f"--prefill-chips: {chips} is outside 1..{hw.chips} (field "
+                              f"'chips' of prefill preset '{hw.name}')")
+        check_capacity(spec, hw, P, dtype, chips)
+        return chips
+    for n in range(1, hw.chips + 1):
+        if hbm_bytes_needed(spec, hw, P, dtype, n)["total"] <= hw.hbm_bytes:
+            return n
+    check_capacity(spec, hw, P, dtype, hw.chips)
+    return hw.chips
+
+
+# Host bytes per lowered prefill instruction (builder columns, the record array, the
+# schedule): tracemalloc peaks of 276-280 B per instruction for Llama-3.1-8B (1, 128 and
+# 8192 tokens) and 70B (128 tokens), up to 900 B for tiny models; fixed overhead below.
+PREFILL_BYTES_PER_INSTRUCTION = 512
+PREFILL_FIXED_BYTES = 64 << 20
+PREFILL_TIMING_BYTES = 2 << 30   # timing-only peak: 0.99 GiB measured, 8B at 131,072 tokens
+PREFILL_TILE_OVERHEAD = 8   # instructions per weight tile besides one per token tile
+PREFILL_LAYER_OVERHEAD = 256  # instructions per layer besides its tiles (norms, RoPE, ...)
+
+
+def prefill_instructions(spec, hw, P: int) -> int:
+    """An upper bound (within about 3x) of the instructions lowered for a prefill of P
+    tokens: on each core, its share of every weight tile once per 128-token tile plus a
+    fixed overhead, and the attention tiles of its heads (quadratic in P). Measured against
+    the lowering: 8B at 1 / 128 / 8192 tokens 388k / 205k / 3.43M instructions (bound 479k
+    / 266k / 4.7M); 70B on trn3 at 128 tokens 1.75M (bound 4.7M)."""
+    rows, cols, cores = hw.pe_rows, hw.pe_cols, max(1, hw.cores_per_chip)
+    h, f, q, kv = spec.hidden_size, spec.intermediate_size, spec.q_dim, spec.kv_dim
+    weight_tiles = (gemm_tiles(TOKEN_TILE, q + 2 * kv, h, rows, cols)
+                    + gemm_tiles(TOKEN_TILE, h, q, rows, cols)
+                    + gemm_tiles(TOKEN_TILE, 2 * f, h, rows, cols)
+                    + gemm_tiles(TOKEN_TILE, h, f, rows, cols))
+    token_tiles = -(-P // TOKEN_TILE)
+    per_layer = (-(-weight_tiles // cores) * (token_tiles + PREFILL_TILE_OVERHEAD)
+                 + 2 * -(-spec.num_heads // cores) * token_tiles ** 2
+                 + PREFILL_LAYER_OVERHEAD * token_tiles)
+    head = gemm_tiles(TOKEN_TILE, spec.vocab_size, h, rows, cols) * PREFILL_TILE_OVERHEAD
+    return spec.num_layers * per_layer + head + PREFILL_LAYER_OVERHEAD
+
+
+def prefill_host_bytes(spec, hw, P: int, timing_only: bool) -> int:
+    """Host bytes of lowering, scheduling and (functional) interpreting a prefill of P
+    tokens, weights excluded (compiler.weights guards those): functional, every instruction
+    and the float32 activations of every layer and the attention scores; timing-only
+    lowering stores each repeated tile, block and layer once (docs/prefill.md), so its
+    instructions barely grow with P: PREFILL_TIMING_BYTES bounds it."""
+    need = PREFILL_FIXED_BYTES
+    if timing_only:
+        return need + PREFILL_TIMING_BYTES
+    if not timing_only:
+        need += PREFILL_BYTES_PER_INSTRUCTION * prefill_instructions(spec, hw, P)
+        h, f, q, kv = spec.hidden_size, spec.intermediate_size, spec.q_dim, spec.kv_dim
+        per_layer = P * (3 * h + q + 2 * kv + 3 * f) + spec.num_heads * P * P
+        need += 4 * (spec.num_layers * per_layer + spec.vocab_size)
+    return need
 
 
 def _check_dtype(dtype: str) -> str:
+    if dtype == "fp8":
+        return "fp8"
     try:
         kind = canonical_dtype(dtype)
     except ValueError as exc:
-        raise ConfigError(f"prefill: {exc}") from None
+        raise ConfigError(f"prefill: {exc} (or fp8)") from None
     return kind
 
 
@@ -143,16 +228,35 @@ def _prompt(spec, tokens, seed: int, timing_only: bool):
     return ids, P
 
 
-def check_capacity(spec, hw, P: int, dtype: str) -> None:
-    """FitError when weights + KV cache + activations exceed the chip's HBM."""
-    bpe = 4 if dtype == "fp32" else 2
-    weights = spec.param_count() * bpe
-    kv = spec.kv_bytes_per_token(bpe) * P
-    acts = 8 * spec.hidden_size * P * 4 * hw.cores_per_chip
-    need = weights + kv + acts
-    if need > hw.hbm_bytes:
-        raise FitError(f"prefill: model needs {need} bytes of HBM (weights {weights}, KV cache "
-                       f"{kv}, activations {acts}), preset '{hw.name}' has {hw.hbm_bytes}")
+def hbm_bytes_needed(spec, hw, P: int, dtype: str, chips: int = 1) -> dict:
+    """HBM bytes one chip needs for a prefill of P tokens over `chips` chips (tensor
+    parallel): its share of the weights and of the KV cache, plus the activations of one
+    layer as the lowering lays them out (residual, delta and partial sums in fp32; the
+    normalised input, q/k/v/o and the MLP activation in the matmul dtype; one fp32
+    partial sum per core for the reduce-scatter)."""
+    bpe = bytes_per_element(dtype)
+    weights = spec.param_count() * bpe / chips
+    kv = spec.kv_bytes_per_token(bpe) * P / chips
+    H = spec.hidden_size
+    sharded = (2 * spec.q_dim + 2 * spec.kv_dim + spec.intermediate_size) * bpe / chips
+    acts = P * (3 * H * 4 + 2 * H * bpe + sharded + hw.cores_per_chip * H * 4)
+    return {"weights": int(weights), "kv": int(kv), "activations": int(acts),
+            "total": int(weights + kv + acts)}
+
+
+def bytes_per_element(dtype: str) -> int:
+    """Bytes of one weight / KV / matmul operand element."""
+    return {"fp32": 4, "fp8": 1}.get(dtype, 2)
+
+
+def check_capacity(spec, hw, P: int, dtype: str, chips: int = 1) -> None:
+    """FitError when weights + KV cache + activations exceed a chip's HBM."""
+    need = hbm_bytes_needed(spec, hw, P, dtype, chips)
+    if need["total"] > hw.hbm_bytes:
+        raise FitError(f"prefill: model needs {need['total']} bytes of HBM per chip on "
+                       f"{chips} chip(s) (weights {need['weights']}, KV cache {need['kv']}, "
+                       f"activations {need['activations']}), preset '{hw.name}' has "
+                       f"{hw.hbm_bytes}")
 
 
 def rope_tables(spec, P: int):
@@ -224,20 +328,23 @@ def _result(lowered: Lowered, spec, hw, sched, logits, kv) -> PrefillResult:
     weight = np.ones(len(code))
     for core, count in program.core_weight.items():
         weight[code["core"] == core] = count
+    runs = program.instances()
     cycles = sched.cycles
     busy = _engine_busy(program, sched)
     is_dma = code["engine"] == instr.DMA
     is_cc = code["engine"] == instr.CC
-    moved = {"hbm_dma": float((code["work"] * weight)[is_dma].sum()),
-             "collective": float(code["work"][is_cc].sum())}
-    per_op = _per_op(program, sched, weight, hw, lowered.dtype)
+    moved = {"hbm_dma": float((code["work"] * weight * runs)[is_dma].sum()),
+             "collective": float((code["work"] * runs)[is_cc].sum())}
+    per_op = _per_op(program, sched, weight, hw, lowered.dtype, lowered.chips)
     per_layer = _per_layer(per_op)
     flops = sum(op.flops for op in program.ops)
     hbm = sum(op.hbm_bytes for op in program.ops)
-    roof = max(flops / hw.peak_flops(lowered.dtype), hbm / hw.hbm_bytes_per_s)
+    chips = lowered.chips
+    roof = max(flops / (hw.peak_flops(lowered.dtype) * chips),
+               hbm / (hw.hbm_bytes_per_s * chips))
     return PrefillResult(cycles, cycles / hw.tensor_clock_hz, logits, kv, per_layer, per_op,
                          busy, moved, roof, flops, lowered.prompt_len, lowered.dtype, hw.name,
-                         hw.tensor_clock_hz, hw.cores_per_chip, program, sched)
+                         hw.tensor_clock_hz, hw.cores_per_chip * chips, program, sched, chips)
 
 
 def _engine_busy(program: instr.InstructionStream, sched) -> dict:
@@ -251,31 +358,37 @@ def _engine_busy(program: instr.InstructionStream, sched) -> dict:
     return busy
 
 
-def _per_op(program, sched, weight, hw, dtype) -> list[dict]:
+def _per_op(program, sched, weight, hw, dtype, chips=1) -> list[dict]:
     """One row per operator: cycles, span, busy cycles per engine, bytes, FLOPs, roofline.
 
     `cycles` are the cycles the operator adds to the completion time of the operators
     before it (so they sum to the prefill's cycles); `span` runs from its first
-    instruction's start (weight prefetch may start early) to its last result.
+    instruction's start (weight prefetch may start early) to its last result. In a
+    memoised program the operators of layers 2.. have layer 1's busy cycles and bytes.
     """
     code = program.instr
     op_id = code["op_id"].astype(np.int64)
     nops = len(program.ops)
-    start = np.full(nops, np.iinfo(np.int64).max)
-    end = np.zeros(nops, np.int64)
-    present, first = np.unique(op_id, return_index=True)   # op ids are non-decreasing
-    keep = present >= 0
-    start[present[keep]] = np.minimum.reduceat(sched.start, first)[keep]
-    end[present[keep]] = np.maximum.reduceat(sched.ready, first)[keep]
+    start, end = sched.op_start, sched.op_end
+    runs = weight * program.instances(layers=False)
     key = op_id * len(instr.ENGINE_NAMES) + code["engine"]
-    busy = np.bincount(key, weights=code["cost"] * weight,
+    busy = np.bincount(key, weights=code["cost"] * runs,
                        minlength=nops * len(instr.ENGINE_NAMES)).reshape(nops, -1)
     dma = np.bincount(op_id, weights=np.where(code["engine"] == instr.DMA,
-                                              code["work"] * weight, 0), minlength=nops)
+                                              code["work"] * runs, 0), minlength=nops)
+    if program.layer_plan is not None:
+        t0, tlen, layers, opl = program.layer_plan
+        if tlen:
+            op1 = int(op_id[t0])
+            for k in range(2, layers):
+                lo = op1 + (k - 1) * opl
+                busy[lo:lo + opl] = busy[op1:op1 + opl]
+                dma[lo:lo + opl] = dma[op1:op1 + opl]
     rows = []
     done = 0
     for i, op in enumerate(program.ops):
-        roof = max(op.flops / hw.peak_flops(dtype), op.hbm_bytes / hw.hbm_bytes_per_s)
+        roof = max(op.flops / (hw.peak_flops(dtype) * chips),
+                   op.hbm_bytes / (hw.hbm_bytes_per_s * chips))
         has = start[i] <= end[i]
         added = max(0, int(end[i]) - done)
         done = max(done, int(end[i]))
@@ -302,9 +415,17 @@ def _per_layer(per_op: list[dict]) -> list[dict]:
     return [layers[k] for k in sorted(layers, key=lambda x: (x < 0, x))]
 
 
-# Functional mode holds every weight as float32 on the host; beyond this many parameters
-# (4 GiB) `emu prefill` asks for --timing-only instead of exhausting host memory.
-FUNCTIONAL_MAX_PARAMS = 2**30
+def parse_chips(text) -> int | None:
+    """--prefill-chips N (a positive integer) or None."""
+    if text is None:
+        return None
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"--prefill-chips: must be a positive integer, got '{text}'")
+    return value
 
 
 def prompt_from_options(text: str | None, prompt_len) -> int | list[int]:
@@ -327,34 +448,32 @@ def prompt_from_options(text: str | None, prompt_len) -> int | list[int]:
 
 
 def prefill_from_options(config, prefill_hw="trn2", prompt_len=None, prompt_tokens=None,
-                         seed=0, weights=None, dtype="bf16", timing_only=False):
+                         seed=0, weights=None, dtype="bf16", timing_only=False, chips=None):
     """`run_prefill` from the option values of `emu prefill` (`config` a model name, file
     or folder; `prefill_hw` a preset name, a JSON file or a PrefillConfig; `weights` a
-    .safetensors path or None)."""
+    .safetensors path or None; `chips` the --prefill-chips text or None)."""
     from compiler.frontend import resolve_model
     from emulator.hw.prefill import PrefillConfig, load_prefill
 
     spec = resolve_model(config)
     hw = prefill_hw if isinstance(prefill_hw, PrefillConfig) else load_prefill(prefill_hw)
     tokens = prompt_from_options(prompt_tokens, prompt_len)
-    if not timing_only and spec.param_count() > FUNCTIONAL_MAX_PARAMS:
-        raise ConfigError(f"{config}: {spec.param_count():,} parameters are too many for a "
-                          f"functional run on the host; add --timing-only")
     values = None
     if weights and not timing_only:
         from compiler.weights import load_weights
         values = load_weights(weights, spec)
     return run_prefill(spec, hw, tokens, values, dtype=dtype, timing_only=timing_only,
-                       seed=seed)
+                       seed=seed, chips=parse_chips(chips))
 
 
 def prefill_report(*, model: str, prefill_hw="trn2", prompt_len: int | str | None = None,
                    prompt_tokens: str | None = None, seed: int = 0, weights: str | None = None,
-                   dtype: str = "bf16", timing_only: bool = False) -> dict:
+                   dtype: str = "bf16", prefill_chips: int | str | None = None,
+                   timing_only: bool = False) -> dict:
     """The `emu prefill --json` object for the options of its command line (`emu sweep`'s
     `prefill` command; `model` is CONFIG; the defaults are the CLI's)."""
     result = prefill_from_options(model, prefill_hw, prompt_len, prompt_tokens, seed, weights,
-                                  dtype, timing_only)
+                                  dtype, timing_only, prefill_chips)
     report = result.summary()
     report["model"] = str(model)
     if result.logits_last is not None:

@@ -85,16 +85,25 @@ def stage_files(compiled: Compiled, mesh: MeshConfig, pos: int = 0) -> dict:
     return files
 
 
+def dump_files(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int | None = None,
+               layout: str = "auto", pos: int = 0) -> tuple[Compiled, dict[str, str]]:
+    """Compile `spec` onto `mesh`: (compiled, file name -> text of every stage and the
+    op graph); nothing written."""
+    compiled = compile_decode(spec, mesh, dtype, max_context, layout)
+    files = {}
+    graph = _decode_graph(spec, pos, DTYPE_BYTES[compiled.placement.dtype])
+    if graph is not None:
+        from emulator.inspect.graph import graph_files
+        files.update(graph_files(graph))
+    files.update(stage_files(compiled, mesh, pos))
+    return compiled, files
+
+
 def dump_all(spec, mesh: MeshConfig, directory, dtype: str = "fp32",
              max_context: int | None = None, layout: str = "auto", pos: int = 0) -> Compiled:
-    """Compile `spec` onto `mesh` and write every stage into `directory`."""
-    compiled = compile_decode(spec, mesh, dtype, max_context, layout)
-    files = stage_files(compiled, mesh, pos)
-    graph = _decode_graph(spec, pos, DTYPE_BYTES[compiled.placement.dtype])
+    """Compile `spec` onto `mesh` and write every stage into `directory` (each atomically)."""
+    compiled, files = dump_files(spec, mesh, dtype, max_context, layout, pos)
     directory = Path(directory)
-    if graph is not None:
-        from emulator.inspect.graph import dump_graph
-        dump_graph(graph, directory)
     for name, text in files.items():
         atomic_write_text(directory / name, text)
     return compiled

@@ -507,7 +507,12 @@ def priority_blocks(grid: np.ndarray, b: int) -> np.ndarray:
 
 
 def render_png(m: MeshMap, path, region=None, layer: int | None = None) -> None:
-    """Write the map as a PNG (atomically).
+    """Write the map as a PNG (atomically); see `png_bytes`."""
+    atomic_write_bytes(path, png_bytes(m, region, layer))
+
+
+def png_bytes(m: MeshMap, region=None, layer: int | None = None) -> bytes:
+    """The map as PNG bytes.
 
     Small views: one labelled cell per PE. Large views: the whole view downsampled, with
     one-PE-wide rows and columns drawn as lines and labelled, beside a zoom of its
@@ -549,7 +554,7 @@ def render_png(m: MeshMap, path, region=None, layer: int | None = None) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 ZOOM = (16, 12)     # PEs (x, y) of the corner zoom beside a large map

@@ -27,15 +27,20 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path) -> None:
+    """PNG bytes of `fig` into `path`: a file (written atomically) or a dict (kept)."""
     import io
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
+    if isinstance(path, tuple):
+        files, name = path
+        files[name] = buffer.getvalue()
+    else:
+        atomic_write_bytes(path, buffer.getvalue())
 
 
-def heatmap(values: np.ndarray, title: str, unit: str, path: Path, cmap: str = "viridis"):
+def heatmap(values: np.ndarray, title: str, unit: str, path, cmap: str = "viridis"):
     """One mesh heatmap: x to the right, y down (row 0 at the top, as in the mesh)."""
     plt = _pyplot()
     ph, pw = values.shape
@@ -49,7 +54,7 @@ def heatmap(values: np.ndarray, title: str, unit: str, path: Path, cmap: str = "
     plt.close(fig)
 
 
-def time_bars(report: dict, path: Path) -> None:
+def time_bars(report: dict, path) -> None:
     """Stacked bars: TTFT = prefill + exposed KV transfer + layout; TPOT = decode step."""
     plt = _pyplot()
     kv = report["kv_transfer"]
@@ -70,23 +75,34 @@ def time_bars(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_plots(outcome, req, directory) -> list[Path]:
-    """Write every picture of a run into `directory`; returns the paths."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+PLOT_NAMES = ("sram.png", "busy.png", "links.png", "time.png")
+
+
+def render_plots(outcome, req) -> dict[str, bytes]:
+    """Every picture of a run: file name -> PNG bytes (nothing written)."""
+    files: dict[str, bytes] = {}
     compiled = outcome.compiled
     plan = compiled.plan
     used = pe_usage(compiled.placement) * dtype_bytes(req.dtype)
-    paths = [directory / name for name in ("sram.png", "busy.png", "links.png", "time.png")]
     heatmap(used, f"SRAM used per PE ({plan.pw}x{plan.ph}, of {req.mesh.sram_bytes} B)",
-            "bytes", paths[0])
+            "bytes", (files, "sram.png"))
     step = outcome.last_step
     if step is not None:
         heatmap(step.pe_busy.reshape(plan.ph, plan.pw),
                 f"busy cycles per PE, one decode step ({step.cycles} cycles)", "cycles",
-                paths[1], "magma")
+                (files, "busy.png"), "magma")
         heatmap(step.link_busy.sum(axis=1).reshape(plan.ph, plan.pw),
                 "wavelets sent on each PE's outgoing links, one decode step", "wavelets",
-                paths[2], "cividis")
-    time_bars(outcome.report, paths[3])
-    return [p for p in paths if p.exists()]
+                (files, "links.png"), "cividis")
+    time_bars(outcome.report, (files, "time.png"))
+    return files
+
+
+def write_plots(outcome, req, directory) -> list[Path]:
+    """Write every picture of a run into `directory` (each atomically); returns the paths."""
+    directory = Path(directory)
+    paths = []
+    for name, data in render_plots(outcome, req).items():
+        atomic_write_bytes(directory / name, data)
+        paths.append(directory / name)
+    return paths
