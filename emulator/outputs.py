@@ -284,6 +284,7 @@ class Outputs:
 
     def _commit(self) -> None:
         staged = [t for t in self.targets if id(t) in self.staged]
+        self._adopt_into_new_folders(staged)
         temps: list[tuple[Target, Path]] = []     # (target, temporary file)
         made: list[Path] = []                     # folders created by this commit
         new_folders: dict[int, Path] = {}         # id(folder) -> temporary folder
@@ -314,6 +315,17 @@ class Outputs:
             raise
         finally:
             self.staged.clear()
+
+    def _adopt_into_new_folders(self, staged: list) -> None:
+        """A file output inside a folder output that this run creates (`--plots out/
+        --trace out/t.json`) is written with that folder, which appears as a whole."""
+        for target in staged:
+            if target.folder is not None or target.in_place or target.path is None:
+                continue
+            for folder in self.folders:
+                if not folder.existed and folder.path in target.path.parents:
+                    target.folder = folder
+                    folder.files.setdefault(target.path.name, target)
 
     def _stage_file(self, target: Target, made: list, new_folders: dict) -> Path:
         """Write one staged output to a temporary file beside its target (or into the

@@ -296,3 +296,15 @@ def test_map_png_through_symlink_and_dump_into_new_folder(tmp_path):
     result = emu("compile", "tiny", "--mesh", "8x8", "--dump", tmp_path / "d")
     assert result.exit_code == 0, result.output
     assert "summary.json" in listing(tmp_path / "d")
+
+
+def test_file_inside_a_new_output_folder_is_written_with_it(tmp_path):
+    out = tmp_path / "new"
+    with Outputs() as outputs:
+        folder = outputs.directory(str(out), "--plots", ["a.png"])
+        trace = outputs.file(str(out / "deep" / "t.json"), "--trace")
+        outputs.write_bytes(outputs.in_folder(folder, "a.png"), b"png")
+        outputs.write_json(trace, {"ok": 1})
+    assert (out / "a.png").read_bytes() == b"png"
+    assert json.loads((out / "deep" / "t.json").read_text()) == {"ok": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]

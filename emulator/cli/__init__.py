@@ -102,6 +102,7 @@ COMMAND_MODULES: list[str] = [
     "emulator.cli.bench",
     "emulator.cli.presets",
     "emulator.cli.sweep",
+    "emulator.cli.serve",
 ]
 
 

@@ -31,6 +31,11 @@ class MeshConfig:
     wafers: int = positive(default=1)  # identical wafers in the system (layers pipelined)
     wafer_link_bytes_per_s: float = positive(default=1.0e12)  # wafer-to-wafer bandwidth
     wafer_link_latency_s: float = nonnegative(default=1.0e-6)  # wafer-to-wafer latency
+    # serving (emu serve); per wafer (system); None when a preset does not say
+    io_bytes_per_s: float | None = positive(default=None)   # system I/O into one wafer
+    power_busy_w: float | None = positive(default=None)     # W per system while decoding
+    power_idle_w: float | None = nonnegative(default=None)  # W per system while idle
+    price_usd_per_hour: float | None = nonnegative(default=None)  # $ per system-hour
 
     def simd_width(self, dtype: str) -> int:
         """Elements per cycle of a vector op in `dtype` (a name or a DType)."""

@@ -57,6 +57,10 @@ class PrefillConfig:
     peak_fp8_flops: float = positive()        # published dense fp8 FLOP/s per chip
     peak_fp32_flops: float = positive()       # published dense fp32 FLOP/s per chip
     topology: str = ""                        # how the chips are linked (documentation)
+    # serving bill (emu serve); None when a preset does not say
+    power_busy_w: float | None = positive(default=None)   # W per chip while computing
+    power_idle_w: float | None = nonnegative(default=None)  # W per chip while idle
+    price_usd_per_hour: float | None = nonnegative(default=None)  # $ per chip-hour
 
     # ------------------------------------------------------------------ derived sizes
 

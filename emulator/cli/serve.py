@@ -1,0 +1,250 @@
+"""`emu serve`: a disaggregated serving cluster under a request stream (emulator/serve/).
+
+Thin: parse and check the options, call `emulator.serve.runner.run_serve` (or the search),
+print the summary; the outputs are declared (checked) before any work and committed together
+at the end (emulator/outputs.py). docs/serving.md describes the model and the report.
+"""
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from emulator.hw.errors import ConfigError
+
+DEFAULT_MODEL = "tiny"
+
+
+def positive_float(value, option: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        x = float(value)
+    except ValueError:
+        x = -1.0
+    if not x > 0 or x == float("inf"):
+        raise ConfigError(f"{option}: must be a positive number, got '{value}'")
+    return x
+
+
+def positive_int(value, option: str, allow_zero: bool = False) -> int:
+    try:
+        x = int(str(value).replace("_", ""))
+    except ValueError:
+        x = -1
+    if x < (0 if allow_zero else 1):
+        raise ConfigError(f"{option}: must be a {'non-negative' if allow_zero else 'positive'} "
+                          f"integer, got '{value}'")
+    return x
+
+
+def load_workload_options(workload, rate, requests, isl, osl, arrival, seed):
+    """The Workload from --workload, or synthetic from --rate/--requests/--isl/--osl."""
+    from emulator.serve.workload import load_workload, parse_arrival, parse_dist, synthetic
+
+    synthetic_opts = {"--rate": rate, "--isl": isl, "--osl": osl}
+    if workload:
+        given = [k for k, v in synthetic_opts.items() if v is not None]
+        if given:
+            raise ConfigError(f"--workload excludes {', '.join(given)}")
+        w = load_workload(workload)
+        if requests is not None:
+            w = w.head(positive_int(requests, "--requests"))
+        return w
+    missing = [k for k, v in {**synthetic_opts, "--requests": requests}.items() if v is None]
+    if missing:
+        raise ConfigError(f"give --workload FILE, or --rate, --requests, --isl and --osl "
+                          f"(missing: {', '.join(missing)})")
+    parse_arrival(arrival)
+    return synthetic(positive_float(rate, "--rate"), positive_int(requests, "--requests"),
+                     parse_dist(isl, "--isl"), parse_dist(osl, "--osl"), seed, arrival)
+
+
+def parse_chips(text: str | None) -> list[int] | None:
+    """--search-chips N,N,... -> sorted distinct positive integers."""
+    if text is None:
+        return None
+    values = [positive_int(v, "--search-chips") for v in str(text).split(",") if v.strip()]
+    if not values:
+        raise ConfigError(f"--search-chips: expected N,N,..., got '{text}'")
+    return sorted(set(values))
+
+
+def parse_closed(text: str | None) -> tuple[int, float] | None:
+    """--closed USERS[:THINK_S] -> (users, think seconds)."""
+    if text is None:
+        return None
+    users, _, think = str(text).partition(":")
+    return (positive_int(users, "--closed USERS"),
+            0.0 if not think else float(think) if _nonneg(think) else
+            positive_float(think, "--closed THINK_S"))
+
+
+def _nonneg(text: str) -> bool:
+    try:
+        return float(text) >= 0 and float(text) != float("inf")
+    except ValueError:
+        return False
+
+
+def auto_prefill_hw(spec, dtype: str, chips: int):
+    """trn2, or trn3 when the model does not fit trn2's HBM (as `emu run --prefill-hw auto`)."""
+    from emulator.hw.prefill import load_prefill
+    from emulator.serve.costs import prefill_max_tokens
+
+    for name in ("trn2", "trn3"):
+        hw = load_prefill(name)
+        if prefill_max_tokens(spec, hw, dtype, chips, 1) >= 1:
+            return hw
+    return hw
+
+
+@click.command("serve")
+@click.argument("config", required=False)
+@click.option("--workload", type=click.Path(dir_okay=False),
+              help="Trace file (JSONL or CSV; emu, Azure or BurstGPT columns).")
+@click.option("--rate", metavar="R", help="Synthetic arrivals: requests per second.")
+@click.option("--requests", metavar="N", help="Synthetic: requests (with --workload: the first N).")
+@click.option("--isl", metavar="DIST",
+              help="Prompt lengths (tokens): N, uniform:LO,HI, lognormal:MEDIAN,SIGMA, "
+                   "zipf:A,HI, file:PATH[:COLUMN].")
+@click.option("--osl", metavar="DIST",
+              help="Output lengths (tokens, the first included; forms as --isl).")
+@click.option("--arrival", default="poisson", show_default=True, metavar="poisson|gamma:CV",
+              help="Synthetic arrival process: poisson or gamma:CV.")
+@click.option("--closed", metavar="USERS[:THINK_S]",
+              help="Closed system: USERS clients, each sending its next request THINK_S "
+                   "seconds (exponential, mean) after the last one ended (the workload's "
+                   "arrival times are ignored; its lengths are used in order).")
+@click.option("--prefill-hw", default="auto", show_default=True, metavar="NAME|FILE",
+              help="Prefill chip preset or JSON file; auto: trn2, or trn3 if the model "
+                   "does not fit trn2.")
+@click.option("--prefill-chips", default="1", show_default=True, metavar="N",
+              help="Chips per prefill instance.")
+@click.option("--prefill-instances", default="1", show_default=True, metavar="P",
+              help="Prefill instances.")
+@click.option("--hw", default="small", show_default=True, metavar="NAME|FILE",
+              help="Decode preset (wse3, cs3x4, small) or JSON file.")
+@click.option("--mesh", "mesh_size", metavar="WxH",
+              help="Override the decode mesh size (PEs).")
+@click.option("--decode-instances", default="1", show_default=True, metavar="D",
+              help="Decode instances (each: the preset's wafers).")
+@click.option("--link", default="efa", show_default=True, metavar="NAME|FILE",
+              help="Link preset or JSON file (one prefill chip's egress).")
+@click.option("--overlap-kv", is_flag=True,
+              help="Stream each layer's KV while the prefill runs (when admitted at its start).")
+@click.option("--max-batch", default="1", show_default=True, metavar="B",
+              help="Users per decode instance (> 1 uses the documented batch hook).")
+@click.option("--prefill-token-budget", default="0", show_default=True, metavar="TOKENS",
+              help="Prompt tokens per prefill batch (0: the longest prompt that fits).")
+@click.option("--dtype", default="bf16", show_default=True,
+              type=click.Choice(["fp32", "fp16", "bf16"]),
+              help="Storage format of weights and KV cache.")
+@click.option("--slo-ttft", metavar="SECONDS", help="Time-to-first-token objective.")
+@click.option("--slo-tpot", metavar="SECONDS", help="Time-per-output-token objective.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the arrivals.")
+@click.option("--baseline", is_flag=True,
+              help="Also simulate both phases on the prefill chips (equal price per hour).")
+@click.option("--baseline-instances", default="0", show_default=True, metavar="N",
+              help="Baseline instances (0: as many as cost the same per hour).")
+@click.option("--search", is_flag=True,
+              help="Search prefill:decode instance counts for the best goodput per dollar.")
+@click.option("--max-instances", default="8", show_default=True, metavar="N",
+              help="--search: largest P and D tried.")
+@click.option("--search-chips", metavar="N,N,...",
+              help="--search: prefill chip counts per instance to try (default: "
+                   "--prefill-chips).")
+@click.option("--objective", default="usd", show_default=True,
+              type=click.Choice(["usd", "chip"]), help="--search: goodput per dollar or chip.")
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Cost cache folder (default $EMU_CACHE_DIR or ~/.cache/emu).")
+@click.option("--no-cache", is_flag=True, help="Measure costs without reading or writing a cache.")
+@click.option("--report", "report_path", metavar="FILE|-",
+              help="Write the report as JSON ('-': stdout).")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False),
+              help="Write PNG charts into this folder.")
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False),
+              help="Write a Perfetto trace (JSON).")
+@click.option("--quiet", is_flag=True, help="Print no tables.")
+def serve_command(config, workload, rate, requests, isl, osl, arrival, closed, prefill_hw,
+                  prefill_chips, prefill_instances, hw, mesh_size, decode_instances, link,
+                  overlap_kv, max_batch,
+                  prefill_token_budget, dtype, slo_ttft, slo_tpot, seed, baseline,
+                  baseline_instances, search, max_instances, search_chips, objective,
+                  cache_dir, no_cache, report_path, plots_dir, trace_path, quiet):
+    """Simulate a disaggregated serving cluster (prefill pool, decode wafers, links)."""
+    from compiler.frontend import resolve_model
+    from emulator.cli.common import load_sized_mesh
+    from emulator.hw.link import load_link
+    from emulator.hw.prefill import load_prefill
+    from emulator.outputs import Outputs
+    from emulator.serve.costs import default_cache_dir
+    from emulator.serve.plots import PLOT_NAMES
+    from emulator.serve.report import summary_tables
+    from emulator.serve.runner import ServeRequest, run_serve
+
+    outputs = Outputs()
+    report_file = outputs.file(report_path, "--report")
+    trace_file = outputs.file(trace_path, "--trace")
+    plots = outputs.directory(plots_dir, "--plots",
+                              PLOT_NAMES + (("search.png",) if search else ()))
+    spec = resolve_model(config or DEFAULT_MODEL)
+    name = (config or DEFAULT_MODEL).rstrip("/").rsplit("/", 1)[-1].removesuffix(".json")
+    w = load_workload_options(workload, rate, requests, isl, osl, arrival, seed)
+    chips = positive_int(prefill_chips, "--prefill-chips")
+    chip = (auto_prefill_hw(spec, dtype, chips) if prefill_hw == "auto"
+            else load_prefill(prefill_hw))
+    req = ServeRequest(
+        spec=spec, model_name=name, workload=w, prefill_hw=chip,
+        mesh=load_sized_mesh(hw, mesh_size), link=load_link(link), prefill_chips=chips,
+        prefill_instances=positive_int(prefill_instances, "--prefill-instances"),
+        decode_instances=positive_int(decode_instances, "--decode-instances"),
+        max_batch=positive_int(max_batch, "--max-batch"),
+        prefill_token_budget=positive_int(prefill_token_budget, "--prefill-token-budget",
+                                          allow_zero=True),
+        dtype=dtype, slo_ttft=positive_float(slo_ttft, "--slo-ttft"),
+        slo_tpot=positive_float(slo_tpot, "--slo-tpot"), baseline=baseline,
+        baseline_instances=positive_int(baseline_instances, "--baseline-instances",
+                                        allow_zero=True),
+        cache_dir=None if no_cache else Path(cache_dir) if cache_dir else default_cache_dir(),
+        closed=parse_closed(closed), seed=seed, overlap_kv=overlap_kv)
+    limit = positive_int(max_instances, "--max-instances")
+    console = Console(stderr=True)
+    out = Console(stderr=outputs.uses_stdout)
+    with console.status("emu serve: measuring costs and simulating") as status:
+        def progress(what, done, total):
+            status.update(f"emu serve: measuring costs: {what} ({done + 1}/{total})")
+        if search:
+            from emulator.serve.search import run_search, search_tables
+
+            result = run_search(req, limit, objective, progress,
+                                parse_chips(search_chips))
+            outcome = result.best
+            outcome.report["search"] = result.to_dict()
+        else:
+            outcome = run_serve(req, progress)
+    report = outcome.report
+    if plots is not None:
+        from emulator.serve.plots import render_plots
+
+        for name, data in render_plots(outcome, report.get("search")).items():
+            outputs.write_bytes(outputs.in_folder(plots, name), data)
+    if trace_file is not None:
+        from emulator.serve.trace import build_trace
+
+        outputs.write_json(trace_file, build_trace(outcome.sim).to_dict())
+    outputs.write_json(report_file, report)
+    outputs.commit()
+    if not quiet:
+        if search:
+            for table in search_tables(report["search"]):
+                out.print(table)
+        for table in summary_tables(report):
+            out.print(table)
+        if report.get("baseline"):
+            from emulator.serve.report import baseline_table
+
+            out.print(baseline_table(report))
+
+
+COMMANDS = [serve_command]
