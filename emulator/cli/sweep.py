@@ -48,6 +48,8 @@ def sweep(spec_path, out_dir, workers, scheduler, plots, pareto, metric):
     check_out_dir(out_dir)
     points = prepare(spec)          # every preset override checked before the cluster starts
     console = Console(stderr=True)
+    if not scheduler:
+        _quiet_resource_tracker()
     client = remote_client(scheduler) if scheduler else local_client(
         workers or os.cpu_count() or 1)
     try:
@@ -99,6 +101,16 @@ def _close(client, own: bool) -> None:
     client.close()
     if cluster is not None:
         cluster.close()
+
+
+def _quiet_resource_tracker() -> None:
+    """After Ctrl-C the local cluster's processes can leave semaphores that
+    multiprocessing's resource tracker (a child process that reads PYTHONWARNINGS) cleans
+    up with a warning on stderr; it is noise there, so that one warning is filtered."""
+    quiet = "ignore:resource_tracker:UserWarning"
+    current = os.environ.get("PYTHONWARNINGS")
+    if not current or quiet not in current.split(","):
+        os.environ["PYTHONWARNINGS"] = f"{current},{quiet}" if current else quiet
 
 
 def _mute_logs() -> None:
