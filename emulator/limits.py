@@ -73,3 +73,15 @@ def check_memory(need: int, what: str) -> None:
         raise ResourceError(f"{what} needs about {si(need)} ({need:,} bytes) of host memory, "
                             f"more than the limit of {si(limit)} ({limit:,} bytes: {source}; "
                             f"set {ENV_MEMORY} to change it)")
+
+
+# Host bytes per PE of mapping a model onto a mesh (tile, place, route, emit: the per-PE
+# region, parameter and router tables). Measured with tracemalloc for `tiny` at
+# 64x64 / 128x128 / 256x256 PEs: 268 / 166 / 122 B per PE; this bound is twice the largest.
+COMPILE_BYTES_PER_PE = 512
+
+
+def check_mapping_memory(mesh) -> None:
+    """ResourceError when mapping a model onto `mesh` (a MeshConfig) would not fit."""
+    check_memory(mesh.num_pes * COMPILE_BYTES_PER_PE,
+                 f"mapping onto a {mesh.width}x{mesh.height} mesh")

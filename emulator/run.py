@@ -9,25 +9,28 @@ Times are seconds unless a name says cycles.
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from compiler.bound import critical_path_bound
 from compiler.decode import compile_decode
-from compiler.frontend import ModelSpec
-from compiler.numerics import dtype_bytes
+from compiler.frontend import ModelSpec, resolve_model
+from compiler.numerics import canonical_dtype, dtype_bytes
 from compiler.place import pe_class
 from compiler.system import compile_system, handoff_seconds, wafers_needed
+from compiler.weights import find_checkpoint, load_weights, random_weights
 from emulator.hw.errors import ConfigError, FitError
-from emulator.hw.link import LinkConfig
-from emulator.hw.mesh import MeshConfig
+from emulator.hw.link import LinkConfig, load_link
+from emulator.hw.mesh import MeshConfig, load_sized_mesh
 from emulator.hw.prefill import PrefillConfig, load_prefill
 from emulator.inspect.phases import PHASES, layer_cycles, op_spans, phase_cycles
+from emulator.limits import check_mapping_memory
 from emulator.link.layout import kv_layout_cycles
 from emulator.link.transfer import transfer_kv
 from emulator.mesh.runtime import MeshDecoder, run_timing
 from emulator.mesh.system import SystemDecoder, SystemStep, run_system_timing
-from emulator.prefill.run import bytes_per_element, choose_chips, run_prefill
+from emulator.prefill.run import bytes_per_element, choose_chips, parse_chips, run_prefill
 from emulator.views.trace import TraceBuilder
 from isa.program import RunResult
 
@@ -99,6 +102,85 @@ def check_request(req: RunRequest) -> None:
         if bad.size:
             raise ConfigError(f"--prompt-tokens: token id {int(bad[0])} is outside the "
                               f"vocabulary [0, {spec.vocab_size})")
+
+
+DEFAULT_MODEL = "tiny"
+
+
+def parse_prompt(tokens: str | None, length: int | None) -> tuple[np.ndarray | None, int]:
+    """(token ids or None, prompt length) from --prompt-tokens / --prompt-len."""
+    if tokens is not None and length is not None:
+        raise ConfigError("give either --prompt-tokens or --prompt-len, not both")
+    if tokens is None:
+        return None, 8 if length is None else length
+    try:
+        ids = np.array([int(t) for t in tokens.split(",") if t.strip()], np.int64)
+    except ValueError:
+        raise ConfigError(f"--prompt-tokens: expected comma-separated integers, "
+                          f"got '{tokens}'") from None
+    if ids.size == 0:
+        raise ConfigError("--prompt-tokens: the prompt must have at least one token")
+    return ids, int(ids.size)
+
+
+def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens,
+                  prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine,
+                  prefill_chips=None, prefill_dtype=None):
+    """Load and check every input of `emu run` (the CLI's option values); returns a
+    RunRequest. `hw`, `prefill_hw` and `link` are preset names, JSON files or already
+    loaded preset dataclasses (`emu sweep` passes them as data); `prefill_hw` may be
+    'auto'."""
+    spec = resolve_model(config or DEFAULT_MODEL)
+    mesh = load_sized_mesh(hw, mesh_size)
+    check_mapping_memory(mesh)
+    prompt, length = parse_prompt(prompt_tokens, prompt_len)
+    if timing_only and weights:
+        raise ConfigError("--weights and --timing-only exclude each other")
+    if weights and seed is not None:
+        raise ConfigError("--weights and --seed exclude each other")
+    values = None
+    if not timing_only:
+        source = weights or (folder_weights(config) if seed is None else None)
+        values = (load_weights(source, spec) if source
+                  else random_weights(spec, 0 if seed is None else seed))
+    name = Path(config or DEFAULT_MODEL).name.removesuffix(".json")
+    dtype = canonical_dtype(dtype)
+    if isinstance(prefill_hw, PrefillConfig):
+        chip = prefill_hw
+    else:
+        chip = (smallest_prefill_chip(spec, dtype, length) if prefill_hw == "auto"
+                else load_prefill(prefill_hw))
+    return RunRequest(spec=spec, model_name=name, mesh=mesh, prefill_hw=chip,
+                      link=link if isinstance(link, LinkConfig) else load_link(link),
+                      prompt=prompt, prompt_len=length,
+                      max_new_tokens=max_new_tokens, dtype=dtype,
+                      weights=values, timing_only=timing_only, overlap_kv=overlap_kv,
+                      engine=engine, seed=0 if seed is None else seed,
+                      prefill_chips=parse_chips(prefill_chips), prefill_dtype=prefill_dtype)
+
+
+def folder_weights(config: str | None) -> Path | None:
+    """The checkpoint inside a HuggingFace-style model folder CONFIG (None otherwise)."""
+    if config is None or not Path(config).is_dir():
+        return None
+    return find_checkpoint(config)
+
+
+def run_report(*, model: str | None = None, hw: str | MeshConfig = "small",
+               mesh: str | None = None, prefill_hw: str | PrefillConfig = "auto",
+               link: str | LinkConfig = "efa", weights: str | None = None,
+               seed: int | None = None, prompt_tokens: str | None = None,
+               prompt_len: int | None = None, max_new_tokens: int = 8, dtype: str = "bf16",
+               timing_only: bool = False, overlap_kv: bool = False,
+               engine: str = "numba", prefill_chips: int | str | None = None,
+               prefill_dtype: str | None = None) -> dict:
+    """The report dict of `emu run` for the options of its command line (long option
+    names with `_`; `model` is CONFIG; the defaults are the CLI's). This is `emu sweep`'s
+    `run` command; presets may be passed as data."""
+    req = build_request(model, hw, mesh, prefill_hw, link, weights, seed, prompt_tokens,
+                        prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine,
+                        prefill_chips, prefill_dtype)
+    return run_inference(req).report
 
 
 class DecodeStage:

@@ -101,6 +101,7 @@ COMMAND_MODULES: list[str] = [
     "emulator.cli.step",
     "emulator.cli.bench",
     "emulator.cli.presets",
+    "emulator.cli.sweep",
     "emulator.cli.serve",
 ]
 

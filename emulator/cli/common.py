@@ -1,45 +1,25 @@
 """Option parsing and start-up steps shared by the `emu` subcommands (one definition of
-each user-facing rule)."""
+each user-facing rule; the parsing rules live in `emulator.hw` so that `emu sweep`
+applies the same ones, and keep their names here)."""
 
-import re
 import time
 
-from emulator.hw.errors import ConfigError
-from emulator.hw.mesh import MeshConfig, load_mesh
-from emulator.limits import check_memory
+from emulator.hw import mesh as hw_mesh
+from emulator.hw.mesh import MeshConfig, parse_mesh_size
+from emulator.hw.presets import parse_dims
+from emulator.limits import COMPILE_BYTES_PER_PE, check_mapping_memory
 
-# Host bytes per PE of mapping a model onto a mesh (tile, place, route, emit: the per-PE
-# region, parameter and router tables). Measured with tracemalloc for `tiny` at
-# 64x64 / 128x128 / 256x256 PEs: 268 / 166 / 122 B per PE; this bound is twice the largest.
-COMPILE_BYTES_PER_PE = 512
+__all__ = ["COMPILE_BYTES_PER_PE", "load_sized_mesh", "parse_dims", "parse_mesh_size",
+           "prepare_mesh_kernels"]
 
 COMPILE_NOTE_SECONDS = 5.0   # a warm-up longer than this was a compile: say so
 
 
-def parse_dims(text: str | None, option: str, form: str, example: str):
-    """'AxB' -> (A, B) of positive integers, None when absent; ConfigError naming `option`
-    and the expected `form` (e.g. 'WxH') when malformed."""
-    if text is None:
-        return None
-    match = re.fullmatch(r"\s*(\d{1,18})\s*[xX]\s*(\d{1,18})\s*", text)
-    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
-        raise ConfigError(f"{option}: expected {form} with positive integers, "
-                          f"e.g. {example}, got '{text}'")
-    return int(match.group(1)), int(match.group(2))
-
-
-def parse_mesh_size(text: str | None, option: str = "--mesh") -> tuple[int, int] | None:
-    """'WxH' -> (W, H), None when absent; ConfigError naming `option` when malformed."""
-    return parse_dims(text, option, "WxH", "8x4")
-
-
 def load_sized_mesh(hw: str, mesh_text: str | None) -> MeshConfig:
-    """The mesh preset `hw` (name or file), resized by a --mesh WxH value when given."""
-    mesh = load_mesh(hw)
-    size = parse_mesh_size(mesh_text)
-    mesh = mesh.with_mesh(*size) if size else mesh
-    check_memory(mesh.num_pes * COMPILE_BYTES_PER_PE,
-                 f"mapping onto a {mesh.width}x{mesh.height} mesh")
+    """The mesh preset `hw` (name or file), resized by a --mesh WxH value when given;
+    ResourceError when mapping onto it would not fit the host's memory."""
+    mesh = hw_mesh.load_sized_mesh(hw, mesh_text)
+    check_mapping_memory(mesh)
     return mesh
 
 

@@ -14,31 +14,15 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from emulator.cli.common import parse_dims
-from emulator.hw.errors import ConfigError
-from emulator.hw.prefill import load_prefill
+from emulator.prefill.run import parse_chips
 from emulator.views.report import si_bytes, si_seconds
+
+__all__ = ["COMMANDS", "parse_chips"]      # parse_chips: emu run's --prefill-chips too
 
 prefill_hw_option = click.option("--prefill-hw", "prefill_hw", default="trn2",
                                  show_default=True, metavar="NAME|FILE",
                                  help="Prefill preset (trn2, trn3, trn2-48xl, "
                                       "trn3-ultraserver) or a JSON file.")
-
-
-def parse_positive(name: str, text: str) -> int:
-    """A positive integer argument, or a one-line ConfigError naming it."""
-    try:
-        value = int(str(text).strip().replace("_", ""))
-    except ValueError:
-        raise ConfigError(f"gemm: {name} must be a positive integer, got '{text}'") from None
-    if value < 1:
-        raise ConfigError(f"gemm: {name} must be a positive integer, got {value}")
-    return value
-
-
-def parse_array(text: str | None) -> tuple[int, int] | None:
-    """'RxC' -> (R, C); ConfigError when malformed."""
-    return parse_dims(text, "--array", "RxC", "128x128")
 
 
 @click.command("gemm", context_settings={"ignore_unknown_options": True})
@@ -56,23 +40,9 @@ def parse_array(text: str | None) -> tuple[int, int] | None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def gemm_command(m, n, k, prefill_hw, array, dataflow, scalesim_compat, dtype, as_json):
     """Cycles of one GEMM C[M,N] = A[M,K] @ B[K,N]."""
-    from emulator.prefill.gemm import DATAFLOWS, gemm_scalesim, gemm_trainium
+    from emulator.prefill.gemm import gemm_from_options
 
-    M, N, K = (parse_positive(name, v) for name, v in (("M", m), ("N", n), ("K", k)))
-    dataflow = dataflow.lower()
-    if dataflow not in DATAFLOWS:
-        raise ConfigError(f"--dataflow: expected ws, os or is, got '{dataflow}'")
-    if dtype not in ("bf16", "fp16", "fp32"):
-        raise ConfigError(f"--dtype: expected bf16, fp16 or fp32, got '{dtype}'")
-    hw = load_prefill(prefill_hw)
-    shape = parse_array(array) or (hw.pe_rows, hw.pe_cols)
-    if scalesim_compat:
-        result = gemm_scalesim(M, N, K, *shape, dataflow, hw.tensor_clock_hz)
-    else:
-        if shape[0] > hw.sbuf_partitions:
-            raise ConfigError(f"--array: {shape[0]} rows exceed the {hw.sbuf_partitions} SBUF "
-                              f"partitions of preset '{hw.name}'")
-        result = gemm_trainium(hw.with_array(*shape), M, N, K, dataflow, dtype)
+    result = gemm_from_options(m, n, k, prefill_hw, array, dataflow, scalesim_compat, dtype)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
         return
@@ -117,18 +87,10 @@ def _gemm_table(result) -> Table:
 def prefill_command(config, prefill_hw, prompt_len, prompt_tokens, seed, weights_path, dtype,
                     chips, timing_only, as_json):
     """Time (and compute) the prefill of CONFIG on the chips of a prefill preset."""
-    from compiler.frontend import resolve_model
-    from emulator.prefill.run import run_prefill
+    from emulator.prefill.run import prefill_from_options
 
-    spec = resolve_model(config)
-    hw = load_prefill(prefill_hw)
-    tokens = _tokens(prompt_tokens, prompt_len)
-    weights = None
-    if weights_path and not timing_only:
-        from compiler.weights import load_weights
-        weights = load_weights(weights_path, spec)
-    result = run_prefill(spec, hw, tokens, weights, dtype=dtype, timing_only=timing_only,
-                         seed=seed, chips=parse_chips(chips))
+    result = prefill_from_options(config, prefill_hw, prompt_len, prompt_tokens, seed,
+                                  weights_path, dtype, timing_only, chips)
     report = result.summary()
     report["model"] = str(config)
     if as_json:
@@ -140,38 +102,6 @@ def prefill_command(config, prefill_hw, prompt_len, prompt_tokens, seed, weights
     for table in (_headline(result, config), _layer_table(result), _op_table(result),
                   _engine_table(result)):
         console.print(table)
-
-
-def parse_chips(text) -> int | None:
-    """--prefill-chips N (a positive integer) or None."""
-    if text is None:
-        return None
-    try:
-        value = int(str(text).strip())
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ConfigError(f"--prefill-chips: must be a positive integer, got '{text}'")
-    return value
-
-
-def _tokens(text: str | None, prompt_len: int | None):
-    """Token ids from --prompt-tokens, else the --prompt-len (default 128)."""
-    if text is None:
-        if prompt_len is None:
-            return 128
-        try:
-            value = int(prompt_len)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise ConfigError(f"--prompt-len: must be a positive integer, got '{prompt_len}'")
-        return value
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ConfigError(f"--prompt-tokens: expected comma-separated integers, got "
-                          f"'{text}'") from None
 
 
 def _headline(result, config) -> Table:

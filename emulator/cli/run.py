@@ -7,75 +7,16 @@ stdout.
 """
 
 import time
-from pathlib import Path
 
 import click
-import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from compiler.frontend import resolve_model
-from compiler.numerics import canonical_dtype
-from compiler.weights import find_checkpoint, load_weights, random_weights
-from emulator.cli.common import load_sized_mesh, prepare_mesh_kernels
-from emulator.cli.prefill import parse_chips
+from emulator.cli.common import prepare_mesh_kernels
 from emulator.hw.errors import ConfigError
-from emulator.hw.link import load_link
-from emulator.hw.prefill import load_prefill
 from emulator.outputs import Outputs
-from emulator.run import RunRequest, run_inference, smallest_prefill_chip
+from emulator.run import build_request, run_inference
 from emulator.views.report import print_report
-
-DEFAULT_MODEL = "tiny"
-def parse_prompt(tokens: str | None, length: int | None) -> tuple[np.ndarray | None, int]:
-    """(token ids or None, prompt length) from --prompt-tokens / --prompt-len."""
-    if tokens is not None and length is not None:
-        raise ConfigError("give either --prompt-tokens or --prompt-len, not both")
-    if tokens is None:
-        return None, 8 if length is None else length
-    try:
-        ids = np.array([int(t) for t in tokens.split(",") if t.strip()], np.int64)
-    except ValueError:
-        raise ConfigError(f"--prompt-tokens: expected comma-separated integers, "
-                          f"got '{tokens}'") from None
-    if ids.size == 0:
-        raise ConfigError("--prompt-tokens: the prompt must have at least one token")
-    return ids, int(ids.size)
-
-
-def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens,
-                  prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine,
-                  prefill_chips=None, prefill_dtype=None):
-    """Load and check every input; returns a RunRequest."""
-    spec = resolve_model(config or DEFAULT_MODEL)
-    mesh = load_sized_mesh(hw, mesh_size)
-    prompt, length = parse_prompt(prompt_tokens, prompt_len)
-    if timing_only and weights:
-        raise ConfigError("--weights and --timing-only exclude each other")
-    if weights and seed is not None:
-        raise ConfigError("--weights and --seed exclude each other")
-    values = None
-    if not timing_only:
-        source = weights or (folder_weights(config) if seed is None else None)
-        values = (load_weights(source, spec) if source
-                  else random_weights(spec, 0 if seed is None else seed))
-    name = Path(config or DEFAULT_MODEL).name.removesuffix(".json")
-    dtype = canonical_dtype(dtype)
-    chip = (smallest_prefill_chip(spec, dtype, length) if prefill_hw == "auto"
-            else load_prefill(prefill_hw))
-    return RunRequest(spec=spec, model_name=name, mesh=mesh, prefill_hw=chip,
-                      link=load_link(link), prompt=prompt, prompt_len=length,
-                      max_new_tokens=max_new_tokens, dtype=dtype,
-                      weights=values, timing_only=timing_only, overlap_kv=overlap_kv,
-                      engine=engine, seed=0 if seed is None else seed,
-                      prefill_chips=parse_chips(prefill_chips), prefill_dtype=prefill_dtype)
-
-
-def folder_weights(config: str | None) -> Path | None:
-    """The checkpoint inside a HuggingFace-style model folder CONFIG (None otherwise)."""
-    if config is None or not Path(config).is_dir():
-        return None
-    return find_checkpoint(config)
 
 
 class DecodeProgress:

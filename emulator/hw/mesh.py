@@ -7,7 +7,7 @@
 from dataclasses import dataclass, replace
 
 from emulator.hw.dtypes import dtype_of
-from emulator.hw.presets import load_preset, nonnegative, positive
+from emulator.hw.presets import load_preset, nonnegative, parse_dims, positive
 
 
 @dataclass(frozen=True)
@@ -76,3 +76,17 @@ class MeshConfig:
 def load_mesh(name_or_path: str = "wse3") -> MeshConfig:
     """Load a mesh preset by bundled name (`wse2`, `wse3`, `small`) or JSON file path."""
     return load_preset(MeshConfig, "mesh", name_or_path)
+
+
+def parse_mesh_size(text: str | None, option: str = "--mesh") -> tuple[int, int] | None:
+    """'WxH' -> (W, H), None when absent; ConfigError naming `option` when malformed."""
+    return parse_dims(text, option, "WxH", "8x4")
+
+
+def load_sized_mesh(hw: "str | MeshConfig", mesh_text: str | None) -> MeshConfig:
+    """The mesh preset `hw` (a name, a file or an already loaded MeshConfig), resized by a
+    --mesh WxH value when given (the host-memory check of mapping onto it is
+    emulator.limits.check_mapping_memory)."""
+    mesh = hw if isinstance(hw, MeshConfig) else load_mesh(hw)
+    size = parse_mesh_size(mesh_text)
+    return mesh.with_mesh(*size) if size else mesh

@@ -12,6 +12,7 @@ are ConfigErrors too.
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from importlib import resources
@@ -164,3 +165,42 @@ def positive(**kwargs):
 def nonnegative(**kwargs):
     """Field metadata marker: the value must be >= 0."""
     return dataclasses.field(metadata={"nonnegative": True}, **kwargs)
+
+
+def replace_fields(obj, changes: dict, label: str):
+    """`obj` (a frozen preset dataclass) with some fields changed by `dataclasses.replace`,
+    each change checked by the rules `build_dataclass` applies to a preset file (known field,
+    type, > 0 / >= 0 markers) and the result by the class's `validate`; ConfigError naming
+    `label` and the field otherwise."""
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    values = {}
+    for key, value in changes.items():
+        field = fields.get(key)
+        if field is None:
+            raise ConfigError(f"{label}: unknown field '{key}' "
+                              f"(known fields: {', '.join(sorted(fields))})")
+        value = _check_type(label, key, value, hints[key])
+        if field.metadata.get("positive") and value is not None and not value > 0:
+            raise ConfigError(f"{label}: field '{key}' must be > 0, got {value}")
+        if field.metadata.get("nonnegative") and value is not None and not value >= 0:
+            raise ConfigError(f"{label}: field '{key}' must be >= 0, got {value}")
+        values[key] = value
+    new = dataclasses.replace(obj, **values)
+    check = getattr(new, "validate", None)
+    problem = check() if check is not None else None
+    if problem:
+        raise ConfigError(f"{label}: {problem}")
+    return new
+
+
+def parse_dims(text: str | None, option: str, form: str, example: str):
+    """'AxB' -> (A, B) of positive integers, None when absent; ConfigError naming `option`
+    and the expected `form` (e.g. 'WxH') when malformed."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d{1,18})\s*[xX]\s*(\d{1,18})\s*", text)
+    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
+        raise ConfigError(f"{option}: expected {form} with positive integers, "
+                          f"e.g. {example}, got '{text}'")
+    return int(match.group(1)), int(match.group(2))

@@ -168,3 +168,46 @@ def gemm_trainium(hw, M: int, N: int, K: int, dataflow: str = "ws", dtype: str =
     return GemmResult(M, N, K, hw.pe_rows, hw.pe_cols, dataflow, "trainium",
                       busy["tensor"], sched.cycles, roof, hw.tensor_clock_hz,
                       engine_busy=busy, program=program, schedule=sched, values=values)
+
+
+def parse_positive(name: str, text) -> int:
+    """A positive integer argument, or a one-line ConfigError naming it."""
+    try:
+        value = int(str(text).strip().replace("_", ""))
+    except ValueError:
+        raise ConfigError(f"gemm: {name} must be a positive integer, got '{text}'") from None
+    if value < 1:
+        raise ConfigError(f"gemm: {name} must be a positive integer, got {value}")
+    return value
+
+
+def gemm_from_options(m, n, k, prefill_hw="trn2", array=None, dataflow="ws",
+                      scalesim_compat=False, dtype="bf16") -> GemmResult:
+    """One GEMM from the option values of `emu gemm` (M N K as text or ints; `prefill_hw`
+    a preset name, a JSON file or a PrefillConfig; `array` 'RxC' or None)."""
+    from emulator.hw.prefill import PrefillConfig, load_prefill
+    from emulator.hw.presets import parse_dims
+
+    M, N, K = (parse_positive(name, v) for name, v in (("M", m), ("N", n), ("K", k)))
+    dataflow = str(dataflow).lower()
+    if dataflow not in DATAFLOWS:
+        raise ConfigError(f"--dataflow: expected ws, os or is, got '{dataflow}'")
+    if dtype not in ("bf16", "fp16", "fp32"):
+        raise ConfigError(f"--dtype: expected bf16, fp16 or fp32, got '{dtype}'")
+    hw = prefill_hw if isinstance(prefill_hw, PrefillConfig) else load_prefill(prefill_hw)
+    shape = parse_dims(array, "--array", "RxC", "128x128") or (hw.pe_rows, hw.pe_cols)
+    if scalesim_compat:
+        return gemm_scalesim(M, N, K, *shape, dataflow, hw.tensor_clock_hz)
+    if shape[0] > hw.sbuf_partitions:
+        raise ConfigError(f"--array: {shape[0]} rows exceed the {hw.sbuf_partitions} SBUF "
+                          f"partitions of preset '{hw.name}'")
+    return gemm_trainium(hw.with_array(*shape), M, N, K, dataflow, dtype)
+
+
+def gemm_report(*, m: int | str, n: int | str, k: int | str, prefill_hw="trn2",
+                array: str | None = None, dataflow: str = "ws", scalesim_compat: bool = False,
+                dtype: str = "bf16") -> dict:
+    """The `emu gemm --json` object for the options of its command line (`emu sweep`'s
+    `gemm` command; the defaults are the CLI's)."""
+    return gemm_from_options(m, n, k, prefill_hw, array, dataflow, scalesim_compat,
+                             dtype).to_dict()

@@ -413,3 +413,69 @@ def _per_layer(per_op: list[dict]) -> list[dict]:
         for key in ("cycles", "flops", "dma_bytes", "roofline_cycles"):
             row[key] += op[key]
     return [layers[k] for k in sorted(layers, key=lambda x: (x < 0, x))]
+
+
+def parse_chips(text) -> int | None:
+    """--prefill-chips N (a positive integer) or None."""
+    if text is None:
+        return None
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"--prefill-chips: must be a positive integer, got '{text}'")
+    return value
+
+
+def prompt_from_options(text: str | None, prompt_len) -> int | list[int]:
+    """Token ids from --prompt-tokens, else the --prompt-len (default 128)."""
+    if text is None:
+        if prompt_len is None:
+            return 128
+        try:
+            value = int(prompt_len)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ConfigError(f"--prompt-len: must be a positive integer, got '{prompt_len}'")
+        return value
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"--prompt-tokens: expected comma-separated integers, got "
+                          f"'{text}'") from None
+
+
+def prefill_from_options(config, prefill_hw="trn2", prompt_len=None, prompt_tokens=None,
+                         seed=0, weights=None, dtype="bf16", timing_only=False, chips=None):
+    """`run_prefill` from the option values of `emu prefill` (`config` a model name, file
+    or folder; `prefill_hw` a preset name, a JSON file or a PrefillConfig; `weights` a
+    .safetensors path or None; `chips` the --prefill-chips text or None)."""
+    from compiler.frontend import resolve_model
+    from emulator.hw.prefill import PrefillConfig, load_prefill
+
+    spec = resolve_model(config)
+    hw = prefill_hw if isinstance(prefill_hw, PrefillConfig) else load_prefill(prefill_hw)
+    tokens = prompt_from_options(prompt_tokens, prompt_len)
+    values = None
+    if weights and not timing_only:
+        from compiler.weights import load_weights
+        values = load_weights(weights, spec)
+    return run_prefill(spec, hw, tokens, values, dtype=dtype, timing_only=timing_only,
+                       seed=seed, chips=parse_chips(chips))
+
+
+def prefill_report(*, model: str, prefill_hw="trn2", prompt_len: int | str | None = None,
+                   prompt_tokens: str | None = None, seed: int = 0, weights: str | None = None,
+                   dtype: str = "bf16", prefill_chips: int | str | None = None,
+                   timing_only: bool = False) -> dict:
+    """The `emu prefill --json` object for the options of its command line (`emu sweep`'s
+    `prefill` command; `model` is CONFIG; the defaults are the CLI's)."""
+    result = prefill_from_options(model, prefill_hw, prompt_len, prompt_tokens, seed, weights,
+                                  dtype, timing_only, prefill_chips)
+    report = result.summary()
+    report["model"] = str(model)
+    if result.logits_last is not None:
+        report["logits_last_argmax"] = int(result.logits_last.argmax())
+    return report
