@@ -144,3 +144,27 @@ def test_trace_lanes_never_overlap():
     # as few lanes as the deepest overlap needs
     depth = max(np.sum((starts <= t) & (ends > t)) for t in starts)
     assert lane.max() + 1 == depth
+
+
+def test_serve_as_a_sweep_command_equals_the_cli(cache, tmp_path):
+    """The sweep's `serve` command (emulator.serve.options.serve_report) gives the report
+    `emu serve --report -` prints, and a serve spec with a preset axis validates."""
+    from emulator.sweep.commands import COMMANDS
+    from emulator.sweep.points import prepare, run_point
+    from emulator.sweep.spec import load_spec
+
+    cli = invoke(*SYNTHETIC, "--report", "-", "--quiet", cache=cache)
+    assert cli.exit_code == 0, cli.output
+    spec_path = tmp_path / "s.json"
+    spec_path.write_text(json.dumps({
+        "command": "serve",
+        "fixed": {"rate": "20", "requests": "120", "isl": "uniform:8,100",
+                  "osl": "uniform:1,30", "cache_dir": str(cache)},
+        "grid": {"link.bandwidth_bytes_per_s": [25e9, 50e9]}}))
+    points = prepare(load_spec(spec_path))
+    assert len(points) == 2
+    row = run_point(COMMANDS["serve"].function(), points[0].options)
+    assert row["status"] == "ok"
+    report = json.loads(cli.stdout)
+    assert row["values"]["goodput_rps"] == report["goodput_rps"]
+    assert row["values"]["ttft_s.p99"] == report["ttft_s"]["p99"]

@@ -9,9 +9,9 @@ PRESETS (`hw`, `prefill_hw`, `link`) take a preset name, a JSON file or an alrea
 preset dataclass; the sweep loads them on the client, applies `hw.FIELD` overrides and
 passes the dataclasses to the workers as data.
 
-Adding a command is one line, e.g. for `emu serve`:
+Adding a command is one line, as for `emu serve`:
 
-    register("serve", "emulator.serve:serve_report", metric="goodput_rps")
+    register("serve", "emulator.serve.options:serve_report", metric="goodput_rps")
 
 (the function is imported when a spec names the command). A spec may also name any
 importable function as `"command": "package.module:function"` with the same convention.
@@ -74,6 +74,8 @@ register("prefill", "emulator.prefill.run:prefill_report", metric="seconds",
          pareto=("seconds:min", "achieved_flops_per_s:max"))
 register("gemm", "emulator.prefill.gemm:gemm_report", metric="utilization",
          pareto=("total_cycles:min", "utilization:max"))
+register("serve", "emulator.serve.options:serve_report", metric="goodput_rps",
+         pareto=("cost_usd_per_mtok:min", "goodput_rps:max"))
 
 
 def import_function(target: str) -> Callable:
