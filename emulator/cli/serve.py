@@ -8,6 +8,8 @@ at the end (emulator/outputs.py). docs/serving.md describes the model and the re
 import click
 from rich.console import Console
 
+from emulator.views.tables import output_console, print_tables
+
 
 @click.command("serve")
 @click.argument("config", required=False)
@@ -104,7 +106,7 @@ def serve_command(config, workload, rate, requests, isl, osl, arrival, closed, p
         baseline_instances=baseline_instances, cache_dir=cache_dir, no_cache=no_cache)
     limit = positive_int(max_instances, "--max-instances")
     console = Console(stderr=True)
-    out = Console(stderr=outputs.uses_stdout)
+    out = output_console(stderr=outputs.uses_stdout)
     with console.status("emu serve: measuring costs and simulating") as status:
         def progress(what, done, total):
             status.update(f"emu serve: measuring costs: {what} ({done + 1}/{total})")
@@ -131,14 +133,12 @@ def serve_command(config, workload, rate, requests, isl, osl, arrival, closed, p
     outputs.commit()
     if not quiet:
         if search:
-            for table in search_tables(report["search"]):
-                out.print(table)
-        for table in summary_tables(report):
-            out.print(table)
+            print_tables(out, *search_tables(report["search"]))
+        print_tables(out, *summary_tables(report))
         if report.get("baseline"):
             from emulator.serve.report import baseline_table
 
-            out.print(baseline_table(report))
+            print_tables(out, baseline_table(report))
 
 
 COMMANDS = [serve_command]

@@ -370,28 +370,25 @@ def measure_prefill(spec, hw, dtype: str, chips: int, max_tokens: int, cache: Me
 def decode_capacity(spec, mesh, dtype: str) -> int:
     """Positions one user's KV may reach on a decode instance: the largest max_context the
     compiler's place pass fits on every wafer program (layers per wafer, LM head on the
-    last), with the better of its two layouts."""
+    last), with the best of the layouts `compile_decode` would try (compiler.place
+    `fit_context`)."""
+    import dataclasses
+
+    from compiler.decode import auto_layouts
     from compiler.numerics import dtype_bytes
-    from compiler.place import required_words
+    from compiler.place import fit_context
     from compiler.system import layer_ranges, sub_spec
     from compiler.tile import tile
 
-    nbytes = dtype_bytes(dtype)
+    words = mesh.sram_bytes // dtype_bytes(dtype)
+    one = dataclasses.replace(mesh, wafers=1)
     ranges = layer_ranges(spec.num_layers, mesh.wafers)
     parts = {(stop - start, w == len(ranges) - 1) for w, (start, stop) in enumerate(ranges)}
     worst = None
     for layers, head in sorted(parts):
-        best = 0
-        for layout in ("groups", "even"):
-            plan = tile(sub_spec(spec, layers), mesh.width, mesh.height, layout, head)
-            if required_words(plan, 1) * nbytes > mesh.sram_bytes:
-                continue
-            lo, hi = 1, spec.max_position_embeddings
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                fits = required_words(plan, mid) * nbytes <= mesh.sram_bytes
-                lo, hi = (mid, hi) if fits else (lo, mid - 1)
-            best = max(best, lo)
+        part = sub_spec(spec, layers)
+        best = max(fit_context(tile(part, mesh.width, mesh.height, layout, head), words)
+                   for layout in auto_layouts(part, one))
         worst = best if worst is None else min(worst, best)
     if not worst:
         raise FitError(f"decode: {spec.num_layers} layers do not fit {mesh.wafers} "
