@@ -160,8 +160,11 @@ vector      axis  chunk bounds
 ```
 
 q, k and v are one matrix whose rows go kv group by kv group (a group's query heads, then
-its key head, then its value head), so a row of PEs holds whole groups: this is why only the
-first rows hold q/k/v tiles and do attention.
+its key head, then its value head). In the `spread` layout (the default on meshes with a
+row per kv head) each kv group owns a band of rows: the q/k/v outputs of the group land on
+its band, whose PEs hold that group's KV cache (head dims over the rows, positions over the
+columns) and score their slice of positions; the band's partial softmax states merge along
+the rows (docs/mapping.md).
 
 """
 
@@ -177,7 +180,7 @@ def map_section() -> str:
 
 `emu map` runs the tile and place passes and draws the mesh. Each PE gets a role: the root
 `(0,0)`, the top row (the residual stream lives there), the left column (GEMV-A results
-arrive there), the attention rows (they hold the KV cache of their kv groups), the GEMV
+arrive there), the attention rows (the bands holding the KV cache of their kv groups), the GEMV
 tiles, idle PEs. On the right, which kv groups each attention row serves:
 
 {small}
@@ -202,7 +205,7 @@ with its one-PE-wide rows as lines, beside a zoom of its corner:
 
 
 def wafer_note() -> str:
-    """Why Llama-3.1-8B does not fit, with the numbers of the placement attempt."""
+    """Whether Llama-3.1-8B fits and where its SRAM goes, from the placement itself."""
     from compiler.frontend import resolve_model
     from emulator.hw.mesh import load_mesh
     from emulator.views.mapview import build_map
@@ -211,18 +214,14 @@ def wafer_note() -> str:
     weights = m.spec.param_count() * m.bytes_per_element
     wafer = m.mesh.num_pes * m.mesh.sram_bytes
     kinds = m.bytes_by_kind()
-    rows = int((m.plan.vec("groups").sizes() > 0).sum())
-    relayout = m.placement.buffers.get("G")
-    g_text = (f"; and the `{m.plan.layout}` layout's relayout buffer `G` "
-              f"({relayout.words * m.bytes_per_element:,} B) holds a whole q/k/v vector on "
-              f"every PE" if relayout else "")
-    return f"""It does not fit with the current compiler, and the map says by how much. The
-weights alone ({weights / 1e9:.1f} GB) are {weights / wafer:.0%} of the wafer's
-{wafer / 1e9:.1f} GB of SRAM, yet every PE would need {m.placement.total_bytes:,} B of its
-{m.mesh.sram_bytes:,} B. One address map is shared by all PEs, so each buffer is as large
-as the largest PE's part of it: the KV cache ({kinds["kv"]:,} B per PE) is reserved on every
-PE although only the {rows} attention rows use it{g_text} (docs/mapping.md, "Known
-limitations").
+    verdict = ("It fits" if m.fits else "It does not fit, and the map says by how much")
+    return f"""{verdict}: the weights ({weights / 1e9:.1f} GB) are {weights / wafer:.0%} of
+the wafer's {wafer / 1e9:.1f} GB of SRAM, and the fullest PE class needs
+{m.placement.total_bytes:,} B of its {m.mesh.sram_bytes:,} B (weights {kinds["weight"]:,} B,
+KV {kinds["kv"]:,} B, scratch {kinds["scratch"]:,} B) at the default context of
+{m.placement.max_context:,} tokens. In the `{m.plan.layout}` layout the KV cache is spread
+over the bands of rows that hold each kv group (docs/mapping.md), so the context grows with
+the SRAM left: `--max-context` up to the model's 131,072 positions still fits on a WSE-3.
 """
 
 
@@ -246,8 +245,8 @@ of which HuggingFace tensor it holds), its router entry per color and the flow i
 to, its parameters, its program, and its timeline in one decode step (from the reference
 interpreter). `--op L0.qkv` keeps only the q/k/v GEMV of layer 0 in the program and
 timeline: the PE receives its slice of the normalised x from the top row (color MC),
-multiplies its {rows} x {cols} tile column by column (`vmul`, then one `vfma` per column), and sends
-the partial sums west along its row (color ROW0) to the left column:
+multiplies its {rows} x {cols} tile (`vmul` for the first column, then one `vgemv` for
+the rest), and sends the partial sums west along its row (color ROW0) to the left column:
 
 {first}
 The program lines are exactly the instructions the engines execute (the Program's region
