@@ -7,12 +7,14 @@ fp16 / bf16: weights, KV cache and host inputs are rounded to that format when s
 SIMD width and the SRAM budget its element size.
 """
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from compiler import reference
+from compiler.batching import check_batch
 from compiler.emit import DecodeProgram, emit_decode, verify_program
 from compiler.numerics import canonical_dtype
 from compiler.place import (
@@ -49,7 +51,7 @@ class Compiled:
 
 
 def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int | None = None,
-                   layout: str = "auto", head: bool = True) -> Compiled:
+                   layout: str = "auto", head: bool = True, batch: int = 1) -> Compiled:
     """tile -> place -> route -> emit on the whole mesh.
 
     `head`: the mesh runs the final norm and LM head (False on all but the last wafer of
@@ -58,6 +60,8 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
     "groups" (q/k/v rows chunked by whole kv-head groups), "even" (balanced chunks plus a
     relayout on the left column) or "auto" (`auto_layouts`). Raises FitError when the
     model does not fit.
+    `batch`: users decoded together (compiler/batching.py; spread layout only, so B > 1
+    with a layout other than spread raises ValueError); `max_context` is per user.
     """
     spec.require_mapped("decode on the mesh")
     dtype = canonical_dtype(dtype)
@@ -65,6 +69,9 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
     error = None
     for name in layouts:
         plan = run_pass("tile", tile, (spec, mesh.width, mesh.height, name, head), verify_tiles)
+        if batch != 1:
+            plan = dataclasses.replace(plan, batch=batch)
+            check_batch(plan)
         try:
             placement = run_pass("place", place, (plan, mesh, dtype, max_context,
                                                   name == layouts[-1]),

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from compiler.batching import batch_entries, batch_fit_note
 from compiler.tile import Chunking, TilePlan, chunk_bounds, tile
 from emulator.hw.dtypes import BYTES as DTYPE_BYTES
 from emulator.hw.errors import FitError
@@ -337,7 +338,8 @@ def class_maps(plan: TilePlan, max_context: int) -> tuple[dict, dict]:
     slots, g_need = -(-max_context // plan.pw), g_words(plan)
     maps, words = {}, {}
     for key in classes(plan):
-        maps[key], words[key] = layout_class(class_entries(plan, key, slots, g_need))
+        maps[key], words[key] = layout_class(batch_entries(plan, class_entries(
+            plan, key, slots, g_need)))
     return maps, words
 
 
@@ -427,6 +429,8 @@ def _fit_message(placement: Placement, mesh: MeshConfig, hint: bool = True) -> s
             f"'{plan.layout}' layout")
     fits = (f"a context of {placement.capacity} tokens would fit" if placement.capacity
             else "no context fits beside the weights and scratch")
+    if plan.batch > 1:
+        fits = batch_fit_note(placement, mesh.sram_bytes // nbytes, fit_context)
     return (f"model does not fit on a {plan.pw}x{plan.ph} mesh ({plan.layout} layout, "
             f"{placement.dtype}, max_context {placement.max_context}): needs "
             f"{placement.total_bytes} bytes of SRAM per PE ({class_name(key)}: {parts}), "

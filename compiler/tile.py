@@ -99,6 +99,7 @@ class TilePlan:
     matrices: dict = field(hash=False)     # name -> MatrixTile
     head: bool = True                      # final norm + LM head on this mesh
     bands: "Bands | None" = field(default=None, hash=False)   # spread layout geometry
+    batch: int = 1                         # users decoded together (compiler/batching.py)
 
     def row_kind(self, j: int) -> tuple:
         """What sets row j's SRAM class besides its weights and attention: () outside the
