@@ -67,7 +67,7 @@ class Op(IntEnum):
     HALT = 26
     VGEMV = 27        # dst[i] += W[c*ld + i] * x[c*sx], columns c in 0..k-1 (k in SLOT_COLOR)
     MARK = 28         # probe (0 cycles): record this PE's cycle for mark id a[SLOT_DST]
-    VGEMM = 29        # B rows: dst[b*m + i] = sum_c W[c*ld + i] * x[b*sx + c] (B in SLOT_DST_STRIDE)
+    VGEMM = 29        # B rows: dst[b*m + i] = sum_c W[c*ld + i] * x[b*sx + c] (B: DST_STRIDE)
 
 
 

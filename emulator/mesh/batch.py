@@ -20,7 +20,7 @@ import numpy as np
 from compiler import reference
 from compiler.numerics import dtype_bytes, round_to
 from emulator.hw.errors import ConfigError
-from emulator.mesh.runtime import MeshDecoder, run_timing
+from emulator.mesh.runtime import MeshDecoder
 from isa.program import RunResult
 
 
@@ -172,8 +172,8 @@ class BatchDecoder(MeshDecoder):
 def run_batch_timing(compiled, mesh, positions, engine: str = "numba",
                      fast_forward: bool = True, jobs: int | None = None) -> RunResult:
     """Timing-only run of a batched step with users at `positions` (None: idle slot)."""
-    from emulator.mesh.runtime import _engine
     from compiler.decode import layer_cuts
+    from emulator.mesh.runtime import _engine
     from isa.interpreter import run_reference
 
     run = _engine(engine)
@@ -183,5 +183,3 @@ def run_batch_timing(compiled, mesh, positions, engine: str = "numba",
                    jobs=jobs)
     return run(program, mesh, functional=False)
 
-
-__all__ = ["BatchDecoder", "run_batch_timing", "run_timing"]
