@@ -68,13 +68,20 @@ def to_sexpr(obj, depth: int = 0) -> str:
     if dataclasses.is_dataclass(obj):
         return _node(kind_of(obj), [(f.name, getattr(obj, f.name))
                                     for f in dataclasses.fields(obj)
-                                    if f.name not in SKIPPED_FIELDS], depth)
+                                    if f.name not in SKIPPED_FIELDS
+                                    and not _default_batch(obj, f)], depth)
     if isinstance(obj, dict):
         return _node("map", sorted(obj.items(), key=lambda kv: str(kv[0])), depth)
     if isinstance(obj, (tuple, list, frozenset, set)):
         items = sorted(obj, key=str) if isinstance(obj, (frozenset, set)) else obj
         return "\n".join([pad + "(seq", *(to_sexpr(v, depth + 1) for v in items)]) + ")"
     return pad + repr(obj)
+
+
+def _default_batch(obj, f) -> bool:
+    """A plan's `batch` field at its default 1 is left out (one-user printouts keep the
+    golden files' text); a batched plan prints `batch=B`."""
+    return f.name == "batch" and obj.batch == 1
 
 
 def _node(kind: str, items, depth: int) -> str:
