@@ -19,6 +19,7 @@ Per-user arithmetic is the one-user step's, operation by operation, so each user
 are bit for bit those the one-user program computes for it.
 """
 
+from compiler.batching import kv_stride
 from compiler.emit import (
     NEW_SLOT_REG,
     CodeBuilder,
@@ -118,7 +119,8 @@ def attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
     """Spread attention of row j's band for every user over that user's KV slice (see
     compiler.emit.spread_attention for one user; the messages of all users are joined)."""
     spec, fab, a, batch = ctx.plan.spec, ctx.fab, ctx.addr, ctx.plan.batch
-    gs, k2, nv, sp = spec.group_size, role.k2, role.nv, ctx.placement.slots + 1
+    gs, k2, nv, slots = spec.group_size, role.k2, role.nv, ctx.placement.slots
+    sp = kv_stride(ctx.plan, slots)       # elements per KV dim; user u's slots at u * slots
     qs, q, pm = (gs + 1) * k2 + nv, a("QKV"), a("PM")
     kt, vt = a(f"L{layer}.k"), a(f"L{layer}.v")
     b.note("layer {layer}: attention, every user's q/k/v along the row", "attn")
@@ -127,16 +129,14 @@ def attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
         if k2 or nv:
             b.movr(NEW_SLOT_REG, Param(f"kslot@{u}"))
         if k2:
-            b.vec(Op.VMOV, Desc(Reg(NEW_SLOT_REG, kt + u * k2 * sp), sp), q + u * qs + gs * k2,
-                  n=k2)
+            b.vec(Op.VMOV, Desc(Reg(NEW_SLOT_REG, kt), sp), q + u * qs + gs * k2, n=k2)
         if nv:
-            b.vec(Op.VMOV, Desc(Reg(NEW_SLOT_REG, vt + u * nv * sp), sp),
-                  q + u * qs + (gs + 1) * k2, n=nv)
+            b.vec(Op.VMOV, Desc(Reg(NEW_SLOT_REG, vt), sp), q + u * qs + (gs + 1) * k2, n=nv)
     if role.band in (0, 1):
         b.note("attention: partial scores over the row's key dims (every user)", "attn")
         for u in range(batch):
             for h in range(gs):
-                gemv_columns(b, kt + u * k2 * sp, sp, q + u * qs + h * k2, Param(f"sc{h}@{u}"),
+                gemv_columns(b, kt + u * slots, sp, q + u * qs + h * k2, Param(f"sc{h}@{u}"),
                              Param(f"nact@{u}"), k2)
         tree_sum(b, role.ktree, fab.col, pm + batch * gs, Param("sc_len"))
     if role.band == 0:
@@ -157,10 +157,11 @@ def attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
     elif role.mb == "recv":
         b.recv(fab.mb, pm, Param("pm_len"))
     if nv:
-        merge_values(b, ctx, role, vt, sp)
+        merge_values(b, ctx, role, vt, sp, slots)
 
 
-def merge_values(b: CodeBuilder, ctx: Context, role: Role, vt: int, sp: int) -> None:
+def merge_values(b: CodeBuilder, ctx: Context, role: Role, vt: int, sp: int,
+                 slots: int) -> None:
     """Value rows, every user: local softmax state MO = [m | l | o] (each B * gs wide, o
     dim-major), merged along the row to (0, j) by the online-softmax rule in one message
     per tree step; (0, j) writes user u's o / l into its XB row (u * gs * nv + h * nv + d)."""
@@ -176,7 +177,7 @@ def merge_values(b: CodeBuilder, ctx: Context, role: Role, vt: int, sp: int) -> 
     for u in range(batch):
         for h in range(gs):
             for d in range(nv):
-                b.reduce(Op.RDOT, oo + d * g + u * gs + h, vt + u * nv * sp + d * sp,
+                b.reduce(Op.RDOT, oo + d * g + u * gs + h, vt + u * slots + d * sp,
                          Param(f"sc{h}@{u}"), Param(f"nact@{u}"))
     for act, s in role.row_tree:
         if act == "send":

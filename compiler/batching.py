@@ -10,6 +10,8 @@ message per batch (emit code in compiler/batch_emit.py):
 
 - `H`, `XN` (top row), `XB`, `ACC`: B rows of the PE's own chunk, contiguous (row stride
   = the chunk: `k_hidden` of the column, `m_*` / `k_*` of the row);
+- K and V of a layer: dim-major, `B * slots + 1` elements per dim (user u's slots at
+  `u * slots`, then one spare slot shared by all users);
 - `PM`: the B * group_size maxima, then the scores of user 0, user 1, ... (user u's head
   h at parameter `sc{h}@u`), so one message carries every user's scores;
 - `MO`, `MT`: [maxima | sums | weighted values], each B * group_size wide, values
@@ -30,13 +32,26 @@ def is_per_user(name: str) -> bool:
     return name in PER_USER or (name.startswith("L") and name.rsplit(".", 1)[-1] in ("k", "v"))
 
 
-def batch_entries(plan, entries: list) -> list:
+def batch_entries(plan, entries: list, slots: int) -> list:
     """(name, elements, kind) entries of a class with the per-user buffers `batch` times
-    as large (unchanged at batch 1)."""
+    as large (unchanged at batch 1). A layer's K or V of `dims` dims is dim-major with
+    `kv_stride(plan, slots)` = B * slots + 1 elements per dim: user u's slots at u * slots,
+    then one spare slot all users share (the store of the PEs not owning a new position)."""
     if plan.batch == 1:
         return entries
-    return [(name, words * plan.batch if is_per_user(name) else words, kind)
-            for name, words, kind in entries]
+    out = []
+    for name, words, kind in entries:
+        if kind == "kv":
+            words = words // (slots + 1) * kv_stride(plan, slots)
+        elif is_per_user(name):
+            words *= plan.batch
+        out.append((name, words, kind))
+    return out
+
+
+def kv_stride(plan, slots: int) -> int:
+    """Elements per KV dim of a batched plan: B users' `slots` each, one shared spare."""
+    return plan.batch * slots + 1
 
 
 def check_batch(plan) -> None:
@@ -74,11 +89,12 @@ def user_step_values(plan, slots: int, positions, pm: int) -> dict:
     base = pm + batch * gs
     for u, pos in enumerate(positions):
         nact = nacts[u]
+        spare = batch * slots          # the shared spare slot (`batch_entries`)
         if pos is None:
-            nloc, kslot = np.zeros(pw, np.int64), np.full(pw, slots, np.int64)
+            nloc, kslot = np.zeros(pw, np.int64), np.full(pw, spare, np.int64)
         else:
             nloc = np.where(i <= pos, (pos - i) // pw + 1, 0)
-            kslot = np.where(i == pos % pw, pos // pw, slots)
+            kslot = np.where(i == pos % pw, u * slots + pos // pw, spare)
         out[f"nact@{u}"], out[f"nfree@{u}"], out[f"kslot@{u}"] = nact, nact - nloc, kslot
         for h in range(gs):
             sc = base + gs * offset + h * nact

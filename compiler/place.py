@@ -339,7 +339,7 @@ def class_maps(plan: TilePlan, max_context: int) -> tuple[dict, dict]:
     maps, words = {}, {}
     for key in classes(plan):
         maps[key], words[key] = layout_class(batch_entries(plan, class_entries(
-            plan, key, slots, g_need)))
+            plan, key, slots, g_need), slots))
     return maps, words
 
 

@@ -18,6 +18,7 @@ import dataclasses
 import numpy as np
 
 from compiler import reference
+from compiler.batching import kv_stride
 from compiler.numerics import dtype_bytes, round_to
 from emulator.hw.errors import ConfigError
 from emulator.mesh.runtime import MeshDecoder
@@ -66,10 +67,11 @@ class BatchDecoder(MeshDecoder):
         return T * self.spec.kv_bytes_per_token(dtype_bytes(self.dtype))
 
     def _load_kv_user(self, slot: int, k: np.ndarray, v: np.ndarray) -> None:
-        """User `slot`'s keys (post-RoPE) and values into its slice of the band rows:
-        MeshDecoder's spread layout at offset slot * (dims * (slots + 1))."""
+        """User `slot`'s keys (post-RoPE) and values into its slots of the band rows:
+        dim d of a row at d * (B * slots + 1), the user's slots from slot * slots
+        (compiler.batching.batch_entries), position t in column t mod pw."""
         plan, pl, bands = self.plan, self.placement, self.plan.bands
-        pw, sp, half = plan.pw, pl.slots + 1, self.spec.head_dim // 2
+        pw, sp, half = plan.pw, kv_stride(plan, pl.slots), self.spec.head_dim // 2
         T = k.shape[2]
         for j in range(bands.rows):
             g, r = bands.group(j), bands.local(j)
@@ -82,7 +84,7 @@ class BatchDecoder(MeshDecoder):
                     for name, values, dims in (("k", k, kdims), ("v", v, vdims)):
                         if not len(dims):
                             continue
-                        addr = pl.addr_at(f"L{layer}.{name}", i, j) + slot * len(dims) * sp
+                        addr = pl.addr_at(f"L{layer}.{name}", i, j) + slot * pl.slots
                         index = addr + np.arange(len(dims))[:, None] * sp + (t // pw)[None, :]
                         self.sram[pe, index] = values[layer, g][t][:, dims].T
 
