@@ -11,12 +11,14 @@ Same structure, marks and op names as the one-user step of compiler/emit.py; wha
 - RMSNorm, RoPE, SwiGLU and bias adds run per user on the top row / left column (a few
   vector ops each); the residual add is one op over the B rows.
 - attention runs per user over that user's KV slice (its own positions, parameters
-  `nact@u` ...), with the messages of all users joined: one q/k/v row multicast, one
+  `nact@u` ...; a user's scores of all its q heads are one vgemm, the heads as rows),
+  with the messages of all users joined: one q/k/v row multicast, one
   score message per step of a band's column tree, one band multicast of [maxima | scores],
   one softmax-state message per step of the row's merge tree.
 
-Per-user arithmetic is the one-user step's, operation by operation, so each user's logits
-are bit for bit those the one-user program computes for it.
+Per-user arithmetic is the one-user step's, operation by operation (a vgemm row is the
+vmul + vgemv it replaces; the weighted values' vgemm equals the rdots up to the sign of a
+zero), so each user's logits equal those the one-user program computes for it.
 """
 
 from compiler.batching import kv_stride
@@ -31,7 +33,6 @@ from compiler.emit import (
     RegionCode,
     Role,
     col_multicast,
-    gemv_columns,
     layer_code,
     row_multicast,
     tree_sum,
@@ -51,9 +52,10 @@ from isa.opcodes import (
 MASK_SCORE = -1.0e30   # as compiler.emit (spread layout): a slot holding no position
 
 
-def gemm(b: CodeBuilder, batch: int, w: int, ld: int, x: int, acc: int, m, k: int) -> None:
-    """acc[u*m + i] = sum over c < k of W[c*ld + i] * x[u*k + c] for the batch's users u
-    (one vgemm; rows of x and acc contiguous)."""
+def gemm(b: CodeBuilder, batch: int, w: int, ld: int, x: int, acc, m, k: int) -> None:
+    """acc[u*m + i] = sum over c < k of W[c*ld + i] * x[u*k + c] for rows u < batch (one
+    vgemm; rows of x and acc contiguous). Also the scores of a user's heads (rows =
+    heads, `m` = its active slots: head h's scores at sc{h}@u = sc0@u + h * m)."""
     b.emit(Op.VGEMM, {SLOT_DST: acc, SLOT_DST_STRIDE: batch, SLOT_SRC0: w,
                       SLOT_SRC0_STRIDE: ld, SLOT_SRC1: x, SLOT_SRC1_STRIDE: k, SLOT_N: m,
                       SLOT_COLOR: k})
@@ -134,10 +136,9 @@ def attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
             b.vec(Op.VMOV, Desc(Reg(NEW_SLOT_REG, vt), sp), q + u * qs + (gs + 1) * k2, n=nv)
     if role.band in (0, 1):
         b.note("attention: partial scores over the row's key dims (every user)", "attn")
-        for u in range(batch):
-            for h in range(gs):
-                gemv_columns(b, kt + u * slots, sp, q + u * qs + h * k2, Param(f"sc{h}@{u}"),
-                             Param(f"nact@{u}"), k2)
+        for u in range(batch):   # the gs heads' scores of user u: one vgemm (rows = heads)
+            gemm(b, gs, kt + u * slots, sp, q + u * qs, Param(f"sc0@{u}"), Param(f"nact@{u}"),
+                 k2)
         tree_sum(b, role.ktree, fab.col, pm + batch * gs, Param("sc_len"))
     if role.band == 0:
         b.note("attention: band top scales, masks empty slots, local max, exp", "attn")
@@ -164,7 +165,10 @@ def merge_values(b: CodeBuilder, ctx: Context, role: Role, vt: int, sp: int,
                  slots: int) -> None:
     """Value rows, every user: local softmax state MO = [m | l | o] (each B * gs wide, o
     dim-major), merged along the row to (0, j) by the online-softmax rule in one message
-    per tree step; (0, j) writes user u's o / l into its XB row (u * gs * nv + h * nv + d)."""
+    per tree step; (0, j) writes user u's o / l into its XB row (u * gs * nv + h * nv + d).
+    A user's weighted values of dim d are one vgemm with one-element rows (the heads) over
+    its slots: equal to the one-user `rdot`s up to the sign of a zero sum (rdot starts
+    from +0.0, the vgemm from the first product)."""
     batch, gs, nv, fab, a = ctx.plan.batch, ctx.plan.spec.group_size, role.nv, ctx.fab, ctx.addr
     g = batch * gs
     pm, mo, mt, nm, aa = a("PM"), a("MO"), a("MT"), a("NM"), a("AA")
@@ -174,11 +178,12 @@ def merge_values(b: CodeBuilder, ctx: Context, role: Role, vt: int, sp: int,
     for u in range(batch):
         for h in range(gs):
             b.reduce(Op.RSUM, lo + u * gs + h, Param(f"sc{h}@{u}"), n=Param(f"nact@{u}"))
-    for u in range(batch):
-        for h in range(gs):
-            for d in range(nv):
-                b.reduce(Op.RDOT, oo + d * g + u * gs + h, vt + u * slots + d * sp,
-                         Param(f"sc{h}@{u}"), Param(f"nact@{u}"))
+    for u in range(batch):   # o[d][u, h] = sum_s V[d, s] p[h, s]: one vgemm per value dim,
+        for d in range(nv):   # rows = heads (1 element each), columns = the user's slots
+            b.emit(Op.VGEMM, {SLOT_DST: oo + d * g + u * gs, SLOT_DST_STRIDE: gs,
+                              SLOT_SRC0: vt + u * slots + d * sp, SLOT_SRC0_STRIDE: 1,
+                              SLOT_SRC1: Param(f"sc0@{u}"), SLOT_SRC1_STRIDE: Param(f"nact@{u}"),
+                              SLOT_N: 1, SLOT_COLOR: Param(f"nact@{u}")})
     for act, s in role.row_tree:
         if act == "send":
             b.send(fab.row[s], mo, g * (2 + nv))

@@ -83,7 +83,7 @@ def test_each_user_matches_the_reference_for_its_prompt_alone(case):
 
 def test_batched_logits_equal_the_one_user_program_bit_for_bit():
     """Per-user arithmetic is the one-user step's, op by op (users at different
-    positions: prompts of 2, 5 and 1 tokens)."""
+    positions: prompts of 2, 5 and 1 tokens); equal as floats (+0.0 == -0.0)."""
     spec = make_spec(hidden=20, heads=6, kv_heads=3, head_dim=4, ffn=30, vocab=37,
                      attention_bias=True, mlp_bias=True)
     weights = random_weights(spec, 5)
