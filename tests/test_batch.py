@@ -10,18 +10,22 @@
 """
 
 import dataclasses
+import json
 import math
 import re
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compiler import reference as ref
 from compiler.decode import compile_decode
 from compiler.emit import verify_program
+from compiler.frontend import resolve_model
 from compiler.weights import random_weights
+from emulator.cli import main
 from emulator.hw.errors import ConfigError, FitError
 from emulator.hw.mesh import load_mesh
 from emulator.inspect.phases import phase_cycles
@@ -237,3 +241,64 @@ def test_batching_needs_the_spread_layout():
     mesh = load_mesh("small").with_mesh(4, 1)
     with pytest.raises(ValueError, match="spread layout"):
         compile_decode(spec, mesh, max_context=MAX_CONTEXT, batch=2)
+
+
+def cli(*args):
+    return CliRunner().invoke(main, ["run", *args], catch_exceptions=False)
+
+
+def test_emu_run_batch_reports_every_user(tmp_path):
+    """`emu run --batch 3` with one prompt per user: report keys, each user's tokens equal
+    the reference's greedy tokens for its prompt alone, logits [B, N, vocab]."""
+    report, logits = tmp_path / "r.json", tmp_path / "l.npy"
+    prompts = [[1, 2, 3], [4, 5], [6, 7, 8, 9, 10]]
+    text = ";".join(",".join(map(str, p)) for p in prompts)
+    result = cli("--batch", "3", "--prompt-tokens", text, "--max-new-tokens", "3",
+                 "--dtype", "fp32", "--report", str(report), "--logits", str(logits))
+    assert result.exit_code == 0, result.output
+    assert "aggregate tokens/s (3 users)" in result.output
+    data = json.loads(report.read_text())
+    assert data["batch"] == 3 and len(data["users"]) == 3
+    assert data["aggregate_tokens_per_s"] == pytest.approx(3 * data["tokens_per_s"])
+    spec = resolve_model("tiny")
+    weights = random_weights(spec, 0)
+    rows = np.load(logits)
+    assert rows.shape == (3, 3, spec.vocab_size)
+    for u, prompt in enumerate(prompts):
+        tokens, expected = reference_run(spec, weights, prompt, 2)
+        assert data["users"][u]["prompt_tokens"] == prompt
+        assert data["users"][u]["tokens"] == tokens
+        assert rel_err(rows[u], expected) <= TOLERANCE
+
+
+def test_emu_run_batch_sweep_draws_the_curve(tmp_path):
+    report = tmp_path / "r.json"
+    result = cli("--batch-sweep", "1,2,4", "--timing-only", "--prompt-len", "6",
+                 "--max-new-tokens", "2", "--plots", str(tmp_path / "plots"),
+                 "--report", str(report))
+    assert result.exit_code == 0, result.output
+    points = json.loads(report.read_text())["batch_sweep"]
+    assert [p["batch"] for p in points] == [1, 2, 4]
+    per_user = [p["tokens_per_s"] for p in points]
+    aggregate = [p["aggregate_tokens_per_s"] for p in points]
+    assert per_user == sorted(per_user, reverse=True)
+    assert aggregate == sorted(aggregate)
+    png = (tmp_path / "plots" / "batch_sweep.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--batch", "0"], "--batch"),
+    (["--batch", "3", "--prompt-tokens", "1,2;3"], "2 prompts separated by ';' for --batch 3"),
+    (["--batch", "2", "--mesh", "4x1"], "spread layout"),
+    (["--batch", "2", "--batch-sweep", "1,2"], "either --batch or --batch-sweep"),
+    (["--batch-sweep", "1,x"], "--batch-sweep"),
+    (["--batch", "2", "--hw", "cs3x4", "--timing-only"], "one wafer"),
+])
+def test_bad_batch_input_exits_2_without_files(tmp_path, args, needle):
+    report = tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["run", *args, "--report", str(report)])
+    assert result.exit_code == 2
+    assert needle in result.output
+    assert "Traceback" not in result.output
+    assert not report.exists()

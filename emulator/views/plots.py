@@ -124,6 +124,11 @@ def batch_sweep_plot(points: list, title: str, path) -> None:
     ax.plot(x, y, "o-", color="tab:blue")
     for p, xi, yi in zip(ok, x, y, strict=True):
         ax.annotate(f"B={p['batch']}", (xi, yi), textcoords="offset points", xytext=(6, 4))
+    from matplotlib.ticker import FuncFormatter
+
+    thousands = FuncFormatter(lambda v, _: f"{v:,.0f}")
+    ax.xaxis.set_major_formatter(thousands)
+    ax.yaxis.set_major_formatter(thousands)
     ax.set_xlabel("aggregate tokens/s (all users)")
     ax.set_ylabel("tokens/s per user")
     ax.set_title(title)
