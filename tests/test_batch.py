@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compiler import reference as ref
+from compiler.bound import critical_path_bound
 from compiler.decode import compile_decode
 from compiler.emit import verify_program
 from compiler.frontend import resolve_model
@@ -302,3 +303,14 @@ def test_bad_batch_input_exits_2_without_files(tmp_path, args, needle):
     assert needle in result.output
     assert "Traceback" not in result.output
     assert not report.exists()
+
+
+@pytest.mark.parametrize("shape,batch,dtype", [((4, 4), 3, "fp32"), ((8, 4), 8, "bf16"),
+                                               ((3, 2), 2, "fp32")])
+def test_the_critical_path_bound_stays_below_batched_steps(shape, batch, dtype):
+    spec = make_spec(hidden=24, heads=4, kv_heads=2, ffn=30, vocab=40, layers=2)
+    mesh = load_mesh("small").with_mesh(*shape)
+    compiled = compile_decode(spec, mesh, dtype, 32, batch=batch)
+    for pos in (0, 31):
+        run = run_batch_timing(compiled, mesh, [pos] * batch)
+        assert run.cycles >= critical_path_bound(compiled, mesh, pos)["total"]
