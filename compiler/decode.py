@@ -14,11 +14,13 @@ import numpy as np
 
 from compiler import reference
 from compiler.emit import DecodeProgram, emit_decode, verify_program
-from compiler.numerics import canonical_dtype
+from compiler.numerics import canonical_dtype, dtype_bytes
 from compiler.place import (
     Placement,
+    default_max_context,
     pe_class,
     place,
+    spread_shift,
     verify_placement,
     write_c,
     write_matrix,
@@ -64,10 +66,16 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
     layouts = auto_layouts(spec, mesh) if layout == "auto" else (layout,)
     error = None
     for name in layouts:
-        plan = run_pass("tile", tile, (spec, mesh.width, mesh.height, name, head), verify_tiles)
+        shift, capacity = 0, None
+        if name == "spread":   # ffn / vocabulary rows off the band rows as far as needed
+            shift, capacity = spread_shift(spec, mesh.width, mesh.height, head,
+                                           mesh.sram_bytes // dtype_bytes(dtype),
+                                           max_context or default_max_context(spec))
+        plan = run_pass("tile", tile, (spec, mesh.width, mesh.height, name, head, shift),
+                        verify_tiles)
         try:
             placement = run_pass("place", place, (plan, mesh, dtype, max_context,
-                                                  name == layouts[-1]),
+                                                  name == layouts[-1], capacity),
                                  lambda out: verify_placement(out, mesh))
         except FitError as exc:
             error = exc
