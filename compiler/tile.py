@@ -559,7 +559,7 @@ def plan_to_dict(plan: TilePlan) -> dict:
         matrices[name] = {"kind": t.kind, "out": t.out, "in": t.inp,
                           "column_stride": plan.mpad(name), "max_columns": plan.kmax(name),
                           "shape": [plan.vec(t.out).total, plan.vec(t.inp).total]}
-    return {"pw": plan.pw, "ph": plan.ph, "layout": plan.layout,
+    return {"pw": plan.pw, "ph": plan.ph, "layout": plan.layout, "shift": plan.shift,
             "model": {"hidden_size": plan.spec.hidden_size, "num_layers": plan.spec.num_layers,
                       "num_heads": plan.spec.num_heads, "num_kv_heads": plan.spec.num_kv_heads,
                       "head_dim": plan.spec.head_dim,
