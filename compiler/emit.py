@@ -661,7 +661,7 @@ def decoder_layer(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
     b.mark(p + "mlp_up")
     b.note("layer {layer}: gate/up GEMV-A", "gate_up")
     gemv_a(b, fab, role.top, role.row_tree, role.k_hidden, ctx.waddr(p + "gu"),
-           plan.side_stride("gu", role.band == -1), a("XN"), a("ACC"), Param("m_gu"))
+           plan.side_stride("gu", role.band == -1, role.top), a("XN"), a("ACC"), Param("m_gu"))
     if role.left:
         swiglu(b, ctx, role, p + "gu_bias" if spec.mlp_bias else None)
     b.mark(p + "mlp_down")
@@ -728,7 +728,7 @@ def pe_code(ctx: Context, role: Role) -> RegionCode:
             rmsnorm(end, ctx, role, "norm_final")
         end.note("LM head GEMV-A", "lm_head")
         gemv_a(end, ctx.fab, role.top, role.row_tree, role.k_hidden, ctx.waddr("lm_head"),
-               plan.side_stride("lm_head", role.band == -1), a("XN"), a("ACC"),
+               plan.side_stride("lm_head", role.band == -1, role.top), a("XN"), a("ACC"),
                Param("m_vocab"))
     end.mark("end")
     end.halt()

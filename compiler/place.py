@@ -251,13 +251,14 @@ def weight_entries(plan: TilePlan, kind: tuple = (),
     sizes = {m: plan.kmax(m) * plan.mpad(m) for m in ("qkv", "o", "gu", "down")}
     lm_head = plan.kmax("lm_head") * plan.mpad("lm_head")
     if plan.bands is not None:
-        k2, nv, _ = kind
+        k2, nv, top = kind
         m_qkv = (spec.group_size + 1) * k2 + nv
+        top = top == 2   # row 0: a class of its own
         sizes["qkv"] = plan.kmax("qkv") * m_qkv
         sizes["o"] = spec.group_size * nv * plan.mpad("o")
-        sizes["gu"] = plan.kmax("gu") * plan.side_stride("gu", outside)
-        sizes["down"] = plan.side_max("ffn", outside) * plan.mpad("down")
-        lm_head = plan.kmax("lm_head") * plan.side_stride("lm_head", outside)
+        sizes["gu"] = plan.kmax("gu") * plan.side_stride("gu", outside, top)
+        sizes["down"] = plan.side_max("ffn", outside, top) * plan.mpad("down")
+        lm_head = plan.kmax("lm_head") * plan.side_stride("lm_head", outside, top)
     for layer in range(spec.num_layers):
         p = f"L{layer}."
         out += [(p + m, sizes[m], "weight") for m in ("qkv", "o", "gu", "down")]

@@ -160,22 +160,25 @@ class TilePlan:
         if self.bands is not None and matrix == "qkv":
             return self.vec("qkv").size(j)
         if self.bands is not None and matrix in ("gu", "lm_head"):
-            return self.side_stride(matrix, self.bands.local(j) < 0)
+            return self.side_stride(matrix, self.bands.local(j) < 0, j == 0)
         return self.mpad(matrix)
 
-    def side_max(self, vector: str, outside: bool) -> int:
+    def side_max(self, vector: str, outside: bool, top: bool = False) -> int:
         """Largest chunk of a C vector over the band rows (or the rows outside the bands,
-        `outside`) of the spread layout; the largest chunk over all rows elsewhere."""
+        `outside`; or row 0 alone, `top`: its SRAM class holds only it) of the spread
+        layout; the largest chunk over all rows elsewhere."""
         if self.bands is None:
             return self.vec(vector).max_size
         sizes = self.vec(vector)._sizes
-        part = sizes[self.bands.rows:] if outside else sizes[:self.bands.rows]
+        part = sizes[:1] if top else sizes[self.bands.rows:] if outside \
+            else sizes[:self.bands.rows]
         return int(part.max(initial=0))
 
-    def side_stride(self, matrix: str, outside: bool) -> int:
+    def side_stride(self, matrix: str, outside: bool, top: bool = False) -> int:
         """Column stride of a GEMV-A matrix's tiles on one side of the bands (`side_max`
-        of its output vector): the spread layout sizes band and outside rows apart."""
-        return self.side_max(self.matrices[matrix].out, outside)
+        of its output vector): the spread layout sizes band rows, row 0 and the rows
+        outside the bands apart."""
+        return self.side_max(self.matrices[matrix].out, outside, top)
 
     def kmax(self, matrix: str) -> int:
         """Largest column count of `matrix`'s tiles over PEs."""
@@ -377,18 +380,22 @@ def max_shift(spec: ModelSpec, ph: int, head: bool) -> int:
 def outside_split(total: int, ph: int, rows: int, per_row: int | None) -> tuple[int, ...]:
     """Bounds of `total` over `ph` rows: near-equal over all rows when `per_row` is None,
     else `per_row` elements on each of the rows `rows..ph-1` outside the bands (at most
-    the whole vector) and the rest near-equal over the band rows `0..rows-1`."""
+    the whole vector) and the rest near-equal over the band rows `0..rows-1`, the larger
+    chunks last (row 0 also holds the R-layout weights, so it takes a smaller chunk)."""
     if per_row is None or rows >= ph:
         return chunk_bounds(total, ph)
     out = min(total, per_row * (ph - rows))
-    sizes = np.concatenate([_chunk_sizes(total - out, rows), _chunk_sizes(out, ph - rows)])
+    sizes = np.concatenate([_chunk_sizes(total - out, rows)[::-1],
+                            _chunk_sizes(out, ph - rows)])
     return _bounds(sizes)
 
 
 def shift_rows(spec: ModelSpec, ph: int, head: bool, shift: int) -> tuple:
     """(vocabulary, ffn) elements per row outside the bands for `shift` (None: the
     near-equal split). Shift s first moves vocabulary rows (the LM head runs once per
-    token, the ffn once per layer), one more per outside row per step, then ffn rows."""
+    token, the ffn once per layer), one more per outside row per step, then ffn rows;
+    any s > 0 also gives the smaller band chunks to the first band rows (`outside_split`:
+    row 0 holds the R-layout weights besides)."""
     if shift <= 0:
         return None, None
     bands = band_geometry(ph, spec.num_kv_heads, spec.head_dim)
@@ -396,8 +403,8 @@ def shift_rows(spec: ModelSpec, ph: int, head: bool, shift: int) -> tuple:
     vocab = spec.vocab_size if head else 0
     v0, v_all = vocab // ph, -(-vocab // outside)
     nv = (v_all - v0) if vocab else 0
-    if shift <= nv:
-        return v0 + shift, None
+    if shift <= nv:   # ffn at its near-equal share outside, row 0 the smaller band chunk
+        return v0 + shift, spec.intermediate_size // ph
     return (v_all if vocab else None), spec.intermediate_size // ph + shift - nv
 
 
