@@ -84,7 +84,8 @@ def test_llama_8b_fits_wse3_in_bf16():
 def test_70b_on_cs3x4_capacity_with_ffn_and_vocabulary_off_the_band_rows():
     """Placement only: Llama-3.1-70B on four WSE-3 (bf16, 20 layers per wafer, the LM head
     on the last) holds 55,870 positions once the ffn and vocabulary rows move onto the
-    146 rows outside the bands (33,220 with the near-equal split); the wafer with the LM
+    146 rows outside the bands (33,975 with the near-equal split; 33,220 before PM and
+    the R-layout weights left the rows that do not use them); the wafer with the LM
     head binds (docs/mapping.md, "Rows outside the bands": 65,536 needs the LM head
     spread over the wafers)."""
     from compiler.place import best_context, fit_context, spread_shift
