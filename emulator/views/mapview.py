@@ -31,7 +31,7 @@ import numpy as np
 from rich.table import Table
 from rich.text import Text
 
-from compiler.decode import auto_layouts
+from compiler.decode import auto_layouts, layout_shift
 from compiler.place import (
     OVERLAYS,
     Placement,
@@ -177,8 +177,8 @@ def build_map(spec, mesh: MeshConfig, dtype: str = "fp32", layout: str = "auto",
     fewest bytes per PE (as `compile_decode` would try them).
     """
     layouts = auto_layouts(spec, mesh) if layout == "auto" else (layout,)
-    placements = {name: attempt_placement(tile(spec, mesh.width, mesh.height, name), mesh,
-                                          dtype, max_context) for name in layouts}
+    placements = {name: attempt_placement(spec, mesh, name, dtype, max_context)
+                  for name in layouts}
     fitting = [p for p in placements.values() if p.total_bytes <= mesh.sram_bytes]
     chosen = fitting[0] if fitting else min(placements.values(), key=lambda p: p.total_bytes)
     plan = chosen.plan
@@ -219,11 +219,14 @@ def reserved_bytes(placement: Placement) -> dict:
     return out
 
 
-def attempt_placement(plan: TilePlan, mesh: MeshConfig, dtype: str,
+def attempt_placement(spec, mesh: MeshConfig, layout: str, dtype: str,
                       max_context: int | None) -> Placement:
-    """The place pass with the capacity check lifted (the caller compares the bytes)."""
+    """Tile (with the ffn / vocabulary shift `compile_decode` would take) and place, the
+    capacity check lifted (the caller compares the bytes)."""
+    shift, capacity = layout_shift(spec, mesh, layout, dtype, max_context)
+    plan = tile(spec, mesh.width, mesh.height, layout, True, shift)
     return place(plan, dataclasses.replace(mesh, sram_bytes=UNBOUNDED_SRAM), dtype,
-                 max_context)
+                 max_context, capacity=capacity)
 
 
 def tile_elements(plan: TilePlan, matrix: str) -> np.ndarray:
