@@ -240,7 +240,7 @@ def decoder_layer(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
     b.mark(p + "mlp_up")
     b.note("layer {layer}: gate/up GEMM-A", "gate_up")
     gemm_a(b, fab, batch, role.top, role.row_tree, role.k_hidden, ctx.waddr(p + "gu"),
-           plan.mpad("gu"), a("XN"), a("ACC"), "m_gu")
+           plan.side_stride("gu", role.band == -1, role.top), a("XN"), a("ACC"), "m_gu")
     if role.left:
         swiglu(b, ctx, role, p + "gu_bias" if spec.mlp_bias else None)
     b.mark(p + "mlp_down")
@@ -288,7 +288,8 @@ def pe_code(ctx: Context, role: Role) -> RegionCode:
             rmsnorm(end, ctx, role, "norm_final")
         end.note("LM head GEMM-A", "lm_head")
         gemm_a(end, ctx.fab, plan.batch, role.top, role.row_tree, role.k_hidden,
-               ctx.waddr("lm_head"), plan.mpad("lm_head"), a("XN"), a("ACC"), "m_vocab")
+               ctx.waddr("lm_head"), plan.side_stride("lm_head", role.band == -1, role.top),
+               a("XN"), a("ACC"), "m_vocab")
     end.mark("end")
     end.halt()
     layers, notes = layer_code(ctx, role)
