@@ -895,9 +895,11 @@ def exec_gemm(k, modes, args, params, pes, pe, t, cfg, sram, scratch, fault, sta
                 set_fault(fault, FAULT_SRAM, pe, t, first_bad_matrix(w0, ld, m, cols, words),
                           0, 0, 0)
                 return FAULTED
-            for b in range(batch):
-                if not check_descriptor(x0 + b * sx, 1, cols, words, fault, pe, t):
-                    return FAULTED
+            x_end = x0 + sx * (batch - 1)
+            if not (min(x0, x_end) >= 0 and max(x0, x_end) + cols - 1 < words):
+                for b in range(batch):   # some row is outside: fault at its first element
+                    if not check_descriptor(x0 + b * sx, 1, cols, words, fault, pe, t):
+                        return FAULTED
         if cfg[CFG_FUNCTIONAL]:
             if m > scratch.shape[0]:
                 stats[ST_NEED] = m
