@@ -314,3 +314,29 @@ def test_the_critical_path_bound_stays_below_batched_steps(shape, batch, dtype):
     for pos in (0, 31):
         run = run_batch_timing(compiled, mesh, [pos] * batch)
         assert run.cycles >= critical_path_bound(compiled, mesh, pos)["total"]
+
+
+def test_serve_costs_read_emulated_batched_steps(tmp_path):
+    """`emu serve --max-batch 4` on one wafer: decode steps come from emulated batched
+    steps (exact at the sampled batches and contexts), the KV pool is 4 users' contexts."""
+    from emulator.hw.prefill import load_prefill
+    from emulator.serve.costs import batch_sizes, measure_costs
+
+    spec, mesh = resolve_model("tiny"), load_mesh("small")
+    costs = measure_costs(spec, "tiny", mesh, load_prefill("trn2"), prompt_limit=64,
+                          context_limit=64, max_batch=4, cache_dir=tmp_path)
+    assert costs.info["batch_model"] == "emulated batched steps"
+    assert costs.kv_capacity_tokens == 4 * costs.max_context
+    table = costs.batch_table
+    assert sorted(set(table[:, 0].astype(int))) == batch_sizes(4) == [1, 2, 4]
+    compiled = compile_decode(spec, mesh, "bf16", costs.max_context, batch=4)
+    for b, ctx, seconds in table[[0, -1, len(table) // 2]]:
+        b, pos = int(b), int(ctx) - 1
+        run = run_batch_timing(compiled, mesh, [pos] * b + [None] * (4 - b))
+        assert seconds == run.cycles / mesh.clock_hz
+        assert costs.decode_step_seconds([int(ctx)] * b) == pytest.approx(seconds)
+    three = costs.decode_step_seconds([10] * 3)
+    assert costs.decode_step_seconds([10] * 2) <= three <= costs.decode_step_seconds([10] * 4)
+    one = measure_costs(spec, "tiny", mesh, load_prefill("trn2"), prompt_limit=64,
+                        context_limit=64, cache_dir=tmp_path)
+    assert one.batch_table is None          # one user: the single-user table, as before
