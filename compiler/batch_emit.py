@@ -17,8 +17,8 @@ Same structure, marks and op names as the one-user step of compiler/emit.py; wha
   one softmax-state message per step of the row's merge tree.
 
 Per-user arithmetic is the one-user step's, operation by operation (a vgemm row is the
-vmul + vgemv it replaces; the weighted values' vgemm equals the rdots up to the sign of a
-zero), so each user's logits equal those the one-user program computes for it.
+vmul + vgemv it replaces), so each user's logits are bit for bit those the one-user
+program computes for it.
 """
 
 from compiler.batching import kv_stride
@@ -166,9 +166,8 @@ def merge_values(b: CodeBuilder, ctx: Context, role: Role, vt: int, sp: int,
     """Value rows, every user: local softmax state MO = [m | l | o] (each B * gs wide, o
     dim-major), merged along the row to (0, j) by the online-softmax rule in one message
     per tree step; (0, j) writes user u's o / l into its XB row (u * gs * nv + h * nv + d).
-    A user's weighted values of dim d are one vgemm with one-element rows (the heads) over
-    its slots: equal to the one-user `rdot`s up to the sign of a zero sum (rdot starts
-    from +0.0, the vgemm from the first product)."""
+    The weighted values stay one `rdot` per user, head and dim (SIMD over the slots; a
+    vgemm with one-element rows would cost a cycle per slot)."""
     batch, gs, nv, fab, a = ctx.plan.batch, ctx.plan.spec.group_size, role.nv, ctx.fab, ctx.addr
     g = batch * gs
     pm, mo, mt, nm, aa = a("PM"), a("MO"), a("MT"), a("NM"), a("AA")
@@ -178,12 +177,11 @@ def merge_values(b: CodeBuilder, ctx: Context, role: Role, vt: int, sp: int,
     for u in range(batch):
         for h in range(gs):
             b.reduce(Op.RSUM, lo + u * gs + h, Param(f"sc{h}@{u}"), n=Param(f"nact@{u}"))
-    for u in range(batch):   # o[d][u, h] = sum_s V[d, s] p[h, s]: one vgemm per value dim,
-        for d in range(nv):   # rows = heads (1 element each), columns = the user's slots
-            b.emit(Op.VGEMM, {SLOT_DST: oo + d * g + u * gs, SLOT_DST_STRIDE: gs,
-                              SLOT_SRC0: vt + u * slots + d * sp, SLOT_SRC0_STRIDE: 1,
-                              SLOT_SRC1: Param(f"sc0@{u}"), SLOT_SRC1_STRIDE: Param(f"nact@{u}"),
-                              SLOT_N: 1, SLOT_COLOR: Param(f"nact@{u}")})
+    for u in range(batch):
+        for h in range(gs):
+            for d in range(nv):
+                b.reduce(Op.RDOT, oo + d * g + u * gs + h, vt + u * slots + d * sp,
+                         Param(f"sc{h}@{u}"), Param(f"nact@{u}"))
     for act, s in role.row_tree:
         if act == "send":
             b.send(fab.row[s], mo, g * (2 + nv))
