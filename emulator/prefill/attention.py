@@ -96,10 +96,13 @@ class _KV:
 
 def attention(L: Lowering, core: int, heads: list[tuple[int, int]], d: int, P: int,
               q: tuple[int, TileMap], k: tuple[int, TileMap], v: tuple[int, TileMap],
-              out: tuple[int, TileMap], scale: float, name: str, streams: int = 2) -> int:
+              out: tuple[int, TileMap], scale: float, name: str, streams: int = 2,
+              past: int = 0) -> int:
     """Attention of the core's heads: `heads` = [(local q head, local kv head)] by kv head.
 
-    q, k: (HBM tensor [heads*d, P] feature-major, map); v: (HBM [P, kv*d], map); out: O^T.
+    q: (HBM tensor [heads*d, P] feature-major, map), P queries at positions past..past+P-1;
+    k: (HBM [kv*d, past+P], map); v: (HBM [past+P, kv*d], map): the keys of earlier chunks
+    (`past` positions, chunked prefill) and of this one; out: O^T [heads*d, P].
     `streams` (head, query tile) items of the same kv head and key-tile count form a batch:
     their instructions are interleaved stage by stage so the engines overlap, and they
     share the streamed K/V blocks. In a memoised (timing-only) lowering the middle key
@@ -115,8 +118,10 @@ def attention(L: Lowering, core: int, heads: list[tuple[int, int]], d: int, P: i
     items.sort(key=lambda item: (item[0], item[1], item[2]))
     batches, i = [], 0
 
+    T = past + P                              # keys: earlier chunks and this one
+
     def tiles(item):                          # (kv head, key tiles it visits)
-        return item[0], -(-min(P, item[1] + Q_TILE) // L.nmax)
+        return item[0], -(-(past + min(P, item[1] + Q_TILE)) // L.nmax)
 
     while i < len(items):
         batch = [items[i]]
@@ -127,14 +132,14 @@ def attention(L: Lowering, core: int, heads: list[tuple[int, int]], d: int, P: i
         i += len(batch)
     groups: dict = {}
     for batch in batches:                     # super-batches: same kv head and key tiles
-        groups.setdefault((batch[0][0], batch[0][1] // L.nmax), []).append(batch)
+        groups.setdefault((batch[0][0], (past + batch[0][1]) // L.nmax), []).append(batch)
     replay = Replay(L.b)
     tiles_tpl: dict = {}
     per_kv = {kvh: sum(1 for _, h in heads if h == kvh) for _, kvh in heads}
     for (kvh, j), group in groups.items():
         ntiles = j + 1
         full = (sum(len(b) for b in group) == per_kv[kvh] * (L.nmax // Q_TILE)
-                and (j + 1) * L.nmax <= P)
+                and (j + 1) * L.nmax <= T and past % L.nmax == 0)
         regular = L.memoise and full and ntiles >= 9
         reps = (ntiles - 5) // 2 if L.memoise else 0
         key = ("attention", ntiles % 2) if regular else None
@@ -149,10 +154,10 @@ def attention(L: Lowering, core: int, heads: list[tuple[int, int]], d: int, P: i
         start = L.b.count
         for batch in group:
             kvbuf.loads = {}
-            kv_end = max(min(P, q0 + Q_TILE) for _, q0, _ in batch)
+            kv_end = past + max(min(P, q0 + Q_TILE) for _, q0, _ in batch)
             gens = [_query_tile(L, core, states[n], kvbuf, q, k, v, out, kvh, qh, d, q0,
                                 min(Q_TILE, P - q0), scale, lead=(n == 0), reps=reps,
-                                barrier=barrier, kv_end=kv_end)
+                                barrier=barrier, kv_end=kv_end, past=past)
                     for n, (_, q0, qh) in enumerate(batch)]
             _interleave(L, gens, reps)
         if L.memoise:
@@ -203,7 +208,7 @@ def _interleave(L, generators, reps) -> None:
 
 
 def _query_tile(L, core, st, kvbuf, q, k, v, out, kvh, qh, d, q0, rows, scale, lead, reps,
-                barrier, kv_end):
+                barrier, kv_end, past=0):
     """One tile of queries of one head (a generator yielding between pipeline stages).
 
     The lead stream of a batch loads the K/V blocks, one key tile ahead. With `reps` > 1
@@ -217,7 +222,7 @@ def _query_tile(L, core, st, kvbuf, q, k, v, out, kvh, qh, d, q0, rows, scale, l
                      [barrier, st.last["q"][slot]], lat=L.dma_lat,
                      work=d * rows * L.bpe, d=(st.q[slot], 0, d, 0, rows),
                      a=(q_t, qh * d, d, q0, rows))
-    end = q0 + rows
+    end = past + q0 + rows                    # one past the tile's last query position
     ntiles = -(-end // L.nmax)
     if lead:                                  # keys up to the batch's last query
         kvbuf.load(L, core, k, v, kvh, d, 0, min(L.nmax, kv_end), barrier)
@@ -229,8 +234,8 @@ def _query_tile(L, core, st, kvbuf, q, k, v, out, kvh, qh, d, q0, rows, scale, l
             kvbuf.load(L, core, k, v, kvh, d, kt + 1, min(L.nmax, kv_end - (kt + 1) * L.nmax),
                        barrier)
         k0 = kt * L.nmax
-        m_cur = yield from _key_tile(L, core, st, slot, q_load, kvbuf, kt, d, q0, rows, k0,
-                                     min(L.nmax, end - k0), m_cur, scale)
+        m_cur = yield from _key_tile(L, core, st, slot, q_load, kvbuf, kt, d, past + q0, rows,
+                                     k0, min(L.nmax, end - k0), m_cur, scale)
         if reps > 1 and kt == 4:
             yield "end"
             kt = 3 + 2 * reps

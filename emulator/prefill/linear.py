@@ -70,8 +70,8 @@ def linear_fm(L: Lowering, core: int, strips: list[Strip], K: int, tok0: int, nt
     X^T comes from HBM tensor `x` (loads wait for `x_ready`) or, when `x_sbuf` =
     (tensor, producer per k chunk) is given, is already resident in SBUF. `outs` maps output
     tensor ids to their TileMap; `rope` = (cos HBM tensor, sin HBM tensor, head_dim). `tm` =
-    (W^T tensor, first column, columns, output [P, columns], bias rows or -1) adds a
-    token-major projection of the same activation block after the strips (`linear_tm`).
+    (W^T tensor, first column, columns, output [P, columns], bias rows or -1[, output row
+    of token 0]) adds a token-major projection of the same activation block after the strips (`linear_tm`).
     """
     kch = chunks(K, L.kmax if x_sbuf is None else L.pmax)   # SBUF input: 128-row chunks
     evicts = {s.evict for s in strips}
@@ -160,7 +160,8 @@ def linear_tm(L, core, tm, kch, start, width, buf, state, x_dep, outs):
     Per 128-token tile: LoadStationary X^T[k, tile] and MultiplyMoving the resident weight
     W^T[k, cols] (<= 512 columns per matmul), then evict (plus the bias rows) and store.
     """
-    w, col0, ncols, out, bias = tm
+    w, col0, ncols, out, bias = tm[:5]
+    row_off = tm[5] if len(tm) > 5 else 0       # output row of token 0 (chunked prefill)
     kc = len(kch)
     if "tm_w" not in state:
         state["tm_w"] = L.dma(core, kch[:, 1] * ncols * L.bpe, d=(buf.tmw, kch[:, 0], kch[:, 1],
@@ -196,7 +197,7 @@ def linear_tm(L, core, tm, kch, start, width, buf, state, x_dep, outs):
         state["tm_war"][slot] = int(ev[0])
         store = L.b.one(instr.DMA_COPY, instr.DMA, core, int(_dma_cost(L, rows * ncols * L.bpe)),
                         [int(ev[0])], lat=L.dma_lat, work=rows * ncols * L.bpe,
-                        d=(out, start + t0, rows, 0, ncols), a=y)
+                        d=(out, row_off + start + t0, rows, 0, ncols), a=y)
         state["tm_y"][slot] = store
         outs[out].set(int(start + t0), int(rows), 0, ncols, store)
 
@@ -342,7 +343,8 @@ def _evict(L, core, strip, nch, start, buf, state, g, mm_last, bias_dep, outs, t
     state["psum"][g] = first
     out_dtype_bytes = {"partial": L.partial_bytes, "copy32": 4}.get(strip.evict, L.bpe)
     stores = L.dma(core, m * w * out_dtype_bytes, deps=[last],
-                   d=(strip.out, strip.out_row0, m, start + c0, w), a=result)
+                   d=(strip.out, strip.out_row0, m, strip.out_col0 + start + c0, w),
+                   a=result)
     state["y"][g] = stores
     tmap = outs[strip.out]
     for n in range(nt):

@@ -34,6 +34,7 @@ class Strip:
     out_row0: int = 0     # first output row in `out`
     bias: int = -1        # HBM bias tensor id [out_features, 1], -1 for none
     row0: int = 0         # first weight row (input feature) of the contraction
+    out_col0: int = 0     # column (token) of `out` where token 0 of the projection lands
 
 
 class TileMap:

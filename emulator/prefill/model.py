@@ -100,13 +100,17 @@ class Lowered:
     prompt_len: int
     dtype: str
     chips: int = 1
+    past: int = 0             # chunked prefill: positions of earlier chunks in the KV cache
+    last: bool = True         # chunked prefill: the last chunk (computes the logits)
 
 
 class _PrefillLowering:
     """Emits the stream layer by layer (see `lower_prefill`)."""
 
-    def __init__(self, spec, hw, P: int, dtype: str, cores: list[CoreShare], chips: int = 1):
+    def __init__(self, spec, hw, P: int, dtype: str, cores: list[CoreShare], chips: int = 1,
+                 past: int = 0):
         self.spec, self.hw, self.P, self.dtype = spec, hw, P, dtype
+        self.past = past          # KV positions before this chunk (chunked prefill)
         self.b = instr.Builder()
         self.L = Lowering(hw, dtype, self.b, active_cores=hw.cores_per_chip)
         self.cores = cores
@@ -180,16 +184,17 @@ class _PrefillLowering:
                 continue
             c = share.core
             nq, nkv = len(share.q_heads), len(share.kv_heads)
+            T = self.past + P           # the KV cache holds earlier chunks and this one
             qt = self.b.tensor(f"L{layer}.q.c{c}", nq * d, P, self.dtype, "hbm")
-            kt = self.b.tensor(f"L{layer}.k.c{c}", nkv * d, P, self.dtype, "hbm")
-            vt = self.b.tensor(f"L{layer}.v.c{c}", P, nkv * d, self.dtype, "hbm")
+            kt = self.b.tensor(f"L{layer}.k.c{c}", nkv * d, T, self.dtype, "hbm")
+            vt = self.b.tensor(f"L{layer}.v.c{c}", T, nkv * d, self.dtype, "hbm")
             maps = {qt: TileMap(nq * d, P, d), kt: TileMap(nkv * d, P, d),
                     vt: TileMap(P, nkv * d, self.L.pmax, nkv * d)}
             strips = [Strip(w["q"], h * d, d, "rope", qt, i * d, w["q.b"])
                       for i, h in enumerate(share.q_heads)]
-            strips += [Strip(w["k"], h * d, d, "rope", kt, i * d, w["k.b"])
-                       for i, h in enumerate(share.kv_heads)]
-            tm = (w["v"], share.kv_heads[0] * d, nkv * d, vt, w["v.b"])
+            strips += [Strip(w["k"], h * d, d, "rope", kt, i * d, w["k.b"],
+                             out_col0=self.past) for i, h in enumerate(share.kv_heads)]
+            tm = (w["v"], share.kv_heads[0] * d, nkv * d, vt, w["v.b"], self.past)
             linear_fm(self.L, c, strips, s.hidden_size, 0, P, maps, x=xn, x_ready=ready,
                       rope=rope, tm=tm, name=f"L{layer}.qkv")
             out[c] = {"q": (qt, maps[qt]), "k": (kt, maps[kt]), "v": (vt, maps[vt])}
@@ -214,10 +219,11 @@ class _PrefillLowering:
             heads = [(i, h // s.group_size - share.kv_heads[0])
                      for i, h in enumerate(share.q_heads)]
             attn.attention(self.L, c, heads, d, P, qkv[c]["q"], qkv[c]["k"], qkv[c]["v"],
-                           (ot, omap), scale, f"L{layer}.attn")
+                           (ot, omap), scale, f"L{layer}.attn", past=self.past)
             out[c] = (ot, omap)
-        op.flops = 4.0 * d * s.num_heads * P * (P + 1) / 2
-        op.hbm_bytes = self.L.bpe * P * (2 * s.q_dim + 2 * s.kv_dim)
+        past = self.past
+        op.flops = 4.0 * d * s.num_heads * P * (past + (P + 1) / 2)
+        op.hbm_bytes = self.L.bpe * (2 * P * s.q_dim + 2 * (past + P) * s.kv_dim)
         return out
 
     def reduce_proj_op(self, name, layer, weight, bias, K_of, x_of, delta):
@@ -347,8 +353,13 @@ class _PrefillLowering:
 
 
 def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool,
-                  chips: int = 1) -> Lowered:
-    """Lower a prefill of `prompt_len` tokens on `chips` chips; see the module docstring."""
+                  chips: int = 1, past: int = 0, last: bool = True) -> Lowered:
+    """Lower a prefill of `prompt_len` tokens on `chips` chips; see the module docstring.
+
+    Chunked prefill (docs/prefill.md, "Chunked prefill"): `past` tokens of the prompt were
+    prefilled before (their keys and values are in HBM, columns/rows 0..past-1 of each
+    layer's K and V tensors); this chunk's tokens sit at positions past..past+prompt_len-1,
+    and only the `last` chunk computes the final norm and logits."""
     check_supported(spec, hw)
     shares = core_shares(spec, hw, prompt_len, chips)
     weight = {}
@@ -367,7 +378,7 @@ def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool,
     else:
         cores = shares
         weight = {sh.core: 1 for sh in shares}
-    low = _PrefillLowering(spec, hw, prompt_len, dtype, cores, chips)
+    low = _PrefillLowering(spec, hw, prompt_len, dtype, cores, chips, past)
     low.L.memoise = timing_only
     low.inputs()
     plan = None
@@ -377,11 +388,12 @@ def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool,
         prev = None
         for layer in range(spec.num_layers):
             prev = low.layer(layer, prev)
-    low.final(prev)
+    if last:
+        low.final(prev)
     if plan is not None:
         _virtual_ops(low.b, plan)
     program = low.b.program([sh.core for sh in cores], weight, plan)
-    return Lowered(program, shares, low.t, prompt_len, dtype, chips)
+    return Lowered(program, shares, low.t, prompt_len, dtype, chips, past, last)
 
 
 def _timing_layers(low: _PrefillLowering, layers: int):
