@@ -30,8 +30,13 @@ from emulator.link.layout import kv_layout_cycles
 from emulator.link.transfer import chunk_segments, stream_kv, transfer_kv
 from emulator.mesh.runtime import MeshDecoder, run_timing
 from emulator.mesh.system import SystemDecoder, SystemStep, run_system_timing
-from emulator.prefill.run import (bytes_per_element, check_chunk, choose_chips, parse_chips,
-                                  run_prefill)
+from emulator.prefill.run import (
+    bytes_per_element,
+    check_chunk,
+    choose_chips,
+    parse_chips,
+    run_prefill,
+)
 from emulator.views.trace import TraceBuilder
 from isa.program import RunResult
 

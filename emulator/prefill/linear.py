@@ -71,7 +71,8 @@ def linear_fm(L: Lowering, core: int, strips: list[Strip], K: int, tok0: int, nt
     (tensor, producer per k chunk) is given, is already resident in SBUF. `outs` maps output
     tensor ids to their TileMap; `rope` = (cos HBM tensor, sin HBM tensor, head_dim). `tm` =
     (W^T tensor, first column, columns, output [P, columns], bias rows or -1[, output row
-    of token 0]) adds a token-major projection of the same activation block after the strips (`linear_tm`).
+    of token 0]) adds a token-major projection of the same activation block after the
+    strips (`linear_tm`).
     """
     kch = chunks(K, L.kmax if x_sbuf is None else L.pmax)   # SBUF input: 128-row chunks
     evicts = {s.evict for s in strips}
