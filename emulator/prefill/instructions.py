@@ -31,7 +31,8 @@ VEC_TT = 5            # d = a func b                        (elementwise, two te
 VEC_STT = 6           # d = (a func s-column) func2 b       (scalar_tensor_tensor)
 VEC_TS = 7            # d = a func (s column or imm0)       (tensor_scalar)
 VEC_REDUCE = 8        # d[:, 0] = reduce_func over the free axis of a
-VEC_MASK = 9          # d = a where key <= query else -inf (causal; imm0 query0, imm1 key0)
+VEC_MASK = 9          # d = a where key <= query (and key > query - work when work > 0, a
+                      # sliding window) else -inf (-1e30 with a window); imm0 query0, imm1 key0
 COLLECTIVE = 10       # func: reduce-scatter / all-gather / wait across cores
 OPCODE_NAMES = ("dma_copy", "dma_gather", "load_stationary", "multiply_moving", "activate",
                 "tensor_tensor", "scalar_tensor_tensor", "tensor_scalar", "tensor_reduce",
@@ -51,6 +52,7 @@ COLLECTIVE_NAMES = ("reduce_scatter", "all_gather", "wait")
 FLAG_ACC = 1          # MULTIPLY_MOVING accumulates into d instead of overwriting it
 FLAG_TRANSPOSE = 2    # DMA_COPY writes a.T
 FLAG_MODEL = 4        # MULTIPLY_MOVING does model arithmetic (counted in FLOPs)
+FLAG_BROADCAST = 8    # DMA_COPY repeats a's one row over d's rows (a partition broadcast)
 
 MAX_DEPS = 4
 D, A, B, S = 0, 1, 2, 3   # view slots

@@ -81,6 +81,8 @@ class Machine:
 
 def _dma_copy(m: Machine, rec):
     src = m.view(rec["v"][instr.A])
+    if rec["flags"] & instr.FLAG_BROADCAST:
+        src = np.broadcast_to(src, (int(rec["v"][instr.D][2]), src.shape[1]))
     m.write(rec["v"][instr.D], src.T if rec["flags"] & instr.FLAG_TRANSPOSE else src)
 
 
@@ -143,7 +145,12 @@ def _causal_mask(m: Machine, rec):
     x = m.view(rec["v"][instr.A])
     query = int(rec["imm"][0]) + np.arange(x.shape[0])[:, None]
     key = int(rec["imm"][1]) + np.arange(x.shape[1])[None, :]
-    m.write(rec["v"][instr.D], np.where(key <= query, x, np.float32(-np.inf)))
+    window = int(rec["work"])
+    keep = key <= query
+    if window:       # a finite fill: a row whose visited keys are all masked so far keeps a
+        keep &= key > query - window      # finite max, later rescaled away by alpha = 0
+    fill = np.float32(-1e30) if window else np.float32(-np.inf)
+    m.write(rec["v"][instr.D], np.where(keep, x, fill))
 
 
 def _collective(m: Machine, rec):

@@ -81,6 +81,17 @@ def core_shares(spec, hw, prompt_len: int, chips: int = 1) -> list[CoreShare]:
     return shares
 
 
+def attention_pairs(past: int, n: int, window: int | None) -> float:
+    """(query, key) pairs of attention scores for queries at positions past..past+n-1:
+    position p sees min(p + 1, window) keys (causal; a sliding window caps it)."""
+    a, b = past, past + n - 1
+    if not window:
+        window = b + 1
+    c = min(b, window - 1)                    # positions that see every key before them
+    uncapped = (c + 1) * (c + 2) / 2 - a * (a + 1) / 2 if a <= c else 0.0
+    return uncapped + max(0, b - max(a, window) + 1) * window
+
+
 def check_supported(spec, hw) -> None:
     """Reject models the lowering cannot map (head_dim beyond the array)."""
     if spec.head_dim > hw.pe_rows or spec.head_dim > hw.pe_cols:
@@ -152,6 +163,8 @@ class _PrefillLowering:
                 if present else NONE
         w["v.b"] = self.hbm(f"{p}v.bias_rows", self.L.pmax, s.kv_dim, act) \
             if s.attention_bias else NONE
+        w["sinks"] = self.hbm(f"{p}sinks", 1, s.num_heads, "fp32") if s.attention_sinks \
+            else NONE
         w["ln1"] = self.hbm(f"{p}ln1", s.hidden_size, 1, act)
         w["ln2"] = self.hbm(f"{p}ln2", s.hidden_size, 1, act)
         return w
@@ -203,7 +216,7 @@ class _PrefillLowering:
                                      P * s.hidden_size + P * (s.q_dim + 2 * s.kv_dim))
         return out
 
-    def attention_op(self, layer, qkv):
+    def attention_op(self, layer, qkv, w=None):
         """Flash attention per core; returns per-core (O^T tensor, map)."""
         op = self.b.begin_op("attention", layer)
         s, d, P = self.spec, self.spec.head_dim, self.P
@@ -218,12 +231,14 @@ class _PrefillLowering:
             omap = TileMap(nq * d, P, d)
             heads = [(i, h // s.group_size - share.kv_heads[0])
                      for i, h in enumerate(share.q_heads)]
+            sinks = (w["sinks"], share.q_heads[0]) if w is not None and w["sinks"] >= 0 \
+                else None
             attn.attention(self.L, c, heads, d, P, qkv[c]["q"], qkv[c]["k"], qkv[c]["v"],
-                           (ot, omap), scale, f"L{layer}.attn", past=self.past)
+                           (ot, omap), scale, f"L{layer}.attn", past=self.past,
+                           window=s.window(layer), sinks=sinks)
             out[c] = (ot, omap)
-        past = self.past
-        op.flops = 4.0 * d * s.num_heads * P * (past + (P + 1) / 2)
-        op.hbm_bytes = self.L.bpe * (2 * P * s.q_dim + 2 * (past + P) * s.kv_dim)
+        op.flops = 4.0 * d * s.num_heads * attention_pairs(self.past, P, s.window(layer))
+        op.hbm_bytes = self.L.bpe * (2 * P * s.q_dim + 2 * (self.past + P) * s.kv_dim)
         return out
 
     def reduce_proj_op(self, name, layer, weight, bias, K_of, x_of, delta):
@@ -314,7 +329,7 @@ class _PrefillLowering:
         """qkv, attention, o_proj, MLP add+norm, gate/up and down of a layer."""
         s, H, layer, w = self.spec, self.spec.hidden_size, ctx["layer"], ctx["w"]
         qkv = self.qkv_op(layer, w, ctx["xn_attn"], ctx["g1"])
-        o = self.attention_op(layer, qkv)
+        o = self.attention_op(layer, qkv, w)
         d = s.head_dim
         cc1 = self.reduce_proj_op(
             "o_proj", layer, w["o"], w["o.b"],
@@ -382,7 +397,7 @@ def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool,
     low.L.memoise = timing_only
     low.inputs()
     plan = None
-    if timing_only:
+    if timing_only and uniform_layers(spec):
         prev, plan = _timing_layers(low, spec.num_layers)
     else:
         prev = None
@@ -394,6 +409,15 @@ def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool,
         _virtual_ops(low.b, plan)
     program = low.b.program([sh.core for sh in cores], weight, plan)
     return Lowered(program, shares, low.t, prompt_len, dtype, chips, past, last)
+
+
+def uniform_layers(spec) -> bool:
+    """True when every decoder layer has the same shape of work (attention window, dense or
+    expert MLP), so a timing-only lowering may copy layer 1 for all later layers; otherwise
+    (gpt-oss's alternating sliding/full layers, Qwen3-MoE's dense layers) every layer is
+    lowered, each still memoised inside."""
+    kinds = {(spec.window(layer), spec.is_sparse(layer)) for layer in range(spec.num_layers)}
+    return len(kinds) == 1
 
 
 def _timing_layers(low: _PrefillLowering, layers: int):

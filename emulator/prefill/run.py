@@ -155,7 +155,7 @@ def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
     passes before it; None (or a chunk >= the prompt) is one pass.
     """
     t0 = time.perf_counter()
-    spec.require_mapped("prefill")
+    require_prefill_features(spec)
     dtype = _check_dtype(dtype)
     if dtype == "fp8" and not timing_only:
         raise ConfigError("prefill: fp8 runs in timing-only mode (values are not rounded to "
@@ -189,6 +189,19 @@ def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
     result.chunk = chunk
     result.host_seconds = time.perf_counter() - t0
     return result
+
+
+# Features of compiler.frontend.ModelSpec.unmapped_features() the prefill lowering maps.
+PREFILL_FEATURES = ("attention sinks", "sliding-window attention", "yarn RoPE")
+
+
+def require_prefill_features(spec) -> None:
+    """ConfigError naming the model's features the prefill lowering does not map."""
+    missing = [f for f in spec.unmapped_features() if f not in PREFILL_FEATURES]
+    if missing:
+        raise ConfigError(f"prefill does not map {spec.architecture}'s {', '.join(missing)} "
+                          f"yet; the numpy reference (compiler/reference.py) runs it "
+                          f"(docs/models.md)")
 
 
 def check_chunk(chunk, P: int) -> int | None:
@@ -422,6 +435,8 @@ def _layer_inputs(spec, weights: dict, layer: int, pmax: int) -> dict:
             out[f"L{layer}.{short}.bias"] = bias[:, None]
             if short == "v":
                 out[f"L{layer}.v.bias_rows"] = np.tile(bias[None, :], (pmax, 1))
+    if f"{p}self_attn.sinks" in weights:
+        out[f"L{layer}.sinks"] = weights[f"{p}self_attn.sinks"][None, :]
     out[f"L{layer}.ln1"] = weights[f"{p}input_layernorm.weight"][:, None]
     out[f"L{layer}.ln2"] = weights[f"{p}post_attention_layernorm.weight"][:, None]
     return out
