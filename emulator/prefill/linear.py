@@ -18,7 +18,14 @@ import numpy as np
 
 from emulator.prefill import costs
 from emulator.prefill import instructions as instr
-from emulator.prefill.lowering import Lowering, Replay, Strip, chunks, pe_stream, plan_token_block
+from emulator.prefill.lowering import (
+    Lowering,
+    Replay,
+    Strip,
+    chunks,
+    pe_stream,
+    plan_token_block,
+)
 
 NONE = -1
 
@@ -51,6 +58,9 @@ class _Buffers:
         self.ub = L.sbuf(f"{name}.ub", L.mmax, block, "fp32", core)
         self.cos = L.sbuf(f"{name}.cos", L.mmax, block, "fp32", core)
         self.sin = L.sbuf(f"{name}.sin", L.mmax, block, "fp32", core)
+        self.sq = L.sbuf(f"{name}.sq", L.mmax, block, "fp32", core)      # qk-norm
+        self.rn = L.sbuf(f"{name}.rn", 1, block, "fp32", core)
+        self.nw = f("nw", L.mmax, 1, "fp32")
 
     def token_major(self, L: Lowering, core: int, K: int, ncols: int, name: str) -> None:
         """Buffers of the token-major projection: resident weight, bias rows, PSUM, output."""
@@ -69,7 +79,8 @@ def linear_fm(L: Lowering, core: int, strips: list[Strip], K: int, tok0: int, nt
 
     X^T comes from HBM tensor `x` (loads wait for `x_ready`) or, when `x_sbuf` =
     (tensor, producer per k chunk) is given, is already resident in SBUF. `outs` maps output
-    tensor ids to their TileMap; `rope` = (cos HBM tensor, sin HBM tensor, head_dim). `tm` =
+    tensor ids to their TileMap; `rope` = (cos HBM tensor, sin HBM tensor, head_dim[, qk-norm
+    eps]). `tm` =
     (W^T tensor, first column, columns, output [P, columns], bias rows or -1[, output row
     of token 0]) adds a token-major projection of the same activation block after the
     strips (`linear_tm`).
@@ -78,6 +89,7 @@ def linear_fm(L: Lowering, core: int, strips: list[Strip], K: int, tok0: int, nt
     evicts = {s.evict for s in strips}
     per_tok = 4 * 2 + (0 if x_sbuf is not None else len(kch) * L.bpe)
     per_tok += (5 * 4 if "rope" in evicts else 0) + (3 * 4 if "silu" in evicts else 0)
+    per_tok += 2 * 4 if any(s.norm >= 0 for s in strips) else 0
     fixed = 2 * len(kch) * L.mmax * L.bpe + 2 * 4
     if tm is not None:
         fixed += (len(kch) * tm[2] + 3 * tm[2]) * L.bpe + 2 * tm[2] * 4
@@ -85,7 +97,8 @@ def linear_fm(L: Lowering, core: int, strips: list[Strip], K: int, tok0: int, nt
     buf = _Buffers(L, core, K, block, f"{name}.c{core}")
     if tm is not None:
         buf.token_major(L, core, K, tm[2], f"{name}.c{core}")
-    state = {"ls": {}, "psum": {}, "y": {}, "qf": {}, "sg_w": {}, "sg_r": {}, "x_read": NONE}
+    state = {"ls": {}, "psum": {}, "y": {}, "qf": {}, "sg_w": {}, "sg_r": {}, "x_read": NONE,
+             "norm_eps": rope[3] if rope is not None and len(rope) > 3 else 0.0}
     replay = Replay(L.b) if L.memoise and x_sbuf is None else None
     g_tpl = None
     for start in range(tok0, tok0 + ntok, block):
@@ -230,7 +243,7 @@ def _block(L, core, strips, kch, start, width, buf, state, outs, x, x_ready, x_s
 
 def _load_rope(L, core, buf, rope, start, width, state):
     """Load the cos / signed-sin tables [head_dim, width] of the block."""
-    cos_t, sin_t, d = rope
+    cos_t, sin_t, d = rope[:3]
     prev = state.get("rope_read", NONE)
     idx = L.dma(core, np.full(2, d * width * 4), deps=[prev],
                 d=(np.array([buf.cos, buf.sin]), 0, d, 0, width),
@@ -353,12 +366,16 @@ def _evict(L, core, strip, nch, start, buf, state, g, mm_last, bias_dep, outs, t
 
 
 def _rope(L, core, strip, buf, s, c0, w, mm_last, y_war, bias, bias_dep, tables, state, g):
-    """q = psum (+bias); out = q * cos + swap_halves(q) * signed_sin (rotate_half RoPE)."""
+    """q = psum (+bias); with qk-norm q = RMSNorm(q) over the head's rows (`_qk_norm`);
+    out = q * cos + swap_halves(q) * signed_sin (rotate_half RoPE). Returns (the last
+    reader of the strip's PSUM, the result view, the last instruction)."""
     m, half = strip.m, strip.m // 2
     qf_war = np.array([_war(state["qf"], g, n) for n in range(len(c0))])
     act = L.act(core, instr.F_IDENT, w, deps=[mm_last, qf_war, bias_dep],
                 d=(buf.qf[s], 0, m, c0, w), a=(buf.ps[s], 0, m, c0, w), b=bias)
     qf = buf.qf[s]
+    if strip.norm >= 0:
+        act = _qk_norm(L, core, strip, buf, s, c0, w, act, state, tables, g)
     v1 = L.vec(core, instr.VEC_TT, instr.A_MUL, w, 2, deps=[act, tables[0]],
                d=(buf.t1, 0, m, c0, w), a=(qf, 0, m, c0, w), b=(buf.cos, 0, m, c0, w))
     L.vec(core, instr.VEC_TT, instr.A_MUL, w, 2, deps=[act, tables[1]],
@@ -372,3 +389,32 @@ def _rope(L, core, strip, buf, s, c0, w, mm_last, y_war, bias, bias_dep, tables,
     state["qf"][g] = v3
     state["rope_read"] = int(v3.max())
     return act, (buf.y[s], 0, m, c0, w), v4
+
+
+def _qk_norm(L, core, strip, buf, s, c0, w, act, state, tables, g):
+    """RMSNorm of each token's head (the strip's m rows, on partitions) in place in qf:
+    squares (Scalar), their sum over the partitions as a ones-column matmul into the
+    strip's (already evicted) PSUM, rsqrt(sum / m + eps) (Scalar), a ones-row matmul
+    broadcasting it to m partitions, then qf = (qf * weight) * r (Vector), as add_norm
+    does for the hidden state. Returns the last instruction (it also last reads PSUM)."""
+    m, nt, qf, ps = strip.m, len(c0), buf.qf[s], buf.ps[s]
+    eps = state["norm_eps"]
+    war = state["psum"].get(g - 2)
+    w_load = L.b.one(instr.DMA_COPY, instr.DMA, core, int(_dma_cost(L, m * 4)),
+                     [int(war.max()) if war is not None and np.size(war) else NONE],
+                     lat=L.dma_lat, work=m * 4, d=(buf.nw[s], 0, m, 0, 1),
+                     a=(strip.norm, 0, m, 0, 1))
+    sq = L.act(core, instr.F_SQUARE, w, deps=[act, state.get("sq_read", NONE)],
+               d=(buf.sq, 0, m, c0, w), a=(qf, 0, m, c0, w), n=nt)
+    ones_col, ones_row = L.const(core, "ones_col"), L.const(core, "ones_row")
+    _, ss = pe_stream(L, core, 1, nt, 1, [], (ones_col, 0, m, 0, 1), m, w, False, [sq],
+                      (buf.sq, 0, m, c0, w), (ps, 0, 1, c0, w), model_flops=False)
+    state["sq_read"] = int(ss[0, -1])
+    r = L.act(core, instr.F_RSQRT, w, deps=[ss[0], state.get("rn_read", NONE)],
+              d=(buf.rn, 0, 1, c0, w), a=(ps, 0, 1, c0, w), scale=1.0 / m, bias=eps, n=nt)
+    _, bc = pe_stream(L, core, 1, nt, m, [], (ones_row, 0, 1, 0, m), 1, w, False, [r],
+                      (buf.rn, 0, 1, c0, w), (ps, 0, m, c0, w), model_flops=False)
+    state["rn_read"] = int(bc[0, -1])
+    return L.vec(core, instr.VEC_STT, instr.A_MUL, w, 2, deps=[bc[0], w_load, act],
+                 func2=instr.A_MUL, d=(qf, 0, m, c0, w), a=(qf, 0, m, c0, w),
+                 b=(ps, 0, m, c0, w), s=(buf.nw[s], 0, m, 0, 1), n=nt)

@@ -35,6 +35,7 @@ class Strip:
     bias: int = -1        # HBM bias tensor id [out_features, 1], -1 for none
     row0: int = 0         # first weight row (input feature) of the contraction
     out_col0: int = 0     # column (token) of `out` where token 0 of the projection lands
+    norm: int = -1        # qk-norm: HBM RMSNorm weight [m, 1] applied before RoPE, -1 none
 
 
 class TileMap:

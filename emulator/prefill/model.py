@@ -165,6 +165,8 @@ class _PrefillLowering:
             if s.attention_bias else NONE
         w["sinks"] = self.hbm(f"{p}sinks", 1, s.num_heads, "fp32") if s.attention_sinks \
             else NONE
+        for name in ("q_norm", "k_norm"):
+            w[name] = self.hbm(f"{p}{name}", s.head_dim, 1, act) if s.qk_norm else NONE
         w["ln1"] = self.hbm(f"{p}ln1", s.hidden_size, 1, act)
         w["ln2"] = self.hbm(f"{p}ln2", s.hidden_size, 1, act)
         return w
@@ -191,7 +193,7 @@ class _PrefillLowering:
         op = self.b.begin_op("qkv", layer)
         s, d, P = self.spec, self.spec.head_dim, self.P
         out = {}
-        rope = (self.t["rope.cos"], self.t["rope.sin"], d)
+        rope = (self.t["rope.cos"], self.t["rope.sin"], d, s.rms_norm_eps)
         for share in self.cores:
             if not share.q_heads:
                 continue
@@ -203,10 +205,11 @@ class _PrefillLowering:
             vt = self.b.tensor(f"L{layer}.v.c{c}", T, nkv * d, self.dtype, "hbm")
             maps = {qt: TileMap(nq * d, P, d), kt: TileMap(nkv * d, P, d),
                     vt: TileMap(P, nkv * d, self.L.pmax, nkv * d)}
-            strips = [Strip(w["q"], h * d, d, "rope", qt, i * d, w["q.b"])
+            strips = [Strip(w["q"], h * d, d, "rope", qt, i * d, w["q.b"], norm=w["q_norm"])
                       for i, h in enumerate(share.q_heads)]
             strips += [Strip(w["k"], h * d, d, "rope", kt, i * d, w["k.b"],
-                             out_col0=self.past) for i, h in enumerate(share.kv_heads)]
+                             out_col0=self.past, norm=w["k_norm"])
+                       for i, h in enumerate(share.kv_heads)]
             tm = (w["v"], share.kv_heads[0] * d, nkv * d, vt, w["v.b"], self.past)
             linear_fm(self.L, c, strips, s.hidden_size, 0, P, maps, x=xn, x_ready=ready,
                       rope=rope, tm=tm, name=f"L{layer}.qkv")

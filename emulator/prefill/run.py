@@ -192,7 +192,7 @@ def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
 
 
 # Features of compiler.frontend.ModelSpec.unmapped_features() the prefill lowering maps.
-PREFILL_FEATURES = ("attention sinks", "sliding-window attention", "yarn RoPE")
+PREFILL_FEATURES = ("attention sinks", "sliding-window attention", "yarn RoPE", "qk-norm")
 
 
 def require_prefill_features(spec) -> None:
@@ -435,6 +435,9 @@ def _layer_inputs(spec, weights: dict, layer: int, pmax: int) -> dict:
             out[f"L{layer}.{short}.bias"] = bias[:, None]
             if short == "v":
                 out[f"L{layer}.v.bias_rows"] = np.tile(bias[None, :], (pmax, 1))
+    for name in ("q_norm", "k_norm"):
+        if f"{p}self_attn.{name}.weight" in weights:
+            out[f"L{layer}.{name}"] = weights[f"{p}self_attn.{name}.weight"][:, None]
     if f"{p}self_attn.sinks" in weights:
         out[f"L{layer}.sinks"] = weights[f"{p}self_attn.sinks"][None, :]
     out[f"L{layer}.ln1"] = weights[f"{p}input_layernorm.weight"][:, None]
