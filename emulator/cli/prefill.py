@@ -84,15 +84,19 @@ def _gemm_table(result) -> Table:
               help="Chips (tensor parallel); default the fewest whose HBM holds the model.")
 @click.option("--prefill-chunk", "chunk", default=None, metavar="N",
               help="Chunked prefill: N prompt tokens per pass [default: one pass].")
+@click.option("--weight-dtype", "weight_dtype", default=None, metavar="bf16|fp8|mxfp4",
+              help="Storage of the layers' weights [default: the matmul dtype]; others are "
+                   "dequantised on VectorE.")
 @click.option("--timing-only", is_flag=True, help="Skip values (real model sizes).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def prefill_command(config, prefill_hw, prompt_len, prompt_tokens, seed, weights_path, dtype,
-                    chips, chunk, timing_only, as_json):
+                    chips, chunk, weight_dtype, timing_only, as_json):
     """Time (and compute) the prefill of CONFIG on the chips of a prefill preset."""
     from emulator.prefill.run import prefill_from_options
 
     result = prefill_from_options(config, prefill_hw, prompt_len, prompt_tokens, seed,
-                                  weights_path, dtype, timing_only, chips, chunk)
+                                  weights_path, dtype, timing_only, chips, chunk,
+                                  weight_dtype)
     report = result.summary()
     report["model"] = str(config)
     if as_json:

@@ -47,6 +47,7 @@ class _Buffers:
 
         self.x = L.sbuf(f"{name}.x", K, block, L.act_dtype, core)
         self.w = f("w", K, L.mmax, L.act_dtype)
+        self.wq = f("wq", K, L.mmax, "fp32")     # staging of packed weights (--weight-dtype)
         self.ps = f("psum", L.mmax, block, "fp32", "psum")
         self.bias = f("bias", L.mmax, 1, "fp32")
         self.y = f("y", L.mmax, block, L.act_dtype)
@@ -65,6 +66,7 @@ class _Buffers:
     def token_major(self, L: Lowering, core: int, K: int, ncols: int, name: str) -> None:
         """Buffers of the token-major projection: resident weight, bias rows, PSUM, output."""
         self.tmw = L.sbuf(f"{name}.tmw", K, ncols, L.act_dtype, core)
+        self.tmwq = L.sbuf(f"{name}.tmwq", K, ncols, "fp32", core)
         self.tmb = L.sbuf(f"{name}.tmb", L.pmax, ncols, L.act_dtype, core)
         self.tmps = [L.sbuf(f"{name}.tmps{i}", L.pmax, ncols, "fp32", core, "psum")
                      for i in range(2)]
@@ -91,8 +93,12 @@ def linear_fm(L: Lowering, core: int, strips: list[Strip], K: int, tok0: int, nt
     per_tok += (5 * 4 if "rope" in evicts else 0) + (3 * 4 if "silu" in evicts else 0)
     per_tok += 2 * 4 if any(s.norm >= 0 for s in strips) else 0
     fixed = 2 * len(kch) * L.mmax * L.bpe + 2 * 4
+    packed = L.dequantises(strips[0].w)
+    stage = -(-int(round(L.weight_format.bits_per_element)) // 8) if packed else 0
+    fixed += 2 * len(kch) * L.mmax * stage            # staging of packed weight strips
     if tm is not None:
         fixed += (len(kch) * tm[2] + 3 * tm[2]) * L.bpe + 2 * tm[2] * 4
+        fixed += len(kch) * tm[2] * stage
     block = plan_token_block(L, ntok, per_tok, fixed, f"{name} (K={K})")
     buf = _Buffers(L, core, K, block, f"{name}.c{core}")
     if tm is not None:
@@ -178,9 +184,13 @@ def linear_tm(L, core, tm, kch, start, width, buf, state, x_dep, outs):
     row_off = tm[5] if len(tm) > 5 else 0       # output row of token 0 (chunked prefill)
     kc = len(kch)
     if "tm_w" not in state:
-        state["tm_w"] = L.dma(core, kch[:, 1] * ncols * L.bpe, d=(buf.tmw, kch[:, 0], kch[:, 1],
-                                                                   0, ncols),
+        packed = L.dequantises(w)
+        dst = (buf.tmwq if packed else buf.tmw, kch[:, 0], kch[:, 1], 0, ncols)
+        state["tm_w"] = L.dma(core, L.weight_bytes(w, kch[:, 1] * ncols), d=dst,
                               a=(w, kch[:, 0], kch[:, 1], col0, ncols))
+        if packed:
+            state["tm_w"] = L.dequant(core, w, state["tm_w"], kch[:, 1], ncols, dst,
+                                      (buf.tmw, kch[:, 0], kch[:, 1], 0, ncols))
         state["tm_b"] = NONE if bias < 0 else L.b.one(
             instr.DMA_COPY, instr.DMA, core, int(_dma_cost(L, L.pmax * ncols * L.bpe)), [],
             lat=L.dma_lat, work=L.pmax * ncols * L.bpe, d=(buf.tmb, 0, L.pmax, 0, ncols),
@@ -263,24 +273,35 @@ def _load_block(L, core, strip0, kch, nch, start, buf, state, x, x_ready):
     nw = np.tile(np.concatenate([[strip0.m], nch[:, 1]]), kc)
     w_flat = is_w.ravel()
     slot = state.get("g", 0) % 2
-    nbytes = kr * nw * L.bpe
+    packed = L.dequantises(strip0.w)
+    nbytes = np.where(w_flat, L.weight_bytes(strip0.w, kr * nw), kr * nw * L.bpe)
     war_w = np.array([_war(state["ls"], state.get("g", 0), int(k)) for k in range(kc)])
     deps = [np.where(w_flat, np.repeat(war_w, per), x_ready),
             np.where(w_flat, NONE, state.get("x_read", NONE))]
-    d = (np.where(w_flat, buf.w[slot], buf.x), k0, kr, n0, nw)
+    d = (np.where(w_flat, buf.wq[slot] if packed else buf.w[slot], buf.x), k0, kr, n0, nw)
     a = (np.where(w_flat, strip0.w, x), k0 + np.where(w_flat, strip0.row0, 0), kr,
          np.where(w_flat, strip0.col0, start + n0), nw)
     idx = L.dma(core, nbytes, deps=deps, d=d, a=a).reshape(kc, per)
-    state["w0"] = (idx[:, 0], _load_bias(L, core, strip0, buf, state, state.get("g", 0)))
+    w_idx = idx[:, 0]
+    if packed:
+        w_idx = L.dequant(core, strip0.w, w_idx, kch[:, 1], strip0.m,
+                          (buf.wq[slot], kch[:, 0], kch[:, 1], 0, strip0.m),
+                          (buf.w[slot], kch[:, 0], kch[:, 1], 0, strip0.m))
+    state["w0"] = (w_idx, _load_bias(L, core, strip0, buf, state, state.get("g", 0)))
     return idx[:, 1:]
 
 
 def _load_weights(L, core, strip, kch, buf, state, g):
     """DMA the k chunks of one weight strip into buffer slot g % 2."""
     war = [_war(state["ls"], g, k) for k in range(len(kch))]
-    idx = L.dma(core, kch[:, 1] * strip.m * L.bpe, deps=[np.array(war)],
-                d=(buf.w[g % 2], kch[:, 0], kch[:, 1], 0, strip.m),
+    packed = L.dequantises(strip.w)
+    dst = (buf.w[g % 2], kch[:, 0], kch[:, 1], 0, strip.m)
+    stage = (buf.wq[g % 2], kch[:, 0], kch[:, 1], 0, strip.m)
+    idx = L.dma(core, L.weight_bytes(strip.w, kch[:, 1] * strip.m), deps=[np.array(war)],
+                d=stage if packed else dst,
                 a=(strip.w, strip.row0 + kch[:, 0], kch[:, 1], strip.col0, strip.m))
+    if packed:
+        idx = L.dequant(core, strip.w, idx, kch[:, 1], strip.m, stage, dst)
     return idx, _load_bias(L, core, strip, buf, state, g)
 
 

@@ -87,6 +87,37 @@ class Lowering:
         self.consts: dict = {}
         builder.dep_overhead = {instr.DVE: costs.vector_overhead(hw)}
         self.memoise = False     # timing-only: repeated loop bodies stored once
+        # --weight-dtype: the storage format of the decoder layers' projection weights
+        # (tensor ids in `packed`); a format other than the matmul dtype is DMAed at its
+        # own size into a staging buffer and dequantised on VectorE (docs/prefill.md)
+        self.weight_format = None
+        self.packed: set = set()
+
+    def dequantises(self, w: int) -> bool:
+        """True when weight tensor `w` is stored in a format the matmul does not read."""
+        return (w in self.packed and self.weight_format is not None
+                and self.weight_format.name != self.act_dtype)
+
+    def weight_bytes(self, w: int, elements):
+        """HBM bytes of `elements` weights of tensor `w` (array-friendly)."""
+        elements = np.asarray(elements, np.int64)
+        if w not in self.packed or self.weight_format is None:
+            return elements * self.bpe
+        bits8 = int(round(self.weight_format.bits_per_element * 8))
+        return -(-elements * bits8 // 64)
+
+    def dequant(self, core, w: int, loads, rows, cols, stage, dst, deps=()):
+        """VectorE dequantisation of weight tiles just loaded into `stage` (views
+        (stage, r0, rows, c0, cols) per load) into `dst` (the matmul-dtype buffer):
+        values are copied (the weights are given dequantised, compiler/weights.py), the
+        cost is one Vector pass over the tile with the block scales as a second input
+        (one input for per-channel-scaled fp8). Returns the indices (the LoadStationary
+        producers in place of the loads)."""
+        inputs = 2 if self.weight_format.block else 1
+        cost = costs.vector_cycles(self.hw, cols, inputs)
+        n = max(np.size(loads), np.size(cost))
+        return self.b.emit(n, instr.VEC_TT, instr.DVE, core, cost, [loads, *deps],
+                           func=instr.A_BYPASS, d=dst, a=stage, b=stage)
 
     # ------------------------------------------------------------------ tensors
 

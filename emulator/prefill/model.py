@@ -156,6 +156,7 @@ class _PrefillLowering:
                   "up": (s.hidden_size, s.intermediate_size),
                   "down": (s.intermediate_size, s.hidden_size)}
         w = {name: self.hbm(f"{p}{name}.T", *shape, act) for name, shape in shapes.items()}
+        self.L.packed.update(w.values())       # stored in --weight-dtype
         biases = {"q": s.attention_bias, "k": s.attention_bias, "o": s.o_proj_bias,
                   "gate": s.mlp_bias, "up": s.mlp_bias, "down": s.mlp_bias}
         for name, present in biases.items():
@@ -371,13 +372,16 @@ class _PrefillLowering:
 
 
 def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool,
-                  chips: int = 1, past: int = 0, last: bool = True) -> Lowered:
+                  chips: int = 1, past: int = 0, last: bool = True,
+                  weight_format=None) -> Lowered:
     """Lower a prefill of `prompt_len` tokens on `chips` chips; see the module docstring.
 
     Chunked prefill (docs/prefill.md, "Chunked prefill"): `past` tokens of the prompt were
     prefilled before (their keys and values are in HBM, columns/rows 0..past-1 of each
     layer's K and V tensors); this chunk's tokens sit at positions past..past+prompt_len-1,
-    and only the `last` chunk computes the final norm and logits."""
+    and only the `last` chunk computes the final norm and logits. `weight_format`
+    (emulator.hw.dtypes.WeightFormat, None: the matmul dtype) is the storage of the
+    decoder layers' projection weights."""
     check_supported(spec, hw)
     shares = core_shares(spec, hw, prompt_len, chips)
     weight = {}
@@ -398,6 +402,7 @@ def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool,
         weight = {sh.core: 1 for sh in shares}
     low = _PrefillLowering(spec, hw, prompt_len, dtype, cores, chips, past)
     low.L.memoise = timing_only
+    low.L.weight_format = weight_format
     low.inputs()
     plan = None
     if timing_only and uniform_layers(spec):

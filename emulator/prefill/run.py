@@ -47,6 +47,7 @@ class PrefillResult:
     chips: int = 1
     host_seconds: float = 0.0       # wall time of lowering + engine model on the host
     chunk: int | None = None        # --prefill-chunk: tokens per chunk (None: one pass)
+    weight_dtype: str = ""          # --weight-dtype: storage of the projection weights
     parts: list = field(default_factory=list, repr=False)   # chunked: one result per chunk
     chunk_offsets: list = field(default_factory=list)       # chunked: start cycle per chunk
 
@@ -91,6 +92,7 @@ class PrefillResult:
         """JSON-ready report (no per-instruction data)."""
         stored, represented = self.instructions()
         return {"prefill_hw": self.hw_name, "prompt_len": self.prompt_len, "dtype": self.dtype,
+                "weight_dtype": self.weight_dtype or self.dtype,
                 "chips": self.chips, "cycles": self.cycles, "seconds": self.seconds,
                 "roofline_seconds": self.roofline_seconds, "flops": self.flops,
                 "achieved_flops_per_s": self.flops / self.seconds if self.seconds else 0.0,
@@ -144,7 +146,7 @@ class PrefillResult:
 
 def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
                 timing_only: bool = False, seed: int = 0, chips: int | None = None,
-                chunk: int | None = None) -> PrefillResult:
+                chunk: int | None = None, weight_dtype=None) -> PrefillResult:
     """Prefill `tokens` (token ids, or an int prompt length) of model `spec` on `chips`
     chips of preset `hw` (None: the fewest whose HBM holds weights, KV and activations).
 
@@ -152,7 +154,10 @@ def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
     with `weights` (HF names, float32; random from `seed` when None); timing-only mode
     skips all values. Both give the same cycles. `chunk` (chunked prefill, docs/prefill.md):
     the prompt runs in passes of `chunk` tokens, each attending to the KV cache of the
-    passes before it; None (or a chunk >= the prompt) is one pass.
+    passes before it; None (or a chunk >= the prompt) is one pass. `weight_dtype`
+    (`--weight-dtype` bf16|fp8|mxfp4, None: the matmul dtype): the storage of the
+    decoder layers' projection weights; HBM sizes and weight DMA follow it, and a format
+    other than the matmul's is dequantised on VectorE (values: the weights as given).
     """
     t0 = time.perf_counter()
     require_prefill_features(spec)
@@ -162,7 +167,8 @@ def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
                           "fp8); add --timing-only or use bf16")
     token_ids, P = _prompt(spec, tokens, seed, timing_only)
     chunk = check_chunk(chunk, P)
-    chips = choose_chips(spec, hw, P, dtype, chips, chunk)
+    wfmt = check_weight_dtype(dtype, weight_dtype)
+    chips = choose_chips(spec, hw, P, dtype, chips, chunk, wfmt)
     if not timing_only and weights is None:
         from compiler.weights import check_weights_memory
         check_weights_memory(spec, "random weights")
@@ -176,7 +182,7 @@ def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
     for past in range(0, P, chunk or P):
         n = min(chunk or P, P - past)
         lowered = lower_prefill(spec, hw, n, dtype, timing_only, chips, past=past,
-                                last=past + n == P)
+                                last=past + n == P, weight_format=wfmt)
         sched = engine_model.simulate(lowered.program)
         logits = None
         if not timing_only:
@@ -187,6 +193,7 @@ def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
         parts.append(_result(lowered, spec, hw, sched, logits, kv))
     result = parts[0] if len(parts) == 1 else _combine(parts, spec, hw, chunk)
     result.chunk = chunk
+    result.weight_dtype = wfmt.name
     result.host_seconds = time.perf_counter() - t0
     return result
 
@@ -202,6 +209,16 @@ def require_prefill_features(spec) -> None:
         raise ConfigError(f"prefill does not map {spec.architecture}'s {', '.join(missing)} "
                           f"yet; the numpy reference (compiler/reference.py) runs it "
                           f"(docs/models.md)")
+
+
+def check_weight_dtype(dtype: str, weight_dtype):
+    """The WeightFormat of --weight-dtype (default: the matmul dtype `dtype`); ConfigError
+    for an unknown name (the one parser of emulator.hw.dtypes)."""
+    from emulator.hw.dtypes import weight_format_for
+    try:
+        return weight_format_for(dtype, weight_dtype)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def check_chunk(chunk, P: int) -> int | None:
@@ -247,7 +264,7 @@ def _combine(parts: list[PrefillResult], spec, hw, chunk: int) -> PrefillResult:
 
 
 def choose_chips(spec, hw, P: int, dtype: str, chips: int | None,
-                 chunk: int | None = None) -> int:
+                 chunk: int | None = None, wfmt=None) -> int:
     """`chips` checked against the preset (1 .. hw.chips) and HBM, or, when None, the
     smallest chip count whose HBM holds the weights, KV cache and activations (of one
     `chunk` of tokens when chunked)."""
@@ -255,12 +272,12 @@ def choose_chips(spec, hw, P: int, dtype: str, chips: int | None,
         if chips < 1 or chips > hw.chips:
             raise ConfigError(f"--prefill-chips: {chips} is outside 1..{hw.chips} (field "
                               f"'chips' of prefill preset '{hw.name}')")
-        check_capacity(spec, hw, P, dtype, chips, chunk)
+        check_capacity(spec, hw, P, dtype, chips, chunk, wfmt)
         return chips
     for n in range(1, hw.chips + 1):
-        if hbm_bytes_needed(spec, hw, P, dtype, n, chunk)["total"] <= hw.hbm_bytes:
+        if hbm_bytes_needed(spec, hw, P, dtype, n, chunk, wfmt)["total"] <= hw.hbm_bytes:
             return n
-    check_capacity(spec, hw, P, dtype, hw.chips, chunk)
+    check_capacity(spec, hw, P, dtype, hw.chips, chunk, wfmt)
     return hw.chips
 
 
@@ -343,15 +360,16 @@ def _prompt(spec, tokens, seed: int, timing_only: bool):
 
 
 def hbm_bytes_needed(spec, hw, P: int, dtype: str, chips: int = 1,
-                     chunk: int | None = None) -> dict:
+                     chunk: int | None = None, wfmt=None) -> dict:
     """HBM bytes one chip needs for a prefill of P tokens over `chips` chips (tensor
     parallel): its share of the weights and of the KV cache (all P tokens), plus the
     activations of one layer as the lowering lays them out for P tokens, or for one
     `chunk` of tokens in a chunked prefill (residual, delta and partial sums in fp32; the
     normalised input, q/k/v/o and the MLP activation in the matmul dtype; one fp32
-    partial sum per core for the reduce-scatter)."""
+    partial sum per core for the reduce-scatter). The decoder layers' projection and
+    expert matrices are stored in `wfmt` (a WeightFormat; None: the matmul dtype)."""
     bpe = bytes_per_element(dtype)
-    weights = spec.param_count() * bpe / chips
+    weights = weight_bytes(spec, dtype, wfmt) / chips
     kv = spec.kv_bytes_per_token(bpe) * P / chips
     H = spec.hidden_size
     sharded = (2 * spec.q_dim + 2 * spec.kv_dim + spec.intermediate_size) * bpe / chips
@@ -360,15 +378,30 @@ def hbm_bytes_needed(spec, hw, P: int, dtype: str, chips: int = 1,
             "total": int(weights + kv + acts)}
 
 
+def weight_bytes(spec, dtype: str, wfmt=None) -> int:
+    """Bytes of the model's weights: the decoder layers' matrices (2-D and fused 3-D
+    tensors under `model.layers.`) in `wfmt`, everything else (embeddings, lm_head, norms,
+    biases, sinks) in the matmul dtype."""
+    bpe = bytes_per_element(dtype)
+    packed = 0
+    for name, shape in spec.weight_shapes().items():
+        if name.startswith("model.layers.") and len(shape) >= 2:
+            packed += int(np.prod(shape))
+    rest = spec.param_count() - packed
+    stored = packed * bpe if wfmt is None else -(-packed * round(wfmt.bits_per_element * 8)
+                                                  // 64)
+    return int(stored + rest * bpe)
+
+
 def bytes_per_element(dtype: str) -> int:
     """Bytes of one weight / KV / matmul operand element."""
     return {"fp32": 4, "fp8": 1}.get(dtype, 2)
 
 
 def check_capacity(spec, hw, P: int, dtype: str, chips: int = 1,
-                   chunk: int | None = None) -> None:
+                   chunk: int | None = None, wfmt=None) -> None:
     """FitError when weights + KV cache + activations exceed a chip's HBM."""
-    need = hbm_bytes_needed(spec, hw, P, dtype, chips, chunk)
+    need = hbm_bytes_needed(spec, hw, P, dtype, chips, chunk, wfmt)
     if need["total"] > hw.hbm_bytes:
         raise FitError(f"prefill: model needs {need['total']} bytes of HBM per chip on "
                        f"{chips} chip(s) (weights {need['weights']}, KV cache {need['kv']}, "
@@ -590,7 +623,7 @@ def prompt_from_options(text: str | None, prompt_len) -> int | list[int]:
 
 def prefill_from_options(config, prefill_hw="trn2", prompt_len=None, prompt_tokens=None,
                          seed=0, weights=None, dtype="bf16", timing_only=False, chips=None,
-                         chunk=None):
+                         chunk=None, weight_dtype=None):
     """`run_prefill` from the option values of `emu prefill` (`config` a model name, file
     or folder; `prefill_hw` a preset name, a JSON file or a PrefillConfig; `weights` a
     .safetensors path or None; `chips` the --prefill-chips text or None)."""
@@ -605,17 +638,20 @@ def prefill_from_options(config, prefill_hw="trn2", prompt_len=None, prompt_toke
         from compiler.weights import load_weights
         values = load_weights(weights, spec)
     return run_prefill(spec, hw, tokens, values, dtype=dtype, timing_only=timing_only,
-                       seed=seed, chips=parse_chips(chips), chunk=chunk)
+                       seed=seed, chips=parse_chips(chips), chunk=chunk,
+                       weight_dtype=weight_dtype)
 
 
 def prefill_report(*, model: str, prefill_hw="trn2", prompt_len: int | str | None = None,
                    prompt_tokens: str | None = None, seed: int = 0, weights: str | None = None,
                    dtype: str = "bf16", prefill_chips: int | str | None = None,
-                   timing_only: bool = False, prefill_chunk: int | str | None = None) -> dict:
+                   timing_only: bool = False, prefill_chunk: int | str | None = None,
+                   weight_dtype: str | None = None) -> dict:
     """The `emu prefill --json` object for the options of its command line (`emu sweep`'s
     `prefill` command; `model` is CONFIG; the defaults are the CLI's)."""
     result = prefill_from_options(model, prefill_hw, prompt_len, prompt_tokens, seed, weights,
-                                  dtype, timing_only, prefill_chips, prefill_chunk)
+                                  dtype, timing_only, prefill_chips, prefill_chunk,
+                                  weight_dtype)
     report = result.summary()
     report["model"] = str(model)
     if result.logits_last is not None:
