@@ -76,7 +76,7 @@ class _Buffers:
 
 def linear_fm(L: Lowering, core: int, strips: list[Strip], K: int, tok0: int, ntok: int,
               outs: dict, x: int = NONE, x_ready: int = NONE, x_sbuf=None, rope=None,
-              tm=None, name: str = "linear") -> int:
+              tm=None, name: str = "linear", swiglu=None) -> int:
     """Emit a feature-major projection of tokens [tok0, tok0+ntok); returns the last index.
 
     X^T comes from HBM tensor `x` (loads wait for `x_ready`) or, when `x_sbuf` =
@@ -85,12 +85,15 @@ def linear_fm(L: Lowering, core: int, strips: list[Strip], K: int, tok0: int, nt
     eps]). `tm` =
     (W^T tensor, first column, columns, output [P, columns], bias rows or -1[, output row
     of token 0]) adds a token-major projection of the same activation block after the
-    strips (`linear_tm`).
+    strips (`linear_tm`). `swiglu` = (alpha, limit) of the gpt-oss evictions `oss_gate`
+    (g = min(psum + b, limit); g * sigmoid(alpha * g)) and `oss_up`
+    ((clip(psum + b, -limit, limit) + 1) * that).
     """
     kch = chunks(K, L.kmax if x_sbuf is None else L.pmax)   # SBUF input: 128-row chunks
     evicts = {s.evict for s in strips}
     per_tok = 4 * 2 + (0 if x_sbuf is not None else len(kch) * L.bpe)
     per_tok += (5 * 4 if "rope" in evicts else 0) + (3 * 4 if "silu" in evicts else 0)
+    per_tok += 5 * 4 if "oss_gate" in evicts else 0
     per_tok += 2 * 4 if any(s.norm >= 0 for s in strips) else 0
     fixed = 2 * len(kch) * L.mmax * L.bpe + 2 * 4
     packed = L.dequantises(strips[0].w)
@@ -104,7 +107,8 @@ def linear_fm(L: Lowering, core: int, strips: list[Strip], K: int, tok0: int, nt
     if tm is not None:
         buf.token_major(L, core, K, tm[2], f"{name}.c{core}")
     state = {"ls": {}, "psum": {}, "y": {}, "qf": {}, "sg_w": {}, "sg_r": {}, "x_read": NONE,
-             "norm_eps": rope[3] if rope is not None and len(rope) > 3 else 0.0}
+             "norm_eps": rope[3] if rope is not None and len(rope) > 3 else 0.0,
+             "swiglu": swiglu}
     replay = Replay(L.b) if L.memoise and x_sbuf is None else None
     g_tpl = None
     for start in range(tok0, tok0 + ntok, block):
@@ -362,6 +366,38 @@ def _evict(L, core, strip, nch, start, buf, state, g, mm_last, bias_dep, outs, t
         state["sg_w"][g] = first
         state["psum"][g] = first
         return
+    elif strip.evict == "oss_gate":       # glu = g * sigmoid(alpha g), g = min(psum + b, lim)
+        alpha, limit = state["swiglu"]
+        war = np.array([_war(state["sg_r"], g, n) for n in range(nt)])
+        sgv = (buf.sg[(g // 2) % 2], 0, m, c0, w)
+        first = L.act(core, instr.F_IDENT, w, deps=[mm_last, war, bias_dep], d=sgv, a=psum,
+                      b=bias)
+        clamp = L.vec(core, instr.VEC_TS, instr.A_MIN, w, 1, deps=[first], d=sgv, a=sgv,
+                      imm0=limit)
+        sig = L.act(core, instr.F_SIGMOID, w, deps=[clamp, state.get("t1_read", NONE)],
+                    d=(buf.t1, 0, m, c0, w), a=sgv, scale=alpha)
+        glu = L.vec(core, instr.VEC_TT, instr.A_MUL, w, 2, deps=[sig], d=sgv, a=sgv,
+                    b=(buf.t1, 0, m, c0, w))
+        state["t1_read"] = int(np.max(glu))
+        state["sg_w"][g] = glu
+        state["psum"][g] = first
+        return
+    elif strip.evict == "oss_up":         # y = (clip(psum + b, -lim, lim) + 1) * glu
+        alpha, limit = state["swiglu"]
+        sg = (buf.sg[((g - 1) // 2) % 2], 0, m, c0, w)
+        ub = (buf.ub, 0, m, c0, w)
+        first = L.act(core, instr.F_IDENT, w, deps=[mm_last, bias_dep,
+                                                    state.get("ub_read", NONE)],
+                      d=ub, a=psum, b=bias)
+        lo = L.vec(core, instr.VEC_TS, instr.A_MIN, w, 1, deps=[first], d=ub, a=ub,
+                   imm0=limit)
+        hi = L.vec(core, instr.VEC_TS, instr.A_MAX, w, 1, deps=[lo], d=ub, a=ub, imm0=-limit)
+        last = L.vec(core, instr.VEC_STT, instr.A_ADD, w, 2,
+                     deps=[hi, state["sg_w"][g - 1], y_war], func2=instr.A_MUL,
+                     d=(buf.y[s], 0, m, c0, w), a=ub, imm0=1.0, b=sg)
+        state["ub_read"] = int(np.max(last))
+        state["sg_r"][g - 1] = last
+        result = (buf.y[s], 0, m, c0, w)
     else:  # mul_gate: y = silu(gate) * (up + bias)
         sg = (buf.sg[((g - 1) // 2) % 2], 0, m, c0, w)
         up, up_dep = psum, mm_last

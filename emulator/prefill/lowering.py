@@ -201,7 +201,10 @@ class Lowering:
             head = deps[:instr.MAX_DEPS]
             deps = [self.b.one(instr.COLLECTIVE, instr.CC, -1, 0, head, func=instr.C_WAIT)] + \
                 deps[instr.MAX_DEPS:]
-        cost = costs.ring_cycles(self.hw, nbytes, self.hw.cores_per_chip, chips)
+        if func in (instr.C_ALL_TO_ALL, instr.C_ALL_TO_ALL_SUM):
+            cost = costs.all_to_all_cycles(self.hw, nbytes, self.hw.cores_per_chip, chips)
+        else:
+            cost = costs.ring_cycles(self.hw, nbytes, self.hw.cores_per_chip, chips)
         return self.b.one(instr.COLLECTIVE, instr.CC, -1, cost, deps, func=func, work=int(nbytes),
                           imm0=float(count), d=d, a=a)
 

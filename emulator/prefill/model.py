@@ -28,6 +28,7 @@ import numpy as np
 from emulator.hw.errors import ConfigError
 from emulator.prefill import attention as attn
 from emulator.prefill import instructions as instr
+from emulator.prefill import moe as moe_lowering
 from emulator.prefill.linear import linear_fm
 from emulator.prefill.lowering import Lowering, Strip, TileMap
 from emulator.prefill.norm import NormIO, add_norm
@@ -45,12 +46,16 @@ class CoreShare:
     mlp: tuple[int, int]
     vocab: tuple[int, int]
     tokens: tuple[int, int]
+    experts: tuple[int, int] = (0, 0)     # MoE: first expert and count (expert parallel)
 
-    def signature(self, group_size: int) -> tuple:
-        """Shape of the work: cores with equal signatures run identical streams."""
+    def signature(self, group_size: int, counts=None) -> tuple:
+        """Shape of the work: cores with equal signatures run identical streams (`counts`:
+        tokens per expert, when the model has experts)."""
         pattern = tuple(h // group_size - self.kv_heads[0] for h in self.q_heads)
+        e0, ne = self.experts
+        routed = () if counts is None else tuple(int(x) for x in counts[e0:e0 + ne])
         return (len(self.q_heads), len(self.kv_heads), pattern, self.mlp[1], self.vocab[1],
-                self.tokens[1])
+                self.tokens[1], routed)
 
 
 def _split(total: int, parts: int, c: int) -> tuple[int, int]:
@@ -75,9 +80,10 @@ def core_shares(spec, hw, prompt_len: int, chips: int = 1) -> list[CoreShare]:
         mlp = (m0, max(0, min(spec.intermediate_size, (t0 + nt) * hw.pe_cols) - m0))
         v0 = min(spec.vocab_size, c * vocab_chunk)
         tok0 = min(prompt_len, c * token_chunk)
+        experts = moe_lowering.expert_range(spec.moe.num_experts, C, c) if spec.moe else (0, 0)
         shares.append(CoreShare(c, heads, kv, mlp,
                                 (v0, min(spec.vocab_size, v0 + vocab_chunk) - v0),
-                                (tok0, min(prompt_len, tok0 + token_chunk) - tok0)))
+                                (tok0, min(prompt_len, tok0 + token_chunk) - tok0), experts))
     return shares
 
 
@@ -113,20 +119,44 @@ class Lowered:
     chips: int = 1
     past: int = 0             # chunked prefill: positions of earlier chunks in the KV cache
     last: bool = True         # chunked prefill: the last chunk (computes the logits)
+    routed: dict | None = None    # MoE: layer -> tokens per expert
+    machine: object = None        # functional MoE: the executed machine (interp)
 
 
 class _PrefillLowering:
     """Emits the stream layer by layer (see `lower_prefill`)."""
 
     def __init__(self, spec, hw, P: int, dtype: str, cores: list[CoreShare], chips: int = 1,
-                 past: int = 0):
+                 past: int = 0, counts=None, machine_inputs=None):
         self.spec, self.hw, self.P, self.dtype = spec, hw, P, dtype
         self.past = past          # KV positions before this chunk (chunked prefill)
+        self.counts = counts      # MoE timing-only: None (balanced) or {layer: counts}
+        self.routed: dict = {}    # MoE: layer -> tokens per expert used by the lowering
+        self.machine = None       # functional MoE: the stream runs while it is built
         self.b = instr.Builder()
         self.L = Lowering(hw, dtype, self.b, active_cores=hw.cores_per_chip)
         self.cores = cores
         self.t: dict = {}
         self.chips = chips
+        if machine_inputs is not None:
+            from emulator.prefill.interp import Incremental
+            self.machine = Incremental(self.b, machine_inputs)
+
+    def expert_counts(self, layer: int, ids_t: int) -> np.ndarray:
+        """Tokens per expert of a sparse layer: from the routing the emulated router wrote
+        (functional: the stream so far is executed first), else the given or the balanced
+        counts (moe.py)."""
+        moe = self.spec.moe
+        if self.machine is not None:
+            self.machine.run()
+            ids = self.machine.data[ids_t].astype(np.int64)
+            counts = np.bincount(ids.ravel(), minlength=moe.num_experts)
+        elif self.counts is not None:
+            counts = np.asarray(self.counts[layer], np.int64)
+        else:
+            counts = moe_lowering.balanced_counts(self.P, moe.top_k, moe.num_experts)
+        self.routed[layer] = counts
+        return counts
 
     # -------------------------------------------------------------- tensors
 
@@ -151,17 +181,20 @@ class _PrefillLowering:
         """HBM tensors of one layer's weights (transposed, [in, out]) and biases."""
         s, act, p = self.spec, self.dtype, f"L{layer}."
         shapes = {"q": (s.hidden_size, s.q_dim), "k": (s.hidden_size, s.kv_dim),
-                  "v": (s.hidden_size, s.kv_dim), "o": (s.q_dim, s.hidden_size),
-                  "gate": (s.hidden_size, s.intermediate_size),
-                  "up": (s.hidden_size, s.intermediate_size),
-                  "down": (s.intermediate_size, s.hidden_size)}
+                  "v": (s.hidden_size, s.kv_dim), "o": (s.q_dim, s.hidden_size)}
+        if not s.is_sparse(layer):
+            shapes.update({"gate": (s.hidden_size, s.intermediate_size),
+                           "up": (s.hidden_size, s.intermediate_size),
+                           "down": (s.intermediate_size, s.hidden_size)})
         w = {name: self.hbm(f"{p}{name}.T", *shape, act) for name, shape in shapes.items()}
         self.L.packed.update(w.values())       # stored in --weight-dtype
         biases = {"q": s.attention_bias, "k": s.attention_bias, "o": s.o_proj_bias,
                   "gate": s.mlp_bias, "up": s.mlp_bias, "down": s.mlp_bias}
         for name, present in biases.items():
             w[f"{name}.b"] = self.hbm(f"{p}{name}.bias", shapes[name][1], 1, act) \
-                if present else NONE
+                if present and name in shapes else NONE
+        if s.is_sparse(layer):
+            w.update(moe_lowering.moe_weights(self, layer))
         w["v.b"] = self.hbm(f"{p}v.bias_rows", self.L.pmax, s.kv_dim, act) \
             if s.attention_bias else NONE
         w["sinks"] = self.hbm(f"{p}sinks", 1, s.num_heads, "fp32") if s.attention_sinks \
@@ -174,20 +207,24 @@ class _PrefillLowering:
 
     # -------------------------------------------------------------- operators
 
-    def norm_op(self, name, layer, io_for, c_ready) -> int:
-        """Add+norm on every core's token slice, then an all-gather; returns the gather."""
+    def norm_op(self, name, layer, io_for, c_ready, gather: bool = True):
+        """Add+norm on every core's token slice, then an all-gather; returns the gather
+        (without `gather`: {core: its last store}, for the MoE dispatch)."""
         op = self.b.begin_op(name, layer)
         s = self.spec
-        lasts = []
+        lasts = {}
         for share in self.cores:
             t0, nt = share.tokens
             if nt:
-                lasts.append(add_norm(self.L, share.core, io_for(c_ready), t0, nt,
-                                      f"L{layer}.{name}"))
+                lasts[share.core] = add_norm(self.L, share.core, io_for(c_ready), t0, nt,
+                                             f"L{layer}.{name}")
         H, P = s.hidden_size, self.P
         op.flops = 4.0 * H * P
         op.hbm_bytes = H * P * (4 + 4 + 4 + self.L.bpe)
-        return self.L.collective(instr.C_ALL_GATHER, H * P * self.L.bpe, self.chips, lasts)
+        if not gather:
+            return lasts
+        return self.L.collective(instr.C_ALL_GATHER, H * P * self.L.bpe, self.chips,
+                                 list(lasts.values()))
 
     def qkv_op(self, layer, w, xn, ready):
         """q, k (with RoPE) feature-major and v token-major per core; returns per-core maps."""
@@ -339,13 +376,17 @@ class _PrefillLowering:
             "o_proj", layer, w["o"], w["o.b"],
             lambda sh: (len(sh.q_heads) * d, sh.q_heads[0] * d if sh.q_heads else 0),
             lambda sh: o[sh.core], ctx["delta_attn"])
+        sparse = s.is_sparse(layer)
         g2 = self.norm_op("mlp_norm", layer, lambda ready: NormIO(
             H, s.rms_norm_eps, w["ln2"], ctx["h_attn"], ctx["delta_attn"], ctx["h_mlp"],
-            ctx["xn_mlp"], ready=ready), cc1)
-        act_maps = self.gate_up_op(layer, w, ctx["xn_mlp"], g2)
-        cc2 = self.reduce_proj_op("down", layer, w["down"], w["down.b"],
-                                  lambda sh: (sh.mlp[1], sh.mlp[0]),
-                                  lambda sh: act_maps[sh.core], ctx["delta_mlp"])
+            ctx["xn_mlp"], ready=ready), cc1, gather=not sparse)
+        if sparse:
+            cc2 = moe_lowering.moe_mlp(self, layer, w, ctx["xn_mlp"], g2, ctx["delta_mlp"])
+        else:
+            act_maps = self.gate_up_op(layer, w, ctx["xn_mlp"], g2)
+            cc2 = self.reduce_proj_op("down", layer, w["down"], w["down.b"],
+                                      lambda sh: (sh.mlp[1], sh.mlp[0]),
+                                      lambda sh: act_maps[sh.core], ctx["delta_mlp"])
         self.t[f"L{layer}.k"] = {c: v["k"][0] for c, v in qkv.items()}
         self.t[f"L{layer}.v"] = {c: v["v"][0] for c, v in qkv.items()}
         return {"h": ctx["h_mlp"], "delta": ctx["delta_mlp"], "cc": cc2}
@@ -373,7 +414,7 @@ class _PrefillLowering:
 
 def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool,
                   chips: int = 1, past: int = 0, last: bool = True,
-                  weight_format=None) -> Lowered:
+                  weight_format=None, expert_counts=None, inputs=None) -> Lowered:
     """Lower a prefill of `prompt_len` tokens on `chips` chips; see the module docstring.
 
     Chunked prefill (docs/prefill.md, "Chunked prefill"): `past` tokens of the prompt were
@@ -381,11 +422,19 @@ def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool,
     layer's K and V tensors); this chunk's tokens sit at positions past..past+prompt_len-1,
     and only the `last` chunk computes the final norm and logits. `weight_format`
     (emulator.hw.dtypes.WeightFormat, None: the matmul dtype) is the storage of the
-    decoder layers' projection weights."""
+    decoder layers' projection weights. MoE: `expert_counts` ({layer: tokens per expert},
+    timing-only; None: balanced); `inputs` (functional MoE: the HBM inputs) makes the
+    lowering execute the stream as it is built, so the experts are sized by the emulated
+    router (the executed machine is returned in `Lowered.machine`)."""
     check_supported(spec, hw)
     shares = core_shares(spec, hw, prompt_len, chips)
     weight = {}
-    if timing_only:
+    moe = spec.moe
+    layer_counts = None
+    if moe is not None and timing_only:
+        layer_counts = (moe_lowering.balanced_counts(prompt_len, moe.top_k, moe.num_experts)
+                        if expert_counts is None else None)
+    if timing_only and (moe is None or layer_counts is not None):
         reps = {}
         bias_cores = ()      # the core adding a row-parallel bias works differently
         if spec.o_proj_bias:
@@ -393,19 +442,20 @@ def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool,
         if spec.mlp_bias:
             bias_cores += (next(sh.core for sh in shares if sh.mlp[1]),)
         for share in shares:
-            key = (share.signature(spec.group_size), share.core in bias_cores)
+            key = (share.signature(spec.group_size, layer_counts), share.core in bias_cores)
             reps.setdefault(key, share)
             weight[reps[key].core] = weight.get(reps[key].core, 0) + 1
         cores = list(reps.values())
     else:
         cores = shares
         weight = {sh.core: 1 for sh in shares}
-    low = _PrefillLowering(spec, hw, prompt_len, dtype, cores, chips, past)
+    low = _PrefillLowering(spec, hw, prompt_len, dtype, cores, chips, past, expert_counts,
+                           inputs if (moe is not None and not timing_only) else None)
     low.L.memoise = timing_only
     low.L.weight_format = weight_format
     low.inputs()
     plan = None
-    if timing_only and uniform_layers(spec):
+    if timing_only and uniform_layers(spec) and expert_counts is None:
         prev, plan = _timing_layers(low, spec.num_layers)
     else:
         prev = None
@@ -415,8 +465,11 @@ def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool,
         low.final(prev)
     if plan is not None:
         _virtual_ops(low.b, plan)
+    if low.machine is not None:
+        low.machine.run()
     program = low.b.program([sh.core for sh in cores], weight, plan)
-    return Lowered(program, shares, low.t, prompt_len, dtype, chips, past, last)
+    return Lowered(program, shares, low.t, prompt_len, dtype, chips, past, last, low.routed,
+                   low.machine)
 
 
 def uniform_layers(spec) -> bool:

@@ -18,7 +18,7 @@ from emulator.limits import check_memory
 from emulator.prefill import engine_model, interp
 from emulator.prefill import instructions as instr
 from emulator.prefill.gemm import TOKEN_TILE, gemm_tiles
-from emulator.prefill.model import Lowered, lower_prefill
+from emulator.prefill.model import Lowered, core_shares, lower_prefill
 
 DTYPES = ("bf16", "fp16", "fp32", "fp8")
 
@@ -48,6 +48,8 @@ class PrefillResult:
     host_seconds: float = 0.0       # wall time of lowering + engine model on the host
     chunk: int | None = None        # --prefill-chunk: tokens per chunk (None: one pass)
     weight_dtype: str = ""          # --weight-dtype: storage of the projection weights
+    expert_counts: dict = field(default_factory=dict)   # MoE: layer -> tokens per expert
+    routing: str = "none"           # MoE counts: router (functional), balanced, given
     parts: list = field(default_factory=list, repr=False)   # chunked: one result per chunk
     chunk_offsets: list = field(default_factory=list)       # chunked: start cycle per chunk
 
@@ -82,6 +84,18 @@ class PrefillResult:
         return [[(off + row["end"]) / self.clock_hz for row in part.per_layer
                  if row["layer"] >= 0] for part, off in zip(parts, offsets, strict=True)]
 
+    def moe_summary(self) -> dict | None:
+        """MoE routing: where the counts come from, tokens routed per layer, and the
+        busiest expert against the mean (None for dense models)."""
+        if not self.expert_counts:
+            return None
+        rows = [np.asarray(c) for c in self.expert_counts.values()]
+        mean = max(1e-9, float(np.mean([r.mean() for r in rows])))
+        return {"routing": self.routing, "sparse_layers": len(rows),
+                "experts": len(rows[0]), "routed_tokens_per_layer": int(rows[0].sum()),
+                "max_tokens_per_expert": int(max(r.max() for r in rows)),
+                "imbalance": float(max(r.max() for r in rows)) / mean}
+
     def instructions(self) -> tuple[int, int]:
         """(instructions stored, instructions represented) over all chunks."""
         parts = self.parts or [self]
@@ -101,6 +115,7 @@ class PrefillResult:
                 "bytes_moved": self.bytes_moved, "instructions": stored,
                 "instructions_represented": represented,
                 "chunk": self.chunk, "chunks": self.chunk_rows,
+                "moe": self.moe_summary(),
                 "per_layer": self.per_layer, "per_op": self.per_op}
 
     def trace_slices(self, limit: int | None = None) -> list[dict]:
@@ -146,7 +161,8 @@ class PrefillResult:
 
 def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
                 timing_only: bool = False, seed: int = 0, chips: int | None = None,
-                chunk: int | None = None, weight_dtype=None) -> PrefillResult:
+                chunk: int | None = None, weight_dtype=None,
+                expert_counts: dict | None = None) -> PrefillResult:
     """Prefill `tokens` (token ids, or an int prompt length) of model `spec` on `chips`
     chips of preset `hw` (None: the fewest whose HBM holds weights, KV and activations).
 
@@ -158,6 +174,9 @@ def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
     (`--weight-dtype` bf16|fp8|mxfp4, None: the matmul dtype): the storage of the
     decoder layers' projection weights; HBM sizes and weight DMA follow it, and a format
     other than the matmul's is dequantised on VectorE (values: the weights as given).
+    MoE models: functional runs size each expert's GEMMs by the tokens the emulated router
+    sends it; timing-only runs by `expert_counts` ({layer: tokens per expert}, one pass
+    only) or, when None, balanced routing (docs/prefill.md, "Mixture of experts").
     """
     t0 = time.perf_counter()
     require_prefill_features(spec)
@@ -168,6 +187,8 @@ def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
     token_ids, P = _prompt(spec, tokens, seed, timing_only)
     chunk = check_chunk(chunk, P)
     wfmt = check_weight_dtype(dtype, weight_dtype)
+    if expert_counts is not None:
+        _check_counts(spec, expert_counts, P, timing_only, chunk)
     chips = choose_chips(spec, hw, P, dtype, chips, chunk, wfmt)
     if not timing_only and weights is None:
         from compiler.weights import check_weights_memory
@@ -181,17 +202,30 @@ def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
     parts, kv = [], None
     for past in range(0, P, chunk or P):
         n = min(chunk or P, P - past)
+        inputs = None
+        if not timing_only and spec.moe is not None:     # executed while it is lowered
+            inputs = input_values(spec, weights, token_ids[past:past + n], n, past,
+                                  core_shares(spec, hw, n, chips),
+                                  hw.pe_rows if spec.attention_bias else 0, kv)
         lowered = lower_prefill(spec, hw, n, dtype, timing_only, chips, past=past,
-                                last=past + n == P, weight_format=wfmt)
+                                last=past + n == P, weight_format=wfmt,
+                                expert_counts=expert_counts, inputs=inputs)
         sched = engine_model.simulate(lowered.program)
         logits = None
         if not timing_only:
             ids = token_ids[past:past + n]
-            machine = interp.execute(lowered.program,
-                                     bind_inputs(lowered, spec, weights, ids, kv))
+            machine = lowered.machine or interp.execute(
+                lowered.program, bind_inputs(lowered, spec, weights, ids, kv))
             logits, kv = _outputs(lowered, spec, machine)
-        parts.append(_result(lowered, spec, hw, sched, logits, kv))
+        part = _result(lowered, spec, hw, sched, logits, kv)
+        part.expert_counts = _routed(spec, lowered, n)
+        parts.append(part)
     result = parts[0] if len(parts) == 1 else _combine(parts, spec, hw, chunk)
+    if len(parts) > 1 and spec.moe is not None:
+        result.expert_counts = {layer: sum(p.expert_counts[layer] for p in parts)
+                                for layer in parts[0].expert_counts}
+    result.routing = ("none" if spec.moe is None else "router" if not timing_only
+                      else "given" if expert_counts is not None else "balanced")
     result.chunk = chunk
     result.weight_dtype = wfmt.name
     result.host_seconds = time.perf_counter() - t0
@@ -199,7 +233,8 @@ def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
 
 
 # Features of compiler.frontend.ModelSpec.unmapped_features() the prefill lowering maps.
-PREFILL_FEATURES = ("attention sinks", "sliding-window attention", "yarn RoPE", "qk-norm")
+PREFILL_FEATURES = ("attention sinks", "sliding-window attention", "yarn RoPE", "qk-norm",
+                    "mixture-of-experts MLP")
 
 
 def require_prefill_features(spec) -> None:
@@ -209,6 +244,33 @@ def require_prefill_features(spec) -> None:
         raise ConfigError(f"prefill does not map {spec.architecture}'s {', '.join(missing)} "
                           f"yet; the numpy reference (compiler/reference.py) runs it "
                           f"(docs/models.md)")
+
+
+def _check_counts(spec, counts: dict, P: int, timing_only: bool, chunk) -> None:
+    """expert_counts: timing-only, unchunked, one row of E counts summing to P*k per
+    sparse layer."""
+    moe = spec.moe
+    if moe is None or not timing_only or chunk is not None:
+        raise ConfigError("expert_counts: only for a timing-only, unchunked prefill of a "
+                          "mixture-of-experts model")
+    for layer in moe.sparse_layers:
+        row = np.asarray(counts.get(layer, ()), np.int64)
+        if row.shape != (moe.num_experts,) or row.min() < 0 or row.sum() != P * moe.top_k:
+            raise ConfigError(f"expert_counts: layer {layer} needs {moe.num_experts} "
+                              f"non-negative counts summing to {P * moe.top_k}")
+
+
+def _routed(spec, lowered, P: int) -> dict:
+    """Tokens per expert of every sparse layer (layers the memoised lowering did not
+    lower repeat the balanced counts it used)."""
+    if spec.moe is None:
+        return {}
+    from emulator.prefill.moe import balanced_counts
+    moe = spec.moe
+    routed = lowered.routed or {}
+    return {layer: [int(x) for x in routed.get(
+        layer, balanced_counts(P, moe.top_k, moe.num_experts))]
+        for layer in moe.sparse_layers}
 
 
 def check_weight_dtype(dtype: str, weight_dtype):
@@ -426,7 +488,16 @@ def bind_inputs(lowered: Lowered, spec, weights: dict, tokens,
     """Initial HBM contents by tensor name: weights (transposed), tokens, RoPE tables, and
     in a chunked prefill the KV cache of the earlier chunks (`past_kv`, `lowered.past`
     positions) in the first columns / rows of each layer's K / V tensors."""
-    P, past = lowered.prompt_len, lowered.past
+    pmax = lowered.program.tensors[lowered.tensors["L0.v.bias_rows"]].rows \
+        if "L0.v.bias_rows" in lowered.tensors else 0
+    return input_values(spec, weights, tokens, lowered.prompt_len, lowered.past,
+                        lowered.shares, pmax, past_kv)
+
+
+def input_values(spec, weights: dict, tokens, P: int, past: int, shares, pmax: int,
+                 past_kv: KVCache | None = None) -> dict:
+    """`bind_inputs` before the stream exists (functional MoE lowering): P tokens after
+    `past`, the core split `shares`, `pmax` rows of the v bias tile (0: none)."""
     cos, sin = rope_tables(spec, P, past)
     lm = weights["model.embed_tokens.weight"] if spec.tie_word_embeddings \
         else weights["lm_head.weight"]
@@ -434,13 +505,11 @@ def bind_inputs(lowered: Lowered, spec, weights: dict, tokens,
               "tokens": np.asarray(tokens, np.float32)[None, :],
               "rope.cos": cos, "rope.sin": sin,
               "final_norm": weights["model.norm.weight"][:, None], "lm_head.T": lm.T}
-    pmax = lowered.program.tensors[lowered.tensors["L0.v.bias_rows"]].rows \
-        if "L0.v.bias_rows" in lowered.tensors else 0
     for layer in range(spec.num_layers):
         inputs.update(_layer_inputs(spec, weights, layer, pmax))
     if past:
         d, T = spec.head_dim, past + P
-        for share in lowered.shares:
+        for share in shares:
             if not share.q_heads:
                 continue
             nkv = len(share.kv_heads)
@@ -461,6 +530,11 @@ def _layer_inputs(spec, weights: dict, layer: int, pmax: int) -> dict:
     names = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
              "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
              "down": "mlp.down_proj"}
+    if spec.is_sparse(layer):
+        from emulator.prefill.moe import moe_inputs
+        out.update(moe_inputs(spec, weights, layer))
+        for short in ("gate", "up", "down"):
+            del names[short]
     for short, hf in names.items():
         out[f"L{layer}.{short}.T"] = weights[f"{p}{hf}.weight"].T
         bias = weights.get(f"{p}{hf}.bias")
