@@ -81,6 +81,8 @@ def core_shares(spec, hw, prompt_len: int, chips: int = 1) -> list[CoreShare]:
         v0 = min(spec.vocab_size, c * vocab_chunk)
         tok0 = min(prompt_len, c * token_chunk)
         experts = moe_lowering.expert_range(spec.moe.num_experts, C, c) if spec.moe else (0, 0)
+        if spec.moe and len(spec.moe.sparse_layers) == spec.num_layers:
+            mlp = (0, 0)                # no dense MLP anywhere: no dense columns to split
         shares.append(CoreShare(c, heads, kv, mlp,
                                 (v0, min(spec.vocab_size, v0 + vocab_chunk) - v0),
                                 (tok0, min(prompt_len, tok0 + token_chunk) - tok0), experts))

@@ -200,10 +200,9 @@ def _expert(low, layer, w, c, e, n, offset, toks_t, gl_t, xn, route, part, bufs)
               name=f"{p}.down")
     ready = int(ymap.prod.max())
     last = ready
-    for n0, nw in chunks(n, L.nmax):
+    for i, (n0, nw) in enumerate(chunks(n, L.nmax)):
         n0, nw = int(n0), int(nw)
-        slot = bufs["tiles"] % 2
-        bufs["tiles"] += 1
+        slot = i % 2            # restarts per expert: experts of equal counts repeat exactly
         gb, yt = bufs["gb"][slot], bufs["yt"][slot]
         gl = L.b.one(instr.DMA_COPY, instr.DMA, c, int(costs.dma_cycles(
             L.hw, nw * 4, L.active_cores)), [ready, bufs["gb_read"][slot]], lat=L.dma_lat,
@@ -224,6 +223,40 @@ def _expert(low, layer, w, c, e, n, offset, toks_t, gl_t, xn, route, part, bufs)
             bufs["yt_read"][slot] = last
             bufs["gb_read"][slot] = int(mul[0])
     return last
+
+
+def _same_step(rec: np.ndarray, start: int, length: int) -> bool:
+    """True when instance [start, start+length) relates to the one before it exactly as
+    that one relates to its predecessor: same opcodes, queues and costs, dependencies inside
+    each instance and into the instance before at the same relative slots, and the same
+    absolute dependencies further back (`rec` holds [start - 2*length, start + length))."""
+    a, b = rec[length:2 * length], rec[2 * length:]
+    if not all(np.array_equal(a[f], b[f]) for f in
+               ("op", "engine", "core", "cost", "lat", "flags", "func", "op_id")):
+        return False
+
+    def rel(part, own):
+        dep = part["dep"].astype(np.int64)
+        near = dep >= own - length            # inside itself or the instance before
+        return np.where(near, dep - own, np.where(dep >= 0, dep + (1 << 40), -1))
+
+    return np.array_equal(rel(a, start - length), rel(b, start))
+
+
+def _expert_body(low, runs: list, n: int):
+    """Timing-only memoisation of experts (docs/prefill.md, "Host speed"): after three
+    consecutive experts of `n` tokens emitted back to back, the third is a repeatable body
+    when it relates to the second exactly as the second to the first (`_same_step`) and
+    holds no repeated body itself; returns [start, end, runs] or None."""
+    if not low.L.memoise or len(runs) < 3:
+        return None
+    (s0, e0), (s1, e1), (s2, e2) = runs[-3:]
+    length = e2 - s2
+    if e1 - s1 != length or e0 - s0 != length or s1 != e0 or s2 != e1:
+        return None
+    if any(s0 <= seg < e2 for seg, _, _ in low.b.segments):
+        return None
+    return [s2, e2, 1] if _same_step(low.b.records(s0, e2), s2, length) else None
 
 
 def moe_mlp(low, layer: int, w: dict, xn: int, norm_lasts: dict, delta: int) -> int:
@@ -271,18 +304,31 @@ def moe_mlp(low, layer: int, w: dict, xn: int, norm_lasts: dict, delta: int) -> 
             work=8 * (P * k + total), imm0=float(e0), imm1=float(ne),
             d=(toks_t, 0, 1, 0, total), a=(ids_t, 0, P, 0, k), b=(gates_t, 0, P, 0, k),
             s=(gl_t, 0, 1, 0, total))
-        bufs = {"tiles": 0, "memset": memset, "yt_read": [NONE, NONE], "gb_read": [NONE, NONE],
+        bufs = {"memset": memset, "yt_read": [NONE, NONE], "gb_read": [NONE, NONE],
                 "yt": [L.sbuf(f"L{layer}.moe.y{i}.c{c}", L.pmax, L.nmax, "fp32", c)
                        for i in range(2)],
                 "gb": [L.sbuf(f"L{layer}.moe.g{i}.c{c}", L.pmax, L.nmax, "fp32", c)
                        for i in range(2)]}
         offset = 0
+        body, runs, run_n = None, [], None   # timing-only: a repeated expert (runs > 1)
         for e in range(e0, e0 + ne):
             n = int(counts[e])
-            if n:
+            if n and body is not None and run_n == n:
+                body[2] += 1                 # an identical expert: one more run of the body
+            elif n:
+                if body is not None and body[2] > 1:
+                    low.b.repeat_at(body[0], body[1] - body[0], body[2])
+                body = None
+                if n != run_n:
+                    runs, run_n = [], n
+                before = low.b.count
                 ends.append(_expert(low, layer, w, c, e, n, offset, toks_t, gl_t, xn, route,
                                     part, bufs))
+                runs.append((before, low.b.count))
+                body = _expert_body(low, runs, n)
             offset += n
+        if body is not None and body[2] > 1:
+            low.b.repeat_at(body[0], body[1] - body[0], body[2])
     routed = int(counts.sum())
     F = moe.expert_size
     op.flops = 6.0 * H * F * routed

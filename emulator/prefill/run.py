@@ -222,8 +222,9 @@ def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
         parts.append(part)
     result = parts[0] if len(parts) == 1 else _combine(parts, spec, hw, chunk)
     if len(parts) > 1 and spec.moe is not None:
-        result.expert_counts = {layer: sum(p.expert_counts[layer] for p in parts)
-                                for layer in parts[0].expert_counts}
+        result.expert_counts = {
+            layer: [int(x) for x in np.sum([p.expert_counts[layer] for p in parts], axis=0)]
+            for layer in parts[0].expert_counts}
     result.routing = ("none" if spec.moe is None else "router" if not timing_only
                       else "given" if expert_counts is not None else "balanced")
     result.chunk = chunk
