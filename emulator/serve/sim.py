@@ -10,7 +10,14 @@ A request's life (docs/serving.md):
    request and, while the batch stays within `prefill_token_budget` prompt tokens (and
    `prefill_max_batch` requests), the next ones in order; the batch costs
    `costs.prefill_seconds(total tokens)`. The first token is produced here: TTFT =
-   prefill end - arrival. A request with one output token is done;
+   prefill end - arrival. A request with one output token is done.
+   With `prefill_chunk` C (chunked prefill) an instance runs iterations instead: each
+   takes, within the token budget (default C) and `prefill_max_batch` requests, one chunk
+   of at most C tokens of each request it has started (oldest first, a started request
+   stays on its instance: its KV is there), then first chunks of queued requests (FCFS);
+   an iteration costs the sum of `costs.prefill_chunk_seconds(n, past)` of its chunks. A
+   request leaves the prefill queue when its first chunk starts and its prefill ends
+   with its last chunk;
 3. FCFS decode admission: the head request goes to the decode instance with the most
    free KV among those with room for prompt + output positions (reserved until it ends,
    no preemption) and fewer than `max_batch` users; if none has room it waits, and so do
@@ -67,6 +74,7 @@ class Cluster:
     link_latency_s: float = 0.0
     colocated: bool = False                # baseline: both phases on the prefill instances
     overlap_kv: bool = False               # stream each layer's KV while the prefill runs
+    prefill_chunk: int = 0                 # chunked prefill: tokens per chunk (0: off)
 
     def check(self) -> None:
         from emulator.hw.errors import ConfigError
@@ -75,6 +83,12 @@ class Cluster:
             raise ConfigError(f"--prefill-instances must be >= 1, got {self.prefill_instances}")
         if self.decode_instances < 1 and not self.colocated:
             raise ConfigError(f"--decode-instances must be >= 1, got {self.decode_instances}")
+        if self.prefill_chunk < 0:
+            raise ConfigError(f"--prefill-chunk must be >= 0, got {self.prefill_chunk}")
+        if self.prefill_chunk and (self.colocated or self.overlap_kv):
+            raise ConfigError("--prefill-chunk: chunked prefill is simulated for the "
+                              "disaggregated cluster without --overlap-kv (not with "
+                              f"{'--baseline' if self.colocated else '--overlap-kv'})")
 
 
 @dataclass
@@ -325,7 +339,10 @@ class Simulation:
         self.output = workload.output_tokens.tolist()
         self.rec = Records(self.n)
         self.env = simpy.Environment()
-        self.budget = cluster.prefill_token_budget or costs.max_prompt_tokens
+        self.budget = cluster.prefill_token_budget or cluster.prefill_chunk \
+            or costs.max_prompt_tokens
+        self.prefilled = [0] * self.n           # chunked prefill: prompt tokens done
+        self.started = [[] for _ in range(cluster.prefill_instances)]   # per instance
         self.prefill_queue = deque()
         self.decode_queue = deque()
         self.q_prefill = QueueStats("prefill queue")
@@ -471,13 +488,54 @@ class Simulation:
             early[i] = self.net.last_id
         return early
 
+    def _chunk_iteration(self, k: int):
+        """One chunked-prefill iteration of instance k (module docstring, 2.)."""
+        env, rec, c = self.env, self.rec, self.cluster
+        now, budget, chunks = env.now, self.budget, []
+        for i in self.started[k]:
+            if budget <= 0 or len(chunks) >= c.prefill_max_batch:
+                break
+            n = min(c.prefill_chunk, self.prompt[i] - self.prefilled[i], budget)
+            chunks.append((i, n))
+            budget -= n
+        q = self.prefill_queue
+        while q and budget > 0 and len(chunks) < c.prefill_max_batch:
+            i = q.popleft()
+            self.q_prefill.leave(now, self.arrival[i])
+            rec.prefill_start[i] = now
+            rec.prefill_instance[i] = k
+            self.started[k].append(i)
+            n = min(c.prefill_chunk, self.prompt[i], budget)
+            chunks.append((i, n))
+            budget -= n
+        seconds = sum(self.costs.prefill_chunk_seconds(n, self.prefilled[i])
+                      for i, n in chunks)
+        yield env.timeout(seconds)
+        self.prefill_busy[k] += seconds
+        now = env.now
+        for i, n in chunks:
+            self.prefilled[i] += n
+            if self.prefilled[i] < self.prompt[i]:
+                continue
+            self.started[k].remove(i)
+            rec.prefill_end[i] = now
+            if self.output[i] <= 1:
+                self._finish(i, now)
+            else:
+                self.decode_queue.append(i)
+                self.q_decode.change(now, +1)
+
     def _prefill_instance(self, k: int):
         env, rec = self.env, self.rec
         while True:
-            if not self.prefill_queue:
+            if not self.prefill_queue and not self.started[k]:
                 wake = env.event()
                 self.idle_prefill.append(wake)
                 yield wake
+                continue
+            if self.cluster.prefill_chunk:
+                yield from self._chunk_iteration(k)
+                self._admit()
                 continue
             batch = self._take_batch()
             early = yield from self._prefill_batch(k, batch)
