@@ -163,6 +163,21 @@ def test_memoised_experts_equal_explicit(name, P):
     assert len(memo) < len(explicit) and len(memo.segments) > 0
 
 
+@pytest.mark.parametrize("name,dense", [("gpt-oss", []), ("qwen3-moe", [0, 2, 4, 6])])
+def test_alternating_layers_copied_exactly(name, dense):
+    """Layers of two alternating kinds (gpt-oss's sliding/full, dense/sparse) are copied
+    from two layers before in timing-only mode; the schedule equals the written-out one."""
+    from tests.test_models_moe import CONFIGS
+    cfg = dict(CONFIGS[name], num_hidden_layers=7, num_local_experts=16, num_experts=16,
+               num_experts_per_tok=4)
+    if dense:
+        cfg["mlp_only_layers"] = dense
+    spec = parse_config(cfg, name)
+    explicit, memo, a, b = _compare(spec, 700, TRN2)
+    assert [op.layer for op in memo.ops] == [op.layer for op in explicit.ops]
+    assert len(memo) < len(explicit) / 1.4
+
+
 def test_balanced_counts_and_expert_split():
     assert list(balanced_counts(10, 2, 3)) == [7, 7, 6]
     assert sum(balanced_counts(12345, 8, 128)) == 12345 * 8

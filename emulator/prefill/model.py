@@ -459,6 +459,8 @@ def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool,
     plan = None
     if timing_only and uniform_layers(spec) and expert_counts is None:
         prev, plan = _timing_layers(low, spec.num_layers)
+    elif timing_only and expert_counts is None:
+        prev = _periodic_layers(low, spec)
     else:
         prev = None
         for layer in range(spec.num_layers):
@@ -505,6 +507,38 @@ def _timing_layers(low: _PrefillLowering, layers: int):
     prev = {"h": prev["h"], "delta": prev["delta"], "cc": prev["cc"] + shift}
     plan = (start1, b.count - start1, layers, len(b.ops) - ops1)
     return prev, plan
+
+
+def _periodic_layers(low: _PrefillLowering, spec) -> dict:
+    """Timing-only layers of two alternating kinds (gpt-oss: sliding, full, sliding, ...):
+    layers 0-3 are lowered; a later layer l of the same kind as l-2 is appended as a copy
+    of layer l-2's records with dependencies and operator ids moved by the distance, when
+    layer l-1 is as long as layer l-3 (so the copy's dependencies into the previous layer
+    land on the same slots of l-1); otherwise it is lowered. Returns the last layer's
+    outputs (h, delta, last collective)."""
+    b = low.b
+    kinds = [(spec.window(layer), spec.is_sparse(layer)) for layer in range(spec.num_layers)]
+    start, ops, prevs = [], [], []
+    prev = None
+    for layer in range(spec.num_layers):
+        start.append(b.count)
+        ops.append(len(b.ops))
+        if (layer >= 4 and kinds[layer] == kinds[layer - 2]
+                and kinds[layer - 1] == kinds[layer - 3]
+                and start[layer] - start[layer - 1] == start[layer - 2] - start[layer - 3]):
+            src = layer - 2
+            shift = start[layer] - start[src]
+            _append_copy(b, b.records(start[src], start[src + 1]), shift,
+                         b.ops[ops[src]:ops[src + 1]], ops[layer] - ops[src], layer_shift=2)
+            for s0, ln, reps in list(b.segments):
+                if start[src] <= s0 < start[src + 1]:
+                    b.repeat_at(s0 + shift, ln, reps)
+            old = prevs[src]
+            prev = {"h": old["h"], "delta": old["delta"], "cc": old["cc"] + shift}
+        else:
+            prev = low.layer(layer, prev)
+        prevs.append(prev)
+    return prev
 
 
 def _append_copy(b: instr.Builder, records: np.ndarray, shift: int, ops: list, op_shift: int,
