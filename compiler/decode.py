@@ -14,11 +14,13 @@ import numpy as np
 
 from compiler import reference
 from compiler.emit import DecodeProgram, emit_decode, verify_program
-from compiler.numerics import canonical_dtype
+from compiler.numerics import canonical_dtype, dtype_bytes
 from compiler.place import (
     Placement,
+    default_max_context,
     pe_class,
     place,
+    spread_shift,
     verify_placement,
     write_c,
     write_matrix,
@@ -64,10 +66,12 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
     layouts = auto_layouts(spec, mesh) if layout == "auto" else (layout,)
     error = None
     for name in layouts:
-        plan = run_pass("tile", tile, (spec, mesh.width, mesh.height, name, head), verify_tiles)
+        shift, capacity = layout_shift(spec, mesh, name, dtype, max_context, head)
+        plan = run_pass("tile", tile, (spec, mesh.width, mesh.height, name, head, shift),
+                        verify_tiles)
         try:
             placement = run_pass("place", place, (plan, mesh, dtype, max_context,
-                                                  name == layouts[-1]),
+                                                  name == layouts[-1], capacity),
                                  lambda out: verify_placement(out, mesh))
         except FitError as exc:
             error = exc
@@ -79,6 +83,18 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
         return Compiled(plan, placement, routes, decode)
     raise error
 
+
+
+def layout_shift(spec, mesh: MeshConfig, layout: str, dtype: str,
+                 max_context: int | None, head: bool = True) -> tuple[int, int | None]:
+    """(shift, capacity) the tile pass takes for `layout`: the spread layout moves its ffn
+    and vocabulary rows off the band rows as far as `max_context` needs
+    (compiler.place.spread_shift); other layouts (0, None)."""
+    if layout != "spread":
+        return 0, None
+    return spread_shift(spec, mesh.width, mesh.height, head,
+                        mesh.sram_bytes // dtype_bytes(canonical_dtype(dtype)),
+                        max_context or default_max_context(spec))
 
 def auto_layouts(spec, mesh: MeshConfig) -> tuple[str, ...]:
     """Layouts `layout="auto"` tries in order: spread (KV and attention over the whole
