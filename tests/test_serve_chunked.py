@@ -113,3 +113,22 @@ def test_measured_table_uses_chunked_prefills(tmp_path):
     assert costs.info["prefill_chunk"] == 16
     for p, seconds in costs.prefill_table[:4]:
         assert seconds == run_prefill(spec, hw, int(p), timing_only=True, chunk=16).seconds
+
+
+def test_emu_serve_prefill_chunk(tmp_path):
+    """`emu serve --prefill-chunk`: the report names the policy; a bad value exits 2."""
+    import subprocess
+    import sys
+
+    from emulator.serve.options import serve_report
+
+    report = serve_report(rate=5, requests=30, isl="60", osl="3", prefill_chunk=16,
+                          cache_dir=str(tmp_path))
+    assert report["cluster"]["prefill_chunk"] == 16
+    assert report["cluster"]["prefill_token_budget"] == 16
+    assert report["completed"] == 30
+    proc = subprocess.run([sys.executable, "-c", "from emulator.cli import main; main()",
+                           "serve", "--rate", "5", "--requests", "5", "--prefill-chunk", "x"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--prefill-chunk" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
