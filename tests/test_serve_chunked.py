@@ -128,7 +128,8 @@ def test_emu_serve_prefill_chunk(tmp_path):
     assert report["cluster"]["prefill_token_budget"] == 16
     assert report["completed"] == 30
     proc = subprocess.run([sys.executable, "-c", "from emulator.cli import main; main()",
-                           "serve", "--rate", "5", "--requests", "5", "--prefill-chunk", "x"],
+                           "serve", "--rate", "5", "--requests", "5", "--isl", "60", "--osl",
+                           "3", "--prefill-chunk", "x"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--prefill-chunk" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
