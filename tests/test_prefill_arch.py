@@ -288,3 +288,17 @@ def test_bad_weight_dtype_exits_2():
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--weight-dtype" in lines[0]
+
+
+def test_mx_matmul_reads_mxfp4_without_dequantisation():
+    """Trn3 (mx_matmul): MXFP4 weights into an fp8 (MX) matmul need no Vector pass; Trn2
+    dequantises them; both move the MXFP4 bytes."""
+    from emulator.hw.prefill import load_prefill
+    spec = make_spec(layers=1, hidden=256, inter=256)
+
+    def dequants(hw):
+        code = lower_prefill(spec, hw, 128, "fp8", True, weight_format=W_MXFP4).program.instr
+        return int(np.sum((code["op"] == instr.VEC_TT) & (code["func"] == instr.A_BYPASS)))
+    trn3 = load_prefill("trn3")
+    assert trn3.mx_matmul == 1 and TRN2.mx_matmul == 0
+    assert dequants(trn3) == 0 and dequants(TRN2) > 0

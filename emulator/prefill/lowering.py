@@ -94,9 +94,13 @@ class Lowering:
         self.packed: set = set()
 
     def dequantises(self, w: int) -> bool:
-        """True when weight tensor `w` is stored in a format the matmul does not read."""
-        return (w in self.packed and self.weight_format is not None
-                and self.weight_format.name != self.act_dtype)
+        """True when weight tensor `w` is stored in a format the matmul does not read: not
+        the matmul dtype, and not MXFP4 into an fp8 matmul of a chip with microscaled
+        matmuls (`mx_matmul`, NeuronCore-v4's nc_matmul_mx applies the scales itself)."""
+        fmt = self.weight_format
+        if w not in self.packed or fmt is None or fmt.name == self.act_dtype:
+            return False
+        return not (fmt.block and self.act_dtype == "fp8" and self.hw.mx_matmul)
 
     def weight_bytes(self, w: int, elements):
         """HBM bytes of `elements` weights of tensor `w` (array-friendly)."""
