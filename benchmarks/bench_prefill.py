@@ -202,7 +202,9 @@ def describe(name: str, r: dict) -> list[str]:
         return [pre(b), pre(f), f"fp8 / bf16 predicted time: "
                                 f"{f['predicted_s'] / b['predicted_s']:.2f}; {mem}"]
     if name == "moe":
-        return [pre(p) + f"; weights {p['weight_dtype']}" for p in r["cases"]] + [mem]
+        return [pre(p) + f"; weights {p['weight_dtype']}; TTFT (prefill + KV exposed on "
+                f"efa) {(p['predicted_s'] + p['kv_exposed_s']) * 1e3:,.1f} ms"
+                for p in r["cases"]] + [mem]
     if name == "8b-trn2-chunked":
         return [pre(p) + f"; chunk {p['chunk'] or 'none'} ({p['chunks']} pass(es)): KV "
                 f"{p['kv_seconds'] * 1e3:.1f} ms on efa, exposed after prefill "
