@@ -139,6 +139,13 @@ def _headline(result, config) -> Table:
     table.add_row("model FLOPs", f"{result.flops:.4g}", "")
     table.add_row("HBM bytes moved (DMA)", si_bytes(result.bytes_moved["hbm_dma"]), "")
     table.add_row("collective bytes", si_bytes(result.bytes_moved["collective"]), "")
+    moe = result.moe_summary()
+    if moe is not None:
+        table.add_row("MoE routing", f"{moe['routing']}: {moe['routed_tokens_per_layer']:,} "
+                      f"tokens x experts per layer, busiest expert {moe['imbalance']:.2f}x "
+                      f"the mean", "")
+    if result.weight_dtype and result.weight_dtype != result.dtype:
+        table.add_row("weights stored as", result.weight_dtype, "")
     stored, represented = result.instructions()
     table.add_row("instructions lowered", f"{stored:,}", "")
     table.add_row("instructions represented", f"{represented:,}", "")
