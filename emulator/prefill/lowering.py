@@ -102,6 +102,13 @@ class Lowering:
             return False
         return not (fmt.block and self.act_dtype == "fp8" and self.hw.mx_matmul)
 
+    def stored_weight_bytes(self, elements: int) -> int:
+        """Bytes of `elements` layer weights in the --weight-dtype format (the matmul
+        dtype's bytes when none), for the operators' minimum HBM traffic."""
+        if self.weight_format is None:
+            return int(elements) * self.bpe
+        return -(-int(elements) * int(round(self.weight_format.bits_per_element * 8)) // 64)
+
     def weight_bytes(self, w: int, elements):
         """HBM bytes of `elements` weights of tensor `w` (array-friendly)."""
         elements = np.asarray(elements, np.int64)

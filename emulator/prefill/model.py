@@ -255,8 +255,8 @@ class _PrefillLowering:
                       rope=rope, tm=tm, name=f"L{layer}.qkv")
             out[c] = {"q": (qt, maps[qt]), "k": (kt, maps[kt]), "v": (vt, maps[vt])}
         op.flops = 2.0 * P * s.hidden_size * (s.q_dim + 2 * s.kv_dim)
-        op.hbm_bytes = self.L.bpe * (s.hidden_size * (s.q_dim + 2 * s.kv_dim) +
-                                     P * s.hidden_size + P * (s.q_dim + 2 * s.kv_dim))
+        op.hbm_bytes = (self.L.stored_weight_bytes(s.hidden_size * (s.q_dim + 2 * s.kv_dim))
+                        + self.L.bpe * (P * s.hidden_size + P * (s.q_dim + 2 * s.kv_dim)))
         return out
 
     def attention_op(self, layer, qkv, w=None):
@@ -313,7 +313,8 @@ class _PrefillLowering:
                                count=len(self.cores))
         inner = s.q_dim if name == "o_proj" else s.intermediate_size
         op.flops = 2.0 * P * inner * H
-        op.hbm_bytes = self.L.bpe * (inner * H + P * inner + P * H)
+        op.hbm_bytes = (self.L.stored_weight_bytes(inner * H)
+                        + self.L.bpe * (P * inner + P * H))
         return cc
 
     def gate_up_op(self, layer, w, xn, ready):
@@ -337,8 +338,8 @@ class _PrefillLowering:
                       x_ready=ready, name=f"L{layer}.gate_up")
             out[c] = (at, amap)
         op.flops = 4.0 * P * s.hidden_size * s.intermediate_size
-        op.hbm_bytes = self.L.bpe * (2 * s.hidden_size * s.intermediate_size +
-                                     P * s.hidden_size + P * s.intermediate_size)
+        op.hbm_bytes = (self.L.stored_weight_bytes(2 * s.hidden_size * s.intermediate_size)
+                        + self.L.bpe * (P * s.hidden_size + P * s.intermediate_size))
         return out
 
     # -------------------------------------------------------------- layers

@@ -276,7 +276,7 @@ def moe_mlp(low, layer: int, w: dict, xn: int, norm_lasts: dict, delta: int) -> 
             lasts.append(_router(low, layer, w, xn, share.core, t0, nt,
                                  norm_lasts[share.core], ids_t, gates_t, logits_t))
     op.flops = 2.0 * P * H * E
-    op.hbm_bytes = L.bpe * (H * E + P * H) + 8 * P * k
+    op.hbm_bytes = L.stored_weight_bytes(H * E) + L.bpe * P * H + 8 * P * k
     dispatch = L.collective(instr.C_ALL_TO_ALL, P * k * H * L.bpe, low.chips, lasts)
     counts = low.expert_counts(layer, ids_t)
     op = low.b.begin_op("experts", layer)
@@ -333,7 +333,8 @@ def moe_mlp(low, layer: int, w: dict, xn: int, norm_lasts: dict, delta: int) -> 
     F = moe.expert_size
     op.flops = 6.0 * H * F * routed
     active = int(np.count_nonzero(counts))
-    op.hbm_bytes = L.bpe * (3 * H * F * active + 2 * routed * (H + F)) + 4 * routed * H
+    op.hbm_bytes = (L.stored_weight_bytes(3 * H * F * active) + L.bpe * 2 * routed * (H + F)
+                    + 4 * routed * H)
     first = partial[low.cores[0].core]
     return L.collective(instr.C_ALL_TO_ALL_SUM, P * k * H * L.partial_bytes, low.chips, ends,
                         d=(delta, 0, H, 0, P), a=(first, 0, H, 0, P), count=len(low.cores))
