@@ -21,19 +21,21 @@ def costs_affine():
                          layout=lambda p: 1e-6 * p)
 
 
-def run(chunk, budget=0, n=2000, seed=3, prefill_instances=2, rate=40.0):
+def run(chunk, budget=0, n=2000, seed=3, prefill_instances=2, rate=40.0, overlap=False):
     w = synthetic(rate, n, parse_dist("lognormal:200,0.8"),
                   parse_dist("uniform:1,60", "--osl"), seed=seed)
     costs = costs_affine()
     cluster = Cluster(prefill_instances=prefill_instances, decode_instances=3,
                       prefill_token_budget=budget, egress_bytes_per_s=2e8,
-                      ingress_bytes_per_s=3e8, link_latency_s=1e-4, prefill_chunk=chunk)
+                      ingress_bytes_per_s=3e8, link_latency_s=1e-4, prefill_chunk=chunk,
+                      overlap_kv=overlap)
     return w, costs, Simulation(w, costs, cluster).run()
 
 
-@pytest.mark.parametrize("chunk,budget", [(64, 0), (128, 512), (1000, 0)])
-def test_littles_law_and_conservation(chunk, budget):
-    w, costs, sim = run(chunk, budget)
+@pytest.mark.parametrize("chunk,budget,overlap", [(64, 0, False), (128, 512, False),
+                                                  (1000, 0, False), (64, 256, True)])
+def test_littles_law_and_conservation(chunk, budget, overlap):
+    w, costs, sim = run(chunk, budget, overlap=overlap)
     rec = sim.rec
     for q in (sim.q_prefill, sim.q_decode, sim.q_transfer, sim.q_batch):
         assert q.length == 0 and q.entered == q.left
@@ -44,7 +46,11 @@ def test_littles_law_and_conservation(chunk, budget):
     done = rec.status == DONE
     # every prompt token of every served request was prefilled exactly once
     assert np.array_equal(np.array(sim.prefilled)[done], w.prompt_tokens[done])
-    assert all(not s for s in sim.started)
+    assert all(not s for s in sim.started) and not sim.streams
+    dec = done & (w.output_tokens > 1)
+    assert np.all(rec.transfer_end[dec] >= rec.prefill_end[dec])
+    if overlap:      # some transfers started with the first chunk, before the prefill end
+        assert np.sum(rec.transfer_start[dec] < rec.prefill_end[dec]) > 0
     assert np.all(sim.kv_free == costs.kv_capacity_tokens) and np.all(sim.users == 0)
     assert np.all(rec.prefill_end[done] > rec.prefill_start[done])
     assert np.all(rec.prefill_start[done] >= w.arrival_s[done])
@@ -91,8 +97,7 @@ def test_started_requests_stay_on_their_instance():
 
 def test_bad_combinations_are_config_errors():
     w = Workload(np.array([0.0]), np.array([10]), np.array([2]), "one")
-    for cluster in (Cluster(prefill_chunk=-1), Cluster(prefill_chunk=8, colocated=True),
-                    Cluster(prefill_chunk=8, overlap_kv=True)):
+    for cluster in (Cluster(prefill_chunk=-1), Cluster(prefill_chunk=8, colocated=True)):
         with pytest.raises(ConfigError):
             Simulation(w, costs_affine(), cluster)
 
@@ -133,3 +138,27 @@ def test_emu_serve_prefill_chunk(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--prefill-chunk" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_overlapped_chunks_follow_the_link_closed_form():
+    """One request of P tokens in chunks of C, prefill linear (t per chunk), overlap: the
+    KV of chunk i leaves when its iteration ends; the link's last byte arrives at
+    max_i (e_i + sum_{j>=i} x_j) (docs/prefill.md), then the latency and the layout."""
+    P, C, t_tok, bw, lat = 1000, 300, 1e-3, 2e5, 1e-3
+    costs = FunctionCosts("linear", 100, 10_000, 20_000, 20_000, 1,
+                          prefill=lambda t: t_tok * t, decode=lambda ctx: np.full(len(ctx), 1e-3),
+                          layout=lambda p: 2e-3)
+    w = Workload(np.array([0.0]), np.array([P]), np.array([3]), "one")
+    cluster = Cluster(prefill_chunk=C, overlap_kv=True, egress_bytes_per_s=bw,
+                      ingress_bytes_per_s=1e12, link_latency_s=lat)
+    sim = Simulation(w, costs, cluster).run()
+    sizes = [min(C, P - s) for s in range(0, P, C)]
+    ends = np.cumsum([t_tok * n for n in sizes])
+    x = [100 * n / bw for n in sizes]
+    finish = max(e + sum(x[i:]) for i, e in enumerate(ends))
+    assert sim.rec.transfer_start[0] == 0.0
+    assert sim.rec.transfer_end[0] == pytest.approx(finish + lat + 2e-3, rel=1e-9)
+    plain = Simulation(w, costs, Cluster(prefill_chunk=C, egress_bytes_per_s=bw,
+                                         ingress_bytes_per_s=1e12, link_latency_s=lat)).run()
+    assert plain.rec.transfer_end[0] == pytest.approx(ends[-1] + sum(x) + lat + 2e-3,
+                                                      rel=1e-9)

@@ -17,7 +17,10 @@ A request's life (docs/serving.md):
    stays on its instance: its KV is there), then first chunks of queued requests (FCFS);
    an iteration costs the sum of `costs.prefill_chunk_seconds(n, past)` of its chunks. A
    request leaves the prefill queue when its first chunk starts and its prefill ends
-   with its last chunk;
+   with its last chunk. With `overlap_kv`, a request admitted to decode when its first
+   chunk starts (as below) sends each chunk's KV (`kv_bytes(n)`) as soon as the chunk's
+   iteration ends, one flow per chunk; its transfer ends when the last chunk's bytes
+   have arrived (then the link latency and the layout);
 3. FCFS decode admission: the head request goes to the decode instance with the most
    free KV among those with room for prompt + output positions (reserved until it ends,
    no preemption) and fewer than `max_batch` users; if none has room it waits, and so do
@@ -85,10 +88,9 @@ class Cluster:
             raise ConfigError(f"--decode-instances must be >= 1, got {self.decode_instances}")
         if self.prefill_chunk < 0:
             raise ConfigError(f"--prefill-chunk must be >= 0, got {self.prefill_chunk}")
-        if self.prefill_chunk and (self.colocated or self.overlap_kv):
+        if self.prefill_chunk and self.colocated:
             raise ConfigError("--prefill-chunk: chunked prefill is simulated for the "
-                              "disaggregated cluster without --overlap-kv (not with "
-                              f"{'--baseline' if self.colocated else '--overlap-kv'})")
+                              "disaggregated cluster (the baseline prefills whole prompts)")
 
 
 @dataclass
@@ -342,6 +344,7 @@ class Simulation:
         self.budget = cluster.prefill_token_budget or cluster.prefill_chunk \
             or costs.max_prompt_tokens
         self.prefilled = [0] * self.n           # chunked prefill: prompt tokens done
+        self.streams: dict = {}                 # chunked + overlap_kv: i -> [j, flows, done]
         self.started = [[] for _ in range(cluster.prefill_instances)]   # per instance
         self.prefill_queue = deque()
         self.decode_queue = deque()
@@ -505,6 +508,8 @@ class Simulation:
             rec.prefill_start[i] = now
             rec.prefill_instance[i] = k
             self.started[k].append(i)
+            if c.overlap_kv and self.output[i] > 1 and not self.decode_queue:
+                self._stream_start(i)
             n = min(c.prefill_chunk, self.prompt[i], budget)
             chunks.append((i, n))
             budget -= n
@@ -515,15 +520,45 @@ class Simulation:
         now = env.now
         for i, n in chunks:
             self.prefilled[i] += n
-            if self.prefilled[i] < self.prompt[i]:
+            last = self.prefilled[i] == self.prompt[i]
+            if i in self.streams:
+                self._stream_chunk(i, n, last)
+            if not last:
                 continue
             self.started[k].remove(i)
             rec.prefill_end[i] = now
             if self.output[i] <= 1:
                 self._finish(i, now)
-            else:
+            elif i not in self.streams:
                 self.decode_queue.append(i)
                 self.q_decode.change(now, +1)
+
+    def _stream_start(self, i: int) -> None:
+        """Chunked prefill with overlap_kv: admit request i to decode as its first chunk
+        starts, if a decode instance has room (nobody waits ahead of it)."""
+        j = self._pick_decode(i)
+        if j is None:
+            return
+        self._reserve(j, i)
+        self.rec.decode_instance[i] = j
+        self.rec.transfer_start[i] = self.env.now
+        self.q_transfer.change(self.env.now, +1)
+        self.streams[i] = [j, 0, False]
+
+    def _stream_chunk(self, i: int, n: int, last: bool) -> None:
+        """Send the KV of a chunk of n tokens of streaming request i just prefilled."""
+        state = self.streams[i]
+        state[1] += 1
+        state[2] = last
+        self.net.send(int(self.rec.prefill_instance[i]), state[0], self.costs.kv_bytes(n),
+                      lambda: self._stream_sent(i))
+
+    def _stream_sent(self, i: int) -> None:
+        state = self.streams[i]
+        state[1] -= 1
+        if state[2] and state[1] == 0:
+            del self.streams[i]
+            self._transfer_sent(i, state[0])
 
     def _prefill_instance(self, k: int):
         env, rec = self.env, self.rec
