@@ -302,3 +302,13 @@ def test_mx_matmul_reads_mxfp4_without_dequantisation():
     trn3 = load_prefill("trn3")
     assert trn3.mx_matmul == 1 and TRN2.mx_matmul == 0
     assert dequants(trn3) == 0 and dequants(TRN2) > 0
+
+
+@pytest.mark.parametrize("window,P", [(100, 4100), (600, 3000)])
+def test_windowed_attention_memoised_equals_explicit(window, P):
+    """Sliding-window super-batches of the same key tiles relative to their group are
+    replayed in timing-only mode; the schedule equals the written-out stream's."""
+    spec = dataclasses.replace(make_spec(layers=1, heads=8, kv=1, head_dim=16),
+                               architecture="MistralForCausalLM", sliding_window=window,
+                               layer_types=("sliding_attention",))
+    _compare(spec, P, TRN2)

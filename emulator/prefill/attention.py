@@ -151,6 +151,8 @@ def attention(L: Lowering, core: int, heads: list[tuple[int, int]], d: int, P: i
         regular = L.memoise and full and ntiles >= 9 and not window
         reps = (ntiles - 5) // 2 if L.memoise and not window else 0
         key = ("attention", ntiles % 2) if regular else None
+        if L.memoise and full and window:     # the same key tiles relative to the group
+            key = ("window", tuple((tiles(b[0])[1] - j, tiles(b[0])[2] - j) for b in group))
         tiles_before = [st.tiles for st in states]
         done = replay.replay(kvh, key, reps) if L.memoise else None
         if done is not None:
