@@ -13,7 +13,9 @@ CPU seconds, peak resident memory, the predicted prefill time and its roofline:
   8,192 and 2,048 tokens, with the KV exposed on the `efa` link after the last chunk;
 - `moe`: gpt-oss-120B (MXFP4 experts) and Qwen3-235B-A22B (bf16 and fp8) prefill,
   timing-only, balanced routing, on the Trn2 instance (chip count from HBM at the weight
-  format): host time and predicted TTFT at 1,024 and 8,192 tokens;
+  format): host time and predicted TTFT at 1,024 and 8,192 tokens; then gpt-oss-120B at
+  1,024 tokens with bf16 weights on Trn2 and with MXFP4 weights on Trn3 (MX matmul with
+  --prefill-dtype fp8, and dequantised for bf16);
 - `gemm`: the 512x4096x4096 GEMM, SCALE-Sim-compatible and Trainium mode;
 - `calibration`: emu's prediction for published Trainium2 measurements
   (`calibration_rows()`, also used by benchmarks/calibrate.py for docs/calibration.md).
@@ -172,7 +174,11 @@ def run_case(name: str) -> dict:
                          for m, dt, wd in (("gpt-oss-120b", "bf16", "mxfp4"),
                                            ("qwen3-235b-a22b", "bf16", None),
                                            ("qwen3-235b-a22b", "fp8", None))
-                         for p in (1024, 8192)]}
+                         for p in (1024, 8192)]
+               + [prefill_case("gpt-oss-120b", hw, 1024, dtype=dt, weight_dtype=wd)
+                  for hw, dt, wd in (("trn2-48xl", "bf16", None),
+                                     ("trn3-ultraserver", "fp8", "mxfp4"),
+                                     ("trn3-ultraserver", "bf16", "mxfp4"))]}
     elif name == "8b-trn2-chunked":
         out = {"cases": [prefill_case("8b", "trn2", 32768, chunk=c)
                          for c in (None, 8192, 2048)]}
