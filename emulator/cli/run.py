@@ -61,6 +61,9 @@ class DecodeProgress:
                    "model, KV and activations].")
 @click.option("--prefill-dtype", default=None, type=click.Choice(["fp32", "fp16", "bf16", "fp8"]),
               help="Prefill matmul dtype [default: --dtype]; fp8 needs --timing-only.")
+@click.option("--prefill-chunk", default=None, metavar="N",
+              help="Chunked prefill: N prompt tokens per pass, each chunk's KV streamed to "
+                   "the link while the next one computes [default: one pass].")
 @click.option("--link", default="efa", show_default=True, help="Link preset name or JSON file.")
 @click.option("--weights", type=click.Path(),
               help="Weights: a .safetensors file, a sharded checkpoint's index.json, or a "
@@ -95,7 +98,8 @@ class DecodeProgress:
               help="Run at each batch size; print per-user and aggregate tokens/s and, "
                    "with --plots, draw batch_sweep.png.")
 @click.option("--quiet", is_flag=True, help="Print no tables.")
-def run(config, hw, mesh_size, prefill_hw, prefill_chips, prefill_dtype, link, weights, seed,
+def run(config, hw, mesh_size, prefill_hw, prefill_chips, prefill_dtype, prefill_chunk, link,
+        weights, seed,
         prompt_tokens, prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine,
         report_path, logits_path, trace_path, plots_dir, batch, batch_sweep_list, quiet):
     """Prefill on the systolic chip, move the KV cache, decode on the wafer; report it."""
@@ -114,7 +118,7 @@ def run(config, hw, mesh_size, prefill_hw, prefill_chips, prefill_dtype, link, w
                               PLOT_NAMES + ((BATCH_SWEEP_PNG,) if batches else ()))
     req = build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens,
                         prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine,
-                        prefill_chips, prefill_dtype, batch)
+                        prefill_chips, prefill_dtype, prefill_chunk, batch)
     console = Console(stderr=True)
     started = time.perf_counter()
     if engine == "numba":
