@@ -21,7 +21,7 @@ vmul + vgemv it replaces), so each user's logits are bit for bit those the one-u
 program computes for it.
 """
 
-from compiler.batching import kv_stride
+from compiler.batching import grouped, head_groups, kv_stride
 from compiler.emit import (
     NEW_SLOT_REG,
     CodeBuilder,
@@ -272,6 +272,32 @@ def swiglu(b: CodeBuilder, ctx: Context, role: Role, bias: str | None) -> None:
         b.vec(Op.VMUL, a("XB") + u * f, a("TMP"), acc + f, f)
 
 
+def head_in_groups(b: CodeBuilder, ctx: Context, role: Role) -> None:
+    """The LM head in groups of users (compiler.batching.head_groups): per group g of n
+    users, the GEMM-A of their n rows of XN into HACC (`h{n}m_vocab` = n * m_vocab
+    wavelets per tree step), then (0, j) multicasts the group's logits along row j (color
+    MR), so the next group may reuse HACC. The other PEs of the row receive the messages
+    after the last group (sends never wait for their receiver, docs/timing.md): column
+    1 + g keeps group g's into LOG, the rest sink them into JUNK (stride 0)."""
+    plan, fab, a = ctx.plan, ctx.fab, ctx.addr
+    k, hacc = role.k_hidden, a("HACC")
+    w, ld = ctx.waddr("lm_head"), plan.side_stride("lm_head", role.band == -1, role.top)
+    groups = head_groups(plan)
+    for g, (first, n) in enumerate(groups):
+        b.note(f"LM head GEMM-A of users {first} .. {first + n - 1}", "lm_head")
+        col_multicast(b, fab, role.top, a("XN") + first * k, n * k)
+        gemm(b, n, w, ld, a("XN") + first * k, hacc, Param("m_vocab"), k)
+        tree_sum(b, role.row_tree, fab.row, hacc, Param(f"h{n}m_vocab"))
+        if role.left:
+            b.send(fab.mr, hacc, Param(f"h{n}m_vocab"))
+    if not role.left:
+        b.note("logits of every group along the row (column 1 + g keeps group g's)",
+               "lm_head")
+        for g, (_, n) in enumerate(groups):
+            dst = a("LOG") if role.store == g else Desc(a("JUNK"), 0)
+            b.recv(fab.mr, dst, Param(f"h{n}m_vocab"))
+
+
 def pe_code(ctx: Context, role: Role) -> RegionCode:
     """The whole batched step of a PE with this role: every layer, LM head, end (the
     shape of compiler.emit.pe_code; the KV slot register is set per user in attention)."""
@@ -285,9 +311,13 @@ def pe_code(ctx: Context, role: Role) -> RegionCode:
         if role.top:
             rmsnorm(end, ctx, role, "norm_final")
         end.note("LM head GEMM-A", "lm_head")
-        gemm_a(end, ctx.fab, plan.batch, role.top, role.row_tree, role.k_hidden,
-               ctx.waddr("lm_head"), plan.side_stride("lm_head", role.band == -1, role.top),
-               a("XN"), a("ACC"), "m_vocab")
+        if grouped(plan):
+            head_in_groups(end, ctx, role)
+        else:
+            gemm_a(end, ctx.fab, plan.batch, role.top, role.row_tree, role.k_hidden,
+                   ctx.waddr("lm_head"), plan.side_stride("lm_head", role.band == -1,
+                                                          role.top),
+                   a("XN"), a("ACC"), "m_vocab")
     end.mark("end")
     end.halt()
     layers, notes = layer_code(ctx, role)

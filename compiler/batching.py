@@ -17,6 +17,15 @@ message per batch (emit code in compiler/batch_emit.py):
 - `MO`, `MT`: [maxima | sums | weighted values], each B * group_size wide, values
   dim-major (`d * B * gs + u * gs + h`), so a merge step is a few vector ops for all users.
 
+When the B users' LM-head accumulator does not fit (Llama-3.1-8B on wse3 at batch 64), the
+LM head runs in groups of `TilePlan.head_group` users (`head_groups`): each group's
+logits reach ACC of the left column and are then multicast along the row to the PE of
+column 1 + g (its buffer `LOG`), before the next group's GEMM overwrites ACC. Such a
+plan also packs the buffers whose lifetimes do not overlap into one region at ACC
+(`PACKED`): ACC of the layers (B rows), the head group's accumulator `HACC`, the merge
+state and scratch of attention (`MO`, `MT`, `NM`, `AA`: attention only) and `XB` (after
+the larger of the layers' ACC and MO, which are live while XB is).
+
 Units: elements.
 """
 
@@ -25,6 +34,42 @@ import numpy as np
 # Buffers of which every user has its own copy (the place pass scales their sizes by B).
 PER_USER = frozenset({"H", "XN", "SS", "ACC", "XB", "PM", "QKV", "MO", "MT", "NM", "AA",
                       "COS", "SIN", "RL"})
+
+
+# Buffers a grouped-head plan packs into the region at ACC (`batch_entries`).
+PACKED = ("HACC", "MO", "MT", "NM", "AA", "XB")
+
+
+def grouped(plan) -> bool:
+    """The plan runs its LM head in several groups of users (`head_groups`)."""
+    return plan.batch > 1 and plan.head and 0 < plan.head_group < plan.batch
+
+
+def head_groups(plan) -> list[tuple[int, int]]:
+    """(first user, users) of every LM-head group in order: one group of all B users,
+    or groups of `head_group` users (the last one the remainder)."""
+    size = plan.head_group if grouped(plan) else plan.batch
+    return [(u, min(size, plan.batch - u)) for u in range(0, plan.batch, size)]
+
+
+def logit_home(plan, user: int) -> tuple[int, str, int]:
+    """(column, buffer, row) where `user`'s logits are after a step: row `row` (of the
+    row's vocabulary chunk) of ACC on the left column, or of LOG on column 1 + g for the
+    user's head group g in a grouped plan."""
+    if not grouped(plan):
+        return 0, "ACC", user
+    return 1 + user // plan.head_group, "LOG", user % plan.head_group
+
+
+def head_group_candidates(batch: int, pw: int) -> list[int]:
+    """Head group sizes a batched compile tries after the whole batch (largest first):
+    ceil(B / n) for n = 2, 3, ... while the n groups find a storing column each (n < pw)."""
+    out = []
+    for n in range(2, min(batch, pw - 1) + 1):
+        g = -(-batch // n)
+        if g not in out and -(-batch // g) <= pw - 1:
+            out.append(g)
+    return out
 
 
 def is_per_user(name: str) -> bool:
@@ -46,6 +91,30 @@ def batch_entries(plan, entries: list, slots: int) -> list:
         elif is_per_user(name):
             words *= plan.batch
         out.append((name, words, kind))
+    return pack_entries(out) if grouped(plan) else out
+
+
+def pack_entries(entries: list) -> list:
+    """A grouped-head plan's entries with the `PACKED` buffers inside the region at ACC:
+    (name, words, kind, offset into ACC) for those, ACC grown to hold them. HACC and MO
+    at 0 (ACC of the layers is dead in attention and in the head), MT, NM, AA after MO,
+    XB after the larger of the layers' ACC and MO (it is written while MO is live and
+    read while the layers' ACC is written)."""
+    size = {name: words for name, words, _ in entries}
+    acc, mo = size["ACC"], size.get("MO", 0)
+    offsets, at = {"HACC": 0, "MO": 0}, mo
+    for name in ("MT", "NM", "AA"):
+        offsets[name], at = at, at + size.get(name, 0)
+    offsets["XB"] = max(acc, mo)
+    region = max([acc] + [offsets[n] + size[n] for n in PACKED if n in size])
+    out = []
+    for name, words, kind in entries:
+        if name == "ACC":
+            out.append((name, region, kind))
+        elif name in PACKED:
+            out.append((name, words, kind, offsets[name]))
+        else:
+            out.append((name, words, kind))
     return out
 
 
@@ -106,9 +175,14 @@ def user_step_values(plan, slots: int, positions, pm: int) -> dict:
 
 def batch_static_values(plan, static: dict) -> dict:
     """The batched programs' message lengths `bm_*` = B * `m_*` (the GEMV outputs of all
-    users, one message per tree step)."""
-    return {f"b{name}": plan.batch * np.asarray(values, np.int64)
-            for name, values in static.items()}
+    users, one message per tree step); a grouped head adds `h{n}m_vocab` = n * m_vocab
+    for every group size n (`head_groups`)."""
+    out = {f"b{name}": plan.batch * np.asarray(values, np.int64)
+           for name, values in static.items()}
+    if grouped(plan):
+        for _, n in head_groups(plan):
+            out[f"h{n}m_vocab"] = n * np.asarray(static["m_vocab"], np.int64)
+    return out
 
 
 def batch_fit_note(placement, sram_words: int, fit_context) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler import reference
-from compiler.batching import check_batch
+from compiler.batching import check_batch, head_group_candidates
 from compiler.emit import DecodeProgram, emit_decode, verify_program
 from compiler.numerics import canonical_dtype, dtype_bytes
 from compiler.place import (
@@ -53,7 +53,8 @@ class Compiled:
 
 
 def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int | None = None,
-                   layout: str = "auto", head: bool = True, batch: int = 1) -> Compiled:
+                   layout: str = "auto", head: bool = True, batch: int = 1,
+                   head_group: int | None = None) -> Compiled:
     """tile -> place -> route -> emit on the whole mesh.
 
     `head`: the mesh runs the final norm and LM head (False on all but the last wafer of
@@ -64,24 +65,38 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
     model does not fit.
     `batch`: users decoded together (compiler/batching.py; spread layout only, so B > 1
     with a layout other than spread raises ValueError); `max_context` is per user.
+    `head_group`: run the batched LM head in groups of that many users (0: all at once;
+    None: all at once if that fits, else the largest group of `head_group_candidates`
+    that fits).
     """
     spec.require_mapped("decode on the mesh")
     dtype = canonical_dtype(dtype)
     layouts = auto_layouts(spec, mesh) if layout == "auto" else (layout,)
     error = None
     for name in layouts:
-        shift, capacity = layout_shift(spec, mesh, name, dtype, max_context, head, batch)
-        plan = run_pass("tile", tile, (spec, mesh.width, mesh.height, name, head, shift),
-                        verify_tiles)
-        if batch != 1:
-            plan = dataclasses.replace(plan, batch=batch)
-            check_batch(plan)
-        try:
-            placement = run_pass("place", place, (plan, mesh, dtype, max_context,
-                                                  name == layouts[-1], capacity),
-                                 lambda out: verify_placement(out, mesh))
-        except FitError as exc:
-            error = exc
+        placement = None
+        # a batch whose LM-head accumulator does not fit runs the head in groups of users
+        # (compiler/batching.py), the largest group that fits; the error names the batch
+        groups = [0] + (head_group_candidates(batch, mesh.width)
+                        if batch > 1 and head and name == "spread" else [])
+        if head_group is not None:
+            groups = [head_group]
+        for group in groups:
+            shift, capacity = layout_shift(spec, mesh, name, dtype, max_context, head, batch,
+                                           group)
+            plan = run_pass("tile", tile, (spec, mesh.width, mesh.height, name, head, shift),
+                            verify_tiles)
+            if batch != 1:
+                plan = dataclasses.replace(plan, batch=batch, head_group=group)
+                check_batch(plan)
+            try:
+                placement = run_pass("place", place, (plan, mesh, dtype, max_context,
+                                                      name == layouts[-1], capacity),
+                                     lambda out: verify_placement(out, mesh))
+                break
+            except FitError as exc:
+                error = error if group else exc
+        if placement is None:
             continue
         routes = run_pass("route", route, (mesh.width, mesh.height, mesh, plan.bands),
                           lambda out: verify_routes(out, mesh))
@@ -94,7 +109,7 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
 
 def layout_shift(spec, mesh: MeshConfig, layout: str, dtype: str,
                  max_context: int | None, head: bool = True,
-                 batch: int = 1) -> tuple[int, int | None]:
+                 batch: int = 1, head_group: int = 0) -> tuple[int, int | None]:
     """(shift, capacity) the tile pass takes for `layout`: the spread layout moves its ffn
     and vocabulary rows off the band rows as far as `max_context` needs
     (compiler.place.spread_shift; with `batch` users, per user); other layouts (0, None)."""
@@ -102,7 +117,7 @@ def layout_shift(spec, mesh: MeshConfig, layout: str, dtype: str,
         return 0, None
     return spread_shift(spec, mesh.width, mesh.height, head,
                         mesh.sram_bytes // dtype_bytes(canonical_dtype(dtype)),
-                        max_context or default_max_context(spec), batch)
+                        max_context or default_max_context(spec), batch, head_group)
 
 def auto_layouts(spec, mesh: MeshConfig) -> tuple[str, ...]:
     """Layouts `layout="auto"` tries in order: spread (KV and attention over the whole

@@ -26,7 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compiler.batching import batch_static_values, user_step_names, user_step_values
+from compiler.batching import (
+    batch_static_values,
+    grouped,
+    head_groups,
+    user_step_names,
+    user_step_values,
+)
 from compiler.place import (
     Placement,
     kept_range,
@@ -336,6 +342,7 @@ class Role:
     nv: int = 0         # spread: value dims of row y
     ktree: tuple = ()   # spread: steps in the band's score tree (rows holding keys)
     mb: str = ""        # spread: "send" (band top), "recv" or "" in the band multicast
+    store: int = -1     # batched, grouped LM head: the group whose logits column x keeps
 
     @property
     def kind(self) -> tuple:
@@ -366,6 +373,8 @@ def pe_role(plan: TilePlan, i: int, j: int) -> Role:
                         ktree=tree_actions(r, bands.krows) if r < bands.krows else (),
                         mb="send" if r == 0 and last else
                         "recv" if 0 < r <= last and bands.nv[r] else "")
+    if grouped(plan) and 1 <= i <= len(head_groups(plan)):
+        band["store"] = i - 1
     return Role(i == 0, j == 0, tree_actions(i, plan.pw), tree_actions(j, plan.ph),
                 plan.vec("hidden").size(i), plan.vec("attn").size(j), plan.vec("ffn").size(j),
                 plan.groups_on_row(j)[1], plan.weight_row(j), **band)
@@ -946,7 +955,7 @@ def assign_roles(plan: TilePlan) -> tuple[list, np.ndarray, list]:
     pw, ph = plan.pw, plan.ph
     cols = [pe_role(plan, i, 0) for i in range(pw)]
     rows = [pe_role(plan, 0, j) for j in range(ph)]
-    col_keys = [(r.left, r.row_tree, r.k_hidden) for r in cols]
+    col_keys = [(r.left, r.row_tree, r.k_hidden, r.store) for r in cols]
     row_keys = [(r.top, r.col_tree, r.k_attn, r.k_ffn, r.groups, r.wrow, r.band, r.k2, r.nv,
                  r.ktree, r.mb) for r in rows]
     ci = _class_index(col_keys)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compiler.batching import batch_entries, batch_fit_note
+from compiler.batching import PACKED, batch_entries, batch_fit_note, grouped
 from compiler.tile import Chunking, TilePlan, chunk_bounds, max_shift, tile
 from emulator.hw.dtypes import BYTES as DTYPE_BYTES
 from emulator.hw.errors import FitError
@@ -222,12 +222,16 @@ def common_entries(plan: TilePlan, slots: int = 0, outside: bool = False,
     final norm), which only the top row uses: the spread layout reserves them on row 0
     only (`top`), the others on every PE."""
     spec, hid = plan.spec, plan.vec("hidden").max_size
-    acc = max(plan.side_max("gu", outside), plan.side_max("vocab", outside), plan.mpad("o"),
+    vocab = plan.side_max("vocab", outside)
+    acc = max(plan.side_max("gu", outside), 0 if grouped(plan) else vocab, plan.mpad("o"),
               plan.mpad("qkv") if plan.layout == "even" else 0)
     xb = max(plan.vec("attn").max_size if plan.layout in ("even", "spread") else 0,
              plan.side_max("ffn", outside))
     out = [("H", hid, "scratch"), ("XN", hid, "scratch"), ("SS", 1, "scratch"),
-           ("JUNK", 1, "scratch"), ("ACC", acc, "scratch"), ("XB", xb, "scratch")]
+           ("JUNK", 1, "scratch"), ("ACC", acc, "scratch")]
+    if grouped(plan):   # the LM head's accumulator of one group (compiler/batching.py)
+        out.append(("HACC", plan.head_group * vocab, "scratch"))
+    out.append(("XB", xb, "scratch"))
     if plan.bands is not None and not outside:
         out.append(("PM", spec.group_size * (1 + slots), "scratch"))
     if plan.bands is not None and not top:
@@ -338,13 +342,18 @@ def class_entries(plan: TilePlan, key: tuple, slots: int, g_need: np.ndarray) ->
         out += attention_entries(plan, slots)
     if left:
         out += left_entries(plan, key, g_need)
+    elif grouped(plan):   # one head group's logits, kept on column 1 + g (batching.py)
+        out.append(("LOG", plan.head_group * plan.side_max("vocab", outside), "scratch"))
     return out
 
 
 def layout_class(entries: list) -> tuple[dict, int]:
     """({name: Buffer}, elements) with overlays sharing their partner's address."""
     buffers, addr = {}, 0
-    for name, words, kind in entries:
+    for name, words, kind, *packed in entries:
+        if packed:   # inside the region at ACC (compiler.batching.pack_entries)
+            buffers[name] = Buffer(buffers["ACC"].addr + packed[0], words, kind)
+            continue
         if name in OVERLAYS and OVERLAYS[name] in buffers:
             base = buffers[OVERLAYS[name]]
             buffers[name] = Buffer(base.addr, words, kind)
@@ -432,7 +441,8 @@ def side_contexts(plan: TilePlan, sram_words: int) -> dict:
 
 
 def spread_shift(spec, pw: int, ph: int, head: bool, sram_words: int,
-                 max_context: int | None = None, batch: int = 1) -> tuple[int, int]:
+                 max_context: int | None = None, batch: int = 1,
+                 head_group: int = 0) -> tuple[int, int]:
     """(shift, capacity) of the spread layout's ffn / vocabulary split (docs/mapping.md,
     "Rows outside the bands"): `capacity` is the largest context over every shift
     (`compiler.tile.shift_rows`), `shift` the smallest one whose placement holds
@@ -444,14 +454,14 @@ def spread_shift(spec, pw: int, ph: int, head: bool, sram_words: int,
     that of the rows outside (which hold no KV, only the score buffer PM), so the best
     split is where the two cross: found by bisection, about 3 log2(max_shift) place
     evaluations. `batch`: the contexts are per user of that many users decoding together
-    (compiler/batching.py)."""
+    (compiler/batching.py), the LM head in groups of `head_group` (0: all at once)."""
     top, memo = max_shift(spec, ph, head), {}
 
     def caps(s: int) -> tuple[int, int]:
         if s not in memo:
             plan = tile(spec, pw, ph, "spread", head, s)
             if batch != 1:   # contexts per user of `batch` users (compiler/batching.py)
-                plan = dataclasses.replace(plan, batch=batch)
+                plan = dataclasses.replace(plan, batch=batch, head_group=head_group)
             fit = side_contexts(plan, sram_words)
             memo[s] = (fit["band"], fit["outside"])
         return memo[s]
@@ -568,6 +578,10 @@ def verify_placement(placement: Placement, mesh: MeshConfig) -> None:
         for name, buf in sorted(buffers.items(), key=lambda kv: kv[1].addr):
             assert buf.words >= 0, f"buffer {name} has negative size"
             overlay = OVERLAYS.get(name) in buffers or name in OVERLAYS.values()
+            if grouped(placement.plan) and (name in PACKED or name == "ACC"):
+                acc = buffers["ACC"]
+                overlay = overlay or name == "ACC" or (
+                    acc.addr <= buf.addr and buf.addr + buf.words <= acc.addr + acc.words)
             assert buf.addr >= end or overlay, f"{key}: buffer {name} overlaps the previous one"
             end = max(end, buf.addr + buf.words)
         assert end == placement.class_words[key], f"{key}: buffers do not end at its size"

@@ -81,7 +81,8 @@ def to_sexpr(obj, depth: int = 0) -> str:
 def _default_batch(obj, f) -> bool:
     """A plan's `batch` field at its default 1 is left out (one-user printouts keep the
     golden files' text); a batched plan prints `batch=B`."""
-    return f.name == "batch" and obj.batch == 1
+    return ((f.name == "batch" and obj.batch == 1)
+            or (f.name == "head_group" and obj.head_group == 0))
 
 
 def _node(kind: str, items, depth: int) -> str:

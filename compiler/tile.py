@@ -101,6 +101,7 @@ class TilePlan:
     bands: "Bands | None" = field(default=None, hash=False)   # spread layout geometry
     shift: int = 0     # spread: ffn / vocabulary moved off the band rows (`outside_split`)
     batch: int = 1                         # users decoded together (compiler/batching.py)
+    head_group: int = 0    # batched LM head in groups of this many users (0: all at once)
 
     def row_kind(self, j: int) -> tuple:
         """What sets row j's SRAM class besides its weights and attention: () outside the

@@ -18,7 +18,7 @@ import dataclasses
 import numpy as np
 
 from compiler import reference
-from compiler.batching import kv_stride
+from compiler.batching import kv_stride, logit_home
 from compiler.numerics import dtype_bytes, round_to
 from emulator.hw.errors import ConfigError
 from emulator.mesh.runtime import MeshDecoder
@@ -29,8 +29,12 @@ class BatchDecoder(MeshDecoder):
     """One model compiled for `batch` users on a mesh (spread layout), with its SRAM."""
 
     def __init__(self, spec, weights: dict, mesh, dtype: str = "fp32", engine="numba",
-                 batch: int = 2, max_context: int | None = None, layout: str = "auto"):
-        super().__init__(spec, weights, mesh, dtype, engine, max_context, layout, batch=batch)
+                 batch: int = 2, max_context: int | None = None, layout: str = "auto",
+                 head_group: int | None = None):
+        """`head_group`: the LM head in groups of that many users (compiler.decode
+        .compile_decode; None: all at once when that fits)."""
+        super().__init__(spec, weights, mesh, dtype, engine, max_context, layout, batch=batch,
+                         head_group=head_group)
         self.batch = batch
         self.lengths: list[int | None] = [None] * batch   # positions held; None: free slot
 
@@ -111,13 +115,15 @@ class BatchDecoder(MeshDecoder):
                 self.sram[j * plan.pw, addr:addr + tiled.size] = tiled
 
     def _user_logits(self, slot: int) -> np.ndarray:
-        """User `slot`'s logits (float32 [vocab]) from its rows of ACC (left column)."""
+        """User `slot`'s logits (float32 [vocab]) from its rows of ACC (left column), or
+        of LOG on column 1 + g for a LM head run in groups (compiler.batching.logit_home)."""
         plan, pl, vocab = self.plan, self.placement, self.plan.vec("vocab")
+        x, buffer, row = logit_home(plan, slot)
         parts = []
         for j in range(plan.ph):
             m = vocab.size(j)
-            addr = pl.addr_at("ACC", 0, j) + slot * m
-            parts.append(self.sram[j * plan.pw, addr:addr + m])
+            addr = pl.addr_at(buffer, x, j) + row * m
+            parts.append(self.sram[j * plan.pw + x, addr:addr + m])
         return np.concatenate(parts).astype(np.float32)
 
     # --- steps ----------------------------------------------------------------------------
