@@ -283,7 +283,7 @@ def head_in_groups(b: CodeBuilder, ctx: Context, role: Role) -> None:
     k, hacc = role.k_hidden, a("HACC")
     w, ld = ctx.waddr("lm_head"), plan.side_stride("lm_head", role.band == -1, role.top)
     groups = head_groups(plan)
-    for g, (first, n) in enumerate(groups):
+    for first, n in groups:
         b.note(f"LM head GEMM-A of users {first} .. {first + n - 1}", "lm_head")
         col_multicast(b, fab, role.top, a("XN") + first * k, n * k)
         gemm(b, n, w, ld, a("XN") + first * k, hacc, Param("m_vocab"), k)
