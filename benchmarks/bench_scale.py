@@ -128,7 +128,7 @@ def decode_8b_batch(context: int, batch: int, jobs: int | None = None) -> dict:
             "phases": phase_cycles(result, compiled.decode.program.mark_names),
             "max_context": compiled.placement.capacity, "compile_s": t1 - t0,
             "emulate_s": t2 - t1, "instructions": result.instructions,
-            "skipped_layers": result.skipped_blocks}
+            "skipped_layers": result.skipped_blocks, "head_group": compiled.plan.head_group}
 
 
 def decode_8b_batches(context: int, batches: list[int], jobs: int | None = None) -> list:
@@ -151,7 +151,8 @@ def print_batches(rows: list) -> None:
         print(f"  batch {r['batch']}: {r['cycles']:,} cycles/step -> {r['tokens_per_s']:,.0f} "
               f"tokens/s per user, {r['aggregate_tokens_per_s']:,.0f} aggregate; max_context "
               f"{r['max_context']:,} per user; compile {r['compile_s']:.1f} s, emulate one step "
-              f"{r['emulate_s']:.1f} s (target <= 30 s at batch 64)")
+              f"{r['emulate_s']:.1f} s (target <= 30 s at batch 64)"
+              + (f"; LM head in groups of {r['head_group']} users" if r["head_group"] else ""))
         print("    phases: " + ", ".join(f"{k} {v:,}" for k, v in r["phases"].items()))
 
 
