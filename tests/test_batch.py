@@ -6,7 +6,10 @@
 - users join and leave between steps (continuous batching, the slot's KV reused);
 - both engines agree bit for bit on batched programs; the fast-forward stays exact;
 - the GEMM phase's cycles match the documented closed form exactly;
-- a batch that does not fit names the batch and context that fit.
+- a batch that does not fit names the batch and context that fit;
+- an LM head run in groups of users (the accumulator of the whole batch does not fit)
+  keeps every user's logits bit for bit, both engines equal, the fast-forward exact, and
+  its extra cycles match the documented closed form.
 """
 
 import dataclasses
@@ -340,3 +343,102 @@ def test_serve_costs_read_emulated_batched_steps(tmp_path):
     one = measure_costs(spec, "tiny", mesh, load_prefill("trn2"), prompt_limit=64,
                         context_limit=64, cache_dir=tmp_path)
     assert one.batch_table is None          # one user: the single-user table, as before
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_grouped_lm_head_keeps_every_users_logits_bit_for_bit(group):
+    """The LM head in groups of `group` users (logits left on column 1 + g): each user's
+    logits equal the one-user program's bit for bit, on both engines, users at different
+    positions; the engines' SRAM images and cycles agree."""
+    spec = make_spec(hidden=20, heads=6, kv_heads=3, head_dim=4, ffn=30, vocab=37,
+                     attention_bias=True, mlp_bias=True)
+    weights = random_weights(spec, 5)
+    mesh = load_mesh("small").with_mesh(4, 3)
+    prompts = [[3, 9], [1, 2, 3, 4, 5], [30]]
+    singles = [MeshDecoder(spec, weights, mesh, max_context=MAX_CONTEXT,
+                           layout="spread").generate(p, 3) for p in prompts]
+    decoders = []
+    for engine in ("reference", "numba"):
+        dec = BatchDecoder(spec, weights, mesh, engine=engine, batch=3,
+                           max_context=MAX_CONTEXT, head_group=group)
+        assert dec.plan.head_group == group
+        outs = dec.generate_users(prompts, 3)
+        for (tokens, logits), (one_tokens, one_logits) in zip(outs, singles, strict=True):
+            assert tokens == one_tokens
+            assert np.array_equal(logits, one_logits)
+        decoders.append(dec)
+    a, b = decoders
+    assert [r.cycles for r in a.results] == [r.cycles for r in b.results]
+    assert np.array_equal(a.sram, b.sram)
+
+
+def test_fast_forward_is_exact_with_a_grouped_lm_head():
+    spec = make_spec(hidden=16, heads=4, kv_heads=2, ffn=20, vocab=30, layers=5)
+    mesh = load_mesh("small").with_mesh(8, 4)
+    compiled = compile_decode(spec, mesh, "bf16", 40, batch=5, head_group=2)
+    positions = [3, 17, None, 39, 0]
+    fast = run_batch_timing(compiled, mesh, positions)
+    full = run_batch_timing(compiled, mesh, positions, fast_forward=False)
+    assert fast.skipped_blocks > 0
+    assert fast.cycles == full.cycles
+    assert np.array_equal(fast.mark_last, full.mark_last)
+    verify_program(compiled.decode, mesh, 7)
+
+
+def test_a_batch_whose_lm_head_does_not_fit_runs_it_in_groups():
+    """With SRAM for the grouped placement only, compile_decode picks a group size below
+    the batch by itself (and B = 1 never groups)."""
+    spec = make_spec(hidden=16, heads=4, kv_heads=2, ffn=10, vocab=200, layers=2)
+    mesh = load_mesh("small").with_mesh(8, 4)
+    whole = compile_decode(spec, mesh, "fp32", 16, batch=6, head_group=0)
+    part = compile_decode(spec, mesh, "fp32", 16, batch=6, head_group=2)
+    assert part.placement.total_bytes < whole.placement.total_bytes
+    small = dataclasses.replace(mesh, sram_bytes=part.placement.total_bytes)
+    with pytest.raises(FitError):
+        compile_decode(spec, small, "fp32", 16, batch=6, head_group=0)
+    chosen = compile_decode(spec, small, "fp32", 16, batch=6)
+    assert 2 <= chosen.plan.head_group < 6
+    assert compile_decode(spec, small, "fp32", 16).plan.head_group == 0
+
+
+def grouped_head_closed_form(pw: int, ph: int, sizes: list, k: int, m: int, o: int, h: int,
+                             r: int, w: int) -> int:
+    """Cycles of the LM head's GEMM part in groups of `sizes` users (docs/mapping.md,
+    "Batched decode"): the first group's GEMM-A, each later group n's
+    [o + n k] + L_n(k, m) + log2(pw) (o + n m) (the bracket when ph > 1; its tree
+    messages wait at the row's root), the root's logits send o + n m of every group but
+    the last, and the last group's logits reaching column pw - 1:
+    o + 2r + (pw - 1) h + n m."""
+    first, *rest = sizes
+    total = gemm_a_closed_form(pw, ph, first, k, m, o, h, r, w)
+    for n in rest:
+        total += ((o + n * k if ph > 1 else 0) + o + n * max(k, 1) * math.ceil(m / w)
+                  + int(math.log2(pw)) * (o + n * m))
+    total += sum(o + n * m for n in sizes[:-1])
+    return total + o + 2 * r + (pw - 1) * h + sizes[-1] * m
+
+
+@pytest.mark.parametrize("pw,ph,batch,gs,hd,dtype,vocab,group", [
+    (4, 2, 3, 2, 4, "fp32", 8, 1), (4, 2, 3, 2, 4, "fp32", 8, 2),
+    (8, 4, 5, 1, 2, "bf16", 12, 1), (8, 4, 5, 1, 2, "bf16", 12, 3),
+    (8, 4, 5, 1, 2, "bf16", 12, 4), (4, 1, 4, 1, 2, "fp32", 8, 2),
+    (4, 1, 4, 1, 2, "fp32", 8, 3), (16, 2, 4, 2, 2, "fp32", 6, 2)])
+def test_grouped_lm_head_matches_the_closed_form(pw, ph, batch, gs, hd, dtype, vocab, group):
+    """The head phase grows by exactly grouped form - GEMM-A form of the whole batch
+    (same program otherwise: the final RMSNorm before it is unchanged). One kv head per
+    row, k = hidden / pw and m = vocab / ph on every PE."""
+    hidden = 3 * pw
+    spec = make_spec(hidden=hidden, heads=gs * ph, kv_heads=ph, head_dim=hd, ffn=12,
+                     vocab=vocab, layers=1)
+    mesh = load_mesh("small").with_mesh(pw, ph)
+    positions = [(u * 7) % (4 * pw) for u in range(batch)]
+    heads = []
+    for g in (0, group):
+        compiled = compile_decode(spec, mesh, dtype, 4 * pw, batch=batch, head_group=g)
+        run = run_batch_timing(compiled, mesh, positions, fast_forward=False)
+        heads.append(phase_cycles(run, compiled.decode.program.mark_names)["head"])
+    sizes = [min(group, batch - u) for u in range(0, batch, group)]
+    args = (hidden // pw, vocab // ph, mesh.issue_overhead, mesh.hop_latency,
+            mesh.ramp_latency, mesh.simd_width(dtype))
+    assert heads[1] - heads[0] == (grouped_head_closed_form(pw, ph, sizes, *args)
+                                   - gemm_a_closed_form(pw, ph, batch, *args))
