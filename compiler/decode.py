@@ -76,12 +76,15 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
     for name in layouts:
         placement = None
         # a batch whose LM-head accumulator does not fit runs the head in groups of users
-        # (compiler/batching.py), the largest group that fits; the error names the batch
-        groups = [0] + (head_group_candidates(batch, mesh.width)
-                        if batch > 1 and head and name == "spread" else [])
-        if head_group is not None:
-            groups = [head_group]
+        # (compiler/batching.py, `choose_head_group`); the error names the whole batch
+        groups = [0 if head_group is None else head_group]
+        if head_group is None and batch > 1 and head and name == "spread":
+            groups.append(None)
         for group in groups:
+            if group is None:
+                group = choose_head_group(spec, mesh, dtype, max_context, batch)
+                if group is None:
+                    break
             shift, capacity = layout_shift(spec, mesh, name, dtype, max_context, head, batch,
                                            group)
             plan = run_pass("tile", tile, (spec, mesh.width, mesh.height, name, head, shift),
@@ -118,6 +121,31 @@ def layout_shift(spec, mesh: MeshConfig, layout: str, dtype: str,
     return spread_shift(spec, mesh.width, mesh.height, head,
                         mesh.sram_bytes // dtype_bytes(canonical_dtype(dtype)),
                         max_context or default_max_context(spec), batch, head_group)
+
+def choose_head_group(spec, mesh: MeshConfig, dtype: str, max_context: int | None,
+                      batch: int) -> int | None:
+    """The LM-head group size of a batch whose whole-batch head does not fit: the largest
+    of `head_group_candidates` that needs no larger ffn / vocabulary shift than the
+    smallest group does (a shift moves vocabulary rows off the band rows and lengthens
+    the head's and the MLP's messages on the rows outside, which costs more than more
+    groups do). Bisection: a larger group never needs a smaller shift. None: no
+    candidate (a mesh too narrow to keep the groups' logits)."""
+    candidates = head_group_candidates(batch, mesh.width)     # largest first
+    if not candidates:
+        return None
+
+    def shift(group: int) -> int:
+        return layout_shift(spec, mesh, "spread", dtype, max_context, True, batch, group)[0]
+
+    lowest, lo, hi = shift(candidates[-1]), 0, len(candidates) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if shift(candidates[mid]) <= lowest:
+            hi = mid
+        else:
+            lo = mid + 1
+    return candidates[lo]
+
 
 def auto_layouts(spec, mesh: MeshConfig) -> tuple[str, ...]:
     """Layouts `layout="auto"` tries in order: spread (KV and attention over the whole

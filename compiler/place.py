@@ -67,6 +67,9 @@ BUFFER_DOC = {
     "MT": "spread layout: softmax state received in the row's merge tree",
     "NM": "spread layout: merged maxima",
     "AA": "spread layout: rescale factors e^(m1-m), e^(m2-m) of a merge",
+    "HACC": "batched LM head in groups: one group's logit accumulator (inside ACC's "
+            "region)",
+    "LOG": "batched LM head in groups: the logits of group g, kept on column 1 + g",
 }
 
 
