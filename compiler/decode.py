@@ -129,18 +129,20 @@ def choose_head_group(spec, mesh: MeshConfig, dtype: str, max_context: int | Non
     smallest group does (a shift moves vocabulary rows off the band rows and lengthens
     the head's and the MLP's messages on the rows outside, which costs more than more
     groups do). Bisection: a larger group never needs a smaller shift. None: no
-    candidate (a mesh too narrow to keep the groups' logits)."""
+    candidate fits (or the mesh is too narrow to keep the groups' logits)."""
     candidates = head_group_candidates(batch, mesh.width)     # largest first
-    if not candidates:
+    context = max_context or default_max_context(spec)
+
+    def shift(group: int) -> tuple[int, int]:
+        return layout_shift(spec, mesh, "spread", dtype, max_context, True, batch, group)
+
+    if not candidates or shift(candidates[-1])[1] < context:
         return None
-
-    def shift(group: int) -> int:
-        return layout_shift(spec, mesh, "spread", dtype, max_context, True, batch, group)[0]
-
-    lowest, lo, hi = shift(candidates[-1]), 0, len(candidates) - 1
+    lowest, lo, hi = shift(candidates[-1])[0], 0, len(candidates) - 1
     while lo < hi:
         mid = (lo + hi) // 2
-        if shift(candidates[mid]) <= lowest:
+        s, capacity = shift(candidates[mid])
+        if s <= lowest and capacity >= context:
             hi = mid
         else:
             lo = mid + 1
