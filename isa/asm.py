@@ -82,6 +82,8 @@ SIGNATURES: dict[Op, tuple[str, ...]] = {
     Op.NOP: (),
     Op.VGEMV: ("dst", "src0", "src1", "n", "k"),
     Op.MARK: ("mark",),
+    Op.RARGMAX: ("rdst", "src0", "n"),
+    Op.LDR: ("reg", "src0"),
 }
 MNEMONICS = {op.name.lower(): op for op in SIGNATURES}
 OPERAND_HELP = {

@@ -151,7 +151,7 @@ def _check_params(program: Program, fields: _Fields) -> None:
 def _check_registers(program: Program, fields: _Fields) -> None:
     """Register operands (movr/addr/djnz targets and register-relative slots) in r0..r7."""
     where, code = program.source, program.code
-    writes = np.isin(fields.op, [int(Op.MOVR), int(Op.ADDR), int(Op.DJNZ)])
+    writes = np.isin(fields.op, [int(Op.MOVR), int(Op.ADDR), int(Op.DJNZ), int(Op.LDR)])
     target = fields.a[:, SLOT_DST]
     bad = writes & ((target < 0) | (target >= NUM_REGS))
     if bad.any():
