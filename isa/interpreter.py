@@ -30,9 +30,9 @@ from emulator.hw.mesh import MeshConfig
 from isa.opcodes import (
     COMM_OPS,
     DIRECTIONS,
+    LDR_LIMIT,
     MODE_IMM,
     MODE_PARAM,
-    LDR_LIMIT,
     NUM_REGS,
     OPPOSITE,
     ORDERED_OPS,
