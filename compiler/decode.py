@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler import reference
-from compiler.emit import DecodeProgram, emit_decode, verify_program
+from compiler import moe
+from compiler.emit import DecodeProgram, emit_decode, layer_kind, verify_program
 from compiler.numerics import canonical_dtype
 from compiler.place import (
     Placement,
@@ -34,7 +35,7 @@ from compiler.tile import (
     tile,
     verify_tiles,
 )
-from emulator.hw.errors import FitError
+from emulator.hw.errors import ConfigError, FitError
 from emulator.hw.mesh import MeshConfig
 
 
@@ -59,9 +60,9 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
     relayout on the left column) or "auto" (`auto_layouts`). Raises FitError when the
     model does not fit.
     """
-    spec.require_mapped("decode on the mesh")
     dtype = canonical_dtype(dtype)
     layouts = auto_layouts(spec, mesh) if layout == "auto" else (layout,)
+    require_mesh_mapped(spec, layouts)
     error = None
     for name in layouts:
         plan = run_pass("tile", tile, (spec, mesh.width, mesh.height, name, head), verify_tiles)
@@ -78,6 +79,27 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
                           lambda out: verify_program(out, mesh))
         return Compiled(plan, placement, routes, decode)
     raise error
+
+
+def mesh_unmapped(spec, layout: str = "spread") -> list[str]:
+    """The features of `spec` the mesh mapping does not handle (in `layout`)."""
+    features = {"qk-norm": spec.qk_norm}
+    if layout != "spread":   # the attention extensions live in the spread layout's code
+        features.update({"attention sinks": spec.attention_sinks,
+                         "sliding-window attention": bool(spec.layer_types)})
+    else:
+        features.update({"attention sinks": spec.attention_sinks,
+                         "sliding-window attention": bool(spec.layer_types)})
+    return [name for name, present in features.items() if present]
+
+
+def require_mesh_mapped(spec, layouts) -> None:
+    """ConfigError naming the features of `spec` no layout in `layouts` maps yet."""
+    missing = mesh_unmapped(spec, layouts[-1])
+    if missing:
+        raise ConfigError(f"decode on the mesh ({layouts[-1]} layout) does not map "
+                          f"{spec.architecture}'s {', '.join(missing)} yet; the numpy "
+                          f"reference (compiler/reference.py) runs it (docs/models.md)")
 
 
 def auto_layouts(spec, mesh: MeshConfig) -> tuple[str, ...]:
@@ -113,8 +135,21 @@ def layer_cuts(compiled: Compiled) -> list[str]:
     cut repeats at the next layer's from the first layer on (emulator/mesh/fast_forward.py
     `block_shift`); the last interval, the rest of the last layer, is a partial block
     (the first layer's code up to `L1.norm_in`)."""
-    layers = [f"L{layer}.qkv" for layer in range(compiled.plan.spec.num_layers)]
+    spec = compiled.plan.spec
+    period = kind_period(spec)
+    layers = [f"L{layer}.qkv" for layer in range(0, spec.num_layers, period)]
     return layers + ["head" if compiled.plan.head else "end"]
+
+
+def kind_period(spec) -> int:
+    """Smallest p such that layer l + p has layer l's kind (emit.layer_kind) for every l:
+    the fast-forward's blocks are p layers (1 for a uniform model, 2 for gpt-oss's
+    alternating sliding/full layers; the layer count when there is no period)."""
+    kinds = [layer_kind(spec, layer) for layer in range(spec.num_layers)]
+    for p in range(1, len(kinds)):
+        if all(kinds[i] == kinds[i + p] for i in range(len(kinds) - p)):
+            return p
+    return max(1, len(kinds))
 
 
 def weight_image(plan: TilePlan, placement: Placement, weights: dict) -> np.ndarray:
@@ -124,13 +159,18 @@ def weight_image(plan: TilePlan, placement: Placement, weights: dict) -> np.ndar
     qkv_order, gu_order = qkv_row_order(spec, plan), gu_row_order(plan)
     o_order = attn_col_order(plan)
     for layer in range(spec.num_layers):
-        p, w = f"L{layer}.", _layer_tensors(weights, layer)
+        sparse = spec.is_sparse(layer)
+        p, w = f"L{layer}.", _layer_tensors(weights, layer, sparse)
         write_matrix(sram, plan, "qkv", np.concatenate(w["qkv"])[qkv_order],
                      _addr_of(placement, p + "qkv"))
         write_matrix(sram, plan, "o", w["o"][:, o_order], _addr_of(placement, p + "o"))
-        write_matrix(sram, plan, "gu", np.concatenate(w["gu"])[gu_order],
-                     _addr_of(placement, p + "gu"))
-        write_matrix(sram, plan, "down", w["down"], _addr_of(placement, p + "down"))
+        if sparse:
+            moe.write_layer(sram, plan, placement, weights, layer,
+                            lambda name: _addr_of(placement, name))
+        else:
+            write_matrix(sram, plan, "gu", np.concatenate(w["gu"])[gu_order],
+                         _addr_of(placement, p + "gu"))
+            write_matrix(sram, plan, "down", w["down"], _addr_of(placement, p + "down"))
         write_r(sram, plan, "hidden", w["norm_in"], placement.addr(p + "norm_in"))
         write_r(sram, plan, "hidden", w["norm_post"], placement.addr(p + "norm_post"))
         if spec.attention_bias:
@@ -138,7 +178,7 @@ def weight_image(plan: TilePlan, placement: Placement, weights: dict) -> np.ndar
                     _addr_of(placement, p + "qkv_bias"))
         if spec.o_proj_bias:
             write_r(sram, plan, "hidden", w["o_bias"], placement.addr(p + "o_bias"))
-        if spec.mlp_bias:
+        if spec.mlp_bias and not sparse:
             write_c(sram, plan, "gu", np.concatenate(w["gu_bias"])[gu_order],
                     _addr_of(placement, p + "gu_bias"))
             write_r(sram, plan, "hidden", w["down_bias"], placement.addr(p + "down_bias"))
@@ -162,16 +202,18 @@ def _addr_of(placement: Placement, name: str) -> np.ndarray:
     return out
 
 
-def _layer_tensors(weights: dict, layer: int) -> dict:
-    """One layer's tensors grouped by the mesh matrices they form."""
+def _layer_tensors(weights: dict, layer: int, sparse: bool = False) -> dict:
+    """One layer's tensors grouped by the mesh matrices they form (the MoE block of a
+    sparse layer is written by compiler.moe)."""
     p = f"model.layers.{layer}."
     a, m = p + "self_attn.", p + "mlp."
     out = {"qkv": [weights[a + f"{n}_proj.weight"] for n in "qkv"],
            "o": weights[a + "o_proj.weight"],
-           "gu": [weights[m + "gate_proj.weight"], weights[m + "up_proj.weight"]],
-           "down": weights[m + "down_proj.weight"],
            "norm_in": weights[p + "input_layernorm.weight"],
            "norm_post": weights[p + "post_attention_layernorm.weight"]}
+    if not sparse:
+        out.update(gu=[weights[m + "gate_proj.weight"], weights[m + "up_proj.weight"]],
+                   down=weights[m + "down_proj.weight"])
     if a + "q_proj.bias" in weights:
         out["qkv_bias"] = [weights[a + f"{n}_proj.bias"] for n in "qkv"]
     if a + "o_proj.bias" in weights:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from compiler import moe
 from compiler.place import (
     Placement,
     kept_range,
@@ -78,6 +79,7 @@ PARAM_DOC = {
              "slot (step parameter, spread layout)",
     "sc_len": "score elements of all heads (step parameter, spread layout)",
     "pm_len": "maxima + scores message length (step parameter, spread layout)",
+    **moe.PARAM_DOC,
 }
 
 
@@ -335,6 +337,7 @@ class Role:
     nv: int = 0         # spread: value dims of row y
     ktree: tuple = ()   # spread: steps in the band's score tree (rows holding keys)
     mb: str = ""        # spread: "send" (band top), "recv" or "" in the band multicast
+    k_exp: int = 0      # MoE: an expert's ffn chunk on row y (compiler/moe.py)
 
     @property
     def kind(self) -> tuple:
@@ -363,6 +366,8 @@ def pe_role(plan: TilePlan, i: int, j: int) -> Role:
                         ktree=tree_actions(r, bands.krows) if r < bands.krows else (),
                         mb="send" if r == 0 and last else
                         "recv" if 0 < r <= last and bands.nv[r] else "")
+    if "eff" in plan.vectors:
+        band["k_exp"] = plan.vec("eff").size(j)
     return Role(i == 0, j == 0, tree_actions(i, plan.pw), tree_actions(j, plan.ph),
                 plan.vec("hidden").size(i), plan.vec("attn").size(j), plan.vec("ffn").size(j),
                 plan.groups_on_row(j)[1], plan.weight_row(j), **band)
@@ -656,6 +661,9 @@ def decoder_layer(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
     b.mark(p + "norm_post")
     if role.top:
         rmsnorm(b, ctx, role, p + "norm_post", "L{layer}.norm_post")
+    if spec.is_sparse(layer):
+        moe.moe_block(b, ctx, role, layer)
+        return
     b.mark(p + "mlp_up")
     b.note("layer {layer}: gate/up GEMV-A", "gate_up")
     gemv_a(b, fab, role.top, role.row_tree, role.k_hidden, ctx.waddr(p + "gu"), plan.mpad("gu"),
@@ -740,28 +748,75 @@ def pe_code(ctx: Context, role: Role) -> RegionCode:
     return RegionCode(code, merged)
 
 
+def layer_kind(spec, layer: int) -> tuple:
+    """What sets a decoder layer's code structure: (MoE MLP, sliding window or None)."""
+    return (spec.is_sparse(layer), spec.window(layer))
+
+
+def kind_members(spec) -> dict:
+    """layer kind -> its layers in order."""
+    out: dict = {}
+    for layer in range(spec.num_layers):
+        out.setdefault(layer_kind(spec, layer), []).append(layer)
+    return out
+
+
 def layer_code(ctx: Context, role: Role) -> tuple[np.ndarray, dict]:
     """(INSTR_DTYPE code, {pc: (comment, op)}) of every decoder layer of a role, back to back.
 
-    Layers differ only in their mark ids and the addresses of their weights and KV cache,
-    which the place pass lays out at a constant stride per layer (`check_layer_strides`).
-    So only layers 0 and 1 are generated: layer l is layer 0 with every operand slot
-    moved by l * (layer 1 - layer 0), its comments the templates formatted with l.
+    Layers of one kind (`layer_kind`) differ only in their mark ids and the addresses of
+    their weights and KV cache. When a kind's layers are evenly spaced and the place pass
+    lays their buffers out at a constant stride (`check_layer_strides`; always for a
+    uniform model), only its first two layers are generated: its n-th layer is the first
+    with every operand slot moved by n * (second - first), its comments the templates
+    formatted with the layer. Other kinds' layers are generated one by one.
     """
-    layers = ctx.plan.spec.num_layers
-    first, comments = _one_layer(ctx, role, 0)
-    step = np.zeros_like(first["a"])
-    if layers > 1:
-        second, _ = _one_layer(ctx, role, 1)
+    spec = ctx.plan.spec
+    codes, templates = {}, {}
+    for members in kind_members(spec).values():
+        first, comments = _one_layer(ctx, role, members[0])
+        codes[members[0]], templates[members[0]] = first, comments
+        if len(members) == 1:
+            continue
+        if not (_evenly_spaced(members) and _linear_buffers(ctx.placement, members)):
+            for layer in members[1:]:
+                codes[layer], templates[layer] = _one_layer(ctx, role, layer)
+            continue
+        second, _ = _one_layer(ctx, role, members[1])
         for name in ("op", "modes", "imm"):
             assert np.array_equal(first[name], second[name]), "layers differ in structure"
         step = second["a"] - first["a"]
-    code = np.tile(first, (layers, 1))
-    code["a"] += np.arange(layers, dtype=step.dtype)[:, None, None] * step[None]
-    n = len(first)
-    notes = {pc + layer * n: (text.format(layer=layer), op and f"L{layer}.{op}")
-             for layer in range(layers) for pc, (text, op) in comments.items()}
-    return code.reshape(-1), notes
+        for n, layer in enumerate(members[1:], start=1):
+            code = first.copy()
+            code["a"] += n * step
+            codes[layer], templates[layer] = code, comments
+    parts, notes, base = [], {}, 0
+    for layer in range(spec.num_layers):
+        parts.append(codes[layer])
+        notes.update({pc + base: (text.format(layer=layer), op and f"L{layer}.{op}")
+                      for pc, (text, op) in templates[layer].items()})
+        base += len(codes[layer])
+    return np.concatenate(parts), notes
+
+
+def _evenly_spaced(members: list) -> bool:
+    """The layers form an arithmetic progression."""
+    return len(set(np.diff(members).tolist())) <= 1
+
+
+def _linear_buffers(placement: Placement, members: list) -> bool:
+    """Every per-layer buffer of these layers sits at a constant address stride over
+    them in every class."""
+    for buffers in placement.maps.values():
+        prefix = f"L{members[0]}."
+        for name in buffers:
+            if not name.startswith(prefix):
+                continue
+            rest = name[len(prefix):]
+            addrs = np.array([buffers[f"L{layer}.{rest}"].addr for layer in members])
+            if not (np.diff(addrs, 2) == 0).all():
+                return False
+    return True
 
 
 def _one_layer(ctx: Context, role: Role, layer: int) -> tuple[np.ndarray, dict]:
@@ -774,8 +829,11 @@ def _one_layer(ctx: Context, role: Role, layer: int) -> tuple[np.ndarray, dict]:
 
 def check_layer_strides(placement: Placement) -> None:
     """Assert that every per-layer buffer `L{layer}.{name}` sits at a constant address
-    stride per layer in every class (what `layer_code` relies on)."""
+    stride per layer in every class (what `layer_code` relies on for a model whose layers
+    are all of one kind; others are checked per kind by `layer_code`)."""
     layers = placement.plan.spec.num_layers
+    if len(kind_members(placement.plan.spec)) > 1:
+        return
     for buffers in placement.maps.values():
         for name in buffers:
             if not name.startswith("L0."):
@@ -924,7 +982,7 @@ def assign_roles(plan: TilePlan) -> tuple[list, np.ndarray, list]:
     rows = [pe_role(plan, 0, j) for j in range(ph)]
     col_keys = [(r.left, r.row_tree, r.k_hidden) for r in cols]
     row_keys = [(r.top, r.col_tree, r.k_attn, r.k_ffn, r.groups, r.wrow, r.band, r.k2, r.nv,
-                 r.ktree, r.mb) for r in rows]
+                 r.ktree, r.mb, r.k_exp) for r in rows]
     ci = _class_index(col_keys)
     rj = _class_index(row_keys)
     pair = (rj[:, None] * (ci.max() + 1) + ci[None, :]).reshape(-1)
@@ -935,7 +993,7 @@ def assign_roles(plan: TilePlan) -> tuple[list, np.ndarray, list]:
     pe_region = rank[inverse].astype(np.int32)
     reps = [(int(f % pw), int(f // pw)) for f in first[order]]
     row_fields = ("top", "col_tree", "k_attn", "k_ffn", "groups", "wrow", "band", "k2", "nv",
-                  "ktree", "mb")
+                  "ktree", "mb", "k_exp")
     roles = [dataclasses.replace(cols[x], **{f: getattr(rows[y], f) for f in row_fields})
              for x, y in reps]
     return roles, pe_region, reps
@@ -1031,6 +1089,8 @@ def emit_decode(plan: TilePlan, placement: Placement, routes: RoutePlan,
                 source: str = "<decode>") -> DecodeProgram:
     """The emit pass: one decode step as a Program with per-role regions."""
     params, left = static_params(plan), left_params(plan, placement)
+    if moe.has_moe(plan.spec):
+        params.update(moe.static_params(plan, placement.addr("LG")))
     param_names = list(params) + list(left) + step_param_names(plan)
     marks = decode_mark_names(plan)
     ctx = Context(plan, placement, Fabric.from_routes(routes),

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from compiler import moe
 from compiler.tile import Chunking, TilePlan, chunk_bounds, tile
 from emulator.hw.dtypes import BYTES as DTYPE_BYTES
 from emulator.hw.errors import FitError
@@ -213,8 +214,11 @@ def common_entries(plan: TilePlan, slots: int = 0) -> list[tuple[str, int, str]]
               plan.mpad("qkv") if plan.layout == "even" else 0)
     xb = max(plan.vec("attn").max_size if plan.layout in ("even", "spread") else 0,
              plan.vec("ffn").max_size)
-    out = [("H", hid, "scratch"), ("XN", hid, "scratch"), ("SS", 1, "scratch"),
-           ("ACC", acc, "scratch"), ("XB", xb, "scratch"), ("JUNK", 1, "scratch")]
+    need = moe.scratch_sizes(plan)
+    out = [("H", hid, "scratch"), ("XN", max(hid, need.get("XN", 0)), "scratch"),
+           ("SS", 1, "scratch"), ("ACC", max(acc, need.get("ACC", 0)), "scratch"),
+           ("XB", max(xb, need.get("XB", 0)), "scratch"), ("JUNK", 1, "scratch")]
+    out += moe.common_entries(plan)
     if plan.bands is not None:   # at one address on every PE: the step parameters name it
         out.append(("PM", spec.group_size * (1 + slots), "scratch"))
     for layer in range(spec.num_layers):
@@ -241,10 +245,14 @@ def weight_entries(plan: TilePlan, kind: tuple = ()) -> list[tuple[str, int, str
         sizes["o"] = spec.group_size * nv * plan.mpad("o")
     for layer in range(spec.num_layers):
         p = f"L{layer}."
-        out += [(p + m, sizes[m], "weight") for m in ("qkv", "o", "gu", "down")]
+        sparse = spec.is_sparse(layer)
+        mlp = () if sparse else ("gu", "down")
+        out += [(p + m, sizes[m], "weight") for m in ("qkv", "o", *mlp)]
+        if sparse:
+            out += moe.layer_weight_entries(plan, layer)
         if spec.attention_bias:
             out.append((p + "qkv_bias", plan.mpad("qkv"), "weight"))
-        if spec.mlp_bias:
+        if spec.mlp_bias and not sparse:
             out.append((p + "gu_bias", plan.mpad("gu"), "weight"))
     if plan.head:
         out.append(("lm_head", plan.kmax("lm_head") * plan.mpad("lm_head"), "weight"))
@@ -291,11 +299,14 @@ def left_entries(plan: TilePlan, key: tuple, g_need: np.ndarray) -> list[tuple[s
         out = [("COS", rope, "scratch"), ("SIN", rope, "scratch")] if rope else []
         if nv:
             out.append(("RL", spec.group_size, "scratch"))
-        out.append(("TMP", max(4 * rope, plan.vec("ffn").max_size), "scratch"))
-        return out
+        out.append(("TMP", max(4 * rope, plan.vec("ffn").max_size,
+                               moe.scratch_sizes(plan).get("TMP", 0)), "scratch"))
+        return out + moe.left_entries(plan) + (moe.hub_entries(plan) if key[3] else [])
     rope = (spec.group_size + 1) * spec.head_dim // 2
     out = [("COS", rope, "scratch"), ("SIN", rope, "scratch")] if attn else []
-    out.append(("TMP", max(4 * rope if attn else 0, plan.vec("ffn").max_size), "scratch"))
+    out.append(("TMP", max(4 * rope if attn else 0, plan.vec("ffn").max_size,
+                           moe.scratch_sizes(plan).get("TMP", 0)), "scratch"))
+    out += moe.left_entries(plan) + (moe.hub_entries(plan) if key[3] else [])
     if plan.layout == "even":
         rows = ((plan.weight_rows() == key[0]) & ((plan.vec("groups").sizes() > 0) == key[1])
                 & ((np.arange(plan.ph) == 0) == key[3]))
@@ -479,7 +490,8 @@ def verify_placement(placement: Placement, mesh: MeshConfig) -> None:
     assert placement.total_bytes <= mesh.sram_bytes, "placement exceeds the PE's SRAM"
     plan = placement.plan
     for layer in range(plan.spec.num_layers):
-        for m in ("qkv", "o", "gu", "down"):
+        sparse = plan.spec.is_sparse(layer)
+        for m in ("qkv", "o", "router") if sparse else ("qkv", "o", "gu", "down"):
             _check_tiles(placement, m, f"L{layer}.{m}")
     if plan.head:
         _check_tiles(placement, "lm_head", "lm_head")
@@ -520,10 +532,15 @@ def pe_usage(placement: Placement) -> np.ndarray:
     a PE is `Placement.class_words[pe_class(plan, x, y)]`)."""
     plan, spec = placement.plan, placement.plan.spec
     used = np.zeros((plan.ph, plan.pw), np.int64)
+    sparse = sum(spec.is_sparse(layer) for layer in range(spec.num_layers))
+    copies = {"lm_head": 1, "router": sparse, "gu": spec.num_layers - sparse,
+              "down": spec.num_layers - sparse}
+    if sparse:
+        copies.update(egu=sparse * spec.moe.num_experts, edown=sparse * spec.moe.num_experts)
     for name, tile_ in plan.matrices.items():
         out, inp = plan.vec(tile_.out).sizes(), plan.vec(tile_.inp).sizes()
         area = np.outer(out, inp) if tile_.kind == "A" else np.outer(inp, out)
-        used += area * (1 if name == "lm_head" else spec.num_layers)
+        used += area * copies.get(name, spec.num_layers)
     used += (kv_dims_per_row(plan) * spec.num_layers * placement.slots)[:, None]
     used += sum(b.words for b in placement.buffers.values() if b.kind == "scratch")
     used[0, :] += (2 * spec.num_layers + 1) * plan.vec("hidden").sizes()
