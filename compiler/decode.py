@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compiler import reference
-from compiler import moe
+from compiler import moe, reference
 from compiler.emit import DecodeProgram, emit_decode, layer_kind, verify_program
 from compiler.numerics import canonical_dtype
 from compiler.place import (

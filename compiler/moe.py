@@ -152,8 +152,7 @@ def moe_block(b, ctx, role, layer: int) -> None:
     SEL multicast to every PE, then k times: the chosen expert's gate/up GEMV-A,
     activation on the left column, down GEMV-B and `H += w * y` on the top row.
     The normalised input is in XN on the top row (column 0 also holds the bias element)."""
-    from compiler.emit import Desc, Param, Reg, col_multicast, gemv_columns, row_multicast, \
-        tree_sum
+    from compiler.emit import Desc, Param, Reg, col_multicast, gemv_columns, row_multicast, tree_sum
     from isa.opcodes import Op
 
     plan, spec, fab, a = ctx.plan, ctx.plan.spec, ctx.fab, ctx.addr

@@ -337,7 +337,7 @@ def tile(spec: ModelSpec, pw: int, ph: int, layout: str = "groups", head: bool =
         "down": MatrixTile("B", "hidden", "ffn"),
         "lm_head": MatrixTile("A", "vocab", "hidden"),
     }
-    from compiler import moe   # moe builds on this module
+    from compiler import moe  # moe builds on this module
     moe.extend_tiles(spec, ph, vectors, matrices, wrows)
     return TilePlan(spec, pw, ph, layout, vectors, matrices, head)
 
@@ -373,7 +373,7 @@ def _tile_spread(spec: ModelSpec, pw: int, ph: int, head: bool) -> TilePlan:
         "down": MatrixTile("B", "hidden", "ffn"),
         "lm_head": MatrixTile("A", "vocab", "hidden"),
     }
-    from compiler import moe   # moe builds on this module
+    from compiler import moe  # moe builds on this module
     moe.extend_tiles(spec, ph, vectors, matrices, np.ones(ph, bool))
     return TilePlan(spec, pw, ph, "spread", vectors, matrices, head, bands)
 
