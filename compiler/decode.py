@@ -86,9 +86,6 @@ def mesh_unmapped(spec, layout: str = "spread") -> list[str]:
     if layout != "spread":   # the attention extensions live in the spread layout's code
         features.update({"attention sinks": spec.attention_sinks,
                          "sliding-window attention": bool(spec.layer_types)})
-    else:
-        features.update({"attention sinks": spec.attention_sinks,
-                         "sliding-window attention": bool(spec.layer_types)})
     return [name for name, present in features.items() if present]
 
 
@@ -181,12 +178,28 @@ def weight_image(plan: TilePlan, placement: Placement, weights: dict) -> np.ndar
             write_c(sram, plan, "gu", np.concatenate(w["gu_bias"])[gu_order],
                     _addr_of(placement, p + "gu_bias"))
             write_r(sram, plan, "hidden", w["down_bias"], placement.addr(p + "down_bias"))
+    if spec.attention_sinks:
+        _write_sinks(sram, plan, placement, weights)
     if plan.head:
         write_matrix(sram, plan, "lm_head", reference.lm_head_weight(spec, weights),
                      _addr_of(placement, "lm_head"))
         write_r(sram, plan, "hidden", weights["model.norm.weight"],
                 placement.addr("norm_final"))
     return sram
+
+
+def _write_sinks(sram: np.ndarray, plan: TilePlan, placement: Placement, weights: dict) -> None:
+    """Spread layout: each band row holding value dims keeps its group's sink logits
+    (`L{layer}.sinks`, group_size elements) on its left PE."""
+    spec, bands, gs = plan.spec, plan.bands, plan.spec.group_size
+    for j in range(bands.rows):
+        if not bands.nv[bands.local(j)]:
+            continue
+        g = bands.group(j)
+        for layer in range(spec.num_layers):
+            sinks = weights[f"model.layers.{layer}.self_attn.sinks"][g * gs:(g + 1) * gs]
+            addr = placement.addr_at(f"L{layer}.sinks", 0, j)
+            sram[j * plan.pw, addr:addr + gs] = sinks
 
 
 def _addr_of(placement: Placement, name: str) -> np.ndarray:

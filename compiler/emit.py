@@ -30,6 +30,7 @@ from compiler import moe
 from compiler.place import (
     Placement,
     kept_range,
+    layer_slots,
     multicast_pieces,
     relayouts,
     subtree_ends,
@@ -59,6 +60,8 @@ from isa.validate import validate_program
 STEP_PARAMS = ("nloc", "nfree", "slot_off", "store_n")
 NEW_SLOT_REG = 1   # register holding the new position's slot offset (slot * head_dim)
 NLOC_REG = 2       # register holding nloc
+WIN_SLOT_REG = 3   # spread layout: the sliding-window layers' `w.kslot`
+WINDOW_PREFIX = "w."   # step parameters of the sliding-window layers
 MASK_SCORE = -1.0e30   # spread layout: score of a slot holding no position (exp gives 0)
 
 # Op names of the code blocks emit notes open (Program.region_ops; emu explain, step, map).
@@ -93,8 +96,11 @@ def step_param_names(plan: TilePlan) -> list[str]:
     if plan.bands is None:
         return list(STEP_PARAMS)
     heads = range(plan.spec.group_size)
-    return (["nact", "nfree", "kslot", "sc_len", "pm_len"] + [f"sc{h}" for h in heads]
-            + [f"mask{h}" for h in heads])
+    names = (["nact", "nfree", "kslot", "sc_len", "pm_len"] + [f"sc{h}" for h in heads]
+             + [f"mask{h}" for h in heads])
+    if plan.spec.layer_types:   # sliding-window layers: the same names for their ring
+        names += [WINDOW_PREFIX + n for n in names]
+    return names
 
 
 # --------------------------------------------------------------------------- code builder
@@ -546,40 +552,50 @@ def spread_attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> No
        sum: the row's chunk of the attention output, in XB for o_proj.
     """
     spec, fab, a = ctx.plan.spec, ctx.fab, ctx.addr
-    gs, k2, nv, sp = spec.group_size, role.k2, role.nv, ctx.placement.slots + 1
+    window = spec.window(layer) is not None
+    P = _step_param(WINDOW_PREFIX if window else "")
+    reg = WIN_SLOT_REG if window else NEW_SLOT_REG
+    gs, k2, nv = spec.group_size, role.k2, role.nv
+    sp = layer_slots(ctx.plan, layer, ctx.placement.slots) + 1
     q, pm = a("QKV"), a("PM")
     kt, vt = a(f"L{layer}.k"), a(f"L{layer}.v")
     b.note("layer {layer}: attention, the row's q/k/v along the row", "attn")
     row_multicast(b, fab, role.left, q, (gs + 1) * k2 + nv)
     if k2:
-        b.vec(Op.VMOV, Desc(Reg(NEW_SLOT_REG, kt), sp), q + gs * k2, n=k2)
+        b.vec(Op.VMOV, Desc(Reg(reg, kt), sp), q + gs * k2, n=k2)
     if nv:
-        b.vec(Op.VMOV, Desc(Reg(NEW_SLOT_REG, vt), sp), q + (gs + 1) * k2, n=nv)
+        b.vec(Op.VMOV, Desc(Reg(reg, vt), sp), q + (gs + 1) * k2, n=nv)
     if role.band in (0, 1):
         b.note("attention: partial scores over the row's key dims", "attn")
         for h in range(gs):
-            gemv_columns(b, kt, sp, q + h * k2, Param(f"sc{h}"), Param("nact"), k2)
-        tree_sum(b, role.ktree, fab.col, pm + gs, Param("sc_len"))
+            gemv_columns(b, kt, sp, q + h * k2, P(f"sc{h}"), P("nact"), k2)
+        tree_sum(b, role.ktree, fab.col, pm + gs, P("sc_len"))
     if role.band == 0:
         b.note("attention: band top scales, masks empty slots, local max, exp", "attn")
-        b.vec(Op.VSCALE, pm + gs, pm + gs, n=Param("sc_len"),
+        b.vec(Op.VSCALE, pm + gs, pm + gs, n=P("sc_len"),
               imm=float(np.float32(spec.head_dim ** -0.5)))
         for h in range(gs):
-            b.vec(Op.VSET, Param(f"mask{h}"), n=Param("nfree"), imm=MASK_SCORE)
+            b.vec(Op.VSET, P(f"mask{h}"), n=P("nfree"), imm=MASK_SCORE)
         for h in range(gs):
-            b.reduce(Op.RMAX, pm + h, Param(f"sc{h}"), n=Param("nact"))
+            b.reduce(Op.RMAX, pm + h, P(f"sc{h}"), n=P("nact"))
         for h in range(gs):
-            b.vec(Op.VSUB, Param(f"sc{h}"), Param(f"sc{h}"), Desc(pm + h, 0), Param("nact"))
-        b.vec(Op.VEXP, pm + gs, pm + gs, n=Param("sc_len"))
+            b.vec(Op.VSUB, P(f"sc{h}"), P(f"sc{h}"), Desc(pm + h, 0), P("nact"))
+        b.vec(Op.VEXP, pm + gs, pm + gs, n=P("sc_len"))
     if role.mb == "send":
-        b.send(fab.mb, pm, Param("pm_len"))
+        b.send(fab.mb, pm, P("pm_len"))
     elif role.mb == "recv":
-        b.recv(fab.mb, pm, Param("pm_len"))
+        b.recv(fab.mb, pm, P("pm_len"))
     if nv:
-        merge_values(b, ctx, role, vt, sp)
+        merge_values(b, ctx, role, vt, sp, P, layer)
 
 
-def merge_values(b: CodeBuilder, ctx: Context, role: Role, vt: int, sp: int) -> None:
+def _step_param(prefix: str):
+    """name -> Param(prefix + name): a layer kind's step parameters."""
+    return lambda name: Param(prefix + name)
+
+
+def merge_values(b: CodeBuilder, ctx: Context, role: Role, vt: int, sp: int,
+                 P=Param, layer: int = 0) -> None:
     """Spread layout, rows holding value dims: local softmax state MO = [m | l | o] from
     PM = [m | p], merged along the row to (0, j) with the online-softmax rule
     m = max(m1, m2), l = l1 e^(m1-m) + l2 e^(m2-m), o = o1 e^(m1-m) + o2 e^(m2-m);
@@ -590,10 +606,10 @@ def merge_values(b: CodeBuilder, ctx: Context, role: Role, vt: int, sp: int) -> 
     b.note("attention: local softmax state of the column's slots", "attn")
     b.vec(Op.VMOV, mo, pm, n=gs)
     for h in range(gs):
-        b.reduce(Op.RSUM, lo + h, Param(f"sc{h}"), n=Param("nact"))
+        b.reduce(Op.RSUM, lo + h, P(f"sc{h}"), n=P("nact"))
     for h in range(gs):
         for d in range(nv):
-            b.reduce(Op.RDOT, oo + h * nv + d, vt + d * sp, Param(f"sc{h}"), Param("nact"))
+            b.reduce(Op.RDOT, oo + h * nv + d, vt + d * sp, P(f"sc{h}"), P("nact"))
     for act, s in role.row_tree:
         if act == "send":
             b.send(fab.row[s], mo, n)
@@ -610,6 +626,11 @@ def merge_values(b: CodeBuilder, ctx: Context, role: Role, vt: int, sp: int) -> 
             b.vec(Op.VMUL, oo + h * nv, oo + h * nv, Desc(aa + h, 0), nv)
             b.vec(Op.VFMA, oo + h * nv, mt + 2 * gs + h * nv, Desc(aa + gs + h, 0), nv)
         b.vec(Op.VMOV, mo, nm, n=gs)
+    if role.left and ctx.plan.spec.attention_sinks:
+        b.note("attention sinks: l += exp(sink - m)", "attn")
+        b.vec(Op.VSUB, aa, a(f"L{layer}.sinks"), mo, gs)
+        b.vec(Op.VEXP, aa, aa, n=gs)
+        b.vec(Op.VADD, lo, lo, aa, gs)
     if role.left:
         b.note("divide by the softmax sums", "attn")
         b.vec(Op.VRECIP, a("RL"), lo, n=gs)
@@ -724,6 +745,8 @@ def pe_code(ctx: Context, role: Role) -> RegionCode:
     if plan.bands is not None:
         if role.band >= 0 and (role.k2 or role.nv):
             start.movr(NEW_SLOT_REG, Param("kslot"))
+            if plan.spec.layer_types:
+                start.movr(WIN_SLOT_REG, Param(WINDOW_PREFIX + "kslot"))
     elif role.groups:
         start.movr(NEW_SLOT_REG, Param("slot_off"))
         start.movr(NLOC_REG, Param("nloc"))
@@ -921,14 +944,13 @@ def step_values(plan: TilePlan, slots: int, pos: int,
     pw, ph, hd = plan.pw, plan.ph, plan.spec.head_dim
     i = np.arange(pw)
     if plan.bands is not None:
-        gs, nact = plan.spec.group_size, pos // pw + 1
-        nloc = np.where(i <= pos, (pos - i) // pw + 1, 0)
-        sc = placement.addr("PM") + gs + nact * np.arange(gs)
-        out = {"nact": nact, "nfree": nact - nloc,
-               "kslot": np.where(i == pos % pw, pos // pw, slots),
-               "sc_len": gs * nact, "pm_len": gs * (1 + nact)}
-        out.update({f"sc{h}": sc[h] for h in range(gs)})
-        out.update({f"mask{h}": sc[h] + nloc for h in range(gs)})
+        out = spread_step_values(plan, slots, pos, pos, placement.addr("PM"))
+        window = plan.spec.sliding_window
+        if plan.spec.layer_types:   # a ring of `window` entries: pos goes to pos mod window
+            wslots = -(-min(window, slots * pw) // pw)
+            ring = spread_step_values(plan, wslots, min(pos, window - 1), pos % window,
+                                      placement.addr("PM"))
+            out.update({WINDOW_PREFIX + k: v for k, v in ring.items()})
         return {k: np.broadcast_to(np.asarray(v, np.int64), (ph, pw)) for k, v in out.items()}
     nloc = np.where(i <= pos, (pos - i) // pw + 1, 0)
     store = np.where(i == pos % pw, hd, 0)
@@ -936,6 +958,24 @@ def step_values(plan: TilePlan, slots: int, pos: int,
             "nfree": np.broadcast_to(slots - nloc, (ph, pw)),
             "slot_off": np.broadcast_to(np.int64((pos // pw) * hd), (ph, pw)),
             "store_n": np.broadcast_to(store, (ph, pw))}
+
+
+def spread_step_values(plan: TilePlan, slots: int, last: int, store: int, pm: int) -> dict:
+    """Spread-layout step parameters when entries 0..last hold positions and the new one
+    goes to entry `store` (full attention: both the position; a sliding-window ring:
+    min(pos, window - 1) and pos mod window). Entry e is on column e mod pw, slot
+    e div pw; `slots` is the layer's slots per PE (the spare slot is `slots`)."""
+    pw, gs = plan.pw, plan.spec.group_size
+    i = np.arange(pw)
+    nact = last // pw + 1
+    nloc = np.where(i <= last, (last - i) // pw + 1, 0)
+    sc = pm + gs + nact * np.arange(gs)
+    out = {"nact": nact, "nfree": nact - nloc,
+           "kslot": np.where(i == store % pw, store // pw, slots),
+           "sc_len": gs * nact, "pm_len": gs * (1 + nact)}
+    out.update({f"sc{h}": sc[h] for h in range(gs)})
+    out.update({f"mask{h}": sc[h] + nloc for h in range(gs)})
+    return out
 
 
 # --------------------------------------------------------------------------- programs

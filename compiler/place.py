@@ -280,14 +280,23 @@ def spread_attention_entries(plan: TilePlan, kind: tuple,
     takes the store of PEs not owning the new position); PM holds the heads' maxima then
     their scores [head][slot]; MO the merge state [max | sum | weighted values]."""
     spec, (k2, nv, _) = plan.spec, kind
-    heads, sp, out = spec.group_size, slots + 1, []
+    heads, out = spec.group_size, []
     for layer in range(spec.num_layers):
+        sp = layer_slots(plan, layer, slots) + 1
         out += [(f"L{layer}.k", k2 * sp, "kv"), (f"L{layer}.v", nv * sp, "kv")]
     out.append(("QKV", (heads + 1) * k2 + nv, "scratch"))
     if nv:
         out += [("MO", heads * (2 + nv), "scratch"), ("MT", heads * (2 + nv), "scratch"),
                 ("NM", heads, "scratch"), ("AA", 2 * heads, "scratch")]
     return out
+
+
+def layer_slots(plan: TilePlan, layer: int, slots: int) -> int:
+    """KV slots per PE of `layer`: `slots`, or for a sliding-window layer the ring of its
+    `window` positions, ceil(min(window, max_context) / pw) (position t in ring entry
+    t mod window, on column (t mod window) mod pw, slot (t mod window) div pw)."""
+    window = plan.spec.window(layer)
+    return slots if window is None else min(slots, -(-window // plan.pw))
 
 
 def left_entries(plan: TilePlan, key: tuple, g_need: np.ndarray) -> list[tuple[str, int, str]]:
@@ -299,6 +308,9 @@ def left_entries(plan: TilePlan, key: tuple, g_need: np.ndarray) -> list[tuple[s
         out = [("COS", rope, "scratch"), ("SIN", rope, "scratch")] if rope else []
         if nv:
             out.append(("RL", spec.group_size, "scratch"))
+        if nv and spec.attention_sinks:
+            out += [(f"L{layer}.sinks", spec.group_size, "weight")
+                    for layer in range(spec.num_layers)]
         out.append(("TMP", max(4 * rope, plan.vec("ffn").max_size,
                                moe.scratch_sizes(plan).get("TMP", 0)), "scratch"))
         return out + moe.left_entries(plan) + (moe.hub_entries(plan) if key[3] else [])
@@ -541,7 +553,8 @@ def pe_usage(placement: Placement) -> np.ndarray:
         out, inp = plan.vec(tile_.out).sizes(), plan.vec(tile_.inp).sizes()
         area = np.outer(out, inp) if tile_.kind == "A" else np.outer(inp, out)
         used += area * copies.get(name, spec.num_layers)
-    used += (kv_dims_per_row(plan) * spec.num_layers * placement.slots)[:, None]
+    kv_slots = sum(layer_slots(plan, layer, placement.slots) for layer in range(spec.num_layers))
+    used += (kv_dims_per_row(plan) * kv_slots)[:, None]
     used += sum(b.words for b in placement.buffers.values() if b.kind == "scratch")
     used[0, :] += (2 * spec.num_layers + 1) * plan.vec("hidden").sizes()
     return used
