@@ -82,10 +82,10 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
 
 def mesh_unmapped(spec, layout: str = "spread") -> list[str]:
     """The features of `spec` the mesh mapping does not handle (in `layout`)."""
-    features = {"qk-norm": spec.qk_norm}
-    if layout != "spread":   # the attention extensions live in the spread layout's code
-        features.update({"attention sinks": spec.attention_sinks,
-                         "sliding-window attention": bool(spec.layer_types)})
+    if layout == "spread":
+        return []
+    features = {"qk-norm": spec.qk_norm, "attention sinks": spec.attention_sinks,
+                "sliding-window attention": bool(spec.layer_types)}
     return [name for name, present in features.items() if present]
 
 
@@ -180,6 +180,8 @@ def weight_image(plan: TilePlan, placement: Placement, weights: dict) -> np.ndar
             write_r(sram, plan, "hidden", w["down_bias"], placement.addr(p + "down_bias"))
     if spec.attention_sinks:
         _write_sinks(sram, plan, placement, weights)
+    if spec.qk_norm:
+        _write_qk_norm(sram, plan, placement, weights)
     if plan.head:
         write_matrix(sram, plan, "lm_head", reference.lm_head_weight(spec, weights),
                      _addr_of(placement, "lm_head"))
@@ -200,6 +202,25 @@ def _write_sinks(sram: np.ndarray, plan: TilePlan, placement: Placement, weights
             sinks = weights[f"model.layers.{layer}.self_attn.sinks"][g * gs:(g + 1) * gs]
             addr = placement.addr_at(f"L{layer}.sinks", 0, j)
             sram[j * plan.pw, addr:addr + gs] = sinks
+
+
+def _write_qk_norm(sram: np.ndarray, plan: TilePlan, placement: Placement,
+                   weights: dict) -> None:
+    """Spread layout: each row holding key pairs keeps the q_norm weights of its pair dims
+    (once per q head of the group) then the k_norm weights, in QKV order (`L{layer}.qkn`)."""
+    spec, bands, half = plan.spec, plan.bands, plan.spec.head_dim // 2
+    for j in range(bands.rows):
+        r = bands.local(j)
+        if not bands.kp[r]:
+            continue
+        p = np.arange(bands.kp0[r], bands.kp0[r] + bands.kp[r])
+        dims = np.stack([p, p + half], axis=1).reshape(-1)
+        for layer in range(spec.num_layers):
+            a = f"model.layers.{layer}.self_attn."
+            values = np.concatenate([np.tile(weights[a + "q_norm.weight"][dims],
+                                             spec.group_size), weights[a + "k_norm.weight"][dims]])
+            addr = placement.addr_at(f"L{layer}.qkn", 0, j)
+            sram[j * plan.pw, addr:addr + values.size] = values
 
 
 def _addr_of(placement: Placement, name: str) -> np.ndarray:

@@ -537,6 +537,21 @@ def rope_rows(b: CodeBuilder, ctx: Context, role: Role) -> None:
     b.vec(Op.VADD, Desc(e + 1, 2), t3, t4, n2)
 
 
+def qk_norm_rows(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
+    """Spread layout, (0, j) of a row holding key pairs (qk-norm, Qwen3): SQ = the row's
+    partial sums of squares of each q head and of k (stored after the row's q/k/v chunk,
+    so the row multicast carries them), then q and k times their norm weights (before
+    RoPE). The band top completes the norm (`spread_attention`): 1/rms of the q heads
+    scales the scores, 1/rms of each cached key is kept per slot (RK)."""
+    gs, k2, a = ctx.plan.spec.group_size, role.k2, ctx.addr
+    q = a("QKV")
+    sq = q + (gs + 1) * k2 + role.nv
+    b.note("qk-norm: partial sums of squares, norm weights", "rope")
+    for h in range(gs + 1):
+        b.reduce(Op.RDOT, sq + h, q + h * k2, q + h * k2, k2)
+    b.vec(Op.VMUL, q, q, a(f"L{layer}.qkn"), (gs + 1) * k2)
+
+
 def spread_attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
     """Spread layout: sequence-parallel attention of row j's band (docs/mapping.md).
 
@@ -559,8 +574,10 @@ def spread_attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> No
     sp = layer_slots(ctx.plan, layer, ctx.placement.slots) + 1
     q, pm = a("QKV"), a("PM")
     kt, vt = a(f"L{layer}.k"), a(f"L{layer}.v")
+    qkn = spec.qk_norm and k2 > 0
+    sq = q + (gs + 1) * k2 + nv
     b.note("layer {layer}: attention, the row's q/k/v along the row", "attn")
-    row_multicast(b, fab, role.left, q, (gs + 1) * k2 + nv)
+    row_multicast(b, fab, role.left, q, (gs + 1) * k2 + nv + (gs + 1) * qkn)
     if k2:
         b.vec(Op.VMOV, Desc(Reg(reg, kt), sp), q + gs * k2, n=k2)
     if nv:
@@ -570,10 +587,22 @@ def spread_attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> No
         for h in range(gs):
             gemv_columns(b, kt, sp, q + h * k2, P(f"sc{h}"), P("nact"), k2)
         tree_sum(b, role.ktree, fab.col, pm + gs, P("sc_len"))
+        if qkn:
+            tree_sum(b, role.ktree, fab.col, sq, gs + 1)
     if role.band == 0:
         b.note("attention: band top scales, masks empty slots, local max, exp", "attn")
         b.vec(Op.VSCALE, pm + gs, pm + gs, n=P("sc_len"),
               imm=float(np.float32(spec.head_dim ** -0.5)))
+        if qkn:
+            rk = a(f"L{layer}.rk")
+            b.note("qk-norm: 1/rms of q heads and k, kept per slot for k", "attn")
+            b.vec(Op.VSCALE, sq, sq, n=gs + 1, imm=1.0 / spec.head_dim)
+            b.vec(Op.VADDI, sq, sq, n=gs + 1, imm=spec.rms_norm_eps)
+            b.vec(Op.VRSQRT, sq, sq, n=gs + 1)
+            b.vec(Op.VMOV, Reg(reg, rk), sq + gs, n=1)
+            for h in range(gs):
+                b.vec(Op.VMUL, P(f"sc{h}"), P(f"sc{h}"), rk, P("nact"))
+                b.vec(Op.VMUL, P(f"sc{h}"), P(f"sc{h}"), Desc(sq + h, 0), P("nact"))
         for h in range(gs):
             b.vec(Op.VSET, P(f"mask{h}"), n=P("nfree"), imm=MASK_SCORE)
         for h in range(gs):
@@ -660,6 +689,8 @@ def decoder_layer(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
         relayout(b, ctx, role, "qkv", a("ACC"), a("QKV"))
     b.mark(p + "rope")
     if spread:
+        if role.left and role.k2 and spec.qk_norm:
+            qk_norm_rows(b, ctx, role, layer)
         if role.left and role.k2:
             rope_rows(b, ctx, role)
         b.mark(p + "attn")

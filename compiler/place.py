@@ -284,7 +284,10 @@ def spread_attention_entries(plan: TilePlan, kind: tuple,
     for layer in range(spec.num_layers):
         sp = layer_slots(plan, layer, slots) + 1
         out += [(f"L{layer}.k", k2 * sp, "kv"), (f"L{layer}.v", nv * sp, "kv")]
-    out.append(("QKV", (heads + 1) * k2 + nv, "scratch"))
+        if spec.qk_norm and kind[2]:   # band top: 1/rms of each cached key
+            out.append((f"L{layer}.rk", sp, "kv"))
+    qkn = spec.qk_norm and k2 > 0      # the row's partial sums of squares ride along
+    out.append(("QKV", (heads + 1) * k2 + nv + (heads + 1) * qkn, "scratch"))
     if nv:
         out += [("MO", heads * (2 + nv), "scratch"), ("MT", heads * (2 + nv), "scratch"),
                 ("NM", heads, "scratch"), ("AA", 2 * heads, "scratch")]
@@ -308,6 +311,9 @@ def left_entries(plan: TilePlan, key: tuple, g_need: np.ndarray) -> list[tuple[s
         out = [("COS", rope, "scratch"), ("SIN", rope, "scratch")] if rope else []
         if nv:
             out.append(("RL", spec.group_size, "scratch"))
+        if k2 and spec.qk_norm:
+            out += [(f"L{layer}.qkn", (spec.group_size + 1) * k2, "weight")
+                    for layer in range(spec.num_layers)]
         if nv and spec.attention_sinks:
             out += [(f"L{layer}.sinks", spec.group_size, "weight")
                     for layer in range(spec.num_layers)]

@@ -121,6 +121,8 @@ class MeshDecoder:
                         addr = pl.addr_at(f"L{layer}.{name}", i, j)
                         for n, d in enumerate(dims):
                             self.sram[pe, addr + n * sp + slot] = values[layer, g, t[mine], d]
+                    if self.spec.qk_norm and r == 0:   # cached keys are normalised already
+                        self.sram[pe, pl.addr_at(f"L{layer}.rk", i, j) + slot] = 1.0
 
     def _rope_rows(self, cos: np.ndarray, sin: np.ndarray) -> None:
         """Spread layout: each band row's cos/sin of its RoPE pairs, repeated for every
