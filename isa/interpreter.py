@@ -118,7 +118,7 @@ def _sequential_max(values: np.ndarray) -> np.float32:
 
 def _sequential_argmax(values: np.ndarray) -> np.float32:
     """Index (fp32) of the first element equal to `_sequential_max(values)`: a strictly
-    larger element or the first NaN takes over; -1 for no elements."""
+    larger element or the first NaN takes over (with no elements nothing is written)."""
     acc, idx = np.float32(-np.inf), -1
     for i, v in enumerate(values):
         if acc != acc:
