@@ -49,9 +49,13 @@ class Compiled:
 
 
 def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int | None = None,
-                   layout: str = "auto", head: bool = True) -> Compiled:
+                   layout: str = "auto", head: bool = True,
+                   weight_dtype: str | None = None) -> Compiled:
     """tile -> place -> route -> emit on the whole mesh.
 
+    `weight_dtype`: storage format of the MLP / expert tiles (`bf16`, `fp8`, `mxfp4`;
+    None: `dtype`): SRAM bytes follow it and each use of such a tile is preceded by its
+    dequantisation on the PE (docs/mapping.md, "Weight formats").
     `head`: the mesh runs the final norm and LM head (False on all but the last wafer of
     a multi-wafer system, compiler.system).
     `layout`: "spread" (KV cache and attention over every band row, docs/mapping.md),
@@ -67,14 +71,14 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
         plan = run_pass("tile", tile, (spec, mesh.width, mesh.height, name, head), verify_tiles)
         try:
             placement = run_pass("place", place, (plan, mesh, dtype, max_context,
-                                                  name == layouts[-1]),
+                                                  name == layouts[-1], weight_dtype),
                                  lambda out: verify_placement(out, mesh))
         except FitError as exc:
             error = exc
             continue
         routes = run_pass("route", route, (mesh.width, mesh.height, mesh, plan.bands),
                           lambda out: verify_routes(out, mesh))
-        decode = run_pass("emit", emit_decode, (plan, placement, routes),
+        decode = run_pass("emit", emit_decode, (plan, placement, routes, mesh),
                           lambda out: verify_program(out, mesh))
         return Compiled(plan, placement, routes, decode)
     raise error

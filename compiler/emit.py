@@ -344,6 +344,8 @@ class Role:
     ktree: tuple = ()   # spread: steps in the band's score tree (rows holding keys)
     mb: str = ""        # spread: "send" (band top), "recv" or "" in the band multicast
     k_exp: int = 0      # MoE: an expert's ffn chunk on row y (compiler/moe.py)
+    last_col: bool = False   # MoE with biases: x == pw - 1 (holds the bias input element)
+    last_row: bool = False   # MoE with biases: y == ph - 1
 
     @property
     def kind(self) -> tuple:
@@ -374,6 +376,8 @@ def pe_role(plan: TilePlan, i: int, j: int) -> Role:
                         "recv" if 0 < r <= last and bands.nv[r] else "")
     if "eff" in plan.vectors:
         band["k_exp"] = plan.vec("eff").size(j)
+        if moe.has_bias(plan.spec):
+            band.update(last_col=i == plan.pw - 1, last_row=j == plan.ph - 1)
     return Role(i == 0, j == 0, tree_actions(i, plan.pw), tree_actions(j, plan.ph),
                 plan.vec("hidden").size(i), plan.vec("attn").size(j), plan.vec("ffn").size(j),
                 plan.groups_on_row(j)[1], plan.weight_row(j), **band)
@@ -388,6 +392,7 @@ class Context:
     fab: Fabric
     param_index: dict
     key: tuple | None = None     # SRAM class of the role being emitted
+    dequant_ops: int = 0         # vector passes per element to dequantise an MLP tile
     mark_index: dict = dataclasses.field(default_factory=dict)  # mark name -> id
 
     def addr(self, name: str) -> int:
@@ -718,12 +723,14 @@ def decoder_layer(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
         return
     b.mark(p + "mlp_up")
     b.note("layer {layer}: gate/up GEMV-A", "gate_up")
+    moe.dequantise(b, ctx, ctx.waddr(p + "gu"), role.k_hidden * plan.mpad("gu"))
     gemv_a(b, fab, role.top, role.row_tree, role.k_hidden, ctx.waddr(p + "gu"), plan.mpad("gu"),
            a("XN"), a("ACC"), Param("m_gu"))
     if role.left:
         swiglu(b, ctx, role, p + "gu_bias" if spec.mlp_bias else None)
     b.mark(p + "mlp_down")
     b.note("layer {layer}: down GEMV-B", "down")
+    moe.dequantise(b, ctx, ctx.waddr(p + "down"), role.k_ffn * plan.mpad("down"))
     gemv_b(b, fab, role.left, role.col_tree, role.k_ffn, ctx.waddr(p + "down"), plan.mpad("down"),
            a("XB"), a("ACC"), Param("m_hidden"))
     residual(b, ctx, role, p + "down_bias" if spec.mlp_bias else None)
@@ -832,7 +839,7 @@ def layer_code(ctx: Context, role: Role) -> tuple[np.ndarray, dict]:
         codes[members[0]], templates[members[0]] = first, comments
         if len(members) == 1:
             continue
-        if not (_evenly_spaced(members) and _linear_buffers(ctx.placement, members)):
+        if not (_evenly_spaced(members) and _linear_buffers(ctx.placement, tuple(members))):
             for layer in members[1:]:
                 codes[layer], templates[layer] = _one_layer(ctx, role, layer)
             continue
@@ -858,9 +865,21 @@ def _evenly_spaced(members: list) -> bool:
     return len(set(np.diff(members).tolist())) <= 1
 
 
-def _linear_buffers(placement: Placement, members: list) -> bool:
+def _linear_buffers(placement: Placement, members: tuple) -> bool:
     """Every per-layer buffer of these layers sits at a constant address stride over
-    them in every class."""
+    them in every class (computed once per placement and layer set)."""
+    cache = _LINEAR.setdefault(id(placement), (placement, {}))[1]
+    if members not in cache:
+        cache[members] = _check_linear(placement, members)
+    return cache[members]
+
+
+_LINEAR: dict = {}   # id(placement) -> (placement, {members: bool}); the placement is kept
+                     # alive with its entry so the id is not reused (cleared per emit)
+
+
+def _check_linear(placement: Placement, members: tuple) -> bool:
+    """`_linear_buffers` without the cache."""
     for buffers in placement.maps.values():
         prefix = f"L{members[0]}."
         for name in buffers:
@@ -1051,9 +1070,9 @@ def assign_roles(plan: TilePlan) -> tuple[list, np.ndarray, list]:
     pw, ph = plan.pw, plan.ph
     cols = [pe_role(plan, i, 0) for i in range(pw)]
     rows = [pe_role(plan, 0, j) for j in range(ph)]
-    col_keys = [(r.left, r.row_tree, r.k_hidden) for r in cols]
+    col_keys = [(r.left, r.row_tree, r.k_hidden, r.last_col) for r in cols]
     row_keys = [(r.top, r.col_tree, r.k_attn, r.k_ffn, r.groups, r.wrow, r.band, r.k2, r.nv,
-                 r.ktree, r.mb, r.k_exp) for r in rows]
+                 r.ktree, r.mb, r.k_exp, r.last_row) for r in rows]
     ci = _class_index(col_keys)
     rj = _class_index(row_keys)
     pair = (rj[:, None] * (ci.max() + 1) + ci[None, :]).reshape(-1)
@@ -1064,7 +1083,7 @@ def assign_roles(plan: TilePlan) -> tuple[list, np.ndarray, list]:
     pe_region = rank[inverse].astype(np.int32)
     reps = [(int(f % pw), int(f // pw)) for f in first[order]]
     row_fields = ("top", "col_tree", "k_attn", "k_ffn", "groups", "wrow", "band", "k2", "nv",
-                  "ktree", "mb", "k_exp")
+                  "ktree", "mb", "k_exp", "last_row")
     roles = [dataclasses.replace(cols[x], **{f: getattr(rows[y], f) for f in row_fields})
              for x, y in reps]
     return roles, pe_region, reps
@@ -1157,7 +1176,7 @@ def decode_mark_names(plan: TilePlan) -> list[str]:
 
 
 def emit_decode(plan: TilePlan, placement: Placement, routes: RoutePlan,
-                source: str = "<decode>") -> DecodeProgram:
+                mesh: MeshConfig | None = None, source: str = "<decode>") -> DecodeProgram:
     """The emit pass: one decode step as a Program with per-role regions."""
     params, left = static_params(plan), left_params(plan, placement)
     if moe.has_moe(plan.spec):
@@ -1166,14 +1185,20 @@ def emit_decode(plan: TilePlan, placement: Placement, routes: RoutePlan,
     marks = decode_mark_names(plan)
     ctx = Context(plan, placement, Fabric.from_routes(routes),
                   {n: k for k, n in enumerate(param_names)},
-                  mark_index={n: k for k, n in enumerate(marks)})
+                  mark_index={n: k for k, n in enumerate(marks)},
+                  dequant_ops=moe.dequant_ops(placement, mesh))
     roles, pe_region, reps = assign_roles(plan)
     check_layer_strides(placement)
-    codes = [pe_code(ctx, role) for role in roles]
+    try:
+        codes = [pe_code(ctx, role) for role in roles]
+    finally:
+        _LINEAR.pop(id(placement), None)
     names = [f"role{r}_x{x}_y{y}" for r, (x, y) in enumerate(reps)]
     program = assemble_regions(plan, pe_region, codes, names, params, param_names, routes,
                                placement.total_words, placement.dtype, source, left)
     program.mark_names = marks
+    if placement.weight_dtype is not None:
+        program.sram_bytes_needed = placement.total_bytes
     return DecodeProgram(program, plan, placement, routes, param_names, roles, reps,
                          params, left)
 

@@ -18,8 +18,9 @@ weights]` along the top row and down every column. Every PE then runs the expert
 times, each time `ldr r4, [SEL + t]` followed by the same GEMVs with the weight tiles
 addressed `r4 + base`. The top row adds `w_t * y_t` to the residual stream (`vfma` with a
 broadcast weight): the weighted combine. Biases (gpt-oss) ride in the GEMVs as one more
-input element equal to 1 (the element after column 0's hidden chunk, and after row 0's
-expert-ffn chunk), so they need no SRAM outside the tiles.
+input element equal to 1 (appended to the last column's hidden chunk and to the last row's
+expert-ffn chunk, the smallest chunks, so the tiles rarely grow), so they need no SRAM
+outside the tiles.
 
 Units: sizes are elements; offsets are element addresses.
 """
@@ -62,8 +63,8 @@ def extend_tiles(spec, ph: int, vectors: dict, matrices: dict, wrows: np.ndarray
     vectors["router"] = Chunking("C", router)
     vectors["eff"] = Chunking("C", eff)
     vectors["egu"] = Chunking("C", scaled(eff, 2))
-    vectors["hidden1"] = Chunking("R", (0, *[b + extra for b in hidden[1:]]))
-    vectors["eff1"] = Chunking("C", (0, *[b + extra for b in eff[1:]]))
+    vectors["hidden1"] = Chunking("R", (*hidden[:-1], hidden[-1] + extra))
+    vectors["eff1"] = Chunking("C", (*eff[:-1], eff[-1] + extra))
     matrices["router"] = MatrixTile("A", "router", "hidden1")
     matrices["egu"] = MatrixTile("A", "egu", "hidden1")
     matrices["edown"] = MatrixTile("B", "hidden", "eff1")
@@ -102,13 +103,16 @@ def common_entries(plan) -> list[tuple[str, int, str]]:
 
 
 def hub_entries(plan) -> list[tuple[str, int, str]]:
-    """PE (0, 0): top-k work buffers LW (logits being masked), PR (probabilities),
-    ID (chosen expert ids), TV (their logits)."""
+    """PE (0, 0): top-k work buffers LW (logits being masked), ID (chosen expert ids),
+    TV (their logits) and, for softmax-then-top-k routing, PR (probabilities)."""
     if not has_moe(plan.spec):
         return []
     moe = plan.spec.moe
-    return [("LW", moe.num_experts, "scratch"), ("PR", moe.num_experts, "scratch"),
-            ("ID", moe.top_k, "scratch"), ("TV", moe.top_k, "scratch")]
+    out = [("LW", moe.num_experts, "scratch"), ("ID", moe.top_k, "scratch"),
+           ("TV", moe.top_k, "scratch")]
+    if moe.routing != "topk_softmax":
+        out.append(("PR", moe.num_experts, "scratch"))
+    return out
 
 
 def left_entries(plan) -> list[tuple[str, int, str]]:
@@ -144,6 +148,32 @@ PARAM_DOC = {
 }
 
 
+# --------------------------------------------------------------------------- weight formats
+
+
+def dequant_ops(placement, mesh) -> int:
+    """Vector passes per element that dequantise an MLP / expert tile before each use:
+    the preset's `dequant_ops_<format>` for fp8 and MXFP4 tiles, 0 when the tiles are
+    stored in a format the PE computes in (or without a mesh)."""
+    fmt = placement.weight_dtype
+    if mesh is None or fmt not in ("fp8", "mxfp4"):
+        return 0
+    return getattr(mesh, f"dequant_ops_{fmt}")
+
+
+def dequantise(b, ctx, tile, words: int) -> None:
+    """Cost of widening a stored tile (`words` elements at `tile`, an address or a
+    register operand) to the compute format: `dequant_ops` in-place `vscale ..., 1.0`
+    passes (exact on the values, which the host already rounded to the format) of
+    o + ceil(words / w) cycles, issued as one `vscale [tile:0], [tile:0], ops * words, 1.0`
+    (stride 0: it rewrites the tile's first element with itself, so values are unchanged,
+    and costs o + ceil(ops * words / w), one issue overhead less per extra pass)."""
+    from compiler.emit import Desc
+    from isa.opcodes import Op
+    if ctx.dequant_ops and words:
+        b.vec(Op.VSCALE, Desc(tile, 0), Desc(tile, 0), n=ctx.dequant_ops * words, imm=1.0)
+
+
 # --------------------------------------------------------------------------- code
 
 
@@ -158,12 +188,12 @@ def moe_block(b, ctx, role, layer: int) -> None:
     plan, spec, fab, a = ctx.plan, ctx.plan.spec, ctx.fab, ctx.addr
     moe, bias = spec.moe, has_bias(spec)
     E, k = moe.num_experts, moe.top_k
-    k_in = role.k_hidden + int(bias and role.left)
+    k_in = role.k_hidden + int(bias and role.last_col)
     lg, sel, xn = a("LG"), a("SEL"), a("XN")
     p = f"L{layer}."
     b.mark(p + "mlp_up")
     b.note("layer {layer}: router GEMV-A into LG, x multicast once for all experts", "gate_up")
-    if role.top and role.left and bias:
+    if role.top and role.last_col and bias:
         b.vec(Op.VSET, xn + role.k_hidden, n=1, imm=1.0)
     col_multicast(b, fab, role.top, xn, k_in)
     if role.left:
@@ -186,15 +216,17 @@ def moe_block(b, ctx, role, layer: int) -> None:
             b.mark(p + "mlp_down")
         b.note(f"layer {{layer}}: expert slot {t}: gate/up GEMV-A at the chosen block", "gate_up")
         b.emit(Op.LDR, {0: SEL_REG, 1: sel + t})
+        dequantise(b, ctx, Reg(SEL_REG, base), k_in * plan.mpad("egu"))
         _gemv_reg(b, Reg(SEL_REG, base), plan.mpad("egu"), xn, a("ACC"), Param("m_egu"), k_in)
         tree_sum(b, role.row_tree, fab.row, a("ACC"), Param("m_egu"))
         if role.left:
             activation(b, ctx, role)
-            if role.top and bias:
+            if role.last_row and bias:
                 b.vec(Op.VSET, a("XB") + f, n=1, imm=1.0)
-        f_in = f + int(bias and role.top)
+        f_in = f + int(bias and role.last_row)
         b.note(f"layer {{layer}}: expert slot {t}: down GEMV-B, weighted combine", "down")
         row_multicast(b, fab, role.left, a("XB"), f_in)
+        dequantise(b, ctx, Reg(SEL_REG, base + gu_words), f_in * plan.mpad("edown"))
         _gemv_reg(b, Reg(SEL_REG, base + gu_words), plan.mpad("edown"), a("XB"), a("ACC"),
                   Param("m_hidden"), f_in)
         tree_sum(b, role.col_tree, fab.col, a("ACC"), Param("m_hidden"))
@@ -334,7 +366,7 @@ def write_layer(sram: np.ndarray, plan, placement, weights: dict, layer: int, ad
     from compiler.place import write_matrix
     spec = plan.spec
     names, bias = spec.expert_names(layer), has_bias(spec)
-    at = plan.vec("hidden").size(0)
+    at = spec.hidden_size
     router = weights[names["router"]]
     if bias:
         router = with_bias_column(router, weights.get(names.get("router_bias", "")), at)
@@ -346,7 +378,7 @@ def write_layer(sram: np.ndarray, plan, placement, weights: dict, layer: int, ad
                                             spec.moe.expert_size
                                             + np.arange(eff.start(j), eff.start(j + 1))])
                             for j in range(plan.ph)]).astype(np.int64)
-    f_at = eff.size(0)
+    f_at = spec.moe.expert_size
     for e in range(spec.moe.num_experts):
         gate, up, down, gb, ub, db = expert_matrices(spec, weights, layer, e)
         gu = np.concatenate([gate, up])

@@ -32,6 +32,7 @@ import numpy as np
 from compiler import moe
 from compiler.tile import Chunking, TilePlan, chunk_bounds, tile
 from emulator.hw.dtypes import BYTES as DTYPE_BYTES
+from emulator.hw.dtypes import weight_format
 from emulator.hw.errors import FitError
 from emulator.hw.mesh import MeshConfig
 
@@ -91,6 +92,8 @@ class Placement:
     maps: dict = field(default=None, hash=False)     # class key -> {name: Buffer}
     class_words: dict = field(default=None, hash=False)  # class key -> elements
     capacity: int = 0      # largest max_context whose KV fits beside the weights/scratch
+    weight_dtype: str | None = None   # storage format of the MLP / expert tiles (None: dtype)
+    class_bytes: dict = field(default=None, hash=False)   # class key -> SRAM bytes
 
     def addr(self, name: str, key: tuple | None = None) -> int:
         """First element of buffer `name` (in class `key`, or the first class holding it)."""
@@ -102,7 +105,10 @@ class Placement:
 
     @property
     def total_bytes(self) -> int:
-        """SRAM bytes per PE the largest class needs."""
+        """SRAM bytes per PE the largest class needs (MLP / expert tiles at the weight
+        format's bits, everything else at the dtype's bytes)."""
+        if self.class_bytes:
+            return max(self.class_bytes.values())
         return self.total_words * DTYPE_BYTES[self.dtype]
 
 
@@ -361,6 +367,24 @@ def layout_class(entries: list) -> tuple[dict, int]:
     return buffers, addr
 
 
+def quantized(name: str) -> bool:
+    """Whether buffer `name` is stored in the weight format (`--weight-dtype`): the MLP
+    and expert tiles (dense gate/up and down, every expert block), as gpt-oss's MXFP4
+    checkpoints quantize; attention, router, norms and the LM head stay in the dtype."""
+    return name.startswith("L") and name.rsplit(".", 1)[-1] in ("gu", "down", "experts")
+
+
+def buffer_bytes(buffers: dict, dtype: str, weight_dtype: str | None) -> int:
+    """SRAM bytes of one class's buffers: quantized tiles at the weight format's bits
+    (rounded up to whole bytes), the rest at the dtype's bytes per element."""
+    nbytes = DTYPE_BYTES[dtype]
+    if weight_dtype is None:
+        return sum(b.words for b in buffers.values()) * nbytes
+    q = sum(b.words for n, b in buffers.items() if quantized(n))
+    rest = sum(b.words for n, b in buffers.items() if not quantized(n))
+    return rest * nbytes + math.ceil(q * weight_format(weight_dtype).bits / 8)
+
+
 def class_maps(plan: TilePlan, max_context: int) -> tuple[dict, dict]:
     """(class key -> {name: Buffer}, class key -> elements) of every class on the mesh."""
     slots, g_need = -(-max_context // plan.pw), g_words(plan)
@@ -376,7 +400,8 @@ def required_words(plan: TilePlan, max_context: int) -> int:
 
 
 def place(plan: TilePlan, mesh: MeshConfig, dtype: str = "fp32",
-          max_context: int | None = None, hint: bool = True) -> Placement:
+          max_context: int | None = None, hint: bool = True,
+          weight_dtype: str | None = None) -> Placement:
     """The place pass: assign addresses per class; FitError when SRAM is too small.
 
     `hint=False` leaves the smallest fitting square out of the FitError message (it is
@@ -391,20 +416,35 @@ def place(plan: TilePlan, mesh: MeshConfig, dtype: str = "fp32",
     for key in sorted(maps, key=lambda k: -words[k]):
         for name, buf in maps[key].items():
             union.setdefault(name, buf)
+    if weight_dtype is not None:
+        weight_dtype = weight_format(weight_dtype).name
     placement = Placement(plan, dtype, max_context, -(-max_context // plan.pw), union,
                           max(words.values()), maps, words,
-                          fit_context(plan, mesh.sram_bytes // DTYPE_BYTES[dtype]))
+                          fit_context(plan, mesh.sram_bytes // DTYPE_BYTES[dtype], dtype,
+                                      weight_dtype),
+                          weight_dtype,
+                          {k: buffer_bytes(m, dtype, weight_dtype) for k, m in maps.items()}
+                          if weight_dtype is not None else None)
     if placement.total_bytes > mesh.sram_bytes:
         raise FitError(_fit_message(placement, mesh, hint))
     return placement
 
 
-def fit_context(plan: TilePlan, sram_words: int) -> int:
+def fit_context(plan: TilePlan, sram_words: int, dtype: str = "fp32",
+                weight_dtype: str | None = None) -> int:
     """The largest max_context (a multiple of pw) whose per-class SRAM fits `sram_words`
     elements per PE: every class needs `a + b * slots` elements (KV and score buffers
     grow linearly with the slots per PE), so the slots that fit are
-    min over classes of floor((sram_words - a) / b); 0 when nothing fits."""
-    one, two = class_maps(plan, plan.pw)[1], class_maps(plan, 2 * plan.pw)[1]
+    min over classes of floor((sram_words - a) / b); 0 when nothing fits. With a
+    `weight_dtype` the same in bytes (`buffer_bytes`, budget sram_words * bytes(dtype)).
+    A sliding-window layer's ring stops growing at its window, so the linear model is
+    conservative when the window exceeds pw."""
+    if weight_dtype is None:
+        one, two = class_maps(plan, plan.pw)[1], class_maps(plan, 2 * plan.pw)[1]
+    else:
+        one, two = ({k: buffer_bytes(m, dtype, weight_dtype)
+                     for k, m in class_maps(plan, c * plan.pw)[0].items()} for c in (1, 2))
+        sram_words = sram_words * DTYPE_BYTES[dtype]
     slots = None
     for key, w1 in one.items():
         b = two[key] - w1
@@ -420,7 +460,8 @@ def fit_context(plan: TilePlan, sram_words: int) -> int:
 
 def largest_class(placement: Placement) -> tuple:
     """Key of the class needing the most SRAM."""
-    return max(placement.class_words, key=lambda k: placement.class_words[k])
+    sizes = placement.class_bytes or placement.class_words
+    return max(sizes, key=lambda k: sizes[k])
 
 
 def class_name(key: tuple) -> str:
@@ -445,8 +486,9 @@ def _fit_message(placement: Placement, mesh: MeshConfig, hint: bool = True) -> s
     plan, nbytes = placement.plan, DTYPE_BYTES[placement.dtype]
     key = largest_class(placement)
     by_kind = {}
-    for buf in placement.maps[key].values():
-        by_kind[buf.kind] = by_kind.get(buf.kind, 0) + buf.words * nbytes
+    for name, buf in placement.maps[key].items():
+        size = buffer_bytes({name: buf}, placement.dtype, placement.weight_dtype)
+        by_kind[buf.kind] = by_kind.get(buf.kind, 0) + size
     parts = ", ".join(f"{kind} {b}" for kind, b in by_kind.items())
     hint = hint and plan.layout != "spread"   # spread: the context that fits is the hint
     side = smallest_square(plan.spec, mesh, placement.dtype, placement.max_context,

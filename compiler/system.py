@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from compiler.decode import Compiled, compile_decode
 from compiler.numerics import canonical_dtype, dtype_bytes
 from compiler.tile import chunk_bounds
+from compiler.numerics import mlp_weight_axis
+from emulator.hw.dtypes import weight_format
 from emulator.hw.errors import FitError
 from emulator.hw.mesh import MeshConfig
 
@@ -61,22 +63,36 @@ class System:
         return len(self.parts)
 
     def distinct(self) -> dict:
-        """(layers, head) -> the first part with that program."""
+        """`program_key(part)` -> the first part with that program."""
         out = {}
         for part in self.parts:
-            out.setdefault((part.layers, part.head), part)
+            out.setdefault(program_key(part), part)
         return out
 
 
-def model_bytes(spec, dtype: str, max_context: int) -> int:
-    """Bytes of weights plus the KV cache of `max_context` positions."""
+def program_key(part: WaferPart) -> tuple:
+    """What sets a wafer's program: its layer count, head flag and compiled object (parts
+    with equal layer counts, head flags and layer kinds share one, `compile_system`)."""
+    return (part.layers, part.head, id(part.compiled))
+
+
+def model_bytes(spec, dtype: str, max_context: int, weight_dtype: str | None = None) -> int:
+    """Bytes of weights plus the KV cache of `max_context` positions (the MLP / expert
+    weights at `weight_dtype`'s bits when given, compiler.place.quantized)."""
     nbytes = dtype_bytes(dtype)
-    return spec.param_count() * nbytes + spec.kv_bytes_per_token(nbytes) * max_context
+    kv = spec.kv_bytes_per_token(nbytes) * max_context
+    if weight_dtype is None:
+        return spec.param_count() * nbytes + kv
+    shapes = spec.weight_shapes()
+    mlp = sum(math.prod(s) for n, s in shapes.items() if mlp_weight_axis(n) is not None)
+    rest = spec.param_count() - mlp
+    return rest * nbytes + math.ceil(mlp * weight_format(weight_dtype).bits / 8) + kv
 
 
-def wafers_needed(spec, mesh: MeshConfig, dtype: str, max_context: int) -> int:
+def wafers_needed(spec, mesh: MeshConfig, dtype: str, max_context: int,
+                  weight_dtype: str | None = None) -> int:
     """Smallest number of wafers whose SRAM (PEs x SRAM per PE) holds weights + KV cache."""
-    return max(1, math.ceil(model_bytes(spec, dtype, max_context)
+    return max(1, math.ceil(model_bytes(spec, dtype, max_context, weight_dtype)
                             / (mesh.num_pes * mesh.sram_bytes)))
 
 
@@ -88,13 +104,20 @@ def layer_ranges(num_layers: int, wafers: int) -> list[tuple[int, int]]:
     return [(b[w], b[w + 1]) for w in range(wafers)]
 
 
-def sub_spec(spec, layers: int):
-    """The model with only `layers` decoder layers (the shape of one wafer's part)."""
-    return dataclasses.replace(spec, num_layers=layers)
+def sub_spec(spec, layers: int, start: int = 0):
+    """The model with only decoder layers start .. start + layers - 1, renumbered from 0
+    (one wafer's part; their layer types and sparse MLPs come along)."""
+    stop = start + layers
+    moe = spec.moe
+    if moe is not None:
+        moe = dataclasses.replace(moe, sparse_layers=tuple(
+            layer - start for layer in moe.sparse_layers if start <= layer < stop))
+    return dataclasses.replace(spec, num_layers=layers, moe=moe,
+                               layer_types=spec.layer_types[start:stop])
 
 
 def compile_system(spec, mesh: MeshConfig, dtype: str = "bf16", max_context: int | None = None,
-                   layout: str = "auto") -> System:
+                   layout: str = "auto", weight_dtype: str | None = None) -> System:
     """Compile each distinct wafer program once; FitError naming the wafer that fails."""
     dtype = canonical_dtype(dtype)
     one = dataclasses.replace(mesh, wafers=1)
@@ -102,11 +125,12 @@ def compile_system(spec, mesh: MeshConfig, dtype: str = "bf16", max_context: int
     ranges = layer_ranges(spec.num_layers, mesh.wafers)
     for w, (start, stop) in enumerate(ranges):
         head = w == len(ranges) - 1
-        key = (stop - start, head)
+        part = sub_spec(spec, stop - start, start)
+        key = (stop - start, head, part.layer_types, part.moe)
         if key not in cache:
             try:
-                cache[key] = compile_decode(sub_spec(spec, stop - start), one, dtype,
-                                            max_context, layout, head)
+                cache[key] = compile_decode(part, one, dtype, max_context, layout, head,
+                                            weight_dtype)
             except FitError as exc:
                 raise FitError(f"wafer {w} of {mesh.wafers} (layers {start}..{stop - 1}"
                                f"{', LM head' if head else ''}): {exc}") from None

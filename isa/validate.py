@@ -63,7 +63,7 @@ def validate_program(program: Program, mesh: MeshConfig) -> None:
                           f"but the hardware is {mesh.width}x{mesh.height}")
     if program.dtype not in DTYPE_BYTES:
         raise ConfigError(f"{where}: dtype '{program.dtype}' is not one of fp32, fp16, bf16")
-    need = program.sram_words * DTYPE_BYTES[program.dtype]
+    need = program.sram_bytes_needed or program.sram_words * DTYPE_BYTES[program.dtype]
     if need > mesh.sram_bytes:
         raise FitError(f"{where}: program needs {need} bytes of SRAM per PE "
                        f"({program.sram_words} {program.dtype} elements), "

@@ -41,3 +41,39 @@ def dtype_of(value) -> DType:
     except (KeyError, TypeError):
         raise ValueError(f"unsupported dtype {value!r} "
                          f"(supported: {', '.join(NAMES)})") from None
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """How weight tiles are stored in SRAM (`--weight-dtype`): bits per element including
+    any block scale, and the storage DType the PE computes in after dequantisation."""
+
+    name: str
+    bits: float          # storage bits per element, block scales included
+    block: int           # elements sharing one scale (1: no scale)
+
+
+# fp8: OCP 8-bit floating point (E4M3), 8 bits per element. mxfp4: OCP Microscaling
+# Formats (MX) v1.0: blocks of 32 E2M1 (4-bit) elements sharing one 8-bit E8M0 scale,
+# 4 + 8 / 32 = 4.25 bits per element (gpt-oss's published expert weights).
+WEIGHT_FORMATS = {
+    "fp32": WeightFormat("fp32", 32.0, 1),
+    "fp16": WeightFormat("fp16", 16.0, 1),
+    "bf16": WeightFormat("bf16", 16.0, 1),
+    "fp8": WeightFormat("fp8", 8.0, 1),
+    "mxfp4": WeightFormat("mxfp4", 4.25, 32),
+}
+
+
+def weight_format(value) -> WeightFormat:
+    """The WeightFormat of a name (`bf16`, `fp8`, `mxfp4`, ... or a storage spelling);
+    ValueError naming the supported formats otherwise."""
+    if isinstance(value, WeightFormat):
+        return value
+    if value in WEIGHT_FORMATS:
+        return WEIGHT_FORMATS[value]
+    try:
+        return WEIGHT_FORMATS[dtype_of(value).name]
+    except ValueError:
+        raise ValueError(f"unsupported weight dtype {value!r} "
+                         f"(supported: {', '.join(WEIGHT_FORMATS)})") from None

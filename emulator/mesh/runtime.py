@@ -16,7 +16,13 @@ import numpy as np
 
 from compiler import reference
 from compiler.decode import Compiled, compile_decode, layer_cuts, weight_image
-from compiler.numerics import canonical_dtype, dtype_bytes, round_to, round_weights
+from compiler.numerics import (
+    canonical_dtype,
+    dtype_bytes,
+    round_to,
+    round_weight_format,
+    round_weights,
+)
 from compiler.place import layer_slots, read_c, write_r
 from compiler.tile import rope_pair_order
 from emulator.hw.errors import ConfigError
@@ -64,13 +70,15 @@ class MeshDecoder:
 
     def __init__(self, spec, weights: dict, mesh: MeshConfig, dtype: str = "fp32",
                  engine="numba", max_context: int | None = None, layout: str = "auto",
-                 head: bool = True):
+                 head: bool = True, weight_dtype: str | None = None):
         self.spec, self.mesh = spec, mesh
         self.dtype = canonical_dtype(dtype)
-        self.compiled = compile_decode(spec, mesh, self.dtype, max_context, layout, head)
+        self.compiled = compile_decode(spec, mesh, self.dtype, max_context, layout, head,
+                                       weight_dtype)
         self.plan, self.placement = self.compiled.plan, self.compiled.placement
         self.run = engine if callable(engine) else _engine(engine)
-        self.weights = round_weights(weights, self.dtype)
+        # MLP / expert tiles hold values of the weight format (fp8, mxfp4), read as dtype
+        self.weights = round_weights(round_weight_format(weights, weight_dtype), self.dtype)
         self.sram = weight_image(self.plan, self.placement, self.weights)
         self.length = 0          # positions held in the mesh KV cache
         self.results: list[RunResult] = []

@@ -10,7 +10,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler.place import read_r
-from compiler.system import System, compile_system, handoff_seconds, sub_spec, wafer_weights
+from compiler.system import (
+    System,
+    compile_system,
+    handoff_seconds,
+    program_key,
+    sub_spec,
+    wafer_weights,
+)
 from emulator.hw.mesh import MeshConfig
 from emulator.mesh.parallel import fork_map
 from emulator.mesh.runtime import MeshDecoder, run_timing
@@ -43,7 +50,7 @@ def run_system_timing(system: System, pos: int, engine: str = "numba",
     runs = fork_map(_timing_job, [(part.compiled, one, pos, engine)
                                   for part in distinct.values()], jobs)
     done = dict(zip(distinct, runs, strict=True))
-    return system_step(system, [done[(p.layers, p.head)] for p in system.parts])
+    return system_step(system, [done[program_key(p)] for p in system.parts])
 
 
 def system_step(system: System, results: list) -> SystemStep:
@@ -70,7 +77,8 @@ class SystemDecoder:
         self.system = compile_system(spec, mesh, dtype, max_context, layout)
         one = dataclasses.replace(mesh, wafers=1)
         self.spec, self.mesh = spec, mesh
-        self.decoders = [MeshDecoder(sub_spec(spec, p.layers), wafer_weights(weights, p.start,
+        self.decoders = [MeshDecoder(sub_spec(spec, p.layers, p.start),
+                                     wafer_weights(weights, p.start,
                                                                              p.stop),
                                      one, dtype, engine, max_context, layout, head=p.head)
                          for p in self.system.parts]
