@@ -483,7 +483,7 @@ def class_name(key: tuple) -> str:
 
 def _fit_message(placement: Placement, mesh: MeshConfig, hint: bool = True) -> str:
     """Required vs available bytes per PE, by kind, and the smallest square mesh that fits."""
-    plan, nbytes = placement.plan, DTYPE_BYTES[placement.dtype]
+    plan = placement.plan
     key = largest_class(placement)
     by_kind = {}
     for name, buf in placement.maps[key].items():

@@ -24,9 +24,8 @@ import math
 from dataclasses import dataclass
 
 from compiler.decode import Compiled, compile_decode
-from compiler.numerics import canonical_dtype, dtype_bytes
+from compiler.numerics import canonical_dtype, dtype_bytes, mlp_weight_axis
 from compiler.tile import chunk_bounds
-from compiler.numerics import mlp_weight_axis
 from emulator.hw.dtypes import weight_format
 from emulator.hw.errors import FitError
 from emulator.hw.mesh import MeshConfig
