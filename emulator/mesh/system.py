@@ -73,14 +73,16 @@ class SystemDecoder:
     """
 
     def __init__(self, spec, weights: dict, mesh: MeshConfig, dtype: str = "fp32",
-                 engine: str = "numba", max_context: int | None = None, layout: str = "auto"):
-        self.system = compile_system(spec, mesh, dtype, max_context, layout)
+                 engine: str = "numba", max_context: int | None = None, layout: str = "auto",
+                 weight_dtype: str | None = None):
+        self.system = compile_system(spec, mesh, dtype, max_context, layout, weight_dtype)
         one = dataclasses.replace(mesh, wafers=1)
         self.spec, self.mesh = spec, mesh
         self.decoders = [MeshDecoder(sub_spec(spec, p.layers, p.start),
                                      wafer_weights(weights, p.start,
                                                                              p.stop),
-                                     one, dtype, engine, max_context, layout, head=p.head)
+                                     one, dtype, engine, max_context, layout, head=p.head,
+                                     weight_dtype=weight_dtype)
                          for p in self.system.parts]
         self.compiled = self.system.parts[-1].compiled
 
