@@ -15,8 +15,11 @@ from hypothesis import strategies as st
 
 from compiler import reference as ref
 from compiler.decode import compile_decode, kind_period
-from compiler.frontend import parse_config
+from compiler.frontend import parse_config, resolve_model
 from compiler.moe import expert_block
+from compiler.numerics import round_fp8, round_mxfp4, round_weight_format
+from compiler.place import quantized
+from compiler.system import sub_spec, wafers_needed
 from compiler.weights import random_weights
 from emulator.hw.errors import ConfigError, MeshFault
 from emulator.hw.mesh import load_mesh
@@ -24,6 +27,7 @@ from emulator.mesh.engine import run_numba
 from emulator.mesh.runtime import MeshDecoder, run_timing
 from isa.asm import assemble
 from isa.interpreter import run_reference
+from isa.opcodes import Op
 
 MAX_CONTEXT = 32
 
@@ -222,3 +226,68 @@ def test_ldr_of_a_non_integer_value_faults(run):
     source = TOPK.replace(".data 8 3.0", ".data 8 inf")
     with pytest.raises(MeshFault, match="ldr at element 8"):
         run(assemble(source, "bad.asm"), load_mesh("small").with_mesh(2, 1))
+
+
+# --------------------------------------------------------------------------- weight formats
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "mxfp4"])
+def test_weight_formats_match_the_reference_with_rounded_weights(fmt):
+    spec = spec_of("gpt-oss")
+    weights = random_weights(spec, 3)
+    mesh = load_mesh("small").with_mesh(3, 4)
+    decoder = MeshDecoder(spec, weights, mesh, max_context=MAX_CONTEXT, weight_dtype=fmt)
+    _, rows = decoder.generate([1, 2, 3], 4)
+    rounded = round_weight_format(weights, fmt)
+    assert not np.array_equal(rounded["model.layers.0.mlp.experts.down_proj"],
+                              weights["model.layers.0.mlp.experts.down_proj"])
+    assert rel_err(rows, ref.generate(spec, rounded, [1, 2, 3], 4)[1]) <= 1e-4
+
+
+def test_weight_format_sets_sram_bytes_and_dequant_cycles():
+    spec = spec_of("mixtral", experts=4)
+    mesh = load_mesh("small").with_mesh(4, 4)
+    plain = compile_decode(spec, mesh, "bf16", MAX_CONTEXT)
+    for fmt, bits, ops in (("fp8", 8, mesh.dequant_ops_fp8), ("mxfp4", 4.25,
+                                                             mesh.dequant_ops_mxfp4)):
+        packed = compile_decode(spec, mesh, "bf16", MAX_CONTEXT, weight_dtype=fmt)
+        pl = packed.placement
+        for key, buffers in pl.maps.items():
+            q = sum(b.words for n, b in buffers.items() if quantized(n))
+            rest = sum(b.words for n, b in buffers.items() if not quantized(n))
+            assert q > 0 and pl.class_bytes[key] == 2 * rest + -(-int(q * bits) // 8)
+        assert pl.total_bytes < plain.placement.total_bytes
+        assert packed.decode.program.sram_bytes_needed == pl.total_bytes
+        code = packed.decode.program.code
+        deq = code[(code["op"] == Op.VSCALE) & (code["imm"] == 1.0)]
+        assert len(deq) and ops > 0
+        slower = run_timing(packed, mesh, 5).cycles
+        assert slower > run_timing(plain, mesh, 5).cycles
+
+
+def test_rounding_to_fp8_and_mxfp4():
+    assert round_fp8(np.array([1.0625, 1.1875, 500.0, -3e-5])).tolist() == [1.0, 1.25, 448.0,
+                                                                           -0.0]
+    x = np.linspace(-1, 1, 64, dtype=np.float32)[None]
+    y = round_mxfp4(x)
+    scales = [2.0 ** (np.floor(np.log2(np.abs(b).max())) - 2) for b in (x[0, :32], x[0, 32:])]
+    for block, scale in zip((y[0, :32], y[0, 32:]), scales, strict=True):
+        assert set(np.round(np.abs(block) / scale, 6)) <= {0, 0.5, 1, 1.5, 2, 3, 4, 6}
+    assert np.abs(y - x).max() <= 0.25 * max(scales) * 2
+
+
+def test_wafer_count_follows_the_weight_precision():
+    spec = resolve_model("gpt-oss-120b")
+    wse3 = load_mesh("wse3")
+    bf16 = wafers_needed(spec, wse3, "bf16", 4096)
+    mxfp4 = wafers_needed(spec, wse3, "bf16", 4096, "mxfp4")
+    assert mxfp4 == 2 and bf16 == 6
+
+
+def test_wafer_parts_keep_their_layer_kinds():
+    spec = spec_of("qwen3-moe", layers=3)   # layer 1 dense
+    part = sub_spec(spec, 2, 1)
+    assert part.moe.sparse_layers == (1,) and not part.is_sparse(0)
+    oss = sub_spec(resolve_model("gpt-oss-120b"), 18, 18)
+    assert oss.layer_types[:2] == ("sliding_attention", "full_attention")
+    assert oss.moe.sparse_layers == tuple(range(18))
