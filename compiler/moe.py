@@ -215,7 +215,7 @@ def moe_block(b, ctx, role, layer: int) -> None:
         if t == 0:
             b.mark(p + "mlp_down")
         b.note(f"layer {{layer}}: expert slot {t}: gate/up GEMV-A at the chosen block", "gate_up")
-        b.emit(Op.LDR, {0: SEL_REG, 1: sel + t})
+        load_register(b, sel + t)
         dequantise(b, ctx, Reg(SEL_REG, base), k_in * plan.mpad("egu"))
         _gemv_reg(b, Reg(SEL_REG, base), plan.mpad("egu"), xn, a("ACC"), Param("m_egu"), k_in)
         tree_sum(b, role.row_tree, fab.row, a("ACC"), Param("m_egu"))
@@ -232,6 +232,12 @@ def moe_block(b, ctx, role, layer: int) -> None:
         tree_sum(b, role.col_tree, fab.col, a("ACC"), Param("m_hidden"))
         if role.top:
             b.vec(Op.VFMA, a("H"), a("ACC"), Desc(sel + k + t, 0), role.k_hidden)
+
+
+def load_register(b, addr: int) -> None:
+    """`ldr r4, [addr]` (SEL_REG = the fp32 value at addr, truncated)."""
+    from isa.opcodes import SLOT_DST, SLOT_SRC0, SLOT_SRC0_STRIDE, Op
+    b.emit(Op.LDR, {SLOT_DST: SEL_REG, SLOT_SRC0: addr, SLOT_SRC0_STRIDE: 1})
 
 
 def _gemv_reg(b, w, mpad: int, x: int, acc: int, m, k: int) -> None:
@@ -275,7 +281,7 @@ def select_experts(b, ctx) -> None:
     b.vec(Op.VMOV, lw, lg, n=E)
     for t in range(k):
         b.reduce(Op.RARGMAX, ids + t, lw, n=E)
-        b.emit(Op.LDR, {0: SEL_REG, 1: ids + t})
+        load_register(b, ids + t)
         b.vec(Op.VMOV, tv + t, Reg(SEL_REG, lg), n=1)
         b.vec(Op.VSET, Reg(SEL_REG, lw), n=1, imm=-np.inf)
     if moe.routing == "topk_softmax":
@@ -283,7 +289,7 @@ def select_experts(b, ctx) -> None:
     else:
         _softmax(b, pr, lg, E, ss)
         for t in range(k):
-            b.emit(Op.LDR, {0: SEL_REG, 1: ids + t})
+            load_register(b, ids + t)
             b.vec(Op.VMOV, w + t, Reg(SEL_REG, pr), n=1)
         if moe.norm_topk_prob:
             b.reduce(Op.RSUM, ss, w, n=k)
