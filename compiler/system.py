@@ -21,6 +21,9 @@ deterministic and timing never depends on values).
 
 import dataclasses
 import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from compiler.decode import Compiled, compile_decode
@@ -116,25 +119,44 @@ def sub_spec(spec, layers: int, start: int = 0):
 
 
 def compile_system(spec, mesh: MeshConfig, dtype: str = "bf16", max_context: int | None = None,
-                   layout: str = "auto", weight_dtype: str | None = None) -> System:
-    """Compile each distinct wafer program once; FitError naming the wafer that fails."""
+                   layout: str = "auto", weight_dtype: str | None = None,
+                   jobs: int | None = None) -> System:
+    """Compile each distinct wafer program once; FitError naming the wafer that fails.
+
+    Distinct programs compile side by side in forked processes, up to `jobs` at once
+    (None: one per CPU; 1: here, one after another); the result does not depend on it."""
     dtype = canonical_dtype(dtype)
     one = dataclasses.replace(mesh, wafers=1)
-    cache, parts = {}, []
+    todo, keys = {}, []
     ranges = layer_ranges(spec.num_layers, mesh.wafers)
     for w, (start, stop) in enumerate(ranges):
         head = w == len(ranges) - 1
         part = sub_spec(spec, stop - start, start)
         key = (stop - start, head, part.layer_types, part.moe)
-        if key not in cache:
-            try:
-                cache[key] = compile_decode(part, one, dtype, max_context, layout, head,
-                                            weight_dtype)
-            except FitError as exc:
-                raise FitError(f"wafer {w} of {mesh.wafers} (layers {start}..{stop - 1}"
-                               f"{', LM head' if head else ''}): {exc}") from None
-        parts.append(WaferPart(w, start, stop, head, cache[key]))
+        todo.setdefault(key, (w, start, stop, head, part))
+        keys.append(key)
+    args = [(job, one, dtype, max_context, layout, weight_dtype, mesh.wafers)
+            for job in todo.values()]
+    workers = min(len(args), jobs or os.cpu_count() or 1)
+    if workers > 1 and not multiprocessing.current_process().daemon:   # daemons cannot fork
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            done = list(pool.map(_compile_part, args))
+    else:
+        done = [_compile_part(a) for a in args]
+    cache = dict(zip(todo, done, strict=True))
+    parts = [WaferPart(w, start, stop, w == len(ranges) - 1, cache[key])
+             for w, ((start, stop), key) in enumerate(zip(ranges, keys, strict=True))]
     return System(spec, mesh, dtype, parts)
+
+
+def _compile_part(args: tuple) -> Compiled:
+    """compile_decode of one wafer's part; FitError naming the wafer."""
+    (w, start, stop, head, part), one, dtype, max_context, layout, weight_dtype, wafers = args
+    try:
+        return compile_decode(part, one, dtype, max_context, layout, head, weight_dtype)
+    except FitError as exc:
+        raise FitError(f"wafer {w} of {wafers} (layers {start}..{stop - 1}"
+                       f"{', LM head' if head else ''}): {exc}") from None
 
 
 def handoff_seconds(spec, mesh: MeshConfig, dtype: str) -> float:
