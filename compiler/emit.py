@@ -580,6 +580,7 @@ def spread_attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> No
     q, pm = a("QKV"), a("PM")
     kt, vt = a(f"L{layer}.k"), a(f"L{layer}.v")
     qkn = spec.qk_norm and k2 > 0
+    in_tree = spec.qk_norm and role.band in (0, 1)   # the band's score tree sums SQ too
     sq = q + (gs + 1) * k2 + nv
     b.note("layer {layer}: attention, the row's q/k/v along the row", "attn")
     row_multicast(b, fab, role.left, q, (gs + 1) * k2 + nv + (gs + 1) * qkn)
@@ -592,13 +593,15 @@ def spread_attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> No
         for h in range(gs):
             gemv_columns(b, kt, sp, q + h * k2, P(f"sc{h}"), P("nact"), k2)
         tree_sum(b, role.ktree, fab.col, pm + gs, P("sc_len"))
-        if qkn:
+        if in_tree and not qkn:   # a tree row holding no pairs (bands taller than hd)
+            b.vec(Op.VSET, sq, n=gs + 1, imm=0.0)
+        if in_tree:
             tree_sum(b, role.ktree, fab.col, sq, gs + 1)
     if role.band == 0:
         b.note("attention: band top scales, masks empty slots, local max, exp", "attn")
         b.vec(Op.VSCALE, pm + gs, pm + gs, n=P("sc_len"),
               imm=float(np.float32(spec.head_dim ** -0.5)))
-        if qkn:
+        if in_tree:
             rk = a(f"L{layer}.rk")
             b.note("qk-norm: 1/rms of q heads and k, kept per slot for k", "attn")
             b.vec(Op.VSCALE, sq, sq, n=gs + 1, imm=1.0 / spec.head_dim)

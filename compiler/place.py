@@ -292,8 +292,8 @@ def spread_attention_entries(plan: TilePlan, kind: tuple,
         out += [(f"L{layer}.k", k2 * sp, "kv"), (f"L{layer}.v", nv * sp, "kv")]
         if spec.qk_norm and kind[2]:   # band top: 1/rms of each cached key
             out.append((f"L{layer}.rk", sp, "kv"))
-    qkn = spec.qk_norm and k2 > 0      # the row's partial sums of squares ride along
-    out.append(("QKV", (heads + 1) * k2 + nv + (heads + 1) * qkn, "scratch"))
+    # qk-norm: the row's partial sums of squares ride along (every band row reserves them)
+    out.append(("QKV", (heads + 1) * k2 + nv + (heads + 1) * spec.qk_norm, "scratch"))
     if nv:
         out += [("MO", heads * (2 + nv), "scratch"), ("MT", heads * (2 + nv), "scratch"),
                 ("NM", heads, "scratch"), ("AA", 2 * heads, "scratch")]

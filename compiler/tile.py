@@ -225,6 +225,10 @@ def band_geometry(ph: int, kv_heads: int, head_dim: int) -> Bands | None:
     half, weight = head_dim // 2, 2 * head_dim
     starts = np.concatenate([2 * np.arange(half), 2 * half + np.arange(head_dim)])
     row = starts * size // weight                  # band-local row of each unit
+    # a band taller than hd leaves rows without units between used ones; compact the used
+    # rows in order, so the rows holding pairs are a prefix (the score tree's rows) and
+    # the empty rows are the band's last (identity when every row is used)
+    row = np.unique(row, return_inverse=True)[1].reshape(-1)
     is_pair = np.arange(half + head_dim) < half
     kp = np.bincount(row[is_pair], minlength=size).astype(np.int64)
     nv = np.bincount(row[~is_pair], minlength=size).astype(np.int64)

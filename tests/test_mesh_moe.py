@@ -291,3 +291,19 @@ def test_wafer_parts_keep_their_layer_kinds():
     oss = sub_spec(resolve_model("gpt-oss-120b"), 18, 18)
     assert oss.layer_types[:2] == ("sliding_attention", "full_attention")
     assert oss.moe.sparse_layers == tuple(range(18))
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "qwen3-moe", "dense"])
+def test_bands_taller_than_the_head(arch):
+    """A band with more rows than head dims (Qwen3-235B-A22B on WSE-3: 4 kv heads, bands
+    of 256 rows, hd 128) keeps the rows holding key pairs a prefix, so the score tree (and
+    qk-norm's sums of squares) covers every pair."""
+    spec = spec_of("mixtral" if arch == "dense" else arch, heads=2, kv=1, head_dim=4)
+    if arch == "dense":
+        spec = dataclasses.replace(spec, moe=None, architecture="LlamaForCausalLM")
+    weights = random_weights(spec, 0)
+    decoder, (_, rows) = mesh_logits(spec, weights, load_mesh("small").with_mesh(3, 8),
+                                     [1, 2, 3], 5)
+    kp = decoder.plan.bands.kp
+    assert kp.tolist() == [1, 1, 0, 0, 0, 0, 0, 0]
+    assert rel_err(rows, ref.generate(spec, weights, [1, 2, 3], 5)[1]) <= 1e-4
