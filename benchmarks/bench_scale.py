@@ -7,7 +7,8 @@ beside the critical-path bound (compiler/bound.py; target: emulated within 2x), 
 phases, compile and emulation host seconds, peak resident memory, per-class SRAM bytes
 per PE; the same token at 32,768 and 131,072 tokens of context, each in a fresh process
 (host compile + token targets 20 s and 60 s, peak memory <= 8 GiB); for Llama-3.1-70B on
-`cs3x4`: max_context (target >= 65,536), tokens/s (target >= 340) and its bound; how fast
+`cs3x4`: max_context (target >= 65,536), tokens/s (target >= 340) and its bound, at the
+given context and at its max_context (the ffn / vocabulary shift that needs); how fast
 `emu run` rejects contexts that do not fit (target < 5 s, before any prefill); the 8B
 prefill of a 2048-token prompt on `trn2` timing-only (host target under 2 s).
 Times are seconds unless a name says otherwise. First it prints a host probe (`host_probe`):
@@ -104,11 +105,11 @@ def decode_8b_process(context: int) -> dict:
 
 def rejection_seconds() -> dict:
     """Host seconds until `emu run` rejects a request that does not fit (exit 2 before any
-    prefill work): 8B on WSE-2 with an 80,000-token prompt (the decode placement holds
-    about 59k: the FitError names it), 8B on WSE-3 past the model's 131,072 positions,
+    prefill work): 8B on WSE-2 with a 120,000-token prompt (the decode placement holds
+    114,000: the FitError names it), 8B on WSE-3 past the model's 131,072 positions,
     70B on cs3x4 with 60,000 tokens (the default prefill chip's HBM check fires first)."""
     out = {}
-    for name, model, hw, prompt in (("8b_wse2_80k", "llama-3.1-8b", "wse2", 80_000),
+    for name, model, hw, prompt in (("8b_wse2_120k", "llama-3.1-8b", "wse2", 120_000),
                                     ("8b_wse3_140k", "llama-3.1-8b", "wse3", 140_000),
                                     ("70b_cs3x4_60k", "llama-3.1-70b", "cs3x4", 60_000)):
         t0 = time.perf_counter()
@@ -146,7 +147,9 @@ def decode_70b(context: int) -> dict:
     bound = sum(critical_path_bound(p.compiled, one, context - 1)["total"]
                 for p in system.parts)
     return {"wafers": mesh.wafers, "wafers_needed": wafers_needed(spec, mesh, "bf16", context),
+            "context": context,
             "max_context": min(p.compiled.placement.capacity for p in system.parts),
+            "shifts": [p.compiled.plan.shift for p in system.parts],
             "cycles": step.cycles, "bound_cycles": bound,
             "compile_s": t1 - t0, "emulate_s": t2 - t1,
             "wafer_cycles": [r.cycles for r in step.results], "handoff_s": step.handoff_s,
@@ -200,7 +203,13 @@ def print_results(out: dict) -> None:
         print(f"  wafer cycles {e['wafer_cycles']}, hand-offs {e['handoff_s'] * 1e6:.2f} us "
               f"-> {e['tokens_per_s']:,.0f} tokens/s (target >= 340); bound "
               f"{e['bound_cycles']:,} cycles (emulated / bound "
-              f"{e['cycles'] / e['bound_cycles']:.2f})")
+              f"{e['cycles'] / e['bound_cycles']:.2f}); ffn / vocabulary shift per wafer "
+              f"{e['shifts']}")
+    if "decode_70b_full" in out:
+        e = out["decode_70b_full"]
+        print(f"  at its max_context {e['context']:,} (token at {e['context'] - 1:,}): wafer "
+              f"cycles {e['wafer_cycles']} -> {e['tokens_per_s']:,.0f} tokens/s; bound "
+              f"{e['bound_cycles']:,}; ffn / vocabulary shift per wafer {e['shifts']}")
     if "decode_8b_wse2" in out:
         w = out["decode_8b_wse2"]
         print(f"Llama-3.1-8B on wse2: {w['cycles']:,} cycles/token -> {w['tokens_per_s']:,.0f} "
@@ -240,6 +249,7 @@ def main(argv=None) -> int:
         out["long_8b"] = [decode_8b_process(c) for c in LONG_CONTEXTS]
     if not args.skip_70b:
         out["decode_70b"] = decode_70b(args.context)
+        out["decode_70b_full"] = decode_70b(out["decode_70b"]["max_context"])
     if args.wse2:
         out["decode_8b_wse2"] = decode_8b(args.context, jobs=args.jobs, hw="wse2")
     out["rejection"] = rejection_seconds()

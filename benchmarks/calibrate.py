@@ -145,6 +145,9 @@ def explanation(row: dict, scale: dict) -> str:
                 f"cycle per link and no per-wavelet router stalls.")
     if "70B" in name:
         d70 = scale["decode_70b"]
+        f70 = scale.get("decode_70b_full")
+        full = (f"; at that context a token takes {f70['cycles']:,} cycles, "
+                f"{f70['tokens_per_s']:,.0f} tokens/s" if f70 else "")
         spec = ("Cerebras' October figure includes speculative decoding, which emu does "
                 "not model, so the gap there is expected to be largest. "
                 if "speculative" in name else "")
@@ -156,7 +159,11 @@ def explanation(row: dict, scale: dict) -> str:
                 f"{wse3.clock_hz / 1e6:.0f} MHz; WSE-3's clock is unpublished). Spread "
                 f"layout (docs/mapping.md): KV and attention on every band row, no relayout; "
                 f"the critical-path bound is {d70['bound_cycles']:,} cycles, emulated / bound "
-                f"{sum(d70['wafer_cycles']) / d70['bound_cycles']:.2f}. Effective bf16 SIMD "
+                f"{sum(d70['wafer_cycles']) / d70['bound_cycles']:.2f}. The placement "
+                f"holds {d70['max_context']:,} positions per user (the wafer with the LM "
+                f"head binds; ffn and vocabulary rows move off the KV rows only as far as "
+                f"a context needs, docs/mapping.md \"Rows outside the bands\"){full}. "
+                f"Effective bf16 SIMD "
                 f"width {wse3.simd_width('bf16')} (SRAM-fed, docs/timing.md); exp, rsqrt, "
                 f"reciprocal and sigmoid cost an estimated {wse3.transcendental_cycles} cycles "
                 f"per element (an estimate); sends and receives carry no software overhead in "

@@ -14,11 +14,13 @@ import numpy as np
 
 from compiler import moe, reference
 from compiler.emit import DecodeProgram, emit_decode, layer_kind, verify_program
-from compiler.numerics import canonical_dtype
+from compiler.numerics import canonical_dtype, dtype_bytes
 from compiler.place import (
     Placement,
+    default_max_context,
     pe_class,
     place,
+    spread_shift,
     verify_placement,
     write_c,
     write_matrix,
@@ -68,10 +70,14 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
     require_mesh_mapped(spec, layouts)
     error = None
     for name in layouts:
-        plan = run_pass("tile", tile, (spec, mesh.width, mesh.height, name, head), verify_tiles)
+        shift, capacity = layout_shift(spec, mesh, name, dtype, max_context, head,
+                                       weight_dtype)
+        plan = run_pass("tile", tile, (spec, mesh.width, mesh.height, name, head, shift),
+                        verify_tiles)
         try:
             placement = run_pass("place", place, (plan, mesh, dtype, max_context,
-                                                  name == layouts[-1], weight_dtype),
+                                                  name == layouts[-1], capacity,
+                                                  weight_dtype),
                                  lambda out: verify_placement(out, mesh))
         except FitError as exc:
             error = exc
@@ -100,6 +106,18 @@ def require_mesh_mapped(spec, layouts) -> None:
         raise ConfigError(f"decode on the mesh ({layouts[-1]} layout) does not map "
                           f"{spec.architecture}'s {', '.join(missing)} yet; the numpy "
                           f"reference (compiler/reference.py) runs it (docs/models.md)")
+
+def layout_shift(spec, mesh: MeshConfig, layout: str, dtype: str,
+                 max_context: int | None, head: bool = True,
+                 weight_dtype: str | None = None) -> tuple[int, int | None]:
+    """(shift, capacity) the tile pass takes for `layout`: the spread layout moves its ffn
+    and vocabulary rows off the band rows as far as `max_context` needs
+    (compiler.place.spread_shift); other layouts (0, None)."""
+    if layout != "spread":
+        return 0, None
+    return spread_shift(spec, mesh.width, mesh.height, head,
+                        mesh.sram_bytes // dtype_bytes(canonical_dtype(dtype)),
+                        max_context or default_max_context(spec), dtype, weight_dtype)
 
 
 def auto_layouts(spec, mesh: MeshConfig) -> tuple[str, ...]:

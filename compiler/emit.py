@@ -352,7 +352,9 @@ class Role:
         """TilePlan.row_kind of the role's row."""
         if self.band == -2:
             return ()
-        return (self.k2, self.nv, self.band == 0) if self.band >= 0 else (0, 0, False)
+        if self.band < 0:
+            return (0, 0, 0)
+        return (self.k2, self.nv, 2 if self.top else int(self.band == 0))
 
     @property
     def key(self) -> tuple:
@@ -726,8 +728,9 @@ def decoder_layer(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
         return
     b.mark(p + "mlp_up")
     b.note("layer {layer}: gate/up GEMV-A", "gate_up")
-    moe.dequantise(b, ctx, ctx.waddr(p + "gu"), role.k_hidden * plan.mpad("gu"))
-    gemv_a(b, fab, role.top, role.row_tree, role.k_hidden, ctx.waddr(p + "gu"), plan.mpad("gu"),
+    gu_stride = plan.side_stride("gu", role.band == -1, role.top)
+    moe.dequantise(b, ctx, ctx.waddr(p + "gu"), role.k_hidden * gu_stride)
+    gemv_a(b, fab, role.top, role.row_tree, role.k_hidden, ctx.waddr(p + "gu"), gu_stride,
            a("XN"), a("ACC"), Param("m_gu"))
     if role.left:
         swiglu(b, ctx, role, p + "gu_bias" if spec.mlp_bias else None)
@@ -798,7 +801,8 @@ def pe_code(ctx: Context, role: Role) -> RegionCode:
             rmsnorm(end, ctx, role, "norm_final")
         end.note("LM head GEMV-A", "lm_head")
         gemv_a(end, ctx.fab, role.top, role.row_tree, role.k_hidden, ctx.waddr("lm_head"),
-               plan.mpad("lm_head"), a("XN"), a("ACC"), Param("m_vocab"))
+               plan.side_stride("lm_head", role.band == -1, role.top), a("XN"), a("ACC"),
+               Param("m_vocab"))
     end.mark("end")
     end.halt()
     layers, notes = layer_code(ctx, role)

@@ -6,9 +6,10 @@ kv groups), the PE is on the left column, the PE is (0, 0). Every class lays its
 out in the same section order, skipping the sections it does not use, so addresses are
 the same on every PE of a class (region code uses immediates; a role fixes the class):
 
-1. common (every PE): H, XN, SS, ACC, XB, JUNK (stride-0 sink of unwanted multicast
-   pieces), and the R-layout weights used on the top row (RMSNorm weights, o/down biases,
-   final norm) - small: a hidden chunk each;
+1. common (every PE): H, XN, SS, JUNK (stride-0 sink of unwanted multicast pieces),
+   ACC, XB, PM (spread layout, band rows), and the R-layout weights used on the top row
+   (RMSNorm weights, o/down biases, final norm; a hidden chunk each, on row 0 only in the
+   spread layout);
 2. weights (rows holding weight tiles): per layer the qkv, o, gu, down tiles (column-major,
    column stride `mpad` = the largest tile row count), C-layout biases; then the LM head;
 3. attention (rows with kv groups): the KV cache per layer and kv group of the row, K and
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from compiler import moe
-from compiler.tile import Chunking, TilePlan, chunk_bounds, tile
+from compiler.tile import Chunking, TilePlan, chunk_bounds, max_shift, tile
 from emulator.hw.dtypes import BYTES as DTYPE_BYTES
 from emulator.hw.dtypes import weight_format
 from emulator.hw.errors import FitError
@@ -213,20 +214,33 @@ def g_words(plan: TilePlan) -> np.ndarray:
 # --------------------------------------------------------------------------- sections
 
 
-def common_entries(plan: TilePlan, slots: int = 0) -> list[tuple[str, int, str]]:
-    """Buffers of every PE: scratch of the GEMVs and the top row's R-layout weights."""
+def common_entries(plan: TilePlan, slots: int = 0, outside: bool = False,
+                   top: bool = True) -> list[tuple[str, int, str]]:
+    """Buffers of every PE: scratch of the GEMVs and the top row's R-layout weights.
+
+    H, XN, SS, JUNK and ACC come first, at the same address on every PE (the host reads
+    the logits from ACC); then XB; ACC and XB are sized for the row's side of the bands
+    (`outside`: rows outside the bands of the spread layout, whose ffn and LM head
+    chunks may be larger, `TilePlan.side_max`); then, on band rows only, PM (spread), at
+    one address on every band row (the step parameters name it; rows outside the bands
+    run no attention); then the R-layout weights (RMSNorm weights, o / down biases, the
+    final norm), which only the top row uses: the spread layout reserves them on row 0
+    only (`top`), the others on every PE."""
     spec, hid = plan.spec, plan.vec("hidden").max_size
-    acc = max(plan.mpad("gu"), plan.mpad("lm_head"), plan.mpad("o"),
+    acc = max(plan.side_max("gu", outside), plan.side_max("vocab", outside), plan.mpad("o"),
               plan.mpad("qkv") if plan.layout == "even" else 0)
     xb = max(plan.vec("attn").max_size if plan.layout in ("even", "spread") else 0,
-             plan.vec("ffn").max_size)
+             plan.side_max("ffn", outside))
     need = moe.scratch_sizes(plan)
     out = [("H", hid, "scratch"), ("XN", max(hid, need.get("XN", 0)), "scratch"),
-           ("SS", 1, "scratch"), ("ACC", max(acc, need.get("ACC", 0)), "scratch"),
-           ("XB", max(xb, need.get("XB", 0)), "scratch"), ("JUNK", 1, "scratch")]
-    out += moe.common_entries(plan)
-    if plan.bands is not None:   # at one address on every PE: the step parameters name it
+           ("SS", 1, "scratch"), ("JUNK", 1, "scratch")]
+    out += moe.common_entries(plan)       # LG, SEL: one address on every PE
+    out += [("ACC", max(acc, need.get("ACC", 0)), "scratch"),
+            ("XB", max(xb, need.get("XB", 0)), "scratch")]
+    if plan.bands is not None and not outside:
         out.append(("PM", spec.group_size * (1 + slots), "scratch"))
+    if plan.bands is not None and not top:
+        return out
     for layer in range(spec.num_layers):
         p = f"L{layer}."
         out += [(p + "norm_in", hid, "weight"), (p + "norm_post", hid, "weight")]
@@ -239,16 +253,23 @@ def common_entries(plan: TilePlan, slots: int = 0) -> list[tuple[str, int, str]]
     return out
 
 
-def weight_entries(plan: TilePlan, kind: tuple = ()) -> list[tuple[str, int, str]]:
+def weight_entries(plan: TilePlan, kind: tuple = (),
+                   outside: bool = False) -> list[tuple[str, int, str]]:
     """Weight tiles of the C-chunked matrices (rows holding weights). In the spread layout
-    the q/k/v and o tiles are sized for the row kind (`TilePlan.row_kind`)."""
+    the q/k/v and o tiles are sized for the row kind (`TilePlan.row_kind`), the gate/up,
+    down and LM head tiles for the row's side of the bands (`outside`)."""
     spec, out = plan.spec, []
     sizes = {m: plan.kmax(m) * plan.mpad(m) for m in ("qkv", "o", "gu", "down")}
+    lm_head = plan.kmax("lm_head") * plan.mpad("lm_head")
     if plan.bands is not None:
-        k2, nv, _ = kind
+        k2, nv, top = kind
         m_qkv = (spec.group_size + 1) * k2 + nv
+        top = top == 2   # row 0: a class of its own
         sizes["qkv"] = plan.kmax("qkv") * m_qkv
         sizes["o"] = spec.group_size * nv * plan.mpad("o")
+        sizes["gu"] = plan.kmax("gu") * plan.side_stride("gu", outside, top)
+        sizes["down"] = plan.side_max("ffn", outside, top) * plan.mpad("down")
+        lm_head = plan.kmax("lm_head") * plan.side_stride("lm_head", outside, top)
     for layer in range(spec.num_layers):
         p = f"L{layer}."
         sparse = spec.is_sparse(layer)
@@ -261,7 +282,7 @@ def weight_entries(plan: TilePlan, kind: tuple = ()) -> list[tuple[str, int, str
         if spec.mlp_bias and not sparse:
             out.append((p + "gu_bias", plan.mpad("gu"), "weight"))
     if plan.head:
-        out.append(("lm_head", plan.kmax("lm_head") * plan.mpad("lm_head"), "weight"))
+        out.append(("lm_head", lm_head, "weight"))
     return out
 
 
@@ -323,7 +344,7 @@ def left_entries(plan: TilePlan, key: tuple, g_need: np.ndarray) -> list[tuple[s
         if nv and spec.attention_sinks:
             out += [(f"L{layer}.sinks", spec.group_size, "weight")
                     for layer in range(spec.num_layers)]
-        out.append(("TMP", max(4 * rope, plan.vec("ffn").max_size,
+        out.append(("TMP", max(4 * rope, plan.side_max("ffn", not attn),
                                moe.scratch_sizes(plan).get("TMP", 0)), "scratch"))
         return out + moe.left_entries(plan) + (moe.hub_entries(plan) if key[3] else [])
     rope = (spec.group_size + 1) * spec.head_dim // 2
@@ -341,9 +362,10 @@ def left_entries(plan: TilePlan, key: tuple, g_need: np.ndarray) -> list[tuple[s
 def class_entries(plan: TilePlan, key: tuple, slots: int, g_need: np.ndarray) -> list:
     """(name, elements, kind) of class `key`'s buffers in address order."""
     weights, attn, left = key[:3]
-    out = common_entries(plan, slots)
+    outside = plan.bands is not None and not attn
+    out = common_entries(plan, slots, outside, plan.bands is None or key[4][2] == 2)
     if weights:
-        out += weight_entries(plan, key[4])
+        out += weight_entries(plan, key[4], outside)
     if attn and plan.bands is not None:
         out += spread_attention_entries(plan, key[4], slots)
     elif attn:
@@ -401,11 +423,14 @@ def required_words(plan: TilePlan, max_context: int) -> int:
 
 def place(plan: TilePlan, mesh: MeshConfig, dtype: str = "fp32",
           max_context: int | None = None, hint: bool = True,
-          weight_dtype: str | None = None) -> Placement:
+          capacity: int | None = None, weight_dtype: str | None = None) -> Placement:
     """The place pass: assign addresses per class; FitError when SRAM is too small.
 
     `hint=False` leaves the smallest fitting square out of the FitError message (it is
     a scan over mesh sizes; callers that try another layout next skip it).
+    `capacity`: the context reported as `Placement.capacity` (default: this plan's
+    `fit_context`; the spread layout passes the best over its shifts, `spread_shift`).
+    `weight_dtype`: the MLP / expert tiles' storage format (`buffer_bytes`).
     """
     spec = plan.spec
     max_context = default_max_context(spec) if max_context is None else max_context
@@ -420,9 +445,9 @@ def place(plan: TilePlan, mesh: MeshConfig, dtype: str = "fp32",
         weight_dtype = weight_format(weight_dtype).name
     placement = Placement(plan, dtype, max_context, -(-max_context // plan.pw), union,
                           max(words.values()), maps, words,
-                          fit_context(plan, mesh.sram_bytes // DTYPE_BYTES[dtype], dtype,
-                                      weight_dtype),
-                          weight_dtype,
+                          fit_context(plan, mesh.sram_bytes // DTYPE_BYTES[dtype], "all",
+                                      dtype, weight_dtype)
+                          if capacity is None else capacity, weight_dtype,
                           {k: buffer_bytes(m, dtype, weight_dtype) for k, m in maps.items()}
                           if weight_dtype is not None else None)
     if placement.total_bytes > mesh.sram_bytes:
@@ -430,32 +455,96 @@ def place(plan: TilePlan, mesh: MeshConfig, dtype: str = "fp32",
     return placement
 
 
-def fit_context(plan: TilePlan, sram_words: int, dtype: str = "fp32",
+def fit_context(plan: TilePlan, sram_words: int, side: str = "all", dtype: str = "fp32",
                 weight_dtype: str | None = None) -> int:
     """The largest max_context (a multiple of pw) whose per-class SRAM fits `sram_words`
     elements per PE: every class needs `a + b * slots` elements (KV and score buffers
     grow linearly with the slots per PE), so the slots that fit are
-    min over classes of floor((sram_words - a) / b); 0 when nothing fits. With a
+    min over classes of floor((sram_words - a) / b); 0 when nothing fits.
+    `side` "band" / "outside" takes the minimum over the classes of the band rows / of
+    the rows outside the bands only (spread layout; "all": every class). With a
     `weight_dtype` the same in bytes (`buffer_bytes`, budget sram_words * bytes(dtype)).
     A sliding-window layer's ring stops growing at its window, so the linear model is
     conservative when the window exceeds pw."""
+    return side_contexts(plan, sram_words, dtype, weight_dtype)[side]
+
+
+def side_contexts(plan: TilePlan, sram_words: int, dtype: str = "fp32",
+                  weight_dtype: str | None = None) -> dict:
+    """{"all", "band", "outside"} -> `fit_context` of that side, from one pair of class
+    maps (rows outside the bands exist only in the spread layout; elsewhere every class
+    counts as "band"); in bytes with a `weight_dtype`."""
     if weight_dtype is None:
         one, two = class_maps(plan, plan.pw)[1], class_maps(plan, 2 * plan.pw)[1]
     else:
         one, two = ({k: buffer_bytes(m, dtype, weight_dtype)
                      for k, m in class_maps(plan, c * plan.pw)[0].items()} for c in (1, 2))
         sram_words = sram_words * DTYPE_BYTES[dtype]
-    slots = None
+    limit = plan.spec.max_position_embeddings
+    slots = {"band": None, "outside": None}
+    full = {"band": False, "outside": False}
     for key, w1 in one.items():
+        side = "outside" if plan.bands is not None and not key[1] else "band"
         b = two[key] - w1
         a = w1 - b
         if a > sram_words:
-            return 0
-        if b > 0:
+            full[side] = True
+        elif b > 0:
             fit = (sram_words - a) // b
-            slots = fit if slots is None else min(slots, fit)
-    limit = plan.spec.max_position_embeddings
-    return limit if slots is None else min(limit, max(0, slots) * plan.pw)
+            slots[side] = fit if slots[side] is None else min(slots[side], fit)
+    out = {side: 0 if full[side] else limit if slots[side] is None
+           else min(limit, max(0, slots[side]) * plan.pw) for side in slots}
+    out["all"] = min(out.values())
+    return out
+
+
+def spread_shift(spec, pw: int, ph: int, head: bool, sram_words: int,
+                 max_context: int | None = None, dtype: str = "fp32",
+                 weight_dtype: str | None = None) -> tuple[int, int]:
+    """(shift, capacity) of the spread layout's ffn / vocabulary split (docs/mapping.md,
+    "Rows outside the bands"): `capacity` is the largest context over every shift
+    (`compiler.tile.shift_rows`), `shift` the smallest one whose placement holds
+    min(max_context, capacity) positions (None: the capacity), so a context the
+    near-equal split holds keeps it (the fastest: the rows outside the bands then
+    finish their GEMVs with the others).
+
+    Moving rows off the band rows never lowers the band rows' capacity and never raises
+    that of the rows outside (which hold no KV, only the score buffer PM), so the best
+    split is where the two cross: found by bisection, about 3 log2(max_shift) place
+    evaluations."""
+    top, memo = max_shift(spec, ph, head), {}
+
+    def caps(s: int) -> tuple[int, int]:
+        if s not in memo:
+            fit = side_contexts(tile(spec, pw, ph, "spread", head, s), sram_words, dtype,
+                                weight_dtype)
+            memo[s] = (fit["band"], fit["outside"])
+        return memo[s]
+
+    def first(pred, lo: int, hi: int) -> int:
+        """Smallest s in [lo, hi) with pred(s) (pred monotone), else hi."""
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if pred(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    cross = first(lambda s: caps(s)[0] >= caps(s)[1], 0, top + 1)
+    best = max(min(caps(s)) for s in (cross - 1, cross) if 0 <= s <= top)
+    want = best if max_context is None else min(max_context, best)
+    # below the crossing the band rows bind (their capacity rises with s): the first
+    # shift reaching `want` there, else the crossing itself
+    return first(lambda s: caps(s)[0] >= want, 0, min(cross, top + 1)), best
+
+
+def best_context(spec, pw: int, ph: int, layout: str, head: bool, sram_words: int) -> int:
+    """The largest context a layout holds on a pw x ph mesh (`fit_context`; the spread
+    layout takes the best ffn / vocabulary split, `spread_shift`)."""
+    if layout == "spread":
+        return spread_shift(spec, pw, ph, head, sram_words)[1]
+    return fit_context(tile(spec, pw, ph, layout, head), sram_words)
 
 
 def largest_class(placement: Placement) -> tuple:
@@ -471,8 +560,8 @@ def class_name(key: tuple) -> str:
     kind = key[4] if len(key) > 4 else ()
     if kind:
         k2, nv, top = kind
-        parts.append(f"of band rows with {k2} K and {nv} V dims" + (" (band top)" if top
-                                                                   else "")
+        where = {0: "", 1: " (band top)", 2: " (row 0)"}[int(top)]
+        parts.append(f"of band rows with {k2} K and {nv} V dims{where}"
                      if attn else "of rows outside the bands")
         return " ".join(parts)
     parts.append("of weight rows" if weights else "of hub rows")

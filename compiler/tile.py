@@ -99,17 +99,19 @@ class TilePlan:
     matrices: dict = field(hash=False)     # name -> MatrixTile
     head: bool = True                      # final norm + LM head on this mesh
     bands: "Bands | None" = field(default=None, hash=False)   # spread layout geometry
+    shift: int = 0     # spread: ffn / vocabulary moved off the band rows (`outside_split`)
 
     def row_kind(self, j: int) -> tuple:
         """What sets row j's SRAM class besides its weights and attention: () outside the
-        spread layout, else (K dims, V dims, band-local row 0) of the row (docs/mapping.md,
-        "Spread layout")."""
+        spread layout, else (K dims, V dims, top) of the row (docs/mapping.md, "Spread
+        layout"), `top` 0 for most rows, 1 on a band's first row, 2 on row 0 (which also
+        holds the R-layout weights: RMSNorm weights, biases of o_proj and down)."""
         if self.bands is None:
             return ()
         r = self.bands.local(j)
         if r < 0:
-            return (0, 0, False)
-        return (2 * int(self.bands.kp[r]), int(self.bands.nv[r]), r == 0)
+            return (0, 0, 0)
+        return (2 * int(self.bands.kp[r]), int(self.bands.nv[r]), 2 if j == 0 else int(r == 0))
 
     def weight_row(self, j: int) -> bool:
         """True when row j holds tiles of the C-chunked weight matrices (or may)."""
@@ -152,10 +154,31 @@ class TilePlan:
 
     def tile_stride(self, matrix: str, j: int) -> int:
         """Column stride of `matrix`'s tiles on row j: `mpad`, except the spread layout's
-        q/k/v tiles, packed with the row's own chunk (rows of one kind share it)."""
+        q/k/v tiles, packed with the row's own chunk (rows of one kind share it), and its
+        gate/up and LM head tiles, padded to the largest chunk of the row's side (band
+        rows or rows outside the bands, `side_stride`)."""
         if self.bands is not None and matrix == "qkv":
             return self.vec("qkv").size(j)
+        if self.bands is not None and matrix in ("gu", "lm_head"):
+            return self.side_stride(matrix, self.bands.local(j) < 0, j == 0)
         return self.mpad(matrix)
+
+    def side_max(self, vector: str, outside: bool, top: bool = False) -> int:
+        """Largest chunk of a C vector over the band rows (or the rows outside the bands,
+        `outside`; or row 0 alone, `top`: its SRAM class holds only it) of the spread
+        layout; the largest chunk over all rows elsewhere."""
+        if self.bands is None:
+            return self.vec(vector).max_size
+        sizes = self.vec(vector)._sizes
+        part = sizes[:1] if top else sizes[self.bands.rows:] if outside \
+            else sizes[:self.bands.rows]
+        return int(part.max(initial=0))
+
+    def side_stride(self, matrix: str, outside: bool, top: bool = False) -> int:
+        """Column stride of a GEMV-A matrix's tiles on one side of the bands (`side_max`
+        of its output vector): the spread layout sizes band rows, row 0 and the rows
+        outside the bands apart."""
+        return self.side_max(self.matrices[matrix].out, outside, top)
 
     def kmax(self, matrix: str) -> int:
         """Largest column count of `matrix`'s tiles over PEs."""
@@ -299,18 +322,20 @@ def attention_rows(ph: int, kv_heads: int, layout: str) -> np.ndarray:
     return mask
 
 
-def tile(spec: ModelSpec, pw: int, ph: int, layout: str = "groups", head: bool = True
-         ) -> TilePlan:
+def tile(spec: ModelSpec, pw: int, ph: int, layout: str = "groups", head: bool = True,
+         shift: int = 0) -> TilePlan:
     """The tile pass: chunk every vector over a pw x ph rectangle (see module docstring).
 
     `head`: whether this mesh runs the final norm and LM head (the last wafer of a system).
+    `shift` (spread layout): how far the ffn and vocabulary rows move off the band rows
+    onto the rows outside the bands (`outside_split`; 0: near-equal over all rows).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if spec.head_dim % 2:
         raise ValueError(f"head_dim must be even for RoPE, got {spec.head_dim}")
     if layout == "spread":
-        return _tile_spread(spec, pw, ph, head)
+        return _tile_spread(spec, pw, ph, head, shift)
     if layout == "groups":
         groups = chunk_bounds(spec.num_kv_heads, ph)
         wrows = np.ones(ph, bool)
@@ -346,9 +371,54 @@ def tile(spec: ModelSpec, pw: int, ph: int, layout: str = "groups", head: bool =
     return TilePlan(spec, pw, ph, layout, vectors, matrices, head)
 
 
-def _tile_spread(spec: ModelSpec, pw: int, ph: int, head: bool) -> TilePlan:
+def max_shift(spec: ModelSpec, ph: int, head: bool) -> int:
+    """Largest `shift` of `outside_split` on `ph` rows (0 when no row lies outside the
+    bands): every vocabulary row, then every ffn row, on the rows outside the bands."""
+    bands = band_geometry(ph, spec.num_kv_heads, spec.head_dim)
+    outside = 0 if bands is None else ph - bands.rows
+    if outside == 0:
+        return 0
+    vocab = spec.vocab_size if head else 0
+    return (-(-vocab // outside) - vocab // ph) * bool(vocab) \
+        + -(-spec.intermediate_size // outside) - spec.intermediate_size // ph
+
+
+def outside_split(total: int, ph: int, rows: int, per_row: int | None) -> tuple[int, ...]:
+    """Bounds of `total` over `ph` rows: near-equal over all rows when `per_row` is None,
+    else `per_row` elements on each of the rows `rows..ph-1` outside the bands (at most
+    the whole vector) and the rest near-equal over the band rows `0..rows-1`, the larger
+    chunks last (row 0 also holds the R-layout weights, so it takes a smaller chunk)."""
+    if per_row is None or rows >= ph:
+        return chunk_bounds(total, ph)
+    out = min(total, per_row * (ph - rows))
+    sizes = np.concatenate([_chunk_sizes(total - out, rows)[::-1],
+                            _chunk_sizes(out, ph - rows)])
+    return _bounds(sizes)
+
+
+def shift_rows(spec: ModelSpec, ph: int, head: bool, shift: int) -> tuple:
+    """(vocabulary, ffn) elements per row outside the bands for `shift` (None: the
+    near-equal split). Shift s first moves vocabulary rows (the LM head runs once per
+    token, the ffn once per layer), one more per outside row per step, then ffn rows;
+    any s > 0 also gives the smaller band chunks to the first band rows (`outside_split`:
+    row 0 holds the R-layout weights besides)."""
+    if shift <= 0:
+        return None, None
+    bands = band_geometry(ph, spec.num_kv_heads, spec.head_dim)
+    outside = ph - bands.rows
+    vocab = spec.vocab_size if head else 0
+    v0, v_all = vocab // ph, -(-vocab // outside)
+    nv = (v_all - v0) if vocab else 0
+    if shift <= nv:   # ffn at its near-equal share outside, row 0 the smaller band chunk
+        return v0 + shift, spec.intermediate_size // ph
+    return (v_all if vocab else None), spec.intermediate_size // ph + shift - nv
+
+
+def _tile_spread(spec: ModelSpec, pw: int, ph: int, head: bool, shift: int = 0) -> TilePlan:
     """The tile pass of the spread layout: q/k/v and the attention output chunked by the
-    head dims each band row holds (Bands), everything else near-equal over all rows."""
+    head dims each band row holds (Bands); ffn and vocabulary near-equal over all rows,
+    or (`shift` > 0) partly moved onto the rows outside the bands (`shift_rows`), which
+    hold no KV; the hidden vector near-equal over the columns."""
     bands = band_geometry(ph, spec.num_kv_heads, spec.head_dim)
     if bands is None:
         raise ValueError(f"the spread layout needs at least num_kv_heads "
@@ -359,7 +429,10 @@ def _tile_spread(spec: ModelSpec, pw: int, ph: int, head: bool) -> TilePlan:
         qkv[j] = bands.qkv_len(r, spec.group_size)
         attn[j] = spec.group_size * bands.nv[r]
         groups[j] = 1 if r == 0 else 0
-    ffn = chunk_bounds(spec.intermediate_size, ph)
+    shift = min(max(0, shift), max_shift(spec, ph, head))
+    v_row, f_row = shift_rows(spec, ph, head, shift)
+    ffn = outside_split(spec.intermediate_size, ph, bands.rows, f_row)
+    vocab = outside_split(spec.vocab_size if head else 0, ph, bands.rows, v_row)
     vectors = {
         "hidden": Chunking("R", chunk_bounds(spec.hidden_size, pw)),
         "groups": Chunking("C", _bounds(groups)),
@@ -367,7 +440,7 @@ def _tile_spread(spec: ModelSpec, pw: int, ph: int, head: bool) -> TilePlan:
         "attn": Chunking("C", _bounds(attn)),
         "ffn": Chunking("C", ffn),
         "gu": Chunking("C", scaled(ffn, 2)),
-        "vocab": Chunking("C", chunk_bounds(spec.vocab_size if head else 0, ph)),
+        "vocab": Chunking("C", vocab),
     }
     vectors["qkv_attn"], vectors["heads_attn"] = vectors["qkv"], vectors["attn"]
     matrices = {
@@ -379,7 +452,7 @@ def _tile_spread(spec: ModelSpec, pw: int, ph: int, head: bool) -> TilePlan:
     }
     from compiler import moe  # moe builds on this module
     moe.extend_tiles(spec, ph, vectors, matrices, np.ones(ph, bool))
-    return TilePlan(spec, pw, ph, "spread", vectors, matrices, head, bands)
+    return TilePlan(spec, pw, ph, "spread", vectors, matrices, head, bands, shift)
 
 
 # --------------------------------------------------------------------------- row orders
@@ -501,7 +574,7 @@ def plan_to_dict(plan: TilePlan) -> dict:
         matrices[name] = {"kind": t.kind, "out": t.out, "in": t.inp,
                           "column_stride": plan.mpad(name), "max_columns": plan.kmax(name),
                           "shape": [plan.vec(t.out).total, plan.vec(t.inp).total]}
-    return {"pw": plan.pw, "ph": plan.ph, "layout": plan.layout,
+    return {"pw": plan.pw, "ph": plan.ph, "layout": plan.layout, "shift": plan.shift,
             "model": {"hidden_size": plan.spec.hidden_size, "num_layers": plan.spec.num_layers,
                       "num_heads": plan.spec.num_heads, "num_kv_heads": plan.spec.num_kv_heads,
                       "head_dim": plan.spec.head_dim,

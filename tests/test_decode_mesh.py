@@ -294,3 +294,48 @@ def test_fit_error_names_the_context_that_would_fit():
     compile_decode(spec, small, max_context=fits, layout="spread")
     with pytest.raises(FitError, match=f"a context of {fits} tokens would fit"):
         compile_decode(spec, small, max_context=fits + 4, layout="spread")
+
+
+@pytest.mark.parametrize("shape,kv_heads,head", [((4, 6), 1, True), ((5, 7), 3, True),
+                                                 ((4, 6), 1, False)])
+def test_rows_outside_the_bands_take_ffn_and_vocabulary(shape, kv_heads, head):
+    """Spread layout, a context the near-equal split does not hold: the compiler moves
+    vocabulary, then ffn rows onto the rows outside the bands (`spread_shift`), the
+    smallest shift that fits; logits still equal the reference (docs/mapping.md, "Rows
+    outside the bands")."""
+    from compiler.place import fit_context, spread_shift
+    from compiler.tile import max_shift, tile
+
+    spec = dataclasses.replace(make_spec(hidden=16, heads=2 * kv_heads, kv_heads=kv_heads,
+                                         head_dim=4, ffn=64, vocab=90, layers=2),
+                               max_position_embeddings=4096)
+    mesh = dataclasses.replace(load_mesh("small").with_mesh(*shape), sram_bytes=3072)
+    words = mesh.sram_bytes // 4
+    equal = fit_context(tile(spec, *shape, "spread", head), words)
+    shift, best = spread_shift(spec, *shape, head, words)
+    assert 0 < shift <= max_shift(spec, shape[1], head) and best > equal
+    # the best over every shift, by brute force
+    assert best == max(fit_context(tile(spec, *shape, "spread", head, s), words)
+                       for s in range(max_shift(spec, shape[1], head) + 1))
+    assert spread_shift(spec, *shape, head, words, equal)[0] == 0
+    compiled = compile_decode(spec, mesh, max_context=best, layout="spread", head=head)
+    plan = compiled.plan
+    assert plan.shift == shift and compiled.placement.capacity == best
+    assert plan.side_max("ffn", True) + plan.side_max("vocab", True) \
+        > plan.side_max("ffn", False) + plan.side_max("vocab", False)
+    with pytest.raises(FitError, match=f"a context of {best} tokens would fit"):
+        compile_decode(spec, mesh, max_context=best + shape[0], layout="spread", head=head)
+    if not head:
+        return
+    weights = random_weights(spec, 3)
+    prompt = np.random.default_rng(3).integers(0, spec.vocab_size, best - 2)
+    _, cache = ref.prefill(spec, weights, prompt)
+    decoder = MeshDecoder(spec, weights, mesh, max_context=best, layout="spread")
+    assert decoder.plan.shift == shift
+    decoder.load_kv(cache)
+    token = int(prompt[-1])
+    for n in range(2):
+        logits, _ = decoder.step(token, len(prompt) + n)
+        expected = ref.decode_step(spec, weights, token, cache)
+        assert rel_err(logits, expected) <= TOLERANCE
+        token = int(np.argmax(expected))

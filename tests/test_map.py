@@ -179,3 +179,40 @@ def test_spread_layout_map_shows_the_bands():
     result = emu("map", "tiny", "--mesh", "8x8", "--layer", "0", "--region", "1,0,2,3")
     assert result.exit_code == 0, result.output
     assert "spread" in result.stdout and "L0.k " in result.stdout and "L0.v " in result.stdout
+
+
+def consistent(m):
+    """Title, SRAM bar, legend, cells and row notes read one array: check they agree."""
+    total = m.reserved_total
+    kinds = m.bytes_by_kind()
+    assert int(total.max()) == m.placement.total_bytes == sum(kinds.values())
+    assert f"{m.placement.total_bytes:,} of {m.mesh.sram_bytes:,}" in m.status()
+    assert all(f"{k} {v:,}" in m.status() for k, v in kinds.items())
+    legend = mapview.legend_rows(m, m.roles, total)
+    top = max(int(text.split("-")[-1].replace(",", "")) for _, _, text in legend)
+    assert top == m.placement.total_bytes
+    assert sum(count for _, count, _ in legend) == m.plan.pw * m.plan.ph
+    plan = m.plan
+    for key, words in m.placement.class_words.items():
+        split = mapview.class_kind_words(m.placement.maps[key], words)
+        assert sum(split.values()) == words
+    kv_rows = [j for j in range(plan.ph) if m.reserved["kv"][j].any()]
+    if kv_rows:
+        note = mapview.attention_note(m, kv_rows[0], kv_rows[-1])
+        assert f"KV up to {int(m.reserved['kv'].max()):,} B/PE" in note
+
+
+@pytest.mark.parametrize("layout", ["groups", "even", "auto"])
+@pytest.mark.parametrize("size", [(8, 8), (12, 7), (5, 16)])
+def test_title_bar_legend_and_notes_share_one_source(layout, size):
+    consistent(tiny_map(*size, layout=layout))
+
+
+def test_llama_8b_wafer_map_agrees_with_itself():
+    spec = resolve_model("llama-3.1-8b")
+    m = mapview.build_map(spec, load_mesh("wse3"), dtype="bf16", model="llama-3.1-8b")
+    consistent(m)
+    kv = m.bytes_by_kind()["kv"]
+    band_rows = m.plan.bands.rows
+    assert int(m.reserved["kv"][:band_rows, 1:].max()) == kv
+    assert not m.reserved["kv"][band_rows:].any()

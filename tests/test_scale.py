@@ -81,6 +81,32 @@ def test_llama_8b_fits_wse3_in_bf16():
     assert kv_and_weights == [], "no PE reserves both weight tiles and the KV cache"
 
 
+def test_70b_on_cs3x4_capacity_with_ffn_and_vocabulary_off_the_band_rows():
+    """Placement only: Llama-3.1-70B on four WSE-3 (bf16, 20 layers per wafer, the LM head
+    on the last) holds 55,870 positions once the ffn and vocabulary rows move onto the
+    146 rows outside the bands (33,975 with the near-equal split; 33,220 before PM and
+    the R-layout weights left the rows that do not use them); the wafer with the LM
+    head binds (docs/mapping.md, "Rows outside the bands": 65,536 needs the LM head
+    spread over the wafers)."""
+    from compiler.place import best_context, fit_context, spread_shift
+    from compiler.system import sub_spec
+
+    spec, mesh = resolve_model("programs/models/llama-3.1-70b.json"), load_mesh("cs3x4")
+    words = mesh.sram_bytes // 2
+    caps, equal = {}, {}
+    ranges = layer_ranges(spec.num_layers, mesh.wafers)
+    assert {stop - start for start, stop in ranges} == {20}
+    for head in (False, True):
+        part = sub_spec(spec, 20)
+        caps[head] = best_context(part, mesh.width, mesh.height, "spread", head, words)
+        equal[head] = fit_context(tile(part, mesh.width, mesh.height, "spread", head), words)
+        # a context the near-equal split holds keeps it (shift 0: the fastest)
+        assert spread_shift(part, mesh.width, mesh.height, head, words, equal[head])[0] == 0
+    assert min(equal.values()) == equal[True] == 33_975
+    assert min(caps.values()) == caps[True] == 55_870
+    assert caps[False] == 80_785
+
+
 def test_fit_error_names_bytes_class_and_square():
     spec = resolve_model("programs/models/llama-3.1-8b.json")
     wse3 = load_mesh("wse3")

@@ -371,14 +371,13 @@ def decode_capacity(spec, mesh, dtype: str) -> int:
     """Positions one user's KV may reach on a decode instance: the largest max_context the
     compiler's place pass fits on every wafer program (layers per wafer, LM head on the
     last), with the best of the layouts `compile_decode` would try (compiler.place
-    `fit_context`)."""
+    `best_context`: the spread layout at its best ffn / vocabulary split)."""
     import dataclasses
 
     from compiler.decode import auto_layouts
     from compiler.numerics import dtype_bytes
-    from compiler.place import fit_context
+    from compiler.place import best_context
     from compiler.system import layer_ranges, sub_spec
-    from compiler.tile import tile
 
     words = mesh.sram_bytes // dtype_bytes(dtype)
     one = dataclasses.replace(mesh, wafers=1)
@@ -387,7 +386,7 @@ def decode_capacity(spec, mesh, dtype: str) -> int:
     worst = None
     for layers, head in sorted(parts):
         part = sub_spec(spec, layers)
-        best = max(fit_context(tile(part, mesh.width, mesh.height, layout, head), words)
+        best = max(best_context(part, mesh.width, mesh.height, layout, head, words)
                    for layout in auto_layouts(part, one))
         worst = best if worst is None else min(worst, best)
     if not worst:

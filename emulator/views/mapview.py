@@ -31,11 +31,12 @@ import numpy as np
 from rich.table import Table
 from rich.text import Text
 
-from compiler.decode import auto_layouts
+from compiler.decode import auto_layouts, layout_shift
 from compiler.place import (
+    OVERLAYS,
     Placement,
     kv_dims_per_row,
-    largest_class,
+    pe_class,
     pe_usage,
     place,
     row_attention,
@@ -98,7 +99,8 @@ class MeshMap:
     placement: Placement
     attempts: dict            # layout -> bytes per PE it needs
     roles: np.ndarray         # int8 [ph, pw], one of ROOT..IDLE
-    used: np.ndarray          # int64 [ph, pw] SRAM bytes each PE actually uses
+    used: np.ndarray          # int64 [ph, pw] bytes of the tiles, KV and scratch a PE fills
+    reserved: dict            # kind -> int64 [ph, pw] bytes of the PE's address map
 
     @property
     def spec(self):
@@ -126,15 +128,22 @@ class MeshMap:
         return (self.placement.total_bytes <= self.mesh.sram_bytes
                 and self.colors_needed <= self.mesh.num_colors)
 
+    @property
+    def reserved_total(self) -> np.ndarray:
+        """int64 [ph, pw]: SRAM bytes each PE's address map reserves (all kinds). The title,
+        legend, cells, row notes and SRAM bar all read this (and `reserved`)."""
+        return sum(self.reserved.values())
+
+    def fullest_pe(self) -> tuple[int, int]:
+        """(y, x) of a PE whose address map is the largest."""
+        total = self.reserved_total
+        return np.unravel_index(int(total.argmax()), total.shape)
+
     def bytes_by_kind(self) -> dict:
-        """Reserved bytes by buffer kind (weight, kv, scratch) of the PE class that needs
-        the most SRAM (each class has its own address map, compiler/place.py)."""
-        out = {"weight": 0, "kv": 0, "scratch": 0}
-        buffers = (self.placement.maps[largest_class(self.placement)]
-                   if self.placement.maps else self.placement.buffers)
-        for buf in buffers.values():
-            out[buf.kind] += buf.words * self.bytes_per_element
-        return out
+        """Reserved bytes by buffer kind (weight, kv, scratch) on the fullest PE (its PE
+        class's address map, compiler/place.py)."""
+        y, x = self.fullest_pe()
+        return {kind: int(grid[y, x]) for kind, grid in self.reserved.items()}
 
     def status(self) -> str:
         """One line: fits (bytes of capacity) or DOES NOT FIT (required vs available)."""
@@ -150,9 +159,9 @@ class MeshMap:
             why.append(f"needs {need:,} bytes of SRAM per PE ({parts}), a PE has {have:,}")
         if self.colors_needed > self.mesh.num_colors:
             why.append(f"needs {colors}")
-        lo, hi = int(self.used.min()), int(self.used.max())
-        return (f"DOES NOT FIT: {'; '.join(why)} (PEs use {lo:,}-{hi:,} B, but the address "
-                f"map is shared: every PE reserves the largest tile of each buffer); "
+        lo, hi = int(self.reserved_total.min()), int(self.reserved_total.max())
+        return (f"DOES NOT FIT: {'; '.join(why)} (PEs reserve {lo:,}-{hi:,} B: each PE class "
+                f"shares one address map sized for its largest tiles); "
                 f"layouts tried: {tried}; showing the {self.plan.layout} layout's placement "
                 f"attempt")
 
@@ -168,22 +177,56 @@ def build_map(spec, mesh: MeshConfig, dtype: str = "fp32", layout: str = "auto",
     fewest bytes per PE (as `compile_decode` would try them).
     """
     layouts = auto_layouts(spec, mesh) if layout == "auto" else (layout,)
-    placements = {name: attempt_placement(tile(spec, mesh.width, mesh.height, name), mesh,
-                                          dtype, max_context) for name in layouts}
+    placements = {name: attempt_placement(spec, mesh, name, dtype, max_context)
+                  for name in layouts}
     fitting = [p for p in placements.values() if p.total_bytes <= mesh.sram_bytes]
     chosen = fitting[0] if fitting else min(placements.values(), key=lambda p: p.total_bytes)
     plan = chosen.plan
     used = pe_usage(chosen) * DTYPE_BYTES[chosen.dtype]
     return MeshMap(model, mesh, plan, chosen,
                    {name: p.total_bytes for name, p in placements.items()},
-                   role_grid(plan), used)
+                   role_grid(plan), used, reserved_bytes(chosen))
 
 
-def attempt_placement(plan: TilePlan, mesh: MeshConfig, dtype: str,
+KINDS = ("weight", "kv", "scratch")
+
+
+def class_kind_words(buffers: dict, words: int) -> dict:
+    """kind -> elements of one class's address map (`words` long) owned by that kind; an
+    overlay counts only where its partner does not reach, so the kinds sum to `words`."""
+    owner = np.full(words, -1, np.int8)
+    ordered = sorted(buffers.items(), key=lambda item: item[0] in OVERLAYS)
+    for name, buf in ordered:
+        span = owner[buf.addr:buf.addr + buf.words]
+        span[span < 0 if name in OVERLAYS else slice(None)] = KINDS.index(buf.kind)
+    return {kind: int(np.count_nonzero(owner == k)) for k, kind in enumerate(KINDS)}
+
+
+def reserved_bytes(placement: Placement) -> dict:
+    """kind -> int64 [ph, pw]: bytes of each PE's address map by kind (weight, kv,
+    scratch). Every PE of a class reserves its class's map (compiler/place.py), so the
+    largest total equals `placement.total_bytes`."""
+    plan, size = placement.plan, DTYPE_BYTES[placement.dtype]
+    per_class = {key: class_kind_words(buffers, placement.class_words[key])
+                 for key, buffers in placement.maps.items()}
+    out = {kind: np.zeros((plan.ph, plan.pw), np.int64) for kind in KINDS}
+    for y in range(plan.ph):
+        for x, columns in ((0, slice(0, 1)), (1, slice(1, None))):
+            if x < plan.pw:
+                words = per_class[pe_class(plan, x, y)]
+                for kind in KINDS:
+                    out[kind][y, columns] = words[kind] * size
+    return out
+
+
+def attempt_placement(spec, mesh: MeshConfig, layout: str, dtype: str,
                       max_context: int | None) -> Placement:
-    """The place pass with the capacity check lifted (the caller compares the bytes)."""
+    """Tile (with the ffn / vocabulary shift `compile_decode` would take) and place, the
+    capacity check lifted (the caller compares the bytes)."""
+    shift, capacity = layout_shift(spec, mesh, layout, dtype, max_context)
+    plan = tile(spec, mesh.width, mesh.height, layout, True, shift)
     return place(plan, dataclasses.replace(mesh, sram_bytes=UNBOUNDED_SRAM), dtype,
-                 max_context)
+                 max_context, capacity=capacity)
 
 
 def tile_elements(plan: TilePlan, matrix: str) -> np.ndarray:
@@ -287,8 +330,7 @@ def attention_note(m: MeshMap, y0: int, y1: int) -> str:
             return ""
         g0, g1 = bands.group(rows[0]), bands.group(rows[-1])
         what = f"band of kv group {g0}" if g0 == g1 else f"bands of kv groups {g0}-{g1}"
-        kv = int(kv_dims_per_row(m.plan)[rows].max()) * m.spec.num_layers * \
-            m.placement.slots * m.bytes_per_element
+        kv = int(m.reserved["kv"][rows].max())
         return f"attention: {what}, KV up to {kv:,} B/PE"
     groups = m.plan.vec("groups")
     rows = [j for j in range(y0, y1 + 1) if groups.size(j)]
@@ -298,9 +340,8 @@ def attention_note(m: MeshMap, y0: int, y1: int) -> str:
     what = f"kv group {g0}" if g0 == g1 else f"kv groups {g0}-{g1}"
     where = f" (rows {rows[0]}-{rows[-1]})" if y1 > y0 and len(rows) > 1 else (
         f" (row {rows[0]})" if y1 > y0 else "")
-    kv = 2 * m.spec.num_layers * m.spec.head_dim * m.placement.slots * \
-        groups.size(rows[0]) * m.bytes_per_element
-    return f"attention: {what}{where}, KV {kv:,} B/PE"
+    kv = int(m.reserved["kv"][rows].max())
+    return f"attention: {what}{where}, KV up to {kv:,} B/PE"
 
 
 def legend_rows(m: MeshMap, roles: np.ndarray, used: np.ndarray) -> list[tuple]:
@@ -356,7 +397,8 @@ def terminal_map(m: MeshMap, region=None, layer: int | None = None,
     x0, y0, x1, y1 = check_region(m, region)
     check_layer(m, layer)
     roles = m.roles[y0:y1 + 1, x0:x1 + 1]
-    values = (layer_bytes(m, layer) if layer is not None else m.used)[y0:y1 + 1, x0:x1 + 1]
+    values = (layer_bytes(m, layer) if layer is not None
+              else m.reserved_total)[y0:y1 + 1, x0:x1 + 1]
     bx, by, cw = terminal_blocks(x1 - x0 + 1, y1 - y0 + 1, max_cols)
     shown = majority_blocks(roles, by, bx)
     shade = mean_blocks(values.astype(float), by, bx)
@@ -381,7 +423,7 @@ def terminal_map(m: MeshMap, region=None, layer: int | None = None,
     if layer is not None:
         out.append(Text(f"digits: layer {layer} bytes per PE (weight tiles, norms, KV) in "
                         f"ninths of the maximum {int(peak):,} B; colour = role"))
-    out.append(legend_table(m, roles, m.used[y0:y1 + 1, x0:x1 + 1]))
+    out.append(legend_table(m, roles, m.reserved_total[y0:y1 + 1, x0:x1 + 1]))
     if layer is None:
         out.append(chunk_table(m))
     return out
@@ -420,7 +462,8 @@ def legend_table(m: MeshMap, roles: np.ndarray, used: np.ndarray) -> Table:
     """Key, role, PEs, SRAM bytes per PE and what the role does."""
     table = Table(title="legend", title_justify="left")
     for name, justify in (("key", "center"), ("role", "left"), ("PEs", "right"),
-                          ("SRAM B/PE", "right"), ("holds and does", "left")):
+                          ("SRAM reserved B/PE", "right"),
+                          ("holds and does", "left")):
         table.add_column(name, justify=justify)
     for kind, count, used_text in legend_rows(m, roles, used):
         table.add_row(Text(kind.key, style=kind.style), kind.name, f"{count:,}", used_text,
@@ -604,12 +647,13 @@ def _legend(ax, m: MeshMap, region, anchor) -> None:
     from matplotlib.patches import Patch
 
     x0, y0, x1, y1 = region
-    rows = legend_rows(m, m.roles[y0:y1 + 1, x0:x1 + 1], m.used[y0:y1 + 1, x0:x1 + 1])
+    rows = legend_rows(m, m.roles[y0:y1 + 1, x0:x1 + 1],
+                       m.reserved_total[y0:y1 + 1, x0:x1 + 1])
     handles = [Patch(facecolor=kind.color, edgecolor="black",
-                     label=f"{kind.key}  {kind.name}: {count:,} PEs, {text} B used")
+                     label=f"{kind.key}  {kind.name}: {count:,} PEs, {text} B reserved")
                for kind, count, text in rows]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=anchor, fontsize=8,
-              frameon=False, title="role (PEs in view, SRAM used per PE)", title_fontsize=9,
+              frameon=False, title="role (PEs in view, SRAM reserved per PE)", title_fontsize=9,
               alignment="left")
 
 
@@ -618,7 +662,8 @@ def _draw_cells(ax, m: MeshMap, region, layer, labels: bool) -> None:
     (all layers, or layer `layer`), else the key only."""
     x0, y0, x1, y1 = region
     roles = m.roles[y0:y1 + 1, x0:x1 + 1]
-    values = (layer_bytes(m, layer) if layer is not None else m.used)[y0:y1 + 1, x0:x1 + 1]
+    values = (layer_bytes(m, layer) if layer is not None
+              else m.reserved_total)[y0:y1 + 1, x0:x1 + 1]
     ax.imshow(_rgb(roles), extent=(x0 - 0.5, x1 + 0.5, y1 + 0.5, y0 - 0.5),
               interpolation="nearest")
     w, h = roles.shape[1], roles.shape[0]
@@ -642,7 +687,7 @@ def _draw_cells(ax, m: MeshMap, region, layer, labels: bool) -> None:
     ax.tick_params(which="minor", length=0)
     ax.set_xlabel("x (PE column)")
     ax.set_ylabel("y (PE row)")
-    what = f"layer {layer} bytes" if layer is not None else "SRAM bytes used"
+    what = f"layer {layer} bytes" if layer is not None else "SRAM bytes reserved"
     note = attention_note(m, y0, y1)
     ax.text(1.02, 0.0, (f"cell: role key, kv groups held (gN),\n{what} (K = 1024 B)"
                         if labels else "cell: role key") + (f"\n{note}" if note else ""),
@@ -680,16 +725,18 @@ def _draw_wafer(fig, ax, m: MeshMap, region, layer) -> None:
     ax.set_ylabel("y (PE row)")
     if layer is None:
         _draw_thin_rows(ax, m, region)
+        _draw_bands(ax, m, region)
         note += "; 1-PE rows drawn as thick lines"
     ax.set_xlabel(f"x (PE column); {note}", fontsize=8)
     _label_regions(ax, m, region)
 
 
 def _draw_thin_rows(ax, m: MeshMap, region) -> None:
-    """Thick lines over the top row, left column and attention rows (too thin to see)."""
+    """Thick lines over the top row, left column and the attention rows of the older
+    layouts (too thin to see); the spread layout's bands are areas (`_draw_bands`)."""
     x0, y0, x1, y1 = region
     rows = [j for j in range(y0, y1 + 1) if m.plan.vec("groups").size(j)]
-    if rows:
+    if rows and m.plan.bands is None:
         ax.plot([x0, x1], [(rows[0] + rows[-1]) / 2] * 2, color=ROLE_KINDS[ATTN].color,
                 lw=4, solid_capstyle="butt")
     if y0 == 0:
@@ -721,11 +768,11 @@ def _label_regions(ax, m: MeshMap, region) -> None:
         labels.append((f"top row y=0 ({plan.pw:,} PEs): residual stream H in R chunks of "
                        f"{_span(plan.vec('hidden').sizes())}, RMSNorm, residual adds; sends "
                        f"x down every column", (x0 + 0.85 * w, 0), (0.40, 0.08)))
-    rows = [j for j in range(y0, y1 + 1) if plan.vec("groups").size(j)]
+    rows = [j for j in range(y0, y1 + 1) if row_attention(plan, j)]
     if rows:
         note = attention_note(m, rows[0], rows[-1]).removeprefix("attention: ")
         labels.append((f"attention rows y={_range_text(rows[0], rows[-1])}: {note}, "
-                       f"scores, softmax, weighted values",
+                       f"scores, softmax, weighted values{band_text(plan)}",
                        (x0 + 0.2 * w, (rows[0] + rows[-1]) / 2), (0.16, 0.24)))
     if x0 == 0:
         labels.append((f"left column x=0 ({plan.ph:,} PEs): GEMV-A outputs in C chunks "
@@ -742,6 +789,33 @@ def _label_regions(ax, m: MeshMap, region) -> None:
         if len(xs) > 0.05 * roles.size:
             ax.text(x0 + xs.mean(), y0 + ys.mean(), _wrap(text, 30), ha="center",
                     va="center", fontsize=9, bbox=box)
+
+
+def band_text(plan: TilePlan) -> str:
+    """How a band of the spread layout splits its rows ('' for other layouts)."""
+    bands = plan.bands
+    if bands is None:
+        return ""
+    return (f"; each band of {bands.size} rows: rows 0-{bands.krows - 1} hold key (and q) "
+            f"RoPE pairs, rows {bands.krows}-{bands.size - 1} value dims; the band's top "
+            f"row finishes its scores")
+
+
+def _draw_bands(ax, m: MeshMap, region) -> None:
+    """Thin lines between the bands of the spread layout, each labelled with its kv group
+    at the right edge, and a dotted line where each band's value rows start."""
+    bands, (x0, y0, x1, y1) = m.plan.bands, region
+    if bands is None:
+        return
+    for g in range(bands.groups):
+        top, values = g * bands.size, g * bands.size + bands.krows
+        if y0 <= top <= y1 and top > y0:
+            ax.plot([x0, x1], [top - 0.5] * 2, color="black", lw=0.6)
+        if y0 <= values <= y1 and bands.krows < bands.size:
+            ax.plot([x0, x1], [values - 0.5] * 2, color="black", lw=0.4, linestyle=":")
+        mid = top + bands.size / 2
+        if y0 <= mid <= y1:
+            ax.text(x1 + 0.01 * (x1 - x0 + 1), mid, f"g{g}", fontsize=7, va="center")
 
 
 def _draw_budget(ax, m: MeshMap) -> None:
