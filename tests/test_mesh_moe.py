@@ -307,3 +307,23 @@ def test_bands_taller_than_the_head(arch):
     kp = decoder.plan.bands.kp
     assert kp.tolist() == [1, 1, 0, 0, 0, 0, 0, 0]
     assert rel_err(rows, ref.generate(spec, weights, [1, 2, 3], 5)[1]) <= 1e-4
+
+
+@settings(max_examples=10, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(ARCHS), st.sampled_from([(4, 4), (5, 3), (8, 4), (3, 8), (2, 9)]),
+       st.integers(0, 30))
+def test_phases_and_bound_of_todays_models(arch, shape, pos):
+    """The phases tile the step and the critical-path bound (with its sparse-layer chain)
+    stays below the emulated cycles."""
+    from compiler.bound import critical_path_bound
+    from emulator.inspect.phases import PHASES, phase_cycles
+
+    spec = spec_of(arch, experts=5, top_k=2)
+    mesh = load_mesh("small").with_mesh(*shape)
+    compiled = compile_decode(spec, mesh, "fp32", 32)
+    run = run_timing(compiled, mesh, pos)
+    phases = phase_cycles(run, compiled.decode.program.mark_names)
+    assert set(phases) == set(PHASES) and sum(phases.values()) == run.cycles
+    bound = critical_path_bound(compiled, mesh, pos)
+    assert 0 < bound["total"] <= run.cycles
