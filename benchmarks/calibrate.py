@@ -39,6 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_prefill import calibration_rows as prefill_rows  # noqa: E402
 from bench_scale import decode_8b, decode_70b, prefill_8b  # noqa: E402
 
+from compiler.frontend import resolve_model  # noqa: E402
+from compiler.moe import expert_block  # noqa: E402
+from compiler.system import sub_spec  # noqa: E402
+from compiler.tile import tile  # noqa: E402
 from emulator.hw.mesh import load_mesh  # noqa: E402
 from emulator.mesh.bench import bench_gemv  # noqa: E402
 
@@ -238,10 +242,16 @@ def moe_explanation(row: dict) -> str:
     """The paragraph under a MoE row: the configuration, and the gap."""
     r = row["moe"]
     gap = ("emu is slower" if row["predicted"] < row["published"] else "emu is faster")
+    spec, mesh = resolve_model(r["model"]), load_mesh(r["hw"])
+    plan = tile(sub_spec(spec, 1), mesh.width, mesh.height, "spread")
+    pad = expert_block(plan) / (3 * spec.hidden_size * spec.moe.expert_size / mesh.num_pes)
     return (f"emu: timing-only decode of {r['model']} at position {r['position']:,} on "
             f"{r['wafers']} x {r['hw']} (SRAM at {r['weight_dtype']} MLP/expert weights needs "
-            f"{r['wafers_needed_by_sram']}; per-PE padding of the expert tiles and the LM "
-            f"head's wafer need {r['wafers']} for a {r['max_context']:,}-token context), "
+            f"{r['wafers_needed_by_sram']}; every PE's expert tiles are padded to the "
+            f"largest chunk, {pad:.2f} x their average share ({spec.moe.expert_size} expert "
+            f"rows over {mesh.height} mesh rows, {spec.hidden_size} columns over "
+            f"{mesh.width}), so the per-PE fit needs {r['wafers']} wafers for a "
+            f"{r['max_context']:,}-token context), "
             f"{r['cycles_per_token']:,} cycles per token plus "
             f"{r['handoff_s'] * 1e6:.2f} us of hand-offs: {row['band'][0]:,.0f} - "
             f"{row['band'][1]:,.0f} tokens/s over the 0.85 - 1.1 GHz band. SRAM per PE "
