@@ -26,8 +26,8 @@ ops that can grow values (vadd vsub vmul vfma vscale vaddi vexp vrsqrt vrecip rs
 vgemv)
 read only zone A and write zone B = [32, 96); vmov vmax rmax rargmax vsigmoid and send
 read anywhere; `ldr r5` loads a zone-A value (0..2 after truncation) that addresses a
-one-element `vmov` into zone B. Accumulation (vfma, recvadd) therefore grows values at most geometrically in
-the number of executed instructions, far below the fp32 range.
+one-element `vmov` into zone B. Accumulation (vfma, recvadd) therefore grows values at
+most geometrically in the number of executed instructions, far below the fp32 range.
 """
 
 import random
