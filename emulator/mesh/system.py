@@ -19,7 +19,7 @@ from compiler.system import (
     wafer_weights,
 )
 from emulator.hw.mesh import MeshConfig
-from emulator.mesh.parallel import fork_map
+from emulator.mesh.parallel import fork_map, usable_jobs
 from emulator.mesh.runtime import MeshDecoder, run_timing
 
 
@@ -47,7 +47,8 @@ def run_system_timing(system: System, pos: int, engine: str = "numba",
     The wafers are independent in timing-only mode, so the results equal a serial run's."""
     one = dataclasses.replace(system.mesh, wafers=1)
     distinct = system.distinct()
-    runs = fork_map(_timing_job, [(part.compiled, one, pos, engine)
+    inner = max(1, usable_jobs(jobs) // len(distinct))   # the CPUs left to each program
+    runs = fork_map(_timing_job, [(part.compiled, one, pos, engine, True, inner)
                                   for part in distinct.values()], jobs)
     done = dict(zip(distinct, runs, strict=True))
     return system_step(system, [done[program_key(p)] for p in system.parts])
@@ -60,7 +61,7 @@ def system_step(system: System, results: list) -> SystemStep:
 
 
 def _timing_job(job: tuple):
-    """run_timing(compiled, mesh, pos, engine) for fork_map."""
+    """run_timing(compiled, mesh, pos, engine, fast_forward, jobs) for fork_map."""
     return run_timing(*job)
 
 
