@@ -65,6 +65,20 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
     relayout on the left column) or "auto" (`auto_layouts`). Raises FitError when the
     model does not fit.
     """
+    plan, placement = plan_and_place(spec, mesh, dtype, max_context, layout, head,
+                                     weight_dtype)
+    routes = run_pass("route", route, (mesh.width, mesh.height, mesh, plan.bands),
+                      lambda out: verify_routes(out, mesh))
+    decode = run_pass("emit", emit_decode, (plan, placement, routes, mesh),
+                      lambda out: verify_program(out, mesh))
+    return Compiled(plan, placement, routes, decode)
+
+
+def plan_and_place(spec, mesh: MeshConfig, dtype: str = "fp32",
+                   max_context: int | None = None, layout: str = "auto", head: bool = True,
+                   weight_dtype: str | None = None) -> tuple[TilePlan, Placement]:
+    """The tile and place passes of `compile_decode` (the first layout that fits): a
+    cheap check that a model fits before its code is emitted; FitError otherwise."""
     dtype = canonical_dtype(dtype)
     layouts = auto_layouts(spec, mesh) if layout == "auto" else (layout,)
     require_mesh_mapped(spec, layouts)
@@ -75,18 +89,12 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
         plan = run_pass("tile", tile, (spec, mesh.width, mesh.height, name, head, shift),
                         verify_tiles)
         try:
-            placement = run_pass("place", place, (plan, mesh, dtype, max_context,
-                                                  name == layouts[-1], capacity,
-                                                  weight_dtype),
-                                 lambda out: verify_placement(out, mesh))
+            return plan, run_pass("place", place, (plan, mesh, dtype, max_context,
+                                                   name == layouts[-1], capacity,
+                                                   weight_dtype),
+                                  lambda out: verify_placement(out, mesh))
         except FitError as exc:
             error = exc
-            continue
-        routes = run_pass("route", route, (mesh.width, mesh.height, mesh, plan.bands),
-                          lambda out: verify_routes(out, mesh))
-        decode = run_pass("emit", emit_decode, (plan, placement, routes, mesh),
-                          lambda out: verify_program(out, mesh))
-        return Compiled(plan, placement, routes, decode)
     raise error
 
 

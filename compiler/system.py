@@ -26,7 +26,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from compiler.decode import Compiled, compile_decode
+from compiler.decode import Compiled, compile_decode, plan_and_place
 from compiler.numerics import canonical_dtype, dtype_bytes, mlp_weight_axis
 from compiler.tile import chunk_bounds
 from emulator.hw.dtypes import weight_format
@@ -137,6 +137,8 @@ def compile_system(spec, mesh: MeshConfig, dtype: str = "bf16", max_context: int
         keys.append(key)
     args = [(job, one, dtype, max_context, layout, weight_dtype, mesh.wafers)
             for job in todo.values()]
+    for a in args:   # every wafer fits before any code is emitted (a quick FitError)
+        _compile_part(a, check=True)
     workers = min(len(args), jobs or os.cpu_count() or 1)
     if workers > 1 and not multiprocessing.current_process().daemon:   # daemons cannot fork
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
@@ -149,11 +151,13 @@ def compile_system(spec, mesh: MeshConfig, dtype: str = "bf16", max_context: int
     return System(spec, mesh, dtype, parts)
 
 
-def _compile_part(args: tuple) -> Compiled:
-    """compile_decode of one wafer's part; FitError naming the wafer."""
+def _compile_part(args: tuple, check: bool = False) -> Compiled | None:
+    """compile_decode of one wafer's part (`check`: only its tile and place passes);
+    FitError naming the wafer."""
     (w, start, stop, head, part), one, dtype, max_context, layout, weight_dtype, wafers = args
+    compile_ = plan_and_place if check else compile_decode
     try:
-        return compile_decode(part, one, dtype, max_context, layout, head, weight_dtype)
+        return compile_(part, one, dtype, max_context, layout, head, weight_dtype)
     except FitError as exc:
         raise FitError(f"wafer {w} of {wafers} (layers {start}..{stop - 1}"
                        f"{', LM head' if head else ''}): {exc}") from None
