@@ -7,6 +7,7 @@ in tests/test_models_moe.py) for logits; the reference engine for the Numba engi
 full run for the fast-forward; a functional run for timing-only cycles."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -327,3 +328,26 @@ def test_phases_and_bound_of_todays_models(arch, shape, pos):
     assert set(phases) == set(PHASES) and sum(phases.values()) == run.cycles
     bound = critical_path_bound(compiled, mesh, pos)
     assert 0 < bound["total"] <= run.cycles
+
+
+def test_emu_run_weight_dtype(tmp_path):
+    """`emu run --weight-dtype`: the report names the format, SRAM shrinks, dequantisation
+    adds cycles (functional values: test_weight_formats_match_the_reference_...)."""
+    from click.testing import CliRunner
+
+    from emulator.cli import main
+
+    reports = {}
+    for fmt in (None, "fp8", "mxfp4"):
+        path = tmp_path / f"{fmt}.json"
+        args = ["run", "--max-new-tokens", "3", "--report", str(path), "--quiet"]
+        result = CliRunner().invoke(main, args + (["--weight-dtype", fmt] if fmt else []))
+        assert result.exit_code == 0, result.output
+        reports[fmt] = json.loads(path.read_text())
+    assert reports["fp8"]["weight_dtype"] == "fp8" and reports[None]["weight_dtype"] == "bf16"
+    sram = {k: r["decode"]["sram"]["weights_bytes"] for k, r in reports.items()}
+    assert sram["mxfp4"] < sram["fp8"] < sram[None]
+    cycles = {k: r["decode"]["cycles_per_token"] for k, r in reports.items()}
+    assert cycles[None] < cycles["fp8"] < cycles["mxfp4"]
+    bad = CliRunner().invoke(main, ["run", "--weight-dtype", "fp4"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
