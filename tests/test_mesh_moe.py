@@ -351,3 +351,20 @@ def test_emu_run_weight_dtype(tmp_path):
     assert cycles[None] < cycles["fp8"] < cycles["mxfp4"]
     bad = CliRunner().invoke(main, ["run", "--weight-dtype", "fp4"])
     assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+@pytest.mark.parametrize("layout, shape", [("groups", (3, 4)), ("even", (4, 16)),
+                                           ("even", (3, 4))])
+def test_moe_in_every_layout(layout, shape):
+    """The MoE block is layout-independent (the even layout's hub rows hold no expert
+    tiles); Mixtral and Qwen3-MoE's sparse/dense mix (qk-norm off: spread-only)."""
+    for arch in ("mixtral", "qwen3-moe"):
+        spec = spec_of(arch)
+        if arch == "qwen3-moe":
+            spec = dataclasses.replace(spec, qk_norm=False)
+        weights = random_weights(spec, 2)
+        decoder = MeshDecoder(spec, weights, load_mesh("small").with_mesh(*shape),
+                              engine="reference", max_context=MAX_CONTEXT, layout=layout)
+        _, rows = decoder.generate([1, 2, 3], 4)
+        assert decoder.plan.layout == layout
+        assert rel_err(rows, ref.generate(spec, weights, [1, 2, 3], 4)[1]) <= 1e-4
