@@ -351,12 +351,12 @@ def left_entries(plan: TilePlan, key: tuple, g_need: np.ndarray) -> list[tuple[s
     out = [("COS", rope, "scratch"), ("SIN", rope, "scratch")] if attn else []
     out.append(("TMP", max(4 * rope if attn else 0, plan.vec("ffn").max_size,
                            moe.scratch_sizes(plan).get("TMP", 0)), "scratch"))
-    out += moe.left_entries(plan) + (moe.hub_entries(plan) if key[3] else [])
     if plan.layout == "even":
         rows = ((plan.weight_rows() == key[0]) & ((plan.vec("groups").sizes() > 0) == key[1])
                 & ((np.arange(plan.ph) == 0) == key[3]))
         out.append(("G", int(g_need[rows].max(initial=0)), "scratch"))
-    return out
+    # after G, which overlays TMP and may run past it
+    return out + moe.left_entries(plan) + (moe.hub_entries(plan) if key[3] else [])
 
 
 def class_entries(plan: TilePlan, key: tuple, slots: int, g_need: np.ndarray) -> list:
