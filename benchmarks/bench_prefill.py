@@ -9,6 +9,13 @@ CPU seconds, peak resident memory, the predicted prefill time and its roofline:
   host <= 10 s, peak memory <= 3 GiB);
 - `405b-trn2`: Llama-3.1-405B on a Trn2 instance (chip count by HBM), 10,240 tokens;
 - `8b-trn3-fp8`: Llama-3.1-8B on one Trn3, 32,768 tokens, bf16 against fp8;
+- `8b-trn2-chunked`: Llama-3.1-8B on one Trn2, 32,768 tokens, one pass against chunks of
+  8,192 and 2,048 tokens, with the KV exposed on the `efa` link after the last chunk;
+- `moe`: gpt-oss-120B (MXFP4 experts) and Qwen3-235B-A22B (bf16 and fp8) prefill,
+  timing-only, balanced routing, on the Trn2 instance (chip count from HBM at the weight
+  format): host time and predicted TTFT at 1,024 and 8,192 tokens; then gpt-oss-120B at
+  1,024 tokens with bf16 weights on Trn2 and with MXFP4 weights on Trn3 (MX matmul with
+  --prefill-dtype fp8, and dequantised for bf16);
 - `gemm`: the 512x4096x4096 GEMM, SCALE-Sim-compatible and Trainium mode;
 - `calibration`: emu's prediction for published Trainium2 measurements
   (`calibration_rows()`, also used by benchmarks/calibrate.py for docs/calibration.md).
@@ -30,12 +37,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from compiler.frontend import ModelSpec, RopeSpec, load_config  # noqa: E402
+from emulator.hw.link import load_link  # noqa: E402
 from emulator.hw.prefill import load_prefill  # noqa: E402
+from emulator.link.transfer import chunk_segments, stream_kv  # noqa: E402
 from emulator.prefill.gemm import gemm_scalesim, gemm_trainium  # noqa: E402
 from emulator.prefill.run import run_prefill  # noqa: E402
 
 MODELS = ROOT / "programs" / "models"
-CASES = ("gemm", "70b-16xtrn2", "8b-trn3-128k", "405b-trn2", "8b-trn3-fp8", "calibration")
+CASES = ("gemm", "70b-16xtrn2", "8b-trn3-128k", "405b-trn2", "8b-trn3-fp8", "8b-trn2-chunked",
+         "moe", "calibration")
 
 # Published measurements (TTFT at batch 1, LLMPerf p50; the 10,000-token prompt runs in the
 # context-encoding bucket the tutorial compiles, so emu is run at that bucket's length).
@@ -71,6 +81,9 @@ def model(name: str) -> ModelSpec:
     """A model of the benchmark by short name."""
     if name == "405b":
         return llama_405b()
+    if name in ("gpt-oss-120b", "qwen3-235b-a22b"):
+        from compiler.frontend import resolve_model
+        return resolve_model(name)
     return load_config(MODELS / {"8b": "llama-3.1-8b.json", "70b": "llama-3.1-70b.json"}[name])
 
 
@@ -81,17 +94,26 @@ def timed(fn):
     return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def prefill_case(model_name, hw_name, prompt_len, chips=None, dtype="bf16") -> dict:
-    """One timing-only prefill with its host cost."""
+def prefill_case(model_name, hw_name, prompt_len, chips=None, dtype="bf16",
+                 chunk=None, weight_dtype=None) -> dict:
+    """One timing-only prefill with its host cost (and, chunked, the KV stream)."""
     spec, hw = model(model_name), load_prefill(hw_name)
     r, wall, cpu = timed(lambda: run_prefill(spec, hw, prompt_len, dtype=dtype,
-                                             timing_only=True, chips=chips))
+                                             timing_only=True, chips=chips, chunk=chunk,
+                                             weight_dtype=weight_dtype))
+    stored, represented = r.instructions()
+    per_token = spec.kv_bytes_per_token(2 if dtype != "fp8" else 1)
+    link = load_link("efa")
+    segments = (chunk_segments(r.chunk_rows, per_token) if r.chunk
+                else [(r.seconds, per_token * prompt_len)])
+    kv = stream_kv(segments, per_token, link)
     return {"model": model_name, "prefill_hw": hw.name, "prompt_len": prompt_len,
+            "weight_dtype": r.weight_dtype, "chunk": r.chunk, "chunks": len(r.chunk_rows),
+            "kv_exposed_s": kv.exposed_seconds, "kv_seconds": kv.seconds,
             "dtype": r.dtype, "chips": r.chips, "host_wall_s": wall, "host_cpu_s": cpu,
             "predicted_s": r.seconds, "roofline_s": r.roofline_seconds,
             "roofline_fraction": r.roofline_seconds / r.seconds, "flops": r.flops,
-            "instructions_stored": len(r.program),
-            "instructions_represented": r.program.virtual_length(),
+            "instructions_stored": stored, "instructions_represented": represented,
             "layers_simulated": r.schedule.simulated_layers,
             "engine_utilization": r.engine_utilization}
 
@@ -147,6 +169,19 @@ def run_case(name: str) -> dict:
     elif name == "8b-trn3-fp8":
         out = {"bf16": prefill_case("8b", "trn3", 32768),
                "fp8": prefill_case("8b", "trn3", 32768, dtype="fp8")}
+    elif name == "moe":
+        out = {"cases": [prefill_case(m, "trn2-48xl", p, dtype=dt, weight_dtype=wd)
+                         for m, dt, wd in (("gpt-oss-120b", "bf16", "mxfp4"),
+                                           ("qwen3-235b-a22b", "bf16", None),
+                                           ("qwen3-235b-a22b", "fp8", None))
+                         for p in (1024, 8192)]
+               + [prefill_case("gpt-oss-120b", hw, 1024, dtype=dt, weight_dtype=wd)
+                  for hw, dt, wd in (("trn2-48xl", "bf16", None),
+                                     ("trn3-ultraserver", "fp8", "mxfp4"),
+                                     ("trn3-ultraserver", "bf16", "mxfp4"))]}
+    elif name == "8b-trn2-chunked":
+        out = {"cases": [prefill_case("8b", "trn2", 32768, chunk=c)
+                         for c in (None, 8192, 2048)]}
     else:
         out = {"rows": calibration_rows()}
     out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -172,6 +207,14 @@ def describe(name: str, r: dict) -> list[str]:
         b, f = r["bf16"], r["fp8"]
         return [pre(b), pre(f), f"fp8 / bf16 predicted time: "
                                 f"{f['predicted_s'] / b['predicted_s']:.2f}; {mem}"]
+    if name == "moe":
+        return [pre(p) + f"; weights {p['weight_dtype']}; TTFT (prefill + KV exposed on "
+                f"efa) {(p['predicted_s'] + p['kv_exposed_s']) * 1e3:,.1f} ms"
+                for p in r["cases"]] + [mem]
+    if name == "8b-trn2-chunked":
+        return [pre(p) + f"; chunk {p['chunk'] or 'none'} ({p['chunks']} pass(es)): KV "
+                f"{p['kv_seconds'] * 1e3:.1f} ms on efa, exposed after prefill "
+                f"{p['kv_exposed_s'] * 1e3:.1f} ms" for p in r["cases"]] + [mem]
     if name == "calibration":
         return [f"{row['name']}: emu {row['predicted']:,.0f} ms, published "
                 f"{row['published']:,.0f} ms, ratio {row['ratio']:.2f}" for row in r["rows"]]

@@ -404,7 +404,7 @@ def buffer_bytes(buffers: dict, dtype: str, weight_dtype: str | None) -> int:
         return sum(b.words for b in buffers.values()) * nbytes
     q = sum(b.words for n, b in buffers.items() if quantized(n))
     rest = sum(b.words for n, b in buffers.items() if not quantized(n))
-    return rest * nbytes + math.ceil(q * weight_format(weight_dtype).bits / 8)
+    return rest * nbytes + math.ceil(q * weight_format(weight_dtype).bits_per_element / 8)
 
 
 def class_maps(plan: TilePlan, max_context: int) -> tuple[dict, dict]:

@@ -88,7 +88,8 @@ def model_bytes(spec, dtype: str, max_context: int, weight_dtype: str | None = N
     shapes = spec.weight_shapes()
     mlp = sum(math.prod(s) for n, s in shapes.items() if mlp_weight_axis(n) is not None)
     rest = spec.param_count() - mlp
-    return rest * nbytes + math.ceil(mlp * weight_format(weight_dtype).bits / 8) + kv
+    bits = weight_format(weight_dtype).bits_per_element
+    return rest * nbytes + math.ceil(mlp * bits / 8) + kv
 
 
 def wafers_needed(spec, mesh: MeshConfig, dtype: str, max_context: int,

@@ -27,10 +27,16 @@ from emulator.hw.prefill import PrefillConfig, load_prefill
 from emulator.inspect.phases import PHASES, layer_cycles, op_spans, phase_cycles
 from emulator.limits import check_mapping_memory
 from emulator.link.layout import kv_layout_cycles
-from emulator.link.transfer import transfer_kv
+from emulator.link.transfer import chunk_segments, stream_kv, transfer_kv
 from emulator.mesh.runtime import MeshDecoder, run_timing
 from emulator.mesh.system import SystemDecoder, SystemStep, run_system_timing
-from emulator.prefill.run import bytes_per_element, choose_chips, parse_chips, run_prefill
+from emulator.prefill.run import (
+    bytes_per_element,
+    check_chunk,
+    choose_chips,
+    parse_chips,
+    run_prefill,
+)
 from emulator.views.trace import TraceBuilder
 from isa.program import RunResult
 
@@ -58,6 +64,7 @@ class RunRequest:
     seed: int = 0
     prefill_chips: int | None = None      # None: the fewest chips whose HBM holds the model
     prefill_dtype: str | None = None      # None: dtype; fp8 (timing-only) for the prefill
+    prefill_chunk: int | None = None      # chunked prefill: tokens per chunk (None: one pass)
     weight_dtype: str | None = None       # None: dtype; bf16 | fp8 | mxfp4 MLP/expert tiles
 
 
@@ -126,7 +133,8 @@ def parse_prompt(tokens: str | None, length: int | None) -> tuple[np.ndarray | N
 
 def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens,
                   prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine,
-                  prefill_chips=None, prefill_dtype=None, weight_dtype=None):
+                  prefill_chips=None, prefill_dtype=None, prefill_chunk=None,
+                  weight_dtype=None):
     """Load and check every input of `emu run` (the CLI's option values); returns a
     RunRequest. `hw`, `prefill_hw` and `link` are preset names, JSON files or already
     loaded preset dataclasses (`emu sweep` passes them as data); `prefill_hw` may be
@@ -160,6 +168,7 @@ def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt
                       weights=values, timing_only=timing_only, overlap_kv=overlap_kv,
                       engine=engine, seed=0 if seed is None else seed,
                       prefill_chips=parse_chips(prefill_chips), prefill_dtype=prefill_dtype,
+                      prefill_chunk=check_chunk(prefill_chunk, length),
                       weight_dtype=weight_dtype)
 
 
@@ -177,13 +186,15 @@ def run_report(*, model: str | None = None, hw: str | MeshConfig = "small",
                prompt_len: int | None = None, max_new_tokens: int = 8, dtype: str = "bf16",
                timing_only: bool = False, overlap_kv: bool = False,
                engine: str = "numba", prefill_chips: int | str | None = None,
-               prefill_dtype: str | None = None, weight_dtype: str | None = None) -> dict:
+               prefill_dtype: str | None = None,
+               prefill_chunk: int | str | None = None,
+               weight_dtype: str | None = None) -> dict:
     """The report dict of `emu run` for the options of its command line (long option
     names with `_`; `model` is CONFIG; the defaults are the CLI's). This is `emu sweep`'s
     `run` command; presets may be passed as data."""
     req = build_request(model, hw, mesh, prefill_hw, link, weights, seed, prompt_tokens,
                         prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine,
-                        prefill_chips, prefill_dtype, weight_dtype)
+                        prefill_chips, prefill_dtype, prefill_chunk, weight_dtype)
     return run_inference(req).report
 
 
@@ -239,7 +250,7 @@ def run_inference(req: RunRequest, progress=None) -> RunOutcome:
     tokens_in = req.prompt if req.prompt is not None else req.prompt_len   # fails here
     prefill = run_prefill(req.spec, req.prefill_hw, tokens_in, req.weights,
                           req.prefill_dtype or req.dtype, req.timing_only, req.seed,
-                          chips=req.prefill_chips)
+                          chips=req.prefill_chips, chunk=req.prefill_chunk)
     kv = _transfer(req, prefill)
     stage.load_kv(prefill.kv_cache)
     layout_cycles = kv_layout_cycles(stage.compiled, req.mesh, req.prompt_len, req.dtype)
@@ -254,6 +265,10 @@ def run_inference(req: RunRequest, progress=None) -> RunOutcome:
 def _transfer(req: RunRequest, prefill):
     per_token = req.spec.kv_bytes_per_token(
         bytes_per_element("fp8") if req.prefill_dtype == "fp8" else dtype_bytes(req.dtype))
+    if prefill.parts:       # chunked: each chunk's KV streams while the next one computes
+        ends = prefill.layer_end_seconds() if req.overlap_kv else None
+        return stream_kv(chunk_segments(prefill.chunk_rows, per_token, ends), per_token,
+                         req.link)
     layer_ends = None
     if req.overlap_kv:
         ends = [row["end"] for row in prefill.per_layer if row["layer"] >= 0]
@@ -450,7 +465,8 @@ def build_report(req, prefill, kv, layout_cycles, stage, tokens, results) -> dic
         "hardware": {"decode": mesh.name, "prefill": req.prefill_hw.name,
                      "link": req.link.name},
         "mode": "timing-only" if req.timing_only else "functional",
-        "dtype": req.dtype, "weight_dtype": req.weight_dtype or req.dtype, "engine": req.engine,
+        "dtype": req.dtype, "weight_dtype": req.weight_dtype or req.dtype,
+        "engine": req.engine,
         "prompt_len": req.prompt_len,
         "prompt_tokens": None if req.prompt is None else [int(t) for t in req.prompt],
         "tokens": tokens,
@@ -459,6 +475,7 @@ def build_report(req, prefill, kv, layout_cycles, stage, tokens, results) -> dic
                     "clock_hz": prefill.clock_hz, "roofline_seconds": prefill.roofline_seconds,
                     "flops": prefill.flops, "bytes_moved": prefill.bytes_moved,
                     "engine_utilization": prefill.engine_utilization,
+                    "chunk": prefill.chunk, "chunks": prefill.chunk_rows,
                     "per_layer_cycles": [row["cycles"] for row in prefill.per_layer
                                          if row["layer"] >= 0]},
         "kv_transfer": {"bytes": kv.bytes, "bytes_per_token": kv.bytes_per_token,

@@ -82,15 +82,21 @@ def _gemm_table(result) -> Table:
               metavar="fp32|fp16|bf16|fp8", help="Matmul operand dtype (fp8: timing-only).")
 @click.option("--prefill-chips", "chips", default=None, metavar="N",
               help="Chips (tensor parallel); default the fewest whose HBM holds the model.")
+@click.option("--prefill-chunk", "chunk", default=None, metavar="N",
+              help="Chunked prefill: N prompt tokens per pass [default: one pass].")
+@click.option("--weight-dtype", "weight_dtype", default=None, metavar="bf16|fp8|mxfp4",
+              help="Storage of the layers' weights [default: the matmul dtype]; others are "
+                   "dequantised on VectorE.")
 @click.option("--timing-only", is_flag=True, help="Skip values (real model sizes).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def prefill_command(config, prefill_hw, prompt_len, prompt_tokens, seed, weights_path, dtype,
-                    chips, timing_only, as_json):
+                    chips, chunk, weight_dtype, timing_only, as_json):
     """Time (and compute) the prefill of CONFIG on the chips of a prefill preset."""
     from emulator.prefill.run import prefill_from_options
 
     result = prefill_from_options(config, prefill_hw, prompt_len, prompt_tokens, seed,
-                                  weights_path, dtype, timing_only, chips)
+                                  weights_path, dtype, timing_only, chips, chunk,
+                                  weight_dtype)
     report = result.summary()
     report["model"] = str(config)
     if as_json:
@@ -99,9 +105,25 @@ def prefill_command(config, prefill_hw, prompt_len, prompt_tokens, seed, weights
         click.echo(json.dumps(report))
         return
     console = Console()
-    for table in (_headline(result, config), _layer_table(result), _op_table(result),
-                  _engine_table(result)):
+    tables = [_headline(result, config), _layer_table(result), _op_table(result),
+              _engine_table(result)]
+    if result.chunk:
+        tables.insert(1, _chunk_table(result))
+    for table in tables:
         console.print(table)
+
+
+def _chunk_table(result) -> Table:
+    """One row per chunk of a chunked prefill."""
+    table = Table(title=f"chunks of {result.chunk} tokens (run back to back)",
+                  title_justify="left")
+    for name in ("chunk", "positions", "cycles", "time", "ends at"):
+        table.add_column(name, justify="right")
+    for row in result.chunk_rows:
+        table.add_row(str(row["index"]), f"{row['past']}-{row['past'] + row['tokens'] - 1}",
+                      f"{row['cycles']:,}", si_seconds(row["cycles"] / result.clock_hz),
+                      si_seconds(row["end_seconds"]))
+    return table
 
 
 def _headline(result, config) -> Table:
@@ -117,8 +139,16 @@ def _headline(result, config) -> Table:
     table.add_row("model FLOPs", f"{result.flops:.4g}", "")
     table.add_row("HBM bytes moved (DMA)", si_bytes(result.bytes_moved["hbm_dma"]), "")
     table.add_row("collective bytes", si_bytes(result.bytes_moved["collective"]), "")
-    table.add_row("instructions lowered", f"{len(result.program):,}", "")
-    table.add_row("instructions represented", f"{result.program.virtual_length():,}", "")
+    moe = result.moe_summary()
+    if moe is not None:
+        table.add_row("MoE routing", f"{moe['routing']}: {moe['routed_tokens_per_layer']:,} "
+                      f"tokens x experts per layer, busiest expert {moe['imbalance']:.2f}x "
+                      f"the mean", "")
+    if result.weight_dtype and result.weight_dtype != result.dtype:
+        table.add_row("weights stored as", result.weight_dtype, "")
+    stored, represented = result.instructions()
+    table.add_row("instructions lowered", f"{stored:,}", "")
+    table.add_row("instructions represented", f"{represented:,}", "")
     table.add_row("host time", f"{result.host_seconds:.2f} s", "")
     return table
 

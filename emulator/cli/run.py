@@ -60,6 +60,9 @@ class DecodeProgress:
                    "model, KV and activations].")
 @click.option("--prefill-dtype", default=None, type=click.Choice(["fp32", "fp16", "bf16", "fp8"]),
               help="Prefill matmul dtype [default: --dtype]; fp8 needs --timing-only.")
+@click.option("--prefill-chunk", default=None, metavar="N",
+              help="Chunked prefill: N prompt tokens per pass, each chunk's KV streamed to "
+                   "the link while the next one computes [default: one pass].")
 @click.option("--link", default="efa", show_default=True, help="Link preset name or JSON file.")
 @click.option("--weights", type=click.Path(),
               help="Weights: a .safetensors file, a sharded checkpoint's index.json, or a "
@@ -91,7 +94,8 @@ class DecodeProgress:
 @click.option("--plots", "plots_dir", metavar="DIR",
               help="Write PNG heatmaps and charts into this folder.")
 @click.option("--quiet", is_flag=True, help="Print no tables.")
-def run(config, hw, mesh_size, prefill_hw, prefill_chips, prefill_dtype, link, weights, seed,
+def run(config, hw, mesh_size, prefill_hw, prefill_chips, prefill_dtype, prefill_chunk, link,
+        weights, seed,
         prompt_tokens, prompt_len, max_new_tokens, dtype, weight_dtype, timing_only, overlap_kv,
         engine, report_path, logits_path, trace_path, plots_dir, quiet):
     """Prefill on the systolic chip, move the KV cache, decode on the wafer; report it."""
@@ -106,7 +110,7 @@ def run(config, hw, mesh_size, prefill_hw, prefill_chips, prefill_dtype, link, w
     plots = outputs.directory(plots_dir, "--plots", PLOT_NAMES)
     req = build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens,
                         prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine,
-                        prefill_chips, prefill_dtype, weight_dtype)
+                        prefill_chips, prefill_dtype, prefill_chunk, weight_dtype)
     console = Console(stderr=True)
     started = time.perf_counter()
     if engine == "numba":

@@ -49,6 +49,9 @@ from emulator.views.tables import output_console, print_tables
               help="Users per decode instance (> 1 uses the documented batch hook).")
 @click.option("--prefill-token-budget", default="0", show_default=True, metavar="TOKENS",
               help="Prompt tokens per prefill batch (0: the longest prompt that fits).")
+@click.option("--prefill-chunk", default="0", show_default=True, metavar="TOKENS",
+              help="Chunked prefill: tokens per chunk (0: whole prompts); the token budget "
+                   "defaults to one chunk.")
 @click.option("--dtype", default="bf16", show_default=True,
               type=click.Choice(["fp32", "fp16", "bf16"]),
               help="Storage format of weights and KV cache.")
@@ -81,7 +84,7 @@ from emulator.views.tables import output_console, print_tables
 def serve_command(config, workload, rate, requests, isl, osl, arrival, closed, prefill_hw,
                   prefill_chips, prefill_instances, hw, mesh_size, decode_instances, link,
                   overlap_kv, max_batch,
-                  prefill_token_budget, dtype, slo_ttft, slo_tpot, seed, baseline,
+                  prefill_token_budget, prefill_chunk, dtype, slo_ttft, slo_tpot, seed, baseline,
                   baseline_instances, search, max_instances, search_chips, objective,
                   cache_dir, no_cache, report_path, plots_dir, trace_path, quiet):
     """Simulate a disaggregated serving cluster (prefill pool, decode wafers, links)."""
@@ -103,7 +106,8 @@ def serve_command(config, workload, rate, requests, isl, osl, arrival, closed, p
         decode_instances=decode_instances, link=link, overlap_kv=overlap_kv,
         max_batch=max_batch, prefill_token_budget=prefill_token_budget, dtype=dtype,
         slo_ttft=slo_ttft, slo_tpot=slo_tpot, seed=seed, baseline=baseline,
-        baseline_instances=baseline_instances, cache_dir=cache_dir, no_cache=no_cache)
+        baseline_instances=baseline_instances, cache_dir=cache_dir, no_cache=no_cache,
+        prefill_chunk=prefill_chunk)
     limit = positive_int(max_instances, "--max-instances")
     console = Console(stderr=True)
     out = output_console(stderr=outputs.uses_stdout)

@@ -23,7 +23,7 @@ UNITS = {"name": "", "width": "PEs", "height": "PEs", "issue_overhead": "cycles"
          "simd_fp32": "elements/cycle", "simd_fp16": "elements/cycle",
          "simd_bf16": "elements/cycle", "vector_elems_per_cycle": "elements/cycle",
          "scalar_elems_per_cycle": "elements/cycle", "mm_fp32_factor": "x",
-         "ls_speedup": "x", "fp8_contraction_factor": "x"}
+         "ls_speedup": "x", "fp8_contraction_factor": "x", "mx_matmul": "flag"}
 
 
 def unit_of(field: str) -> str:

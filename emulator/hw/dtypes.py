@@ -43,37 +43,64 @@ def dtype_of(value) -> DType:
                          f"(supported: {', '.join(NAMES)})") from None
 
 
+# --------------------------------------------------------------------------- weight formats
+
+
 @dataclass(frozen=True)
 class WeightFormat:
-    """How weight tiles are stored in SRAM (`--weight-dtype`): bits per element including
-    any block scale, and the storage DType the PE computes in after dequantisation."""
+    """How projection weights are stored in memory (HBM on the prefill chip, SRAM on the
+    wafer), separate from the format matmuls compute in (`--weight-dtype`).
+
+    `element_bits` per weight plus, for block-scaled formats, one `scale_bits` scale per
+    `block` consecutive elements along the contraction (input) dimension. OCP
+    Microscaling Formats (MX) v1.0: MXFP4 = FP4 (E2M1) elements, blocks of 32, an E8M0
+    (8-bit) shared scale, so 4.25 bits per weight. A format narrower than the matmul's is
+    dequantised (scaled and widened) before the matmul; emu costs that step on the
+    machine that does it (docs/prefill.md, "Weight formats")."""
 
     name: str
-    bits: float          # storage bits per element, block scales included
-    block: int           # elements sharing one scale (1: no scale)
+    element_bits: int
+    block: int                      # elements per shared scale (0: no block scales)
+    scale_bits: int
+    spellings: tuple[str, ...]
+
+    @property
+    def bits_per_element(self) -> float:
+        """Storage bits per weight, block scales included (MXFP4: 4.25)."""
+        return self.element_bits + (self.scale_bits / self.block if self.block else 0.0)
+
+    def bytes_for(self, elements: int) -> int:
+        """Bytes of `elements` weights in this format (rounded up to whole bytes)."""
+        return -(-int(elements) * int(round(self.bits_per_element * 8)) // 64)
+
+    def __str__(self) -> str:
+        return self.name
 
 
-# fp8: OCP 8-bit floating point (E4M3), 8 bits per element. mxfp4: OCP Microscaling
-# Formats (MX) v1.0: blocks of 32 E2M1 (4-bit) elements sharing one 8-bit E8M0 scale,
-# 4 + 8 / 32 = 4.25 bits per element (gpt-oss's published expert weights).
-WEIGHT_FORMATS = {
-    "fp32": WeightFormat("fp32", 32.0, 1),
-    "fp16": WeightFormat("fp16", 16.0, 1),
-    "bf16": WeightFormat("bf16", 16.0, 1),
-    "fp8": WeightFormat("fp8", 8.0, 1),
-    "mxfp4": WeightFormat("mxfp4", 4.25, 32),
-}
+W_FP32 = WeightFormat("fp32", 32, 0, 0, ("fp32", "float32"))
+W_BF16 = WeightFormat("bf16", 16, 0, 0, ("bf16", "bfloat16"))
+W_FP16 = WeightFormat("fp16", 16, 0, 0, ("fp16", "float16", "half"))
+W_FP8 = WeightFormat("fp8", 8, 0, 0, ("fp8", "float8", "fp8_e4m3"))
+W_MXFP4 = WeightFormat("mxfp4", 4, 32, 8, ("mxfp4", "mx_fp4"))
+WEIGHT_FORMATS = (W_BF16, W_FP8, W_MXFP4)          # the --weight-dtype choices
+WEIGHT_NAMES = tuple(f.name for f in WEIGHT_FORMATS)
+_WEIGHT_BY_SPELLING = {s: f for f in (*WEIGHT_FORMATS, W_FP32, W_FP16) for s in f.spellings}
 
 
-def weight_format(value) -> WeightFormat:
-    """The WeightFormat of a name (`bf16`, `fp8`, `mxfp4`, ... or a storage spelling);
-    ValueError naming the supported formats otherwise."""
+def weight_format(value, option: str = "--weight-dtype") -> WeightFormat:
+    """The WeightFormat of a name in any accepted spelling (or a WeightFormat); ValueError
+    naming `option` and the choices otherwise. fp32 and fp16 are accepted as the storage of
+    a run whose weights stay in its compute dtype."""
     if isinstance(value, WeightFormat):
         return value
-    if value in WEIGHT_FORMATS:
-        return WEIGHT_FORMATS[value]
     try:
-        return WEIGHT_FORMATS[dtype_of(value).name]
-    except ValueError:
-        raise ValueError(f"unsupported weight dtype {value!r} "
-                         f"(supported: {', '.join(WEIGHT_FORMATS)})") from None
+        return _WEIGHT_BY_SPELLING[str(value).strip().lower()]
+    except KeyError:
+        raise ValueError(f"{option}: unsupported weight format {value!r} "
+                         f"(choices: {', '.join(WEIGHT_NAMES)})") from None
+
+
+def weight_format_for(compute: str, value=None, option: str = "--weight-dtype"):
+    """The weight format of a run computing in `compute` (a DType name or fp8): `value`
+    when given, else the compute format itself (no dequantisation)."""
+    return weight_format(compute if value is None else value, option)

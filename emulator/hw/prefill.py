@@ -31,6 +31,7 @@ class PrefillConfig:
     mm_fp32_factor: int = positive()          # fp32 matmul cost multiplier (vs bf16)
     ls_speedup: int = positive()              # LoadStationary speed vs MultiplyMoving
     fp8_contraction_factor: int = positive()  # fp8 packs this many K rows per PE row
+    mx_matmul: int = nonnegative()            # 1: TensorE takes MXFP8/MXFP4 with its scales
     sbuf_partitions: int = positive()         # SBUF partitions (= vector/scalar lanes)
     sbuf_partition_bytes: int = positive()    # SBUF bytes per partition
     psum_banks: int = positive()              # PSUM banks per partition

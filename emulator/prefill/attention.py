@@ -96,10 +96,19 @@ class _KV:
 
 def attention(L: Lowering, core: int, heads: list[tuple[int, int]], d: int, P: int,
               q: tuple[int, TileMap], k: tuple[int, TileMap], v: tuple[int, TileMap],
-              out: tuple[int, TileMap], scale: float, name: str, streams: int = 2) -> int:
+              out: tuple[int, TileMap], scale: float, name: str, streams: int = 2,
+              past: int = 0, window: int | None = None, sinks: tuple | None = None) -> int:
     """Attention of the core's heads: `heads` = [(local q head, local kv head)] by kv head.
 
-    q, k: (HBM tensor [heads*d, P] feature-major, map); v: (HBM [P, kv*d], map); out: O^T.
+    q: (HBM tensor [heads*d, P] feature-major, map), P queries at positions past..past+P-1;
+    k: (HBM [kv*d, past+P], map); v: (HBM [past+P, kv*d], map): the keys of earlier chunks
+    (`past` positions, chunked prefill) and of this one; out: O^T [heads*d, P].
+    `window` (sliding-window layers): a query at position p sees keys p-window+1 .. p, so
+    key tiles wholly before the window are skipped and tiles reaching before it are
+    masked. `sinks` (gpt-oss attention sinks): (HBM tensor [1, heads] of the sink logits,
+    the global index of the core's first query head); each query tile's running max
+    starts at the sink (in units of the unscaled scores) with running sum 1 and output 0,
+    so the sink takes its share of the softmax and contributes no value.
     `streams` (head, query tile) items of the same kv head and key-tile count form a batch:
     their instructions are interleaved stage by stage so the engines overlap, and they
     share the streamed K/V blocks. In a memoised (timing-only) lowering the middle key
@@ -115,8 +124,12 @@ def attention(L: Lowering, core: int, heads: list[tuple[int, int]], d: int, P: i
     items.sort(key=lambda item: (item[0], item[1], item[2]))
     batches, i = [], 0
 
-    def tiles(item):                          # (kv head, key tiles it visits)
-        return item[0], -(-min(P, item[1] + Q_TILE) // L.nmax)
+    T = past + P                              # keys: earlier chunks and this one
+
+    def tiles(item):                          # (kv head, first and last+1 key tile)
+        g0 = past + item[1]
+        lo = max(0, g0 - window + 1) // L.nmax if window else 0
+        return item[0], lo, -(-(past + min(P, item[1] + Q_TILE)) // L.nmax)
 
     while i < len(items):
         batch = [items[i]]
@@ -127,17 +140,19 @@ def attention(L: Lowering, core: int, heads: list[tuple[int, int]], d: int, P: i
         i += len(batch)
     groups: dict = {}
     for batch in batches:                     # super-batches: same kv head and key tiles
-        groups.setdefault((batch[0][0], batch[0][1] // L.nmax), []).append(batch)
+        groups.setdefault((batch[0][0], (past + batch[0][1]) // L.nmax), []).append(batch)
     replay = Replay(L.b)
     tiles_tpl: dict = {}
     per_kv = {kvh: sum(1 for _, h in heads if h == kvh) for _, kvh in heads}
     for (kvh, j), group in groups.items():
         ntiles = j + 1
         full = (sum(len(b) for b in group) == per_kv[kvh] * (L.nmax // Q_TILE)
-                and (j + 1) * L.nmax <= P)
-        regular = L.memoise and full and ntiles >= 9
-        reps = (ntiles - 5) // 2 if L.memoise else 0
+                and (j + 1) * L.nmax <= T and past % L.nmax == 0)
+        regular = L.memoise and full and ntiles >= 9 and not window
+        reps = (ntiles - 5) // 2 if L.memoise and not window else 0
         key = ("attention", ntiles % 2) if regular else None
+        if L.memoise and full and window:     # the same key tiles relative to the group
+            key = ("window", tuple((tiles(b[0])[1] - j, tiles(b[0])[2] - j) for b in group))
         tiles_before = [st.tiles for st in states]
         done = replay.replay(kvh, key, reps) if L.memoise else None
         if done is not None:
@@ -149,10 +164,12 @@ def attention(L: Lowering, core: int, heads: list[tuple[int, int]], d: int, P: i
         start = L.b.count
         for batch in group:
             kvbuf.loads = {}
-            kv_end = max(min(P, q0 + Q_TILE) for _, q0, _ in batch)
+            kv_end = past + max(min(P, q0 + Q_TILE) for _, q0, _ in batch)
+            lo = tiles(batch[0])[1]
             gens = [_query_tile(L, core, states[n], kvbuf, q, k, v, out, kvh, qh, d, q0,
                                 min(Q_TILE, P - q0), scale, lead=(n == 0), reps=reps,
-                                barrier=barrier, kv_end=kv_end)
+                                barrier=barrier, kv_end=kv_end, past=past, lo=lo,
+                                window=window or 0, sinks=sinks)
                     for n, (_, q0, qh) in enumerate(batch)]
             _interleave(L, gens, reps)
         if L.memoise:
@@ -203,7 +220,7 @@ def _interleave(L, generators, reps) -> None:
 
 
 def _query_tile(L, core, st, kvbuf, q, k, v, out, kvh, qh, d, q0, rows, scale, lead, reps,
-                barrier, kv_end):
+                barrier, kv_end, past=0, lo=0, window=0, sinks=None):
     """One tile of queries of one head (a generator yielding between pipeline stages).
 
     The lead stream of a batch loads the K/V blocks, one key tile ahead. With `reps` > 1
@@ -217,11 +234,23 @@ def _query_tile(L, core, st, kvbuf, q, k, v, out, kvh, qh, d, q0, rows, scale, l
                      [barrier, st.last["q"][slot]], lat=L.dma_lat,
                      work=d * rows * L.bpe, d=(st.q[slot], 0, d, 0, rows),
                      a=(q_t, qh * d, d, q0, rows))
-    end = q0 + rows
+    end = past + q0 + rows                    # one past the tile's last query position
     ntiles = -(-end // L.nmax)
     if lead:                                  # keys up to the batch's last query
-        kvbuf.load(L, core, k, v, kvh, d, 0, min(L.nmax, kv_end), barrier)
-    m_cur, kt = 0, 0
+        kvbuf.load(L, core, k, v, kvh, d, lo, min(L.nmax, kv_end - lo * L.nmax), barrier)
+    m_cur, kt = 0, lo
+    if sinks is not None:                     # running max = sink / scale, sum 1, O = 0
+        war = [x for x in (st.last["ot"], st.last.get("on", NONE)) if x >= 0]
+        sink = L.b.one(instr.DMA_COPY, instr.DMA, core, int(_dma(L, 4)), [barrier, *war],
+                       lat=L.dma_lat, work=4, d=(st.m[0], 0, rows, 0, 1),
+                       a=(sinks[0], 0, 1, sinks[1] + qh, 1), flags=instr.FLAG_BROADCAST)
+        L.b.one(instr.VEC_TS, instr.DVE, core, int(_vec(L, 1, 1)), [sink], func=instr.A_MUL,
+                imm0=1.0 / scale, d=(st.m[0], 0, rows, 0, 1), a=(st.m[0], 0, rows, 0, 1))
+        L.b.one(instr.ACTIVATE, instr.ACT, core, int(_act(L, 1)), war, func=instr.F_IDENT,
+                imm0=0.0, imm1=1.0, d=(st.l, 0, rows, 0, 1), a=(st.l, 0, rows, 0, 1))
+        st.last["ot"] = L.b.one(instr.ACTIVATE, instr.ACT, core, int(_act(L, d)), war,
+                                func=instr.F_IDENT, imm0=0.0, d=(st.o, 0, rows, 0, d),
+                                a=(st.o, 0, rows, 0, d))
     while kt < ntiles:
         if reps > 1 and kt == 3:
             yield "body"
@@ -229,8 +258,9 @@ def _query_tile(L, core, st, kvbuf, q, k, v, out, kvh, qh, d, q0, rows, scale, l
             kvbuf.load(L, core, k, v, kvh, d, kt + 1, min(L.nmax, kv_end - (kt + 1) * L.nmax),
                        barrier)
         k0 = kt * L.nmax
-        m_cur = yield from _key_tile(L, core, st, slot, q_load, kvbuf, kt, d, q0, rows, k0,
-                                     min(L.nmax, end - k0), m_cur, scale)
+        m_cur = yield from _key_tile(L, core, st, slot, q_load, kvbuf, kt, d, past + q0, rows,
+                                     k0, min(L.nmax, end - k0), m_cur, scale,
+                                     first=kt == lo and sinks is None, window=window)
         if reps > 1 and kt == 4:
             yield "end"
             kt = 3 + 2 * reps
@@ -241,9 +271,11 @@ def _query_tile(L, core, st, kvbuf, q, k, v, out, kvh, qh, d, q0, rows, scale, l
     yield from _finish(L, core, st, out, qh, d, q0, rows)
 
 
-def _key_tile(L, core, st, slot, q_load, kvbuf, kt, d, q0, rows, k0, nk, m_cur, scale):
+def _key_tile(L, core, st, slot, q_load, kvbuf, kt, d, q0, rows, k0, nk, m_cur, scale,
+              first, window=0):
     """Scores, online softmax and P @ V of one key tile (a generator of pipeline stages);
-    returns the current max buffer."""
+    returns the current max buffer. `q0` is the absolute position of the tile's first
+    query; `first`: the running max, sum and output start from this tile."""
     k_load, _ = kvbuf.loads[kt]
     s = kt % 2
     ls, mm = pe_stream(L, core, 1, 1, rows, [q_load], (st.q[slot], 0, d, 0, rows), d, nk,
@@ -253,12 +285,12 @@ def _key_tile(L, core, st, slot, q_load, kvbuf, kt, d, q0, rows, k0, nk, m_cur, 
     kvbuf.last_read[("k", s)] = int(mm[0, 0])
     yield
     src, src_dep = (st.s[s], 0, rows, 0, nk), int(mm[0, 0])
-    if k0 + nk - 1 > q0:                                  # tile crosses the diagonal
+    # the tile crosses the diagonal, or reaches before the window of its last query
+    if k0 + nk - 1 > q0 or (window and k0 <= q0 + rows - 1 - window):
         src_dep = L.b.one(instr.VEC_MASK, instr.DVE, core, int(_vec(L, nk, 1)),
-                          [src_dep, st.last["sm"]],
+                          [src_dep, st.last["sm"]], work=window,
                           imm0=q0, imm1=k0, d=(st.sm, 0, rows, 0, nk), a=src)
         src = (st.sm, 0, rows, 0, nk)
-    first = kt == 0
     m_new = m_cur if first else 1 - m_cur
     red = L.b.one(instr.VEC_REDUCE, instr.DVE, core, int(_vec(L, nk, 1)), [src_dep],
                   func=instr.A_MAX, d=(st.m[m_new] if first else st.rm, 0, rows, 0, 1), a=src)
@@ -338,6 +370,7 @@ def _finish(L, core, st, out, qh, d, q0, rows):
     on = L.b.one(instr.VEC_TS, instr.DVE, core, int(_vec(L, d, 1)), [rl, st.last["ot"]],
                  func=instr.A_MUL, d=(st.on, 0, rows, 0, d), a=(st.o, 0, rows, 0, d),
                  s=(st.rl, 0, rows, 0, 1))
+    st.last["on"] = on
     yield
     ident = L.const(core, "identity")
     _, mm = pe_stream(L, core, 1, 1, d, [on], (st.on, 0, rows, 0, d), rows, rows, False, [],

@@ -102,6 +102,26 @@ def ring_cycles(hw: PrefillConfig, nbytes: float, cores: int, chips: int = 1) ->
     return hw.tensor_cycles(seconds) if seconds else 0
 
 
+def all_to_all_seconds(n: int, nbytes: float, bytes_per_s: float, latency_s: float) -> float:
+    """Pairwise-exchange all-to-all of `nbytes` in total over `n` members, each holding
+    nbytes/n and sending (n-1)/n of it in n-1 rounds: (n-1)/n * (nbytes/n) / bytes_per_s
+    + (n-1) * latency_s (0 for n <= 1)."""
+    if n <= 1:
+        return 0.0
+    return (n - 1) / n * nbytes / n / bytes_per_s + (n - 1) * latency_s
+
+
+def all_to_all_cycles(hw: PrefillConfig, nbytes: float, cores: int, chips: int = 1) -> int:
+    """All-to-all (MoE token dispatch or combine) of `nbytes` in total over `cores` cores of
+    each of `chips` chips: the exchange between the chips (link_bytes_per_s,
+    link_latency_s) plus, inside each chip, the exchange of its nbytes/chips among its
+    cores (collective_bytes_per_s, collective_latency_s). TensorE cycles, rounded up once."""
+    seconds = all_to_all_seconds(cores, nbytes / chips, hw.collective_bytes_per_s,
+                                 hw.collective_latency_s)
+    seconds += all_to_all_seconds(chips, nbytes, hw.link_bytes_per_s, hw.link_latency_s)
+    return hw.tensor_cycles(seconds) if seconds else 0
+
+
 def all_reduce_cycles(hw: PrefillConfig, nbytes: float, cores: int, chips: int = 1) -> int:
     """All-reduce as reduce-scatter + all-gather: twice the ring terms (rounded up once)."""
     seconds = 2 * ring_seconds(cores, nbytes, hw.collective_bytes_per_s,

@@ -31,26 +31,35 @@ VEC_TT = 5            # d = a func b                        (elementwise, two te
 VEC_STT = 6           # d = (a func s-column) func2 b       (scalar_tensor_tensor)
 VEC_TS = 7            # d = a func (s column or imm0)       (tensor_scalar)
 VEC_REDUCE = 8        # d[:, 0] = reduce_func over the free axis of a
-VEC_MASK = 9          # d = a where key <= query else -inf (causal; imm0 query0, imm1 key0)
+VEC_MASK = 9          # d = a where key <= query (and key > query - work when work > 0, a
+                      # sliding window) else -inf (-1e30 with a window); imm0 query0, imm1 key0
 COLLECTIVE = 10       # func: reduce-scatter / all-gather / wait across cores
+VEC_TOPK = 11         # d = the imm0 largest of a per partition (descending; ties: lower
+                      # index first), b = their indices (nisa.max8 + nc_find_index8 passes)
+DMA_ROUTE = 12        # MoE routing compaction (module docstring of emulator/prefill/moe.py)
 OPCODE_NAMES = ("dma_copy", "dma_gather", "load_stationary", "multiply_moving", "activate",
                 "tensor_tensor", "scalar_tensor_tensor", "tensor_scalar", "tensor_reduce",
-                "causal_mask", "collective")
+                "causal_mask", "collective", "topk", "dma_route")
 
 # ACTIVATE functions.
-F_IDENT, F_EXP, F_SILU, F_SQUARE, F_RSQRT, F_RECIP = 0, 1, 2, 3, 4, 5
-ACT_NAMES = ("identity", "exp", "silu", "square", "rsqrt", "reciprocal")
+F_IDENT, F_EXP, F_SILU, F_SQUARE, F_RSQRT, F_RECIP, F_SIGMOID = 0, 1, 2, 3, 4, 5, 6
+ACT_NAMES = ("identity", "exp", "silu", "square", "rsqrt", "reciprocal", "sigmoid")
 # Vector ALU operators.
-A_ADD, A_SUB, A_MUL, A_MAX, A_DIV, A_BYPASS = 0, 1, 2, 3, 4, 5
-ALU_NAMES = ("add", "subtract", "multiply", "max", "divide", "bypass")
-# COLLECTIVE functions.
-C_REDUCE_SCATTER, C_ALL_GATHER, C_WAIT = 0, 1, 2
-COLLECTIVE_NAMES = ("reduce_scatter", "all_gather", "wait")
+A_ADD, A_SUB, A_MUL, A_MAX, A_DIV, A_BYPASS, A_MIN = 0, 1, 2, 3, 4, 5, 6
+ALU_NAMES = ("add", "subtract", "multiply", "max", "divide", "bypass", "min")
+# COLLECTIVE functions. An all-to-all moves data only between cores' shares of shared HBM
+# tensors (no values change); its combine form sums partial tensors like a reduce-scatter.
+C_REDUCE_SCATTER, C_ALL_GATHER, C_WAIT, C_ALL_TO_ALL, C_ALL_TO_ALL_SUM = 0, 1, 2, 3, 4
+COLLECTIVE_NAMES = ("reduce_scatter", "all_gather", "wait", "all_to_all", "all_to_all_sum")
 
 # Flags.
 FLAG_ACC = 1          # MULTIPLY_MOVING accumulates into d instead of overwriting it
 FLAG_TRANSPOSE = 2    # DMA_COPY writes a.T
 FLAG_MODEL = 4        # MULTIPLY_MOVING does model arithmetic (counted in FLOPs)
+FLAG_BROADCAST = 8    # DMA_COPY repeats a's one row over d's rows (a partition broadcast)
+FLAG_COLUMNS = 16     # DMA_GATHER: d[:, j] = a's rows at column ids[j] (ids: row view b)
+FLAG_SCATTER = 32     # DMA_COPY: d's rows at column ids[j] (ids: row view b) += a[:, j]
+FLAG_ZERO = 64        # DMA_COPY: d = 0 (a memset; a unused)
 
 MAX_DEPS = 4
 D, A, B, S = 0, 1, 2, 3   # view slots

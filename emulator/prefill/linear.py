@@ -18,7 +18,14 @@ import numpy as np
 
 from emulator.prefill import costs
 from emulator.prefill import instructions as instr
-from emulator.prefill.lowering import Lowering, Replay, Strip, chunks, pe_stream, plan_token_block
+from emulator.prefill.lowering import (
+    Lowering,
+    Replay,
+    Strip,
+    chunks,
+    pe_stream,
+    plan_token_block,
+)
 
 NONE = -1
 
@@ -40,6 +47,7 @@ class _Buffers:
 
         self.x = L.sbuf(f"{name}.x", K, block, L.act_dtype, core)
         self.w = f("w", K, L.mmax, L.act_dtype)
+        self.wq = f("wq", K, L.mmax, "fp32")     # staging of packed weights (--weight-dtype)
         self.ps = f("psum", L.mmax, block, "fp32", "psum")
         self.bias = f("bias", L.mmax, 1, "fp32")
         self.y = f("y", L.mmax, block, L.act_dtype)
@@ -51,10 +59,14 @@ class _Buffers:
         self.ub = L.sbuf(f"{name}.ub", L.mmax, block, "fp32", core)
         self.cos = L.sbuf(f"{name}.cos", L.mmax, block, "fp32", core)
         self.sin = L.sbuf(f"{name}.sin", L.mmax, block, "fp32", core)
+        self.sq = L.sbuf(f"{name}.sq", L.mmax, block, "fp32", core)      # qk-norm
+        self.rn = L.sbuf(f"{name}.rn", 1, block, "fp32", core)
+        self.nw = f("nw", L.mmax, 1, "fp32")
 
     def token_major(self, L: Lowering, core: int, K: int, ncols: int, name: str) -> None:
         """Buffers of the token-major projection: resident weight, bias rows, PSUM, output."""
         self.tmw = L.sbuf(f"{name}.tmw", K, ncols, L.act_dtype, core)
+        self.tmwq = L.sbuf(f"{name}.tmwq", K, ncols, "fp32", core)
         self.tmb = L.sbuf(f"{name}.tmb", L.pmax, ncols, L.act_dtype, core)
         self.tmps = [L.sbuf(f"{name}.tmps{i}", L.pmax, ncols, "fp32", core, "psum")
                      for i in range(2)]
@@ -64,27 +76,39 @@ class _Buffers:
 
 def linear_fm(L: Lowering, core: int, strips: list[Strip], K: int, tok0: int, ntok: int,
               outs: dict, x: int = NONE, x_ready: int = NONE, x_sbuf=None, rope=None,
-              tm=None, name: str = "linear") -> int:
+              tm=None, name: str = "linear", swiglu=None) -> int:
     """Emit a feature-major projection of tokens [tok0, tok0+ntok); returns the last index.
 
     X^T comes from HBM tensor `x` (loads wait for `x_ready`) or, when `x_sbuf` =
     (tensor, producer per k chunk) is given, is already resident in SBUF. `outs` maps output
-    tensor ids to their TileMap; `rope` = (cos HBM tensor, sin HBM tensor, head_dim). `tm` =
-    (W^T tensor, first column, columns, output [P, columns], bias rows or -1) adds a
-    token-major projection of the same activation block after the strips (`linear_tm`).
+    tensor ids to their TileMap; `rope` = (cos HBM tensor, sin HBM tensor, head_dim[, qk-norm
+    eps]). `tm` =
+    (W^T tensor, first column, columns, output [P, columns], bias rows or -1[, output row
+    of token 0]) adds a token-major projection of the same activation block after the
+    strips (`linear_tm`). `swiglu` = (alpha, limit) of the gpt-oss evictions `oss_gate`
+    (g = min(psum + b, limit); g * sigmoid(alpha * g)) and `oss_up`
+    ((clip(psum + b, -limit, limit) + 1) * that).
     """
     kch = chunks(K, L.kmax if x_sbuf is None else L.pmax)   # SBUF input: 128-row chunks
     evicts = {s.evict for s in strips}
     per_tok = 4 * 2 + (0 if x_sbuf is not None else len(kch) * L.bpe)
     per_tok += (5 * 4 if "rope" in evicts else 0) + (3 * 4 if "silu" in evicts else 0)
+    per_tok += 5 * 4 if "oss_gate" in evicts else 0
+    per_tok += 2 * 4 if any(s.norm >= 0 for s in strips) else 0
     fixed = 2 * len(kch) * L.mmax * L.bpe + 2 * 4
+    packed = L.dequantises(strips[0].w)
+    stage = -(-int(round(L.weight_format.bits_per_element)) // 8) if packed else 0
+    fixed += 2 * len(kch) * L.mmax * stage            # staging of packed weight strips
     if tm is not None:
         fixed += (len(kch) * tm[2] + 3 * tm[2]) * L.bpe + 2 * tm[2] * 4
+        fixed += len(kch) * tm[2] * stage
     block = plan_token_block(L, ntok, per_tok, fixed, f"{name} (K={K})")
     buf = _Buffers(L, core, K, block, f"{name}.c{core}")
     if tm is not None:
         buf.token_major(L, core, K, tm[2], f"{name}.c{core}")
-    state = {"ls": {}, "psum": {}, "y": {}, "qf": {}, "sg_w": {}, "sg_r": {}, "x_read": NONE}
+    state = {"ls": {}, "psum": {}, "y": {}, "qf": {}, "sg_w": {}, "sg_r": {}, "x_read": NONE,
+             "norm_eps": rope[3] if rope is not None and len(rope) > 3 else 0.0,
+             "swiglu": swiglu}
     replay = Replay(L.b) if L.memoise and x_sbuf is None else None
     g_tpl = None
     for start in range(tok0, tok0 + ntok, block):
@@ -160,12 +184,17 @@ def linear_tm(L, core, tm, kch, start, width, buf, state, x_dep, outs):
     Per 128-token tile: LoadStationary X^T[k, tile] and MultiplyMoving the resident weight
     W^T[k, cols] (<= 512 columns per matmul), then evict (plus the bias rows) and store.
     """
-    w, col0, ncols, out, bias = tm
+    w, col0, ncols, out, bias = tm[:5]
+    row_off = tm[5] if len(tm) > 5 else 0       # output row of token 0 (chunked prefill)
     kc = len(kch)
     if "tm_w" not in state:
-        state["tm_w"] = L.dma(core, kch[:, 1] * ncols * L.bpe, d=(buf.tmw, kch[:, 0], kch[:, 1],
-                                                                   0, ncols),
+        packed = L.dequantises(w)
+        dst = (buf.tmwq if packed else buf.tmw, kch[:, 0], kch[:, 1], 0, ncols)
+        state["tm_w"] = L.dma(core, L.weight_bytes(w, kch[:, 1] * ncols), d=dst,
                               a=(w, kch[:, 0], kch[:, 1], col0, ncols))
+        if packed:
+            state["tm_w"] = L.dequant(core, w, state["tm_w"], kch[:, 1], ncols, dst,
+                                      (buf.tmw, kch[:, 0], kch[:, 1], 0, ncols))
         state["tm_b"] = NONE if bias < 0 else L.b.one(
             instr.DMA_COPY, instr.DMA, core, int(_dma_cost(L, L.pmax * ncols * L.bpe)), [],
             lat=L.dma_lat, work=L.pmax * ncols * L.bpe, d=(buf.tmb, 0, L.pmax, 0, ncols),
@@ -196,7 +225,7 @@ def linear_tm(L, core, tm, kch, start, width, buf, state, x_dep, outs):
         state["tm_war"][slot] = int(ev[0])
         store = L.b.one(instr.DMA_COPY, instr.DMA, core, int(_dma_cost(L, rows * ncols * L.bpe)),
                         [int(ev[0])], lat=L.dma_lat, work=rows * ncols * L.bpe,
-                        d=(out, start + t0, rows, 0, ncols), a=y)
+                        d=(out, row_off + start + t0, rows, 0, ncols), a=y)
         state["tm_y"][slot] = store
         outs[out].set(int(start + t0), int(rows), 0, ncols, store)
 
@@ -228,7 +257,7 @@ def _block(L, core, strips, kch, start, width, buf, state, outs, x, x_ready, x_s
 
 def _load_rope(L, core, buf, rope, start, width, state):
     """Load the cos / signed-sin tables [head_dim, width] of the block."""
-    cos_t, sin_t, d = rope
+    cos_t, sin_t, d = rope[:3]
     prev = state.get("rope_read", NONE)
     idx = L.dma(core, np.full(2, d * width * 4), deps=[prev],
                 d=(np.array([buf.cos, buf.sin]), 0, d, 0, width),
@@ -248,24 +277,35 @@ def _load_block(L, core, strip0, kch, nch, start, buf, state, x, x_ready):
     nw = np.tile(np.concatenate([[strip0.m], nch[:, 1]]), kc)
     w_flat = is_w.ravel()
     slot = state.get("g", 0) % 2
-    nbytes = kr * nw * L.bpe
+    packed = L.dequantises(strip0.w)
+    nbytes = np.where(w_flat, L.weight_bytes(strip0.w, kr * nw), kr * nw * L.bpe)
     war_w = np.array([_war(state["ls"], state.get("g", 0), int(k)) for k in range(kc)])
     deps = [np.where(w_flat, np.repeat(war_w, per), x_ready),
             np.where(w_flat, NONE, state.get("x_read", NONE))]
-    d = (np.where(w_flat, buf.w[slot], buf.x), k0, kr, n0, nw)
+    d = (np.where(w_flat, buf.wq[slot] if packed else buf.w[slot], buf.x), k0, kr, n0, nw)
     a = (np.where(w_flat, strip0.w, x), k0 + np.where(w_flat, strip0.row0, 0), kr,
          np.where(w_flat, strip0.col0, start + n0), nw)
     idx = L.dma(core, nbytes, deps=deps, d=d, a=a).reshape(kc, per)
-    state["w0"] = (idx[:, 0], _load_bias(L, core, strip0, buf, state, state.get("g", 0)))
+    w_idx = idx[:, 0]
+    if packed:
+        w_idx = L.dequant(core, strip0.w, w_idx, kch[:, 1], strip0.m,
+                          (buf.wq[slot], kch[:, 0], kch[:, 1], 0, strip0.m),
+                          (buf.w[slot], kch[:, 0], kch[:, 1], 0, strip0.m))
+    state["w0"] = (w_idx, _load_bias(L, core, strip0, buf, state, state.get("g", 0)))
     return idx[:, 1:]
 
 
 def _load_weights(L, core, strip, kch, buf, state, g):
     """DMA the k chunks of one weight strip into buffer slot g % 2."""
     war = [_war(state["ls"], g, k) for k in range(len(kch))]
-    idx = L.dma(core, kch[:, 1] * strip.m * L.bpe, deps=[np.array(war)],
-                d=(buf.w[g % 2], kch[:, 0], kch[:, 1], 0, strip.m),
+    packed = L.dequantises(strip.w)
+    dst = (buf.w[g % 2], kch[:, 0], kch[:, 1], 0, strip.m)
+    stage = (buf.wq[g % 2], kch[:, 0], kch[:, 1], 0, strip.m)
+    idx = L.dma(core, L.weight_bytes(strip.w, kch[:, 1] * strip.m), deps=[np.array(war)],
+                d=stage if packed else dst,
                 a=(strip.w, strip.row0 + kch[:, 0], kch[:, 1], strip.col0, strip.m))
+    if packed:
+        idx = L.dequant(core, strip.w, idx, kch[:, 1], strip.m, stage, dst)
     return idx, _load_bias(L, core, strip, buf, state, g)
 
 
@@ -326,6 +366,38 @@ def _evict(L, core, strip, nch, start, buf, state, g, mm_last, bias_dep, outs, t
         state["sg_w"][g] = first
         state["psum"][g] = first
         return
+    elif strip.evict == "oss_gate":       # glu = g * sigmoid(alpha g), g = min(psum + b, lim)
+        alpha, limit = state["swiglu"]
+        war = np.array([_war(state["sg_r"], g, n) for n in range(nt)])
+        sgv = (buf.sg[(g // 2) % 2], 0, m, c0, w)
+        first = L.act(core, instr.F_IDENT, w, deps=[mm_last, war, bias_dep], d=sgv, a=psum,
+                      b=bias)
+        clamp = L.vec(core, instr.VEC_TS, instr.A_MIN, w, 1, deps=[first], d=sgv, a=sgv,
+                      imm0=limit)
+        sig = L.act(core, instr.F_SIGMOID, w, deps=[clamp, state.get("t1_read", NONE)],
+                    d=(buf.t1, 0, m, c0, w), a=sgv, scale=alpha)
+        glu = L.vec(core, instr.VEC_TT, instr.A_MUL, w, 2, deps=[sig], d=sgv, a=sgv,
+                    b=(buf.t1, 0, m, c0, w))
+        state["t1_read"] = int(np.max(glu))
+        state["sg_w"][g] = glu
+        state["psum"][g] = first
+        return
+    elif strip.evict == "oss_up":         # y = (clip(psum + b, -lim, lim) + 1) * glu
+        alpha, limit = state["swiglu"]
+        sg = (buf.sg[((g - 1) // 2) % 2], 0, m, c0, w)
+        ub = (buf.ub, 0, m, c0, w)
+        first = L.act(core, instr.F_IDENT, w, deps=[mm_last, bias_dep,
+                                                    state.get("ub_read", NONE)],
+                      d=ub, a=psum, b=bias)
+        lo = L.vec(core, instr.VEC_TS, instr.A_MIN, w, 1, deps=[first], d=ub, a=ub,
+                   imm0=limit)
+        hi = L.vec(core, instr.VEC_TS, instr.A_MAX, w, 1, deps=[lo], d=ub, a=ub, imm0=-limit)
+        last = L.vec(core, instr.VEC_STT, instr.A_ADD, w, 2,
+                     deps=[hi, state["sg_w"][g - 1], y_war], func2=instr.A_MUL,
+                     d=(buf.y[s], 0, m, c0, w), a=ub, imm0=1.0, b=sg)
+        state["ub_read"] = int(np.max(last))
+        state["sg_r"][g - 1] = last
+        result = (buf.y[s], 0, m, c0, w)
     else:  # mul_gate: y = silu(gate) * (up + bias)
         sg = (buf.sg[((g - 1) // 2) % 2], 0, m, c0, w)
         up, up_dep = psum, mm_last
@@ -342,7 +414,8 @@ def _evict(L, core, strip, nch, start, buf, state, g, mm_last, bias_dep, outs, t
     state["psum"][g] = first
     out_dtype_bytes = {"partial": L.partial_bytes, "copy32": 4}.get(strip.evict, L.bpe)
     stores = L.dma(core, m * w * out_dtype_bytes, deps=[last],
-                   d=(strip.out, strip.out_row0, m, start + c0, w), a=result)
+                   d=(strip.out, strip.out_row0, m, strip.out_col0 + start + c0, w),
+                   a=result)
     state["y"][g] = stores
     tmap = outs[strip.out]
     for n in range(nt):
@@ -350,12 +423,16 @@ def _evict(L, core, strip, nch, start, buf, state, g, mm_last, bias_dep, outs, t
 
 
 def _rope(L, core, strip, buf, s, c0, w, mm_last, y_war, bias, bias_dep, tables, state, g):
-    """q = psum (+bias); out = q * cos + swap_halves(q) * signed_sin (rotate_half RoPE)."""
+    """q = psum (+bias); with qk-norm q = RMSNorm(q) over the head's rows (`_qk_norm`);
+    out = q * cos + swap_halves(q) * signed_sin (rotate_half RoPE). Returns (the last
+    reader of the strip's PSUM, the result view, the last instruction)."""
     m, half = strip.m, strip.m // 2
     qf_war = np.array([_war(state["qf"], g, n) for n in range(len(c0))])
     act = L.act(core, instr.F_IDENT, w, deps=[mm_last, qf_war, bias_dep],
                 d=(buf.qf[s], 0, m, c0, w), a=(buf.ps[s], 0, m, c0, w), b=bias)
     qf = buf.qf[s]
+    if strip.norm >= 0:
+        act = _qk_norm(L, core, strip, buf, s, c0, w, act, state, tables, g)
     v1 = L.vec(core, instr.VEC_TT, instr.A_MUL, w, 2, deps=[act, tables[0]],
                d=(buf.t1, 0, m, c0, w), a=(qf, 0, m, c0, w), b=(buf.cos, 0, m, c0, w))
     L.vec(core, instr.VEC_TT, instr.A_MUL, w, 2, deps=[act, tables[1]],
@@ -369,3 +446,32 @@ def _rope(L, core, strip, buf, s, c0, w, mm_last, y_war, bias, bias_dep, tables,
     state["qf"][g] = v3
     state["rope_read"] = int(v3.max())
     return act, (buf.y[s], 0, m, c0, w), v4
+
+
+def _qk_norm(L, core, strip, buf, s, c0, w, act, state, tables, g):
+    """RMSNorm of each token's head (the strip's m rows, on partitions) in place in qf:
+    squares (Scalar), their sum over the partitions as a ones-column matmul into the
+    strip's (already evicted) PSUM, rsqrt(sum / m + eps) (Scalar), a ones-row matmul
+    broadcasting it to m partitions, then qf = (qf * weight) * r (Vector), as add_norm
+    does for the hidden state. Returns the last instruction (it also last reads PSUM)."""
+    m, nt, qf, ps = strip.m, len(c0), buf.qf[s], buf.ps[s]
+    eps = state["norm_eps"]
+    war = state["psum"].get(g - 2)
+    w_load = L.b.one(instr.DMA_COPY, instr.DMA, core, int(_dma_cost(L, m * 4)),
+                     [int(war.max()) if war is not None and np.size(war) else NONE],
+                     lat=L.dma_lat, work=m * 4, d=(buf.nw[s], 0, m, 0, 1),
+                     a=(strip.norm, 0, m, 0, 1))
+    sq = L.act(core, instr.F_SQUARE, w, deps=[act, state.get("sq_read", NONE)],
+               d=(buf.sq, 0, m, c0, w), a=(qf, 0, m, c0, w), n=nt)
+    ones_col, ones_row = L.const(core, "ones_col"), L.const(core, "ones_row")
+    _, ss = pe_stream(L, core, 1, nt, 1, [], (ones_col, 0, m, 0, 1), m, w, False, [sq],
+                      (buf.sq, 0, m, c0, w), (ps, 0, 1, c0, w), model_flops=False)
+    state["sq_read"] = int(ss[0, -1])
+    r = L.act(core, instr.F_RSQRT, w, deps=[ss[0], state.get("rn_read", NONE)],
+              d=(buf.rn, 0, 1, c0, w), a=(ps, 0, 1, c0, w), scale=1.0 / m, bias=eps, n=nt)
+    _, bc = pe_stream(L, core, 1, nt, m, [], (ones_row, 0, 1, 0, m), 1, w, False, [r],
+                      (buf.rn, 0, 1, c0, w), (ps, 0, m, c0, w), model_flops=False)
+    state["rn_read"] = int(bc[0, -1])
+    return L.vec(core, instr.VEC_STT, instr.A_MUL, w, 2, deps=[bc[0], w_load, act],
+                 func2=instr.A_MUL, d=(qf, 0, m, c0, w), a=(qf, 0, m, c0, w),
+                 b=(ps, 0, m, c0, w), s=(buf.nw[s], 0, m, 0, 1), n=nt)

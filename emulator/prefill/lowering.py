@@ -34,6 +34,8 @@ class Strip:
     out_row0: int = 0     # first output row in `out`
     bias: int = -1        # HBM bias tensor id [out_features, 1], -1 for none
     row0: int = 0         # first weight row (input feature) of the contraction
+    out_col0: int = 0     # column (token) of `out` where token 0 of the projection lands
+    norm: int = -1        # qk-norm: HBM RMSNorm weight [m, 1] applied before RoPE, -1 none
 
 
 class TileMap:
@@ -85,6 +87,48 @@ class Lowering:
         self.consts: dict = {}
         builder.dep_overhead = {instr.DVE: costs.vector_overhead(hw)}
         self.memoise = False     # timing-only: repeated loop bodies stored once
+        # --weight-dtype: the storage format of the decoder layers' projection weights
+        # (tensor ids in `packed`); a format other than the matmul dtype is DMAed at its
+        # own size into a staging buffer and dequantised on VectorE (docs/prefill.md)
+        self.weight_format = None
+        self.packed: set = set()
+
+    def dequantises(self, w: int) -> bool:
+        """True when weight tensor `w` is stored in a format the matmul does not read: not
+        the matmul dtype, and not MXFP4 into an fp8 matmul of a chip with microscaled
+        matmuls (`mx_matmul`, NeuronCore-v4's nc_matmul_mx applies the scales itself)."""
+        fmt = self.weight_format
+        if w not in self.packed or fmt is None or fmt.name == self.act_dtype:
+            return False
+        return not (fmt.block and self.act_dtype == "fp8" and self.hw.mx_matmul)
+
+    def stored_weight_bytes(self, elements: int) -> int:
+        """Bytes of `elements` layer weights in the --weight-dtype format (the matmul
+        dtype's bytes when none), for the operators' minimum HBM traffic."""
+        if self.weight_format is None:
+            return int(elements) * self.bpe
+        return -(-int(elements) * int(round(self.weight_format.bits_per_element * 8)) // 64)
+
+    def weight_bytes(self, w: int, elements):
+        """HBM bytes of `elements` weights of tensor `w` (array-friendly)."""
+        elements = np.asarray(elements, np.int64)
+        if w not in self.packed or self.weight_format is None:
+            return elements * self.bpe
+        bits8 = int(round(self.weight_format.bits_per_element * 8))
+        return -(-elements * bits8 // 64)
+
+    def dequant(self, core, w: int, loads, rows, cols, stage, dst, deps=()):
+        """VectorE dequantisation of weight tiles just loaded into `stage` (views
+        (stage, r0, rows, c0, cols) per load) into `dst` (the matmul-dtype buffer):
+        values are copied (the weights are given dequantised, compiler/weights.py), the
+        cost is one Vector pass over the tile with the block scales as a second input
+        (one input for per-channel-scaled fp8). Returns the indices (the LoadStationary
+        producers in place of the loads)."""
+        inputs = 2 if self.weight_format.block else 1
+        cost = costs.vector_cycles(self.hw, cols, inputs)
+        n = max(np.size(loads), np.size(cost))
+        return self.b.emit(n, instr.VEC_TT, instr.DVE, core, cost, [loads, *deps],
+                           func=instr.A_BYPASS, d=dst, a=stage, b=stage)
 
     # ------------------------------------------------------------------ tensors
 
@@ -168,7 +212,10 @@ class Lowering:
             head = deps[:instr.MAX_DEPS]
             deps = [self.b.one(instr.COLLECTIVE, instr.CC, -1, 0, head, func=instr.C_WAIT)] + \
                 deps[instr.MAX_DEPS:]
-        cost = costs.ring_cycles(self.hw, nbytes, self.hw.cores_per_chip, chips)
+        if func in (instr.C_ALL_TO_ALL, instr.C_ALL_TO_ALL_SUM):
+            cost = costs.all_to_all_cycles(self.hw, nbytes, self.hw.cores_per_chip, chips)
+        else:
+            cost = costs.ring_cycles(self.hw, nbytes, self.hw.cores_per_chip, chips)
         return self.b.one(instr.COLLECTIVE, instr.CC, -1, cost, deps, func=func, work=int(nbytes),
                           imm0=float(count), d=d, a=a)
 

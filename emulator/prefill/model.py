@@ -28,6 +28,7 @@ import numpy as np
 from emulator.hw.errors import ConfigError
 from emulator.prefill import attention as attn
 from emulator.prefill import instructions as instr
+from emulator.prefill import moe as moe_lowering
 from emulator.prefill.linear import linear_fm
 from emulator.prefill.lowering import Lowering, Strip, TileMap
 from emulator.prefill.norm import NormIO, add_norm
@@ -45,12 +46,16 @@ class CoreShare:
     mlp: tuple[int, int]
     vocab: tuple[int, int]
     tokens: tuple[int, int]
+    experts: tuple[int, int] = (0, 0)     # MoE: first expert and count (expert parallel)
 
-    def signature(self, group_size: int) -> tuple:
-        """Shape of the work: cores with equal signatures run identical streams."""
+    def signature(self, group_size: int, counts=None) -> tuple:
+        """Shape of the work: cores with equal signatures run identical streams (`counts`:
+        tokens per expert, when the model has experts)."""
         pattern = tuple(h // group_size - self.kv_heads[0] for h in self.q_heads)
+        e0, ne = self.experts
+        routed = () if counts is None else tuple(int(x) for x in counts[e0:e0 + ne])
         return (len(self.q_heads), len(self.kv_heads), pattern, self.mlp[1], self.vocab[1],
-                self.tokens[1])
+                self.tokens[1], routed)
 
 
 def _split(total: int, parts: int, c: int) -> tuple[int, int]:
@@ -75,10 +80,24 @@ def core_shares(spec, hw, prompt_len: int, chips: int = 1) -> list[CoreShare]:
         mlp = (m0, max(0, min(spec.intermediate_size, (t0 + nt) * hw.pe_cols) - m0))
         v0 = min(spec.vocab_size, c * vocab_chunk)
         tok0 = min(prompt_len, c * token_chunk)
+        experts = moe_lowering.expert_range(spec.moe.num_experts, C, c) if spec.moe else (0, 0)
+        if spec.moe and len(spec.moe.sparse_layers) == spec.num_layers:
+            mlp = (0, 0)                # no dense MLP anywhere: no dense columns to split
         shares.append(CoreShare(c, heads, kv, mlp,
                                 (v0, min(spec.vocab_size, v0 + vocab_chunk) - v0),
-                                (tok0, min(prompt_len, tok0 + token_chunk) - tok0)))
+                                (tok0, min(prompt_len, tok0 + token_chunk) - tok0), experts))
     return shares
+
+
+def attention_pairs(past: int, n: int, window: int | None) -> float:
+    """(query, key) pairs of attention scores for queries at positions past..past+n-1:
+    position p sees min(p + 1, window) keys (causal; a sliding window caps it)."""
+    a, b = past, past + n - 1
+    if not window:
+        window = b + 1
+    c = min(b, window - 1)                    # positions that see every key before them
+    uncapped = (c + 1) * (c + 2) / 2 - a * (a + 1) / 2 if a <= c else 0.0
+    return uncapped + max(0, b - max(a, window) + 1) * window
 
 
 def check_supported(spec, hw) -> None:
@@ -100,18 +119,46 @@ class Lowered:
     prompt_len: int
     dtype: str
     chips: int = 1
+    past: int = 0             # chunked prefill: positions of earlier chunks in the KV cache
+    last: bool = True         # chunked prefill: the last chunk (computes the logits)
+    routed: dict | None = None    # MoE: layer -> tokens per expert
+    machine: object = None        # functional MoE: the executed machine (interp)
 
 
 class _PrefillLowering:
     """Emits the stream layer by layer (see `lower_prefill`)."""
 
-    def __init__(self, spec, hw, P: int, dtype: str, cores: list[CoreShare], chips: int = 1):
+    def __init__(self, spec, hw, P: int, dtype: str, cores: list[CoreShare], chips: int = 1,
+                 past: int = 0, counts=None, machine_inputs=None):
         self.spec, self.hw, self.P, self.dtype = spec, hw, P, dtype
+        self.past = past          # KV positions before this chunk (chunked prefill)
+        self.counts = counts      # MoE timing-only: None (balanced) or {layer: counts}
+        self.routed: dict = {}    # MoE: layer -> tokens per expert used by the lowering
+        self.machine = None       # functional MoE: the stream runs while it is built
         self.b = instr.Builder()
         self.L = Lowering(hw, dtype, self.b, active_cores=hw.cores_per_chip)
         self.cores = cores
         self.t: dict = {}
         self.chips = chips
+        if machine_inputs is not None:
+            from emulator.prefill.interp import Incremental
+            self.machine = Incremental(self.b, machine_inputs)
+
+    def expert_counts(self, layer: int, ids_t: int) -> np.ndarray:
+        """Tokens per expert of a sparse layer: from the routing the emulated router wrote
+        (functional: the stream so far is executed first), else the given or the balanced
+        counts (moe.py)."""
+        moe = self.spec.moe
+        if self.machine is not None:
+            self.machine.run()
+            ids = self.machine.data[ids_t].astype(np.int64)
+            counts = np.bincount(ids.ravel(), minlength=moe.num_experts)
+        elif self.counts is not None:
+            counts = np.asarray(self.counts[layer], np.int64)
+        else:
+            counts = moe_lowering.balanced_counts(self.P, moe.top_k, moe.num_experts)
+        self.routed[layer] = counts
+        return counts
 
     # -------------------------------------------------------------- tensors
 
@@ -136,69 +183,83 @@ class _PrefillLowering:
         """HBM tensors of one layer's weights (transposed, [in, out]) and biases."""
         s, act, p = self.spec, self.dtype, f"L{layer}."
         shapes = {"q": (s.hidden_size, s.q_dim), "k": (s.hidden_size, s.kv_dim),
-                  "v": (s.hidden_size, s.kv_dim), "o": (s.q_dim, s.hidden_size),
-                  "gate": (s.hidden_size, s.intermediate_size),
-                  "up": (s.hidden_size, s.intermediate_size),
-                  "down": (s.intermediate_size, s.hidden_size)}
+                  "v": (s.hidden_size, s.kv_dim), "o": (s.q_dim, s.hidden_size)}
+        if not s.is_sparse(layer):
+            shapes.update({"gate": (s.hidden_size, s.intermediate_size),
+                           "up": (s.hidden_size, s.intermediate_size),
+                           "down": (s.intermediate_size, s.hidden_size)})
         w = {name: self.hbm(f"{p}{name}.T", *shape, act) for name, shape in shapes.items()}
+        self.L.packed.update(w.values())       # stored in --weight-dtype
         biases = {"q": s.attention_bias, "k": s.attention_bias, "o": s.o_proj_bias,
                   "gate": s.mlp_bias, "up": s.mlp_bias, "down": s.mlp_bias}
         for name, present in biases.items():
             w[f"{name}.b"] = self.hbm(f"{p}{name}.bias", shapes[name][1], 1, act) \
-                if present else NONE
+                if present and name in shapes else NONE
+        if s.is_sparse(layer):
+            w.update(moe_lowering.moe_weights(self, layer))
         w["v.b"] = self.hbm(f"{p}v.bias_rows", self.L.pmax, s.kv_dim, act) \
             if s.attention_bias else NONE
+        w["sinks"] = self.hbm(f"{p}sinks", 1, s.num_heads, "fp32") if s.attention_sinks \
+            else NONE
+        for name in ("q_norm", "k_norm"):
+            w[name] = self.hbm(f"{p}{name}", s.head_dim, 1, act) if s.qk_norm else NONE
         w["ln1"] = self.hbm(f"{p}ln1", s.hidden_size, 1, act)
         w["ln2"] = self.hbm(f"{p}ln2", s.hidden_size, 1, act)
         return w
 
     # -------------------------------------------------------------- operators
 
-    def norm_op(self, name, layer, io_for, c_ready) -> int:
-        """Add+norm on every core's token slice, then an all-gather; returns the gather."""
+    def norm_op(self, name, layer, io_for, c_ready, gather: bool = True):
+        """Add+norm on every core's token slice, then an all-gather; returns the gather
+        (without `gather`: {core: its last store}, for the MoE dispatch)."""
         op = self.b.begin_op(name, layer)
         s = self.spec
-        lasts = []
+        lasts = {}
         for share in self.cores:
             t0, nt = share.tokens
             if nt:
-                lasts.append(add_norm(self.L, share.core, io_for(c_ready), t0, nt,
-                                      f"L{layer}.{name}"))
+                lasts[share.core] = add_norm(self.L, share.core, io_for(c_ready), t0, nt,
+                                             f"L{layer}.{name}")
         H, P = s.hidden_size, self.P
         op.flops = 4.0 * H * P
         op.hbm_bytes = H * P * (4 + 4 + 4 + self.L.bpe)
-        return self.L.collective(instr.C_ALL_GATHER, H * P * self.L.bpe, self.chips, lasts)
+        if not gather:
+            return lasts
+        return self.L.collective(instr.C_ALL_GATHER, H * P * self.L.bpe, self.chips,
+                                 list(lasts.values()))
 
     def qkv_op(self, layer, w, xn, ready):
         """q, k (with RoPE) feature-major and v token-major per core; returns per-core maps."""
         op = self.b.begin_op("qkv", layer)
         s, d, P = self.spec, self.spec.head_dim, self.P
         out = {}
-        rope = (self.t["rope.cos"], self.t["rope.sin"], d)
+        rope = (self.t["rope.cos"], self.t["rope.sin"], d, s.rms_norm_eps)
         for share in self.cores:
             if not share.q_heads:
                 continue
             c = share.core
             nq, nkv = len(share.q_heads), len(share.kv_heads)
+            T = self.past + P           # the KV cache holds earlier chunks and this one
             qt = self.b.tensor(f"L{layer}.q.c{c}", nq * d, P, self.dtype, "hbm")
-            kt = self.b.tensor(f"L{layer}.k.c{c}", nkv * d, P, self.dtype, "hbm")
-            vt = self.b.tensor(f"L{layer}.v.c{c}", P, nkv * d, self.dtype, "hbm")
+            kt = self.b.tensor(f"L{layer}.k.c{c}", nkv * d, T, self.dtype, "hbm")
+            vt = self.b.tensor(f"L{layer}.v.c{c}", T, nkv * d, self.dtype, "hbm")
             maps = {qt: TileMap(nq * d, P, d), kt: TileMap(nkv * d, P, d),
                     vt: TileMap(P, nkv * d, self.L.pmax, nkv * d)}
-            strips = [Strip(w["q"], h * d, d, "rope", qt, i * d, w["q.b"])
+            strips = [Strip(w["q"], h * d, d, "rope", qt, i * d, w["q.b"], norm=w["q_norm"])
                       for i, h in enumerate(share.q_heads)]
-            strips += [Strip(w["k"], h * d, d, "rope", kt, i * d, w["k.b"])
+            strips += [Strip(w["k"], h * d, d, "rope", kt, i * d, w["k.b"],
+                             out_col0=self.past, norm=w["k_norm"])
                        for i, h in enumerate(share.kv_heads)]
-            tm = (w["v"], share.kv_heads[0] * d, nkv * d, vt, w["v.b"])
+            tm = (w["v"], share.kv_heads[0] * d, nkv * d, vt, w["v.b"], self.past)
             linear_fm(self.L, c, strips, s.hidden_size, 0, P, maps, x=xn, x_ready=ready,
                       rope=rope, tm=tm, name=f"L{layer}.qkv")
             out[c] = {"q": (qt, maps[qt]), "k": (kt, maps[kt]), "v": (vt, maps[vt])}
         op.flops = 2.0 * P * s.hidden_size * (s.q_dim + 2 * s.kv_dim)
-        op.hbm_bytes = self.L.bpe * (s.hidden_size * (s.q_dim + 2 * s.kv_dim) +
-                                     P * s.hidden_size + P * (s.q_dim + 2 * s.kv_dim))
+        op.hbm_bytes = (self.L.stored_weight_bytes(s.hidden_size * (s.q_dim + 2 * s.kv_dim))
+                        + self.L.bpe * (P * s.hidden_size + P * (s.q_dim + 2 * s.kv_dim)))
         return out
 
-    def attention_op(self, layer, qkv):
+    def attention_op(self, layer, qkv, w=None):
         """Flash attention per core; returns per-core (O^T tensor, map)."""
         op = self.b.begin_op("attention", layer)
         s, d, P = self.spec, self.spec.head_dim, self.P
@@ -213,11 +274,14 @@ class _PrefillLowering:
             omap = TileMap(nq * d, P, d)
             heads = [(i, h // s.group_size - share.kv_heads[0])
                      for i, h in enumerate(share.q_heads)]
+            sinks = (w["sinks"], share.q_heads[0]) if w is not None and w["sinks"] >= 0 \
+                else None
             attn.attention(self.L, c, heads, d, P, qkv[c]["q"], qkv[c]["k"], qkv[c]["v"],
-                           (ot, omap), scale, f"L{layer}.attn")
+                           (ot, omap), scale, f"L{layer}.attn", past=self.past,
+                           window=s.window(layer), sinks=sinks)
             out[c] = (ot, omap)
-        op.flops = 4.0 * d * s.num_heads * P * (P + 1) / 2
-        op.hbm_bytes = self.L.bpe * P * (2 * s.q_dim + 2 * s.kv_dim)
+        op.flops = 4.0 * d * s.num_heads * attention_pairs(self.past, P, s.window(layer))
+        op.hbm_bytes = self.L.bpe * (2 * P * s.q_dim + 2 * (self.past + P) * s.kv_dim)
         return out
 
     def reduce_proj_op(self, name, layer, weight, bias, K_of, x_of, delta):
@@ -249,7 +313,8 @@ class _PrefillLowering:
                                count=len(self.cores))
         inner = s.q_dim if name == "o_proj" else s.intermediate_size
         op.flops = 2.0 * P * inner * H
-        op.hbm_bytes = self.L.bpe * (inner * H + P * inner + P * H)
+        op.hbm_bytes = (self.L.stored_weight_bytes(inner * H)
+                        + self.L.bpe * (P * inner + P * H))
         return cc
 
     def gate_up_op(self, layer, w, xn, ready):
@@ -273,8 +338,8 @@ class _PrefillLowering:
                       x_ready=ready, name=f"L{layer}.gate_up")
             out[c] = (at, amap)
         op.flops = 4.0 * P * s.hidden_size * s.intermediate_size
-        op.hbm_bytes = self.L.bpe * (2 * s.hidden_size * s.intermediate_size +
-                                     P * s.hidden_size + P * s.intermediate_size)
+        op.hbm_bytes = (self.L.stored_weight_bytes(2 * s.hidden_size * s.intermediate_size)
+                        + self.L.bpe * (P * s.hidden_size + P * s.intermediate_size))
         return out
 
     # -------------------------------------------------------------- layers
@@ -308,19 +373,23 @@ class _PrefillLowering:
         """qkv, attention, o_proj, MLP add+norm, gate/up and down of a layer."""
         s, H, layer, w = self.spec, self.spec.hidden_size, ctx["layer"], ctx["w"]
         qkv = self.qkv_op(layer, w, ctx["xn_attn"], ctx["g1"])
-        o = self.attention_op(layer, qkv)
+        o = self.attention_op(layer, qkv, w)
         d = s.head_dim
         cc1 = self.reduce_proj_op(
             "o_proj", layer, w["o"], w["o.b"],
             lambda sh: (len(sh.q_heads) * d, sh.q_heads[0] * d if sh.q_heads else 0),
             lambda sh: o[sh.core], ctx["delta_attn"])
+        sparse = s.is_sparse(layer)
         g2 = self.norm_op("mlp_norm", layer, lambda ready: NormIO(
             H, s.rms_norm_eps, w["ln2"], ctx["h_attn"], ctx["delta_attn"], ctx["h_mlp"],
-            ctx["xn_mlp"], ready=ready), cc1)
-        act_maps = self.gate_up_op(layer, w, ctx["xn_mlp"], g2)
-        cc2 = self.reduce_proj_op("down", layer, w["down"], w["down.b"],
-                                  lambda sh: (sh.mlp[1], sh.mlp[0]),
-                                  lambda sh: act_maps[sh.core], ctx["delta_mlp"])
+            ctx["xn_mlp"], ready=ready), cc1, gather=not sparse)
+        if sparse:
+            cc2 = moe_lowering.moe_mlp(self, layer, w, ctx["xn_mlp"], g2, ctx["delta_mlp"])
+        else:
+            act_maps = self.gate_up_op(layer, w, ctx["xn_mlp"], g2)
+            cc2 = self.reduce_proj_op("down", layer, w["down"], w["down.b"],
+                                      lambda sh: (sh.mlp[1], sh.mlp[0]),
+                                      lambda sh: act_maps[sh.core], ctx["delta_mlp"])
         self.t[f"L{layer}.k"] = {c: v["k"][0] for c, v in qkv.items()}
         self.t[f"L{layer}.v"] = {c: v["v"][0] for c, v in qkv.items()}
         return {"h": ctx["h_mlp"], "delta": ctx["delta_mlp"], "cc": cc2}
@@ -347,12 +416,28 @@ class _PrefillLowering:
 
 
 def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool,
-                  chips: int = 1) -> Lowered:
-    """Lower a prefill of `prompt_len` tokens on `chips` chips; see the module docstring."""
+                  chips: int = 1, past: int = 0, last: bool = True,
+                  weight_format=None, expert_counts=None, inputs=None) -> Lowered:
+    """Lower a prefill of `prompt_len` tokens on `chips` chips; see the module docstring.
+
+    Chunked prefill (docs/prefill.md, "Chunked prefill"): `past` tokens of the prompt were
+    prefilled before (their keys and values are in HBM, columns/rows 0..past-1 of each
+    layer's K and V tensors); this chunk's tokens sit at positions past..past+prompt_len-1,
+    and only the `last` chunk computes the final norm and logits. `weight_format`
+    (emulator.hw.dtypes.WeightFormat, None: the matmul dtype) is the storage of the
+    decoder layers' projection weights. MoE: `expert_counts` ({layer: tokens per expert},
+    timing-only; None: balanced); `inputs` (functional MoE: the HBM inputs) makes the
+    lowering execute the stream as it is built, so the experts are sized by the emulated
+    router (the executed machine is returned in `Lowered.machine`)."""
     check_supported(spec, hw)
     shares = core_shares(spec, hw, prompt_len, chips)
     weight = {}
-    if timing_only:
+    moe = spec.moe
+    layer_counts = None
+    if moe is not None and timing_only:
+        layer_counts = (moe_lowering.balanced_counts(prompt_len, moe.top_k, moe.num_experts)
+                        if expert_counts is None else None)
+    if timing_only and (moe is None or layer_counts is not None):
         reps = {}
         bias_cores = ()      # the core adding a row-parallel bias works differently
         if spec.o_proj_bias:
@@ -360,28 +445,45 @@ def lower_prefill(spec, hw, prompt_len: int, dtype: str, timing_only: bool,
         if spec.mlp_bias:
             bias_cores += (next(sh.core for sh in shares if sh.mlp[1]),)
         for share in shares:
-            key = (share.signature(spec.group_size), share.core in bias_cores)
+            key = (share.signature(spec.group_size, layer_counts), share.core in bias_cores)
             reps.setdefault(key, share)
             weight[reps[key].core] = weight.get(reps[key].core, 0) + 1
         cores = list(reps.values())
     else:
         cores = shares
         weight = {sh.core: 1 for sh in shares}
-    low = _PrefillLowering(spec, hw, prompt_len, dtype, cores, chips)
+    low = _PrefillLowering(spec, hw, prompt_len, dtype, cores, chips, past, expert_counts,
+                           inputs if (moe is not None and not timing_only) else None)
     low.L.memoise = timing_only
+    low.L.weight_format = weight_format
     low.inputs()
     plan = None
-    if timing_only:
+    if timing_only and uniform_layers(spec) and expert_counts is None:
         prev, plan = _timing_layers(low, spec.num_layers)
+    elif timing_only and expert_counts is None:
+        prev = _periodic_layers(low, spec)
     else:
         prev = None
         for layer in range(spec.num_layers):
             prev = low.layer(layer, prev)
-    low.final(prev)
+    if last:
+        low.final(prev)
     if plan is not None:
         _virtual_ops(low.b, plan)
+    if low.machine is not None:
+        low.machine.run()
     program = low.b.program([sh.core for sh in cores], weight, plan)
-    return Lowered(program, shares, low.t, prompt_len, dtype, chips)
+    return Lowered(program, shares, low.t, prompt_len, dtype, chips, past, last, low.routed,
+                   low.machine)
+
+
+def uniform_layers(spec) -> bool:
+    """True when every decoder layer has the same shape of work (attention window, dense or
+    expert MLP), so a timing-only lowering may copy layer 1 for all later layers; otherwise
+    (gpt-oss's alternating sliding/full layers, Qwen3-MoE's dense layers) every layer is
+    lowered, each still memoised inside."""
+    kinds = {(spec.window(layer), spec.is_sparse(layer)) for layer in range(spec.num_layers)}
+    return len(kinds) == 1
 
 
 def _timing_layers(low: _PrefillLowering, layers: int):
@@ -406,6 +508,38 @@ def _timing_layers(low: _PrefillLowering, layers: int):
     prev = {"h": prev["h"], "delta": prev["delta"], "cc": prev["cc"] + shift}
     plan = (start1, b.count - start1, layers, len(b.ops) - ops1)
     return prev, plan
+
+
+def _periodic_layers(low: _PrefillLowering, spec) -> dict:
+    """Timing-only layers of two alternating kinds (gpt-oss: sliding, full, sliding, ...):
+    layers 0-3 are lowered; a later layer l of the same kind as l-2 is appended as a copy
+    of layer l-2's records with dependencies and operator ids moved by the distance, when
+    layer l-1 is as long as layer l-3 (so the copy's dependencies into the previous layer
+    land on the same slots of l-1); otherwise it is lowered. Returns the last layer's
+    outputs (h, delta, last collective)."""
+    b = low.b
+    kinds = [(spec.window(layer), spec.is_sparse(layer)) for layer in range(spec.num_layers)]
+    start, ops, prevs = [], [], []
+    prev = None
+    for layer in range(spec.num_layers):
+        start.append(b.count)
+        ops.append(len(b.ops))
+        if (layer >= 4 and kinds[layer] == kinds[layer - 2]
+                and kinds[layer - 1] == kinds[layer - 3]
+                and start[layer] - start[layer - 1] == start[layer - 2] - start[layer - 3]):
+            src = layer - 2
+            shift = start[layer] - start[src]
+            _append_copy(b, b.records(start[src], start[src + 1]), shift,
+                         b.ops[ops[src]:ops[src + 1]], ops[layer] - ops[src], layer_shift=2)
+            for s0, ln, reps in list(b.segments):
+                if start[src] <= s0 < start[src + 1]:
+                    b.repeat_at(s0 + shift, ln, reps)
+            old = prevs[src]
+            prev = {"h": old["h"], "delta": old["delta"], "cc": old["cc"] + shift}
+        else:
+            prev = low.layer(layer, prev)
+        prevs.append(prev)
+    return prev
 
 
 def _append_copy(b: instr.Builder, records: np.ndarray, shift: int, ops: list, op_shift: int,

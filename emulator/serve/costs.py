@@ -87,6 +87,16 @@ class Costs:
     def layout_seconds(self, prompt_tokens: int) -> float:
         return 0.0
 
+    def prefill_chunk_seconds(self, tokens: int, past: int) -> float:
+        """Seconds of a chunk of `tokens` prompt tokens after `past` prefilled ones: the
+        increment prefill_seconds(past + tokens) - prefill_seconds(past). With a cost
+        table measured by chunked prefills of the same chunk size (`measure_costs(...,
+        prefill_chunk)`) this is the emulated chunk's cost at chunk boundaries: a chunked
+        prefill of past + tokens runs the chunks of one of `past` and then this one."""
+        if past <= 0:
+            return self.prefill_seconds(tokens)
+        return self.prefill_seconds(past + tokens) - self.prefill_seconds(past)
+
     def kv_bytes(self, prompt_tokens: int) -> int:
         """Bytes of KV cache one prompt sends over the link."""
         return int(prompt_tokens) * self.kv_bytes_per_token
@@ -336,11 +346,13 @@ def prefill_max_tokens(spec, hw, dtype: str, chips: int, limit: int) -> int:
     return lo
 
 
-def _run_prefill(spec, hw, tokens: int, dtype: str, chips: int):
+def _run_prefill(spec, hw, tokens: int, dtype: str, chips: int, chunk: int | None = None):
     """Timing-only prefill of `tokens` on `chips` chips (chips > 1 needs a prefill model
-    that takes a `chips` argument)."""
+    that takes a `chips` argument), in chunks of `chunk` tokens when given."""
     from emulator.prefill.run import run_prefill
 
+    if chunk:
+        return run_prefill(spec, hw, tokens, None, dtype, True, chips=chips, chunk=chunk)
     if chips != 1:
         if "chips" not in inspect.signature(run_prefill).parameters:
             raise ConfigError(f"--prefill-chips {chips} (or --search-chips): this emu's prefill "
@@ -350,14 +362,15 @@ def _run_prefill(spec, hw, tokens: int, dtype: str, chips: int):
 
 
 def measure_prefill(spec, hw, dtype: str, chips: int, max_tokens: int, cache: MeasurementCache,
-                    ratio: float = 2 ** 0.5, progress=None):
-    """(table [[tokens, seconds]], max relative interpolation error at held-out points)."""
+                    ratio: float = 2 ** 0.5, progress=None, chunk: int | None = None):
+    """(table [[tokens, seconds]], max relative interpolation error at held-out points);
+    with `chunk`, of chunked prefills (docs/prefill.md, "Chunked prefill")."""
     points = sample_points(min(16, max_tokens), max_tokens, ratio)
     extra = held_out(points)
 
     def measure(p):
-        return cache.get(f"prefill:{p}",
-                         lambda: _run_prefill(spec, hw, p, dtype, chips).seconds)
+        key = f"prefill:{p}" if not chunk else f"prefill:{p}:chunk{chunk}"
+        return cache.get(key, lambda: _run_prefill(spec, hw, p, dtype, chips, chunk).seconds)
     rows = []
     for i, p in enumerate(points + extra):
         if progress:
@@ -488,7 +501,7 @@ def measure_costs(spec, model_name: str, mesh, prefill_hw, *, dtype: str = "bf16
                   prefill_chips: int = 1, prompt_limit: int | None = None,
                   context_limit: int | None = None, max_batch: int = 1,
                   cache_dir: Path | None = None, progress=None,
-                  engine: str = "numba") -> TableCosts:
+                  engine: str = "numba", prefill_chunk: int = 0) -> TableCosts:
     """A TableCosts for `spec` on prefill chips x `prefill_hw` and decode `mesh`, measured
     by the emulators (timing-only) at sample points; cached under `cache_dir`.
 
@@ -513,13 +526,14 @@ def measure_costs(spec, model_name: str, mesh, prefill_hw, *, dtype: str = "bf16
                                           "max_context": max_context, "engine": engine},
                               "decode")
     ptable, perr = measure_prefill(spec, prefill_hw, dtype, prefill_chips, max_prompt, pcache,
-                                   progress=progress)
+                                   progress=progress, chunk=prefill_chunk or None)
     dtable, derr, (lfix, lper), pool = measure_decode(spec, mesh, dtype, max_context, dcache,
                                                 progress=progress, engine=engine)
     from compiler.numerics import dtype_bytes
     info = {"kind": "emulated", "emu": version, "model": model_name, "dtype": dtype,
             "prefill_hw": prefill_hw.name, "prefill_chips": prefill_chips,
             "decode_hw": mesh.name, "wafers": mesh.wafers,
+            "prefill_chunk": prefill_chunk or None,
             "prefill_samples": int(ptable.shape[0]), "decode_samples": int(dtable.shape[0]),
             "prefill_interp_error": perr, "decode_interp_error": derr,
             "placement_max_context": placement_context, "kv_pool_tokens": pool,

@@ -100,7 +100,7 @@ def build_serve_request(*, model=None, workload=None, rate=None, requests=None, 
                         decode_instances=1, link="efa", overlap_kv=False, max_batch=1,
                         prefill_token_budget=0, dtype="bf16", slo_ttft=None, slo_tpot=None,
                         seed=0, baseline=False, baseline_instances=0, cache_dir=None,
-                        no_cache=False):
+                        no_cache=False, prefill_chunk=0):
     """The checked ServeRequest of `emu serve`'s options (presets by name, file or as
     loaded dataclasses)."""
     from compiler.frontend import resolve_model
@@ -133,7 +133,8 @@ def build_serve_request(*, model=None, workload=None, rate=None, requests=None, 
         baseline_instances=positive_int(baseline_instances, "--baseline-instances",
                                         allow_zero=True),
         cache_dir=None if no_cache else Path(cache_dir) if cache_dir else default_cache_dir(),
-        closed=parse_closed(closed), seed=seed, overlap_kv=overlap_kv)
+        closed=parse_closed(closed), seed=seed, overlap_kv=overlap_kv,
+        prefill_chunk=positive_int(prefill_chunk or 0, "--prefill-chunk", allow_zero=True))
 
 
 def serve_report(*, model=None, workload=None, rate=None, requests=None, isl=None, osl=None,
@@ -142,7 +143,7 @@ def serve_report(*, model=None, workload=None, rate=None, requests=None, isl=Non
                  overlap_kv=False, max_batch=1, prefill_token_budget=0, dtype="bf16",
                  slo_ttft=None, slo_tpot=None, seed=0, baseline=False, baseline_instances=0,
                  cache_dir=None, no_cache=False, search=False, max_instances=8,
-                 search_chips=None, objective="usd") -> dict:
+                 search_chips=None, objective="usd", prefill_chunk=0) -> dict:
     """`emu serve` as a function (the sweep's `serve` command): its long options as keyword
     arguments; returns the report dict."""
     from emulator.serve.runner import run_serve
@@ -154,7 +155,8 @@ def serve_report(*, model=None, workload=None, rate=None, requests=None, isl=Non
         decode_instances=decode_instances, link=link, overlap_kv=overlap_kv,
         max_batch=max_batch, prefill_token_budget=prefill_token_budget, dtype=dtype,
         slo_ttft=slo_ttft, slo_tpot=slo_tpot, seed=seed, baseline=baseline,
-        baseline_instances=baseline_instances, cache_dir=cache_dir, no_cache=no_cache)
+        baseline_instances=baseline_instances, cache_dir=cache_dir, no_cache=no_cache,
+        prefill_chunk=prefill_chunk)
     if not search:
         return run_serve(req).report
     from emulator.serve.search import run_search

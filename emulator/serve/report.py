@@ -143,6 +143,7 @@ def build_report(sim: Simulation, bill: Bill, slo_ttft: float | None, slo_tpot: 
                     "prefill_instances": c.prefill_instances,
                     "decode_instances": 0 if c.colocated else c.decode_instances,
                     "prefill_token_budget": sim.budget, "max_batch": sim.costs.max_batch,
+                    "prefill_chunk": c.prefill_chunk or None,
                     "egress_bytes_per_s": c.egress_bytes_per_s,
                     "ingress_bytes_per_s": c.ingress_bytes_per_s,
                     "link_latency_s": c.link_latency_s},

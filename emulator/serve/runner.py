@@ -43,6 +43,7 @@ class ServeRequest:
     engine: str = "numba"
     costs: Costs | None = None      # injected costs (tests); None: measure by emulation
     overlap_kv: bool = False        # stream KV layer by layer during the prefill
+    prefill_chunk: int = 0          # chunked prefill: tokens per chunk (0: off)
     closed: tuple | None = None     # (users, think seconds): a closed system (sim.Simulation)
     seed: int = 0                   # seed of a closed system's think times
 
@@ -73,7 +74,8 @@ def build_costs(req: ServeRequest, progress=None) -> Costs:
                          prompt_limit=min(prompt_limit, req.spec.max_position_embeddings),
                          context_limit=min(context_limit, req.spec.max_position_embeddings),
                          max_batch=req.max_batch, cache_dir=req.cache_dir,
-                         progress=progress, engine=req.engine)
+                         progress=progress, engine=req.engine,
+                         prefill_chunk=req.prefill_chunk)
 
 
 def cluster_for(req: ServeRequest, prefill_instances: int | None = None,
@@ -86,7 +88,7 @@ def cluster_for(req: ServeRequest, prefill_instances: int | None = None,
                    prefill_token_budget=req.prefill_token_budget,
                    egress_bytes_per_s=link.total_bandwidth * req.prefill_chips,
                    ingress_bytes_per_s=ingress, link_latency_s=link.latency_s,
-                   overlap_kv=req.overlap_kv)
+                   overlap_kv=req.overlap_kv, prefill_chunk=req.prefill_chunk)
 
 
 def bill_for(req: ServeRequest) -> Bill:
@@ -138,7 +140,7 @@ def equal_price_instances(req: ServeRequest) -> int | None:
 
 def simulate_baseline(req: ServeRequest, bcosts: Costs, n: int) -> tuple[Simulation, dict]:
     """The baseline with n instances (both phases on the prefill chips); (sim, report)."""
-    cluster = dataclasses.replace(cluster_for(req, n, 1), colocated=True)
+    cluster = dataclasses.replace(cluster_for(req, n, 1), colocated=True, prefill_chunk=0)
     sim = Simulation(req.workload, bcosts, cluster, req.closed, req.seed).run()
     bill_b = dataclasses.replace(bill_for(req), decode_busy_w=None, decode_idle_w=None,
                                  decode_usd_per_h=None)

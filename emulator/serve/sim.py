@@ -10,7 +10,17 @@ A request's life (docs/serving.md):
    request and, while the batch stays within `prefill_token_budget` prompt tokens (and
    `prefill_max_batch` requests), the next ones in order; the batch costs
    `costs.prefill_seconds(total tokens)`. The first token is produced here: TTFT =
-   prefill end - arrival. A request with one output token is done;
+   prefill end - arrival. A request with one output token is done.
+   With `prefill_chunk` C (chunked prefill) an instance runs iterations instead: each
+   takes, within the token budget (default C) and `prefill_max_batch` requests, one chunk
+   of at most C tokens of each request it has started (oldest first, a started request
+   stays on its instance: its KV is there), then first chunks of queued requests (FCFS);
+   an iteration costs the sum of `costs.prefill_chunk_seconds(n, past)` of its chunks. A
+   request leaves the prefill queue when its first chunk starts and its prefill ends
+   with its last chunk. With `overlap_kv`, a request admitted to decode when its first
+   chunk starts (as below) sends each chunk's KV (`kv_bytes(n)`) as soon as the chunk's
+   iteration ends, one flow per chunk; its transfer ends when the last chunk's bytes
+   have arrived (then the link latency and the layout);
 3. FCFS decode admission: the head request goes to the decode instance with the most
    free KV among those with room for prompt + output positions (reserved until it ends,
    no preemption) and fewer than `max_batch` users; if none has room it waits, and so do
@@ -67,6 +77,7 @@ class Cluster:
     link_latency_s: float = 0.0
     colocated: bool = False                # baseline: both phases on the prefill instances
     overlap_kv: bool = False               # stream each layer's KV while the prefill runs
+    prefill_chunk: int = 0                 # chunked prefill: tokens per chunk (0: off)
 
     def check(self) -> None:
         from emulator.hw.errors import ConfigError
@@ -75,6 +86,11 @@ class Cluster:
             raise ConfigError(f"--prefill-instances must be >= 1, got {self.prefill_instances}")
         if self.decode_instances < 1 and not self.colocated:
             raise ConfigError(f"--decode-instances must be >= 1, got {self.decode_instances}")
+        if self.prefill_chunk < 0:
+            raise ConfigError(f"--prefill-chunk must be >= 0, got {self.prefill_chunk}")
+        if self.prefill_chunk and self.colocated:
+            raise ConfigError("--prefill-chunk: chunked prefill is simulated for the "
+                              "disaggregated cluster (the baseline prefills whole prompts)")
 
 
 @dataclass
@@ -325,7 +341,11 @@ class Simulation:
         self.output = workload.output_tokens.tolist()
         self.rec = Records(self.n)
         self.env = simpy.Environment()
-        self.budget = cluster.prefill_token_budget or costs.max_prompt_tokens
+        self.budget = cluster.prefill_token_budget or cluster.prefill_chunk \
+            or costs.max_prompt_tokens
+        self.prefilled = [0] * self.n           # chunked prefill: prompt tokens done
+        self.streams: dict = {}                 # chunked + overlap_kv: i -> [j, flows, done]
+        self.started = [[] for _ in range(cluster.prefill_instances)]   # per instance
         self.prefill_queue = deque()
         self.decode_queue = deque()
         self.q_prefill = QueueStats("prefill queue")
@@ -471,13 +491,86 @@ class Simulation:
             early[i] = self.net.last_id
         return early
 
+    def _chunk_iteration(self, k: int):
+        """One chunked-prefill iteration of instance k (module docstring, 2.)."""
+        env, rec, c = self.env, self.rec, self.cluster
+        now, budget, chunks = env.now, self.budget, []
+        for i in self.started[k]:
+            if budget <= 0 or len(chunks) >= c.prefill_max_batch:
+                break
+            n = min(c.prefill_chunk, self.prompt[i] - self.prefilled[i], budget)
+            chunks.append((i, n))
+            budget -= n
+        q = self.prefill_queue
+        while q and budget > 0 and len(chunks) < c.prefill_max_batch:
+            i = q.popleft()
+            self.q_prefill.leave(now, self.arrival[i])
+            rec.prefill_start[i] = now
+            rec.prefill_instance[i] = k
+            self.started[k].append(i)
+            if c.overlap_kv and self.output[i] > 1 and not self.decode_queue:
+                self._stream_start(i)
+            n = min(c.prefill_chunk, self.prompt[i], budget)
+            chunks.append((i, n))
+            budget -= n
+        seconds = sum(self.costs.prefill_chunk_seconds(n, self.prefilled[i])
+                      for i, n in chunks)
+        yield env.timeout(seconds)
+        self.prefill_busy[k] += seconds
+        now = env.now
+        for i, n in chunks:
+            self.prefilled[i] += n
+            last = self.prefilled[i] == self.prompt[i]
+            if i in self.streams:
+                self._stream_chunk(i, n, last)
+            if not last:
+                continue
+            self.started[k].remove(i)
+            rec.prefill_end[i] = now
+            if self.output[i] <= 1:
+                self._finish(i, now)
+            elif i not in self.streams:
+                self.decode_queue.append(i)
+                self.q_decode.change(now, +1)
+
+    def _stream_start(self, i: int) -> None:
+        """Chunked prefill with overlap_kv: admit request i to decode as its first chunk
+        starts, if a decode instance has room (nobody waits ahead of it)."""
+        j = self._pick_decode(i)
+        if j is None:
+            return
+        self._reserve(j, i)
+        self.rec.decode_instance[i] = j
+        self.rec.transfer_start[i] = self.env.now
+        self.q_transfer.change(self.env.now, +1)
+        self.streams[i] = [j, 0, False]
+
+    def _stream_chunk(self, i: int, n: int, last: bool) -> None:
+        """Send the KV of a chunk of n tokens of streaming request i just prefilled."""
+        state = self.streams[i]
+        state[1] += 1
+        state[2] = last
+        self.net.send(int(self.rec.prefill_instance[i]), state[0], self.costs.kv_bytes(n),
+                      lambda: self._stream_sent(i))
+
+    def _stream_sent(self, i: int) -> None:
+        state = self.streams[i]
+        state[1] -= 1
+        if state[2] and state[1] == 0:
+            del self.streams[i]
+            self._transfer_sent(i, state[0])
+
     def _prefill_instance(self, k: int):
         env, rec = self.env, self.rec
         while True:
-            if not self.prefill_queue:
+            if not self.prefill_queue and not self.started[k]:
                 wake = env.event()
                 self.idle_prefill.append(wake)
                 yield wake
+                continue
+            if self.cluster.prefill_chunk:
+                yield from self._chunk_iteration(k)
+                self._admit()
                 continue
             batch = self._take_batch()
             early = yield from self._prefill_batch(k, batch)
