@@ -250,7 +250,8 @@ def run_inference(req: RunRequest, progress=None) -> RunOutcome:
     tokens_in = req.prompt if req.prompt is not None else req.prompt_len   # fails here
     prefill = run_prefill(req.spec, req.prefill_hw, tokens_in, req.weights,
                           req.prefill_dtype or req.dtype, req.timing_only, req.seed,
-                          chips=req.prefill_chips, chunk=req.prefill_chunk)
+                          chips=req.prefill_chips, chunk=req.prefill_chunk,
+                          weight_dtype=req.weight_dtype)
     kv = _transfer(req, prefill)
     stage.load_kv(prefill.kv_cache)
     layout_cycles = kv_layout_cycles(stage.compiled, req.mesh, req.prompt_len, req.dtype)
