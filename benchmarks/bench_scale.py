@@ -17,13 +17,20 @@ slow windows in which the same code runs 2-2.5x slower.
 `--check-full` also emulates the 8B token without the layer fast-forward (several
 minutes) and checks that every timing field equals the fast-forwarded run's.
 
+`--batch 1,4,16,64` runs only the batched-decode section (issue 16): Llama-3.1-8B on
+`wse3`, timing-only, every user at the same `--context` (1,024 by default): per-user and
+aggregate tokens/s, cycles per step, host seconds per emulated step (target <= 30 s at
+batch 64) and the per-user max_context of each batch; a batch that does not fit prints the
+FitError, and the largest batch it names as fitting is run as well.
+
 Usage: python benchmarks/bench_scale.py [--skip-70b] [--skip-long] [--context N]
-       [--json FILE] [--check-full] [--jobs N]
+       [--json FILE] [--check-full] [--jobs N] [--batch B1,B2,...]
 """
 
 import argparse
 import dataclasses
 import json
+import re
 import resource
 import subprocess
 import sys
@@ -37,9 +44,11 @@ from compiler.decode import compile_decode
 from compiler.frontend import load_config
 from compiler.place import class_name
 from compiler.system import compile_system, wafers_needed
+from emulator.hw.errors import FitError
 from emulator.hw.mesh import load_mesh
 from emulator.hw.prefill import load_prefill
 from emulator.inspect.phases import phase_cycles
+from emulator.mesh.batch import run_batch_timing
 from emulator.mesh.runtime import run_timing
 from emulator.mesh.system import run_system_timing
 from emulator.prefill.run import run_prefill
@@ -94,6 +103,56 @@ def decode_8b(context: int, check_full: bool = False, jobs: int | None = None,
             "bytes_per_class": {class_name(k): w * 2 for k, w in pl.class_words.items()},
             "tokens_per_s": mesh.clock_hz / result.cycles, "peak_rss_bytes": peak_rss_bytes(),
             "peak_rss_child_bytes": peak_rss_bytes(resource.RUSAGE_CHILDREN)}
+
+
+def decode_8b_batch(context: int, batch: int, jobs: int | None = None) -> dict:
+    """One timing-only batched step of Llama-3.1-8B on wse3: `batch` users, each at
+    position context - 1 with a KV capacity of `context` tokens per user."""
+    spec, mesh = load_config(MODELS / "llama-3.1-8b.json"), load_mesh("wse3")
+    t0 = time.perf_counter()
+    try:
+        compiled = compile_decode(spec, mesh, "bf16", context, batch=batch)
+    except FitError as exc:
+        fits = re.search(r"a batch of (\d+) would fit", str(exc))
+        return {"batch": batch, "context": context, "fits": False, "error": str(exc),
+                "largest_batch": int(fits.group(1)) if fits else 0}
+    t1 = time.perf_counter()
+    if batch == 1:
+        result = run_timing(compiled, mesh, context - 1, jobs=jobs)
+    else:
+        result = run_batch_timing(compiled, mesh, [context - 1] * batch, jobs=jobs)
+    t2 = time.perf_counter()
+    per_user = mesh.clock_hz / result.cycles
+    return {"batch": batch, "context": context, "fits": True, "cycles": result.cycles,
+            "tokens_per_s": per_user, "aggregate_tokens_per_s": batch * per_user,
+            "phases": phase_cycles(result, compiled.decode.program.mark_names),
+            "max_context": compiled.placement.capacity, "compile_s": t1 - t0,
+            "emulate_s": t2 - t1, "instructions": result.instructions,
+            "skipped_layers": result.skipped_blocks}
+
+
+def decode_8b_batches(context: int, batches: list[int], jobs: int | None = None) -> list:
+    """`decode_8b_batch` for every batch, plus the largest batch that fits when one does
+    not (named by its FitError)."""
+    rows = [decode_8b_batch(context, b, jobs) for b in batches]
+    extra = {r["largest_batch"] for r in rows if not r["fits"] and r["largest_batch"]}
+    rows += [decode_8b_batch(context, b, jobs) for b in sorted(extra - set(batches))]
+    return rows
+
+
+def print_batches(rows: list) -> None:
+    """The batched-decode section's lines."""
+    print(f"Llama-3.1-8B on wse3, batched decode (bf16, timing-only, every user at context "
+          f"{rows[0]['context']:,}):")
+    for r in rows:
+        if not r["fits"]:
+            print(f"  batch {r['batch']}: does not fit: {r['error']}")
+            continue
+        print(f"  batch {r['batch']}: {r['cycles']:,} cycles/step -> {r['tokens_per_s']:,.0f} "
+              f"tokens/s per user, {r['aggregate_tokens_per_s']:,.0f} aggregate; max_context "
+              f"{r['max_context']:,} per user; compile {r['compile_s']:.1f} s, emulate one step "
+              f"{r['emulate_s']:.1f} s (target <= 30 s at batch 64)")
+        print("    phases: " + ", ".join(f"{k} {v:,}" for k, v in r["phases"].items()))
 
 
 def decode_8b_process(context: int) -> dict:
@@ -238,10 +297,21 @@ def main(argv=None) -> int:
                              "(minutes) and check that every field is equal")
     parser.add_argument("--wse2", action="store_true",
                         help="also the 8B token on the whole WSE-2 (for calibrate.py)")
+    parser.add_argument("--batch", help="only the batched-decode section, at these batch "
+                                            "sizes (e.g. 1,4,16,64)")
     parser.add_argument("--single-8b", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.single_8b:
         print(json.dumps(decode_8b(args.single_8b, jobs=args.jobs)))
+        return 0
+    if args.batch:
+        out = {"host_probe_s": host_probe(),
+               "batches": decode_8b_batches(args.context,
+                                            [int(b) for b in args.batch.split(",")], args.jobs)}
+        print(f"host probe (8 Mi random reads of 256 MiB): {out['host_probe_s']:.3f} s")
+        print_batches(out["batches"])
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
         return 0
     out = {"host_probe_s": host_probe(), "prefill_8b": prefill_8b(),
            "decode_8b": decode_8b(args.context, args.check_full, args.jobs)}

@@ -46,6 +46,13 @@ def critical_path_bound(compiled, mesh, pos: int) -> dict:
         """vmul of column 0 and one vgemv of the other k - 1 columns."""
         return vec(m) + (o + (k - 1) * -(-m // w) if k > 1 else 0) if k else vec(m)
 
+    def gemm(m: int, k: int) -> int:
+        """A GEMV phase's local product: `gemv`, or for B > 1 users one vgemm
+        (o + B * max(k, 1) * ceil(m / w), compiler/batch_emit.py)."""
+        if plan.batch == 1:
+            return gemv(m, k)
+        return o + plan.batch * max(k, 1) * -(-m // w)
+
     def stage(hops: int, messages: int, compute: int) -> int:
         return hops * h + messages * msg + compute
 
@@ -61,13 +68,13 @@ def critical_path_bound(compiled, mesh, pos: int) -> dict:
     def gemv_a(out: str) -> int:
         """x down the columns to the last row with outputs, then its row tree."""
         return stage(last_row(out) + (pw - 1), 1 + tree_steps(pw),
-                     gemv(plan.vec(out).max_size, khid))
+                     gemm(plan.vec(out).max_size, khid))
 
     def gemv_b(inp: str) -> int:
         """x along the rows, then the column trees from the last row with inputs."""
         last = last_row(inp)
         return stage((pw - 1) + last, 1 + tree_steps(last + 1),
-                     gemv(plan.vec("hidden").max_size, plan.vec(inp).max_size) + vec(khid))
+                     gemm(plan.vec("hidden").max_size, plan.vec(inp).max_size) + vec(khid))
 
     layer = {"norm": 2 * norm, "qkv": gemv_a("qkv"), "o_proj": gemv_b("attn")}
     ffn = plan.vec("ffn").max_size

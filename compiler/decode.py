@@ -7,12 +7,14 @@ fp16 / bf16: weights, KV cache and host inputs are rounded to that format when s
 SIMD width and the SRAM budget its element size.
 """
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from compiler import moe, reference
+from compiler.batching import check_batch
 from compiler.emit import DecodeProgram, emit_decode, layer_kind, verify_program
 from compiler.numerics import canonical_dtype, dtype_bytes
 from compiler.place import (
@@ -51,7 +53,7 @@ class Compiled:
 
 
 def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int | None = None,
-                   layout: str = "auto", head: bool = True,
+                   layout: str = "auto", head: bool = True, batch: int = 1,
                    weight_dtype: str | None = None) -> Compiled:
     """tile -> place -> route -> emit on the whole mesh.
 
@@ -64,8 +66,10 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
     "groups" (q/k/v rows chunked by whole kv-head groups), "even" (balanced chunks plus a
     relayout on the left column) or "auto" (`auto_layouts`). Raises FitError when the
     model does not fit.
+    `batch`: users decoded together (compiler/batching.py; spread layout only, so B > 1
+    with a layout other than spread raises ValueError); `max_context` is per user.
     """
-    plan, placement = plan_and_place(spec, mesh, dtype, max_context, layout, head,
+    plan, placement = plan_and_place(spec, mesh, dtype, max_context, layout, head, batch,
                                      weight_dtype)
     routes = run_pass("route", route, (mesh.width, mesh.height, mesh, plan.bands),
                       lambda out: verify_routes(out, mesh))
@@ -76,7 +80,8 @@ def compile_decode(spec, mesh: MeshConfig, dtype: str = "fp32", max_context: int
 
 def plan_and_place(spec, mesh: MeshConfig, dtype: str = "fp32",
                    max_context: int | None = None, layout: str = "auto", head: bool = True,
-                   weight_dtype: str | None = None) -> tuple[TilePlan, Placement]:
+                   batch: int = 1, weight_dtype: str | None = None
+                   ) -> tuple[TilePlan, Placement]:
     """The tile and place passes of `compile_decode` (the first layout that fits): a
     cheap check that a model fits before its code is emitted; FitError otherwise."""
     dtype = canonical_dtype(dtype)
@@ -84,10 +89,13 @@ def plan_and_place(spec, mesh: MeshConfig, dtype: str = "fp32",
     require_mesh_mapped(spec, layouts)
     error = None
     for name in layouts:
-        shift, capacity = layout_shift(spec, mesh, name, dtype, max_context, head,
+        shift, capacity = layout_shift(spec, mesh, name, dtype, max_context, head, batch,
                                        weight_dtype)
         plan = run_pass("tile", tile, (spec, mesh.width, mesh.height, name, head, shift),
                         verify_tiles)
+        if batch != 1:
+            plan = dataclasses.replace(plan, batch=batch)
+            check_batch(plan)
         try:
             return plan, run_pass("place", place, (plan, mesh, dtype, max_context,
                                                    name == layouts[-1], capacity,
@@ -117,15 +125,16 @@ def require_mesh_mapped(spec, layouts) -> None:
 
 def layout_shift(spec, mesh: MeshConfig, layout: str, dtype: str,
                  max_context: int | None, head: bool = True,
-                 weight_dtype: str | None = None) -> tuple[int, int | None]:
+                 batch: int = 1, weight_dtype: str | None = None) -> tuple[int, int | None]:
     """(shift, capacity) the tile pass takes for `layout`: the spread layout moves its ffn
     and vocabulary rows off the band rows as far as `max_context` needs
-    (compiler.place.spread_shift); other layouts (0, None)."""
+    (compiler.place.spread_shift; with `batch` users, per user); other layouts (0, None)."""
     if layout != "spread":
         return 0, None
     return spread_shift(spec, mesh.width, mesh.height, head,
                         mesh.sram_bytes // dtype_bytes(canonical_dtype(dtype)),
-                        max_context or default_max_context(spec), dtype, weight_dtype)
+                        max_context or default_max_context(spec), batch, dtype,
+                        weight_dtype)
 
 
 def auto_layouts(spec, mesh: MeshConfig) -> tuple[str, ...]:

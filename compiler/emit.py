@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler import moe
+from compiler.batching import batch_static_values, user_step_names, user_step_values
 from compiler.place import (
     Placement,
     kept_range,
@@ -682,6 +683,9 @@ def decoder_layer(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
 
     Comments naming the layer are templates with a `{layer}` field (see `layer_code`).
     """
+    if ctx.plan.batch > 1:   # B users (compiler/batch_emit.py)
+        from compiler.batch_emit import decoder_layer as batched_layer
+        return batched_layer(b, ctx, role, layer)
     plan, spec, fab, a = ctx.plan, ctx.plan.spec, ctx.fab, ctx.addr
     p, even, spread = f"L{layer}.", plan.layout == "even", plan.bands is not None
     b.mark(p + "norm_in")
@@ -783,6 +787,9 @@ class RegionCode:
 
 def pe_code(ctx: Context, role: Role) -> RegionCode:
     """The whole decode step of a PE with this role: prologue, every layer, LM head, end."""
+    if ctx.plan.batch > 1:   # B users (compiler/batch_emit.py)
+        from compiler.batch_emit import pe_code as batched_code
+        return batched_code(ctx, role)
     ctx = ctx.for_role(role)
     plan, a = ctx.plan, ctx.addr
     start = CodeBuilder(ctx.param_index, ctx.mark_index)
@@ -1055,9 +1062,23 @@ class DecodeProgram:
     def for_position(self, pos: int) -> Program:
         """The program of the decode step at position `pos` (0-based): the template with
         the step parameters' values (a new factored table; a few ms on a whole WSE-3)."""
+        if self.plan.batch > 1:
+            return self.for_users([pos] * self.plan.batch)
         self._check_position(pos)
         values = {**self.static_values, **step_values(self.plan, self.placement.slots, pos,
                                                       self.placement)}
+        rows, index = param_table(self.plan, values, self.left_values, self.param_names)
+        return dataclasses.replace(self.program, param_rows=rows, param_index=index)
+
+    def for_users(self, positions) -> Program:
+        """The program of a batched step (compiler/batching.py): `positions` has one entry
+        per user slot, the position that user decodes at, or None for an idle slot."""
+        for pos in positions:
+            if pos is not None:
+                self._check_position(pos)
+        values = {**self.static_values,
+                  **user_step_values(self.plan, self.placement.slots, list(positions),
+                                     self.placement.addr("PM"))}
         rows, index = param_table(self.plan, values, self.left_values, self.param_names)
         return dataclasses.replace(self.program, param_rows=rows, param_index=index)
 
@@ -1188,7 +1209,10 @@ def emit_decode(plan: TilePlan, placement: Placement, routes: RoutePlan,
     params, left = static_params(plan), left_params(plan, placement)
     if moe.has_moe(plan.spec):
         params.update(moe.static_params(plan, placement.addr("LG")))
-    param_names = list(params) + list(left) + step_param_names(plan)
+    if plan.batch > 1:
+        params.update(batch_static_values(plan, params))
+    param_names = list(params) + list(left) + (user_step_names(plan) if plan.batch > 1
+                                               else step_param_names(plan))
     marks = decode_mark_names(plan)
     ctx = Context(plan, placement, Fabric.from_routes(routes),
                   {n: k for k, n in enumerate(param_names)},

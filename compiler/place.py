@@ -24,6 +24,7 @@ by kind and the smallest square mesh that would fit. Sizes are elements unless a
 says bytes.
 """
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from compiler import moe
+from compiler.batching import batch_entries, batch_fit_note
 from compiler.tile import Chunking, TilePlan, chunk_bounds, max_shift, tile
 from emulator.hw.dtypes import BYTES as DTYPE_BYTES
 from emulator.hw.dtypes import weight_format
@@ -412,7 +414,8 @@ def class_maps(plan: TilePlan, max_context: int) -> tuple[dict, dict]:
     slots, g_need = -(-max_context // plan.pw), g_words(plan)
     maps, words = {}, {}
     for key in classes(plan):
-        maps[key], words[key] = layout_class(class_entries(plan, key, slots, g_need))
+        maps[key], words[key] = layout_class(batch_entries(plan, class_entries(
+            plan, key, slots, g_need), slots))
     return maps, words
 
 
@@ -499,7 +502,7 @@ def side_contexts(plan: TilePlan, sram_words: int, dtype: str = "fp32",
 
 
 def spread_shift(spec, pw: int, ph: int, head: bool, sram_words: int,
-                 max_context: int | None = None, dtype: str = "fp32",
+                 max_context: int | None = None, batch: int = 1, dtype: str = "fp32",
                  weight_dtype: str | None = None) -> tuple[int, int]:
     """(shift, capacity) of the spread layout's ffn / vocabulary split (docs/mapping.md,
     "Rows outside the bands"): `capacity` is the largest context over every shift
@@ -511,13 +514,16 @@ def spread_shift(spec, pw: int, ph: int, head: bool, sram_words: int,
     Moving rows off the band rows never lowers the band rows' capacity and never raises
     that of the rows outside (which hold no KV, only the score buffer PM), so the best
     split is where the two cross: found by bisection, about 3 log2(max_shift) place
-    evaluations."""
+    evaluations. `batch`: the contexts are per user of that many users decoding together
+    (compiler/batching.py)."""
     top, memo = max_shift(spec, ph, head), {}
 
     def caps(s: int) -> tuple[int, int]:
         if s not in memo:
-            fit = side_contexts(tile(spec, pw, ph, "spread", head, s), sram_words, dtype,
-                                weight_dtype)
+            plan = tile(spec, pw, ph, "spread", head, s)
+            if batch != 1:   # contexts per user of `batch` users (compiler/batching.py)
+                plan = dataclasses.replace(plan, batch=batch)
+            fit = side_contexts(plan, sram_words, dtype, weight_dtype)
             memo[s] = (fit["band"], fit["outside"])
         return memo[s]
 
@@ -587,6 +593,8 @@ def _fit_message(placement: Placement, mesh: MeshConfig, hint: bool = True) -> s
             f"'{plan.layout}' layout")
     fits = (f"a context of {placement.capacity} tokens would fit" if placement.capacity
             else "no context fits beside the weights and scratch")
+    if plan.batch > 1:
+        fits = batch_fit_note(placement, mesh.sram_bytes // DTYPE_BYTES[placement.dtype], fit_context)
     return (f"model does not fit on a {plan.pw}x{plan.ph} mesh ({plan.layout} layout, "
             f"{placement.dtype}, max_context {placement.max_context}): needs "
             f"{placement.total_bytes} bytes of SRAM per PE ({class_name(key)}: {parts}), "

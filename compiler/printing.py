@@ -71,6 +71,7 @@ def to_sexpr(obj, depth: int = 0) -> str:
         return _node(kind_of(obj), [(f.name, getattr(obj, f.name))
                                     for f in dataclasses.fields(obj)
                                     if f.name not in SKIPPED_FIELDS
+                                    and not _default_batch(obj, f)
                                     and not (f.name in SKIPPED_WHEN_UNSET
                                              and getattr(obj, f.name) in (None, 0, False))],
                      depth)
@@ -80,6 +81,12 @@ def to_sexpr(obj, depth: int = 0) -> str:
         items = sorted(obj, key=str) if isinstance(obj, (frozenset, set)) else obj
         return "\n".join([pad + "(seq", *(to_sexpr(v, depth + 1) for v in items)]) + ")"
     return pad + repr(obj)
+
+
+def _default_batch(obj, f) -> bool:
+    """A plan's `batch` field at its default 1 is left out (one-user printouts keep the
+    golden files' text); a batched plan prints `batch=B`."""
+    return f.name == "batch" and obj.batch == 1
 
 
 def _node(kind: str, items, depth: int) -> str:

@@ -158,7 +158,7 @@ def _compile_part(args: tuple, check: bool = False) -> Compiled | None:
     (w, start, stop, head, part), one, dtype, max_context, layout, weight_dtype, wafers = args
     compile_ = plan_and_place if check else compile_decode
     try:
-        return compile_(part, one, dtype, max_context, layout, head, weight_dtype)
+        return compile_(part, one, dtype, max_context, layout, head, weight_dtype=weight_dtype)
     except FitError as exc:
         raise FitError(f"wafer {w} of {wafers} (layers {start}..{stop - 1}"
                        f"{', LM head' if head else ''}): {exc}") from None

@@ -100,6 +100,7 @@ class TilePlan:
     head: bool = True                      # final norm + LM head on this mesh
     bands: "Bands | None" = field(default=None, hash=False)   # spread layout geometry
     shift: int = 0     # spread: ffn / vocabulary moved off the band rows (`outside_split`)
+    batch: int = 1                         # users decoded together (compiler/batching.py)
 
     def row_kind(self, j: int) -> tuple:
         """What sets row j's SRAM class besides its weights and attention: () outside the

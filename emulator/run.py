@@ -28,6 +28,7 @@ from emulator.inspect.phases import PHASES, layer_cycles, op_spans, phase_cycles
 from emulator.limits import check_mapping_memory
 from emulator.link.layout import kv_layout_cycles
 from emulator.link.transfer import chunk_segments, stream_kv, transfer_kv
+from emulator.mesh.batch import BatchDecoder, run_batch_timing
 from emulator.mesh.runtime import MeshDecoder, run_timing
 from emulator.mesh.system import SystemDecoder, SystemStep, run_system_timing
 from emulator.prefill.run import (
@@ -65,6 +66,8 @@ class RunRequest:
     prefill_chips: int | None = None      # None: the fewest chips whose HBM holds the model
     prefill_dtype: str | None = None      # None: dtype; fp8 (timing-only) for the prefill
     prefill_chunk: int | None = None      # chunked prefill: tokens per chunk (None: one pass)
+    batch: int = 1                        # users decoded together on the wafer
+    prompts: list | None = None           # batch > 1: each user's token ids (None: random)
     weight_dtype: str | None = None       # None: dtype; bf16 | fp8 | mxfp4 MLP/expert tiles
 
 
@@ -105,8 +108,8 @@ def check_request(req: RunRequest) -> None:
         raise ConfigError(f"prompt ({req.prompt_len}) + new tokens ({req.max_new_tokens}) = "
                           f"{total} positions exceed the model's max_position_embeddings "
                           f"({spec.max_position_embeddings})")
-    if req.prompt is not None:
-        bad = req.prompt[(req.prompt < 0) | (req.prompt >= spec.vocab_size)]
+    for prompt in req.prompts or ([] if req.prompt is None else [req.prompt]):
+        bad = prompt[(prompt < 0) | (prompt >= spec.vocab_size)]
         if bad.size:
             raise ConfigError(f"--prompt-tokens: token id {int(bad[0])} is outside the "
                               f"vocabulary [0, {spec.vocab_size})")
@@ -131,9 +134,26 @@ def parse_prompt(tokens: str | None, length: int | None) -> tuple[np.ndarray | N
     return ids, int(ids.size)
 
 
+def parse_user_prompts(tokens: str | None, length: int | None,
+                       batch: int) -> tuple[list | None, int]:
+    """(one token-id array per user or None, the longest prompt length) for `--batch B`:
+    `--prompt-tokens` may give B prompts separated by ';' (users at different positions),
+    or one prompt every user shares; `--prompt-len N` gives every user a random prompt."""
+    if tokens is None or ";" not in tokens:
+        ids, n = parse_prompt(tokens, length)
+        return (None if ids is None else [ids] * batch), n
+    if length is not None:
+        raise ConfigError("give either --prompt-tokens or --prompt-len, not both")
+    prompts = [parse_prompt(part, None)[0] for part in tokens.split(";")]
+    if len(prompts) != batch:
+        raise ConfigError(f"--prompt-tokens: {len(prompts)} prompts separated by ';' for "
+                          f"--batch {batch}")
+    return prompts, max(len(p) for p in prompts)
+
+
 def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens,
                   prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine,
-                  prefill_chips=None, prefill_dtype=None, prefill_chunk=None,
+                  prefill_chips=None, prefill_dtype=None, prefill_chunk=None, batch=1,
                   weight_dtype=None):
     """Load and check every input of `emu run` (the CLI's option values); returns a
     RunRequest. `hw`, `prefill_hw` and `link` are preset names, JSON files or already
@@ -142,7 +162,13 @@ def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt
     spec = resolve_model(config or DEFAULT_MODEL)
     mesh = load_sized_mesh(hw, mesh_size)
     check_mapping_memory(mesh)
-    prompt, length = parse_prompt(prompt_tokens, prompt_len)
+    if not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"--batch must be a positive integer, got {batch}")
+    if batch > 1 and mesh.wafers > 1:
+        raise ConfigError(f"--batch {batch}: batched decode runs on one wafer; "
+                          f"'{mesh.name}' has {mesh.wafers}")
+    prompts, length = parse_user_prompts(prompt_tokens, prompt_len, batch)
+    prompt = None if prompts is None else prompts[0]
     if timing_only and weights:
         raise ConfigError("--weights and --timing-only exclude each other")
     if weights and seed is not None:
@@ -169,6 +195,7 @@ def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt
                       engine=engine, seed=0 if seed is None else seed,
                       prefill_chips=parse_chips(prefill_chips), prefill_dtype=prefill_dtype,
                       prefill_chunk=check_chunk(prefill_chunk, length),
+                      batch=batch, prompts=prompts if batch > 1 else None,
                       weight_dtype=weight_dtype)
 
 
@@ -187,14 +214,14 @@ def run_report(*, model: str | None = None, hw: str | MeshConfig = "small",
                timing_only: bool = False, overlap_kv: bool = False,
                engine: str = "numba", prefill_chips: int | str | None = None,
                prefill_dtype: str | None = None,
-               prefill_chunk: int | str | None = None,
+               prefill_chunk: int | str | None = None, batch: int = 1,
                weight_dtype: str | None = None) -> dict:
     """The report dict of `emu run` for the options of its command line (long option
     names with `_`; `model` is CONFIG; the defaults are the CLI's). This is `emu sweep`'s
     `run` command; presets may be passed as data."""
     req = build_request(model, hw, mesh, prefill_hw, link, weights, seed, prompt_tokens,
                         prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine,
-                        prefill_chips, prefill_dtype, prefill_chunk, weight_dtype)
+                        prefill_chips, prefill_dtype, prefill_chunk, batch, weight_dtype)
     return run_inference(req).report
 
 
@@ -210,6 +237,12 @@ class DecodeStage:
         self.req, self.system, self.decoder = req, None, None
         if req.mesh.wafers > 1:
             self._init_system(req, max_context)
+        elif req.batch > 1:
+            self.compiled = _compile_batched(req, max_context)
+            if not req.timing_only:
+                self.decoder = BatchDecoder(req.spec, req.weights, req.mesh, req.dtype,
+                                            req.engine, req.batch, max_context)
+                self.compiled = self.decoder.compiled
         elif req.timing_only:
             self.compiled = compile_decode(req.spec, req.mesh, req.dtype, max_context,
                                            weight_dtype=req.weight_dtype)
@@ -242,11 +275,22 @@ class DecodeStage:
         return None, run_timing(self.compiled, self.req.mesh, pos, self.req.engine)
 
 
+def _compile_batched(req: RunRequest, max_context: int):
+    """The batched decode program (per-user max_context); a ValueError of the compiler
+    (no spread layout on this mesh) becomes a ConfigError."""
+    try:
+        return compile_decode(req.spec, req.mesh, req.dtype, max_context, batch=req.batch)
+    except ValueError as exc:
+        raise ConfigError(f"--batch {req.batch}: {exc}") from None
+
+
 def run_inference(req: RunRequest, progress=None) -> RunOutcome:
     """Run the whole request; `progress(done, total)` is called when decoding starts
     (done = 0) and after each decode step."""
     check_request(req)
     stage = DecodeStage(req)     # compiles first: a model or context that does not fit
+    if req.batch > 1:
+        return _run_batched(req, stage, progress)
     tokens_in = req.prompt if req.prompt is not None else req.prompt_len   # fails here
     prefill = run_prefill(req.spec, req.prefill_hw, tokens_in, req.weights,
                           req.prefill_dtype or req.dtype, req.timing_only, req.seed,
@@ -261,6 +305,81 @@ def run_inference(req: RunRequest, progress=None) -> RunOutcome:
     trace = build_trace(req, prefill, kv, layout_cycles, results, _wafer_mark_names(stage))
     last = _wafer_results(results[-1])[-1] if results else None
     return RunOutcome(report, logits, trace, stage.compiled, last)
+
+
+def _user_prompts(req: RunRequest) -> list:
+    """Each user's prompt: the request's, or (functional) a random one of prompt_len
+    from seed + user, or (timing-only) its length."""
+    if req.prompts is not None:
+        return list(req.prompts)
+    if req.timing_only:
+        return [req.prompt_len] * req.batch
+    return [np.random.default_rng(req.seed + u).integers(0, req.spec.vocab_size,
+                                                         req.prompt_len)
+            for u in range(req.batch)]
+
+
+def _run_batched(req: RunRequest, stage: DecodeStage, progress) -> RunOutcome:
+    """B users decode together: each is prefilled alone (its own prompt), its KV cache is
+    moved and written into its slot, then every decode step advances all users, each at
+    its own position (compiler/batch_emit.py). The report's prefill / KV fields are user
+    0's; `users` holds every user's prompt and tokens."""
+    prompts = _user_prompts(req)
+    prefills, kvs, firsts, done = [], [], [], {}
+    for u, prompt in enumerate(prompts):
+        key = _length(prompt) if req.timing_only else tuple(int(t) for t in prompt)
+        if key not in done:       # equal prompts prefill alike (timing-only: equal lengths)
+            done[key] = run_prefill(req.spec, req.prefill_hw, prompt, req.weights,
+                                    req.prefill_dtype or req.dtype, req.timing_only,
+                                    req.seed, chips=req.prefill_chips,
+                                    chunk=req.prefill_chunk)
+        prefill = done[key]
+        prefills.append(prefill)
+        kvs.append(_transfer(dataclasses.replace(req, prompt_len=_length(prompt)), prefill))
+        if stage.decoder is not None:
+            stage.decoder.load_user_kv(u, prefill.kv_cache)
+            firsts.append(prefill.logits_last)
+    lengths = [_length(p) for p in prompts]
+    layout_cycles = kv_layout_cycles(stage.compiled, req.mesh, lengths[0], req.dtype)
+    rows = [[row] for row in firsts]
+    tokens = [[int(np.argmax(row))] for row in firsts]
+    results, steps = [], req.max_new_tokens - 1
+    if progress is not None and steps:
+        progress(0, steps)
+    for n in range(steps):
+        if stage.decoder is not None:
+            out, result = stage.decoder.step_users({u: tokens[u][-1] for u in range(req.batch)})
+            for u in range(req.batch):
+                rows[u].append(out[u])
+                tokens[u].append(int(np.argmax(out[u])))
+        else:
+            result = run_batch_timing(stage.compiled, req.mesh,
+                                      [length + n for length in lengths], req.engine)
+        results.append(result)
+        if progress is not None:
+            progress(n + 1, steps)
+    report = build_report(req, prefills[0], kvs[0], layout_cycles, stage,
+                          tokens[0] if tokens else [], results)
+    report["users"] = [{"prompt_tokens": _prompt_list(p), "prompt_len": lengths[u],
+                        "tokens": tokens[u] if tokens else [],
+                        "ttft_s": prefills[u].seconds + kvs[u].exposed_seconds}
+                       for u, p in enumerate(prompts)]
+    logits = None if req.timing_only else np.stack([np.stack(r) for r in rows]).astype(
+        np.float32)
+    trace = build_trace(req, prefills[0], kvs[0], layout_cycles, results,
+                        _wafer_mark_names(stage))
+    last = results[-1] if results else None
+    return RunOutcome(report, logits, trace, stage.compiled, last)
+
+
+def _length(prompt) -> int:
+    """Tokens of a prompt given as ids or as its length."""
+    return int(prompt) if isinstance(prompt, (int, np.integer)) else len(prompt)
+
+
+def _prompt_list(prompt) -> list | None:
+    """A prompt's ids as a list (None when only its length is known)."""
+    return None if isinstance(prompt, (int, np.integer)) else [int(t) for t in prompt]
 
 
 def _transfer(req: RunRequest, prefill):
@@ -487,6 +606,11 @@ def build_report(req, prefill, kv, layout_cycles, stage, tokens, results) -> dic
         "decode": decode,
         "ttft_s": ttft, "tpot_s": tpot,
         "tokens_per_s": 1.0 / tpot if tpot else 0.0,
+        "batch": req.batch,
+        "users": [{"prompt_tokens": None if req.prompt is None
+                   else [int(t) for t in req.prompt],
+                   "prompt_len": req.prompt_len, "tokens": tokens, "ttft_s": ttft}],
+        "aggregate_tokens_per_s": req.batch / tpot if tpot else 0.0,
     }
 
 
@@ -519,3 +643,46 @@ def build_trace(req, prefill, kv, layout_cycles, results, mark_names) -> TraceBu
         if isinstance(result, SystemStep):
             t += result.handoff_s
     return trace
+
+
+def parse_batches(text: str) -> list[int]:
+    """`--batch-sweep 1,2,4,...`: distinct positive batch sizes in the given order."""
+    try:
+        batches = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"--batch-sweep: expected comma-separated integers, got '{text}'"
+                          ) from None
+    if not batches or min(batches) < 1 or len(set(batches)) != len(batches):
+        raise ConfigError(f"--batch-sweep: expected distinct positive batch sizes, got '{text}'")
+    return batches
+
+
+def batch_sweep(req: RunRequest, batches: list[int], progress=None) -> tuple:
+    """Run the request at every batch size (every user with the request's prompt, or a
+    random one of its length): (RunOutcome of the largest batch that fits, one point per
+    batch: `batch`, `status` ("ok" or the one-line error), `tokens_per_s` (per user),
+    `aggregate_tokens_per_s`, `tpot_s`, `cycles_per_token`, `max_context` (per user),
+    `phases`). A batch that does not fit is a point with its FitError; ConfigError when
+    none fits."""
+    points, best = [], None
+    for batch in batches:
+        prompts = None if req.prompt is None or batch == 1 else [req.prompt] * batch
+        one = dataclasses.replace(req, batch=batch, prompts=prompts)
+        try:
+            outcome = run_inference(one, progress)
+        except (FitError, ConfigError) as exc:
+            points.append({"batch": batch, "status": str(exc)})
+            continue
+        report = outcome.report
+        points.append({"batch": batch, "status": "ok", "tokens_per_s": report["tokens_per_s"],
+                       "aggregate_tokens_per_s": report["aggregate_tokens_per_s"],
+                       "tpot_s": report["tpot_s"],
+                       "cycles_per_token": report["decode"]["cycles_per_token"],
+                       "max_context": report["decode"]["max_context"],
+                       "phases": report["decode"]["phases"]})
+        if best is None or batch > best.report["batch"]:
+            best = outcome
+    if best is None:
+        raise ConfigError(f"--batch-sweep: no batch fits: {points[0]['status']}")
+    best.report["batch_sweep"] = points
+    return best, points

@@ -81,6 +81,7 @@ SIGNATURES: dict[Op, tuple[str, ...]] = {
     Op.HALT: (),
     Op.NOP: (),
     Op.VGEMV: ("dst", "src0", "src1", "n", "k"),
+    Op.VGEMM: ("gdst", "src0", "src1", "n", "k", "batch"),
     Op.MARK: ("mark",),
     Op.RARGMAX: ("rdst", "src0", "n"),
     Op.LDR: ("reg", "src0"),
@@ -93,6 +94,8 @@ OPERAND_HELP = {
     "src1": "an SRAM descriptor like [A] or [A:S]",
     "n": "an element count (integer, %pK or rK)",
     "k": "a column count (integer, %pK or rK)",
+    "gdst": "an SRAM address like [A] (no stride: rows are contiguous)",
+    "batch": "a batch count (integer, %pK or rK)",
     "color": "a color like c3 or %pK",
     "imm": "a float immediate like 1.5",
     "reg": "a register r0..r7",
@@ -569,6 +572,16 @@ class Assembler:
             self.set_slot(row, SLOT_N, self.parse_value(line, text, col, "element count"))
         elif kind == "k":
             self.set_slot(row, SLOT_COLOR, self.parse_value(line, text, col, "column count"))
+        elif kind == "gdst":
+            match = re.fullmatch(r"\[([^\]:]*)\]", text)
+            if not match:
+                raise line.error(col, f"expected {OPERAND_HELP[kind]}, got '{text}'")
+            address = self.parse_value(line, match.group(1).strip(), col + 1, "address")
+            if address.kind == MODE_IMM and address.value < 0:
+                raise line.error(col + 1, f"negative address {address.value}")
+            self.set_slot(row, SLOT_DST, address)
+        elif kind == "batch":
+            self.set_slot(row, SLOT_DST_STRIDE, self.parse_value(line, text, col, "batch count"))
         elif kind == "color":
             self.set_slot(row, SLOT_COLOR, self.parse_color(line, text, col))
         elif kind == "imm":
@@ -626,6 +639,12 @@ class Assembler:
                              f"negative element count {n_const}")
         if op == Op.VGEMV:
             self.check_gemv(line, row, operands, n_const)
+            return
+        if op == Op.VGEMM:
+            for slot, index, what in ((SLOT_COLOR, 4, "column"), (SLOT_DST_STRIDE, 5, "batch")):
+                value = self.const_slot(row, slot)
+                if value is not None and value < 0:
+                    raise line.error(operands[index][1], f"negative {what} count {value}")
             return
         for kind, (text, col) in zip(signature, operands, strict=True):
             if kind in DESCRIPTOR_SLOTS and n_const != 0:

@@ -22,6 +22,7 @@ from isa.opcodes import (
     MODE_PARAM,
     SLOT_COLOR,
     SLOT_DST,
+    SLOT_DST_STRIDE,
     SLOT_N,
     SLOT_SRC0,
     SLOT_SRC1,
@@ -77,6 +78,10 @@ def format_operand(ins, kind: str, mark_names=None) -> str:
         return format_value(ins, SLOT_N)
     if kind == "k":
         return format_value(ins, SLOT_COLOR)
+    if kind == "gdst":
+        return f"[{format_value(ins, SLOT_DST)}]"
+    if kind == "batch":
+        return format_value(ins, SLOT_DST_STRIDE)
     if kind == "color":
         mode, _ = slot_mode(ins["modes"], SLOT_COLOR)
         value = format_value(ins, SLOT_COLOR)

@@ -270,6 +270,9 @@ class ReferenceMachine:
         else:
             return None
         n = 1 if op in REDUCTION_OPS else self.operand(pe, ins, SLOT_N)
+        if op == Op.VGEMM:   # B rows of m contiguous elements
+            n *= self.operand(pe, ins, SLOT_DST_STRIDE)
+            return self.sram[pe, self.addresses(pe, self.operand(pe, ins, SLOT_DST), 1, n)].copy()
         return self.sram[pe, self.descriptor(pe, ins, *slots, n)].copy()
 
     # --- the run loop --------------------------------------------------------------------
@@ -307,6 +310,8 @@ class ReferenceMachine:
                 text, detail, go_on = self.control(pe, ins, op), "", True
             elif op == Op.VGEMV:
                 (text, detail), go_on = self.gemv(pe, ins), True
+            elif op == Op.VGEMM:
+                (text, detail), go_on = self.gemm(pe, ins), True
             elif op == Op.MARK:
                 text, detail, go_on = self.mark(pe, ins), "", True
             elif op == Op.LDR:
@@ -415,11 +420,60 @@ class ReferenceMachine:
         self.pc[pe] += 1
         return f"vgemv [{self.operand(pe, ins, SLOT_DST) if m and k else '-'}] m={m} k={k}", ""
 
-    def compute(self, pe: int, ins, op: Op, dst, src0, src1):
+    def gemm(self, pe: int, ins) -> tuple[str, str]:
+        """vgemm [dst], [W:ld], [x:sx], m, k, B: B rows of a tile matrix product, row b
+        exactly `vmul [dst + b*m], [W], [x + b*sx : 0], m` then k - 1 consecutive
+        `vfma [dst + b*m], [W + c*ld], [x + b*sx + c : 0], m` (c = 1 .. k-1), rows in order;
+        with k = 0 row b is set to 0.0. Cost o + B * max(k, 1) * ceil(m / w). Checks: m,
+        k, B >= 0 (in that order), then, when m > 0 and B > 0, the B*m destination
+        elements, then (k > 0) the matrix column by column and the B*k vector elements."""
+        m = self.length(pe, ins)
+        k = self.operand(pe, ins, SLOT_COLOR)
+        batch = self.operand(pe, ins, SLOT_DST_STRIDE)
+        if k < 0:
+            self.fault(pe, f"negative column count {k}")
+        if batch < 0:
+            self.fault(pe, f"negative batch count {batch}")
+        if m and batch:
+            d0 = self.operand(pe, ins, SLOT_DST)
+            dst = self.addresses(pe, d0, 1, batch * m)
+            x0, sx = self.operand(pe, ins, SLOT_SRC1), self.operand(pe, ins, SLOT_SRC1_STRIDE)
+            step = np.arange(m, dtype=np.int64)
+            if k:
+                w0, ld = self.operand(pe, ins, SLOT_SRC0), self.operand(pe, ins, SLOT_SRC0_STRIDE)
+                cols = w0 + ld * np.arange(k, dtype=np.int64)
+                matrix = (cols[:, None] + step[None, :]).ravel()
+                bad = (matrix < 0) | (matrix >= self.p.sram_words)
+                if bad.any():
+                    self.fault(pe, f"SRAM access at element {int(matrix[bad][0])} outside "
+                                   f"0..{self.p.sram_words - 1}")
+                xs = (x0 + sx * np.arange(batch, dtype=np.int64)[:, None]
+                      + np.arange(k, dtype=np.int64)[None, :]).ravel()
+                bad = (xs < 0) | (xs >= self.p.sram_words)
+                if bad.any():
+                    self.fault(pe, f"SRAM access at element {int(xs[bad][0])} outside "
+                                   f"0..{self.p.sram_words - 1}")
+            if self.functional:
+                for b in range(batch):
+                    row = dst[b * m:(b + 1) * m]
+                    if not k:
+                        self.compute(pe, ins, Op.VSET, row, row, row, imm=0.0)
+                        continue
+                    x = x0 + b * sx
+                    self.compute(pe, ins, Op.VMUL, row, cols[0] + step, np.full(m, x, np.int64))
+                    for c in range(1, k):
+                        self.compute(pe, ins, Op.VFMA, row, cols[c] + step,
+                                     np.full(m, x + c, np.int64))
+        self.advance(pe, self.mesh.issue_overhead + batch * max(k, 1) * -(-m // self.width))
+        self.pc[pe] += 1
+        return (f"vgemm [{self.operand(pe, ins, SLOT_DST) if m and batch else '-'}] m={m} "
+                f"k={k} B={batch}", "")
+
+    def compute(self, pe: int, ins, op: Op, dst, src0, src1, imm: float | None = None):
         """Apply a vector or reduction op to this PE's SRAM (sources read before writes)."""
         mem = self.sram[pe]
         a, b, d = mem[src0].copy(), mem[src1].copy(), mem[dst].copy()
-        imm = np.float32(ins["imm"])
+        imm = np.float32(ins["imm"] if imm is None else imm)
         with np.errstate(all="ignore"):
             if op == Op.RARGMAX:
                 mem[dst[0]] = _sequential_argmax(a)

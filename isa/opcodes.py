@@ -18,7 +18,7 @@ SLOT_DST = 0      # destination address, register index for movr/addr/djnz, mark
 SLOT_SRC0 = 1     # first source address; value for movr/addr; rx ports for route; jump target
 SLOT_SRC1 = 2     # second source address; tx ports for route
 SLOT_N = 3        # element / wavelet count
-SLOT_DST_STRIDE = 4
+SLOT_DST_STRIDE = 4   # for vgemm the batch count B
 SLOT_SRC0_STRIDE = 5
 SLOT_SRC1_STRIDE = 6
 SLOT_COLOR = 7    # color; for vgemv the column count k
@@ -68,8 +68,9 @@ class Op(IntEnum):
     HALT = 26
     VGEMV = 27        # dst[i] += W[c*ld + i] * x[c*sx], columns c in 0..k-1 (k in SLOT_COLOR)
     MARK = 28         # probe (0 cycles): record this PE's cycle for mark id a[SLOT_DST]
-    RARGMAX = 29      # dst[0] = index (as fp32) of the first maximal src element (MoE top-k)
-    LDR = 30          # rK = int(trunc(sram[src])): data-dependent addressing (MoE experts)
+    VGEMM = 29        # B rows: dst[b*m + i] = sum_c W[c*ld + i] * x[b*sx + c] (B: DST_STRIDE)
+    RARGMAX = 30      # dst[0] = index (as fp32) of the first maximal src element (MoE top-k)
+    LDR = 31          # rK = int(trunc(sram[src])): data-dependent addressing (MoE experts)
 
 
 
@@ -84,7 +85,7 @@ class Status(IntEnum):
 
 VECTOR_OPS = frozenset({Op.VMOV, Op.VADD, Op.VSUB, Op.VMUL, Op.VMAX, Op.VFMA, Op.VSCALE,
                         Op.VADDI, Op.VSET, Op.VEXP, Op.VRSQRT, Op.VRECIP, Op.VSIGMOID,
-                        Op.VGEMV})
+                        Op.VGEMV, Op.VGEMM})
 REDUCTION_OPS = frozenset({Op.RSUM, Op.RMAX, Op.RDOT, Op.RARGMAX})
 # Instructions that interact with other PEs: executed only in global time order.
 COMM_OPS = frozenset({Op.SEND, Op.RECV, Op.RECVADD, Op.ROUTE, Op.BARRIER, Op.HALT})

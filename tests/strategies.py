@@ -16,7 +16,7 @@ them into a `GeneratedProgram` (assembly text + the initial SRAM to run it with)
 - Compute blocks mix every vector and reduction op with random strides (0 = broadcast),
   lengths (0..8), constant / parameter / register addresses and movr/addr/djnz loops;
   `vgemv` gets 0..4 columns (immediate, %p0 or r6) with column strides 0, 1, 2, m, m+1
-  or -m.
+  or -m; `vgemm` 0..3 rows of 0..4 columns (batch immediate or r6).
 - `mark` probes (names from MARK_NAMES) sometimes precede or follow steps and sit inside
   loops; some programs declare a shuffled `.marks` subset (possibly with names no
   instruction uses) so ids follow that order, then first appearance.
@@ -47,7 +47,7 @@ MAX_N = 8
 DIRS = {"N": (0, -1), "E": (1, 0), "S": (0, 1), "W": (-1, 0)}
 OPPOSITE = {"N": "S", "S": "N", "E": "W", "W": "E"}
 GROWING = ("vadd", "vsub", "vmul", "vfma", "vscale", "vaddi", "vexp", "vrsqrt", "vrecip",
-           "rsum", "rdot", "vgemv")
+           "rsum", "rdot", "vgemv", "vgemm")
 PRESERVING = ("vmov", "vmax", "rmax", "vsigmoid", "rargmax")
 IMMS = ("0.5", "-1.25", "2", "0.001", "-0.0", "1.5e-2", "-2", "0.75")
 MARK_NAMES = ("L0.attn", "L0.mlp", "L1.attn", "step_end", "send-phase", "x")
@@ -391,6 +391,9 @@ class RegionWriter:
         if op == "vgemv":
             self.gemv(n_text, n_max)
             return
+        if op == "vgemm":
+            self.gemm(n_text, n_max)
+            return
         source = self.a_address if op in GROWING else self.any_address
         strides = [rng.choice([0, 1, 1, 1, 2, 3]) for _ in range(3)]
         if op in ("rsum", "rmax", "rdot", "rargmax"):
@@ -431,6 +434,27 @@ class RegionWriter:
         dst = self.b_address(m_max, rng.choice([1, 1, 2, 0]))
         x = self.a_address(k_max, rng.choice([0, 1, 1, 2]))
         self.emit(f"vgemv {dst}, {self.desc(base, ld)}, {x}, {m_text}, {k_text}")
+
+    def gemm(self, m_text: str, m_max: int):
+        """vgemm [dst in B], [W:ld in A], [x:sx in A], m, k, b: b (0..3, immediate or
+        r6) rows of k (0..4) contiguous x elements sx apart, b * m contiguous results."""
+        rng = self.rng
+        k, batch = rng.randint(0, 4), rng.randint(0, 3)
+        b_text = str(batch)
+        if rng.random() < 0.2:
+            self.emit(f"movr r6, {batch}")
+            b_text = "r6"
+        ld = rng.choice([0, 1, max(m_max, 1), m_max + 1])
+        reach = max(k - 1, 0) * ld + max(m_max - 1, 0)
+        if reach >= A_END:
+            ld, reach = 1, max(k - 1, 0) + max(m_max - 1, 0)
+        w = rng.randint(0, A_END - 1 - reach)
+        sx = rng.choice([0, 1, k, k + 1])
+        x_reach = max(batch - 1, 0) * sx + max(k - 1, 0)
+        x = rng.randint(0, A_END - 1 - x_reach)
+        dst = self.b_address(m_max * max(batch, 1), 1)
+        self.emit(f"vgemm {dst}, {self.desc(w, ld)}, {self.desc(x, sx)}, {m_text}, {k}, "
+                  f"{b_text}")
 
     def count(self) -> tuple[str, int]:
         """An element count operand and its largest value."""

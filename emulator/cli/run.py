@@ -6,6 +6,7 @@ run starts and written together only after it succeeded (emulator/outputs.py); `
 stdout.
 """
 
+import dataclasses
 import time
 
 import click
@@ -15,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from emulator.cli.common import prepare_mesh_kernels
 from emulator.hw.errors import ConfigError
 from emulator.outputs import Outputs
-from emulator.run import build_request, run_inference
+from emulator.run import batch_sweep, build_request, parse_batches, run_inference
 from emulator.views.report import print_report
 
 
@@ -93,36 +94,56 @@ class DecodeProgress:
               help="Write a Perfetto trace (JSON).")
 @click.option("--plots", "plots_dir", metavar="DIR",
               help="Write PNG heatmaps and charts into this folder.")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Users decoded together on the wafer (each with its own prompt and KV "
+                   "cache; --prompt-tokens takes one prompt per user separated by ';').")
+@click.option("--batch-sweep", "batch_sweep_list", metavar="B1,B2,...",
+              help="Run at each batch size; print per-user and aggregate tokens/s and, "
+                   "with --plots, draw batch_sweep.png.")
 @click.option("--quiet", is_flag=True, help="Print no tables.")
 def run(config, hw, mesh_size, prefill_hw, prefill_chips, prefill_dtype, prefill_chunk, link,
         weights, seed,
         prompt_tokens, prompt_len, max_new_tokens, dtype, weight_dtype, timing_only, overlap_kv,
-        engine, report_path, logits_path, trace_path, plots_dir, quiet):
+        engine, report_path, logits_path, trace_path, plots_dir, batch, batch_sweep_list, quiet):
     """Prefill on the systolic chip, move the KV cache, decode on the wafer; report it."""
     if logits_path and timing_only:
         raise ConfigError("--logits needs values: drop --timing-only")
+    batches = parse_batches(batch_sweep_list) if batch_sweep_list is not None else None
+    if batches is not None and batch != 1:
+        raise ConfigError("give either --batch or --batch-sweep, not both")
     outputs = Outputs()
     report_file = outputs.file(report_path, "--report")
     logits_file = outputs.file(logits_path, "--logits")
     trace_file = outputs.file(trace_path, "--trace")
-    from emulator.views.plots import PLOT_NAMES
+    from emulator.views.plots import BATCH_SWEEP_PNG, PLOT_NAMES
 
-    plots = outputs.directory(plots_dir, "--plots", PLOT_NAMES)
+    plots = outputs.directory(plots_dir, "--plots",
+                              PLOT_NAMES + ((BATCH_SWEEP_PNG,) if batches else ()))
     req = build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens,
                         prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine,
-                        prefill_chips, prefill_dtype, prefill_chunk, weight_dtype)
+                        prefill_chips, prefill_dtype, prefill_chunk, batch, weight_dtype)
     console = Console(stderr=True)
     started = time.perf_counter()
     if engine == "numba":
         prepare_mesh_kernels(console)
     with DecodeProgress(console, total=max(1, max_new_tokens - 1)) as progress:
-        outcome = run_inference(req, progress.update)
+        if batches is None:
+            outcome = run_inference(req, progress.update)
+        else:
+            outcome, points = batch_sweep(req, batches, progress.update)
+            req = dataclasses.replace(req, batch=outcome.report["batch"])
     outcome.report["host_seconds"] = time.perf_counter() - started
     if plots is not None:
-        from emulator.views.plots import render_plots
+        from emulator.views.plots import batch_sweep_plot, render_plots
 
         for name, data in render_plots(outcome, req).items():
             outputs.write_bytes(outputs.in_folder(plots, name), data)
+        if batches is not None:
+            files: dict = {}
+            batch_sweep_plot(points, f"{req.model_name} on {req.mesh.name}: batch sweep "
+                                     f"({req.dtype}, context {req.prompt_len + max_new_tokens})",
+                             (files, BATCH_SWEEP_PNG))
+            outputs.write_bytes(outputs.in_folder(plots, BATCH_SWEEP_PNG), files[BATCH_SWEEP_PNG])
     outputs.write_json(report_file, outcome.report)
     outputs.save_npy(logits_file, outcome.logits)
     if trace_file is not None:

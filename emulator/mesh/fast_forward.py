@@ -45,11 +45,21 @@ from emulator.hw.errors import MeshFault
 from emulator.mesh import cut_kernels as C
 from emulator.mesh import kernels as K
 from emulator.mesh.parallel import Forked, shared_empty
-from isa.opcodes import MODE_BITS, MODE_PARAM, NUM_SLOTS, SLOT_COLOR, SLOT_DST, SLOT_N, Op
+from isa.opcodes import (
+    MODE_BITS,
+    MODE_PARAM,
+    NUM_SLOTS,
+    SLOT_COLOR,
+    SLOT_DST,
+    SLOT_DST_STRIDE,
+    SLOT_N,
+    Op,
+)
 from isa.program import Program
 
 COUNT_SLOTS = (SLOT_N,)                          # vector ops and reductions
 GEMV_SLOTS = (SLOT_N, SLOT_COLOR)                # rows m, columns k
+GEMM_SLOTS = (SLOT_N, SLOT_COLOR, SLOT_DST_STRIDE)   # rows m, columns k, batch B
 COMM_SLOTS = (SLOT_N, SLOT_COLOR)                # send, recv, recvadd
 ALL_SLOTS = tuple(range(NUM_SLOTS))              # control ops, route, barrier, halt
 
@@ -84,6 +94,7 @@ def relevant_table() -> np.ndarray:
     timing (none for `mark`, whose id is mapped instead)."""
     table = np.ones((max(Op) + 1, NUM_SLOTS), bool)
     for first, last, slots in ((Op.VMOV, Op.RDOT, COUNT_SLOTS), (Op.VGEMV, Op.VGEMV, GEMV_SLOTS),
+                               (Op.VGEMM, Op.VGEMM, GEMM_SLOTS),
                                (Op.SEND, Op.RECVADD, COMM_SLOTS), (Op.MARK, Op.MARK, ()),
                                (Op.RARGMAX, Op.RARGMAX, COUNT_SLOTS)):
         table[first:last + 1] = False

@@ -50,7 +50,8 @@ PARKED = max(Status) + 1   # stopped at the stop mark (cfg[CFG_STOP_MARK]); not 
 # emulator/mesh/__pycache__/*.nb* (docs/engines.md, "The JIT switch").
 (NOP, VMOV, VADD, VSUB, VMUL, VMAX, VFMA, VSCALE, VADDI, VSET, VEXP, VRSQRT, VRECIP, VSIGMOID,
  RSUM, RMAX, RDOT, SEND, RECV, RECVADD, ROUTE, MOVR, ADDR, DJNZ, JMP, BARRIER, HALT, VGEMV,
- MARK, RARGMAX, LDR) = (int(op) for op in Op)   # VGEMV: k in S_COLOR; MARK: id in S_DST
+ MARK, VGEMM, RARGMAX, LDR) = (int(op) for op in Op)   # VGEMV/VGEMM: column count k in
+# S_COLOR (VGEMM: batch count B in S_DST_STRIDE); MARK: id in S_DST
 LAST_VECTOR = RDOT   # opcodes 1..16 are vector ops and reductions
 
 # Operand slots (isa/opcodes.py SLOT_*).
@@ -878,6 +879,57 @@ def exec_gemv(k, modes, args, static_cost, params, pes, pe, t, cfg, sram, scratc
     return cfg[CFG_O] + cols * (m if w == 1 else (m + w - 1) // w)
 
 
+@njit(nrt=False)
+def exec_gemm(k, modes, args, params, pes, pe, t, cfg, sram, scratch, fault, stats):
+    """vgemm [dst], [W:ld], [x:sx], m, k, B (isa/interpreter.py `gemm` defines it): row b
+    of the B rows is the vmul of column 0 then the vfmas of columns 1..k-1 (a vgemv),
+    into dst + b*m; with k = 0 the row is set to 0.0. Checks m, k, B >= 0, then (m, B > 0)
+    the B*m destination elements, then (k > 0) the matrix and the B*k vector elements.
+    Returns o + B * max(k, 1) * ceil(m / w), FAULTED, or NEED_SCRATCH (nothing done)."""
+    d0, w0, x0, m, batch, ld, sx, cols = slot_values(modes, args, k, params, pes, pe)
+    if m < 0:
+        set_fault(fault, FAULT_COUNT, pe, t, m, 0, 0, 0)
+        return FAULTED
+    if cols < 0:
+        set_fault(fault, FAULT_COUNT, pe, t, cols, 1, 0, 0)
+        return FAULTED
+    if batch < 0:
+        set_fault(fault, FAULT_COUNT, pe, t, batch, 2, 0, 0)
+        return FAULTED
+    if m > 0 and batch > 0:
+        words = cfg[CFG_SRAM]
+        if not check_descriptor(d0, 1, batch * m, words, fault, pe, t):
+            return FAULTED
+        if cols > 0:
+            w_end = w0 + ld * (cols - 1)
+            if not (min(w0, w_end) >= 0 and max(w0, w_end) + m - 1 < words):
+                set_fault(fault, FAULT_SRAM, pe, t, first_bad_matrix(w0, ld, m, cols, words),
+                          0, 0, 0)
+                return FAULTED
+            x_end = x0 + sx * (batch - 1)
+            if not (min(x0, x_end) >= 0 and max(x0, x_end) + cols - 1 < words):
+                for b in range(batch):   # some row is outside: fault at its first element
+                    if not check_descriptor(x0 + b * sx, 1, cols, words, fault, pe, t):
+                        return FAULTED
+        if cfg[CFG_FUNCTIONAL]:
+            if m > scratch.shape[0]:
+                stats[ST_NEED] = m
+                return NEED_SCRATCH
+            mem = sram[pe]
+            for b in range(batch):
+                row = d0 + b * m
+                if cols == 0:
+                    for i in range(m):
+                        mem[row + i] = np.float32(0.0)
+                    continue
+                xb = x0 + b * sx
+                vector_values(VMUL, mem, row, 1, w0, 1, xb, 0, m, np.float32(0), scratch)
+                if cols > 1:
+                    gemv_values(mem, row, 1, w0 + ld, ld, xb + 1, 1, m, cols - 1, scratch)
+    w = cfg[CFG_W]
+    return cfg[CFG_O] + batch * max(cols, 1) * (m if w == 1 else (m + w - 1) // w)
+
+
 @njit(nrt=False, inline="always")
 def exec_control(opc, k, modes, args, params, pes, pe, t, p, ncode, cfg, fault):
     """movr / addr / djnz / jmp / nop (cost o + 1). Returns the next pc, or -1 on a fault
@@ -1308,6 +1360,11 @@ def advance_mesh(op, modes, args, imm, static_cost, rstart, rlen, pe_region, par
             elif opc == VGEMV:
                 cost = exec_gemv(k, modes, args, static_cost, params, pes, pe, t, cfg, sram,
                                  scratch, fault, stats)
+                if cost < 0:
+                    return FAULTED if cost == FAULTED else suspend(pe, t, p, stats, cost)
+            elif opc == VGEMM:
+                cost = exec_gemm(k, modes, args, params, pes, pe, t, cfg, sram, scratch,
+                                 fault, stats)
                 if cost < 0:
                     return FAULTED if cost == FAULTED else suspend(pe, t, p, stats, cost)
             elif opc == SEND:

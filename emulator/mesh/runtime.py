@@ -70,10 +70,10 @@ class MeshDecoder:
 
     def __init__(self, spec, weights: dict, mesh: MeshConfig, dtype: str = "fp32",
                  engine="numba", max_context: int | None = None, layout: str = "auto",
-                 head: bool = True, weight_dtype: str | None = None):
+                 head: bool = True, batch: int = 1, weight_dtype: str | None = None):
         self.spec, self.mesh = spec, mesh
         self.dtype = canonical_dtype(dtype)
-        self.compiled = compile_decode(spec, mesh, self.dtype, max_context, layout, head,
+        self.compiled = compile_decode(spec, mesh, self.dtype, max_context, layout, head, batch,
                                        weight_dtype)
         self.plan, self.placement = self.compiled.plan, self.compiled.placement
         self.run = engine if callable(engine) else _engine(engine)

@@ -25,9 +25,12 @@ Three implementations:
 - `trainium_decode_costs`: the non-disaggregated baseline, decode on the prefill chips
   costed memory-bound (`docs/serving.md`, "Baseline").
 
-Batched decode on the wafer (BATCH HOOK, `wafer_batch_step`): the mesh mapping decodes one
-user per step today (issue "Many users on one wafer" will measure batches directly). Until
-then a step of B users costs
+Batched decode on the wafer: on one wafer with the spread layout, `--max-batch B > 1`
+measures emulated batched steps (`measure_batch_decode`: the program compiled for B user
+slots, steps of 1, 2, 4, ..., B users at sampled contexts, interpolated by
+`batch_table_steps`), the KV pool is B x the per-user context that fits at that batch.
+Elsewhere (multi-wafer systems, which do not batch) the BATCH HOOK `wafer_batch_step`
+stands in: a step of B users costs
 
     max( max_b single(ctx_b),  sum_b busy(ctx_b) )
 
@@ -61,6 +64,28 @@ def wafer_batch_step(single: np.ndarray, busy: np.ndarray) -> np.ndarray:
     seconds and busiest-PE seconds, both [k, B]: max(max_b single, sum_b busy) -> [k].
     Replace with measured batched steps when the mesh mapping decodes several users."""
     return np.maximum(single.max(axis=1), busy.sum(axis=1))
+
+
+def batch_table_steps(table: np.ndarray, contexts: np.ndarray) -> np.ndarray:
+    """Seconds of decode steps [k] of batches with KV lengths `contexts` [k, B] from
+    emulated batched steps `table` [[batch, context, seconds]] (`measure_batch_decode`):
+    linear in the context (the users' mean: attention is per user and linear in its
+    context, the GEMMs do not depend on it) at the sampled batches around B, then linear
+    in the batch between them. Exact at the sampled (batch, context) points."""
+    batch = contexts.shape[1]
+    mean = contexts.mean(axis=1)
+    sizes = np.unique(table[:, 0])
+    at = []
+    for b in sizes:
+        rows = table[table[:, 0] == b]
+        at.append(np.interp(mean, rows[:, 1], rows[:, 2]))
+    at = np.array(at)                                   # [batches, k]
+    if len(sizes) == 1:
+        return at[0]
+    i = int(np.clip(np.searchsorted(sizes, batch) - 1, 0, len(sizes) - 2))
+    lo, hi = sizes[i], sizes[i + 1]
+    frac = (batch - lo) / (hi - lo)
+    return at[i] + frac * (at[i + 1] - at[i])
 
 
 # ------------------------------------------------------------------------------ interfaces
@@ -164,12 +189,15 @@ class TableCosts(Costs):
     decode_table: np.ndarray = None
     layout_fixed_s: float = 0.0
     layout_per_token_s: float = 0.0
+    batch_table: np.ndarray = None   # [[batch, context, seconds]]: emulated batched steps
 
     def prefill_seconds(self, tokens: int) -> float:
         t = self.prefill_table
         return float(np.interp(tokens, t[:, 0], t[:, 1]))
 
     def decode_steps(self, contexts: np.ndarray) -> np.ndarray:
+        if self.batch_table is not None:
+            return batch_table_steps(self.batch_table, contexts)
         t = self.decode_table
         single = np.interp(contexts, t[:, 0], t[:, 1])
         busy = np.interp(contexts, t[:, 0], t[:, 2])
@@ -497,6 +525,50 @@ def measure_decode(spec, mesh, dtype: str, max_context: int, cache: MeasurementC
     return table, err, (fixed, per), int(cache.get("kv_pool", pool))
 
 
+def batch_sizes(max_batch: int) -> list[int]:
+    """Batches sampled by `measure_batch_decode`: 1, the powers of two below max_batch,
+    and max_batch."""
+    return sorted({1, max_batch} | {1 << i for i in range(max_batch.bit_length())
+                                    if 1 << i < max_batch})
+
+
+def measure_batch_decode(spec, mesh, dtype: str, max_context: int, max_batch: int,
+                         cache: MeasurementCache, points_n: int = 4, progress=None,
+                         engine: str = "numba") -> tuple[np.ndarray, int]:
+    """Emulated batched decode steps (compiler/batch_emit.py) of one wafer whose program
+    holds `max_batch` users: (table [[batch, context, seconds]], KV context per user).
+    The program is compiled once for `max_batch` slots with the per-user context that
+    fits at that batch (at most `max_context`); a step of b users runs b slots at the
+    sampled context and leaves the others idle (the program's width is max_batch),
+    sampled at `batch_sizes(max_batch)` x `points_n` contexts."""
+    from compiler.decode import compile_decode, layout_shift
+    from emulator.mesh.batch import run_batch_timing
+
+    _, capacity = layout_shift(spec, mesh, "spread", dtype, max_context, True, max_batch)
+    context = min(max_context, capacity or 0)
+    if context < 2:
+        raise FitError(f"decode: a batch of {max_batch} users does not fit one {mesh.name} "
+                       f"wafer with two positions of KV each")
+    compiled = {}
+
+    def step(b: int, pos: int) -> float:
+        if "c" not in compiled:
+            compiled["c"] = compile_decode(spec, mesh, dtype, context, "spread",
+                                           batch=max_batch)
+        positions = [pos] * b + [None] * (max_batch - b)
+        run = run_batch_timing(compiled["c"], mesh, positions, engine)
+        return run.cycles / mesh.clock_hz
+
+    positions = sorted({int(round(x)) for x in np.linspace(0, context - 1, points_n)})
+    rows, grid = [], [(b, pos) for b in batch_sizes(max_batch) for pos in positions]
+    for i, (b, pos) in enumerate(grid):
+        if progress:
+            progress(f"batched decode step: {b} users at position {pos}", i, len(grid))
+        rows.append([b, pos + 1, cache.get(f"batch{max_batch}:{b}:{pos}",
+                                           lambda b=b, p=pos: step(b, p))])
+    return np.array(rows, np.float64), context
+
+
 def measure_costs(spec, model_name: str, mesh, prefill_hw, *, dtype: str = "bf16",
                   prefill_chips: int = 1, prompt_limit: int | None = None,
                   context_limit: int | None = None, max_batch: int = 1,
@@ -540,14 +612,33 @@ def measure_costs(spec, model_name: str, mesh, prefill_hw, *, dtype: str = "bf16
             "cache": [str(c.path) for c in (pcache, dcache) if c.path],
             "measure_seconds": time.perf_counter() - started,
             "batch_model": "hook: max(max single, sum busy)" if max_batch > 1 else "one user"}
+    capacity = max_context if max_batch == 1 else max(pool, max_context)
+    btable = None
+    if max_batch > 1 and batched_wafer(spec, mesh):
+        bcache = MeasurementCache(cache_dir, {**base, "mesh": dataclasses.asdict(mesh),
+                                              "max_context": max_context, "engine": engine,
+                                              "max_batch": max_batch}, "batch")
+        btable, max_context = measure_batch_decode(spec, mesh, dtype, max_context, max_batch,
+                                                   bcache, progress=progress, engine=engine)
+        capacity = max_batch * max_context
+        info.update(batch_model="emulated batched steps", batch_samples=int(len(btable)),
+                    kv_pool_tokens=capacity, per_user_max_context=max_context)
     costs = TableCosts(f"{model_name} {prefill_chips}x{prefill_hw.name} -> {mesh.name}",
                        spec.kv_bytes_per_token(dtype_bytes(dtype)), max_prompt, max_context,
-                       max_context if max_batch == 1 else max(pool, max_context), max_batch,
+                       capacity, max_batch,
                        info,
                        prefill_table=ptable, decode_table=dtable,
-                       layout_fixed_s=lfix, layout_per_token_s=lper)
+                       layout_fixed_s=lfix, layout_per_token_s=lper, batch_table=btable)
     costs.check()
     return costs
+
+
+def batched_wafer(spec, mesh) -> bool:
+    """The mesh decodes batches itself (compiler/batch_emit.py): one wafer whose mapping
+    is the spread layout; otherwise `wafer_batch_step` stands in."""
+    from compiler.decode import auto_layouts
+
+    return mesh.wafers == 1 and auto_layouts(spec, mesh) == ("spread",)
 
 
 def trainium_decode_costs(spec, prefill_hw, prefill_table: np.ndarray, *, dtype: str = "bf16",

@@ -4,6 +4,8 @@
 - `busy.png`: busy cycles per PE during the last decode step.
 - `links.png`: wavelets carried by each PE's outgoing links (sum of N, E, S, W) in that step.
 - `time.png`: a stacked bar of where the time to the first token and one token goes.
+- `batch_sweep.png` (`emu run --batch-sweep`): per-user tokens/s against aggregate
+  tokens/s, one point per batch size (the throughput-latency curve).
 """
 
 from pathlib import Path
@@ -106,3 +108,36 @@ def write_plots(outcome, req, directory) -> list[Path]:
         atomic_write_bytes(directory / name, data)
         paths.append(directory / name)
     return paths
+
+
+BATCH_SWEEP_PNG = "batch_sweep.png"
+
+
+def batch_sweep_plot(points: list, title: str, path) -> None:
+    """Per-user tokens/s (y) against aggregate tokens/s (x), one labelled point per batch
+    size that fits (`emulator.run.batch_sweep` points)."""
+    plt = _pyplot()
+    ok = [p for p in points if p["status"] == "ok"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    x = [p["aggregate_tokens_per_s"] for p in ok]
+    y = [p["tokens_per_s"] for p in ok]
+    ax.plot(x, y, "o-", color="tab:blue")
+    for p, xi, yi in zip(ok, x, y, strict=True):
+        ax.annotate(f"B={p['batch']}", (xi, yi), textcoords="offset points", xytext=(6, 4))
+    from matplotlib.ticker import FuncFormatter
+
+    thousands = FuncFormatter(lambda v, _: f"{v:,.0f}")
+    ax.xaxis.set_major_formatter(thousands)
+    ax.yaxis.set_major_formatter(thousands)
+    ax.set_xlabel("aggregate tokens/s (all users)")
+    ax.set_ylabel("tokens/s per user")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.set_ylim(bottom=0)
+    ax.set_xlim(left=0)
+    skipped = [str(p["batch"]) for p in points if p["status"] != "ok"]
+    if skipped:
+        ax.text(0.01, 0.01, f"does not fit: B = {', '.join(skipped)}", transform=ax.transAxes,
+                fontsize=8, color="tab:red")
+    _save(fig, path)
+    plt.close(fig)

@@ -53,6 +53,10 @@ def summary_table(report: dict) -> Table:
     bound_rate = decode.get("bound_seconds_per_token")
     table.add_row("tokens/s per user", f"{report['tokens_per_s']:,.1f}",
                   f"{1 / bound_rate:,.1f}" if bound_rate else "-")
+    batch = report.get("batch", 1)
+    table.add_row(f"aggregate tokens/s ({batch} user{'s' if batch > 1 else ''})",
+                  f"{report.get('aggregate_tokens_per_s', report['tokens_per_s']):,.1f}",
+                  f"{batch / bound_rate:,.1f}" if bound_rate else "-")
     if report["mode"] == "timing-only":
         table.add_row("decode steps timed", str(report["decode"]["steps"]), "")
     else:
@@ -142,4 +146,21 @@ def phases_table(report: dict) -> Table | None:
 def print_report(report: dict, console: Console | None = None) -> None:
     """Print every table of the report."""
     print_tables(console or output_console(), summary_table(report), breakdown_table(report),
-                 utilization_table(report), phases_table(report), per_layer_table(report))
+                 utilization_table(report), phases_table(report), per_layer_table(report),
+                 batch_sweep_table(report["batch_sweep"]) if "batch_sweep" in report else None)
+
+
+def batch_sweep_table(points: list) -> Table:
+    """`emu run --batch-sweep`: per-user and aggregate tokens/s for every batch size."""
+    table = Table(title="batch sweep", title_justify="left")
+    for name in ("batch", "tokens/s per user", "aggregate tokens/s", "time per token",
+                 "max context per user"):
+        table.add_column(name, justify="right")
+    for p in points:
+        if p["status"] != "ok":
+            table.add_row(str(p["batch"]), "does not fit", "", "", "")
+            continue
+        table.add_row(str(p["batch"]), f"{p['tokens_per_s']:,.1f}",
+                      f"{p['aggregate_tokens_per_s']:,.1f}", si_seconds(p["tpot_s"]),
+                      f"{p['max_context']:,}")
+    return table
