@@ -594,7 +594,8 @@ def _fit_message(placement: Placement, mesh: MeshConfig, hint: bool = True) -> s
     fits = (f"a context of {placement.capacity} tokens would fit" if placement.capacity
             else "no context fits beside the weights and scratch")
     if plan.batch > 1:
-        fits = batch_fit_note(placement, mesh.sram_bytes // DTYPE_BYTES[placement.dtype], fit_context)
+        words = mesh.sram_bytes // DTYPE_BYTES[placement.dtype]
+        fits = batch_fit_note(placement, words, fit_context)
     return (f"model does not fit on a {plan.pw}x{plan.ph} mesh ({plan.layout} layout, "
             f"{placement.dtype}, max_context {placement.max_context}): needs "
             f"{placement.total_bytes} bytes of SRAM per PE ({class_name(key)}: {parts}), "
