@@ -86,7 +86,7 @@ def plan_and_place(spec, mesh: MeshConfig, dtype: str = "fp32",
     cheap check that a model fits before its code is emitted; FitError otherwise."""
     dtype = canonical_dtype(dtype)
     layouts = auto_layouts(spec, mesh) if layout == "auto" else (layout,)
-    require_mesh_mapped(spec, layouts)
+    require_mesh_mapped(spec, layouts, batch)
     error = None
     for name in layouts:
         shift, capacity = layout_shift(spec, mesh, name, dtype, max_context, head, batch,
@@ -106,22 +106,25 @@ def plan_and_place(spec, mesh: MeshConfig, dtype: str = "fp32",
     raise error
 
 
-def mesh_unmapped(spec, layout: str = "spread") -> list[str]:
-    """The features of `spec` the mesh mapping does not handle (in `layout`)."""
-    if layout == "spread":
-        return []
-    features = {"qk-norm": spec.qk_norm, "attention sinks": spec.attention_sinks,
-                "sliding-window attention": bool(spec.layer_types)}
+def mesh_unmapped(spec, layout: str = "spread", batch: int = 1) -> list[str]:
+    """The features of `spec` the mesh mapping does not handle (in `layout`, for `batch`
+    users: batched decode, compiler/batching.py, maps the dense full-attention models)."""
+    features = {"mixture-of-experts MLP": spec.moe is not None and batch > 1}
+    if layout != "spread" or batch > 1:
+        features.update({"qk-norm": spec.qk_norm, "attention sinks": spec.attention_sinks,
+                         "sliding-window attention": bool(spec.layer_types)})
     return [name for name, present in features.items() if present]
 
 
-def require_mesh_mapped(spec, layouts) -> None:
+def require_mesh_mapped(spec, layouts, batch: int = 1) -> None:
     """ConfigError naming the features of `spec` no layout in `layouts` maps yet."""
-    missing = mesh_unmapped(spec, layouts[-1])
+    missing = mesh_unmapped(spec, layouts[-1], batch)
     if missing:
-        raise ConfigError(f"decode on the mesh ({layouts[-1]} layout) does not map "
+        users = f", {batch} users" if batch > 1 else ""
+        raise ConfigError(f"decode on the mesh ({layouts[-1]} layout{users}) does not map "
                           f"{spec.architecture}'s {', '.join(missing)} yet; the numpy "
                           f"reference (compiler/reference.py) runs it (docs/models.md)")
+
 
 def layout_shift(spec, mesh: MeshConfig, layout: str, dtype: str,
                  max_context: int | None, head: bool = True,

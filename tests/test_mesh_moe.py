@@ -368,3 +368,11 @@ def test_moe_in_every_layout(layout, shape):
         _, rows = decoder.generate([1, 2, 3], 4)
         assert decoder.plan.layout == layout
         assert rel_err(rows, ref.generate(spec, weights, [1, 2, 3], 4)[1]) <= 1e-4
+
+
+def test_batched_decode_refuses_todays_features():
+    """Batched decode (compiler/batching.py) maps dense full-attention models only."""
+    mesh = load_mesh("small").with_mesh(4, 4)
+    for arch in ("mixtral", "gpt-oss", "qwen3"):
+        with pytest.raises(ConfigError, match="2 users\\) does not map"):
+            compile_decode(spec_of(arch), mesh, "fp32", MAX_CONTEXT, batch=2)
