@@ -45,6 +45,7 @@ from emulator.prefill.run import run_prefill  # noqa: E402
 
 MODELS = ROOT / "programs" / "models"
 CASES = ("gemm", "70b-16xtrn2", "8b-trn3-128k", "405b-trn2", "8b-trn3-fp8", "8b-trn2-chunked",
+         "70b-pipeline",
          "moe", "calibration")
 
 # Published measurements (TTFT at batch 1, LLMPerf p50; the 10,000-token prompt runs in the
@@ -95,12 +96,12 @@ def timed(fn):
 
 
 def prefill_case(model_name, hw_name, prompt_len, chips=None, dtype="bf16",
-                 chunk=None, weight_dtype=None) -> dict:
+                 chunk=None, weight_dtype=None, stages=1) -> dict:
     """One timing-only prefill with its host cost (and, chunked, the KV stream)."""
     spec, hw = model(model_name), load_prefill(hw_name)
     r, wall, cpu = timed(lambda: run_prefill(spec, hw, prompt_len, dtype=dtype,
                                              timing_only=True, chips=chips, chunk=chunk,
-                                             weight_dtype=weight_dtype))
+                                             weight_dtype=weight_dtype, stages=stages))
     stored, represented = r.instructions()
     per_token = spec.kv_bytes_per_token(2 if dtype != "fp8" else 1)
     link = load_link("efa")
@@ -115,7 +116,9 @@ def prefill_case(model_name, hw_name, prompt_len, chips=None, dtype="bf16",
             "roofline_fraction": r.roofline_seconds / r.seconds, "flops": r.flops,
             "instructions_stored": stored, "instructions_represented": represented,
             "layers_simulated": r.schedule.simulated_layers,
-            "engine_utilization": r.engine_utilization}
+            "engine_utilization": r.engine_utilization,
+            "stages": stages, "pipelined_s": r.pipeline.seconds if r.pipeline else r.seconds,
+            "bubble": r.pipeline.bubble if r.pipeline else 0.0}
 
 
 def calibration_rows() -> list[dict]:
@@ -179,6 +182,12 @@ def run_case(name: str) -> dict:
                   for hw, dt, wd in (("trn2-48xl", "bf16", None),
                                      ("trn3-ultraserver", "fp8", "mxfp4"),
                                      ("trn3-ultraserver", "bf16", "mxfp4"))]}
+    elif name == "70b-pipeline":
+        out = {"cases": [prefill_case("70b", "trn2-48xl", 32768, chips=16),
+                         prefill_case("70b", "trn2-48xl", 32768, chips=4, stages=4,
+                                      chunk=4096),
+                         prefill_case("70b", "trn2-48xl", 32768, chips=2, stages=8,
+                                      chunk=2048)]}
     elif name == "8b-trn2-chunked":
         out = {"cases": [prefill_case("8b", "trn2", 32768, chunk=c)
                          for c in (None, 8192, 2048)]}
@@ -215,6 +224,11 @@ def describe(name: str, r: dict) -> list[str]:
         return [pre(p) + f"; chunk {p['chunk'] or 'none'} ({p['chunks']} pass(es)): KV "
                 f"{p['kv_seconds'] * 1e3:.1f} ms on efa, exposed after prefill "
                 f"{p['kv_exposed_s'] * 1e3:.1f} ms" for p in r["cases"]] + [mem]
+    if name == "70b-pipeline":
+        return [f"{p['stages']} stage(s) x {p['chips']} chip(s), chunk {p['chunk'] or 'none'}: "
+                f"prefill {p['pipelined_s'] * 1e3:,.1f} ms (one stage group alone "
+                f"{p['predicted_s'] * 1e3:,.1f} ms), bubble {100 * p['bubble']:.1f} %, host "
+                f"{p['host_wall_s']:.2f} s" for p in r["cases"]] + [mem]
     if name == "calibration":
         return [f"{row['name']}: emu {row['predicted']:,.0f} ms, published "
                 f"{row['published']:,.0f} ms, ratio {row['ratio']:.2f}" for row in r["rows"]]

@@ -87,16 +87,19 @@ def _gemm_table(result) -> Table:
 @click.option("--weight-dtype", "weight_dtype", default=None, metavar="bf16|fp8|mxfp4",
               help="Storage of the layers' weights [default: the matmul dtype]; others are "
                    "dequantised on VectorE.")
+@click.option("--prefill-stages", "stages", default=None, metavar="S",
+              help="Pipeline parallelism: the layers over S stages of --prefill-chips chips "
+                   "each, the chunks flowing through [default: 1].")
 @click.option("--timing-only", is_flag=True, help="Skip values (real model sizes).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def prefill_command(config, prefill_hw, prompt_len, prompt_tokens, seed, weights_path, dtype,
-                    chips, chunk, weight_dtype, timing_only, as_json):
+                    chips, chunk, weight_dtype, stages, timing_only, as_json):
     """Time (and compute) the prefill of CONFIG on the chips of a prefill preset."""
     from emulator.prefill.run import prefill_from_options
 
     result = prefill_from_options(config, prefill_hw, prompt_len, prompt_tokens, seed,
                                   weights_path, dtype, timing_only, chips, chunk,
-                                  weight_dtype)
+                                  weight_dtype, stages)
     report = result.summary()
     report["model"] = str(config)
     if as_json:
@@ -134,6 +137,10 @@ def _headline(result, config) -> Table:
     table.add_column("emulated", justify="right")
     table.add_column("roofline bound", justify="right")
     table.add_row("prefill time", si_seconds(result.seconds), si_seconds(result.roofline_seconds))
+    if result.pipeline is not None:
+        pipe = result.pipeline
+        table.add_row(f"pipelined: {pipe.stages} stages x {pipe.chips_per_stage} chip(s)",
+                      si_seconds(pipe.seconds), f"bubble {100 * pipe.bubble:.1f} %")
     table.add_row("TensorE cycles", f"{result.cycles:,}",
                   f"{round(result.roofline_seconds * result.clock_hz):,}")
     table.add_row("model FLOPs", f"{result.flops:.4g}", "")

@@ -19,6 +19,7 @@ from emulator.prefill import engine_model, interp
 from emulator.prefill import instructions as instr
 from emulator.prefill.gemm import TOKEN_TILE, gemm_tiles
 from emulator.prefill.model import Lowered, core_shares, lower_prefill
+from emulator.prefill.pipeline import check_stages, parse_stages, plan_pipeline
 
 DTYPES = ("bf16", "fp16", "fp32", "fp8")
 
@@ -52,6 +53,7 @@ class PrefillResult:
     routing: str = "none"           # MoE counts: router (functional), balanced, given
     parts: list = field(default_factory=list, repr=False)   # chunked: one result per chunk
     chunk_offsets: list = field(default_factory=list)       # chunked: start cycle per chunk
+    pipeline: object = None         # --prefill-stages > 1: prefill.pipeline.Pipeline
 
     @property
     def chunk_rows(self) -> list[dict]:
@@ -116,6 +118,7 @@ class PrefillResult:
                 "instructions_represented": represented,
                 "chunk": self.chunk, "chunks": self.chunk_rows,
                 "moe": self.moe_summary(),
+                "pipeline": self.pipeline.summary() if self.pipeline else None,
                 "per_layer": self.per_layer, "per_op": self.per_op}
 
     def trace_slices(self, limit: int | None = None) -> list[dict]:
@@ -162,7 +165,7 @@ class PrefillResult:
 def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
                 timing_only: bool = False, seed: int = 0, chips: int | None = None,
                 chunk: int | None = None, weight_dtype=None,
-                expert_counts: dict | None = None) -> PrefillResult:
+                expert_counts: dict | None = None, stages: int = 1) -> PrefillResult:
     """Prefill `tokens` (token ids, or an int prompt length) of model `spec` on `chips`
     chips of preset `hw` (None: the fewest whose HBM holds weights, KV and activations).
 
@@ -177,6 +180,8 @@ def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
     MoE models: functional runs size each expert's GEMMs by the tokens the emulated router
     sends it; timing-only runs by `expert_counts` ({layer: tokens per expert}, one pass
     only) or, when None, balanced routing (docs/prefill.md, "Mixture of experts").
+    `stages` > 1: pipeline parallelism, the layers over `stages` groups of `chips` chips
+    each (emulator/prefill/pipeline.py); `result.pipeline` holds the pipelined schedule.
     """
     t0 = time.perf_counter()
     require_prefill_features(spec)
@@ -189,7 +194,9 @@ def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
     wfmt = check_weight_dtype(dtype, weight_dtype)
     if expert_counts is not None:
         _check_counts(spec, expert_counts, P, timing_only, chunk)
-    chips = choose_chips(spec, hw, P, dtype, chips, chunk, wfmt)
+    chips = choose_chips(spec, hw, P, dtype, chips, chunk, wfmt, stages)
+    if stages > 1:
+        check_stages(stages, spec, hw, chips)
     if not timing_only and weights is None:
         from compiler.weights import check_weights_memory
         check_weights_memory(spec, "random weights")
@@ -229,6 +236,8 @@ def run_prefill(spec, hw, tokens, weights=None, dtype: str = "bf16",
                       else "given" if expert_counts is not None else "balanced")
     result.chunk = chunk
     result.weight_dtype = wfmt.name
+    if stages > 1:
+        result.pipeline = plan_pipeline(result, spec, hw, stages)
     result.host_seconds = time.perf_counter() - t0
     return result
 
@@ -327,21 +336,22 @@ def _combine(parts: list[PrefillResult], spec, hw, chunk: int) -> PrefillResult:
 
 
 def choose_chips(spec, hw, P: int, dtype: str, chips: int | None,
-                 chunk: int | None = None, wfmt=None) -> int:
+                 chunk: int | None = None, wfmt=None, stages: int = 1) -> int:
     """`chips` checked against the preset (1 .. hw.chips) and HBM, or, when None, the
     smallest chip count whose HBM holds the weights, KV cache and activations (of one
-    `chunk` of tokens when chunked)."""
+    `chunk` of tokens when chunked; of the largest of `stages` pipeline stages)."""
     if chips is not None:
         if chips < 1 or chips > hw.chips:
             raise ConfigError(f"--prefill-chips: {chips} is outside 1..{hw.chips} (field "
                               f"'chips' of prefill preset '{hw.name}')")
-        check_capacity(spec, hw, P, dtype, chips, chunk, wfmt)
+        check_capacity(spec, hw, P, dtype, chips, chunk, wfmt, stages)
         return chips
-    for n in range(1, hw.chips + 1):
-        if hbm_bytes_needed(spec, hw, P, dtype, n, chunk, wfmt)["total"] <= hw.hbm_bytes:
+    most = max(1, hw.chips // stages)
+    for n in range(1, most + 1):
+        if hbm_bytes_needed(spec, hw, P, dtype, n, chunk, wfmt, stages)["total"] <= hw.hbm_bytes:
             return n
-    check_capacity(spec, hw, P, dtype, hw.chips, chunk, wfmt)
-    return hw.chips
+    check_capacity(spec, hw, P, dtype, most, chunk, wfmt, stages)
+    return most
 
 
 # Host bytes per lowered prefill instruction (builder columns, the record array, the
@@ -423,17 +433,21 @@ def _prompt(spec, tokens, seed: int, timing_only: bool):
 
 
 def hbm_bytes_needed(spec, hw, P: int, dtype: str, chips: int = 1,
-                     chunk: int | None = None, wfmt=None) -> dict:
+                     chunk: int | None = None, wfmt=None, stages: int = 1) -> dict:
     """HBM bytes one chip needs for a prefill of P tokens over `chips` chips (tensor
     parallel): its share of the weights and of the KV cache (all P tokens), plus the
     activations of one layer as the lowering lays them out for P tokens, or for one
     `chunk` of tokens in a chunked prefill (residual, delta and partial sums in fp32; the
     normalised input, q/k/v/o and the MLP activation in the matmul dtype; one fp32
     partial sum per core for the reduce-scatter). The decoder layers' projection and
-    expert matrices are stored in `wfmt` (a WeightFormat; None: the matmul dtype)."""
+    expert matrices are stored in `wfmt` (a WeightFormat; None: the matmul dtype).
+    With `stages` pipeline stages a chip holds the largest stage's share,
+    ceil(layers / stages) / layers, of the weights and KV cache (an upper bound: the
+    embedding and LM head are counted in every stage's share)."""
     bpe = bytes_per_element(dtype)
-    weights = weight_bytes(spec, dtype, wfmt) / chips
-    kv = spec.kv_bytes_per_token(bpe) * P / chips
+    share = -(-spec.num_layers // stages) / spec.num_layers
+    weights = weight_bytes(spec, dtype, wfmt) * share / chips
+    kv = spec.kv_bytes_per_token(bpe) * P * share / chips
     H = spec.hidden_size
     sharded = (2 * spec.q_dim + 2 * spec.kv_dim + spec.intermediate_size) * bpe / chips
     acts = min(P, chunk or P) * (3 * H * 4 + 2 * H * bpe + sharded + hw.cores_per_chip * H * 4)
@@ -462,12 +476,13 @@ def bytes_per_element(dtype: str) -> int:
 
 
 def check_capacity(spec, hw, P: int, dtype: str, chips: int = 1,
-                   chunk: int | None = None, wfmt=None) -> None:
+                   chunk: int | None = None, wfmt=None, stages: int = 1) -> None:
     """FitError when weights + KV cache + activations exceed a chip's HBM."""
-    need = hbm_bytes_needed(spec, hw, P, dtype, chips, chunk, wfmt)
+    need = hbm_bytes_needed(spec, hw, P, dtype, chips, chunk, wfmt, stages)
     if need["total"] > hw.hbm_bytes:
+        where = f" per stage of {stages} pipeline stages" if stages > 1 else ""
         raise FitError(f"prefill: model needs {need['total']} bytes of HBM per chip on "
-                       f"{chips} chip(s) (weights {need['weights']}, KV cache {need['kv']}, "
+                       f"{chips} chip(s){where} (weights {need['weights']}, KV cache {need['kv']}, "
                        f"activations {need['activations']}), preset '{hw.name}' has "
                        f"{hw.hbm_bytes}")
 
@@ -698,7 +713,7 @@ def prompt_from_options(text: str | None, prompt_len) -> int | list[int]:
 
 def prefill_from_options(config, prefill_hw="trn2", prompt_len=None, prompt_tokens=None,
                          seed=0, weights=None, dtype="bf16", timing_only=False, chips=None,
-                         chunk=None, weight_dtype=None):
+                         chunk=None, weight_dtype=None, stages=None):
     """`run_prefill` from the option values of `emu prefill` (`config` a model name, file
     or folder; `prefill_hw` a preset name, a JSON file or a PrefillConfig; `weights` a
     .safetensors path or None; `chips` the --prefill-chips text or None)."""
@@ -714,19 +729,20 @@ def prefill_from_options(config, prefill_hw="trn2", prompt_len=None, prompt_toke
         values = load_weights(weights, spec)
     return run_prefill(spec, hw, tokens, values, dtype=dtype, timing_only=timing_only,
                        seed=seed, chips=parse_chips(chips), chunk=chunk,
-                       weight_dtype=weight_dtype)
+                       weight_dtype=weight_dtype, stages=parse_stages(stages))
 
 
 def prefill_report(*, model: str, prefill_hw="trn2", prompt_len: int | str | None = None,
                    prompt_tokens: str | None = None, seed: int = 0, weights: str | None = None,
                    dtype: str = "bf16", prefill_chips: int | str | None = None,
                    timing_only: bool = False, prefill_chunk: int | str | None = None,
-                   weight_dtype: str | None = None) -> dict:
+                   weight_dtype: str | None = None,
+                   prefill_stages: int | str | None = None) -> dict:
     """The `emu prefill --json` object for the options of its command line (`emu sweep`'s
     `prefill` command; `model` is CONFIG; the defaults are the CLI's)."""
     result = prefill_from_options(model, prefill_hw, prompt_len, prompt_tokens, seed, weights,
                                   dtype, timing_only, prefill_chips, prefill_chunk,
-                                  weight_dtype)
+                                  weight_dtype, prefill_stages)
     report = result.summary()
     report["model"] = str(model)
     if result.logits_last is not None:
