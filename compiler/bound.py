@@ -82,6 +82,30 @@ def critical_path_bound(compiled, mesh, pos: int) -> dict:
     layer["rope"], layer["attention"] = attention_bound(plan, compiled.placement, pos, o, h,
                                                         msg, vec, gemv, trans)
     out = {name: cycles * spec.num_layers for name, cycles in layer.items()}
+    windowed = [n for n in range(spec.num_layers) if spec.window(n) is not None]
+    if windowed and plan.bands is not None:
+        # a sliding layer's attention reads min(pos + 1, window) ring entries
+        _, ring = attention_bound(plan, compiled.placement, min(pos, spec.sliding_window - 1),
+                                  o, h, msg, vec, gemv, trans)
+        out["attention"] += (ring - layer["attention"]) * len(windowed)
+    sparse = sum(spec.is_sparse(n) for n in range(spec.num_layers))
+    if sparse:
+        # a sparse layer's chain (compiler/moe.py): the router GEMV-A, its logits up the
+        # left column, the top-k at (0, 0), SEL to the far corner; then per expert the far
+        # PE's gate/up, its row tree, the activation and the row multicast back before its
+        # down GEMV (its next expert waits for it), and after the last expert the column
+        # tree of down to the top row and the combine
+        moe, last = spec.moe, last_row("router")
+        eff, out_b = plan.vec("eff").max_size, plan.vec("hidden").max_size
+        expert = (stage(pw - 1, tree_steps(pw), gemv(plan.vec("egu").max_size, khid))
+                  + trans(eff) + vec(eff)
+                  + stage(pw - 1, 1, gemv(out_b, plan.vec("eff1").max_size)))
+        tail = last_row("eff1")
+        moe_mlp = (gemv_a("router") + stage(last, tree_steps(last + 1), 0)
+                   + moe.top_k * vec(moe.num_experts)
+                   + stage((pw - 1) + (plan.ph - 1), 2, 0) + moe.top_k * expert
+                   + stage(tail, tree_steps(tail + 1), vec(khid)))
+        out["mlp"] = layer["mlp"] * (spec.num_layers - sparse) + moe_mlp * sparse
     out["head"] = (norm + gemv_a("vocab")) if plan.head else 0
     out["total"] = sum(out.values())
     return out

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from compiler import moe
 from compiler.batching import (
     batch_static_values,
     grouped,
@@ -36,6 +37,7 @@ from compiler.batching import (
 from compiler.place import (
     Placement,
     kept_range,
+    layer_slots,
     multicast_pieces,
     relayouts,
     subtree_ends,
@@ -65,6 +67,8 @@ from isa.validate import validate_program
 STEP_PARAMS = ("nloc", "nfree", "slot_off", "store_n")
 NEW_SLOT_REG = 1   # register holding the new position's slot offset (slot * head_dim)
 NLOC_REG = 2       # register holding nloc
+WIN_SLOT_REG = 3   # spread layout: the sliding-window layers' `w.kslot`
+WINDOW_PREFIX = "w."   # step parameters of the sliding-window layers
 MASK_SCORE = -1.0e30   # spread layout: score of a slot holding no position (exp gives 0)
 
 # Op names of the code blocks emit notes open (Program.region_ops; emu explain, step, map).
@@ -85,6 +89,7 @@ PARAM_DOC = {
              "slot (step parameter, spread layout)",
     "sc_len": "score elements of all heads (step parameter, spread layout)",
     "pm_len": "maxima + scores message length (step parameter, spread layout)",
+    **moe.PARAM_DOC,
 }
 
 
@@ -98,8 +103,11 @@ def step_param_names(plan: TilePlan) -> list[str]:
     if plan.bands is None:
         return list(STEP_PARAMS)
     heads = range(plan.spec.group_size)
-    return (["nact", "nfree", "kslot", "sc_len", "pm_len"] + [f"sc{h}" for h in heads]
-            + [f"mask{h}" for h in heads])
+    names = (["nact", "nfree", "kslot", "sc_len", "pm_len"] + [f"sc{h}" for h in heads]
+             + [f"mask{h}" for h in heads])
+    if plan.spec.layer_types:   # sliding-window layers: the same names for their ring
+        names += [WINDOW_PREFIX + n for n in names]
+    return names
 
 
 # --------------------------------------------------------------------------- code builder
@@ -342,6 +350,9 @@ class Role:
     nv: int = 0         # spread: value dims of row y
     ktree: tuple = ()   # spread: steps in the band's score tree (rows holding keys)
     mb: str = ""        # spread: "send" (band top), "recv" or "" in the band multicast
+    k_exp: int = 0      # MoE: an expert's ffn chunk on row y (compiler/moe.py)
+    last_col: bool = False   # MoE with biases: x == pw - 1 (holds the bias input element)
+    last_row: bool = False   # MoE with biases: y == ph - 1
     store: int = -1     # batched, grouped LM head: the group whose logits column x keeps
 
     @property
@@ -373,6 +384,10 @@ def pe_role(plan: TilePlan, i: int, j: int) -> Role:
                         ktree=tree_actions(r, bands.krows) if r < bands.krows else (),
                         mb="send" if r == 0 and last else
                         "recv" if 0 < r <= last and bands.nv[r] else "")
+    if "eff" in plan.vectors:
+        band["k_exp"] = plan.vec("eff").size(j)
+        if moe.has_bias(plan.spec):
+            band.update(last_col=i == plan.pw - 1, last_row=j == plan.ph - 1)
     if grouped(plan) and 1 <= i <= len(head_groups(plan)):
         band["store"] = i - 1
     return Role(i == 0, j == 0, tree_actions(i, plan.pw), tree_actions(j, plan.ph),
@@ -389,6 +404,7 @@ class Context:
     fab: Fabric
     param_index: dict
     key: tuple | None = None     # SRAM class of the role being emitted
+    dequant_ops: int = 0         # vector passes per element to dequantise an MLP tile
     mark_index: dict = dataclasses.field(default_factory=dict)  # mark name -> id
 
     def addr(self, name: str) -> int:
@@ -538,6 +554,21 @@ def rope_rows(b: CodeBuilder, ctx: Context, role: Role) -> None:
     b.vec(Op.VADD, Desc(e + 1, 2), t3, t4, n2)
 
 
+def qk_norm_rows(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
+    """Spread layout, (0, j) of a row holding key pairs (qk-norm, Qwen3): SQ = the row's
+    partial sums of squares of each q head and of k (stored after the row's q/k/v chunk,
+    so the row multicast carries them), then q and k times their norm weights (before
+    RoPE). The band top completes the norm (`spread_attention`): 1/rms of the q heads
+    scales the scores, 1/rms of each cached key is kept per slot (RK)."""
+    gs, k2, a = ctx.plan.spec.group_size, role.k2, ctx.addr
+    q = a("QKV")
+    sq = q + (gs + 1) * k2 + role.nv
+    b.note("qk-norm: partial sums of squares, norm weights", "rope")
+    for h in range(gs + 1):
+        b.reduce(Op.RDOT, sq + h, q + h * k2, q + h * k2, k2)
+    b.vec(Op.VMUL, q, q, a(f"L{layer}.qkn"), (gs + 1) * k2)
+
+
 def spread_attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
     """Spread layout: sequence-parallel attention of row j's band (docs/mapping.md).
 
@@ -553,40 +584,67 @@ def spread_attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> No
        sum: the row's chunk of the attention output, in XB for o_proj.
     """
     spec, fab, a = ctx.plan.spec, ctx.fab, ctx.addr
-    gs, k2, nv, sp = spec.group_size, role.k2, role.nv, ctx.placement.slots + 1
+    window = spec.window(layer) is not None
+    P = _step_param(WINDOW_PREFIX if window else "")
+    reg = WIN_SLOT_REG if window else NEW_SLOT_REG
+    gs, k2, nv = spec.group_size, role.k2, role.nv
+    sp = layer_slots(ctx.plan, layer, ctx.placement.slots) + 1
     q, pm = a("QKV"), a("PM")
     kt, vt = a(f"L{layer}.k"), a(f"L{layer}.v")
+    qkn = spec.qk_norm and k2 > 0
+    in_tree = spec.qk_norm and role.band in (0, 1)   # the band's score tree sums SQ too
+    sq = q + (gs + 1) * k2 + nv
     b.note("layer {layer}: attention, the row's q/k/v along the row", "attn")
-    row_multicast(b, fab, role.left, q, (gs + 1) * k2 + nv)
+    row_multicast(b, fab, role.left, q, (gs + 1) * k2 + nv + (gs + 1) * qkn)
     if k2:
-        b.vec(Op.VMOV, Desc(Reg(NEW_SLOT_REG, kt), sp), q + gs * k2, n=k2)
+        b.vec(Op.VMOV, Desc(Reg(reg, kt), sp), q + gs * k2, n=k2)
     if nv:
-        b.vec(Op.VMOV, Desc(Reg(NEW_SLOT_REG, vt), sp), q + (gs + 1) * k2, n=nv)
+        b.vec(Op.VMOV, Desc(Reg(reg, vt), sp), q + (gs + 1) * k2, n=nv)
     if role.band in (0, 1):
         b.note("attention: partial scores over the row's key dims", "attn")
         for h in range(gs):
-            gemv_columns(b, kt, sp, q + h * k2, Param(f"sc{h}"), Param("nact"), k2)
-        tree_sum(b, role.ktree, fab.col, pm + gs, Param("sc_len"))
+            gemv_columns(b, kt, sp, q + h * k2, P(f"sc{h}"), P("nact"), k2)
+        tree_sum(b, role.ktree, fab.col, pm + gs, P("sc_len"))
+        if in_tree and not qkn:   # a tree row holding no pairs (bands taller than hd)
+            b.vec(Op.VSET, sq, n=gs + 1, imm=0.0)
+        if in_tree:
+            tree_sum(b, role.ktree, fab.col, sq, gs + 1)
     if role.band == 0:
         b.note("attention: band top scales, masks empty slots, local max, exp", "attn")
-        b.vec(Op.VSCALE, pm + gs, pm + gs, n=Param("sc_len"),
+        b.vec(Op.VSCALE, pm + gs, pm + gs, n=P("sc_len"),
               imm=float(np.float32(spec.head_dim ** -0.5)))
+        if in_tree:
+            rk = a(f"L{layer}.rk")
+            b.note("qk-norm: 1/rms of q heads and k, kept per slot for k", "attn")
+            b.vec(Op.VSCALE, sq, sq, n=gs + 1, imm=1.0 / spec.head_dim)
+            b.vec(Op.VADDI, sq, sq, n=gs + 1, imm=spec.rms_norm_eps)
+            b.vec(Op.VRSQRT, sq, sq, n=gs + 1)
+            b.vec(Op.VMOV, Reg(reg, rk), sq + gs, n=1)
+            for h in range(gs):
+                b.vec(Op.VMUL, P(f"sc{h}"), P(f"sc{h}"), rk, P("nact"))
+                b.vec(Op.VMUL, P(f"sc{h}"), P(f"sc{h}"), Desc(sq + h, 0), P("nact"))
         for h in range(gs):
-            b.vec(Op.VSET, Param(f"mask{h}"), n=Param("nfree"), imm=MASK_SCORE)
+            b.vec(Op.VSET, P(f"mask{h}"), n=P("nfree"), imm=MASK_SCORE)
         for h in range(gs):
-            b.reduce(Op.RMAX, pm + h, Param(f"sc{h}"), n=Param("nact"))
+            b.reduce(Op.RMAX, pm + h, P(f"sc{h}"), n=P("nact"))
         for h in range(gs):
-            b.vec(Op.VSUB, Param(f"sc{h}"), Param(f"sc{h}"), Desc(pm + h, 0), Param("nact"))
-        b.vec(Op.VEXP, pm + gs, pm + gs, n=Param("sc_len"))
+            b.vec(Op.VSUB, P(f"sc{h}"), P(f"sc{h}"), Desc(pm + h, 0), P("nact"))
+        b.vec(Op.VEXP, pm + gs, pm + gs, n=P("sc_len"))
     if role.mb == "send":
-        b.send(fab.mb, pm, Param("pm_len"))
+        b.send(fab.mb, pm, P("pm_len"))
     elif role.mb == "recv":
-        b.recv(fab.mb, pm, Param("pm_len"))
+        b.recv(fab.mb, pm, P("pm_len"))
     if nv:
-        merge_values(b, ctx, role, vt, sp)
+        merge_values(b, ctx, role, vt, sp, P, layer)
 
 
-def merge_values(b: CodeBuilder, ctx: Context, role: Role, vt: int, sp: int) -> None:
+def _step_param(prefix: str):
+    """name -> Param(prefix + name): a layer kind's step parameters."""
+    return lambda name: Param(prefix + name)
+
+
+def merge_values(b: CodeBuilder, ctx: Context, role: Role, vt: int, sp: int,
+                 P=Param, layer: int = 0) -> None:
     """Spread layout, rows holding value dims: local softmax state MO = [m | l | o] from
     PM = [m | p], merged along the row to (0, j) with the online-softmax rule
     m = max(m1, m2), l = l1 e^(m1-m) + l2 e^(m2-m), o = o1 e^(m1-m) + o2 e^(m2-m);
@@ -597,10 +655,10 @@ def merge_values(b: CodeBuilder, ctx: Context, role: Role, vt: int, sp: int) -> 
     b.note("attention: local softmax state of the column's slots", "attn")
     b.vec(Op.VMOV, mo, pm, n=gs)
     for h in range(gs):
-        b.reduce(Op.RSUM, lo + h, Param(f"sc{h}"), n=Param("nact"))
+        b.reduce(Op.RSUM, lo + h, P(f"sc{h}"), n=P("nact"))
     for h in range(gs):
         for d in range(nv):
-            b.reduce(Op.RDOT, oo + h * nv + d, vt + d * sp, Param(f"sc{h}"), Param("nact"))
+            b.reduce(Op.RDOT, oo + h * nv + d, vt + d * sp, P(f"sc{h}"), P("nact"))
     for act, s in role.row_tree:
         if act == "send":
             b.send(fab.row[s], mo, n)
@@ -617,6 +675,11 @@ def merge_values(b: CodeBuilder, ctx: Context, role: Role, vt: int, sp: int) -> 
             b.vec(Op.VMUL, oo + h * nv, oo + h * nv, Desc(aa + h, 0), nv)
             b.vec(Op.VFMA, oo + h * nv, mt + 2 * gs + h * nv, Desc(aa + gs + h, 0), nv)
         b.vec(Op.VMOV, mo, nm, n=gs)
+    if role.left and ctx.plan.spec.attention_sinks:
+        b.note("attention sinks: l += exp(sink - m)", "attn")
+        b.vec(Op.VSUB, aa, a(f"L{layer}.sinks"), mo, gs)
+        b.vec(Op.VEXP, aa, aa, n=gs)
+        b.vec(Op.VADD, lo, lo, aa, gs)
     if role.left:
         b.note("divide by the softmax sums", "attn")
         b.vec(Op.VRECIP, a("RL"), lo, n=gs)
@@ -649,6 +712,8 @@ def decoder_layer(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
         relayout(b, ctx, role, "qkv", a("ACC"), a("QKV"))
     b.mark(p + "rope")
     if spread:
+        if role.left and role.k2 and spec.qk_norm:
+            qk_norm_rows(b, ctx, role, layer)
         if role.left and role.k2:
             rope_rows(b, ctx, role)
         b.mark(p + "attn")
@@ -671,14 +736,20 @@ def decoder_layer(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
     b.mark(p + "norm_post")
     if role.top:
         rmsnorm(b, ctx, role, p + "norm_post", "L{layer}.norm_post")
+    if spec.is_sparse(layer):
+        moe.moe_block(b, ctx, role, layer)
+        return
     b.mark(p + "mlp_up")
     b.note("layer {layer}: gate/up GEMV-A", "gate_up")
-    gemv_a(b, fab, role.top, role.row_tree, role.k_hidden, ctx.waddr(p + "gu"),
-           plan.side_stride("gu", role.band == -1, role.top), a("XN"), a("ACC"), Param("m_gu"))
+    gu_stride = plan.side_stride("gu", role.band == -1, role.top)
+    moe.dequantise(b, ctx, ctx.waddr(p + "gu"), role.k_hidden * gu_stride)
+    gemv_a(b, fab, role.top, role.row_tree, role.k_hidden, ctx.waddr(p + "gu"), gu_stride,
+           a("XN"), a("ACC"), Param("m_gu"))
     if role.left:
         swiglu(b, ctx, role, p + "gu_bias" if spec.mlp_bias else None)
     b.mark(p + "mlp_down")
     b.note("layer {layer}: down GEMV-B", "down")
+    moe.dequantise(b, ctx, ctx.waddr(p + "down"), role.k_ffn * plan.mpad("down"))
     gemv_b(b, fab, role.left, role.col_tree, role.k_ffn, ctx.waddr(p + "down"), plan.mpad("down"),
            a("XB"), a("ACC"), Param("m_hidden"))
     residual(b, ctx, role, p + "down_bias" if spec.mlp_bias else None)
@@ -734,6 +805,8 @@ def pe_code(ctx: Context, role: Role) -> RegionCode:
     if plan.bands is not None:
         if role.band >= 0 and (role.k2 or role.nv):
             start.movr(NEW_SLOT_REG, Param("kslot"))
+            if plan.spec.layer_types:
+                start.movr(WIN_SLOT_REG, Param(WINDOW_PREFIX + "kslot"))
     elif role.groups:
         start.movr(NEW_SLOT_REG, Param("slot_off"))
         start.movr(NLOC_REG, Param("nloc"))
@@ -759,28 +832,87 @@ def pe_code(ctx: Context, role: Role) -> RegionCode:
     return RegionCode(code, merged)
 
 
+def layer_kind(spec, layer: int) -> tuple:
+    """What sets a decoder layer's code structure: (MoE MLP, sliding window or None)."""
+    return (spec.is_sparse(layer), spec.window(layer))
+
+
+def kind_members(spec) -> dict:
+    """layer kind -> its layers in order."""
+    out: dict = {}
+    for layer in range(spec.num_layers):
+        out.setdefault(layer_kind(spec, layer), []).append(layer)
+    return out
+
+
 def layer_code(ctx: Context, role: Role) -> tuple[np.ndarray, dict]:
     """(INSTR_DTYPE code, {pc: (comment, op)}) of every decoder layer of a role, back to back.
 
-    Layers differ only in their mark ids and the addresses of their weights and KV cache,
-    which the place pass lays out at a constant stride per layer (`check_layer_strides`).
-    So only layers 0 and 1 are generated: layer l is layer 0 with every operand slot
-    moved by l * (layer 1 - layer 0), its comments the templates formatted with l.
+    Layers of one kind (`layer_kind`) differ only in their mark ids and the addresses of
+    their weights and KV cache. When a kind's layers are evenly spaced and the place pass
+    lays their buffers out at a constant stride (`check_layer_strides`; always for a
+    uniform model), only its first two layers are generated: its n-th layer is the first
+    with every operand slot moved by n * (second - first), its comments the templates
+    formatted with the layer. Other kinds' layers are generated one by one.
     """
-    layers = ctx.plan.spec.num_layers
-    first, comments = _one_layer(ctx, role, 0)
-    step = np.zeros_like(first["a"])
-    if layers > 1:
-        second, _ = _one_layer(ctx, role, 1)
+    spec = ctx.plan.spec
+    codes, templates = {}, {}
+    for members in kind_members(spec).values():
+        first, comments = _one_layer(ctx, role, members[0])
+        codes[members[0]], templates[members[0]] = first, comments
+        if len(members) == 1:
+            continue
+        if not (_evenly_spaced(members) and _linear_buffers(ctx.placement, tuple(members))):
+            for layer in members[1:]:
+                codes[layer], templates[layer] = _one_layer(ctx, role, layer)
+            continue
+        second, _ = _one_layer(ctx, role, members[1])
         for name in ("op", "modes", "imm"):
             assert np.array_equal(first[name], second[name]), "layers differ in structure"
         step = second["a"] - first["a"]
-    code = np.tile(first, (layers, 1))
-    code["a"] += np.arange(layers, dtype=step.dtype)[:, None, None] * step[None]
-    n = len(first)
-    notes = {pc + layer * n: (text.format(layer=layer), op and f"L{layer}.{op}")
-             for layer in range(layers) for pc, (text, op) in comments.items()}
-    return code.reshape(-1), notes
+        for n, layer in enumerate(members[1:], start=1):
+            code = first.copy()
+            code["a"] += n * step
+            codes[layer], templates[layer] = code, comments
+    parts, notes, base = [], {}, 0
+    for layer in range(spec.num_layers):
+        parts.append(codes[layer])
+        notes.update({pc + base: (text.format(layer=layer), op and f"L{layer}.{op}")
+                      for pc, (text, op) in templates[layer].items()})
+        base += len(codes[layer])
+    return np.concatenate(parts), notes
+
+
+def _evenly_spaced(members: list) -> bool:
+    """The layers form an arithmetic progression."""
+    return len(set(np.diff(members).tolist())) <= 1
+
+
+def _linear_buffers(placement: Placement, members: tuple) -> bool:
+    """Every per-layer buffer of these layers sits at a constant address stride over
+    them in every class (computed once per placement and layer set)."""
+    cache = _LINEAR.setdefault(id(placement), (placement, {}))[1]
+    if members not in cache:
+        cache[members] = _check_linear(placement, members)
+    return cache[members]
+
+
+_LINEAR: dict = {}   # id(placement) -> (placement, {members: bool}); the placement is kept
+                     # alive with its entry so the id is not reused (cleared per emit)
+
+
+def _check_linear(placement: Placement, members: tuple) -> bool:
+    """`_linear_buffers` without the cache."""
+    for buffers in placement.maps.values():
+        prefix = f"L{members[0]}."
+        for name in buffers:
+            if not name.startswith(prefix):
+                continue
+            rest = name[len(prefix):]
+            addrs = np.array([buffers[f"L{layer}.{rest}"].addr for layer in members])
+            if not (np.diff(addrs, 2) == 0).all():
+                return False
+    return True
 
 
 def _one_layer(ctx: Context, role: Role, layer: int) -> tuple[np.ndarray, dict]:
@@ -793,8 +925,11 @@ def _one_layer(ctx: Context, role: Role, layer: int) -> tuple[np.ndarray, dict]:
 
 def check_layer_strides(placement: Placement) -> None:
     """Assert that every per-layer buffer `L{layer}.{name}` sits at a constant address
-    stride per layer in every class (what `layer_code` relies on)."""
+    stride per layer in every class (what `layer_code` relies on for a model whose layers
+    are all of one kind; others are checked per kind by `layer_code`)."""
     layers = placement.plan.spec.num_layers
+    if len(kind_members(placement.plan.spec)) > 1:
+        return
     for buffers in placement.maps.values():
         for name in buffers:
             if not name.startswith("L0."):
@@ -882,14 +1017,13 @@ def step_values(plan: TilePlan, slots: int, pos: int,
     pw, ph, hd = plan.pw, plan.ph, plan.spec.head_dim
     i = np.arange(pw)
     if plan.bands is not None:
-        gs, nact = plan.spec.group_size, pos // pw + 1
-        nloc = np.where(i <= pos, (pos - i) // pw + 1, 0)
-        sc = placement.addr("PM") + gs + nact * np.arange(gs)
-        out = {"nact": nact, "nfree": nact - nloc,
-               "kslot": np.where(i == pos % pw, pos // pw, slots),
-               "sc_len": gs * nact, "pm_len": gs * (1 + nact)}
-        out.update({f"sc{h}": sc[h] for h in range(gs)})
-        out.update({f"mask{h}": sc[h] + nloc for h in range(gs)})
+        out = spread_step_values(plan, slots, pos, pos, placement.addr("PM"))
+        window = plan.spec.sliding_window
+        if plan.spec.layer_types:   # a ring of `window` entries: pos goes to pos mod window
+            wslots = -(-min(window, slots * pw) // pw)
+            ring = spread_step_values(plan, wslots, min(pos, window - 1), pos % window,
+                                      placement.addr("PM"))
+            out.update({WINDOW_PREFIX + k: v for k, v in ring.items()})
         return {k: np.broadcast_to(np.asarray(v, np.int64), (ph, pw)) for k, v in out.items()}
     nloc = np.where(i <= pos, (pos - i) // pw + 1, 0)
     store = np.where(i == pos % pw, hd, 0)
@@ -897,6 +1031,24 @@ def step_values(plan: TilePlan, slots: int, pos: int,
             "nfree": np.broadcast_to(slots - nloc, (ph, pw)),
             "slot_off": np.broadcast_to(np.int64((pos // pw) * hd), (ph, pw)),
             "store_n": np.broadcast_to(store, (ph, pw))}
+
+
+def spread_step_values(plan: TilePlan, slots: int, last: int, store: int, pm: int) -> dict:
+    """Spread-layout step parameters when entries 0..last hold positions and the new one
+    goes to entry `store` (full attention: both the position; a sliding-window ring:
+    min(pos, window - 1) and pos mod window). Entry e is on column e mod pw, slot
+    e div pw; `slots` is the layer's slots per PE (the spare slot is `slots`)."""
+    pw, gs = plan.pw, plan.spec.group_size
+    i = np.arange(pw)
+    nact = last // pw + 1
+    nloc = np.where(i <= last, (last - i) // pw + 1, 0)
+    sc = pm + gs + nact * np.arange(gs)
+    out = {"nact": nact, "nfree": nact - nloc,
+           "kslot": np.where(i == store % pw, store // pw, slots),
+           "sc_len": gs * nact, "pm_len": gs * (1 + nact)}
+    out.update({f"sc{h}": sc[h] for h in range(gs)})
+    out.update({f"mask{h}": sc[h] + nloc for h in range(gs)})
+    return out
 
 
 # --------------------------------------------------------------------------- programs
@@ -955,9 +1107,9 @@ def assign_roles(plan: TilePlan) -> tuple[list, np.ndarray, list]:
     pw, ph = plan.pw, plan.ph
     cols = [pe_role(plan, i, 0) for i in range(pw)]
     rows = [pe_role(plan, 0, j) for j in range(ph)]
-    col_keys = [(r.left, r.row_tree, r.k_hidden, r.store) for r in cols]
+    col_keys = [(r.left, r.row_tree, r.k_hidden, r.last_col, r.store) for r in cols]
     row_keys = [(r.top, r.col_tree, r.k_attn, r.k_ffn, r.groups, r.wrow, r.band, r.k2, r.nv,
-                 r.ktree, r.mb) for r in rows]
+                 r.ktree, r.mb, r.k_exp, r.last_row) for r in rows]
     ci = _class_index(col_keys)
     rj = _class_index(row_keys)
     pair = (rj[:, None] * (ci.max() + 1) + ci[None, :]).reshape(-1)
@@ -968,7 +1120,7 @@ def assign_roles(plan: TilePlan) -> tuple[list, np.ndarray, list]:
     pe_region = rank[inverse].astype(np.int32)
     reps = [(int(f % pw), int(f // pw)) for f in first[order]]
     row_fields = ("top", "col_tree", "k_attn", "k_ffn", "groups", "wrow", "band", "k2", "nv",
-                  "ktree", "mb")
+                  "ktree", "mb", "k_exp", "last_row")
     roles = [dataclasses.replace(cols[x], **{f: getattr(rows[y], f) for f in row_fields})
              for x, y in reps]
     return roles, pe_region, reps
@@ -1061,9 +1213,11 @@ def decode_mark_names(plan: TilePlan) -> list[str]:
 
 
 def emit_decode(plan: TilePlan, placement: Placement, routes: RoutePlan,
-                source: str = "<decode>") -> DecodeProgram:
+                mesh: MeshConfig | None = None, source: str = "<decode>") -> DecodeProgram:
     """The emit pass: one decode step as a Program with per-role regions."""
     params, left = static_params(plan), left_params(plan, placement)
+    if moe.has_moe(plan.spec):
+        params.update(moe.static_params(plan, placement.addr("LG")))
     if plan.batch > 1:
         params.update(batch_static_values(plan, params))
     param_names = list(params) + list(left) + (user_step_names(plan) if plan.batch > 1
@@ -1071,14 +1225,20 @@ def emit_decode(plan: TilePlan, placement: Placement, routes: RoutePlan,
     marks = decode_mark_names(plan)
     ctx = Context(plan, placement, Fabric.from_routes(routes),
                   {n: k for k, n in enumerate(param_names)},
-                  mark_index={n: k for k, n in enumerate(marks)})
+                  mark_index={n: k for k, n in enumerate(marks)},
+                  dequant_ops=moe.dequant_ops(placement, mesh))
     roles, pe_region, reps = assign_roles(plan)
     check_layer_strides(placement)
-    codes = [pe_code(ctx, role) for role in roles]
+    try:
+        codes = [pe_code(ctx, role) for role in roles]
+    finally:
+        _LINEAR.pop(id(placement), None)
     names = [f"role{r}_x{x}_y{y}" for r, (x, y) in enumerate(reps)]
     program = assemble_regions(plan, pe_region, codes, names, params, param_names, routes,
                                placement.total_words, placement.dtype, source, left)
     program.mark_names = marks
+    if placement.weight_dtype is not None:
+        program.sram_bytes_needed = placement.total_bytes
     return DecodeProgram(program, plan, placement, routes, param_names, roles, reps,
                          params, left)
 

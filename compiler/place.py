@@ -31,9 +31,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from compiler import moe
 from compiler.batching import PACKED, batch_entries, batch_fit_note, grouped
 from compiler.tile import Chunking, TilePlan, chunk_bounds, max_shift, tile
 from emulator.hw.dtypes import BYTES as DTYPE_BYTES
+from emulator.hw.dtypes import weight_format
 from emulator.hw.errors import FitError
 from emulator.hw.mesh import MeshConfig
 
@@ -96,6 +98,8 @@ class Placement:
     maps: dict = field(default=None, hash=False)     # class key -> {name: Buffer}
     class_words: dict = field(default=None, hash=False)  # class key -> elements
     capacity: int = 0      # largest max_context whose KV fits beside the weights/scratch
+    weight_dtype: str | None = None   # storage format of the MLP / expert tiles (None: dtype)
+    class_bytes: dict = field(default=None, hash=False)   # class key -> SRAM bytes
 
     def addr(self, name: str, key: tuple | None = None) -> int:
         """First element of buffer `name` (in class `key`, or the first class holding it)."""
@@ -107,7 +111,10 @@ class Placement:
 
     @property
     def total_bytes(self) -> int:
-        """SRAM bytes per PE the largest class needs."""
+        """SRAM bytes per PE the largest class needs (MLP / expert tiles at the weight
+        format's bits, everything else at the dtype's bytes)."""
+        if self.class_bytes:
+            return max(self.class_bytes.values())
         return self.total_words * DTYPE_BYTES[self.dtype]
 
 
@@ -230,11 +237,14 @@ def common_entries(plan: TilePlan, slots: int = 0, outside: bool = False,
               plan.mpad("qkv") if plan.layout == "even" else 0)
     xb = max(plan.vec("attn").max_size if plan.layout in ("even", "spread") else 0,
              plan.side_max("ffn", outside))
-    out = [("H", hid, "scratch"), ("XN", hid, "scratch"), ("SS", 1, "scratch"),
-           ("JUNK", 1, "scratch"), ("ACC", acc, "scratch")]
+    need = moe.scratch_sizes(plan)
+    out = [("H", hid, "scratch"), ("XN", max(hid, need.get("XN", 0)), "scratch"),
+           ("SS", 1, "scratch"), ("JUNK", 1, "scratch")]
+    out += moe.common_entries(plan)       # LG, SEL: one address on every PE
+    out.append(("ACC", max(acc, need.get("ACC", 0)), "scratch"))
     if grouped(plan):   # the LM head's accumulator of one group (compiler/batching.py)
         out.append(("HACC", plan.head_group * vocab, "scratch"))
-    out.append(("XB", xb, "scratch"))
+    out.append(("XB", max(xb, need.get("XB", 0)), "scratch"))
     if plan.bands is not None and not outside:
         out.append(("PM", spec.group_size * (1 + slots), "scratch"))
     if plan.bands is not None and not top:
@@ -270,10 +280,14 @@ def weight_entries(plan: TilePlan, kind: tuple = (),
         lm_head = plan.kmax("lm_head") * plan.side_stride("lm_head", outside, top)
     for layer in range(spec.num_layers):
         p = f"L{layer}."
-        out += [(p + m, sizes[m], "weight") for m in ("qkv", "o", "gu", "down")]
+        sparse = spec.is_sparse(layer)
+        mlp = () if sparse else ("gu", "down")
+        out += [(p + m, sizes[m], "weight") for m in ("qkv", "o", *mlp)]
+        if sparse:
+            out += moe.layer_weight_entries(plan, layer)
         if spec.attention_bias:
             out.append((p + "qkv_bias", plan.mpad("qkv"), "weight"))
-        if spec.mlp_bias:
+        if spec.mlp_bias and not sparse:
             out.append((p + "gu_bias", plan.mpad("gu"), "weight"))
     if plan.head:
         out.append(("lm_head", lm_head, "weight"))
@@ -301,14 +315,26 @@ def spread_attention_entries(plan: TilePlan, kind: tuple,
     takes the store of PEs not owning the new position); PM holds the heads' maxima then
     their scores [head][slot]; MO the merge state [max | sum | weighted values]."""
     spec, (k2, nv, _) = plan.spec, kind
-    heads, sp, out = spec.group_size, slots + 1, []
+    heads, out = spec.group_size, []
     for layer in range(spec.num_layers):
+        sp = layer_slots(plan, layer, slots) + 1
         out += [(f"L{layer}.k", k2 * sp, "kv"), (f"L{layer}.v", nv * sp, "kv")]
-    out.append(("QKV", (heads + 1) * k2 + nv, "scratch"))
+        if spec.qk_norm and kind[2]:   # band top: 1/rms of each cached key
+            out.append((f"L{layer}.rk", sp, "kv"))
+    # qk-norm: the row's partial sums of squares ride along (every band row reserves them)
+    out.append(("QKV", (heads + 1) * k2 + nv + (heads + 1) * spec.qk_norm, "scratch"))
     if nv:
         out += [("MO", heads * (2 + nv), "scratch"), ("MT", heads * (2 + nv), "scratch"),
                 ("NM", heads, "scratch"), ("AA", 2 * heads, "scratch")]
     return out
+
+
+def layer_slots(plan: TilePlan, layer: int, slots: int) -> int:
+    """KV slots per PE of `layer`: `slots`, or for a sliding-window layer the ring of its
+    `window` positions, ceil(min(window, max_context) / pw) (position t in ring entry
+    t mod window, on column (t mod window) mod pw, slot (t mod window) div pw)."""
+    window = plan.spec.window(layer)
+    return slots if window is None else min(slots, -(-window // plan.pw))
 
 
 def left_entries(plan: TilePlan, key: tuple, g_need: np.ndarray) -> list[tuple[str, int, str]]:
@@ -320,16 +346,25 @@ def left_entries(plan: TilePlan, key: tuple, g_need: np.ndarray) -> list[tuple[s
         out = [("COS", rope, "scratch"), ("SIN", rope, "scratch")] if rope else []
         if nv:
             out.append(("RL", spec.group_size, "scratch"))
-        out.append(("TMP", max(4 * rope, plan.side_max("ffn", not attn)), "scratch"))
-        return out
+        if k2 and spec.qk_norm:
+            out += [(f"L{layer}.qkn", (spec.group_size + 1) * k2, "weight")
+                    for layer in range(spec.num_layers)]
+        if nv and spec.attention_sinks:
+            out += [(f"L{layer}.sinks", spec.group_size, "weight")
+                    for layer in range(spec.num_layers)]
+        out.append(("TMP", max(4 * rope, plan.side_max("ffn", not attn),
+                               moe.scratch_sizes(plan).get("TMP", 0)), "scratch"))
+        return out + moe.left_entries(plan) + (moe.hub_entries(plan) if key[3] else [])
     rope = (spec.group_size + 1) * spec.head_dim // 2
     out = [("COS", rope, "scratch"), ("SIN", rope, "scratch")] if attn else []
-    out.append(("TMP", max(4 * rope if attn else 0, plan.vec("ffn").max_size), "scratch"))
+    out.append(("TMP", max(4 * rope if attn else 0, plan.vec("ffn").max_size,
+                           moe.scratch_sizes(plan).get("TMP", 0)), "scratch"))
     if plan.layout == "even":
         rows = ((plan.weight_rows() == key[0]) & ((plan.vec("groups").sizes() > 0) == key[1])
                 & ((np.arange(plan.ph) == 0) == key[3]))
         out.append(("G", int(g_need[rows].max(initial=0)), "scratch"))
-    return out
+    # after G, which overlays TMP and may run past it
+    return out + moe.left_entries(plan) + (moe.hub_entries(plan) if key[3] else [])
 
 
 def class_entries(plan: TilePlan, key: tuple, slots: int, g_need: np.ndarray) -> list:
@@ -367,6 +402,24 @@ def layout_class(entries: list) -> tuple[dict, int]:
     return buffers, addr
 
 
+def quantized(name: str) -> bool:
+    """Whether buffer `name` is stored in the weight format (`--weight-dtype`): the MLP
+    and expert tiles (dense gate/up and down, every expert block), as gpt-oss's MXFP4
+    checkpoints quantize; attention, router, norms and the LM head stay in the dtype."""
+    return name.startswith("L") and name.rsplit(".", 1)[-1] in ("gu", "down", "experts")
+
+
+def buffer_bytes(buffers: dict, dtype: str, weight_dtype: str | None) -> int:
+    """SRAM bytes of one class's buffers: quantized tiles at the weight format's bits
+    (rounded up to whole bytes), the rest at the dtype's bytes per element."""
+    nbytes = DTYPE_BYTES[dtype]
+    if weight_dtype is None:
+        return sum(b.words for b in buffers.values()) * nbytes
+    q = sum(b.words for n, b in buffers.items() if quantized(n))
+    rest = sum(b.words for n, b in buffers.items() if not quantized(n))
+    return rest * nbytes + math.ceil(q * weight_format(weight_dtype).bits_per_element / 8)
+
+
 def class_maps(plan: TilePlan, max_context: int) -> tuple[dict, dict]:
     """(class key -> {name: Buffer}, class key -> elements) of every class on the mesh."""
     slots, g_need = -(-max_context // plan.pw), g_words(plan)
@@ -384,13 +437,14 @@ def required_words(plan: TilePlan, max_context: int) -> int:
 
 def place(plan: TilePlan, mesh: MeshConfig, dtype: str = "fp32",
           max_context: int | None = None, hint: bool = True,
-          capacity: int | None = None) -> Placement:
+          capacity: int | None = None, weight_dtype: str | None = None) -> Placement:
     """The place pass: assign addresses per class; FitError when SRAM is too small.
 
     `hint=False` leaves the smallest fitting square out of the FitError message (it is
     a scan over mesh sizes; callers that try another layout next skip it).
     `capacity`: the context reported as `Placement.capacity` (default: this plan's
     `fit_context`; the spread layout passes the best over its shifts, `spread_shift`).
+    `weight_dtype`: the MLP / expert tiles' storage format (`buffer_bytes`).
     """
     spec = plan.spec
     max_context = default_max_context(spec) if max_context is None else max_context
@@ -401,30 +455,45 @@ def place(plan: TilePlan, mesh: MeshConfig, dtype: str = "fp32",
     for key in sorted(maps, key=lambda k: -words[k]):
         for name, buf in maps[key].items():
             union.setdefault(name, buf)
+    if weight_dtype is not None:
+        weight_dtype = weight_format(weight_dtype).name
     placement = Placement(plan, dtype, max_context, -(-max_context // plan.pw), union,
                           max(words.values()), maps, words,
-                          fit_context(plan, mesh.sram_bytes // DTYPE_BYTES[dtype])
-                          if capacity is None else capacity)
+                          fit_context(plan, mesh.sram_bytes // DTYPE_BYTES[dtype], "all",
+                                      dtype, weight_dtype)
+                          if capacity is None else capacity, weight_dtype,
+                          {k: buffer_bytes(m, dtype, weight_dtype) for k, m in maps.items()}
+                          if weight_dtype is not None else None)
     if placement.total_bytes > mesh.sram_bytes:
         raise FitError(_fit_message(placement, mesh, hint))
     return placement
 
 
-def fit_context(plan: TilePlan, sram_words: int, side: str = "all") -> int:
+def fit_context(plan: TilePlan, sram_words: int, side: str = "all", dtype: str = "fp32",
+                weight_dtype: str | None = None) -> int:
     """The largest max_context (a multiple of pw) whose per-class SRAM fits `sram_words`
     elements per PE: every class needs `a + b * slots` elements (KV and score buffers
     grow linearly with the slots per PE), so the slots that fit are
     min over classes of floor((sram_words - a) / b); 0 when nothing fits.
     `side` "band" / "outside" takes the minimum over the classes of the band rows / of
-    the rows outside the bands only (spread layout; "all": every class)."""
-    return side_contexts(plan, sram_words)[side]
+    the rows outside the bands only (spread layout; "all": every class). With a
+    `weight_dtype` the same in bytes (`buffer_bytes`, budget sram_words * bytes(dtype)).
+    A sliding-window layer's ring stops growing at its window, so the linear model is
+    conservative when the window exceeds pw."""
+    return side_contexts(plan, sram_words, dtype, weight_dtype)[side]
 
 
-def side_contexts(plan: TilePlan, sram_words: int) -> dict:
+def side_contexts(plan: TilePlan, sram_words: int, dtype: str = "fp32",
+                  weight_dtype: str | None = None) -> dict:
     """{"all", "band", "outside"} -> `fit_context` of that side, from one pair of class
     maps (rows outside the bands exist only in the spread layout; elsewhere every class
-    counts as "band")."""
-    one, two = class_maps(plan, plan.pw)[1], class_maps(plan, 2 * plan.pw)[1]
+    counts as "band"); in bytes with a `weight_dtype`."""
+    if weight_dtype is None:
+        one, two = class_maps(plan, plan.pw)[1], class_maps(plan, 2 * plan.pw)[1]
+    else:
+        one, two = ({k: buffer_bytes(m, dtype, weight_dtype)
+                     for k, m in class_maps(plan, c * plan.pw)[0].items()} for c in (1, 2))
+        sram_words = sram_words * DTYPE_BYTES[dtype]
     limit = plan.spec.max_position_embeddings
     slots = {"band": None, "outside": None}
     full = {"band": False, "outside": False}
@@ -444,8 +513,8 @@ def side_contexts(plan: TilePlan, sram_words: int) -> dict:
 
 
 def spread_shift(spec, pw: int, ph: int, head: bool, sram_words: int,
-                 max_context: int | None = None, batch: int = 1,
-                 head_group: int = 0) -> tuple[int, int]:
+                 max_context: int | None = None, batch: int = 1, dtype: str = "fp32",
+                 weight_dtype: str | None = None, head_group: int = 0) -> tuple[int, int]:
     """(shift, capacity) of the spread layout's ffn / vocabulary split (docs/mapping.md,
     "Rows outside the bands"): `capacity` is the largest context over every shift
     (`compiler.tile.shift_rows`), `shift` the smallest one whose placement holds
@@ -465,7 +534,7 @@ def spread_shift(spec, pw: int, ph: int, head: bool, sram_words: int,
             plan = tile(spec, pw, ph, "spread", head, s)
             if batch != 1:   # contexts per user of `batch` users (compiler/batching.py)
                 plan = dataclasses.replace(plan, batch=batch, head_group=head_group)
-            fit = side_contexts(plan, sram_words)
+            fit = side_contexts(plan, sram_words, dtype, weight_dtype)
             memo[s] = (fit["band"], fit["outside"])
         return memo[s]
 
@@ -497,7 +566,8 @@ def best_context(spec, pw: int, ph: int, layout: str, head: bool, sram_words: in
 
 def largest_class(placement: Placement) -> tuple:
     """Key of the class needing the most SRAM."""
-    return max(placement.class_words, key=lambda k: placement.class_words[k])
+    sizes = placement.class_bytes or placement.class_words
+    return max(sizes, key=lambda k: sizes[k])
 
 
 def class_name(key: tuple) -> str:
@@ -519,11 +589,12 @@ def class_name(key: tuple) -> str:
 
 def _fit_message(placement: Placement, mesh: MeshConfig, hint: bool = True) -> str:
     """Required vs available bytes per PE, by kind, and the smallest square mesh that fits."""
-    plan, nbytes = placement.plan, DTYPE_BYTES[placement.dtype]
+    plan = placement.plan
     key = largest_class(placement)
     by_kind = {}
-    for buf in placement.maps[key].values():
-        by_kind[buf.kind] = by_kind.get(buf.kind, 0) + buf.words * nbytes
+    for name, buf in placement.maps[key].items():
+        size = buffer_bytes({name: buf}, placement.dtype, placement.weight_dtype)
+        by_kind[buf.kind] = by_kind.get(buf.kind, 0) + size
     parts = ", ".join(f"{kind} {b}" for kind, b in by_kind.items())
     hint = hint and plan.layout != "spread"   # spread: the context that fits is the hint
     side = smallest_square(plan.spec, mesh, placement.dtype, placement.max_context,
@@ -534,7 +605,8 @@ def _fit_message(placement: Placement, mesh: MeshConfig, hint: bool = True) -> s
     fits = (f"a context of {placement.capacity} tokens would fit" if placement.capacity
             else "no context fits beside the weights and scratch")
     if plan.batch > 1:
-        fits = batch_fit_note(placement, mesh.sram_bytes // nbytes, fit_context)
+        words = mesh.sram_bytes // DTYPE_BYTES[placement.dtype]
+        fits = batch_fit_note(placement, words, fit_context)
     return (f"model does not fit on a {plan.pw}x{plan.ph} mesh ({plan.layout} layout, "
             f"{placement.dtype}, max_context {placement.max_context}): needs "
             f"{placement.total_bytes} bytes of SRAM per PE ({class_name(key)}: {parts}), "
@@ -591,7 +663,8 @@ def verify_placement(placement: Placement, mesh: MeshConfig) -> None:
     assert placement.total_bytes <= mesh.sram_bytes, "placement exceeds the PE's SRAM"
     plan = placement.plan
     for layer in range(plan.spec.num_layers):
-        for m in ("qkv", "o", "gu", "down"):
+        sparse = plan.spec.is_sparse(layer)
+        for m in ("qkv", "o", "router") if sparse else ("qkv", "o", "gu", "down"):
             _check_tiles(placement, m, f"L{layer}.{m}")
     if plan.head:
         _check_tiles(placement, "lm_head", "lm_head")
@@ -632,11 +705,17 @@ def pe_usage(placement: Placement) -> np.ndarray:
     a PE is `Placement.class_words[pe_class(plan, x, y)]`)."""
     plan, spec = placement.plan, placement.plan.spec
     used = np.zeros((plan.ph, plan.pw), np.int64)
+    sparse = sum(spec.is_sparse(layer) for layer in range(spec.num_layers))
+    copies = {"lm_head": 1, "router": sparse, "gu": spec.num_layers - sparse,
+              "down": spec.num_layers - sparse}
+    if sparse:
+        copies.update(egu=sparse * spec.moe.num_experts, edown=sparse * spec.moe.num_experts)
     for name, tile_ in plan.matrices.items():
         out, inp = plan.vec(tile_.out).sizes(), plan.vec(tile_.inp).sizes()
         area = np.outer(out, inp) if tile_.kind == "A" else np.outer(inp, out)
-        used += area * (1 if name == "lm_head" else spec.num_layers)
-    used += (kv_dims_per_row(plan) * spec.num_layers * placement.slots)[:, None]
+        used += area * copies.get(name, spec.num_layers)
+    kv_slots = sum(layer_slots(plan, layer, placement.slots) for layer in range(spec.num_layers))
+    used += (kv_dims_per_row(plan) * kv_slots)[:, None]
     used += sum(b.words for b in placement.buffers.values() if b.kind == "scratch")
     used[0, :] += (2 * spec.num_layers + 1) * plan.vec("hidden").sizes()
     return used

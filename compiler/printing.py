@@ -14,6 +14,8 @@ import numpy as np
 
 INLINE_ELEMENTS = 32     # arrays and sequences up to this many scalars print in full
 SKIPPED_FIELDS = {"spec", "plan"}   # back-references to the IR the node was built from
+# optional fields printed only when set (models and weight formats added later)
+SKIPPED_WHEN_UNSET = frozenset({"weight_dtype", "class_bytes", "k_exp", "last_col", "last_row"})
 
 
 def kind_of(obj) -> str:
@@ -69,7 +71,10 @@ def to_sexpr(obj, depth: int = 0) -> str:
         return _node(kind_of(obj), [(f.name, getattr(obj, f.name))
                                     for f in dataclasses.fields(obj)
                                     if f.name not in SKIPPED_FIELDS
-                                    and not _default_batch(obj, f)], depth)
+                                    and not _default_batch(obj, f)
+                                    and not (f.name in SKIPPED_WHEN_UNSET
+                                             and getattr(obj, f.name) in (None, 0, False))],
+                     depth)
     if isinstance(obj, dict):
         return _node("map", sorted(obj.items(), key=lambda kv: str(kv[0])), depth)
     if isinstance(obj, (tuple, list, frozenset, set)):

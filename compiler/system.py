@@ -21,11 +21,15 @@ deterministic and timing never depends on values).
 
 import dataclasses
 import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from compiler.decode import Compiled, compile_decode
-from compiler.numerics import canonical_dtype, dtype_bytes
+from compiler.decode import Compiled, compile_decode, plan_and_place
+from compiler.numerics import canonical_dtype, dtype_bytes, mlp_weight_axis
 from compiler.tile import chunk_bounds
+from emulator.hw.dtypes import weight_format
 from emulator.hw.errors import FitError
 from emulator.hw.mesh import MeshConfig
 
@@ -61,22 +65,37 @@ class System:
         return len(self.parts)
 
     def distinct(self) -> dict:
-        """(layers, head) -> the first part with that program."""
+        """`program_key(part)` -> the first part with that program."""
         out = {}
         for part in self.parts:
-            out.setdefault((part.layers, part.head), part)
+            out.setdefault(program_key(part), part)
         return out
 
 
-def model_bytes(spec, dtype: str, max_context: int) -> int:
-    """Bytes of weights plus the KV cache of `max_context` positions."""
+def program_key(part: WaferPart) -> tuple:
+    """What sets a wafer's program: its layer count, head flag and compiled object (parts
+    with equal layer counts, head flags and layer kinds share one, `compile_system`)."""
+    return (part.layers, part.head, id(part.compiled))
+
+
+def model_bytes(spec, dtype: str, max_context: int, weight_dtype: str | None = None) -> int:
+    """Bytes of weights plus the KV cache of `max_context` positions (the MLP / expert
+    weights at `weight_dtype`'s bits when given, compiler.place.quantized)."""
     nbytes = dtype_bytes(dtype)
-    return spec.param_count() * nbytes + spec.kv_bytes_per_token(nbytes) * max_context
+    kv = spec.kv_bytes_per_token(nbytes) * max_context
+    if weight_dtype is None:
+        return spec.param_count() * nbytes + kv
+    shapes = spec.weight_shapes()
+    mlp = sum(math.prod(s) for n, s in shapes.items() if mlp_weight_axis(n) is not None)
+    rest = spec.param_count() - mlp
+    bits = weight_format(weight_dtype).bits_per_element
+    return rest * nbytes + math.ceil(mlp * bits / 8) + kv
 
 
-def wafers_needed(spec, mesh: MeshConfig, dtype: str, max_context: int) -> int:
+def wafers_needed(spec, mesh: MeshConfig, dtype: str, max_context: int,
+                  weight_dtype: str | None = None) -> int:
     """Smallest number of wafers whose SRAM (PEs x SRAM per PE) holds weights + KV cache."""
-    return max(1, math.ceil(model_bytes(spec, dtype, max_context)
+    return max(1, math.ceil(model_bytes(spec, dtype, max_context, weight_dtype)
                             / (mesh.num_pes * mesh.sram_bytes)))
 
 
@@ -88,30 +107,61 @@ def layer_ranges(num_layers: int, wafers: int) -> list[tuple[int, int]]:
     return [(b[w], b[w + 1]) for w in range(wafers)]
 
 
-def sub_spec(spec, layers: int):
-    """The model with only `layers` decoder layers (the shape of one wafer's part)."""
-    return dataclasses.replace(spec, num_layers=layers)
+def sub_spec(spec, layers: int, start: int = 0):
+    """The model with only decoder layers start .. start + layers - 1, renumbered from 0
+    (one wafer's part; their layer types and sparse MLPs come along)."""
+    stop = start + layers
+    moe = spec.moe
+    if moe is not None:
+        moe = dataclasses.replace(moe, sparse_layers=tuple(
+            layer - start for layer in moe.sparse_layers if start <= layer < stop))
+    return dataclasses.replace(spec, num_layers=layers, moe=moe,
+                               layer_types=spec.layer_types[start:stop])
 
 
 def compile_system(spec, mesh: MeshConfig, dtype: str = "bf16", max_context: int | None = None,
-                   layout: str = "auto") -> System:
-    """Compile each distinct wafer program once; FitError naming the wafer that fails."""
+                   layout: str = "auto", weight_dtype: str | None = None,
+                   jobs: int | None = None) -> System:
+    """Compile each distinct wafer program once; FitError naming the wafer that fails.
+
+    Distinct programs compile side by side in forked processes, up to `jobs` at once
+    (None: one per CPU; 1: here, one after another); the result does not depend on it."""
     dtype = canonical_dtype(dtype)
     one = dataclasses.replace(mesh, wafers=1)
-    cache, parts = {}, []
+    todo, keys = {}, []
     ranges = layer_ranges(spec.num_layers, mesh.wafers)
     for w, (start, stop) in enumerate(ranges):
         head = w == len(ranges) - 1
-        key = (stop - start, head)
-        if key not in cache:
-            try:
-                cache[key] = compile_decode(sub_spec(spec, stop - start), one, dtype,
-                                            max_context, layout, head)
-            except FitError as exc:
-                raise FitError(f"wafer {w} of {mesh.wafers} (layers {start}..{stop - 1}"
-                               f"{', LM head' if head else ''}): {exc}") from None
-        parts.append(WaferPart(w, start, stop, head, cache[key]))
+        part = sub_spec(spec, stop - start, start)
+        key = (stop - start, head, part.layer_types, part.moe)
+        todo.setdefault(key, (w, start, stop, head, part))
+        keys.append(key)
+    args = [(job, one, dtype, max_context, layout, weight_dtype, mesh.wafers)
+            for job in todo.values()]
+    for a in args:   # every wafer fits before any code is emitted (a quick FitError)
+        _compile_part(a, check=True)
+    workers = min(len(args), jobs or os.cpu_count() or 1)
+    if workers > 1 and not multiprocessing.current_process().daemon:   # daemons cannot fork
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            done = list(pool.map(_compile_part, args))
+    else:
+        done = [_compile_part(a) for a in args]
+    cache = dict(zip(todo, done, strict=True))
+    parts = [WaferPart(w, start, stop, w == len(ranges) - 1, cache[key])
+             for w, ((start, stop), key) in enumerate(zip(ranges, keys, strict=True))]
     return System(spec, mesh, dtype, parts)
+
+
+def _compile_part(args: tuple, check: bool = False) -> Compiled | None:
+    """compile_decode of one wafer's part (`check`: only its tile and place passes);
+    FitError naming the wafer."""
+    (w, start, stop, head, part), one, dtype, max_context, layout, weight_dtype, wafers = args
+    compile_ = plan_and_place if check else compile_decode
+    try:
+        return compile_(part, one, dtype, max_context, layout, head, weight_dtype=weight_dtype)
+    except FitError as exc:
+        raise FitError(f"wafer {w} of {wafers} (layers {start}..{stop - 1}"
+                       f"{', LM head' if head else ''}): {exc}") from None
 
 
 def handoff_seconds(spec, mesh: MeshConfig, dtype: str) -> float:

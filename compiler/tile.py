@@ -250,6 +250,10 @@ def band_geometry(ph: int, kv_heads: int, head_dim: int) -> Bands | None:
     half, weight = head_dim // 2, 2 * head_dim
     starts = np.concatenate([2 * np.arange(half), 2 * half + np.arange(head_dim)])
     row = starts * size // weight                  # band-local row of each unit
+    # a band taller than hd leaves rows without units between used ones; compact the used
+    # rows in order, so the rows holding pairs are a prefix (the score tree's rows) and
+    # the empty rows are the band's last (identity when every row is used)
+    row = np.unique(row, return_inverse=True)[1].reshape(-1)
     is_pair = np.arange(half + head_dim) < half
     kp = np.bincount(row[is_pair], minlength=size).astype(np.int64)
     nv = np.bincount(row[~is_pair], minlength=size).astype(np.int64)
@@ -364,6 +368,8 @@ def tile(spec: ModelSpec, pw: int, ph: int, layout: str = "groups", head: bool =
         "down": MatrixTile("B", "hidden", "ffn"),
         "lm_head": MatrixTile("A", "vocab", "hidden"),
     }
+    from compiler import moe  # moe builds on this module
+    moe.extend_tiles(spec, ph, vectors, matrices, wrows)
     return TilePlan(spec, pw, ph, layout, vectors, matrices, head)
 
 
@@ -446,6 +452,8 @@ def _tile_spread(spec: ModelSpec, pw: int, ph: int, head: bool, shift: int = 0) 
         "down": MatrixTile("B", "hidden", "ffn"),
         "lm_head": MatrixTile("A", "vocab", "hidden"),
     }
+    from compiler import moe  # moe builds on this module
+    moe.extend_tiles(spec, ph, vectors, matrices, np.ones(ph, bool))
     return TilePlan(spec, pw, ph, "spread", vectors, matrices, head, bands, shift)
 
 

@@ -186,7 +186,9 @@ tiles, idle PEs. On the right, which kv groups each attention row serves:
 {small}
 ![tiny model on an 8x8 mesh]({TINY_PNG.removeprefix("docs/")})
 
-Every PE uses the same SRAM address map (so code can use immediate addresses); `--layer N`
+Every PE of a class (the same role and, in the spread layout, the same kind of band row)
+uses the same SRAM address map, so the code they share can use immediate addresses; the
+SRAM figures of the map (title, legend, cells, bar) are these reservations. `--layer N`
 lists layer N's buffers with their addresses and, on a small `--region`, each PE's tile
 shapes (rows x columns) and KV bytes:
 

@@ -16,8 +16,8 @@ import numpy as np
 from compiler.bound import critical_path_bound
 from compiler.decode import compile_decode
 from compiler.frontend import ModelSpec, resolve_model
-from compiler.numerics import canonical_dtype, dtype_bytes
-from compiler.place import pe_class
+from compiler.numerics import canonical_dtype, dtype_bytes, round_weight_format
+from compiler.place import buffer_bytes, pe_class
 from compiler.system import compile_system, handoff_seconds, wafers_needed
 from compiler.weights import find_checkpoint, load_weights, random_weights
 from emulator.hw.errors import ConfigError, FitError
@@ -68,6 +68,7 @@ class RunRequest:
     prefill_chunk: int | None = None      # chunked prefill: tokens per chunk (None: one pass)
     batch: int = 1                        # users decoded together on the wafer
     prompts: list | None = None           # batch > 1: each user's token ids (None: random)
+    weight_dtype: str | None = None       # None: dtype; bf16 | fp8 | mxfp4 MLP/expert tiles
 
 
 @dataclass
@@ -152,7 +153,8 @@ def parse_user_prompts(tokens: str | None, length: int | None,
 
 def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens,
                   prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine,
-                  prefill_chips=None, prefill_dtype=None, prefill_chunk=None, batch=1):
+                  prefill_chips=None, prefill_dtype=None, prefill_chunk=None, batch=1,
+                  weight_dtype=None):
     """Load and check every input of `emu run` (the CLI's option values); returns a
     RunRequest. `hw`, `prefill_hw` and `link` are preset names, JSON files or already
     loaded preset dataclasses (`emu sweep` passes them as data); `prefill_hw` may be
@@ -176,6 +178,8 @@ def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt
         source = weights or (folder_weights(config) if seed is None else None)
         values = (load_weights(source, spec) if source
                   else random_weights(spec, 0 if seed is None else seed))
+        # the MLP / expert tensors as the mesh stores them (prefill reads the same values)
+        values = round_weight_format(values, weight_dtype)
     name = Path(config or DEFAULT_MODEL).name.removesuffix(".json")
     dtype = canonical_dtype(dtype)
     if isinstance(prefill_hw, PrefillConfig):
@@ -191,7 +195,8 @@ def build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt
                       engine=engine, seed=0 if seed is None else seed,
                       prefill_chips=parse_chips(prefill_chips), prefill_dtype=prefill_dtype,
                       prefill_chunk=check_chunk(prefill_chunk, length),
-                      batch=batch, prompts=prompts if batch > 1 else None)
+                      batch=batch, prompts=prompts if batch > 1 else None,
+                      weight_dtype=weight_dtype)
 
 
 def folder_weights(config: str | None) -> Path | None:
@@ -209,13 +214,14 @@ def run_report(*, model: str | None = None, hw: str | MeshConfig = "small",
                timing_only: bool = False, overlap_kv: bool = False,
                engine: str = "numba", prefill_chips: int | str | None = None,
                prefill_dtype: str | None = None,
-               prefill_chunk: int | str | None = None, batch: int = 1) -> dict:
+               prefill_chunk: int | str | None = None, batch: int = 1,
+               weight_dtype: str | None = None) -> dict:
     """The report dict of `emu run` for the options of its command line (long option
     names with `_`; `model` is CONFIG; the defaults are the CLI's). This is `emu sweep`'s
     `run` command; presets may be passed as data."""
     req = build_request(model, hw, mesh, prefill_hw, link, weights, seed, prompt_tokens,
                         prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine,
-                        prefill_chips, prefill_dtype, prefill_chunk, batch)
+                        prefill_chips, prefill_dtype, prefill_chunk, batch, weight_dtype)
     return run_inference(req).report
 
 
@@ -238,18 +244,21 @@ class DecodeStage:
                                             req.engine, req.batch, max_context)
                 self.compiled = self.decoder.compiled
         elif req.timing_only:
-            self.compiled = compile_decode(req.spec, req.mesh, req.dtype, max_context)
+            self.compiled = compile_decode(req.spec, req.mesh, req.dtype, max_context,
+                                           weight_dtype=req.weight_dtype)
         else:
             self.decoder = MeshDecoder(req.spec, req.weights, req.mesh, req.dtype,
-                                       req.engine, max_context)
+                                       req.engine, max_context, weight_dtype=req.weight_dtype)
             self.compiled = self.decoder.compiled
 
     def _init_system(self, req: RunRequest, max_context: int) -> None:
         if req.timing_only:
-            self.system = compile_system(req.spec, req.mesh, req.dtype, max_context)
+            self.system = compile_system(req.spec, req.mesh, req.dtype, max_context,
+                                         weight_dtype=req.weight_dtype)
         else:
             self.decoder = SystemDecoder(req.spec, req.weights, req.mesh, req.dtype,
-                                         req.engine, max_context)
+                                         req.engine, max_context,
+                                         weight_dtype=req.weight_dtype)
             self.system = self.decoder.system
         self.compiled = self.system.parts[0].compiled
 
@@ -285,7 +294,8 @@ def run_inference(req: RunRequest, progress=None) -> RunOutcome:
     tokens_in = req.prompt if req.prompt is not None else req.prompt_len   # fails here
     prefill = run_prefill(req.spec, req.prefill_hw, tokens_in, req.weights,
                           req.prefill_dtype or req.dtype, req.timing_only, req.seed,
-                          chips=req.prefill_chips, chunk=req.prefill_chunk)
+                          chips=req.prefill_chips, chunk=req.prefill_chunk,
+                          weight_dtype=req.weight_dtype)
     kv = _transfer(req, prefill)
     stage.load_kv(prefill.kv_cache)
     layout_cycles = kv_layout_cycles(stage.compiled, req.mesh, req.prompt_len, req.dtype)
@@ -449,7 +459,8 @@ def _system_stats(req, stage: DecodeStage, results: list) -> dict:
     """Multi-wafer fields of the decode report (one wafer: wafers 1, no hand-offs)."""
     mesh, max_context = req.mesh, req.prompt_len + req.max_new_tokens
     out = {"wafers": mesh.wafers,
-           "wafers_needed": wafers_needed(req.spec, mesh, req.dtype, max_context),
+           "wafers_needed": wafers_needed(req.spec, mesh, req.dtype, max_context,
+                                          req.weight_dtype),
            "handoff_seconds": 0.0, "handoff_seconds_per_hop": 0.0,
            "wafer_link_bytes_per_s": mesh.wafer_link_bytes_per_s}
     if stage.system is None:
@@ -484,7 +495,6 @@ def _sram_stats(stage: DecodeStage, mesh: MeshConfig) -> dict:
 def _reserved_bytes(compiled) -> dict:
     """Bytes per kind reserved on one wafer: each class's buffers times its PEs."""
     placement, plan = compiled.placement, compiled.plan
-    elem = dtype_bytes(placement.dtype)
     count = _class_counts(plan)
     out = {"weights": 0, "kv": 0, "scratch": 0}
     for key, buffers in placement.maps.items():
@@ -492,7 +502,8 @@ def _reserved_bytes(compiled) -> dict:
             if name == "G":
                 continue        # overlaid on TMP
             kind = {"weight": "weights"}.get(buffer.kind, buffer.kind)
-            out[kind] += buffer.words * elem * count.get(key, 0)
+            size = buffer_bytes({name: buffer}, placement.dtype, placement.weight_dtype)
+            out[kind] += size * count.get(key, 0)
     return out
 
 
@@ -574,7 +585,8 @@ def build_report(req, prefill, kv, layout_cycles, stage, tokens, results) -> dic
         "hardware": {"decode": mesh.name, "prefill": req.prefill_hw.name,
                      "link": req.link.name},
         "mode": "timing-only" if req.timing_only else "functional",
-        "dtype": req.dtype, "engine": req.engine,
+        "dtype": req.dtype, "weight_dtype": req.weight_dtype or req.dtype,
+        "engine": req.engine,
         "prompt_len": req.prompt_len,
         "prompt_tokens": None if req.prompt is None else [int(t) for t in req.prompt],
         "tokens": tokens,

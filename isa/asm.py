@@ -83,6 +83,8 @@ SIGNATURES: dict[Op, tuple[str, ...]] = {
     Op.VGEMV: ("dst", "src0", "src1", "n", "k"),
     Op.VGEMM: ("gdst", "src0", "src1", "n", "k", "batch"),
     Op.MARK: ("mark",),
+    Op.RARGMAX: ("rdst", "src0", "n"),
+    Op.LDR: ("reg", "src0"),
 }
 MNEMONICS = {op.name.lower(): op for op in SIGNATURES}
 OPERAND_HELP = {

@@ -30,6 +30,7 @@ from emulator.hw.mesh import MeshConfig
 from isa.opcodes import (
     COMM_OPS,
     DIRECTIONS,
+    LDR_LIMIT,
     MODE_IMM,
     MODE_PARAM,
     NUM_REGS,
@@ -113,6 +114,18 @@ def _sequential_max(values: np.ndarray) -> np.float32:
     for v in values:
         acc = np.float32(NAN32 if (acc != acc or v != v) else (acc if acc >= v else v))
     return acc
+
+
+def _sequential_argmax(values: np.ndarray) -> np.float32:
+    """Index (fp32) of the first element equal to `_sequential_max(values)`: a strictly
+    larger element or the first NaN takes over (with no elements nothing is written)."""
+    acc, idx = np.float32(-np.inf), -1
+    for i, v in enumerate(values):
+        if acc != acc:
+            break
+        if v != v or idx < 0 or v > acc:
+            acc, idx = v, i
+    return np.float32(idx)
 
 
 def _transcendental(op: Op, v: np.ndarray) -> np.ndarray:
@@ -301,6 +314,8 @@ class ReferenceMachine:
                 (text, detail), go_on = self.gemm(pe, ins), True
             elif op == Op.MARK:
                 text, detail, go_on = self.mark(pe, ins), "", True
+            elif op == Op.LDR:
+                text, detail, go_on = self.load_register(pe, ins), "", True
             else:
                 (text, detail), go_on = self.vector(pe, ins, op), True
             if text is not None:
@@ -330,6 +345,28 @@ class ReferenceMachine:
             if not 0 <= self.pc[pe] <= code_len:
                 self.fault(pe, f"jump to {int(self.pc[pe])} outside the code 0..{code_len}")
         return f"{op.name.lower()} r{rd}, {value}" if op != Op.NOP else "nop"
+
+    def load_register(self, pe: int, ins) -> str:
+        """ldr rK, [A]: rK = the fp32 element at A truncated toward zero (o + 1 cycles).
+        Faults: a register outside r0..r7, A outside the SRAM, a value that is not finite
+        or outside the int32 range. Timing-only runs hold no values: rK = 0."""
+        rd = int(ins["a"][SLOT_DST])
+        if not 0 <= rd < NUM_REGS:
+            self.fault(pe, f"register r{rd} does not exist (r0..r{NUM_REGS - 1})")
+        addr = self.operand(pe, ins, SLOT_SRC0)
+        if not 0 <= addr < self.p.sram_words:
+            self.fault(pe, f"SRAM access at element {addr} outside "
+                           f"0..{self.p.sram_words - 1}")
+        value = 0
+        if self.functional:
+            v = float(self.sram[pe, addr])
+            if not (math.isfinite(v) and -LDR_LIMIT < v < LDR_LIMIT):
+                self.fault(pe, f"ldr at element {addr}: the value is not a finite int32")
+            value = int(v)
+        self.regs[pe, rd] = value
+        self.advance(pe, self.mesh.issue_overhead + 1)
+        self.pc[pe] += 1
+        return f"ldr r{rd}, [{addr}] = {value}"
 
     def mark(self, pe: int, ins) -> str:
         """mark k: record this PE's clock for mark id k (an immediate in 0..num_marks-1,
@@ -438,6 +475,9 @@ class ReferenceMachine:
         a, b, d = mem[src0].copy(), mem[src1].copy(), mem[dst].copy()
         imm = np.float32(ins["imm"] if imm is None else imm)
         with np.errstate(all="ignore"):
+            if op == Op.RARGMAX:
+                mem[dst[0]] = _sequential_argmax(a)
+                return
             if op in (Op.RSUM, Op.RMAX, Op.RDOT):
                 values = {Op.RSUM: a, Op.RMAX: a, Op.RDOT: a * b}[op]
                 reduce = _sequential_max if op == Op.RMAX else _sequential_sum

@@ -11,6 +11,7 @@ import numpy as np
 
 NUM_SLOTS = 8
 NUM_REGS = 8
+LDR_LIMIT = 2.0 ** 31   # ldr: |value| must be below this (an int32 register value)
 
 # Operand slot meanings.
 SLOT_DST = 0      # destination address, register index for movr/addr/djnz, mark id
@@ -68,6 +69,8 @@ class Op(IntEnum):
     VGEMV = 27        # dst[i] += W[c*ld + i] * x[c*sx], columns c in 0..k-1 (k in SLOT_COLOR)
     MARK = 28         # probe (0 cycles): record this PE's cycle for mark id a[SLOT_DST]
     VGEMM = 29        # B rows: dst[b*m + i] = sum_c W[c*ld + i] * x[b*sx + c] (B: DST_STRIDE)
+    RARGMAX = 30      # dst[0] = index (as fp32) of the first maximal src element (MoE top-k)
+    LDR = 31          # rK = int(trunc(sram[src])): data-dependent addressing (MoE experts)
 
 
 
@@ -83,7 +86,7 @@ class Status(IntEnum):
 VECTOR_OPS = frozenset({Op.VMOV, Op.VADD, Op.VSUB, Op.VMUL, Op.VMAX, Op.VFMA, Op.VSCALE,
                         Op.VADDI, Op.VSET, Op.VEXP, Op.VRSQRT, Op.VRECIP, Op.VSIGMOID,
                         Op.VGEMV, Op.VGEMM})
-REDUCTION_OPS = frozenset({Op.RSUM, Op.RMAX, Op.RDOT})
+REDUCTION_OPS = frozenset({Op.RSUM, Op.RMAX, Op.RDOT, Op.RARGMAX})
 # Instructions that interact with other PEs: executed only in global time order.
 COMM_OPS = frozenset({Op.SEND, Op.RECV, Op.RECVADD, Op.ROUTE, Op.BARRIER, Op.HALT})
 # The communication ops that end an activation when they are not its first instruction.

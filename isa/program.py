@@ -53,6 +53,8 @@ class Program:
     region_comments: dict = field(default_factory=dict)  # region -> {pc: comment}
     region_ops: dict = field(default_factory=dict)  # region -> {pc: op name of the block}
     mark_names: list[str] = field(default_factory=list)  # mark id -> name
+    sram_bytes_needed: int = 0     # SRAM bytes per PE when weights are stored narrower than
+                                   # dtype (compiler --weight-dtype); 0: sram_words * bytes
 
     @property
     def num_marks(self) -> int:

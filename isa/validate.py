@@ -63,7 +63,7 @@ def validate_program(program: Program, mesh: MeshConfig) -> None:
                           f"but the hardware is {mesh.width}x{mesh.height}")
     if program.dtype not in DTYPE_BYTES:
         raise ConfigError(f"{where}: dtype '{program.dtype}' is not one of fp32, fp16, bf16")
-    need = program.sram_words * DTYPE_BYTES[program.dtype]
+    need = program.sram_bytes_needed or program.sram_words * DTYPE_BYTES[program.dtype]
     if need > mesh.sram_bytes:
         raise FitError(f"{where}: program needs {need} bytes of SRAM per PE "
                        f"({program.sram_words} {program.dtype} elements), "
@@ -151,7 +151,7 @@ def _check_params(program: Program, fields: _Fields) -> None:
 def _check_registers(program: Program, fields: _Fields) -> None:
     """Register operands (movr/addr/djnz targets and register-relative slots) in r0..r7."""
     where, code = program.source, program.code
-    writes = np.isin(fields.op, [int(Op.MOVR), int(Op.ADDR), int(Op.DJNZ)])
+    writes = np.isin(fields.op, [int(Op.MOVR), int(Op.ADDR), int(Op.DJNZ), int(Op.LDR)])
     target = fields.a[:, SLOT_DST]
     bad = writes & ((target < 0) | (target >= NUM_REGS))
     if bad.any():

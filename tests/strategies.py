@@ -24,9 +24,10 @@ them into a `GeneratedProgram` (assembly text + the initial SRAM to run it with)
 Values stay finite: SRAM zone A = [0, 32) holds inputs in [0.5, 2] and is never written;
 ops that can grow values (vadd vsub vmul vfma vscale vaddi vexp vrsqrt vrecip rsum rdot
 vgemv)
-read only zone A and write zone B = [32, 96); vmov vmax rmax vsigmoid and send read
-anywhere. Accumulation (vfma, recvadd) therefore grows values at most geometrically in
-the number of executed instructions, far below the fp32 range.
+read only zone A and write zone B = [32, 96); vmov vmax rmax rargmax vsigmoid and send
+read anywhere; `ldr r5` loads a zone-A value (0..2 after truncation) that addresses a
+one-element `vmov` into zone B. Accumulation (vfma, recvadd) therefore grows values at
+most geometrically in the number of executed instructions, far below the fp32 range.
 """
 
 import random
@@ -47,7 +48,7 @@ DIRS = {"N": (0, -1), "E": (1, 0), "S": (0, 1), "W": (-1, 0)}
 OPPOSITE = {"N": "S", "S": "N", "E": "W", "W": "E"}
 GROWING = ("vadd", "vsub", "vmul", "vfma", "vscale", "vaddi", "vexp", "vrsqrt", "vrecip",
            "rsum", "rdot", "vgemv", "vgemm")
-PRESERVING = ("vmov", "vmax", "rmax", "vsigmoid")
+PRESERVING = ("vmov", "vmax", "rmax", "vsigmoid", "rargmax")
 IMMS = ("0.5", "-1.25", "2", "0.001", "-0.0", "1.5e-2", "-2", "0.75")
 MARK_NAMES = ("L0.attn", "L0.mlp", "L1.attn", "step_end", "send-phase", "x")
 
@@ -381,7 +382,11 @@ class RegionWriter:
     def compute_op(self):
         rng = self.rng
         self.free_regs = [2, 3, 4]     # one address register per operand
-        op = rng.choice(GROWING + PRESERVING + ("vset",))
+        op = rng.choice(GROWING + PRESERVING + ("vset", "ldr"))
+        if op == "ldr":   # a zone-A value (0.5 .. 2) truncated to 0..2 addresses zone B
+            self.emit(f"ldr r5, [{rng.randint(0, A_END - 1)}]")
+            self.emit(f"vmov [r5+{B_START + 8}], {self.any_address(1, 1)}, 1")
+            return
         n_text, n_max = self.count()
         if op == "vgemv":
             self.gemv(n_text, n_max)
@@ -391,7 +396,7 @@ class RegionWriter:
             return
         source = self.a_address if op in GROWING else self.any_address
         strides = [rng.choice([0, 1, 1, 1, 2, 3]) for _ in range(3)]
-        if op in ("rsum", "rmax", "rdot"):
+        if op in ("rsum", "rmax", "rdot", "rargmax"):
             dst = f"[{rng.randint(B_START, B_END - 1)}]"
         else:
             dst = self.b_address(n_max, rng.choice([1, 1, 2, 0]))

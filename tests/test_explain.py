@@ -163,3 +163,29 @@ def test_spread_layout_stores_follow_the_pes_class():
         for name, buf in buffers.items():
             assert f" {buf.addr} " in rows[name], name
         assert "L0.k" in rows or "L0.v" in rows
+
+
+def test_program_notes_name_the_pes_own_buffers():
+    """Operand notes resolve addresses in the PE's class map (the spread layout's classes
+    lay their buffers out differently): every named buffer contains the address."""
+    mesh = load_mesh("small").with_mesh(8, 8)
+    c = compile_decode(resolve_model("tiny"), mesh)
+    assert c.plan.layout == "spread"
+    for x, y in ((1, 1), (3, 0), (0, 5), (2, 6)):
+        result = emu("explain", "tiny", "--pe", f"{x},{y}", "--mesh", "8x8")
+        assert result.exit_code == 0, result.output
+        buffers = c.placement.maps[pe_class(c.plan, x, y)]
+        listing = section(result.stdout, "program")
+        named = 0
+        for line in listing:
+            for match in re.finditer(r"\b(?:dst|a|b) (?:r\d+\+)?([A-Za-z][\w.]*)(?:\+(\d+))?",
+                                     line.split(";", 1)[-1]):
+                name, offset = match.group(1), int(match.group(2) or 0)
+                if name in buffers:
+                    named += 1
+                    assert offset < buffers[name].words, line
+                else:
+                    assert not name[0].isupper() and "." not in name, line
+        assert named > 10
+    out = emu("explain", "tiny", "--pe", "1,1", "--mesh", "8x8").stdout
+    assert re.search(r"vmul .*; dst QKV, a L0\.qkv, b XN", out)

@@ -79,6 +79,9 @@ class DecodeProgress:
 @click.option("--dtype", default="bf16", show_default=True,
               type=click.Choice(["fp32", "fp16", "bf16"]),
               help="Storage format of weights, KV cache and activations.")
+@click.option("--weight-dtype", default=None, type=click.Choice(["bf16", "fp8", "mxfp4"]),
+              help="Storage format of the MLP / expert weight tiles on the mesh (SRAM "
+                   "bytes and dequantisation cycles follow) [default: --dtype].")
 @click.option("--timing-only", is_flag=True, help="Count cycles without computing values.")
 @click.option("--overlap-kv", is_flag=True, help="Send each layer's KV as prefill finishes it.")
 @click.option("--engine", default="numba", show_default=True,
@@ -100,8 +103,8 @@ class DecodeProgress:
 @click.option("--quiet", is_flag=True, help="Print no tables.")
 def run(config, hw, mesh_size, prefill_hw, prefill_chips, prefill_dtype, prefill_chunk, link,
         weights, seed,
-        prompt_tokens, prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine,
-        report_path, logits_path, trace_path, plots_dir, batch, batch_sweep_list, quiet):
+        prompt_tokens, prompt_len, max_new_tokens, dtype, weight_dtype, timing_only, overlap_kv,
+        engine, report_path, logits_path, trace_path, plots_dir, batch, batch_sweep_list, quiet):
     """Prefill on the systolic chip, move the KV cache, decode on the wafer; report it."""
     if logits_path and timing_only:
         raise ConfigError("--logits needs values: drop --timing-only")
@@ -118,7 +121,7 @@ def run(config, hw, mesh_size, prefill_hw, prefill_chips, prefill_dtype, prefill
                               PLOT_NAMES + ((BATCH_SWEEP_PNG,) if batches else ()))
     req = build_request(config, hw, mesh_size, prefill_hw, link, weights, seed, prompt_tokens,
                         prompt_len, max_new_tokens, dtype, timing_only, overlap_kv, engine,
-                        prefill_chips, prefill_dtype, prefill_chunk, batch)
+                        prefill_chips, prefill_dtype, prefill_chunk, batch, weight_dtype)
     console = Console(stderr=True)
     started = time.perf_counter()
     if engine == "numba":

@@ -35,6 +35,9 @@ class MeshConfig:
     transcendental_cycles: int = nonnegative(default=0)  # per element of vexp/vrsqrt/vrecip/
                                                          # vsigmoid (0: like any vector op)
     message_overhead: int = nonnegative(default=0)  # software cycles of every send and recv
+    dequant_ops_fp8: int = nonnegative(default=0)    # vector passes per element to widen an
+                                                     # fp8 weight to the compute format
+    dequant_ops_mxfp4: int = nonnegative(default=0)  # the same for an MXFP4 weight
     # serving (emu serve); per wafer (system); None when a preset does not say
     io_bytes_per_s: float | None = positive(default=None)   # system I/O into one wafer
     power_busy_w: float | None = positive(default=None)     # W per system while decoding

@@ -354,13 +354,17 @@ def param_rows(dp, program: Program, x: int, y: int) -> list[dict]:
 
 
 class AddressNames:
-    """SRAM element address -> 'BUFFER' or 'BUFFER+offset' of a placement."""
+    """SRAM element address -> 'BUFFER' or 'BUFFER+offset' in one address map: PE (x, y)'s
+    class map when given (each PE class lays its buffers out on its own,
+    compiler/place.py), else the placement's union of first holders."""
 
-    def __init__(self, placement):
-        items = sorted((b.addr, name) for name, b in placement.buffers.items() if b.words)
+    def __init__(self, placement, x: int | None = None, y: int | None = None):
+        buffers = (placement.maps[pe_class(placement.plan, x, y)]
+                   if x is not None and placement.maps else placement.buffers)
+        items = sorted((b.addr, name) for name, b in buffers.items() if b.words)
         self.addrs = [a for a, _ in items]
         self.names = [n for _, n in items]
-        self.words = {n: placement.buffers[n].words for n in self.names}
+        self.words = {n: buffers[n].words for n in self.names}
 
     def name(self, addr: int) -> str:
         """The buffer holding `addr`, with the offset into it."""
@@ -426,7 +430,7 @@ def program_listing(program: Program, index: OpIndex, x: int, y: int,
         return [f"; PE ({x},{y}) is idle: it runs no code"]
     code = program.region_code(region)
     sharing = int((program.pe_region == region).sum())
-    names = AddressNames(placement) if placement is not None else None
+    names = AddressNames(placement, x, y) if placement is not None else None
     starts = {b.start: b for b in index.blocks[region]}
     lines = [f"; PE ({x},{y}) runs region {program.region_names[region]}: "
              f"{len(code)} instructions shared by {sharing} PE(s)"]

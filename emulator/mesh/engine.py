@@ -295,7 +295,8 @@ def static_costs(program: Program, mesh: MeshConfig) -> np.ndarray:
     code = program.code
     cost = np.full(len(code), -1, np.int64)
     w = mesh.simd_width(program.dtype)
-    vector = np.flatnonzero((code["op"] >= Op.VMOV) & (code["op"] <= Op.RDOT))
+    vector = np.flatnonzero(((code["op"] >= Op.VMOV) & (code["op"] <= Op.RDOT))
+                            | (code["op"] == Op.RARGMAX))
     a, modes = code["a"][vector].astype(np.int64), code["modes"][vector]
     n = a[:, SLOT_N]
     ok = (modes == 0) & (n >= 0)
@@ -469,6 +470,7 @@ def fault_detail(program: Program, code: int, a: int, b: int, c: int, d: int, e:
         K.FAULT_LENGTH: lambda: f"{Op(e).name.lower()} on color {a} expects {b} wavelets "
                                 f"but the message from PE {xy(program, d)} has {c}",
         K.FAULT_REGISTER: lambda: f"register r{a} does not exist (r0..r{NUM_REGS - 1})",
+        K.FAULT_LDR: lambda: f"ldr at element {a}: the value is not a finite int32",
     }
     return details[code]()
 

@@ -95,7 +95,8 @@ def relevant_table() -> np.ndarray:
     table = np.ones((max(Op) + 1, NUM_SLOTS), bool)
     for first, last, slots in ((Op.VMOV, Op.RDOT, COUNT_SLOTS), (Op.VGEMV, Op.VGEMV, GEMV_SLOTS),
                                (Op.VGEMM, Op.VGEMM, GEMM_SLOTS),
-                               (Op.SEND, Op.RECVADD, COMM_SLOTS), (Op.MARK, Op.MARK, ())):
+                               (Op.SEND, Op.RECVADD, COMM_SLOTS), (Op.MARK, Op.MARK, ()),
+                               (Op.RARGMAX, Op.RARGMAX, COUNT_SLOTS)):
         table[first:last + 1] = False
         table[first:last + 1, list(slots)] = True
     return table
@@ -171,13 +172,13 @@ def block_layout(program: Program, cut_names) -> Layout | None:
 
 
 def written_registers(program: Program, starts: dict) -> np.ndarray:
-    """The registers (int64 indices 0..7) that `movr`, `addr` or `djnz` may write from
+    """The registers (int64 indices 0..7) that `movr`, `addr`, `djnz` or `ldr` may write from
     each running region's first cut (`starts`) on."""
     code, written = program.code, set()
     for r, cuts in starts.items():
         region = code[program.region_start[r] + cuts[0]:
                       program.region_start[r] + program.region_len[r]]
-        writes = np.isin(region["op"], (Op.MOVR, Op.ADDR, Op.DJNZ))
+        writes = np.isin(region["op"], (Op.MOVR, Op.ADDR, Op.DJNZ, Op.LDR))
         written.update(region["a"][writes, SLOT_DST].tolist())
     return np.array(sorted(written & set(range(8))), np.int64)
 

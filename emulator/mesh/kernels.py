@@ -50,8 +50,8 @@ PARKED = max(Status) + 1   # stopped at the stop mark (cfg[CFG_STOP_MARK]); not 
 # emulator/mesh/__pycache__/*.nb* (docs/engines.md, "The JIT switch").
 (NOP, VMOV, VADD, VSUB, VMUL, VMAX, VFMA, VSCALE, VADDI, VSET, VEXP, VRSQRT, VRECIP, VSIGMOID,
  RSUM, RMAX, RDOT, SEND, RECV, RECVADD, ROUTE, MOVR, ADDR, DJNZ, JMP, BARRIER, HALT, VGEMV,
- MARK, VGEMM) = (int(op) for op in Op)   # VGEMV/VGEMM: column count k in S_COLOR (VGEMM:
-# batch count B in S_DST_STRIDE); MARK: id in S_DST
+ MARK, VGEMM, RARGMAX, LDR) = (int(op) for op in Op)   # VGEMV/VGEMM: column count k in
+# S_COLOR (VGEMM: batch count B in S_DST_STRIDE); MARK: id in S_DST
 LAST_VECTOR = RDOT   # opcodes 1..16 are vector ops and reductions
 
 # Operand slots (isa/opcodes.py SLOT_*).
@@ -108,6 +108,8 @@ NEED_SCRATCH, NEED_STACK, NEED_RECORDS, NEED_PAYLOAD = -3, -4, -5, -6
 FAULT_NONE, FAULT_SRAM, FAULT_COUNT, FAULT_COLOR, FAULT_CYCLES, FAULT_JUMP = 0, 1, 2, 3, 4, 5
 FAULT_LOOP, FAULT_RX, FAULT_NO_TX, FAULT_OFF_MESH, FAULT_LENGTH = 6, 7, 8, 9, 10
 FAULT_REGISTER, FAULT_DEADLOCK, FAULT_UNDELIVERED = 11, 12, 13
+FAULT_LDR = 14   # ldr of a value that is not a finite int32 (a: address)
+LDR_BOUND = 2.0 ** 31   # isa.opcodes.LDR_LIMIT
 F_CODE, F_PE, F_CYCLE, F_A, F_B, F_C, F_D, F_E = range(8)
 FAULT_SIZE = 8
 
@@ -306,6 +308,15 @@ def max32(a, b):
 def reduce_values(op, mem, s0, ss0, s1, ss1, n):
     """rsum / rmax / rdot accumulated sequentially in fp32 from element 0 (stride-1
     operands are read through slices: no negative-index wraparound per element)."""
+    if op == RARGMAX:
+        acc, idx = np.float32(-np.inf), -1
+        for i in range(n):
+            if acc != acc:
+                break
+            v = mem[s0 + ss0 * i]
+            if v != v or idx < 0 or v > acc:
+                acc, idx = v, i
+        return np.float32(idx)
     if op == RMAX:
         acc = np.float32(-np.inf)
         if ss0 == 1:
@@ -951,6 +962,29 @@ def exec_control(opc, k, modes, args, params, pes, pe, t, p, ncode, cfg, fault):
 
 
 @njit(nrt=False, inline="always")
+def exec_ldr(k, modes, args, params, pes, pe, t, cfg, sram, fault):
+    """ldr rK, [A]: rK = trunc(sram[A]) (0 in timing-only runs). False on a fault
+    (register index, address, value not a finite int32)."""
+    rd = args[k, S_DST]
+    if rd < 0 or rd >= 8:
+        set_fault(fault, FAULT_REGISTER, pe, t, rd, 0, 0, 0)
+        return False
+    a = operand(modes, args, k, S_SRC0, params, pes, pe)
+    if a < 0 or a >= cfg[CFG_SRAM]:
+        set_fault(fault, FAULT_SRAM, pe, t, a, 0, 0, 0)
+        return False
+    value = np.int64(0)
+    if cfg[CFG_FUNCTIONAL]:
+        v = np.float64(sram[pe, a])
+        if not (v > -LDR_BOUND and v < LDR_BOUND):
+            set_fault(fault, FAULT_LDR, pe, t, a, 0, 0, 0)
+            return False
+        value = np.int64(v)
+    pes[pe, P_REGS + rd] = value
+    return True
+
+
+@njit(nrt=False, inline="always")
 def comm_operands(k, modes, args, params, pes, pe, t, cfg, fault, addr_slot, stride_slot):
     """(color, n, address, stride) of a send (SRC0 slots) or recv (DST slots), checked in
     the reference's order; color -1 after a fault."""
@@ -1307,7 +1341,18 @@ def advance_mesh(op, modes, args, imm, static_cost, rstart, rlen, pe_region, par
                 pes[pe, P_BUSY] += o + 1
                 stats[ST_INSTRUCTIONS] += 1
                 continue
-            if opc <= LAST_VECTOR:
+            if opc == LDR:
+                if not exec_ldr(k, modes, args, params, pes, pe, t, cfg, sram, fault):
+                    return FAULTED
+                t += o + 1
+                pes[pe, P_BUSY] += o + 1
+                stats[ST_INSTRUCTIONS] += 1
+                if t > maxc:
+                    set_fault(fault, FAULT_CYCLES, pe, t, 0, 0, 0, 0)
+                    return FAULTED
+                p += 1
+                continue
+            if opc <= LAST_VECTOR or opc == RARGMAX:
                 cost = exec_vector(opc, k, modes, args, imm, static_cost, params, pes, pe, t,
                                    cfg, sram, scratch, fault, stats)
                 if cost < 0:

@@ -16,8 +16,14 @@ import numpy as np
 
 from compiler import reference
 from compiler.decode import Compiled, compile_decode, layer_cuts, weight_image
-from compiler.numerics import canonical_dtype, dtype_bytes, round_to, round_weights
-from compiler.place import read_c, write_r
+from compiler.numerics import (
+    canonical_dtype,
+    dtype_bytes,
+    round_to,
+    round_weight_format,
+    round_weights,
+)
+from compiler.place import layer_slots, read_c, write_r
 from compiler.tile import rope_pair_order
 from emulator.hw.errors import ConfigError
 from emulator.hw.mesh import MeshConfig
@@ -64,14 +70,16 @@ class MeshDecoder:
 
     def __init__(self, spec, weights: dict, mesh: MeshConfig, dtype: str = "fp32",
                  engine="numba", max_context: int | None = None, layout: str = "auto",
-                 head: bool = True, batch: int = 1, head_group: int | None = None):
+                 head: bool = True, batch: int = 1, weight_dtype: str | None = None,
+                 head_group: int | None = None):
         self.spec, self.mesh = spec, mesh
         self.dtype = canonical_dtype(dtype)
         self.compiled = compile_decode(spec, mesh, self.dtype, max_context, layout, head, batch,
-                                       head_group)
+                                       weight_dtype, head_group)
         self.plan, self.placement = self.compiled.plan, self.compiled.placement
         self.run = engine if callable(engine) else _engine(engine)
-        self.weights = round_weights(weights, self.dtype)
+        # MLP / expert tiles hold values of the weight format (fp8, mxfp4), read as dtype
+        self.weights = round_weights(round_weight_format(weights, weight_dtype), self.dtype)
         self.sram = weight_image(self.plan, self.placement, self.weights)
         self.length = 0          # positions held in the mesh KV cache
         self.results: list[RunResult] = []
@@ -103,21 +111,27 @@ class MeshDecoder:
         rows, dim-major: dim d of the row at d * (slots + 1), position t in column
         t mod pw, slot t div pw (docs/mapping.md, "Spread layout")."""
         plan, pl, bands = self.plan, self.placement, self.plan.bands
-        pw, sp, half = plan.pw, pl.slots + 1, self.spec.head_dim // 2
+        pw, half = plan.pw, self.spec.head_dim // 2
         T = k.shape[2]
-        for j in range(bands.rows):
-            g, r = bands.group(j), bands.local(j)
-            p = np.arange(bands.kp0[r], bands.kp0[r] + bands.kp[r])
-            kdims = np.stack([p, p + half], axis=1).reshape(-1)
-            vdims = np.arange(bands.v0[r], bands.v0[r] + bands.nv[r])
-            for i in range(min(pw, T)):
-                pe, t = j * pw + i, np.arange(i, T, pw)
-                slot = t // pw
-                for layer in range(self.spec.num_layers):
+        for layer in range(self.spec.num_layers):
+            sp = layer_slots(plan, layer, pl.slots) + 1
+            window = self.spec.window(layer)
+            t = np.arange(0 if window is None else max(0, T - window), T)
+            entry = t if window is None else t % window      # ring entry of position t
+            for j in range(bands.rows):
+                g, r = bands.group(j), bands.local(j)
+                p = np.arange(bands.kp0[r], bands.kp0[r] + bands.kp[r])
+                kdims = np.stack([p, p + half], axis=1).reshape(-1)
+                vdims = np.arange(bands.v0[r], bands.v0[r] + bands.nv[r])
+                for i in range(min(pw, T)):
+                    mine = entry % pw == i
+                    pe, slot = j * pw + i, entry[mine] // pw
                     for name, values, dims in (("k", k, kdims), ("v", v, vdims)):
                         addr = pl.addr_at(f"L{layer}.{name}", i, j)
                         for n, d in enumerate(dims):
-                            self.sram[pe, addr + n * sp + slot] = values[layer, g, t, d]
+                            self.sram[pe, addr + n * sp + slot] = values[layer, g, t[mine], d]
+                    if self.spec.qk_norm and r == 0:   # cached keys are normalised already
+                        self.sram[pe, pl.addr_at(f"L{layer}.rk", i, j) + slot] = 1.0
 
     def _rope_rows(self, cos: np.ndarray, sin: np.ndarray) -> None:
         """Spread layout: each band row's cos/sin of its RoPE pairs, repeated for every

@@ -10,9 +10,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler.place import read_r
-from compiler.system import System, compile_system, handoff_seconds, sub_spec, wafer_weights
+from compiler.system import (
+    System,
+    compile_system,
+    handoff_seconds,
+    program_key,
+    sub_spec,
+    wafer_weights,
+)
 from emulator.hw.mesh import MeshConfig
-from emulator.mesh.parallel import fork_map
+from emulator.mesh.parallel import fork_map, usable_jobs
 from emulator.mesh.runtime import MeshDecoder, run_timing
 
 
@@ -40,10 +47,11 @@ def run_system_timing(system: System, pos: int, engine: str = "numba",
     The wafers are independent in timing-only mode, so the results equal a serial run's."""
     one = dataclasses.replace(system.mesh, wafers=1)
     distinct = system.distinct()
-    runs = fork_map(_timing_job, [(part.compiled, one, pos, engine)
+    inner = max(1, usable_jobs(jobs) // len(distinct))   # the CPUs left to each program
+    runs = fork_map(_timing_job, [(part.compiled, one, pos, engine, True, inner)
                                   for part in distinct.values()], jobs)
     done = dict(zip(distinct, runs, strict=True))
-    return system_step(system, [done[(p.layers, p.head)] for p in system.parts])
+    return system_step(system, [done[program_key(p)] for p in system.parts])
 
 
 def system_step(system: System, results: list) -> SystemStep:
@@ -53,7 +61,7 @@ def system_step(system: System, results: list) -> SystemStep:
 
 
 def _timing_job(job: tuple):
-    """run_timing(compiled, mesh, pos, engine) for fork_map."""
+    """run_timing(compiled, mesh, pos, engine, fast_forward, jobs) for fork_map."""
     return run_timing(*job)
 
 
@@ -66,13 +74,16 @@ class SystemDecoder:
     """
 
     def __init__(self, spec, weights: dict, mesh: MeshConfig, dtype: str = "fp32",
-                 engine: str = "numba", max_context: int | None = None, layout: str = "auto"):
-        self.system = compile_system(spec, mesh, dtype, max_context, layout)
+                 engine: str = "numba", max_context: int | None = None, layout: str = "auto",
+                 weight_dtype: str | None = None):
+        self.system = compile_system(spec, mesh, dtype, max_context, layout, weight_dtype)
         one = dataclasses.replace(mesh, wafers=1)
         self.spec, self.mesh = spec, mesh
-        self.decoders = [MeshDecoder(sub_spec(spec, p.layers), wafer_weights(weights, p.start,
+        self.decoders = [MeshDecoder(sub_spec(spec, p.layers, p.start),
+                                     wafer_weights(weights, p.start,
                                                                              p.stop),
-                                     one, dtype, engine, max_context, layout, head=p.head)
+                                     one, dtype, engine, max_context, layout, head=p.head,
+                                     weight_dtype=weight_dtype)
                          for p in self.system.parts]
         self.compiled = self.system.parts[-1].compiled
 

@@ -1,7 +1,8 @@
 """Dump every stage of a compiled decode step to a directory (`emu compile --dump DIR`).
 
 Files written (each atomically, after everything has been computed):
-- `graph.json`, `graph.dot`: the decode op graph (emulator.inspect.graph) when available;
+- `graph.json`, `graph.dot`: the decode op graph (emulator.inspect.graph) when available
+  and it maps the model;
 - `tiles.json`: the tile plan (chunk bounds of every vector, tiling of every matrix);
 - `placement.json`, `placement.txt`: the SRAM address map and an ASCII map of SRAM use;
 - `routes.json`: colors and every flow with its router entries;
@@ -110,9 +111,12 @@ def dump_all(spec, mesh: MeshConfig, directory, dtype: str = "fp32",
 
 
 def _decode_graph(spec, pos: int, bytes_per_element: int):
-    """The decode op graph, or None when emulator.inspect.graph is not available."""
+    """The decode op graph, or None when emulator.inspect.graph is not available or does
+    not map the model yet (experts, qk-norm, sinks, windows: the mesh stages still dump)."""
     try:
         from emulator.inspect.graph import build_decode_graph
     except ImportError:
+        return None
+    if spec.unmapped_features():
         return None
     return build_decode_graph(spec, pos, bytes_per_element)
