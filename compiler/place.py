@@ -20,10 +20,10 @@ the same on every PE of a class (region code uses immediates; a role fixes the c
 
 A batched plan whose LM head runs in groups of users adds HACC and, off the left column,
 LOG, and packs buffers with disjoint lifetimes into the region at ACC
-(compiler/batching.py). A buffer's size is the largest any PE of its class needs. `FitError` when the largest
-class exceeds the PE's SRAM; the message gives the required and available bytes per PE
-by kind and the smallest square mesh that would fit. Sizes are elements unless a name
-says bytes.
+(compiler/batching.py). A buffer's size is the largest any PE of its class needs.
+`FitError` when the largest class exceeds the PE's SRAM; the message gives the required
+and available bytes per PE by kind and the smallest square mesh that would fit. Sizes
+are elements unless a name says bytes.
 """
 
 import dataclasses
