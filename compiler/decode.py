@@ -35,6 +35,7 @@ from compiler.tile import (
     band_geometry,
     gu_row_order,
     qkv_row_order,
+    row_pairs,
     tile,
     verify_tiles,
 )
@@ -298,8 +299,7 @@ def _write_qk_norm(sram: np.ndarray, plan: TilePlan, placement: Placement,
         r = bands.local(j)
         if not bands.kp[r]:
             continue
-        p = np.arange(bands.kp0[r], bands.kp0[r] + bands.kp[r])
-        dims = np.stack([p, p + half], axis=1).reshape(-1)
+        dims = row_pairs(bands, r, half)
         for layer in range(spec.num_layers):
             a = f"model.layers.{layer}.self_attn."
             values = np.concatenate([np.tile(weights[a + "q_norm.weight"][dims],

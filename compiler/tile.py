@@ -484,10 +484,15 @@ def qkv_row_order(spec: ModelSpec, plan: "TilePlan | None" = None) -> np.ndarray
     return np.concatenate(rows)
 
 
-def _row_pairs(bands: Bands, r: int, half: int) -> np.ndarray:
+def row_pairs(bands: Bands, r: int, half: int) -> np.ndarray:
     """Head dims of band-local row r's RoPE pairs, pairs adjacent: [p, p + hd/2, ...]."""
     p = np.arange(bands.kp0[r], bands.kp0[r] + bands.kp[r])
     return np.stack([p, p + half], axis=1).reshape(-1)
+
+
+def row_values(bands: Bands, r: int) -> np.ndarray:
+    """Value dims held by band-local row r."""
+    return np.arange(bands.v0[r], bands.v0[r] + bands.nv[r])
 
 
 def spread_qkv_order(plan: TilePlan) -> np.ndarray:
@@ -499,7 +504,7 @@ def spread_qkv_order(plan: TilePlan) -> np.ndarray:
     rows = []
     for j in range(bands.rows):
         g, r = bands.group(j), bands.local(j)
-        dims = _row_pairs(bands, r, half)
+        dims = row_pairs(bands, r, half)
         for h in range(gs):
             rows.append((g * gs + h) * hd + dims)
         rows.append(spec.q_dim + g * hd + dims)

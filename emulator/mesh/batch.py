@@ -20,6 +20,7 @@ import numpy as np
 from compiler import reference
 from compiler.batching import kv_stride, logit_home
 from compiler.numerics import dtype_bytes, round_to
+from compiler.tile import row_pairs, row_values
 from emulator.hw.errors import ConfigError
 from emulator.mesh.runtime import MeshDecoder
 from isa.program import RunResult
@@ -79,9 +80,7 @@ class BatchDecoder(MeshDecoder):
         T = k.shape[2]
         for j in range(bands.rows):
             g, r = bands.group(j), bands.local(j)
-            p = np.arange(bands.kp0[r], bands.kp0[r] + bands.kp[r])
-            kdims = np.stack([p, p + half], axis=1).reshape(-1)
-            vdims = np.arange(bands.v0[r], bands.v0[r] + bands.nv[r])
+            kdims, vdims = row_pairs(bands, r, half), row_values(bands, r)
             for i in range(min(pw, T)):
                 pe, t = j * pw + i, np.arange(i, T, pw)
                 for layer in range(self.spec.num_layers):

@@ -808,6 +808,17 @@ def first_bad_matrix(w0, ld, m, cols, words):
 
 
 @njit(nrt=False)
+def check_matrix(w0, ld, m, cols, words, fault, pe, t):
+    """True when the cols columns w0 + c*ld + (0..m-1) lie in SRAM (cols >= 1), else
+    records a FAULT_SRAM at the first address outside and returns False."""
+    w_end = w0 + ld * (cols - 1)
+    if min(w0, w_end) >= 0 and max(w0, w_end) + m - 1 < words:
+        return True
+    set_fault(fault, FAULT_SRAM, pe, t, first_bad_matrix(w0, ld, m, cols, words), 0, 0, 0)
+    return False
+
+
+@njit(nrt=False)
 def gemv_values(mem, d0, ds, w0, ld, x0, sx, m, cols, scratch):
     """vgemv on one PE's SRAM row: exactly `cols` consecutive vfmas
     dst[i] = fp32(dst[i] + fp32(W[c*ld + i] * x[c*sx])). When the destination overlaps
@@ -863,10 +874,7 @@ def exec_gemv(k, modes, args, static_cost, params, pes, pe, t, cfg, sram, scratc
         words = cfg[CFG_SRAM]
         if not check_descriptor(d0, ds, m, words, fault, pe, t):
             return FAULTED
-        w_end = w0 + ld * (cols - 1)
-        if not (min(w0, w_end) >= 0 and max(w0, w_end) + m - 1 < words):
-            set_fault(fault, FAULT_SRAM, pe, t, first_bad_matrix(w0, ld, m, cols, words),
-                      0, 0, 0)
+        if not check_matrix(w0, ld, m, cols, words, fault, pe, t):
             return FAULTED
         if not check_descriptor(x0, sx, cols, words, fault, pe, t):
             return FAULTED
@@ -901,10 +909,7 @@ def exec_gemm(k, modes, args, params, pes, pe, t, cfg, sram, scratch, fault, sta
         if not check_descriptor(d0, 1, batch * m, words, fault, pe, t):
             return FAULTED
         if cols > 0:
-            w_end = w0 + ld * (cols - 1)
-            if not (min(w0, w_end) >= 0 and max(w0, w_end) + m - 1 < words):
-                set_fault(fault, FAULT_SRAM, pe, t, first_bad_matrix(w0, ld, m, cols, words),
-                          0, 0, 0)
+            if not check_matrix(w0, ld, m, cols, words, fault, pe, t):
                 return FAULTED
             x_end = x0 + sx * (batch - 1)
             if not (min(x0, x_end) >= 0 and max(x0, x_end) + cols - 1 < words):

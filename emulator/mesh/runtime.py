@@ -24,7 +24,7 @@ from compiler.numerics import (
     round_weights,
 )
 from compiler.place import layer_slots, read_c, write_r
-from compiler.tile import rope_pair_order
+from compiler.tile import rope_pair_order, row_pairs, row_values
 from emulator.hw.errors import ConfigError
 from emulator.hw.mesh import MeshConfig
 from isa.interpreter import run_reference
@@ -120,9 +120,7 @@ class MeshDecoder:
             entry = t if window is None else t % window      # ring entry of position t
             for j in range(bands.rows):
                 g, r = bands.group(j), bands.local(j)
-                p = np.arange(bands.kp0[r], bands.kp0[r] + bands.kp[r])
-                kdims = np.stack([p, p + half], axis=1).reshape(-1)
-                vdims = np.arange(bands.v0[r], bands.v0[r] + bands.nv[r])
+                kdims, vdims = row_pairs(bands, r, half), row_values(bands, r)
                 for i in range(min(pw, T)):
                     mine = entry % pw == i
                     pe, slot = j * pw + i, entry[mine] // pw

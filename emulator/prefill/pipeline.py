@@ -106,15 +106,3 @@ def check_stages(stages: int, spec, hw, chips: int) -> None:
         raise ConfigError(f"--prefill-stages: {stages} stages x {chips} chip(s) exceed the "
                           f"{hw.chips} chips of prefill preset '{hw.name}' (field 'chips')")
 
-
-def parse_stages(text) -> int:
-    """--prefill-stages S (a positive integer; None: 1)."""
-    if text is None:
-        return 1
-    try:
-        value = int(str(text).strip())
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ConfigError(f"--prefill-stages: must be a positive integer, got '{text}'")
-    return value

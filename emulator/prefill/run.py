@@ -19,7 +19,7 @@ from emulator.prefill import engine_model, interp
 from emulator.prefill import instructions as instr
 from emulator.prefill.gemm import TOKEN_TILE, gemm_tiles
 from emulator.prefill.model import Lowered, core_shares, lower_prefill
-from emulator.prefill.pipeline import check_stages, parse_stages, plan_pipeline
+from emulator.prefill.pipeline import check_stages, plan_pipeline
 
 DTYPES = ("bf16", "fp16", "fp32", "fp8")
 
@@ -679,8 +679,8 @@ def _per_layer(per_op: list[dict]) -> list[dict]:
     return [layers[k] for k in sorted(layers, key=lambda x: (x < 0, x))]
 
 
-def parse_chips(text) -> int | None:
-    """--prefill-chips N (a positive integer) or None."""
+def parse_positive(text, flag: str) -> int | None:
+    """The value of option `flag` (a positive integer) or None when not given."""
     if text is None:
         return None
     try:
@@ -688,8 +688,13 @@ def parse_chips(text) -> int | None:
     except ValueError:
         value = 0
     if value < 1:
-        raise ConfigError(f"--prefill-chips: must be a positive integer, got '{text}'")
+        raise ConfigError(f"{flag}: must be a positive integer, got '{text}'")
     return value
+
+
+def parse_chips(text) -> int | None:
+    """--prefill-chips N (a positive integer) or None."""
+    return parse_positive(text, "--prefill-chips")
 
 
 def prompt_from_options(text: str | None, prompt_len) -> int | list[int]:
@@ -729,7 +734,8 @@ def prefill_from_options(config, prefill_hw="trn2", prompt_len=None, prompt_toke
         values = load_weights(weights, spec)
     return run_prefill(spec, hw, tokens, values, dtype=dtype, timing_only=timing_only,
                        seed=seed, chips=parse_chips(chips), chunk=chunk,
-                       weight_dtype=weight_dtype, stages=parse_stages(stages))
+                       weight_dtype=weight_dtype,
+                       stages=parse_positive(stages, "--prefill-stages") or 1)
 
 
 def prefill_report(*, model: str, prefill_hw="trn2", prompt_len: int | str | None = None,
