@@ -298,14 +298,10 @@ def check_chunk(chunk, P: int) -> int | None:
     when one chunk holds the whole prompt."""
     if chunk is None:
         return None
-    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)):
-        try:
-            chunk = int(str(chunk).strip())
-        except ValueError:
-            chunk = 0
-    if chunk < 1:
-        raise ConfigError(f"--prefill-chunk: must be a positive integer, got '{chunk}'")
-    return None if chunk >= P else int(chunk)
+    if isinstance(chunk, bool):
+        chunk = str(chunk)
+    chunk = parse_positive(chunk, "--prefill-chunk")
+    return None if chunk >= P else chunk
 
 
 def _combine(parts: list[PrefillResult], spec, hw, chunk: int) -> PrefillResult:
