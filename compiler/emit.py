@@ -880,7 +880,7 @@ def layer_code(ctx: Context, role: Role) -> tuple[np.ndarray, dict]:
         notes.update({pc + base: (text.format(layer=layer), op and f"L{layer}.{op}")
                       for pc, (text, op) in templates[layer].items()})
         base += len(codes[layer])
-    return np.concatenate(parts), notes
+    return np.concatenate(parts) if parts else np.zeros(0, INSTR_DTYPE), notes
 
 
 def _evenly_spaced(members: list) -> bool:
@@ -1017,12 +1017,12 @@ def step_values(plan: TilePlan, slots: int, pos: int,
     pw, ph, hd = plan.pw, plan.ph, plan.spec.head_dim
     i = np.arange(pw)
     if plan.bands is not None:
-        out = spread_step_values(plan, slots, pos, pos, placement.addr("PM"))
+        out = spread_step_values(plan, slots, pos, pos, pm_addr(placement))
         window = plan.spec.sliding_window
         if plan.spec.layer_types:   # a ring of `window` entries: pos goes to pos mod window
             wslots = -(-min(window, slots * pw) // pw)
             ring = spread_step_values(plan, wslots, min(pos, window - 1), pos % window,
-                                      placement.addr("PM"))
+                                      pm_addr(placement))
             out.update({WINDOW_PREFIX + k: v for k, v in ring.items()})
         return {k: np.broadcast_to(np.asarray(v, np.int64), (ph, pw)) for k, v in out.items()}
     nloc = np.where(i <= pos, (pos - i) // pw + 1, 0)
@@ -1031,6 +1031,13 @@ def step_values(plan: TilePlan, slots: int, pos: int,
             "nfree": np.broadcast_to(slots - nloc, (ph, pw)),
             "slot_off": np.broadcast_to(np.int64((pos // pw) * hd), (ph, pw)),
             "store_n": np.broadcast_to(store, (ph, pw))}
+
+
+def pm_addr(placement: Placement) -> int:
+    """Address of the score buffer PM the spread layout's step parameters name (0 in a
+    program without layers, which reserves none and runs no attention)."""
+    pm = placement.buffers.get("PM")
+    return 0 if pm is None else pm.addr
 
 
 def spread_step_values(plan: TilePlan, slots: int, last: int, store: int, pm: int) -> dict:
@@ -1087,7 +1094,7 @@ class DecodeProgram:
                 self._check_position(pos)
         values = {**self.static_values,
                   **user_step_values(self.plan, self.placement.slots, list(positions),
-                                     self.placement.addr("PM"))}
+                                     pm_addr(self.placement))}
         rows, index = param_table(self.plan, values, self.left_values, self.param_names)
         return dataclasses.replace(self.program, param_rows=rows, param_index=index)
 

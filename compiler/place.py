@@ -247,7 +247,7 @@ def common_entries(plan: TilePlan, slots: int = 0, outside: bool = False,
     if grouped(plan):   # the LM head's accumulator of one group (compiler/batching.py)
         out.append(("HACC", plan.head_group * vocab, "scratch"))
     out.append(("XB", max(xb, need.get("XB", 0)), "scratch"))
-    if plan.bands is not None and not outside:
+    if plan.bands is not None and not outside and spec.num_layers:
         out.append(("PM", spec.group_size * (1 + slots), "scratch"))
     if plan.bands is not None and not top:
         return out
@@ -341,9 +341,9 @@ def layer_slots(plan: TilePlan, layer: int, slots: int) -> int:
 
 def left_entries(plan: TilePlan, key: tuple, g_need: np.ndarray) -> list[tuple[str, int, str]]:
     """Left-column buffers of class `key`: RoPE tables, TMP and the overlaid G."""
-    spec, attn = plan.spec, key[1]
+    spec, attn = plan.spec, key[1] and plan.spec.num_layers > 0
     if plan.bands is not None:
-        k2, nv, _ = key[4]
+        k2, nv, _ = key[4] if attn else (0, 0, 0)
         rope = (spec.group_size + 1) * k2 // 2
         out = [("COS", rope, "scratch"), ("SIN", rope, "scratch")] if rope else []
         if nv:
@@ -376,6 +376,7 @@ def class_entries(plan: TilePlan, key: tuple, slots: int, g_need: np.ndarray) ->
     out = common_entries(plan, slots, outside, plan.bands is None or key[4][2] == 2)
     if weights:
         out += weight_entries(plan, key[4], outside)
+    attn = attn and plan.spec.num_layers > 0   # a head-only program holds no KV
     if attn and plan.bands is not None:
         out += spread_attention_entries(plan, key[4], slots)
     elif attn:

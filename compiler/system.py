@@ -1,22 +1,34 @@
-"""Multi-wafer decode: a model's layers pipelined over N identical wafers.
+"""Multi-wafer decode: a model's layers pipelined over N identical wafers, its LM head
+split by vocabulary over all of them.
 
 A system is `mesh.wafers` copies of one wafer joined by a wafer-to-wafer link
 (`mesh.wafer_link_bytes_per_s`, `mesh.wafer_link_latency_s`). Wafer w runs a contiguous
 range of layers (near-equal ranges, larger ones first); wafer 0 also takes the token's
-embedding (a host write, as on one wafer), the last wafer runs the final norm and the LM
-head. Each wafer's program is the one-wafer mapping of a model with only its layers
-(compiler.decode.compile_decode with `head` on the last wafer only).
+embedding (a host write, as on one wafer). With W > 1 wafers no wafer holds the whole LM
+head: wafer w also holds a *head-slice program*, the final norm and the LM head rows of
+its vocabulary slice [v0, v1) (near-equal slices, `vocab_slices`), compiled as a model
+with no layers and that slice as its vocabulary (`head_spec`). The layer program of a
+wafer is the one-wafer mapping of a model with only its layers
+(compiler.decode.compile_decode, `head=False`), placed in the SRAM the head-slice
+program leaves: every PE reserves the head-slice program's largest per-PE bytes
+(`System.reserve_bytes`), so capacity and fit errors count both programs.
 
 Per-token decode time (docs/mapping.md, "Multi-wafer systems"):
 
-    seconds = sum over wafers of step_cycles(w) / clock + (wafers - 1) * handoff
-    handoff = hidden_size * bytes(dtype) / wafer_link_bytes_per_s + wafer_link_latency_s
+    seconds = sum over wafers of layer_cycles(w) / clock + max over wafers of
+              head_cycles(w) / clock + link_seconds
+    link_seconds = (W - 1) * handoff + broadcast + latency   (0 on one wafer)
+    handoff   = hidden_size * bytes(dtype) / wafer_link_bytes_per_s + wafer_link_latency_s
+    broadcast = (W - 1) * hidden_size * bytes(dtype) / wafer_link_bytes_per_s
+                + wafer_link_latency_s
 
-The wafers run one after another for one token (a pipeline of one user); the hand-off is
-the residual stream (the hidden vector) crossing one link. Wafers with the same number of
-layers and the same head flag get the same program, so each distinct program is compiled
-and emulated once: identical programs give identical cycles (the emulator is
-deterministic and timing never depends on values).
+The wafers run their layers one after another for one token (a pipeline of one user);
+a hand-off is the residual stream crossing one link; the broadcast sends the last
+wafer's (un-normed) residual stream to the W - 1 others through its one system I/O; the
+head slices then run side by side and the (max, index) of each slice meets in one link
+latency. Wafers with the same layer program share it, slices of the same size share one
+head-slice program: each distinct program is compiled and emulated once (the emulator
+is deterministic and timing never depends on values).
 """
 
 import dataclasses
@@ -26,6 +38,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
+from compiler import reference
 from compiler.decode import Compiled, compile_decode, plan_and_place
 from compiler.numerics import canonical_dtype, dtype_bytes, mlp_weight_axis
 from compiler.tile import chunk_bounds
@@ -51,18 +64,38 @@ class WaferPart:
 
 
 @dataclass
+class HeadPart:
+    """One wafer's head-slice program: the final norm and LM head rows [v0, v1)."""
+
+    index: int
+    v0: int
+    v1: int
+    compiled: Compiled
+
+
+@dataclass
 class System:
-    """A model compiled onto `len(parts)` wafers."""
+    """A model compiled onto `len(parts)` wafers (`heads`: the vocabulary slices of a
+    system of several wafers, empty on one wafer, whose layer program holds the head)."""
 
     spec: object
     mesh: MeshConfig
     dtype: str
     parts: list
+    heads: list = dataclasses.field(default_factory=list)
+    reserve_bytes: int = 0     # SRAM bytes per PE the head-slice program takes
 
     @property
     def wafers(self) -> int:
         """Wafers in the system."""
         return len(self.parts)
+
+    @property
+    def layer_mesh(self) -> MeshConfig:
+        """One wafer with the SRAM the layer programs are placed in (a PE's SRAM minus
+        `reserve_bytes`)."""
+        one = dataclasses.replace(self.mesh, wafers=1)
+        return dataclasses.replace(one, sram_bytes=one.sram_bytes - self.reserve_bytes)
 
     def distinct(self) -> dict:
         """`program_key(part)` -> the first part with that program."""
@@ -71,10 +104,18 @@ class System:
             out.setdefault(program_key(part), part)
         return out
 
+    def distinct_heads(self) -> dict:
+        """id of a head-slice program -> the first head part with it."""
+        out = {}
+        for head in self.heads:
+            out.setdefault(id(head.compiled), head)
+        return out
+
 
 def program_key(part: WaferPart) -> tuple:
-    """What sets a wafer's program: its layer count, head flag and compiled object (parts
-    with equal layer counts, head flags and layer kinds share one, `compile_system`)."""
+    """What sets a wafer's layer program: its layer count, head flag and compiled object
+    (parts with equal layer counts, head flags and layer kinds share one,
+    `compile_system`)."""
     return (part.layers, part.head, id(part.compiled))
 
 
@@ -119,26 +160,55 @@ def sub_spec(spec, layers: int, start: int = 0):
                                layer_types=spec.layer_types[start:stop])
 
 
+def vocab_slices(vocab_size: int, wafers: int) -> list[tuple[int, int]]:
+    """Contiguous near-equal vocabulary slices [v0, v1), one per wafer."""
+    b = chunk_bounds(vocab_size, wafers)
+    return [(b[w], b[w + 1]) for w in range(wafers)]
+
+
+def head_spec(spec, v0: int, v1: int):
+    """The model a head-slice program compiles: no decoder layers (so no KV cache, no
+    attention or MLP features) and the vocabulary rows [v0, v1) of the LM head, untied
+    (`head_weights` gives it those rows)."""
+    return dataclasses.replace(sub_spec(spec, 0, spec.num_layers), vocab_size=v1 - v0,
+                               moe=None, qk_norm=False, attention_sinks=False,
+                               tie_word_embeddings=False)
+
+
+def head_weights(spec, weights: dict, v0: int, v1: int) -> dict:
+    """The tensors of a head-slice program: the final norm and LM head rows [v0, v1)."""
+    return {"model.norm.weight": weights["model.norm.weight"],
+            "lm_head.weight": reference.lm_head_weight(spec, weights)[v0:v1]}
+
+
 def compile_system(spec, mesh: MeshConfig, dtype: str = "bf16", max_context: int | None = None,
                    layout: str = "auto", weight_dtype: str | None = None,
                    jobs: int | None = None) -> System:
     """Compile each distinct wafer program once; FitError naming the wafer that fails.
 
+    On W > 1 wafers the head-slice programs are placed first (`reserve_bytes`: the
+    largest per-PE bytes of any of them), then every wafer's layers in what is left.
     Distinct programs compile side by side in forked processes, up to `jobs` at once
     (None: one per CPU; 1: here, one after another); the result does not depend on it."""
     dtype = canonical_dtype(dtype)
     one = dataclasses.replace(mesh, wafers=1)
-    todo, keys = {}, []
     ranges = layer_ranges(spec.num_layers, mesh.wafers)
+    sliced = mesh.wafers > 1
+    slices = vocab_slices(spec.vocab_size, mesh.wafers) if sliced else []
+    head_todo = _head_jobs(spec, mesh, dtype, layout)
+    head_keys = [v1 - v0 for v0, v1 in slices]
+    reserve = _reserve(head_todo.values())
+    layer_mesh = _layer_mesh(one, reserve, mesh.wafers)
+    todo, keys = {}, []
     for w, (start, stop) in enumerate(ranges):
-        head = w == len(ranges) - 1
+        head = not sliced
         part = sub_spec(spec, stop - start, start)
         key = (stop - start, head, part.layer_types, part.moe)
-        todo.setdefault(key, (w, start, stop, head, part))
+        todo.setdefault(key, ((w, start, stop, head, part), layer_mesh, dtype, max_context,
+                              layout, weight_dtype, mesh.wafers))
         keys.append(key)
-    args = [(job, one, dtype, max_context, layout, weight_dtype, mesh.wafers)
-            for job in todo.values()]
-    for a in args:   # every wafer fits before any code is emitted (a quick FitError)
+    args = list(todo.values()) + list(head_todo.values())
+    for a in args[:len(todo)]:   # every wafer fits before any code is emitted (a quick FitError)
         _compile_part(a, check=True)
     workers = min(len(args), jobs or os.cpu_count() or 1)
     if workers > 1 and not multiprocessing.current_process().daemon:   # daemons cannot fork
@@ -146,28 +216,90 @@ def compile_system(spec, mesh: MeshConfig, dtype: str = "bf16", max_context: int
             done = list(pool.map(_compile_part, args))
     else:
         done = [_compile_part(a) for a in args]
-    cache = dict(zip(todo, done, strict=True))
-    parts = [WaferPart(w, start, stop, w == len(ranges) - 1, cache[key])
+    cache = dict(zip(todo, done[:len(todo)], strict=True))
+    head_cache = dict(zip(head_todo, done[len(todo):], strict=True))
+    parts = [WaferPart(w, start, stop, not sliced, cache[key])
              for w, ((start, stop), key) in enumerate(zip(ranges, keys, strict=True))]
-    return System(spec, mesh, dtype, parts)
+    heads = [HeadPart(w, v0, v1, head_cache[key])
+             for w, ((v0, v1), key) in enumerate(zip(slices, head_keys, strict=True))]
+    return System(spec, mesh, dtype, parts, heads, reserve)
 
 
-def _compile_part(args: tuple, check: bool = False) -> Compiled | None:
-    """compile_decode of one wafer's part (`check`: only its tile and place passes);
-    FitError naming the wafer."""
-    (w, start, stop, head, part), one, dtype, max_context, layout, weight_dtype, wafers = args
+def head_reserve_bytes(spec, mesh: MeshConfig, dtype: str = "bf16",
+                       layout: str = "auto") -> int:
+    """SRAM bytes per PE the head-slice programs of `mesh.wafers` wafers take (their
+    largest class; tile and place passes only): what every PE reserves beside the layer
+    program (0 on one wafer)."""
+    return _reserve(_head_jobs(spec, mesh, canonical_dtype(dtype), layout).values())
+
+
+def _head_jobs(spec, mesh: MeshConfig, dtype: str, layout: str) -> dict:
+    """slice size -> the `_compile_part` job of its first wafer's head-slice program
+    (none on one wafer). A head slice holds no KV, so its max_context is the default."""
+    if mesh.wafers == 1:
+        return {}
+    one, out = dataclasses.replace(mesh, wafers=1), {}
+    for w, (v0, v1) in enumerate(vocab_slices(spec.vocab_size, mesh.wafers)):
+        out.setdefault(v1 - v0, ((w, v0, v1, head_spec(spec, v0, v1)), one, dtype, None,
+                                 layout, None, mesh.wafers))
+    return out
+
+
+def _reserve(head_jobs) -> int:
+    """Largest per-PE bytes of the placements of these head-slice jobs (0: none)."""
+    return max((_compile_part(a, check=True)[1].total_bytes for a in head_jobs), default=0)
+
+
+def _layer_mesh(one: MeshConfig, reserve: int, wafers: int) -> MeshConfig:
+    """One wafer with `reserve` bytes per PE taken by the head-slice program; FitError
+    when the slice leaves nothing."""
+    if reserve >= one.sram_bytes:
+        raise FitError(f"LM head slice of {wafers} wafers needs {reserve} bytes of SRAM "
+                       f"per PE, a PE has {one.sram_bytes} bytes")
+    return dataclasses.replace(one, sram_bytes=one.sram_bytes - reserve)
+
+
+def _compile_part(args: tuple, check: bool = False):
+    """compile_decode of one wafer's layers (head flag given) or of its head slice (a
+    0-layer job `(w, v0, v1, spec)`); `check`: only its tile and place passes. FitError
+    naming the wafer (and the SRAM left beside the head slice)."""
+    job, mesh, dtype, max_context, layout, weight_dtype, wafers = args
     compile_ = plan_and_place if check else compile_decode
+    if len(job) == 4:
+        w, v0, v1, part = job
+        where, head = f"LM head slice {v0}..{v1 - 1}", True
+    else:
+        w, start, stop, head, part = job
+        where = f"layers {start}..{stop - 1}{', LM head' if head else ''}"
     try:
-        return compile_(part, one, dtype, max_context, layout, head, weight_dtype=weight_dtype)
+        return compile_(part, mesh, dtype, max_context, layout, head, weight_dtype=weight_dtype)
     except FitError as exc:
-        raise FitError(f"wafer {w} of {wafers} (layers {start}..{stop - 1}"
-                       f"{', LM head' if head else ''}): {exc}") from None
+        beside = (f"; {mesh.sram_bytes} bytes per PE are left beside the LM head slice"
+                  if wafers > 1 and len(job) == 5 else "")
+        raise FitError(f"wafer {w} of {wafers} ({where}): {exc}{beside}") from None
 
 
 def handoff_seconds(spec, mesh: MeshConfig, dtype: str) -> float:
     """Seconds for the hidden vector to cross one wafer-to-wafer link."""
     nbytes = spec.hidden_size * dtype_bytes(dtype)
     return nbytes / mesh.wafer_link_bytes_per_s + mesh.wafer_link_latency_s
+
+
+def broadcast_seconds(spec, mesh: MeshConfig, dtype: str) -> float:
+    """Seconds for the last wafer to send the hidden vector to the W - 1 others: the
+    copies leave one after another through its system I/O, then one link latency."""
+    nbytes = spec.hidden_size * dtype_bytes(dtype)
+    return (mesh.wafers - 1) * nbytes / mesh.wafer_link_bytes_per_s + mesh.wafer_link_latency_s
+
+
+def link_seconds(spec, mesh: MeshConfig, dtype: str) -> float:
+    """All link time of one token (module docstring): the W - 1 hand-offs of the layers,
+    the broadcast to the head slices and the gather of their (max, index) (one link
+    latency; its 8 bytes per wafer are left out). 0 on one wafer."""
+    if mesh.wafers == 1:
+        return 0.0
+    return ((mesh.wafers - 1) * handoff_seconds(spec, mesh, dtype)
+            + broadcast_seconds(spec, mesh, dtype) + mesh.wafer_link_latency_s)
 
 
 def wafer_weights(weights: dict, start: int, stop: int) -> dict:

@@ -18,7 +18,7 @@ from compiler.decode import compile_decode
 from compiler.frontend import ModelSpec, resolve_model
 from compiler.numerics import canonical_dtype, dtype_bytes, round_weight_format
 from compiler.place import buffer_bytes, pe_class
-from compiler.system import compile_system, handoff_seconds, wafers_needed
+from compiler.system import compile_system, handoff_seconds, link_seconds, wafers_needed
 from compiler.weights import find_checkpoint, load_weights, random_weights
 from emulator.hw.errors import ConfigError, FitError
 from emulator.hw.link import LinkConfig, load_link
@@ -418,18 +418,33 @@ def _decode(req: RunRequest, stage: DecodeStage, prefill, progress):
 
 
 def _wafer_results(result) -> list[RunResult]:
-    """The RunResults of one step (one per wafer)."""
+    """The RunResults of one step's layer programs (one per wafer)."""
     return result.results if isinstance(result, SystemStep) else [result]
 
 
+def _token_runs(result) -> list[RunResult]:
+    """Every RunResult of one step: layer programs, then head slices (several wafers)."""
+    return result.runs() if isinstance(result, SystemStep) else [result]
+
+
+def _slowest_head(stage: DecodeStage, result) -> tuple:
+    """(RunResult, mark names) of the step's slowest head slice, or None on one wafer."""
+    if not isinstance(result, SystemStep) or not result.head_results:
+        return None
+    w = max(range(len(result.head_results)), key=lambda k: result.head_results[k].cycles)
+    return (result.head_results[w],
+            stage.system.heads[w].compiled.decode.program.mark_names)
+
+
 def _mesh_stats(results: list, pes: int) -> dict:
-    """Per-token cycles (summed over wafers) and utilisation over the decode steps."""
+    """Per-token cycles (the wafers' layers summed, plus the slowest head slice on
+    several wafers, `SystemStep.cycles`) and utilisation over the decode steps."""
     if not results:
         return {"cycles": [], "cycles_per_token": 0, "pe_utilization": None,
                 "link_utilization": None}
     cycles = [r.cycles for r in results]
-    runs = [run for r in results for run in _wafer_results(r)]
-    span = sum(run.cycles for run in runs)
+    runs = [run for r in results for run in _token_runs(r)]
+    span = sum(cycles)
     busy = sum(int(run.pe_busy.sum()) for run in runs)
     links = sum(int(run.link_busy.sum()) for run in runs)
     return {"cycles": cycles, "cycles_per_token": span / len(cycles),
@@ -469,7 +484,7 @@ def _system_stats(req, stage: DecodeStage, results: list) -> dict:
         return out
     out["wafer_layers"] = [[p.start, p.stop] for p in stage.system.parts]
     out["handoff_seconds_per_hop"] = handoff_seconds(req.spec, mesh, req.dtype)
-    out["handoff_seconds"] = (mesh.wafers - 1) * out["handoff_seconds_per_hop"]
+    out["handoff_seconds"] = link_seconds(req.spec, mesh, req.dtype)
     if results:
         per = np.array([[run.cycles for run in r.results] for r in results], np.float64)
         out["wafer_cycles"] = per.mean(axis=0).tolist()
@@ -479,10 +494,12 @@ def _system_stats(req, stage: DecodeStage, results: list) -> dict:
 
 
 def _sram_stats(stage: DecodeStage, mesh: MeshConfig) -> dict:
-    """Bytes of SRAM per kind reserved over the PEs of every wafer (per-class maps)."""
+    """Bytes of SRAM per kind reserved over the PEs of every wafer (per-class maps of the
+    layer programs and of the head slices)."""
     parts = [p.compiled for p in stage.system.parts] if stage.system else [stage.compiled]
+    heads = [h.compiled for h in stage.system.heads] if stage.system else []
     per_kind = {"weights": 0, "kv": 0, "scratch": 0}
-    for compiled in parts:
+    for compiled in parts + heads:
         for kind, nbytes in _reserved_bytes(compiled).items():
             per_kind[kind] += nbytes
     total = mesh.sram_bytes * mesh.num_pes * len(parts)
@@ -529,12 +546,21 @@ def _compiled_parts(stage: DecodeStage) -> list:
 
 def _decode_bound(stage: DecodeStage, pos: int) -> dict:
     """The critical-path bound (compiler/bound.py) of one token at `pos`, summed over the
-    wafers: {stage: cycles, "total": cycles}."""
+    wafers' layer programs, plus the largest of the head slices' (they run side by side):
+    {stage: cycles, "total": cycles}."""
     out: dict = {}
-    for compiled, mesh in _compiled_parts(stage):
-        for name, cycles in critical_path_bound(compiled, mesh, pos).items():
+    heads = [critical_path_bound(h.compiled, _one_wafer(stage), 0)
+             for h in (stage.system.distinct_heads().values() if stage.system else ())]
+    slowest = [max(heads, key=lambda b: b["total"])] if heads else []
+    for bound in [critical_path_bound(c, m, pos) for c, m in _compiled_parts(stage)] + slowest:
+        for name, cycles in bound.items():
             out[name] = out.get(name, 0) + cycles
     return out
+
+
+def _one_wafer(stage: DecodeStage) -> MeshConfig:
+    """One wafer of the stage's mesh."""
+    return dataclasses.replace(stage.req.mesh, wafers=1)
 
 
 def _decode_phases(stage: DecodeStage, results: list) -> dict:
@@ -544,7 +570,9 @@ def _decode_phases(stage: DecodeStage, results: list) -> dict:
     if not results:
         return out
     names = _wafer_mark_names(stage)
-    for run, marks in zip(_wafer_results(results[-1]), names, strict=True):
+    runs = list(zip(_wafer_results(results[-1]), names, strict=True))
+    head = _slowest_head(stage, results[-1])
+    for run, marks in runs + ([head] if head else []):
         for name, cycles in phase_cycles(run, marks).items():
             out[name] += cycles
     return out
@@ -641,7 +669,11 @@ def build_trace(req, prefill, kv, layout_cycles, results, mark_names) -> TraceBu
                                 (end - start) / clock, {"cycles": end - start, "step": step + 1})
             t += run.cycles / clock
         if isinstance(result, SystemStep):
-            t += result.handoff_s
+            for w, run in enumerate(result.head_results):   # side by side
+                trace.add_slice(wafer, f"wafer {w} LM head slice", f"decode step {step + 1}",
+                                t, run.cycles / clock, {"cycles": run.cycles,
+                                                        "instructions": run.instructions})
+            t += result.head_cycles / clock + result.handoff_s
     return trace
 
 

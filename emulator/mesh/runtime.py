@@ -165,6 +165,8 @@ class MeshDecoder:
         spec, plan, pl = self.spec, self.plan, self.placement
         emb = self.weights["model.embed_tokens.weight"][token] if hidden is None else hidden
         write_r(self.sram, plan, "hidden", emb, pl.addr("H"))
+        if not spec.num_layers:   # a head-slice program: no attention, no RoPE tables
+            return
         cos, sin = reference.rope_tables(spec, np.array([pos]))
         half, reps = spec.head_dim // 2, spec.group_size + 1
         if plan.bands is not None:

@@ -410,20 +410,23 @@ def measure_prefill(spec, hw, dtype: str, chips: int, max_tokens: int, cache: Me
 
 def decode_capacity(spec, mesh, dtype: str) -> int:
     """Positions one user's KV may reach on a decode instance: the largest max_context the
-    compiler's place pass fits on every wafer program (layers per wafer, LM head on the
-    last), with the best of the layouts `compile_decode` would try (compiler.place
-    `best_context`: the spread layout at its best ffn / vocabulary split)."""
+    compiler's place pass fits on every wafer program (layers per wafer; the LM head on
+    the one wafer, or on several wafers sliced by vocabulary over all of them, in the
+    SRAM each PE reserves for its slice, compiler.system.head_reserve_bytes), with the
+    best of the layouts `compile_decode` would try (compiler.place `best_context`: the
+    spread layout at its best ffn / vocabulary split)."""
     import dataclasses
 
     from compiler.decode import auto_layouts
     from compiler.numerics import dtype_bytes
     from compiler.place import best_context
-    from compiler.system import layer_ranges, sub_spec
+    from compiler.system import head_reserve_bytes, layer_ranges, sub_spec
 
-    words = mesh.sram_bytes // dtype_bytes(dtype)
+    reserve = head_reserve_bytes(spec, mesh, dtype)
+    words = (mesh.sram_bytes - reserve) // dtype_bytes(dtype)
     one = dataclasses.replace(mesh, wafers=1)
     ranges = layer_ranges(spec.num_layers, mesh.wafers)
-    parts = {(stop - start, w == len(ranges) - 1) for w, (start, stop) in enumerate(ranges)}
+    parts = {(stop - start, mesh.wafers == 1) for start, stop in ranges}
     worst = None
     for layers, head in sorted(parts):
         part = sub_spec(spec, layers)
@@ -436,16 +439,18 @@ def decode_capacity(spec, mesh, dtype: str) -> int:
     return worst
 
 
-def kv_pool_tokens(compiled_parts: list, spec, mesh, dtype: str) -> int:
+def kv_pool_tokens(compiled_parts: list, spec, mesh, dtype: str, head_parts: list = ()) -> int:
     """BATCH HOOK: KV positions a decode instance could hold over all its users: the SRAM
-    its placement leaves after weights and scratch (summed over each class's PEs), over
-    KV bytes per token. The one-user mapping of today holds `max_context` of them."""
+    its placement leaves after weights and scratch (summed over each class's PEs; the
+    `head_parts`, head-slice programs of a multi-wafer system, take theirs beside the
+    wafers' `compiled_parts`), over KV bytes per token. The one-user mapping of today
+    holds `max_context` of them."""
     from compiler.numerics import dtype_bytes
     from compiler.place import pe_class
 
     nbytes = dtype_bytes(dtype)
     used = 0
-    for compiled in compiled_parts:
+    for compiled in list(compiled_parts) + list(head_parts):
         plan, placement = compiled.plan, compiled.placement
         counts = {}
         for j in range(plan.ph):
@@ -521,7 +526,8 @@ def measure_decode(spec, mesh, dtype: str, max_context: int, cache: MeasurementC
     def pool():
         sysm = system()
         parts = [p.compiled for p in sysm.parts] if mesh.wafers > 1 else [sysm]
-        return kv_pool_tokens(parts, spec, mesh, dtype)
+        heads = [h.compiled for h in sysm.heads] if mesh.wafers > 1 else []
+        return kv_pool_tokens(parts, spec, mesh, dtype, heads)
     return table, err, (fixed, per), int(cache.get("kv_pool", pool))
 
 
