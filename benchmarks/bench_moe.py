@@ -61,7 +61,8 @@ def main() -> None:
         "weight_dtype": args.weight_dtype, "wafers_needed_by_sram": needed,
         "wafers": wafers, "misses": misses, "max_context": args.max_context,
         "capacity_tokens": min(p.compiled.placement.capacity for p in system.parts),
-        "sram_bytes_per_pe": [p.compiled.placement.total_bytes for p in system.parts],
+        "sram_bytes_per_pe": [p.compiled.placement.total_bytes + system.reserve_bytes
+                              for p in system.parts],   # layers + the LM head slice
         "position": args.position, "cycles_per_token": step.cycles,
         "handoff_s": step.handoff_s, "seconds_per_token": seconds,
         "tokens_per_s": 1 / seconds, "tokens_per_s_1.1GHz": 1 / fast,

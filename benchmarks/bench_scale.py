@@ -23,8 +23,10 @@ aggregate tokens/s, cycles per step, host seconds per emulated step (target <= 3
 batch 64) and the per-user max_context of each batch; a batch that does not fit prints the
 FitError, and the largest batch it names as fitting is run as well.
 
+`--only-70b` runs only the Llama-3.1-70B section (host probe first).
+
 Usage: python benchmarks/bench_scale.py [--skip-70b] [--skip-long] [--context N]
-       [--json FILE] [--check-full] [--jobs N] [--batch B1,B2,...]
+       [--json FILE] [--check-full] [--jobs N] [--batch B1,B2,...] [--only-70b]
 """
 
 import argparse
@@ -167,11 +169,11 @@ def rejection_seconds() -> dict:
     """Host seconds until `emu run` rejects a request that does not fit (exit 2 before any
     prefill work): 8B on WSE-2 with a 120,000-token prompt (the decode placement holds
     114,000: the FitError names it), 8B on WSE-3 past the model's 131,072 positions,
-    70B on cs3x4 with 60,000 tokens (the default prefill chip's HBM check fires first)."""
+    70B on cs3x4 with 80,000 tokens (its placement holds 73,990: the FitError names it)."""
     out = {}
     for name, model, hw, prompt in (("8b_wse2_120k", "llama-3.1-8b", "wse2", 120_000),
                                     ("8b_wse3_140k", "llama-3.1-8b", "wse3", 140_000),
-                                    ("70b_cs3x4_60k", "llama-3.1-70b", "cs3x4", 60_000)):
+                                    ("70b_cs3x4_80k", "llama-3.1-70b", "cs3x4", 80_000)):
         t0 = time.perf_counter()
         run = subprocess.run([sys.executable, "-c", "from emulator.cli import main; main()",
                               "run", str(MODELS / f"{model}.json"), "--hw", hw,
@@ -206,6 +208,8 @@ def decode_70b(context: int) -> dict:
     one = dataclasses.replace(mesh, wafers=1)
     bound = sum(critical_path_bound(p.compiled, one, context - 1)["total"]
                 for p in system.parts)
+    bound += max((critical_path_bound(h.compiled, one, 0)["total"]
+                  for h in system.distinct_heads().values()), default=0)
     return {"wafers": mesh.wafers, "wafers_needed": wafers_needed(spec, mesh, "bf16", context),
             "context": context,
             "max_context": min(p.compiled.placement.capacity for p in system.parts),
@@ -213,6 +217,8 @@ def decode_70b(context: int) -> dict:
             "cycles": step.cycles, "bound_cycles": bound,
             "compile_s": t1 - t0, "emulate_s": t2 - t1,
             "wafer_cycles": [r.cycles for r in step.results], "handoff_s": step.handoff_s,
+            "head_cycles": [r.cycles for r in step.head_results],
+            "head_reserve_bytes": system.reserve_bytes,
             "skipped_layers": [r.skipped_blocks for r in step.results],
             "seconds_per_token": seconds, "tokens_per_s": 1.0 / seconds,
             "peak_rss_bytes": peak_rss_bytes()}
@@ -226,6 +232,32 @@ def prefill_8b(prompt_len: int = 2048) -> dict:
     return {"prompt_len": prompt_len, "host_s": time.perf_counter() - t0,
             "seconds": result.seconds, "roofline_seconds": result.roofline_seconds,
             "flops": result.flops}
+
+
+def print_70b(out: dict) -> None:
+    """The Llama-3.1-70B lines of `print_results`."""
+    if "decode_70b" in out:
+        e = out["decode_70b"]
+        print(f"Llama-3.1-70B on cs3x4 ({e['wafers']} wafers; SRAM needs {e['wafers_needed']}):")
+        print(f"  max_context {e['max_context']:,} tokens (target >= 65,536)")
+        print(f"  compile {e['compile_s']:.1f} s, emulate one token {e['emulate_s']:.1f} s "
+              f"(target < 60 s)")
+        print(f"  LM head sliced over the wafers: {e['head_reserve_bytes']:,} B per PE, "
+              f"head-slice cycles {e['head_cycles']}")
+        print(f"  wafer cycles {e['wafer_cycles']} + slowest head slice, links "
+              f"{e['handoff_s'] * 1e6:.2f} us -> {e['cycles']:,} cycles, "
+              f"{e['tokens_per_s']:,.0f} tokens/s (target >= 340); bound "
+              f"{e['bound_cycles']:,} cycles (emulated / bound "
+              f"{e['cycles'] / e['bound_cycles']:.2f}); ffn / vocabulary shift per wafer "
+              f"{e['shifts']}")
+    if "decode_70b_full" in out:
+        e = out["decode_70b_full"]
+        print(f"  at its max_context {e['context']:,} (token at {e['context'] - 1:,}): wafer "
+              f"cycles {e['wafer_cycles']}, head slices {e['head_cycles']} -> "
+              f"{e['cycles']:,} cycles, {e['tokens_per_s']:,.0f} tokens/s; bound "
+              f"{e['bound_cycles']:,} (emulated / bound {e['cycles'] / e['bound_cycles']:.2f}); "
+              f"ffn / vocabulary shift per wafer {e['shifts']}; compile {e['compile_s']:.1f} s, "
+              f"emulate {e['emulate_s']:.1f} s")
 
 
 def print_results(out: dict) -> None:
@@ -254,22 +286,7 @@ def print_results(out: dict) -> None:
               f" + token {long['emulate_s']:.1f} s = {host:.1f} s (target <= {target} s), "
               f"peak memory {peak:.2f} GiB (target <= 8 GiB); {long['cycles']:,} cycles -> "
               f"{long['tokens_per_s']:,.0f} tokens/s, bound {long['bound_cycles']:,}")
-    if "decode_70b" in out:
-        e = out["decode_70b"]
-        print(f"Llama-3.1-70B on cs3x4 ({e['wafers']} wafers; SRAM needs {e['wafers_needed']}):")
-        print(f"  max_context {e['max_context']:,} tokens (target >= 65,536)")
-        print(f"  compile {e['compile_s']:.1f} s, emulate one token {e['emulate_s']:.1f} s "
-              f"(target < 60 s)")
-        print(f"  wafer cycles {e['wafer_cycles']}, hand-offs {e['handoff_s'] * 1e6:.2f} us "
-              f"-> {e['tokens_per_s']:,.0f} tokens/s (target >= 340); bound "
-              f"{e['bound_cycles']:,} cycles (emulated / bound "
-              f"{e['cycles'] / e['bound_cycles']:.2f}); ffn / vocabulary shift per wafer "
-              f"{e['shifts']}")
-    if "decode_70b_full" in out:
-        e = out["decode_70b_full"]
-        print(f"  at its max_context {e['context']:,} (token at {e['context'] - 1:,}): wafer "
-              f"cycles {e['wafer_cycles']} -> {e['tokens_per_s']:,.0f} tokens/s; bound "
-              f"{e['bound_cycles']:,}; ffn / vocabulary shift per wafer {e['shifts']}")
+    print_70b(out)
     if "decode_8b_wse2" in out:
         w = out["decode_8b_wse2"]
         print(f"Llama-3.1-8B on wse2: {w['cycles']:,} cycles/token -> {w['tokens_per_s']:,.0f} "
@@ -300,10 +317,20 @@ def main(argv=None) -> int:
                         help="also the 8B token on the whole WSE-2 (for calibrate.py)")
     parser.add_argument("--batch", help="only the batched-decode section, at these batch "
                                             "sizes (e.g. 1,4,16,64)")
+    parser.add_argument("--only-70b", action="store_true",
+                        help="only the Llama-3.1-70B on cs3x4 section")
     parser.add_argument("--single-8b", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.single_8b:
         print(json.dumps(decode_8b(args.single_8b, jobs=args.jobs)))
+        return 0
+    if args.only_70b:
+        out = {"host_probe_s": host_probe(), "decode_70b": decode_70b(args.context)}
+        out["decode_70b_full"] = decode_70b(out["decode_70b"]["max_context"])
+        print(f"host probe (8 Mi random reads of 256 MiB): {out['host_probe_s']:.3f} s")
+        print_70b(out)
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
         return 0
     if args.batch:
         out = {"host_probe_s": host_probe(),
