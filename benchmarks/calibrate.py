@@ -112,7 +112,7 @@ def decode_rows(scale: dict) -> list[dict]:
     """Cerebras and WaferLLM decode rows from the whole-wafer emulations."""
     d8, d70 = scale["decode_8b"], scale["decode_70b"]
     band8 = _band(d8["cycles"])
-    band70 = _band(sum(d70["wafer_cycles"]), d70["handoff_s"])
+    band70 = _band(d70["cycles"], d70["handoff_s"])
     rows = [
         {"name": "Llama 3.1-8B decode, tokens/s per user (CS-3)", "unit": "tokens/s",
          "predicted": d8["tokens_per_s"], "published": 1800.0, "source": "cerebras_launch",
@@ -155,18 +155,23 @@ def explanation(row: dict, scale: dict) -> str:
         spec = ("Cerebras' October figure includes speculative decoding, which emu does "
                 "not model, so the gap there is expected to be largest. "
                 if "speculative" in name else "")
+        heads = d70.get("head_cycles") or [0]
         return (f"{spec}emu pipelines the 80 layers over {d70['wafers']} WSE-3 wafers (SRAM "
                 f"needs {d70['wafers_needed']}), one user, wafers one after another, "
-                f"per-wafer cycles {d70['wafer_cycles']} plus {d70['handoff_s'] * 1e6:.2f} us "
-                f"of hand-offs: {row['band'][0]:,.0f} - {row['band'][1]:,.0f} tokens/s over "
+                f"per-wafer cycles {d70['wafer_cycles']}, then the LM head sliced by "
+                f"vocabulary over the wafers, side by side ({max(heads):,} cycles), plus "
+                f"{d70['handoff_s'] * 1e6:.2f} us of links (hand-offs, the broadcast of the "
+                f"last hidden vector, the gather): "
+                f"{row['band'][0]:,.0f} - {row['band'][1]:,.0f} tokens/s over "
                 f"the 0.85 - 1.1 GHz band (the table's figure is at the preset's "
                 f"{wse3.clock_hz / 1e6:.0f} MHz; WSE-3's clock is unpublished). Spread "
                 f"layout (docs/mapping.md): KV and attention on every band row, no relayout; "
                 f"the critical-path bound is {d70['bound_cycles']:,} cycles, emulated / bound "
-                f"{sum(d70['wafer_cycles']) / d70['bound_cycles']:.2f}. The placement "
-                f"holds {d70['max_context']:,} positions per user (the wafer with the LM "
-                f"head binds; ffn and vocabulary rows move off the KV rows only as far as "
-                f"a context needs, docs/mapping.md \"Rows outside the bands\"){full}. "
+                f"{d70['cycles'] / d70['bound_cycles']:.2f}. The placement "
+                f"holds {d70['max_context']:,} positions per user (each PE keeps "
+                f"{d70.get('head_reserve_bytes', 0):,} B for its wafer's LM head slice, "
+                f"docs/mapping.md \"Multi-wafer systems\"; ffn rows move off the KV rows "
+                f"only as far as a context needs, \"Rows outside the bands\"){full}. "
                 f"Effective bf16 SIMD "
                 f"width {wse3.simd_width('bf16')} (SRAM-fed, docs/timing.md); exp, rsqrt, "
                 f"reciprocal and sigmoid cost an estimated {wse3.transcendental_cycles} cycles "

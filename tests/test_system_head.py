@@ -167,3 +167,20 @@ def test_emu_run_reports_the_sliced_system(tmp_path):
     assert sum(decode["phases"].values()) == decode["cycles"][-1]
     assert decode["phases"]["head"] > 0
     assert 0 < decode["bound_cycles_per_token"] <= decode["cycles"][-1]
+
+
+def test_map_of_a_system_counts_the_head_slice():
+    """`emu map` on W > 1 wafers shows wafer 0: its layers placed beside the head-slice
+    reservation, which its SRAM numbers count."""
+    from emulator.views.mapview import build_map
+
+    spec = dataclasses.replace(resolve_model("programs/models/tiny-gqa.json"), num_layers=4)
+    mesh = system_mesh(2)
+    system = compile_system(spec, mesh, "fp32", 16)
+    m = build_map(spec, mesh, "fp32", "auto", 16, "tiny")
+    assert m.head_bytes == system.reserve_bytes > 0
+    assert m.placement.total_bytes == system.parts[0].compiled.placement.total_bytes
+    assert m.need_bytes == int(m.reserved_total.max()) == (
+        system.parts[0].compiled.placement.total_bytes + system.reserve_bytes)
+    assert "wafer 0 of 2: layers 0..1 + LM head slice 0..99" in m.wafer and m.fits
+    assert f"{m.head_bytes:,} of them for the LM head slice" in m.status()

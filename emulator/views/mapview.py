@@ -36,12 +36,14 @@ from compiler.place import (
     OVERLAYS,
     Placement,
     kv_dims_per_row,
+    largest_class,
     pe_class,
     pe_usage,
     place,
     row_attention,
 )
 from compiler.route import band_last_rows, color_budget
+from compiler.system import head_spec, layer_ranges, sub_spec, vocab_slices
 from compiler.tile import TilePlan, tile
 from emulator.files import atomic_write_bytes
 from emulator.hw.dtypes import BYTES as DTYPE_BYTES
@@ -101,6 +103,8 @@ class MeshMap:
     roles: np.ndarray         # int8 [ph, pw], one of ROOT..IDLE
     used: np.ndarray          # int64 [ph, pw] bytes of the tiles, KV and scratch a PE fills
     reserved: dict            # kind -> int64 [ph, pw] bytes of the PE's address map
+    head_bytes: int = 0       # bytes every PE reserves for its LM head slice (W > 1 wafers)
+    wafer: str = ""           # which wafer of a system is shown ("" on one wafer)
 
     @property
     def spec(self):
@@ -125,8 +129,14 @@ class MeshMap:
     @property
     def fits(self) -> bool:
         """True when the SRAM map and the colors fit the hardware."""
-        return (self.placement.total_bytes <= self.mesh.sram_bytes
+        return (self.need_bytes <= self.mesh.sram_bytes
                 and self.colors_needed <= self.mesh.num_colors)
+
+    @property
+    def need_bytes(self) -> int:
+        """SRAM bytes per PE the mapping needs: its largest class, plus the LM head
+        slice's reservation on a wafer of a system."""
+        return self.placement.total_bytes + self.head_bytes
 
     @property
     def reserved_total(self) -> np.ndarray:
@@ -147,8 +157,10 @@ class MeshMap:
 
     def status(self) -> str:
         """One line: fits (bytes of capacity) or DOES NOT FIT (required vs available)."""
-        need, have = self.placement.total_bytes, self.mesh.sram_bytes
+        need, have = self.need_bytes, self.mesh.sram_bytes
         parts = ", ".join(f"{k} {v:,}" for k, v in self.bytes_by_kind().items())
+        if self.head_bytes:
+            parts += f"; {self.head_bytes:,} of them for the LM head slice"
         tried = "; ".join(f"{name} layout {b:,} B" for name, b in self.attempts.items())
         colors = f"{self.colors_needed} of {self.mesh.num_colors} colors"
         if self.fits:
@@ -174,18 +186,58 @@ def build_map(spec, mesh: MeshConfig, dtype: str = "fp32", layout: str = "auto",
     """Tile and place `spec` on the whole mesh; never raises for lack of SRAM.
 
     `layout` "auto" takes the first of groups, even that fits, else the one needing the
-    fewest bytes per PE (as `compile_decode` would try them).
+    fewest bytes per PE (as `compile_decode` would try them). On a system of W > 1
+    wafers the map shows wafer 0 (the largest layer range) with its LM head slice
+    (`wafer_map`).
     """
+    if mesh.wafers > 1:
+        return wafer_map(spec, mesh, dtype, layout, max_context, model)
+    return _map(spec, mesh, dtype, layout, max_context, model)
+
+
+def wafer_map(spec, mesh: MeshConfig, dtype: str, layout: str, max_context: int | None,
+              model: str) -> MeshMap:
+    """Wafer 0 of a system (compiler/system.py): its layers placed beside the largest
+    head-slice program's reservation, which every PE's address map counts too (its
+    bytes by kind added to every PE; docs/mapping.md, "Multi-wafer systems")."""
+    one = dataclasses.replace(mesh, wafers=1)
+    slices = {v1 - v0: (v0, v1) for v0, v1 in vocab_slices(spec.vocab_size, mesh.wafers)}
+    heads = []
+    for v0, v1 in slices.values():
+        part = head_spec(spec, v0, v1)
+        name = auto_layouts(part, one)[0] if layout == "auto" else layout
+        heads.append(attempt_placement(part, one, name, dtype, None, head=True))
+    head = max(heads, key=lambda p: p.total_bytes)
+    start, stop = layer_ranges(spec.num_layers, mesh.wafers)[0]
+    v0, v1 = vocab_slices(spec.vocab_size, mesh.wafers)[0]
+    wafer = (f"wafer 0 of {mesh.wafers}: layers {start}..{stop - 1} + LM head slice "
+             f"{v0}..{v1 - 1}")
+    return _map(sub_spec(spec, stop - start, start), one, dtype, layout, max_context, model,
+                head, wafer)
+
+
+def _map(spec, mesh: MeshConfig, dtype: str, layout: str, max_context: int | None,
+         model: str, head: Placement | None = None, wafer: str = "") -> MeshMap:
+    """`build_map` of one wafer's program: the whole model, or (`head`: the head-slice
+    placement beside it) a wafer's layers without the LM head."""
+    reserve = 0 if head is None else head.total_bytes
+    rest = dataclasses.replace(mesh, sram_bytes=max(1, mesh.sram_bytes - reserve))
     layouts = auto_layouts(spec, mesh) if layout == "auto" else (layout,)
-    placements = {name: attempt_placement(spec, mesh, name, dtype, max_context)
+    placements = {name: attempt_placement(spec, rest, name, dtype, max_context, head is None)
                   for name in layouts}
-    fitting = [p for p in placements.values() if p.total_bytes <= mesh.sram_bytes]
+    fitting = [p for p in placements.values() if p.total_bytes <= rest.sram_bytes]
     chosen = fitting[0] if fitting else min(placements.values(), key=lambda p: p.total_bytes)
     plan = chosen.plan
     used = pe_usage(chosen) * DTYPE_BYTES[chosen.dtype]
+    reserved = reserved_bytes(chosen)
+    if head is not None:   # the slice's program shares every PE (its largest class)
+        used = used + pe_usage(head) * DTYPE_BYTES[head.dtype]
+        key = largest_class(head)
+        kinds = class_kind_words(head.maps[key], head.class_words[key])
+        reserved = {k: grid + kinds[k] * DTYPE_BYTES[head.dtype] for k, grid in reserved.items()}
     return MeshMap(model, mesh, plan, chosen,
-                   {name: p.total_bytes for name, p in placements.items()},
-                   role_grid(plan), used, reserved_bytes(chosen))
+                   {name: p.total_bytes + reserve for name, p in placements.items()},
+                   role_grid(plan), used, reserved, reserve, wafer)
 
 
 KINDS = ("weight", "kv", "scratch")
@@ -220,11 +272,11 @@ def reserved_bytes(placement: Placement) -> dict:
 
 
 def attempt_placement(spec, mesh: MeshConfig, layout: str, dtype: str,
-                      max_context: int | None) -> Placement:
+                      max_context: int | None, head: bool = True) -> Placement:
     """Tile (with the ffn / vocabulary shift `compile_decode` would take) and place, the
     capacity check lifted (the caller compares the bytes)."""
-    shift, capacity = layout_shift(spec, mesh, layout, dtype, max_context)
-    plan = tile(spec, mesh.width, mesh.height, layout, True, shift)
+    shift, capacity = layout_shift(spec, mesh, layout, dtype, max_context, head)
+    plan = tile(spec, mesh.width, mesh.height, layout, head, shift)
     return place(plan, dataclasses.replace(mesh, sram_bytes=UNBOUNDED_SRAM), dtype,
                  max_context, capacity=capacity)
 
@@ -433,7 +485,7 @@ def map_title(m: MeshMap, region, layer) -> str:
     """'tiny on small 8x8 (groups layout, fp32)[, region ...][, layer N]'."""
     x0, y0, x1, y1 = region
     text = (f"{m.model} on {m.mesh.name} {m.plan.pw}x{m.plan.ph} ({m.plan.layout} layout, "
-            f"{m.dtype})")
+            f"{m.dtype})" + (f", {m.wafer}" if m.wafer else ""))
     if (x0, y0, x1, y1) != full_region(m):
         text += f", region x {x0}-{x1}, y {y0}-{y1}"
     return text + (f", layer {layer}" if layer is not None else "")
