@@ -1,31 +1,35 @@
 """Multi-wafer decode: a model's layers pipelined over N identical wafers, its LM head
-split by vocabulary over all of them.
+on the last wafer or split by vocabulary over all of them.
 
 A system is `mesh.wafers` copies of one wafer joined by a wafer-to-wafer link
 (`mesh.wafer_link_bytes_per_s`, `mesh.wafer_link_latency_s`). Wafer w runs a contiguous
 range of layers (near-equal ranges, larger ones first); wafer 0 also takes the token's
-embedding (a host write, as on one wafer). With W > 1 wafers no wafer holds the whole LM
-head: wafer w also holds a *head-slice program*, the final norm and the LM head rows of
-its vocabulary slice [v0, v1) (near-equal slices, `vocab_slices`), compiled as a model
-with no layers and that slice as its vocabulary (`head_spec`). The layer program of a
-wafer is the one-wafer mapping of a model with only its layers
-(compiler.decode.compile_decode, `head=False`), placed in the SRAM the head-slice
-program leaves: every PE reserves the head-slice program's largest per-PE bytes
-(`System.reserve_bytes`), so capacity and fit errors count both programs.
+embedding (a host write, as on one wafer). The final norm and LM head either run on the
+last wafer ("last") or, on W > 1 wafers, are *sliced* ("sliced"): wafer w then also
+holds a *head-slice program*, the final norm and the LM head rows of its vocabulary
+slice [v0, v1) (near-equal slices, `vocab_slices`), compiled as a model with no layers
+and that slice as its vocabulary (`head_spec`). `compile_system(lm_head="auto")` takes
+the one that holds the longer context (`head_mode`). A wafer's layer program is the
+one-wafer mapping of a model with only its layers (compiler.decode.compile_decode,
+`head` on the last wafer of an unsliced system only); in a sliced system it is placed
+in the SRAM the head-slice program leaves: every PE reserves the head-slice program's
+largest per-PE bytes (`System.reserve_bytes`), so capacity and fit errors count both.
 
 Per-token decode time (docs/mapping.md, "Multi-wafer systems"):
 
-    seconds = sum over wafers of layer_cycles(w) / clock + max over wafers of
-              head_cycles(w) / clock + link_seconds
-    link_seconds = (W - 1) * handoff + broadcast + latency   (0 on one wafer)
+    seconds = (sum over wafers of layer_cycles(w)
+               + max over wafers of head_cycles(w)) / clock + link_seconds
+    link_seconds = (W - 1) * handoff + broadcast + latency   (sliced)
+                 = (W - 1) * handoff                          (last; 0 on one wafer)
     handoff   = hidden_size * bytes(dtype) / wafer_link_bytes_per_s + wafer_link_latency_s
     broadcast = (W - 1) * hidden_size * bytes(dtype) / wafer_link_bytes_per_s
                 + wafer_link_latency_s
 
-The wafers run their layers one after another for one token (a pipeline of one user);
-a hand-off is the residual stream crossing one link; the broadcast sends the last
-wafer's (un-normed) residual stream to the W - 1 others through its one system I/O; the
-head slices then run side by side and the (max, index) of each slice meets in one link
+(no head slices: the max term is 0 and the last wafer's cycles include the head.) The
+wafers run their layers one after another for one token (a pipeline of one user); a
+hand-off is the residual stream crossing one link; the broadcast sends the last wafer's
+(un-normed) residual stream to the W - 1 others through its one system I/O; the head
+slices then run side by side and the (max, index) of each slice meets in one link
 latency. Wafers with the same layer program share it, slices of the same size share one
 head-slice program: each distinct program is compiled and emulated once (the emulator
 is deterministic and timing never depends on values).
@@ -84,6 +88,11 @@ class System:
     parts: list
     heads: list = dataclasses.field(default_factory=list)
     reserve_bytes: int = 0     # SRAM bytes per PE the head-slice program takes
+
+    @property
+    def sliced(self) -> bool:
+        """The LM head is sliced over the wafers (else the last wafer holds it)."""
+        return bool(self.heads)
 
     @property
     def wafers(self) -> int:
@@ -181,32 +190,30 @@ def head_weights(spec, weights: dict, v0: int, v1: int) -> dict:
             "lm_head.weight": reference.lm_head_weight(spec, weights)[v0:v1]}
 
 
+LM_HEAD_MODES = ("auto", "sliced", "last")
+
+
 def compile_system(spec, mesh: MeshConfig, dtype: str = "bf16", max_context: int | None = None,
                    layout: str = "auto", weight_dtype: str | None = None,
-                   jobs: int | None = None) -> System:
+                   jobs: int | None = None, lm_head: str = "auto") -> System:
     """Compile each distinct wafer program once; FitError naming the wafer that fails.
 
-    On W > 1 wafers the head-slice programs are placed first (`reserve_bytes`: the
-    largest per-PE bytes of any of them), then every wafer's layers in what is left.
+    `lm_head`: "sliced" (the LM head sliced by vocabulary over the W > 1 wafers: the
+    head-slice programs are placed first, `reserve_bytes` the largest per-PE bytes of
+    any of them, then every wafer's layers in what is left), "last" (the whole head on
+    the last wafer) or "auto" (`head_mode`). One wafer always holds the whole head.
     Distinct programs compile side by side in forked processes, up to `jobs` at once
     (None: one per CPU; 1: here, one after another); the result does not depend on it."""
     dtype = canonical_dtype(dtype)
-    one = dataclasses.replace(mesh, wafers=1)
-    ranges = layer_ranges(spec.num_layers, mesh.wafers)
-    sliced = mesh.wafers > 1
-    slices = vocab_slices(spec.vocab_size, mesh.wafers) if sliced else []
-    head_todo = _head_jobs(spec, mesh, dtype, layout)
-    head_keys = [v1 - v0 for v0, v1 in slices]
+    if lm_head not in LM_HEAD_MODES:
+        raise ValueError(f"lm_head must be one of {LM_HEAD_MODES}, got {lm_head!r}")
+    if lm_head == "auto":
+        lm_head = head_mode(spec, mesh, dtype, layout, weight_dtype)
+    sliced = mesh.wafers > 1 and lm_head == "sliced"
+    head_todo = _head_jobs(spec, mesh, dtype, layout) if sliced else {}
     reserve = _reserve(head_todo.values())
-    layer_mesh = _layer_mesh(one, reserve, mesh.wafers)
-    todo, keys = {}, []
-    for w, (start, stop) in enumerate(ranges):
-        head = not sliced
-        part = sub_spec(spec, stop - start, start)
-        key = (stop - start, head, part.layer_types, part.moe)
-        todo.setdefault(key, ((w, start, stop, head, part), layer_mesh, dtype, max_context,
-                              layout, weight_dtype, mesh.wafers))
-        keys.append(key)
+    todo, keys = _layer_jobs(spec, mesh, dtype, max_context, layout, weight_dtype, sliced,
+                             reserve)
     args = list(todo.values()) + list(head_todo.values())
     for a in args[:len(todo)]:   # every wafer fits before any code is emitted (a quick FitError)
         _compile_part(a, check=True)
@@ -218,18 +225,68 @@ def compile_system(spec, mesh: MeshConfig, dtype: str = "bf16", max_context: int
         done = [_compile_part(a) for a in args]
     cache = dict(zip(todo, done[:len(todo)], strict=True))
     head_cache = dict(zip(head_todo, done[len(todo):], strict=True))
-    parts = [WaferPart(w, start, stop, not sliced, cache[key])
+    ranges = layer_ranges(spec.num_layers, mesh.wafers)
+    parts = [WaferPart(w, start, stop, key[1], cache[key])
              for w, ((start, stop), key) in enumerate(zip(ranges, keys, strict=True))]
-    heads = [HeadPart(w, v0, v1, head_cache[key])
-             for w, ((v0, v1), key) in enumerate(zip(slices, head_keys, strict=True))]
+    slices = vocab_slices(spec.vocab_size, mesh.wafers) if sliced else []
+    heads = [HeadPart(w, v0, v1, head_cache[v1 - v0]) for w, (v0, v1) in enumerate(slices)]
     return System(spec, mesh, dtype, parts, heads, reserve)
+
+
+def head_mode(spec, mesh: MeshConfig, dtype: str = "bf16", layout: str = "auto",
+              weight_dtype: str | None = None) -> str:
+    """What `lm_head="auto"` takes: "sliced" when slicing the LM head over the wafers
+    lets the system hold a longer context than the whole head on the last wafer does
+    (`system_capacity`; Llama-3.1-70B on cs3x4: 73,990 against 55,870), else "last" (a
+    tie, e.g. both at the model's limit, keeps the head whole: no broadcast, one program
+    fewer; a system whose wafers bind elsewhere, e.g. Qwen3-235B-A22B's longer layer
+    ranges, would only lose context to the slices' reservation); "last" on one wafer."""
+    if mesh.wafers == 1:
+        return "last"
+    caps = {mode: system_capacity(spec, mesh, dtype, layout, weight_dtype, mode)
+            for mode in ("last", "sliced")}
+    return "sliced" if caps["sliced"] > caps["last"] else "last"
+
+
+def system_capacity(spec, mesh: MeshConfig, dtype: str = "bf16", layout: str = "auto",
+                    weight_dtype: str | None = None, lm_head: str = "sliced") -> int:
+    """Positions of KV the system holds with the LM head `lm_head` ("sliced" or "last"):
+    the smallest `Placement.capacity` over its distinct wafer programs (tile and place
+    passes only; 0 when one does not fit even one position)."""
+    dtype = canonical_dtype(dtype)
+    sliced = mesh.wafers > 1 and lm_head == "sliced"
+    try:
+        reserve = _reserve(_head_jobs(spec, mesh, dtype, layout).values()) if sliced else 0
+        todo, _ = _layer_jobs(spec, mesh, dtype, 1, layout, weight_dtype, sliced, reserve)
+        return min(_compile_part(a, check=True)[1].capacity for a in todo.values())
+    except FitError:
+        return 0
+
+
+def _layer_jobs(spec, mesh: MeshConfig, dtype: str, max_context: int | None, layout: str,
+                weight_dtype: str | None, sliced: bool, reserve: int) -> tuple[dict, list]:
+    """(program key -> the `_compile_part` job of its first wafer, each wafer's key) of
+    the layer programs: placed in the SRAM left beside `reserve` bytes per PE, the last
+    wafer with the whole LM head unless `sliced`. Wafers with equal layer counts, head
+    flags and layer kinds share one program."""
+    layer_mesh = _layer_mesh(dataclasses.replace(mesh, wafers=1), reserve, mesh.wafers)
+    ranges = layer_ranges(spec.num_layers, mesh.wafers)
+    todo, keys = {}, []
+    for w, (start, stop) in enumerate(ranges):
+        head = not sliced and w == len(ranges) - 1
+        part = sub_spec(spec, stop - start, start)
+        key = (stop - start, head, part.layer_types, part.moe)
+        todo.setdefault(key, ((w, start, stop, head, part), layer_mesh, dtype, max_context,
+                              layout, weight_dtype, mesh.wafers, reserve))
+        keys.append(key)
+    return todo, keys
 
 
 def head_reserve_bytes(spec, mesh: MeshConfig, dtype: str = "bf16",
                        layout: str = "auto") -> int:
     """SRAM bytes per PE the head-slice programs of `mesh.wafers` wafers take (their
     largest class; tile and place passes only): what every PE reserves beside the layer
-    program (0 on one wafer)."""
+    program of a sliced system (0 on one wafer)."""
     return _reserve(_head_jobs(spec, mesh, canonical_dtype(dtype), layout).values())
 
 
@@ -241,7 +298,7 @@ def _head_jobs(spec, mesh: MeshConfig, dtype: str, layout: str) -> dict:
     one, out = dataclasses.replace(mesh, wafers=1), {}
     for w, (v0, v1) in enumerate(vocab_slices(spec.vocab_size, mesh.wafers)):
         out.setdefault(v1 - v0, ((w, v0, v1, head_spec(spec, v0, v1)), one, dtype, None,
-                                 layout, None, mesh.wafers))
+                                 layout, None, mesh.wafers, 0))
     return out
 
 
@@ -262,8 +319,8 @@ def _layer_mesh(one: MeshConfig, reserve: int, wafers: int) -> MeshConfig:
 def _compile_part(args: tuple, check: bool = False):
     """compile_decode of one wafer's layers (head flag given) or of its head slice (a
     0-layer job `(w, v0, v1, spec)`); `check`: only its tile and place passes. FitError
-    naming the wafer (and the SRAM left beside the head slice)."""
-    job, mesh, dtype, max_context, layout, weight_dtype, wafers = args
+    naming the wafer (and the SRAM left beside a head slice of `reserve` bytes)."""
+    job, mesh, dtype, max_context, layout, weight_dtype, wafers, reserve = args
     compile_ = plan_and_place if check else compile_decode
     if len(job) == 4:
         w, v0, v1, part = job
@@ -274,8 +331,8 @@ def _compile_part(args: tuple, check: bool = False):
     try:
         return compile_(part, mesh, dtype, max_context, layout, head, weight_dtype=weight_dtype)
     except FitError as exc:
-        beside = (f"; {mesh.sram_bytes} bytes per PE are left beside the LM head slice"
-                  if wafers > 1 and len(job) == 5 else "")
+        beside = (f"; {mesh.sram_bytes} bytes per PE are left beside the LM head slice "
+                  f"({reserve} bytes)" if reserve else "")
         raise FitError(f"wafer {w} of {wafers} ({where}): {exc}{beside}") from None
 
 
@@ -292,14 +349,17 @@ def broadcast_seconds(spec, mesh: MeshConfig, dtype: str) -> float:
     return (mesh.wafers - 1) * nbytes / mesh.wafer_link_bytes_per_s + mesh.wafer_link_latency_s
 
 
-def link_seconds(spec, mesh: MeshConfig, dtype: str) -> float:
-    """All link time of one token (module docstring): the W - 1 hand-offs of the layers,
-    the broadcast to the head slices and the gather of their (max, index) (one link
-    latency; its 8 bytes per wafer are left out). 0 on one wafer."""
+def link_seconds(spec, mesh: MeshConfig, dtype: str, sliced: bool = True) -> float:
+    """All link time of one token (module docstring): the W - 1 hand-offs of the layers
+    and, with the LM head `sliced`, the broadcast to the head slices and the gather of
+    their (max, index) (one link latency; its 8 bytes per wafer are left out). 0 on one
+    wafer."""
     if mesh.wafers == 1:
         return 0.0
-    return ((mesh.wafers - 1) * handoff_seconds(spec, mesh, dtype)
-            + broadcast_seconds(spec, mesh, dtype) + mesh.wafer_link_latency_s)
+    hops = (mesh.wafers - 1) * handoff_seconds(spec, mesh, dtype)
+    if not sliced:
+        return hops
+    return hops + broadcast_seconds(spec, mesh, dtype) + mesh.wafer_link_latency_s
 
 
 def wafer_weights(weights: dict, start: int, stop: int) -> dict:

@@ -228,8 +228,9 @@ def run_report(*, model: str | None = None, hw: str | MeshConfig = "small",
 class DecodeStage:
     """Decode on the mesh, functional (MeshDecoder) or timing-only (program only).
 
-    With `mesh.wafers > 1` the model is pipelined over the wafers (compiler.system); a
-    step then returns a SystemStep (per-wafer RunResults plus the hand-off seconds).
+    With `mesh.wafers > 1` the model is pipelined over the wafers and its LM head sliced
+    over them (compiler.system); a step then returns a SystemStep (per-wafer RunResults
+    of the layer programs and of the head slices, plus the link seconds).
     """
 
     def __init__(self, req: RunRequest):
@@ -484,7 +485,7 @@ def _system_stats(req, stage: DecodeStage, results: list) -> dict:
         return out
     out["wafer_layers"] = [[p.start, p.stop] for p in stage.system.parts]
     out["handoff_seconds_per_hop"] = handoff_seconds(req.spec, mesh, req.dtype)
-    out["handoff_seconds"] = link_seconds(req.spec, mesh, req.dtype)
+    out["handoff_seconds"] = link_seconds(req.spec, mesh, req.dtype, stage.system.sliced)
     if results:
         per = np.array([[run.cycles for run in r.results] for r in results], np.float64)
         out["wafer_cycles"] = per.mean(axis=0).tolist()

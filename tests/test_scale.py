@@ -39,7 +39,8 @@ def test_layer_ranges_are_contiguous_and_balanced():
         layer_ranges(2, 3)
 
 
-def test_two_wafers_match_one_wafer_and_count_the_handoff():
+@pytest.mark.parametrize("lm_head", ["last", "sliced"])
+def test_two_wafers_match_one_wafer_and_count_the_handoff(lm_head):
     spec = resolve_model("programs/models/tiny-gqa.json")
     weights = random_weights(spec, 0)
     base = load_mesh("small").with_mesh(8, 8)
@@ -47,7 +48,7 @@ def test_two_wafers_match_one_wafer_and_count_the_handoff():
                               wafer_link_latency_s=1e-6)
     logits, cache = reference.prefill(spec, weights, np.array([1, 2, 3]))
     token = int(np.argmax(logits[-1]))
-    system = SystemDecoder(spec, weights, two, "fp32", max_context=16)
+    system = SystemDecoder(spec, weights, two, "fp32", max_context=16, lm_head=lm_head)
     system.load_kv(cache)
     got, step = system.step(token, 3)
     single = MeshDecoder(spec, weights, base, "fp32", max_context=16)
@@ -59,13 +60,23 @@ def test_two_wafers_match_one_wafer_and_count_the_handoff():
     assert [r.cycles for r in timing.head_results] == [r.cycles for r in step.head_results]
     hop = spec.hidden_size * 4 / 1e9 + 1e-6
     assert handoff_seconds(spec, two, "fp32") == pytest.approx(hop)
-    assert timing.handoff_s == pytest.approx(2 * hop + 1e-6)   # hand-off, broadcast, gather
+    if lm_head == "last":
+        assert timing.head_results == [] and timing.handoff_s == pytest.approx(hop)
+        assert timing.seconds(base.clock_hz) == pytest.approx(timing.cycles / base.clock_hz
+                                                              + hop)
+    else:   # a hand-off, the broadcast (one copy) and the gather
+        assert timing.handoff_s == pytest.approx(2 * hop + 1e-6)
 
 
 def test_identical_wafers_share_one_program():
     spec = dataclasses.replace(resolve_model("programs/models/tiny-gqa.json"), num_layers=4)
     mesh = dataclasses.replace(load_mesh("small").with_mesh(8, 8), wafers=3)
-    system = compile_system(spec, mesh, "fp32", 16)
+    system = compile_system(spec, mesh, "fp32", 16, lm_head="last")
+    assert [(p.start, p.stop, p.head) for p in system.parts] == [(0, 2, False), (2, 3, False),
+                                                                 (3, 4, True)]
+    assert len(system.distinct()) == 3 and system.heads == []
+    assert system.parts[0].compiled.plan.vec("vocab").total == 0
+    system = compile_system(spec, mesh, "fp32", 16, lm_head="sliced")
     assert [(p.start, p.stop, p.head) for p in system.parts] == [(0, 2, False), (2, 3, False),
                                                                  (3, 4, False)]
     assert len(system.distinct()) == 2
@@ -86,15 +97,22 @@ def test_llama_8b_fits_wse3_in_bf16():
 
 def test_70b_on_cs3x4_capacity_with_the_lm_head_sliced_over_the_wafers():
     """Placement only: Llama-3.1-70B on four WSE-3 (bf16, 20 layers per wafer). With the
-    whole LM head on the last wafer it would hold 55,870 positions (the ffn and
+    whole LM head on the last wafer it holds 55,870 positions (the ffn and
     vocabulary rows moved onto the 146 rows outside the bands; 33,975 with the
     near-equal split); a wafer without it holds 80,785. Sliced by vocabulary over the
     four wafers (docs/mapping.md, "Multi-wafer systems"), each wafer's head slice (the
     final norm and 32,064 LM head rows) takes 884 bytes per PE, and the layers in the
-    rest hold 73,990 >= 65,536 positions on every wafer."""
+    rest hold 73,990 >= 65,536 positions on every wafer, so `lm_head="auto"` slices it."""
     from compiler.decode import plan_and_place
     from compiler.place import best_context, fit_context, spread_shift
-    from compiler.system import head_reserve_bytes, head_spec, sub_spec, vocab_slices
+    from compiler.system import (
+        head_mode,
+        head_reserve_bytes,
+        head_spec,
+        sub_spec,
+        system_capacity,
+        vocab_slices,
+    )
 
     spec, mesh = resolve_model("programs/models/llama-3.1-70b.json"), load_mesh("cs3x4")
     words = mesh.sram_bytes // 2
@@ -118,6 +136,10 @@ def test_70b_on_cs3x4_capacity_with_the_lm_head_sliced_over_the_wafers():
     sliced = best_context(part, mesh.width, mesh.height, "spread", False,
                           (mesh.sram_bytes - reserve) // 2)
     assert sliced == 73_990 >= 65_536
+    # what compile_system(lm_head="auto") compares (tile and place passes only)
+    assert system_capacity(spec, mesh, "bf16", lm_head="last") == caps[True]
+    assert system_capacity(spec, mesh, "bf16", lm_head="sliced") == sliced
+    assert head_mode(spec, mesh, "bf16") == "sliced"
 
 
 def test_fit_error_names_bytes_class_and_square():
@@ -131,12 +153,14 @@ def test_fit_error_names_bytes_class_and_square():
 def test_70b_on_one_wafer_names_the_wafer():
     spec = dataclasses.replace(resolve_model("programs/models/llama-3.1-70b.json"))
     mesh = dataclasses.replace(load_mesh("wse3").with_mesh(64, 64), wafers=2)
-    with pytest.raises(FitError, match=r"wafer 0 of 2 \(LM head slice 0\.\.64127\)"):
+    with pytest.raises(FitError, match=r"wafer 0 of 2 \(layers 0\.\.39\)"):
         compile_system(spec, mesh, "bf16", 16, layout="even")
+    with pytest.raises(FitError, match=r"wafer 0 of 2 \(LM head slice 0\.\.64127\)"):
+        compile_system(spec, mesh, "bf16", 16, layout="even", lm_head="sliced")
     two = dataclasses.replace(load_mesh("wse3"), wafers=2)
     with pytest.raises(FitError, match=r"wafer 0 of 2 \(layers 0\.\.39\): .*; \d+ bytes "
-                                       r"per PE are left beside the LM head slice"):
-        compile_system(spec, two, "bf16", 16, layout="even")
+                                       r"per PE are left beside the LM head slice \(\d+ "):
+        compile_system(spec, two, "bf16", 16, layout="even", lm_head="sliced")
 
 
 def test_parallel_wafer_emulation_equals_serial():

@@ -12,25 +12,50 @@ import pytest
 from compiler import reference
 from compiler.decode import compile_decode
 from compiler.frontend import resolve_model
-from compiler.system import compile_system, vocab_slices
+from compiler.system import (
+    compile_system,
+    head_mode,
+    link_seconds,
+    system_capacity,
+    vocab_slices,
+)
 from compiler.weights import random_weights
 from emulator.hw.mesh import load_mesh
 from emulator.mesh.runtime import run_timing
 from emulator.mesh.system import SystemDecoder, run_system_timing
 
+TIGHT_SRAM = 5000   # bytes per PE: tiny-gqa on 3 wafers holds more with the head sliced
 
-def system_mesh(wafers: int, side: int = 8):
+
+def system_mesh(wafers: int, side: int = 8, **fields):
     """A small mesh of `wafers` wafers with a slow link (so link time is visible)."""
     base = load_mesh("small").with_mesh(side, side)
     return dataclasses.replace(base, wafers=wafers, wafer_link_bytes_per_s=2e9,
-                               wafer_link_latency_s=3e-6)
+                               wafer_link_latency_s=3e-6, **fields)
+
+
+def test_auto_slices_the_head_only_when_that_holds_more():
+    spec = resolve_model("programs/models/tiny-gqa.json")
+    tight = system_mesh(3, sram_bytes=TIGHT_SRAM)
+    last, sliced = (system_capacity(spec, tight, "fp32", lm_head=m) for m in ("last", "sliced"))
+    assert sliced > last > 0
+    assert head_mode(spec, tight, "fp32") == "sliced"
+    assert compile_system(spec, tight, "fp32", 16).sliced
+    roomy = system_mesh(3)   # both hold the model's 256 positions: the head stays whole
+    assert system_capacity(spec, roomy, "fp32", lm_head="sliced") == 256
+    assert system_capacity(spec, roomy, "fp32", lm_head="last") == 256
+    assert head_mode(spec, roomy, "fp32") == "last"
+    system = compile_system(spec, roomy, "fp32", 16)
+    assert not system.sliced and system.parts[-1].head and system.reserve_bytes == 0
+    assert head_mode(spec, load_mesh("small").with_mesh(8, 8), "fp32") == "last"
 
 
 def decode_two(spec, weights, mesh, engine: str = "numba", dtype: str = "fp32"):
     """(logits of two decode steps after a 3-token prefill, reference logits, steps)."""
     prompt = np.array([1, 2, 3])
     logits, cache = reference.prefill(spec, weights, prompt)
-    system = SystemDecoder(spec, weights, mesh, dtype, engine, max_context=16)
+    system = SystemDecoder(spec, weights, mesh, dtype, engine, max_context=16,
+                           lm_head="sliced")
     system.load_kv(cache)
     ref_cache = copy.deepcopy(cache)
     token, got, want, steps = int(np.argmax(logits[-1])), [], [], []
@@ -72,7 +97,7 @@ def test_step_time_is_the_closed_form():
     + (W - 1) * (B / bw + lat) + ((W - 1) * B / bw + lat) + lat, B the hidden bytes."""
     spec = dataclasses.replace(resolve_model("programs/models/tiny-gqa.json"), num_layers=5)
     mesh = system_mesh(3)
-    system = compile_system(spec, mesh, "fp32", 16)
+    system = compile_system(spec, mesh, "fp32", 16, lm_head="sliced")
     step = run_system_timing(system, 6)
     layers = [r.cycles for r in step.results]
     heads = [r.cycles for r in step.head_results]
@@ -89,7 +114,7 @@ def test_timing_only_steps_equal_full_runs():
     the same position gives the same cycles."""
     spec = dataclasses.replace(resolve_model("programs/models/tiny-gqa.json"), num_layers=6)
     mesh = system_mesh(2)
-    system = compile_system(spec, mesh, "fp32", 16)
+    system = compile_system(spec, mesh, "fp32", 16, lm_head="sliced")
     step = run_system_timing(system, 9)
     for part, got in zip(system.parts, step.results, strict=True):
         full = run_timing(part.compiled, system.layer_mesh, 9, fast_forward=False)
@@ -102,7 +127,7 @@ def test_timing_only_steps_equal_full_runs():
 def test_every_pe_reserves_the_head_slice_beside_the_layers():
     spec = resolve_model("programs/models/tiny-gqa.json")
     mesh = system_mesh(3)
-    system = compile_system(spec, mesh, "fp32", 16)
+    system = compile_system(spec, mesh, "fp32", 16, lm_head="sliced")
     assert system.reserve_bytes == max(h.compiled.placement.total_bytes for h in system.heads)
     assert system.reserve_bytes > 0
     assert system.layer_mesh.sram_bytes == mesh.sram_bytes - system.reserve_bytes
@@ -130,14 +155,13 @@ def test_one_wafer_system_keeps_the_whole_head():
 
 
 def test_emu_run_reports_the_sliced_system(tmp_path):
-    """`emu run` on two wafers: the logits equal the reference, and the report's token
-    time is its cycles (layers plus the slowest head slice) over the clock plus the
-    link time of `compiler.system.link_seconds`."""
+    """`emu run` on three wafers whose LM head is sliced: the logits equal the
+    reference, and the report's token time is its cycles (layers plus the slowest head
+    slice) over the clock plus the link time of `compiler.system.link_seconds`."""
     import json
 
     from click.testing import CliRunner
 
-    from compiler.system import link_seconds
     from compiler.weights import save_weights
     from emulator.cli import main
 
@@ -145,7 +169,7 @@ def test_emu_run_reports_the_sliced_system(tmp_path):
     weights = random_weights(spec, 4)
     save_weights(tmp_path / "w.safetensors", weights)
     preset = json.loads(open("emulator/hw/presets/mesh-small.json").read())
-    preset.update(name="small-x2", width=8, height=8, wafers=2,
+    preset.update(name="small-x3", width=8, height=8, wafers=3, sram_bytes=TIGHT_SRAM,
                   wafer_link_bytes_per_s=2e9, wafer_link_latency_s=3e-6)
     (tmp_path / "hw.json").write_text(json.dumps(preset))
     report_path, logits_path = tmp_path / "r.json", tmp_path / "l.npy"
@@ -159,9 +183,10 @@ def test_emu_run_reports_the_sliced_system(tmp_path):
     _, want = reference.generate(spec, weights, [4, 9, 2], 3)
     assert np.abs(np.load(logits_path) - want).max() <= 1e-4
     decode = report["decode"]
-    mesh = dataclasses.replace(load_mesh("small").with_mesh(8, 8), wafers=2,
-                               wafer_link_bytes_per_s=2e9, wafer_link_latency_s=3e-6)
+    mesh = system_mesh(3, sram_bytes=TIGHT_SRAM)
     links = link_seconds(spec, mesh, "fp32")
+    assert decode["max_context"] == system_capacity(spec, mesh, "fp32")
+    assert decode["wafer_layers"] == [[0, 1], [1, 2], [2, 3]]
     assert decode["handoff_seconds"] == links
     assert decode["seconds_per_token"] == decode["cycles_per_token"] / mesh.clock_hz + links
     assert sum(decode["phases"].values()) == decode["cycles"][-1]
@@ -174,13 +199,16 @@ def test_map_of_a_system_counts_the_head_slice():
     reservation, which its SRAM numbers count."""
     from emulator.views.mapview import build_map
 
-    spec = dataclasses.replace(resolve_model("programs/models/tiny-gqa.json"), num_layers=4)
-    mesh = system_mesh(2)
+    spec = resolve_model("programs/models/tiny-gqa.json")
+    mesh = system_mesh(3, sram_bytes=TIGHT_SRAM)
     system = compile_system(spec, mesh, "fp32", 16)
+    assert system.sliced
     m = build_map(spec, mesh, "fp32", "auto", 16, "tiny")
     assert m.head_bytes == system.reserve_bytes > 0
     assert m.placement.total_bytes == system.parts[0].compiled.placement.total_bytes
     assert m.need_bytes == int(m.reserved_total.max()) == (
         system.parts[0].compiled.placement.total_bytes + system.reserve_bytes)
-    assert "wafer 0 of 2: layers 0..1 + LM head slice 0..99" in m.wafer and m.fits
+    assert m.wafer == "wafer 0 of 3: layers 0..0 + LM head slice 0..66" and m.fits
     assert f"{m.head_bytes:,} of them for the LM head slice" in m.status()
+    whole = build_map(spec, system_mesh(3), "fp32", "auto", 16, "tiny")
+    assert whole.wafer == "wafer 2 of 3: layers 2..2 + LM head" and whole.head_bytes == 0

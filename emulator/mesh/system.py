@@ -83,8 +83,8 @@ def run_system_timing(system: System, pos: int, engine: str = "numba",
 
 def system_step(system: System, results: list, head_results: list = ()) -> SystemStep:
     """The SystemStep of one token: per-wafer results plus the token's link time."""
-    return SystemStep(results, link_seconds(system.spec, system.mesh, system.dtype),
-                      list(head_results))
+    return SystemStep(results, link_seconds(system.spec, system.mesh, system.dtype,
+                                            system.sliced), list(head_results))
 
 
 def _timing_job(job: tuple):
@@ -94,7 +94,8 @@ def _timing_job(job: tuple):
 
 class SystemDecoder:
     """Functional decode on a multi-wafer system: one MeshDecoder per wafer's layers and,
-    on several wafers, one per vocabulary slice of the LM head.
+    with the LM head sliced (`lm_head`, compiler.system.compile_system), one per
+    vocabulary slice.
 
     The host carries the residual stream between wafers: after wafer w it reads H from
     the top row and writes it into wafer w + 1's H, and after the last wafer into every
@@ -104,8 +105,9 @@ class SystemDecoder:
 
     def __init__(self, spec, weights: dict, mesh: MeshConfig, dtype: str = "fp32",
                  engine: str = "numba", max_context: int | None = None, layout: str = "auto",
-                 weight_dtype: str | None = None):
-        self.system = compile_system(spec, mesh, dtype, max_context, layout, weight_dtype)
+                 weight_dtype: str | None = None, lm_head: str = "auto"):
+        self.system = compile_system(spec, mesh, dtype, max_context, layout, weight_dtype,
+                                     lm_head=lm_head)
         self.spec, self.mesh = spec, mesh
         layer_mesh = self.system.layer_mesh
         self.decoders = [MeshDecoder(sub_spec(spec, p.layers, p.start),

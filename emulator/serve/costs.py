@@ -411,8 +411,8 @@ def measure_prefill(spec, hw, dtype: str, chips: int, max_tokens: int, cache: Me
 def decode_capacity(spec, mesh, dtype: str) -> int:
     """Positions one user's KV may reach on a decode instance: the largest max_context the
     compiler's place pass fits on every wafer program (layers per wafer; the LM head on
-    the one wafer, or on several wafers sliced by vocabulary over all of them, in the
-    SRAM each PE reserves for its slice, compiler.system.head_reserve_bytes), with the
+    the last wafer, or sliced by vocabulary over the wafers when that holds more,
+    compiler.system.head_mode, each PE then reserving its slice's bytes), with the
     best of the layouts `compile_decode` would try (compiler.place `best_context`: the
     spread layout at its best ffn / vocabulary split)."""
     import dataclasses
@@ -420,13 +420,15 @@ def decode_capacity(spec, mesh, dtype: str) -> int:
     from compiler.decode import auto_layouts
     from compiler.numerics import dtype_bytes
     from compiler.place import best_context
-    from compiler.system import head_reserve_bytes, layer_ranges, sub_spec
+    from compiler.system import head_mode, head_reserve_bytes, layer_ranges, sub_spec
 
-    reserve = head_reserve_bytes(spec, mesh, dtype)
+    sliced = head_mode(spec, mesh, dtype) == "sliced"
+    reserve = head_reserve_bytes(spec, mesh, dtype) if sliced else 0
     words = (mesh.sram_bytes - reserve) // dtype_bytes(dtype)
     one = dataclasses.replace(mesh, wafers=1)
     ranges = layer_ranges(spec.num_layers, mesh.wafers)
-    parts = {(stop - start, mesh.wafers == 1) for start, stop in ranges}
+    parts = {(stop - start, not sliced and w == len(ranges) - 1)
+             for w, (start, stop) in enumerate(ranges)}
     worst = None
     for layers, head in sorted(parts):
         part = sub_spec(spec, layers)

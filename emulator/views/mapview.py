@@ -43,7 +43,7 @@ from compiler.place import (
     row_attention,
 )
 from compiler.route import band_last_rows, color_budget
-from compiler.system import head_spec, layer_ranges, sub_spec, vocab_slices
+from compiler.system import head_mode, head_spec, layer_ranges, sub_spec, vocab_slices
 from compiler.tile import TilePlan, tile
 from emulator.files import atomic_write_bytes
 from emulator.hw.dtypes import BYTES as DTYPE_BYTES
@@ -187,8 +187,7 @@ def build_map(spec, mesh: MeshConfig, dtype: str = "fp32", layout: str = "auto",
 
     `layout` "auto" takes the first of groups, even that fits, else the one needing the
     fewest bytes per PE (as `compile_decode` would try them). On a system of W > 1
-    wafers the map shows wafer 0 (the largest layer range) with its LM head slice
-    (`wafer_map`).
+    wafers the map shows one wafer (`wafer_map`).
     """
     if mesh.wafers > 1:
         return wafer_map(spec, mesh, dtype, layout, max_context, model)
@@ -197,10 +196,18 @@ def build_map(spec, mesh: MeshConfig, dtype: str = "fp32", layout: str = "auto",
 
 def wafer_map(spec, mesh: MeshConfig, dtype: str, layout: str, max_context: int | None,
               model: str) -> MeshMap:
-    """Wafer 0 of a system (compiler/system.py): its layers placed beside the largest
-    head-slice program's reservation, which every PE's address map counts too (its
-    bytes by kind added to every PE; docs/mapping.md, "Multi-wafer systems")."""
+    """One wafer of a system (compiler/system.py, the LM head as `head_mode` places it):
+    with the head sliced, wafer 0 (the largest layer range), its layers placed beside
+    the largest head-slice program's reservation, which every PE's address map counts
+    too (its bytes by kind added to every PE; docs/mapping.md, "Multi-wafer systems");
+    else the last wafer, its layers and the whole LM head."""
     one = dataclasses.replace(mesh, wafers=1)
+    if head_mode(spec, mesh, dtype, layout) == "last":
+        start, stop = layer_ranges(spec.num_layers, mesh.wafers)[-1]
+        wafer = (f"wafer {mesh.wafers - 1} of {mesh.wafers}: layers {start}..{stop - 1} + "
+                 f"LM head")
+        return _map(sub_spec(spec, stop - start, start), one, dtype, layout, max_context,
+                    model, wafer=wafer)
     slices = {v1 - v0: (v0, v1) for v0, v1 in vocab_slices(spec.vocab_size, mesh.wafers)}
     heads = []
     for v0, v1 in slices.values():
