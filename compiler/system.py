@@ -79,8 +79,8 @@ class HeadPart:
 
 @dataclass
 class System:
-    """A model compiled onto `len(parts)` wafers (`heads`: the vocabulary slices of a
-    system of several wafers, empty on one wafer, whose layer program holds the head)."""
+    """A model compiled onto `len(parts)` wafers (`heads`: the vocabulary slices of the
+    LM head when it is sliced, else empty and the last wafer's layer program holds it)."""
 
     spec: object
     mesh: MeshConfig
