@@ -36,6 +36,7 @@ Address faults inside skipped blocks are caught only for immediate operands (sta
 costs); compiled decode programs are address-checked by `compiler.place`.
 """
 
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -44,7 +45,7 @@ import numpy as np
 from emulator.hw.errors import MeshFault
 from emulator.mesh import cut_kernels as C
 from emulator.mesh import kernels as K
-from emulator.mesh.parallel import Forked, shared_empty
+from emulator.mesh.parallel import Forked, can_fork, shared_empty
 from isa.opcodes import (
     MODE_BITS,
     MODE_PARAM,
@@ -502,7 +503,7 @@ def run_fast_forward(kernel, cut_names, jobs: int = 1) -> int | None:
         for template in range(min(2, layout.full_blocks - 1)):
             if not isinstance(outcome, Cut):
                 break
-            attempt = Attempt(template, live, layout, jobs > 1)
+            attempt = Attempt(template, live, layout, jobs > 1, can_fork())
             outcome = repeat_block(kernel, attempt, outcome, checking)
     return outcome if isinstance(outcome, int) else None
 
@@ -510,13 +511,14 @@ def run_fast_forward(kernel, cut_names, jobs: int = 1) -> int | None:
 @dataclass(frozen=True)
 class Attempt:
     """One try of `repeat_block`: the block to emulate and repeat (`template`), the
-    running PEs, the block layout, and whether the code after the last full block runs in
-    a forked child."""
+    running PEs, the block layout, whether the code after the last full block runs in
+    a forked child beside the block (`parallel`), and whether this process may fork."""
 
     template: int
     live: np.ndarray
     layout: Layout
     parallel: bool
+    forkable: bool = True
 
     @property
     def skip(self) -> int:
@@ -527,8 +529,14 @@ class Attempt:
     def from_tail(self) -> bool:
         """Whether the child starts where block 0 reaches the partial block's end (the
         tail mark), so that nobody emulates the partial block: only when block 0 is the
-        template."""
-        return self.parallel and self.template == 0 and self.layout.tail_mark >= 0
+        template. With one job too: the child then waits until the parent has jumped
+        (`HeadJob` `wait`), so one process runs at a time."""
+        return self.forkable and self.template == 0 and self.layout.tail_mark >= 0
+
+    @property
+    def forks_head(self) -> bool:
+        """Whether the code after the last full block runs in a forked child."""
+        return self.parallel or self.from_tail
 
 
 def repeat_block(kernel, attempt: Attempt, start: Cut, checking: Forked) -> int | Cut | None:
@@ -545,11 +553,11 @@ def repeat_block(kernel, attempt: Attempt, start: Cut, checking: Forked) -> int 
         if kernel.run_until(attempt.layout.tail_mark) != K.ALL_PARKED:
             return None
         halfway = kernel.stats[[K.ST_PARKED_SEND_MAX, K.ST_SEND_MIN]].copy()
-    with (HeadJob(kernel, attempt.layout.lengths, live, attempt.skip) if attempt.parallel
-          else nullcontext()) as heading:
+    with (HeadJob(kernel, attempt.layout.lengths, live, attempt.skip, not attempt.parallel)
+          if attempt.forks_head else nullcontext()) as heading:
         if attempt.from_tail:   # after the fork: the child need not wait for the copy
             tail = snapshot(kernel, live, attempt.layout.block_regs, tracking=True)
-        forking = attempt.parallel and (tail is not None or not attempt.from_tail)
+        forking = attempt.forks_head and (tail is not None or not attempt.from_tail)
         kernel.resume_parked()
         end = run_to_cut(kernel, attempt.layout.cut_ids[template + 1], live,
                          attempt.layout.block_regs)
@@ -653,18 +661,41 @@ def run_head(kernel, lengths: np.ndarray, live: np.ndarray, skip: int,
     return kernel.stats, kernel.marks
 
 
+def run_head_when_told(go: tuple | None, *args) -> tuple | None:
+    """Child side of a `HeadJob`: `run_head(*args)`, after the parent writes to the pipe
+    `go` (read and write descriptors; None: at once)."""
+    if go is not None:
+        os.close(go[1])
+        os.read(go[0], 1)
+    return run_head(*args)
+
+
 class HeadJob:
     """`run_head` in a forked child (a context manager; `result()` waits for it): its
     HeadRun, or None after a fault. Both processes then write the PE rows and links, and
     the first to write a page copies it (taking private copies in either process right
-    after the fork measured no faster: the child writes faster than a copy is made)."""
+    after the fork measured no faster: the child writes faster than a copy is made).
+    With `wait`, the child starts only when `result()` is called (one process runs at a
+    time; the fork only keeps the state it starts from)."""
 
-    def __init__(self, kernel, lengths: np.ndarray, live: np.ndarray, skip: int):
+    def __init__(self, kernel, lengths: np.ndarray, live: np.ndarray, skip: int,
+                 wait: bool = False):
         self.head = HeadRun(shared_empty((len(live), HEAD_FIELDS), np.int64),
                             shared_empty(kernel.links.shape, np.int64))
-        self.job = Forked(run_head, kernel, lengths, live, skip, self.head)
+        self.go = os.pipe() if wait else None
+        self.job = Forked(run_head_when_told, self.go, kernel, lengths, live, skip, self.head)
+        if self.go is not None:
+            os.close(self.go[0])
+
+    def start(self) -> None:
+        """Let a waiting child run (no-op otherwise)."""
+        if self.go is not None:
+            os.write(self.go[1], b"g")
+            os.close(self.go[1])
+            self.go = None
 
     def result(self) -> HeadRun | None:
+        self.start()
         ran = self.job.result()
         if ran is None:
             return None
@@ -675,7 +706,10 @@ class HeadJob:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.job.__exit__(*exc)
+        self.job.__exit__(*exc)   # kills a child still running or waiting
+        if self.go is not None:
+            os.close(self.go[1])
+            self.go = None
 
 
 @dataclass

@@ -83,11 +83,16 @@ def shared_empty(shape: tuple, dtype) -> np.ndarray:
     return np.frombuffer(buffer, dtype, count=count).reshape(shape)
 
 
+def can_fork() -> bool:
+    """Whether this platform can fork (`Forked` works here, even in a pool worker)."""
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
 def usable_jobs(jobs: int | None = None) -> int:
     """How many processes a job may use: `jobs` (None: one per CPU this process may run
     on), 1 where it cannot fork (no fork start method, or inside a pool worker, which
     may not have children)."""
-    if "fork" not in multiprocessing.get_all_start_methods():
+    if not can_fork():
         return 1
     if multiprocessing.current_process().daemon:
         return 1
