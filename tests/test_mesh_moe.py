@@ -29,6 +29,7 @@ from emulator.mesh.runtime import MeshDecoder, run_timing
 from isa.asm import assemble
 from isa.interpreter import run_reference
 from isa.opcodes import Op
+from tests.test_fast_forward import JOBS, assert_same
 
 MAX_CONTEXT = 32
 
@@ -180,6 +181,26 @@ def test_fast_forward_is_exact_over_alternating_layers():
         assert fast.cycles == full.cycles
         assert np.array_equal(fast.mark_first, full.mark_first)
         assert fast.skipped_blocks > 0
+
+
+@settings(max_examples=12, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(layers=st.integers(5, 8), window=st.integers(2, 7), experts=st.integers(2, 5),
+       top_k=st.integers(1, 2), shape=st.sampled_from([(3, 2), (4, 4), (5, 3), (6, 5)]),
+       head=st.booleans(), pos=st.integers(0, 12))
+def test_fast_forward_equals_the_full_run_on_gpt_oss_like_models(layers, window, experts,
+                                                                 top_k, shape, head, pos):
+    """Blocks of a sliding/full layer pair, full or partial last blocks (odd or even layer
+    counts, with or without the LM head), with one job (the head child waits) and two:
+    every timing field equals the full run's."""
+    spec = spec_of("gpt-oss", experts=experts, top_k=top_k, window=window, layers=layers)
+    mesh = load_mesh("small").with_mesh(*shape)
+    compiled = compile_decode(spec, mesh, max_context=MAX_CONTEXT, head=head)
+    full = run_timing(compiled, mesh, pos, fast_forward=False)
+    for jobs in JOBS:
+        fast = run_timing(compiled, mesh, pos, jobs=jobs)
+        assert_same(full, fast)
+        assert fast.skipped_blocks == (layers - 1) // 2 - 1
 
 
 def test_groups_layout_refuses_what_only_spread_maps():
