@@ -13,7 +13,9 @@ None and the caller runs in full. With two or more jobs, forked children check t
 blocks while the first block is emulated and run the code after the full blocks beside
 it (`run_head`, `merge_head`: its cycles are then early by the skipped blocks' D), from
 where block 0 reaches the tail mark (so nobody emulates the partial block) or else from
-the block's first cut. docs/engines.md ("Fast-forward") states the conditions; in short:
+the block's first cut. With one job, a child forked at the tail mark still runs that code
+(so the partial block is not emulated either), but only after the parent has jumped.
+docs/engines.md ("Fast-forward") states the conditions; in short:
 
 - blocks: every running PE's code holds each cut mark (`mark NAME`) once, in order; the
   blocks after block 0 are *timing-equivalent* to it: same opcodes, operand modes,
@@ -491,7 +493,8 @@ def run_fast_forward(kernel, cut_names, jobs: int = 1) -> int | None:
     marks `cut_names` fast-forwarded; the number of blocks skipped, or None (the kernel
     state is then unusable) when a condition of the module docstring fails, and the
     caller runs in full. With `jobs` > 1, a forked child checks the blocks while the
-    first is emulated and another runs the code after the last full block (`run_head`)."""
+    first is emulated and another runs the code after the last full block (`run_head`);
+    with one job, that child (from the tail mark) waits until the parent has jumped."""
     program = kernel.program
     layout = block_layout(program, cut_names)
     if layout is None or layout.full_blocks < 2:
