@@ -58,7 +58,7 @@ def run_numba(program: Program, mesh: MeshConfig, sram=None, functional: bool = 
     marks that start repeated blocks (e.g. each decoder layer's first mark); a timing-only
     run then skips the middle blocks exactly when emulator/mesh/fast_forward.py's conditions
     hold (`skipped_blocks` says how many), else runs in full. `jobs`: processes the
-    fast-forward may use (None: one per CPU for programs of at least PARALLEL_MIN_PES
+    fast-forward may run at once (None: one per CPU for programs of at least PARALLEL_MIN_PES
     PEs, where forking pays off, else 1); the result is the same for any number.
     """
     if fast_forward is not None and functional:

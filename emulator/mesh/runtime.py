@@ -41,7 +41,7 @@ def run_timing(compiled: Compiled, mesh: MeshConfig, pos: int, engine: str = "nu
     models too large to hold as an SRAM image on the host. With the Numba engine and
     `fast_forward`, the middle decoder layers are fast-forwarded exactly
     (emulator/mesh/fast_forward.py; `RunResult.skipped_blocks` says how many); the reference
-    engine always runs every instruction. `jobs`: processes the fast-forward may use
+    engine always runs every instruction. `jobs`: processes the fast-forward may run at once
     (emulator.mesh.engine.run_numba; the result does not depend on it).
     """
     run = _engine(engine)
