@@ -18,6 +18,7 @@ from isa.opcodes import (
     MODE_REG,
     NUM_REGS,
     NUM_SLOTS,
+    REPEATABLE_OPS,
     SLOT_DST,
     Op,
 )
@@ -118,6 +119,26 @@ def _check_code(program: Program) -> None:
     _check_registers(program, fields)
     _check_marks(program, fields)
     _check_params(program, fields)
+    _check_repeats(program, fields)
+
+
+def _check_repeats(program: Program, fields: "_Fields") -> None:
+    """Every `rep` is followed, in its region, by a vector op or reduction (its body)."""
+    reps = np.flatnonzero(fields.op == int(Op.REP))
+    if not reps.size:
+        return
+    starts = np.asarray(program.region_start, np.int64)
+    order = np.argsort(starts, kind="stable")
+    ends = np.maximum.accumulate((starts + program.region_len)[order])   # regions by start
+    end = ends[np.searchsorted(starts[order], reps, side="right") - 1]
+    body = np.minimum(reps + 1, len(fields.op) - 1)
+    ok = (reps + 1 < end) & np.isin(fields.op[body],
+                                             [int(op) for op in REPEATABLE_OPS])
+    if not ok.all():
+        i = int(reps[np.argmin(ok)])
+        raise ConfigError(f"{program.source}: instruction {i} (line {program.code['line'][i]})"
+                          f" is a rep not followed, in its region, by a vector op or "
+                          f"reduction to repeat")
 
 
 class _Fields:

@@ -456,7 +456,7 @@ def fault_detail(program: Program, code: int, a: int, b: int, c: int, d: int, e:
     details = {
         K.FAULT_SRAM: lambda: f"SRAM access at element {a} outside "
                               f"0..{program.sram_words - 1}",
-        K.FAULT_COUNT: lambda: f"negative {('element', 'column', 'batch')[b]} count {a}",
+        K.FAULT_COUNT: lambda: f"negative {('element', 'column', 'batch', 'repeat')[b]} count {a}",
         K.FAULT_COLOR: lambda: f"color {a} is not defined "
                                f"(colors 0..{program.num_colors - 1})",
         K.FAULT_CYCLES: lambda: f"cycle limit {max_cycles} exceeded",

@@ -61,6 +61,7 @@ COUNT_SLOTS = (SLOT_N,)                          # vector ops and reductions
 GEMV_SLOTS = (SLOT_N, SLOT_COLOR)                # rows m, columns k
 GEMM_SLOTS = (SLOT_N, SLOT_COLOR, SLOT_DST_STRIDE)   # rows m, columns k, batch B
 COMM_SLOTS = (SLOT_N, SLOT_COLOR)                # send, recv, recvadd
+REP_SLOTS = (SLOT_N, SLOT_COLOR)                 # repeat counts R, S (not address steps)
 ALL_SLOTS = tuple(range(NUM_SLOTS))              # control ops, route, barrier, halt
 
 
@@ -96,7 +97,8 @@ def relevant_table() -> np.ndarray:
     for first, last, slots in ((Op.VMOV, Op.RDOT, COUNT_SLOTS), (Op.VGEMV, Op.VGEMV, GEMV_SLOTS),
                                (Op.VGEMM, Op.VGEMM, GEMM_SLOTS),
                                (Op.SEND, Op.RECVADD, COMM_SLOTS), (Op.MARK, Op.MARK, ()),
-                               (Op.RARGMAX, Op.RARGMAX, COUNT_SLOTS)):
+                               (Op.RARGMAX, Op.RARGMAX, COUNT_SLOTS),
+                               (Op.REP, Op.REP, REP_SLOTS)):
         table[first:last + 1] = False
         table[first:last + 1, list(slots)] = True
     return table
