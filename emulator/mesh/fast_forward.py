@@ -48,6 +48,7 @@ from emulator.mesh.parallel import Forked, shared_empty
 from isa.opcodes import (
     MODE_BITS,
     MODE_PARAM,
+    MODE_REG,
     NUM_SLOTS,
     SLOT_COLOR,
     SLOT_DST,
@@ -141,7 +142,8 @@ class Layout:
     (`starts`), instructions per block and region, the number of full blocks, the
     mark of block 0 where a partial last block ends (-1: the last block is full), and
     the registers any instruction from a region's first cut on may write (the others
-    keep their values through every block, so cuts need not keep them)."""
+    keep their values through every block, so cuts need not keep them), but for those
+    dead at every cut (written before read: their values there never matter)."""
 
     cut_ids: tuple
     starts: dict                   # region -> int64 [cuts]
@@ -175,14 +177,34 @@ def block_layout(program: Program, cut_names) -> Layout | None:
 
 def written_registers(program: Program, starts: dict) -> np.ndarray:
     """The registers (int64 indices 0..7) that `movr`, `addr`, `djnz` or `ldr` may write from
-    each running region's first cut (`starts`) on."""
-    code, written = program.code, set()
+    each running region's first cut (`starts`) on, except those dead at every cut
+    (`dead_at_cuts`: their values there are never read)."""
+    code, written, regions = program.code, set(), {}
     for r, cuts in starts.items():
         region = code[program.region_start[r] + cuts[0]:
                       program.region_start[r] + program.region_len[r]]
         writes = np.isin(region["op"], (Op.MOVR, Op.ADDR, Op.DJNZ, Op.LDR))
         written.update(region["a"][writes, SLOT_DST].tolist())
-    return np.array(sorted(written & set(range(8))), np.int64)
+        regions[r] = (region, cuts - cuts[0])
+    return np.array(sorted(reg for reg in written & set(range(8))
+                           if not all(dead_at_cuts(*regions[r], reg) for r in regions)),
+                    np.int64)
+
+
+def dead_at_cuts(region: np.ndarray, cuts: np.ndarray, reg: int) -> bool:
+    """Whether register `reg` is dead at every cut (pcs `cuts` of the code `region`): the
+    straight-line code from each cut writes it (`movr` or `ldr` not reading it) before
+    any instruction reads it and before any jump (or it is never touched again)."""
+    shifts = MODE_BITS * np.arange(NUM_SLOTS, dtype=np.int64)
+    bits = (region["modes"].astype(np.int64)[:, None] >> shifts) & 0xFF
+    reads = ((bits & 0x3) == MODE_REG) & ((bits >> 2) == reg)
+    op, target = region["op"], region["a"][:, SLOT_DST]
+    read = reads.any(axis=1) | (np.isin(op, (Op.ADDR, Op.DJNZ)) & (target == reg))
+    write = np.isin(op, (Op.MOVR, Op.LDR)) & (target == reg) & ~read
+    first = np.flatnonzero(read | write | np.isin(op, (Op.DJNZ, Op.JMP)))
+    at = np.searchsorted(first, cuts)
+    hits = first[at[at < len(first)]]
+    return bool(write[hits].all())
 
 
 def region_tail(program: Program, region: int, starts: np.ndarray) -> int | None:
