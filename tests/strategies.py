@@ -417,20 +417,20 @@ class RegionWriter:
         self.emit(f"{op} " + ", ".join(operands))
 
     def rep_op(self):
-        """rep R, S (0..3 each: immediate, %p0 = 1..3 or r6) of a vector op or reduction
+        """rep R, S (0..3 each: immediate, %p0 = 1..3, or r6 / r5) of a vector op or reduction
         over 0..4 elements, with address steps 0..3 (immediate or %p0) per outer and per
         inner copy; every copy reads zone A (growing ops) or anywhere, writes zone B."""
         rng = self.rng
         op = rng.choice(tuple(o for o in GROWING + PRESERVING + ("vset",)
                               if o not in ("vgemv", "vgemm")))
         counts, steps = [], []
-        for _ in range(2):
+        for reg in ("r6", "r5"):
             count = rng.randint(0, 3)
             if rng.random() < 0.2:
                 counts.append(("%p0", 3))
             elif rng.random() < 0.2:
-                self.emit(f"movr r6, {count}")
-                counts.append(("r6", count))
+                self.emit(f"movr {reg}, {count}")
+                counts.append((reg, count))
             else:
                 counts.append((str(count), count))
         for _ in range(6):
