@@ -177,34 +177,38 @@ def block_layout(program: Program, cut_names) -> Layout | None:
 
 def written_registers(program: Program, starts: dict) -> np.ndarray:
     """The registers (int64 indices 0..7) that `movr`, `addr`, `djnz` or `ldr` may write from
-    each running region's first cut (`starts`) on, except those dead at every cut
-    (`dead_at_cuts`: their values there are never read)."""
-    code, written, regions = program.code, set(), {}
+    each running region's first cut (`starts`) on, except those dead at every cut: in
+    every region, the straight-line code from the cut writes them (`movr` or `ldr` not
+    reading them) before any instruction reads them and before any jump, or never
+    touches them again. Read from block 0 and the code after the last cut alone: the
+    other blocks run block 0's instructions (find_blocks, checked before a cut's
+    registers are compared), so block 0's first touch is every block's, and a block
+    that does not touch the register hands it on to the code after the last cut."""
+    code, written, parts = program.code, set(), []
     for r, cuts in starts.items():
-        region = code[program.region_start[r] + cuts[0]:
-                      program.region_start[r] + program.region_len[r]]
+        lo, end = program.region_start[r], program.region_start[r] + program.region_len[r]
+        region = code[lo + cuts[0]:end]
         writes = np.isin(region["op"], (Op.MOVR, Op.ADDR, Op.DJNZ, Op.LDR))
         written.update(region["a"][writes, SLOT_DST].tolist())
-        regions[r] = (region, cuts - cuts[0])
+        parts += [code[lo + cuts[0]:lo + cuts[1]], code[lo + cuts[-1]:end]]
     return np.array(sorted(reg for reg in written & set(range(8))
-                           if not all(dead_at_cuts(*regions[r], reg) for r in regions)),
+                           if any(first_touch_reads(part, reg) for part in parts)),
                     np.int64)
 
 
-def dead_at_cuts(region: np.ndarray, cuts: np.ndarray, reg: int) -> bool:
-    """Whether register `reg` is dead at every cut (pcs `cuts` of the code `region`): the
-    straight-line code from each cut writes it (`movr` or `ldr` not reading it) before
-    any instruction reads it and before any jump (or it is never touched again)."""
-    shifts = MODE_BITS * np.arange(NUM_SLOTS, dtype=np.int64)
-    bits = (region["modes"].astype(np.int64)[:, None] >> shifts) & 0xFF
-    reads = ((bits & 0x3) == MODE_REG) & ((bits >> 2) == reg)
-    op, target = region["op"], region["a"][:, SLOT_DST]
-    read = reads.any(axis=1) | (np.isin(op, (Op.ADDR, Op.DJNZ)) & (target == reg))
-    write = np.isin(op, (Op.MOVR, Op.LDR)) & (target == reg) & ~read
-    first = np.flatnonzero(read | write | np.isin(op, (Op.DJNZ, Op.JMP)))
-    at = np.searchsorted(first, cuts)
-    hits = first[at[at < len(first)]]
-    return bool(write[hits].all())
+def first_touch_reads(code: np.ndarray, reg: int) -> bool:
+    """Whether straight-line `code`, from its start, reads register `reg` (or jumps)
+    before it writes it (`movr` or `ldr` that does not read it); False if it never
+    touches it."""
+    op, mine = code["op"], code["a"][:, SLOT_DST] == reg
+    read = ((op == Op.ADDR) | (op == Op.DJNZ)) & mine
+    coded = np.flatnonzero(code["modes"])               # rows with a parameter or register
+    bits = np.ascontiguousarray(code["modes"][coded], "<i8").view(np.uint8).reshape(
+        len(coded), NUM_SLOTS)                          # byte k: slot k's MODE_BITS bits
+    read[coded] |= (((bits & 0x3) == MODE_REG) & ((bits >> 2) == reg)).any(axis=1)
+    write = ((op == Op.MOVR) | (op == Op.LDR)) & mine & ~read
+    touch = np.flatnonzero(read | write | (op == Op.DJNZ) | (op == Op.JMP))
+    return bool(len(touch)) and not write[touch[0]]
 
 
 def region_tail(program: Program, region: int, starts: np.ndarray) -> int | None:
