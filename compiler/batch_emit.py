@@ -38,6 +38,8 @@ from compiler.emit import (
     tree_sum,
 )
 from isa.opcodes import (
+    REP_INNER_SLOTS,
+    REP_OUTER_SLOTS,
     SLOT_COLOR,
     SLOT_DST,
     SLOT_DST_STRIDE,
@@ -50,6 +52,19 @@ from isa.opcodes import (
 )
 
 MASK_SCORE = -1.0e30   # as compiler.emit (spread layout): a slot holding no position
+
+
+def repeat(b: CodeBuilder, reps, cols: int = 1, outer: tuple = (0, 0, 0),
+           inner: tuple = (0, 0, 0)) -> None:
+    """Before the next vector op or reduction: `rep` it reps x cols times, its (dst, src0,
+    src1) addresses moved by `outer` per outer copy and by `inner` per inner copy (docs/
+    isa.md, rep; it costs what the reps * cols ops it stands for cost). Nothing when
+    reps * cols is 1: the op alone is that one copy."""
+    if reps == 1 and cols == 1:
+        return
+    slots = dict(zip(REP_OUTER_SLOTS, outer, strict=True))
+    slots.update(zip(REP_INNER_SLOTS, inner, strict=True))
+    b.emit(Op.REP, {SLOT_N: reps, SLOT_COLOR: cols, **slots})
 
 
 def gemm(b: CodeBuilder, batch: int, w: int, ld: int, x: int, acc, m, k: int) -> None:
@@ -144,14 +159,14 @@ def attention(b: CodeBuilder, ctx: Context, role: Role, layer: int) -> None:
         b.note("attention: band top scales, masks empty slots, local max, exp", "attn")
         b.vec(Op.VSCALE, pm + batch * gs, pm + batch * gs, n=Param("sc_len"),
               imm=float(spec.head_dim ** -0.5))
-        for u in range(batch):
-            for h in range(gs):
-                b.vec(Op.VSET, Param(f"mask{h}@{u}"), n=Param(f"nfree@{u}"), imm=MASK_SCORE)
-            for h in range(gs):
-                b.reduce(Op.RMAX, pm + u * gs + h, Param(f"sc{h}@{u}"), n=Param(f"nact@{u}"))
-            for h in range(gs):
-                sc = Param(f"sc{h}@{u}")
-                b.vec(Op.VSUB, sc, sc, Desc(pm + u * gs + h, 0), Param(f"nact@{u}"))
+        for u in range(batch):   # head h's buffers at sc0@u + h * nact@u (one rep each)
+            nact, sc = Param(f"nact@{u}"), Param(f"sc0@{u}")
+            repeat(b, gs, outer=(nact, 0, 0))
+            b.vec(Op.VSET, Param(f"mask0@{u}"), n=Param(f"nfree@{u}"), imm=MASK_SCORE)
+            repeat(b, gs, outer=(1, nact, 0))
+            b.reduce(Op.RMAX, pm + u * gs, sc, n=nact)
+            repeat(b, gs, outer=(nact, nact, 1))
+            b.vec(Op.VSUB, sc, sc, Desc(pm + u * gs, 0), nact)
         b.vec(Op.VEXP, pm + batch * gs, pm + batch * gs, n=Param("sc_len"))
     if role.mb == "send":
         b.send(fab.mb, pm, Param("pm_len"))
@@ -167,21 +182,22 @@ def merge_values(b: CodeBuilder, ctx: Context, role: Role, vt: int, sp: int,
     dim-major), merged along the row to (0, j) by the online-softmax rule in one message
     per tree step; (0, j) writes user u's o / l into its XB row (u * gs * nv + h * nv + d).
     The weighted values stay one `rdot` per user, head and dim (SIMD over the slots; a
-    vgemm with one-element rows would cost a cycle per slot)."""
+    vgemm with one-element rows would cost a cycle per slot), issued per user as one `rep`
+    of gs x nv copies (the sums: one `rep` of gs)."""
     batch, gs, nv, fab, a = ctx.plan.batch, ctx.plan.spec.group_size, role.nv, ctx.fab, ctx.addr
     g = batch * gs
     pm, mo, mt, nm, aa = a("PM"), a("MO"), a("MT"), a("NM"), a("AA")
     lo, oo = mo + g, mo + 2 * g
     b.note("attention: local softmax state of the column's slots (every user)", "attn")
     b.vec(Op.VMOV, mo, pm, n=g)
-    for u in range(batch):
-        for h in range(gs):
-            b.reduce(Op.RSUM, lo + u * gs + h, Param(f"sc{h}@{u}"), n=Param(f"nact@{u}"))
-    for u in range(batch):
-        for h in range(gs):
-            for d in range(nv):
-                b.reduce(Op.RDOT, oo + d * g + u * gs + h, vt + u * slots + d * sp,
-                         Param(f"sc{h}@{u}"), Param(f"nact@{u}"))
+    for u in range(batch):   # the gs heads' sums of user u: one rep
+        nact = Param(f"nact@{u}")
+        repeat(b, gs, outer=(1, nact, 0))
+        b.reduce(Op.RSUM, lo + u * gs, Param(f"sc0@{u}"), n=nact)
+    for u in range(batch):   # heads h (outer) x dims d (inner) of user u: one rep
+        nact = Param(f"nact@{u}")
+        repeat(b, gs, nv, outer=(1, 0, nact), inner=(g, sp, 0))
+        b.reduce(Op.RDOT, oo + u * gs, vt + u * slots, Param(f"sc0@{u}"), nact)
     for act, s in role.row_tree:
         if act == "send":
             b.send(fab.row[s], mo, g * (2 + nv))

@@ -85,6 +85,15 @@ SIGNATURES: dict[Op, tuple[str, ...]] = {
     Op.MARK: ("mark",),
     Op.RARGMAX: ("rdst", "src0", "n"),
     Op.LDR: ("reg", "src0"),
+    Op.REP: ("reps", "cols", "odst", "osrc0", "osrc1", "idst", "isrc0", "isrc1"),
+}
+# `rep` operand kind -> (slot, what it is): the counts R (outer) and S (inner), then the
+# body's dst / src0 / src1 address steps per outer copy and per inner copy.
+REP_OPERANDS = {
+    "reps": (SLOT_N, "repeat count"), "cols": (SLOT_COLOR, "repeat count"),
+    "odst": (SLOT_DST, "address step"), "osrc0": (SLOT_SRC0, "address step"),
+    "osrc1": (SLOT_SRC1, "address step"), "idst": (SLOT_DST_STRIDE, "address step"),
+    "isrc0": (SLOT_SRC0_STRIDE, "address step"), "isrc1": (SLOT_SRC1_STRIDE, "address step"),
 }
 MNEMONICS = {op.name.lower(): op for op in SIGNATURES}
 OPERAND_HELP = {
@@ -104,6 +113,8 @@ OPERAND_HELP = {
     "rx": "a port set like W or E|R or -",
     "tx": "a port set like W or E|R or -",
     "mark": "a mark name like L0.attn",
+    **{kind: f"a{'n' if what[0] == 'a' else ''} {what} (integer, %pK, rK or rK+N)"
+       for kind, (_, what) in REP_OPERANDS.items()},
 }
 # Descriptor kind -> (address slot, stride slot, default stride).
 DESCRIPTOR_SLOTS = {
@@ -582,6 +593,9 @@ class Assembler:
             self.set_slot(row, SLOT_DST, address)
         elif kind == "batch":
             self.set_slot(row, SLOT_DST_STRIDE, self.parse_value(line, text, col, "batch count"))
+        elif kind in REP_OPERANDS:
+            slot, what = REP_OPERANDS[kind]
+            self.set_slot(row, slot, self.parse_value(line, text, col, what))
         elif kind == "color":
             self.set_slot(row, SLOT_COLOR, self.parse_color(line, text, col))
         elif kind == "imm":
@@ -639,6 +653,12 @@ class Assembler:
                              f"negative element count {n_const}")
         if op == Op.VGEMV:
             self.check_gemv(line, row, operands, n_const)
+            return
+        if op == Op.REP:
+            for index, kind in enumerate(("reps", "cols")):
+                value = self.const_slot(row, REP_OPERANDS[kind][0])
+                if value is not None and value < 0:
+                    raise line.error(operands[index][1], f"negative repeat count {value}")
             return
         if op == Op.VGEMM:
             for slot, index, what in ((SLOT_COLOR, 4, "column"), (SLOT_DST_STRIDE, 5, "batch")):

@@ -16,7 +16,7 @@ from collections import Counter
 
 import numpy as np
 
-from isa.asm import DESCRIPTOR_SLOTS, PORT_BITS, SIGNATURES, is_mark_name
+from isa.asm import DESCRIPTOR_SLOTS, PORT_BITS, REP_OPERANDS, SIGNATURES, is_mark_name
 from isa.opcodes import (
     MODE_IMM,
     MODE_PARAM,
@@ -82,6 +82,8 @@ def format_operand(ins, kind: str, mark_names=None) -> str:
         return f"[{format_value(ins, SLOT_DST)}]"
     if kind == "batch":
         return format_value(ins, SLOT_DST_STRIDE)
+    if kind in REP_OPERANDS:
+        return format_value(ins, REP_OPERANDS[kind][0])
     if kind == "color":
         mode, _ = slot_mode(ins["modes"], SLOT_COLOR)
         value = format_value(ins, SLOT_COLOR)

@@ -39,6 +39,8 @@ from isa.opcodes import (
     PORT_NAMES,
     PORT_R,
     REDUCTION_OPS,
+    REP_INNER_SLOTS,
+    REP_OUTER_SLOTS,
     SLOT_COLOR,
     SLOT_DST,
     SLOT_DST_STRIDE,
@@ -316,6 +318,8 @@ class ReferenceMachine:
                 text, detail, go_on = self.mark(pe, ins), "", True
             elif op == Op.LDR:
                 text, detail, go_on = self.load_register(pe, ins), "", True
+            elif op == Op.REP:
+                (text, detail), go_on = self.repeat(pe, ins, code[pc + 1]), True
             else:
                 (text, detail), go_on = self.vector(pe, ins, op), True
             if text is not None:
@@ -381,14 +385,50 @@ class ReferenceMachine:
 
     def vector(self, pe: int, ins, op: Op) -> tuple[str, str]:
         n = self.length(pe, ins)
-        dst = self.descriptor(pe, ins, SLOT_DST, SLOT_DST_STRIDE, n)
-        src0 = self.descriptor(pe, ins, SLOT_SRC0, SLOT_SRC0_STRIDE, n)
-        src1 = self.descriptor(pe, ins, SLOT_SRC1, SLOT_SRC1_STRIDE, n)
+        dst, src0, src1 = self.vector_descriptors(pe, ins, n, (0, 0, 0))
         if self.functional and n:
             self.compute(pe, ins, op, dst, src0, src1)
         self.advance(pe, self.vector_cost(n, op))
         self.pc[pe] += 1
         return f"{op.name.lower()} [{dst[0] if n else '-'}] n={n}", ""
+
+    def vector_descriptors(self, pe: int, ins, n: int, offsets: tuple) -> list:
+        """The dst, src0 and src1 element indices of a vector op or reduction over n
+        elements, each address moved by its entry of `offsets` (checked in that order)."""
+        return [self.addresses(pe, self.operand(pe, ins, addr) + offset,
+                               self.operand(pe, ins, stride), n)
+                for (addr, stride), offset in zip(((SLOT_DST, SLOT_DST_STRIDE),
+                                                   (SLOT_SRC0, SLOT_SRC0_STRIDE),
+                                                   (SLOT_SRC1, SLOT_SRC1_STRIDE)),
+                                                  offsets, strict=True)]
+
+    def repeat(self, pe: int, ins, body) -> tuple[str, str]:
+        """rep R, S, steps: the body (the next instruction, a vector op or reduction, by
+        validate_program) R * S times, copy (i, j) in order i = 0 .. R-1, j = 0 .. S-1
+        with each of its dst / src0 / src1 addresses moved by i * (outer step) + j *
+        (inner step). Checks in order: R >= 0, S >= 0 ("negative repeat count"), the
+        body's count n >= 0, then every copy's descriptors (copy by copy, each as the body
+        checks them), all at the rep's issue cycle, before any copy computes. Cost R * S
+        times the body's cost (0 for no copy); the pc moves past the body. A rep and its
+        body count as two executed instructions."""
+        reps = [self.operand(pe, ins, slot) for slot in (SLOT_N, SLOT_COLOR)]
+        for count in reps:
+            if count < 0:
+                self.fault(pe, f"negative repeat count {count}")
+        op = Op(int(body["op"]))
+        n = self.length(pe, body)
+        outer = [self.operand(pe, ins, slot) for slot in REP_OUTER_SLOTS]
+        inner = [self.operand(pe, ins, slot) for slot in REP_INNER_SLOTS]
+        copies = [self.vector_descriptors(pe, body, n, tuple(
+                      i * o + j * s for o, s in zip(outer, inner, strict=True)))
+                  for i in range(reps[0]) for j in range(reps[1])]
+        if self.functional and n:
+            for dst, src0, src1 in copies:
+                self.compute(pe, body, op, dst, src0, src1)
+        self.advance(pe, len(copies) * self.vector_cost(n, op))
+        self.instructions += 1
+        self.pc[pe] += 2
+        return f"rep {reps[0]}x{reps[1]} {op.name.lower()} n={n}", ""
 
     def gemv(self, pe: int, ins) -> tuple[str, str]:
         """vgemv [dst], [W:ld], [x:sx], m, k: exactly k consecutive vfmas in column order,

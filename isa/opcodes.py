@@ -71,6 +71,7 @@ class Op(IntEnum):
     VGEMM = 29        # B rows: dst[b*m + i] = sum_c W[c*ld + i] * x[b*sx + c] (B: DST_STRIDE)
     RARGMAX = 30      # dst[0] = index (as fp32) of the first maximal src element (MoE top-k)
     LDR = 31          # rK = int(trunc(sram[src])): data-dependent addressing (MoE experts)
+    REP = 32          # the next instruction R x S times, its addresses stepped per copy
 
 
 
@@ -87,6 +88,12 @@ VECTOR_OPS = frozenset({Op.VMOV, Op.VADD, Op.VSUB, Op.VMUL, Op.VMAX, Op.VFMA, Op
                         Op.VADDI, Op.VSET, Op.VEXP, Op.VRSQRT, Op.VRECIP, Op.VSIGMOID,
                         Op.VGEMV, Op.VGEMM})
 REDUCTION_OPS = frozenset({Op.RSUM, Op.RMAX, Op.RDOT, Op.RARGMAX})
+# Instructions `rep` may repeat (its body: the instruction after it).
+REPEATABLE_OPS = (VECTOR_OPS - {Op.VGEMV, Op.VGEMM}) | REDUCTION_OPS
+# `rep` slots: counts R (outer) and S (inner); the body's dst/src0/src1 address steps per
+# outer copy and per inner copy.
+REP_OUTER_SLOTS = (SLOT_DST, SLOT_SRC0, SLOT_SRC1)
+REP_INNER_SLOTS = (SLOT_DST_STRIDE, SLOT_SRC0_STRIDE, SLOT_SRC1_STRIDE)
 # Instructions that interact with other PEs: executed only in global time order.
 COMM_OPS = frozenset({Op.SEND, Op.RECV, Op.RECVADD, Op.ROUTE, Op.BARRIER, Op.HALT})
 # The communication ops that end an activation when they are not its first instruction.

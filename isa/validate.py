@@ -12,12 +12,12 @@ from emulator.hw.errors import ConfigError, FitError
 from emulator.hw.mesh import MeshConfig
 from emulator.limits import check_memory
 from isa.opcodes import (
-    MODE_BITS,
     MODE_IMM,
     MODE_PARAM,
     MODE_REG,
     NUM_REGS,
     NUM_SLOTS,
+    REPEATABLE_OPS,
     SLOT_DST,
     Op,
 )
@@ -55,8 +55,11 @@ def check_run_memory(program: Program, functional: bool, engine: str) -> None:
                  f"{program.height} PEs")
 
 
-def validate_program(program: Program, mesh: MeshConfig) -> None:
-    """Raise if `program` cannot run on `mesh` (dimensions, SRAM, colors, encoding)."""
+def validate_program(program: Program, mesh: MeshConfig, columns: tuple | None = None
+                     ) -> None:
+    """Raise if `program` cannot run on `mesh` (dimensions, SRAM, colors, encoding).
+    `columns`: the code's op, modes and operands [N, 8] as contiguous arrays, if the
+    caller has them (a wafer's code is then not read again)."""
     where = program.source
     if (program.width, program.height) != (mesh.width, mesh.height):
         raise ConfigError(f"{where}: program is for a {program.width}x{program.height} mesh "
@@ -72,7 +75,7 @@ def validate_program(program: Program, mesh: MeshConfig) -> None:
         raise ConfigError(f"{where}: program routes {program.num_colors} colors, "
                           f"hardware has {mesh.num_colors}")
     _check_arrays(program)
-    _check_code(program)
+    _check_code(program, columns)
 
 
 def _check_arrays(program: Program) -> None:
@@ -105,11 +108,11 @@ def check_param_table(program: Program) -> None:
         raise ConfigError(f"{where}: param_index refers to a row outside 0..{len(rows) - 1}")
 
 
-def _check_code(program: Program) -> None:
+def _check_code(program: Program, columns: tuple | None) -> None:
     code = program.code
     if code.size == 0:
         return
-    fields = _Fields(code)
+    fields = _Fields(code, columns)
     bad = ~np.isin(fields.op, [int(op) for op in Op])
     if bad.any():
         i = int(np.argmax(bad))
@@ -118,22 +121,43 @@ def _check_code(program: Program) -> None:
     _check_registers(program, fields)
     _check_marks(program, fields)
     _check_params(program, fields)
+    _check_repeats(program, fields)
+
+
+def _check_repeats(program: Program, fields: "_Fields") -> None:
+    """Every `rep` is followed, in its region, by a vector op or reduction (its body)."""
+    reps = np.flatnonzero(fields.op == int(Op.REP))
+    if not reps.size:
+        return
+    starts = np.asarray(program.region_start, np.int64)
+    order = np.argsort(starts, kind="stable")
+    ends = np.maximum.accumulate((starts + program.region_len)[order])   # regions by start
+    end = ends[np.searchsorted(starts[order], reps, side="right") - 1]
+    body = np.minimum(reps + 1, len(fields.op) - 1)
+    ok = (reps + 1 < end) & np.isin(fields.op[body],
+                                             [int(op) for op in REPEATABLE_OPS])
+    if not ok.all():
+        i = int(reps[np.argmin(ok)])
+        raise ConfigError(f"{program.source}: instruction {i} (line {program.code['line'][i]})"
+                          f" is a rep not followed, in its region, by a vector op or "
+                          f"reduction to repeat")
 
 
 class _Fields:
     """Contiguous copies of the code's columns (a structured array's fields are strided,
     so slot-by-slot checks over a whole wafer's code read them once)."""
 
-    def __init__(self, code: np.ndarray):
-        self.op = np.ascontiguousarray(code["op"])
-        modes = np.ascontiguousarray(code["modes"])
-        self.a = np.ascontiguousarray(code["a"])
-        self.kinds = [((modes >> (MODE_BITS * slot)) & 0x3).astype(np.int8)
-                      for slot in range(NUM_SLOTS)]
+    def __init__(self, code: np.ndarray, columns: tuple | None = None):
+        if columns is None:
+            columns = (code["op"], code["modes"], code["a"])
+        self.op, modes, self.a = (np.ascontiguousarray(c) for c in columns[:3])
+        # modes as little-endian bytes: byte k holds operand k's MODE_BITS (8) mode bits
+        self.mode_bytes = np.ascontiguousarray(modes, "<i8").view(np.uint8).reshape(
+            len(code), NUM_SLOTS)
 
     def kind(self, slot: int) -> np.ndarray:
-        """int8 [instructions]: addressing mode kind of operand `slot`."""
-        return self.kinds[slot]
+        """uint8 [instructions]: addressing mode kind of operand `slot`."""
+        return self.mode_bytes[:, slot] & 0x3
 
 
 def _check_params(program: Program, fields: _Fields) -> None:

@@ -16,7 +16,8 @@ them into a `GeneratedProgram` (assembly text + the initial SRAM to run it with)
 - Compute blocks mix every vector and reduction op with random strides (0 = broadcast),
   lengths (0..8), constant / parameter / register addresses and movr/addr/djnz loops;
   `vgemv` gets 0..4 columns (immediate, %p0 or r6) with column strides 0, 1, 2, m, m+1
-  or -m; `vgemm` 0..3 rows of 0..4 columns (batch immediate or r6).
+  or -m; `vgemm` 0..3 rows of 0..4 columns (batch immediate or r6); `rep` R x S (0..3
+  each) copies of a vector op or reduction with address steps per copy.
 - `mark` probes (names from MARK_NAMES) sometimes precede or follow steps and sit inside
   loops; some programs declare a shuffled `.marks` subset (possibly with names no
   instruction uses) so ids follow that order, then first appearance.
@@ -382,7 +383,10 @@ class RegionWriter:
     def compute_op(self):
         rng = self.rng
         self.free_regs = [2, 3, 4]     # one address register per operand
-        op = rng.choice(GROWING + PRESERVING + ("vset", "ldr"))
+        op = rng.choice(GROWING + PRESERVING + ("vset", "ldr", "rep"))
+        if op == "rep":
+            self.rep_op()
+            return
         if op == "ldr":   # a zone-A value (0.5 .. 2) truncated to 0..2 addresses zone B
             self.emit(f"ldr r5, [{rng.randint(0, A_END - 1)}]")
             self.emit(f"vmov [r5+{B_START + 8}], {self.any_address(1, 1)}, 1")
@@ -410,6 +414,52 @@ class RegionWriter:
         if operands is None:
             two = op in ("vadd", "vsub", "vmul", "vmax", "vfma", "rdot")
             operands = [dst] + sources[:2 if two else 1] + [n_text]
+        self.emit(f"{op} " + ", ".join(operands))
+
+    def rep_op(self):
+        """rep R, S (0..3 each: immediate, %p0 = 1..3, or r6 / r5) of a vector op or reduction
+        over 0..4 elements, with address steps 0..3 (immediate or %p0) per outer and per
+        inner copy; every copy reads zone A (growing ops) or anywhere, writes zone B."""
+        rng = self.rng
+        op = rng.choice(tuple(o for o in GROWING + PRESERVING + ("vset",)
+                              if o not in ("vgemv", "vgemm")))
+        counts, steps = [], []
+        for reg in ("r6", "r5"):
+            count = rng.randint(0, 3)
+            if rng.random() < 0.2:
+                counts.append(("%p0", 3))
+            elif rng.random() < 0.2:
+                self.emit(f"movr {reg}, {count}")
+                counts.append((reg, count))
+            else:
+                counts.append((str(count), count))
+        for _ in range(6):
+            step = rng.choice([0, 1, 1, 2, 3])
+            steps.append(("%p0", 3) if rng.random() < 0.15 else (str(step), step))
+        n = rng.randint(0, 4)
+        reduction = op in ("rsum", "rmax", "rdot", "rargmax")
+        strides = [0 if reduction else rng.choice([0, 1, 1, 2]),
+                   rng.choice([0, 1, 1, 2]), rng.choice([0, 1, 1, 2])]
+        (r_text, r_max), (s_text, s_max) = counts
+        reach = [max(n - 1, 0) * strides[i] + max(r_max - 1, 0) * steps[i][1]
+                 + max(s_max - 1, 0) * steps[3 + i][1] for i in range(3)]
+        zone_a = op in GROWING
+        bases = [rng.randint(B_START, B_END - 1 - reach[0]) if reach[0] < B_END - B_START
+                 else None]
+        for r in reach[1:]:
+            low, high = (0, A_END) if zone_a or rng.random() < 0.5 else (B_START, B_END)
+            bases.append(rng.randint(low, high - 1 - r) if r < high - low else None)
+        if None in bases:
+            return
+        descs = [self.desc(b, st) for b, st in zip(bases, strides, strict=True)]
+        imm = rng.choice(IMMS)
+        operands = {"vset": [descs[0], str(n), imm],
+                    "vscale": [descs[0], descs[1], str(n), imm],
+                    "vaddi": [descs[0], descs[1], str(n), imm]}.get(op)
+        if operands is None:
+            two = op in ("vadd", "vsub", "vmul", "vmax", "vfma", "rdot")
+            operands = descs[:3 if two else 2] + [str(n)]
+        self.emit(f"rep {r_text}, {s_text}, " + ", ".join(t for t, _ in steps))
         self.emit(f"{op} " + ", ".join(operands))
 
     def gemv(self, m_text: str, m_max: int):

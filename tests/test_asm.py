@@ -83,7 +83,8 @@ def test_every_mnemonic_has_a_signature_and_assembles():
     samples = {"dst": "[1]", "rdst": "[1]", "src0": "[2:2]", "src1": "[%p1]", "n": "3",
                "color": "c2", "imm": "1.5", "reg": "r3", "value": "r2-4", "label": "here",
                "rx": "W", "tx": "E|R", "k": "r5", "mark": "m0", "gdst": "[r1+4]",
-               "batch": "%p0"}
+               "batch": "%p0", "reps": "2", "cols": "%p0", "odst": "r1+2", "osrc0": "0",
+               "osrc1": "-3", "idst": "%p1", "isrc0": "r4", "isrc1": "5"}
     assert set(MNEMONICS.values()) == set(Op)
     for name, op in MNEMONICS.items():
         operands = ", ".join(samples[k] for k in SIGNATURES[op])

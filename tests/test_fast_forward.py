@@ -152,6 +152,35 @@ def test_cuts_keep_only_the_registers_blocks_write(register_count, written):
     assert layout.block_regs.tolist() == written
 
 
+def dead_register_program(read_first: bool) -> str:
+    """`block_program`'s sender with every block setting r1 (`movr r1, 4`) just before the
+    vadd whose count it is; with `read_first` a block reads r1 (as a count) before that."""
+    lines = []
+    for b in range(6):
+        lines += [f"    mark b{b}"] + (["    vadd [8], [0], [4], r1"] if read_first else [])
+        lines += ["    movr r1, 4", "    vadd [8], [0], [4], r1", "    send c0, [0], 3"]
+    receiver = "\n".join(f"    mark b{b}\n    recv c0, [16], 3" for b in range(6))
+    return "\n".join([".mesh 2x1", ".dtype fp32", ".sram 32", ".region sender 0,0 0,0",
+                      ".route c0 rx=R tx=E", *lines, "    mark tail", "    halt",
+                      ".region receiver 1,0 1,0", ".route c0 rx=W tx=R", receiver,
+                      "    mark tail", "    halt", ""])
+
+
+@pytest.mark.parametrize("jobs", JOBS)
+@pytest.mark.parametrize("read_first, written, skipped", [(False, [], 4), (True, [1], 3)])
+def test_registers_dead_at_every_cut_need_not_repeat(read_first, written, skipped, jobs):
+    """r1 holds 0 at the first cut and 4 at every later one; written before any read in
+    each block, its value at a cut never matters, so block 0 repeats (4 blocks skipped).
+    Read first, it must repeat: block 0 does not, block 1 does (3 skipped)."""
+    program = assemble(dead_register_program(read_first), "dead.asm")
+    cuts = [f"b{b}" for b in range(6)]
+    assert block_layout(program, cuts).block_regs.tolist() == written
+    mesh = load_mesh("small").with_mesh(2, 1)
+    fast = run_numba(program, mesh, functional=False, fast_forward=cuts, jobs=jobs)
+    assert_same(run_reference(program, mesh, functional=False), fast)
+    assert fast.skipped_blocks == skipped
+
+
 def test_fast_forward_needs_timing_only():
     spec = make_spec(layers=4)
     mesh = load_mesh("small").with_mesh(3, 2)

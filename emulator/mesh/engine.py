@@ -229,13 +229,14 @@ class StaticInputs:
     #                          preparation is small next to their run
 
     def __init__(self, program: Program, mesh: MeshConfig):
-        validate_program(program, mesh)
+        columns = code_arrays(program)   # the strided code read once, not by each check
+        validate_program(program, mesh, columns)
         self.key, arrays = self.identity(program, mesh)
         small = sum(a.nbytes for a in arrays) <= self.CACHE_BYTES
         self.arrays = tuple(np.array(a, order="C") for a in arrays) if small else None
         self.slots = color_slots(program)
-        self.routes_change = bool((program.code["op"] == Op.ROUTE).any())   # `route` ops
-        self.code = (*code_arrays(program), static_costs(program, mesh),
+        self.routes_change = bool((columns[0] == Op.ROUTE).any())   # `route` ops
+        self.code = (*columns, static_costs(program, mesh, columns),
                      np.ascontiguousarray(program.region_start, np.int64),
                      np.ascontiguousarray(program.region_len, np.int64),
                      np.ascontiguousarray(program.pe_region, np.int64))
@@ -287,17 +288,19 @@ def code_arrays(program: Program) -> tuple:
             np.ascontiguousarray(code["imm"], np.float32))
 
 
-def static_costs(program: Program, mesh: MeshConfig) -> np.ndarray:
+def static_costs(program: Program, mesh: MeshConfig, columns: tuple | None = None
+                 ) -> np.ndarray:
     """int64 per instruction: o + ceil(n / w) (a transcendental: o + n * T when the preset's
     `transcendental_cycles` T > 0) for a vector op or reduction whose operands are all
     immediates and whose descriptors are inside the SRAM, else -1 (decoded and checked
-    when executed)."""
+    when executed). `columns`: the program's `code_arrays`, if already made."""
     code = program.code
+    op, all_modes = (columns[0], columns[1]) if columns is not None else (code["op"],
+                                                                          code["modes"])
     cost = np.full(len(code), -1, np.int64)
     w = mesh.simd_width(program.dtype)
-    vector = np.flatnonzero(((code["op"] >= Op.VMOV) & (code["op"] <= Op.RDOT))
-                            | (code["op"] == Op.RARGMAX))
-    a, modes = code["a"][vector].astype(np.int64), code["modes"][vector]
+    vector = np.flatnonzero(((op >= Op.VMOV) & (op <= Op.RDOT)) | (op == Op.RARGMAX))
+    a, modes = code["a"][vector].astype(np.int64), all_modes[vector]
     n = a[:, SLOT_N]
     ok = (modes == 0) & (n >= 0)
     last = np.maximum(n - 1, 0)
@@ -306,7 +309,7 @@ def static_costs(program: Program, mesh: MeshConfig) -> np.ndarray:
         ends = (a[:, addr], a[:, addr] + a[:, stride] * last)
         inside = np.logical_and.reduce([(e >= 0) & (e < program.sram_words) for e in ends])
         ok &= inside | (n == 0)
-    ops = code["op"][vector]
+    ops = op[vector]
     slow = ((ops >= Op.VEXP) & (ops <= Op.VSIGMOID)) if mesh.transcendental_cycles else False
     cycles = np.where(slow, mesh.issue_overhead + n * mesh.transcendental_cycles,
                       mesh.issue_overhead + -(-n // w))
@@ -315,7 +318,7 @@ def static_costs(program: Program, mesh: MeshConfig) -> np.ndarray:
     if dynamic_n.any():
         limit = count_limits(a[dynamic_n], program.sram_words)
         cost[vector[dynamic_n]] = np.where(limit >= 1, -2 - limit, -1)
-    gemv = np.flatnonzero((code["op"] == Op.VGEMV) & (code["modes"] == 0))
+    gemv = np.flatnonzero((op == Op.VGEMV) & (all_modes == 0))
     if len(gemv):
         cost[gemv] = gemv_costs(code["a"][gemv].astype(np.int64), program.sram_words,
                                 mesh.issue_overhead, w)
@@ -456,7 +459,7 @@ def fault_detail(program: Program, code: int, a: int, b: int, c: int, d: int, e:
     details = {
         K.FAULT_SRAM: lambda: f"SRAM access at element {a} outside "
                               f"0..{program.sram_words - 1}",
-        K.FAULT_COUNT: lambda: f"negative {('element', 'column', 'batch')[b]} count {a}",
+        K.FAULT_COUNT: lambda: f"negative {('element', 'column', 'batch', 'repeat')[b]} count {a}",
         K.FAULT_COLOR: lambda: f"color {a} is not defined "
                                f"(colors 0..{program.num_colors - 1})",
         K.FAULT_CYCLES: lambda: f"cycle limit {max_cycles} exceeded",

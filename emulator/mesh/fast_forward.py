@@ -51,6 +51,7 @@ from emulator.mesh.parallel import Forked, can_fork, shared_empty
 from isa.opcodes import (
     MODE_BITS,
     MODE_PARAM,
+    MODE_REG,
     NUM_SLOTS,
     SLOT_COLOR,
     SLOT_DST,
@@ -64,6 +65,7 @@ COUNT_SLOTS = (SLOT_N,)                          # vector ops and reductions
 GEMV_SLOTS = (SLOT_N, SLOT_COLOR)                # rows m, columns k
 GEMM_SLOTS = (SLOT_N, SLOT_COLOR, SLOT_DST_STRIDE)   # rows m, columns k, batch B
 COMM_SLOTS = (SLOT_N, SLOT_COLOR)                # send, recv, recvadd
+REP_SLOTS = (SLOT_N, SLOT_COLOR)                 # repeat counts R, S (not address steps)
 ALL_SLOTS = tuple(range(NUM_SLOTS))              # control ops, route, barrier, halt
 
 
@@ -99,7 +101,8 @@ def relevant_table() -> np.ndarray:
     for first, last, slots in ((Op.VMOV, Op.RDOT, COUNT_SLOTS), (Op.VGEMV, Op.VGEMV, GEMV_SLOTS),
                                (Op.VGEMM, Op.VGEMM, GEMM_SLOTS),
                                (Op.SEND, Op.RECVADD, COMM_SLOTS), (Op.MARK, Op.MARK, ()),
-                               (Op.RARGMAX, Op.RARGMAX, COUNT_SLOTS)):
+                               (Op.RARGMAX, Op.RARGMAX, COUNT_SLOTS),
+                               (Op.REP, Op.REP, REP_SLOTS)):
         table[first:last + 1] = False
         table[first:last + 1, list(slots)] = True
     return table
@@ -142,7 +145,8 @@ class Layout:
     (`starts`), instructions per block and region, the number of full blocks, the
     mark of block 0 where a partial last block ends (-1: the last block is full), and
     the registers any instruction from a region's first cut on may write (the others
-    keep their values through every block, so cuts need not keep them)."""
+    keep their values through every block, so cuts need not keep them), but for those
+    dead at every cut (written before read: their values there never matter)."""
 
     cut_ids: tuple
     starts: dict                   # region -> int64 [cuts]
@@ -176,14 +180,38 @@ def block_layout(program: Program, cut_names) -> Layout | None:
 
 def written_registers(program: Program, starts: dict) -> np.ndarray:
     """The registers (int64 indices 0..7) that `movr`, `addr`, `djnz` or `ldr` may write from
-    each running region's first cut (`starts`) on."""
-    code, written = program.code, set()
+    each running region's first cut (`starts`) on, except those dead at every cut: in
+    every region, the straight-line code from the cut writes them (`movr` or `ldr` not
+    reading them) before any instruction reads them and before any jump, or never
+    touches them again. Read from block 0 and the code after the last cut alone: the
+    other blocks run block 0's instructions (find_blocks, checked before a cut's
+    registers are compared), so block 0's first touch is every block's, and a block
+    that does not touch the register hands it on to the code after the last cut."""
+    code, written, parts = program.code, set(), []
     for r, cuts in starts.items():
-        region = code[program.region_start[r] + cuts[0]:
-                      program.region_start[r] + program.region_len[r]]
+        lo, end = program.region_start[r], program.region_start[r] + program.region_len[r]
+        region = code[lo + cuts[0]:end]
         writes = np.isin(region["op"], (Op.MOVR, Op.ADDR, Op.DJNZ, Op.LDR))
         written.update(region["a"][writes, SLOT_DST].tolist())
-    return np.array(sorted(written & set(range(8))), np.int64)
+        parts += [code[lo + cuts[0]:lo + cuts[1]], code[lo + cuts[-1]:end]]
+    return np.array(sorted(reg for reg in written & set(range(8))
+                           if any(first_touch_reads(part, reg) for part in parts)),
+                    np.int64)
+
+
+def first_touch_reads(code: np.ndarray, reg: int) -> bool:
+    """Whether straight-line `code`, from its start, reads register `reg` (or jumps)
+    before it writes it (`movr` or `ldr` that does not read it); False if it never
+    touches it."""
+    op, mine = code["op"], code["a"][:, SLOT_DST] == reg
+    read = ((op == Op.ADDR) | (op == Op.DJNZ)) & mine
+    coded = np.flatnonzero(code["modes"])               # rows with a parameter or register
+    bits = np.ascontiguousarray(code["modes"][coded], "<i8").view(np.uint8).reshape(
+        len(coded), NUM_SLOTS)                          # byte k: slot k's MODE_BITS bits
+    read[coded] |= (((bits & 0x3) == MODE_REG) & ((bits >> 2) == reg)).any(axis=1)
+    write = ((op == Op.MOVR) | (op == Op.LDR)) & mine & ~read
+    touch = np.flatnonzero(read | write | (op == Op.DJNZ) | (op == Op.JMP))
+    return bool(len(touch)) and not write[touch[0]]
 
 
 def region_tail(program: Program, region: int, starts: np.ndarray) -> int | None:

@@ -50,8 +50,9 @@ PARKED = max(Status) + 1   # stopped at the stop mark (cfg[CFG_STOP_MARK]); not 
 # emulator/mesh/__pycache__/*.nb* (docs/engines.md, "The JIT switch").
 (NOP, VMOV, VADD, VSUB, VMUL, VMAX, VFMA, VSCALE, VADDI, VSET, VEXP, VRSQRT, VRECIP, VSIGMOID,
  RSUM, RMAX, RDOT, SEND, RECV, RECVADD, ROUTE, MOVR, ADDR, DJNZ, JMP, BARRIER, HALT, VGEMV,
- MARK, VGEMM, RARGMAX, LDR) = (int(op) for op in Op)   # VGEMV/VGEMM: column count k in
-# S_COLOR (VGEMM: batch count B in S_DST_STRIDE); MARK: id in S_DST
+ MARK, VGEMM, RARGMAX, LDR, REP) = (int(op) for op in Op)   # VGEMV/VGEMM: column count k
+# in S_COLOR (VGEMM: batch count B in S_DST_STRIDE); MARK: id in S_DST; REP: counts in S_N
+# and S_COLOR, outer address steps in S_DST/S_SRC0/S_SRC1, inner ones in the stride slots
 LAST_VECTOR = RDOT   # opcodes 1..16 are vector ops and reductions
 
 # Operand slots (isa/opcodes.py SLOT_*).
@@ -787,6 +788,65 @@ def exec_vector(opc, k, modes, args, imm, static_cost, params, pes, pe, t, cfg, 
 
 
 @njit(nrt=False, inline="always")
+def corners_inside(base, stride, n, outer, inner, reps, cols, words):
+    """Whether descriptor (base + i * outer + j * inner, stride, n), n > 0, is inside
+    0..words-1 for every copy i < reps, j < cols (both > 0): the addresses are affine in
+    (i, j), so the four corner copies bound them all."""
+    for i in (0, reps - 1):
+        for j in (0, cols - 1):
+            first = base + i * outer + j * inner
+            last = first + stride * (n - 1)
+            if first < 0 or last < 0 or first >= words or last >= words:
+                return False
+    return True
+
+
+@njit(nrt=False)
+def exec_rep(k, op, modes, args, imm, params, pes, pe, t, cfg, sram, scratch, fault, stats):
+    """rep R, S (isa/interpreter.py `repeat` defines it): the vector op or reduction at
+    k + 1, R * S times with its addresses stepped per copy; every copy is checked before
+    any computes. Returns the cycles (R * S times the body's), -1 on a fault, or
+    NEED_SCRATCH (nothing done yet)."""
+    reps = operand(modes, args, k, S_N, params, pes, pe)
+    cols = operand(modes, args, k, S_COLOR, params, pes, pe)
+    for count in (reps, cols):
+        if count < 0:
+            set_fault(fault, FAULT_COUNT, pe, t, count, 3, 0, 0)
+            return FAULTED
+    b = k + 1
+    opc = op[b]
+    d0, s0, s1, n, ds, ss0, ss1, _ = slot_values(modes, args, b, params, pes, pe)
+    if n < 0:
+        set_fault(fault, FAULT_COUNT, pe, t, n, 0, 0, 0)
+        return FAULTED
+    copies = reps * cols
+    if copies == 0 or n == 0:
+        return copies * vector_cycles(opc, n, cfg)
+    od, o0, o1, _, id_, i0, i1, _ = slot_values(modes, args, k, params, pes, pe)
+    words = cfg[CFG_SRAM]
+    if not (corners_inside(d0, ds, n, od, id_, reps, cols, words)
+            and corners_inside(s0, ss0, n, o0, i0, reps, cols, words)
+            and corners_inside(s1, ss1, n, o1, i1, reps, cols, words)):
+        for i in range(reps):
+            for j in range(cols):
+                if not (check_descriptor(d0 + i * od + j * id_, ds, n, words, fault, pe, t)
+                        and check_descriptor(s0 + i * o0 + j * i0, ss0, n, words, fault, pe,
+                                             t)
+                        and check_descriptor(s1 + i * o1 + j * i1, ss1, n, words, fault, pe,
+                                             t)):
+                    return FAULTED
+    if cfg[CFG_FUNCTIONAL]:
+        if n > scratch.shape[0]:
+            stats[ST_NEED] = n
+            return NEED_SCRATCH
+        for i in range(reps):
+            for j in range(cols):
+                vector_values(opc, sram[pe], d0 + i * od + j * id_, ds, s0 + i * o0 + j * i0,
+                              ss0, s1 + i * o1 + j * i1, ss1, n, imm[b], scratch)
+    return copies * vector_cycles(opc, n, cfg)
+
+
+@njit(nrt=False, inline="always")
 def vector_cycles(opc, n, cfg):
     """Cycles of a vector op or reduction over n elements (docs/timing.md): o + ceil(n/w),
     or o + n * T for a transcendental (vexp, vrsqrt, vrecip, vsigmoid) when T > 0."""
@@ -1372,6 +1432,13 @@ def advance_mesh(op, modes, args, imm, static_cost, rstart, rlen, pe_region, par
                                  fault, stats)
                 if cost < 0:
                     return FAULTED if cost == FAULTED else suspend(pe, t, p, stats, cost)
+            elif opc == REP:
+                cost = exec_rep(k, op, modes, args, imm, params, pes, pe, t, cfg, sram,
+                                scratch, fault, stats)
+                if cost < 0:
+                    return FAULTED if cost == FAULTED else suspend(pe, t, p, stats, cost)
+                stats[ST_INSTRUCTIONS] += 1   # the body (counted with its rep)
+                p += 1
             elif opc == SEND:
                 taint(pes, pe)
                 n = exec_send(pe, t, k, p, modes, args, params, cfg, sram, pay, routes, edges,
