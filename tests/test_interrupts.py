@@ -242,3 +242,28 @@ def test_signal_while_writing_outputs(tmp_path, sig, code):
     assert status == code and err.count("\n") == 1 and "Traceback" not in err
     assert (tmp_path / "report.json").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "report.json"]
+
+
+SWALLOWED = textwrap.dedent("""
+    import signal
+    from emulator.cli.interrupts import interrupt_handling, received
+
+    class Finalised:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)   # the handler runs inside the finaliser
+            for _ in range(3):
+                pass
+
+    with interrupt_handling():
+        Finalised()
+        print("received", received(), flush=True)
+""")
+
+
+def test_an_interrupt_raised_in_a_finaliser_is_recorded_not_printed(tmp_path):
+    """Python cannot propagate a KeyboardInterrupt out of `__del__` ("Exception ignored
+    in ..."): the handlers still record the signal, for the group to end the command on
+    it, and print nothing of it."""
+    proc = start([sys.executable, "-c", SWALLOWED], tmp_path)
+    status, out, err = finish(proc)
+    assert (status, out, err) == (0, f"received {int(signal.SIGINT)}\n", "")

@@ -64,6 +64,8 @@ class EmuGroup(click.Group):
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, sys.stdout.fileno())
                 sys.exit(1)
+            if received() is not None:   # an interrupt Python swallowed (a finaliser)
+                stop_quietly()
         sys.exit(value if isinstance(value, int) else 0)
 
     def invoke(self, ctx):

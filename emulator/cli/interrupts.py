@@ -14,6 +14,9 @@
   parent (emulator/mesh/parallel.py sets PR_SET_PDEATHSIG in each).
 
 The group then prints `emu: interrupted` or `emu: terminated` and exits 130 or 143.
+A `KeyboardInterrupt` raised where Python cannot propagate it (a finaliser, a weakref
+callback: "Exception ignored in ...") is not printed (`_quiet_unraisable`); the signal
+is still recorded, and the group ends the command on it once the command returns.
 """
 
 import contextlib
@@ -79,6 +82,15 @@ def _watch(read_fd: int, done: threading.Event) -> None:
             os._exit(EXIT_CODES[signum])
 
 
+def _quiet_unraisable(hook):
+    """sys.unraisablehook that drops the interrupts the handlers raised where they could
+    not propagate (the signal is recorded in `_state`) and passes the rest to `hook`."""
+    def quiet(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, (KeyboardInterrupt, Terminated)):
+            hook(unraisable)
+    return quiet
+
+
 @contextlib.contextmanager
 def interrupt_handling():
     """Install the handlers and the watchdog for one command (restored afterwards)."""
@@ -96,9 +108,11 @@ def interrupt_handling():
     watchdog.start()
     for sig in EXIT_CODES:
         signal.signal(sig, _handler)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, _quiet_unraisable(sys.unraisablehook)
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         done.set()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

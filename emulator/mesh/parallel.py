@@ -16,9 +16,12 @@ Every child (a `Forked` one or a pool worker) starts with `child_signals`: it ig
 SIGINT (the parent, interrupted, kills it), dies silently on SIGTERM (the pool's way of
 stopping workers) and is killed by the kernel when its parent dies (PR_SET_PDEATHSIG on
 Linux), so an interrupted or killed `emu` leaves no orphaned process and no traceback from
-a child (docs/reliability.md).
+a child (docs/reliability.md). Children are forked with SIGINT and SIGTERM held
+(`signals_held`) and take them only once `child_signals` has run, so a signal sent to the
+process group at the moment of a fork never runs the parent's handler in a child.
 """
 
+import contextlib
 import ctypes
 import mmap
 import multiprocessing
@@ -33,6 +36,18 @@ _WORK: tuple = ()   # (function, items) while a fork_map runs; read by the child
 
 
 PR_SET_PDEATHSIG = 1
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)   # held from a fork until child_signals
+
+
+@contextlib.contextmanager
+def signals_held():
+    """SIGINT and SIGTERM blocked in this thread (a child forked meanwhile starts with them
+    blocked; `child_signals` releases them); pending ones arrive when the block ends."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def child_signals(parent: int) -> None:
@@ -51,6 +66,7 @@ def child_signals(parent: int) -> None:
             pass
     if os.getppid() != parent:  # the parent died before the death signal was set
         os._exit(1)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)   # held since the fork
 
 
 def _run_item(index: int):
@@ -68,8 +84,10 @@ def fork_map(function, items: list, jobs: int | None = None) -> list:
     global _WORK
     _WORK = (function, items)
     try:
-        with multiprocessing.get_context("fork").Pool(jobs, initializer=child_signals,
-                                                      initargs=(os.getpid(),)) as pool:
+        with signals_held():   # the workers are forked here
+            pool = multiprocessing.get_context("fork").Pool(jobs, initializer=child_signals,
+                                                            initargs=(os.getpid(),))
+        with pool:
             return pool.map(_run_item, range(len(items)), chunksize=1)
     finally:
         _WORK = ()
@@ -115,10 +133,11 @@ class Forked:
             return
         read, write = os.pipe()
         parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:   # the child: never returns
-            os.close(read)
-            _child(write, function, args, parent)
+        with signals_held():   # the child never leaves this block: _child ends it
+            pid = os.fork()
+            if pid == 0:
+                os.close(read)
+                _child(write, function, args, parent)
         os.close(write)
         self._pid, self._pipe = pid, os.fdopen(read, "rb")
 
