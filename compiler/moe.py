@@ -5,19 +5,22 @@ Placement: **experts spread across the wafer**. Every PE holds a tile of every e
 gate/up and down matrices, exactly as a dense MLP of `expert_size` (GEMV-A over the whole
 mesh for gate/up, GEMV-B for down), so the E experts of a layer form E blocks of equal
 size at the same addresses on every PE: expert e's block starts at `e * B` past the
-layer's expert base (`B` = `expert_block`). A token's k experts then run one after
-another over all PEs, each at the full mesh's bandwidth, and the cycles do not depend on
-which experts are chosen (every block has the same shape on every PE).
+layer's expert base (`B` = `expert_block`). A token's k experts then run over all PEs,
+each at the full mesh's bandwidth, and the cycles do not depend on which experts are
+chosen (every block has the same shape on every PE).
 
 Data-dependent routing with static per-PE programs: the router GEMV-A leaves each row's
 chunk of the logits at its offset in `LG` on the left column; a column tree sums the
 zero-padded vectors into (0, 0), which selects the top k with `rargmax` (index of the
 maximum) and `ldr` (that index into a register, to address the logit and mask it), computes
 the routing weights and the block offsets `id * B`, and multicasts `SEL = [offsets |
-weights]` along the top row and down every column. Every PE then runs the expert code k
-times, each time `ldr r4, [SEL + t]` followed by the same GEMVs with the weight tiles
-addressed `r4 + base`. The top row adds `w_t * y_t` to the residual stream (`vfma` with a
-broadcast weight): the weighted combine. Biases (gpt-oss) ride in the GEMVs as one more
+weights]` along the top row and down every column. The k experts are joined into k
+slots: every PE runs `ldr r4, [SEL + t]` and expert t's gate/up GEMV (tile addressed
+`r4 + base`) into slot t of ACC, for t < k; one row tree sums the k slots; the left
+column applies the activation to each slot and scales it by its routing weight (the
+weighted combine, moved before down, which is linear); one row multicast carries the k
+slots; the k down GEMVs accumulate into one ACC; one column tree sums it and the top row
+adds it to the residual stream. Biases (gpt-oss) ride in the GEMVs as one more
 input element equal to 1 (appended to the last column's hidden chunk and to the last row's
 expert-ffn chunk, the smallest chunks, so the tiles rarely grow), so they need no SRAM
 outside the tiles.
