@@ -170,6 +170,27 @@ def test_timing_does_not_depend_on_the_routing():
     assert len(set(cycles)) == 1 and timing.cycles == cycles[0]
 
 
+@pytest.mark.parametrize("arch", ["mixtral", "gpt-oss"])
+def test_experts_share_their_trees_and_multicasts(arch):
+    """The k chosen experts are joined: every PE sends and receives as many messages for
+    k = 3 as for k = 1 (one gate/up row tree, one row multicast, one down column tree per
+    sparse layer), and the joined gate/up tree and row multicast are k times longer."""
+    from compiler.emit import comm_sequences
+    mesh = load_mesh("small").with_mesh(3, 4)
+    comm = {}
+    for k in (1, 3):
+        compiled = compile_decode(spec_of(arch, experts=4, top_k=k), mesh,
+                                  max_context=MAX_CONTEXT)
+        comm[k] = comm_sequences(compiled.decode.for_position(0))
+    for one, three in zip(comm[1], comm[3], strict=True):
+        assert one.keys() == three.keys()
+        assert all(len(one[key]) == len(three[key]) for key in one)
+    sends1, sends3 = comm[1][0], comm[3][0]
+    tripled = [key for key in sends1
+               if any(b == 3 * a != 0 for a, b in zip(sends1[key], sends3[key], strict=True))]
+    assert tripled, "no message carries the k joined slots"
+
+
 def test_fast_forward_is_exact_over_alternating_layers():
     spec = spec_of("gpt-oss", layers=6)
     assert kind_period(spec) == 2
