@@ -42,6 +42,16 @@ def has_moe(spec) -> bool:
     return spec.moe is not None and len(spec.moe.sparse_layers) > 0
 
 
+def logit_tree(plan, j: int) -> tuple:
+    """Row j's steps in the column tree that gathers the router logits to (0, 0): the tree
+    over rows 0 .. R-1 only, R = 1 + the last row holding logits (rows below add zeros).
+    Its messages are a subset of the full column tree's, on the same colors."""
+    from compiler.route import tree_actions
+    rows = np.flatnonzero(plan.vec("router").sizes())
+    tree_rows = int(rows[-1]) + 1 if len(rows) else 1
+    return tree_actions(j, tree_rows) if j < tree_rows else ()
+
+
 def has_bias(spec) -> bool:
     """Router or expert biases (gpt-oss): the GEMVs take one more input element, 1."""
     return spec.moe.router_bias or spec.moe.expert_bias
@@ -210,7 +220,7 @@ def moe_block(b, ctx, role, layer: int) -> None:
                  Param("m_router"), k_in)
     tree_sum(b, role.row_tree, fab.row, Param("moe.lg"), Param("m_router"))
     if role.left:
-        tree_sum(b, role.col_tree, fab.col, lg, E)
+        tree_sum(b, role.lg_tree, fab.col, lg, E)
     if role.left and role.top:
         select_experts(b, ctx)
     if role.top:

@@ -191,6 +191,25 @@ def test_experts_share_their_trees_and_multicasts(arch):
     assert tripled, "no message carries the k joined slots"
 
 
+def test_logit_tree_spans_only_the_rows_holding_logits():
+    """The router logits are gathered by a column tree over rows 0 .. R-1 (R = 1 + the last
+    row holding logits): rows below take no step, the others a subset of the full column
+    tree's steps."""
+    from compiler.emit import pe_role
+    from compiler.moe import logit_tree
+    from compiler.route import tree_actions
+    spec = spec_of("mixtral", experts=3, top_k=2)
+    compiled = compile_decode(spec, load_mesh("small").with_mesh(2, 9), max_context=MAX_CONTEXT)
+    plan = compiled.plan
+    rows = int(np.flatnonzero(plan.vec("router").sizes())[-1]) + 1
+    assert rows < plan.ph
+    for j in range(plan.ph):
+        tree = logit_tree(plan, j)
+        assert pe_role(plan, 0, j).lg_tree == tree
+        assert set(tree) <= set(tree_actions(j, plan.ph))
+        assert (tree == ()) == (j >= rows or rows == 1)
+
+
 def test_fast_forward_is_exact_over_alternating_layers():
     spec = spec_of("gpt-oss", layers=6)
     assert kind_period(spec) == 2
