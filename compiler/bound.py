@@ -91,19 +91,21 @@ def critical_path_bound(compiled, mesh, pos: int) -> dict:
     sparse = sum(spec.is_sparse(n) for n in range(spec.num_layers))
     if sparse:
         # a sparse layer's chain (compiler/moe.py): the router GEMV-A, its logits up the
-        # left column, the top-k at (0, 0), SEL to the far corner; then per expert the far
-        # PE's gate/up, its row tree, the activation and the row multicast back before its
-        # down GEMV (its next expert waits for it), and after the last expert the column
-        # tree of down to the top row and the combine
-        moe, last = spec.moe, last_row("router")
+        # left column, the top-k at (0, 0), SEL to the far corner; then the far PE's k
+        # gate/up GEMVs, one row tree of the k slots, the k activations (each scaled by its
+        # weight), one row multicast of the k slots back, the k down GEMVs (t >= 1 one
+        # accumulating vgemv each), the column tree of down to the top row and H += ACC
+        moe, last, k = spec.moe, last_row("router"), spec.moe.top_k
         eff, out_b = plan.vec("eff").max_size, plan.vec("hidden").max_size
-        expert = (stage(pw - 1, tree_steps(pw), gemv(plan.vec("egu").max_size, khid))
-                  + trans(eff) + vec(eff)
-                  + stage(pw - 1, 1, gemv(out_b, plan.vec("eff1").max_size)))
+        eff1 = plan.vec("eff1").max_size
+        down = gemv(out_b, eff1) + (k - 1) * (o + eff1 * -(-out_b // w) if eff1 else 0)
+        experts = (stage(pw - 1, tree_steps(pw), k * gemv(plan.vec("egu").max_size, khid))
+                   + k * (trans(eff) + vec(eff) + vec(eff1))
+                   + stage(pw - 1, 1, down))
         tail = last_row("eff1")
         moe_mlp = (gemv_a("router") + stage(last, tree_steps(last + 1), 0)
                    + moe.top_k * vec(moe.num_experts)
-                   + stage((pw - 1) + (plan.ph - 1), 2, 0) + moe.top_k * expert
+                   + stage((pw - 1) + (plan.ph - 1), 2, 0) + experts
                    + stage(tail, tree_steps(tail + 1), vec(khid)))
         out["mlp"] = layer["mlp"] * (spec.num_layers - sparse) + moe_mlp * sparse
     out["head"] = (norm + gemv_a("vocab")) if plan.head else 0

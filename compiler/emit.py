@@ -353,6 +353,7 @@ class Role:
     k_exp: int = 0      # MoE: an expert's ffn chunk on row y (compiler/moe.py)
     last_col: bool = False   # MoE with biases: x == pw - 1 (holds the bias input element)
     last_row: bool = False   # MoE with biases: y == ph - 1
+    lg_tree: tuple = ()      # MoE: tree_actions of row y in the router logits' column tree
     store: int = -1     # batched, grouped LM head: the group whose logits column x keeps
 
     @property
@@ -386,6 +387,7 @@ def pe_role(plan: TilePlan, i: int, j: int) -> Role:
                         "recv" if 0 < r <= last and bands.nv[r] else "")
     if "eff" in plan.vectors:
         band["k_exp"] = plan.vec("eff").size(j)
+        band["lg_tree"] = moe.logit_tree(plan, j)
         if moe.has_bias(plan.spec):
             band.update(last_col=i == plan.pw - 1, last_row=j == plan.ph - 1)
     if grouped(plan) and 1 <= i <= len(head_groups(plan)):
@@ -1116,7 +1118,7 @@ def assign_roles(plan: TilePlan) -> tuple[list, np.ndarray, list]:
     rows = [pe_role(plan, 0, j) for j in range(ph)]
     col_keys = [(r.left, r.row_tree, r.k_hidden, r.last_col, r.store) for r in cols]
     row_keys = [(r.top, r.col_tree, r.k_attn, r.k_ffn, r.groups, r.wrow, r.band, r.k2, r.nv,
-                 r.ktree, r.mb, r.k_exp, r.last_row) for r in rows]
+                 r.ktree, r.mb, r.k_exp, r.last_row, r.lg_tree) for r in rows]
     ci = _class_index(col_keys)
     rj = _class_index(row_keys)
     pair = (rj[:, None] * (ci.max() + 1) + ci[None, :]).reshape(-1)
@@ -1127,7 +1129,7 @@ def assign_roles(plan: TilePlan) -> tuple[list, np.ndarray, list]:
     pe_region = rank[inverse].astype(np.int32)
     reps = [(int(f % pw), int(f // pw)) for f in first[order]]
     row_fields = ("top", "col_tree", "k_attn", "k_ffn", "groups", "wrow", "band", "k2", "nv",
-                  "ktree", "mb", "k_exp", "last_row")
+                  "ktree", "mb", "k_exp", "last_row", "lg_tree")
     roles = [dataclasses.replace(cols[x], **{f: getattr(rows[y], f) for f in row_fields})
              for x, y in reps]
     return roles, pe_region, reps

@@ -5,19 +5,22 @@ Placement: **experts spread across the wafer**. Every PE holds a tile of every e
 gate/up and down matrices, exactly as a dense MLP of `expert_size` (GEMV-A over the whole
 mesh for gate/up, GEMV-B for down), so the E experts of a layer form E blocks of equal
 size at the same addresses on every PE: expert e's block starts at `e * B` past the
-layer's expert base (`B` = `expert_block`). A token's k experts then run one after
-another over all PEs, each at the full mesh's bandwidth, and the cycles do not depend on
-which experts are chosen (every block has the same shape on every PE).
+layer's expert base (`B` = `expert_block`). A token's k experts then run over all PEs,
+each at the full mesh's bandwidth, and the cycles do not depend on which experts are
+chosen (every block has the same shape on every PE).
 
 Data-dependent routing with static per-PE programs: the router GEMV-A leaves each row's
 chunk of the logits at its offset in `LG` on the left column; a column tree sums the
 zero-padded vectors into (0, 0), which selects the top k with `rargmax` (index of the
 maximum) and `ldr` (that index into a register, to address the logit and mask it), computes
 the routing weights and the block offsets `id * B`, and multicasts `SEL = [offsets |
-weights]` along the top row and down every column. Every PE then runs the expert code k
-times, each time `ldr r4, [SEL + t]` followed by the same GEMVs with the weight tiles
-addressed `r4 + base`. The top row adds `w_t * y_t` to the residual stream (`vfma` with a
-broadcast weight): the weighted combine. Biases (gpt-oss) ride in the GEMVs as one more
+weights]` along the top row and down every column. The k experts are joined into k
+slots: every PE runs `ldr r4, [SEL + t]` and expert t's gate/up GEMV (tile addressed
+`r4 + base`) into slot t of ACC, for t < k; one row tree sums the k slots; the left
+column applies the activation to each slot and scales it by its routing weight (the
+weighted combine, moved before down, which is linear); one row multicast carries the k
+slots; the k down GEMVs accumulate into one ACC; one column tree sums it and the top row
+adds it to the residual stream. Biases (gpt-oss) ride in the GEMVs as one more
 input element equal to 1 (appended to the last column's hidden chunk and to the last row's
 expert-ffn chunk, the smallest chunks, so the tiles rarely grow), so they need no SRAM
 outside the tiles.
@@ -37,6 +40,16 @@ MAX_EXACT_OFFSET = 1 << 24   # offsets travel as fp32: exact below 2^24
 def has_moe(spec) -> bool:
     """The model has sparse (mixture-of-experts) layers."""
     return spec.moe is not None and len(spec.moe.sparse_layers) > 0
+
+
+def logit_tree(plan, j: int) -> tuple:
+    """Row j's steps in the column tree that gathers the router logits to (0, 0): the tree
+    over rows 0 .. R-1 only, R = 1 + the last row holding logits (rows below add zeros).
+    Its messages are a subset of the full column tree's, on the same colors."""
+    from compiler.route import tree_actions
+    rows = np.flatnonzero(plan.vec("router").sizes())
+    tree_rows = int(rows[-1]) + 1 if len(rows) else 1
+    return tree_actions(j, tree_rows) if j < tree_rows else ()
 
 
 def has_bias(spec) -> bool:
@@ -124,11 +137,13 @@ def left_entries(plan) -> list[tuple[str, int, str]]:
 
 def scratch_sizes(plan) -> dict:
     """Minimum sizes of the shared scratch buffers the MoE code uses: XN holds the hidden
-    chunk plus the bias element, XB the ffn chunk plus it, ACC an expert's gate/up rows."""
+    chunk plus the bias element, XB the k experts' ffn chunks plus it (k slots), ACC the
+    k experts' gate/up rows (k slots)."""
     if not has_moe(plan.spec):
         return {}
-    return {"XN": plan.vec("hidden1").max_size, "XB": plan.vec("eff1").max_size,
-            "ACC": plan.mpad("egu"), "TMP": plan.vec("eff").max_size}
+    k = plan.spec.moe.top_k
+    return {"XN": plan.vec("hidden1").max_size, "XB": k * plan.vec("eff1").max_size,
+            "ACC": k * plan.mpad("egu"), "TMP": plan.vec("eff").max_size}
 
 
 def static_params(plan, lg_addr: int | None) -> dict:
@@ -179,10 +194,13 @@ def dequantise(b, ctx, tile, words: int) -> None:
 
 def moe_block(b, ctx, role, layer: int) -> None:
     """One sparse MLP: router GEMV-A into LG, gather to (0, 0), top-k and weights there,
-    SEL multicast to every PE, then k times: the chosen expert's gate/up GEMV-A,
-    activation on the left column, down GEMV-B and `H += w * y` on the top row.
-    The normalised input is in XN on the top row (column 0 also holds the bias element)."""
-    from compiler.emit import Desc, Param, Reg, col_multicast, gemv_columns, row_multicast, tree_sum
+    SEL multicast to every PE, then the k chosen experts joined: k gate/up GEMVs into
+    the slots ACC_t and one row tree of all k slots, the activation of each slot into
+    XB_t on the left column scaled by its routing weight, one row multicast of the k
+    slots, k down GEMVs accumulating into ACC, one column tree and `H += ACC` on the top
+    row. The normalised input is in XN on the top row (column 0 also holds the bias
+    element)."""
+    from compiler.emit import Param, col_multicast, gemv_columns, row_multicast, tree_sum
     from isa.opcodes import Op
 
     plan, spec, fab, a = ctx.plan, ctx.plan.spec, ctx.fab, ctx.addr
@@ -202,36 +220,86 @@ def moe_block(b, ctx, role, layer: int) -> None:
                  Param("m_router"), k_in)
     tree_sum(b, role.row_tree, fab.row, Param("moe.lg"), Param("m_router"))
     if role.left:
-        tree_sum(b, role.col_tree, fab.col, lg, E)
+        tree_sum(b, role.lg_tree, fab.col, lg, E)
     if role.left and role.top:
         select_experts(b, ctx)
     if role.top:
         row_multicast(b, fab, role.left, sel, 2 * k)
     col_multicast(b, fab, role.top, sel, 2 * k)
-    base = ctx.waddr(p + "experts")
-    gu_words = expert_sizes(plan)[0]
+    experts_gate_up(b, ctx, role, layer, k_in)
+    if role.left:
+        experts_activation(b, ctx, role)
+    b.mark(p + "mlp_down")
+    experts_down(b, ctx, role, layer)
+
+
+def slot_sizes(role, bias: bool) -> tuple[int, int]:
+    """(m, f_in) on the role's row: an expert's gate/up outputs (`m_egu` = 2 * its ffn
+    chunk) = the stride of the ACC slots, and its down inputs (the ffn chunk plus the
+    bias element on the last row) = the stride of the XB slots."""
+    return 2 * role.k_exp, role.k_exp + int(bias and role.last_row)
+
+
+def experts_gate_up(b, ctx, role, layer: int, k_in: int) -> None:
+    """Every PE: for each slot t, `ldr r4, [SEL + t]` and expert t's gate/up GEMV into
+    ACC_t = ACC + t * m; then one row tree of the k slots (k * m elements) to the left
+    column."""
+    from compiler.emit import Param, Reg, tree_sum
+    plan, fab, a = ctx.plan, ctx.fab, ctx.addr
+    k, sel, xn, acc = plan.spec.moe.top_k, a("SEL"), a("XN"), a("ACC")
+    m = slot_sizes(role, has_bias(plan.spec))[0]
+    w = Reg(SEL_REG, ctx.waddr(f"L{layer}.experts"))
+    for t in range(k):
+        b.note(f"layer {{layer}}: expert slot {t}: gate/up GEMV-A at the chosen block "
+               f"into ACC slot {t}", "gate_up")
+        load_register(b, sel + t)
+        dequantise(b, ctx, w, k_in * plan.mpad("egu"))
+        _gemv_reg(b, w, plan.mpad("egu"), xn, acc + t * m, Param("m_egu"), k_in)
+    b.note("layer {layer}: one row tree of the k experts' gate/up slots", "gate_up")
+    tree_sum(b, role.row_tree, fab.row, acc, k * m)
+
+
+def experts_activation(b, ctx, role) -> None:
+    """Left column: for each slot t, XB_t = w_t * [act(ACC_t); 1 (bias element, last row)]
+    with w_t = SEL[k + t] (down is linear: down_t(w_t y_t) = w_t down_t(y_t))."""
+    from compiler.emit import Desc
+    from isa.opcodes import Op
+    a, bias, k = ctx.addr, has_bias(ctx.plan.spec), ctx.plan.spec.moe.top_k
+    sel, acc, xb = a("SEL"), a("ACC"), a("XB")
+    m, f_in = slot_sizes(role, bias)
     f = role.k_exp
     for t in range(k):
-        if t == 0:
-            b.mark(p + "mlp_down")
-        b.note(f"layer {{layer}}: expert slot {t}: gate/up GEMV-A at the chosen block", "gate_up")
+        activation(b, ctx, role, acc + t * m, xb + t * f_in)
+        if f_in > f:
+            b.vec(Op.VSET, xb + t * f_in + f, n=1, imm=1.0)
+        b.vec(Op.VMUL, xb + t * f_in, xb + t * f_in, Desc(sel + k + t, 0), f_in)
+
+
+def experts_down(b, ctx, role, layer: int) -> None:
+    """Every PE: one row multicast of the k scaled slots XB_t (k * f_in elements); expert
+    t's down GEMV-B of XB_t accumulating into ACC (t = 0 clears it); one column tree of
+    ACC; the top row adds it to the residual stream."""
+    from compiler.emit import Param, Reg, row_multicast, tree_sum
+    from isa.opcodes import Op
+    plan, fab, a = ctx.plan, ctx.fab, ctx.addr
+    k, sel, acc, xb = plan.spec.moe.top_k, a("SEL"), a("ACC"), a("XB")
+    f_in = slot_sizes(role, has_bias(plan.spec))[1]
+    w = Reg(SEL_REG, ctx.waddr(f"L{layer}.experts") + expert_sizes(plan)[0])
+    mpad = plan.mpad("edown")
+    b.note("layer {layer}: one row multicast of the k experts' weighted activations", "down")
+    row_multicast(b, fab, role.left, xb, k * f_in)
+    for t in range(k):
+        b.note(f"layer {{layer}}: expert slot {t}: down GEMV-B accumulating into ACC", "down")
         load_register(b, sel + t)
-        dequantise(b, ctx, Reg(SEL_REG, base), k_in * plan.mpad("egu"))
-        _gemv_reg(b, Reg(SEL_REG, base), plan.mpad("egu"), xn, a("ACC"), Param("m_egu"), k_in)
-        tree_sum(b, role.row_tree, fab.row, a("ACC"), Param("m_egu"))
-        if role.left:
-            activation(b, ctx, role)
-            if role.last_row and bias:
-                b.vec(Op.VSET, a("XB") + f, n=1, imm=1.0)
-        f_in = f + int(bias and role.last_row)
-        b.note(f"layer {{layer}}: expert slot {t}: down GEMV-B, weighted combine", "down")
-        row_multicast(b, fab, role.left, a("XB"), f_in)
-        dequantise(b, ctx, Reg(SEL_REG, base + gu_words), f_in * plan.mpad("edown"))
-        _gemv_reg(b, Reg(SEL_REG, base + gu_words), plan.mpad("edown"), a("XB"), a("ACC"),
-                  Param("m_hidden"), f_in)
-        tree_sum(b, role.col_tree, fab.col, a("ACC"), Param("m_hidden"))
-        if role.top:
-            b.vec(Op.VFMA, a("H"), a("ACC"), Desc(sel + k + t, 0), role.k_hidden)
+        dequantise(b, ctx, w, f_in * mpad)
+        if t == 0:
+            _gemv_reg(b, w, mpad, xb, acc, Param("m_hidden"), f_in)
+        else:
+            _gemv_acc(b, w, mpad, xb + t * f_in, acc, Param("m_hidden"), f_in)
+    b.note("layer {layer}: one column tree of the experts' sum, H += ACC", "down")
+    tree_sum(b, role.col_tree, fab.col, acc, Param("m_hidden"))
+    if role.top:
+        b.vec(Op.VADD, a("H"), a("H"), acc, role.k_hidden)
 
 
 def load_register(b, addr: int) -> None:
@@ -243,6 +311,17 @@ def load_register(b, addr: int) -> None:
 def _gemv_reg(b, w, mpad: int, x: int, acc: int, m, k: int) -> None:
     """`gemv_columns` with a register-relative matrix address `w` (emit.Reg)."""
     from compiler.emit import Desc, Reg
+    from isa.opcodes import Op
+    if k == 0:
+        b.vec(Op.VSET, acc, n=m, imm=0.0)
+        return
+    b.vec(Op.VMUL, acc, w, Desc(x, 0), m)
+    _gemv_acc(b, Reg(w.index, w.offset + mpad), mpad, x + 1, acc, m, k - 1)
+
+
+def _gemv_acc(b, w, mpad: int, x: int, acc: int, m, k: int) -> None:
+    """acc[0:m] += sum over columns c < k of W[:, c] * x[c] (one `vgemv`, none if k = 0;
+    W column-major at the register-relative `w`, stride mpad)."""
     from isa.opcodes import (
         SLOT_COLOR,
         SLOT_DST,
@@ -254,14 +333,10 @@ def _gemv_reg(b, w, mpad: int, x: int, acc: int, m, k: int) -> None:
         SLOT_SRC1_STRIDE,
         Op,
     )
-    if k == 0:
-        b.vec(Op.VSET, acc, n=m, imm=0.0)
-        return
-    b.vec(Op.VMUL, acc, w, Desc(x, 0), m)
-    if k > 1:
-        b.emit(Op.VGEMV, {SLOT_DST: acc, SLOT_DST_STRIDE: 1,
-                          SLOT_SRC0: Reg(w.index, w.offset + mpad), SLOT_SRC0_STRIDE: mpad,
-                          SLOT_SRC1: x + 1, SLOT_SRC1_STRIDE: 1, SLOT_N: m, SLOT_COLOR: k - 1})
+    if k > 0:
+        b.emit(Op.VGEMV, {SLOT_DST: acc, SLOT_DST_STRIDE: 1, SLOT_SRC0: w,
+                          SLOT_SRC0_STRIDE: mpad, SLOT_SRC1: x, SLOT_SRC1_STRIDE: 1,
+                          SLOT_N: m, SLOT_COLOR: k})
 
 
 def select_experts(b, ctx) -> None:
@@ -310,15 +385,14 @@ def _softmax(b, dst: int, src: int, n: int, ss: int) -> None:
     b.vec(Op.VMUL, dst, dst, Desc(ss, 0), n)
 
 
-def activation(b, ctx, role) -> None:
-    """(0, j): XB[0:f] = act(ACC) with ACC = [gate_j; up_j]: SiLU(gate) * up, or gpt-oss's
+def activation(b, ctx, role, acc: int, xb: int) -> None:
+    """(0, j): xb[0:f] = act(acc) with acc = [gate_j; up_j]: SiLU(gate) * up, or gpt-oss's
     clamped SwiGLU (gate = min(gate, L), up = clip(up, -L, L),
     XB = (up + 1) * gate * sigmoid(alpha * gate); min(g, L) computed as -max(-g, -L))."""
     from compiler.emit import Desc
     from isa.opcodes import Op
 
     a, f, moe = ctx.addr, role.k_exp, ctx.plan.spec.moe
-    acc, xb = a("ACC"), a("XB")
     b.note("expert activation", "swiglu")
     if moe.activation == "silu":
         tmp = a("TMP")

@@ -15,7 +15,8 @@ import numpy as np
 INLINE_ELEMENTS = 32     # arrays and sequences up to this many scalars print in full
 SKIPPED_FIELDS = {"spec", "plan"}   # back-references to the IR the node was built from
 # optional fields printed only when set (models and weight formats added later)
-SKIPPED_WHEN_UNSET = frozenset({"weight_dtype", "class_bytes", "k_exp", "last_col", "last_row"})
+SKIPPED_WHEN_UNSET = frozenset({"weight_dtype", "class_bytes", "k_exp", "last_col", "last_row",
+                                "lg_tree"})
 
 
 def kind_of(obj) -> str:

@@ -170,6 +170,46 @@ def test_timing_does_not_depend_on_the_routing():
     assert len(set(cycles)) == 1 and timing.cycles == cycles[0]
 
 
+@pytest.mark.parametrize("arch", ["mixtral", "gpt-oss"])
+def test_experts_share_their_trees_and_multicasts(arch):
+    """The k chosen experts are joined: every PE sends and receives as many messages for
+    k = 3 as for k = 1 (one gate/up row tree, one row multicast, one down column tree per
+    sparse layer), and the joined gate/up tree and row multicast are k times longer."""
+    from compiler.emit import comm_sequences
+    mesh = load_mesh("small").with_mesh(3, 4)
+    comm = {}
+    for k in (1, 3):
+        compiled = compile_decode(spec_of(arch, experts=4, top_k=k), mesh,
+                                  max_context=MAX_CONTEXT)
+        comm[k] = comm_sequences(compiled.decode.for_position(0))
+    for one, three in zip(comm[1], comm[3], strict=True):
+        assert one.keys() == three.keys()
+        assert all(len(one[key]) == len(three[key]) for key in one)
+    sends1, sends3 = comm[1][0], comm[3][0]
+    tripled = [key for key in sends1
+               if any(b == 3 * a != 0 for a, b in zip(sends1[key], sends3[key], strict=True))]
+    assert tripled, "no message carries the k joined slots"
+
+
+def test_logit_tree_spans_only_the_rows_holding_logits():
+    """The router logits are gathered by a column tree over rows 0 .. R-1 (R = 1 + the last
+    row holding logits): rows below take no step, the others a subset of the full column
+    tree's steps."""
+    from compiler.emit import pe_role
+    from compiler.moe import logit_tree
+    from compiler.route import tree_actions
+    spec = spec_of("mixtral", experts=3, top_k=2)
+    compiled = compile_decode(spec, load_mesh("small").with_mesh(2, 9), max_context=MAX_CONTEXT)
+    plan = compiled.plan
+    rows = int(np.flatnonzero(plan.vec("router").sizes())[-1]) + 1
+    assert rows < plan.ph
+    for j in range(plan.ph):
+        tree = logit_tree(plan, j)
+        assert pe_role(plan, 0, j).lg_tree == tree
+        assert set(tree) <= set(tree_actions(j, plan.ph))
+        assert (tree == ()) == (j >= rows or rows == 1)
+
+
 def test_fast_forward_is_exact_over_alternating_layers():
     spec = spec_of("gpt-oss", layers=6)
     assert kind_period(spec) == 2
