@@ -30,7 +30,6 @@ Usage: python benchmarks/bench_scale.py [--skip-70b] [--skip-long] [--context N]
 """
 
 import argparse
-import dataclasses
 import json
 import re
 import resource
@@ -205,7 +204,7 @@ def decode_70b(context: int) -> dict:
     step = run_system_timing(system, context - 1)
     t2 = time.perf_counter()
     seconds = step.seconds(mesh.clock_hz)
-    one = dataclasses.replace(mesh, wafers=1)
+    one = mesh.one_wafer()
     bound = sum(critical_path_bound(p.compiled, one, context - 1)["total"]
                 for p in system.parts)
     bound += max((critical_path_bound(h.compiled, one, 0)["total"]

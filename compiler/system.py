@@ -103,7 +103,7 @@ class System:
     def layer_mesh(self) -> MeshConfig:
         """One wafer with the SRAM the layer programs are placed in (a PE's SRAM minus
         `reserve_bytes`)."""
-        one = dataclasses.replace(self.mesh, wafers=1)
+        one = self.mesh.one_wafer()
         return dataclasses.replace(one, sram_bytes=one.sram_bytes - self.reserve_bytes)
 
     def distinct(self) -> dict:
@@ -269,7 +269,7 @@ def _layer_jobs(spec, mesh: MeshConfig, dtype: str, max_context: int | None, lay
     the layer programs: placed in the SRAM left beside `reserve` bytes per PE, the last
     wafer with the whole LM head unless `sliced`. Wafers with equal layer counts, head
     flags and layer kinds share one program."""
-    layer_mesh = _layer_mesh(dataclasses.replace(mesh, wafers=1), reserve, mesh.wafers)
+    layer_mesh = _layer_mesh(mesh.one_wafer(), reserve, mesh.wafers)
     ranges = layer_ranges(spec.num_layers, mesh.wafers)
     todo, keys = {}, []
     for w, (start, stop) in enumerate(ranges):
@@ -295,7 +295,7 @@ def _head_jobs(spec, mesh: MeshConfig, dtype: str, layout: str) -> dict:
     (none on one wafer). A head slice holds no KV, so its max_context is the default."""
     if mesh.wafers == 1:
         return {}
-    one, out = dataclasses.replace(mesh, wafers=1), {}
+    one, out = mesh.one_wafer(), {}
     for w, (v0, v1) in enumerate(vocab_slices(spec.vocab_size, mesh.wafers)):
         out.setdefault(v1 - v0, ((w, v0, v1, head_spec(spec, v0, v1)), one, dtype, None,
                                  layout, None, mesh.wafers, 0))

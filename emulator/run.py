@@ -539,7 +539,7 @@ def _class_counts(plan) -> dict:
 
 def _compiled_parts(stage: DecodeStage) -> list:
     """(compiled program, one-wafer mesh) of every wafer, in wafer order."""
-    one = dataclasses.replace(stage.req.mesh, wafers=1)
+    one = stage.req.mesh.one_wafer()
     if stage.system is None:
         return [(stage.compiled, one)]
     return [(p.compiled, one) for p in stage.system.parts]
@@ -561,7 +561,7 @@ def _decode_bound(stage: DecodeStage, pos: int) -> dict:
 
 def _one_wafer(stage: DecodeStage) -> MeshConfig:
     """One wafer of the stage's mesh."""
-    return dataclasses.replace(stage.req.mesh, wafers=1)
+    return stage.req.mesh.one_wafer()
 
 
 def _decode_phases(stage: DecodeStage, results: list) -> dict:

@@ -67,6 +67,10 @@ class MeshConfig:
         """The same PE and fabric parameters on a mesh of another size."""
         return replace(self, width=width, height=height)
 
+    def one_wafer(self) -> "MeshConfig":
+        """One wafer of this system (the same preset with `wafers` = 1)."""
+        return replace(self, wafers=1)
+
     def validate(self) -> str | None:
         """Return a description of an impossible combination, or None."""
         if self.num_colors > 32:

@@ -79,7 +79,7 @@ def fork_map(function, items: list, jobs: int | None = None) -> list:
     """[function(item) for item in items] over up to `jobs` processes (None: one per CPU;
     1, one item or a platform without fork: in this process)."""
     jobs = min(jobs or os.cpu_count() or 1, len(items))
-    if jobs <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+    if jobs <= 1 or not can_fork():
         return [function(item) for item in items]
     global _WORK
     _WORK = (function, items)

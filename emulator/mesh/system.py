@@ -4,7 +4,6 @@ distinct wafer program emulated once, in forked processes) and functional decode
 "Multi-wafer systems"; the partition itself is compiler/system.py.
 """
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,7 +66,7 @@ def run_system_timing(system: System, pos: int, engine: str = "numba",
     to `jobs` of them at once in forked processes (None: one per CPU; 1: serially here).
     The wafers are independent in timing-only mode, so the results equal a serial run's.
     Head-slice programs run whole (no layers to fast-forward), at `HEAD_POSITION`."""
-    one = dataclasses.replace(system.mesh, wafers=1)
+    one = system.mesh.one_wafer()
     distinct, heads = system.distinct(), system.distinct_heads()
     inner = max(1, usable_jobs(jobs) // (len(distinct) + len(heads)))   # CPUs per program
     layer_jobs = [(part.compiled, system.layer_mesh, pos, engine, True, inner)
@@ -115,7 +114,7 @@ class SystemDecoder:
                                      layer_mesh, dtype, engine, max_context, layout,
                                      head=p.head, weight_dtype=weight_dtype)
                          for p in self.system.parts]
-        one = dataclasses.replace(mesh, wafers=1)
+        one = mesh.one_wafer()
         self.heads = [MeshDecoder(head_spec(spec, h.v0, h.v1),
                                   head_weights(spec, weights, h.v0, h.v1), one, dtype,
                                   engine, None, layout)

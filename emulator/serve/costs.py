@@ -415,7 +415,6 @@ def decode_capacity(spec, mesh, dtype: str) -> int:
     compiler.system.head_mode, each PE then reserving its slice's bytes), with the
     best of the layouts `compile_decode` would try (compiler.place `best_context`: the
     spread layout at its best ffn / vocabulary split)."""
-    import dataclasses
 
     from compiler.decode import auto_layouts
     from compiler.numerics import dtype_bytes
@@ -425,7 +424,7 @@ def decode_capacity(spec, mesh, dtype: str) -> int:
     sliced = head_mode(spec, mesh, dtype) == "sliced"
     reserve = head_reserve_bytes(spec, mesh, dtype) if sliced else 0
     words = (mesh.sram_bytes - reserve) // dtype_bytes(dtype)
-    one = dataclasses.replace(mesh, wafers=1)
+    one = mesh.one_wafer()
     ranges = layer_ranges(spec.num_layers, mesh.wafers)
     parts = {(stop - start, not sliced and w == len(ranges) - 1)
              for w, (start, stop) in enumerate(ranges)}
@@ -518,7 +517,7 @@ def measure_decode(spec, mesh, dtype: str, max_context: int, cache: MeasurementC
     def layout():
         sysm = system()
         part = sysm.parts[0].compiled if mesh.wafers > 1 else sysm
-        one = dataclasses.replace(mesh, wafers=1)
+        one = mesh.one_wafer()
         a = kv_layout_cycles(part, one, 1, dtype)
         b = kv_layout_cycles(part, one, 1001, dtype)
         per = (b - a) / 1000 / mesh.clock_hz

@@ -201,7 +201,7 @@ def wafer_map(spec, mesh: MeshConfig, dtype: str, layout: str, max_context: int 
     the largest head-slice program's reservation, which every PE's address map counts
     too (its bytes by kind added to every PE; docs/mapping.md, "Multi-wafer systems");
     else the last wafer, its layers and the whole LM head."""
-    one = dataclasses.replace(mesh, wafers=1)
+    one = mesh.one_wafer()
     if head_mode(spec, mesh, dtype, layout) == "last":
         start, stop = layer_ranges(spec.num_layers, mesh.wafers)[-1]
         wafer = (f"wafer {mesh.wafers - 1} of {mesh.wafers}: layers {start}..{stop - 1} + "
